@@ -1,0 +1,2 @@
+//! vinfra-drs (being built).
+#![forbid(unsafe_code)]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, the whole test suite, docs and the fuzz build.
+# Tests that need /dev/kvm or root check for it and print "SKIP: <why>" where it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace --all-targets
+
+step "cargo test --doc"
+cargo test --workspace --doc
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "fuzz targets build"
+RUSTC_BOOTSTRAP=1 cargo build --manifest-path fuzz/Cargo.toml --bins
+
+step "all tests passed"

@@ -1,0 +1,2 @@
+//! vinfra-vmfs (being built).
+#![forbid(unsafe_code)]

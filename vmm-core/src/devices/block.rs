@@ -1,0 +1,1 @@
+//! Block backends for virtio-blk (to be written).
