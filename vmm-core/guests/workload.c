@@ -1,0 +1,171 @@
+/* workload: keeps N MiB, dirties them at R MiB/s, heartbeats, obeys serial commands
+ * (see ABI.md). Everything is polled and TSC-paced: guest instructions are slow. */
+#include "rt/rt.h"
+
+#define BUF_START (2u * MIB) /* first 2 MiB hold the image, tables and stack */
+#define BATCH_PAGES 256       /* pages dirtied between two serial polls */
+#define IDLE_POLL_US 200      /* pause between serial polls when there is nothing to do */
+#define MAX_RATE 100000       /* MiB/s; keeps the pacing arithmetic in 64 bits */
+
+/* State lives in guest memory so it survives snapshot/restore and migration. */
+static uint64_t heartbeat;
+static uint64_t rate_mib;
+static uint64_t npages;
+static uint64_t cursor;
+static uint64_t generation;
+static char line[80];
+static uint32_t line_len;
+static int line_overflow;
+
+static volatile uint64_t *page(uint64_t i) { return (volatile uint64_t *)(uintptr_t)(BUF_START + i * PAGE_SIZE); }
+
+static const char *skip_spaces(const char *s)
+{
+    while (*s == ' ')
+        s++;
+    return s;
+}
+
+/* Parses one number followed by a space or the end. */
+static int arg(const char **s, uint64_t *v)
+{
+    const char *end;
+    *s = skip_spaces(*s);
+    if (!parse_u64(*s, v, &end) || (*end && *end != ' '))
+        return 0;
+    *s = end;
+    return 1;
+}
+
+static void command(const char *l)
+{
+    uint64_t a, b;
+    l = skip_spaces(l);
+    if (!*l)
+        return;
+    if (memcmp(l, "rate", 4) == 0 && (l[4] == ' ' || !l[4])) {
+        l += 4;
+        if (!arg(&l, &a) || *skip_spaces(l) || a > MAX_RATE) {
+            printf("ERR usage: rate <MiB/s up to %u>\n", MAX_RATE);
+            return;
+        }
+        rate_mib = a;
+        printf("OK rate %lu\n", a);
+    } else if (memcmp(l, "touch", 5) == 0 && (l[5] == ' ' || !l[5])) {
+        l += 5;
+        if (!arg(&l, &a) || !arg(&l, &b) || *skip_spaces(l) || a > npages || b > npages - a) {
+            printf("ERR usage: touch <first> <count> within %lu pages\n", npages);
+            return;
+        }
+        generation++;
+        for (uint64_t i = 0; i < b; i++)
+            *page(a + i) = generation;
+        printf("TOUCHED 0x%lx %lu\n", (uint64_t)(uintptr_t)page(a), b);
+    } else if (memcmp(l, "exit", 4) == 0 && (l[4] == ' ' || !l[4])) {
+        l += 4;
+        if (!arg(&l, &a) || *skip_spaces(l) || a > 255) {
+            printf("ERR usage: exit <0..255>\n");
+            return;
+        }
+        guest_exit((uint8_t)a);
+    } else if (memcmp(l, "reboot", 6) == 0 && !*skip_spaces(l + 6)) {
+        i8042_reset();
+    } else {
+        printf("ERR unknown command: %s\n", l);
+    }
+}
+
+static void poll_serial(void)
+{
+    /* Drain what is waiting, bounded so a flood cannot starve the heartbeat. */
+    for (int i = 0; i < 64; i++) {
+        int c = serial_getc();
+        if (c < 0)
+            return;
+        if (c == '\n' || c == '\r') {
+            line[line_len] = 0;
+            if (line_overflow)
+                printf("ERR line too long\n");
+            else
+                command(line);
+            line_len = 0;
+            line_overflow = 0;
+        } else if (line_len + 1 < sizeof line) {
+            line[line_len++] = (char)c;
+        } else {
+            line_overflow = 1;
+        }
+    }
+}
+
+int guest_main(void)
+{
+    uint64_t mib;
+    if (cmdline_u64("workload.mib", 16, &mib) < 0 || cmdline_u64("workload.rate", 0, &rate_mib) < 0)
+        return EXIT_BAD_CMDLINE;
+    if (mib == 0 || rate_mib > MAX_RATE) {
+        printf("bad command line: workload.mib must be >= 1, workload.rate <= %u\n", MAX_RATE);
+        return EXIT_BAD_CMDLINE;
+    }
+    uint64_t end = ram_end_from(BUF_START);
+    if (mib > 4096 || BUF_START + mib * MIB > end || BUF_START + mib * MIB > 0x100000000ull) {
+        printf("workload: %lu MiB do not fit in RAM from 0x%x (RAM there ends at 0x%lx); give the VM "
+               "more memory\n",
+               mib, BUF_START, end);
+        return EXIT_BAD_CMDLINE;
+    }
+    npages = mib * (MIB / PAGE_SIZE);
+    uint64_t hz = tsc_khz() * 1000;
+
+    /* Touch every page once: one write per 4 KiB page. */
+    generation = 1;
+    for (uint64_t i = 0; i < npages; i++)
+        *page(i) = generation;
+    serial_write("VINFRA-READY\n", 13);
+
+    uint64_t last = rdtsc();
+    uint64_t next_hb = last + hz;
+    uint64_t credit = 0; /* pages owed, times hz */
+    for (;;) {
+        uint64_t now = rdtsc();
+        if (now < last) /* TSC went back (restored elsewhere): resynchronise */
+            next_hb = now + hz;
+        uint64_t delta = now > last ? now - last : 0;
+        if (delta > hz) /* paused (snapshot, migration): do not burst to catch up */
+            delta = hz;
+        last = now;
+
+        int busy = 0;
+        if (rate_mib) {
+            uint64_t pps = rate_mib * (MIB / PAGE_SIZE);
+            credit += delta * pps;
+            if (credit > pps * hz) /* owe at most one second */
+                credit = pps * hz;
+            uint64_t n = credit / hz;
+            if (n > BATCH_PAGES)
+                n = BATCH_PAGES;
+            credit -= n * hz;
+            for (uint64_t i = 0; i < n; i++) {
+                *page(cursor) = generation;
+                if (++cursor == npages) {
+                    cursor = 0;
+                    generation++;
+                }
+            }
+            busy = n > 0;
+        }
+        if (now >= next_hb) {
+            heartbeat++;
+            printf("HB %lu\n", heartbeat);
+            next_hb += hz;
+            if (now >= next_hb) /* late by more than a beat: skip, do not burst */
+                next_hb = now + hz;
+        }
+        poll_serial();
+        if (!busy) {
+            uint64_t until = now + IDLE_POLL_US * hz / 1000000;
+            while (rdtsc() < until)
+                cpu_relax();
+        }
+    }
+}
