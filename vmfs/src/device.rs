@@ -1,0 +1,433 @@
+//! The shared block device: a LUN with an atomic compare-and-write (ATS).
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+
+/// Outcome of a compare-and-write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The bytes matched `expected` and `new` is now written.
+    Written,
+    /// The bytes did not match; they are returned (SCSI returns the miscompare too).
+    Mismatch(Vec<u8>),
+}
+
+/// A block device shared by every host of a volume.
+pub trait BlockDevice: Send + Sync + std::fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Writes all of `buf` at `offset` (durable only after [`BlockDevice::flush`]).
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<()>;
+    /// Size in bytes.
+    fn len(&self) -> Result<u64>;
+    /// Whether the device has no bytes.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Resizes the device (the administrator growing the LUN).
+    fn set_len(&self, len: u64) -> Result<()>;
+    /// Atomically: if the bytes at `offset` equal `expected`, write `new` (same length).
+    /// Atomic against every other compare-and-write on an overlapping range, from any
+    /// process, and durable when it returns `Written`.
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas>;
+}
+
+fn check_cas_args(expected: &[u8], new: &[u8]) -> Result<()> {
+    if expected.len() != new.len() || new.is_empty() {
+        return Err(Error::Config(format!(
+            "compare_and_write lengths {} and {}",
+            expected.len(),
+            new.len()
+        )));
+    }
+    Ok(())
+}
+
+fn bounds(offset: u64, len: usize, dev_len: u64) -> Result<()> {
+    let end = offset.checked_add(len as u64);
+    match end {
+        Some(e) if e <= dev_len => Ok(()),
+        _ => Err(Error::OutOfBounds {
+            offset,
+            len: len as u64,
+            dev_len,
+        }),
+    }
+}
+
+/// An in-memory device.
+#[derive(Debug, Default)]
+pub struct MemDevice {
+    data: RwLock<Vec<u8>>,
+}
+
+impl MemDevice {
+    /// A zeroed device of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        MemDevice {
+            data: RwLock::new(vec![0; len]),
+        }
+    }
+    /// A device holding `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MemDevice {
+            data: RwLock::new(bytes),
+        }
+    }
+    /// A copy of the contents.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.data.read().map(|d| d.clone()).unwrap_or_default()
+    }
+    fn poisoned() -> Error {
+        Error::Io {
+            op: "lock",
+            offset: 0,
+            source: std::io::Error::other("poisoned memory device"),
+        }
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let d = self.data.read().map_err(|_| Self::poisoned())?;
+        bounds(offset, buf.len(), d.len() as u64)?;
+        let o = offset as usize;
+        buf.copy_from_slice(&d[o..o + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let mut d = self.data.write().map_err(|_| Self::poisoned())?;
+        bounds(offset, buf.len(), d.len() as u64)?;
+        let o = offset as usize;
+        d[o..o + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(self.data.read().map_err(|_| Self::poisoned())?.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        let len = usize::try_from(len).map_err(|_| Error::Config("length".into()))?;
+        self.data
+            .write()
+            .map_err(|_| Self::poisoned())?
+            .resize(len, 0);
+        Ok(())
+    }
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
+        check_cas_args(expected, new)?;
+        let mut d = self.data.write().map_err(|_| Self::poisoned())?;
+        bounds(offset, new.len(), d.len() as u64)?;
+        let o = offset as usize;
+        let cur = &mut d[o..o + new.len()];
+        if cur != expected {
+            return Ok(Cas::Mismatch(cur.to_vec()));
+        }
+        cur.copy_from_slice(new);
+        Ok(Cas::Written)
+    }
+}
+
+/// A device on a file (or a block device node), shared by processes.
+///
+/// Compare-and-write holds an OFD byte-range write lock (`F_OFD_SETLKW`) on exactly the
+/// compared range around its read-compare-write, so it is atomic against every other
+/// compare-and-write on that range from any process or any other open of the file. Within
+/// one open, a mutex serialises threads (OFD locks do not exclude their own description).
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    ats: Mutex<()>,
+}
+
+const DIRECT_ALIGN: usize = 4096;
+
+impl FileDevice {
+    /// Opens an existing image; `direct` adds `O_DIRECT` (I/O through 4 KiB-aligned bounces).
+    pub fn open(path: &Path, direct: bool) -> Result<Self> {
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(true);
+        if direct {
+            oo.custom_flags(nix::fcntl::OFlag::O_DIRECT.bits());
+        }
+        let file = oo.open(path).map_err(|source| Error::Io {
+            op: "open",
+            offset: 0,
+            source,
+        })?;
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            ats: Mutex::new(()),
+        })
+    }
+
+    /// Creates (or truncates) an image of `len` bytes (sparse).
+    pub fn create(path: &Path, len: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| Error::Io {
+                op: "create",
+                offset: 0,
+                source,
+            })?;
+        file.set_len(len).map_err(|source| Error::Io {
+            op: "set_len",
+            offset: len,
+            source,
+        })?;
+        drop(file);
+        Self::open(path, false)
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { op, offset, source }
+    }
+
+    fn range_lock(&self, offset: u64, len: usize, lock: bool) -> Result<()> {
+        let fl = libc::flock {
+            l_type: if lock {
+                libc::F_WRLCK as libc::c_short
+            } else {
+                libc::F_UNLCK as libc::c_short
+            },
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: i64::try_from(offset).map_err(|_| Error::Config("offset".into()))?,
+            l_len: len as i64,
+            l_pid: 0,
+        };
+        let arg = if lock {
+            nix::fcntl::FcntlArg::F_OFD_SETLKW(&fl)
+        } else {
+            nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)
+        };
+        nix::fcntl::fcntl(self.file.as_fd(), arg)
+            .map(|_| ())
+            .map_err(|e| Error::Io {
+                op: "ofd lock",
+                offset,
+                source: std::io::Error::from(e),
+            })
+    }
+
+    fn aligned_span(offset: u64, len: usize) -> (u64, usize) {
+        let a = DIRECT_ALIGN as u64;
+        let start = offset / a * a;
+        let end = (offset + len as u64).div_ceil(a) * a;
+        (start, (end - start) as usize)
+    }
+
+    /// A zeroed buffer of `len` bytes at a 4 KiB-aligned address, as a range in a Vec.
+    fn bounce(len: usize) -> (Vec<u8>, usize) {
+        let v = vec![0u8; len + DIRECT_ALIGN];
+        let addr = v.as_ptr() as usize;
+        let skew = (DIRECT_ALIGN - addr % DIRECT_ALIGN) % DIRECT_ALIGN;
+        (v, skew)
+    }
+
+    fn raw_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if !self.direct {
+            return self
+                .file
+                .read_exact_at(buf, offset)
+                .map_err(Self::io("read", offset));
+        }
+        let (start, span) = Self::aligned_span(offset, buf.len());
+        let (mut v, skew) = Self::bounce(span);
+        let b = &mut v[skew..skew + span];
+        self.file
+            .read_exact_at(b, start)
+            .map_err(Self::io("read", offset))?;
+        let s = (offset - start) as usize;
+        buf.copy_from_slice(&b[s..s + buf.len()]);
+        Ok(())
+    }
+
+    fn raw_write(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.direct {
+            return self
+                .file
+                .write_all_at(buf, offset)
+                .map_err(Self::io("write", offset));
+        }
+        let (start, span) = Self::aligned_span(offset, buf.len());
+        let (mut v, skew) = Self::bounce(span);
+        let b = &mut v[skew..skew + span];
+        if start != offset || span != buf.len() {
+            self.file
+                .read_exact_at(b, start)
+                .map_err(Self::io("read", offset))?;
+        }
+        let s = (offset - start) as usize;
+        b[s..s + buf.len()].copy_from_slice(buf);
+        self.file
+            .write_all_at(b, start)
+            .map_err(Self::io("write", offset))
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        bounds(offset, buf.len(), self.len()?)?;
+        self.raw_read(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        bounds(offset, buf.len(), self.len()?)?;
+        self.raw_write(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.file.sync_data().map_err(Self::io("flush", 0))
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(Self::io("stat", 0))?.len())
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.file.set_len(len).map_err(Self::io("set_len", len))
+    }
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
+        check_cas_args(expected, new)?;
+        bounds(offset, new.len(), self.len()?)?;
+        let _g = self.ats.lock().map_err(|_| Error::Io {
+            op: "ats",
+            offset,
+            source: std::io::Error::other("poisoned"),
+        })?;
+        // With O_DIRECT the bounce may touch neighbouring bytes: lock the aligned span.
+        let (ls, ll) = if self.direct {
+            Self::aligned_span(offset, new.len())
+        } else {
+            (offset, new.len())
+        };
+        self.range_lock(ls, ll, true)?;
+        let r = (|| {
+            let mut cur = vec![0u8; new.len()];
+            self.raw_read(&mut cur, offset)?;
+            if cur != expected {
+                return Ok(Cas::Mismatch(cur));
+            }
+            self.raw_write(new, offset)?;
+            Ok(Cas::Written)
+        })();
+        let u = self.range_lock(ls, ll, false);
+        let r = r?;
+        u?;
+        Ok(r)
+    }
+}
+
+impl<D: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn len(&self) -> Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        (**self).set_len(len)
+    }
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
+        (**self).compare_and_write(offset, expected, new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(d: &dyn BlockDevice) {
+        d.write_at(b"hello", 100).unwrap();
+        let mut b = [0u8; 5];
+        d.read_at(&mut b, 100).unwrap();
+        assert_eq!(&b, b"hello");
+        assert_eq!(
+            d.compare_and_write(100, b"hellx", b"world").unwrap(),
+            Cas::Mismatch(b"hello".to_vec())
+        );
+        assert_eq!(
+            d.compare_and_write(100, b"hello", b"world").unwrap(),
+            Cas::Written
+        );
+        d.read_at(&mut b, 100).unwrap();
+        assert_eq!(&b, b"world");
+        assert!(matches!(
+            d.read_at(&mut b, d.len().unwrap() - 2),
+            Err(Error::OutOfBounds { .. })
+        ));
+        d.flush().unwrap();
+    }
+
+    #[test]
+    fn mem_device_basics() {
+        exercise(&MemDevice::new(8192));
+    }
+
+    #[test]
+    fn file_device_basics_buffered_and_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun");
+        let d = FileDevice::create(&p, 1 << 20).unwrap();
+        exercise(&d);
+        match FileDevice::open(&p, true) {
+            Ok(dd) => exercise(&dd),
+            Err(e) => eprintln!("SKIP: O_DIRECT not supported here: {e}"),
+        }
+    }
+
+    #[test]
+    fn file_device_cas_is_atomic_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun");
+        FileDevice::create(&p, 4096).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let d = FileDevice::open(&p, false).unwrap();
+                    let mut n = 0;
+                    while n < 200 {
+                        let mut cur = [0u8; 8];
+                        d.read_at(&mut cur, 512).unwrap();
+                        let next = (u64::from_le_bytes(cur) + 1).to_le_bytes();
+                        if d.compare_and_write(512, &cur, &next).unwrap() == Cas::Written {
+                            n += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let d = FileDevice::open(&p, false).unwrap();
+        let mut cur = [0u8; 8];
+        d.read_at(&mut cur, 512).unwrap();
+        assert_eq!(u64::from_le_bytes(cur), 800);
+    }
+}
