@@ -1,0 +1,214 @@
+//! Initial placement of one VM or a batch, with the reason each other host was rejected.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::load::Loads;
+use crate::model::AutomationLevel;
+use crate::state::{Reject, State};
+use crate::validate::{Cluster, CPU, MEM};
+
+/// A host that was not chosen because it could not take the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Rejected {
+    /// Host id.
+    pub host: String,
+    /// Why.
+    pub why: Reject,
+}
+
+/// Where one VM goes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Placement {
+    /// VM id.
+    pub vm: String,
+    /// Chosen host, none when no host can take it.
+    pub host: Option<String>,
+    /// Applied automatically (partially/fully automated) or only recommended (manual).
+    pub automatic: bool,
+    /// Cluster imbalance after this placement.
+    pub imbalance_after: f64,
+    /// Whether a host with the same image tag was chosen for page sharing.
+    pub shares_image: bool,
+    /// Every host that could not take it, and why.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Placement of a batch, in the order it was decided.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PlacementPlan {
+    /// One entry per requested VM.
+    pub placements: Vec<Placement>,
+    /// VMs that could not be placed.
+    pub unplaced: Vec<String>,
+}
+
+/// Chooses hosts for VMs one at a time over a live [`State`].
+pub(crate) struct Chooser<'s, 'c> {
+    pub state: &'s mut State<'c>,
+    pub loads: Loads,
+    memory_bound: bool,
+}
+
+impl<'s, 'c> Chooser<'s, 'c> {
+    pub fn new(state: &'s mut State<'c>) -> Self {
+        let c = state.c;
+        let loads = Loads::new(c, &state.host_of, |v| c.vms[v].footprint());
+        let memory_bound = loads.mean(MEM) > loads.mean(CPU);
+        Self { state, loads, memory_bound }
+    }
+
+    /// Best host for `v` (moving along with `moving`), or every host's refusal.
+    pub fn best(&self, v: usize, moving: &[usize]) -> Result<(usize, f64, bool), Vec<(usize, Reject)>> {
+        let c = self.state.c;
+        let w = c.vms[v].footprint();
+        let from = self.state.host_of[v];
+        let image = c.vms[v].image;
+        let mut best: Option<((u32, bool, f64), usize, bool)> = None;
+        let mut rejected = Vec::new();
+        for h in 0..c.hosts.len() {
+            if let Err(r) = self.state.check(v, h, moving) {
+                rejected.push((h, r));
+                continue;
+            }
+            let after = self.loads.after(w, from, Some(h));
+            let shares = image.is_some_and(|i| self.state.images.get(&(i, h)).copied().unwrap_or(0) > 0);
+            let key = (self.state.soft_penalty(v, h), !(shares && self.memory_bound), after);
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, h, shares));
+            }
+        }
+        match best {
+            Some(((_, _, after), h, shares)) => Ok((h, after, shares)),
+            None => Err(rejected),
+        }
+    }
+
+    pub fn apply(&mut self, v: usize, h: usize) {
+        let w = self.state.c.vms[v].footprint();
+        let from = self.state.host_of[v];
+        self.loads.apply(w, from, Some(h));
+        self.state.put(v, h);
+    }
+}
+
+/// Place the named VMs (as if powering them on), largest and most constrained first.
+/// Other running VMs stay where they are.
+pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
+    let mut idx = Vec::with_capacity(vms.len());
+    for id in vms {
+        let v = c.vm_index(id)?;
+        if idx.contains(&v) {
+            return Err(Error::InvalidRequest { reason: format!("vm {id:?} listed twice") });
+        }
+        idx.push(v);
+    }
+    let mut state = State::current(c);
+    for &v in &idx {
+        state.take(v);
+    }
+    let automatic = c.settings.automation != AutomationLevel::Manual;
+    let mut chooser = Chooser::new(&mut state);
+    // Most constrained first, then by size normalized to the largest host.
+    let allowed = |v: usize| c.vms[v].allowed.as_ref().map_or(c.hosts.len(), |a| a.iter().filter(|&&x| x).count());
+    let cap = c.hosts.iter().fold([1u64, 1u64], |m, h| [m[0].max(h.capacity[CPU]), m[1].max(h.capacity[MEM])]);
+    let size = |v: usize| {
+        let f = c.vms[v].footprint();
+        f[CPU] as f64 / cap[CPU] as f64 + f[MEM] as f64 / cap[MEM] as f64
+    };
+    let mut order = idx.clone();
+    order.sort_by(|&a, &b| {
+        (allowed(a), std::cmp::Reverse(c.groups[c.vms[a].group].vms.len()))
+            .cmp(&(allowed(b), std::cmp::Reverse(c.groups[c.vms[b].group].vms.len())))
+            .then(size(b).total_cmp(&size(a)))
+            .then(a.cmp(&b))
+    });
+    let mut plan = PlacementPlan { placements: Vec::new(), unplaced: Vec::new() };
+    for v in order {
+        let entry = match chooser.best(v, &[]) {
+            Ok((h, after, shares)) => {
+                let rejected = (0..c.hosts.len())
+                    .filter(|&o| o != h)
+                    .filter_map(|o| chooser.state.check(v, o, &[]).err().map(|why| Rejected { host: c.hosts[o].id.clone(), why }))
+                    .collect();
+                chooser.apply(v, h);
+                Placement { vm: c.vms[v].id.clone(), host: Some(c.hosts[h].id.clone()), automatic, imbalance_after: after, shares_image: shares, rejected }
+            }
+            Err(rej) => {
+                plan.unplaced.push(c.vms[v].id.clone());
+                Placement {
+                    vm: c.vms[v].id.clone(),
+                    host: None,
+                    automatic,
+                    imbalance_after: chooser.loads.imbalance(),
+                    shares_image: false,
+                    rejected: rej.into_iter().map(|(h, why)| Rejected { host: c.hosts[h].id.clone(), why }).collect(),
+                }
+            }
+        };
+        plan.placements.push(entry);
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn two_hosts() -> ClusterSpec {
+        ClusterSpec::new(
+            vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
+            vec![VmSpec::new("x", 4000, 4000).on("a"), VmSpec::new("new", 2000, 2000)],
+        )
+    }
+
+    #[test]
+    fn goes_to_the_emptier_host() {
+        let c = Cluster::new(two_hosts()).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert_eq!(p.placements[0].host.as_deref(), Some("b"));
+        assert!(p.unplaced.is_empty());
+    }
+
+    #[test]
+    fn anti_affinity_and_capacity_are_explained() {
+        let mut s = two_hosts();
+        s.vms[1].mem_mb = 7000;
+        s.vms.push(VmSpec::new("y", 100, 100).on("b"));
+        s.rules.push(RuleSpec::VmAntiAffinity { id: "apart".into(), vms: vec!["new".into(), "y".into()] });
+        let c = Cluster::new(s).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert_eq!(p.placements[0].host, None);
+        let why: Vec<String> = p.placements[0].rejected.iter().map(|r| r.why.to_string()).collect();
+        assert!(why.iter().any(|w| w.contains("memory")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("anti-affinity")), "{why:?}");
+    }
+
+    #[test]
+    fn same_image_is_colocated_when_memory_bound() {
+        let mut s = ClusterSpec::new(
+            vec![HostSpec::new("a", 100_000, 10_000), HostSpec::new("b", 100_000, 10_000)],
+            vec![VmSpec::new("x", 100, 5000).on("a"), VmSpec::new("y", 100, 4000).on("b"), VmSpec::new("new", 100, 500)],
+        );
+        s.vms[0].image = Some("w2k3".into());
+        s.vms[2].image = Some("w2k3".into());
+        let c = Cluster::new(s).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert_eq!(p.placements[0].host.as_deref(), Some("a"));
+        assert!(p.placements[0].shares_image);
+    }
+
+    #[test]
+    fn affinity_group_lands_together() {
+        let mut s = two_hosts();
+        s.vms.push(VmSpec::new("new2", 1000, 1000));
+        s.rules.push(RuleSpec::VmAffinity { id: "tog".into(), vms: vec!["new".into(), "new2".into()] });
+        let c = Cluster::new(s).unwrap();
+        let p = place(&c, &["new", "new2"]).unwrap();
+        assert_eq!(p.placements[0].host, p.placements[1].host);
+    }
+}

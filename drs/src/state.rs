@@ -1,0 +1,279 @@
+//! A mutable assignment of VMs to hosts with the sums and rule counters that make
+//! "can this VM go there?" an O(rules of the VM) question.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::model::VmHostMode;
+use crate::validate::{Cluster, CPU, MEM};
+
+/// Why a host cannot take a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reject {
+    /// The host is in maintenance mode.
+    Maintenance,
+    /// The host is powered off or in standby.
+    PoweredOff,
+    /// The VM is already there.
+    AlreadyThere,
+    /// Different CPU compatibility group.
+    Incompatible,
+    /// A must-run-on / must-not-run-on rule excludes the host.
+    VmHostRule {
+        /// The rule id.
+        rule: String,
+    },
+    /// Not enough free CPU for the footprint.
+    Cpu {
+        /// MHz needed.
+        need: u64,
+        /// MHz free.
+        free: u64,
+    },
+    /// Not enough free memory for the footprint.
+    Mem {
+        /// MB needed.
+        need: u64,
+        /// MB free.
+        free: u64,
+    },
+    /// An anti-affinity partner runs there.
+    AntiAffinity {
+        /// The rule id.
+        rule: String,
+    },
+    /// Affinity partners run on another host.
+    Affinity {
+        /// The rules behind the group.
+        rules: Vec<String>,
+        /// Where the partners are.
+        partners_on: String,
+    },
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::Maintenance => write!(f, "host in maintenance mode"),
+            Reject::PoweredOff => write!(f, "host not powered on"),
+            Reject::AlreadyThere => write!(f, "vm already on this host"),
+            Reject::Incompatible => write!(f, "cpu compatibility group differs"),
+            Reject::VmHostRule { rule } => write!(f, "vm-host rule {rule:?} excludes it"),
+            Reject::Cpu { need, free } => write!(f, "cpu: need {need} MHz, {free} MHz free"),
+            Reject::Mem { need, free } => write!(f, "memory: need {need} MB, {free} MB free"),
+            Reject::AntiAffinity { rule } => write!(f, "anti-affinity rule {rule:?}: a partner runs there"),
+            Reject::Affinity { rules, partners_on } => {
+                write!(f, "affinity rule {}: partners run on {partners_on:?}", rules.join(","))
+            }
+        }
+    }
+}
+
+/// Assignment plus per-host sums.
+#[derive(Debug, Clone)]
+pub(crate) struct State<'a> {
+    pub c: &'a Cluster,
+    pub host_of: Vec<Option<usize>>,
+    /// Σ footprints of running VMs per host.
+    pub used: Vec<[u64; 2]>,
+    /// (anti rule, host) → members there.
+    anti: HashMap<(usize, usize), u32>,
+    /// (image, host) → running VMs with that tag there.
+    pub images: HashMap<(u32, usize), u32>,
+}
+
+impl<'a> State<'a> {
+    /// The cluster's current placement (running VMs with a host).
+    pub fn current(c: &'a Cluster) -> Self {
+        let mut s = Self::empty(c);
+        for (v, vm) in c.vms.iter().enumerate() {
+            if let (true, Some(h)) = (vm.powered_on, vm.host) {
+                s.put(v, h);
+            }
+        }
+        s
+    }
+
+    /// Nothing placed.
+    pub fn empty(c: &'a Cluster) -> Self {
+        Self {
+            c,
+            host_of: vec![None; c.vms.len()],
+            used: vec![[0, 0]; c.hosts.len()],
+            anti: HashMap::new(),
+            images: HashMap::new(),
+        }
+    }
+
+    pub fn free(&self, h: usize) -> [u64; 2] {
+        let cap = self.c.hosts[h].capacity;
+        [cap[CPU].saturating_sub(self.used[h][CPU]), cap[MEM].saturating_sub(self.used[h][MEM])]
+    }
+
+    /// Place `v` on `h` (no checks).
+    pub fn put(&mut self, v: usize, h: usize) {
+        if self.host_of[v].is_some() {
+            self.take(v);
+        }
+        let vm = &self.c.vms[v];
+        let f = vm.footprint();
+        self.used[h][CPU] += f[CPU];
+        self.used[h][MEM] += f[MEM];
+        for &r in &vm.anti {
+            *self.anti.entry((r, h)).or_insert(0) += 1;
+        }
+        if let Some(i) = vm.image {
+            *self.images.entry((i, h)).or_insert(0) += 1;
+        }
+        self.host_of[v] = Some(h);
+    }
+
+    /// Remove `v` from its host.
+    pub fn take(&mut self, v: usize) {
+        let Some(h) = self.host_of[v].take() else { return };
+        let vm = &self.c.vms[v];
+        let f = vm.footprint();
+        self.used[h][CPU] -= f[CPU];
+        self.used[h][MEM] -= f[MEM];
+        for &r in &vm.anti {
+            if let Some(n) = self.anti.get_mut(&(r, h)) {
+                *n -= 1;
+            }
+        }
+        if let Some(i) = vm.image {
+            if let Some(n) = self.images.get_mut(&(i, h)) {
+                *n -= 1;
+            }
+        }
+    }
+
+    /// Host-level reasons, independent of capacity and partners.
+    pub fn static_reject(&self, v: usize, h: usize) -> Option<Reject> {
+        let host = &self.c.hosts[h];
+        if host.maintenance {
+            return Some(Reject::Maintenance);
+        }
+        if !host.usable() {
+            return Some(Reject::PoweredOff);
+        }
+        let vm = &self.c.vms[v];
+        if !vm.allows(h) {
+            for &r in &vm.host_rules {
+                let rule = &self.c.host_rules[r];
+                let inside = rule.hosts[h];
+                let bad = match rule.mode {
+                    VmHostMode::MustRunOn => !inside,
+                    VmHostMode::MustNotRunOn => inside,
+                    _ => false,
+                };
+                if bad {
+                    return Some(Reject::VmHostRule { rule: rule.id.clone() });
+                }
+            }
+            // The affinity group's union of rules may exclude it through a partner.
+            for &p in &self.c.groups[vm.group].vms {
+                for &r in &self.c.vms[p].host_rules {
+                    let rule = &self.c.host_rules[r];
+                    let inside = rule.hosts[h];
+                    if (rule.mode == VmHostMode::MustRunOn && !inside)
+                        || (rule.mode == VmHostMode::MustNotRunOn && inside)
+                    {
+                        return Some(Reject::VmHostRule { rule: rule.id.clone() });
+                    }
+                }
+            }
+            return Some(Reject::Incompatible);
+        }
+        None
+    }
+
+    /// Can running VM `v` go to `h` given everything else where it is now?
+    /// Affinity partners that move with it are listed in `moving`.
+    pub fn check(&self, v: usize, h: usize, moving: &[usize]) -> Result<(), Reject> {
+        if self.host_of[v] == Some(h) {
+            return Err(Reject::AlreadyThere);
+        }
+        if let Some(r) = self.static_reject(v, h) {
+            return Err(r);
+        }
+        let vm = &self.c.vms[v];
+        let need = vm.footprint();
+        let free = self.free(h);
+        if need[CPU] > free[CPU] {
+            return Err(Reject::Cpu { need: need[CPU], free: free[CPU] });
+        }
+        if need[MEM] > free[MEM] {
+            return Err(Reject::Mem { need: need[MEM], free: free[MEM] });
+        }
+        for &r in &vm.anti {
+            let there = self.anti.get(&(r, h)).copied().unwrap_or(0);
+            if there > 0 {
+                return Err(Reject::AntiAffinity { rule: self.c.anti_rules[r].id.clone() });
+            }
+        }
+        let group = &self.c.groups[vm.group];
+        for &p in &group.vms {
+            if p == v || moving.contains(&p) {
+                continue;
+            }
+            if let Some(ph) = self.host_of[p] {
+                if ph != h {
+                    return Err(Reject::Affinity {
+                        rules: group.rules.clone(),
+                        partners_on: self.c.hosts[ph].id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Does the VM break a hard rule where it is now?
+    pub fn violation(&self, v: usize) -> Option<String> {
+        let h = self.host_of[v]?;
+        let vm = &self.c.vms[v];
+        let host = &self.c.hosts[h];
+        if host.maintenance {
+            return Some(format!("host {:?} is entering maintenance mode", host.id));
+        }
+        if !host.usable() {
+            return Some(format!("host {:?} is not powered on", host.id));
+        }
+        if !vm.allows(h) {
+            return Some(match self.static_reject(v, h) {
+                Some(r) => r.to_string(),
+                None => "vm-host rule".into(),
+            });
+        }
+        for &r in &vm.anti {
+            if self.anti.get(&(r, h)).copied().unwrap_or(0) > 1 {
+                return Some(format!("anti-affinity rule {:?} broken", self.c.anti_rules[r].id));
+            }
+        }
+        None
+    }
+
+    /// Is the host over its capacity?
+    pub fn overcommitted(&self, h: usize) -> bool {
+        let cap = self.c.hosts[h].capacity;
+        self.used[h][CPU] > cap[CPU] || self.used[h][MEM] > cap[MEM]
+    }
+
+    /// Soft-rule score: number of should-rules the VM breaks on `h`.
+    pub fn soft_penalty(&self, v: usize, h: usize) -> u32 {
+        let mut n = 0;
+        for &r in &self.c.vms[v].host_rules {
+            let rule = &self.c.host_rules[r];
+            let inside = rule.hosts[h];
+            n += u32::from(match rule.mode {
+                VmHostMode::ShouldRunOn => !inside,
+                VmHostMode::ShouldNotRunOn => inside,
+                _ => false,
+            });
+        }
+        n
+    }
+}
