@@ -5,6 +5,8 @@
 //!
 //! Each test first opens `/dev/kvm` and prints `SKIP: <why>` when it cannot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Sizes and byte patterns here are small values on a 64-bit host.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,15 +55,15 @@ const CODE: &[u8] = &[
 
 /// MSRs the source guest gets non-default values for, to prove they travel.
 const TEST_MSRS: &[(u32, u64)] = &[
-    (0x174, 0x10),                  // SYSENTER_CS
-    (0x175, 0x1234_5000),           // SYSENTER_ESP
-    (0x176, 0xffff_8000_0012_3456), // SYSENTER_EIP
+    (0x174, 0x10),                        // SYSENTER_CS
+    (0x175, 0x1234_5000),                 // SYSENTER_ESP
+    (0x176, 0xffff_8000_0012_3456),       // SYSENTER_EIP
     (0xc000_0081, 0x0023_0010_0000_0000), // STAR
     (0xc000_0082, 0xffff_ffff_8100_0000), // LSTAR
     (0xc000_0083, 0xffff_ffff_8100_1000), // CSTAR
-    (0xc000_0084, 0x4_7700),        // SFMASK
+    (0xc000_0084, 0x4_7700),              // SFMASK
     (0xc000_0102, 0xffff_8880_0000_0000), // KERNEL_GS_BASE
-    (0x277, 0x0006_0606_0006_0606), // PAT
+    (0x277, 0x0006_0606_0006_0606),       // PAT
 ];
 
 fn kvm_or_skip() -> Option<Kvm> {
@@ -81,7 +83,9 @@ fn fill(mem: &GuestMemoryMmap<AtomicBitmap>) {
     mem.write_obj(DATA_BYTE, GuestAddress(DATA_GPA)).unwrap();
     let size = mem.iter().map(|r| r.len()).sum::<u64>();
     for (i, gpa) in pattern_pages(size).enumerate() {
-        let page: Vec<u8> = (0..4096u32).map(|b| (b as u8) ^ (i as u8).wrapping_mul(31)).collect();
+        let page: Vec<u8> = (0..4096u32)
+            .map(|b| (b as u8) ^ (i as u8).wrapping_mul(31))
+            .collect();
         mem.write_slice(&page, GuestAddress(gpa)).unwrap();
     }
 }
@@ -142,7 +146,9 @@ fn run_to_out(vcpu: &mut VcpuFd) -> (u16, u8) {
 /// Lets KVM complete the in-flight `out` (as a pausing VMM does with immediate_exit).
 fn complete_pending_io(vcpu: &mut VcpuFd) {
     vcpu.set_kvm_immediate_exit(1);
-    let err = vcpu.run().expect_err("KVM_RUN with immediate_exit must return EINTR");
+    let err = vcpu
+        .run()
+        .expect_err("KVM_RUN with immediate_exit must return EINTR");
     assert_eq!(err.errno(), libc::EINTR);
     vcpu.set_kvm_immediate_exit(0);
 }
@@ -156,7 +162,8 @@ struct Saved {
 
 /// Boots the guest to its first port write, captures everything, writes the two files.
 fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
-    let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), mem_bytes)]).unwrap();
+    let mem =
+        GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), mem_bytes)]).unwrap();
     fill(&mem);
     let vm = new_vm(kvm, &mem);
     let mut vcpu = vm.create_vcpu(0).unwrap();
@@ -181,8 +188,15 @@ fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
             ..Default::default()
         })
         .collect();
-    let written = vcpu.set_msrs(&Msrs::from_entries(&entries).unwrap()).unwrap();
-    assert_eq!(written, entries.len(), "source refused test msr {:#x}", TEST_MSRS[written].0);
+    let written = vcpu
+        .set_msrs(&Msrs::from_entries(&entries).unwrap())
+        .unwrap();
+    assert_eq!(
+        written,
+        entries.len(),
+        "source refused test msr {:#x}",
+        TEST_MSRS[written].0
+    );
 
     assert_eq!(run_to_out(&mut vcpu), (EXIT_PORT, 0x41));
     complete_pending_io(&mut vcpu);
@@ -232,7 +246,11 @@ fn compare_vcpu(saved: &VcpuState, now: &VcpuState) {
     assert_eq!(now.mp_state, saved.mp_state, "mp state");
     assert_eq!(now.cpuid, saved.cpuid, "cpuid");
     let (a, b) = (msr_map(saved), msr_map(now));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "msr set");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "msr set"
+    );
     for (index, value) in &a {
         let now_value = b[index];
         if *index == 0x10 {
@@ -242,7 +260,11 @@ fn compare_vcpu(saved: &VcpuState, now: &VcpuState) {
         }
     }
     for &(index, data) in TEST_MSRS {
-        assert_eq!(b.get(&index), Some(&data), "test msr {index:#x} not restored");
+        assert_eq!(
+            b.get(&index),
+            Some(&data),
+            "test msr {index:#x} not restored"
+        );
     }
     let lapic = |s: &VcpuState| -> Vec<u8> {
         let mut bytes: Vec<u8> = s.lapic.regs.iter().map(|&b| b as u8).collect();
@@ -254,7 +276,13 @@ fn compare_vcpu(saved: &VcpuState, now: &VcpuState) {
 
 fn compare_vm(saved: &VmFdState, now: &VmFdState) {
     assert_eq!(now.irqchip, saved.irqchip, "irqchip");
-    for (i, (a, b)) in saved.pit2.channels.iter().zip(&now.pit2.channels).enumerate() {
+    for (i, (a, b)) in saved
+        .pit2
+        .channels
+        .iter()
+        .zip(&now.pit2.channels)
+        .enumerate()
+    {
         let strip = |c: &kvm_bindings::kvm_pit_channel_state| kvm_bindings::kvm_pit_channel_state {
             count_load_time: 0,
             ..*c
@@ -262,7 +290,10 @@ fn compare_vm(saved: &VmFdState, now: &VmFdState) {
         assert_eq!(strip(b), strip(a), "pit channel {i}");
     }
     assert_eq!(now.pit2.flags, saved.pit2.flags, "pit flags");
-    assert!(now.clock.clock >= saved.clock.clock, "kvmclock went backwards");
+    assert!(
+        now.clock.clock >= saved.clock.clock,
+        "kvmclock went backwards"
+    );
     assert!(
         now.clock.clock - saved.clock.clock < Duration::from_secs(5).as_nanos() as u64,
         "kvmclock jumped"
@@ -355,7 +386,10 @@ fn restore_in_child_process() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("child stdout:\n{stdout}\nchild stderr:\n{stderr}");
     assert!(out.status.success(), "child restore failed: {}", out.status);
-    assert!(stdout.contains("restored in child"), "child did not run the restore");
+    assert!(
+        stdout.contains("restored in child"),
+        "child did not run the restore"
+    );
 }
 
 /// The child half of `restore_in_child_process`; does nothing when run on its own.

@@ -104,7 +104,8 @@ pub fn decode(bytes: &[u8]) -> Result<VmState> {
         });
     }
     let payload = &covered[HEADER_BYTES..];
-    let (state, rest) = postcard::take_from_bytes::<VmState>(payload).map_err(StateError::Decode)?;
+    let (state, rest) =
+        postcard::take_from_bytes::<VmState>(payload).map_err(StateError::Decode)?;
     if !rest.is_empty() {
         return Err(StateError::TrailingBytes {
             what: "state payload",
@@ -224,7 +225,7 @@ mod tests {
         assert_eq!(&bytes[..8], b"VINFRAST");
         assert_eq!(&bytes[8..12], &[1, 0, 0, 0]);
         let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
-        assert_eq!(len as usize, bytes.len() - 24);
+        assert_eq!(len, bytes.len() as u64 - 24);
         let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
         assert_eq!(crc, crc32fast::hash(&bytes[..bytes.len() - 4]));
     }

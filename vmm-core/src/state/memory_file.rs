@@ -25,7 +25,10 @@ pub const MEMORY_FILE_VERSION: u32 = 1;
 
 /// Page size of the file layout: region addresses, lengths and offsets are multiples of it,
 /// and it is the unit of zero-page elision.
-pub const MEMORY_PAGE_BYTES: u64 = 4096;
+pub const MEMORY_PAGE_BYTES: u64 = PAGE_USIZE as u64;
+const PAGE_USIZE: usize = 4096;
+/// The page size as the header stores it.
+const PAGE_SIZE_FIELD: u32 = 4096;
 
 /// Bytes reserved for the header; the first region starts right after.
 const HEADER_BYTES: u64 = MEMORY_PAGE_BYTES;
@@ -156,7 +159,7 @@ pub fn verify_memory_file(path: &Path) -> Result<()> {
         let mut hasher = crc32fast::Hasher::new();
         let mut done = 0u64;
         while done < e.len {
-            let n = (e.len - done).min(CHUNK_BYTES as u64) as usize;
+            let n = chunk_len(e.len - done);
             file.read_exact_at(&mut buf[..n], e.offset + done)
                 .map_err(StateError::io("read memory file", path))?;
             hasher.update(&buf[..n]);
@@ -197,7 +200,7 @@ fn write_regions(
         let mut hasher = crc32fast::Hasher::new();
         let mut done = 0u64;
         while done < len {
-            let n = (len - done).min(CHUNK_BYTES as u64) as usize;
+            let n = chunk_len(len - done);
             let chunk = &mut buf[..n];
             region
                 .read_slice(chunk, MemoryRegionAddress(done))
@@ -230,7 +233,7 @@ fn write_nonzero_runs(
     path: &Path,
     stats: &mut MemorySaveStats,
 ) -> Result<()> {
-    let page = MEMORY_PAGE_BYTES as usize;
+    let page = PAGE_USIZE;
     let mut run_start: Option<usize> = None;
     let flush = |start: usize, end: usize, stats: &mut MemorySaveStats| -> Result<()> {
         file.write_all_at(&chunk[start..end], file_offset + start as u64)
@@ -255,6 +258,11 @@ fn write_nonzero_runs(
     Ok(())
 }
 
+/// Bytes to copy next: what remains, at most one chunk.
+fn chunk_len(remaining: u64) -> usize {
+    usize::try_from(remaining).map_or(CHUNK_BYTES, |r| r.min(CHUNK_BYTES))
+}
+
 fn is_zero(page: &[u8]) -> bool {
     // OR-folding whole words vectorises well; the byte order is irrelevant to a zero test.
     let (words, tail) = page.split_at(page.len() - page.len() % 8);
@@ -269,8 +277,10 @@ fn encode_header(entries: &[RegionEntry]) -> Vec<u8> {
     let mut h = Vec::with_capacity(FIXED_BYTES + entries.len() * ENTRY_BYTES + 4);
     h.extend_from_slice(&MEMORY_FILE_MAGIC);
     h.extend_from_slice(&MEMORY_FILE_VERSION.to_le_bytes());
-    h.extend_from_slice(&(MEMORY_PAGE_BYTES as u32).to_le_bytes());
-    h.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    h.extend_from_slice(&PAGE_SIZE_FIELD.to_le_bytes());
+    // save_memory refuses more than MAX_REGIONS regions, so the count fits.
+    let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    h.extend_from_slice(&count.to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
     for e in entries {
         h.extend_from_slice(&e.gpa.to_le_bytes());
@@ -315,7 +325,10 @@ fn decode_header(page: &[u8], file_len: u64, path: &Path) -> Result<Vec<RegionEn
     let count = r.u32().ok_or_else(|| truncated(page))? as usize;
     let _reserved = r.u32().ok_or_else(|| truncated(page))?;
     if count == 0 || count > MAX_REGIONS {
-        return Err(bad(path, &format!("{count} regions, expected 1 to {MAX_REGIONS}")));
+        return Err(bad(
+            path,
+            &format!("{count} regions, expected 1 to {MAX_REGIONS}"),
+        ));
     }
     let covered = FIXED_BYTES + count * ENTRY_BYTES;
     let mut entries = Vec::with_capacity(count);
@@ -350,17 +363,29 @@ fn decode_header(page: &[u8], file_len: u64, path: &Path) -> Result<Vec<RegionEn
     let mut prev_end = 0u64;
     for (i, e) in entries.iter().enumerate() {
         if e.len == 0 || e.len % MEMORY_PAGE_BYTES != 0 || e.gpa % MEMORY_PAGE_BYTES != 0 {
-            return Err(bad(path, &format!("region {i} is empty or not page-aligned")));
+            return Err(bad(
+                path,
+                &format!("region {i} is empty or not page-aligned"),
+            ));
         }
         if e.offset != expected_offset {
-            return Err(bad(path, &format!("region {i} at file offset {:#x}, expected {expected_offset:#x}", e.offset)));
+            return Err(bad(
+                path,
+                &format!(
+                    "region {i} at file offset {:#x}, expected {expected_offset:#x}",
+                    e.offset
+                ),
+            ));
         }
         let end = e
             .gpa
             .checked_add(e.len)
             .ok_or_else(|| bad(path, &format!("region {i} overflows guest addresses")))?;
         if i > 0 && e.gpa < prev_end {
-            return Err(bad(path, &format!("region {i} overlaps or precedes region {}", i - 1)));
+            return Err(bad(
+                path,
+                &format!("region {i} overlaps or precedes region {}", i - 1),
+            ));
         }
         prev_end = end;
         expected_offset = e
@@ -417,7 +442,10 @@ fn bad(path: &Path, reason: &str) -> StateError {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -440,6 +468,9 @@ fn anon_memory(ranges: &[(u64, usize)]) -> GuestMemoryMmap<AtomicBitmap> {
 
 #[cfg(test)]
 mod tests {
+    // Lengths here are small test sizes on a 64-bit host.
+    #![allow(clippy::cast_possible_truncation)]
+
     use super::*;
     use proptest::prelude::*;
 
@@ -453,8 +484,10 @@ mod tests {
             .collect()
     }
 
-    /// Regions: (page-aligned gpa gap, pages) and writes: (region, page, byte offset, value).
-    fn arb_layout() -> impl Strategy<Value = (Vec<(u64, usize)>, Vec<(usize, usize, usize, u8)>)> {
+    /// Regions as (gpa, bytes) and writes as (region, page, byte offset, value).
+    type Layout = (Vec<(u64, usize)>, Vec<(usize, usize, usize, u8)>);
+
+    fn arb_layout() -> impl Strategy<Value = Layout> {
         prop::collection::vec((0u64..4, 1usize..24), 1..4).prop_flat_map(|shape| {
             let mut ranges = Vec::new();
             let mut at = 0u64;
@@ -464,10 +497,7 @@ mod tests {
                 at += (pages as u64) * MEMORY_PAGE_BYTES;
             }
             let n = ranges.len();
-            let writes = prop::collection::vec(
-                (0..n, 0usize..24, 0usize..4096, 1u8..=255),
-                0..40,
-            );
+            let writes = prop::collection::vec((0..n, 0usize..24, 0usize..4096, 1u8..=255), 0..40);
             (Just(ranges), writes)
         })
     }
@@ -557,7 +587,10 @@ mod tests {
         f.write_all_at(&[0x43], 4096 + 0x2000).unwrap();
         assert!(matches!(
             verify_memory_file(&path),
-            Err(StateError::Checksum { what: "memory region", .. })
+            Err(StateError::Checksum {
+                what: "memory region",
+                ..
+            })
         ));
     }
 

@@ -189,19 +189,23 @@ pub(crate) mod testing {
     }
 
     fn arb_fpu() -> impl Strategy<Value = FpuState> {
-        (any::<[[u8; 16]; 8]>(), any::<(u16, u16, u8, u16, u64, u64, u32)>()).prop_map(
-            |(fpr, (fcw, fsw, ftwx, last_opcode, last_ip, last_dp, mxcsr))| FpuState {
-                fpr,
-                fcw,
-                fsw,
-                ftwx,
-                last_opcode,
-                last_ip,
-                last_dp,
-                xmm: [[0x5a; 16]; 16],
-                mxcsr,
-            },
+        (
+            any::<[[u8; 16]; 8]>(),
+            any::<(u16, u16, u8, u16, u64, u64, u32)>(),
         )
+            .prop_map(
+                |(fpr, (fcw, fsw, ftwx, last_opcode, last_ip, last_dp, mxcsr))| FpuState {
+                    fpr,
+                    fcw,
+                    fsw,
+                    ftwx,
+                    last_opcode,
+                    last_ip,
+                    last_dp,
+                    xmm: [[0x5a; 16]; 16],
+                    mxcsr,
+                },
+            )
     }
 
     fn arb_vcpu() -> impl Strategy<Value = VcpuState> {

@@ -369,11 +369,10 @@ fn restore_xsave(vcpu: &VcpuFd, words: &[u32]) -> Result<()> {
         return Ok(());
     }
     let total = words.len().max(XSAVE_RESTORE_WORDS);
-    let mut xsave =
-        Xsave::new(total - XSAVE_REGION_WORDS).map_err(|source| StateError::Fam {
-            what: "xsave",
-            source,
-        })?;
+    let mut xsave = Xsave::new(total - XSAVE_REGION_WORDS).map_err(|source| StateError::Fam {
+        what: "xsave",
+        source,
+    })?;
     let (head, tail) = words.split_at(words.len().min(XSAVE_REGION_WORDS));
     // SAFETY: only plain integers are written; the length of the flexible array is untouched.
     let fixed = unsafe { &mut xsave.as_mut_fam_struct().xsave.region };
@@ -394,7 +393,11 @@ fn restore_tsc_khz(vcpu: &VcpuFd, saved_khz: u32) -> Result<()> {
     if diff * 1_000_000 <= u64::from(saved_khz) * 250 {
         return Ok(());
     }
-    tracing::info!(saved_khz, current, "scaling guest tsc to the saved frequency");
+    tracing::info!(
+        saved_khz,
+        current,
+        "scaling guest tsc to the saved frequency"
+    );
     vcpu.set_tsc_khz(saved_khz)
         .map_err(StateError::kvm("KVM_SET_TSC_KHZ"))
 }

@@ -62,8 +62,18 @@ pub fn capture_vm(vm: &VmFd) -> Result<VmFdState> {
 /// the guest clock continues from the saved value instead of jumping by the wall time that
 /// passed while the VM was saved.
 pub fn restore_vm(vm: &VmFd, state: &VmFdState) -> Result<()> {
-    set_chip(vm, KVM_IRQCHIP_PIC_MASTER, "pic master", &state.irqchip.pic_master)?;
-    set_chip(vm, KVM_IRQCHIP_PIC_SLAVE, "pic slave", &state.irqchip.pic_slave)?;
+    set_chip(
+        vm,
+        KVM_IRQCHIP_PIC_MASTER,
+        "pic master",
+        &state.irqchip.pic_master,
+    )?;
+    set_chip(
+        vm,
+        KVM_IRQCHIP_PIC_SLAVE,
+        "pic slave",
+        &state.irqchip.pic_slave,
+    )?;
     set_chip(vm, KVM_IRQCHIP_IOAPIC, "ioapic", &state.irqchip.ioapic)?;
     vm.set_pit2(&state.pit2)
         .map_err(StateError::kvm("KVM_SET_PIT2"))?;
