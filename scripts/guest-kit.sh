@@ -99,6 +99,9 @@ dep_of() { # <deb> <regex>
     dpkg-deb -f "$1" Depends | tr ',' '\n' | sed 's/^ *//; s/ .*//; s/|.*//' | grep -E "$2" | head -n1
 }
 
+# As root, apt's sandbox user cannot write into our cache: download as root, quietly.
+APT_DOWNLOAD=(apt-get -q -o APT::Sandbox::User=root download)
+
 fetch_linux() {
     mkdir -p "$LINUX"
     local dl="$LINUX/debs" root="$LINUX/root"
@@ -122,7 +125,7 @@ fetch_linux() {
         local meta kpkg
         meta="$(ls "$dl"/linux-image-cloud-amd64_*.deb 2>/dev/null | head -n1 || true)"
         if [[ -z "$meta" ]]; then
-            (cd "$dl" && apt-get download linux-image-cloud-amd64 >/dev/null) ||
+            (cd "$dl" && "${APT_DOWNLOAD[@]}" linux-image-cloud-amd64 >/dev/null) ||
                 die "apt-get download linux-image-cloud-amd64 failed (run apt-get update first?)"
             meta="$(ls "$dl"/linux-image-cloud-amd64_*.deb | head -n1)"
             say "downloaded $(basename "$meta")"
@@ -130,16 +133,18 @@ fetch_linux() {
         kpkg="$(dep_of "$meta" '^linux-image-[0-9].*-cloud-amd64')"
         [[ -n "$kpkg" ]] || die "$(basename "$meta") names no linux-image-*-cloud-amd64 dependency"
         if ! ls "$dl/${kpkg}"_*.deb >/dev/null 2>&1; then
-            (cd "$dl" && apt-get download "$kpkg" >/dev/null) || die "apt-get download $kpkg failed"
+            (cd "$dl" && "${APT_DOWNLOAD[@]}" "$kpkg" >/dev/null) || die "apt-get download $kpkg failed"
             say "downloaded $kpkg"
         fi
         if [[ ! -d "$root/$kpkg" ]]; then
             rm -rf "$root/$kpkg.tmp"
-            dpkg-deb -x "$dl/${kpkg}"_*.deb "$root/$kpkg.tmp" && mv "$root/$kpkg.tmp" "$root/$kpkg"
+            mkdir -p "$root/$kpkg.tmp"
+            dpkg-deb -x "$dl/${kpkg}"_*.deb "$root/$kpkg.tmp" || die "dpkg-deb -x of $kpkg failed"
+            mv "$root/$kpkg.tmp" "$root/$kpkg"
             say "extracted $kpkg"
         fi
         KROOT="$root/$kpkg"
-        KVER="$(ls "$KROOT/lib/modules" | head -n1)"
+        KVER="$(ls "$KROOT/lib/modules" 2>/dev/null | head -n1 || true)"
         [[ -n "$KVER" ]] || die "no lib/modules in $kpkg"
     fi
 
@@ -181,7 +186,7 @@ build_initramfs() {
     local bb
     bb="$(ls "$dl"/busybox-static_*.deb 2>/dev/null | head -n1 || true)"
     if [[ -z "$bb" ]]; then
-        (cd "$dl" && apt-get download busybox-static >/dev/null) || die "apt-get download busybox-static failed"
+        (cd "$dl" && "${APT_DOWNLOAD[@]}" busybox-static >/dev/null) || die "apt-get download busybox-static failed"
         bb="$(ls "$dl"/busybox-static_*.deb | head -n1)"
         say "downloaded $(basename "$bb")"
     fi
@@ -190,7 +195,12 @@ build_initramfs() {
         say "initramfs.cpio.gz up to date"
         return
     fi
-    [[ -d "$root/busybox" ]] || { dpkg-deb -x "$bb" "$root/busybox.tmp" && mv "$root/busybox.tmp" "$root/busybox"; }
+    if [[ ! -d "$root/busybox" ]]; then
+        rm -rf "$root/busybox.tmp"
+        mkdir -p "$root/busybox.tmp"
+        dpkg-deb -x "$bb" "$root/busybox.tmp" || die "dpkg-deb -x of busybox-static failed"
+        mv "$root/busybox.tmp" "$root/busybox"
+    fi
     local stage="$LINUX/initramfs.stage"
     rm -rf "$stage"
     mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,etc,root,lib/modules/"$KVER"}
@@ -198,38 +208,39 @@ build_initramfs() {
     ln -s busybox "$stage/bin/sh"
 
     # virtio modules and what they depend on, decompressed (busybox insmod takes plain .ko).
+    # The .deb has no modules.dep (depmod makes it at install): read each module's
+    # .modinfo "depends=" field instead.
     local mdir="$KROOT/lib/modules/$KVER" order=() seen=" "
+    find_mod() { # <name> -> path relative to $mdir
+        local n="$1" f
+        f="$(cd "$mdir" && find kernel -regextype posix-extended \
+            -regex ".*/(${n}|${n//_/-})\.ko(\.xz|\.zst|\.gz)?" | head -n1)"
+        [[ -n "$f" ]] || die "module $n not found under lib/modules/$KVER of the kernel package"
+        printf '%s' "$f"
+    }
+    cat_mod() { # <rel> -> plain .ko on stdout
+        case "$1" in
+        *.xz) need xz xz-utils && xz -dc "$mdir/$1" ;;
+        *.zst) need zstd zstd && zstd -qdc "$mdir/$1" ;;
+        *.gz) gzip -dc "$mdir/$1" ;;
+        *) cat "$mdir/$1" ;;
+        esac
+    }
     add_mod() { # depth-first: dependencies first
-        local rel="$1" dep
-        [[ "$seen" == *" $rel "* ]] && return
-        seen+="$rel "
-        for dep in $(grep -E "^${rel}:" "$mdir/modules.dep" | cut -d: -f2-); do
+        local name="$1" rel dep deps
+        [[ "$seen" == *" $name "* ]] && return
+        seen+="$name "
+        rel="$(find_mod "$name")"
+        deps="$(cat_mod "$rel" | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n1 | tr ',' ' ')"
+        for dep in $deps; do
             add_mod "$dep"
         done
-        order+=("$rel")
+        cat_mod "$rel" >"$stage/lib/modules/$KVER/$name.ko"
+        order+=("$name")
     }
-    local m rel
-    for m in virtio_mmio virtio_blk; do
-        rel="$(grep -oE "^[^:]*/${m}\.ko(\.xz|\.zst|\.gz)?:" "$mdir/modules.dep" | head -n1 | tr -d :)"
-        [[ -n "$rel" ]] || die "module $m not found in $KVER's modules.dep"
-        add_mod "$rel"
-    done
-    : >"$stage/etc/modules"
-    for rel in "${order[@]}"; do
-        local base dst
-        base="$(basename "$rel")"
-        base="${base%.xz}"
-        base="${base%.zst}"
-        base="${base%.gz}"
-        dst="$stage/lib/modules/$KVER/$base"
-        case "$rel" in
-        *.xz) need xz xz-utils && xz -dc "$mdir/$rel" >"$dst" ;;
-        *.zst) need zstd zstd && zstd -qdc "$mdir/$rel" >"$dst" ;;
-        *.gz) gzip -dc "$mdir/$rel" >"$dst" ;;
-        *) cp "$mdir/$rel" "$dst" ;;
-        esac
-        echo "${base%.ko}" >>"$stage/etc/modules"
-    done
+    add_mod virtio_mmio
+    add_mod virtio_blk
+    printf '%s\n' "${order[@]}" >"$stage/etc/modules"
 
     cat >"$stage/init" <<INIT
 #!/bin/busybox sh
@@ -260,7 +271,7 @@ INIT
     (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 >"$out.tmp"
     mv "$out.tmp" "$out"
     rm -rf "$stage"
-    say "built initramfs.cpio.gz (busybox; modules: ${order[*]##*/})"
+    say "built initramfs.cpio.gz (busybox, modules: ${order[*]})"
 }
 
 # ------------------------------------------------------------------ manifest
