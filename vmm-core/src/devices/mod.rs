@@ -5,6 +5,8 @@
 //! they must be `Send`; the bus serialises access with a lock per device.
 
 pub mod block;
+pub mod exit;
+pub mod serial;
 pub mod virtio;
 
 /// A device on the MMIO bus, addressed by offsets inside its window.

@@ -1,0 +1,65 @@
+//! PVH boot: `hvm_start_info` and its E820-style memory map.
+
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::error::{Error, Result};
+use crate::memory::{GuestMemoryMmap, HIMEM_START, LEGACY_HOLE_START};
+
+/// Where `hvm_start_info` is written.
+pub const START_INFO_ADDR: u64 = 0x6000;
+/// Where the memory map follows it.
+pub const MEMMAP_ADDR: u64 = 0x7000;
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+
+/// The memory map given to the guest: RAM with the legacy hole reserved.
+pub fn memmap(mem: &GuestMemoryMmap) -> Vec<hvm_memmap_table_entry> {
+    let mut out = vec![
+        entry(0, LEGACY_HOLE_START, E820_RAM),
+        entry(
+            LEGACY_HOLE_START,
+            HIMEM_START - LEGACY_HOLE_START,
+            E820_RESERVED,
+        ),
+    ];
+    for r in mem.iter() {
+        let start = r.start_addr().raw_value().max(HIMEM_START);
+        let end = r.start_addr().raw_value() + r.len();
+        if end > start {
+            out.push(entry(start, end - start, E820_RAM));
+        }
+    }
+    out
+}
+
+fn entry(addr: u64, size: u64, type_: u32) -> hvm_memmap_table_entry {
+    hvm_memmap_table_entry {
+        addr,
+        size,
+        type_,
+        reserved: 0,
+    }
+}
+
+/// Writes the start info (version 1, with the memory map) and returns its address.
+pub fn write_start_info(mem: &GuestMemoryMmap, cmdline_addr: u64) -> Result<u64> {
+    let map = memmap(mem);
+    let werr = |e: vm_memory::GuestMemoryError| Error::Memory(format!("write start info: {e}"));
+    for (i, e) in map.iter().enumerate() {
+        let at = MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        mem.write_obj(*e, GuestAddress(at)).map_err(werr)?;
+    }
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: cmdline_addr,
+        memmap_paddr: MEMMAP_ADDR,
+        memmap_entries: u32::try_from(map.len()).unwrap_or(0),
+        ..Default::default()
+    };
+    mem.write_obj(info, GuestAddress(START_INFO_ADDR))
+        .map_err(werr)?;
+    Ok(START_INFO_ADDR)
+}

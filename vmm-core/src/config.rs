@@ -1,0 +1,349 @@
+//! VM configuration: a serde type that is validated once into [`ValidConfig`].
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Smallest guest memory we accept: boot structures live below 1 MiB and the kernel
+/// is loaded at 1 MiB.
+pub const MIN_MEMORY_MIB: u64 = 2;
+/// Largest guest memory we accept.
+pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
+/// Most vCPUs a VM may have regardless of KVM (APIC ids stay below the broadcast id).
+pub const MAX_VCPUS: u32 = 254;
+/// Longest kernel command line, in bytes, including what the VMM appends.
+pub const CMDLINE_MAX_BYTES: usize = 4096;
+
+/// What a VM is made of. Build one with [`VmConfig::new`] and set fields, or
+/// deserialize it from JSON (unknown keys are rejected).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VmConfig {
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Number of vCPUs (1 to the KVM limit).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Kernel: an ELF with a PVH note, an ELF vmlinux, or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk (Linux boot protocol only).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends device and TSC keys.
+    #[serde(default)]
+    pub cmdline: String,
+    /// virtio-blk disks, device i at MMIO slot i.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Where the guest's serial console goes.
+    #[serde(default)]
+    pub serial_output: SerialOutput,
+    /// Mark guest RAM mergeable for KSM (`MADV_MERGEABLE`).
+    #[serde(default)]
+    pub page_sharing: bool,
+    /// The KVM device node (tests point it elsewhere to check the error path).
+    #[serde(default = "default_kvm_path")]
+    pub kvm_path: PathBuf,
+}
+
+fn default_memory_mib() -> u64 {
+    256
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_kvm_path() -> PathBuf {
+    PathBuf::from("/dev/kvm")
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DiskConfig {
+    /// Image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Identifier the guest reads with GET_ID (at most 20 bytes); defaults to `disk<i>`.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl DiskConfig {
+    /// A read-write disk backed by `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            path: path.into(),
+            read_only: false,
+            id: None,
+        }
+    }
+}
+
+/// Where the serial console's output goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum SerialOutput {
+    /// The VMM process's standard output.
+    Stdio,
+    /// Appended to a file.
+    File {
+        /// The file, created if missing.
+        path: PathBuf,
+    },
+    /// Discarded.
+    #[default]
+    None,
+    /// A writer supplied through the API (not expressible in JSON).
+    #[serde(skip)]
+    Writer(SharedWriter),
+}
+
+/// A `Write` sink shared between the caller and the serial device.
+#[derive(Clone)]
+pub struct SharedWriter(pub Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedWriter {
+    /// Wraps a writer.
+    pub fn new(w: impl Write + Send + 'static) -> Self {
+        SharedWriter(Arc::new(Mutex::new(Box::new(w))))
+    }
+}
+
+impl fmt::Debug for SharedWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedWriter")
+    }
+}
+
+impl VmConfig {
+    /// A config with defaults (256 MiB, one vCPU, no disk, console discarded) for `kernel`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            memory_mib: default_memory_mib(),
+            vcpus: default_vcpus(),
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            disks: Vec::new(),
+            serial_output: SerialOutput::None,
+            page_sharing: false,
+            kvm_path: default_kvm_path(),
+        }
+    }
+
+    /// Sets the memory size in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, n: u32) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// Sets the kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Sets the initrd.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self
+    }
+
+    /// Adds a disk.
+    pub fn disk(mut self, disk: DiskConfig) -> Self {
+        self.disks.push(disk);
+        self
+    }
+
+    /// Sends the console to `out`.
+    pub fn serial_output(mut self, out: SerialOutput) -> Self {
+        self.serial_output = out;
+        self
+    }
+
+    /// Turns page sharing (KSM) on or off.
+    pub fn page_sharing(mut self, on: bool) -> Self {
+        self.page_sharing = on;
+        self
+    }
+
+    /// Uses another KVM device node.
+    pub fn kvm_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kvm_path = path.into();
+        self
+    }
+
+    /// Checks everything that does not need KVM: sizes, counts and files.
+    pub fn validate(&self) -> Result<ValidConfig> {
+        if self.vcpus == 0 {
+            return Err(Error::NoVcpus);
+        }
+        if self.vcpus > MAX_VCPUS {
+            return Err(Error::TooManyVcpus {
+                requested: self.vcpus,
+                max: MAX_VCPUS,
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(Error::MemoryTooSmall {
+                mib: self.memory_mib,
+                reason: format!("the minimum is {MIN_MEMORY_MIB} MiB"),
+            });
+        }
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(Error::MemoryTooLarge {
+                mib: self.memory_mib,
+                max_mib: MAX_MEMORY_MIB,
+            });
+        }
+        let kernel_len = file_len("kernel", &self.kernel)?;
+        if kernel_len == 0 {
+            return Err(Error::KernelEmpty {
+                path: self.kernel.clone(),
+            });
+        }
+        let memory_bytes = self.memory_mib << 20;
+        // The kernel goes at 1 MiB; its file size is a lower bound of what it occupies.
+        let initrd_len = match &self.initrd {
+            Some(p) => file_len("initrd", p)?,
+            None => 0,
+        };
+        let need = (1 << 20) + kernel_len + initrd_len;
+        if need > memory_bytes {
+            return Err(Error::MemoryTooSmall {
+                mib: self.memory_mib,
+                reason: format!(
+                    "the kernel and initrd need at least {} MiB",
+                    need.div_ceil(1 << 20)
+                ),
+            });
+        }
+        for d in &self.disks {
+            file_len("disk", &d.path)?;
+            if let Some(id) = &d.id {
+                if id.len() > 20 {
+                    return Err(Error::Disk {
+                        path: d.path.clone(),
+                        reason: format!("id {id:?} is longer than 20 bytes"),
+                    });
+                }
+            }
+        }
+        if self.cmdline.len() > CMDLINE_MAX_BYTES / 2 {
+            return Err(Error::Cmdline(format!(
+                "{} bytes is longer than the {} allowed",
+                self.cmdline.len(),
+                CMDLINE_MAX_BYTES / 2
+            )));
+        }
+        Ok(ValidConfig {
+            memory_bytes,
+            vcpus: self.vcpus,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            disks: self.disks.clone(),
+            serial_output: self.serial_output.clone(),
+            page_sharing: self.page_sharing,
+            kvm_path: self.kvm_path.clone(),
+        })
+    }
+}
+
+fn file_len(what: &'static str, path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::File {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(meta.len())
+}
+
+/// A configuration that passed [`VmConfig::validate`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ValidConfig {
+    /// Guest RAM in bytes (a multiple of 1 MiB).
+    pub memory_bytes: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// User part of the command line.
+    pub cmdline: String,
+    /// Disks.
+    pub disks: Vec<DiskConfig>,
+    /// Console sink.
+    pub serial_output: SerialOutput,
+    /// KSM on guest RAM.
+    pub page_sharing: bool,
+    /// KVM device node.
+    pub kvm_path: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_rejects_unknown_keys() {
+        let bad = r#"{"kernel":"k","memory_mib":4,"bogus":1}"#;
+        assert!(serde_json::from_str::<VmConfig>(bad).is_err());
+        let good = r#"{"kernel":"k","memory_mib":4,"disks":[{"path":"d","read_only":true}],
+                      "serial_output":{"file":{"path":"out"}}}"#;
+        let c: VmConfig = serde_json::from_str(good).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert!(c.disks[0].read_only);
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, [1u8; 4096]).unwrap();
+        assert!(matches!(
+            VmConfig::new(&k).vcpus(0).validate(),
+            Err(Error::NoVcpus)
+        ));
+        assert!(matches!(
+            VmConfig::new(&k).memory_mib(1).validate(),
+            Err(Error::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            VmConfig::new(dir.path().join("nope")).validate(),
+            Err(Error::File { what: "kernel", .. })
+        ));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, []).unwrap();
+        assert!(matches!(
+            VmConfig::new(&empty).validate(),
+            Err(Error::KernelEmpty { .. })
+        ));
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![0u8; 3 << 20]).unwrap();
+        assert!(matches!(
+            VmConfig::new(&big).memory_mib(2).validate(),
+            Err(Error::MemoryTooSmall { .. })
+        ));
+        assert!(VmConfig::new(&k).memory_mib(2).validate().is_ok());
+    }
+}

@@ -1,0 +1,306 @@
+//! vCPU threads: the run loop, exit dispatch, and the pause/stop handshake.
+//!
+//! A vCPU thread owns its `VcpuFd` through a mutex it holds only while inside
+//! `KVM_RUN`; when parked it releases it, so the host can read or write vCPU state of
+//! a paused VM. The host gets a thread out of `KVM_RUN` by sending it a real-time
+//! signal whose handler does nothing (the ioctl returns `EINTR`). A signal can arrive
+//! just before the thread enters `KVM_RUN` and be lost, so whoever waits for vCPUs to
+//! park or exit re-sends it every millisecond until they have: bounded, and never a
+//! missed wake-up.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::bus::{MmioBus, PioBus};
+use crate::vm::{ExitReason, PowerState};
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op kick handler once per process.
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct Inner {
+    request: Request,
+    started: bool,
+    running: usize,
+    parked: usize,
+    exit: Option<ExitReason>,
+    threads: Vec<Option<libc::pthread_t>>,
+}
+
+/// Shared between the `Vm` handle, its vCPU threads and the exit devices.
+#[derive(Debug)]
+pub(crate) struct Control {
+    inner: Mutex<Inner>,
+    cv: Condvar,
+}
+
+impl Control {
+    pub(crate) fn new(vcpus: usize) -> Self {
+        Control {
+            inner: Mutex::new(Inner {
+                request: Request::Run,
+                started: false,
+                running: 0,
+                parked: 0,
+                exit: None,
+                threads: vec![None; vcpus],
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kick(g: &Inner) {
+        for tid in g.threads.iter().flatten() {
+            // SAFETY: a tid is in the table only while its thread has not returned (it
+            // removes itself under this lock before returning), so it names a live thread.
+            unsafe { libc::pthread_kill(*tid, kick_signal()) };
+        }
+    }
+
+    /// Marks `n` vCPU threads as about to start.
+    pub(crate) fn start(&self, n: usize) {
+        let mut g = self.lock();
+        g.started = true;
+        g.running = n;
+    }
+
+    pub(crate) fn power_state(&self) -> PowerState {
+        let g = self.lock();
+        if !g.started {
+            return PowerState::ShutOff;
+        }
+        if g.running == 0 {
+            return match g.exit {
+                Some(ExitReason::Crashed { .. }) => PowerState::Crashed,
+                _ => PowerState::ShutOff,
+            };
+        }
+        match g.request {
+            Request::Pause if g.parked == g.running => PowerState::Paused,
+            _ => PowerState::Running,
+        }
+    }
+
+    /// Asks every vCPU to stop; the first reason recorded wins.
+    pub(crate) fn request_stop(&self, reason: ExitReason) {
+        let mut g = self.lock();
+        if g.exit.is_none() {
+            tracing::info!(?reason, "vm stopping");
+            g.exit = Some(reason);
+        }
+        g.request = Request::Stop;
+        Self::kick(&g);
+        self.cv.notify_all();
+    }
+
+    /// Asks every vCPU to park and waits until they have (or have exited).
+    pub(crate) fn pause(&self, timeout: Duration) -> Result<(), ()> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        if g.request == Request::Run {
+            g.request = Request::Pause;
+        }
+        while g.parked < g.running && g.request == Request::Pause {
+            Self::kick(&g);
+            if Instant::now() >= deadline {
+                return Err(());
+            }
+            g = self
+                .cv
+                .wait_timeout(g, KICK_INTERVAL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn resume(&self) {
+        let mut g = self.lock();
+        if g.request == Request::Pause {
+            g.request = Request::Run;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits until every vCPU thread has left its loop; `None` waits for ever.
+    pub(crate) fn wait_stopped(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.lock();
+        while g.running > 0 {
+            if g.request == Request::Stop {
+                Self::kick(&g);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let step = if g.request == Request::Stop {
+                KICK_INTERVAL
+            } else {
+                Duration::from_millis(50)
+            };
+            g = self
+                .cv
+                .wait_timeout(g, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Some(g.exit.clone().unwrap_or(ExitReason::Stopped))
+    }
+
+    /// Blocks while paused; false when the thread should leave its loop.
+    fn checkpoint(&self) -> bool {
+        let mut g = self.lock();
+        loop {
+            match g.request {
+                Request::Run => return true,
+                Request::Stop => return false,
+                Request::Pause => {
+                    g.parked += 1;
+                    self.cv.notify_all();
+                    while g.request == Request::Pause {
+                        g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
+                    g.parked -= 1;
+                }
+            }
+        }
+    }
+
+    fn register(&self, index: usize) {
+        let mut g = self.lock();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if let Some(slot) = g.threads.get_mut(index) {
+            *slot = Some(me);
+        }
+    }
+
+    fn exited(&self, index: usize) {
+        let mut g = self.lock();
+        if let Some(slot) = g.threads.get_mut(index) {
+            *slot = None;
+        }
+        g.running -= 1;
+        if g.running == 0 && g.exit.is_none() {
+            g.exit = Some(ExitReason::Stopped);
+        }
+        // Other vCPUs may sit in KVM_RUN (an AP waiting for SIPI): get them out too.
+        Self::kick(&g);
+        self.cv.notify_all();
+    }
+}
+
+/// What a vCPU thread needs besides its fd.
+#[derive(Debug, Clone)]
+pub(crate) struct VcpuContext {
+    pub(crate) pio: Arc<PioBus>,
+    pub(crate) mmio: Arc<MmioBus>,
+    pub(crate) ctl: Arc<Control>,
+}
+
+enum Outcome {
+    Continue,
+    Stop(ExitReason),
+    InternalError,
+}
+
+/// The body of vCPU thread `index`.
+pub(crate) fn run(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctx: VcpuContext) {
+    ctx.ctl.register(index);
+    while ctx.ctl.checkpoint() {
+        let mut fd = vcpu.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match fd.run() {
+            Ok(exit) => handle_exit(exit, &ctx),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
+            Err(e) => Outcome::Stop(ExitReason::Crashed {
+                reason: format!("vcpu {index}: KVM_RUN: {e}"),
+            }),
+        };
+        let outcome = match outcome {
+            Outcome::InternalError => {
+                let run = fd.get_kvm_run();
+                // SAFETY: KVM reported KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active member of the exit union.
+                let sub = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Outcome::Stop(ExitReason::Crashed {
+                    reason: format!(
+                        "vcpu {index}: kvm internal error, suberror {sub} (1 = emulation failure)"
+                    ),
+                })
+            }
+            o => o,
+        };
+        drop(fd);
+        if let Outcome::Stop(reason) = outcome {
+            ctx.ctl.request_stop(reason);
+        }
+    }
+    ctx.ctl.exited(index);
+}
+
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Outcome {
+    match exit {
+        VcpuExit::IoOut(port, data) => ctx.pio.write(port, data),
+        VcpuExit::IoIn(port, data) => ctx.pio.read(port, data),
+        VcpuExit::MmioRead(addr, data) => ctx.mmio.read(addr, data),
+        VcpuExit::MmioWrite(addr, data) => ctx.mmio.write(addr, data),
+        // With the in-kernel irqchip these do not normally reach us; when they do there
+        // is nothing to emulate.
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
+        VcpuExit::Shutdown => {
+            return Outcome::Stop(ExitReason::Crashed {
+                reason: "triple fault (shutdown exit)".into(),
+            })
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Outcome::Stop(ExitReason::Crashed {
+                reason: format!("vm entry failed on cpu {cpu}: hardware reason {reason:#x}"),
+            })
+        }
+        VcpuExit::InternalError => return Outcome::InternalError,
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
+            return Outcome::Stop(ExitReason::Poweroff { code: 0 })
+        }
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => {
+            return Outcome::Stop(ExitReason::Reboot)
+        }
+        other => {
+            return Outcome::Stop(ExitReason::Crashed {
+                reason: format!("unhandled vcpu exit {other:?}"),
+            })
+        }
+    }
+    Outcome::Continue
+}

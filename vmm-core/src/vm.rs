@@ -1,0 +1,491 @@
+//! The [`Vm`] handle: create, start, pause, resume, stop, wait.
+
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
+use crate::bus::{MmioBus, PioBus};
+use crate::config::{SerialOutput, ValidConfig, VmConfig};
+use crate::devices::block::FileBackend;
+use crate::devices::exit::{
+    ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
+};
+use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
+use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, MMIO_WINDOW_SIZE};
+use crate::error::{Error, Result};
+use crate::kvm;
+use crate::memory::{self, GuestMemoryMmap};
+use crate::vcpu::{self, Control, VcpuContext};
+
+/// Guest-physical base of virtio-mmio device 0; device i is `i * 0x1000` above.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// GSI of virtio-mmio device 0; device i uses `VIRTIO_GSI_BASE + i`.
+pub const VIRTIO_GSI_BASE: u32 = 5;
+/// Most virtio devices (GSIs 5..=23 on the IOAPIC).
+pub const VIRTIO_DEVICES_MAX: usize = 19;
+const TSS_ADDR: usize = 0xfffb_d000;
+/// How long pause and stop wait for vCPU threads.
+pub const VCPU_ACK_TIMEOUT: Duration = Duration::from_millis(ACK_TIMEOUT_MS);
+const ACK_TIMEOUT_MS: u64 = 5000;
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// The guest wrote `code` to the exit device (or KVM reported a guest shutdown).
+    Poweroff {
+        /// The byte the guest wrote.
+        code: u8,
+    },
+    /// The guest asked for a reset (i8042 `0xfe`).
+    Reboot,
+    /// The host stopped the VM.
+    Stopped,
+    /// The VM cannot continue: KVM internal error, triple fault, failed entry.
+    Crashed {
+        /// What KVM reported.
+        reason: String,
+    },
+}
+
+/// Power state, in libvirt's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PowerState {
+    /// vCPUs are running guest code.
+    Running,
+    /// Every vCPU is parked outside `KVM_RUN`.
+    Paused,
+    /// Not started yet, or stopped.
+    ShutOff,
+    /// Stopped because of a crash.
+    Crashed,
+}
+
+/// A VM: guest memory, vCPUs, devices, and the threads that run them.
+pub struct Vm {
+    config: ValidConfig,
+    kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+    vcpus: Vec<Arc<Mutex<VcpuFd>>>,
+    threads: Vec<JoinHandle<()>>,
+    started: bool,
+    ctl: Arc<Control>,
+    serial: Arc<Mutex<SerialDevice>>,
+    #[allow(dead_code, reason = "kept for device state in snapshots")]
+    disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    pio: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
+    boot_protocol: BootProtocol,
+    tsc_khz: Option<u32>,
+    dirty_log: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("config", &self.config)
+            .field("boot_protocol", &self.boot_protocol)
+            .field("tsc_khz", &self.tsc_khz)
+            .field("power_state", &self.power_state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The KVM objects of a freshly created VM, before devices and boot.
+struct Base {
+    kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    vcpus: Vec<VcpuFd>,
+    tsc_khz: Option<u32>,
+}
+
+fn create_base(config: &ValidConfig, memory: &GuestMemoryMmap) -> Result<Base> {
+    let kvm = kvm::open(&config.kvm_path)?;
+    let max = kvm::max_vcpus(&kvm);
+    if config.vcpus > max {
+        return Err(Error::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        });
+    }
+    let vm_fd = kvm.create_vm().map_err(Error::kvm("create vm"))?;
+    vm_fd
+        .set_tss_address(TSS_ADDR)
+        .map_err(Error::kvm("set tss address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(Error::kvm("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(Error::kvm("create pit2"))?;
+    memory::register_slots(&vm_fd, memory, false)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("get supported cpuid"))?;
+    let mut vcpus = Vec::new();
+    for i in 0..config.vcpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(i))
+            .map_err(Error::kvm("create vcpu"))?;
+        let apic_id = u8::try_from(i).map_err(|_| Error::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        })?;
+        cpu_setup::setup_cpuid(&fd, &cpuid, apic_id)?;
+        vcpus.push(fd);
+    }
+    let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
+    Ok(Base {
+        kvm,
+        vm_fd: Arc::new(vm_fd),
+        vcpus,
+        tsc_khz,
+    })
+}
+
+fn console_sink(out: &SerialOutput) -> Result<ConsoleSink> {
+    Ok(match out {
+        SerialOutput::Stdio => ConsoleSink::Stdout,
+        SerialOutput::File { path } => ConsoleSink::File(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::File {
+                    what: "serial output",
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        SerialOutput::None => ConsoleSink::Null,
+        SerialOutput::Writer(w) => ConsoleSink::Writer(w.clone()),
+    })
+}
+
+fn irq_eventfd(vm_fd: &VmFd, gsi: u32) -> Result<EventFd> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::io("create eventfd"))?;
+    vm_fd
+        .register_irqfd(&evt, gsi)
+        .map_err(Error::kvm("register irqfd"))?;
+    Ok(evt)
+}
+
+impl Vm {
+    /// Creates a VM from `config`: opens KVM, allocates memory, loads the kernel, sets
+    /// up vCPUs and devices. The VM does not run until [`Vm::start`].
+    pub fn create(config: VmConfig) -> Result<Vm> {
+        let config = config.validate()?;
+        vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
+        let memory = memory::create(config.memory_bytes)?;
+        let base = create_base(&config, &memory)?;
+        if config.page_sharing {
+            memory::set_mergeable(&memory)?;
+        }
+        let ctl = Arc::new(Control::new(base.vcpus.len()));
+        let on_exit: ExitHandler = {
+            let ctl = ctl.clone();
+            Arc::new(move |e| {
+                ctl.request_stop(match e {
+                    GuestExit::Poweroff(code) => ExitReason::Poweroff { code },
+                    GuestExit::Reboot => ExitReason::Reboot,
+                })
+            })
+        };
+        let serial_evt = irq_eventfd(&base.vm_fd, COM1_GSI)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_evt,
+            console_sink(&config.serial_output)?,
+        )));
+        let mut pio = PioBus::default();
+        let overlap = |e: crate::bus::Overlap| Error::Memory(e.to_string());
+        pio.insert(COM1_BASE, COM1_LEN, serial.clone())
+            .map_err(overlap)?;
+        pio.insert(
+            EXIT_PORT,
+            EXIT_PORT_LEN,
+            Arc::new(Mutex::new(ExitDevice::new(on_exit.clone()))),
+        )
+        .map_err(overlap)?;
+        pio.insert(
+            I8042_BASE,
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(on_exit))),
+        )
+        .map_err(overlap)?;
+
+        let (mmio, disks, mut extra) = attach_disks(&config, &base.vm_fd, &memory)?;
+        if let Some(khz) = base.tsc_khz {
+            extra.push(format!("vinfra.tsc_khz={khz}"));
+        }
+        let cmdline = boot::build_cmdline(&config.cmdline, &extra)?;
+        let (boot_protocol, entry) =
+            boot::load(&memory, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
+        cpu_setup::setup_entry(bsp, &memory, entry)?;
+        for v in &base.vcpus {
+            cpu_setup::setup_fpu(v)?;
+        }
+        if matches!(entry, EntryMode::Long64 { .. }) {
+            for v in &base.vcpus {
+                cpu_setup::setup_msrs(v)?;
+            }
+        }
+        cpu_setup::setup_lapic(bsp)?;
+        tracing::info!(?boot_protocol, vcpus = config.vcpus, memory_mib = config.memory_bytes >> 20,
+            cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
+            "vm created");
+        Ok(Vm {
+            kvm: base.kvm,
+            vm_fd: base.vm_fd,
+            vcpus: base
+                .vcpus
+                .into_iter()
+                .map(|v| Arc::new(Mutex::new(v)))
+                .collect(),
+            threads: Vec::new(),
+            started: false,
+            ctl,
+            serial,
+            disks,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            boot_protocol,
+            tsc_khz: base.tsc_khz,
+            dirty_log: false,
+            memory,
+            config,
+        })
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(&mut self) -> Result<()> {
+        if self.started {
+            return Err(Error::InvalidState {
+                op: "start",
+                state: self.power_state(),
+            });
+        }
+        self.started = true;
+        self.ctl.start(self.vcpus.len());
+        for (i, fd) in self.vcpus.iter().enumerate() {
+            let ctx = VcpuContext {
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                ctl: self.ctl.clone(),
+            };
+            let fd = fd.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || vcpu::run(i, fd, ctx));
+            match spawned {
+                Ok(h) => self.threads.push(h),
+                Err(e) => {
+                    self.ctl.request_stop(ExitReason::Crashed {
+                        reason: format!("spawn vcpu {i}: {e}"),
+                    });
+                    return Err(Error::Io {
+                        op: "spawn vcpu thread",
+                        source: e,
+                    });
+                }
+            }
+        }
+        tracing::info!("vm started");
+        Ok(())
+    }
+
+    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    pub fn pause(&mut self) -> Result<()> {
+        match self.power_state() {
+            PowerState::Running => {}
+            PowerState::Paused => return Ok(()),
+            state => return Err(Error::InvalidState { op: "pause", state }),
+        }
+        self.ctl
+            .pause(VCPU_ACK_TIMEOUT)
+            .map_err(|()| Error::Timeout {
+                op: "pause",
+                timeout_ms: ACK_TIMEOUT_MS,
+            })?;
+        tracing::info!("vm paused");
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&mut self) -> Result<()> {
+        match self.power_state() {
+            PowerState::Paused => {}
+            PowerState::Running => return Ok(()),
+            state => {
+                return Err(Error::InvalidState {
+                    op: "resume",
+                    state,
+                })
+            }
+        }
+        self.ctl.resume();
+        tracing::info!("vm resumed");
+        Ok(())
+    }
+
+    /// Hard stop: vCPUs leave their loops wherever the guest is.
+    pub fn stop(&mut self) -> Result<ExitReason> {
+        self.ctl.request_stop(ExitReason::Stopped);
+        if self.threads.is_empty() {
+            return Ok(ExitReason::Stopped);
+        }
+        match self.wait_timeout(VCPU_ACK_TIMEOUT) {
+            Some(r) => Ok(r),
+            None => Err(Error::Timeout {
+                op: "stop",
+                timeout_ms: ACK_TIMEOUT_MS,
+            }),
+        }
+    }
+
+    /// Waits until the VM stops and says why.
+    pub fn wait(&mut self) -> ExitReason {
+        let reason = self.ctl.wait_stopped(None).unwrap_or(ExitReason::Stopped);
+        self.join();
+        reason
+    }
+
+    /// Like [`Vm::wait`] but gives up after `timeout` (the VM keeps running).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
+        let reason = self.ctl.wait_stopped(Some(timeout))?;
+        self.join();
+        Some(reason)
+    }
+
+    fn join(&mut self) {
+        for h in self.threads.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a vcpu thread panicked");
+            }
+        }
+    }
+
+    /// The current power state.
+    pub fn power_state(&self) -> PowerState {
+        self.ctl.power_state()
+    }
+
+    /// Queues `bytes` for the guest to read from COM1; returns how many were accepted.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .feed(bytes)
+    }
+
+    /// A handle that feeds COM1 from another thread.
+    pub fn serial_input_handle(&self) -> SerialInput {
+        SerialInput(self.serial.clone())
+    }
+
+    /// Guest memory (clones share the same mapping).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The boot protocol the kernel was loaded with.
+    pub fn boot_protocol(&self) -> BootProtocol {
+        self.boot_protocol
+    }
+
+    /// The TSC frequency passed to the guest, if KVM reported one.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &ValidConfig {
+        &self.config
+    }
+
+    pub(crate) fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    pub(crate) fn set_dirty_log_flag(&mut self, on: bool) {
+        self.dirty_log = on;
+    }
+
+    pub(crate) fn dirty_log_enabled(&self) -> bool {
+        self.dirty_log
+    }
+
+    /// The KVM system handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.ctl.request_stop(ExitReason::Stopped);
+            if self.ctl.wait_stopped(Some(VCPU_ACK_TIMEOUT)).is_some() {
+                self.join();
+            } else {
+                tracing::error!("vcpu threads did not stop; leaking them");
+            }
+        }
+    }
+}
+
+/// Feeds bytes to a VM's serial port from any thread.
+#[derive(Debug, Clone)]
+pub struct SerialInput(Arc<Mutex<SerialDevice>>);
+
+impl SerialInput {
+    /// Queues `bytes`; returns how many were accepted.
+    pub fn send(&self, bytes: &[u8]) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).feed(bytes)
+    }
+}
+
+type Disks = (MmioBus, Vec<Arc<Mutex<VirtioBlk>>>, Vec<String>);
+
+fn attach_disks(config: &ValidConfig, vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<Disks> {
+    if config.disks.len() > VIRTIO_DEVICES_MAX {
+        return Err(Error::TooManyDevices(config.disks.len()));
+    }
+    let mut bus = MmioBus::default();
+    let mut devices = Vec::new();
+    let mut cmdline = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let derr = |reason: String| Error::Disk {
+            path: d.path.clone(),
+            reason,
+        };
+        let backend = FileBackend::open(&d.path, d.read_only).map_err(|e| derr(e.to_string()))?;
+        let gsi = VIRTIO_GSI_BASE + u32::try_from(i).map_err(|_| Error::TooManyDevices(i))?;
+        let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE;
+        let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
+        let blk = VirtioBlk::new(
+            VirtioBlkConfig::new(id, d.read_only),
+            Arc::new(backend),
+            memory.clone(),
+            irq_eventfd(vm_fd, gsi)?,
+        )
+        .map_err(|e| derr(e.to_string()))?;
+        let blk = Arc::new(Mutex::new(blk));
+        bus.insert(base, MMIO_WINDOW_SIZE, blk.clone())
+            .map_err(|e| derr(e.to_string()))?;
+        devices.push(blk);
+        cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    Ok((bus, devices, cmdline))
+}

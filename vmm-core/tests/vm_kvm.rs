@@ -1,0 +1,288 @@
+//! Tier 2: boot the test guests on /dev/kvm (each VM in a child process).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, guest, isolated, kvm_or_skip, tiny_guest, Console};
+use vinfra_vmm_core::{
+    BootProtocol, DiskConfig, Error, ExitReason, HostKvm, PowerState, Vm, VmConfig,
+};
+
+const T: Duration = Duration::from_secs(20);
+const CHILD: Duration = Duration::from_secs(60);
+
+fn boot_ready(vcpus: u32) {
+    let Some(k) = guest("ready") else { return };
+    let con = Console::default();
+    let mut vm = Vm::create(config(k, &con).vcpus(vcpus)).unwrap();
+    assert_eq!(vm.boot_protocol(), BootProtocol::Pvh);
+    assert_eq!(vm.power_state(), PowerState::ShutOff);
+    vm.start().unwrap();
+    assert_eq!(
+        vm.wait_timeout(T),
+        Some(ExitReason::Poweroff { code: 0 }),
+        "console:\n{}",
+        con.text()
+    );
+    assert!(
+        con.text().contains("VINFRA-READY"),
+        "console:\n{}",
+        con.text()
+    );
+    assert_eq!(vm.power_state(), PowerState::ShutOff);
+}
+
+#[test]
+fn tiny_guest_prints_and_exits_with_its_code() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("tiny_guest_prints_and_exits_with_its_code", CHILD, || {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("tiny.elf");
+        std::fs::write(&k, tiny_guest(b"A\n", 42)).unwrap();
+        let con = Console::default();
+        let mut vm = Vm::create(config(k, &con).memory_mib(4)).unwrap();
+        vm.start().unwrap();
+        assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 42 }));
+        assert_eq!(con.text(), "A\n");
+    });
+}
+
+#[test]
+fn ready_guest_exits_zero_one_vcpu() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("ready_guest_exits_zero_one_vcpu", CHILD, || boot_ready(1));
+}
+
+#[test]
+fn ready_guest_exits_zero_two_vcpus() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("ready_guest_exits_zero_two_vcpus", CHILD, || boot_ready(2));
+}
+
+#[test]
+fn workload_answers_serial_commands_pauses_and_resumes() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "workload_answers_serial_commands_pauses_and_resumes",
+        CHILD,
+        || {
+            let Some(k) = guest("workload") else { return };
+            let con = Console::default();
+            let mut vm = Vm::create(config(k, &con).cmdline("workload.mib=4")).unwrap();
+            vm.start().unwrap();
+            con.wait_for("VINFRA-READY", T);
+            assert_eq!(vm.serial_input(b"rate 2\n"), 7);
+            con.wait_for("OK rate 2", T);
+            let hb1 = con.wait_for("HB 1\n", T);
+
+            vm.pause().unwrap();
+            assert_eq!(vm.power_state(), PowerState::Paused);
+            let frozen = con.len();
+            std::thread::sleep(Duration::from_millis(2500));
+            assert_eq!(con.len(), frozen, "output while paused:\n{}", con.text());
+            assert!(!con.text()[hb1..].contains("HB 3"));
+
+            vm.resume().unwrap();
+            assert_eq!(vm.power_state(), PowerState::Running);
+            con.wait_for_from(hb1, "HB 3\n", Duration::from_secs(5));
+
+            vm.serial_input_handle().send(b"exit 7\n");
+            assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 7 }));
+        },
+    );
+}
+
+#[test]
+fn workload_reboot_and_host_stop() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("workload_reboot_and_host_stop", CHILD, || {
+        let Some(k) = guest("workload") else { return };
+        let con = Console::default();
+        let mut vm = Vm::create(config(k.clone(), &con).cmdline("workload.mib=1")).unwrap();
+        vm.start().unwrap();
+        con.wait_for("VINFRA-READY", T);
+        vm.serial_input(b"reboot\n");
+        assert_eq!(vm.wait_timeout(T), Some(ExitReason::Reboot));
+
+        let con = Console::default();
+        let mut vm = Vm::create(config(k, &con).cmdline("workload.mib=1").vcpus(2)).unwrap();
+        vm.start().unwrap();
+        con.wait_for("VINFRA-READY", T);
+        let t = Instant::now();
+        assert_eq!(vm.stop().unwrap(), ExitReason::Stopped);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(vm.power_state(), PowerState::ShutOff);
+        assert!(matches!(vm.start(), Err(Error::InvalidState { .. })));
+    });
+}
+
+/// The host pattern of ABI.md: word `j` of sector `s`.
+fn host_word(s: u32, j: u32) -> u32 {
+    0x5eed_0000 ^ s.wrapping_mul(0x9e37_79b1) ^ j
+}
+
+#[test]
+fn disk_guest_reads_host_pattern_and_writes_its_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "disk_guest_reads_host_pattern_and_writes_its_own",
+        CHILD,
+        || {
+            let Some(k) = guest("disk") else { return };
+            const S: u32 = 64;
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("disk.img");
+            let mut data = vec![0u8; (2 * S as usize) * 512];
+            for s in 0..S {
+                for j in 0..128 {
+                    let at = (s as usize * 512) + j as usize * 4;
+                    data[at..at + 4].copy_from_slice(&host_word(s, j).to_le_bytes());
+                }
+            }
+            std::fs::write(&img, &data).unwrap();
+            let con = Console::default();
+            let mut d = DiskConfig::new(&img);
+            d.id = Some("vinfra-test".into());
+            let cfg = config(k, &con).cmdline(format!("disk.sectors={S}")).disk(d);
+            let mut vm = Vm::create(cfg).unwrap();
+            vm.start().unwrap();
+            assert_eq!(
+                vm.wait_timeout(T),
+                Some(ExitReason::Poweroff { code: 0 }),
+                "console:\n{}",
+                con.text()
+            );
+            assert!(
+                con.text().contains("DISK-OK sectors=64 id=vinfra-test"),
+                "console:\n{}",
+                con.text()
+            );
+            let after = std::fs::read(&img).unwrap();
+            for s in S..2 * S {
+                for j in 0..128 {
+                    let at = (s as usize * 512) + j as usize * 4;
+                    let w = u32::from_le_bytes(after[at..at + 4].try_into().unwrap());
+                    assert_eq!(w, host_word(s, j) ^ 0xffff_ffff, "sector {s} word {j}");
+                }
+            }
+        },
+    );
+}
+
+#[test]
+fn evil_guest_does_not_hurt_the_vmm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("evil_guest_does_not_hurt_the_vmm", CHILD, || {
+        let Some(k) = guest("evil") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let con = Console::default();
+        let mut vm = Vm::create(config(k, &con).disk(DiskConfig::new(&img))).unwrap();
+        vm.start().unwrap();
+        let r = vm.wait_timeout(T);
+        assert!(con.text().contains("EVIL-DONE"), "console:\n{}", con.text());
+        assert_eq!(r, Some(ExitReason::Poweroff { code: 0 }));
+    });
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.elf");
+    std::fs::write(&tiny, tiny_guest(b"", 0)).unwrap();
+
+    let e = Vm::create(VmConfig::new(&tiny).kvm_path(dir.path().join("no-kvm"))).unwrap_err();
+    assert!(matches!(e, Error::KvmUnavailable { .. }), "{e}");
+    assert!(e.to_string().contains("no-kvm"), "{e}");
+
+    let e = Vm::create(VmConfig::new(dir.path().join("missing"))).unwrap_err();
+    assert!(matches!(e, Error::File { what: "kernel", .. }), "{e}");
+
+    let garbage = dir.path().join("garbage");
+    std::fs::write(
+        &garbage,
+        (0..8192u32).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let e = Vm::create(VmConfig::new(&garbage).memory_mib(8)).unwrap_err();
+    assert!(matches!(e, Error::KernelFormat { .. }), "{e}");
+
+    let mut elf_header_only = tiny_guest(b"", 0);
+    elf_header_only.truncate(100);
+    let trunc = dir.path().join("trunc");
+    std::fs::write(&trunc, elf_header_only).unwrap();
+    let e = Vm::create(VmConfig::new(&trunc).memory_mib(8)).unwrap_err();
+    assert!(matches!(e, Error::KernelFormat { .. }), "{e}");
+
+    let e = Vm::create(VmConfig::new(&tiny).memory_mib(1)).unwrap_err();
+    assert!(matches!(e, Error::MemoryTooSmall { .. }), "{e}");
+
+    let e = Vm::create(VmConfig::new(&tiny).vcpus(200)).unwrap_err();
+    assert!(matches!(e, Error::TooManyVcpus { .. }), "{e}");
+    let e = Vm::create(VmConfig::new(&tiny).vcpus(0)).unwrap_err();
+    assert!(matches!(e, Error::NoVcpus), "{e}");
+
+    let e = Vm::create(VmConfig::new(&tiny).disk(DiskConfig::new(dir.path().join("nodisk"))))
+        .unwrap_err();
+    assert!(matches!(e, Error::File { what: "disk", .. }), "{e}");
+}
+
+#[test]
+fn linux_boots_to_ready_on_hardware_kvm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if HostKvm::detect() == HostKvm::Nested {
+        println!(
+            "SKIP: nested KVM (kvm_pvm) cannot boot an unmodified Linux kernel; run on a host with hardware KVM"
+        );
+        return;
+    }
+    let linux = common::root().join("target/guest-kit/linux");
+    let (kernel, initrd) = (linux.join("bzImage"), linux.join("initramfs.cpio.gz"));
+    if !kernel.exists() || !initrd.exists() {
+        println!(
+            "SKIP: {} missing: run scripts/guest-kit.sh",
+            linux.display()
+        );
+        return;
+    }
+    isolated(
+        "linux_boots_to_ready_on_hardware_kvm",
+        Duration::from_secs(200),
+        || {
+            let con = Console::default();
+            let cfg = VmConfig::new(&kernel)
+                .initrd(&initrd)
+                .memory_mib(512)
+                .cmdline("console=ttyS0 reboot=k panic=-1")
+                .serial_output(con.output());
+            let mut vm = Vm::create(cfg).unwrap();
+            assert_eq!(vm.boot_protocol(), BootProtocol::Linux64);
+            vm.start().unwrap();
+            con.wait_for("VINFRA-READY", Duration::from_secs(120));
+            vm.stop().unwrap();
+        },
+    );
+}
