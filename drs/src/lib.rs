@@ -28,12 +28,12 @@
 mod balance;
 mod entitlement;
 mod error;
-//pub mod generate;
+pub mod generate;
 pub mod ha;
 mod load;
 mod maintenance;
 mod model;
-//mod packing;
+mod packing;
 mod placement;
 mod state;
 mod validate;
@@ -47,7 +47,7 @@ pub use model::{
     Allocation, AutomationLevel, ClusterSpec, HostPower, HostSpec, PoolSpec, RestartPriority,
     RuleSpec, Settings, Shares, VmHostMode, VmSpec,
 };
-//pub use packing::{first_fit_decreasing, pack, PackOptions, PackPlan};
+pub use packing::{first_fit_decreasing, pack, PackOptions, PackPlan};
 pub use placement::{place, Placement, PlacementPlan, Rejected};
 pub use state::Reject;
 pub use validate::{Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MEM};

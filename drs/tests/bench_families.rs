@@ -1,0 +1,75 @@
+//! Quality checks on the generated benchmark families (small sizes, fast).
+#![allow(clippy::unwrap_used)]
+
+use vinfra_drs::{balance, first_fit_decreasing, generate, pack, Cluster, PackOptions};
+
+#[test]
+fn packing_finds_the_known_optimum_on_small_triplet_instances() {
+    let mut optimal = 0;
+    for seed in 0..20 {
+        let inst = generate::triplets(seed, 60, 10);
+        let c = Cluster::new(inst.spec).unwrap();
+        let p = pack(&c, &PackOptions::default());
+        assert!(p.unplaced.is_empty(), "seed {seed}");
+        let opt = inst.optimum_hosts.unwrap();
+        assert!(p.hosts_used >= opt);
+        optimal += usize::from(p.hosts_used == opt);
+    }
+    assert_eq!(optimal, 20);
+}
+
+#[test]
+fn packing_beats_ffd_on_triplets() {
+    let inst = generate::triplets(1, 249, 40);
+    let c = Cluster::new(inst.spec).unwrap();
+    let ours = pack(&c, &PackOptions::default());
+    let ffd = first_fit_decreasing(&c);
+    eprintln!("ours {} ffd {} opt {:?}", ours.hosts_used, ffd.hosts_used, inst.optimum_hosts);
+    assert_eq!(Some(ours.hosts_used), inst.optimum_hosts);
+    assert!(ffd.hosts_used > ours.hosts_used);
+}
+
+#[test]
+fn rule_heavy_instances_are_packed_where_ffd_fails() {
+    for seed in 0..5 {
+        let inst = generate::rule_heavy(seed, 120);
+        let c = Cluster::new(inst.spec).unwrap();
+        let ours = pack(&c, &PackOptions::default());
+        let ffd = first_fit_decreasing(&c);
+        assert!(ours.unplaced.is_empty(), "seed {seed}: {:?}", ours.unplaced);
+        assert!(!ffd.unplaced.is_empty(), "seed {seed}: ffd placed everything");
+        check_rules(&c, &ours.assignment);
+    }
+}
+
+fn check_rules(c: &Cluster, assignment: &[(String, String)]) {
+    let host_of = |vm: &str| assignment.iter().find(|(v, _)| v == vm).map(|(_, h)| h.clone()).unwrap();
+    for r in &c.anti_rules {
+        let mut hs: Vec<String> = r.vms.iter().map(|&v| host_of(&c.vms[v].id)).collect();
+        hs.sort();
+        hs.dedup();
+        assert_eq!(hs.len(), r.vms.len(), "anti-affinity {} broken", r.id);
+    }
+    for g in &c.groups {
+        let hs: Vec<String> = g.vms.iter().map(|&v| host_of(&c.vms[v].id)).collect();
+        assert!(hs.windows(2).all(|w| w[0] == w[1]), "affinity {:?} broken", g.rules);
+    }
+    for (vm, h) in assignment {
+        let v = c.vm_index(vm).unwrap();
+        assert!(c.vms[v].allows(c.host_index(h).unwrap()), "{vm} on forbidden {h}");
+    }
+}
+
+#[test]
+fn balancing_undoes_a_perturbation_with_no_more_moves_than_it_made() {
+    for seed in 0..3 {
+        let inst = generate::perturbed(seed, 16, 800, 60);
+        let mut spec = inst.spec;
+        spec.settings.migration_threshold = 4;
+        let c = Cluster::new(spec).unwrap();
+        let p = balance(&c);
+        let made = inst.perturbation_moves.unwrap();
+        assert!(p.imbalance_after <= p.target, "seed {seed}: {} > {}", p.imbalance_after, p.target);
+        assert!(p.recommendations.len() <= made, "seed {seed}: {} moves > {made}", p.recommendations.len());
+    }
+}
