@@ -1,1 +1,103 @@
-//! virtio devices over the virtio-mmio transport (to be written).
+//! virtio devices over the virtio-mmio transport (version 2, "modern").
+//!
+//! One device for now: [`VirtioBlk`], a virtio-blk disk with one split
+//! virtqueue, backed by any [`BlockBackend`](crate::devices::block::BlockBackend).
+//! It implements [`MmioDevice`](crate::devices::MmioDevice): the VMM puts it on
+//! the MMIO bus in a window of [`MMIO_WINDOW_SIZE`] bytes and registers its
+//! interrupt [`EventFd`](vmm_sys_util::eventfd::EventFd) as a KVM irqfd.
+//!
+//! Code map:
+//! - `mmio` — the transport registers (features, status, queue setup, interrupt).
+//! - `queue` — validating the driver's queue setup; queue state for snapshots.
+//! - `request` — parsing one descriptor chain into a block request and running it.
+//! - `blk` — the device: config space, notify handling, stats.
+//! - `state` — [`VirtioBlkState`], the serialisable device state.
+//! - [`fuzz`] — the fuzz harness, shared by the cargo-fuzz target and a proptest.
+//!
+//! Guest input is untrusted: descriptors, ring indices and register values
+//! are bounds-checked, every guest-memory access goes through vm-memory (which
+//! refuses addresses outside guest RAM and records device writes in the
+//! dirty bitmap), and the work done per notify is bounded. A request that can
+//! be answered is answered with `VIRTIO_BLK_S_IOERR`; a chain without a usable
+//! status byte, or a broken ring, puts the device in `DEVICE_NEEDS_RESET`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vinfra_vmm_core::devices::block::MemBackend;
+//! use vinfra_vmm_core::devices::virtio::{VirtioBlk, VirtioBlkConfig};
+//! use vinfra_vmm_core::devices::MmioDevice;
+//! use vm_memory::{bitmap::AtomicBitmap, GuestAddress, GuestMemoryMmap};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//!
+//! let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let disk = Arc::new(MemBackend::new(1 << 20));
+//! let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+//! let mut blk = VirtioBlk::new(VirtioBlkConfig::new("disk0", false), disk, mem, irq).unwrap();
+//!
+//! let mut word = [0u8; 4];
+//! blk.mmio_read(0x0, &mut word); // MagicValue
+//! assert_eq!(u32::from_le_bytes(word), 0x7472_6976);
+//! blk.mmio_read(0x100, &mut word); // capacity, low half, in 512-byte sectors
+//! assert_eq!(u32::from_le_bytes(word), 2048);
+//! ```
+
+mod blk;
+pub mod fuzz;
+mod mmio;
+mod queue;
+mod request;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use blk::{VirtioBlk, VirtioBlkConfig, VirtioBlkStats};
+pub use state::{VirtioBlkState, VirtioQueueState};
+
+/// Size of a virtio-mmio device's window on the MMIO bus.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Largest queue the device offers (QueueNumMax).
+pub const QUEUE_SIZE_MAX: u16 = 256;
+/// Bytes per virtio-blk sector (capacity and request offsets use this unit).
+pub const SECTOR_SIZE: u64 = 512;
+/// Most data segments per request the device advertises (config `seg_max`).
+pub const SEG_MAX: u32 = 32;
+/// Largest data segment the device advertises (config `size_max`).
+pub const SEGMENT_SIZE_MAX: u32 = 64 * 1024;
+/// Largest data payload of one request; larger ones are answered with IOERR.
+///
+/// A driver that honours `seg_max` and `size_max` never exceeds it; the cap
+/// bounds the buffer a hostile guest can make the VMM allocate.
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SEGMENT_SIZE_MAX as u64;
+
+/// Errors of the virtio devices.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VirtioError {
+    /// The disk id does not fit the 20 bytes GET_ID returns.
+    #[error("virtio-blk id is {len} bytes, at most 20 allowed")]
+    IdTooLong {
+        /// Length of the id given.
+        len: usize,
+    },
+    /// A saved state does not describe a device this build can restore.
+    #[error("invalid virtio-blk state: {reason}")]
+    InvalidState {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A saved state names a disk size other than the backend's.
+    #[error("virtio-blk state has {saved} sectors but the backend has {backend}")]
+    CapacityMismatch {
+        /// Capacity in the state, in sectors.
+        saved: u64,
+        /// Capacity of the backend given to `from_state`, in sectors.
+        backend: u64,
+    },
+    /// The saved queue setup is not valid for the given guest memory.
+    #[error("restore virtio queue: {source}")]
+    Queue {
+        /// What virtio-queue said.
+        #[source]
+        source: virtio_queue::Error,
+    },
+}
