@@ -34,6 +34,7 @@
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod dirty;
 pub mod error;

@@ -1,0 +1,208 @@
+//! `vinfra-vm`: run one VM with its serial console on this terminal.
+//!
+//! stdout carries nothing but the guest's console; logs go to stderr
+//! (`RUST_LOG=debug` for more). `Ctrl-A x` or Ctrl-C stops the VM. The exit status is
+//! the guest's exit code (power-off through port 0xf4), 0 after a reboot request, 70
+//! when the VM crashed, 1 on a VMM error.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vinfra_vmm_core::console::{install_stop_signals, stop_requested, RawMode};
+use vinfra_vmm_core::{DiskConfig, ExitReason, SerialInput, SerialOutput, Vm, VmConfig};
+
+/// Exit status when the guest crashed (EX_SOFTWARE).
+const EXIT_CRASHED: u8 = 70;
+const CTRL_A: u8 = 0x01;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vinfra-vm",
+    version,
+    about = "Run a VM on KVM with its serial console on this terminal"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a kernel and attach the console until the VM stops.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Kernel: an ELF with a PVH note, an ELF vmlinux, or a bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux boot protocol).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// A virtio-blk disk: PATH or PATH,ro (repeatable).
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<String>,
+    /// A JSON VmConfig; the flags above override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Mark guest memory mergeable (KSM).
+    #[arg(long)]
+    page_sharing: bool,
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let (path, ro) = match spec.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, other)) => return Err(format!("disk option {other:?} is not ro or rw")),
+        None => (spec, false),
+    };
+    let mut d = DiskConfig::new(path);
+    d.read_only = ro;
+    Ok(d)
+}
+
+fn build_config(a: RunArgs) -> Result<VmConfig, String> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))?;
+            serde_json::from_str::<VmConfig>(&text)
+                .map_err(|e| format!("parse {}: {e}", p.display()))?
+        }
+        None => {
+            let k = a.kernel.clone().ok_or("--kernel or --config is required")?;
+            VmConfig::new(k)
+        }
+    };
+    if let Some(k) = a.kernel {
+        cfg.kernel = k;
+    }
+    if let Some(i) = a.initrd {
+        cfg.initrd = Some(i);
+    }
+    if let Some(c) = a.cmdline {
+        cfg.cmdline = c;
+    }
+    if let Some(m) = a.memory_mib {
+        cfg.memory_mib = m;
+    }
+    if let Some(v) = a.vcpus {
+        cfg.vcpus = v;
+    }
+    for d in &a.disks {
+        cfg.disks.push(parse_disk(d)?);
+    }
+    cfg.page_sharing |= a.page_sharing;
+    cfg.serial_output = SerialOutput::Stdio;
+    Ok(cfg)
+}
+
+/// Forwards stdin to the guest; `Ctrl-A x` asks to stop, `Ctrl-A Ctrl-A` sends one Ctrl-A.
+fn forward_stdin(input: SerialInput, stop: std::sync::mpsc::Sender<()>) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 256];
+    let mut after_ctrl_a = false;
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut out = Vec::with_capacity(n);
+        for &b in &buf[..n] {
+            if after_ctrl_a {
+                after_ctrl_a = false;
+                match b {
+                    b'x' | b'X' => {
+                        let _ = stop.send(());
+                        return;
+                    }
+                    CTRL_A => out.push(CTRL_A),
+                    other => out.extend_from_slice(&[CTRL_A, other]),
+                }
+            } else if b == CTRL_A {
+                after_ctrl_a = true;
+            } else {
+                out.push(b);
+            }
+        }
+        input.send(&out);
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitReason, String> {
+    let cfg = build_config(args)?;
+    let mut vm = Vm::create(cfg).map_err(|e| e.to_string())?;
+    install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
+    let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
+    if raw.is_some() {
+        eprintln!("vinfra-vm: console attached; Ctrl-A x or Ctrl-C stops the VM\r");
+    }
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let input = vm.serial_input_handle();
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || forward_stdin(input, stop_tx))
+        .map_err(|e| format!("spawn stdin thread: {e}"))?;
+    vm.start().map_err(|e| e.to_string())?;
+    let reason = loop {
+        if let Some(r) = vm.wait_timeout(Duration::from_millis(50)) {
+            break r;
+        }
+        if stop_requested() || stop_rx.try_recv().is_ok() {
+            break vm.stop().map_err(|e| e.to_string())?;
+        }
+    };
+    drop(raw);
+    Ok(reason)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+    };
+    match result {
+        Ok(ExitReason::Poweroff { code }) => ExitCode::from(code),
+        Ok(ExitReason::Reboot) => {
+            eprintln!("vinfra-vm: the guest asked for a reboot; stopping");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Stopped) => {
+            eprintln!("vinfra-vm: stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Crashed { reason }) => {
+            eprintln!("vinfra-vm: the vm crashed: {reason}");
+            ExitCode::from(EXIT_CRASHED)
+        }
+        Ok(other) => {
+            eprintln!("vinfra-vm: vm ended: {other:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vinfra-vm: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
