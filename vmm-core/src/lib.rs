@@ -38,6 +38,7 @@ pub mod console;
 pub mod devices;
 pub mod dirty;
 pub mod error;
+pub mod ksm;
 pub mod kvm;
 pub mod memory;
 pub mod state;
