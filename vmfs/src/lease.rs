@@ -71,6 +71,11 @@ impl Lease {
         !self.fenced && now_ms < self.fence_at()
     }
 
+    /// Fences now (the host knows it cannot act safely any more).
+    pub fn fence(&mut self) {
+        self.fenced = true;
+    }
+
     /// Whether the host has fenced itself.
     pub fn fenced(&self) -> bool {
         self.fenced

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod faulty;
 pub mod format;
+pub mod fsck;
 pub mod lease;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
@@ -20,3 +21,15 @@ pub use error::{Error, Result};
 pub use faulty::{Faults, FaultyDevice, IoStats};
 pub use format::LockMode;
 pub use lease::{Lease, LeaseAction, Liveness, Verdict};
+pub mod bmap;
+mod file;
+mod journal;
+mod lock;
+mod namespace;
+mod op;
+pub mod volume;
+
+pub use file::File;
+pub use format::{DirEntry, Kind};
+pub use namespace::Stat;
+pub use volume::{HeartbeatThread, MkfsOptions, MountOptions, Volume, VolumeEvent};

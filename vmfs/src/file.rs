@@ -1,0 +1,369 @@
+//! An open file and the lock it holds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::bmap;
+use crate::error::{Error, Result};
+use crate::format::{Inode, LockMode};
+use crate::op::{IndCache, Op};
+use crate::volume::{lock_mutex, Volume};
+
+/// Blocks allocated per transaction at most.
+const MAX_BATCH: u64 = 1024;
+
+/// An open file. Dropping it releases its lock.
+#[derive(Debug)]
+pub struct File {
+    vol: Volume,
+    mode: LockMode,
+    path: String,
+    inode: Mutex<Inode>,
+    cache: Mutex<IndCache>,
+    closed: AtomicBool,
+}
+
+enum Seg {
+    /// In place: (device offset, range in the caller's buffer).
+    Place(u64, std::ops::Range<usize>),
+    /// A new block: (block, offset in block, range in the caller's buffer).
+    New(u32, usize, std::ops::Range<usize>),
+}
+
+impl File {
+    pub(crate) fn new(vol: Volume, inode: Inode, mode: LockMode, path: &str) -> File {
+        File {
+            vol,
+            mode,
+            path: path.to_string(),
+            inode: Mutex::new(inode),
+            cache: Mutex::new(IndCache::default()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        lock_mutex(&self.inode).size
+    }
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Inode number.
+    pub fn ino(&self) -> u32 {
+        lock_mutex(&self.inode).ino
+    }
+    /// The lock mode.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+    /// The path it was opened by.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn map(&self, ino: &Inode, f: u64) -> Result<u32> {
+        let sh = &self.vol.sh;
+        let bs = sh.bs();
+        let mut c = lock_mutex(&self.cache);
+        let mut r = c.reader(sh);
+        bmap::lookup(&mut r, ino, f, bs)
+    }
+
+    /// Reads at `off`; returns the bytes read (short at the end of the file). Holes read
+    /// as zeros.
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
+        let sh = &self.vol.sh;
+        sh.check_lease()?;
+        let ino = lock_mutex(&self.inode).clone();
+        if off >= ino.size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(ino.size - off) as usize;
+        let bs = sh.bs() as u64;
+        let mut pos = 0usize;
+        // Runs of physically contiguous blocks become one device read.
+        let mut run: Option<(u64, usize, usize)> = None; // (dev off, buf start, len)
+        let flush = |run: &mut Option<(u64, usize, usize)>, buf: &mut [u8]| -> Result<()> {
+            if let Some((d, s, l)) = run.take() {
+                sh.dev.read_at(&mut buf[s..s + l], d)?;
+            }
+            Ok(())
+        };
+        while pos < n {
+            let fo = off + pos as u64;
+            let f = fo / bs;
+            let within = (fo % bs) as usize;
+            let len = (bs as usize - within).min(n - pos);
+            let p = self.map(&ino, f)?;
+            if p == 0 {
+                flush(&mut run, buf)?;
+                buf[pos..pos + len].fill(0);
+            } else {
+                let d = p as u64 * bs + within as u64;
+                match &mut run {
+                    Some((rd, _, rl)) if *rd + *rl as u64 == d => *rl += len,
+                    _ => {
+                        flush(&mut run, buf)?;
+                        run = Some((d, pos, len));
+                    }
+                }
+            }
+            pos += len;
+        }
+        flush(&mut run, buf)?;
+        Ok(n)
+    }
+
+    /// Writes `data` at `off`. Blocks are allocated on first write (thin provisioning);
+    /// the write is durable once [`File::sync`] returns (a write that allocates is
+    /// durable when it returns).
+    pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
+        if self.mode == LockMode::SharedRead {
+            return Err(Error::Mode(format!("{}: opened read-only", self.path)));
+        }
+        let sh = &self.vol.sh;
+        let bs = sh.bs() as u64;
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or(Error::TooLarge(u64::MAX))?;
+        if end > bmap::max_file_size(bs as usize) {
+            return Err(Error::TooLarge(end));
+        }
+        let mut pos = off;
+        while pos < end {
+            sh.check_lease()?;
+            let f0 = pos / bs;
+            let f_end = end.div_ceil(bs).min(f0 + MAX_BATCH);
+            let mut bend = end.min(f_end * bs);
+            let mut ino = lock_mutex(&self.inode).clone();
+            let mut phys = Vec::with_capacity((f_end - f0) as usize);
+            for f in f0..f_end {
+                phys.push(self.map(&ino, f)?);
+            }
+            let need_alloc = phys.contains(&0);
+            let grows = bend > ino.size;
+            if !need_alloc && !grows {
+                self.write_segments(&phys, f0, pos, bend, off, data)?;
+                pos = bend;
+                continue;
+            }
+            if self.mode == LockMode::MultiWriter {
+                return Err(Error::Mode(format!(
+                    "{}: multi-writer handles write only inside the allocated size \
+                     (use an eager-zeroed file)",
+                    self.path
+                )));
+            }
+            let mut op = Op::begin(sh)?;
+            self.zero_tail(&ino, pos)?;
+            let holes: Vec<usize> = (0..phys.len()).filter(|&i| phys[i] == 0).collect();
+            let mut new_blocks = std::collections::HashSet::new();
+            if !holes.is_empty() {
+                let room = op.room_blocks().saturating_sub(12) / 2;
+                let got = op.alloc(holes.len(), room.max(1))?;
+                if got.len() < holes.len() {
+                    let first_missing = holes[got.len()];
+                    bend = bend.min((f0 + first_missing as u64) * bs).max(pos);
+                }
+                for (k, &b) in got.iter().enumerate() {
+                    let i = holes[k];
+                    if (f0 + i as u64) * bs >= bend {
+                        break;
+                    }
+                    phys[i] = b;
+                    new_blocks.insert(b);
+                    op.map_set(&mut ino, f0 + i as u64, b)?;
+                    ino.blocks += 1;
+                }
+            }
+            if bend <= pos {
+                return Err(Error::NoSpace);
+            }
+            let used = ((bend - f0 * bs).div_ceil(bs)) as usize;
+            phys.truncate(used);
+            self.write_new_and_old(&phys, &new_blocks, f0, pos, bend, off, data)?;
+            ino.size = ino.size.max(bend);
+            ino.change += 1;
+            op.set_inode(&ino);
+            op.finish()?;
+            *lock_mutex(&self.inode) = ino;
+            lock_mutex(&self.cache).map.clear();
+            pos = bend;
+        }
+        Ok(())
+    }
+
+    /// Before the size grows past a partial last block, zero its stale tail.
+    fn zero_tail(&self, ino: &Inode, upto: u64) -> Result<()> {
+        let sh = &self.vol.sh;
+        let bs = sh.bs() as u64;
+        if ino.size % bs == 0 || upto <= ino.size {
+            return Ok(());
+        }
+        let f = ino.size / bs;
+        let p = self.map(ino, f)?;
+        if p == 0 {
+            return Ok(());
+        }
+        let stop = upto.min((f + 1) * bs);
+        let z = vec![0u8; (stop - ino.size) as usize];
+        sh.dev.write_at(&z, p as u64 * bs + ino.size % bs)
+    }
+
+    fn segments(
+        &self,
+        phys: &[u32],
+        new: &std::collections::HashSet<u32>,
+        f0: u64,
+        pos: u64,
+        bend: u64,
+        off: u64,
+    ) -> Vec<Seg> {
+        let bs = self.vol.sh.bs() as u64;
+        let mut out = Vec::new();
+        let mut p = pos;
+        while p < bend {
+            let f = p / bs;
+            let within = p % bs;
+            let len = (bs - within).min(bend - p);
+            let blk = phys[(f - f0) as usize];
+            let r = (p - off) as usize..(p - off + len) as usize;
+            if new.contains(&blk) {
+                out.push(Seg::New(blk, within as usize, r));
+            } else {
+                out.push(Seg::Place(blk as u64 * bs + within, r));
+            }
+            p += len;
+        }
+        out
+    }
+
+    fn write_segments(
+        &self,
+        phys: &[u32],
+        f0: u64,
+        pos: u64,
+        bend: u64,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.write_new_and_old(phys, &Default::default(), f0, pos, bend, off, data)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_new_and_old(
+        &self,
+        phys: &[u32],
+        new: &std::collections::HashSet<u32>,
+        f0: u64,
+        pos: u64,
+        bend: u64,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let sh = &self.vol.sh;
+        sh.check_lease()?;
+        let bs = sh.bs() as u64;
+        // Coalesce: in-place runs go straight from the caller's buffer; new blocks are
+        // zero-padded into one buffer per contiguous run.
+        let mut place: Option<(u64, std::ops::Range<usize>)> = None;
+        let mut fresh: Option<(u64, Vec<u8>)> = None;
+        for s in self.segments(phys, new, f0, pos, bend, off) {
+            match s {
+                Seg::Place(d, r) => {
+                    if let Some((fd, v)) = fresh.take() {
+                        sh.dev.write_at(&v, fd)?;
+                    }
+                    match &mut place {
+                        Some((pd, pr)) if *pd + pr.len() as u64 == d && pr.end == r.start => {
+                            pr.end = r.end
+                        }
+                        _ => {
+                            if let Some((pd, pr)) = place.take() {
+                                sh.dev.write_at(&data[pr], pd)?;
+                            }
+                            place = Some((d, r));
+                        }
+                    }
+                }
+                Seg::New(b, within, r) => {
+                    if let Some((pd, pr)) = place.take() {
+                        sh.dev.write_at(&data[pr], pd)?;
+                    }
+                    let d = b as u64 * bs;
+                    let contiguous = matches!(&fresh, Some((fd, v)) if *fd + v.len() as u64 == d);
+                    if !contiguous {
+                        if let Some((fd, v)) = fresh.take() {
+                            sh.dev.write_at(&v, fd)?;
+                        }
+                        fresh = Some((d, Vec::new()));
+                    }
+                    if let Some((_, v)) = &mut fresh {
+                        let at = v.len();
+                        v.resize(at + bs as usize, 0);
+                        v[at + within..at + within + r.len()].copy_from_slice(&data[r]);
+                    }
+                }
+            }
+        }
+        if let Some((fd, v)) = fresh.take() {
+            sh.dev.write_at(&v, fd)?;
+        }
+        if let Some((pd, pr)) = place.take() {
+            sh.dev.write_at(&data[pr], pd)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the size: shrinking frees blocks, growing is thin (no allocation).
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        if self.mode != LockMode::Exclusive {
+            return Err(Error::Mode(format!(
+                "{}: set_len needs an exclusive lock",
+                self.path
+            )));
+        }
+        let sh = &self.vol.sh;
+        if len > bmap::max_file_size(sh.bs()) {
+            return Err(Error::TooLarge(len));
+        }
+        let mut op = Op::begin(sh)?;
+        let mut ino = lock_mutex(&self.inode).clone();
+        if len < ino.size {
+            op.truncate(&mut ino, len)?;
+        } else {
+            self.zero_tail(&ino, len)?;
+            ino.size = len;
+            ino.change += 1;
+            op.set_inode(&ino);
+        }
+        op.finish()?;
+        *lock_mutex(&self.inode) = ino;
+        lock_mutex(&self.cache).map.clear();
+        Ok(())
+    }
+
+    /// Makes every completed write durable.
+    pub fn sync(&self) -> Result<()> {
+        self.vol.sh.check_lease()?;
+        self.vol.sh.dev.flush()
+    }
+
+    /// Releases the lock now (reporting errors, unlike drop).
+    pub fn close(self) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        let idx = self.vol.sh.geo().inode_lock(self.ino());
+        self.vol.sh.release(idx)
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let idx = self.vol.sh.geo().inode_lock(self.ino());
+            let _ = self.vol.sh.release(idx);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Volume checker: every on-disk invariant, with safe repairs.
+//!
+//! Run it on a quiesced volume (no host writing). It checks checksums and versions of every
+//! record, that no block is owned twice, that no block is leaked, that the directory tree
+//! is sound (every inode in use reachable exactly once, parents and kinds agree), that lock
+//! records name hosts whose heartbeat slot is live in that generation, and that no journal
+//! holds an unreplayed transaction. `repair` frees leaked blocks and stale locks and
+//! replays journals of hosts that are not mounted; nothing else is safe to do blindly.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::device::{BlockDevice, Cas};
+use crate::error::Result;
+use crate::format::{
+    decode_dir, decode_indirect, decode_journal_header, encode_journal_header, ptrs_per_block,
+    ClusterBlock, Geometry, HeartbeatSlot, Inode, Kind, LockRecord, Superblock, Txn, MAX_HOSTS,
+    NDIRECT, SECTOR, TXN_HEADER,
+};
+
+/// What fsck found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Violated invariants.
+    pub errors: Vec<String>,
+    /// Things worth knowing that are not damage (live hosts, held locks).
+    pub notes: Vec<String>,
+    /// Files.
+    pub files: u64,
+    /// Directories (root included).
+    pub dirs: u64,
+    /// Blocks owned by inodes.
+    pub used_blocks: u64,
+    /// Blocks allocated in the bitmaps but owned by nobody.
+    pub leaked: Vec<u32>,
+    /// Locks naming a host that is not mounted in that generation.
+    pub stale_locks: Vec<u64>,
+    /// Hosts whose journal holds an unreplayed transaction.
+    pub unreplayed: Vec<u32>,
+    /// Repairs done.
+    pub repaired: Vec<String>,
+}
+
+impl Report {
+    /// Whether no invariant is violated.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+fn read(dev: &dyn BlockDevice, off: u64, len: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    dev.read_at(&mut b, off)?;
+    Ok(b)
+}
+
+struct Walk<'a> {
+    dev: &'a dyn BlockDevice,
+    g: Geometry,
+    owner: HashMap<u32, u32>,
+    r: Report,
+}
+
+impl Walk<'_> {
+    fn own(&mut self, b: u32, ino: u32) {
+        if self.g.block_cluster(b).is_none() {
+            self.r
+                .errors
+                .push(format!("inode {ino}: block {b} is not a data block"));
+            return;
+        }
+        if let Some(o) = self.owner.insert(b, ino) {
+            self.r
+                .errors
+                .push(format!("block {b} owned twice: inodes {o} and {ino}"));
+        }
+    }
+
+    /// Data blocks (file block, block) and the count of blocks of `ino`.
+    fn blocks(&mut self, ino: &Inode) -> Result<(Vec<(u64, u32)>, u64)> {
+        let bs = self.g.block_size as usize;
+        let p = ptrs_per_block(bs) as u64;
+        let mut data = Vec::new();
+        let mut count = 0u64;
+        for (i, &b) in ino.direct.iter().enumerate() {
+            if b != 0 {
+                self.own(b, ino.ino);
+                data.push((i as u64, b));
+                count += 1;
+            }
+        }
+        let mut base = NDIRECT as u64;
+        let mut span = p;
+        for root in 0..3 {
+            let top = ino.indirect[root];
+            if top != 0 {
+                let mut stack = vec![(top, (root + 1) as u8, base)];
+                let mut guard = 0u64;
+                while let Some((blk, level, b0)) = stack.pop() {
+                    guard += 1;
+                    if guard > 1 << 22 {
+                        self.r
+                            .errors
+                            .push(format!("inode {}: block map too large", ino.ino));
+                        break;
+                    }
+                    self.own(blk, ino.ino);
+                    count += 1;
+                    if self.g.block_cluster(blk).is_none() {
+                        continue;
+                    }
+                    let raw = read(self.dev, blk as u64 * bs as u64, bs)?;
+                    let ptrs = match decode_indirect(&raw, bs, ino.ino, level) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.r.errors.push(format!("inode {}: {e}", ino.ino));
+                            continue;
+                        }
+                    };
+                    let cs = p.pow(level as u32 - 1);
+                    for (i, &c) in ptrs.iter().enumerate() {
+                        if c == 0 {
+                            continue;
+                        }
+                        let fb = b0 + i as u64 * cs;
+                        if level == 1 {
+                            self.own(c, ino.ino);
+                            data.push((fb, c));
+                            count += 1;
+                        } else {
+                            stack.push((c, level - 1, fb));
+                        }
+                    }
+                }
+            }
+            base += span;
+            span = span.saturating_mul(p);
+        }
+        Ok((data, count))
+    }
+}
+
+/// Checks the volume on `dev`; with `repair`, fixes what is safe to fix.
+pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
+    let sb = Superblock::decode(&read(dev, 0, SECTOR)?)?;
+    let g = sb.geo;
+    let bs = g.block_size as usize;
+    let mut w = Walk {
+        dev,
+        g,
+        owner: HashMap::new(),
+        r: Report::default(),
+    };
+    if dev.len()? < g.data_offset + g.data_blocks() * bs as u64 {
+        w.r.errors
+            .push("device shorter than the superblock says".into());
+        return Ok(w.r);
+    }
+    // Heartbeats.
+    let mut slots = Vec::new();
+    for h in 0..MAX_HOSTS {
+        match HeartbeatSlot::decode(&read(dev, g.hb_at(h), SECTOR)?, h) {
+            Ok(s) => {
+                if s.live {
+                    w.r.notes.push(format!(
+                        "host {h} mounted (generation {}, counter {})",
+                        s.generation, s.counter
+                    ));
+                }
+                slots.push(Some(s));
+            }
+            Err(e) => {
+                w.r.errors.push(format!("heartbeat slot {h}: {e}"));
+                slots.push(None);
+            }
+        }
+    }
+    let live = |h: u32, gen: u32| {
+        slots
+            .get(h as usize)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| s.live && s.generation == gen)
+    };
+    // Journals.
+    for h in 0..MAX_HOSTS {
+        let base = g.journal_at(h);
+        let applied = match decode_journal_header(&read(dev, base, SECTOR)?, h) {
+            Ok(a) => a,
+            Err(e) => {
+                w.r.errors.push(format!("journal header of host {h}: {e}"));
+                0
+            }
+        };
+        let cap = (g.journal_blocks as usize - 1) * bs;
+        let head = read(dev, base + bs as u64, TXN_HEADER)?;
+        if let Ok(n) = Txn::payload_len(&head, cap - TXN_HEADER) {
+            let all = read(dev, base + bs as u64, TXN_HEADER + n)?;
+            if let Ok(t) = Txn::decode(&all, h, cap) {
+                if t.seq > applied {
+                    let mounted = slots
+                        .get(h as usize)
+                        .and_then(|s| s.as_ref())
+                        .is_some_and(|s| s.live);
+                    if repair && !mounted {
+                        for (off, d) in &t.records {
+                            dev.write_at(d, *off)?;
+                        }
+                        dev.flush()?;
+                        dev.write_at(&encode_journal_header(h, t.seq), base)?;
+                        dev.flush()?;
+                        w.r.repaired
+                            .push(format!("replayed the journal of host {h}"));
+                    } else {
+                        w.r.unreplayed.push(h);
+                        w.r.errors.push(format!(
+                            "journal of host {h} holds unreplayed transaction {}",
+                            t.seq
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Locks.
+    for i in 0..g.n_locks() {
+        let raw = read(dev, g.lock_at(i), SECTOR)?;
+        match LockRecord::decode(&raw, i) {
+            Ok(rec) => {
+                let stale: Vec<(u32, u32)> = rec
+                    .holder_list()
+                    .into_iter()
+                    .filter(|&(h, gen)| !live(h, gen))
+                    .collect();
+                if !stale.is_empty() {
+                    let what = crate::volume::describe_lock(&g, i);
+                    if repair {
+                        let mut n = rec.clone();
+                        for (h, _) in &stale {
+                            n.holders &= !(1u64 << h);
+                            n.gens[*h as usize] = 0;
+                        }
+                        if n.holders == 0 {
+                            n.mode = None;
+                        }
+                        n.seq += 1;
+                        if let Cas::Written =
+                            dev.compare_and_write(g.lock_at(i), &raw, &n.encode())?
+                        {
+                            w.r.repaired.push(format!("freed stale lock on {what}"));
+                            continue;
+                        }
+                    }
+                    w.r.stale_locks.push(i);
+                    w.r.errors
+                        .push(format!("lock on {what} names hosts not mounted: {stale:?}"));
+                } else if rec.mode.is_some() {
+                    w.r.notes.push(format!(
+                        "lock on {} held by {:?}",
+                        crate::volume::describe_lock(&g, i),
+                        rec.holder_list()
+                    ));
+                }
+            }
+            Err(e) => w.r.errors.push(format!("lock {i}: {e}")),
+        }
+    }
+    // Inodes.
+    let mut inodes: BTreeMap<u32, Inode> = BTreeMap::new();
+    let chunk = 256u32;
+    let mut first = 0;
+    while first < g.max_inodes {
+        let n = chunk.min(g.max_inodes - first);
+        let raw = read(dev, g.inode_at(first), n as usize * SECTOR)?;
+        for k in 0..n {
+            let ino = first + k;
+            if ino == 0 {
+                continue;
+            }
+            let s = &raw[k as usize * SECTOR..(k as usize + 1) * SECTOR];
+            match Inode::decode(s, ino) {
+                Ok(i) if i.kind != Kind::Free => {
+                    inodes.insert(ino, i);
+                }
+                Ok(_) => {}
+                Err(e) => w.r.errors.push(format!("inode {ino}: {e}")),
+            }
+        }
+        first += n;
+    }
+    if inodes.get(&1).map(|r| r.kind) != Some(Kind::Dir) {
+        w.r.errors.push("root inode 1 is not a directory".into());
+    }
+    let mut dir_data: HashMap<u32, Vec<(u64, u32)>> = HashMap::new();
+    for (ino, i) in &inodes {
+        let (data, count) = w.blocks(i)?;
+        w.r.used_blocks += count;
+        if count != i.blocks {
+            w.r.errors.push(format!(
+                "inode {ino}: {} blocks counted, {} recorded",
+                count, i.blocks
+            ));
+        }
+        let limit = i.size.div_ceil(bs as u64);
+        if let Some((f, _)) = data.iter().find(|(f, _)| *f >= limit) {
+            w.r.errors.push(format!(
+                "inode {ino}: block {f} mapped past the size {}",
+                i.size
+            ));
+        }
+        match i.kind {
+            Kind::Dir => {
+                w.r.dirs += 1;
+                dir_data.insert(*ino, data);
+            }
+            Kind::File => w.r.files += 1,
+            Kind::Free => {}
+        }
+    }
+    // Directory tree.
+    let mut seen: HashSet<u32> = HashSet::from([1]);
+    let mut queue = VecDeque::from([1u32]);
+    while let Some(d) = queue.pop_front() {
+        let mut blocks = dir_data.remove(&d).unwrap_or_default();
+        blocks.sort_unstable();
+        let nblocks = inodes.get(&d).map_or(0, |i| i.size / bs as u64);
+        if blocks.len() as u64 != nblocks {
+            w.r.errors.push(format!(
+                "directory {d}: {} blocks for size {}",
+                blocks.len(),
+                nblocks
+            ));
+        }
+        for (_, b) in blocks {
+            let raw = read(dev, b as u64 * bs as u64, bs)?;
+            let entries = match decode_dir(&raw, bs) {
+                Ok(e) => e,
+                Err(e) => {
+                    w.r.errors.push(format!("directory {d}: {e}"));
+                    continue;
+                }
+            };
+            for e in entries {
+                match inodes.get(&e.ino) {
+                    None => w.r.errors.push(format!(
+                        "directory {d}: entry {:?} names free inode {}",
+                        e.name, e.ino
+                    )),
+                    Some(i) => {
+                        if i.kind != e.kind || i.parent != d {
+                            w.r.errors.push(format!(
+                                "directory {d}: entry {:?} disagrees with inode {} (kind {:?}, parent {})",
+                                e.name, e.ino, i.kind, i.parent
+                            ));
+                        }
+                        if !seen.insert(e.ino) {
+                            w.r.errors.push(format!("inode {} linked twice", e.ino));
+                        } else if i.kind == Kind::Dir {
+                            queue.push_back(e.ino);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ino in inodes.keys() {
+        if !seen.contains(ino) {
+            w.r.errors
+                .push(format!("inode {ino} is in use but unreachable"));
+        }
+    }
+    // Bitmaps against owners.
+    for c in 0..g.n_clusters {
+        let raw = read(dev, g.cluster_at(c), bs)?;
+        let mut cl = match ClusterBlock::decode(&raw, bs, c, g.bpc) {
+            Ok(x) => x,
+            Err(e) => {
+                w.r.errors.push(format!("cluster {c}: {e}"));
+                continue;
+            }
+        };
+        let first = g.cluster_first_block(c);
+        let mut fixed = false;
+        for i in 0..g.bpc {
+            let b = (first + i as u64) as u32;
+            let owned = w.owner.contains_key(&b);
+            if cl.is_set(i) && !owned {
+                if repair {
+                    cl.set(i, false);
+                    fixed = true;
+                } else {
+                    w.r.leaked.push(b);
+                }
+            } else if !cl.is_set(i) && owned {
+                w.r.errors
+                    .push(format!("block {b} in use but free in cluster {c}"));
+            }
+        }
+        if fixed {
+            dev.write_at(&cl.encode(bs), g.cluster_at(c))?;
+            dev.flush()?;
+            w.r.repaired
+                .push(format!("freed leaked blocks in cluster {c}"));
+        }
+    }
+    if !w.r.leaked.is_empty() {
+        w.r.errors
+            .push(format!("{} leaked blocks", w.r.leaked.len()));
+    }
+    Ok(w.r)
+}

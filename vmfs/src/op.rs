@@ -1,0 +1,756 @@
+//! One metadata operation of this host: its short-term locks, the record images it will
+//! commit as one journal transaction, and the allocation, block-map and directory logic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::MutexGuard;
+
+use crate::bmap::{self, IndRead, Place};
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_dir, decode_indirect, encode_dir, encode_indirect, ptrs_per_block, valid_name,
+    ClusterBlock, DirEntry, Geometry, Inode, Kind, LockMode, INODES_PER_GROUP, SECTOR,
+};
+use crate::volume::{lock_mutex, JournalState, Shared};
+
+#[derive(Debug)]
+struct Ind {
+    ino: u32,
+    level: u8,
+    ptrs: Vec<u32>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct DirBlk {
+    entries: Vec<DirEntry>,
+    dirty: bool,
+}
+
+/// A metadata operation in progress.
+#[derive(Debug)]
+pub(crate) struct Op<'a> {
+    pub sh: &'a Shared,
+    j: MutexGuard<'a, JournalState>,
+    pub geo: Geometry,
+    pub bs: usize,
+    locks: Vec<u64>,
+    recs: BTreeMap<u64, Vec<u8>>,
+    ind: HashMap<u32, Ind>,
+    dirs: HashMap<u32, DirBlk>,
+    clusters: BTreeMap<u32, (ClusterBlock, bool)>,
+    freed: HashSet<u32>,
+    committed: bool,
+}
+
+/// Reads indirect blocks straight from the device with a small cache (lock-free readers).
+#[derive(Debug, Default)]
+pub(crate) struct IndCache {
+    pub map: HashMap<u32, Vec<u32>>,
+}
+
+impl IndCache {
+    pub fn reader<'a>(&'a mut self, sh: &'a Shared) -> impl IndRead + 'a {
+        struct R<'a> {
+            c: &'a mut IndCache,
+            sh: &'a Shared,
+        }
+        impl IndRead for R<'_> {
+            fn ptr(&mut self, blk: u32, ino: u32, level: u8, i: usize) -> Result<u32> {
+                if let Some(p) = self.c.map.get(&blk) {
+                    return Ok(p.get(i).copied().unwrap_or(0));
+                }
+                let bs = self.sh.bs();
+                let b = self.sh.read(blk as u64 * bs as u64, bs)?;
+                let p = decode_indirect(&b, bs, ino, level)?;
+                if self.c.map.len() > 4096 {
+                    self.c.map.clear();
+                }
+                let v = p.get(i).copied().unwrap_or(0);
+                self.c.map.insert(blk, p);
+                Ok(v)
+            }
+        }
+        R { c: self, sh }
+    }
+}
+
+impl IndRead for Op<'_> {
+    fn ptr(&mut self, blk: u32, ino: u32, level: u8, i: usize) -> Result<u32> {
+        self.load_ind(blk, ino, level)?;
+        Ok(self
+            .ind
+            .get(&blk)
+            .and_then(|e| e.ptrs.get(i).copied())
+            .unwrap_or(0))
+    }
+}
+
+fn metadata_timeout(sh: &Shared) -> u64 {
+    2 * sh.lease_ms + 2000
+}
+
+impl<'a> Op<'a> {
+    pub fn begin(sh: &'a Shared) -> Result<Op<'a>> {
+        sh.check_lease()?;
+        let j = lock_mutex(&sh.meta);
+        let geo = sh.geo();
+        Ok(Op {
+            sh,
+            j,
+            geo,
+            bs: geo.block_size as usize,
+            locks: Vec::new(),
+            recs: BTreeMap::new(),
+            ind: HashMap::new(),
+            dirs: HashMap::new(),
+            clusters: BTreeMap::new(),
+            freed: HashSet::new(),
+            committed: false,
+        })
+    }
+
+    /// Takes a short-term exclusive metadata lock, waiting out a dead holder's lease.
+    pub fn lock(&mut self, idx: u64, what: &str) -> Result<()> {
+        if self.locks.contains(&idx) {
+            return Ok(());
+        }
+        self.sh
+            .acquire_wait(idx, LockMode::Exclusive, what, metadata_timeout(self.sh))?;
+        self.locks.push(idx);
+        Ok(())
+    }
+
+    /// Takes a lock now or reports who holds it.
+    pub fn lock_now(&mut self, idx: u64, what: &str) -> Result<()> {
+        if self.locks.contains(&idx) {
+            return Ok(());
+        }
+        self.sh.try_acquire(idx, LockMode::Exclusive, what)?;
+        self.locks.push(idx);
+        Ok(())
+    }
+
+    /// Forgets cached blocks that are not dirty (after taking a lock, re-read under it).
+    pub fn drop_clean_caches(&mut self) {
+        self.ind.retain(|_, i| i.dirty);
+        self.dirs.retain(|_, d| d.dirty);
+    }
+
+    /// Keeps lock `idx` after the operation (it becomes a file handle's lock).
+    pub fn keep_lock(&mut self, idx: u64) {
+        self.locks.retain(|&l| l != idx);
+    }
+
+    fn try_lock(&mut self, idx: u64, what: &str) -> Result<bool> {
+        if self.locks.contains(&idx) {
+            return Ok(true);
+        }
+        match self.sh.try_acquire(idx, LockMode::Exclusive, what) {
+            Ok(()) => {
+                self.locks.push(idx);
+                Ok(true)
+            }
+            Err(Error::Locked { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn put(&mut self, off: u64, bytes: Vec<u8>) {
+        self.recs.insert(off, bytes);
+    }
+
+    /// Bytes the transaction would take now.
+    pub fn pending_bytes(&self) -> usize {
+        let recs: usize = self.recs.values().map(|v| v.len() + 12).sum();
+        let dirty = self.ind.values().filter(|i| i.dirty).count()
+            + self.dirs.values().filter(|d| d.dirty).count()
+            + self.clusters.values().filter(|c| c.1).count();
+        recs + dirty * (self.bs + 12)
+    }
+
+    /// Blocks of room left in one transaction.
+    pub fn room_blocks(&self) -> usize {
+        let cap = (self.geo.journal_blocks as usize - 1) * self.bs - 64;
+        cap.saturating_sub(self.pending_bytes()) / (self.bs + 12)
+    }
+
+    // ------------------------------------------------------------------ inodes
+
+    pub fn inode(&self, ino: u32) -> Result<Inode> {
+        if ino == 0 || ino >= self.geo.max_inodes {
+            return Err(Error::corrupt(
+                "inode",
+                format!("number {ino} out of range"),
+            ));
+        }
+        if let Some(b) = self.recs.get(&self.geo.inode_at(ino)) {
+            return Inode::decode(b, ino);
+        }
+        Inode::decode(&self.sh.read(self.geo.inode_at(ino), SECTOR)?, ino)
+    }
+
+    pub fn set_inode(&mut self, ino: &Inode) {
+        self.put(self.geo.inode_at(ino.ino), ino.encode().to_vec());
+    }
+
+    /// A free inode, from this host's preferred inode groups first.
+    pub fn alloc_inode(&mut self, kind: Kind, parent: u32) -> Result<Inode> {
+        let groups = self.geo.max_inodes / INODES_PER_GROUP;
+        let start = self.sh.host * groups / crate::format::MAX_HOSTS;
+        for pass in 0..2 {
+            for k in 0..groups {
+                let g = (start + k) % groups;
+                let lk = self.geo.group_lock(g);
+                let got = if pass == 0 {
+                    self.try_lock(lk, &format!("inode group {g}"))?
+                } else {
+                    self.lock(lk, &format!("inode group {g}"))?;
+                    true
+                };
+                if !got {
+                    continue;
+                }
+                let first = g * INODES_PER_GROUP;
+                let raw = self
+                    .sh
+                    .read(self.geo.inode_at(first), INODES_PER_GROUP as usize * SECTOR)?;
+                for i in 0..INODES_PER_GROUP {
+                    let ino = first + i;
+                    if ino < 2 || self.recs.contains_key(&self.geo.inode_at(ino)) {
+                        continue;
+                    }
+                    let s = &raw[i as usize * SECTOR..(i as usize + 1) * SECTOR];
+                    if let Ok(old) = Inode::decode(s, ino) {
+                        if old.kind == Kind::Free {
+                            let mut n = Inode::free(ino);
+                            n.kind = kind;
+                            n.parent = parent;
+                            n.generation = old.generation.wrapping_add(1);
+                            return Ok(n);
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::NoInodes)
+    }
+
+    /// Marks inode `ino` free (its group lock guards reuse until the commit is applied).
+    pub fn free_inode(&mut self, ino: &Inode) -> Result<()> {
+        let g = ino.ino / INODES_PER_GROUP;
+        self.lock(self.geo.group_lock(g), &format!("inode group {g}"))?;
+        let mut f = Inode::free(ino.ino);
+        f.generation = ino.generation;
+        self.set_inode(&f);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ clusters
+
+    fn load_cluster(&mut self, c: u32) -> Result<()> {
+        if self.clusters.contains_key(&c) {
+            return Ok(());
+        }
+        let b = self.sh.read(self.geo.cluster_at(c), self.bs)?;
+        let cl = ClusterBlock::decode(&b, self.bs, c, self.geo.bpc)?;
+        self.clusters.insert(c, (cl, false));
+        Ok(())
+    }
+
+    /// Allocates up to `n` blocks (at least one, or an error), touching at most
+    /// `max_clusters` clusters, from this host's preferred clusters first.
+    pub fn alloc(&mut self, n: usize, max_clusters: usize) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(n);
+        for round in 0..3 {
+            let nc = self.geo.n_clusters;
+            let start = self.sh.host * nc / crate::format::MAX_HOSTS;
+            let mut touched = 0;
+            for k in 0..nc {
+                if out.len() >= n || touched >= max_clusters {
+                    break;
+                }
+                let c = (start + k) % nc;
+                let first = self.geo.cluster_first_block(c);
+                if !self.clusters.contains_key(&c) {
+                    if !self.try_lock(self.geo.cluster_lock(c), &format!("cluster {c}"))? {
+                        continue;
+                    }
+                    self.load_cluster(c)?;
+                }
+                let Some((cl, dirty)) = self.clusters.get_mut(&c) else {
+                    continue;
+                };
+                let mut took = false;
+                for i in 0..cl.bpc {
+                    if out.len() >= n {
+                        break;
+                    }
+                    let b = (first + i as u64) as u32;
+                    if !cl.is_set(i) && !self.freed.contains(&b) {
+                        cl.set(i, true);
+                        out.push(b);
+                        took = true;
+                    }
+                }
+                if took {
+                    *dirty = true;
+                    touched += 1;
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // Another host may have grown the volume, or hold the clusters with room.
+            self.sh.refresh_sb()?;
+            self.geo = self.sh.geo();
+            if round < 2 {
+                let _ = self.sh.tick();
+                self.sh.clock.sleep_ms((self.sh.interval_ms / 2).max(1));
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
+    /// Frees block `b` (takes its cluster lock, waiting if need be).
+    pub fn free_block(&mut self, b: u32) -> Result<()> {
+        let (c, i) = self
+            .geo
+            .block_cluster(b)
+            .ok_or_else(|| Error::corrupt("block map", format!("block {b} is not a data block")))?;
+        self.lock(self.geo.cluster_lock(c), &format!("cluster {c}"))?;
+        self.load_cluster(c)?;
+        if let Some((cl, dirty)) = self.clusters.get_mut(&c) {
+            cl.set(i, false);
+            *dirty = true;
+        }
+        self.freed.insert(b);
+        self.ind.remove(&b);
+        self.dirs.remove(&b);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ block map
+
+    fn load_ind(&mut self, blk: u32, ino: u32, level: u8) -> Result<()> {
+        if self.ind.contains_key(&blk) {
+            return Ok(());
+        }
+        let b = self.sh.read(blk as u64 * self.bs as u64, self.bs)?;
+        let ptrs = decode_indirect(&b, self.bs, ino, level)?;
+        self.ind.insert(
+            blk,
+            Ind {
+                ino,
+                level,
+                ptrs,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn lookup(&mut self, ino: &Inode, f: u64) -> Result<u32> {
+        let bs = self.bs;
+        bmap::lookup(self, ino, f, bs)
+    }
+
+    fn new_ind(&mut self, ino: u32, level: u8) -> Result<u32> {
+        let b = *self.alloc(1, 1)?.first().ok_or(Error::NoSpace)?;
+        self.ind.insert(
+            b,
+            Ind {
+                ino,
+                level,
+                ptrs: vec![0; ptrs_per_block(self.bs)],
+                dirty: true,
+            },
+        );
+        Ok(b)
+    }
+
+    /// Points file block `f` of `ino` at `p` (allocating indirect blocks as needed).
+    pub fn map_set(&mut self, ino: &mut Inode, f: u64, p: u32) -> Result<()> {
+        match bmap::place(f, self.bs)? {
+            Place::Direct(i) => ino.direct[i] = p,
+            Place::Indirect(root, idx) => {
+                let mut level = (root + 1) as u8;
+                if ino.indirect[root] == 0 {
+                    ino.indirect[root] = self.new_ind(ino.ino, level)?;
+                    ino.blocks += 1;
+                }
+                let mut blk = ino.indirect[root];
+                for (k, &i) in idx.iter().enumerate() {
+                    self.load_ind(blk, ino.ino, level)?;
+                    let last = k + 1 == idx.len();
+                    let cur = self.ind.get(&blk).map_or(0, |e| e.ptrs[i]);
+                    if last {
+                        if let Some(e) = self.ind.get_mut(&blk) {
+                            e.ptrs[i] = p;
+                            e.dirty = true;
+                        }
+                    } else {
+                        let next = if cur == 0 {
+                            let nb = self.new_ind(ino.ino, level - 1)?;
+                            ino.blocks += 1;
+                            if let Some(e) = self.ind.get_mut(&blk) {
+                                e.ptrs[i] = nb;
+                                e.dirty = true;
+                            }
+                            nb
+                        } else {
+                            cur
+                        };
+                        blk = next;
+                        level -= 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps file block `f` and frees it and any indirect block left empty.
+    pub fn map_clear(&mut self, ino: &mut Inode, f: u64) -> Result<()> {
+        match bmap::place(f, self.bs)? {
+            Place::Direct(i) => {
+                if ino.direct[i] != 0 {
+                    self.free_block(ino.direct[i])?;
+                    ino.direct[i] = 0;
+                    ino.blocks = ino.blocks.saturating_sub(1);
+                }
+            }
+            Place::Indirect(root, idx) => {
+                let mut path = Vec::new(); // (block, index)
+                let mut blk = ino.indirect[root];
+                let mut level = (root + 1) as u8;
+                for &i in &idx {
+                    if blk == 0 {
+                        return Ok(());
+                    }
+                    self.load_ind(blk, ino.ino, level)?;
+                    path.push((blk, i));
+                    blk = self.ind.get(&blk).map_or(0, |e| e.ptrs[i]);
+                    level = level.saturating_sub(1);
+                }
+                if blk == 0 {
+                    return Ok(());
+                }
+                self.free_block(blk)?;
+                ino.blocks = ino.blocks.saturating_sub(1);
+                // Clear upwards while blocks become empty.
+                for (pb, i) in path.into_iter().rev() {
+                    let empty = match self.ind.get_mut(&pb) {
+                        Some(e) => {
+                            e.ptrs[i] = 0;
+                            e.dirty = true;
+                            e.ptrs.iter().all(|&x| x == 0)
+                        }
+                        None => false,
+                    };
+                    if !empty {
+                        return Ok(());
+                    }
+                    self.free_block(pb)?;
+                    ino.blocks = ino.blocks.saturating_sub(1);
+                }
+                ino.indirect[root] = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every mapped data block (file block, physical block) with file block >= `from`.
+    pub fn mapped_from(&mut self, ino: &Inode, from: u64) -> Result<Vec<(u64, u32)>> {
+        let mut out = Vec::new();
+        for i in 0..crate::format::NDIRECT {
+            if i as u64 >= from && ino.direct[i] != 0 {
+                out.push((i as u64, ino.direct[i]));
+            }
+        }
+        let p = ptrs_per_block(self.bs) as u64;
+        let mut base = crate::format::NDIRECT as u64;
+        let mut span = p;
+        for root in 0..3 {
+            if ino.indirect[root] != 0 && base + span > from {
+                self.walk(
+                    ino.ino,
+                    ino.indirect[root],
+                    (root + 1) as u8,
+                    base,
+                    from,
+                    &mut out,
+                )?;
+            }
+            base += span;
+            span = span.saturating_mul(p);
+        }
+        Ok(out)
+    }
+
+    fn walk(
+        &mut self,
+        ino: u32,
+        blk: u32,
+        level: u8,
+        base: u64,
+        from: u64,
+        out: &mut Vec<(u64, u32)>,
+    ) -> Result<()> {
+        self.load_ind(blk, ino, level)?;
+        let ptrs = self
+            .ind
+            .get(&blk)
+            .map(|e| e.ptrs.clone())
+            .unwrap_or_default();
+        let p = ptrs_per_block(self.bs) as u64;
+        let child_span = p.pow(level as u32 - 1);
+        for (i, &c) in ptrs.iter().enumerate() {
+            let cb = base + i as u64 * child_span;
+            if c == 0 || cb + child_span <= from {
+                continue;
+            }
+            if level == 1 {
+                out.push((cb, c));
+            } else {
+                self.walk(ino, c, level - 1, cb, from, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees every block past `new_size` and sets the size, committing in as many
+    /// transactions as the journal needs (each leaves a consistent, shorter file).
+    pub fn truncate(&mut self, ino: &mut Inode, new_size: u64) -> Result<()> {
+        let bs = self.bs as u64;
+        let keep = new_size.div_ceil(bs);
+        let mut blocks = self.mapped_from(ino, keep)?;
+        blocks.sort_unstable();
+        while !blocks.is_empty() {
+            let mut clusters = BTreeSet::new();
+            let mut take = 0;
+            let limit = self.room_blocks().saturating_sub(6) / 3;
+            for (_, p) in blocks.iter().rev() {
+                if let Some((c, _)) = self.geo.block_cluster(*p) {
+                    clusters.insert(c);
+                }
+                if clusters.len() > limit.max(1) {
+                    break;
+                }
+                take += 1;
+            }
+            let take = take.max(1);
+            let chunk: Vec<(u64, u32)> = blocks.split_off(blocks.len() - take);
+            for (f, _) in chunk.iter().rev() {
+                self.map_clear(ino, *f)?;
+            }
+            let lowest = chunk.first().map_or(keep, |x| x.0);
+            ino.size = ino.size.min((lowest * bs).max(new_size));
+            ino.change += 1;
+            self.set_inode(ino);
+            if !blocks.is_empty() {
+                self.commit_keep_locks()?;
+                self.release_clusters()?;
+            }
+        }
+        ino.size = new_size;
+        ino.change += 1;
+        self.set_inode(ino);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ directories
+
+    fn load_dir(&mut self, p: u32) -> Result<()> {
+        if self.dirs.contains_key(&p) {
+            return Ok(());
+        }
+        let b = self.sh.read(p as u64 * self.bs as u64, self.bs)?;
+        let entries = decode_dir(&b, self.bs)?;
+        self.dirs.insert(
+            p,
+            DirBlk {
+                entries,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The directory's blocks (file block order).
+    fn dir_blocks(&mut self, dir: &Inode) -> Result<Vec<u32>> {
+        let n = dir.size / self.bs as u64;
+        let mut out = Vec::with_capacity(n as usize);
+        for f in 0..n {
+            let p = self.lookup(dir, f)?;
+            if p == 0 {
+                return Err(Error::corrupt(
+                    "directory",
+                    format!("hole in directory {}", dir.ino),
+                ));
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    pub fn dir_list(&mut self, dir: &Inode) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        for p in self.dir_blocks(dir)? {
+            self.load_dir(p)?;
+            if let Some(d) = self.dirs.get(&p) {
+                out.extend(d.entries.iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dir_find(&mut self, dir: &Inode, name: &str) -> Result<Option<DirEntry>> {
+        for p in self.dir_blocks(dir)? {
+            self.load_dir(p)?;
+            if let Some(e) = self
+                .dirs
+                .get(&p)
+                .and_then(|d| d.entries.iter().find(|e| e.name == name))
+            {
+                return Ok(Some(e.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn dir_insert(&mut self, dir: &mut Inode, e: DirEntry) -> Result<()> {
+        if !valid_name(&e.name) {
+            return Err(Error::InvalidName(e.name));
+        }
+        let need = crate::format::entry_len(&e);
+        for p in self.dir_blocks(dir)? {
+            self.load_dir(p)?;
+            if let Some(d) = self.dirs.get_mut(&p) {
+                let used: usize = d.entries.iter().map(crate::format::entry_len).sum();
+                if 16 + used + need <= self.bs && d.entries.len() < u16::MAX as usize {
+                    d.entries.push(e);
+                    d.dirty = true;
+                    return Ok(());
+                }
+            }
+        }
+        let f = dir.size / self.bs as u64;
+        let p = *self.alloc(1, 1)?.first().ok_or(Error::NoSpace)?;
+        self.map_set(dir, f, p)?;
+        dir.blocks += 1;
+        dir.size += self.bs as u64;
+        dir.change += 1;
+        self.dirs.insert(
+            p,
+            DirBlk {
+                entries: vec![e],
+                dirty: true,
+            },
+        );
+        self.set_inode(dir);
+        Ok(())
+    }
+
+    pub fn dir_remove(&mut self, dir: &Inode, name: &str) -> Result<bool> {
+        for p in self.dir_blocks(dir)? {
+            self.load_dir(p)?;
+            if let Some(d) = self.dirs.get_mut(&p) {
+                if let Some(pos) = d.entries.iter().position(|e| e.name == name) {
+                    d.entries.remove(pos);
+                    d.dirty = true;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    // ------------------------------------------------------------------ commit
+
+    fn collect(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let bs = self.bs;
+        for (b, i) in self.ind.iter_mut() {
+            if i.dirty {
+                self.recs.insert(
+                    *b as u64 * bs as u64,
+                    encode_indirect(bs, i.ino, i.level, &i.ptrs),
+                );
+                i.dirty = false;
+            }
+        }
+        for (b, d) in self.dirs.iter_mut() {
+            if d.dirty {
+                let img = encode_dir(bs, &d.entries)
+                    .ok_or_else(|| Error::corrupt("directory block", "overfull"))?;
+                self.recs.insert(*b as u64 * bs as u64, img);
+                d.dirty = false;
+            }
+        }
+        for (c, (cl, dirty)) in self.clusters.iter_mut() {
+            if *dirty {
+                self.recs.insert(self.geo.cluster_at(*c), cl.encode(bs));
+                *dirty = false;
+            }
+        }
+        Ok(std::mem::take(&mut self.recs).into_iter().collect())
+    }
+
+    /// Commits what is pending as one transaction, keeping every lock.
+    pub fn commit_keep_locks(&mut self) -> Result<()> {
+        let recs = self.collect()?;
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let seq = self.j.applied + 1;
+        match crate::journal::commit(self.sh, seq, recs) {
+            Ok(()) => {
+                self.j.applied = seq;
+                self.freed.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Past the commit point we cannot tell what is durable: stop acting under
+                // our locks so that another host replays our journal after our lease.
+                self.sh.poison(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn release_clusters(&mut self) -> Result<()> {
+        let geo = self.geo;
+        let first = geo.cluster_lock(0);
+        let last = geo.cluster_lock(geo.max_clusters);
+        let (cl, rest): (Vec<u64>, Vec<u64>) =
+            self.locks.iter().partition(|&&l| l >= first && l < last);
+        self.locks = rest;
+        self.clusters.clear();
+        for l in cl {
+            self.sh.release(l)?;
+        }
+        Ok(())
+    }
+
+    /// Commits and releases the operation's locks.
+    pub fn finish(mut self) -> Result<()> {
+        self.commit_keep_locks()?;
+        self.committed = true;
+        let locks = std::mem::take(&mut self.locks);
+        for l in locks.into_iter().rev() {
+            self.sh.release(l)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        // An abandoned operation wrote nothing in place (new data blocks are unreachable
+        // until a commit links them), so its locks can go.
+        if !self.committed && !self.sh.poisoned() {
+            for l in std::mem::take(&mut self.locks).into_iter().rev() {
+                let _ = self.sh.release(l);
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Single- and two-host behaviour on an in-memory device with a manual clock.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+
+use vinfra_vmfs::{
+    BlockDevice, Clock, Error, Kind, LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions,
+    Volume,
+};
+
+fn setup(size: usize) -> (Arc<MemDevice>, Arc<ManualClock>) {
+    let dev = Arc::new(MemDevice::new(size));
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 512;
+    o.blocks_per_cluster = 256;
+    o.lease_ms = 2000;
+    o.interval_ms = 200;
+    Volume::mkfs(dev.as_ref(), &o).unwrap();
+    (dev, Arc::new(ManualClock::new(1_000)))
+}
+
+fn mount(dev: &Arc<MemDevice>, clock: &Arc<ManualClock>, host: u32) -> Volume {
+    Volume::mount(dev.clone(), host, &MountOptions::default(), clock.clone()).unwrap()
+}
+
+#[test]
+fn files_and_directories_on_one_host() {
+    let (dev, clock) = setup(64 << 20);
+    let v = mount(&dev, &clock, 0);
+    v.mkdir("/vm1").unwrap();
+    let f = v.create("/vm1/disk.flat").unwrap();
+    f.write_at(b"hello world", 10).unwrap();
+    let mut b = [0u8; 21];
+    assert_eq!(f.read_at(&mut b, 0).unwrap(), 21);
+    assert_eq!(&b[..10], &[0; 10]);
+    assert_eq!(&b[10..], b"hello world");
+    // Far beyond 2 TiB, sparse.
+    let far = (2u64 << 40) + 12345;
+    f.write_at(b"far", far).unwrap();
+    assert_eq!(f.len(), far + 3);
+    let mut c = [0u8; 3];
+    f.read_at(&mut c, far).unwrap();
+    assert_eq!(&c, b"far");
+    let st = v.stat("/vm1/disk.flat").unwrap();
+    assert_eq!(st.size, far + 3);
+    assert!(st.blocks <= 6, "sparse: {} blocks", st.blocks);
+    f.set_len(5).unwrap();
+    f.set_len(100).unwrap();
+    let mut d = [9u8; 100];
+    f.read_at(&mut d, 0).unwrap();
+    assert_eq!(&d[..5], &[0; 5]);
+    assert_eq!(&d[5..], &[0; 95][..], "the truncated tail reads as zeros");
+    drop(f);
+    v.rename("/vm1/disk.flat", "/vm1/disk2.flat").unwrap();
+    v.mkdir("/vm2").unwrap();
+    v.rename("/vm1/disk2.flat", "/vm2/disk.flat").unwrap();
+    assert!(matches!(
+        v.rename("/vm2", "/vm2/x"),
+        Err(Error::InvalidName(_))
+    ));
+    let names: Vec<String> = v.list("/").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["vm1", "vm2"]);
+    assert!(matches!(v.delete("/vm2"), Err(Error::NotEmpty(_))));
+    v.delete("/vm2/disk.flat").unwrap();
+    v.delete("/vm2").unwrap();
+    v.delete("/vm1").unwrap();
+    assert!(v.list("/").unwrap().is_empty());
+    assert!(matches!(v.stat("/vm1"), Err(Error::NotFound(_))));
+    assert_eq!(v.stat("/").unwrap().kind, Kind::Dir);
+    v.unmount().unwrap();
+    fsck_clean(dev.as_ref());
+}
+
+#[test]
+fn large_sequential_file_round_trips() {
+    let (dev, clock) = setup(64 << 20);
+    let v = mount(&dev, &clock, 1);
+    let f = v.create("/big").unwrap();
+    let data: Vec<u8> = (0..(9 << 20))
+        .map(|i: u32| (i * 7 + i / 4096) as u8)
+        .collect();
+    f.write_at(&data, 0).unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.read_at(&mut back, 0).unwrap();
+    assert!(back == data);
+    f.set_len(4096 * 3 + 1).unwrap();
+    drop(f);
+    v.delete("/big").unwrap();
+    let f = v.create("/big2").unwrap();
+    f.write_at(&data, 0).unwrap();
+    drop(f);
+    v.unmount().unwrap();
+    fsck_clean(dev.as_ref());
+}
+
+fn fsck_clean(dev: &dyn BlockDevice) {
+    let r = vinfra_vmfs::fsck::check(dev, false).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.errors);
+}
+
+#[test]
+fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
+    let (dev, clock) = setup(32 << 20);
+    let a = mount(&dev, &clock, 3);
+    let b = mount(&dev, &clock, 5);
+    let f = a.create("/vm.vmdk").unwrap();
+    f.write_at(b"owned by a", 0).unwrap();
+    let err = b.open("/vm.vmdk", LockMode::Exclusive).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("locked by host 3, alive, heartbeat"), "{msg}");
+    assert!(matches!(
+        b.open("/vm.vmdk", LockMode::SharedRead),
+        Err(Error::Locked { host: 3, .. })
+    ));
+    // a keeps renewing: b never gets it.
+    for _ in 0..30 {
+        clock.advance(200);
+        a.tick().unwrap();
+        b.tick().unwrap();
+        assert!(b.open("/vm.vmdk", LockMode::Exclusive).is_err());
+    }
+    let e = b.delete("/vm.vmdk");
+    assert!(matches!(e, Err(Error::Locked { host: 3, .. })), "{e:?}");
+    // a dies (no more renewals, the handle is never released).
+    std::mem::forget(f);
+    let t0 = clock.now_ms();
+    let g = b
+        .open_wait("/vm.vmdk", LockMode::Exclusive, 10_000)
+        .unwrap();
+    assert!(
+        clock.now_ms() - t0 >= 2000,
+        "broken only after a whole lease"
+    );
+    let mut buf = [0u8; 10];
+    g.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"owned by a");
+    // a wakes up: it has fenced itself.
+    assert!(matches!(a.tick(), Err(Error::Fenced { host: 3 })));
+    let ev = a.events().unwrap().try_recv().unwrap();
+    assert!(matches!(
+        ev,
+        vinfra_vmfs::VolumeEvent::Fenced { host: 3, .. }
+    ));
+    assert!(matches!(a.create("/x"), Err(Error::Fenced { .. })));
+}
+
+#[test]
+fn shared_readers_and_multi_writers() {
+    let (dev, clock) = setup(32 << 20);
+    let a = mount(&dev, &clock, 0);
+    let b = mount(&dev, &clock, 1);
+    let f = a.create("/shared").unwrap();
+    f.write_at(&[1u8; 8192], 0).unwrap();
+    drop(f);
+    let r1 = a.open("/shared", LockMode::SharedRead).unwrap();
+    let r2 = b.open("/shared", LockMode::SharedRead).unwrap();
+    assert!(r2.write_at(b"x", 0).is_err());
+    assert!(b.open("/shared", LockMode::Exclusive).is_err());
+    drop((r1, r2));
+    let w1 = a.open("/shared", LockMode::MultiWriter).unwrap();
+    let w2 = b.open("/shared", LockMode::MultiWriter).unwrap();
+    w1.write_at(b"aa", 0).unwrap();
+    w2.write_at(b"bb", 4096).unwrap();
+    assert!(matches!(w2.write_at(b"grow", 8190), Err(Error::Mode(_))));
+    let mut x = [0u8; 2];
+    w2.read_at(&mut x, 0).unwrap();
+    assert_eq!(&x, b"aa");
+}
+
+#[test]
+fn mount_refuses_a_live_slot_and_bad_volumes() {
+    let (dev, clock) = setup(32 << 20);
+    let _a = mount(&dev, &clock, 2);
+    let mut o = MountOptions::default();
+    o.take_over_slot = false;
+    let e = Volume::mount(dev.clone(), 2, &o, clock.clone()).unwrap_err();
+    assert!(matches!(e, Error::SlotBusy { host: 2, .. }), "{e}");
+    let garbage = Arc::new(MemDevice::new(1 << 20));
+    garbage.write_at(b"garbage!", 0).unwrap();
+    assert!(matches!(
+        Volume::mount(garbage, 0, &MountOptions::default(), clock.clone()),
+        Err(Error::Corrupt { .. })
+    ));
+    let mut img = dev.snapshot();
+    img[8] = 2; // version
+    let v2 = Arc::new(MemDevice::from_bytes(img));
+    assert!(Volume::mount(v2, 0, &MountOptions::default(), clock.clone()).is_err());
+}
+
+#[test]
+fn growth_adds_clusters_seen_by_other_hosts() {
+    let (dev, clock) = setup(16 << 20);
+    let a = mount(&dev, &clock, 0);
+    let b = mount(&dev, &clock, 1);
+    let before = a.superblock_now().geo.n_clusters;
+    dev.set_len(48 << 20).unwrap();
+    let after = a.grow().unwrap();
+    assert!(after > before);
+    let f = b.create("/fill").unwrap();
+    // More than the original volume holds.
+    f.write_at(&vec![7u8; 20 << 20], 0).unwrap();
+    assert_eq!(b.superblock_now().geo.n_clusters, after);
+    drop(f);
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+    fsck_clean(dev.as_ref());
+}
+
+#[test]
+fn fsck_finds_and_repairs_leaks_and_stale_locks() {
+    let (dev, clock) = setup(16 << 20);
+    let a = mount(&dev, &clock, 0);
+    let f = a.create("/f").unwrap();
+    f.write_at(&[1; 10000], 0).unwrap();
+    drop(f);
+    a.unmount().unwrap();
+    fsck_clean(dev.as_ref());
+    // Leak a block by hand and leave a lock naming an unmounted host.
+    let sb = Volume::superblock(dev.as_ref()).unwrap();
+    let g = sb.geo;
+    let mut cl = vec![0u8; 4096];
+    dev.read_at(&mut cl, g.cluster_at(0)).unwrap();
+    let mut c = vinfra_vmfs::format::ClusterBlock::decode(&cl, 4096, 0, g.bpc).unwrap();
+    c.set(g.bpc - 1, true);
+    dev.write_at(&c.encode(4096), g.cluster_at(0)).unwrap();
+    let mut lk = vinfra_vmfs::format::LockRecord::free(g.inode_lock(7));
+    lk.mode = Some(LockMode::Exclusive);
+    lk.holders = 1 << 9;
+    lk.gens[9] = 4;
+    lk.seq = 1;
+    dev.write_at(&lk.encode(), g.lock_at(g.inode_lock(7)))
+        .unwrap();
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
+    assert_eq!(r.leaked.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.stale_locks, [g.inode_lock(7)]);
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), true).unwrap();
+    assert_eq!(r.repaired.len(), 2, "{:?}", r.repaired);
+    fsck_clean(dev.as_ref());
+    // A flipped bit in an inode is reported, not a panic.
+    let mut raw = vec![0u8; 512];
+    dev.read_at(&mut raw, g.inode_at(1)).unwrap();
+    raw[20] ^= 4;
+    dev.write_at(&raw, g.inode_at(1)).unwrap();
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
+    assert!(!r.is_clean());
+}
