@@ -310,13 +310,20 @@ fn restore_check_and_run(
     let started = Instant::now();
     let bytes = std::fs::read(dir.join("vm.state")).unwrap();
     let saved = state::decode(&bytes).unwrap();
+    let decoded = started.elapsed();
     let mem = state::load_memory(&dir.join("vm.mem")).unwrap();
+    let loaded = started.elapsed();
     assert_eq!(MemoryLayout::of(&mem), saved.memory);
     let vm = new_vm(kvm, &mem);
     let mut vcpu = vm.create_vcpu(0).unwrap();
+    let created = started.elapsed();
     state::restore_vm(&vm, &saved.vm).unwrap();
     state::restore_vcpu(&vcpu, &saved.vcpus[0]).unwrap();
     let restore_time = started.elapsed();
+    println!(
+        "restore phases (cumulative): read+decode {decoded:?}, load_memory {loaded:?}, \
+         vm+vcpu created {created:?}, restore_vm+restore_vcpu {restore_time:?}"
+    );
 
     let now_vcpu = state::capture_vcpu(kvm, &vcpu).unwrap();
     compare_vcpu(&saved.vcpus[0], &now_vcpu);
