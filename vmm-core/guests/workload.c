@@ -13,6 +13,8 @@ static uint64_t rate_mib;
 static uint64_t npages;
 static uint64_t cursor;
 static uint64_t generation;
+static uint64_t dirtied; /* pages written by the rate loop, shown with vinfra.debug=1 */
+static int debug;
 static char line[80];
 static uint32_t line_len;
 static int line_overflow;
@@ -115,6 +117,8 @@ int guest_main(void)
         return EXIT_BAD_CMDLINE;
     }
     npages = mib * (MIB / PAGE_SIZE);
+    char dbg[4];
+    debug = cmdline_get("vinfra.debug", dbg, sizeof dbg) && dbg[0] == '1';
     uint64_t hz = tsc_khz() * 1000;
 
     /* Touch every page once: one write per 4 KiB page. */
@@ -147,6 +151,7 @@ int guest_main(void)
             credit -= n * hz;
             for (uint64_t i = 0; i < n; i++) {
                 *page(cursor) = generation;
+                dirtied++;
                 if (++cursor == npages) {
                     cursor = 0;
                     generation++;
@@ -156,7 +161,10 @@ int guest_main(void)
         }
         if (now >= next_hb) {
             heartbeat++;
-            printf("HB %lu\n", heartbeat);
+            if (debug)
+                printf("HB %lu dirtied_pages=%lu\n", heartbeat, dirtied);
+            else
+                printf("HB %lu\n", heartbeat);
             next_hb += hz;
             if (now >= next_hb) /* late by more than a beat: skip, do not burst */
                 next_hb = now + hz;
