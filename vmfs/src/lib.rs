@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod device;
+pub mod disk;
 pub mod error;
 pub mod faulty;
 pub mod format;
@@ -27,9 +28,11 @@ mod journal;
 mod lock;
 mod namespace;
 mod op;
+mod recover;
 pub mod volume;
 
 pub use file::File;
 pub use format::{DirEntry, Kind};
 pub use namespace::Stat;
+pub use recover::RecoveryStats;
 pub use volume::{HeartbeatThread, MkfsOptions, MountOptions, Volume, VolumeEvent};

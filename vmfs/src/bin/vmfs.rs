@@ -1,0 +1,519 @@
+//! `vmfs`: the volume tool, in the spirit of vmkfstools.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use rand::{Rng, SeedableRng};
+use vinfra_vmfs::{
+    disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
+    MonotonicClock, MountOptions, Volume,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "vmfs", about = "Format, inspect and use a vinfra VMFS volume")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct Mnt {
+    /// The volume image (or block device).
+    image: PathBuf,
+    /// Host id (heartbeat slot, 0..64).
+    #[arg(long, default_value_t = 0)]
+    host: u32,
+    /// Override the volume's lease.
+    #[arg(long)]
+    lease_ms: Option<u32>,
+    /// Override the volume's heartbeat interval.
+    #[arg(long)]
+    interval_ms: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Format an image (created with --size if it does not exist).
+    Mkfs {
+        image: PathBuf,
+        /// Size, e.g. 256M, 4G.
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+        #[arg(long, default_value_t = 4096)]
+        max_inodes: u32,
+        #[arg(long, default_value_t = 1024)]
+        blocks_per_cluster: u32,
+        #[arg(long, default_value_t = 8000)]
+        lease_ms: u32,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u32,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Superblock, hosts and their heartbeats, held locks.
+    Info {
+        image: PathBuf,
+        /// Watch heartbeats this long to judge liveness.
+        #[arg(long, default_value_t = 0)]
+        observe_ms: u64,
+    },
+    /// List a directory.
+    Ls {
+        #[command(flatten)]
+        m: Mnt,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Create a directory.
+    Mkdir {
+        #[command(flatten)]
+        m: Mnt,
+        path: String,
+    },
+    /// Delete a file or an empty directory.
+    Rm {
+        #[command(flatten)]
+        m: Mnt,
+        path: String,
+    },
+    /// Copy a local file into the volume.
+    CpIn {
+        #[command(flatten)]
+        m: Mnt,
+        src: PathBuf,
+        dst: String,
+    },
+    /// Copy a file out of the volume.
+    CpOut {
+        #[command(flatten)]
+        m: Mnt,
+        src: String,
+        dst: PathBuf,
+    },
+    /// Create a thin virtual disk (descriptor + flat extent).
+    Mkdisk {
+        #[command(flatten)]
+        m: Mnt,
+        path: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Take a snapshot (a redo log) of a virtual disk.
+    Snapshot {
+        #[command(flatten)]
+        m: Mnt,
+        path: String,
+    },
+    /// Check the volume (quiesce it first); --repair fixes what is safe.
+    Fsck {
+        image: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Grow the volume to --size (the image is enlarged first).
+    Grow {
+        #[command(flatten)]
+        m: Mnt,
+        #[arg(long)]
+        size: String,
+    },
+    /// Test helper: one host of a multi-process run.
+    #[command(hide = true)]
+    Stress {
+        #[command(flatten)]
+        m: Mnt,
+        #[arg(long, default_value = "mix")]
+        mode: String,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 4)]
+        locks: u32,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, Error> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| Error::Config(format!("size {s:?}")))
+}
+
+fn mount(m: &Mnt) -> Result<Volume, Error> {
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&m.image, false)?);
+    let mut o = MountOptions::default();
+    o.lease_ms = m.lease_ms;
+    o.interval_ms = m.interval_ms;
+    o.pid = std::process::id();
+    o.name = format!("vmfs-cli-{}", m.host);
+    Volume::mount(dev, m.host, &o, Arc::new(MonotonicClock::new()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode, Error> {
+    match cmd {
+        Cmd::Mkfs {
+            image,
+            size,
+            block_size,
+            max_inodes,
+            blocks_per_cluster,
+            lease_ms,
+            interval_ms,
+            label,
+        } => {
+            let dev = match size {
+                Some(s) => FileDevice::create(&image, parse_size(&s)?)?,
+                None => FileDevice::open(&image, false)?,
+            };
+            let mut o = MkfsOptions::default();
+            o.block_size = block_size;
+            o.max_inodes = max_inodes;
+            o.blocks_per_cluster = blocks_per_cluster;
+            o.lease_ms = lease_ms;
+            o.interval_ms = interval_ms;
+            o.label = label;
+            o.uuid = *uuid::Uuid::new_v4().as_bytes();
+            let sb = Volume::mkfs(&dev, &o)?;
+            println!(
+                "formatted {}: uuid {}, {} clusters of {} blocks of {} bytes",
+                image.display(),
+                uuid::Uuid::from_bytes(sb.uuid),
+                sb.geo.n_clusters,
+                sb.geo.bpc,
+                sb.geo.block_size
+            );
+        }
+        Cmd::Info { image, observe_ms } => info(&image, observe_ms)?,
+        Cmd::Ls { m, path } => {
+            let v = mount(&m)?;
+            for e in v.list(&path)? {
+                let p = format!("{}/{}", path.trim_end_matches('/'), e.name);
+                let st = v.stat(&p)?;
+                println!("{:?}\t{}\t{}\t{}", e.kind, st.size, st.blocks, e.name);
+            }
+            v.unmount()?;
+        }
+        Cmd::Mkdir { m, path } => {
+            let v = mount(&m)?;
+            v.mkdir(&path)?;
+            v.unmount()?;
+        }
+        Cmd::Rm { m, path } => {
+            let v = mount(&m)?;
+            v.delete(&path)?;
+            v.unmount()?;
+        }
+        Cmd::CpIn { m, src, dst } => {
+            let v = mount(&m)?;
+            let _hb = v.spawn_heartbeat();
+            let data = std::fs::read(&src).map_err(|e| Error::Io {
+                op: "read",
+                offset: 0,
+                source: e,
+            })?;
+            let f = v.create(&dst)?;
+            f.write_at(&data, 0)?;
+            f.sync()?;
+            f.close()?;
+            drop(_hb);
+            v.unmount()?;
+        }
+        Cmd::CpOut { m, src, dst } => {
+            let v = mount(&m)?;
+            let _hb = v.spawn_heartbeat();
+            let f = v.open(&src, LockMode::SharedRead)?;
+            let mut out = std::fs::File::create(&dst).map_err(|e| Error::Io {
+                op: "create",
+                offset: 0,
+                source: e,
+            })?;
+            let mut off = 0;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read_at(&mut buf, off)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(|e| Error::Io {
+                    op: "write",
+                    offset: off,
+                    source: e,
+                })?;
+                off += n as u64;
+            }
+            f.close()?;
+            drop(_hb);
+            v.unmount()?;
+        }
+        Cmd::Mkdisk { m, path, size } => {
+            let v = mount(&m)?;
+            let d = VirtualDisk::create(&v, &path, parse_size(&size)?)?;
+            println!(
+                "created {path}: {} bytes, extents {:?}",
+                d.capacity(),
+                d.chain()
+            );
+            drop(d);
+            v.unmount()?;
+        }
+        Cmd::Snapshot { m, path } => {
+            let v = mount(&m)?;
+            let mut d = VirtualDisk::open(&v, &path)?;
+            let delta = d.snapshot()?;
+            println!("snapshot of {path}: writes now go to {delta}");
+            drop(d);
+            v.unmount()?;
+        }
+        Cmd::Fsck { image, repair } => {
+            let dev = FileDevice::open(&image, false)?;
+            let r = vinfra_vmfs::fsck::check(&dev, repair)?;
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            for n in &r.repaired {
+                println!("repaired: {n}");
+            }
+            for e in &r.errors {
+                println!("error: {e}");
+            }
+            println!(
+                "{} files, {} directories, {} blocks in use: {}",
+                r.files,
+                r.dirs,
+                r.used_blocks,
+                if r.is_clean() { "clean" } else { "DAMAGED" }
+            );
+            if !r.is_clean() {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Grow { m, size } => {
+            let dev = FileDevice::open(&m.image, false)?;
+            let want = parse_size(&size)?;
+            if dev.len()? < want {
+                dev.set_len(want)?;
+            }
+            drop(dev);
+            let v = mount(&m)?;
+            let n = v.grow()?;
+            println!("volume has {n} clusters");
+            v.unmount()?;
+        }
+        Cmd::Stress {
+            m,
+            mode,
+            secs,
+            seed,
+            locks,
+        } => return stress(&m, &mode, secs, seed, locks),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(image: &Path, observe_ms: u64) -> Result<(), Error> {
+    let dev = FileDevice::open(image, false)?;
+    let sb = Volume::superblock(&dev)?;
+    let g = sb.geo;
+    println!(
+        "volume {} label {:?}: block {} B, {} of max {} clusters x {} blocks, {} inodes, lease {} ms, interval {} ms",
+        uuid::Uuid::from_bytes(sb.uuid),
+        sb.label,
+        g.block_size,
+        g.n_clusters,
+        g.max_clusters,
+        g.bpc,
+        g.max_inodes,
+        sb.lease_ms,
+        sb.interval_ms
+    );
+    let clock = MonotonicClock::new();
+    let mut lv = vinfra_vmfs::Liveness::new(sb.lease_ms as u64, 64);
+    let read_slots = |lv: &mut vinfra_vmfs::Liveness| -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for h in 0..64 {
+            let mut b = vec![0u8; 512];
+            dev.read_at(&mut b, g.hb_at(h))?;
+            let s = vinfra_vmfs::format::HeartbeatSlot::decode(&b, h)?;
+            let v = lv.observe(h, &s, clock.now_ms());
+            if s.generation != 0 {
+                out.push(format!(
+                    "host {h}: {} generation {} counter {} pid {} name {:?}: {}",
+                    if s.live { "mounted" } else { "free" },
+                    s.generation,
+                    s.counter,
+                    s.pid,
+                    s.name,
+                    v.describe(sb.lease_ms as u64)
+                ));
+            }
+        }
+        Ok(out)
+    };
+    let _ = read_slots(&mut lv)?;
+    if observe_ms > 0 {
+        clock.sleep_ms(observe_ms);
+    }
+    for l in read_slots(&mut lv)? {
+        println!("{l}");
+    }
+    for l in vinfra_vmfs::volume::list_locks(&dev, &g)? {
+        println!(
+            "lock {} ({}): {:?} held by {:?}",
+            l.record.index,
+            l.what,
+            l.record.mode,
+            l.record.holder_list()
+        );
+    }
+    Ok(())
+}
+
+/// Deterministic content of write `i` of a writer with `seed`.
+fn pattern(seed: u64, i: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| ((seed * 31 + i * 7 + j as u64) % 251) as u8)
+        .collect()
+}
+
+fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitCode, Error> {
+    let v = mount(m)?;
+    let hb = v.spawn_heartbeat();
+    let h = m.host;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1000) + h as u64);
+    let clock = MonotonicClock::new();
+    let deadline = clock.now_ms() + secs * 1000;
+    let mine = format!("/h{h}");
+    if !v.exists(&mine)? {
+        v.mkdir(&mine)?;
+    }
+    let out = std::io::stdout();
+    if mode == "writer" {
+        // Holds a lock for its whole life and acknowledges each durable write on stdout.
+        let _held = v.open("/locks/L0", LockMode::Exclusive)?;
+        let f = v.create(&format!("{mine}/data"))?;
+        println!("LOCKED");
+        let _ = out.lock().flush();
+        let mut i = 0u64;
+        while clock.now_ms() < deadline {
+            let (off, len) = writer_op(seed, i);
+            f.write_at(&pattern(seed, i, len), off)?;
+            f.sync()?;
+            println!("ACK {i}");
+            let _ = out.lock().flush();
+            if i % 4 == 0 {
+                let p = format!("{mine}/t{}", i % 16);
+                if v.exists(&p)? {
+                    v.delete(&p)?;
+                } else {
+                    v.create(&p)?.write_at(&pattern(seed, i, 5000), 0)?;
+                }
+            }
+            i += 1;
+        }
+        drop(hb);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut acquired = vec![0u64; locks as usize];
+    let mut refused = 0u64;
+    let mut ops = 0u64;
+    let mut k = 0u64;
+    while clock.now_ms() < deadline {
+        ops += 1;
+        k += 1;
+        let pick: u32 = rng.random_range(0..10);
+        if pick < 6 {
+            let path = if pick < 4 {
+                format!("{mine}/f{}", k % 8)
+            } else {
+                format!("/shared/h{h}-{k}")
+            };
+            if v.exists(&path)? {
+                v.delete(&path)?;
+            }
+            let f = v.create(&path)?;
+            let len = rng.random_range(1..150_000usize);
+            let off = rng.random_range(0..1_000_000u64);
+            let data = pattern(seed + h as u64, k, len);
+            f.write_at(&data, off)?;
+            let mut back = vec![0u8; len];
+            f.read_at(&mut back, off)?;
+            if back != data {
+                eprintln!("host {h}: data mismatch in {path}");
+                return Ok(ExitCode::from(3));
+            }
+            drop(f);
+            if pick >= 4 || rng.random_bool(0.5) {
+                v.delete(&path)?;
+            }
+        } else {
+            let j = rng.random_range(0..locks);
+            let path = format!("/locks/L{j}");
+            match v.open(&path, LockMode::Exclusive) {
+                Ok(f) => {
+                    let mut rec = [0u8; 16];
+                    f.read_at(&mut rec, 0)?;
+                    let count = u64::from_le_bytes(rec[8..].try_into().unwrap_or([0; 8]));
+                    let mut next = [0u8; 16];
+                    next[..8].copy_from_slice(&(h as u64).to_le_bytes());
+                    next[8..].copy_from_slice(&(count + 1).to_le_bytes());
+                    f.write_at(&next, 0)?;
+                    std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..4)));
+                    let mut again = [0u8; 16];
+                    f.read_at(&mut again, 0)?;
+                    if again != next {
+                        eprintln!("host {h}: {path} written by someone else while locked");
+                        return Ok(ExitCode::from(4));
+                    }
+                    f.sync()?;
+                    f.close()?;
+                    acquired[j as usize] += 1;
+                }
+                Err(Error::Locked { .. }) => refused += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    drop(hb);
+    v.unmount()?;
+    println!("{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?}}}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Offset and length of write `i` of a writer with `seed` (shared with the tests).
+fn writer_op(seed: u64, i: u64) -> (u64, usize) {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (i << 20));
+    (
+        r.random_range(0..(8u64 << 20)),
+        r.random_range(1..65_536usize),
+    )
+}
