@@ -1,5 +1,9 @@
 //! proptest: random operation sequences on one host against an in-memory model.
-#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::map_entry
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
