@@ -142,6 +142,10 @@ struct Packer<'a> {
     alive: Vec<bool>,
     /// Alive items, largest first (compacted after each bin).
     order: Vec<usize>,
+    /// Alive items by CPU size, to scan only partners whose CPU can still be completed.
+    by_cpu: Vec<usize>,
+    /// Smallest and largest item CPU sizes.
+    cpu_range: (u64, u64),
     buckets: FxMap<(u64, u64), Vec<usize>>,
     _c: &'a Cluster,
 }
@@ -156,7 +160,13 @@ impl<'a> Packer<'a> {
             buckets.entry(key(items[i].size)).or_default().push(i);
         }
         let alive = vec![true; items.len()];
-        Self { items, hosts: c.hosts.len(), steps: 0, budget, alive, order, buckets, _c: c }
+        let mut by_cpu: Vec<usize> = (0..items.len()).collect();
+        by_cpu.sort_by_key(|&i| (items[i].size[CPU], i));
+        let cpu_range = (
+            by_cpu.first().map_or(0, |&i| items[i].size[CPU]),
+            by_cpu.last().map_or(0, |&i| items[i].size[CPU]),
+        );
+        Self { items, hosts: c.hosts.len(), steps: 0, budget, alive, order, by_cpu, cpu_range, buckets, _c: c }
     }
 
     fn out_of_budget(&self) -> bool {
@@ -203,6 +213,7 @@ impl<'a> Packer<'a> {
     fn compact(&mut self) {
         let alive = &self.alive;
         self.order.retain(|&i| alive[i]);
+        self.by_cpu.retain(|&i| alive[i]);
     }
 
     /// Up to `limit` exact completions (1 to 3 items) of a bin that starts with `i`.
@@ -223,8 +234,14 @@ impl<'a> Packer<'a> {
                 return out;
             }
         }
-        for n in 0..self.order.len() {
-            let j = self.order[n];
+        // The third item's CPU lies in the items' range, so the second's does too.
+        let lo = rem[CPU].saturating_sub(self.cpu_range.1);
+        let hi = rem[CPU].saturating_sub(self.cpu_range.0);
+        let items = &self.items;
+        let start = self.by_cpu.partition_point(|&j| items[j].size[CPU] < lo);
+        let end = self.by_cpu.partition_point(|&j| items[j].size[CPU] <= hi);
+        for n in start..end {
+            let j = self.by_cpu[n];
             self.steps += 1;
             if j == i || !self.alive[j] {
                 continue;
