@@ -157,7 +157,7 @@ struct Saved {
     state: VmState,
     mem: GuestMemoryMmap<AtomicBitmap>,
     _vm: VmFd,
-    _vcpu: VcpuFd,
+    _vcpus: Vec<VcpuFd>,
 }
 
 /// Boots the guest to its first port write, captures everything, writes the two files.
@@ -166,9 +166,12 @@ fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
         GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), mem_bytes)]).unwrap();
     fill(&mem);
     let vm = new_vm(kvm, &mem);
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.set_cpuid2(&kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap())
-        .unwrap();
+    vcpu.set_cpuid2(&cpuid).unwrap();
+    // A second vCPU that never runs: an application processor still waiting for INIT/SIPI.
+    let ap = vm.create_vcpu(1).unwrap();
+    ap.set_cpuid2(&cpuid).unwrap();
     let mut sregs = vcpu.get_sregs().unwrap();
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -203,8 +206,13 @@ fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
 
     let vcpu_state = state::capture_vcpu(kvm, &vcpu).unwrap();
     assert_eq!(vcpu_state.regs.rip, SAVED_RIP);
+    let ap_state = state::capture_vcpu(kvm, &ap).unwrap();
+    assert_ne!(
+        ap_state.mp_state, vcpu_state.mp_state,
+        "ap should not be runnable"
+    );
     let saved = VmState {
-        vcpus: vec![vcpu_state],
+        vcpus: vec![vcpu_state, ap_state],
         vm: state::capture_vm(&vm).unwrap(),
         devices: vec![state::DeviceBlob::new("exit-port", "0xf4", &EXIT_PORT).unwrap()],
         memory: MemoryLayout::of(&mem),
@@ -225,7 +233,7 @@ fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
         state: saved,
         mem,
         _vm: vm,
-        _vcpu: vcpu,
+        _vcpus: vec![vcpu, ap],
     }
 }
 
@@ -235,7 +243,7 @@ fn msr_map(s: &VcpuState) -> BTreeMap<u32, u64> {
 
 /// Field-by-field comparison of a restored vCPU with the saved one. Only what time moves
 /// may differ: the TSC (forward, and by little) and the LAPIC timer's current count.
-fn compare_vcpu(saved: &VcpuState, now: &VcpuState) {
+fn compare_vcpu(id: usize, saved: &VcpuState, now: &VcpuState) {
     assert_eq!(now.regs, saved.regs, "regs");
     assert_eq!(now.sregs, saved.sregs, "sregs");
     assert_eq!(now.fpu, saved.fpu, "fpu");
@@ -259,7 +267,7 @@ fn compare_vcpu(saved: &VcpuState, now: &VcpuState) {
             assert_eq!(now_value, *value, "msr {index:#x}");
         }
     }
-    for &(index, data) in TEST_MSRS {
+    for &(index, data) in TEST_MSRS.iter().filter(|_| id == 0) {
         assert_eq!(
             b.get(&index),
             Some(&data),
@@ -315,18 +323,24 @@ fn restore_check_and_run(
     let loaded = started.elapsed();
     assert_eq!(MemoryLayout::of(&mem), saved.memory);
     let vm = new_vm(kvm, &mem);
-    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let mut vcpus: Vec<VcpuFd> = (0..saved.vcpus.len())
+        .map(|id| vm.create_vcpu(id as u64).unwrap())
+        .collect();
     let created = started.elapsed();
     state::restore_vm(&vm, &saved.vm).unwrap();
-    state::restore_vcpu(&vcpu, &saved.vcpus[0]).unwrap();
+    for (vcpu, vcpu_state) in vcpus.iter().zip(&saved.vcpus) {
+        state::restore_vcpu(vcpu, vcpu_state).unwrap();
+    }
     let restore_time = started.elapsed();
     println!(
         "restore phases (cumulative): read+decode {decoded:?}, load_memory {loaded:?}, \
          vm+vcpu created {created:?}, restore_vm+restore_vcpu {restore_time:?}"
     );
 
-    let now_vcpu = state::capture_vcpu(kvm, &vcpu).unwrap();
-    compare_vcpu(&saved.vcpus[0], &now_vcpu);
+    for (id, (vcpu, vcpu_state)) in vcpus.iter().zip(&saved.vcpus).enumerate() {
+        compare_vcpu(id, vcpu_state, &state::capture_vcpu(kvm, vcpu).unwrap());
+    }
+    let vcpu = &mut vcpus[0];
     compare_vm(&saved.vm, &state::capture_vm(&vm).unwrap());
     let port: u16 = saved.devices[0].decode().unwrap();
     assert_eq!(port, EXIT_PORT);
@@ -349,10 +363,10 @@ fn restore_check_and_run(
 
     // The restored vCPU continues at the saved RIP with the saved registers and memory.
     let run_started = Instant::now();
-    assert_eq!(run_to_out(&mut vcpu), (EXIT_PORT, RBX as u8));
+    assert_eq!(run_to_out(vcpu), (EXIT_PORT, RBX as u8));
     let first_exit = run_started.elapsed();
-    assert_eq!(run_to_out(&mut vcpu), (EXIT_PORT, DATA_BYTE));
-    assert_eq!(run_to_out(&mut vcpu).0, DONE_PORT);
+    assert_eq!(run_to_out(vcpu), (EXIT_PORT, DATA_BYTE));
+    assert_eq!(run_to_out(vcpu).0, DONE_PORT);
     let copied: u8 = mem.read_obj(GuestAddress(DATA_GPA + 1)).unwrap();
     assert_eq!(copied, DATA_BYTE, "guest write after restore not visible");
     restore_time + first_exit
