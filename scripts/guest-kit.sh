@@ -42,6 +42,7 @@ esac
 CFLAGS=(-m64 -std=gnu11 -ffreestanding -nostdlib -static -fno-pic -no-pie -mno-red-zone -O2
     -mgeneral-regs-only -fno-stack-protector -fno-asynchronous-unwind-tables -fno-builtin
     -fcf-protection=none -Wall -Wextra -Werror)
+# shellcheck disable=SC2054 # the commas belong to -Wl options
 LDFLAGS=(-T "$SRC/rt/link.ld" -Wl,--build-id=none -Wl,-z,max-page-size=4096 -Wl,-z,noexecstack)
 
 build_guests() {
@@ -51,7 +52,8 @@ build_guests() {
     local deps=("${common[@]}" "$SRC/rt/rt.h" "$SRC/rt/virtio.h" "$SRC/rt/link.ld" "${BASH_SOURCE[0]}")
     # The flags are part of the inputs: a change of flags rebuilds.
     local stamp="$GUESTS/obj/flags"
-    local flags="${CFLAGS[*]} ${LDFLAGS[*]} $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
+    local flags
+    flags="${CFLAGS[*]} ${LDFLAGS[*]} $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
     if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$flags" ]]; then
         rm -f "$GUESTS"/*.elf
         printf '%s' "$flags" >"$stamp"
@@ -152,7 +154,7 @@ fetch_linux() {
         need lz4 lz4
         local vmlinuz="$KROOT/boot/vmlinuz-$KVER"
         [[ -f "$vmlinuz" ]] || die "no boot/vmlinuz-$KVER in the kernel package"
-        if [[ ! -f "$LINUX/bzImage" || "$vmlinuz" -nt "$LINUX/bzImage" ]] || ! cmp -s "$vmlinuz" "$LINUX/bzImage"; then
+        if ! cmp -s "$vmlinuz" "$LINUX/bzImage"; then
             cp "$vmlinuz" "$LINUX/bzImage"
             say "copied bzImage ($KVER)"
         else
@@ -277,24 +279,22 @@ INIT
 # ------------------------------------------------------------------ manifest
 
 write_manifest() {
-    local env="$KIT/kit.env" tmp
+    local env="$KIT/kit.env" tmp old_linux="" n
     mkdir -p "$KIT"
-    tmp="$(mktemp "$KIT/kit.env.XXXXXX")"
-    # Keep the entries of the part not rebuilt now.
-    [[ -f "$env" ]] && grep -vE '^(READY|WORKLOAD|DISK|EVIL)_ELF=|^LINUX_(BZIMAGE|VMLINUX|INITRD)=' "$env" >"$tmp" || true
-    if [[ "$mode" != linux ]]; then
-        local n
-        for n in "${GUEST_NAMES[@]}"; do
-            printf '%s_ELF=%s\n' "${n^^}" "$GUESTS/$n.elf" >>"$tmp"
-        done
-    elif [[ -f "$env" ]]; then
-        grep -E '^(READY|WORKLOAD|DISK|EVIL)_ELF=' "$env" >>"$tmp" || true
+    if [[ -f "$env" ]]; then
+        old_linux="$(grep -E '^LINUX_(BZIMAGE|VMLINUX|INITRD)=' "$env" || true)"
     fi
+    tmp="$(mktemp "$KIT/kit.env.XXXXXX")"
+    for n in "${GUEST_NAMES[@]}"; do # built now or earlier
+        if [[ -f "$GUESTS/$n.elf" ]]; then
+            printf '%s_ELF=%s\n' "${n^^}" "$GUESTS/$n.elf" >>"$tmp"
+        fi
+    done
     if [[ "$mode" != guests ]]; then
         printf 'LINUX_BZIMAGE=%s\nLINUX_VMLINUX=%s\nLINUX_INITRD=%s\n' "$LINUX_BZIMAGE" "$LINUX_VMLINUX" \
             "$LINUX_INITRD" >>"$tmp"
-    elif [[ -f "$env" ]]; then
-        grep -E '^LINUX_(BZIMAGE|VMLINUX|INITRD)=' "$env" >>"$tmp" || true
+    elif [[ -n "$old_linux" ]]; then
+        printf '%s\n' "$old_linux" >>"$tmp"
     fi
     mv "$tmp" "$env"
     say "wrote $env"

@@ -28,7 +28,7 @@ CMDLINE="disk.sectors=$SECTORS disk.bench_mib=$BENCH_MIB"
 
 ours_r=() ours_w=() peer_r=() peer_w=()
 one() { # <label> <want rc> <command words...>
-    local label="$1" want="$2" r bench
+    local label="$1" want="$2" r
     shift 2
     r="$(run_probe --timeout 300 --match DISK-BENCH -- "$@")"
     log "run $i $label: $r"

@@ -99,6 +99,7 @@ check workload_toobig 5 "$(cat "$work/workload_toobig.rc")" "$work/workload_toob
 
 # disk: host pattern, guest pattern, id, bench
 python3 "$ROOT/vmm-core/guests/tools/mkdisk.py" "$work/disk.img" 64 4
+# shellcheck disable=SC2054 # commas inside QEMU options
 disk=(-global virtio-mmio.force-legacy=false -drive "id=d0,file=$work/disk.img,format=raw,if=none"
     -device virtio-blk-device,drive=d0,serial=vinfra-d0)
 run disk 1 256 "${disk[@]}" -kernel "$DISK_ELF" -append "disk.bench_mib=2" </dev/null
