@@ -561,6 +561,46 @@ mod tests {
         }
     }
 
+    /// Figures for the docs: `cargo test --release -p vinfra-vmm-core --lib
+    /// state::memory_file::tests::timing_256_mib -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing figures, writes 256 MiB"]
+    fn timing_256_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let size = 256usize << 20;
+        let mem = anon_memory(&[(0, size)]);
+        let page: Vec<u8> = (0..4096u32).map(|b| (b % 251) as u8 + 1).collect();
+        for gpa in (0..size).step_by(4096) {
+            mem.write_slice(&page, GuestAddress(gpa as u64)).unwrap();
+        }
+        let t = std::time::Instant::now();
+        let stats = save_memory(&mem, &path).unwrap();
+        println!(
+            "save 256 MiB, all pages non-zero: {:?} {stats:?}",
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let loaded = load_memory(&path).unwrap();
+        println!("load_memory: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let mut sum = 0u64;
+        for gpa in (0..size).step_by(4096) {
+            sum += u64::from(loaded.read_obj::<u8>(GuestAddress(gpa as u64)).unwrap());
+        }
+        println!(
+            "first touch of every page (page cache warm): {:?} ({sum})",
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        verify_memory_file(&path).unwrap();
+        println!("verify_memory_file: {:?}", t.elapsed());
+        let zero = anon_memory(&[(0, size)]);
+        let t = std::time::Instant::now();
+        let stats = save_memory(&zero, &path).unwrap();
+        println!("save 256 MiB, all pages zero: {:?} {stats:?}", t.elapsed());
+    }
+
     #[test]
     fn zero_pages_become_holes() {
         let dir = tempfile::tempdir().unwrap();
