@@ -526,7 +526,12 @@ impl LockRecord {
     /// Encodes into one sector (a free lock with seq 0 encodes as zeros).
     pub fn encode(&self) -> [u8; SECTOR] {
         let mut b = [0u8; SECTOR];
-        if self.mode.is_none() && self.seq == 0 && self.holders == 0 && self.aux == 0 {
+        if self.mode.is_none()
+            && self.seq == 0
+            && self.holders == 0
+            && self.aux == 0
+            && self.gens.iter().all(|&g| g == 0)
+        {
             return b;
         }
         put(&mut b, 0, LK_MAGIC);
