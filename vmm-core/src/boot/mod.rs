@@ -94,10 +94,16 @@ pub fn load(
         .unwrap_or(0);
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => {
-            if initrd.is_some() {
-                tracing::warn!("an initrd is not passed to a pvh kernel by this vmm; ignoring it");
-            }
-            let start_info = pvh::write_start_info(mem, CMDLINE_ADDR)?;
+            let initrd = match initrd {
+                Some(p) => Some(linux::load_initrd(
+                    mem,
+                    &mut open(p, "initrd")?,
+                    p,
+                    &result,
+                )?),
+                None => None,
+            };
+            let start_info = pvh::write_start_info(mem, CMDLINE_ADDR, initrd)?;
             Ok((
                 BootProtocol::Pvh,
                 EntryMode::Protected32 {
