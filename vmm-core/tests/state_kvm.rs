@@ -39,15 +39,54 @@ const DONE_PORT: u16 = 0xf5;
 const SAVED_RIP: u64 = 0x1004;
 const RBX: u64 = 0x77;
 
+/// Set in the child process: which CPU mode the saved guest runs in.
+const CHILD_MODE_ENV: &str = "VINFRA_STATE_TEST_CHILD_MODE";
+
+/// The CPU mode the test guest runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 16-bit real mode, as after reset.
+    Real,
+    /// 64-bit long mode with paging (identity-mapped first 2 MiB).
+    Long,
+}
+
+impl Mode {
+    fn code(self) -> &'static [u8] {
+        match self {
+            Mode::Real => REAL_CODE,
+            Mode::Long => LONG_CODE,
+        }
+    }
+}
+
+/// Long-mode page tables: PML4, PDPT, PD (one 2 MiB page).
+const PML4_GPA: u64 = 0x9000;
+const PDPT_GPA: u64 = 0xa000;
+const PD_GPA: u64 = 0xb000;
+
 /// Real-mode guest: report 0x41, then (after the snapshot) report BL, copy the data byte
 /// to the next address and report it, then signal done.
-const CODE: &[u8] = &[
+const REAL_CODE: &[u8] = &[
     0xb0, 0x41, // mov al, 0x41
     0xe6, 0xf4, // out 0xf4, al          <- snapshot after this one
     0x88, 0xd8, // mov al, bl
     0xe6, 0xf4, // out 0xf4, al
     0xa0, 0x00, 0x20, // mov al, [0x2000]
     0xa2, 0x01, 0x20, // mov [0x2001], al
+    0xe6, 0xf4, // out 0xf4, al
+    0xe6, 0xf5, // out 0xf5, al
+    0xeb, 0xfe, // jmp $
+];
+
+/// The same program in 64-bit code (absolute addressing through a SIB byte).
+const LONG_CODE: &[u8] = &[
+    0xb0, 0x41, // mov al, 0x41
+    0xe6, 0xf4, // out 0xf4, al          <- snapshot after this one
+    0x88, 0xd8, // mov al, bl
+    0xe6, 0xf4, // out 0xf4, al
+    0x8a, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, // mov al, [0x2000]
+    0x88, 0x04, 0x25, 0x01, 0x20, 0x00, 0x00, // mov [0x2001], al
     0xe6, 0xf4, // out 0xf4, al
     0xe6, 0xf5, // out 0xf5, al
     0xeb, 0xfe, // jmp $
@@ -78,8 +117,16 @@ fn kvm_or_skip() -> Option<Kvm> {
 
 /// Deterministic content: the code, the data byte, and a pattern over some pages spread
 /// across memory (the rest stays zero, so the memory file is sparse).
-fn fill(mem: &GuestMemoryMmap<AtomicBitmap>) {
-    mem.write_slice(CODE, GuestAddress(CODE_GPA)).unwrap();
+fn fill(mem: &GuestMemoryMmap<AtomicBitmap>, mode: Mode) {
+    mem.write_slice(mode.code(), GuestAddress(CODE_GPA))
+        .unwrap();
+    if mode == Mode::Long {
+        // Accessed (and dirty) bits preset, so the page walk of the run does not change
+        // memory and the child can compare against a fresh fill.
+        mem.write_obj(PDPT_GPA | 0x23, GuestAddress(PML4_GPA)).unwrap();
+        mem.write_obj(PD_GPA | 0x23, GuestAddress(PDPT_GPA)).unwrap();
+        mem.write_obj(0xe3u64, GuestAddress(PD_GPA)).unwrap(); // 2 MiB page at 0, rw
+    }
     mem.write_obj(DATA_BYTE, GuestAddress(DATA_GPA)).unwrap();
     let size = mem.iter().map(|r| r.len()).sum::<u64>();
     for (i, gpa) in pattern_pages(size).enumerate() {
@@ -153,6 +200,40 @@ fn complete_pending_io(vcpu: &mut VcpuFd) {
     vcpu.set_kvm_immediate_exit(0);
 }
 
+/// Flat 64-bit segments, PAE paging from `PML4_GPA`, EFER.LME|LMA, CR0.PE|PG.
+fn enter_long_mode(sregs: &mut kvm_bindings::kvm_sregs) {
+    let code = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x8,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_bindings::kvm_segment {
+        selector: 0x10,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..code
+    };
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.cr3 = PML4_GPA;
+    sregs.cr4 |= 1 << 5; // PAE
+    sregs.cr0 |= 1 | (1 << 31); // PE, PG
+    sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
+}
+
 struct Saved {
     state: VmState,
     mem: GuestMemoryMmap<AtomicBitmap>,
@@ -161,10 +242,10 @@ struct Saved {
 }
 
 /// Boots the guest to its first port write, captures everything, writes the two files.
-fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
+fn run_source_and_save(kvm: &Kvm, mode: Mode, mem_bytes: usize, dir: &Path) -> Saved {
     let mem =
         GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), mem_bytes)]).unwrap();
-    fill(&mem);
+    fill(&mem, mode);
     let vm = new_vm(kvm, &mem);
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
@@ -173,8 +254,13 @@ fn run_source_and_save(kvm: &Kvm, mem_bytes: usize, dir: &Path) -> Saved {
     let ap = vm.create_vcpu(1).unwrap();
     ap.set_cpuid2(&cpuid).unwrap();
     let mut sregs = vcpu.get_sregs().unwrap();
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
+    match mode {
+        Mode::Real => {
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+        }
+        Mode::Long => enter_long_mode(&mut sregs),
+    }
     vcpu.set_sregs(&sregs).unwrap();
     let mut regs = vcpu.get_regs().unwrap();
     regs.rip = CODE_GPA;
@@ -312,6 +398,7 @@ fn compare_vm(saved: &VmFdState, now: &VmFdState) {
 /// Returns the time from opening the files to the first exit of the resumed guest.
 fn restore_check_and_run(
     kvm: &Kvm,
+    mode: Mode,
     dir: &Path,
     expected_mem: Option<&GuestMemoryMmap<AtomicBitmap>>,
 ) -> Duration {
@@ -342,6 +429,8 @@ fn restore_check_and_run(
     }
     let vcpu = &mut vcpus[0];
     compare_vm(&saved.vm, &state::capture_vm(&vm).unwrap());
+    let long_mode_active = saved.vcpus[0].sregs.efer & (1 << 10) != 0;
+    assert_eq!(long_mode_active, mode == Mode::Long, "efer.lma");
     let port: u16 = saved.devices[0].decode().unwrap();
     assert_eq!(port, EXIT_PORT);
     match expected_mem {
@@ -356,7 +445,7 @@ fn restore_check_and_run(
                     .collect::<Vec<_>>(),
             )
             .unwrap();
-            fill(&fresh);
+            fill(&fresh, mode);
             check_memory(&mem, &fresh);
         }
     }
@@ -373,13 +462,22 @@ fn restore_check_and_run(
 }
 
 #[test]
-fn restore_in_fresh_vm_of_same_process() {
+fn restore_real_mode_guest_in_fresh_vm_of_same_process() {
     let Some(kvm) = kvm_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let saved = run_source_and_save(&kvm, 2 << 20, dir.path());
+    let saved = run_source_and_save(&kvm, Mode::Real, 2 << 20, dir.path());
     assert!(saved.state.vcpus[0].msrs.len() > TEST_MSRS.len());
-    let took = restore_check_and_run(&kvm, dir.path(), Some(&saved.mem));
+    let took = restore_check_and_run(&kvm, Mode::Real, dir.path(), Some(&saved.mem));
     println!("restore to first guest exit: {took:?} (2 MiB)");
+}
+
+#[test]
+fn restore_long_mode_guest_in_fresh_vm_of_same_process() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let saved = run_source_and_save(&kvm, Mode::Long, 4 << 20, dir.path());
+    let took = restore_check_and_run(&kvm, Mode::Long, dir.path(), Some(&saved.mem));
+    println!("restore to first guest exit: {took:?} (4 MiB)");
 }
 
 #[test]
@@ -391,7 +489,7 @@ fn restore_in_child_process() {
         .unwrap_or(64);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let _saved = run_source_and_save(&kvm, mib << 20, dir.path());
+    let _saved = run_source_and_save(&kvm, Mode::Long, mib << 20, dir.path());
     println!("source run + save: {:?}", started.elapsed());
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -401,6 +499,7 @@ fn restore_in_child_process() {
             "--test-threads=1",
         ])
         .env(CHILD_DIR_ENV, dir.path())
+        .env(CHILD_MODE_ENV, "long")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -422,7 +521,11 @@ fn child_side_of_restore_in_child_process() {
     let Some(kvm) = kvm_or_skip() else {
         panic!("child cannot open /dev/kvm although the parent could");
     };
-    let took = restore_check_and_run(&kvm, Path::new(&dir), None);
+    let mode = match std::env::var(CHILD_MODE_ENV).as_deref() {
+        Ok("long") => Mode::Long,
+        _ => Mode::Real,
+    };
+    let took = restore_check_and_run(&kvm, mode, Path::new(&dir), None);
     println!("restored in child: restore to first guest exit {took:?}");
 }
 
