@@ -123,8 +123,10 @@ fn fill(mem: &GuestMemoryMmap<AtomicBitmap>, mode: Mode) {
     if mode == Mode::Long {
         // Accessed (and dirty) bits preset, so the page walk of the run does not change
         // memory and the child can compare against a fresh fill.
-        mem.write_obj(PDPT_GPA | 0x23, GuestAddress(PML4_GPA)).unwrap();
-        mem.write_obj(PD_GPA | 0x23, GuestAddress(PDPT_GPA)).unwrap();
+        mem.write_obj(PDPT_GPA | 0x23, GuestAddress(PML4_GPA))
+            .unwrap();
+        mem.write_obj(PD_GPA | 0x23, GuestAddress(PDPT_GPA))
+            .unwrap();
         mem.write_obj(0xe3u64, GuestAddress(PD_GPA)).unwrap(); // 2 MiB page at 0, rw
     }
     mem.write_obj(DATA_BYTE, GuestAddress(DATA_GPA)).unwrap();
