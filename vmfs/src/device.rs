@@ -357,6 +357,60 @@ impl<D: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<D> {
     }
 }
 
+/// Counts the operations that reach a device (benchmarks, I/O-count tests).
+#[derive(Debug)]
+pub struct CountingDevice<D> {
+    inner: D,
+    counts: [std::sync::atomic::AtomicU64; 4],
+}
+
+impl<D: BlockDevice> CountingDevice<D> {
+    /// Wraps `inner`.
+    pub fn new(inner: D) -> Self {
+        CountingDevice {
+            inner,
+            counts: Default::default(),
+        }
+    }
+    /// (reads, writes, compare-and-writes, flushes) so far.
+    pub fn counts(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [0, 1, 2, 3].map(|i| self.counts[i].load(Relaxed))
+    }
+    /// All I/Os so far (flushes included).
+    pub fn total(&self) -> u64 {
+        self.counts().iter().sum()
+    }
+    fn bump(&self, i: usize) {
+        self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for CountingDevice<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.bump(0);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.bump(1);
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.bump(3);
+        self.inner.flush()
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.inner.set_len(len)
+    }
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
+        self.bump(2);
+        self.inner.compare_and_write(offset, expected, new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ pub mod fsck;
 pub mod lease;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use device::{BlockDevice, Cas, FileDevice, MemDevice};
+pub use device::{BlockDevice, Cas, CountingDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
 pub use faulty::{Faults, FaultyDevice, IoStats};
 pub use format::LockMode;

@@ -610,6 +610,22 @@ impl Volume {
         Ok(c.max(g.n_clusters))
     }
 
+    /// Takes on-disk lock `index` (see the README's lock index space) in `mode`, or says
+    /// who holds it. The raw lock API, for callers that protect their own resources
+    /// (HA uses it for datastore heartbeats); files take theirs through `open`.
+    pub fn lock_index(&self, index: u64, mode: LockMode) -> Result<()> {
+        if index >= self.sh.geo().n_locks() {
+            return Err(Error::Config(format!("lock index {index} out of range")));
+        }
+        self.sh
+            .try_acquire(index, mode, &describe_lock(&self.sh.geo(), index))
+    }
+
+    /// Releases a lock taken with [`Volume::lock_index`].
+    pub fn unlock_index(&self, index: u64) -> Result<()> {
+        self.sh.release(index)
+    }
+
     /// Re-reads the superblock (another host may have grown the volume).
     pub fn refresh(&self) -> Result<()> {
         self.sh.refresh_sb()

@@ -1,5 +1,9 @@
 //! `vmfs`: the volume tool, in the spirit of vmkfstools.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "pattern bytes are reduced modulo 251 first"
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,6 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 use rand::{Rng, SeedableRng};
 use vinfra_vmfs::{
     disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
@@ -123,6 +129,36 @@ enum Cmd {
         #[arg(long)]
         size: String,
     },
+    /// Benchmark: sequential and random I/O through vmfs or on a raw file.
+    #[command(hide = true)]
+    BenchIo {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        #[arg(long, default_value = "vmfs")]
+        target: String,
+    },
+    /// Benchmark: uncontended lock acquire+release.
+    #[command(hide = true)]
+    BenchLock {
+        image: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        n: u64,
+    },
+    /// Benchmark: create+stat+delete cycles.
+    #[command(hide = true)]
+    BenchMeta {
+        image: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        host: u32,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+    },
+    /// Benchmark: kill -9 a host and time the takeover of its lock.
+    #[command(hide = true)]
+    BenchFailover { image: PathBuf },
     /// Test helper: one host of a multi-process run.
     #[command(hide = true)]
     Stress {
@@ -329,6 +365,15 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             println!("volume has {n} clusters");
             v.unmount()?;
         }
+        Cmd::BenchIo {
+            dir,
+            mib,
+            secs,
+            target,
+        } => bench::bench_io(&dir, mib, secs, &target)?,
+        Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
+        Cmd::BenchMeta { image, host, secs } => bench::bench_meta(&image, host, secs)?,
+        Cmd::BenchFailover { image } => bench::bench_failover(&image)?,
         Cmd::Stress {
             m,
             mode,

@@ -1,0 +1,248 @@
+//! Hidden benchmark subcommands used by `benches/peers/vmfs-io.sh`.
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "sizes and percentile indices of a benchmark on a 64-bit host"
+)]
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use vinfra_vmfs::{
+    BlockDevice, CountingDevice, Error, FileDevice, LockMode, MkfsOptions, MonotonicClock,
+    MountOptions, Volume,
+};
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io {
+        op,
+        offset: 0,
+        source,
+    }
+}
+
+/// The I/O pattern applied to "something that reads and writes at offsets".
+trait Target {
+    fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error>;
+    fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error>;
+    fn sync(&self) -> Result<(), Error>;
+}
+
+struct Raw(std::fs::File);
+impl Target for Raw {
+    fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error> {
+        self.0.write_all_at(b, off).map_err(io("write"))
+    }
+    fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
+        self.0.read_exact_at(b, off).map_err(io("read"))
+    }
+    fn sync(&self) -> Result<(), Error> {
+        self.0.sync_data().map_err(io("sync"))
+    }
+}
+
+struct Vm(vinfra_vmfs::File);
+impl Target for Vm {
+    fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error> {
+        self.0.write_at(b, off)
+    }
+    fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
+        self.0.read_at(b, off).map(|_| ())
+    }
+    fn sync(&self) -> Result<(), Error> {
+        self.0.sync()
+    }
+}
+
+fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(String, f64)>, Error> {
+    let mut out = Vec::new();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut write_all = |label: &str| -> Result<(), Error> {
+        let t0 = Instant::now();
+        let mut off = 0;
+        while off < bytes {
+            t.pwrite(&chunk, off)?;
+            off += chunk.len() as u64;
+        }
+        t.sync()?;
+        out.push((label.to_string(), bytes as f64 / t0.elapsed().as_secs_f64() / 1e6));
+        Ok(())
+    };
+    write_all("seq_write_MBps")?;
+    write_all("seq_overwrite_MBps")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let t0 = Instant::now();
+    let mut off = 0;
+    while off < bytes {
+        t.pread(&mut buf, off)?;
+        off += buf.len() as u64;
+    }
+    out.push(("seq_read_MBps".into(), bytes as f64 / t0.elapsed().as_secs_f64() / 1e6));
+    let blocks = bytes / 4096;
+    for write in [false, true] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut b = vec![0x33u8; 4096];
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            for _ in 0..256 {
+                let off = rng.random_range(0..blocks) * 4096;
+                if write {
+                    t.pwrite(&b, off)?;
+                } else {
+                    t.pread(&mut b, off)?;
+                }
+                n += 1;
+            }
+        }
+        if write {
+            t.sync()?;
+        }
+        let label = if write { "rand4k_write_iops" } else { "rand4k_read_iops" };
+        out.push((label.into(), n as f64 / t0.elapsed().as_secs_f64()));
+    }
+    Ok(out)
+}
+
+/// `bench-io`: the same pattern on a vmfs file and on a raw file, in one run.
+pub fn bench_io(dir: &Path, mib: u64, secs: f64, target: &str) -> Result<(), Error> {
+    let bytes = mib << 20;
+    let res = if target == "raw" {
+        let p = dir.join("raw.img");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .map_err(io("create"))?;
+        let r = phases(&Raw(f), bytes, secs, 7)?;
+        let _ = std::fs::remove_file(&p);
+        r
+    } else {
+        let p = dir.join("vmfs.img");
+        let dev = FileDevice::create(&p, bytes + bytes / 8 + (64 << 20))?;
+        let mut o = MkfsOptions::default();
+        o.max_inodes = 1024;
+        o.blocks_per_cluster = 8192;
+        o.journal_blocks = 64;
+        Volume::mkfs(&dev, &o)?;
+        let v = Volume::mount(
+            Arc::new(dev),
+            0,
+            &MountOptions::default(),
+            Arc::new(MonotonicClock::new()),
+        )?;
+        let hb = v.spawn_heartbeat();
+        let f = v.create("/bench.flat")?;
+        let r = phases(&Vm(f), bytes, secs, 7)?;
+        drop(hb);
+        v.unmount()?;
+        let _ = std::fs::remove_file(&p);
+        r
+    };
+    for (k, val) in res {
+        println!("{target} {k} {val:.1}");
+    }
+    Ok(())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
+}
+
+/// `bench-lock`: uncontended acquire+release on the file device.
+pub fn bench_lock(image: &Path, n: u64) -> Result<(), Error> {
+    let dev = Arc::new(CountingDevice::new(FileDevice::open(image, false)?));
+    let v = Volume::mount(
+        dev.clone(),
+        0,
+        &MountOptions::default(),
+        Arc::new(MonotonicClock::new()),
+    )?;
+    let hb = v.spawn_heartbeat();
+    let idx = v.superblock_now().geo.inode_lock(v.superblock_now().geo.max_inodes - 1);
+    let mut times = Vec::with_capacity(n as usize);
+    let before = dev.counts();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        v.lock_index(idx, LockMode::Exclusive)?;
+        v.unlock_index(idx)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let after = dev.counts();
+    drop(hb);
+    // Heartbeat renewals are compare-and-writes on the same device: count only ours.
+    let cas = after[2] - before[2];
+    let ios = (after[0] - before[0]) + (after[1] - before[1]) + cas;
+    println!("lock_ios_per_acquire_release {:.2}", ios as f64 / n as f64);
+    println!("lock_median_ms {:.4}", percentile(&mut times, 0.5));
+    println!("lock_p99_ms {:.4}", percentile(&mut times, 0.99));
+    v.unmount()
+}
+
+/// `bench-meta`: create+stat+delete cycles for `secs`; prints ops/s.
+pub fn bench_meta(image: &Path, host: u32, secs: f64) -> Result<(), Error> {
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
+    let v = Volume::mount(dev, host, &MountOptions::default(), Arc::new(MonotonicClock::new()))?;
+    let hb = v.spawn_heartbeat();
+    let dir = format!("/m{host}");
+    if !v.exists(&dir)? {
+        v.mkdir(&dir)?;
+    }
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        let p = format!("{dir}/f{n}");
+        drop(v.create(&p)?);
+        v.stat(&p)?;
+        v.delete(&p)?;
+        n += 1;
+    }
+    println!("meta_cycles_per_s {:.1}", n as f64 / t0.elapsed().as_secs_f64());
+    drop(hb);
+    v.unmount()
+}
+
+/// `bench-failover`: start a writer host, kill -9 it, recover it from this host.
+pub fn bench_failover(image: &Path) -> Result<(), Error> {
+    let exe = std::env::current_exe().map_err(io("current_exe"))?;
+    let mut child = Command::new(exe)
+        .args(["stress", &image.to_string_lossy(), "--host", "5", "--mode", "writer"])
+        .args(["--secs", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io("spawn"))?;
+    let out = child.stdout.take().ok_or_else(|| Error::Config("no stdout".into()))?;
+    let mut lines = BufReader::new(out).lines();
+    while let Some(Ok(l)) = lines.next() {
+        if l.starts_with("ACK 20") {
+            break;
+        }
+    }
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
+    let v = Volume::mount(dev, 9, &MountOptions::default(), Arc::new(MonotonicClock::new()))?;
+    let hb = v.spawn_heartbeat();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().map_err(io("kill"))?;
+    let killed = Instant::now();
+    let _ = child.wait();
+    let st = v.recover_host(5, 120_000)?;
+    let f = v.open("/locks/L0", LockMode::Exclusive)?;
+    let total = killed.elapsed().as_secs_f64() * 1e3;
+    println!("failover_total_ms {total:.0}");
+    println!("failover_lease_wait_ms {}", st.lease_wait_ms);
+    println!("failover_replay_ms {}", st.replay_ms);
+    println!("failover_lease_ms {}", v.lease_ms());
+    drop(f);
+    drop(hb);
+    v.unmount()
+}
