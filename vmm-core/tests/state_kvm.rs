@@ -305,12 +305,11 @@ fn run_source_and_save(kvm: &Kvm, mode: Mode, mem_bytes: usize, dir: &Path) -> S
         devices: vec![state::DeviceBlob::new("exit-port", "0xf4", &EXIT_PORT).unwrap()],
         memory: MemoryLayout::of(&mem),
     };
-    let bytes = state::encode(&saved).unwrap();
-    std::fs::write(dir.join("vm.state"), &bytes).unwrap();
+    let state_bytes = state::save_state(&saved, &dir.join("vm.state")).unwrap();
     let stats = state::save_memory(&mem, &dir.join("vm.mem")).unwrap();
     println!(
         "saved: state {} bytes, {} msrs; memory {} MiB guest, {} bytes written, file {} bytes apparent / {} allocated",
-        bytes.len(),
+        state_bytes,
         saved.vcpus[0].msrs.len(),
         stats.guest_bytes >> 20,
         stats.data_bytes_written,
@@ -405,8 +404,7 @@ fn restore_check_and_run(
     expected_mem: Option<&GuestMemoryMmap<AtomicBitmap>>,
 ) -> Duration {
     let started = Instant::now();
-    let bytes = std::fs::read(dir.join("vm.state")).unwrap();
-    let saved = state::decode(&bytes).unwrap();
+    let saved = state::load_state(&dir.join("vm.state")).unwrap();
     let decoded = started.elapsed();
     let mem = state::load_memory(&dir.join("vm.mem")).unwrap();
     let loaded = started.elapsed();

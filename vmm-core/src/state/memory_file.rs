@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
@@ -16,6 +16,7 @@ use vm_memory::{
 };
 
 use super::error::{Result, StateError};
+use super::state_file::{sync_parent_dir, temp_path};
 
 /// First eight bytes of a memory file.
 pub const MEMORY_FILE_MAGIC: [u8; 8] = *b"VINFRAMM";
@@ -439,25 +440,6 @@ fn bad(path: &Path, reason: &str) -> StateError {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StateError::io("sync directory", dir))
 }
 
 #[cfg(test)]

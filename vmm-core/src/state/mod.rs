@@ -6,7 +6,8 @@
 //!   events, MP state, CPUID, TSC frequency ([`VcpuState`]).
 //! - [`capture_vm`] / [`restore_vm`]: PICs, IOAPIC, PIT and kvmclock ([`VmFdState`]).
 //! - [`encode`] / [`decode`]: a [`VmState`] (all of the above plus device blobs) in a
-//!   versioned, length-capped, crc32-checked envelope.
+//!   versioned, length-capped, crc32-checked envelope; [`save_state`] / [`load_state`]
+//!   put it in a file durably and read it back with the size cap applied first.
 //! - [`save_memory`] / [`load_memory`]: guest RAM in a sparse file that restore maps
 //!   copy-on-write instead of reading, so restore cost does not grow with memory size.
 //!
@@ -17,11 +18,12 @@
 //! Save (VM paused: every vCPU thread out of `KVM_RUN`, after one `KVM_RUN` with
 //! `immediate_exit` set so KVM has completed in-flight I/O instructions):
 //! [`capture_vcpu`] for each vCPU in id order, [`capture_vm`], the devices' own states as
-//! [`DeviceBlob`]s, [`encode`], then [`save_memory`].
+//! [`DeviceBlob`]s, [`save_state`] (or [`encode`]), then [`save_memory`].
 //!
 //! Restore: [`load_memory`], create the `VmFd` with the same setup as at boot (TSS
 //! address, `KVM_CREATE_IRQCHIP`, `KVM_CREATE_PIT2`), register the loaded regions as
-//! memory slots, create the vCPUs with the same ids, [`decode`], [`restore_vm`],
+//! memory slots, create the vCPUs with the same ids, [`load_state`] (or [`decode`]),
+//! [`restore_vm`],
 //! [`restore_vcpu`] for each vCPU, rebuild the devices from their blobs, resume.
 //!
 //! # Example
@@ -46,12 +48,12 @@
 //!     devices: vec![DeviceBlob::new("serial", "com1", &42u32)?],
 //!     memory: MemoryLayout::of(&mem),
 //! };
-//! std::fs::write("vm.state", state::encode(&saved)?)?;
+//! state::save_state(&saved, "vm.state".as_ref())?;
 //! let stats = state::save_memory(&mem, "vm.mem".as_ref())?;
 //! println!("{} bytes of guest RAM, {} allocated on disk", stats.guest_bytes, stats.file_allocated_bytes);
 //!
 //! // Later, maybe in another process:
-//! let restored = state::decode(&std::fs::read("vm.state")?)?;
+//! let restored = state::load_state("vm.state".as_ref())?;
 //! let mem = state::load_memory("vm.mem".as_ref())?;
 //! assert_eq!(MemoryLayout::of(&mem), restored.memory);
 //! let vm2 = kvm.create_vm()?;
@@ -70,6 +72,7 @@
 mod codec;
 mod error;
 mod memory_file;
+mod state_file;
 mod vcpu;
 mod vm;
 
@@ -79,6 +82,7 @@ pub use memory_file::{
     load_memory, save_memory, verify_memory_file, MemorySaveStats, MEMORY_FILE_MAGIC,
     MEMORY_FILE_VERSION, MEMORY_PAGE_BYTES,
 };
+pub use state_file::{load_state, save_state};
 pub use vcpu::{capture_vcpu, msrs_to_save, restore_vcpu, FpuState, VcpuState, EXTRA_MSRS};
 pub use vm::{capture_vm, restore_vm, IrqChipState, VmFdState, IRQCHIP_STATE_BYTES};
 
