@@ -346,3 +346,142 @@ fn read_range(mem: &[(u64, Vec<u8>)], addr: u64, len: u32) -> Option<Vec<u8>> {
             .map(<[u8]>::to_vec)
     })
 }
+
+/// A device and a driver that keep a batch of equal read or write requests in
+/// flight, for benches: each [`RequestLoop::run_batch`] posts `batch`
+/// requests, notifies once and checks that all completed with OK.
+///
+/// ```
+/// use vinfra_vmm_core::devices::virtio::fuzz::RequestLoop;
+///
+/// let mut reads = RequestLoop::new(false, 64 * 1024, 4).unwrap();
+/// assert_eq!(reads.run_batch(), 4 * 64 * 1024);
+/// ```
+pub struct RequestLoop {
+    mem: GuestMemoryMmap<AtomicBitmap>,
+    dev: VirtioBlk,
+    batch: u16,
+    request_bytes: u32,
+    avail_idx: u16,
+    next_sector: u64,
+}
+
+impl std::fmt::Debug for RequestLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLoop")
+            .field("batch", &self.batch)
+            .field("request_bytes", &self.request_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+const LOOP_QUEUE: u16 = 128;
+const LOOP_HEADERS: u64 = 0x4000;
+const LOOP_STATUS: u64 = 0x6000;
+const LOOP_DATA: u64 = 0x10_0000;
+const LOOP_DISK: u64 = 16 << 20;
+
+impl RequestLoop {
+    /// Writes (`write`) or reads of `request_bytes` (whole sectors, at most
+    /// 1 MiB), `batch` (1..=32) per notify. `None` for other sizes or when
+    /// memory cannot be mapped.
+    pub fn new(write: bool, request_bytes: u32, batch: u16) -> Option<RequestLoop> {
+        if request_bytes == 0
+            || request_bytes % 512 != 0
+            || request_bytes > 1 << 20
+            || !(1..=32).contains(&batch)
+        {
+            return None;
+        }
+        let ram = usize::try_from(LOOP_DATA).ok()?
+            + usize::from(batch) * usize::try_from(request_bytes).ok()?;
+        let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), ram)]).ok()?;
+        let disk = Arc::new(MemBackend::new(usize::try_from(LOOP_DISK).ok()?));
+        let irq = EventFd::new(EFD_NONBLOCK).ok()?;
+        let mut dev =
+            VirtioBlk::new(VirtioBlkConfig::new("bench", false), disk, mem.clone(), irq).ok()?;
+        for i in 0..u64::from(batch) {
+            let data = LOOP_DATA + i * u64::from(request_bytes);
+            let descs: [(u64, u32, u16); 3] = [
+                (LOOP_HEADERS + 16 * i, 16, 1),
+                (data, request_bytes, if write { 1 } else { 1 | 2 }),
+                (LOOP_STATUS + i, 1, 2),
+            ];
+            for (j, (addr, len, flags)) in descs.into_iter().enumerate() {
+                let index = 3 * i + j as u64;
+                let mut d = [0u8; 16];
+                d[0..8].copy_from_slice(&addr.to_le_bytes());
+                d[8..12].copy_from_slice(&len.to_le_bytes());
+                d[12..14].copy_from_slice(&flags.to_le_bytes());
+                d[14..16].copy_from_slice(&u16::try_from(index + 1).ok()?.to_le_bytes());
+                mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * index))
+                    .ok()?;
+            }
+            let kind: u32 = if write { 1 } else { 0 };
+            mem.write_obj(kind.to_le(), GuestAddress(LOOP_HEADERS + 16 * i))
+                .ok()?;
+        }
+        let status = init_driver(
+            &mut dev,
+            DriverSetup {
+                size: LOOP_QUEUE,
+                desc: DESC_TABLE,
+                avail: AVAIL_RING,
+                used: USED_RING,
+                features: 1 << 32,
+            },
+        );
+        (status & STATUS_DRIVER_OK != 0).then_some(RequestLoop {
+            mem,
+            dev,
+            batch,
+            request_bytes,
+            avail_idx: 0,
+            next_sector: 0,
+        })
+    }
+
+    /// Posts one batch, notifies, and returns the data bytes moved.
+    ///
+    /// # Panics
+    ///
+    /// When a request does not complete with status OK (a device bug).
+    pub fn run_batch(&mut self) -> u64 {
+        let sectors = u64::from(self.request_bytes / 512);
+        for i in 0..self.batch {
+            if (self.next_sector + sectors) * 512 > LOOP_DISK {
+                self.next_sector = 0;
+            }
+            let hdr = LOOP_HEADERS + 16 * u64::from(i) + 8;
+            let slot = AVAIL_RING + 4 + 2 * u64::from(self.avail_idx % LOOP_QUEUE);
+            let ok = self
+                .mem
+                .write_obj(self.next_sector.to_le(), GuestAddress(hdr))
+                .is_ok()
+                && self
+                    .mem
+                    .write_obj(0xffu8, GuestAddress(LOOP_STATUS + u64::from(i)))
+                    .is_ok()
+                && self
+                    .mem
+                    .write_obj((3 * i).to_le(), GuestAddress(slot))
+                    .is_ok();
+            assert!(ok, "bench driver memory");
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            self.next_sector += sectors;
+        }
+        let idx_ok = self
+            .mem
+            .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL_RING + 2))
+            .is_ok();
+        assert!(idx_ok, "bench driver memory");
+        write_reg(&mut self.dev, 0x50, 0);
+        let mut status = vec![0xffu8; usize::from(self.batch)];
+        let read = self.mem.read_slice(&mut status, GuestAddress(LOOP_STATUS));
+        assert!(
+            read.is_ok() && status.iter().all(|s| *s == 0),
+            "bench request failed"
+        );
+        u64::from(self.batch) * u64::from(self.request_bytes)
+    }
+}
