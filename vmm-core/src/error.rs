@@ -131,6 +131,18 @@ pub enum Error {
         /// The power state it was attempted in.
         state: PowerState,
     },
+    /// Saving or restoring VM state failed.
+    #[error("{op}: {source}")]
+    State {
+        /// What was being done.
+        op: &'static str,
+        /// The state module's error.
+        #[source]
+        source: crate::state::StateError,
+    },
+    /// A saved VM does not match the configuration it is restored with.
+    #[error("snapshot does not match the configuration: {0}")]
+    SnapshotMismatch(String),
     /// The vCPU threads did not answer a pause or stop request in time.
     #[error("vcpus did not {op} within {timeout_ms} ms")]
     Timeout {
@@ -144,6 +156,10 @@ pub enum Error {
 impl Error {
     pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
         move |source| Error::Kvm { op, source }
+    }
+
+    pub(crate) fn state(op: &'static str) -> impl FnOnce(crate::state::StateError) -> Error {
+        move |source| Error::State { op, source }
     }
 
     pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Error {

@@ -41,6 +41,7 @@ pub mod error;
 pub mod ksm;
 pub mod kvm;
 pub mod memory;
+pub mod snapshot;
 pub mod state;
 mod vcpu;
 pub mod vm;

@@ -179,6 +179,19 @@ impl Control {
         Some(g.exit.clone().unwrap_or(ExitReason::Stopped))
     }
 
+    /// Whether vCPUs are asked to park.
+    fn park_requested(&self) -> bool {
+        self.lock().request == Request::Pause
+    }
+
+    /// Starts threads parked: they wait for [`Control::resume`].
+    pub(crate) fn start_paused(&self, n: usize) {
+        let mut g = self.lock();
+        g.request = Request::Pause;
+        g.started = true;
+        g.running = n;
+    }
+
     /// Blocks while paused; false when the thread should leave its loop.
     fn checkpoint(&self) -> bool {
         let mut g = self.lock();
@@ -262,10 +275,20 @@ pub(crate) fn run(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctx: VcpuContext) {
             }
             o => o,
         };
-        drop(fd);
         if let Outcome::Stop(reason) = outcome {
+            drop(fd);
             ctx.ctl.request_stop(reason);
+            continue;
         }
+        if ctx.ctl.park_requested() {
+            // An `in` or MMIO load completes on the next KVM_RUN: enter once with
+            // immediate_exit so the vCPU state is whole before the thread parks (a
+            // snapshot taken now must not lose the value the guest is reading).
+            fd.set_kvm_immediate_exit(1);
+            let _ = fd.run();
+            fd.set_kvm_immediate_exit(0);
+        }
+        drop(fd);
     }
     ctx.ctl.exited(index);
 }

@@ -17,11 +17,13 @@ use crate::devices::block::FileBackend;
 use crate::devices::exit::{
     ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
 };
+use crate::devices::serial::SerialSnapshot;
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
-use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, MMIO_WINDOW_SIZE};
+use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, VirtioBlkState, MMIO_WINDOW_SIZE};
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
+use crate::state::DeviceBlob;
 use crate::vcpu::{self, Control, VcpuContext};
 
 /// Guest-physical base of virtio-mmio device 0; device i is `i * 0x1000` above.
@@ -80,11 +82,10 @@ pub struct Vm {
     started: bool,
     ctl: Arc<Control>,
     serial: Arc<Mutex<SerialDevice>>,
-    #[allow(dead_code, reason = "kept for device state in snapshots")]
     disks: Vec<Arc<Mutex<VirtioBlk>>>,
     pio: Arc<PioBus>,
     mmio: Arc<MmioBus>,
-    boot_protocol: BootProtocol,
+    boot_protocol: Option<BootProtocol>,
     tsc_khz: Option<u32>,
     dirty_log: bool,
 }
@@ -101,14 +102,14 @@ impl std::fmt::Debug for Vm {
 }
 
 /// The KVM objects of a freshly created VM, before devices and boot.
-struct Base {
-    kvm: Kvm,
-    vm_fd: Arc<VmFd>,
-    vcpus: Vec<VcpuFd>,
-    tsc_khz: Option<u32>,
+pub(crate) struct Base {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) tsc_khz: Option<u32>,
 }
 
-fn create_base(config: &ValidConfig, memory: &GuestMemoryMmap) -> Result<Base> {
+pub(crate) fn create_base(config: &ValidConfig, memory: &GuestMemoryMmap) -> Result<Base> {
     let kvm = kvm::open(&config.kvm_path)?;
     let max = kvm::max_vcpus(&kvm);
     if config.vcpus > max {
@@ -192,39 +193,8 @@ impl Vm {
         if config.page_sharing {
             memory::set_mergeable(&memory)?;
         }
-        let ctl = Arc::new(Control::new(base.vcpus.len()));
-        let on_exit: ExitHandler = {
-            let ctl = ctl.clone();
-            Arc::new(move |e| {
-                ctl.request_stop(match e {
-                    GuestExit::Poweroff(code) => ExitReason::Poweroff { code },
-                    GuestExit::Reboot => ExitReason::Reboot,
-                })
-            })
-        };
-        let serial_evt = irq_eventfd(&base.vm_fd, COM1_GSI)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_evt,
-            console_sink(&config.serial_output)?,
-        )));
-        let mut pio = PioBus::default();
-        let overlap = |e: crate::bus::Overlap| Error::Memory(e.to_string());
-        pio.insert(COM1_BASE, COM1_LEN, serial.clone())
-            .map_err(overlap)?;
-        pio.insert(
-            EXIT_PORT,
-            EXIT_PORT_LEN,
-            Arc::new(Mutex::new(ExitDevice::new(on_exit.clone()))),
-        )
-        .map_err(overlap)?;
-        pio.insert(
-            I8042_BASE,
-            I8042_LEN,
-            Arc::new(Mutex::new(I8042::new(on_exit))),
-        )
-        .map_err(overlap)?;
-
-        let (mmio, disks, mut extra) = attach_disks(&config, &base.vm_fd, &memory)?;
+        let dev = build_devices(&config, &base, &memory, None)?;
+        let mut extra = dev.cmdline.clone();
         if let Some(khz) = base.tsc_khz {
             extra.push(format!("vinfra.tsc_khz={khz}"));
         }
@@ -245,7 +215,18 @@ impl Vm {
         tracing::info!(?boot_protocol, vcpus = config.vcpus, memory_mib = config.memory_bytes >> 20,
             cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
             "vm created");
-        Ok(Vm {
+        Ok(Vm::assemble(config, base, memory, dev, Some(boot_protocol)))
+    }
+
+    /// Puts the parts together (shared by create and restore).
+    pub(crate) fn assemble(
+        config: ValidConfig,
+        base: Base,
+        memory: GuestMemoryMmap,
+        dev: Devices,
+        boot_protocol: Option<BootProtocol>,
+    ) -> Vm {
+        Vm {
             kvm: base.kvm,
             vm_fd: base.vm_fd,
             vcpus: base
@@ -255,21 +236,28 @@ impl Vm {
                 .collect(),
             threads: Vec::new(),
             started: false,
-            ctl,
-            serial,
-            disks,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
+            ctl: dev.ctl,
+            serial: dev.serial,
+            disks: dev.disks,
+            pio: Arc::new(dev.pio),
+            mmio: Arc::new(dev.mmio),
             boot_protocol,
             tsc_khz: base.tsc_khz,
             dirty_log: false,
             memory,
             config,
-        })
+        }
     }
 
     /// Starts one thread per vCPU.
     pub fn start(&mut self) -> Result<()> {
+        self.spawn_vcpus(false)?;
+        tracing::info!("vm started");
+        Ok(())
+    }
+
+    /// Spawns the vCPU threads, running or parked.
+    pub(crate) fn spawn_vcpus(&mut self, paused: bool) -> Result<()> {
         if self.started {
             return Err(Error::InvalidState {
                 op: "start",
@@ -277,7 +265,11 @@ impl Vm {
             });
         }
         self.started = true;
-        self.ctl.start(self.vcpus.len());
+        if paused {
+            self.ctl.start_paused(self.vcpus.len());
+        } else {
+            self.ctl.start(self.vcpus.len());
+        }
         for (i, fd) in self.vcpus.iter().enumerate() {
             let ctx = VcpuContext {
                 pio: self.pio.clone(),
@@ -301,7 +293,6 @@ impl Vm {
                 }
             }
         }
-        tracing::info!("vm started");
         Ok(())
     }
 
@@ -312,14 +303,19 @@ impl Vm {
             PowerState::Paused => return Ok(()),
             state => return Err(Error::InvalidState { op: "pause", state }),
         }
+        self.wait_parked()?;
+        tracing::info!("vm paused");
+        Ok(())
+    }
+
+    /// Waits until every vCPU thread is parked (asking them to park).
+    pub(crate) fn wait_parked(&mut self) -> Result<()> {
         self.ctl
             .pause(VCPU_ACK_TIMEOUT)
             .map_err(|()| Error::Timeout {
                 op: "pause",
                 timeout_ms: ACK_TIMEOUT_MS,
-            })?;
-        tracing::info!("vm paused");
-        Ok(())
+            })
     }
 
     /// Lets parked vCPUs run again.
@@ -399,8 +395,8 @@ impl Vm {
         &self.memory
     }
 
-    /// The boot protocol the kernel was loaded with.
-    pub fn boot_protocol(&self) -> BootProtocol {
+    /// The boot protocol the kernel was loaded with (`None` for a restored VM).
+    pub fn boot_protocol(&self) -> Option<BootProtocol> {
         self.boot_protocol
     }
 
@@ -430,6 +426,15 @@ impl Vm {
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
+
+    /// vCPU fds, serial port and disks, for the snapshot code.
+    pub(crate) fn parts(&self) -> VmParts<'_> {
+        VmParts {
+            vcpus: &self.vcpus,
+            serial: &self.serial,
+            disks: &self.disks,
+        }
+    }
 }
 
 impl Drop for Vm {
@@ -456,9 +461,90 @@ impl SerialInput {
     }
 }
 
+/// Borrowed insides of a [`Vm`].
+pub(crate) struct VmParts<'a> {
+    pub(crate) vcpus: &'a [Arc<Mutex<VcpuFd>>],
+    pub(crate) serial: &'a Arc<Mutex<SerialDevice>>,
+    pub(crate) disks: &'a [Arc<Mutex<VirtioBlk>>],
+}
+
+/// The devices of a VM and what they add to the kernel command line.
+pub(crate) struct Devices {
+    pub(crate) ctl: Arc<Control>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) pio: PioBus,
+    pub(crate) mmio: MmioBus,
+    pub(crate) disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    pub(crate) cmdline: Vec<String>,
+}
+
+/// Builds the buses and devices; with `saved`, the devices continue from their blobs.
+pub(crate) fn build_devices(
+    config: &ValidConfig,
+    base: &Base,
+    memory: &GuestMemoryMmap,
+    saved: Option<&[DeviceBlob]>,
+) -> Result<Devices> {
+    let ctl = Arc::new(Control::new(base.vcpus.len()));
+    let on_exit: ExitHandler = {
+        let ctl = ctl.clone();
+        Arc::new(move |e| {
+            ctl.request_stop(match e {
+                GuestExit::Poweroff(code) => ExitReason::Poweroff { code },
+                GuestExit::Reboot => ExitReason::Reboot,
+            })
+        })
+    };
+    let serial_evt = irq_eventfd(&base.vm_fd, COM1_GSI)?;
+    let sink = console_sink(&config.serial_output)?;
+    let serial = match saved.and_then(|s| find_blob(s, SERIAL_KIND, SERIAL_ID)) {
+        Some(blob) => {
+            let st: SerialSnapshot = blob.decode().map_err(Error::state("decode serial state"))?;
+            SerialDevice::from_state(&st.into(), serial_evt, sink)
+                .map_err(Error::io("restore serial state"))?
+        }
+        None => SerialDevice::new(serial_evt, sink),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let mut pio = PioBus::default();
+    let overlap = |e: crate::bus::Overlap| Error::Memory(e.to_string());
+    pio.insert(COM1_BASE, COM1_LEN, serial.clone())
+        .map_err(overlap)?;
+    let exit_dev = Arc::new(Mutex::new(ExitDevice::new(on_exit.clone())));
+    pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)
+        .map_err(overlap)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
+    pio.insert(I8042_BASE, I8042_LEN, i8042).map_err(overlap)?;
+    let (mmio, disks, cmdline) = attach_disks(config, &base.vm_fd, memory, saved)?;
+    Ok(Devices {
+        ctl,
+        serial,
+        pio,
+        mmio,
+        disks,
+        cmdline,
+    })
+}
+
+/// Device blob kind of the serial port.
+pub(crate) const SERIAL_KIND: &str = "serial";
+/// Device blob id of COM1.
+pub(crate) const SERIAL_ID: &str = "com1";
+/// Device blob kind of a virtio-blk disk (the id is the disk's id).
+pub(crate) const VIRTIO_BLK_KIND: &str = "virtio-blk";
+
+fn find_blob<'a>(blobs: &'a [DeviceBlob], kind: &str, id: &str) -> Option<&'a DeviceBlob> {
+    blobs.iter().find(|b| b.kind == kind && b.id == id)
+}
+
 type Disks = (MmioBus, Vec<Arc<Mutex<VirtioBlk>>>, Vec<String>);
 
-fn attach_disks(config: &ValidConfig, vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<Disks> {
+fn attach_disks(
+    config: &ValidConfig,
+    vm_fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    saved: Option<&[DeviceBlob]>,
+) -> Result<Disks> {
     if config.disks.len() > VIRTIO_DEVICES_MAX {
         return Err(Error::TooManyDevices(config.disks.len()));
     }
@@ -474,12 +560,20 @@ fn attach_disks(config: &ValidConfig, vm_fd: &VmFd, memory: &GuestMemoryMmap) ->
         let gsi = VIRTIO_GSI_BASE + u32::try_from(i).map_err(|_| Error::TooManyDevices(i))?;
         let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE;
         let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
-        let blk = VirtioBlk::new(
-            VirtioBlkConfig::new(id, d.read_only),
-            Arc::new(backend),
-            memory.clone(),
-            irq_eventfd(vm_fd, gsi)?,
-        )
+        let irq = irq_eventfd(vm_fd, gsi)?;
+        let blk = match saved.and_then(|s| find_blob(s, VIRTIO_BLK_KIND, &id)) {
+            Some(blob) => {
+                let st: VirtioBlkState =
+                    blob.decode().map_err(Error::state("decode disk state"))?;
+                VirtioBlk::from_state(st, Arc::new(backend), memory.clone(), irq)
+            }
+            None => VirtioBlk::new(
+                VirtioBlkConfig::new(id, d.read_only),
+                Arc::new(backend),
+                memory.clone(),
+                irq,
+            ),
+        }
         .map_err(|e| derr(e.to_string()))?;
         let blk = Arc::new(Mutex::new(blk));
         bus.insert(base, MMIO_WINDOW_SIZE, blk.clone())

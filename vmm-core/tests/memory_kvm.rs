@@ -101,8 +101,8 @@ fn page_sharing_merges_identical_guest_pages() {
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let mut last = ksm::report().unwrap();
                 // The guest wrote the same word to each of its 4096 pages: most should merge.
-            const WANT: u64 = 1024;
-            while last.pages_sharing < WANT && Instant::now() < deadline {
+                const WANT: u64 = 1024;
+                while last.pages_sharing < WANT && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(100));
                     last = ksm::report().unwrap();
                 }

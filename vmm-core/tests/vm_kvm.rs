@@ -18,7 +18,7 @@ fn boot_ready(vcpus: u32) {
     let Some(k) = guest("ready") else { return };
     let con = Console::default();
     let mut vm = Vm::create(config(k, &con).vcpus(vcpus)).unwrap();
-    assert_eq!(vm.boot_protocol(), BootProtocol::Pvh);
+    assert_eq!(vm.boot_protocol(), Some(BootProtocol::Pvh));
     assert_eq!(vm.power_state(), PowerState::ShutOff);
     vm.start().unwrap();
     assert_eq!(
@@ -222,7 +222,9 @@ fn bad_inputs_are_typed_errors() {
     let garbage = dir.path().join("garbage");
     std::fs::write(
         &garbage,
-        (0..8192u32).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>(),
+        (0..8192u32)
+            .map(|i| (i * 7 + 3).to_le_bytes()[0])
+            .collect::<Vec<_>>(),
     )
     .unwrap();
     let e = Vm::create(VmConfig::new(&garbage).memory_mib(8)).unwrap_err();
@@ -279,7 +281,7 @@ fn linux_boots_to_ready_on_hardware_kvm() {
                 .cmdline("console=ttyS0 reboot=k panic=-1")
                 .serial_output(con.output());
             let mut vm = Vm::create(cfg).unwrap();
-            assert_eq!(vm.boot_protocol(), BootProtocol::Linux64);
+            assert_eq!(vm.boot_protocol(), Some(BootProtocol::Linux64));
             vm.start().unwrap();
             con.wait_for("VINFRA-READY", Duration::from_secs(120));
             vm.stop().unwrap();

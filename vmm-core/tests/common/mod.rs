@@ -174,6 +174,16 @@ pub fn tiny_guest(text: &[u8], code: u8) -> Vec<u8> {
 /// crash or hang cannot take the test binary down or leak KVM objects into it.
 /// Returns the child's output.
 pub fn isolated(name: &str, timeout: Duration, body: impl FnOnce()) -> String {
+    isolated_env(name, timeout, &[], body)
+}
+
+/// [`isolated`] with extra environment variables for the child.
+pub fn isolated_env(
+    name: &str,
+    timeout: Duration,
+    env: &[(&str, &str)],
+    body: impl FnOnce(),
+) -> String {
     const CHILD_ENV: &str = "VINFRA_TEST_CHILD";
     if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
         body();
@@ -182,6 +192,7 @@ pub fn isolated(name: &str, timeout: Duration, body: impl FnOnce()) -> String {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, name)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,165 @@
+//! Snapshot and restore: a paused VM to a directory of two files and back, possibly in
+//! another process.
+//!
+//! The directory holds `vm.state` (vCPUs, VM-wide KVM state, device blobs: the envelope
+//! of [`crate::state`], see `STATE-FORMAT.md`) and `vm.mem` (guest RAM, sparse). The VM
+//! configuration is not saved: restore takes the same [`VmConfig`] (the kernel is not
+//! loaded again; disks are reopened by path and must hold what the guest wrote).
+//! Each file is written under a temporary name and renamed, so a crash mid-snapshot
+//! leaves the previous snapshot whole, and a VM restored from a directory can snapshot
+//! into the same directory (its RAM is mapped from the old `vm.mem`).
+
+use std::path::Path;
+
+use vm_memory::GuestAddress;
+
+use crate::config::VmConfig;
+use crate::devices::serial::SerialSnapshot;
+use crate::error::{Error, Result};
+use crate::memory;
+use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
+use crate::vcpu;
+use crate::vm::{
+    build_devices, create_base, PowerState, Vm, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND,
+};
+
+/// Name of the state blob inside a snapshot directory.
+pub const STATE_FILE: &str = "vm.state";
+/// Name of the memory file inside a snapshot directory.
+pub const MEMORY_FILE: &str = "vm.mem";
+
+/// What [`Vm::snapshot`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotStats {
+    /// Size of `vm.state`.
+    pub state_bytes: u64,
+    /// What the memory file holds.
+    pub memory: MemorySaveStats,
+}
+
+fn write_atomically(dir: &Path, name: &str, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    f(&tmp)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(Error::io("rename snapshot file"))
+}
+
+impl Vm {
+    /// Saves a paused VM into `dir` (created if missing). The VM stays paused.
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotStats> {
+        let power = self.power_state();
+        if power != PowerState::Paused {
+            return Err(Error::InvalidState {
+                op: "snapshot",
+                state: power,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            what: "snapshot directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let parts = self.parts();
+        let mut vcpus = Vec::with_capacity(parts.vcpus.len());
+        for fd in parts.vcpus {
+            let fd = fd.lock().unwrap_or_else(|e| e.into_inner());
+            vcpus.push(state::capture_vcpu(self.kvm(), &fd).map_err(Error::state("capture vcpu"))?);
+        }
+        let vm = state::capture_vm(self.vm_fd()).map_err(Error::state("capture vm"))?;
+        let serial: SerialSnapshot = parts
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state()
+            .into();
+        let mut devices = vec![DeviceBlob::new(SERIAL_KIND, SERIAL_ID, &serial)
+            .map_err(Error::state("encode serial"))?];
+        for d in parts.disks {
+            let st = d.lock().unwrap_or_else(|e| e.into_inner()).state();
+            devices.push(
+                DeviceBlob::new(VIRTIO_BLK_KIND, &st.config.id, &st)
+                    .map_err(Error::state("encode disk"))?,
+            );
+        }
+        let saved = VmState {
+            vcpus,
+            vm,
+            devices,
+            memory: MemoryLayout::of(self.memory()),
+        };
+        let bytes = state::encode(&saved).map_err(Error::state("encode vm state"))?;
+        write_atomically(dir, STATE_FILE, |p| {
+            std::fs::write(p, &bytes).map_err(|source| Error::File {
+                what: "vm state",
+                path: p.to_owned(),
+                source,
+            })
+        })?;
+        let mut mem_stats = MemorySaveStats::default();
+        write_atomically(dir, MEMORY_FILE, |p| {
+            mem_stats =
+                state::save_memory(self.memory(), p).map_err(Error::state("save memory"))?;
+            Ok(())
+        })?;
+        tracing::info!(dir = %dir.display(), state_bytes = bytes.len(), "vm snapshot written");
+        Ok(SnapshotStats {
+            state_bytes: bytes.len() as u64,
+            memory: mem_stats,
+        })
+    }
+
+    /// Creates a VM from a snapshot in `dir`, with the configuration it was created
+    /// with. The VM comes back paused, its vCPU threads started: call [`Vm::resume`].
+    pub fn restore(config: VmConfig, dir: &Path) -> Result<Vm> {
+        let config = config.validate()?;
+        vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
+        let state_path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&state_path).map_err(|source| Error::File {
+            what: "vm state",
+            path: state_path.clone(),
+            source,
+        })?;
+        let saved = state::decode(&bytes).map_err(Error::state("decode vm state"))?;
+        if saved.vcpus.len() != config.vcpus as usize {
+            return Err(Error::SnapshotMismatch(format!(
+                "{} vcpus saved, {} configured",
+                saved.vcpus.len(),
+                config.vcpus
+            )));
+        }
+        let expected = MemoryLayout {
+            regions: memory::ram_ranges(config.memory_bytes)
+                .into_iter()
+                .map(|(GuestAddress(guest_addr), size)| MemoryRegionSpec { guest_addr, size })
+                .collect(),
+        };
+        if saved.memory != expected {
+            return Err(Error::SnapshotMismatch(format!(
+                "saved memory layout {:?} is not that of {} MiB",
+                saved.memory,
+                config.memory_bytes >> 20
+            )));
+        }
+        let mem =
+            state::load_memory(&dir.join(MEMORY_FILE)).map_err(Error::state("load memory"))?;
+        if MemoryLayout::of(&mem) != saved.memory {
+            return Err(Error::SnapshotMismatch(
+                "memory file does not match vm.state".into(),
+            ));
+        }
+        let base = create_base(&config, &mem)?;
+        if config.page_sharing {
+            memory::set_mergeable(&mem)?;
+        }
+        state::restore_vm(&base.vm_fd, &saved.vm).map_err(Error::state("restore vm"))?;
+        for (fd, st) in base.vcpus.iter().zip(&saved.vcpus) {
+            state::restore_vcpu(fd, st).map_err(Error::state("restore vcpu"))?;
+        }
+        let dev = build_devices(&config, &base, &mem, Some(&saved.devices))?;
+        let mut vm = Vm::assemble(config, base, mem, dev, None);
+        vm.spawn_vcpus(true)?;
+        vm.wait_parked()?;
+        tracing::info!(dir = %dir.display(), "vm restored (paused)");
+        Ok(vm)
+    }
+}
