@@ -5,9 +5,9 @@
 //! of [`crate::state`], see `STATE-FORMAT.md`) and `vm.mem` (guest RAM, sparse). The VM
 //! configuration is not saved: restore takes the same [`VmConfig`] (the kernel is not
 //! loaded again; disks are reopened by path and must hold what the guest wrote).
-//! Each file is written under a temporary name and renamed, so a crash mid-snapshot
-//! leaves the previous snapshot whole, and a VM restored from a directory can snapshot
-//! into the same directory (its RAM is mapped from the old `vm.mem`).
+//! The state module writes each file under a temporary name and renames it, so a crash
+//! mid-snapshot leaves the previous file whole, and a VM restored from a directory can
+//! snapshot into the same directory (its RAM stays mapped from the old `vm.mem` inode).
 
 use std::path::Path;
 
@@ -36,12 +36,6 @@ pub struct SnapshotStats {
     pub state_bytes: u64,
     /// What the memory file holds.
     pub memory: MemorySaveStats,
-}
-
-fn write_atomically(dir: &Path, name: &str, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    f(&tmp)?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(Error::io("rename snapshot file"))
 }
 
 impl Vm {
@@ -87,24 +81,14 @@ impl Vm {
             devices,
             memory: MemoryLayout::of(self.memory()),
         };
-        let bytes = state::encode(&saved).map_err(Error::state("encode vm state"))?;
-        write_atomically(dir, STATE_FILE, |p| {
-            std::fs::write(p, &bytes).map_err(|source| Error::File {
-                what: "vm state",
-                path: p.to_owned(),
-                source,
-            })
-        })?;
-        let mut mem_stats = MemorySaveStats::default();
-        write_atomically(dir, MEMORY_FILE, |p| {
-            mem_stats =
-                state::save_memory(self.memory(), p).map_err(Error::state("save memory"))?;
-            Ok(())
-        })?;
-        tracing::info!(dir = %dir.display(), state_bytes = bytes.len(), "vm snapshot written");
+        let state_bytes = state::save_state(&saved, &dir.join(STATE_FILE))
+            .map_err(Error::state("save vm state"))?;
+        let memory = state::save_memory(self.memory(), &dir.join(MEMORY_FILE))
+            .map_err(Error::state("save memory"))?;
+        tracing::info!(dir = %dir.display(), state_bytes, "vm snapshot written");
         Ok(SnapshotStats {
-            state_bytes: bytes.len() as u64,
-            memory: mem_stats,
+            state_bytes,
+            memory,
         })
     }
 
@@ -113,13 +97,8 @@ impl Vm {
     pub fn restore(config: VmConfig, dir: &Path) -> Result<Vm> {
         let config = config.validate()?;
         vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
-        let state_path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&state_path).map_err(|source| Error::File {
-            what: "vm state",
-            path: state_path.clone(),
-            source,
-        })?;
-        let saved = state::decode(&bytes).map_err(Error::state("decode vm state"))?;
+        let saved =
+            state::load_state(&dir.join(STATE_FILE)).map_err(Error::state("load vm state"))?;
         if saved.vcpus.len() != config.vcpus as usize {
             return Err(Error::SnapshotMismatch(format!(
                 "{} vcpus saved, {} configured",
