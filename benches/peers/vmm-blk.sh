@@ -6,13 +6,13 @@
 # lines are `blk_read_mib_s: ours=<MiB/s> peer=<MiB/s> ratio=<ours/peer>` and
 # `blk_write_mib_s: ...` (medians).
 #
-# usage: benches/peers/vmm-blk.sh   (RUNS=3, BENCH_MIB=128 by default; see lib.sh)
+# usage: benches/peers/vmm-blk.sh   (RUNS=5, BENCH_MIB=256 by default; see lib.sh)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-RUNS="${RUNS:-3}"
-BENCH_MIB="${BENCH_MIB:-128}"
+RUNS="${RUNS:-5}"
+BENCH_MIB="${BENCH_MIB:-256}"
 SECTORS=64
 MEM=256
 peers_need_qemu
