@@ -300,6 +300,12 @@ write_manifest() {
     say "wrote $env"
 }
 
+# Tests may call this script concurrently: one builder at a time.
+mkdir -p "$KIT"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$KIT/.lock"
+    flock 9
+fi
 [[ "$mode" == linux ]] || build_guests
 [[ "$mode" == guests ]] || fetch_linux
 write_manifest
