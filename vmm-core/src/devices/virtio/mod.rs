@@ -21,6 +21,25 @@
 //! be answered is answered with `VIRTIO_BLK_S_IOERR`; a chain without a usable
 //! status byte, or a broken ring, puts the device in `DEVICE_NEEDS_RESET`.
 //!
+//! Wiring a disk into a VM (device *i*, per the test-guest ABI):
+//! 1. create an `EventFd` (`EFD_NONBLOCK`) and register a clone of it with
+//!    `VmFd::register_irqfd(&evt, 5 + i)` — the device writes to it whenever
+//!    it sets a bit in InterruptStatus;
+//! 2. `VirtioBlk::new(config, backend, guest_memory.clone(), evt)`; the guest
+//!    memory must be the same `GuestMemoryMmap<AtomicBitmap>` the VM maps,
+//!    so the device's writes land in the dirty bitmap the VMM merges with
+//!    KVM's dirty log;
+//! 3. put it on the MMIO bus at `0xd000_0000 + i * 0x1000`, length
+//!    [`MMIO_WINDOW_SIZE`], behind a lock; the bus passes offsets inside the
+//!    window;
+//! 4. tell the guest: `virtio_mmio.device=4K@0xd0000000:5` on the kernel
+//!    command line (one per device; ACPI for kernels built without
+//!    `VIRTIO_MMIO_CMDLINE_DEVICES`).
+//!
+//! Snapshot: pause the vCPUs (so no MMIO access is in flight), save
+//! [`VirtioBlk::state`], and on restore call [`VirtioBlk::from_state`] with the
+//! restored memory, the same disk, and a fresh eventfd registered as above.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use vinfra_vmm_core::devices::block::MemBackend;
