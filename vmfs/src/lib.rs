@@ -1,6 +1,41 @@
 //! vinfra-vmfs: a clustered, lock-based filesystem shared by many hosts through one block
-//! device, after VMware VMFS. See the crate README for the on-disk format and the failure
-//! model.
+//! device, after VMware VMFS.
+//!
+//! Hosts (processes) mount one volume at the same time and talk only through it:
+//! heartbeats prove liveness, on-disk lock records taken by atomic compare-and-write
+//! ([`BlockDevice::compare_and_write`], SCSI ATS) give mutual exclusion, and a per-host redo
+//! journal lets any survivor repair a dead host's half-done metadata change. A host that
+//! cannot renew its heartbeat fences itself (half a lease) before anyone may break its
+//! locks (a whole lease). The crate README documents the on-disk format byte by byte, the
+//! assumptions about the medium and the failure model.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vinfra_vmfs::{LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
+//!
+//! # fn main() -> vinfra_vmfs::Result<()> {
+//! let lun = Arc::new(MemDevice::new(32 << 20));
+//! Volume::mkfs(lun.as_ref(), &MkfsOptions::default())?;
+//! let clock = Arc::new(ManualClock::new(0));
+//! let esx1 = Volume::mount(lun.clone(), 1, &MountOptions::default(), clock.clone())?;
+//! let esx2 = Volume::mount(lun.clone(), 2, &MountOptions::default(), clock.clone())?;
+//!
+//! esx1.mkdir("/vm1")?;
+//! let disk = esx1.create("/vm1/vm1-flat.vmdk")?; // exclusive lock, thin file
+//! disk.write_at(b"boot sector", 0)?;
+//!
+//! // The other host is refused while host 1 is alive.
+//! let err = esx2.open("/vm1/vm1-flat.vmdk", LockMode::Exclusive).unwrap_err();
+//! assert!(err.to_string().contains("locked by host 1, alive"));
+//!
+//! drop(disk); // releases the lock
+//! let f = esx2.open("/vm1/vm1-flat.vmdk", LockMode::Exclusive)?;
+//! let mut buf = [0u8; 11];
+//! f.read_at(&mut buf, 0)?;
+//! assert_eq!(&buf, b"boot sector");
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![allow(
     clippy::cast_possible_truncation,

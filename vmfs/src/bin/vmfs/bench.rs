@@ -70,7 +70,10 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
             off += chunk.len() as u64;
         }
         t.sync()?;
-        out.push((label.to_string(), bytes as f64 / t0.elapsed().as_secs_f64() / 1e6));
+        out.push((
+            label.to_string(),
+            bytes as f64 / t0.elapsed().as_secs_f64() / 1e6,
+        ));
         Ok(())
     };
     write_all("seq_write_MBps")?;
@@ -82,7 +85,10 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
         t.pread(&mut buf, off)?;
         off += buf.len() as u64;
     }
-    out.push(("seq_read_MBps".into(), bytes as f64 / t0.elapsed().as_secs_f64() / 1e6));
+    out.push((
+        "seq_read_MBps".into(),
+        bytes as f64 / t0.elapsed().as_secs_f64() / 1e6,
+    ));
     let blocks = bytes / 4096;
     for write in [false, true] {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -103,7 +109,11 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
         if write {
             t.sync()?;
         }
-        let label = if write { "rand4k_write_iops" } else { "rand4k_read_iops" };
+        let label = if write {
+            "rand4k_write_iops"
+        } else {
+            "rand4k_read_iops"
+        };
         out.push((label.into(), n as f64 / t0.elapsed().as_secs_f64()));
     }
     Ok(out)
@@ -168,7 +178,10 @@ pub fn bench_lock(image: &Path, n: u64) -> Result<(), Error> {
         Arc::new(MonotonicClock::new()),
     )?;
     let hb = v.spawn_heartbeat();
-    let idx = v.superblock_now().geo.inode_lock(v.superblock_now().geo.max_inodes - 1);
+    let idx = v
+        .superblock_now()
+        .geo
+        .inode_lock(v.superblock_now().geo.max_inodes - 1);
     let mut times = Vec::with_capacity(n as usize);
     let before = dev.counts();
     for _ in 0..n {
@@ -191,7 +204,12 @@ pub fn bench_lock(image: &Path, n: u64) -> Result<(), Error> {
 /// `bench-meta`: create+stat+delete cycles for `secs`; prints ops/s.
 pub fn bench_meta(image: &Path, host: u32, secs: f64) -> Result<(), Error> {
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
-    let v = Volume::mount(dev, host, &MountOptions::default(), Arc::new(MonotonicClock::new()))?;
+    let v = Volume::mount(
+        dev,
+        host,
+        &MountOptions::default(),
+        Arc::new(MonotonicClock::new()),
+    )?;
     let hb = v.spawn_heartbeat();
     let dir = format!("/m{host}");
     if !v.exists(&dir)? {
@@ -206,7 +224,10 @@ pub fn bench_meta(image: &Path, host: u32, secs: f64) -> Result<(), Error> {
         v.delete(&p)?;
         n += 1;
     }
-    println!("meta_cycles_per_s {:.1}", n as f64 / t0.elapsed().as_secs_f64());
+    println!(
+        "meta_cycles_per_s {:.1}",
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
     drop(hb);
     v.unmount()
 }
@@ -215,13 +236,23 @@ pub fn bench_meta(image: &Path, host: u32, secs: f64) -> Result<(), Error> {
 pub fn bench_failover(image: &Path) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
     let mut child = Command::new(exe)
-        .args(["stress", &image.to_string_lossy(), "--host", "5", "--mode", "writer"])
+        .args([
+            "stress",
+            &image.to_string_lossy(),
+            "--host",
+            "5",
+            "--mode",
+            "writer",
+        ])
         .args(["--secs", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(io("spawn"))?;
-    let out = child.stdout.take().ok_or_else(|| Error::Config("no stdout".into()))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Config("no stdout".into()))?;
     let mut lines = BufReader::new(out).lines();
     while let Some(Ok(l)) = lines.next() {
         if l.starts_with("ACK 20") {
@@ -229,7 +260,12 @@ pub fn bench_failover(image: &Path) -> Result<(), Error> {
         }
     }
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
-    let v = Volume::mount(dev, 9, &MountOptions::default(), Arc::new(MonotonicClock::new()))?;
+    let v = Volume::mount(
+        dev,
+        9,
+        &MountOptions::default(),
+        Arc::new(MonotonicClock::new()),
+    )?;
     let hb = v.spawn_heartbeat();
     std::thread::sleep(Duration::from_millis(300));
     child.kill().map_err(io("kill"))?;
