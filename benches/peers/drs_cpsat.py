@@ -74,6 +74,23 @@ def main():
         for k, i in enumerate(order):
             for j in range(k + 1, m):
                 model.Add(x[i][j] == 0)
+        # Start from First-Fit-Decreasing (it satisfies the symmetry breaking above), so
+        # CP-SAT always has a solution to improve on.
+        used = []
+        for i in order:
+            for j, u in enumerate(used):
+                if u[0] + sizes[i][0] <= hosts[j]["cpu_mhz"] and u[1] + sizes[i][1] <= hosts[j]["mem_mb"]:
+                    break
+            else:
+                j = len(used)
+                used.append([0, 0])
+            used[j][0] += sizes[i][0]
+            used[j][1] += sizes[i][1]
+            if j < m:
+                for jj in range(m):
+                    model.AddHint(x[i][jj], jj == j)
+        for j in range(m):
+            model.AddHint(y[j], j < len(used))
     lb = max(-(-sum(s[0] for s in sizes) // hosts[0]["cpu_mhz"]), -(-sum(s[1] for s in sizes) // hosts[0]["mem_mb"])) if same else 0
     model.Add(sum(y) >= lb)
     model.Minimize(sum(y))

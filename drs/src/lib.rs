@@ -48,6 +48,6 @@ pub use model::{
     RuleSpec, Settings, Shares, VmHostMode, VmSpec,
 };
 pub use packing::{first_fit_decreasing, pack, PackOptions, PackPlan};
-pub use placement::{place, Placement, PlacementPlan, Rejected};
+pub use placement::{place, Placement, PlacementPlan, Rejected, SHARING_BONUS};
 pub use state::Reject;
 pub use validate::{Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MEM};

@@ -89,6 +89,7 @@ struct Item {
 
 fn items_of(c: &Cluster) -> Vec<Item> {
     let usable: Vec<bool> = c.hosts.iter().map(|h| h.usable()).collect();
+    let all_usable = usable.iter().all(|&u| u);
     let mut out = Vec::new();
     for g in &c.groups {
         let vms: Vec<usize> = g.vms.iter().copied().filter(|&v| c.vms[v].powered_on).collect();
@@ -106,7 +107,7 @@ fn items_of(c: &Cluster) -> Vec<Item> {
         // Fold host usability into the mask only where it matters.
         let allowed = match &c.vms[first].allowed {
             Some(a) => Some(a.iter().zip(&usable).map(|(&x, &u)| x && u).collect()),
-            None if usable.iter().all(|&u| u) => None,
+            None if all_usable => None,
             None => Some(usable.clone()),
         };
         out.push(Item { vms, size, anti, allowed });
@@ -146,6 +147,8 @@ struct Packer<'a> {
     by_cpu: Vec<usize>,
     /// Smallest and largest item CPU sizes.
     cpu_range: (u64, u64),
+    /// Smallest and largest item memory sizes.
+    mem_range: (u64, u64),
     buckets: FxMap<(u64, u64), Vec<usize>>,
     _c: &'a Cluster,
 }
@@ -166,7 +169,8 @@ impl<'a> Packer<'a> {
             by_cpu.first().map_or(0, |&i| items[i].size[CPU]),
             by_cpu.last().map_or(0, |&i| items[i].size[CPU]),
         );
-        Self { items, hosts: c.hosts.len(), steps: 0, budget, alive, order, by_cpu, cpu_range, buckets, _c: c }
+        let mem_range = items.iter().fold((u64::MAX, 0), |(lo, hi), it| (lo.min(it.size[MEM]), hi.max(it.size[MEM])));
+        Self { items, hosts: c.hosts.len(), steps: 0, budget, alive, order, by_cpu, cpu_range, mem_range, buckets, _c: c }
     }
 
     fn out_of_budget(&self) -> bool {
@@ -247,7 +251,11 @@ impl<'a> Packer<'a> {
                 continue;
             }
             let sj = self.items[j].size;
-            if !fits(sj, rem) || sub(rem, sj) == [0, 0] || !self.compatible(&[i], j) {
+            if !fits(sj, rem) || sub(rem, sj) == [0, 0] {
+                continue;
+            }
+            let need_mem = rem[MEM] - sj[MEM];
+            if need_mem < self.mem_range.0 || need_mem > self.mem_range.1 || !self.compatible(&[i], j) {
                 continue;
             }
             if let Some(k) = self.exact_partner(&[i, j], sub(rem, sj), Some(j)) {
@@ -267,7 +275,8 @@ impl<'a> Packer<'a> {
     /// ambiguous choice is made as late as possible.
     fn exact_phase(&mut self, cap: [u64; 2]) -> Vec<Vec<usize>> {
         let mut bins = Vec::new();
-        let mut pending: Vec<usize> = self.order.clone();
+        // Largest CPU first: a large first item leaves a narrow CPU window for the others.
+        let mut pending: Vec<usize> = self.by_cpu.iter().rev().copied().collect();
         for sweep in 0..16 {
             let greedy = sweep == 15;
             let mut deferred = Vec::new();
@@ -283,6 +292,10 @@ impl<'a> Packer<'a> {
                         self.commit(&comps[0]);
                         bins.push(comps[0].clone());
                         progress = true;
+                        // Dead items cost a step each in later scans: sweep them out now and then.
+                        if bins.len() % 128 == 0 {
+                            self.compact();
+                        }
                     }
                     _ => deferred.push(i),
                 }

@@ -46,6 +46,10 @@ pub struct PlacementPlan {
     pub unplaced: Vec<String>,
 }
 
+/// How much imbalance a placement may cost to land beside a VM of the same image
+/// when memory is the bottleneck (page sharing saves memory the metric does not see).
+pub const SHARING_BONUS: f64 = 0.02;
+
 /// Chooses hosts for VMs one at a time over a live [`State`].
 pub(crate) struct Chooser<'s, 'c> {
     pub state: &'s mut State<'c>,
@@ -76,13 +80,14 @@ impl<'s, 'c> Chooser<'s, 'c> {
             }
             let after = self.loads.after(w, from, Some(h));
             let shares = image.is_some_and(|i| self.state.images.get(&(i, h)).copied().unwrap_or(0) > 0);
-            let key = (self.state.soft_penalty(v, h), !(shares && self.memory_bound), after);
+            let bonus = if shares && self.memory_bound { SHARING_BONUS } else { 0.0 };
+            let key = (self.state.soft_penalty(v, h), false, after - bonus);
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
             }
         }
         match best {
-            Some(((_, _, after), h, shares)) => Ok((h, after, shares)),
+            Some((_, h, shares)) => Ok((h, self.loads.after(w, from, Some(h)), shares)),
             None => Err(rejected),
         }
     }
@@ -192,7 +197,7 @@ mod tests {
     fn same_image_is_colocated_when_memory_bound() {
         let mut s = ClusterSpec::new(
             vec![HostSpec::new("a", 100_000, 10_000), HostSpec::new("b", 100_000, 10_000)],
-            vec![VmSpec::new("x", 100, 5000).on("a"), VmSpec::new("y", 100, 4000).on("b"), VmSpec::new("new", 100, 500)],
+            vec![VmSpec::new("x", 100, 4500).on("a"), VmSpec::new("y", 100, 4400).on("b"), VmSpec::new("new", 100, 500)],
         );
         s.vms[0].image = Some("w2k3".into());
         s.vms[2].image = Some("w2k3".into());
