@@ -7,23 +7,40 @@
 //! words are libvirt's: start, pause, resume, stop, and [`Vm::wait`] for the
 //! [`ExitReason`].
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
-//! use vinfra_vmm_core::{ExitReason, SerialOutput, Vm, VmConfig};
+//! use vinfra_vmm_core::{ExitReason, PowerState, SerialOutput, Vm, VmConfig};
 //!
 //! # fn main() -> Result<(), vinfra_vmm_core::Error> {
-//! let config = VmConfig::new("target/guest-kit/guests/ready.elf")
+//! // The `ready` test guest prints VINFRA-READY and powers off with code 0
+//! // (built by scripts/guest-kit.sh --guests-only).
+//! let config = VmConfig::new("../target/guest-kit/guests/ready.elf")
 //!     .memory_mib(16)
 //!     .serial_output(SerialOutput::Stdio);
-//! let mut vm = Vm::create(config)?;
-//! vm.start()?;
-//! match vm.wait_timeout(Duration::from_secs(10)) {
-//!     Some(ExitReason::Poweroff { code }) => println!("guest exited with {code}"),
-//!     Some(other) => println!("vm stopped: {other:?}"),
-//!     None => { vm.stop()?; }
+//! match Vm::create(config) {
+//!     Ok(mut vm) => {
+//!         vm.start()?;
+//!         let reason = vm.wait_timeout(Duration::from_secs(10));
+//!         assert_eq!(reason, Some(ExitReason::Poweroff { code: 0 }));
+//!         assert_eq!(vm.power_state(), PowerState::ShutOff);
+//!     }
+//!     // No /dev/kvm or no guest kit here: the error says which.
+//!     Err(e) => eprintln!("cannot run the example here: {e}"),
 //! }
 //! # Ok(())
 //! # }
+//! ```
+//!
+//! Configurations also come from JSON, with unknown keys rejected:
+//!
+//! ```
+//! use vinfra_vmm_core::VmConfig;
+//!
+//! let json = r#"{ "kernel": "guest.elf", "memory_mib": 64, "vcpus": 2,
+//!                 "disks": [ { "path": "disk.img", "read_only": true } ] }"#;
+//! let config: VmConfig = serde_json::from_str(json).unwrap();
+//! assert_eq!(config.vcpus, 2);
+//! assert!(serde_json::from_str::<VmConfig>(r#"{ "kernel": "k", "memroy_mib": 1 }"#).is_err());
 //! ```
 //!
 //! Errors are one enum, [`Error`]: a missing `/dev/kvm`, a bad kernel, too little
