@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, guest, isolated, kvm_or_skip, tiny_guest, Console};
+use common::{
+    config, guest, isolated, kvm_or_skip, linux_probe_program, tiny_bzimage, tiny_elf, tiny_guest,
+    Console,
+};
 use vinfra_vmm_core::{
     BootProtocol, DiskConfig, Error, ExitReason, HostKvm, PowerState, Vm, VmConfig,
 };
@@ -50,6 +53,41 @@ fn tiny_guest_prints_and_exits_with_its_code() {
         assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 42 }));
         assert_eq!(con.text(), "A\n");
     });
+}
+
+fn boot_linux_probe(image: Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("kernel");
+    std::fs::write(&k, image).unwrap();
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, [7u8; 5000]).unwrap();
+    let con = Console::default();
+    let mut vm = Vm::create(config(k, &con).memory_mib(16).initrd(&initrd)).unwrap();
+    assert_eq!(vm.boot_protocol(), Some(BootProtocol::Linux64));
+    vm.start().unwrap();
+    assert_eq!(
+        vm.wait_timeout(T),
+        Some(ExitReason::Poweroff { code: 0x40 })
+    );
+    assert_eq!(con.text(), "L");
+}
+
+/// The Linux 64-bit entry (long mode, identity paging, rsi = zero page) with an ELF
+/// that has no PVH note and with a bzImage: real Linux cannot boot on nested KVM, so a
+/// probe checks what it would be handed.
+#[test]
+fn linux_protocol_enters_long_mode_with_boot_params() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "linux_protocol_enters_long_mode_with_boot_params",
+        CHILD,
+        || {
+            boot_linux_probe(tiny_elf(&linux_probe_program(), false));
+            boot_linux_probe(tiny_bzimage(&linux_probe_program()));
+        },
+    );
 }
 
 #[test]
