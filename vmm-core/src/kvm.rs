@@ -61,6 +61,12 @@ pub fn open(path: &Path) -> Result<Kvm> {
         }
     })?;
     let found = kvm.get_api_version();
+    if found < 0 {
+        return Err(Error::KvmUnavailable {
+            path: path.to_owned(),
+            source: io::Error::other("KVM_GET_API_VERSION failed: not a kvm device"),
+        });
+    }
     if found != KVM_API_VERSION {
         return Err(Error::KvmApiVersion { found });
     }
@@ -102,5 +108,7 @@ mod tests {
         let err = open(Path::new("/nonexistent/kvm")).unwrap_err();
         assert!(matches!(err, Error::KvmUnavailable { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/kvm"));
+        let err = open(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("not a kvm device"), "{err}");
     }
 }
