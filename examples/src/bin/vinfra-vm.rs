@@ -3,7 +3,8 @@
 //! stdout carries nothing but the guest's console; logs go to stderr
 //! (`RUST_LOG=debug` for more). `Ctrl-A x` or Ctrl-C stops the VM. The exit status is
 //! the guest's exit code (power-off through port 0xf4), 0 after a reboot request, 70
-//! when the VM crashed, 1 on a VMM error.
+//! when the VM crashed, 1 on a VMM error. With `--snapshot-dir DIR`, `Ctrl-A s` saves
+//! the VM there and stops; `--restore DIR` (with the same VM flags) resumes it.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -61,6 +62,19 @@ struct RunArgs {
     /// Mark guest memory mergeable (KSM).
     #[arg(long)]
     page_sharing: bool,
+    /// Where `Ctrl-A s` writes a snapshot (the VM is paused, saved, then stopped).
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// Resume a snapshot from DIR instead of booting (give the same VM flags as when
+    /// it was taken).
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+}
+
+/// What the console keys ask for.
+enum Key {
+    Stop,
+    Snapshot,
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
@@ -111,8 +125,9 @@ fn build_config(a: RunArgs) -> Result<VmConfig, String> {
     Ok(cfg)
 }
 
-/// Forwards stdin to the guest; `Ctrl-A x` asks to stop, `Ctrl-A Ctrl-A` sends one Ctrl-A.
-fn forward_stdin(input: SerialInput, stop: std::sync::mpsc::Sender<()>) {
+/// Forwards stdin to the guest; `Ctrl-A x` asks to stop, `Ctrl-A s` for a snapshot,
+/// `Ctrl-A Ctrl-A` sends one Ctrl-A.
+fn forward_stdin(input: SerialInput, keys: std::sync::mpsc::Sender<Key>) {
     let mut stdin = std::io::stdin().lock();
     let mut buf = [0u8; 256];
     let mut after_ctrl_a = false;
@@ -127,8 +142,11 @@ fn forward_stdin(input: SerialInput, stop: std::sync::mpsc::Sender<()>) {
                 after_ctrl_a = false;
                 match b {
                     b'x' | b'X' => {
-                        let _ = stop.send(());
+                        let _ = keys.send(Key::Stop);
                         return;
+                    }
+                    b's' | b'S' => {
+                        let _ = keys.send(Key::Snapshot);
                     }
                     CTRL_A => out.push(CTRL_A),
                     other => out.extend_from_slice(&[CTRL_A, other]),
@@ -143,27 +161,52 @@ fn forward_stdin(input: SerialInput, stop: std::sync::mpsc::Sender<()>) {
     }
 }
 
-fn run(args: RunArgs) -> Result<ExitReason, String> {
+fn run(mut args: RunArgs) -> Result<ExitReason, String> {
+    let snapshot_dir = args.snapshot_dir.take();
+    let restore = args.restore.take();
     let cfg = build_config(args)?;
-    let mut vm = Vm::create(cfg).map_err(|e| e.to_string())?;
+    let mut vm = match &restore {
+        Some(dir) => Vm::restore(cfg, dir).map_err(|e| e.to_string())?,
+        None => Vm::create(cfg).map_err(|e| e.to_string())?,
+    };
     install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
     let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
     if raw.is_some() {
         eprintln!("vinfra-vm: console attached; Ctrl-A x or Ctrl-C stops the VM\r");
     }
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let (keys_tx, keys_rx) = std::sync::mpsc::channel();
     let input = vm.serial_input_handle();
     std::thread::Builder::new()
         .name("stdin".into())
-        .spawn(move || forward_stdin(input, stop_tx))
+        .spawn(move || forward_stdin(input, keys_tx))
         .map_err(|e| format!("spawn stdin thread: {e}"))?;
-    vm.start().map_err(|e| e.to_string())?;
+    if restore.is_some() {
+        vm.resume().map_err(|e| e.to_string())?;
+    } else {
+        vm.start().map_err(|e| e.to_string())?;
+    }
     let reason = loop {
         if let Some(r) = vm.wait_timeout(Duration::from_millis(50)) {
             break r;
         }
-        if stop_requested() || stop_rx.try_recv().is_ok() {
+        if stop_requested() {
             break vm.stop().map_err(|e| e.to_string())?;
+        }
+        match keys_rx.try_recv() {
+            Ok(Key::Stop) => break vm.stop().map_err(|e| e.to_string())?,
+            Ok(Key::Snapshot) => match &snapshot_dir {
+                Some(dir) => {
+                    vm.pause().map_err(|e| e.to_string())?;
+                    vm.snapshot(dir).map_err(|e| e.to_string())?;
+                    eprintln!(
+                        "\r\nvinfra-vm: snapshot written to {}; resume it with --restore\r",
+                        dir.display()
+                    );
+                    break vm.stop().map_err(|e| e.to_string())?;
+                }
+                None => eprintln!("\r\nvinfra-vm: no --snapshot-dir given; Ctrl-A s ignored\r"),
+            },
+            Err(_) => {}
         }
     };
     drop(raw);
