@@ -90,6 +90,27 @@ fn linux_protocol_enters_long_mode_with_boot_params() {
     );
 }
 
+/// A guest that faults with no IDT (int3 → #GP → double → triple fault) ends as
+/// Crashed, and the VMM stays up.
+#[test]
+fn faulting_guest_is_reported_crashed() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("faulting_guest_is_reported_crashed", CHILD, || {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("fault.elf");
+        std::fs::write(&k, tiny_elf(&[0xcc, 0xeb, 0xfe], true)).unwrap();
+        let con = Console::default();
+        let mut vm = Vm::create(config(k, &con).memory_mib(4)).unwrap();
+        vm.start().unwrap();
+        let r = vm.wait_timeout(T);
+        println!("exit: {r:?}");
+        assert!(matches!(r, Some(ExitReason::Crashed { .. })), "{r:?}");
+        assert_eq!(vm.power_state(), PowerState::Crashed);
+    });
+}
+
 #[test]
 fn ready_guest_exits_zero_one_vcpu() {
     if !kvm_or_skip() {
