@@ -45,6 +45,10 @@ pub struct VmConfig {
     /// Where the guest's serial console goes.
     #[serde(default)]
     pub serial_output: SerialOutput,
+    /// Where the guest's serial input comes from (besides [`crate::Vm::serial_input`],
+    /// which always works).
+    #[serde(default)]
+    pub serial_input: SerialInputSource,
     /// Mark guest RAM mergeable for KSM (`MADV_MERGEABLE`).
     #[serde(default)]
     pub page_sharing: bool,
@@ -109,6 +113,23 @@ pub enum SerialOutput {
     Writer(SharedWriter),
 }
 
+/// Where the serial console's input comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum SerialInputSource {
+    /// The VMM process's standard input, read by a thread from [`crate::Vm::start`] on.
+    Stdio,
+    /// A file's bytes (at most 1 MiB), queued when the VM starts.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Only what the API feeds.
+    #[default]
+    None,
+}
+
 /// A `Write` sink shared between the caller and the serial device.
 #[derive(Clone)]
 pub struct SharedWriter(pub Arc<Mutex<Box<dyn Write + Send>>>);
@@ -137,6 +158,7 @@ impl VmConfig {
             cmdline: String::new(),
             disks: Vec::new(),
             serial_output: SerialOutput::None,
+            serial_input: SerialInputSource::None,
             page_sharing: false,
             kvm_path: default_kvm_path(),
         }
@@ -175,6 +197,12 @@ impl VmConfig {
     /// Sends the console to `out`.
     pub fn serial_output(mut self, out: SerialOutput) -> Self {
         self.serial_output = out;
+        self
+    }
+
+    /// Feeds the console from `input`.
+    pub fn serial_input(mut self, input: SerialInputSource) -> Self {
+        self.serial_input = input;
         self
     }
 
@@ -235,6 +263,9 @@ impl VmConfig {
                 ),
             });
         }
+        if let SerialInputSource::File { path } = &self.serial_input {
+            file_len("serial input", path)?;
+        }
         for d in &self.disks {
             file_len("disk", &d.path)?;
             if let Some(id) = &d.id {
@@ -261,6 +292,7 @@ impl VmConfig {
             cmdline: self.cmdline.clone(),
             disks: self.disks.clone(),
             serial_output: self.serial_output.clone(),
+            serial_input: self.serial_input.clone(),
             page_sharing: self.page_sharing,
             kvm_path: self.kvm_path.clone(),
         })
@@ -294,6 +326,8 @@ pub struct ValidConfig {
     pub disks: Vec<DiskConfig>,
     /// Console sink.
     pub serial_output: SerialOutput,
+    /// Console source.
+    pub serial_input: SerialInputSource,
     /// KSM on guest RAM.
     pub page_sharing: bool,
     /// KVM device node.

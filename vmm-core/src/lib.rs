@@ -64,7 +64,9 @@ mod vcpu;
 pub mod vm;
 
 pub use boot::BootProtocol;
-pub use config::{DiskConfig, SerialOutput, SharedWriter, ValidConfig, VmConfig};
+pub use config::{
+    DiskConfig, SerialInputSource, SerialOutput, SharedWriter, ValidConfig, VmConfig,
+};
 pub use dirty::DirtyBitmap;
 pub use error::{Error, Result};
 pub use kvm::HostKvm;

@@ -138,6 +138,7 @@ impl Vm {
         let mut vm = Vm::assemble(config, base, mem, dev, None);
         vm.spawn_vcpus(true)?;
         vm.wait_parked()?;
+        vm.connect_serial_input()?;
         tracing::info!(dir = %dir.display(), "vm restored (paused)");
         Ok(vm)
     }

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
-use crate::config::{SerialOutput, ValidConfig, VmConfig};
+use crate::config::{SerialInputSource, SerialOutput, ValidConfig, VmConfig};
 use crate::devices::block::FileBackend;
 use crate::devices::exit::{
     ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
@@ -252,7 +252,39 @@ impl Vm {
     /// Starts one thread per vCPU.
     pub fn start(&mut self) -> Result<()> {
         self.spawn_vcpus(false)?;
+        self.connect_serial_input()?;
         tracing::info!("vm started");
+        Ok(())
+    }
+
+    /// Starts feeding COM1 from the configured input source.
+    pub(crate) fn connect_serial_input(&self) -> Result<()> {
+        match &self.config.serial_input {
+            SerialInputSource::None => {}
+            SerialInputSource::File { path } => {
+                let bytes = std::fs::read(path).map_err(|source| Error::File {
+                    what: "serial input",
+                    path: path.clone(),
+                    source,
+                })?;
+                self.serial_input(&bytes);
+            }
+            SerialInputSource::Stdio => {
+                let input = self.serial_input_handle();
+                // Detached: a blocking read on stdin cannot be interrupted; the thread
+                // ends at EOF or with the process. It holds only the serial device.
+                std::thread::Builder::new()
+                    .name("serial-stdin".into())
+                    .spawn(move || {
+                        let mut buf = [0u8; 256];
+                        let mut stdin = std::io::stdin().lock();
+                        while let Ok(n @ 1..) = std::io::Read::read(&mut stdin, &mut buf) {
+                            input.send(&buf[..n]);
+                        }
+                    })
+                    .map_err(Error::io("spawn serial input thread"))?;
+            }
+        }
         Ok(())
     }
 

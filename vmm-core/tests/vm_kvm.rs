@@ -11,7 +11,8 @@ use common::{
     Console,
 };
 use vinfra_vmm_core::{
-    BootProtocol, DiskConfig, Error, ExitReason, HostKvm, PowerState, Vm, VmConfig,
+    BootProtocol, DiskConfig, Error, ExitReason, HostKvm, PowerState, SerialInputSource, Vm,
+    VmConfig,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -170,10 +171,14 @@ fn workload_reboot_and_host_stop() {
     isolated("workload_reboot_and_host_stop", CHILD, || {
         let Some(k) = guest("workload") else { return };
         let con = Console::default();
-        let mut vm = Vm::create(config(k.clone(), &con).cmdline("workload.mib=1")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("input");
+        std::fs::write(&input, b"reboot\n").unwrap();
+        let cfg = config(k.clone(), &con)
+            .cmdline("workload.mib=1")
+            .serial_input(SerialInputSource::File { path: input });
+        let mut vm = Vm::create(cfg).unwrap();
         vm.start().unwrap();
-        con.wait_for("VINFRA-READY", T);
-        vm.serial_input(b"reboot\n");
         assert_eq!(vm.wait_timeout(T), Some(ExitReason::Reboot));
 
         let con = Console::default();

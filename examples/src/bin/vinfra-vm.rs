@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vinfra_vmm_core::console::{install_stop_signals, stop_requested, RawMode};
-use vinfra_vmm_core::{DiskConfig, ExitReason, SerialInput, SerialOutput, Vm, VmConfig};
+use vinfra_vmm_core::{
+    DiskConfig, ExitReason, SerialInput, SerialInputSource, SerialOutput, Vm, VmConfig,
+};
 
 /// Exit status when the guest crashed (EX_SOFTWARE).
 const EXIT_CRASHED: u8 = 70;
@@ -122,6 +124,8 @@ fn build_config(a: RunArgs) -> Result<VmConfig, String> {
     }
     cfg.page_sharing |= a.page_sharing;
     cfg.serial_output = SerialOutput::Stdio;
+    // This program forwards stdin itself (it watches for Ctrl-A).
+    cfg.serial_input = SerialInputSource::None;
     Ok(cfg)
 }
 
