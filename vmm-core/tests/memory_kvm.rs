@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, guest, isolated, kvm_or_skip, Console};
 use vinfra_vmm_core::{ksm, Vm};
+use vm_memory::{Bytes, GuestAddress};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -57,6 +58,38 @@ fn dirty_log_reports_touched_pages() {
             vm.disable_dirty_log().unwrap();
             assert!(vm.fetch_and_clear_dirty().is_err());
             vm.stop().unwrap();
+        },
+    );
+}
+
+/// Writes by the VMM itself (as virtio-blk does) bypass KVM's log: they must come from
+/// the vm-memory bitmap, and a fetch clears them.
+#[test]
+fn dirty_log_includes_vmm_writes() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "dirty_log_includes_vmm_writes",
+        Duration::from_secs(30),
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let k = dir.path().join("tiny.elf");
+            std::fs::write(&k, common::tiny_guest(b"", 0)).unwrap();
+            let con = Console::default();
+            let mut vm = Vm::create(config(k, &con).memory_mib(16)).unwrap();
+            vm.enable_dirty_log().unwrap();
+            assert_eq!(vm.fetch_and_clear_dirty().unwrap().count(), 0);
+            vm.memory()
+                .write_obj(0xabcdu64, GuestAddress(0x50_0000))
+                .unwrap();
+            vm.memory()
+                .write_slice(&[1u8; 8192], GuestAddress(0x70_0800))
+                .unwrap();
+            let b = vm.fetch_and_clear_dirty().unwrap();
+            let pages: Vec<u64> = b.pages().collect();
+            assert_eq!(pages, vec![0x50_0000, 0x70_0000, 0x70_1000, 0x70_2000]);
+            assert_eq!(vm.fetch_and_clear_dirty().unwrap().count(), 0);
         },
     );
 }
