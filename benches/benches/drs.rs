@@ -21,14 +21,17 @@ fn placement(c: &mut Criterion) {
 
 fn balancing(c: &mut Criterion) {
     let mut group = c.benchmark_group("drs_balance");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     for threshold in [3u8, 5] {
         let mut spec = generate::perturbed(1, 96, 10_000, 500).spec;
         spec.settings.migration_threshold = threshold;
         let cluster = Cluster::new(spec).expect("generated cluster is valid");
-        group.bench_function(format!("full_pass_96h_10000vms_threshold{threshold}"), |b| {
-            b.iter(|| black_box(balance(black_box(&cluster))))
-        });
+        group.bench_function(
+            format!("full_pass_96h_10000vms_threshold{threshold}"),
+            |b| b.iter(|| black_box(balance(black_box(&cluster)))),
+        );
     }
     group.finish();
 }
@@ -36,7 +39,8 @@ fn balancing(c: &mut Criterion) {
 fn packing(c: &mut Criterion) {
     let mut group = c.benchmark_group("drs_pack");
     group.sample_size(10);
-    let cluster = Cluster::new(generate::triplets(1, 501, 40).spec).expect("generated cluster is valid");
+    let cluster =
+        Cluster::new(generate::triplets(1, 501, 40).spec).expect("generated cluster is valid");
     group.bench_function("triplets_501vms", |b| {
         b.iter(|| black_box(pack(black_box(&cluster), &PackOptions::default())))
     });

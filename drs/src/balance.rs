@@ -89,14 +89,19 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
     }
     let threshold = c.settings.migration_threshold;
-    let automatic = |p: u8| c.settings.automation == AutomationLevel::FullyAutomated && p <= threshold;
+    let automatic =
+        |p: u8| c.settings.automation == AutomationLevel::FullyAutomated && p <= threshold;
     let target = target_for_threshold(threshold);
     let before = loads.imbalance();
     let mut recs: Vec<Recommendation> = Vec::new();
     let mut unresolved = Vec::new();
     let cap = c.settings.max_moves_per_pass as usize;
 
-    let do_move = |state: &mut State<'_>, loads: &mut Loads, on_host: &mut Vec<Vec<usize>>, v: usize, to: usize| {
+    let do_move = |state: &mut State<'_>,
+                   loads: &mut Loads,
+                   on_host: &mut Vec<Vec<usize>>,
+                   v: usize,
+                   to: usize| {
         let from = state.host_of[v];
         loads.apply(ent.vms[v], from, Some(to));
         if let Some(f) = from {
@@ -111,7 +116,9 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         if recs.len() >= cap {
             break;
         }
-        let Some(reason) = state.violation(v) else { continue };
+        let Some(reason) = state.violation(v) else {
+            continue;
+        };
         let from = state.host_of[v];
         // Affinity partners on the same host move with it.
         let group: Vec<usize> = c.groups[c.vms[v].group]
@@ -136,12 +143,24 @@ pub fn balance(c: &Cluster) -> BalancePlan {
                 for &p in &group {
                     let gain_now = loads.imbalance();
                     let after = loads.after(ent.vms[p], state.host_of[p], Some(h));
-                    recs.push(rec(c, p, state.host_of[p], h, 1, gain_now - after, format!("mandatory: {reason}"), automatic(1)));
+                    recs.push(rec(
+                        c,
+                        p,
+                        state.host_of[p],
+                        h,
+                        1,
+                        gain_now - after,
+                        format!("mandatory: {reason}"),
+                        automatic(1),
+                    ));
                     do_move(&mut state, &mut loads, &mut on_host, p, h);
                 }
                 let _ = now;
             }
-            None => unresolved.push(Unresolved { vm: c.vms[v].id.clone(), reason }),
+            None => unresolved.push(Unresolved {
+                vm: c.vms[v].id.clone(),
+                reason,
+            }),
         }
     }
     for h in 0..c.hosts.len() {
@@ -164,10 +183,22 @@ pub fn balance(c: &Cluster) -> BalancePlan {
                 }
             }
             let Some((after, v, d)) = best else {
-                unresolved.push(Unresolved { vm: c.hosts[h].id.clone(), reason: "host overcommitted, no vm can move off".into() });
+                unresolved.push(Unresolved {
+                    vm: c.hosts[h].id.clone(),
+                    reason: "host overcommitted, no vm can move off".into(),
+                });
                 break;
             };
-            recs.push(rec(c, v, Some(h), d, 1, now - after, format!("mandatory: host {:?} overcommitted", c.hosts[h].id), automatic(1)));
+            recs.push(rec(
+                c,
+                v,
+                Some(h),
+                d,
+                1,
+                now - after,
+                format!("mandatory: host {:?} overcommitted", c.hosts[h].id),
+                automatic(1),
+            ));
             do_move(&mut state, &mut loads, &mut on_host, v, d);
         }
     }
@@ -195,13 +226,17 @@ pub fn balance(c: &Cluster) -> BalancePlan {
                         continue;
                     }
                     let w = ent.vms[v];
-                    let min_gain = c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
+                    let min_gain =
+                        c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
                     for &d in dests {
                         if d == s {
                             continue;
                         }
                         let gain = now - loads.after(w, Some(s), Some(d));
-                        if gain <= 1e-12 || gain < min_gain || best.is_some_and(|(g, _, _)| gain <= g) {
+                        if gain <= 1e-12
+                            || gain < min_gain
+                            || best.is_some_and(|(g, _, _)| gain <= g)
+                        {
                             continue;
                         }
                         if state.check(v, d, &[]).is_ok() {
@@ -226,7 +261,14 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
         stop
     };
-    BalancePlan { imbalance_before: before, imbalance_after: loads.imbalance(), target, recommendations: recs, unresolved, stop }
+    BalancePlan {
+        imbalance_before: before,
+        imbalance_after: loads.imbalance(),
+        target,
+        recommendations: recs,
+        unresolved,
+        stop,
+    }
 }
 
 fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
@@ -242,7 +284,16 @@ fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)] // a plain record constructor
-fn rec(c: &Cluster, v: usize, from: Option<usize>, to: usize, priority: u8, gain: f64, reason: String, automatic: bool) -> Recommendation {
+fn rec(
+    c: &Cluster,
+    v: usize,
+    from: Option<usize>,
+    to: usize,
+    priority: u8,
+    gain: f64,
+    reason: String,
+    automatic: bool,
+) -> Recommendation {
     Recommendation {
         vm: c.vms[v].id.clone(),
         from: from.map_or_else(|| "-".to_owned(), |f| c.hosts[f].id.clone()),
@@ -265,7 +316,13 @@ mod tests {
         for i in 0..8 {
             vms.push(VmSpec::new(format!("v{i}"), 1000, 1000).on("a"));
         }
-        ClusterSpec::new(vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)], vms)
+        ClusterSpec::new(
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+            ],
+            vms,
+        )
     }
 
     #[test]
@@ -277,7 +334,10 @@ mod tests {
         assert_eq!(p.recommendations.len(), 4);
         assert!(p.imbalance_after < 1e-9);
         assert_eq!(p.stop, StopReason::TargetReached);
-        assert!(p.recommendations.iter().all(|r| r.from == "a" && r.to == "b" && r.automatic));
+        assert!(p
+            .recommendations
+            .iter()
+            .all(|r| r.from == "a" && r.to == "b" && r.automatic));
     }
 
     #[test]
@@ -287,7 +347,10 @@ mod tests {
         s.settings.automation = AutomationLevel::Manual;
         s.vms.push(VmSpec::new("dc1", 100, 100).on("b"));
         s.vms.push(VmSpec::new("dc2", 100, 100).on("b"));
-        s.rules.push(RuleSpec::VmAntiAffinity { id: "dcs".into(), vms: vec!["dc1".into(), "dc2".into()] });
+        s.rules.push(RuleSpec::VmAntiAffinity {
+            id: "dcs".into(),
+            vms: vec!["dc1".into(), "dc2".into()],
+        });
         let c = Cluster::new(s).unwrap();
         let p = balance(&c);
         assert_eq!(p.stop, StopReason::MandatoryOnly);
@@ -314,6 +377,9 @@ mod tests {
         s.vms.truncate(3);
         let c = Cluster::new(s).unwrap();
         let p = balance(&c);
-        assert_eq!(p.recommendations.iter().filter(|r| r.priority == 1).count(), 3);
+        assert_eq!(
+            p.recommendations.iter().filter(|r| r.priority == 1).count(),
+            3
+        );
     }
 }

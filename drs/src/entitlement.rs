@@ -48,7 +48,9 @@ fn divvy(capacity: u64, claims: &[Claim]) -> Vec<u64> {
     }
     let mut e: Vec<u64> = claims.iter().map(|c| c.reservation).collect();
     let mut rest = capacity - u64::try_from(total_res).unwrap_or(capacity);
-    let mut active: Vec<usize> = (0..claims.len()).filter(|&i| e[i] < claims[i].target).collect();
+    let mut active: Vec<usize> = (0..claims.len())
+        .filter(|&i| e[i] < claims[i].target)
+        .collect();
     // Each round satisfies at least one claim or hands out everything: n + 1 rounds suffice.
     for _ in 0..=claims.len() {
         let shares: u128 = active.iter().map(|&i| u128::from(claims[i].shares)).sum();
@@ -58,7 +60,9 @@ fn divvy(capacity: u64, claims: &[Claim]) -> Vec<u64> {
         let mut given = 0u64;
         for &i in &active {
             let fair = u128::from(rest) * u128::from(claims[i].shares) / shares;
-            let add = u64::try_from(fair).unwrap_or(u64::MAX).min(claims[i].target - e[i]);
+            let add = u64::try_from(fair)
+                .unwrap_or(u64::MAX)
+                .min(claims[i].target - e[i]);
             e[i] += add;
             given += add;
         }
@@ -121,16 +125,27 @@ pub fn entitlements(c: &Cluster) -> Entitlements {
                 Node::Vm(v) => {
                     let vm = &c.vms[v];
                     let a = vm.alloc[r];
-                    Claim { reservation: a.reservation, target: vm.demand[r].max(a.reservation), shares: a.shares }
+                    Claim {
+                        reservation: a.reservation,
+                        target: vm.demand[r].max(a.reservation),
+                        shares: a.shares,
+                    }
                 }
                 Node::Pool(p) => {
                     let a = c.pools[p].alloc[r];
-                    Claim { reservation: a.reservation, target: pool_target[p], shares: a.shares }
+                    Claim {
+                        reservation: a.reservation,
+                        target: pool_target[p],
+                        shares: a.shares,
+                    }
                 }
             }
         };
         for &p in &order {
-            let sum: u64 = children[p + 1].iter().map(|&n| claim_of(n, &pool_target).target).sum();
+            let sum: u64 = children[p + 1]
+                .iter()
+                .map(|&n| claim_of(n, &pool_target).target)
+                .sum();
             let a = c.pools[p].alloc[r];
             pool_target[p] = sum.min(a.limit).max(a.reservation);
         }
@@ -189,7 +204,9 @@ pub fn admit_power_on(c: &Cluster, vm: &str) -> Result<()> {
     let v = c.vm_index(vm)?;
     let spec = &c.vms[v];
     if spec.powered_on {
-        return Err(Error::InvalidRequest { reason: format!("vm {vm:?} already runs") });
+        return Err(Error::InvalidRequest {
+            reason: format!("vm {vm:?} already runs"),
+        });
     }
     let ent_cap = entitlements(c).capacity;
     for (r, name, unit) in [(CPU, "cpu", "MHz"), (MEM, "memory", "MB")] {
@@ -267,7 +284,11 @@ mod tests {
     use crate::model::*;
 
     fn claim(reservation: u64, target: u64, shares: u64) -> Claim {
-        Claim { reservation, target, shares }
+        Claim {
+            reservation,
+            target,
+            shares,
+        }
     }
 
     #[test]
@@ -284,7 +305,10 @@ mod tests {
     fn uncontended_vms_get_their_demand() {
         let mut spec = ClusterSpec::new(
             vec![HostSpec::new("h", 10_000, 10_000)],
-            vec![VmSpec::new("a", 1000, 2000).on("h"), VmSpec::new("b", 3000, 1000).on("h")],
+            vec![
+                VmSpec::new("a", 1000, 2000).on("h"),
+                VmSpec::new("b", 3000, 1000).on("h"),
+            ],
         );
         spec.vms[1].cpu_demand_mhz = Some(500);
         let c = Cluster::new(spec).unwrap();
@@ -323,7 +347,12 @@ mod tests {
             vec![VmSpec::new("a", 1000, 1000), VmSpec::new("b", 1000, 1000)],
         );
         let mut p = PoolSpec::new("prod", None);
-        p.cpu = Allocation { reservation: 1500, limit: None, shares: Shares::Normal, expandable: false };
+        p.cpu = Allocation {
+            reservation: 1500,
+            limit: None,
+            shares: Shares::Normal,
+            expandable: false,
+        };
         spec.pools.push(p);
         for v in &mut spec.vms {
             v.pool = Some("prod".into());
@@ -333,7 +362,10 @@ mod tests {
         spec.vms[1].powered_on = false;
         let c = Cluster::new(spec.clone()).unwrap();
         let err = admit_power_on(&c, "b").unwrap_err().to_string();
-        assert!(err.contains("prod") && err.contains("not expandable"), "{err}");
+        assert!(
+            err.contains("prod") && err.contains("not expandable"),
+            "{err}"
+        );
         spec.pools[0].cpu.expandable = true;
         let c = Cluster::new(spec).unwrap();
         admit_power_on(&c, "b").unwrap();
@@ -341,7 +373,10 @@ mod tests {
 
     #[test]
     fn admission_refuses_reservation_above_cluster() {
-        let mut spec = ClusterSpec::new(vec![HostSpec::new("h", 1000, 1000)], vec![VmSpec::new("a", 500, 500)]);
+        let mut spec = ClusterSpec::new(
+            vec![HostSpec::new("h", 1000, 1000)],
+            vec![VmSpec::new("a", 500, 500)],
+        );
         spec.vms[0].powered_on = false;
         spec.vms[0].mem.reservation = 2000;
         let c = Cluster::new(spec).unwrap();

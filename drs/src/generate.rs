@@ -96,7 +96,10 @@ pub fn rule_heavy(seed: u64, vms: usize) -> Instance {
     // Affinity: two VMs of one planted host, for a third of the hosts.
     for (b, members) in by_bin.iter().enumerate() {
         if b % 3 == 0 {
-            rules.push(RuleSpec::VmAffinity { id: format!("aff-{b}"), vms: members[..2].to_vec() });
+            rules.push(RuleSpec::VmAffinity {
+                id: format!("aff-{b}"),
+                vms: members[..2].to_vec(),
+            });
         }
     }
     // Anti-affinity: one VM from each of several planted hosts.
@@ -105,24 +108,45 @@ pub fn rule_heavy(seed: u64, vms: usize) -> Instance {
         let k = rng.random_range(2..=4usize).min(bins);
         let mut chosen: Vec<usize> = (0..bins).collect();
         chosen.shuffle(&mut rng);
-        let members = chosen[..k].iter().map(|&b| by_bin[b][rng.random_range(0..3usize)].clone()).collect::<Vec<_>>();
+        let members = chosen[..k]
+            .iter()
+            .map(|&b| by_bin[b][rng.random_range(0..3usize)].clone())
+            .collect::<Vec<_>>();
         if members.len() >= 2 {
-            rules.push(RuleSpec::VmAntiAffinity { id: format!("anti-{r}"), vms: members });
+            rules.push(RuleSpec::VmAntiAffinity {
+                id: format!("anti-{r}"),
+                vms: members,
+            });
         }
     }
     // Must-run-on: hosts in four groups; half of the planted hosts' VMs pinned to their group.
     let groups = 4.min(bins.max(1));
     for g in 0..groups {
-        let hosts: Vec<String> = (0..bins).filter(|h| h % groups == g).map(|h| host(h).id).collect();
-        let vms: Vec<String> = (0..bins).filter(|h| h % groups == g && h % 2 == 0).flat_map(|h| by_bin[h].clone()).collect();
+        let hosts: Vec<String> = (0..bins)
+            .filter(|h| h % groups == g)
+            .map(|h| host(h).id)
+            .collect();
+        let vms: Vec<String> = (0..bins)
+            .filter(|h| h % groups == g && h % 2 == 0)
+            .flat_map(|h| by_bin[h].clone())
+            .collect();
         if !vms.is_empty() && !hosts.is_empty() {
-            rules.push(RuleSpec::VmHost { id: format!("pin-{g}"), vms, hosts, mode: VmHostMode::MustRunOn });
+            rules.push(RuleSpec::VmHost {
+                id: format!("pin-{g}"),
+                vms,
+                hosts,
+                mode: VmHostMode::MustRunOn,
+            });
         }
     }
     let hosts = (0..bins).map(host).collect();
     let mut spec = ClusterSpec::new(hosts, list.into_iter().map(|(v, _)| v).collect());
     spec.rules = rules;
-    Instance { spec, optimum_hosts: Some(bins), perturbation_moves: None }
+    Instance {
+        spec,
+        optimum_hosts: Some(bins),
+        perturbation_moves: None,
+    }
 }
 
 /// `n` positive values summing exactly to `total`.
@@ -146,7 +170,7 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
     let (cpu_load, mem_load) = (HOST_CPU_MHZ * 6 / 10, HOST_MEM_MB * 6 / 10);
     let mut list: Vec<VmSpec> = Vec::with_capacity(vms);
     let mut used = vec![(0i64, 0i64); hosts];
-    for h in 0..hosts {
+    for (h, load) in used.iter_mut().enumerate() {
         let n = vms / hosts + usize::from(h < vms % hosts);
         if n == 0 {
             continue;
@@ -156,7 +180,7 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
         for k in 0..n {
             list.push(VmSpec::new(format!("vm-{:05}", list.len()), cpu[k], mem[k]).on(host(h).id));
         }
-        used[h] = (cpu_load, mem_load);
+        *load = (cpu_load, mem_load);
     }
     let hot = (hosts / 10).max(1);
     let mut made = 0;
@@ -166,7 +190,12 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
         }
         let v = rng.random_range(0..list.len());
         let to = rng.random_range(0..hot);
-        let from: usize = list[v].host.as_deref().and_then(|h| h.strip_prefix("esx-")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let from: usize = list[v]
+            .host
+            .as_deref()
+            .and_then(|h| h.strip_prefix("esx-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         if from < hot {
             continue;
         }
@@ -182,8 +211,16 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
         made += 1;
     }
     let mut spec = ClusterSpec::new((0..hosts).map(host).collect(), list);
-    spec.settings = Settings { migration_threshold: 3, max_moves_per_pass: u32::MAX, ..Settings::default() };
-    Instance { spec, optimum_hosts: None, perturbation_moves: Some(made) }
+    spec.settings = Settings {
+        migration_threshold: 3,
+        max_moves_per_pass: u32::MAX,
+        ..Settings::default()
+    };
+    Instance {
+        spec,
+        optimum_hosts: None,
+        perturbation_moves: Some(made),
+    }
 }
 
 /// Scale instance at cluster maxima: [`perturbed`] with a VM in twenty moved.
@@ -203,7 +240,11 @@ mod tests {
         let m: i64 = i.spec.vms.iter().map(|v| v.mem_mb).sum();
         assert_eq!(c, 10 * HOST_CPU_MHZ);
         assert_eq!(m, 10 * HOST_MEM_MB);
-        assert!(i.spec.vms.iter().all(|v| v.cpu_mhz > HOST_CPU_MHZ / 4 && v.cpu_mhz < HOST_CPU_MHZ / 2));
+        assert!(i
+            .spec
+            .vms
+            .iter()
+            .all(|v| v.cpu_mhz > HOST_CPU_MHZ / 4 && v.cpu_mhz < HOST_CPU_MHZ / 2));
         assert_eq!(i.spec.hosts.len(), 12);
         assert_eq!(triplets(7, 30, 2), i);
     }
@@ -212,7 +253,11 @@ mod tests {
     fn generated_instances_validate() {
         Cluster::new(rule_heavy(3, 60).spec).unwrap();
         let p = perturbed(3, 8, 200, 20);
-        assert!(p.perturbation_moves.is_some_and(|m| (10..=20).contains(&m)), "{:?}", p.perturbation_moves);
+        assert!(
+            p.perturbation_moves.is_some_and(|m| (10..=20).contains(&m)),
+            "{:?}",
+            p.perturbation_moves
+        );
         Cluster::new(p.spec).unwrap();
     }
 }

@@ -45,7 +45,10 @@ pub fn slot_admission(c: &Cluster, tolerate: u32) -> SlotReport {
         .usable_hosts()
         .map(|h| {
             let cap = c.hosts[h].capacity;
-            (c.hosts[h].id.clone(), (cap[CPU] / slot[CPU]).min(cap[MEM] / slot[MEM]))
+            (
+                c.hosts[h].id.clone(),
+                (cap[CPU] / slot[CPU]).min(cap[MEM] / slot[MEM]),
+            )
         })
         .collect();
     let mut counts: Vec<u64> = per.iter().map(|p| p.1).collect();
@@ -54,7 +57,15 @@ pub fn slot_admission(c: &Cluster, tolerate: u32) -> SlotReport {
     let lost: u64 = counts.iter().take(tolerate as usize).sum();
     let failover = total - lost;
     let admitted = (tolerate as usize) < counts.len() && failover >= needed;
-    SlotReport { slot, slots_per_host: per, total_slots: total, failover_slots: failover, needed_slots: needed, tolerate, admitted }
+    SlotReport {
+        slot,
+        slots_per_host: per,
+        total_slots: total,
+        failover_slots: failover,
+        needed_slots: needed,
+        tolerate,
+        admitted,
+    }
 }
 
 /// Percentage-based admission control.
@@ -74,9 +85,15 @@ pub struct PercentReport {
 }
 
 /// Percentage-based admission: the reserved capacity must leave the given percentages free.
-pub fn percentage_admission(c: &Cluster, cpu_percent: u8, mem_percent: u8) -> Result<PercentReport> {
+pub fn percentage_admission(
+    c: &Cluster,
+    cpu_percent: u8,
+    mem_percent: u8,
+) -> Result<PercentReport> {
     if cpu_percent > 100 || mem_percent > 100 {
-        return Err(Error::InvalidRequest { reason: "failover percentages must be 0..=100".into() });
+        return Err(Error::InvalidRequest {
+            reason: "failover percentages must be 0..=100".into(),
+        });
     }
     let mut capacity = [0u64; 2];
     for h in c.usable_hosts() {
@@ -96,8 +113,15 @@ pub fn percentage_admission(c: &Cluster, cpu_percent: u8, mem_percent: u8) -> Re
         }
     };
     let free_percent = [pct(CPU), pct(MEM)];
-    let admitted = free_percent[CPU] >= f64::from(cpu_percent) && free_percent[MEM] >= f64::from(mem_percent);
-    Ok(PercentReport { capacity, reserved, free_percent, required_percent: [cpu_percent, mem_percent], admitted })
+    let admitted =
+        free_percent[CPU] >= f64::from(cpu_percent) && free_percent[MEM] >= f64::from(mem_percent);
+    Ok(PercentReport {
+        capacity,
+        reserved,
+        free_percent,
+        required_percent: [cpu_percent, mem_percent],
+        admitted,
+    })
 }
 
 /// One restart.
@@ -156,25 +180,46 @@ pub fn restart_plan(c: &Cluster, failed: &[&str]) -> Result<RestartPlan> {
         (f[CPU], f[MEM])
     };
     victims.sort_by(|&a, &b| {
-        c2.vms[b].restart_priority.cmp(&c2.vms[a].restart_priority).then(size(b).cmp(&size(a))).then(a.cmp(&b))
+        c2.vms[b]
+            .restart_priority
+            .cmp(&c2.vms[a].restart_priority)
+            .then(size(b).cmp(&size(a)))
+            .then(a.cmp(&b))
     });
-    let mut plan = RestartPlan { restarts: Vec::new(), not_restarted: Vec::new() };
+    let mut plan = RestartPlan {
+        restarts: Vec::new(),
+        not_restarted: Vec::new(),
+    };
     let mut chooser = Chooser::new(&mut state);
     for v in victims {
         let vm = &c2.vms[v];
         if vm.restart_priority == RestartPriority::Disabled {
-            plan.not_restarted.push(NotRestarted { vm: vm.id.clone(), reason: "restart priority disabled".into(), rejected: Vec::new() });
+            plan.not_restarted.push(NotRestarted {
+                vm: vm.id.clone(),
+                reason: "restart priority disabled".into(),
+                rejected: Vec::new(),
+            });
             continue;
         }
         match chooser.best(v, &[]) {
             Ok((h, _, _)) => {
                 chooser.apply(v, h);
-                plan.restarts.push(Restart { vm: vm.id.clone(), host: c2.hosts[h].id.clone(), priority: vm.restart_priority });
+                plan.restarts.push(Restart {
+                    vm: vm.id.clone(),
+                    host: c2.hosts[h].id.clone(),
+                    priority: vm.restart_priority,
+                });
             }
             Err(rej) => plan.not_restarted.push(NotRestarted {
                 vm: vm.id.clone(),
                 reason: "no surviving host can take it".into(),
-                rejected: rej.into_iter().map(|(h, why)| Rejected { host: c2.hosts[h].id.clone(), why }).collect(),
+                rejected: rej
+                    .into_iter()
+                    .map(|(h, why)| Rejected {
+                        host: c2.hosts[h].id.clone(),
+                        why,
+                    })
+                    .collect(),
             }),
         }
     }
@@ -187,7 +232,9 @@ mod tests {
     use crate::model::*;
 
     fn cluster() -> ClusterSpec {
-        let hosts = (0..3).map(|i| HostSpec::new(format!("h{i}"), 4096, 4096)).collect();
+        let hosts = (0..3)
+            .map(|i| HostSpec::new(format!("h{i}"), 4096, 4096))
+            .collect();
         let mut vms = Vec::new();
         for i in 0..6 {
             let mut v = VmSpec::new(format!("v{i}"), 1000, 1000).on(format!("h{}", i % 3));
@@ -233,11 +280,20 @@ mod tests {
     fn restart_respects_anti_affinity_and_reports_what_cannot_go() {
         let mut s = cluster();
         s.hosts.truncate(2);
-        s.vms = vec![VmSpec::new("a", 100, 100).on("h0"), VmSpec::new("b", 100, 100).on("h1")];
-        s.rules.push(RuleSpec::VmAntiAffinity { id: "ab".into(), vms: vec!["a".into(), "b".into()] });
+        s.vms = vec![
+            VmSpec::new("a", 100, 100).on("h0"),
+            VmSpec::new("b", 100, 100).on("h1"),
+        ];
+        s.rules.push(RuleSpec::VmAntiAffinity {
+            id: "ab".into(),
+            vms: vec!["a".into(), "b".into()],
+        });
         let c = Cluster::new(s).unwrap();
         let p = restart_plan(&c, &["h0"]).unwrap();
         assert!(p.restarts.is_empty());
-        assert!(p.not_restarted[0].rejected.iter().any(|r| r.why.to_string().contains("anti-affinity")));
+        assert!(p.not_restarted[0]
+            .rejected
+            .iter()
+            .any(|r| r.why.to_string().contains("anti-affinity")));
     }
 }

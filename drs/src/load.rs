@@ -55,7 +55,14 @@ impl Loads {
             }
         }
         let count = usable.iter().filter(|&&u| u).count() as f64;
-        let mut l = Self { usable, inv_cap, load, count, s1: [0.0; 2], s2: [0.0; 2] };
+        let mut l = Self {
+            usable,
+            inv_cap,
+            load,
+            count,
+            s1: [0.0; 2],
+            s2: [0.0; 2],
+        };
         l.resum();
         l
     }

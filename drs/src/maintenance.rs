@@ -56,30 +56,56 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
     c2.hosts[h].maintenance = true;
     let c2 = &c2;
     let mut state = State::current(c2);
-    let leaving: Vec<usize> = (0..c2.vms.len()).filter(|&v| c2.vms[v].host == Some(h)).collect();
+    let leaving: Vec<usize> = (0..c2.vms.len())
+        .filter(|&v| c2.vms[v].host == Some(h))
+        .collect();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for &v in &leaving {
         if !c2.vms[v].powered_on {
             continue;
         }
         let g = c2.vms[v].group;
-        if !groups.iter().any(|m| m.first().is_some_and(|&f| c2.vms[f].group == g)) {
-            groups.push(c2.groups[g].vms.iter().copied().filter(|p| leaving.contains(p) && c2.vms[*p].powered_on).collect());
+        if !groups
+            .iter()
+            .any(|m| m.first().is_some_and(|&f| c2.vms[f].group == g))
+        {
+            groups.push(
+                c2.groups[g]
+                    .vms
+                    .iter()
+                    .copied()
+                    .filter(|p| leaving.contains(p) && c2.vms[*p].powered_on)
+                    .collect(),
+            );
         }
     }
-    let allowed = |v: usize| c2.vms[v].allowed.as_ref().map_or(c2.hosts.len(), |a| a.iter().filter(|&&x| x).count());
+    let allowed = |v: usize| {
+        c2.vms[v]
+            .allowed
+            .as_ref()
+            .map_or(c2.hosts.len(), |a| a.iter().filter(|&&x| x).count())
+    };
     let size = |g: &Vec<usize>| -> f64 {
         let cap = c2.hosts[h].capacity;
-        g.iter().map(|&v| {
-            let f = c2.vms[v].footprint();
-            f[CPU] as f64 / cap[CPU] as f64 + f[MEM] as f64 / cap[MEM] as f64
-        }).sum()
+        g.iter()
+            .map(|&v| {
+                let f = c2.vms[v].footprint();
+                f[CPU] as f64 / cap[CPU] as f64 + f[MEM] as f64 / cap[MEM] as f64
+            })
+            .sum()
     };
     groups.sort_by(|a, b| {
-        let (aa, ab) = (a.iter().map(|&v| allowed(v)).min(), b.iter().map(|&v| allowed(v)).min());
+        let (aa, ab) = (
+            a.iter().map(|&v| allowed(v)).min(),
+            b.iter().map(|&v| allowed(v)).min(),
+        );
         aa.cmp(&ab).then(size(b).total_cmp(&size(a))).then(a.cmp(b))
     });
-    let mut plan = EvacuationPlan { host: host.to_owned(), moves: Vec::new(), blocked: Vec::new() };
+    let mut plan = EvacuationPlan {
+        host: host.to_owned(),
+        moves: Vec::new(),
+        blocked: Vec::new(),
+    };
     let mut chooser = Chooser::new(&mut state);
     for g in groups {
         // Try hosts for the first member in preference order; the rest must follow.
@@ -88,7 +114,12 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
         let mut candidates: Vec<(f64, usize)> = Vec::new();
         for d in 0..c2.hosts.len() {
             if chooser.state.check(lead, d, &g).is_ok() {
-                candidates.push((chooser.loads.after(c2.vms[lead].footprint(), Some(h), Some(d)), d));
+                candidates.push((
+                    chooser
+                        .loads
+                        .after(c2.vms[lead].footprint(), Some(h), Some(d)),
+                    d,
+                ));
             }
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -104,7 +135,11 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
             }
             if placed.len() == g.len() {
                 for &v in &g {
-                    plan.moves.push(EvacuationMove { vm: c2.vms[v].id.clone(), to: c2.hosts[d].id.clone(), powered_on: true });
+                    plan.moves.push(EvacuationMove {
+                        vm: c2.vms[v].id.clone(),
+                        to: c2.hosts[d].id.clone(),
+                        powered_on: true,
+                    });
                 }
                 done = true;
                 break;
@@ -117,9 +152,17 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
             for &v in &g {
                 let rejected = (0..c2.hosts.len())
                     .filter(|&d| d != h)
-                    .filter_map(|d| chooser.state.check(v, d, &g).err().map(|why| Rejected { host: c2.hosts[d].id.clone(), why }))
+                    .filter_map(|d| {
+                        chooser.state.check(v, d, &g).err().map(|why| Rejected {
+                            host: c2.hosts[d].id.clone(),
+                            why,
+                        })
+                    })
                     .collect();
-                plan.blocked.push(Blocker { vm: c2.vms[v].id.clone(), rejected });
+                plan.blocked.push(Blocker {
+                    vm: c2.vms[v].id.clone(),
+                    rejected,
+                });
             }
         }
     }
@@ -129,11 +172,20 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
         }
         // Powered-off VMs only need a host their rules allow.
         match (0..c2.hosts.len()).find(|&d| chooser.state.static_reject(v, d).is_none()) {
-            Some(d) => plan.moves.push(EvacuationMove { vm: c2.vms[v].id.clone(), to: c2.hosts[d].id.clone(), powered_on: false }),
+            Some(d) => plan.moves.push(EvacuationMove {
+                vm: c2.vms[v].id.clone(),
+                to: c2.hosts[d].id.clone(),
+                powered_on: false,
+            }),
             None => plan.blocked.push(Blocker {
                 vm: c2.vms[v].id.clone(),
                 rejected: (0..c2.hosts.len())
-                    .filter_map(|d| chooser.state.static_reject(v, d).map(|why| Rejected { host: c2.hosts[d].id.clone(), why }))
+                    .filter_map(|d| {
+                        chooser.state.static_reject(v, d).map(|why| Rejected {
+                            host: c2.hosts[d].id.clone(),
+                            why,
+                        })
+                    })
                     .collect(),
             }),
         }
@@ -149,10 +201,21 @@ mod tests {
     #[test]
     fn empties_a_host_respecting_anti_affinity() {
         let mut s = ClusterSpec::new(
-            vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000), HostSpec::new("c", 10_000, 10_000)],
-            vec![VmSpec::new("d1", 1000, 1000).on("a"), VmSpec::new("d2", 1000, 1000).on("b"), VmSpec::new("x", 1000, 1000).on("a")],
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+                HostSpec::new("c", 10_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("d1", 1000, 1000).on("a"),
+                VmSpec::new("d2", 1000, 1000).on("b"),
+                VmSpec::new("x", 1000, 1000).on("a"),
+            ],
         );
-        s.rules.push(RuleSpec::VmAntiAffinity { id: "dcs".into(), vms: vec!["d1".into(), "d2".into()] });
+        s.rules.push(RuleSpec::VmAntiAffinity {
+            id: "dcs".into(),
+            vms: vec!["d1".into(), "d2".into()],
+        });
         let c = Cluster::new(s).unwrap();
         let p = evacuate(&c, "a").unwrap();
         assert!(p.complete());
@@ -163,17 +226,34 @@ mod tests {
     #[test]
     fn says_what_blocks_it() {
         let mut s = ClusterSpec::new(
-            vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
-            vec![VmSpec::new("big", 8000, 1000).on("a"), VmSpec::new("y", 5000, 1000).on("b")],
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("big", 8000, 1000).on("a"),
+                VmSpec::new("y", 5000, 1000).on("b"),
+            ],
         );
         s.vms.push(VmSpec::new("pinned", 10, 10).on("a"));
-        s.rules.push(RuleSpec::VmHost { id: "pin".into(), vms: vec!["pinned".into()], hosts: vec!["a".into()], mode: VmHostMode::MustRunOn });
+        s.rules.push(RuleSpec::VmHost {
+            id: "pin".into(),
+            vms: vec!["pinned".into()],
+            hosts: vec!["a".into()],
+            mode: VmHostMode::MustRunOn,
+        });
         let c = Cluster::new(s).unwrap();
         let p = evacuate(&c, "a").unwrap();
         assert!(!p.complete());
         let names: Vec<&str> = p.blocked.iter().map(|b| b.vm.as_str()).collect();
-        assert!(names.contains(&"big") && names.contains(&"pinned"), "{names:?}");
+        assert!(
+            names.contains(&"big") && names.contains(&"pinned"),
+            "{names:?}"
+        );
         let pin = p.blocked.iter().find(|b| b.vm == "pinned").unwrap();
-        assert!(pin.rejected.iter().any(|r| r.why.to_string().contains("pin")));
+        assert!(pin
+            .rejected
+            .iter()
+            .any(|r| r.why.to_string().contains("pin")));
     }
 }

@@ -29,7 +29,13 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     /// A cluster of the given hosts and VMs, no pools, no rules, default settings.
     pub fn new(hosts: Vec<HostSpec>, vms: Vec<VmSpec>) -> Self {
-        Self { hosts, vms, pools: Vec::new(), rules: Vec::new(), settings: Settings::default() }
+        Self {
+            hosts,
+            vms,
+            pools: Vec::new(),
+            rules: Vec::new(),
+            settings: Settings::default(),
+        }
     }
 }
 
@@ -134,14 +140,22 @@ fn yes() -> bool {
 
 impl Default for Allocation {
     fn default() -> Self {
-        Self { reservation: 0, limit: None, shares: Shares::Normal, expandable: true }
+        Self {
+            reservation: 0,
+            limit: None,
+            shares: Shares::Normal,
+            expandable: true,
+        }
     }
 }
 
 impl Allocation {
     /// A reservation with no limit and normal shares.
     pub fn reserved(reservation: i64) -> Self {
-        Self { reservation, ..Self::default() }
+        Self {
+            reservation,
+            ..Self::default()
+        }
     }
 }
 

@@ -26,14 +26,20 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     fn default() -> Self {
-        Self { step_budget: 400_000_000, nodes_per_bin: 20_000 }
+        Self {
+            step_budget: 400_000_000,
+            nodes_per_bin: 20_000,
+        }
     }
 }
 
 impl PackOptions {
     /// Options with the given step budget.
     pub fn with_budget(step_budget: u64) -> Self {
-        Self { step_budget, ..Self::default() }
+        Self {
+            step_budget,
+            ..Self::default()
+        }
     }
 }
 
@@ -92,7 +98,12 @@ fn items_of(c: &Cluster) -> Vec<Item> {
     let all_usable = usable.iter().all(|&u| u);
     let mut out = Vec::new();
     for g in &c.groups {
-        let vms: Vec<usize> = g.vms.iter().copied().filter(|&v| c.vms[v].powered_on).collect();
+        let vms: Vec<usize> = g
+            .vms
+            .iter()
+            .copied()
+            .filter(|&v| c.vms[v].powered_on)
+            .collect();
         let Some(&first) = vms.first() else { continue };
         let mut size = [0u64; 2];
         let mut anti = Vec::new();
@@ -110,7 +121,12 @@ fn items_of(c: &Cluster) -> Vec<Item> {
             None if all_usable => None,
             None => Some(usable.clone()),
         };
-        out.push(Item { vms, size, anti, allowed });
+        out.push(Item {
+            vms,
+            size,
+            anti,
+            allowed,
+        });
     }
     out
 }
@@ -155,9 +171,14 @@ struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     fn new(c: &'a Cluster, items: Vec<Item>, cap: [u64; 2], budget: u64) -> Self {
-        let weight = |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
+        let weight =
+            |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
         let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| weight(items[b].size).total_cmp(&weight(items[a].size)).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            weight(items[b].size)
+                .total_cmp(&weight(items[a].size))
+                .then(a.cmp(&b))
+        });
         let mut buckets: FxMap<(u64, u64), Vec<usize>> = FxMap::default();
         for &i in &order {
             buckets.entry(key(items[i].size)).or_default().push(i);
@@ -169,8 +190,22 @@ impl<'a> Packer<'a> {
             by_cpu.first().map_or(0, |&i| items[i].size[CPU]),
             by_cpu.last().map_or(0, |&i| items[i].size[CPU]),
         );
-        let mem_range = items.iter().fold((u64::MAX, 0), |(lo, hi), it| (lo.min(it.size[MEM]), hi.max(it.size[MEM])));
-        Self { items, hosts: c.hosts.len(), steps: 0, budget, alive, order, by_cpu, cpu_range, mem_range, buckets, _c: c }
+        let mem_range = items.iter().fold((u64::MAX, 0), |(lo, hi), it| {
+            (lo.min(it.size[MEM]), hi.max(it.size[MEM]))
+        });
+        Self {
+            items,
+            hosts: c.hosts.len(),
+            steps: 0,
+            budget,
+            alive,
+            order,
+            by_cpu,
+            cpu_range,
+            mem_range,
+            buckets,
+            _c: c,
+        }
     }
 
     fn out_of_budget(&self) -> bool {
@@ -180,7 +215,11 @@ impl<'a> Packer<'a> {
     /// May `j` join the items in `set`?
     fn compatible(&self, set: &[usize], j: usize) -> bool {
         let it = &self.items[j];
-        if !it.anti.is_empty() && set.iter().any(|&i| !disjoint(&self.items[i].anti, &it.anti)) {
+        if !it.anti.is_empty()
+            && set
+                .iter()
+                .any(|&i| !disjoint(&self.items[i].anti, &it.anti))
+        {
             return false;
         }
         if it.allowed.is_none() && set.iter().all(|&i| self.items[i].allowed.is_none()) {
@@ -188,17 +227,26 @@ impl<'a> Packer<'a> {
         }
         (0..self.hosts).any(|h| {
             it.allowed.as_ref().is_none_or(|a| a[h])
-                && set.iter().all(|&i| self.items[i].allowed.as_ref().is_none_or(|a| a[h]))
+                && set
+                    .iter()
+                    .all(|&i| self.items[i].allowed.as_ref().is_none_or(|a| a[h]))
         })
     }
 
-    fn exact_partner(&mut self, set: &[usize], rem: [u64; 2], above: Option<usize>) -> Option<usize> {
+    fn exact_partner(
+        &mut self,
+        set: &[usize],
+        rem: [u64; 2],
+        above: Option<usize>,
+    ) -> Option<usize> {
         let bucket = self.buckets.get(&key(rem))?;
         self.steps += 1;
-        bucket
-            .iter()
-            .copied()
-            .find(|&k| self.alive[k] && !set.contains(&k) && above.is_none_or(|a| k > a) && self.compatible(set, k))
+        bucket.iter().copied().find(|&k| {
+            self.alive[k]
+                && !set.contains(&k)
+                && above.is_none_or(|a| k > a)
+                && self.compatible(set, k)
+        })
     }
 
     fn kill(&mut self, i: usize) {
@@ -255,7 +303,10 @@ impl<'a> Packer<'a> {
                 continue;
             }
             let need_mem = rem[MEM] - sj[MEM];
-            if need_mem < self.mem_range.0 || need_mem > self.mem_range.1 || !self.compatible(&[i], j) {
+            if need_mem < self.mem_range.0
+                || need_mem > self.mem_range.1
+                || !self.compatible(&[i], j)
+            {
                 continue;
             }
             if let Some(k) = self.exact_partner(&[i, j], sub(rem, sj), Some(j)) {
@@ -320,7 +371,13 @@ impl<'a> Packer<'a> {
     }
 
     /// Minimum-bin-slack fill of one bin that starts with `first`.
-    fn best_fill(&mut self, first: usize, cap: [u64; 2], fits_host: &dyn Fn(&Item) -> bool, nodes: u64) -> Vec<usize> {
+    fn best_fill(
+        &mut self,
+        first: usize,
+        cap: [u64; 2],
+        fits_host: &dyn Fn(&Item) -> bool,
+        nodes: u64,
+    ) -> Vec<usize> {
         let rem = sub(cap, self.items[first].size);
         let mut best = (slack(rem, cap), vec![first]);
         let mut chosen = vec![first];
@@ -402,9 +459,19 @@ fn lower_bound(c: &Cluster, items: &[Item]) -> usize {
 }
 
 /// Match bins to hosts (augmenting paths for bins restricted by rules, then the rest).
-fn match_bins(c: &Cluster, items: &[Item], bins: &[Vec<usize>], hosts: &[usize]) -> Vec<Option<usize>> {
-    let allowed = |b: &Vec<usize>, h: usize| b.iter().all(|&i| items[i].allowed.as_ref().is_none_or(|a| a[h]));
-    let restricted: Vec<usize> = (0..bins.len()).filter(|&b| bins[b].iter().any(|&i| items[i].allowed.is_some())).collect();
+fn match_bins(
+    c: &Cluster,
+    items: &[Item],
+    bins: &[Vec<usize>],
+    hosts: &[usize],
+) -> Vec<Option<usize>> {
+    let allowed = |b: &Vec<usize>, h: usize| {
+        b.iter()
+            .all(|&i| items[i].allowed.as_ref().is_none_or(|a| a[h]))
+    };
+    let restricted: Vec<usize> = (0..bins.len())
+        .filter(|&b| bins[b].iter().any(|&i| items[i].allowed.is_some()))
+        .collect();
     let mut host_bin: Vec<Option<usize>> = vec![None; c.hosts.len()];
     let mut bin_host: Vec<Option<usize>> = vec![None; bins.len()];
     let fits_cap = |b: &Vec<usize>, h: usize| {
@@ -464,11 +531,9 @@ fn match_bins(c: &Cluster, items: &[Item], bins: &[Vec<usize>], hosts: &[usize])
         }
     }
     let mut free = hosts.iter().copied().filter(|&h| host_bin[h].is_none());
-    for b in 0..bins.len() {
-        if bin_host[b].is_none() && !restricted.contains(&b) {
-            if let Some(h) = free.next() {
-                bin_host[b] = Some(h);
-            }
+    for (b, slot) in bin_host.iter_mut().enumerate() {
+        if slot.is_none() && !restricted.contains(&b) {
+            *slot = free.next();
         }
     }
     bin_host
@@ -481,7 +546,9 @@ pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
     let mut hosts: Vec<usize> = c.usable_hosts().collect();
     hosts.sort_by(|&a, &b| {
         let (ca, cb) = (c.hosts[a].capacity, c.hosts[b].capacity);
-        (cb[CPU] + cb[MEM]).cmp(&(ca[CPU] + ca[MEM])).then(a.cmp(&b))
+        (cb[CPU] + cb[MEM])
+            .cmp(&(ca[CPU] + ca[MEM]))
+            .then(a.cmp(&b))
     });
     let Some(&h0) = hosts.first() else {
         return finish(c, &items, &[], &[], lb, 0, &hosts);
@@ -516,7 +583,12 @@ pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
         for &h in &hosts {
             let hcap = c.hosts[h].capacity;
             let ok = |it: &Item| it.allowed.as_ref().is_none_or(|a| a[h]);
-            let Some(first) = p.order.iter().copied().find(|&i| p.alive[i] && fits(p.items[i].size, hcap) && ok(&p.items[i])) else {
+            let Some(first) = p
+                .order
+                .iter()
+                .copied()
+                .find(|&i| p.alive[i] && fits(p.items[i].size, hcap) && ok(&p.items[i]))
+            else {
                 continue;
             };
             let bin = p.best_fill(first, hcap, &ok, opts.nodes_per_bin);
@@ -542,7 +614,11 @@ fn improve(p: &mut Packer<'_>, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: us
     let mut attempts = bins.len();
     while bins.len() > lb && attempts > 0 && !p.out_of_budget() {
         attempts -= 1;
-        let mut fill: Vec<(f64, usize)> = bins.iter().enumerate().map(|(b, bin)| (1.0 - slack(sub(cap, used(p, bin)), cap) / 2.0, b)).collect();
+        let mut fill: Vec<(f64, usize)> = bins
+            .iter()
+            .enumerate()
+            .map(|(b, bin)| (1.0 - slack(sub(cap, used(p, bin)), cap) / 2.0, b))
+            .collect();
         fill.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut emptied = false;
         for &(_, victim) in fill.iter().take(4) {
@@ -552,7 +628,10 @@ fn improve(p: &mut Packer<'_>, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: us
             for &i in &moving {
                 p.steps += trial.len() as u64;
                 let target = (0..trial.len()).find(|&b| {
-                    b != victim && !trial[b].is_empty() && fits(p.items[i].size, sub(cap, used(p, &trial[b]))) && p.compatible(&trial[b], i)
+                    b != victim
+                        && !trial[b].is_empty()
+                        && fits(p.items[i].size, sub(cap, used(p, &trial[b])))
+                        && p.compatible(&trial[b], i)
                 });
                 match target {
                     Some(b) => trial[b].push(i),
@@ -575,7 +654,15 @@ fn improve(p: &mut Packer<'_>, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: us
     }
 }
 
-fn finish(c: &Cluster, items: &[Item], bins: &[Vec<usize>], bin_host: &[Option<usize>], lb: usize, steps: u64, hosts: &[usize]) -> PackPlan {
+fn finish(
+    c: &Cluster,
+    items: &[Item],
+    bins: &[Vec<usize>],
+    bin_host: &[Option<usize>],
+    lb: usize,
+    steps: u64,
+    hosts: &[usize],
+) -> PackPlan {
     let mut state = State::empty(c);
     let mut leftover: Vec<usize> = Vec::new();
     let mut in_bin = vec![false; items.len()];
@@ -642,7 +729,13 @@ fn plan_from_state(state: &State<'_>, lb: usize, steps: u64) -> PackPlan {
             None => unplaced.push(vm.id.clone()),
         }
     }
-    PackPlan { hosts_used: used.iter().filter(|&&u| u).count(), lower_bound: lb, assignment, unplaced, steps }
+    PackPlan {
+        hosts_used: used.iter().filter(|&&u| u).count(),
+        lower_bound: lb,
+        assignment,
+        unplaced,
+        steps,
+    }
 }
 
 /// First-Fit-Decreasing under the same rules: the baseline the benchmarks compare with.
@@ -653,7 +746,11 @@ pub fn first_fit_decreasing(c: &Cluster) -> PackPlan {
     let cap = hosts.first().map_or([1, 1], |&h| c.hosts[h].capacity);
     let weight = |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| weight(items[b].size).total_cmp(&weight(items[a].size)).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        weight(items[b].size)
+            .total_cmp(&weight(items[a].size))
+            .then(a.cmp(&b))
+    });
     let mut state = State::empty(c);
     let mut steps = 0u64;
     for i in order {
@@ -688,8 +785,14 @@ mod tests {
     fn triplet_cluster() -> Cluster {
         // Two hosts of 100/100 each filled exactly by three VMs; FFD needs three hosts.
         let sizes = [(40, 26), (30, 37), (30, 37), (40, 26), (30, 37), (30, 37)];
-        let hosts = (0..4).map(|i| HostSpec::new(format!("h{i}"), 100, 100)).collect();
-        let vms = sizes.iter().enumerate().map(|(i, &(c, m))| VmSpec::new(format!("v{i}"), c, m)).collect();
+        let hosts = (0..4)
+            .map(|i| HostSpec::new(format!("h{i}"), 100, 100))
+            .collect();
+        let vms = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, m))| VmSpec::new(format!("v{i}"), c, m))
+            .collect();
         Cluster::new(ClusterSpec::new(hosts, vms)).unwrap()
     }
 
@@ -711,12 +814,72 @@ mod tests {
     }
 
     #[test]
+    fn heterogeneous_hosts_fill_the_big_one_first() {
+        let spec = ClusterSpec::new(
+            vec![
+                HostSpec::new("small", 50, 50),
+                HostSpec::new("big", 200, 200),
+            ],
+            vec![
+                VmSpec::new("a", 100, 100),
+                VmSpec::new("b", 100, 100),
+                VmSpec::new("c", 40, 40),
+            ],
+        );
+        let c = Cluster::new(spec).unwrap();
+        let p = pack(&c, &PackOptions::default());
+        assert!(p.unplaced.is_empty());
+        assert_eq!(p.hosts_used, 2);
+        assert!(p.assignment.iter().any(|(v, h)| v == "c" && h == "small"));
+    }
+
+    #[test]
+    fn must_run_on_bins_are_matched_to_their_hosts() {
+        let mut spec = ClusterSpec::new(
+            (0..2)
+                .map(|i| HostSpec::new(format!("h{i}"), 100, 100))
+                .collect(),
+            vec![
+                VmSpec::new("a", 60, 60),
+                VmSpec::new("b", 40, 40),
+                VmSpec::new("c", 60, 60),
+                VmSpec::new("d", 40, 40),
+            ],
+        );
+        spec.rules.push(RuleSpec::VmHost {
+            id: "pin".into(),
+            vms: vec!["a".into()],
+            hosts: vec!["h1".into()],
+            mode: VmHostMode::MustRunOn,
+        });
+        spec.rules.push(RuleSpec::VmAntiAffinity {
+            id: "ab".into(),
+            vms: vec!["a".into(), "b".into()],
+        });
+        let c = Cluster::new(spec).unwrap();
+        let p = pack(&c, &PackOptions::default());
+        assert!(p.unplaced.is_empty(), "{p:?}");
+        let host_of = |v: &str| p.assignment.iter().find(|(x, _)| x == v).unwrap().1.clone();
+        assert_eq!(host_of("a"), "h1");
+        assert_ne!(host_of("b"), "h1");
+    }
+
+    #[test]
     fn anti_affinity_is_kept_apart() {
         let mut spec = ClusterSpec::new(
-            (0..3).map(|i| HostSpec::new(format!("h{i}"), 100, 100)).collect(),
-            vec![VmSpec::new("a", 10, 10), VmSpec::new("b", 10, 10), VmSpec::new("c", 10, 10)],
+            (0..3)
+                .map(|i| HostSpec::new(format!("h{i}"), 100, 100))
+                .collect(),
+            vec![
+                VmSpec::new("a", 10, 10),
+                VmSpec::new("b", 10, 10),
+                VmSpec::new("c", 10, 10),
+            ],
         );
-        spec.rules.push(RuleSpec::VmAntiAffinity { id: "r".into(), vms: vec!["a".into(), "b".into(), "c".into()] });
+        spec.rules.push(RuleSpec::VmAntiAffinity {
+            id: "r".into(),
+            vms: vec!["a".into(), "b".into(), "c".into()],
+        });
         let c = Cluster::new(spec).unwrap();
         let p = pack(&c, &PackOptions::default());
         assert_eq!(p.hosts_used, 3);

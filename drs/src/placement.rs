@@ -62,11 +62,19 @@ impl<'s, 'c> Chooser<'s, 'c> {
         let c = state.c;
         let loads = Loads::new(c, &state.host_of, |v| c.vms[v].footprint());
         let memory_bound = loads.mean(MEM) > loads.mean(CPU);
-        Self { state, loads, memory_bound }
+        Self {
+            state,
+            loads,
+            memory_bound,
+        }
     }
 
     /// Best host for `v` (moving along with `moving`), or every host's refusal.
-    pub fn best(&self, v: usize, moving: &[usize]) -> Result<(usize, f64, bool), Vec<(usize, Reject)>> {
+    pub fn best(
+        &self,
+        v: usize,
+        moving: &[usize],
+    ) -> Result<(usize, f64, bool), Vec<(usize, Reject)>> {
         let c = self.state.c;
         let w = c.vms[v].footprint();
         let from = self.state.host_of[v];
@@ -79,8 +87,13 @@ impl<'s, 'c> Chooser<'s, 'c> {
                 continue;
             }
             let after = self.loads.after(w, from, Some(h));
-            let shares = image.is_some_and(|i| self.state.images.get(&(i, h)).copied().unwrap_or(0) > 0);
-            let bonus = if shares && self.memory_bound { SHARING_BONUS } else { 0.0 };
+            let shares =
+                image.is_some_and(|i| self.state.images.get(&(i, h)).copied().unwrap_or(0) > 0);
+            let bonus = if shares && self.memory_bound {
+                SHARING_BONUS
+            } else {
+                0.0
+            };
             let key = (self.state.soft_penalty(v, h), false, after - bonus);
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
@@ -107,7 +120,9 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
     for id in vms {
         let v = c.vm_index(id)?;
         if idx.contains(&v) {
-            return Err(Error::InvalidRequest { reason: format!("vm {id:?} listed twice") });
+            return Err(Error::InvalidRequest {
+                reason: format!("vm {id:?} listed twice"),
+            });
         }
         idx.push(v);
     }
@@ -118,29 +133,57 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
     let automatic = c.settings.automation != AutomationLevel::Manual;
     let mut chooser = Chooser::new(&mut state);
     // Most constrained first, then by size normalized to the largest host.
-    let allowed = |v: usize| c.vms[v].allowed.as_ref().map_or(c.hosts.len(), |a| a.iter().filter(|&&x| x).count());
-    let cap = c.hosts.iter().fold([1u64, 1u64], |m, h| [m[0].max(h.capacity[CPU]), m[1].max(h.capacity[MEM])]);
+    let allowed = |v: usize| {
+        c.vms[v]
+            .allowed
+            .as_ref()
+            .map_or(c.hosts.len(), |a| a.iter().filter(|&&x| x).count())
+    };
+    let cap = c.hosts.iter().fold([1u64, 1u64], |m, h| {
+        [m[0].max(h.capacity[CPU]), m[1].max(h.capacity[MEM])]
+    });
     let size = |v: usize| {
         let f = c.vms[v].footprint();
         f[CPU] as f64 / cap[CPU] as f64 + f[MEM] as f64 / cap[MEM] as f64
     };
     let mut order = idx.clone();
     order.sort_by(|&a, &b| {
-        (allowed(a), std::cmp::Reverse(c.groups[c.vms[a].group].vms.len()))
-            .cmp(&(allowed(b), std::cmp::Reverse(c.groups[c.vms[b].group].vms.len())))
+        (
+            allowed(a),
+            std::cmp::Reverse(c.groups[c.vms[a].group].vms.len()),
+        )
+            .cmp(&(
+                allowed(b),
+                std::cmp::Reverse(c.groups[c.vms[b].group].vms.len()),
+            ))
             .then(size(b).total_cmp(&size(a)))
             .then(a.cmp(&b))
     });
-    let mut plan = PlacementPlan { placements: Vec::new(), unplaced: Vec::new() };
+    let mut plan = PlacementPlan {
+        placements: Vec::new(),
+        unplaced: Vec::new(),
+    };
     for v in order {
         let entry = match chooser.best(v, &[]) {
             Ok((h, after, shares)) => {
                 let rejected = (0..c.hosts.len())
                     .filter(|&o| o != h)
-                    .filter_map(|o| chooser.state.check(v, o, &[]).err().map(|why| Rejected { host: c.hosts[o].id.clone(), why }))
+                    .filter_map(|o| {
+                        chooser.state.check(v, o, &[]).err().map(|why| Rejected {
+                            host: c.hosts[o].id.clone(),
+                            why,
+                        })
+                    })
                     .collect();
                 chooser.apply(v, h);
-                Placement { vm: c.vms[v].id.clone(), host: Some(c.hosts[h].id.clone()), automatic, imbalance_after: after, shares_image: shares, rejected }
+                Placement {
+                    vm: c.vms[v].id.clone(),
+                    host: Some(c.hosts[h].id.clone()),
+                    automatic,
+                    imbalance_after: after,
+                    shares_image: shares,
+                    rejected,
+                }
             }
             Err(rej) => {
                 plan.unplaced.push(c.vms[v].id.clone());
@@ -150,7 +193,13 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
                     automatic,
                     imbalance_after: chooser.loads.imbalance(),
                     shares_image: false,
-                    rejected: rej.into_iter().map(|(h, why)| Rejected { host: c.hosts[h].id.clone(), why }).collect(),
+                    rejected: rej
+                        .into_iter()
+                        .map(|(h, why)| Rejected {
+                            host: c.hosts[h].id.clone(),
+                            why,
+                        })
+                        .collect(),
                 }
             }
         };
@@ -166,8 +215,14 @@ mod tests {
 
     fn two_hosts() -> ClusterSpec {
         ClusterSpec::new(
-            vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
-            vec![VmSpec::new("x", 4000, 4000).on("a"), VmSpec::new("new", 2000, 2000)],
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("x", 4000, 4000).on("a"),
+                VmSpec::new("new", 2000, 2000),
+            ],
         )
     }
 
@@ -184,11 +239,18 @@ mod tests {
         let mut s = two_hosts();
         s.vms[1].mem_mb = 7000;
         s.vms.push(VmSpec::new("y", 100, 100).on("b"));
-        s.rules.push(RuleSpec::VmAntiAffinity { id: "apart".into(), vms: vec!["new".into(), "y".into()] });
+        s.rules.push(RuleSpec::VmAntiAffinity {
+            id: "apart".into(),
+            vms: vec!["new".into(), "y".into()],
+        });
         let c = Cluster::new(s).unwrap();
         let p = place(&c, &["new"]).unwrap();
         assert_eq!(p.placements[0].host, None);
-        let why: Vec<String> = p.placements[0].rejected.iter().map(|r| r.why.to_string()).collect();
+        let why: Vec<String> = p.placements[0]
+            .rejected
+            .iter()
+            .map(|r| r.why.to_string())
+            .collect();
         assert!(why.iter().any(|w| w.contains("memory")), "{why:?}");
         assert!(why.iter().any(|w| w.contains("anti-affinity")), "{why:?}");
     }
@@ -196,8 +258,15 @@ mod tests {
     #[test]
     fn same_image_is_colocated_when_memory_bound() {
         let mut s = ClusterSpec::new(
-            vec![HostSpec::new("a", 100_000, 10_000), HostSpec::new("b", 100_000, 10_000)],
-            vec![VmSpec::new("x", 100, 4500).on("a"), VmSpec::new("y", 100, 4400).on("b"), VmSpec::new("new", 100, 500)],
+            vec![
+                HostSpec::new("a", 100_000, 10_000),
+                HostSpec::new("b", 100_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("x", 100, 4500).on("a"),
+                VmSpec::new("y", 100, 4400).on("b"),
+                VmSpec::new("new", 100, 500),
+            ],
         );
         s.vms[0].image = Some("w2k3".into());
         s.vms[2].image = Some("w2k3".into());
@@ -211,7 +280,10 @@ mod tests {
     fn affinity_group_lands_together() {
         let mut s = two_hosts();
         s.vms.push(VmSpec::new("new2", 1000, 1000));
-        s.rules.push(RuleSpec::VmAffinity { id: "tog".into(), vms: vec!["new".into(), "new2".into()] });
+        s.rules.push(RuleSpec::VmAffinity {
+            id: "tog".into(),
+            vms: vec!["new".into(), "new2".into()],
+        });
         let c = Cluster::new(s).unwrap();
         let p = place(&c, &["new", "new2"]).unwrap();
         assert_eq!(p.placements[0].host, p.placements[1].host);

@@ -64,9 +64,15 @@ impl std::fmt::Display for Reject {
             Reject::VmHostRule { rule } => write!(f, "vm-host rule {rule:?} excludes it"),
             Reject::Cpu { need, free } => write!(f, "cpu: need {need} MHz, {free} MHz free"),
             Reject::Mem { need, free } => write!(f, "memory: need {need} MB, {free} MB free"),
-            Reject::AntiAffinity { rule } => write!(f, "anti-affinity rule {rule:?}: a partner runs there"),
+            Reject::AntiAffinity { rule } => {
+                write!(f, "anti-affinity rule {rule:?}: a partner runs there")
+            }
             Reject::Affinity { rules, partners_on } => {
-                write!(f, "affinity rule {}: partners run on {partners_on:?}", rules.join(","))
+                write!(
+                    f,
+                    "affinity rule {}: partners run on {partners_on:?}",
+                    rules.join(",")
+                )
             }
         }
     }
@@ -110,7 +116,10 @@ impl<'a> State<'a> {
 
     pub fn free(&self, h: usize) -> [u64; 2] {
         let cap = self.c.hosts[h].capacity;
-        [cap[CPU].saturating_sub(self.used[h][CPU]), cap[MEM].saturating_sub(self.used[h][MEM])]
+        [
+            cap[CPU].saturating_sub(self.used[h][CPU]),
+            cap[MEM].saturating_sub(self.used[h][MEM]),
+        ]
     }
 
     /// Place `v` on `h` (no checks).
@@ -133,7 +142,9 @@ impl<'a> State<'a> {
 
     /// Remove `v` from its host.
     pub fn take(&mut self, v: usize) {
-        let Some(h) = self.host_of[v].take() else { return };
+        let Some(h) = self.host_of[v].take() else {
+            return;
+        };
         let vm = &self.c.vms[v];
         let f = vm.footprint();
         self.used[h][CPU] -= f[CPU];
@@ -170,7 +181,9 @@ impl<'a> State<'a> {
                     _ => false,
                 };
                 if bad {
-                    return Some(Reject::VmHostRule { rule: rule.id.clone() });
+                    return Some(Reject::VmHostRule {
+                        rule: rule.id.clone(),
+                    });
                 }
             }
             // The affinity group's union of rules may exclude it through a partner.
@@ -181,7 +194,9 @@ impl<'a> State<'a> {
                     if (rule.mode == VmHostMode::MustRunOn && !inside)
                         || (rule.mode == VmHostMode::MustNotRunOn && inside)
                     {
-                        return Some(Reject::VmHostRule { rule: rule.id.clone() });
+                        return Some(Reject::VmHostRule {
+                            rule: rule.id.clone(),
+                        });
                     }
                 }
             }
@@ -203,15 +218,23 @@ impl<'a> State<'a> {
         let need = vm.footprint();
         let free = self.free(h);
         if need[CPU] > free[CPU] {
-            return Err(Reject::Cpu { need: need[CPU], free: free[CPU] });
+            return Err(Reject::Cpu {
+                need: need[CPU],
+                free: free[CPU],
+            });
         }
         if need[MEM] > free[MEM] {
-            return Err(Reject::Mem { need: need[MEM], free: free[MEM] });
+            return Err(Reject::Mem {
+                need: need[MEM],
+                free: free[MEM],
+            });
         }
         for &r in &vm.anti {
             let there = self.anti.get(&(r, h)).copied().unwrap_or(0);
             if there > 0 {
-                return Err(Reject::AntiAffinity { rule: self.c.anti_rules[r].id.clone() });
+                return Err(Reject::AntiAffinity {
+                    rule: self.c.anti_rules[r].id.clone(),
+                });
             }
         }
         let group = &self.c.groups[vm.group];
@@ -250,7 +273,10 @@ impl<'a> State<'a> {
         }
         for &r in &vm.anti {
             if self.anti.get(&(r, h)).copied().unwrap_or(0) > 1 {
-                return Some(format!("anti-affinity rule {:?} broken", self.c.anti_rules[r].id));
+                return Some(format!(
+                    "anti-affinity rule {:?} broken",
+                    self.c.anti_rules[r].id
+                ));
             }
         }
         None

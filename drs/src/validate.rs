@@ -89,7 +89,9 @@ impl Vm {
 
     /// Whether hard rules and compatibility allow host `h`.
     pub fn allows(&self, h: usize) -> bool {
-        self.allowed.as_ref().is_none_or(|a| a.get(h).copied().unwrap_or(false))
+        self.allowed
+            .as_ref()
+            .is_none_or(|a| a.get(h).copied().unwrap_or(false))
     }
 }
 
@@ -156,14 +158,24 @@ pub struct Cluster {
 
 fn positive(context: &str, field: &'static str, value: i64) -> Result<u64> {
     if value <= 0 {
-        return Err(Error::BadValue { context: context.to_owned(), field, expected: "> 0", value });
+        return Err(Error::BadValue {
+            context: context.to_owned(),
+            field,
+            expected: "> 0",
+            value,
+        });
     }
     Ok(value.unsigned_abs())
 }
 
 fn non_negative(context: &str, field: &'static str, value: i64) -> Result<u64> {
     if value < 0 {
-        return Err(Error::BadValue { context: context.to_owned(), field, expected: ">= 0", value });
+        return Err(Error::BadValue {
+            context: context.to_owned(),
+            field,
+            expected: ">= 0",
+            value,
+        });
     }
     Ok(value.unsigned_abs())
 }
@@ -193,7 +205,12 @@ fn alloc(context: &str, resource: &'static str, a: &Allocation) -> Result<Alloc>
             value: 0,
         });
     }
-    Ok(Alloc { reservation, limit, shares: a.shares.value(), expandable: a.expandable })
+    Ok(Alloc {
+        reservation,
+        limit,
+        shares: a.shares.value(),
+        expandable: a.expandable,
+    })
 }
 
 fn index_of(
@@ -221,7 +238,13 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
 impl Cluster {
     /// Validate a spec. Errors name the offending object.
     pub fn new(spec: ClusterSpec) -> Result<Self> {
-        let ClusterSpec { hosts: hspecs, vms: vspecs, pools: pspecs, rules, settings } = spec;
+        let ClusterSpec {
+            hosts: hspecs,
+            vms: vspecs,
+            pools: pspecs,
+            rules,
+            settings,
+        } = spec;
         if !(1..=5).contains(&settings.migration_threshold) {
             return Err(Error::BadSetting {
                 field: "migration_threshold",
@@ -246,11 +269,17 @@ impl Cluster {
         for (i, h) in hspecs.iter().enumerate() {
             let ctx = format!("host {:?}", h.id);
             if host_index.insert(h.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId { kind: "host", id: h.id.clone() });
+                return Err(Error::DuplicateId {
+                    kind: "host",
+                    id: h.id.clone(),
+                });
             }
             hosts.push(Host {
                 id: h.id.clone(),
-                capacity: [positive(&ctx, "cpu_mhz", h.cpu_mhz)?, positive(&ctx, "mem_mb", h.mem_mb)?],
+                capacity: [
+                    positive(&ctx, "cpu_mhz", h.cpu_mhz)?,
+                    positive(&ctx, "mem_mb", h.mem_mb)?,
+                ],
                 compat: compat(&h.compat_group),
                 maintenance: h.maintenance,
                 power: h.power,
@@ -260,7 +289,10 @@ impl Cluster {
         let mut pool_index = HashMap::new();
         for (i, p) in pspecs.iter().enumerate() {
             if pool_index.insert(p.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId { kind: "pool", id: p.id.clone() });
+                return Err(Error::DuplicateId {
+                    kind: "pool",
+                    id: p.id.clone(),
+                });
             }
         }
         let mut pools = Vec::with_capacity(pspecs.len());
@@ -283,7 +315,9 @@ impl Cluster {
             while let Some(p) = at {
                 steps += 1;
                 if steps > pools.len() {
-                    return Err(Error::PoolCycle { pool: pools[start].id.clone() });
+                    return Err(Error::PoolCycle {
+                        pool: pools[start].id.clone(),
+                    });
                 }
                 at = pools[p].parent;
             }
@@ -295,9 +329,15 @@ impl Cluster {
         for (i, v) in vspecs.iter().enumerate() {
             let ctx = format!("vm {:?}", v.id);
             if vm_index.insert(v.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId { kind: "vm", id: v.id.clone() });
+                return Err(Error::DuplicateId {
+                    kind: "vm",
+                    id: v.id.clone(),
+                });
             }
-            let size = [positive(&ctx, "cpu_mhz", v.cpu_mhz)?, positive(&ctx, "mem_mb", v.mem_mb)?];
+            let size = [
+                positive(&ctx, "cpu_mhz", v.cpu_mhz)?,
+                positive(&ctx, "mem_mb", v.mem_mb)?,
+            ];
             let a = [alloc(&ctx, "cpu", &v.cpu)?, alloc(&ctx, "mem", &v.mem)?];
             let dc = match v.cpu_demand_mhz {
                 Some(d) => non_negative(&ctx, "cpu_demand_mhz", d)?,
@@ -347,7 +387,10 @@ impl Cluster {
         let mut host_rules = Vec::new();
         for r in &rules {
             if rule_ids.insert(r.id().to_owned(), ()).is_some() {
-                return Err(Error::DuplicateId { kind: "rule", id: r.id().to_owned() });
+                return Err(Error::DuplicateId {
+                    kind: "rule",
+                    id: r.id().to_owned(),
+                });
             }
             let ctx = format!("rule {:?}", r.id());
             let resolve = |ids: &[String]| -> Result<Vec<usize>> {
@@ -360,7 +403,8 @@ impl Cluster {
                 Ok(out)
             };
             match r {
-                RuleSpec::VmAffinity { id, vms: ids } | RuleSpec::VmAntiAffinity { id, vms: ids } => {
+                RuleSpec::VmAffinity { id, vms: ids }
+                | RuleSpec::VmAntiAffinity { id, vms: ids } => {
                     let members = resolve(ids)?;
                     if members.len() < 2 {
                         return Err(Error::BadRule {
@@ -379,10 +423,18 @@ impl Cluster {
                         for &m in &members {
                             vms[m].anti.push(anti_rules.len());
                         }
-                        anti_rules.push(AntiRule { id: id.clone(), vms: members });
+                        anti_rules.push(AntiRule {
+                            id: id.clone(),
+                            vms: members,
+                        });
                     }
                 }
-                RuleSpec::VmHost { id, vms: ids, hosts: hids, mode } => {
+                RuleSpec::VmHost {
+                    id,
+                    vms: ids,
+                    hosts: hids,
+                    mode,
+                } => {
                     let members = resolve(ids)?;
                     if members.is_empty() || hids.is_empty() {
                         return Err(Error::BadRule {
@@ -402,14 +454,19 @@ impl Cluster {
                         };
                         if let Some(mask) = keep {
                             let want = *mode == VmHostMode::MustRunOn;
-                            let allowed =
-                                vms[m].allowed.get_or_insert_with(|| vec![true; hosts.len()]);
+                            let allowed = vms[m]
+                                .allowed
+                                .get_or_insert_with(|| vec![true; hosts.len()]);
                             for (a, &inside) in allowed.iter_mut().zip(mask.iter()) {
                                 *a &= inside == want;
                             }
                         }
                     }
-                    host_rules.push(HostRule { id: id.clone(), mode: *mode, hosts: mask });
+                    host_rules.push(HostRule {
+                        id: id.clone(),
+                        mode: *mode,
+                        hosts: mask,
+                    });
                 }
             }
         }
@@ -417,14 +474,17 @@ impl Cluster {
         // Affinity groups: members share one group index and one allowed-host set.
         let mut root_to_group: HashMap<usize, usize> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
-        for v in 0..vms.len() {
+        for (v, vm) in vms.iter_mut().enumerate() {
             let r = find(&mut uf, v);
             let g = *root_to_group.entry(r).or_insert_with(|| {
-                groups.push(Group { vms: Vec::new(), rules: Vec::new() });
+                groups.push(Group {
+                    vms: Vec::new(),
+                    rules: Vec::new(),
+                });
                 groups.len() - 1
             });
             groups[g].vms.push(v);
-            vms[v].group = g;
+            vm.group = g;
         }
         for (v, id) in group_rules {
             let g = vms[v].group;
@@ -468,8 +528,11 @@ impl Cluster {
         for v in &vms {
             if let Some(a) = &v.allowed {
                 if !a.iter().any(|&x| x) {
-                    let rules: Vec<&str> =
-                        v.host_rules.iter().map(|&r| host_rules[r].id.as_str()).collect();
+                    let rules: Vec<&str> = v
+                        .host_rules
+                        .iter()
+                        .map(|&r| host_rules[r].id.as_str())
+                        .collect();
                     return Err(Error::ContradictoryRules {
                         reason: format!(
                             "vm {:?} has no allowed host left (vm-host rules [{}], compatibility group)",
@@ -480,13 +543,24 @@ impl Cluster {
                 }
             }
         }
-        Ok(Self { hosts, vms, pools, anti_rules, groups, host_rules, settings, host_index, vm_index })
+        Ok(Self {
+            hosts,
+            vms,
+            pools,
+            anti_rules,
+            groups,
+            host_rules,
+            settings,
+            host_index,
+            vm_index,
+        })
     }
 
     /// Parse and validate JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        let spec: ClusterSpec = serde_json::from_str(json)
-            .map_err(|e| Error::InvalidRequest { reason: format!("parse cluster json: {e}") })?;
+        let spec: ClusterSpec = serde_json::from_str(json).map_err(|e| Error::InvalidRequest {
+            reason: format!("parse cluster json: {e}"),
+        })?;
         Self::new(spec)
     }
 
@@ -502,6 +576,10 @@ impl Cluster {
 
     /// Indices of the hosts that may take VMs.
     pub fn usable_hosts(&self) -> impl Iterator<Item = usize> + '_ {
-        self.hosts.iter().enumerate().filter(|(_, h)| h.usable()).map(|(i, _)| i)
+        self.hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.usable())
+            .map(|(i, _)| i)
     }
 }

@@ -24,7 +24,10 @@ fn packing_beats_ffd_on_triplets() {
     let c = Cluster::new(inst.spec).unwrap();
     let ours = pack(&c, &PackOptions::default());
     let ffd = first_fit_decreasing(&c);
-    eprintln!("ours {} ffd {} opt {:?}", ours.hosts_used, ffd.hosts_used, inst.optimum_hosts);
+    eprintln!(
+        "ours {} ffd {} opt {:?}",
+        ours.hosts_used, ffd.hosts_used, inst.optimum_hosts
+    );
     assert_eq!(Some(ours.hosts_used), inst.optimum_hosts);
     assert!(ffd.hosts_used > ours.hosts_used);
 }
@@ -37,13 +40,22 @@ fn rule_heavy_instances_are_packed_where_ffd_fails() {
         let ours = pack(&c, &PackOptions::default());
         let ffd = first_fit_decreasing(&c);
         assert!(ours.unplaced.is_empty(), "seed {seed}: {:?}", ours.unplaced);
-        assert!(!ffd.unplaced.is_empty(), "seed {seed}: ffd placed everything");
+        assert!(
+            !ffd.unplaced.is_empty(),
+            "seed {seed}: ffd placed everything"
+        );
         check_rules(&c, &ours.assignment);
     }
 }
 
 fn check_rules(c: &Cluster, assignment: &[(String, String)]) {
-    let host_of = |vm: &str| assignment.iter().find(|(v, _)| v == vm).map(|(_, h)| h.clone()).unwrap();
+    let host_of = |vm: &str| {
+        assignment
+            .iter()
+            .find(|(v, _)| v == vm)
+            .map(|(_, h)| h.clone())
+            .unwrap()
+    };
     for r in &c.anti_rules {
         let mut hs: Vec<String> = r.vms.iter().map(|&v| host_of(&c.vms[v].id)).collect();
         hs.sort();
@@ -52,11 +64,18 @@ fn check_rules(c: &Cluster, assignment: &[(String, String)]) {
     }
     for g in &c.groups {
         let hs: Vec<String> = g.vms.iter().map(|&v| host_of(&c.vms[v].id)).collect();
-        assert!(hs.windows(2).all(|w| w[0] == w[1]), "affinity {:?} broken", g.rules);
+        assert!(
+            hs.windows(2).all(|w| w[0] == w[1]),
+            "affinity {:?} broken",
+            g.rules
+        );
     }
     for (vm, h) in assignment {
         let v = c.vm_index(vm).unwrap();
-        assert!(c.vms[v].allows(c.host_index(h).unwrap()), "{vm} on forbidden {h}");
+        assert!(
+            c.vms[v].allows(c.host_index(h).unwrap()),
+            "{vm} on forbidden {h}"
+        );
     }
 }
 
@@ -69,7 +88,16 @@ fn balancing_undoes_a_perturbation_with_no_more_moves_than_it_made() {
         let c = Cluster::new(spec).unwrap();
         let p = balance(&c);
         let made = inst.perturbation_moves.unwrap();
-        assert!(p.imbalance_after <= p.target, "seed {seed}: {} > {}", p.imbalance_after, p.target);
-        assert!(p.recommendations.len() <= made, "seed {seed}: {} moves > {made}", p.recommendations.len());
+        assert!(
+            p.imbalance_after <= p.target,
+            "seed {seed}: {} > {}",
+            p.imbalance_after,
+            p.target
+        );
+        assert!(
+            p.recommendations.len() <= made,
+            "seed {seed}: {} moves > {made}",
+            p.recommendations.len()
+        );
     }
 }

@@ -44,7 +44,11 @@ fn arb_rule() -> impl Strategy<Value = R> {
     prop_oneof![
         prop::collection::vec(0usize..14, 2..4).prop_map(R::Aff),
         prop::collection::vec(0usize..14, 2..4).prop_map(R::Anti),
-        (prop::collection::vec(0usize..14, 1..3), prop::collection::vec(0usize..7, 1..3), 0u8..4)
+        (
+            prop::collection::vec(0usize..14, 1..3),
+            prop::collection::vec(0usize..7, 1..3),
+            0u8..4
+        )
             .prop_map(|(v, h, m)| R::Host(v, h, m)),
     ]
 }
@@ -132,7 +136,11 @@ fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), 
         }
     }
     for r in &c.anti_rules {
-        let mut hs: Vec<usize> = r.vms.iter().filter_map(|v| host_of.get(v).copied()).collect();
+        let mut hs: Vec<usize> = r
+            .vms
+            .iter()
+            .filter_map(|v| host_of.get(v).copied())
+            .collect();
         let n = hs.len();
         hs.sort_unstable();
         hs.dedup();
@@ -141,7 +149,11 @@ fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), 
         }
     }
     for g in &c.groups {
-        let hs: Vec<usize> = g.vms.iter().filter_map(|v| host_of.get(v).copied()).collect();
+        let hs: Vec<usize> = g
+            .vms
+            .iter()
+            .filter_map(|v| host_of.get(v).copied())
+            .collect();
         if hs.windows(2).any(|w| w[0] != w[1]) {
             return Err(format!("affinity {:?} broken", g.rules));
         }
@@ -238,30 +250,63 @@ proptest! {
 
 #[test]
 fn bad_inputs_are_typed_errors() {
-    let ok = || ClusterSpec::new(vec![HostSpec::new("h", 100, 100)], vec![VmSpec::new("v", 10, 10)]);
+    let ok = || {
+        ClusterSpec::new(
+            vec![HostSpec::new("h", 100, 100)],
+            vec![VmSpec::new("v", 10, 10)],
+        )
+    };
     let mut s = ok();
     s.hosts[0].cpu_mhz = 0;
     assert!(Cluster::new(s).unwrap_err().to_string().contains("cpu_mhz"));
     let mut s = ok();
     s.vms[0].mem = Allocation::reserved(50);
     s.vms[0].mem.limit = Some(10);
-    assert!(Cluster::new(s).unwrap_err().to_string().contains("above limit"));
+    assert!(Cluster::new(s)
+        .unwrap_err()
+        .to_string()
+        .contains("above limit"));
     let mut s = ok();
-    s.rules.push(RuleSpec::VmAntiAffinity { id: "r".into(), vms: vec!["v".into(), "ghost".into()] });
+    s.rules.push(RuleSpec::VmAntiAffinity {
+        id: "r".into(),
+        vms: vec!["v".into(), "ghost".into()],
+    });
     assert!(Cluster::new(s).unwrap_err().to_string().contains("ghost"));
     let mut s = ok();
     s.pools = vec![PoolSpec::new("a", Some("b")), PoolSpec::new("b", Some("a"))];
     assert!(Cluster::new(s).unwrap_err().to_string().contains("cycle"));
     let mut s = ok();
     s.vms.push(VmSpec::new("w", 10, 10));
-    s.rules.push(RuleSpec::VmAffinity { id: "tog".into(), vms: vec!["v".into(), "w".into()] });
-    s.rules.push(RuleSpec::VmAntiAffinity { id: "apart".into(), vms: vec!["v".into(), "w".into()] });
-    assert!(Cluster::new(s).unwrap_err().to_string().contains("contradictory"));
+    s.rules.push(RuleSpec::VmAffinity {
+        id: "tog".into(),
+        vms: vec!["v".into(), "w".into()],
+    });
+    s.rules.push(RuleSpec::VmAntiAffinity {
+        id: "apart".into(),
+        vms: vec!["v".into(), "w".into()],
+    });
+    assert!(Cluster::new(s)
+        .unwrap_err()
+        .to_string()
+        .contains("contradictory"));
     let mut s = ok();
     s.hosts.push(HostSpec::new("h2", 100, 100));
-    s.rules.push(RuleSpec::VmHost { id: "a".into(), vms: vec!["v".into()], hosts: vec!["h".into()], mode: VmHostMode::MustRunOn });
-    s.rules.push(RuleSpec::VmHost { id: "b".into(), vms: vec!["v".into()], hosts: vec!["h2".into()], mode: VmHostMode::MustRunOn });
-    assert!(Cluster::new(s).unwrap_err().to_string().contains("no allowed host"));
+    s.rules.push(RuleSpec::VmHost {
+        id: "a".into(),
+        vms: vec!["v".into()],
+        hosts: vec!["h".into()],
+        mode: VmHostMode::MustRunOn,
+    });
+    s.rules.push(RuleSpec::VmHost {
+        id: "b".into(),
+        vms: vec!["v".into()],
+        hosts: vec!["h2".into()],
+        mode: VmHostMode::MustRunOn,
+    });
+    assert!(Cluster::new(s)
+        .unwrap_err()
+        .to_string()
+        .contains("no allowed host"));
     let mut s = ok();
     s.settings.migration_threshold = 9;
     assert!(Cluster::new(s).is_err());
@@ -270,7 +315,10 @@ fn bad_inputs_are_typed_errors() {
 
 #[test]
 fn infeasible_packing_names_what_could_not_be_placed() {
-    let spec = ClusterSpec::new(vec![HostSpec::new("h", 100, 100)], vec![VmSpec::new("a", 80, 10), VmSpec::new("b", 80, 10)]);
+    let spec = ClusterSpec::new(
+        vec![HostSpec::new("h", 100, 100)],
+        vec![VmSpec::new("a", 80, 10), VmSpec::new("b", 80, 10)],
+    );
     let c = Cluster::new(spec).unwrap();
     let p = pack(&c, &PackOptions::default());
     assert_eq!(p.unplaced.len(), 1);
@@ -281,17 +329,35 @@ fn infeasible_packing_names_what_could_not_be_placed() {
 fn the_random_instances_are_mostly_valid() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+    );
     let strategy = arb_spec();
     let mut errors: HashMap<String, usize> = HashMap::new();
     let mut valid = 0;
     for _ in 0..400 {
         match Cluster::new(strategy.new_tree(&mut runner).unwrap().current()) {
             Ok(_) => valid += 1,
-            Err(e) => *errors.entry(format!("{e}").split(':').next_back().unwrap_or("").chars().take(30).collect()).or_default() += 1,
+            Err(e) => {
+                *errors
+                    .entry(
+                        format!("{e}")
+                            .split(':')
+                            .next_back()
+                            .unwrap_or("")
+                            .chars()
+                            .take(30)
+                            .collect(),
+                    )
+                    .or_default() += 1
+            }
         }
     }
     eprintln!("{errors:?}");
     eprintln!("valid random instances: {valid}/400");
-    assert!(valid >= 160, "only {valid}/400 valid: the property test would exercise too little");
+    assert!(
+        valid >= 160,
+        "only {valid}/400 valid: the property test would exercise too little"
+    );
 }

@@ -12,7 +12,10 @@ use std::time::Instant;
 use vinfra_drs::{balance, first_fit_decreasing, generate, pack, Cluster, PackOptions};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T, String> {
-    args.get(i).ok_or_else(|| format!("missing {what}"))?.parse().map_err(|_| format!("bad {what}"))
+    args.get(i)
+        .ok_or_else(|| format!("missing {what}"))?
+        .parse()
+        .map_err(|_| format!("bad {what}"))
 }
 
 fn packing(args: &[String]) -> Result<(), String> {

@@ -10,7 +10,11 @@ use serde::Serialize;
 use vinfra_drs::{generate, ha, Cluster, PackOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "vinfra-drs", version, about = "DRS decisions for a cluster described in JSON")]
+#[command(
+    name = "vinfra-drs",
+    version,
+    about = "DRS decisions for a cluster described in JSON"
+)]
 struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -100,13 +104,17 @@ enum Command {
 }
 
 fn load(path: &PathBuf) -> Result<Cluster, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     Cluster::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) -> Result<(), String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+        );
     } else {
         text(value);
     }
@@ -128,7 +136,11 @@ fn run(cli: Cli) -> Result<(), String> {
                             "{how} {} on {h} (imbalance after {:.4}{})",
                             pl.vm,
                             pl.imbalance_after,
-                            if pl.shares_image { ", shares its image's pages" } else { "" }
+                            if pl.shares_image {
+                                ", shares its image's pages"
+                            } else {
+                                ""
+                            }
                         ),
                         None => println!("cannot place {}", pl.vm),
                     }
@@ -173,9 +185,18 @@ fn run(cli: Cli) -> Result<(), String> {
             let c = load(&cluster)?;
             let plan = vinfra_drs::evacuate(&c, &host).map_err(|e| e.to_string())?;
             emit(json, &plan, |p| {
-                println!("{} can {}enter maintenance mode", p.host, if p.complete() { "" } else { "not " });
+                println!(
+                    "{} can {}enter maintenance mode",
+                    p.host,
+                    if p.complete() { "" } else { "not " }
+                );
                 for m in &p.moves {
-                    println!("  move {} -> {}{}", m.vm, m.to, if m.powered_on { "" } else { " (powered off)" });
+                    println!(
+                        "  move {} -> {}{}",
+                        m.vm,
+                        m.to,
+                        if m.powered_on { "" } else { " (powered off)" }
+                    );
                 }
                 for b in &p.blocked {
                     println!("  blocked by {}:", b.vm);
@@ -209,7 +230,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 Err(e) => println!("{e}"),
             })
         }
-        Command::HaAdmission { cluster, tolerate, percent } => {
+        Command::HaAdmission {
+            cluster,
+            tolerate,
+            percent,
+        } => {
             let c = load(&cluster)?;
             let slots = ha::slot_admission(&c, tolerate);
             let pct = ha::percentage_admission(&c, percent, percent).map_err(|e| e.to_string())?;
@@ -270,14 +295,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             })
         }
-        Command::Generate { family, vms, hosts, moves, seed } => {
+        Command::Generate {
+            family,
+            vms,
+            hosts,
+            moves,
+            seed,
+        } => {
             let inst = match family.as_str() {
                 "triplets" => generate::triplets(seed, vms, vms / 12 + 2),
                 "rule-heavy" => generate::rule_heavy(seed, vms),
                 "perturbed" => generate::perturbed(seed, hosts, vms, moves),
-                other => return Err(format!("unknown family {other:?} (triplets, rule-heavy, perturbed)")),
+                other => {
+                    return Err(format!(
+                        "unknown family {other:?} (triplets, rule-heavy, perturbed)"
+                    ))
+                }
             };
-            println!("{}", serde_json::to_string_pretty(&inst.spec).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&inst.spec).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
     }
