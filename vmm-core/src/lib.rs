@@ -62,6 +62,7 @@ pub mod snapshot;
 pub mod state;
 mod vcpu;
 pub mod vm;
+mod wiring;
 
 pub use boot::BootProtocol;
 pub use config::{
@@ -71,3 +72,4 @@ pub use dirty::DirtyBitmap;
 pub use error::{Error, Result};
 pub use kvm::HostKvm;
 pub use vm::{ExitReason, PowerState, SerialInput, Vm};
+pub use wiring::{VIRTIO_DEVICES_MAX, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE};

@@ -19,9 +19,8 @@ use crate::error::{Error, Result};
 use crate::memory;
 use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
 use crate::vcpu;
-use crate::vm::{
-    build_devices, create_base, PowerState, Vm, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND,
-};
+use crate::vm::{PowerState, Vm};
+use crate::wiring::{build_devices, create_base, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
 
 /// Name of the state blob inside a snapshot directory.
 pub const STATE_FILE: &str = "vm.state";

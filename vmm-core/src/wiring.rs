@@ -1,0 +1,234 @@
+//! Wiring a VM together: the KVM objects (VmFd, irqchip, PIT, vCPUs with CPUID), the
+//! port-I/O and MMIO buses, the devices on them and their interrupt lines. Shared by
+//! boot ([`crate::Vm::create`]) and restore ([`crate::Vm::restore`]), which differ only
+//! in whether devices start fresh or from saved blobs.
+
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::cpu_setup;
+use crate::bus::{MmioBus, PioBus};
+use crate::config::{SerialOutput, ValidConfig};
+use crate::devices::block::FileBackend;
+use crate::devices::exit::{
+    ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
+};
+use crate::devices::serial::{
+    ConsoleSink, SerialDevice, SerialSnapshot, COM1_BASE, COM1_GSI, COM1_LEN,
+};
+use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, VirtioBlkState, MMIO_WINDOW_SIZE};
+use crate::error::{Error, Result};
+use crate::kvm;
+use crate::memory::{self, GuestMemoryMmap};
+use crate::state::DeviceBlob;
+use crate::vcpu::Control;
+use crate::vm::ExitReason;
+
+/// Guest-physical base of virtio-mmio device 0; device i is `i * 0x1000` above.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// GSI of virtio-mmio device 0; device i uses `VIRTIO_GSI_BASE + i`.
+pub const VIRTIO_GSI_BASE: u32 = 5;
+/// Most virtio devices (GSIs 5..=23 on the IOAPIC).
+pub const VIRTIO_DEVICES_MAX: usize = 19;
+const TSS_ADDR: usize = 0xfffb_d000;
+
+/// The KVM objects of a freshly created VM, before devices and boot.
+pub(crate) struct Base {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) tsc_khz: Option<u32>,
+}
+
+pub(crate) fn create_base(config: &ValidConfig, memory: &GuestMemoryMmap) -> Result<Base> {
+    let kvm = kvm::open(&config.kvm_path)?;
+    let max = kvm::max_vcpus(&kvm);
+    if config.vcpus > max {
+        return Err(Error::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        });
+    }
+    let vm_fd = kvm.create_vm().map_err(Error::kvm("create vm"))?;
+    vm_fd
+        .set_tss_address(TSS_ADDR)
+        .map_err(Error::kvm("set tss address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(Error::kvm("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(Error::kvm("create pit2"))?;
+    memory::register_slots(&vm_fd, memory, false)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("get supported cpuid"))?;
+    let mut vcpus = Vec::new();
+    for i in 0..config.vcpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(i))
+            .map_err(Error::kvm("create vcpu"))?;
+        let apic_id = u8::try_from(i).map_err(|_| Error::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        })?;
+        cpu_setup::setup_cpuid(&fd, &cpuid, apic_id)?;
+        vcpus.push(fd);
+    }
+    let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
+    Ok(Base {
+        kvm,
+        vm_fd: Arc::new(vm_fd),
+        vcpus,
+        tsc_khz,
+    })
+}
+
+fn console_sink(out: &SerialOutput) -> Result<ConsoleSink> {
+    Ok(match out {
+        SerialOutput::Stdio => ConsoleSink::Stdout,
+        SerialOutput::File { path } => ConsoleSink::File(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::File {
+                    what: "serial output",
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        SerialOutput::None => ConsoleSink::Null,
+        SerialOutput::Writer(w) => ConsoleSink::Writer(w.clone()),
+    })
+}
+
+fn irq_eventfd(vm_fd: &VmFd, gsi: u32) -> Result<EventFd> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::io("create eventfd"))?;
+    vm_fd
+        .register_irqfd(&evt, gsi)
+        .map_err(Error::kvm("register irqfd"))?;
+    Ok(evt)
+}
+
+/// The devices of a VM and what they add to the kernel command line.
+pub(crate) struct Devices {
+    pub(crate) ctl: Arc<Control>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) pio: PioBus,
+    pub(crate) mmio: MmioBus,
+    pub(crate) disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    pub(crate) cmdline: Vec<String>,
+}
+
+/// Builds the buses and devices; with `saved`, the devices continue from their blobs.
+pub(crate) fn build_devices(
+    config: &ValidConfig,
+    base: &Base,
+    memory: &GuestMemoryMmap,
+    saved: Option<&[DeviceBlob]>,
+) -> Result<Devices> {
+    let ctl = Arc::new(Control::new(base.vcpus.len()));
+    let on_exit: ExitHandler = {
+        let ctl = ctl.clone();
+        Arc::new(move |e| {
+            ctl.request_stop(match e {
+                GuestExit::Poweroff(code) => ExitReason::Poweroff { code },
+                GuestExit::Reboot => ExitReason::Reboot,
+            })
+        })
+    };
+    let serial_evt = irq_eventfd(&base.vm_fd, COM1_GSI)?;
+    let sink = console_sink(&config.serial_output)?;
+    let serial = match saved.and_then(|s| find_blob(s, SERIAL_KIND, SERIAL_ID)) {
+        Some(blob) => {
+            let st: SerialSnapshot = blob.decode().map_err(Error::state("decode serial state"))?;
+            SerialDevice::from_state(&st.into(), serial_evt, sink)
+                .map_err(Error::io("restore serial state"))?
+        }
+        None => SerialDevice::new(serial_evt, sink),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let mut pio = PioBus::default();
+    let overlap = |e: crate::bus::Overlap| Error::Memory(e.to_string());
+    pio.insert(COM1_BASE, COM1_LEN, serial.clone())
+        .map_err(overlap)?;
+    let exit_dev = Arc::new(Mutex::new(ExitDevice::new(on_exit.clone())));
+    pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)
+        .map_err(overlap)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
+    pio.insert(I8042_BASE, I8042_LEN, i8042).map_err(overlap)?;
+    let (mmio, disks, cmdline) = attach_disks(config, &base.vm_fd, memory, saved)?;
+    Ok(Devices {
+        ctl,
+        serial,
+        pio,
+        mmio,
+        disks,
+        cmdline,
+    })
+}
+
+/// Device blob kind of the serial port.
+pub(crate) const SERIAL_KIND: &str = "serial";
+/// Device blob id of COM1.
+pub(crate) const SERIAL_ID: &str = "com1";
+/// Device blob kind of a virtio-blk disk (the id is the disk's id).
+pub(crate) const VIRTIO_BLK_KIND: &str = "virtio-blk";
+
+fn find_blob<'a>(blobs: &'a [DeviceBlob], kind: &str, id: &str) -> Option<&'a DeviceBlob> {
+    blobs.iter().find(|b| b.kind == kind && b.id == id)
+}
+
+type Disks = (MmioBus, Vec<Arc<Mutex<VirtioBlk>>>, Vec<String>);
+
+fn attach_disks(
+    config: &ValidConfig,
+    vm_fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    saved: Option<&[DeviceBlob]>,
+) -> Result<Disks> {
+    if config.disks.len() > VIRTIO_DEVICES_MAX {
+        return Err(Error::TooManyDevices(config.disks.len()));
+    }
+    let mut bus = MmioBus::default();
+    let mut devices = Vec::new();
+    let mut cmdline = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let derr = |reason: String| Error::Disk {
+            path: d.path.clone(),
+            reason,
+        };
+        let backend = FileBackend::open(&d.path, d.read_only).map_err(|e| derr(e.to_string()))?;
+        let gsi = VIRTIO_GSI_BASE + u32::try_from(i).map_err(|_| Error::TooManyDevices(i))?;
+        let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE;
+        let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
+        let irq = irq_eventfd(vm_fd, gsi)?;
+        let blk = match saved.and_then(|s| find_blob(s, VIRTIO_BLK_KIND, &id)) {
+            Some(blob) => {
+                let st: VirtioBlkState =
+                    blob.decode().map_err(Error::state("decode disk state"))?;
+                VirtioBlk::from_state(st, Arc::new(backend), memory.clone(), irq)
+            }
+            None => VirtioBlk::new(
+                VirtioBlkConfig::new(id, d.read_only),
+                Arc::new(backend),
+                memory.clone(),
+                irq,
+            ),
+        }
+        .map_err(|e| derr(e.to_string()))?;
+        let blk = Arc::new(Mutex::new(blk));
+        bus.insert(base, MMIO_WINDOW_SIZE, blk.clone())
+            .map_err(|e| derr(e.to_string()))?;
+        devices.push(blk);
+        cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    Ok((bus, devices, cmdline))
+}
