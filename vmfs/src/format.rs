@@ -498,6 +498,8 @@ pub struct LockRecord {
     pub gens: [u32; 64],
     /// Journal locks: last generation whose journal was replayed.
     pub aux: u32,
+    /// Journal locks: the holder's last transaction known applied in place.
+    pub applied_seq: u64,
 }
 
 const LK_MAGIC: &[u8; 4] = b"VLK1";
@@ -512,6 +514,7 @@ impl LockRecord {
             holders: 0,
             gens: [0; 64],
             aux: 0,
+            applied_seq: 0,
         }
     }
 
@@ -530,6 +533,7 @@ impl LockRecord {
             && self.seq == 0
             && self.holders == 0
             && self.aux == 0
+            && self.applied_seq == 0
             && self.gens.iter().all(|&g| g == 0)
         {
             return b;
@@ -544,6 +548,7 @@ impl LockRecord {
             put(&mut b, 32 + i * 4, &g.to_le_bytes());
         }
         put(&mut b, 288, &self.aux.to_le_bytes());
+        put(&mut b, 296, &self.applied_seq.to_le_bytes());
         seal_sector(&mut b);
         b
     }
@@ -583,6 +588,7 @@ impl LockRecord {
             holders,
             gens,
             aux: u32_at(b, 288),
+            applied_seq: u64_at(b, 296),
         })
     }
 }

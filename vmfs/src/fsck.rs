@@ -183,8 +183,10 @@ pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
     // Journals.
     for h in 0..MAX_HOSTS {
         let base = g.journal_at(h);
+        let marked = LockRecord::decode(&read(dev, g.lock_at(h as u64), SECTOR)?, h as u64)
+            .map_or(0, |r| r.applied_seq);
         let applied = match decode_journal_header(&read(dev, base, SECTOR)?, h) {
-            Ok(a) => a,
+            Ok(a) => a.max(marked),
             Err(e) => {
                 w.r.errors.push(format!("journal header of host {h}: {e}"));
                 0

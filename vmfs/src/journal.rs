@@ -31,10 +31,9 @@ pub(crate) fn commit(sh: &Shared, seq: u64, records: Vec<(u64, Vec<u8>)>) -> Res
         sh.dev.write_at(data, *off)?;
     }
     sh.dev.flush()?;
-    sh.dev
-        .write_at(&encode_journal_header(sh.host, seq), base)?;
-    sh.dev.flush()?;
-    Ok(())
+    // Before any lock covering these records is released, the fact that they are home
+    // must be durable, or a later replay could write them over a newer change.
+    sh.mark_applied(seq)
 }
 
 /// Replays host `h`'s journal; returns its applied sequence number. The caller holds `h`'s
@@ -44,7 +43,11 @@ pub(crate) fn replay(sh: &Shared, h: u32) -> Result<u64> {
     let base = g.journal_at(h);
     // A torn header was being written after its transaction was applied, under locks not
     // yet released: replaying that transaction again is harmless.
-    let applied = decode_journal_header(&sh.read(base, SECTOR)?, h).unwrap_or(0);
+    let header = decode_journal_header(&sh.read(base, SECTOR)?, h).unwrap_or(0);
+    let marked =
+        crate::format::LockRecord::decode(&sh.read(g.lock_at(h as u64), SECTOR)?, h as u64)
+            .map_or(0, |r| r.applied_seq);
+    let applied = header.max(marked);
     let cap = capacity(sh);
     let head = sh.read(base + g.block_size as u64, TXN_HEADER)?;
     let Ok(n) = Txn::payload_len(&head, cap - TXN_HEADER) else {

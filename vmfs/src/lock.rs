@@ -260,6 +260,31 @@ impl Shared {
         })
     }
 
+    /// Records in our journal lock, by ATS (durable, no flush), that transaction `seq` is
+    /// applied in place. Falls back to the journal header and a flush.
+    pub(crate) fn mark_applied(&self, seq: u64) -> Result<()> {
+        let idx = self.host as u64;
+        let g = self.geo();
+        let cur = lock_mutex(&self.locks).cache.get(&idx).cloned();
+        if let Some(cur) = cur {
+            let mut new = cur.clone();
+            new.applied_seq = seq;
+            new.seq += 1;
+            if let Ok(Cas::Written) =
+                self.dev
+                    .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())
+            {
+                lock_mutex(&self.locks).cache.insert(idx, new);
+                return Ok(());
+            }
+        }
+        self.dev.write_at(
+            &crate::format::encode_journal_header(self.host, seq),
+            g.journal_at(self.host),
+        )?;
+        self.dev.flush()
+    }
+
     /// Makes sure the journal of host `h` (generation `g`, judged dead or stale) has been
     /// replayed before any of its locks is broken.
     pub(crate) fn ensure_replayed(&self, h: u32, g: u32) -> Result<()> {
@@ -301,6 +326,7 @@ impl Shared {
             mine.gens[self.host as usize] = self.generation;
             mine.seq = cur.seq + 1;
             mine.aux = cur.aux;
+            mine.applied_seq = cur.applied_seq;
             if let Cas::Mismatch(_) =
                 self.dev
                     .compare_and_write(geo.lock_at(idx), &cur.encode(), &mine.encode())?
@@ -316,6 +342,7 @@ impl Shared {
             let mut done = LockRecord::free(idx);
             done.seq = mine.seq + 1;
             done.aux = g;
+            done.applied_seq = mine.applied_seq;
             self.dev
                 .compare_and_write(geo.lock_at(idx), &mine.encode(), &done.encode())?;
             return Ok(());

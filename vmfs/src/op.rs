@@ -221,7 +221,11 @@ impl<'a> Op<'a> {
                     }
                     let s = &raw[i as usize * SECTOR..(i as usize + 1) * SECTOR];
                     if let Ok(old) = Inode::decode(s, ino) {
-                        if old.kind == Kind::Free {
+                        // A free inode whose lock is still held (its deleter is between
+                        // releasing the group and the inode) is skipped, not waited for.
+                        if old.kind == Kind::Free
+                            && self.try_lock(self.geo.inode_lock(ino), &format!("inode {ino}"))?
+                        {
                             let mut n = Inode::free(ino);
                             n.kind = kind;
                             n.parent = parent;
