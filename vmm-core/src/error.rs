@@ -111,6 +111,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Two devices claim the same bus window (a VMM bug).
+    #[error(transparent)]
+    BusOverlap(#[from] crate::bus::Overlap),
     /// The guest's devices do not fit the MMIO window.
     #[error("too many mmio devices ({0})")]
     TooManyDevices(usize),

@@ -10,8 +10,6 @@
 //! | `0xC0000000` – `0x100000000` | MMIO hole: virtio-mmio devices at `0xd0000000`, LAPIC, IOAPIC |
 //! | `0x100000000` – … | RAM beyond 3 GiB, if any |
 
-use std::sync::Arc;
-
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use vm_memory::bitmap::AtomicBitmap;
@@ -118,9 +116,6 @@ pub fn region_bitmap(region: &GuestRegionMmap<AtomicBitmap>) -> &AtomicBitmap {
     let m: &MmapRegion<AtomicBitmap> = region;
     m.bitmap()
 }
-
-/// Shared guest memory handle.
-pub type SharedMemory = Arc<GuestMemoryMmap>;
 
 #[cfg(test)]
 mod tests {

@@ -156,14 +156,11 @@ pub(crate) fn build_devices(
     };
     let serial = Arc::new(Mutex::new(serial));
     let mut pio = PioBus::default();
-    let overlap = |e: crate::bus::Overlap| Error::Memory(e.to_string());
-    pio.insert(COM1_BASE, COM1_LEN, serial.clone())
-        .map_err(overlap)?;
+    pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     let exit_dev = Arc::new(Mutex::new(ExitDevice::new(on_exit.clone())));
-    pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)
-        .map_err(overlap)?;
+    pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
-    pio.insert(I8042_BASE, I8042_LEN, i8042).map_err(overlap)?;
+    pio.insert(I8042_BASE, I8042_LEN, i8042)?;
     let (mmio, disks, cmdline) = attach_disks(config, &base.vm_fd, memory, saved)?;
     Ok(Devices {
         ctl,
