@@ -13,10 +13,10 @@ use std::path::Path;
 
 use vm_memory::GuestAddress;
 
-use crate::config::VmConfig;
+use crate::config::{ValidConfig, VmConfig};
 use crate::devices::serial::SerialSnapshot;
 use crate::error::{Error, Result};
-use crate::memory;
+use crate::memory::{self, GuestMemoryMmap};
 use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
 use crate::vcpu;
 use crate::vm::{PowerState, Vm};
@@ -40,18 +40,33 @@ pub struct SnapshotStats {
 impl Vm {
     /// Saves a paused VM into `dir` (created if missing). The VM stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotStats> {
-        let power = self.power_state();
-        if power != PowerState::Paused {
-            return Err(Error::InvalidState {
-                op: "snapshot",
-                state: power,
-            });
-        }
+        let saved = self.capture_state()?;
         std::fs::create_dir_all(dir).map_err(|source| Error::File {
             what: "snapshot directory",
             path: dir.to_owned(),
             source,
         })?;
+        let state_bytes = state::save_state(&saved, &dir.join(STATE_FILE))
+            .map_err(Error::state("save vm state"))?;
+        let memory = state::save_memory(self.memory(), &dir.join(MEMORY_FILE))
+            .map_err(Error::state("save memory"))?;
+        tracing::info!(dir = %dir.display(), state_bytes, "vm snapshot written");
+        Ok(SnapshotStats {
+            state_bytes,
+            memory,
+        })
+    }
+
+    /// Everything but guest RAM of a paused VM, in memory (for live migration, which
+    /// sends RAM itself): vCPUs, VM-wide KVM state, device blobs, memory layout.
+    pub fn capture_state(&self) -> Result<VmState> {
+        let power = self.power_state();
+        if power != PowerState::Paused {
+            return Err(Error::InvalidState {
+                op: "capture the state of",
+                state: power,
+            });
+        }
         let parts = self.parts();
         let mut vcpus = Vec::with_capacity(parts.vcpus.len());
         for fd in parts.vcpus {
@@ -74,20 +89,11 @@ impl Vm {
                     .map_err(Error::state("encode disk"))?,
             );
         }
-        let saved = VmState {
+        Ok(VmState {
             vcpus,
             vm,
             devices,
             memory: MemoryLayout::of(self.memory()),
-        };
-        let state_bytes = state::save_state(&saved, &dir.join(STATE_FILE))
-            .map_err(Error::state("save vm state"))?;
-        let memory = state::save_memory(self.memory(), &dir.join(MEMORY_FILE))
-            .map_err(Error::state("save memory"))?;
-        tracing::info!(dir = %dir.display(), state_bytes, "vm snapshot written");
-        Ok(SnapshotStats {
-            state_bytes,
-            memory,
         })
     }
 
@@ -98,31 +104,31 @@ impl Vm {
         vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
         let saved =
             state::load_state(&dir.join(STATE_FILE)).map_err(Error::state("load vm state"))?;
-        if saved.vcpus.len() != config.vcpus as usize {
-            return Err(Error::SnapshotMismatch(format!(
-                "{} vcpus saved, {} configured",
-                saved.vcpus.len(),
-                config.vcpus
-            )));
-        }
-        let expected = MemoryLayout {
-            regions: memory::ram_ranges(config.memory_bytes)
-                .into_iter()
-                .map(|(GuestAddress(guest_addr), size)| MemoryRegionSpec { guest_addr, size })
-                .collect(),
-        };
-        if saved.memory != expected {
-            return Err(Error::SnapshotMismatch(format!(
-                "saved memory layout {:?} is not that of {} MiB",
-                saved.memory,
-                config.memory_bytes >> 20
-            )));
-        }
+        check_layout(&config, &saved)?;
         let mem =
             state::load_memory(&dir.join(MEMORY_FILE)).map_err(Error::state("load memory"))?;
+        let vm = Vm::restore_parts(config, saved, mem)?;
+        tracing::info!(dir = %dir.display(), "vm restored (paused)");
+        Ok(vm)
+    }
+
+    /// Creates a VM, paused, from a captured state and guest memory that holds the
+    /// saved RAM (e.g. received by live migration). See [`Vm::capture_state`].
+    pub fn restore_from_state(
+        config: VmConfig,
+        saved: VmState,
+        memory: GuestMemoryMmap,
+    ) -> Result<Vm> {
+        let config = config.validate()?;
+        check_layout(&config, &saved)?;
+        Vm::restore_parts(config, saved, memory)
+    }
+
+    fn restore_parts(config: ValidConfig, saved: VmState, mem: GuestMemoryMmap) -> Result<Vm> {
+        vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
         if MemoryLayout::of(&mem) != saved.memory {
             return Err(Error::SnapshotMismatch(
-                "memory file does not match vm.state".into(),
+                "guest memory does not match the saved layout".into(),
             ));
         }
         let base = create_base(&config, &mem)?;
@@ -138,7 +144,31 @@ impl Vm {
         vm.spawn_vcpus(true)?;
         vm.wait_parked()?;
         vm.connect_serial_input()?;
-        tracing::info!(dir = %dir.display(), "vm restored (paused)");
         Ok(vm)
     }
+}
+
+/// The saved vCPU count and memory layout must be those of `config`.
+fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> {
+    if saved.vcpus.len() != config.vcpus as usize {
+        return Err(Error::SnapshotMismatch(format!(
+            "{} vcpus saved, {} configured",
+            saved.vcpus.len(),
+            config.vcpus
+        )));
+    }
+    let expected = MemoryLayout {
+        regions: memory::ram_ranges(config.memory_bytes)
+            .into_iter()
+            .map(|(GuestAddress(guest_addr), size)| MemoryRegionSpec { guest_addr, size })
+            .collect(),
+    };
+    if saved.memory != expected {
+        return Err(Error::SnapshotMismatch(format!(
+            "saved memory layout {:?} is not that of {} MiB",
+            saved.memory,
+            config.memory_bytes >> 20
+        )));
+    }
+    Ok(())
 }

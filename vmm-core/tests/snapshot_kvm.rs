@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{config, guest, isolated_env, kvm_or_skip, Console};
-use vinfra_vmm_core::{DiskConfig, ExitReason, PowerState, Vm, VmConfig};
+use vinfra_vmm_core::{memory, DiskConfig, ExitReason, PowerState, Vm, VmConfig};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
 const T: Duration = Duration::from_secs(20);
 const NAME: &str = "snapshot_in_one_process_restore_in_another";
@@ -99,5 +100,50 @@ fn snapshot_in_one_process_restore_in_another() {
             ("VINFRA_SNAPSHOT_DIR", d),
         ],
         || {},
+    );
+}
+
+/// What live migration does, within one process: capture the paused VM's state, copy
+/// its RAM into fresh memory, build a second VM from both, and resume it there.
+#[test]
+fn state_and_memory_move_to_a_new_vm_in_memory() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated_env(
+        "state_and_memory_move_to_a_new_vm_in_memory",
+        T * 3,
+        &[],
+        || {
+            let Some(k) = guest("workload") else { return };
+            let dir = tempfile::tempdir().unwrap();
+            let disk = dir.path().join("disk.img");
+            std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+            let con = Console::default();
+            let mut src = Vm::create(vm_config(k.clone(), disk.clone(), &con)).unwrap();
+            src.start().unwrap();
+            con.wait_for("HB 2\n", T);
+            src.pause().unwrap();
+            let state = src.capture_state().unwrap();
+
+            let mem = memory::create(64 << 20).unwrap();
+            for region in src.memory().iter() {
+                let len = usize::try_from(region.len()).unwrap();
+                let mut buf = vec![0u8; len];
+                src.memory()
+                    .read_slice(&mut buf, region.start_addr())
+                    .unwrap();
+                mem.write_slice(&buf, region.start_addr()).unwrap();
+            }
+            assert_eq!(src.stop().unwrap(), ExitReason::Stopped);
+
+            let con2 = Console::default();
+            let mut dst = Vm::restore_from_state(vm_config(k, disk, &con2), state, mem).unwrap();
+            assert_eq!(dst.power_state(), PowerState::Paused);
+            dst.resume().unwrap();
+            con2.wait_for("HB 3\n", T);
+            dst.serial_input(b"exit 4\n");
+            assert_eq!(dst.wait_timeout(T), Some(ExitReason::Poweroff { code: 4 }));
+        },
     );
 }
