@@ -360,6 +360,45 @@ mod tests {
     }
 
     #[test]
+    fn automation_levels_decide_what_is_applied() {
+        for (level, applied) in [
+            (AutomationLevel::Manual, false),
+            (AutomationLevel::PartiallyAutomated, false),
+            (AutomationLevel::FullyAutomated, true),
+        ] {
+            let mut s = skewed();
+            s.settings.automation = level;
+            s.settings.migration_threshold = 5;
+            s.vms.push(VmSpec::new("new", 100, 100));
+            s.vms.last_mut().unwrap().powered_on = false;
+            let c = Cluster::new(s).unwrap();
+            let p = balance(&c);
+            assert!(!p.recommendations.is_empty());
+            assert!(
+                p.recommendations.iter().all(|r| r.automatic == applied),
+                "{level:?}"
+            );
+            // Placement is automatic from partially automated up.
+            let placed = crate::place(&c, &["new"]).unwrap();
+            assert_eq!(
+                placed.placements[0].automatic,
+                level != AutomationLevel::Manual
+            );
+        }
+    }
+
+    #[test]
+    fn the_move_cap_stops_a_pass() {
+        let mut s = skewed();
+        s.settings.migration_threshold = 5;
+        s.settings.max_moves_per_pass = 2;
+        let c = Cluster::new(s).unwrap();
+        let p = balance(&c);
+        assert_eq!(p.recommendations.len(), 2);
+        assert_eq!(p.stop, StopReason::MoveCap);
+    }
+
+    #[test]
     fn cost_benefit_blocks_expensive_small_gains() {
         let mut s = skewed();
         s.settings.migration_threshold = 5;

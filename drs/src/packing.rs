@@ -6,6 +6,7 @@
 //! single items; anti-affinity partners never share a bin; bins are matched to hosts
 //! their items allow. Everything is bounded by [`PackOptions::step_budget`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -166,6 +167,11 @@ struct Packer<'a> {
     /// Smallest and largest item memory sizes.
     mem_range: (u64, u64),
     buckets: FxMap<(u64, u64), Vec<usize>>,
+    /// Each item's allowed-host mask, interned (`None` = every host).
+    mask_of: Vec<Option<usize>>,
+    masks: Vec<Vec<bool>>,
+    /// Sorted mask ids → whether some host is in all of them.
+    meets: RefCell<FxMap<Vec<usize>, bool>>,
     _c: &'a Cluster,
 }
 
@@ -184,6 +190,20 @@ impl<'a> Packer<'a> {
             buckets.entry(key(items[i].size)).or_default().push(i);
         }
         let alive = vec![true; items.len()];
+        // Rules give few distinct host sets: intern them and cache their intersections.
+        let mut masks: Vec<Vec<bool>> = Vec::new();
+        let mut mask_ids: FxMap<Vec<bool>, usize> = FxMap::default();
+        let mask_of = items
+            .iter()
+            .map(|it| {
+                it.allowed.as_ref().map(|a| {
+                    *mask_ids.entry(a.clone()).or_insert_with(|| {
+                        masks.push(a.clone());
+                        masks.len() - 1
+                    })
+                })
+            })
+            .collect();
         let mut by_cpu: Vec<usize> = (0..items.len()).collect();
         by_cpu.sort_by_key(|&i| (items[i].size[CPU], i));
         let cpu_range = (
@@ -204,6 +224,9 @@ impl<'a> Packer<'a> {
             cpu_range,
             mem_range,
             buckets,
+            mask_of,
+            masks,
+            meets: RefCell::new(FxMap::default()),
             _c: c,
         }
     }
@@ -222,15 +245,22 @@ impl<'a> Packer<'a> {
         {
             return false;
         }
-        if it.allowed.is_none() && set.iter().all(|&i| self.items[i].allowed.is_none()) {
+        let mut ids: Vec<usize> = set
+            .iter()
+            .chain(std::iter::once(&j))
+            .filter_map(|&i| self.mask_of[i])
+            .collect();
+        if ids.is_empty() {
             return true;
         }
-        (0..self.hosts).any(|h| {
-            it.allowed.as_ref().is_none_or(|a| a[h])
-                && set
-                    .iter()
-                    .all(|&i| self.items[i].allowed.as_ref().is_none_or(|a| a[h]))
-        })
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(&m) = self.meets.borrow().get(&ids) {
+            return m;
+        }
+        let m = (0..self.hosts).any(|h| ids.iter().all(|&k| self.masks[k][h]));
+        self.meets.borrow_mut().insert(ids, m);
+        m
     }
 
     fn exact_partner(
