@@ -16,6 +16,7 @@ const MAX_BATCH: u64 = 1024;
 #[derive(Debug)]
 pub struct File {
     vol: Volume,
+    bs: u64,
     mode: LockMode,
     path: String,
     inode: Mutex<Inode>,
@@ -33,6 +34,7 @@ enum Seg {
 impl File {
     pub(crate) fn new(vol: Volume, inode: Inode, mode: LockMode, path: &str) -> File {
         File {
+            bs: vol.sh.bs() as u64,
             vol,
             mode,
             path: path.to_string(),
@@ -64,11 +66,16 @@ impl File {
     }
 
     fn map(&self, ino: &Inode, f: u64) -> Result<u32> {
+        Ok(self.map_range(ino, f, f + 1)?.first().copied().unwrap_or(0))
+    }
+
+    /// Physical blocks of file blocks `f0..f1` (0 = hole), under one cache lock.
+    fn map_range(&self, ino: &Inode, f0: u64, f1: u64) -> Result<Vec<u32>> {
         let sh = &self.vol.sh;
-        let bs = sh.bs();
+        let bs = self.bs as usize;
         let mut c = lock_mutex(&self.cache);
         let mut r = c.reader(sh);
-        bmap::lookup(&mut r, ino, f, bs)
+        (f0..f1).map(|f| bmap::lookup(&mut r, ino, f, bs)).collect()
     }
 
     /// Reads at `off`; returns the bytes read (short at the end of the file). Holes read
@@ -81,7 +88,9 @@ impl File {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(ino.size - off) as usize;
-        let bs = sh.bs() as u64;
+        let bs = self.bs;
+        let f_first = off / bs;
+        let phys = self.map_range(&ino, f_first, (off + n as u64).div_ceil(bs))?;
         let mut pos = 0usize;
         // Runs of physically contiguous blocks become one device read.
         let mut run: Option<(u64, usize, usize)> = None; // (dev off, buf start, len)
@@ -96,7 +105,7 @@ impl File {
             let f = fo / bs;
             let within = (fo % bs) as usize;
             let len = (bs as usize - within).min(n - pos);
-            let p = self.map(&ino, f)?;
+            let p = phys.get((f - f_first) as usize).copied().unwrap_or(0);
             if p == 0 {
                 flush(&mut run, buf)?;
                 buf[pos..pos + len].fill(0);
@@ -124,7 +133,7 @@ impl File {
             return Err(Error::Mode(format!("{}: opened read-only", self.path)));
         }
         let sh = &self.vol.sh;
-        let bs = sh.bs() as u64;
+        let bs = self.bs;
         let end = off
             .checked_add(data.len() as u64)
             .ok_or(Error::TooLarge(u64::MAX))?;
@@ -138,10 +147,7 @@ impl File {
             let f_end = end.div_ceil(bs).min(f0 + MAX_BATCH);
             let mut bend = end.min(f_end * bs);
             let mut ino = lock_mutex(&self.inode).clone();
-            let mut phys = Vec::with_capacity((f_end - f0) as usize);
-            for f in f0..f_end {
-                phys.push(self.map(&ino, f)?);
-            }
+            let mut phys = self.map_range(&ino, f0, f_end)?;
             let need_alloc = phys.contains(&0);
             let grows = bend > ino.size;
             if !need_alloc && !grows {

@@ -132,6 +132,8 @@ pub(crate) struct Shared {
     events_rx: Mutex<Option<Receiver<VolumeEvent>>>,
     fenced_reported: AtomicBool,
     poisoned: AtomicBool,
+    /// Lock-free copy of the lease's validity horizon (ms), for the I/O hot path.
+    valid_until: std::sync::atomic::AtomicU64,
     pub unmounted: AtomicBool,
 }
 
@@ -169,6 +171,9 @@ impl Shared {
             return Err(Error::ReadOnly("unmounted".into()));
         }
         let now = self.now();
+        if now < self.valid_until.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let valid = lock_mutex(&self.lease).valid(now);
         if valid {
             return Ok(());
@@ -197,6 +202,7 @@ impl Shared {
     pub fn poison(&self, e: &Error) {
         tracing::error!(host = self.host, "metadata commit failed ({e}); fencing");
         self.poisoned.store(true, Ordering::SeqCst);
+        self.valid_until.store(0, Ordering::Release);
         lock_mutex(&self.lease).fence();
         self.report_fence();
     }
@@ -211,6 +217,7 @@ impl Shared {
         let action = lock_mutex(&self.lease).poll(now);
         match action {
             LeaseAction::Fence => {
+                self.valid_until.store(0, Ordering::Release);
                 self.report_fence();
                 Err(Error::Fenced { host: self.host })
             }
@@ -227,7 +234,12 @@ impl Shared {
                 {
                     Ok(Cas::Written) => {
                         *hb = next;
-                        lock_mutex(&self.lease).renewed(now);
+                        let mut l = lock_mutex(&self.lease);
+                        l.renewed(now);
+                        if !l.fenced() {
+                            self.valid_until
+                                .store(now + self.lease_ms / 2, Ordering::Release);
+                        }
                         Ok(LeaseAction::Renew)
                     }
                     Ok(Cas::Mismatch(_)) => {
@@ -459,6 +471,7 @@ impl Volume {
             events_rx: Mutex::new(Some(rx)),
             fenced_reported: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            valid_until: std::sync::atomic::AtomicU64::new(now + lease_ms / 2),
             unmounted: AtomicBool::new(false),
             clock,
         });
