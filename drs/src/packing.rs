@@ -512,7 +512,22 @@ fn match_bins(
         }
         fits(s, c.hosts[h].capacity)
     };
+    // Greedy first: most restricted bins rarely compete, and each direct hit saves a search.
+    let mut unmatched = Vec::new();
     for &b in &restricted {
+        match hosts
+            .iter()
+            .copied()
+            .find(|&h| host_bin[h].is_none() && allowed(&bins[b], h) && fits_cap(&bins[b], h))
+        {
+            Some(h) => {
+                host_bin[h] = Some(b);
+                bin_host[b] = Some(h);
+            }
+            None => unmatched.push(b),
+        }
+    }
+    for &b in &unmatched {
         // Kuhn's augmenting path, iterative with an explicit stack; bounded by hosts visited.
         let mut seen = vec![false; c.hosts.len()];
         let mut stack: Vec<(usize, usize)> = vec![(b, 0)];
@@ -560,9 +575,13 @@ fn match_bins(
             }
         }
     }
+    let mut is_restricted = vec![false; bins.len()];
+    for &b in &restricted {
+        is_restricted[b] = true;
+    }
     let mut free = hosts.iter().copied().filter(|&h| host_bin[h].is_none());
     for (b, slot) in bin_host.iter_mut().enumerate() {
-        if slot.is_none() && !restricted.contains(&b) {
+        if slot.is_none() && !is_restricted[b] {
             *slot = free.next();
         }
     }
@@ -892,6 +911,24 @@ mod tests {
         let host_of = |v: &str| p.assignment.iter().find(|(x, _)| x == v).unwrap().1.clone();
         assert_eq!(host_of("a"), "h1");
         assert_ne!(host_of("b"), "h1");
+    }
+
+    #[test]
+    fn matching_reassigns_along_an_augmenting_path() {
+        let c = Cluster::new(ClusterSpec::new(
+            (0..3).map(|i| HostSpec::new(format!("h{i}"), 100, 100)).collect(),
+            Vec::new(),
+        ))
+        .unwrap();
+        let item = |allowed: Option<Vec<bool>>| Item { vms: Vec::new(), size: [10, 10], anti: Vec::new(), allowed };
+        let items = vec![
+            item(Some(vec![true, true, false])),
+            item(Some(vec![true, false, false])),
+            item(None),
+        ];
+        let bins = vec![vec![0], vec![1], vec![2]];
+        let m = match_bins(&c, &items, &bins, &[0, 1, 2]);
+        assert_eq!(m, vec![Some(1), Some(0), Some(2)]);
     }
 
     #[test]
