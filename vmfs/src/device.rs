@@ -149,6 +149,9 @@ pub struct FileDevice {
     path: PathBuf,
     direct: bool,
     ats: Mutex<()>,
+    /// Last known length: saves an fstat per I/O; re-read when an access looks out of
+    /// bounds (another host may have grown the LUN).
+    len_cache: std::sync::atomic::AtomicU64,
 }
 
 const DIRECT_ALIGN: usize = 4096;
@@ -166,11 +169,13 @@ impl FileDevice {
             offset: 0,
             source,
         })?;
+        let len = file.metadata().map_err(Self::io("stat", 0))?.len();
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
             direct,
             ats: Mutex::new(()),
+            len_cache: std::sync::atomic::AtomicU64::new(len),
         })
     }
 
@@ -287,27 +292,43 @@ impl FileDevice {
     }
 }
 
+impl FileDevice {
+    fn check(&self, offset: u64, len: usize) -> Result<()> {
+        let cached = self.len_cache.load(std::sync::atomic::Ordering::Relaxed);
+        if bounds(offset, len, cached).is_ok() {
+            return Ok(());
+        }
+        bounds(offset, len, self.len()?)
+    }
+}
+
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        bounds(offset, buf.len(), self.len()?)?;
+        self.check(offset, buf.len())?;
         self.raw_read(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        bounds(offset, buf.len(), self.len()?)?;
+        self.check(offset, buf.len())?;
         self.raw_write(buf, offset)
     }
     fn flush(&self) -> Result<()> {
         self.file.sync_data().map_err(Self::io("flush", 0))
     }
     fn len(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(Self::io("stat", 0))?.len())
+        let len = self.file.metadata().map_err(Self::io("stat", 0))?.len();
+        self.len_cache
+            .store(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(len)
     }
     fn set_len(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(Self::io("set_len", len))
+        self.file.set_len(len).map_err(Self::io("set_len", len))?;
+        self.len_cache
+            .store(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
     fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
         check_cas_args(expected, new)?;
-        bounds(offset, new.len(), self.len()?)?;
+        self.check(offset, new.len())?;
         let _g = self.ats.lock().map_err(|_| Error::Io {
             op: "ats",
             offset,
