@@ -48,6 +48,7 @@
 //! (unmapped MMIO, bad virtio descriptors) is absorbed by the devices; a guest that
 //! KVM cannot run ends as [`ExitReason::Crashed`].
 
+pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;

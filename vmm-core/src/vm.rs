@@ -7,6 +7,7 @@ use std::time::Duration;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
+use crate::acpi;
 use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
@@ -97,13 +98,26 @@ impl Vm {
             memory::set_mergeable(&memory)?;
         }
         let dev = build_devices(&config, &base, &memory, None)?;
-        let mut extra = dev.cmdline.clone();
-        if let Some(khz) = base.tsc_khz {
-            extra.push(format!("vinfra.tsc_khz={khz}"));
-        }
-        let cmdline = boot::build_cmdline(&config.cmdline, &extra)?;
-        let (boot_protocol, entry) =
-            boot::load(&memory, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        let rsdp = acpi::write(&memory, &dev.acpi_config(config.vcpus))?;
+        let tsc = base.tsc_khz.map(|khz| format!("vinfra.tsc_khz={khz}"));
+        // Linux (64-bit protocol) finds the disks in the DSDT; listing them on the
+        // command line too would register each window twice where the kernel has
+        // VIRTIO_MMIO_CMDLINE_DEVICES. PVH kernels (our test guests) parse the list.
+        let cmdline_for = |p: BootProtocol| {
+            let mut extra = match p {
+                BootProtocol::Linux64 => Vec::new(),
+                _ => dev.cmdline.clone(),
+            };
+            extra.extend(tsc.clone());
+            boot::build_cmdline(&config.cmdline, &extra)
+        };
+        let (boot_protocol, entry, cmdline) = boot::load(
+            &memory,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &cmdline_for,
+            Some(rsdp),
+        )?;
         let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
         cpu_setup::setup_entry(bsp, &memory, entry)?;
         for v in &base.vcpus {

@@ -10,6 +10,7 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::acpi::{AcpiConfig, VirtioMmioDevice};
 use crate::boot::cpu_setup;
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialOutput, ValidConfig};
@@ -124,7 +125,21 @@ pub(crate) struct Devices {
     pub(crate) pio: PioBus,
     pub(crate) mmio: MmioBus,
     pub(crate) disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    /// `virtio_mmio.device=` entries: only for PVH kernels (our test guests parse
+    /// them); Linux kernels booted by the 64-bit protocol get the devices from ACPI.
     pub(crate) cmdline: Vec<String>,
+    /// The virtio-mmio windows and GSIs, for the DSDT.
+    pub(crate) virtio_mmio: Vec<VirtioMmioDevice>,
+}
+
+impl Devices {
+    /// What the ACPI tables describe for this VM.
+    pub(crate) fn acpi_config(&self, vcpus: u32) -> AcpiConfig {
+        // create_base already refused more vCPUs than 8-bit APIC ids allow.
+        let mut cfg = AcpiConfig::new(u8::try_from(vcpus).unwrap_or(u8::MAX));
+        cfg.virtio_mmio.clone_from(&self.virtio_mmio);
+        cfg
+    }
 }
 
 /// Builds the buses and devices; with `saved`, the devices continue from their blobs.
@@ -161,7 +176,7 @@ pub(crate) fn build_devices(
     pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
     pio.insert(I8042_BASE, I8042_LEN, i8042)?;
-    let (mmio, disks, cmdline) = attach_disks(config, &base.vm_fd, memory, saved)?;
+    let (mmio, disks, cmdline, virtio_mmio) = attach_disks(config, &base.vm_fd, memory, saved)?;
     Ok(Devices {
         ctl,
         serial,
@@ -169,6 +184,7 @@ pub(crate) fn build_devices(
         mmio,
         disks,
         cmdline,
+        virtio_mmio,
     })
 }
 
@@ -183,7 +199,12 @@ fn find_blob<'a>(blobs: &'a [DeviceBlob], kind: &str, id: &str) -> Option<&'a De
     blobs.iter().find(|b| b.kind == kind && b.id == id)
 }
 
-type Disks = (MmioBus, Vec<Arc<Mutex<VirtioBlk>>>, Vec<String>);
+type Disks = (
+    MmioBus,
+    Vec<Arc<Mutex<VirtioBlk>>>,
+    Vec<String>,
+    Vec<VirtioMmioDevice>,
+);
 
 fn attach_disks(
     config: &ValidConfig,
@@ -197,6 +218,7 @@ fn attach_disks(
     let mut bus = MmioBus::default();
     let mut devices = Vec::new();
     let mut cmdline = Vec::new();
+    let mut described = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let derr = |reason: String| Error::Disk {
             path: d.path.clone(),
@@ -226,6 +248,11 @@ fn attach_disks(
             .map_err(|e| derr(e.to_string()))?;
         devices.push(blk);
         cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        described.push(VirtioMmioDevice {
+            base,
+            len: MMIO_WINDOW_SIZE,
+            gsi,
+        });
     }
-    Ok((bus, devices, cmdline))
+    Ok((bus, devices, cmdline, described))
 }

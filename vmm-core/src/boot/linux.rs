@@ -61,13 +61,15 @@ pub fn load_initrd(
     Ok((addr, size))
 }
 
-/// Writes the zero page and returns (64-bit entry point, zero page address).
+/// Writes the zero page (with the ACPI RSDP address, if any) and returns (64-bit entry
+/// point, zero page address).
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     kernel: &KernelLoaderResult,
     cmdline_addr: u64,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<(u64, u64)> {
     let mut params = boot_params::default();
     let entry = match kernel.setup_header {
@@ -86,6 +88,7 @@ pub fn write_boot_params(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = u32::try_from(cmdline_addr).unwrap_or(0);
     params.hdr.cmdline_size = u32::try_from(cmdline_len).unwrap_or(0);
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image =
             u32::try_from(addr).map_err(|_| Error::Memory("initrd".into()))?;

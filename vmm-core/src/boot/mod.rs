@@ -49,14 +49,18 @@ pub fn build_cmdline(user: &str, extra: &[String]) -> Result<Cmdline> {
     Ok(c)
 }
 
-/// Loads `kernel` (and `initrd`) into `mem`, writes the boot structures with `cmdline`,
-/// and returns the protocol and the vCPU entry state.
+/// Loads `kernel` (and `initrd`) into `mem`, writes the boot structures with the command
+/// line `cmdline` builds for the kernel's protocol and, with `rsdp`, points the guest
+/// at the ACPI tables already in memory (`hvm_start_info.rsdp_paddr` or
+/// `boot_params.acpi_rsdp_addr`). Returns the protocol, the vCPU entry state and the
+/// command line written.
 pub fn load(
     mem: &GuestMemoryMmap,
     kernel: &Path,
     initrd: Option<&Path>,
-    cmdline: &Cmdline,
-) -> Result<(BootProtocol, EntryMode)> {
+    cmdline: &dyn Fn(BootProtocol) -> Result<Cmdline>,
+    rsdp: Option<u64>,
+) -> Result<(BootProtocol, EntryMode, Cmdline)> {
     let open = |p: &Path, what| {
         File::open(p).map_err(|source| Error::File {
             what,
@@ -86,7 +90,12 @@ pub fn load(
             reason: format!("the kernel ends at {:#x}", result.kernel_end),
         });
     }
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline)
+    let protocol = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(_) => BootProtocol::Pvh,
+        _ => BootProtocol::Linux64,
+    };
+    let cmdline = cmdline(protocol)?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline)
         .map_err(|e| Error::Cmdline(e.to_string()))?;
     let cmdline_len = cmdline
         .as_cstring()
@@ -103,13 +112,14 @@ pub fn load(
                 )?),
                 None => None,
             };
-            let start_info = pvh::write_start_info(mem, CMDLINE_ADDR, initrd)?;
+            let start_info = pvh::write_start_info(mem, CMDLINE_ADDR, initrd, rsdp)?;
             Ok((
                 BootProtocol::Pvh,
                 EntryMode::Protected32 {
                     entry: entry.0,
                     start_info,
                 },
+                cmdline,
             ))
         }
         _ => {
@@ -123,10 +133,11 @@ pub fn load(
                 None => None,
             };
             let (entry, boot_params) =
-                linux::write_boot_params(mem, &result, CMDLINE_ADDR, cmdline_len, initrd)?;
+                linux::write_boot_params(mem, &result, CMDLINE_ADDR, cmdline_len, initrd, rsdp)?;
             Ok((
                 BootProtocol::Linux64,
                 EntryMode::Long64 { entry, boot_params },
+                cmdline,
             ))
         }
     }

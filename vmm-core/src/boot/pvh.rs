@@ -47,12 +47,13 @@ fn entry(addr: u64, size: u64, type_: u32) -> hvm_memmap_table_entry {
     }
 }
 
-/// Writes the start info (version 1, with the memory map and the initrd as module 0)
-/// and returns its address.
+/// Writes the start info (version 1, with the memory map, the initrd as module 0 and
+/// the ACPI RSDP address if any) and returns its address.
 pub fn write_start_info(
     mem: &GuestMemoryMmap,
     cmdline_addr: u64,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<u64> {
     let map = memmap(mem);
     let werr = |e: vm_memory::GuestMemoryError| Error::Memory(format!("write start info: {e}"));
@@ -78,6 +79,7 @@ pub fn write_start_info(
         cmdline_paddr: cmdline_addr,
         memmap_paddr: MEMMAP_ADDR,
         memmap_entries: u32::try_from(map.len()).unwrap_or(0),
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     mem.write_obj(info, GuestAddress(START_INFO_ADDR))
@@ -93,10 +95,12 @@ mod tests {
     #[test]
     fn start_info_carries_cmdline_memmap_and_initrd() {
         let mem = crate::memory::create(64 << 20).unwrap();
-        let at = write_start_info(&mem, 0x2_0000, Some((0x300_0000, 4096))).unwrap();
+        let at =
+            write_start_info(&mem, 0x2_0000, Some((0x300_0000, 4096)), Some(0xe_0000)).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(at)).unwrap();
         assert_eq!((info.magic, info.version), (XEN_HVM_START_MAGIC, 1));
         assert_eq!((info.cmdline_paddr, info.nr_modules), (0x2_0000, 1));
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((m.paddr, m.size), (0x300_0000, 4096));
         assert_eq!(info.memmap_entries, 3);
