@@ -15,7 +15,7 @@ use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::hvm_start_info;
 use vinfra_vmm_core::acpi::{self, tables, AcpiConfig, AcpiTables, VirtioMmioDevice};
 use vinfra_vmm_core::boot::{self, linux::BOOT_PARAMS_ADDR, pvh::START_INFO_ADDR};
-use vinfra_vmm_core::{memory, BootProtocol, DiskConfig, Vm, VmConfig};
+use vinfra_vmm_core::{memory, BootProtocol, DiskConfig, ExitReason, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 
 fn config_with_disks(vcpus: u8, disks: u32) -> AcpiConfig {
@@ -345,4 +345,87 @@ fn virtio_mmio_cmdline_entries_only_for_pvh_and_tables_written() {
             "one disk, one device"
         );
     }
+}
+
+/// 64-bit probe for the Linux entry: exits 0x40 if `boot_params.acpi_rsdp_addr`
+/// (`rsi + 0x70`) points at "RSD PTR " whose XSDT address holds "XSDT", else 0x41.
+fn linux_rsdp_probe() -> Vec<u8> {
+    let mut p = vec![0x48, 0x8b, 0x46, 0x70]; // mov rax, [rsi + 0x70]
+    p.extend_from_slice(&[0x48, 0xbb]); // movabs rbx, "RSD PTR "
+    p.extend_from_slice(b"RSD PTR ");
+    p.extend_from_slice(&[0x48, 0x39, 0x18]); // cmp [rax], rbx
+    p.extend_from_slice(&[0x75, 0x10]); // jne fail
+    p.extend_from_slice(&[0x48, 0x8b, 0x40, 0x18]); // mov rax, [rax + 24]: XSDT address
+    p.extend_from_slice(&[0x81, 0x38]); // cmp dword [rax], "XSDT"
+    p.extend_from_slice(b"XSDT");
+    p.extend_from_slice(&[0x75, 0x04]); // jne fail
+    p.extend_from_slice(&probe_exit());
+    p
+}
+
+/// 32-bit probe for the PVH entry: the same checks through `hvm_start_info.rsdp_paddr`
+/// (`ebx + 32`).
+fn pvh_rsdp_probe() -> Vec<u8> {
+    let mut p = vec![0x8b, 0x43, 0x20]; // mov eax, [ebx + 32]
+    p.extend_from_slice(&[0x81, 0x38]); // cmp dword [eax], "RSD "
+    p.extend_from_slice(b"RSD ");
+    p.extend_from_slice(&[0x75, 0x18]); // jne fail
+    p.extend_from_slice(&[0x81, 0x78, 0x04]); // cmp dword [eax + 4], "PTR "
+    p.extend_from_slice(b"PTR ");
+    p.extend_from_slice(&[0x75, 0x0f]); // jne fail
+    p.extend_from_slice(&[0x8b, 0x40, 0x18]); // mov eax, [eax + 24]: XSDT address
+    p.extend_from_slice(&[0x81, 0x38]); // cmp dword [eax], "XSDT"
+    p.extend_from_slice(b"XSDT");
+    p.extend_from_slice(&[0x75, 0x04]); // jne fail
+    p.extend_from_slice(&probe_exit());
+    p
+}
+
+/// al = 0x40; skip; fail: al = 0x41; then out 0xf4, al and halt.
+fn probe_exit() -> [u8; 14] {
+    [
+        0xb0, 0x40, 0xeb, 0x02, 0xb0, 0x41, 0x66, 0xba, 0xf4, 0x00, 0xee, 0xf4, 0xeb, 0xfd,
+    ]
+}
+
+fn run_probe(image: Vec<u8>, protocol: BootProtocol) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("kernel");
+    std::fs::write(&k, image).unwrap();
+    let mut vm = Vm::create(
+        VmConfig::new(&k)
+            .memory_mib(16)
+            .serial_output(vinfra_vmm_core::SerialOutput::None),
+    )
+    .unwrap();
+    assert_eq!(vm.boot_protocol(), Some(protocol));
+    vm.start().unwrap();
+    assert_eq!(
+        vm.wait_timeout(std::time::Duration::from_secs(20)),
+        Some(ExitReason::Poweroff { code: 0x40 }),
+        "{protocol:?}: the guest did not find the RSDP and XSDT"
+    );
+}
+
+/// Guests on KVM follow the boot-protocol pointer to the RSDP and on to the XSDT.
+#[test]
+fn guests_find_the_rsdp_through_their_boot_protocol() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    common::isolated(
+        "guests_find_the_rsdp_through_their_boot_protocol",
+        std::time::Duration::from_secs(60),
+        || {
+            run_probe(common::tiny_elf(&pvh_rsdp_probe(), true), BootProtocol::Pvh);
+            run_probe(
+                common::tiny_bzimage(&linux_rsdp_probe()),
+                BootProtocol::Linux64,
+            );
+            run_probe(
+                common::tiny_elf(&linux_rsdp_probe(), false),
+                BootProtocol::Linux64,
+            );
+        },
+    );
 }
