@@ -52,7 +52,11 @@ impl Target for Vm {
         self.0.write_at(b, off)
     }
     fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
-        self.0.read_at(b, off).map(|_| ())
+        let n = self.0.read_at(b, off)?;
+        if n != b.len() {
+            return Err(Error::Config(format!("short read {n} at {off}")));
+        }
+        Ok(())
     }
     fn sync(&self) -> Result<(), Error> {
         self.0.sync()
@@ -135,6 +139,8 @@ pub fn bench_io(dir: &Path, mib: u64, secs: f64, target: &str) -> Result<(), Err
             .truncate(true)
             .open(&p)
             .map_err(io("create"))?;
+        // Sized up front like a LUN (and like the vmfs image), not grown by appends.
+        f.set_len(bytes).map_err(io("set_len"))?;
         let r = phases(&Raw(f), bytes, secs, 7)?;
         let _ = std::fs::remove_file(&p);
         r
