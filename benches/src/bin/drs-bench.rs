@@ -4,7 +4,12 @@
 //! ```text
 //! drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec-out.json]
 //! drs-bench balance <hosts> <vms> <moves> <seed> <threshold>
+//! drs-bench balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>
 //! ```
+//!
+//! `balance-naive` is the straightforward greedy the issue compares with: every step
+//! tries every VM on every host and recomputes the imbalance from scratch; it stops after
+//! `max-moves` steps and reports the time per step.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -77,11 +82,110 @@ fn balancing(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Imbalance from scratch: sqrt((var_cpu + var_mem) / 2) over hosts.
+fn imbalance(load: &[[f64; 2]], cap: &[[f64; 2]]) -> f64 {
+    let n = load.len() as f64;
+    let mut v = 0.0;
+    for r in 0..2 {
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for (l, c) in load.iter().zip(cap) {
+            let x = l[r] / c[r];
+            s1 += x;
+            s2 += x * x;
+        }
+        v += (s2 / n - (s1 / n) * (s1 / n)).max(0.0);
+    }
+    (v / 2.0).sqrt()
+}
+
+fn balancing_naive(args: &[String]) -> Result<(), String> {
+    let hosts: usize = arg(args, 2, "hosts")?;
+    let vms: usize = arg(args, 3, "vms")?;
+    let moves: usize = arg(args, 4, "moves")?;
+    let seed: u64 = arg(args, 5, "seed")?;
+    let threshold: u8 = arg(args, 6, "threshold")?;
+    let max_moves: usize = arg(args, 7, "max-moves")?;
+    let inst = generate::perturbed(seed, hosts, vms, moves);
+    let c = Cluster::new(inst.spec).map_err(|e| e.to_string())?;
+    let target = vinfra_drs::target_for_threshold(threshold);
+    let t = Instant::now();
+    let ent = vinfra_drs::entitlements(&c);
+    let cap: Vec<[f64; 2]> = c
+        .hosts
+        .iter()
+        .map(|h| [h.capacity[0] as f64, h.capacity[1] as f64])
+        .collect();
+    let mut load = vec![[0.0f64; 2]; c.hosts.len()];
+    let mut used = vec![[0u64; 2]; c.hosts.len()];
+    let mut host_of: Vec<Option<usize>> = c.vms.iter().map(|v| v.host).collect();
+    for (v, h) in host_of.iter().enumerate() {
+        if let Some(h) = *h {
+            load[h][0] += ent.vms[v][0] as f64;
+            load[h][1] += ent.vms[v][1] as f64;
+            let f = c.vms[v].footprint();
+            used[h][0] += f[0];
+            used[h][1] += f[1];
+        }
+    }
+    let mut made = 0;
+    while made < max_moves {
+        let now = imbalance(&load, &cap);
+        if now <= target {
+            break;
+        }
+        let mut best: Option<(f64, usize, usize)> = None;
+        for v in 0..c.vms.len() {
+            let Some(from) = host_of[v] else { continue };
+            let (w, f) = (ent.vms[v], c.vms[v].footprint());
+            for to in 0..c.hosts.len() {
+                let cap_to = c.hosts[to].capacity;
+                if to == from || used[to][0] + f[0] > cap_to[0] || used[to][1] + f[1] > cap_to[1] {
+                    continue;
+                }
+                for r in 0..2 {
+                    load[from][r] -= w[r] as f64;
+                    load[to][r] += w[r] as f64;
+                }
+                let after = imbalance(&load, &cap);
+                for r in 0..2 {
+                    load[from][r] += w[r] as f64;
+                    load[to][r] -= w[r] as f64;
+                }
+                if after < now && best.is_none_or(|(b, _, _)| after < b) {
+                    best = Some((after, v, to));
+                }
+            }
+        }
+        let Some((_, v, to)) = best else { break };
+        let from = host_of[v].unwrap_or(to);
+        let (w, f) = (ent.vms[v], c.vms[v].footprint());
+        for r in 0..2 {
+            load[from][r] -= w[r] as f64;
+            load[to][r] += w[r] as f64;
+            used[from][r] -= f[r];
+            used[to][r] += f[r];
+        }
+        host_of[v] = Some(to);
+        made += 1;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{}",
+        serde_json::json!({
+            "hosts": hosts, "vms": vms, "seed": seed, "threshold": threshold,
+            "naive_moves": made, "naive_ms": ms, "naive_ms_per_move": ms / made.max(1) as f64,
+            "imbalance_after": imbalance(&load, &cap),
+        })
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let r = match args.get(1).map(String::as_str) {
         Some("packing") => packing(&args),
         Some("balance") => balancing(&args),
+        Some("balance-naive") => balancing_naive(&args),
         _ => Err("usage: drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold>".into()),
     };
     match r {
