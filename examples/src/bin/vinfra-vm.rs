@@ -1,15 +1,16 @@
 //! `vinfra-vm`: run one VM with its serial console on this terminal.
 //!
 //! stdout carries nothing but the guest's console; logs go to stderr
-//! (`RUST_LOG=debug` for more). `Ctrl-A x` or Ctrl-C stops the VM. The exit status is
-//! the guest's exit code (power-off through port 0xf4), 0 after a reboot request, 70
-//! when the VM crashed, 1 on a VMM error. With `--snapshot-dir DIR`, `Ctrl-A s` saves
-//! the VM there and stops; `--restore DIR` (with the same VM flags) resumes it.
+//! (`RUST_LOG=debug` for more; coloured only when stderr is a terminal). `Ctrl-A x` or
+//! Ctrl-C stops the VM. With `--snapshot-dir DIR`, `Ctrl-A s` saves the VM there and
+//! stops; `--restore DIR` (with the same VM flags) resumes it. `--timings` prints how
+//! long the lifecycle steps took on stderr (one `vinfra-vm: timings: key=value ...` line
+//! per step), for the peer benchmarks. `--help` lists the exit statuses.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use vinfra_vmm_core::console::{install_stop_signals, stop_requested, RawMode};
@@ -19,13 +20,29 @@ use vinfra_vmm_core::{
 
 /// Exit status when the guest crashed (EX_SOFTWARE).
 const EXIT_CRASHED: u8 = 70;
+/// Exit status when SIGINT or SIGTERM stopped the VM: 128 + SIGTERM, what a shell
+/// reports for a process a SIGTERM ended, so a supervisor can tell a host stop from a
+/// guest power-off with code 0.
+const EXIT_SIGNALLED: u8 = 143;
 const CTRL_A: u8 = 0x01;
+
+/// The exit statuses, as `--help` shows them.
+const EXIT_STATUSES: &str = "\
+Exit status:
+  V    the guest powered off, writing V (0-255) to the exit device (port 0xf4)
+  0    the guest asked for a reboot (the VM is stopped, not rebooted), Ctrl-A x stopped
+       it, or Ctrl-A s snapshotted it into --snapshot-dir and stopped it
+  1    a VMM error (bad flag or config, no usable /dev/kvm, a missing kernel...)
+  70   the VM crashed (KVM internal error, triple fault, failed entry)
+  143  SIGTERM or SIGINT (Ctrl-C) stopped the VM
+A guest may power off with 1, 70 or 143 too: the guest's code is passed on as it is.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vinfra-vm",
     version,
-    about = "Run a VM on KVM with its serial console on this terminal"
+    about = "Run a VM on KVM with its serial console on this terminal",
+    after_help = EXIT_STATUSES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +52,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a kernel and attach the console until the VM stops.
+    #[command(after_help = EXIT_STATUSES)]
     Run(RunArgs),
 }
 
@@ -71,6 +89,23 @@ struct RunArgs {
     /// it was taken).
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+    /// Print how long create/restore, start/resume, pause and snapshot took on stderr.
+    #[arg(long)]
+    timings: bool,
+}
+
+/// Why the console loop stopped the VM (when the guest did not end it itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// The guest ended (power-off, reboot, crash) or `Ctrl-A x` / `Ctrl-A s` stopped it.
+    Guest,
+    /// SIGINT or SIGTERM.
+    Signal,
+}
+
+/// Milliseconds since `t`, for the `--timings` lines.
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// What the console keys ask for.
@@ -165,14 +200,17 @@ fn forward_stdin(input: SerialInput, keys: std::sync::mpsc::Sender<Key>) {
     }
 }
 
-fn run(mut args: RunArgs) -> Result<ExitReason, String> {
+fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), String> {
     let snapshot_dir = args.snapshot_dir.take();
     let restore = args.restore.take();
+    let timings = args.timings;
     let cfg = build_config(args)?;
+    let t_build = Instant::now();
     let mut vm = match &restore {
         Some(dir) => Vm::restore(cfg, dir).map_err(|e| e.to_string())?,
         None => Vm::create(cfg).map_err(|e| e.to_string())?,
     };
+    let build_ms = ms_since(t_build);
     install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
     let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
     if raw.is_some() {
@@ -184,29 +222,59 @@ fn run(mut args: RunArgs) -> Result<ExitReason, String> {
         .name("stdin".into())
         .spawn(move || forward_stdin(input, keys_tx))
         .map_err(|e| format!("spawn stdin thread: {e}"))?;
+    let t_run = Instant::now();
     if restore.is_some() {
         vm.resume().map_err(|e| e.to_string())?;
     } else {
         vm.start().map_err(|e| e.to_string())?;
     }
+    if timings {
+        let (built, ran) = if restore.is_some() {
+            ("restore_ms", "resume_ms")
+        } else {
+            ("create_ms", "start_ms")
+        };
+        // main_to_running_ms: from the first line of main to vCPUs running, i.e. what
+        // the process adds before the guest runs, without the exec and dynamic loading.
+        eprintln!(
+            "vinfra-vm: timings: {built}={build_ms:.2} {ran}={:.2} main_to_running_ms={:.2}\r",
+            ms_since(t_run),
+            ms_since(t_main)
+        );
+    }
     let reason = loop {
         if let Some(r) = vm.wait_timeout(Duration::from_millis(50)) {
-            break r;
+            break (r, StopCause::Guest);
         }
         if stop_requested() {
-            break vm.stop().map_err(|e| e.to_string())?;
+            break (vm.stop().map_err(|e| e.to_string())?, StopCause::Signal);
         }
         match keys_rx.try_recv() {
-            Ok(Key::Stop) => break vm.stop().map_err(|e| e.to_string())?,
+            Ok(Key::Stop) => break (vm.stop().map_err(|e| e.to_string())?, StopCause::Guest),
             Ok(Key::Snapshot) => match &snapshot_dir {
                 Some(dir) => {
+                    let t_pause = Instant::now();
                     vm.pause().map_err(|e| e.to_string())?;
-                    vm.snapshot(dir).map_err(|e| e.to_string())?;
+                    let pause_ms = ms_since(t_pause);
+                    let t_save = Instant::now();
+                    let stats = vm.snapshot(dir).map_err(|e| e.to_string())?;
+                    let save_ms = ms_since(t_save);
+                    if timings {
+                        eprintln!(
+                            "\r\nvinfra-vm: timings: pause_ms={pause_ms:.2} snapshot_ms={save_ms:.2} \
+                             state_bytes={} memory_written_bytes={} memory_apparent_bytes={} \
+                             memory_allocated_bytes={}\r",
+                            stats.state_bytes,
+                            stats.memory.data_bytes_written,
+                            stats.memory.file_apparent_bytes,
+                            stats.memory.file_allocated_bytes
+                        );
+                    }
                     eprintln!(
                         "\r\nvinfra-vm: snapshot written to {}; resume it with --restore\r",
                         dir.display()
                     );
-                    break vm.stop().map_err(|e| e.to_string())?;
+                    break (vm.stop().map_err(|e| e.to_string())?, StopCause::Guest);
                 }
                 None => eprintln!("\r\nvinfra-vm: no --snapshot-dir given; Ctrl-A s ignored\r"),
             },
@@ -218,8 +286,10 @@ fn run(mut args: RunArgs) -> Result<ExitReason, String> {
 }
 
 fn main() -> ExitCode {
+    let t_main = Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -227,23 +297,27 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(a, t_main),
     };
     match result {
-        Ok(ExitReason::Poweroff { code }) => ExitCode::from(code),
-        Ok(ExitReason::Reboot) => {
+        Ok((ExitReason::Stopped, StopCause::Signal)) => {
+            eprintln!("vinfra-vm: stopped by a signal");
+            ExitCode::from(EXIT_SIGNALLED)
+        }
+        Ok((ExitReason::Poweroff { code }, _)) => ExitCode::from(code),
+        Ok((ExitReason::Reboot, _)) => {
             eprintln!("vinfra-vm: the guest asked for a reboot; stopping");
             ExitCode::SUCCESS
         }
-        Ok(ExitReason::Stopped) => {
+        Ok((ExitReason::Stopped, StopCause::Guest)) => {
             eprintln!("vinfra-vm: stopped");
             ExitCode::SUCCESS
         }
-        Ok(ExitReason::Crashed { reason }) => {
+        Ok((ExitReason::Crashed { reason }, _)) => {
             eprintln!("vinfra-vm: the vm crashed: {reason}");
             ExitCode::from(EXIT_CRASHED)
         }
-        Ok(other) => {
+        Ok((other, _)) => {
             eprintln!("vinfra-vm: vm ended: {other:?}");
             ExitCode::SUCCESS
         }
