@@ -916,11 +916,18 @@ mod tests {
     #[test]
     fn matching_reassigns_along_an_augmenting_path() {
         let c = Cluster::new(ClusterSpec::new(
-            (0..3).map(|i| HostSpec::new(format!("h{i}"), 100, 100)).collect(),
+            (0..3)
+                .map(|i| HostSpec::new(format!("h{i}"), 100, 100))
+                .collect(),
             Vec::new(),
         ))
         .unwrap();
-        let item = |allowed: Option<Vec<bool>>| Item { vms: Vec::new(), size: [10, 10], anti: Vec::new(), allowed };
+        let item = |allowed: Option<Vec<bool>>| Item {
+            vms: Vec::new(),
+            size: [10, 10],
+            anti: Vec::new(),
+            allowed,
+        };
         let items = vec![
             item(Some(vec![true, true, false])),
             item(Some(vec![true, false, false])),

@@ -134,8 +134,8 @@ fn balancing_naive(args: &[String]) -> Result<(), String> {
             break;
         }
         let mut best: Option<(f64, usize, usize)> = None;
-        for v in 0..c.vms.len() {
-            let Some(from) = host_of[v] else { continue };
+        for (v, at) in host_of.iter().enumerate() {
+            let Some(from) = *at else { continue };
             let (w, f) = (ent.vms[v], c.vms[v].footprint());
             for to in 0..c.hosts.len() {
                 let cap_to = c.hosts[to].capacity;
