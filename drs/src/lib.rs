@@ -47,7 +47,9 @@ pub use model::{
     Allocation, AutomationLevel, ClusterSpec, HostPower, HostSpec, PoolSpec, RestartPriority,
     RuleSpec, Settings, Shares, VmHostMode, VmSpec,
 };
-pub use packing::{first_fit_decreasing, pack, PackOptions, PackPlan};
+pub use packing::{
+    first_fit_decreasing, pack, PackOptions, PackPlan, BACKTRACK_MAX_ITEMS, BACKTRACK_STEPS,
+};
 pub use placement::{place, Placement, PlacementPlan, Rejected, SHARING_BONUS};
 pub use state::Reject;
 pub use validate::{Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MEM};

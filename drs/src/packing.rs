@@ -589,7 +589,141 @@ fn match_bins(
 }
 
 /// Pack every running VM onto as few usable hosts as possible under the rules.
+///
+/// When the heuristics leave VMs unplaced, a complete backtracking search (bounded by
+/// what is left of the step budget) looks for any placement that keeps every rule.
 pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
+    let plan = pack_heuristic(c, opts);
+    let items = items_of(c);
+    // The search recurses once per item: keep it to instances where that depth is small.
+    if plan.unplaced.is_empty()
+        || plan.steps >= opts.step_budget
+        || items.len() > BACKTRACK_MAX_ITEMS
+    {
+        return plan;
+    }
+    let hosts: Vec<usize> = c.usable_hosts().collect();
+    let mut search = Backtrack {
+        c,
+        items: &items,
+        hosts: &hosts,
+        used: vec![[0, 0]; c.hosts.len()],
+        anti: vec![Vec::new(); c.hosts.len()],
+        host_of: vec![None; items.len()],
+        steps: plan.steps,
+        budget: opts
+            .step_budget
+            .min(plan.steps.saturating_add(BACKTRACK_STEPS)),
+    };
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    let choices = |i: usize| {
+        items[i]
+            .allowed
+            .as_ref()
+            .map_or(hosts.len(), |a| a.iter().filter(|&&x| x).count())
+    };
+    order.sort_by(|&a, &b| {
+        choices(a)
+            .cmp(&choices(b))
+            .then(
+                (items[b].size[CPU] + items[b].size[MEM])
+                    .cmp(&(items[a].size[CPU] + items[a].size[MEM])),
+            )
+            .then(a.cmp(&b))
+    });
+    if !search.solve(&order, 0) {
+        return PackPlan {
+            steps: search.steps,
+            ..plan
+        };
+    }
+    let mut state = State::empty(c);
+    for (i, h) in search.host_of.iter().enumerate() {
+        if let Some(h) = *h {
+            for &v in &items[i].vms {
+                state.put(v, h);
+            }
+        }
+    }
+    plan_from_state(&state, plan.lower_bound, search.steps)
+}
+
+/// Largest instance (affinity groups of running VMs) the complete search takes on.
+pub const BACKTRACK_MAX_ITEMS: usize = 1_000;
+/// Steps the complete search may add to the heuristics' steps.
+pub const BACKTRACK_STEPS: u64 = 5_000_000;
+
+/// Complete depth-first search over item → host, most constrained item first.
+struct Backtrack<'a> {
+    c: &'a Cluster,
+    items: &'a [Item],
+    hosts: &'a [usize],
+    used: Vec<[u64; 2]>,
+    anti: Vec<Vec<usize>>,
+    host_of: Vec<Option<usize>>,
+    steps: u64,
+    budget: u64,
+}
+
+impl Backtrack<'_> {
+    fn solve(&mut self, order: &[usize], k: usize) -> bool {
+        let Some(&i) = order.get(k) else { return true };
+        let item = &self.items[i];
+        // Used hosts first keeps the count low; of the empty hosts with the same capacity
+        // that every item treats alike, trying one is enough.
+        let mut tried_empty: Vec<[u64; 2]> = Vec::new();
+        let uniform = self.items.iter().all(|it| it.allowed.is_none());
+        let mut cands: Vec<usize> = self
+            .hosts
+            .iter()
+            .copied()
+            .filter(|&h| self.used[h] != [0, 0])
+            .collect();
+        cands.extend(
+            self.hosts
+                .iter()
+                .copied()
+                .filter(|&h| self.used[h] == [0, 0]),
+        );
+        for h in cands {
+            self.steps += 1;
+            if self.steps >= self.budget {
+                return false;
+            }
+            let cap = self.c.hosts[h].capacity;
+            if uniform && self.used[h] == [0, 0] {
+                if tried_empty.contains(&cap) {
+                    continue;
+                }
+                tried_empty.push(cap);
+            }
+            let u = self.used[h];
+            if u[CPU] + item.size[CPU] > cap[CPU]
+                || u[MEM] + item.size[MEM] > cap[MEM]
+                || item.allowed.as_ref().is_some_and(|a| !a[h])
+                || item.anti.iter().any(|r| self.anti[h].contains(r))
+            {
+                continue;
+            }
+            self.used[h] = [u[CPU] + item.size[CPU], u[MEM] + item.size[MEM]];
+            self.anti[h].extend_from_slice(&item.anti);
+            self.host_of[i] = Some(h);
+            if self.solve(order, k + 1) {
+                return true;
+            }
+            self.host_of[i] = None;
+            self.used[h] = u;
+            let keep = self.anti[h].len() - item.anti.len();
+            self.anti[h].truncate(keep);
+            if self.steps >= self.budget {
+                return false;
+            }
+        }
+        false
+    }
+}
+
+fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
     let items = items_of(c);
     let lb = lower_bound(c, &items);
     let mut hosts: Vec<usize> = c.usable_hosts().collect();

@@ -361,3 +361,45 @@ fn the_random_instances_are_mostly_valid() {
         "only {valid}/400 valid: the property test would exercise too little"
     );
 }
+
+/// Is there any assignment of the running VMs to usable hosts that keeps every rule?
+fn brute_force_feasible(c: &Cluster) -> bool {
+    let running: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on).collect();
+    let hosts: Vec<usize> = c.usable_hosts().collect();
+    if hosts.is_empty() {
+        return running.is_empty();
+    }
+    let total = hosts.len().pow(u32::try_from(running.len()).unwrap());
+    (0..total).any(|mut code| {
+        let assignment: Vec<(String, String)> = running
+            .iter()
+            .map(|&v| {
+                let h = hosts[code % hosts.len()];
+                code /= hosts.len();
+                (c.vms[v].id.clone(), c.hosts[h].id.clone())
+            })
+            .collect();
+        check_assignment(c, &assignment).is_ok()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pack_finds_a_feasible_placement_whenever_one_exists(spec in arb_spec()) {
+        let mut spec = spec;
+        spec.vms.truncate(6);
+        spec.hosts.truncate(3);
+        for v in &mut spec.vms {
+            v.host = None;
+        }
+        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
+        let p = pack(&c, &PackOptions::default());
+        if brute_force_feasible(&c) {
+            prop_assert!(p.unplaced.is_empty(), "feasible but unplaced {:?}", p.unplaced);
+        } else {
+            prop_assert!(!p.unplaced.is_empty());
+        }
+    }
+}
