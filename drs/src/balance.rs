@@ -261,14 +261,22 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
         stop
     };
-    BalancePlan {
+    let plan = BalancePlan {
         imbalance_before: before,
         imbalance_after: loads.imbalance(),
         target,
         recommendations: recs,
         unresolved,
         stop,
-    }
+    };
+    tracing::debug!(
+        before = plan.imbalance_before,
+        after = plan.imbalance_after,
+        moves = plan.recommendations.len(),
+        stop = ?plan.stop,
+        "balance pass"
+    );
+    plan
 }
 
 fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {

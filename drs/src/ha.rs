@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::{HostPower, RestartPriority};
+use crate::packing::{place_groups_complete, BACKTRACK_STEPS};
 use crate::placement::{Chooser, Rejected};
 use crate::state::State;
 use crate::validate::{Cluster, CPU, MEM};
@@ -190,8 +191,9 @@ pub fn restart_plan(c: &Cluster, failed: &[&str]) -> Result<RestartPlan> {
         restarts: Vec::new(),
         not_restarted: Vec::new(),
     };
+    let fresh = state.clone();
     let mut chooser = Chooser::new(&mut state);
-    for v in victims {
+    for &v in &victims {
         let vm = &c2.vms[v];
         if vm.restart_priority == RestartPriority::Disabled {
             plan.not_restarted.push(NotRestarted {
@@ -221,6 +223,38 @@ pub fn restart_plan(c: &Cluster, failed: &[&str]) -> Result<RestartPlan> {
                     })
                     .collect(),
             }),
+        }
+    }
+    if plan.not_restarted.iter().any(|n| !n.rejected.is_empty()) {
+        // Priority order left some down: a complete search may still restart them all.
+        let wanted: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&v| c2.vms[v].restart_priority != RestartPriority::Disabled)
+            .collect();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for &v in &wanted {
+            match groups
+                .iter_mut()
+                .find(|g| c2.vms[g[0]].group == c2.vms[v].group)
+            {
+                Some(g) => g.push(v),
+                None => groups.push(vec![v]),
+            }
+        }
+        if let Some(to) = place_groups_complete(&fresh, &groups, BACKTRACK_STEPS) {
+            plan.not_restarted.retain(|n| n.rejected.is_empty());
+            plan.restarts = wanted
+                .iter()
+                .map(|&v| {
+                    let g = groups.iter().position(|g| g.contains(&v)).unwrap_or(0);
+                    Restart {
+                        vm: c2.vms[v].id.clone(),
+                        host: c2.hosts[to[g]].id.clone(),
+                        priority: c2.vms[v].restart_priority,
+                    }
+                })
+                .collect();
         }
     }
     Ok(plan)

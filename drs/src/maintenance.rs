@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::packing::{place_groups_complete, BACKTRACK_STEPS};
 use crate::placement::{Chooser, Rejected};
 use crate::state::State;
 use crate::validate::{Cluster, CPU, MEM};
@@ -107,7 +108,7 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
         blocked: Vec::new(),
     };
     let mut chooser = Chooser::new(&mut state);
-    for g in groups {
+    for g in groups.iter().cloned() {
         // Try hosts for the first member in preference order; the rest must follow.
         let lead = g[0];
         let mut done = false;
@@ -166,12 +167,37 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
             }
         }
     }
+    if !plan.blocked.is_empty() {
+        // The greedy order got stuck: a complete search may still find room for everyone.
+        let mut fresh = State::current(c2);
+        for g in &groups {
+            for &v in g {
+                fresh.take(v);
+            }
+        }
+        if let Some(to) = place_groups_complete(&fresh, &groups, BACKTRACK_STEPS) {
+            plan.blocked.clear();
+            plan.moves.clear();
+            for (g, &d) in groups.iter().zip(&to) {
+                for &v in g {
+                    fresh.put(v, d);
+                    plan.moves.push(EvacuationMove {
+                        vm: c2.vms[v].id.clone(),
+                        to: c2.hosts[d].id.clone(),
+                        powered_on: true,
+                    });
+                }
+            }
+            state = fresh;
+        }
+    }
+    let chooser_state = &state;
     for &v in &leaving {
         if c2.vms[v].powered_on {
             continue;
         }
         // Powered-off VMs only need a host their rules allow.
-        match (0..c2.hosts.len()).find(|&d| chooser.state.static_reject(v, d).is_none()) {
+        match (0..c2.hosts.len()).find(|&d| chooser_state.static_reject(v, d).is_none()) {
             Some(d) => plan.moves.push(EvacuationMove {
                 vm: c2.vms[v].id.clone(),
                 to: c2.hosts[d].id.clone(),
@@ -181,7 +207,7 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
                 vm: c2.vms[v].id.clone(),
                 rejected: (0..c2.hosts.len())
                     .filter_map(|d| {
-                        chooser.state.static_reject(v, d).map(|why| Rejected {
+                        chooser_state.static_reject(v, d).map(|why| Rejected {
                             host: c2.hosts[d].id.clone(),
                             why,
                         })

@@ -648,6 +648,93 @@ pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
     plan_from_state(&state, plan.lower_bound, search.steps)
 }
 
+/// Complete search for hosts for `groups` (VMs that must land together) given what
+/// `state` already holds; host per group, or `None` when none exists within the budget.
+pub(crate) fn place_groups_complete(
+    state: &State<'_>,
+    groups: &[Vec<usize>],
+    budget: u64,
+) -> Option<Vec<usize>> {
+    let c = state.c;
+    if groups.len() > BACKTRACK_MAX_ITEMS {
+        return None;
+    }
+    let hosts: Vec<usize> = c.usable_hosts().collect();
+    let mut anti = vec![Vec::new(); c.hosts.len()];
+    for (v, h) in state.host_of.iter().enumerate() {
+        if let Some(h) = *h {
+            anti[h].extend_from_slice(&c.vms[v].anti);
+        }
+    }
+    let items: Vec<Item> = groups
+        .iter()
+        .map(|g| {
+            let mut size = [0u64; 2];
+            let mut rules = Vec::new();
+            for &v in g {
+                let f = c.vms[v].footprint();
+                size[CPU] += f[CPU];
+                size[MEM] += f[MEM];
+                rules.extend_from_slice(&c.vms[v].anti);
+            }
+            rules.sort_unstable();
+            rules.dedup();
+            // Partners that stay put pin the group to their host.
+            let pinned: Option<usize> = g.first().and_then(|&v| {
+                c.groups[c.vms[v].group]
+                    .vms
+                    .iter()
+                    .filter(|p| !g.contains(p))
+                    .find_map(|&p| state.host_of[p])
+            });
+            let allowed = (0..c.hosts.len())
+                .map(|h| {
+                    c.hosts[h].usable()
+                        && g.iter().all(|&v| c.vms[v].allows(h))
+                        && pinned.is_none_or(|p| p == h)
+                })
+                .collect();
+            Item {
+                vms: g.clone(),
+                size,
+                anti: rules,
+                allowed: Some(allowed),
+            }
+        })
+        .collect();
+    let mut search = Backtrack {
+        c,
+        items: &items,
+        hosts: &hosts,
+        used: state.used.clone(),
+        anti,
+        host_of: vec![None; items.len()],
+        steps: 0,
+        budget,
+    };
+    let choices = |i: usize| {
+        items[i]
+            .allowed
+            .as_ref()
+            .map_or(hosts.len(), |a| a.iter().filter(|&&x| x).count())
+    };
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| {
+        choices(a)
+            .cmp(&choices(b))
+            .then(
+                (items[b].size[CPU] + items[b].size[MEM])
+                    .cmp(&(items[a].size[CPU] + items[a].size[MEM])),
+            )
+            .then(a.cmp(&b))
+    });
+    if search.solve(&order, 0) {
+        search.host_of.into_iter().collect()
+    } else {
+        None
+    }
+}
+
 /// Largest instance (affinity groups of running VMs) the complete search takes on.
 pub const BACKTRACK_MAX_ITEMS: usize = 1_000;
 /// Steps the complete search may add to the heuristics' steps.

@@ -403,3 +403,97 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn evacuation_succeeds_whenever_possible_and_keeps_the_rules(spec in arb_spec(), which in 0usize..3) {
+        let mut spec = spec;
+        spec.vms.truncate(6);
+        spec.hosts.truncate(3);
+        for h in &mut spec.hosts {
+            h.maintenance = false;
+        }
+        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
+        let target = c.hosts[which % c.hosts.len()].id.clone();
+        let t = c.host_index(&target).unwrap();
+        let now: Vec<(String, String)> = c.vms.iter()
+            .filter(|v| v.powered_on)
+            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
+            .collect();
+        if check_assignment(&c, &now).is_err() {
+            return Ok(());
+        }
+        let leaving: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(t)).collect();
+        let others: Vec<usize> = c.usable_hosts().filter(|&h| h != t).collect();
+        let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != target).cloned().collect();
+        let possible = !others.is_empty() || leaving.is_empty();
+        let possible = possible && (0..others.len().max(1).pow(u32::try_from(leaving.len()).unwrap())).any(|mut code| {
+            let mut a = stay.clone();
+            for &v in &leaving {
+                a.push((c.vms[v].id.clone(), c.hosts[others[code % others.len()]].id.clone()));
+                code /= others.len();
+            }
+            check_assignment(&c, &a).is_ok()
+        });
+        let plan = evacuate(&c, &target).unwrap();
+        if std::env::var_os("DRS_COUNT").is_some() {
+            eprintln!("EVAC leaving={} possible={possible}", leaving.len());
+        }
+        let blocked_running = plan.blocked.iter().any(|b| leaving.iter().any(|&v| c.vms[v].id == b.vm));
+        prop_assert_eq!(!blocked_running, possible, "plan {:?}", plan);
+        if possible {
+            let mut a = stay.clone();
+            for m in plan.moves.iter().filter(|m| m.powered_on) {
+                a.push((m.vm.clone(), m.to.clone()));
+            }
+            check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ha_restarts_everyone_whenever_possible_and_keeps_the_rules(spec in arb_spec(), which in 0usize..3) {
+        let mut spec = spec;
+        spec.vms.truncate(6);
+        spec.hosts.truncate(3);
+        for h in &mut spec.hosts {
+            h.maintenance = false;
+        }
+        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
+        let failed = c.hosts[which % c.hosts.len()].id.clone();
+        let f = c.host_index(&failed).unwrap();
+        let now: Vec<(String, String)> = c.vms.iter()
+            .filter(|v| v.powered_on)
+            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
+            .collect();
+        if check_assignment(&c, &now).is_err() {
+            return Ok(());
+        }
+        let victims: Vec<usize> = (0..c.vms.len())
+            .filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(f))
+            .filter(|&v| c.vms[v].restart_priority != vinfra_drs::RestartPriority::Disabled)
+            .collect();
+        let others: Vec<usize> = c.usable_hosts().filter(|&h| h != f).collect();
+        let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != failed).cloned().collect();
+        let possible = victims.is_empty() || (!others.is_empty() && (0..others.len().pow(u32::try_from(victims.len()).unwrap())).any(|mut code| {
+            let mut a = stay.clone();
+            for &v in &victims {
+                a.push((c.vms[v].id.clone(), c.hosts[others[code % others.len()]].id.clone()));
+                code /= others.len();
+            }
+            check_assignment(&c, &a).is_ok()
+        }));
+        let plan = ha::restart_plan(&c, &[failed.as_str()]).unwrap();
+        prop_assert_eq!(plan.restarts.len() == victims.len(), possible, "plan {:?}", plan);
+        let mut a = stay.clone();
+        for r in &plan.restarts {
+            a.push((r.vm.clone(), r.host.clone()));
+        }
+        check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+    }
+}
