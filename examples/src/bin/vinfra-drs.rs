@@ -280,10 +280,11 @@ fn run(cli: Cli) -> Result<(), String> {
             let ffd = vinfra_drs::first_fit_decreasing(&c);
             emit(json, &plan, |p| {
                 println!(
-                    "{} hosts used (lower bound {}, first-fit-decreasing {}), {} unplaced, {} steps",
+                    "{} hosts used (lower bound {}; first-fit-decreasing: {} hosts, {} unplaced), {} unplaced, {} steps",
                     p.hosts_used,
                     p.lower_bound,
                     ffd.hosts_used,
+                    ffd.unplaced.len(),
                     p.unplaced.len(),
                     p.steps
                 );
