@@ -52,4 +52,6 @@ pub use packing::{
 };
 pub use placement::{place, Placement, PlacementPlan, Rejected, SHARING_BONUS};
 pub use state::Reject;
-pub use validate::{Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MEM};
+pub use validate::{
+    Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MAX_VALUE, MEM,
+};

@@ -156,7 +156,19 @@ pub struct Cluster {
     vm_index: HashMap<String, usize>,
 }
 
+/// Largest size, capacity, demand or reservation accepted (2^40 MHz or MB): sums over
+/// millions of VMs then stay far from `u64` overflow.
+pub const MAX_VALUE: i64 = 1 << 40;
+
 fn positive(context: &str, field: &'static str, value: i64) -> Result<u64> {
+    if value > MAX_VALUE {
+        return Err(Error::BadValue {
+            context: context.to_owned(),
+            field,
+            expected: "<= 2^40",
+            value,
+        });
+    }
     if value <= 0 {
         return Err(Error::BadValue {
             context: context.to_owned(),
@@ -169,6 +181,14 @@ fn positive(context: &str, field: &'static str, value: i64) -> Result<u64> {
 }
 
 fn non_negative(context: &str, field: &'static str, value: i64) -> Result<u64> {
+    if value > MAX_VALUE {
+        return Err(Error::BadValue {
+            context: context.to_owned(),
+            field,
+            expected: "<= 2^40",
+            value,
+        });
+    }
     if value < 0 {
         return Err(Error::BadValue {
             context: context.to_owned(),
@@ -185,7 +205,12 @@ fn alloc(context: &str, resource: &'static str, a: &Allocation) -> Result<Alloc>
     let limit = match a.limit {
         None => u64::MAX,
         Some(l) => {
-            let l = non_negative(context, "limit", l)?;
+            // A limit beyond any capacity is no limit.
+            let l = if l > MAX_VALUE {
+                u64::MAX
+            } else {
+                non_negative(context, "limit", l)?
+            };
             if l < reservation {
                 return Err(Error::ReservationAboveLimit {
                     context: context.to_owned(),

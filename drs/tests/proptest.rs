@@ -311,6 +311,17 @@ fn bad_inputs_are_typed_errors() {
     s.settings.migration_threshold = 9;
     assert!(Cluster::new(s).is_err());
     assert!(Cluster::from_json(r#"{"hosts": [], "bogus": 1}"#).is_err());
+    // Huge values are refused before any sum can overflow; a huge limit means no limit.
+    let mut s = ok();
+    s.hosts[0].mem_mb = i64::MAX;
+    assert!(Cluster::new(s).unwrap_err().to_string().contains("2^40"));
+    let mut s = ok();
+    s.vms[0].cpu.reservation = i64::MAX;
+    assert!(Cluster::new(s).is_err());
+    let mut s = ok();
+    s.vms[0].cpu.limit = Some(i64::MAX);
+    let c = Cluster::new(s).unwrap();
+    assert_eq!(c.vms[0].alloc[CPU].limit, u64::MAX);
 }
 
 #[test]
