@@ -4,12 +4,27 @@
 use crate::error::{Error, Result};
 use crate::format::{ptrs_per_block, Inode, NDIRECT};
 
+/// Indices from the top indirect block down (1 to 3 of them), without a heap allocation
+/// on the I/O path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Idx {
+    a: [usize; 3],
+    n: usize,
+}
+
+impl std::ops::Deref for Idx {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.a[..self.n]
+    }
+}
+
 /// Where file block `f` hangs: a direct slot, or an indirect root and the index path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Place {
     Direct(usize),
     /// (root 0..3, indices from the top block down)
-    Indirect(usize, Vec<usize>),
+    Indirect(usize, Idx),
 }
 
 /// Maps file block `f` to its place, for block size `bs`.
@@ -22,11 +37,14 @@ pub(crate) fn place(f: u64, bs: usize) -> Result<Place> {
     let mut span = p;
     for root in 0..3 {
         if r < span {
-            let mut idx = Vec::with_capacity(root + 1);
+            let mut idx = Idx {
+                a: [0; 3],
+                n: root + 1,
+            };
             let mut s = span;
-            for _ in 0..=root {
+            for k in 0..=root {
                 s /= p;
-                idx.push((r / s) as usize);
+                idx.a[k] = (r / s) as usize;
                 r %= s;
             }
             return Ok(Place::Indirect(root, idx));
@@ -56,7 +74,7 @@ pub(crate) fn lookup(r: &mut dyn IndRead, ino: &Inode, f: u64, bs: usize) -> Res
         Place::Indirect(root, idx) => {
             let mut blk = ino.indirect[root];
             let mut level = (root + 1) as u8;
-            for i in idx {
+            for &i in idx.iter() {
                 if blk == 0 {
                     return Ok(0);
                 }
@@ -75,16 +93,14 @@ mod tests {
     #[test]
     fn places_cover_two_tib_and_more() {
         let bs = 4096;
+        let ind = |f: u64| match place(f, bs).unwrap() {
+            Place::Indirect(r, i) => (r, i.to_vec()),
+            Place::Direct(d) => (9, vec![d]),
+        };
         assert_eq!(place(0, bs).unwrap(), Place::Direct(0));
-        assert_eq!(place(12, bs).unwrap(), Place::Indirect(0, vec![0]));
-        assert_eq!(
-            place(12 + 1020, bs).unwrap(),
-            Place::Indirect(1, vec![0, 0])
-        );
-        assert_eq!(
-            place(12 + 1020 + 1020 * 1020, bs).unwrap(),
-            Place::Indirect(2, vec![0, 0, 0])
-        );
+        assert_eq!(ind(12), (0, vec![0]));
+        assert_eq!(ind(12 + 1020 + 5), (1, vec![0, 5]));
+        assert_eq!(ind(12 + 1020 + 1020 * 1020), (2, vec![0, 0, 0]));
         let two_tib_block = (2u64 << 40) / bs as u64;
         assert!(matches!(
             place(two_tib_block, bs).unwrap(),

@@ -427,7 +427,7 @@ impl<'a> Op<'a> {
                 let mut path = Vec::new(); // (block, index)
                 let mut blk = ino.indirect[root];
                 let mut level = (root + 1) as u8;
-                for &i in &idx {
+                for &i in idx.iter() {
                     if blk == 0 {
                         return Ok(());
                     }
