@@ -6,10 +6,12 @@
 #   processes; failover time (kill -9 to owning the dead host's lock) split into lease wait
 #   and journal replay.
 # Usage: benches/peers/vmfs-io.sh [MiB (default 1024)] [seconds per random phase (default 3)]
+# VMFS_BLOCK_SIZE (default 1048576, the VMFS-5 block size) sets the vmfs block size.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${1:-1024}
 SECS=${2:-3}
+BS=${VMFS_BLOCK_SIZE:-1048576}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p vinfra-vmfs --bin vmfs
 BIN="$CARGO_TARGET_DIR/release/vmfs"
@@ -26,7 +28,7 @@ for round in 1 2; do
       else
         [[ -z ${PEER[$key]:-} ]] || (( $(echo "$val > ${PEER[$key]}" | bc) )) && PEER[$key]=$val
       fi
-    done < <("$BIN" bench-io "$WORK" --mib "$MIB" --secs "$SECS" --target "$target")
+    done < <("$BIN" bench-io "$WORK" --mib "$MIB" --secs "$SECS" --target "$target" --block-size "$BS")
   done
 done
 
@@ -50,7 +52,7 @@ FIMG="$WORK/failover.img"
 "$BIN" cp-in "$FIMG" --host 0 /dev/null /locks/L0
 "$BIN" bench-failover "$FIMG" | sed 's/^/failover: /'
 
-echo "(I/O size ${MIB} MiB, page cache warm for both sides)"
+echo "(I/O size ${MIB} MiB, vmfs block size ${BS} B, page cache warm for both sides)"
 for key in seq_write_MBps seq_overwrite_MBps seq_read_MBps rand4k_write_iops rand4k_read_iops; do
   o=${OURS[$key]}; p=${PEER[$key]}
   echo "$key: ours=$o peer=$p ratio=$(echo "scale=3; $o / $p" | bc)"

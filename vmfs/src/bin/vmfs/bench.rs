@@ -128,7 +128,13 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
 }
 
 /// `bench-io`: the same pattern on a vmfs file and on a raw file, in one run.
-pub fn bench_io(dir: &Path, mib: u64, secs: f64, target: &str) -> Result<(), Error> {
+pub fn bench_io(
+    dir: &Path,
+    mib: u64,
+    secs: f64,
+    target: &str,
+    block_size: u32,
+) -> Result<(), Error> {
     let bytes = mib << 20;
     let res = if target == "raw" {
         let p = dir.join("raw.img");
@@ -146,11 +152,14 @@ pub fn bench_io(dir: &Path, mib: u64, secs: f64, target: &str) -> Result<(), Err
         r
     } else {
         let p = dir.join("vmfs.img");
-        let dev = FileDevice::create(&p, bytes + bytes / 8 + (64 << 20))?;
+        // Sparse: room for data, 64 journals and the cluster table at any block size.
+        let dev = FileDevice::create(&p, 2 * bytes + (512 << 20))?;
         let mut o = MkfsOptions::default();
         o.max_inodes = 1024;
-        o.blocks_per_cluster = 8192;
-        o.journal_blocks = 64;
+        o.block_size = block_size;
+        // Clusters of 32 MiB; journals of 256 KiB (at least 4 blocks).
+        o.blocks_per_cluster = ((32u64 << 20) / block_size as u64).max(1) as u32;
+        o.journal_blocks = ((256u32 << 10) / block_size).max(4);
         Volume::mkfs(&dev, &o)?;
         let v = Volume::mount(
             Arc::new(dev),

@@ -139,6 +139,9 @@ enum Cmd {
         secs: f64,
         #[arg(long, default_value = "vmfs")]
         target: String,
+        /// vmfs block size (VMFS-5 uses 1 MiB).
+        #[arg(long, default_value_t = 1 << 20)]
+        block_size: u32,
     },
     /// Benchmark: uncontended lock acquire+release.
     #[command(hide = true)]
@@ -370,7 +373,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             mib,
             secs,
             target,
-        } => bench::bench_io(&dir, mib, secs, &target)?,
+            block_size,
+        } => bench::bench_io(&dir, mib, secs, &target, block_size)?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
         Cmd::BenchMeta { image, host, secs } => bench::bench_meta(&image, host, secs)?,
         Cmd::BenchFailover { image } => bench::bench_failover(&image)?,
