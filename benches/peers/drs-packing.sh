@@ -64,6 +64,7 @@ for r in rows:
 tri = [r for r in rows if r["ours"]["family"] == "triplets"]
 opt_hits = sum(r["ours"]["ours_hosts"] == r["ours"]["optimum"] and r["ours"]["ours_unplaced"] == 0 for r in tri)
 print(f"\nours optimal on {opt_hits}/{len(tri)} triplet instances; CP-SAT limit {limit:g} s, 2 workers")
+metrics = []
 for vms in sorted({r["ours"]["vms"] for r in tri}):
     rs = [r for r in tri if r["ours"]["vms"] == vms]
     ours = sum(r["ours"]["ours_hosts"] for r in rs)
@@ -72,17 +73,20 @@ for vms in sorted({r["ours"]["vms"] for r in tri}):
     print(f"ffd_hosts_{vms}: ffd={ffd} optimum={opt} ffd_over_optimum={ffd/opt:.3f}")
     if all("hosts_used" in r["peer"] for r in rs):
         peer = sum(r["peer"]["hosts_used"] for r in rs)
-        print(f"hosts_used_{vms}: ours={ours} peer={peer} ratio={ours/peer:.3f}")
+        metrics.append(f"hosts_used_{vms}: ours={ours} peer={peer} ratio={ours/peer:.3f}")
     else:
-        print(f"hosts_used_{vms}: ours={ours} peer=n/a ratio=n/a  (CP-SAT: {rs[0]['peer'].get('note', rs[0]['peer']['status'])})")
+        print(f"hosts_used_{vms}: CP-SAT gave no figure ({rs[0]['peer'].get('note', rs[0]['peer']['status'])}); ours={ours} optimum={opt}")
 rh = [r for r in rows if r["ours"]["family"] == "rule_heavy"]
 placed_ours = sum(r["ours"]["ours_unplaced"] == 0 for r in rh)
 placed_ffd = sum(r["ours"]["ffd_unplaced"] == 0 for r in rh)
 placed_peer = sum("hosts_used" in r["peer"] for r in rh)
-print(f"rule_heavy_feasible: ours={placed_ours}/{len(rh)} ffd={placed_ffd}/{len(rh)} cp-sat={placed_peer}/{len(rh)}")
+print(f"rule-heavy instances fully placed: ours {placed_ours}/{len(rh)}, FFD {placed_ffd}/{len(rh)}, CP-SAT {placed_peer}/{len(rh)}")
 ms = max(r["ours"]["ours_ms"] for r in tri)
-print(f"pack_time_ms_max: ours={ms:.1f} peer={limit*1000:.0f} ratio={ms/(limit*1000):.4f}")
 tot_o = sum(r["ours"]["ours_hosts"] for r in tri if "hosts_used" in r["peer"])
 tot_p = sum(r["peer"]["hosts_used"] for r in tri if "hosts_used" in r["peer"])
+for m in metrics:
+    print(m)
+print(f"rule_heavy_feasible: ours={placed_ours} peer={placed_peer} ratio={'n/a' if placed_peer == 0 else f'{placed_ours/placed_peer:.3f}'}")
+print(f"pack_time_ms_max: ours={ms:.1f} peer={limit*1000:.0f} ratio={ms/(limit*1000):.4f}")
 print(f"hosts_used_total: ours={tot_o} peer={tot_p} ratio={tot_o/max(tot_p,1):.3f}")
 PY
