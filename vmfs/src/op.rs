@@ -18,12 +18,41 @@ struct Ind {
     level: u8,
     ptrs: Vec<u32>,
     dirty: bool,
+    /// The image on disk (None: a new block, written whole).
+    orig: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
 struct DirBlk {
     entries: Vec<DirEntry>,
     dirty: bool,
+    orig: Option<Vec<u8>>,
+}
+
+/// Records for the sectors of `img` that differ from `orig` (all of `img` without one):
+/// with large blocks a one-bit bitmap change journals 512 bytes, not a megabyte.
+fn diff_records(off: u64, img: &[u8], orig: Option<&[u8]>, out: &mut BTreeMap<u64, Vec<u8>>) {
+    let Some(orig) = orig.filter(|o| o.len() == img.len()) else {
+        out.insert(off, img.to_vec());
+        return;
+    };
+    let mut run: Option<usize> = None;
+    let n = img.len().div_ceil(SECTOR);
+    for k in 0..=n {
+        let differs = k < n && {
+            let r = k * SECTOR..((k + 1) * SECTOR).min(img.len());
+            img[r.clone()] != orig[r]
+        };
+        match (differs, run) {
+            (true, None) => run = Some(k),
+            (false, Some(st)) => {
+                let r = st * SECTOR..(k * SECTOR).min(img.len());
+                out.insert(off + r.start as u64, img[r].to_vec());
+                run = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A metadata operation in progress.
@@ -38,6 +67,7 @@ pub(crate) struct Op<'a> {
     ind: HashMap<u32, Ind>,
     dirs: HashMap<u32, DirBlk>,
     clusters: BTreeMap<u32, (ClusterBlock, bool)>,
+    cluster_orig: HashMap<u32, Vec<u8>>,
     freed: HashSet<u32>,
     committed: bool,
 }
@@ -104,6 +134,7 @@ impl<'a> Op<'a> {
             ind: HashMap::new(),
             dirs: HashMap::new(),
             clusters: BTreeMap::new(),
+            cluster_orig: HashMap::new(),
             freed: HashSet::new(),
             committed: false,
         })
@@ -258,6 +289,7 @@ impl<'a> Op<'a> {
         let b = self.sh.read(self.geo.cluster_at(c), self.bs)?;
         let cl = ClusterBlock::decode(&b, self.bs, c, self.geo.bpc)?;
         self.clusters.insert(c, (cl, false));
+        self.cluster_orig.insert(c, b);
         Ok(())
     }
 
@@ -348,6 +380,7 @@ impl<'a> Op<'a> {
                 level,
                 ptrs,
                 dirty: false,
+                orig: Some(b),
             },
         );
         Ok(())
@@ -367,6 +400,7 @@ impl<'a> Op<'a> {
                 level,
                 ptrs: vec![0; ptrs_per_block(self.bs)],
                 dirty: true,
+                orig: None,
             },
         );
         Ok(b)
@@ -575,6 +609,7 @@ impl<'a> Op<'a> {
             DirBlk {
                 entries,
                 dirty: false,
+                orig: Some(b),
             },
         );
         Ok(())
@@ -649,6 +684,7 @@ impl<'a> Op<'a> {
             DirBlk {
                 entries: vec![e],
                 dirty: true,
+                orig: None,
             },
         );
         self.set_inode(dir);
@@ -675,10 +711,14 @@ impl<'a> Op<'a> {
         let bs = self.bs;
         for (b, i) in self.ind.iter_mut() {
             if i.dirty {
-                self.recs.insert(
+                let img = encode_indirect(bs, i.ino, i.level, &i.ptrs);
+                diff_records(
                     *b as u64 * bs as u64,
-                    encode_indirect(bs, i.ino, i.level, &i.ptrs),
+                    &img,
+                    i.orig.as_deref(),
+                    &mut self.recs,
                 );
+                i.orig = Some(img);
                 i.dirty = false;
             }
         }
@@ -686,13 +726,22 @@ impl<'a> Op<'a> {
             if d.dirty {
                 let img = encode_dir(bs, &d.entries)
                     .ok_or_else(|| Error::corrupt("directory block", "overfull"))?;
-                self.recs.insert(*b as u64 * bs as u64, img);
+                diff_records(
+                    *b as u64 * bs as u64,
+                    &img,
+                    d.orig.as_deref(),
+                    &mut self.recs,
+                );
+                d.orig = Some(img);
                 d.dirty = false;
             }
         }
         for (c, (cl, dirty)) in self.clusters.iter_mut() {
             if *dirty {
-                self.recs.insert(self.geo.cluster_at(*c), cl.encode(bs));
+                let img = cl.encode(bs);
+                let orig = self.cluster_orig.get(c).map(Vec::as_slice);
+                diff_records(self.geo.cluster_at(*c), &img, orig, &mut self.recs);
+                self.cluster_orig.insert(*c, img);
                 *dirty = false;
             }
         }
@@ -729,6 +778,7 @@ impl<'a> Op<'a> {
             self.locks.iter().partition(|&&l| l >= first && l < last);
         self.locks = rest;
         self.clusters.clear();
+        self.cluster_orig.clear();
         for l in cl {
             self.sh.release(l)?;
         }

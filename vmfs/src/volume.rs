@@ -403,6 +403,14 @@ impl Volume {
             return Err(Error::Config(format!("host id {host} >= {MAX_HOSTS}")));
         }
         let sb = Self::superblock(dev.as_ref())?;
+        let need = sb.geo.data_offset + sb.geo.data_blocks() * sb.geo.block_size as u64;
+        let have = dev.len()?;
+        if have < need {
+            return Err(Error::corrupt(
+                "volume",
+                format!("device of {have} bytes is shorter than the volume ({need} bytes)"),
+            ));
+        }
         let lease_ms = opts.lease_ms.unwrap_or(sb.lease_ms) as u64;
         let interval_ms = opts.interval_ms.unwrap_or(sb.interval_ms) as u64;
         if interval_ms == 0 || lease_ms < 2 * interval_ms {

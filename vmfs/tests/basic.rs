@@ -181,6 +181,16 @@ fn mount_refuses_a_live_slot_and_bad_volumes() {
         Volume::mount(garbage, 0, &MountOptions::default(), clock.clone()),
         Err(Error::Corrupt { .. })
     ));
+    let mut short = dev.snapshot();
+    short.truncate(short.len() / 2);
+    let e = Volume::mount(
+        Arc::new(MemDevice::from_bytes(short)),
+        0,
+        &MountOptions::default(),
+        clock.clone(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("shorter than the volume"), "{e}");
     let mut img = dev.snapshot();
     img[8] = 2; // version
     let v2 = Arc::new(MemDevice::from_bytes(img));
