@@ -97,8 +97,9 @@ struct RunArgs {
 /// Why the console loop stopped the VM (when the guest did not end it itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopCause {
-    /// The guest ended (power-off, reboot, crash) or `Ctrl-A x` / `Ctrl-A s` stopped it.
-    Guest,
+    /// The guest ended by itself (power-off, reboot, crash), or a console key
+    /// (`Ctrl-A x`, `Ctrl-A s`) stopped it.
+    Console,
     /// SIGINT or SIGTERM.
     Signal,
 }
@@ -244,13 +245,13 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
     }
     let reason = loop {
         if let Some(r) = vm.wait_timeout(Duration::from_millis(50)) {
-            break (r, StopCause::Guest);
+            break (r, StopCause::Console);
         }
         if stop_requested() {
             break (vm.stop().map_err(|e| e.to_string())?, StopCause::Signal);
         }
         match keys_rx.try_recv() {
-            Ok(Key::Stop) => break (vm.stop().map_err(|e| e.to_string())?, StopCause::Guest),
+            Ok(Key::Stop) => break (vm.stop().map_err(|e| e.to_string())?, StopCause::Console),
             Ok(Key::Snapshot) => match &snapshot_dir {
                 Some(dir) => {
                     let t_pause = Instant::now();
@@ -274,7 +275,7 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
                         "\r\nvinfra-vm: snapshot written to {}; resume it with --restore\r",
                         dir.display()
                     );
-                    break (vm.stop().map_err(|e| e.to_string())?, StopCause::Guest);
+                    break (vm.stop().map_err(|e| e.to_string())?, StopCause::Console);
                 }
                 None => eprintln!("\r\nvinfra-vm: no --snapshot-dir given; Ctrl-A s ignored\r"),
             },
@@ -299,31 +300,67 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(a, t_main),
     };
+    let (code, message) = outcome(result);
+    if let Some(m) = message {
+        eprintln!("vinfra-vm: {m}");
+    }
+    ExitCode::from(code)
+}
+
+/// The exit status (see [`EXIT_STATUSES`]) and the line to print for how the run ended.
+fn outcome(result: Result<(ExitReason, StopCause), String>) -> (u8, Option<String>) {
     match result {
         Ok((ExitReason::Stopped, StopCause::Signal)) => {
-            eprintln!("vinfra-vm: stopped by a signal");
-            ExitCode::from(EXIT_SIGNALLED)
+            (EXIT_SIGNALLED, Some("stopped by a signal".into()))
         }
-        Ok((ExitReason::Poweroff { code }, _)) => ExitCode::from(code),
-        Ok((ExitReason::Reboot, _)) => {
-            eprintln!("vinfra-vm: the guest asked for a reboot; stopping");
-            ExitCode::SUCCESS
-        }
-        Ok((ExitReason::Stopped, StopCause::Guest)) => {
-            eprintln!("vinfra-vm: stopped");
-            ExitCode::SUCCESS
-        }
+        Ok((ExitReason::Poweroff { code }, _)) => (code, None),
+        Ok((ExitReason::Reboot, _)) => (0, Some("the guest asked for a reboot; stopping".into())),
+        Ok((ExitReason::Stopped, StopCause::Console)) => (0, Some("stopped".into())),
         Ok((ExitReason::Crashed { reason }, _)) => {
-            eprintln!("vinfra-vm: the vm crashed: {reason}");
-            ExitCode::from(EXIT_CRASHED)
+            (EXIT_CRASHED, Some(format!("the vm crashed: {reason}")))
         }
-        Ok((other, _)) => {
-            eprintln!("vinfra-vm: vm ended: {other:?}");
-            ExitCode::SUCCESS
+        Ok((other, _)) => (0, Some(format!("vm ended: {other:?}"))),
+        Err(e) => (1, Some(format!("error: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_follow_the_documented_table() {
+        let status = |r| outcome(r).0;
+        assert_eq!(
+            status(Ok((ExitReason::Poweroff { code: 5 }, StopCause::Console))),
+            5
+        );
+        // A guest power-off racing a signal keeps the guest's code.
+        assert_eq!(
+            status(Ok((ExitReason::Poweroff { code: 0 }, StopCause::Signal))),
+            0
+        );
+        assert_eq!(status(Ok((ExitReason::Stopped, StopCause::Signal))), 143);
+        assert_eq!(status(Ok((ExitReason::Stopped, StopCause::Console))), 0);
+        assert_eq!(status(Ok((ExitReason::Reboot, StopCause::Console))), 0);
+        assert_eq!(
+            status(Ok((
+                ExitReason::Crashed {
+                    reason: "triple fault".into()
+                },
+                StopCause::Console
+            ))),
+            70
+        );
+        assert_eq!(status(Err("no /dev/kvm".into())), 1);
+        for code in ["  1 ", "  70 ", "  143 "] {
+            assert!(EXIT_STATUSES.contains(code), "{code:?} missing from --help");
         }
-        Err(e) => {
-            eprintln!("vinfra-vm: error: {e}");
-            ExitCode::FAILURE
-        }
+    }
+
+    #[test]
+    fn run_help_lists_the_exit_statuses() {
+        let err = Cli::try_parse_from(["vinfra-vm", "run", "--help"]).unwrap_err();
+        assert!(err.to_string().contains("143  SIGTERM or SIGINT"), "{err}");
     }
 }
