@@ -14,10 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vinfra_vmm_core::boot::cpu_setup::{self, EntryMode, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 use vinfra_vmm_core::state::{self, MemoryLayout, VcpuState, VmFdState, VmState};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{
@@ -47,7 +47,7 @@ const CHILD_MODE_ENV: &str = "VINFRA_STATE_TEST_CHILD_MODE";
 enum Mode {
     /// 16-bit real mode, as after reset.
     Real,
-    /// 64-bit long mode with paging (identity-mapped first 2 MiB).
+    /// 64-bit long mode with paging, set up as the VMM's own Linux entry does.
     Long,
 }
 
@@ -60,10 +60,11 @@ impl Mode {
     }
 }
 
-/// Long-mode page tables: PML4, PDPT, PD (one 2 MiB page).
-const PML4_GPA: u64 = 0x9000;
-const PDPT_GPA: u64 = 0xa000;
-const PD_GPA: u64 = 0xb000;
+/// The VMM's long-mode entry, pointed at the test program.
+const LONG_ENTRY: EntryMode = EntryMode::Long64 {
+    entry: CODE_GPA,
+    boot_params: 0,
+};
 
 /// Real-mode guest: report 0x41, then (after the snapshot) report BL, copy the data byte
 /// to the next address and report it, then signal done.
@@ -121,13 +122,13 @@ fn fill(mem: &GuestMemoryMmap<AtomicBitmap>, mode: Mode) {
     mem.write_slice(mode.code(), GuestAddress(CODE_GPA))
         .unwrap();
     if mode == Mode::Long {
-        // Accessed (and dirty) bits preset, so the page walk of the run does not change
-        // memory and the child can compare against a fresh fill.
-        mem.write_obj(PDPT_GPA | 0x23, GuestAddress(PML4_GPA))
-            .unwrap();
-        mem.write_obj(PD_GPA | 0x23, GuestAddress(PDPT_GPA))
-            .unwrap();
-        mem.write_obj(0xe3u64, GuestAddress(PD_GPA)).unwrap(); // 2 MiB page at 0, rw
+        cpu_setup::write_boot_tables(mem, LONG_ENTRY).unwrap();
+        // Accessed (and dirty) bits preset on the entries the run walks, so the run does
+        // not change memory and the child can compare against a fresh fill.
+        for (gpa, bits) in [(PML4_ADDR, 0x20u64), (PDPT_ADDR, 0x20), (PD_ADDR, 0x60)] {
+            let entry: u64 = mem.read_obj(GuestAddress(gpa)).unwrap();
+            mem.write_obj(entry | bits, GuestAddress(gpa)).unwrap();
+        }
     }
     mem.write_obj(DATA_BYTE, GuestAddress(DATA_GPA)).unwrap();
     let size = mem.iter().map(|r| r.len()).sum::<u64>();
@@ -202,40 +203,6 @@ fn complete_pending_io(vcpu: &mut VcpuFd) {
     vcpu.set_kvm_immediate_exit(0);
 }
 
-/// Flat 64-bit segments, PAE paging from `PML4_GPA`, EFER.LME|LMA, CR0.PE|PG.
-fn enter_long_mode(sregs: &mut kvm_bindings::kvm_sregs) {
-    let code = kvm_bindings::kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: 0x8,
-        type_: 0xb,
-        present: 1,
-        dpl: 0,
-        db: 0,
-        s: 1,
-        l: 1,
-        g: 1,
-        ..Default::default()
-    };
-    let data = kvm_bindings::kvm_segment {
-        selector: 0x10,
-        type_: 0x3,
-        db: 1,
-        l: 0,
-        ..code
-    };
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.cr3 = PML4_GPA;
-    sregs.cr4 |= 1 << 5; // PAE
-    sregs.cr0 |= 1 | (1 << 31); // PE, PG
-    sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
-}
-
 struct Saved {
     state: VmState,
     mem: GuestMemoryMmap<AtomicBitmap>,
@@ -261,7 +228,7 @@ fn run_source_and_save(kvm: &Kvm, mode: Mode, mem_bytes: usize, dir: &Path) -> S
             sregs.cs.base = 0;
             sregs.cs.selector = 0;
         }
-        Mode::Long => enter_long_mode(&mut sregs),
+        Mode::Long => cpu_setup::entry_sregs(&mut sregs, LONG_ENTRY),
     }
     vcpu.set_sregs(&sregs).unwrap();
     let mut regs = vcpu.get_regs().unwrap();
@@ -271,20 +238,12 @@ fn run_source_and_save(kvm: &Kvm, mode: Mode, mem_bytes: usize, dir: &Path) -> S
     regs.rcx = 0xdead_beef_cafe_f00d;
     regs.rsp = 0x8000;
     vcpu.set_regs(&regs).unwrap();
-    let entries: Vec<kvm_msr_entry> = TEST_MSRS
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
     let written = vcpu
-        .set_msrs(&Msrs::from_entries(&entries).unwrap())
+        .set_msrs(&cpu_setup::msr_list(TEST_MSRS).unwrap())
         .unwrap();
     assert_eq!(
         written,
-        entries.len(),
+        TEST_MSRS.len(),
         "source refused test msr {:#x}",
         TEST_MSRS[written].0
     );

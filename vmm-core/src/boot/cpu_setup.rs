@@ -86,12 +86,24 @@ pub enum EntryMode {
     },
 }
 
-fn write_gdt(mem: &GuestMemoryMmap, gdt: &[u64]) -> Result<()> {
-    for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64))
-            .map_err(|e| Error::Memory(format!("write gdt: {e}")))?;
+impl EntryMode {
+    /// The GDT this mode runs on: null, code, data, TSS.
+    fn gdt(self) -> [u64; 4] {
+        match self {
+            EntryMode::Protected32 { .. } => [
+                0,
+                gdt_entry(0xc09b, 0, 0xfffff),
+                gdt_entry(0xc093, 0, 0xfffff),
+                gdt_entry(0x008b, 0, 0x67),
+            ],
+            EntryMode::Long64 { .. } => [
+                0,
+                gdt_entry(0xa09b, 0, 0xfffff),
+                gdt_entry(0xc093, 0, 0xfffff),
+                gdt_entry(0x808b, 0, 0xfffff),
+            ],
+        }
     }
-    Ok(())
 }
 
 /// Writes identity page tables that map the first 4 GiB with 2 MiB pages.
@@ -111,28 +123,24 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-/// Puts the BSP in the entry state: segments, control registers, general registers.
-pub fn setup_entry(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: EntryMode) -> Result<()> {
-    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(Error::kvm("get sregs"))?;
-    let mut regs = kvm_regs {
-        rflags: 0x2,
-        ..Default::default()
-    };
-    let gdt: [u64; 4] = match mode {
-        EntryMode::Protected32 { .. } => [
-            0,
-            gdt_entry(0xc09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x008b, 0, 0x67),
-        ],
-        EntryMode::Long64 { .. } => [
-            0,
-            gdt_entry(0xa09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x808b, 0, 0xfffff),
-        ],
-    };
-    write_gdt(mem, &gdt)?;
+/// Writes what `mode` needs in guest memory before [`entry_sregs`] can take effect:
+/// the GDT at [`GDT_ADDR`] and, for [`EntryMode::Long64`], the identity page tables.
+pub fn write_boot_tables(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<()> {
+    for (i, e) in mode.gdt().iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64))
+            .map_err(|e| Error::Memory(format!("write gdt: {e}")))?;
+    }
+    if let EntryMode::Long64 { .. } = mode {
+        write_identity_page_tables(mem)?;
+    }
+    Ok(())
+}
+
+/// Sets the segment, descriptor-table and control registers of `mode` in `sregs`
+/// (flat segments from the GDT of [`write_boot_tables`]; for long mode, paging on
+/// the tables at [`PML4_ADDR`]).
+pub fn entry_sregs(sregs: &mut kvm_sregs, mode: EntryMode) {
+    let gdt = mode.gdt();
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = u16::try_from(gdt.len() * 8 - 1).unwrap_or(u16::MAX);
     sregs.idt.base = 0;
@@ -147,28 +155,64 @@ pub fn setup_entry(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: EntryMode) -> Res
     sregs.ss = data;
     sregs.tr = segment(gdt[3], 3);
     match mode {
-        EntryMode::Protected32 { entry, start_info } => {
+        EntryMode::Protected32 { .. } => {
             sregs.cr0 = CR0_PE | CR0_ET;
             sregs.cr4 = 0;
             sregs.efer = 0;
-            regs.rip = entry;
-            regs.rbx = start_info;
         }
-        EntryMode::Long64 { entry, boot_params } => {
-            write_identity_page_tables(mem)?;
+        EntryMode::Long64 { .. } => {
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 = CR4_PAE;
             sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
             sregs.efer = EFER_LME | EFER_LMA;
+        }
+    }
+}
+
+/// The general registers at entry: instruction pointer and the boot argument.
+fn entry_regs(mode: EntryMode) -> kvm_regs {
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
+    match mode {
+        EntryMode::Protected32 { entry, start_info } => {
+            regs.rip = entry;
+            regs.rbx = start_info;
+        }
+        EntryMode::Long64 { entry, boot_params } => {
             regs.rip = entry;
             regs.rsi = boot_params;
             regs.rsp = BOOT_STACK;
             regs.rbp = BOOT_STACK;
         }
     }
+    regs
+}
+
+/// Puts the BSP in the entry state: boot tables in memory, segments, control
+/// registers, general registers.
+pub fn setup_entry(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: EntryMode) -> Result<()> {
+    write_boot_tables(mem, mode)?;
+    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(Error::kvm("get sregs"))?;
+    entry_sregs(&mut sregs, mode);
     vcpu.set_sregs(&sregs).map_err(Error::kvm("set sregs"))?;
-    vcpu.set_regs(&regs).map_err(Error::kvm("set regs"))?;
+    vcpu.set_regs(&entry_regs(mode))
+        .map_err(Error::kvm("set regs"))?;
     Ok(())
+}
+
+/// `(index, value)` pairs as the list `KVM_SET_MSRS` takes.
+pub fn msr_list(pairs: &[(u32, u64)]) -> Result<Msrs> {
+    let entries: Vec<kvm_msr_entry> = pairs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| Error::KvmCapability("KVM_SET_MSRS"))
 }
 
 /// Default x87/SSE state as after FNINIT.
@@ -194,22 +238,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
         (0xc000_0102, 0), // KERNEL_GS_BASE
         (0x1a0, 1),       // IA32_MISC_ENABLE: fast strings
     ];
-    let entries: Vec<kvm_msr_entry> = MSRS
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::KvmCapability("KVM_SET_MSRS"))?;
-    let set = vcpu.set_msrs(&msrs).map_err(Error::kvm("set msrs"))?;
-    if set != entries.len() {
-        tracing::debug!(
-            set,
-            wanted = entries.len(),
-            "kvm accepted only some boot msrs"
-        );
+    let set = vcpu
+        .set_msrs(&msr_list(&MSRS)?)
+        .map_err(Error::kvm("set msrs"))?;
+    if set != MSRS.len() {
+        tracing::debug!(set, wanted = MSRS.len(), "kvm accepted only some boot msrs");
     }
     Ok(())
 }
