@@ -24,6 +24,11 @@ pub struct File {
     closed: AtomicBool,
 }
 
+enum Phys {
+    One(u32),
+    Many(Vec<u32>),
+}
+
 enum Seg {
     /// In place: (device offset, range in the caller's buffer).
     Place(u64, std::ops::Range<usize>),
@@ -66,7 +71,13 @@ impl File {
     }
 
     fn map(&self, ino: &Inode, f: u64) -> Result<u32> {
-        Ok(self.map_range(ino, f, f + 1)?.first().copied().unwrap_or(0))
+        self.map_one(ino, f)
+    }
+
+    fn map_one(&self, ino: &Inode, f: u64) -> Result<u32> {
+        let mut c = lock_mutex(&self.cache);
+        let mut r = c.reader(&self.vol.sh);
+        bmap::lookup(&mut r, ino, f, self.bs as usize)
     }
 
     /// Physical blocks of file blocks `f0..f1` (0 = hole), under one cache lock.
@@ -83,14 +94,23 @@ impl File {
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
         let sh = &self.vol.sh;
         sh.check_lease()?;
-        let ino = lock_mutex(&self.inode).clone();
-        if off >= ino.size {
-            return Ok(0);
-        }
-        let n = (buf.len() as u64).min(ino.size - off) as usize;
         let bs = self.bs;
         let f_first = off / bs;
-        let phys = self.map_range(&ino, f_first, (off + n as u64).div_ceil(bs))?;
+        let (n, phys) = {
+            let ino = lock_mutex(&self.inode);
+            if off >= ino.size {
+                return Ok(0);
+            }
+            let n = (buf.len() as u64).min(ino.size - off) as usize;
+            let f_end = (off + n as u64).div_ceil(bs);
+            // The common small read inside one block needs no vector.
+            let phys = if f_end == f_first + 1 {
+                Phys::One(self.map_one(&ino, f_first)?)
+            } else {
+                Phys::Many(self.map_range(&ino, f_first, f_end)?)
+            };
+            (n, phys)
+        };
         let mut pos = 0usize;
         // Runs of physically contiguous blocks become one device read.
         let mut run: Option<(u64, usize, usize)> = None; // (dev off, buf start, len)
@@ -105,7 +125,10 @@ impl File {
             let f = fo / bs;
             let within = (fo % bs) as usize;
             let len = (bs as usize - within).min(n - pos);
-            let p = phys.get((f - f_first) as usize).copied().unwrap_or(0);
+            let p = match &phys {
+                Phys::One(p) => *p,
+                Phys::Many(v) => v.get((f - f_first) as usize).copied().unwrap_or(0),
+            };
             if p == 0 {
                 flush(&mut run, buf)?;
                 buf[pos..pos + len].fill(0);
