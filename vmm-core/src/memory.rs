@@ -34,6 +34,32 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// E820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+/// E820 type of a reserved range.
+pub const E820_RESERVED: u32 = 2;
+
+/// The E820 memory map both boot protocols give the guest, as `(address, size, type)`:
+/// low RAM, the legacy hole reserved, then every RAM region above 1 MiB.
+pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
+    let mut table = vec![
+        (0, LEGACY_HOLE_START, E820_RAM),
+        (
+            LEGACY_HOLE_START,
+            HIMEM_START - LEGACY_HOLE_START,
+            E820_RESERVED,
+        ),
+    ];
+    for r in mem.iter() {
+        let start = r.start_addr().raw_value().max(HIMEM_START);
+        let end = r.start_addr().raw_value() + r.len();
+        if end > start {
+            table.push((start, end - start, E820_RAM));
+        }
+    }
+    table
+}
+
 /// The RAM ranges for `bytes` of guest memory, split around the MMIO hole.
 pub fn ram_ranges(bytes: u64) -> Vec<(GuestAddress, u64)> {
     if bytes <= MMIO_HOLE_START {

@@ -9,7 +9,7 @@ use linux_loader::loader::KernelLoaderResult;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
-use crate::memory::{GuestMemoryMmap, HIMEM_START, LEGACY_HOLE_START, PAGE_SIZE};
+use crate::memory::{e820_map, GuestMemoryMmap, PAGE_SIZE};
 
 /// Where the zero page is written.
 pub const BOOT_PARAMS_ADDR: u64 = 0x7000;
@@ -17,8 +17,6 @@ const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
-const E820_RAM: u32 = 1;
-const E820_RESERVED: u32 = 2;
 /// Highest initrd address when the kernel does not say (`initrd_addr_max` default).
 const INITRD_ADDR_MAX_DEFAULT: u64 = 0x37ff_ffff;
 
@@ -95,21 +93,7 @@ pub fn write_boot_params(
         params.hdr.ramdisk_size =
             u32::try_from(size).map_err(|_| Error::Memory("initrd".into()))?;
     }
-    let mut table = vec![
-        (0, LEGACY_HOLE_START, E820_RAM),
-        (
-            LEGACY_HOLE_START,
-            HIMEM_START - LEGACY_HOLE_START,
-            E820_RESERVED,
-        ),
-    ];
-    for r in mem.iter() {
-        let start = r.start_addr().raw_value().max(HIMEM_START);
-        let end = r.start_addr().raw_value() + r.len();
-        if end > start {
-            table.push((start, end - start, E820_RAM));
-        }
-    }
+    let table = e820_map(mem);
     for (i, (addr, size, type_)) in table.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
             addr: *addr,

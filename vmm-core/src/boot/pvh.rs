@@ -3,10 +3,10 @@
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::memory::{GuestMemoryMmap, HIMEM_START, LEGACY_HOLE_START};
+use crate::memory::{e820_map, GuestMemoryMmap};
 
 /// Where `hvm_start_info` is written.
 pub const START_INFO_ADDR: u64 = 0x6000;
@@ -15,36 +15,18 @@ pub const MEMMAP_ADDR: u64 = 0x7000;
 /// Where the module list (the initrd) goes.
 pub const MODLIST_ADDR: u64 = 0x6800;
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
-const E820_RAM: u32 = 1;
-const E820_RESERVED: u32 = 2;
 
 /// The memory map given to the guest: RAM with the legacy hole reserved.
 pub fn memmap(mem: &GuestMemoryMmap) -> Vec<hvm_memmap_table_entry> {
-    let mut out = vec![
-        entry(0, LEGACY_HOLE_START, E820_RAM),
-        entry(
-            LEGACY_HOLE_START,
-            HIMEM_START - LEGACY_HOLE_START,
-            E820_RESERVED,
-        ),
-    ];
-    for r in mem.iter() {
-        let start = r.start_addr().raw_value().max(HIMEM_START);
-        let end = r.start_addr().raw_value() + r.len();
-        if end > start {
-            out.push(entry(start, end - start, E820_RAM));
-        }
-    }
-    out
-}
-
-fn entry(addr: u64, size: u64, type_: u32) -> hvm_memmap_table_entry {
-    hvm_memmap_table_entry {
-        addr,
-        size,
-        type_,
-        reserved: 0,
-    }
+    e820_map(mem)
+        .into_iter()
+        .map(|(addr, size, type_)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        })
+        .collect()
 }
 
 /// Writes the start info (version 1, with the memory map, the initrd as module 0 and
@@ -90,6 +72,7 @@ pub fn write_start_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::{E820_RAM, HIMEM_START};
     use vm_memory::GuestAddress;
 
     #[test]
