@@ -101,17 +101,11 @@ pub fn load(
         .as_cstring()
         .map(|c| c.as_bytes().len())
         .unwrap_or(0);
+    let initrd = initrd
+        .map(|p| linux::load_initrd(mem, &mut open(p, "initrd")?, p, &result))
+        .transpose()?;
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => {
-            let initrd = match initrd {
-                Some(p) => Some(linux::load_initrd(
-                    mem,
-                    &mut open(p, "initrd")?,
-                    p,
-                    &result,
-                )?),
-                None => None,
-            };
             let start_info = pvh::write_start_info(mem, CMDLINE_ADDR, initrd, rsdp)?;
             Ok((
                 BootProtocol::Pvh,
@@ -123,15 +117,6 @@ pub fn load(
             ))
         }
         _ => {
-            let initrd = match initrd {
-                Some(p) => Some(linux::load_initrd(
-                    mem,
-                    &mut open(p, "initrd")?,
-                    p,
-                    &result,
-                )?),
-                None => None,
-            };
             let (entry, boot_params) =
                 linux::write_boot_params(mem, &result, CMDLINE_ADDR, cmdline_len, initrd, rsdp)?;
             Ok((
