@@ -18,12 +18,8 @@ use vinfra_vmm_core::{
 const T: Duration = Duration::from_secs(20);
 const CHILD: Duration = Duration::from_secs(60);
 
-fn boot_ready(vcpus: u32) {
-    let Some(k) = guest("ready") else { return };
-    let con = Console::default();
-    let mut vm = Vm::create(config(k, &con).vcpus(vcpus)).unwrap();
-    assert_eq!(vm.boot_protocol(), Some(BootProtocol::Pvh));
-    assert_eq!(vm.power_state(), PowerState::ShutOff);
+/// Starts `vm`, expects a clean poweroff and `marker` on the console.
+fn run_to_clean_poweroff(vm: &mut Vm, con: &Console, marker: &str) {
     vm.start().unwrap();
     assert_eq!(
         vm.wait_timeout(T),
@@ -31,11 +27,16 @@ fn boot_ready(vcpus: u32) {
         "console:\n{}",
         con.text()
     );
-    assert!(
-        con.text().contains("VINFRA-READY"),
-        "console:\n{}",
-        con.text()
-    );
+    assert!(con.text().contains(marker), "console:\n{}", con.text());
+}
+
+fn boot_ready(vcpus: u32) {
+    let Some(k) = guest("ready") else { return };
+    let con = Console::default();
+    let mut vm = Vm::create(config(k, &con).vcpus(vcpus)).unwrap();
+    assert_eq!(vm.boot_protocol(), Some(BootProtocol::Pvh));
+    assert_eq!(vm.power_state(), PowerState::ShutOff);
+    run_to_clean_poweroff(&mut vm, &con, "VINFRA-READY");
     assert_eq!(vm.power_state(), PowerState::ShutOff);
 }
 
@@ -224,18 +225,7 @@ fn disk_guest_reads_host_pattern_and_writes_its_own() {
             d.id = Some("vinfra-test".into());
             let cfg = config(k, &con).cmdline(format!("disk.sectors={S}")).disk(d);
             let mut vm = Vm::create(cfg).unwrap();
-            vm.start().unwrap();
-            assert_eq!(
-                vm.wait_timeout(T),
-                Some(ExitReason::Poweroff { code: 0 }),
-                "console:\n{}",
-                con.text()
-            );
-            assert!(
-                con.text().contains("DISK-OK sectors=64 id=vinfra-test"),
-                "console:\n{}",
-                con.text()
-            );
+            run_to_clean_poweroff(&mut vm, &con, "DISK-OK sectors=64 id=vinfra-test");
             let after = std::fs::read(&img).unwrap();
             for s in S..2 * S {
                 for j in 0..128 {
