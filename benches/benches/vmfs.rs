@@ -14,7 +14,13 @@ fn volume() -> Volume {
     o.max_inodes = 1024;
     o.blocks_per_cluster = 1024;
     Volume::mkfs(dev.as_ref(), &o).expect("mkfs");
-    Volume::mount(dev, 0, &MountOptions::default(), Arc::new(ManualClock::new(0))).expect("mount")
+    Volume::mount(
+        dev,
+        0,
+        &MountOptions::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .expect("mount")
 }
 
 fn locks(c: &mut Criterion) {
