@@ -210,18 +210,15 @@ fn status_byte_outside_guest_ram_needs_reset() {
 
 #[test]
 fn status_descriptor_not_writable_or_empty_needs_reset() {
-    assert_needs_reset(|d| {
-        let hdr = d.header(T_FLUSH, 0);
-        let status = d.alloc(1);
-        let head = d.chain(&[(hdr, 16, false), (status, 1, false)]);
-        d.publish(head);
-    });
-    assert_needs_reset(|d| {
-        let hdr = d.header(T_FLUSH, 0);
-        let status = d.alloc(1);
-        let head = d.chain(&[(hdr, 16, false), (status, 0, true)]);
-        d.publish(head);
-    });
+    // (length, device-writable) of the status descriptor.
+    for (len, writable) in [(1, false), (0, true)] {
+        assert_needs_reset(|d| {
+            let hdr = d.header(T_FLUSH, 0);
+            let status = d.alloc(1);
+            let head = d.chain(&[(hdr, 16, false), (status, len, writable)]);
+            d.publish(head);
+        });
+    }
 }
 
 #[test]
