@@ -30,12 +30,20 @@ struct Windows<D: ?Sized> {
     unmapped: AtomicU64,
 }
 
-impl<D: ?Sized> Windows<D> {
-    fn new() -> Self {
+impl<D: ?Sized> Default for Windows<D> {
+    fn default() -> Self {
         Windows {
             entries: Vec::new(),
             unmapped: AtomicU64::new(0),
         }
+    }
+}
+
+impl<D: ?Sized> Windows<D> {
+    /// `Debug` for a bus named `name`: its windows, not the devices behind them.
+    fn fmt_windows(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w: Vec<_> = self.entries.iter().map(|(b, l, _)| (*b, *l)).collect();
+        f.debug_struct(name).field("windows", &w).finish()
     }
 
     fn insert(&mut self, base: u64, len: u64, dev: Arc<Mutex<D>>) -> Result<(), Overlap> {
@@ -76,18 +84,12 @@ impl<D: ?Sized> Windows<D> {
 }
 
 /// The port-I/O bus.
+#[derive(Default)]
 pub struct PioBus(Windows<dyn PioDevice>);
 
 impl std::fmt::Debug for PioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w: Vec<_> = self.0.entries.iter().map(|(b, l, _)| (*b, *l)).collect();
-        f.debug_struct("PioBus").field("windows", &w).finish()
-    }
-}
-
-impl Default for PioBus {
-    fn default() -> Self {
-        PioBus(Windows::new())
+        self.0.fmt_windows("PioBus", f)
     }
 }
 
@@ -128,18 +130,12 @@ impl PioBus {
 }
 
 /// The MMIO bus.
+#[derive(Default)]
 pub struct MmioBus(Windows<dyn MmioDevice>);
 
 impl std::fmt::Debug for MmioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w: Vec<_> = self.0.entries.iter().map(|(b, l, _)| (*b, *l)).collect();
-        f.debug_struct("MmioBus").field("windows", &w).finish()
-    }
-}
-
-impl Default for MmioBus {
-    fn default() -> Self {
-        MmioBus(Windows::new())
+        self.0.fmt_windows("MmioBus", f)
     }
 }
 
