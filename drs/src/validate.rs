@@ -161,43 +161,34 @@ pub struct Cluster {
 pub const MAX_VALUE: i64 = 1 << 40;
 
 fn positive(context: &str, field: &'static str, value: i64) -> Result<u64> {
-    if value > MAX_VALUE {
-        return Err(Error::BadValue {
-            context: context.to_owned(),
-            field,
-            expected: "<= 2^40",
-            value,
-        });
-    }
-    if value <= 0 {
-        return Err(Error::BadValue {
-            context: context.to_owned(),
-            field,
-            expected: "> 0",
-            value,
-        });
-    }
-    Ok(value.unsigned_abs())
+    in_range(context, field, value, 1, "> 0")
 }
 
 fn non_negative(context: &str, field: &'static str, value: i64) -> Result<u64> {
-    if value > MAX_VALUE {
-        return Err(Error::BadValue {
-            context: context.to_owned(),
-            field,
-            expected: "<= 2^40",
-            value,
-        });
-    }
-    if value < 0 {
-        return Err(Error::BadValue {
-            context: context.to_owned(),
-            field,
-            expected: ">= 0",
-            value,
-        });
-    }
-    Ok(value.unsigned_abs())
+    in_range(context, field, value, 0, ">= 0")
+}
+
+/// `value` as `u64` when it lies in `min..=MAX_VALUE`; `expected` describes `min`.
+fn in_range(
+    context: &str,
+    field: &'static str,
+    value: i64,
+    min: i64,
+    expected: &'static str,
+) -> Result<u64> {
+    let expected = if value > MAX_VALUE {
+        "<= 2^40"
+    } else if value < min {
+        expected
+    } else {
+        return Ok(value.unsigned_abs());
+    };
+    Err(Error::BadValue {
+        context: context.to_owned(),
+        field,
+        expected,
+        value,
+    })
 }
 
 fn alloc(context: &str, resource: &'static str, a: &Allocation) -> Result<Alloc> {
