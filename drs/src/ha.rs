@@ -217,10 +217,7 @@ pub fn restart_plan(c: &Cluster, failed: &[&str]) -> Result<RestartPlan> {
                 reason: "no surviving host can take it".into(),
                 rejected: rej
                     .into_iter()
-                    .map(|(h, why)| Rejected {
-                        host: c2.hosts[h].id.clone(),
-                        why,
-                    })
+                    .map(|(h, why)| Rejected::new(c2, h, why))
                     .collect(),
             }),
         }

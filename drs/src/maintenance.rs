@@ -154,10 +154,11 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
                 let rejected = (0..c2.hosts.len())
                     .filter(|&d| d != h)
                     .filter_map(|d| {
-                        chooser.state.check(v, d, &g).err().map(|why| Rejected {
-                            host: c2.hosts[d].id.clone(),
-                            why,
-                        })
+                        chooser
+                            .state
+                            .check(v, d, &g)
+                            .err()
+                            .map(|why| Rejected::new(c2, d, why))
                     })
                     .collect();
                 plan.blocked.push(Blocker {
@@ -207,10 +208,9 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
                 vm: c2.vms[v].id.clone(),
                 rejected: (0..c2.hosts.len())
                     .filter_map(|d| {
-                        chooser_state.static_reject(v, d).map(|why| Rejected {
-                            host: c2.hosts[d].id.clone(),
-                            why,
-                        })
+                        chooser_state
+                            .static_reject(v, d)
+                            .map(|why| Rejected::new(c2, d, why))
                     })
                     .collect(),
             }),

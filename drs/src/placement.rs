@@ -18,6 +18,15 @@ pub struct Rejected {
     pub why: Reject,
 }
 
+impl Rejected {
+    pub(crate) fn new(c: &Cluster, host: usize, why: Reject) -> Self {
+        Self {
+            host: c.hosts[host].id.clone(),
+            why,
+        }
+    }
+}
+
 /// Where one VM goes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -169,10 +178,11 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
                 let rejected = (0..c.hosts.len())
                     .filter(|&o| o != h)
                     .filter_map(|o| {
-                        chooser.state.check(v, o, &[]).err().map(|why| Rejected {
-                            host: c.hosts[o].id.clone(),
-                            why,
-                        })
+                        chooser
+                            .state
+                            .check(v, o, &[])
+                            .err()
+                            .map(|why| Rejected::new(c, o, why))
                     })
                     .collect();
                 chooser.apply(v, h);
@@ -195,10 +205,7 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
                     shares_image: false,
                     rejected: rej
                         .into_iter()
-                        .map(|(h, why)| Rejected {
-                            host: c.hosts[h].id.clone(),
-                            why,
-                        })
+                        .map(|(h, why)| Rejected::new(c, h, why))
                         .collect(),
                 }
             }
