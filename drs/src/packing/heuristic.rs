@@ -1,0 +1,434 @@
+//! The packing heuristics: exact bin completion, minimum-bin-slack fill and a local
+//! search that empties the least-filled bins.
+
+use std::cell::RefCell;
+
+use super::matching::match_bins;
+use super::{
+    bin_size, disjoint, finish, fits, items_of, key, lower_bound, sub, FxMap, Item, PackOptions,
+    PackPlan,
+};
+use crate::validate::{Cluster, CPU, MEM};
+
+struct Packer<'a> {
+    items: Vec<Item>,
+    hosts: usize,
+    steps: u64,
+    budget: u64,
+    alive: Vec<bool>,
+    /// Alive items, largest first (compacted after each bin).
+    order: Vec<usize>,
+    /// Alive items by CPU size, to scan only partners whose CPU can still be completed.
+    by_cpu: Vec<usize>,
+    /// Smallest and largest item CPU sizes.
+    cpu_range: (u64, u64),
+    /// Smallest and largest item memory sizes.
+    mem_range: (u64, u64),
+    buckets: FxMap<(u64, u64), Vec<usize>>,
+    /// Each item's allowed-host mask, interned (`None` = every host).
+    mask_of: Vec<Option<usize>>,
+    masks: Vec<Vec<bool>>,
+    /// Sorted mask ids → whether some host is in all of them.
+    meets: RefCell<FxMap<Vec<usize>, bool>>,
+    _c: &'a Cluster,
+}
+
+impl<'a> Packer<'a> {
+    fn new(c: &'a Cluster, items: Vec<Item>, cap: [u64; 2], budget: u64) -> Self {
+        let weight =
+            |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            weight(items[b].size)
+                .total_cmp(&weight(items[a].size))
+                .then(a.cmp(&b))
+        });
+        let mut buckets: FxMap<(u64, u64), Vec<usize>> = FxMap::default();
+        for &i in &order {
+            buckets.entry(key(items[i].size)).or_default().push(i);
+        }
+        let alive = vec![true; items.len()];
+        // Rules give few distinct host sets: intern them and cache their intersections.
+        let mut masks: Vec<Vec<bool>> = Vec::new();
+        let mut mask_ids: FxMap<Vec<bool>, usize> = FxMap::default();
+        let mask_of = items
+            .iter()
+            .map(|it| {
+                it.allowed.as_ref().map(|a| {
+                    *mask_ids.entry(a.clone()).or_insert_with(|| {
+                        masks.push(a.clone());
+                        masks.len() - 1
+                    })
+                })
+            })
+            .collect();
+        let mut by_cpu: Vec<usize> = (0..items.len()).collect();
+        by_cpu.sort_by_key(|&i| (items[i].size[CPU], i));
+        let cpu_range = (
+            by_cpu.first().map_or(0, |&i| items[i].size[CPU]),
+            by_cpu.last().map_or(0, |&i| items[i].size[CPU]),
+        );
+        let mem_range = items.iter().fold((u64::MAX, 0), |(lo, hi), it| {
+            (lo.min(it.size[MEM]), hi.max(it.size[MEM]))
+        });
+        Self {
+            items,
+            hosts: c.hosts.len(),
+            steps: 0,
+            budget,
+            alive,
+            order,
+            by_cpu,
+            cpu_range,
+            mem_range,
+            buckets,
+            mask_of,
+            masks,
+            meets: RefCell::new(FxMap::default()),
+            _c: c,
+        }
+    }
+
+    fn out_of_budget(&self) -> bool {
+        self.steps >= self.budget
+    }
+
+    /// May `j` join the items in `set`?
+    fn compatible(&self, set: &[usize], j: usize) -> bool {
+        let it = &self.items[j];
+        if !it.anti.is_empty()
+            && set
+                .iter()
+                .any(|&i| !disjoint(&self.items[i].anti, &it.anti))
+        {
+            return false;
+        }
+        let mut ids: Vec<usize> = set
+            .iter()
+            .chain(std::iter::once(&j))
+            .filter_map(|&i| self.mask_of[i])
+            .collect();
+        if ids.is_empty() {
+            return true;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(&m) = self.meets.borrow().get(&ids) {
+            return m;
+        }
+        let m = (0..self.hosts).any(|h| ids.iter().all(|&k| self.masks[k][h]));
+        self.meets.borrow_mut().insert(ids, m);
+        m
+    }
+
+    fn exact_partner(
+        &mut self,
+        set: &[usize],
+        rem: [u64; 2],
+        above: Option<usize>,
+    ) -> Option<usize> {
+        let bucket = self.buckets.get(&key(rem))?;
+        self.steps += 1;
+        bucket.iter().copied().find(|&k| {
+            self.alive[k]
+                && !set.contains(&k)
+                && above.is_none_or(|a| k > a)
+                && self.compatible(set, k)
+        })
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.alive[i] = false;
+        if let Some(b) = self.buckets.get_mut(&key(self.items[i].size)) {
+            b.retain(|&x| x != i);
+        }
+    }
+
+    fn commit(&mut self, bin: &[usize]) {
+        for &i in bin {
+            self.kill(i);
+        }
+    }
+
+    fn compact(&mut self) {
+        let alive = &self.alive;
+        self.order.retain(|&i| alive[i]);
+        self.by_cpu.retain(|&i| alive[i]);
+    }
+
+    /// Up to `limit` exact completions (1 to 3 items) of a bin that starts with `i`.
+    fn completions(&mut self, i: usize, cap: [u64; 2], limit: usize) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let si = self.items[i].size;
+        if !fits(si, cap) {
+            return out;
+        }
+        let rem = sub(cap, si);
+        if rem == [0, 0] {
+            out.push(vec![i]);
+            return out;
+        }
+        if let Some(k) = self.exact_partner(&[i], rem, None) {
+            out.push(vec![i, k]);
+            if out.len() >= limit {
+                return out;
+            }
+        }
+        // The third item's CPU lies in the items' range, so the second's does too.
+        let lo = rem[CPU].saturating_sub(self.cpu_range.1);
+        let hi = rem[CPU].saturating_sub(self.cpu_range.0);
+        let items = &self.items;
+        let start = self.by_cpu.partition_point(|&j| items[j].size[CPU] < lo);
+        let end = self.by_cpu.partition_point(|&j| items[j].size[CPU] <= hi);
+        for n in start..end {
+            let j = self.by_cpu[n];
+            self.steps += 1;
+            if j == i || !self.alive[j] {
+                continue;
+            }
+            let sj = self.items[j].size;
+            if !fits(sj, rem) || sub(rem, sj) == [0, 0] {
+                continue;
+            }
+            let need_mem = rem[MEM] - sj[MEM];
+            if need_mem < self.mem_range.0
+                || need_mem > self.mem_range.1
+                || !self.compatible(&[i], j)
+            {
+                continue;
+            }
+            if let Some(k) = self.exact_partner(&[i, j], sub(rem, sj), Some(j)) {
+                out.push(vec![i, j, k]);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            if self.out_of_budget() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Exact completion phase: commit bins whose completion is unique first, so an
+    /// ambiguous choice is made as late as possible.
+    fn exact_phase(&mut self, cap: [u64; 2]) -> Vec<Vec<usize>> {
+        let mut bins = Vec::new();
+        // Largest CPU first: a large first item leaves a narrow CPU window for the others.
+        let mut pending: Vec<usize> = self.by_cpu.iter().rev().copied().collect();
+        for sweep in 0..16 {
+            let greedy = sweep == 15;
+            let mut deferred = Vec::new();
+            let mut progress = false;
+            for &i in &pending {
+                if !self.alive[i] || self.out_of_budget() {
+                    continue;
+                }
+                let comps = self.completions(i, cap, if greedy { 1 } else { 2 });
+                match comps.len() {
+                    0 => {}
+                    1 => {
+                        self.commit(&comps[0]);
+                        bins.push(comps[0].clone());
+                        progress = true;
+                        // Dead items cost a step each in later scans: sweep them out now and then.
+                        if bins.len() % 128 == 0 {
+                            self.compact();
+                        }
+                    }
+                    _ => deferred.push(i),
+                }
+            }
+            self.compact();
+            if deferred.is_empty() || self.out_of_budget() {
+                break;
+            }
+            if !progress {
+                // Nothing unique left: take the first ambiguous bin and go on.
+                let i = deferred[0];
+                let comps = self.completions(i, cap, 1);
+                if let Some(b) = comps.first() {
+                    self.commit(b);
+                    bins.push(b.clone());
+                }
+                self.compact();
+            }
+            pending = deferred;
+        }
+        bins
+    }
+
+    /// Minimum-bin-slack fill of one bin that starts with `first`.
+    fn best_fill(
+        &mut self,
+        first: usize,
+        cap: [u64; 2],
+        fits_host: &dyn Fn(&Item) -> bool,
+        nodes: u64,
+    ) -> Vec<usize> {
+        let rem = sub(cap, self.items[first].size);
+        let mut best = (slack(rem, cap), vec![first]);
+        let mut chosen = vec![first];
+        let mut budget = nodes;
+        self.dfs(&mut chosen, rem, 0, cap, fits_host, &mut budget, &mut best);
+        best.1
+    }
+
+    #[allow(clippy::too_many_arguments)] // recursion state
+    fn dfs(
+        &mut self,
+        chosen: &mut Vec<usize>,
+        rem: [u64; 2],
+        start: usize,
+        cap: [u64; 2],
+        fits_host: &dyn Fn(&Item) -> bool,
+        budget: &mut u64,
+        best: &mut (f64, Vec<usize>),
+    ) {
+        if best.0 <= 0.0 || *budget == 0 || self.out_of_budget() {
+            return;
+        }
+        if let Some(k) = self.exact_partner(chosen, rem, None) {
+            if fits_host(&self.items[k]) {
+                let mut b = chosen.clone();
+                b.push(k);
+                *best = (0.0, b);
+                return;
+            }
+        }
+        for n in start..self.order.len() {
+            let j = self.order[n];
+            self.steps += 1;
+            *budget = budget.saturating_sub(1);
+            if *budget == 0 || best.0 <= 0.0 {
+                return;
+            }
+            if !self.alive[j] || chosen.contains(&j) {
+                continue;
+            }
+            let sj = self.items[j].size;
+            if !fits(sj, rem) || !fits_host(&self.items[j]) || !self.compatible(chosen, j) {
+                continue;
+            }
+            let r2 = sub(rem, sj);
+            chosen.push(j);
+            let s = slack(r2, cap);
+            if s < best.0 {
+                *best = (s, chosen.clone());
+            }
+            self.dfs(chosen, r2, n + 1, cap, fits_host, budget, best);
+            chosen.pop();
+        }
+    }
+}
+
+fn slack(rem: [u64; 2], cap: [u64; 2]) -> f64 {
+    rem[CPU] as f64 / cap[CPU] as f64 + rem[MEM] as f64 / cap[MEM] as f64
+}
+
+pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
+    let items = items_of(c);
+    let lb = lower_bound(c, &items);
+    let mut hosts: Vec<usize> = c.usable_hosts().collect();
+    hosts.sort_by(|&a, &b| {
+        let (ca, cb) = (c.hosts[a].capacity, c.hosts[b].capacity);
+        (cb[CPU] + cb[MEM])
+            .cmp(&(ca[CPU] + ca[MEM]))
+            .then(a.cmp(&b))
+    });
+    let Some(&h0) = hosts.first() else {
+        return finish(c, &items, &[], &[], lb, 0, &hosts);
+    };
+    let cap = c.hosts[h0].capacity;
+    let homogeneous = hosts.iter().all(|&h| c.hosts[h].capacity == cap);
+    let mut p = Packer::new(c, items, cap, opts.step_budget);
+    if homogeneous {
+        let mut bins = p.exact_phase(cap);
+        let any = |_: &Item| true;
+        let mut guard = p.items.len();
+        while guard > 0 && !p.order.is_empty() {
+            guard -= 1;
+            let first = p.order[0];
+            if !fits(p.items[first].size, cap) {
+                p.kill(first);
+                p.compact();
+                continue;
+            }
+            let bin = p.best_fill(first, cap, &any, opts.nodes_per_bin);
+            p.commit(&bin);
+            p.compact();
+            bins.push(bin);
+        }
+        improve(&mut p, &mut bins, cap, lb);
+        let bin_host = match_bins(c, &p.items, &bins, &hosts);
+        finish(c, &p.items, &bins, &bin_host, lb, p.steps, &hosts)
+    } else {
+        // Hosts differ: fill each host in turn, largest first, with what it allows.
+        let mut bins = Vec::new();
+        let mut bin_host = Vec::new();
+        for &h in &hosts {
+            let hcap = c.hosts[h].capacity;
+            let ok = |it: &Item| it.allowed.as_ref().is_none_or(|a| a[h]);
+            let Some(first) = p
+                .order
+                .iter()
+                .copied()
+                .find(|&i| p.alive[i] && fits(p.items[i].size, hcap) && ok(&p.items[i]))
+            else {
+                continue;
+            };
+            let bin = p.best_fill(first, hcap, &ok, opts.nodes_per_bin);
+            p.commit(&bin);
+            p.compact();
+            bins.push(bin);
+            bin_host.push(Some(h));
+        }
+        finish(c, &p.items, &bins, &bin_host, lb, p.steps, &hosts)
+    }
+}
+
+/// Local search: empty the least-filled bins into the slack of the others.
+fn improve(p: &mut Packer<'_>, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: usize) {
+    let used = |p: &Packer<'_>, b: &Vec<usize>| bin_size(&p.items, b);
+    let mut attempts = bins.len();
+    while bins.len() > lb && attempts > 0 && !p.out_of_budget() {
+        attempts -= 1;
+        let mut fill: Vec<(f64, usize)> = bins
+            .iter()
+            .enumerate()
+            .map(|(b, bin)| (1.0 - slack(sub(cap, used(p, bin)), cap) / 2.0, b))
+            .collect();
+        fill.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut emptied = false;
+        for &(_, victim) in fill.iter().take(4) {
+            let mut trial: Vec<Vec<usize>> = bins.clone();
+            let moving = std::mem::take(&mut trial[victim]);
+            let mut ok = true;
+            for &i in &moving {
+                p.steps += trial.len() as u64;
+                let target = (0..trial.len()).find(|&b| {
+                    b != victim
+                        && !trial[b].is_empty()
+                        && fits(p.items[i].size, sub(cap, used(p, &trial[b])))
+                        && p.compatible(&trial[b], i)
+                });
+                match target {
+                    Some(b) => trial[b].push(i),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                trial.remove(victim);
+                *bins = trial;
+                emptied = true;
+                break;
+            }
+        }
+        if !emptied {
+            break;
+        }
+    }
+}
