@@ -377,21 +377,57 @@ fn the_random_instances_are_mostly_valid() {
 fn brute_force_feasible(c: &Cluster) -> bool {
     let running: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on).collect();
     let hosts: Vec<usize> = c.usable_hosts().collect();
+    some_assignment_keeps_the_rules(c, &[], &running, &hosts)
+}
+
+/// Is there an assignment of `movers` to `hosts` that keeps every rule together with
+/// the VMs that `stay` where they are?
+fn some_assignment_keeps_the_rules(
+    c: &Cluster,
+    stay: &[(String, String)],
+    movers: &[usize],
+    hosts: &[usize],
+) -> bool {
     if hosts.is_empty() {
-        return running.is_empty();
+        return movers.is_empty() && check_assignment(c, stay).is_ok();
     }
-    let total = hosts.len().pow(u32::try_from(running.len()).unwrap());
+    let total = hosts.len().pow(u32::try_from(movers.len()).unwrap());
     (0..total).any(|mut code| {
-        let assignment: Vec<(String, String)> = running
-            .iter()
-            .map(|&v| {
-                let h = hosts[code % hosts.len()];
-                code /= hosts.len();
-                (c.vms[v].id.clone(), c.hosts[h].id.clone())
-            })
-            .collect();
+        let mut assignment = stay.to_vec();
+        for &v in movers {
+            let h = hosts[code % hosts.len()];
+            code /= hosts.len();
+            assignment.push((c.vms[v].id.clone(), c.hosts[h].id.clone()));
+        }
         check_assignment(c, &assignment).is_ok()
     })
+}
+
+/// `(vm id, host id)` pairs.
+type Assignment = Vec<(String, String)>;
+
+/// At most 6 VMs on at most 3 hosts, none in maintenance, whose current placement keeps
+/// the rules: the cluster, host `which` (modulo the host count) and that placement.
+fn small_cluster_keeping_the_rules(
+    spec: ClusterSpec,
+    which: usize,
+) -> Option<(Cluster, usize, Assignment)> {
+    let mut spec = spec;
+    spec.vms.truncate(6);
+    spec.hosts.truncate(3);
+    for h in &mut spec.hosts {
+        h.maintenance = false;
+    }
+    let c = Cluster::new(spec).ok()?;
+    let host = which % c.hosts.len();
+    let now: Vec<(String, String)> = c
+        .vms
+        .iter()
+        .filter(|v| v.powered_on)
+        .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
+        .collect();
+    check_assignment(&c, &now).ok()?;
+    Some((c, host, now))
 }
 
 proptest! {
@@ -420,34 +456,12 @@ proptest! {
 
     #[test]
     fn evacuation_succeeds_whenever_possible_and_keeps_the_rules(spec in arb_spec(), which in 0usize..3) {
-        let mut spec = spec;
-        spec.vms.truncate(6);
-        spec.hosts.truncate(3);
-        for h in &mut spec.hosts {
-            h.maintenance = false;
-        }
-        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
-        let target = c.hosts[which % c.hosts.len()].id.clone();
-        let t = c.host_index(&target).unwrap();
-        let now: Vec<(String, String)> = c.vms.iter()
-            .filter(|v| v.powered_on)
-            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
-            .collect();
-        if check_assignment(&c, &now).is_err() {
-            return Ok(());
-        }
+        let Some((c, t, now)) = small_cluster_keeping_the_rules(spec, which) else { return Ok(()) };
+        let target = c.hosts[t].id.clone();
         let leaving: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(t)).collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != t).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != target).cloned().collect();
-        let possible = !others.is_empty() || leaving.is_empty();
-        let possible = possible && (0..others.len().max(1).pow(u32::try_from(leaving.len()).unwrap())).any(|mut code| {
-            let mut a = stay.clone();
-            for &v in &leaving {
-                a.push((c.vms[v].id.clone(), c.hosts[others[code % others.len()]].id.clone()));
-                code /= others.len();
-            }
-            check_assignment(&c, &a).is_ok()
-        });
+        let possible = some_assignment_keeps_the_rules(&c, &stay, &leaving, &others);
         let plan = evacuate(&c, &target).unwrap();
         if std::env::var_os("DRS_COUNT").is_some() {
             eprintln!("EVAC leaving={} possible={possible}", leaving.len());
@@ -469,36 +483,15 @@ proptest! {
 
     #[test]
     fn ha_restarts_everyone_whenever_possible_and_keeps_the_rules(spec in arb_spec(), which in 0usize..3) {
-        let mut spec = spec;
-        spec.vms.truncate(6);
-        spec.hosts.truncate(3);
-        for h in &mut spec.hosts {
-            h.maintenance = false;
-        }
-        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
-        let failed = c.hosts[which % c.hosts.len()].id.clone();
-        let f = c.host_index(&failed).unwrap();
-        let now: Vec<(String, String)> = c.vms.iter()
-            .filter(|v| v.powered_on)
-            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
-            .collect();
-        if check_assignment(&c, &now).is_err() {
-            return Ok(());
-        }
+        let Some((c, f, now)) = small_cluster_keeping_the_rules(spec, which) else { return Ok(()) };
+        let failed = c.hosts[f].id.clone();
         let victims: Vec<usize> = (0..c.vms.len())
             .filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(f))
             .filter(|&v| c.vms[v].restart_priority != vinfra_drs::RestartPriority::Disabled)
             .collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != f).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != failed).cloned().collect();
-        let possible = victims.is_empty() || (!others.is_empty() && (0..others.len().pow(u32::try_from(victims.len()).unwrap())).any(|mut code| {
-            let mut a = stay.clone();
-            for &v in &victims {
-                a.push((c.vms[v].id.clone(), c.hosts[others[code % others.len()]].id.clone()));
-                code /= others.len();
-            }
-            check_assignment(&c, &a).is_ok()
-        }));
+        let possible = victims.is_empty() || some_assignment_keeps_the_rules(&c, &stay, &victims, &others);
         let plan = ha::restart_plan(&c, &[failed.as_str()]).unwrap();
         prop_assert_eq!(plan.restarts.len() == victims.len(), possible, "plan {:?}", plan);
         let mut a = stay.clone();
