@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use vinfra_drs::{generate, ha, Cluster, PackOptions};
+use vinfra_drs::{generate, ha, Cluster, PackOptions, Rejected};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -121,6 +121,13 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) -> Result<()
     Ok(())
 }
 
+/// The hosts a VM could not go to, and why.
+fn print_rejected(rejected: &[Rejected]) {
+    for r in rejected {
+        println!("    not {}: {}", r.host, r.why);
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let json = cli.json;
     match cli.command {
@@ -144,9 +151,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         ),
                         None => println!("cannot place {}", pl.vm),
                     }
-                    for r in &pl.rejected {
-                        println!("    not {}: {}", r.host, r.why);
-                    }
+                    print_rejected(&pl.rejected);
                 }
             })
         }
@@ -200,9 +205,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 for b in &p.blocked {
                     println!("  blocked by {}:", b.vm);
-                    for r in &b.rejected {
-                        println!("    not {}: {}", r.host, r.why);
-                    }
+                    print_rejected(&b.rejected);
                 }
             })
         }
@@ -268,9 +271,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 for n in &p.not_restarted {
                     println!("leave {} down: {}", n.vm, n.reason);
-                    for r in &n.rejected {
-                        println!("    not {}: {}", r.host, r.why);
-                    }
+                    print_rejected(&n.rejected);
                 }
             })
         }
