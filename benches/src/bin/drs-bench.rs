@@ -56,13 +56,39 @@ fn packing(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn balancing(args: &[String]) -> Result<(), String> {
+/// `<hosts> <vms> <moves> <seed> <threshold>`, as both balance runs take them, and the
+/// perturbed instance they describe.
+struct Perturbed {
+    hosts: usize,
+    vms: usize,
+    seed: u64,
+    threshold: u8,
+    inst: generate::Instance,
+}
+
+fn perturbed(args: &[String]) -> Result<Perturbed, String> {
     let hosts: usize = arg(args, 2, "hosts")?;
     let vms: usize = arg(args, 3, "vms")?;
     let moves: usize = arg(args, 4, "moves")?;
     let seed: u64 = arg(args, 5, "seed")?;
     let threshold: u8 = arg(args, 6, "threshold")?;
-    let inst = generate::perturbed(seed, hosts, vms, moves);
+    Ok(Perturbed {
+        hosts,
+        vms,
+        seed,
+        threshold,
+        inst: generate::perturbed(seed, hosts, vms, moves),
+    })
+}
+
+fn balancing(args: &[String]) -> Result<(), String> {
+    let Perturbed {
+        hosts,
+        vms,
+        seed,
+        threshold,
+        inst,
+    } = perturbed(args)?;
     let mut spec = inst.spec;
     spec.settings.migration_threshold = threshold;
     let c = Cluster::new(spec).map_err(|e| e.to_string())?;
@@ -99,13 +125,14 @@ fn imbalance(load: &[[f64; 2]], cap: &[[f64; 2]]) -> f64 {
 }
 
 fn balancing_naive(args: &[String]) -> Result<(), String> {
-    let hosts: usize = arg(args, 2, "hosts")?;
-    let vms: usize = arg(args, 3, "vms")?;
-    let moves: usize = arg(args, 4, "moves")?;
-    let seed: u64 = arg(args, 5, "seed")?;
-    let threshold: u8 = arg(args, 6, "threshold")?;
+    let Perturbed {
+        hosts,
+        vms,
+        seed,
+        threshold,
+        inst,
+    } = perturbed(args)?;
     let max_moves: usize = arg(args, 7, "max-moves")?;
-    let inst = generate::perturbed(seed, hosts, vms, moves);
     let c = Cluster::new(inst.spec).map_err(|e| e.to_string())?;
     let target = vinfra_drs::target_for_threshold(threshold);
     let t = Instant::now();
