@@ -179,11 +179,6 @@ impl Control {
         Some(g.exit.clone().unwrap_or(ExitReason::Stopped))
     }
 
-    /// Whether vCPUs are asked to park.
-    fn park_requested(&self) -> bool {
-        self.lock().request == Request::Pause
-    }
-
     /// Starts threads parked: they wait for [`Control::resume`].
     pub(crate) fn start_paused(&self, n: usize) {
         let mut g = self.lock();
@@ -193,12 +188,23 @@ impl Control {
     }
 
     /// Blocks while paused; false when the thread should leave its loop.
-    fn checkpoint(&self) -> bool {
+    ///
+    /// Before parking, and with the lock released, it calls `complete_io` if
+    /// `io_pending` says the last `KVM_RUN` may have left an access for the next one
+    /// to finish; the request is then read again, so a pause that arrives at any
+    /// moment finds the vCPU state whole.
+    fn checkpoint(&self, io_pending: &mut bool, complete_io: impl Fn()) -> bool {
         let mut g = self.lock();
         loop {
             match g.request {
                 Request::Run => return true,
                 Request::Stop => return false,
+                Request::Pause if *io_pending => {
+                    drop(g);
+                    complete_io();
+                    *io_pending = false;
+                    g = self.lock();
+                }
                 Request::Pause => {
                     g.parked += 1;
                     self.cv.notify_all();
@@ -252,7 +258,17 @@ enum Outcome {
 /// The body of vCPU thread `index`.
 pub(crate) fn run(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctx: VcpuContext) {
     ctx.ctl.register(index);
-    while ctx.ctl.checkpoint() {
+    // An `in` or MMIO load completes on the next KVM_RUN: before the thread parks, it
+    // enters once with immediate_exit so the vCPU state is whole (a snapshot taken
+    // while paused must not lose the value the guest is reading).
+    let complete_io = || {
+        let mut fd = vcpu.lock().unwrap_or_else(|e| e.into_inner());
+        fd.set_kvm_immediate_exit(1);
+        let _ = fd.run();
+        fd.set_kvm_immediate_exit(0);
+    };
+    let mut io_pending = false;
+    while ctx.ctl.checkpoint(&mut io_pending, complete_io) {
         let mut fd = vcpu.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = match fd.run() {
             Ok(exit) => handle_exit(exit, &ctx),
@@ -275,20 +291,11 @@ pub(crate) fn run(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctx: VcpuContext) {
             }
             o => o,
         };
-        if let Outcome::Stop(reason) = outcome {
-            drop(fd);
-            ctx.ctl.request_stop(reason);
-            continue;
-        }
-        if ctx.ctl.park_requested() {
-            // An `in` or MMIO load completes on the next KVM_RUN: enter once with
-            // immediate_exit so the vCPU state is whole before the thread parks (a
-            // snapshot taken now must not lose the value the guest is reading).
-            fd.set_kvm_immediate_exit(1);
-            let _ = fd.run();
-            fd.set_kvm_immediate_exit(0);
-        }
         drop(fd);
+        match outcome {
+            Outcome::Stop(reason) => ctx.ctl.request_stop(reason),
+            _ => io_pending = true,
+        }
     }
     ctx.ctl.exited(index);
 }
