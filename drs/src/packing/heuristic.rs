@@ -10,7 +10,7 @@ use super::{
 };
 use crate::validate::{Cluster, CPU, MEM};
 
-struct Packer<'a> {
+struct Packer {
     items: Vec<Item>,
     hosts: usize,
     steps: u64,
@@ -30,11 +30,10 @@ struct Packer<'a> {
     masks: Vec<Vec<bool>>,
     /// Sorted mask ids → whether some host is in all of them.
     meets: RefCell<FxMap<Vec<usize>, bool>>,
-    _c: &'a Cluster,
 }
 
-impl<'a> Packer<'a> {
-    fn new(c: &'a Cluster, items: Vec<Item>, cap: [u64; 2], budget: u64) -> Self {
+impl Packer {
+    fn new(hosts: usize, items: Vec<Item>, cap: [u64; 2], budget: u64) -> Self {
         let weight =
             |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
         let mut order: Vec<usize> = (0..items.len()).collect();
@@ -73,7 +72,7 @@ impl<'a> Packer<'a> {
         });
         Self {
             items,
-            hosts: c.hosts.len(),
+            hosts,
             steps: 0,
             budget,
             alive,
@@ -85,7 +84,6 @@ impl<'a> Packer<'a> {
             mask_of,
             masks,
             meets: RefCell::new(FxMap::default()),
-            _c: c,
         }
     }
 
@@ -341,7 +339,7 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
     };
     let cap = c.hosts[h0].capacity;
     let homogeneous = hosts.iter().all(|&h| c.hosts[h].capacity == cap);
-    let mut p = Packer::new(c, items, cap, opts.step_budget);
+    let mut p = Packer::new(c.hosts.len(), items, cap, opts.step_budget);
     if homogeneous {
         let mut bins = p.exact_phase(cap);
         let any = |_: &Item| true;
@@ -388,8 +386,8 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
 }
 
 /// Local search: empty the least-filled bins into the slack of the others.
-fn improve(p: &mut Packer<'_>, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: usize) {
-    let used = |p: &Packer<'_>, b: &Vec<usize>| bin_size(&p.items, b);
+fn improve(p: &mut Packer, bins: &mut Vec<Vec<usize>>, cap: [u64; 2], lb: usize) {
+    let used = |p: &Packer, b: &Vec<usize>| bin_size(&p.items, b);
     let mut attempts = bins.len();
     while bins.len() > lb && attempts > 0 && !p.out_of_budget() {
         attempts -= 1;
