@@ -107,7 +107,7 @@ impl EntryMode {
 }
 
 /// Writes identity page tables that map the first 4 GiB with 2 MiB pages.
-pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
+fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let w = |v: u64, a: u64| {
         mem.write_obj(v, GuestAddress(a))
             .map_err(|e| Error::Memory(format!("write page tables: {e}")))
