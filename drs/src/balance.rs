@@ -78,6 +78,21 @@ pub struct BalancePlan {
 }
 
 /// One pass over the cluster's current placement with its settings.
+///
+/// ```
+/// use vinfra_drs::{balance, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// let mut spec = ClusterSpec::new(
+///     vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
+///     vec![VmSpec::new("x", 3000, 3000).on("a"), VmSpec::new("y", 3000, 3000).on("a")],
+/// );
+/// spec.settings.migration_threshold = 5;
+/// let plan = balance(&Cluster::new(spec)?);
+/// let first = &plan.recommendations[0];
+/// assert_eq!((first.from.as_str(), first.to.as_str()), ("a", "b"));
+/// assert!(plan.imbalance_after < plan.imbalance_before);
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn balance(c: &Cluster) -> BalancePlan {
     let ent = entitlements(c);
     let mut state = State::current(c);

@@ -94,6 +94,17 @@ fn pool_depth(c: &Cluster, p: usize) -> usize {
 }
 
 /// Compute entitlements: top-down per resource from the usable hosts' capacity.
+///
+/// ```
+/// use vinfra_drs::{entitlements, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// let mut vm = VmSpec::new("a", 1000, 2000).on("h");
+/// vm.cpu_demand_mhz = Some(500);
+/// let spec = ClusterSpec::new(vec![HostSpec::new("h", 10_000, 10_000)], vec![vm]);
+/// // Uncontended: every VM is entitled to its demand.
+/// assert_eq!(entitlements(&Cluster::new(spec)?).vms, vec![[500, 2000]]);
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn entitlements(c: &Cluster) -> Entitlements {
     let mut capacity = [0u64; 2];
     for h in c.usable_hosts() {
@@ -200,6 +211,21 @@ fn effective(a: &Alloc, used: u64) -> u64 {
 
 /// Admission control for powering on `vm`: its reservations must be covered through
 /// its pool chain and some host must take its footprint. Errors say why.
+///
+/// ```
+/// use vinfra_drs::{admit_power_on, Cluster, ClusterSpec, Error, HostSpec, VmSpec};
+///
+/// let mut big = VmSpec::new("big", 1000, 30_000);
+/// big.powered_on = false;
+/// big.mem.reservation = 20_000;
+/// let mut small = VmSpec::new("small", 1000, 1000);
+/// small.powered_on = false;
+/// let spec = ClusterSpec::new(vec![HostSpec::new("h", 10_000, 16_384)], vec![big, small]);
+/// let c = Cluster::new(spec)?;
+/// assert!(admit_power_on(&c, "small").is_ok());
+/// assert!(matches!(admit_power_on(&c, "big"), Err(Error::AdmissionRefused { .. })));
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn admit_power_on(c: &Cluster, vm: &str) -> Result<()> {
     let v = c.vm_index(vm)?;
     let spec = &c.vms[v];

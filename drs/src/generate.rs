@@ -70,6 +70,12 @@ fn triplet_vms(rng: &mut ChaCha8Rng, bins: usize) -> Vec<(VmSpec, usize)> {
 }
 
 /// Triplet bin packing with `vms / 3` hosts in the optimum and `spare` more hosts.
+///
+/// ```
+/// let inst = vinfra_drs::generate::triplets(7, 60, 2);
+/// assert_eq!(inst.spec.vms.len(), 60);
+/// assert_eq!(inst.optimum_hosts, Some(20));
+/// ```
 pub fn triplets(seed: u64, vms: usize, spare: usize) -> Instance {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let bins = vms / 3;

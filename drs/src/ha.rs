@@ -34,6 +34,17 @@ pub struct SlotReport {
 }
 
 /// Slot-based admission: can the running VMs restart after the `tolerate` largest hosts fail?
+///
+/// ```
+/// use vinfra_drs::{ha, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// let hosts = ["a", "b", "c"].map(|h| HostSpec::new(h, 10_000, 10_000)).to_vec();
+/// let vms = vec![VmSpec::new("x", 2000, 2000).on("a"), VmSpec::new("y", 2000, 2000).on("b")];
+/// let c = Cluster::new(ClusterSpec::new(hosts, vms))?;
+/// assert!(ha::slot_admission(&c, 1).admitted);
+/// assert!(ha::percentage_admission(&c, 25, 25)?.admitted);
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn slot_admission(c: &Cluster, tolerate: u32) -> SlotReport {
     let mut slot = MIN_SLOT;
     let mut needed = 0u64;
@@ -160,6 +171,18 @@ pub struct RestartPlan {
 }
 
 /// Place the running VMs of the failed hosts on the survivors, by priority, under the rules.
+///
+/// ```
+/// use vinfra_drs::{ha, Cluster, ClusterSpec, HostSpec, RuleSpec, VmSpec};
+///
+/// let hosts = ["a", "b", "c"].map(|h| HostSpec::new(h, 10_000, 10_000));
+/// let vms = vec![VmSpec::new("dc-1", 1000, 1000).on("a"), VmSpec::new("dc-2", 1000, 1000).on("b")];
+/// let mut spec = ClusterSpec::new(hosts.to_vec(), vms);
+/// spec.rules.push(RuleSpec::VmAntiAffinity { id: "dcs".into(), vms: vec!["dc-1".into(), "dc-2".into()] });
+/// let plan = ha::restart_plan(&Cluster::new(spec)?, &["a"])?;
+/// assert_eq!((plan.restarts[0].vm.as_str(), plan.restarts[0].host.as_str()), ("dc-1", "c"));
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn restart_plan(c: &Cluster, failed: &[&str]) -> Result<RestartPlan> {
     let mut c2 = c.clone();
     let mut dead = Vec::new();

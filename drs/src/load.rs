@@ -3,6 +3,11 @@
 use crate::validate::{Cluster, CPU, MEM};
 
 /// Imbalance target for a migration threshold (1 = mandatory moves only).
+///
+/// ```
+/// assert_eq!(vinfra_drs::target_for_threshold(3), 0.10);
+/// assert!(vinfra_drs::target_for_threshold(1).is_infinite());
+/// ```
 pub fn target_for_threshold(threshold: u8) -> f64 {
     match threshold {
         0 | 1 => f64::INFINITY,

@@ -51,6 +51,19 @@ impl EvacuationPlan {
 
 /// Plan the evacuation of `host`: affinity groups move whole, most constrained and
 /// largest first, each to the host that leaves the cluster best balanced.
+///
+/// ```
+/// use vinfra_drs::{evacuate, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// let spec = ClusterSpec::new(
+///     vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
+///     vec![VmSpec::new("x", 2000, 2000).on("a")],
+/// );
+/// let plan = evacuate(&Cluster::new(spec)?, "a")?;
+/// assert!(plan.complete());
+/// assert_eq!(plan.moves[0].to, "b");
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
     let h = c.host_index(host)?;
     let mut c2 = c.clone();

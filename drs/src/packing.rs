@@ -216,6 +216,21 @@ fn lower_bound(c: &Cluster, items: &[Item]) -> usize {
 ///
 /// When the heuristics leave VMs unplaced, a complete backtracking search (bounded by
 /// what is left of the step budget) looks for any placement that keeps every rule.
+///
+/// ```
+/// use vinfra_drs::{first_fit_decreasing, pack, Cluster, ClusterSpec, HostSpec, PackOptions, VmSpec};
+///
+/// // Two hosts' worth of VMs, each host filled exactly by three of them.
+/// let sizes = [(40, 26), (30, 37), (30, 37), (40, 26), (30, 37), (30, 37)];
+/// let hosts = (0..4).map(|i| HostSpec::new(format!("h{i}"), 100, 100)).collect();
+/// let vms = sizes.iter().enumerate().map(|(i, &(c, m))| VmSpec::new(format!("v{i}"), c, m));
+/// let c = Cluster::new(ClusterSpec::new(hosts, vms.collect()))?;
+/// let plan = pack(&c, &PackOptions::default());
+/// assert_eq!((plan.hosts_used, plan.lower_bound), (2, 2));
+/// assert!(plan.unplaced.is_empty());
+/// assert!(first_fit_decreasing(&c).hosts_used >= plan.hosts_used); // the baseline
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
     let plan = heuristic::pack_heuristic(c, opts);
     let items = items_of(c);

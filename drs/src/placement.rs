@@ -124,6 +124,19 @@ impl<'s, 'c> Chooser<'s, 'c> {
 
 /// Place the named VMs (as if powering them on), largest and most constrained first.
 /// Other running VMs stay where they are.
+///
+/// ```
+/// use vinfra_drs::{place, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// let spec = ClusterSpec::new(
+///     vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000)],
+///     vec![VmSpec::new("x", 4000, 4000).on("a"), VmSpec::new("new", 2000, 2000)],
+/// );
+/// let plan = place(&Cluster::new(spec)?, &["new"])?;
+/// assert_eq!(plan.placements[0].host.as_deref(), Some("b")); // the emptier host
+/// assert!(plan.unplaced.is_empty());
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
 pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
     let mut idx = Vec::with_capacity(vms.len());
     for id in vms {

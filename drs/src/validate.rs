@@ -253,6 +253,14 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
 
 impl Cluster {
     /// Validate a spec. Errors name the offending object.
+    ///
+    /// ```
+    /// use vinfra_drs::{Cluster, ClusterSpec, HostSpec};
+    ///
+    /// let spec = ClusterSpec::new(vec![HostSpec::new("esx-1", 0, 1024)], Vec::new());
+    /// let err = Cluster::new(spec).unwrap_err();
+    /// assert_eq!(err.to_string(), "host \"esx-1\": cpu_mhz must be > 0, got 0");
+    /// ```
     pub fn new(spec: ClusterSpec) -> Result<Self> {
         let ClusterSpec {
             hosts: hspecs,
