@@ -5,28 +5,33 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::model::VmHostMode;
 use crate::validate::{Cluster, CPU, MEM};
 
 /// Why a host cannot take a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reject {
     /// The host is in maintenance mode.
+    #[error("host in maintenance mode")]
     Maintenance,
     /// The host is powered off or in standby.
+    #[error("host not powered on")]
     PoweredOff,
     /// The VM is already there.
+    #[error("vm already on this host")]
     AlreadyThere,
     /// Different CPU compatibility group.
+    #[error("cpu compatibility group differs")]
     Incompatible,
     /// A must-run-on / must-not-run-on rule excludes the host.
+    #[error("vm-host rule {rule:?} excludes it")]
     VmHostRule {
         /// The rule id.
         rule: String,
     },
     /// Not enough free CPU for the footprint.
+    #[error("cpu: need {need} MHz, {free} MHz free")]
     Cpu {
         /// MHz needed.
         need: u64,
@@ -34,6 +39,7 @@ pub enum Reject {
         free: u64,
     },
     /// Not enough free memory for the footprint.
+    #[error("memory: need {need} MB, {free} MB free")]
     Mem {
         /// MB needed.
         need: u64,
@@ -41,41 +47,19 @@ pub enum Reject {
         free: u64,
     },
     /// An anti-affinity partner runs there.
+    #[error("anti-affinity rule {rule:?}: a partner runs there")]
     AntiAffinity {
         /// The rule id.
         rule: String,
     },
     /// Affinity partners run on another host.
+    #[error("affinity rule {}: partners run on {partners_on:?}", .rules.join(","))]
     Affinity {
         /// The rules behind the group.
         rules: Vec<String>,
         /// Where the partners are.
         partners_on: String,
     },
-}
-
-impl std::fmt::Display for Reject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reject::Maintenance => write!(f, "host in maintenance mode"),
-            Reject::PoweredOff => write!(f, "host not powered on"),
-            Reject::AlreadyThere => write!(f, "vm already on this host"),
-            Reject::Incompatible => write!(f, "cpu compatibility group differs"),
-            Reject::VmHostRule { rule } => write!(f, "vm-host rule {rule:?} excludes it"),
-            Reject::Cpu { need, free } => write!(f, "cpu: need {need} MHz, {free} MHz free"),
-            Reject::Mem { need, free } => write!(f, "memory: need {need} MB, {free} MB free"),
-            Reject::AntiAffinity { rule } => {
-                write!(f, "anti-affinity rule {rule:?}: a partner runs there")
-            }
-            Reject::Affinity { rules, partners_on } => {
-                write!(
-                    f,
-                    "affinity rule {}: partners run on {partners_on:?}",
-                    rules.join(",")
-                )
-            }
-        }
-    }
 }
 
 /// Assignment plus per-host sums.
@@ -174,13 +158,7 @@ impl<'a> State<'a> {
         if !vm.allows(h) {
             for &r in &vm.host_rules {
                 let rule = &self.c.host_rules[r];
-                let inside = rule.hosts[h];
-                let bad = match rule.mode {
-                    VmHostMode::MustRunOn => !inside,
-                    VmHostMode::MustNotRunOn => inside,
-                    _ => false,
-                };
-                if bad {
+                if rule.forbids(h) {
                     return Some(Reject::VmHostRule {
                         rule: rule.id.clone(),
                     });
@@ -190,10 +168,7 @@ impl<'a> State<'a> {
             for &p in &self.c.groups[vm.group].vms {
                 for &r in &self.c.vms[p].host_rules {
                     let rule = &self.c.host_rules[r];
-                    let inside = rule.hosts[h];
-                    if (rule.mode == VmHostMode::MustRunOn && !inside)
-                        || (rule.mode == VmHostMode::MustNotRunOn && inside)
-                    {
+                    if rule.forbids(h) {
                         return Some(Reject::VmHostRule {
                             rule: rule.id.clone(),
                         });
@@ -292,13 +267,7 @@ impl<'a> State<'a> {
     pub fn soft_penalty(&self, v: usize, h: usize) -> u32 {
         let mut n = 0;
         for &r in &self.c.vms[v].host_rules {
-            let rule = &self.c.host_rules[r];
-            let inside = rule.hosts[h];
-            n += u32::from(match rule.mode {
-                VmHostMode::ShouldRunOn => !inside,
-                VmHostMode::ShouldNotRunOn => inside,
-                _ => false,
-            });
+            n += u32::from(self.c.host_rules[r].discourages(h));
         }
         n
     }

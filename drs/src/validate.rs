@@ -135,6 +135,26 @@ pub struct HostRule {
     pub hosts: Vec<bool>,
 }
 
+impl HostRule {
+    /// Whether a must-run-on / must-not-run-on rule excludes host `h`.
+    pub(crate) fn forbids(&self, h: usize) -> bool {
+        match self.mode {
+            VmHostMode::MustRunOn => !self.hosts[h],
+            VmHostMode::MustNotRunOn => self.hosts[h],
+            _ => false,
+        }
+    }
+
+    /// Whether a should-run-on / should-not-run-on rule would rather not use host `h`.
+    pub(crate) fn discourages(&self, h: usize) -> bool {
+        match self.mode {
+            VmHostMode::ShouldRunOn => !self.hosts[h],
+            VmHostMode::ShouldNotRunOn => self.hosts[h],
+            _ => false,
+        }
+    }
+}
+
 /// A validated cluster: ids resolved to indices, rules compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
