@@ -142,7 +142,6 @@ pub fn balance(c: &Cluster) -> BalancePlan {
             .copied()
             .filter(|&p| state.host_of[p] == from)
             .collect();
-        let now = loads.imbalance();
         let mut best: Option<(f64, usize)> = None;
         for h in 0..c.hosts.len() {
             let ok = group.iter().all(|&p| state.check(p, h, &group).is_ok());
@@ -170,7 +169,6 @@ pub fn balance(c: &Cluster) -> BalancePlan {
                     ));
                     do_move(&mut state, &mut loads, &mut on_host, p, h);
                 }
-                let _ = now;
             }
             None => unresolved.push(Unresolved {
                 vm: c.vms[v].id.clone(),

@@ -88,7 +88,7 @@ impl<'s, 'c> Chooser<'s, 'c> {
         let w = c.vms[v].footprint();
         let from = self.state.host_of[v];
         let image = c.vms[v].image;
-        let mut best: Option<((u32, bool, f64), usize, bool)> = None;
+        let mut best: Option<((u32, f64), usize, bool)> = None;
         let mut rejected = Vec::new();
         for h in 0..c.hosts.len() {
             if let Err(r) = self.state.check(v, h, moving) {
@@ -103,7 +103,7 @@ impl<'s, 'c> Chooser<'s, 'c> {
             } else {
                 0.0
             };
-            let key = (self.state.soft_penalty(v, h), false, after - bonus);
+            let key = (self.state.soft_penalty(v, h), after - bonus);
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
             }
