@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Allocation, ClusterSpec, HostPower, RestartPriority, RuleSpec, Settings, VmHostMode,
+    Allocation, ClusterSpec, HostPower, HostSpec, PoolSpec, RestartPriority, RuleSpec, Settings,
+    VmHostMode, VmSpec,
 };
 
 /// Index of the CPU resource in `[u64; 2]` pairs.
@@ -271,6 +272,364 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
     x
 }
 
+/// A small integer per distinct name, in order of first appearance.
+fn intern(index: &mut HashMap<String, u32>, name: &str) -> u32 {
+    let n = u32::try_from(index.len()).unwrap_or(u32::MAX);
+    *index.entry(name.to_owned()).or_insert(n)
+}
+
+fn check_settings(settings: &Settings) -> Result<()> {
+    if !(1..=5).contains(&settings.migration_threshold) {
+        return Err(Error::BadSetting {
+            field: "migration_threshold",
+            reason: format!("{} not in 1..=5", settings.migration_threshold),
+        });
+    }
+    if !settings.min_gain_per_gib.is_finite() || settings.min_gain_per_gib < 0.0 {
+        return Err(Error::BadSetting {
+            field: "min_gain_per_gib",
+            reason: "must be a finite number >= 0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn hosts_of(
+    hspecs: &[HostSpec],
+    compat_index: &mut HashMap<String, u32>,
+) -> Result<(Vec<Host>, HashMap<String, usize>)> {
+    let mut host_index = HashMap::new();
+    let mut hosts = Vec::with_capacity(hspecs.len());
+    for (i, h) in hspecs.iter().enumerate() {
+        let ctx = format!("host {:?}", h.id);
+        if host_index.insert(h.id.clone(), i).is_some() {
+            return Err(Error::DuplicateId {
+                kind: "host",
+                id: h.id.clone(),
+            });
+        }
+        hosts.push(Host {
+            id: h.id.clone(),
+            capacity: [
+                positive(&ctx, "cpu_mhz", h.cpu_mhz)?,
+                positive(&ctx, "mem_mb", h.mem_mb)?,
+            ],
+            compat: h.compat_group.as_deref().map(|g| intern(compat_index, g)),
+            maintenance: h.maintenance,
+            power: h.power,
+        });
+    }
+    Ok((hosts, host_index))
+}
+
+fn pools_of(pspecs: &[PoolSpec]) -> Result<(Vec<Pool>, HashMap<String, usize>)> {
+    let mut pool_index = HashMap::new();
+    for (i, p) in pspecs.iter().enumerate() {
+        if pool_index.insert(p.id.clone(), i).is_some() {
+            return Err(Error::DuplicateId {
+                kind: "pool",
+                id: p.id.clone(),
+            });
+        }
+    }
+    let mut pools = Vec::with_capacity(pspecs.len());
+    for p in pspecs {
+        let ctx = format!("pool {:?}", p.id);
+        let parent = match &p.parent {
+            None => None,
+            Some(id) => Some(index_of(&pool_index, "pool", id, &ctx)?),
+        };
+        pools.push(Pool {
+            id: p.id.clone(),
+            parent,
+            alloc: [alloc(&ctx, "cpu", &p.cpu)?, alloc(&ctx, "mem", &p.mem)?],
+        });
+    }
+    // A chain longer than the number of pools must revisit a pool.
+    for start in 0..pools.len() {
+        let mut at = pools[start].parent;
+        let mut steps = 0;
+        while let Some(p) = at {
+            steps += 1;
+            if steps > pools.len() {
+                return Err(Error::PoolCycle {
+                    pool: pools[start].id.clone(),
+                });
+            }
+            at = pools[p].parent;
+        }
+    }
+    Ok((pools, pool_index))
+}
+
+fn vms_of(
+    vspecs: &[VmSpec],
+    hosts: &[Host],
+    host_index: &HashMap<String, usize>,
+    pool_index: &HashMap<String, usize>,
+    compat_index: &mut HashMap<String, u32>,
+) -> Result<(Vec<Vm>, HashMap<String, usize>)> {
+    let mut image_index: HashMap<String, u32> = HashMap::new();
+    let mut vm_index = HashMap::new();
+    let mut vms = Vec::with_capacity(vspecs.len());
+    for (i, v) in vspecs.iter().enumerate() {
+        let ctx = format!("vm {:?}", v.id);
+        if vm_index.insert(v.id.clone(), i).is_some() {
+            return Err(Error::DuplicateId {
+                kind: "vm",
+                id: v.id.clone(),
+            });
+        }
+        let size = [
+            positive(&ctx, "cpu_mhz", v.cpu_mhz)?,
+            positive(&ctx, "mem_mb", v.mem_mb)?,
+        ];
+        let a = [alloc(&ctx, "cpu", &v.cpu)?, alloc(&ctx, "mem", &v.mem)?];
+        let dc = match v.cpu_demand_mhz {
+            Some(d) => non_negative(&ctx, "cpu_demand_mhz", d)?,
+            None => size[CPU],
+        };
+        let dm = match v.mem_demand_mb {
+            Some(d) => non_negative(&ctx, "mem_demand_mb", d)?,
+            None => size[MEM],
+        };
+        let host = match &v.host {
+            None => None,
+            Some(id) => Some(index_of(host_index, "host", id, &ctx)?),
+        };
+        let pool = match &v.pool {
+            None => None,
+            Some(id) => Some(index_of(pool_index, "pool", id, &ctx)?),
+        };
+        // A running VM can only VMotion within its current host's compatibility group.
+        let vm_compat = v
+            .compat_group
+            .as_deref()
+            .map(|g| intern(compat_index, g))
+            .or_else(|| host.filter(|_| v.powered_on).and_then(|h| hosts[h].compat));
+        let allowed = vm_compat.map(|g| hosts.iter().map(|h| h.compat == Some(g)).collect());
+        let image = v.image.as_deref().map(|t| intern(&mut image_index, t));
+        vms.push(Vm {
+            id: v.id.clone(),
+            size,
+            demand: [dc.min(a[CPU].limit), dm.min(a[MEM].limit)],
+            alloc: a,
+            pool,
+            host,
+            powered_on: v.powered_on,
+            restart_priority: v.restart_priority,
+            image,
+            group: i,
+            anti: Vec::new(),
+            host_rules: Vec::new(),
+            allowed,
+        });
+    }
+    Ok((vms, vm_index))
+}
+
+/// The rules resolved to indices.
+struct Rules {
+    anti: Vec<AntiRule>,
+    host: Vec<HostRule>,
+    /// Union-find parents over VMs: affinity rules join their members.
+    union_find: Vec<usize>,
+    /// `(first member, rule id)` of each affinity rule.
+    affinity: Vec<(usize, String)>,
+}
+
+/// Resolve the rules, recording on each VM its anti-affinity and VM-host rules and
+/// narrowing its allowed hosts by the hard VM-host rules.
+fn compile_rules(
+    rules: &[RuleSpec],
+    vms: &mut [Vm],
+    n_hosts: usize,
+    host_index: &HashMap<String, usize>,
+    vm_index: &HashMap<String, usize>,
+) -> Result<Rules> {
+    let mut rule_ids = HashMap::new();
+    let mut uf: Vec<usize> = (0..vms.len()).collect();
+    let mut group_rules: Vec<(usize, String)> = Vec::new();
+    let mut anti_rules = Vec::new();
+    let mut host_rules = Vec::new();
+    for r in rules {
+        if rule_ids.insert(r.id().to_owned(), ()).is_some() {
+            return Err(Error::DuplicateId {
+                kind: "rule",
+                id: r.id().to_owned(),
+            });
+        }
+        let ctx = format!("rule {:?}", r.id());
+        let resolve = |ids: &[String]| -> Result<Vec<usize>> {
+            let mut out: Vec<usize> = ids
+                .iter()
+                .map(|id| index_of(vm_index, "vm", id, &ctx))
+                .collect::<Result<_>>()?;
+            out.sort_unstable();
+            out.dedup();
+            Ok(out)
+        };
+        match r {
+            RuleSpec::VmAffinity { id, vms: ids } | RuleSpec::VmAntiAffinity { id, vms: ids } => {
+                let members = resolve(ids)?;
+                if members.len() < 2 {
+                    return Err(Error::BadRule {
+                        rule: id.clone(),
+                        reason: "needs at least two distinct vms".into(),
+                    });
+                }
+                if matches!(r, RuleSpec::VmAffinity { .. }) {
+                    let root = find(&mut uf, members[0]);
+                    for &m in &members[1..] {
+                        let rm = find(&mut uf, m);
+                        uf[rm] = root;
+                    }
+                    group_rules.push((members[0], id.clone()));
+                } else {
+                    for &m in &members {
+                        vms[m].anti.push(anti_rules.len());
+                    }
+                    anti_rules.push(AntiRule {
+                        id: id.clone(),
+                        vms: members,
+                    });
+                }
+            }
+            RuleSpec::VmHost {
+                id,
+                vms: ids,
+                hosts: hids,
+                mode,
+            } => {
+                let members = resolve(ids)?;
+                if members.is_empty() || hids.is_empty() {
+                    return Err(Error::BadRule {
+                        rule: id.clone(),
+                        reason: "needs at least one vm and one host".into(),
+                    });
+                }
+                let mut mask = vec![false; n_hosts];
+                for h in hids {
+                    mask[index_of(host_index, "host", h, &ctx)?] = true;
+                }
+                for &m in &members {
+                    vms[m].host_rules.push(host_rules.len());
+                    let keep: Option<&Vec<bool>> = match mode {
+                        VmHostMode::MustRunOn | VmHostMode::MustNotRunOn => Some(&mask),
+                        _ => None,
+                    };
+                    if let Some(mask) = keep {
+                        let want = *mode == VmHostMode::MustRunOn;
+                        let allowed = vms[m].allowed.get_or_insert_with(|| vec![true; n_hosts]);
+                        for (a, &inside) in allowed.iter_mut().zip(mask.iter()) {
+                            *a &= inside == want;
+                        }
+                    }
+                }
+                host_rules.push(HostRule {
+                    id: id.clone(),
+                    mode: *mode,
+                    hosts: mask,
+                });
+            }
+        }
+    }
+    Ok(Rules {
+        anti: anti_rules,
+        host: host_rules,
+        union_find: uf,
+        affinity: group_rules,
+    })
+}
+
+/// Affinity groups: members share one group index and one allowed-host set; a group
+/// that an anti-affinity rule would split is a contradiction.
+fn affinity_groups(
+    vms: &mut [Vm],
+    mut uf: Vec<usize>,
+    group_rules: Vec<(usize, String)>,
+    anti_rules: &[AntiRule],
+    n_hosts: usize,
+) -> Result<Vec<Group>> {
+    // Affinity groups: members share one group index and one allowed-host set.
+    let mut root_to_group: HashMap<usize, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for (v, vm) in vms.iter_mut().enumerate() {
+        let r = find(&mut uf, v);
+        let g = *root_to_group.entry(r).or_insert_with(|| {
+            groups.push(Group {
+                vms: Vec::new(),
+                rules: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[g].vms.push(v);
+        vm.group = g;
+    }
+    for (v, id) in group_rules {
+        let g = vms[v].group;
+        groups[g].rules.push(id);
+    }
+    for g in &groups {
+        if g.vms.len() < 2 {
+            continue;
+        }
+        let mut allowed: Option<Vec<bool>> = None;
+        for &v in &g.vms {
+            if let Some(a) = &vms[v].allowed {
+                let acc = allowed.get_or_insert_with(|| vec![true; n_hosts]);
+                for (x, &y) in acc.iter_mut().zip(a.iter()) {
+                    *x &= y;
+                }
+            }
+        }
+        for &v in &g.vms {
+            vms[v].allowed.clone_from(&allowed);
+        }
+        // Two members of one group in one anti-affinity rule cannot both hold.
+        let mut seen: HashMap<usize, usize> = HashMap::new();
+        for &v in &g.vms {
+            for &r in &vms[v].anti {
+                if let Some(&other) = seen.get(&r) {
+                    return Err(Error::ContradictoryRules {
+                        reason: format!(
+                            "vms {:?} and {:?} are tied by affinity ({}) and kept apart by anti-affinity {:?}",
+                            vms[other].id,
+                            vms[v].id,
+                            g.rules.join(", "),
+                            anti_rules[r].id
+                        ),
+                    });
+                }
+                seen.insert(r, v);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+fn check_some_host_allowed(vms: &[Vm], host_rules: &[HostRule]) -> Result<()> {
+    for v in vms {
+        if let Some(a) = &v.allowed {
+            if !a.iter().any(|&x| x) {
+                let rules: Vec<&str> = v
+                    .host_rules
+                    .iter()
+                    .map(|&r| host_rules[r].id.as_str())
+                    .collect();
+                return Err(Error::ContradictoryRules {
+                    reason: format!(
+                        "vm {:?} has no allowed host left (vm-host rules [{}], compatibility group)",
+                        v.id,
+                        rules.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Validate a spec. Errors name the offending object.
     ///
@@ -289,311 +648,28 @@ impl Cluster {
             rules,
             settings,
         } = spec;
-        if !(1..=5).contains(&settings.migration_threshold) {
-            return Err(Error::BadSetting {
-                field: "migration_threshold",
-                reason: format!("{} not in 1..=5", settings.migration_threshold),
-            });
-        }
-        if !settings.min_gain_per_gib.is_finite() || settings.min_gain_per_gib < 0.0 {
-            return Err(Error::BadSetting {
-                field: "min_gain_per_gib",
-                reason: "must be a finite number >= 0".into(),
-            });
-        }
-        let mut compat_index: HashMap<String, u32> = HashMap::new();
-        let mut compat = |g: &Option<String>| -> Option<u32> {
-            g.as_ref().map(|g| {
-                let n = u32::try_from(compat_index.len()).unwrap_or(u32::MAX);
-                *compat_index.entry(g.clone()).or_insert(n)
-            })
-        };
-        let mut host_index = HashMap::new();
-        let mut hosts = Vec::with_capacity(hspecs.len());
-        for (i, h) in hspecs.iter().enumerate() {
-            let ctx = format!("host {:?}", h.id);
-            if host_index.insert(h.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId {
-                    kind: "host",
-                    id: h.id.clone(),
-                });
-            }
-            hosts.push(Host {
-                id: h.id.clone(),
-                capacity: [
-                    positive(&ctx, "cpu_mhz", h.cpu_mhz)?,
-                    positive(&ctx, "mem_mb", h.mem_mb)?,
-                ],
-                compat: compat(&h.compat_group),
-                maintenance: h.maintenance,
-                power: h.power,
-            });
-        }
-
-        let mut pool_index = HashMap::new();
-        for (i, p) in pspecs.iter().enumerate() {
-            if pool_index.insert(p.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId {
-                    kind: "pool",
-                    id: p.id.clone(),
-                });
-            }
-        }
-        let mut pools = Vec::with_capacity(pspecs.len());
-        for p in &pspecs {
-            let ctx = format!("pool {:?}", p.id);
-            let parent = match &p.parent {
-                None => None,
-                Some(id) => Some(index_of(&pool_index, "pool", id, &ctx)?),
-            };
-            pools.push(Pool {
-                id: p.id.clone(),
-                parent,
-                alloc: [alloc(&ctx, "cpu", &p.cpu)?, alloc(&ctx, "mem", &p.mem)?],
-            });
-        }
-        // A chain longer than the number of pools must revisit a pool.
-        for start in 0..pools.len() {
-            let mut at = pools[start].parent;
-            let mut steps = 0;
-            while let Some(p) = at {
-                steps += 1;
-                if steps > pools.len() {
-                    return Err(Error::PoolCycle {
-                        pool: pools[start].id.clone(),
-                    });
-                }
-                at = pools[p].parent;
-            }
-        }
-
-        let mut image_index: HashMap<String, u32> = HashMap::new();
-        let mut vm_index = HashMap::new();
-        let mut vms = Vec::with_capacity(vspecs.len());
-        for (i, v) in vspecs.iter().enumerate() {
-            let ctx = format!("vm {:?}", v.id);
-            if vm_index.insert(v.id.clone(), i).is_some() {
-                return Err(Error::DuplicateId {
-                    kind: "vm",
-                    id: v.id.clone(),
-                });
-            }
-            let size = [
-                positive(&ctx, "cpu_mhz", v.cpu_mhz)?,
-                positive(&ctx, "mem_mb", v.mem_mb)?,
-            ];
-            let a = [alloc(&ctx, "cpu", &v.cpu)?, alloc(&ctx, "mem", &v.mem)?];
-            let dc = match v.cpu_demand_mhz {
-                Some(d) => non_negative(&ctx, "cpu_demand_mhz", d)?,
-                None => size[CPU],
-            };
-            let dm = match v.mem_demand_mb {
-                Some(d) => non_negative(&ctx, "mem_demand_mb", d)?,
-                None => size[MEM],
-            };
-            let host = match &v.host {
-                None => None,
-                Some(id) => Some(index_of(&host_index, "host", id, &ctx)?),
-            };
-            let pool = match &v.pool {
-                None => None,
-                Some(id) => Some(index_of(&pool_index, "pool", id, &ctx)?),
-            };
-            // A running VM can only VMotion within its current host's compatibility group.
-            let vm_compat = compat(&v.compat_group)
-                .or_else(|| host.filter(|_| v.powered_on).and_then(|h| hosts[h].compat));
-            let allowed = vm_compat.map(|g| hosts.iter().map(|h| h.compat == Some(g)).collect());
-            let image = v.image.as_ref().map(|t| {
-                let n = u32::try_from(image_index.len()).unwrap_or(u32::MAX);
-                *image_index.entry(t.clone()).or_insert(n)
-            });
-            vms.push(Vm {
-                id: v.id.clone(),
-                size,
-                demand: [dc.min(a[CPU].limit), dm.min(a[MEM].limit)],
-                alloc: a,
-                pool,
-                host,
-                powered_on: v.powered_on,
-                restart_priority: v.restart_priority,
-                image,
-                group: i,
-                anti: Vec::new(),
-                host_rules: Vec::new(),
-                allowed,
-            });
-        }
-
-        let mut rule_ids = HashMap::new();
-        let mut uf: Vec<usize> = (0..vms.len()).collect();
-        let mut group_rules: Vec<(usize, String)> = Vec::new();
-        let mut anti_rules = Vec::new();
-        let mut host_rules = Vec::new();
-        for r in &rules {
-            if rule_ids.insert(r.id().to_owned(), ()).is_some() {
-                return Err(Error::DuplicateId {
-                    kind: "rule",
-                    id: r.id().to_owned(),
-                });
-            }
-            let ctx = format!("rule {:?}", r.id());
-            let resolve = |ids: &[String]| -> Result<Vec<usize>> {
-                let mut out: Vec<usize> = ids
-                    .iter()
-                    .map(|id| index_of(&vm_index, "vm", id, &ctx))
-                    .collect::<Result<_>>()?;
-                out.sort_unstable();
-                out.dedup();
-                Ok(out)
-            };
-            match r {
-                RuleSpec::VmAffinity { id, vms: ids }
-                | RuleSpec::VmAntiAffinity { id, vms: ids } => {
-                    let members = resolve(ids)?;
-                    if members.len() < 2 {
-                        return Err(Error::BadRule {
-                            rule: id.clone(),
-                            reason: "needs at least two distinct vms".into(),
-                        });
-                    }
-                    if matches!(r, RuleSpec::VmAffinity { .. }) {
-                        let root = find(&mut uf, members[0]);
-                        for &m in &members[1..] {
-                            let rm = find(&mut uf, m);
-                            uf[rm] = root;
-                        }
-                        group_rules.push((members[0], id.clone()));
-                    } else {
-                        for &m in &members {
-                            vms[m].anti.push(anti_rules.len());
-                        }
-                        anti_rules.push(AntiRule {
-                            id: id.clone(),
-                            vms: members,
-                        });
-                    }
-                }
-                RuleSpec::VmHost {
-                    id,
-                    vms: ids,
-                    hosts: hids,
-                    mode,
-                } => {
-                    let members = resolve(ids)?;
-                    if members.is_empty() || hids.is_empty() {
-                        return Err(Error::BadRule {
-                            rule: id.clone(),
-                            reason: "needs at least one vm and one host".into(),
-                        });
-                    }
-                    let mut mask = vec![false; hosts.len()];
-                    for h in hids {
-                        mask[index_of(&host_index, "host", h, &ctx)?] = true;
-                    }
-                    for &m in &members {
-                        vms[m].host_rules.push(host_rules.len());
-                        let keep: Option<&Vec<bool>> = match mode {
-                            VmHostMode::MustRunOn | VmHostMode::MustNotRunOn => Some(&mask),
-                            _ => None,
-                        };
-                        if let Some(mask) = keep {
-                            let want = *mode == VmHostMode::MustRunOn;
-                            let allowed = vms[m]
-                                .allowed
-                                .get_or_insert_with(|| vec![true; hosts.len()]);
-                            for (a, &inside) in allowed.iter_mut().zip(mask.iter()) {
-                                *a &= inside == want;
-                            }
-                        }
-                    }
-                    host_rules.push(HostRule {
-                        id: id.clone(),
-                        mode: *mode,
-                        hosts: mask,
-                    });
-                }
-            }
-        }
-
-        // Affinity groups: members share one group index and one allowed-host set.
-        let mut root_to_group: HashMap<usize, usize> = HashMap::new();
-        let mut groups: Vec<Group> = Vec::new();
-        for (v, vm) in vms.iter_mut().enumerate() {
-            let r = find(&mut uf, v);
-            let g = *root_to_group.entry(r).or_insert_with(|| {
-                groups.push(Group {
-                    vms: Vec::new(),
-                    rules: Vec::new(),
-                });
-                groups.len() - 1
-            });
-            groups[g].vms.push(v);
-            vm.group = g;
-        }
-        for (v, id) in group_rules {
-            let g = vms[v].group;
-            groups[g].rules.push(id);
-        }
-        for g in &groups {
-            if g.vms.len() < 2 {
-                continue;
-            }
-            let mut allowed: Option<Vec<bool>> = None;
-            for &v in &g.vms {
-                if let Some(a) = &vms[v].allowed {
-                    let acc = allowed.get_or_insert_with(|| vec![true; hosts.len()]);
-                    for (x, &y) in acc.iter_mut().zip(a.iter()) {
-                        *x &= y;
-                    }
-                }
-            }
-            for &v in &g.vms {
-                vms[v].allowed.clone_from(&allowed);
-            }
-            // Two members of one group in one anti-affinity rule cannot both hold.
-            let mut seen: HashMap<usize, usize> = HashMap::new();
-            for &v in &g.vms {
-                for &r in &vms[v].anti {
-                    if let Some(&other) = seen.get(&r) {
-                        return Err(Error::ContradictoryRules {
-                            reason: format!(
-                                "vms {:?} and {:?} are tied by affinity ({}) and kept apart by anti-affinity {:?}",
-                                vms[other].id,
-                                vms[v].id,
-                                g.rules.join(", "),
-                                anti_rules[r].id
-                            ),
-                        });
-                    }
-                    seen.insert(r, v);
-                }
-            }
-        }
-        for v in &vms {
-            if let Some(a) = &v.allowed {
-                if !a.iter().any(|&x| x) {
-                    let rules: Vec<&str> = v
-                        .host_rules
-                        .iter()
-                        .map(|&r| host_rules[r].id.as_str())
-                        .collect();
-                    return Err(Error::ContradictoryRules {
-                        reason: format!(
-                            "vm {:?} has no allowed host left (vm-host rules [{}], compatibility group)",
-                            v.id,
-                            rules.join(", ")
-                        ),
-                    });
-                }
-            }
-        }
+        check_settings(&settings)?;
+        let mut compat_index = HashMap::new();
+        let (hosts, host_index) = hosts_of(&hspecs, &mut compat_index)?;
+        let (pools, pool_index) = pools_of(&pspecs)?;
+        let (mut vms, vm_index) =
+            vms_of(&vspecs, &hosts, &host_index, &pool_index, &mut compat_index)?;
+        let rules = compile_rules(&rules, &mut vms, hosts.len(), &host_index, &vm_index)?;
+        let groups = affinity_groups(
+            &mut vms,
+            rules.union_find,
+            rules.affinity,
+            &rules.anti,
+            hosts.len(),
+        )?;
+        check_some_host_allowed(&vms, &rules.host)?;
         Ok(Self {
             hosts,
             vms,
             pools,
-            anti_rules,
+            anti_rules: rules.anti,
             groups,
-            host_rules,
+            host_rules: rules.host,
             settings,
             host_index,
             vm_index,
