@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::entitlement::entitlements;
+use crate::entitlement::{entitlements, Entitlements};
 use crate::load::{priority_for_imbalance, target_for_threshold, Loads};
 use crate::model::AutomationLevel;
 use crate::state::State;
@@ -95,8 +95,8 @@ pub struct BalancePlan {
 /// ```
 pub fn balance(c: &Cluster) -> BalancePlan {
     let ent = entitlements(c);
-    let mut state = State::current(c);
-    let mut loads = Loads::new(c, &state.host_of, |v| ent.vms[v]);
+    let state = State::current(c);
+    let loads = Loads::new(c, &state.host_of, |v| ent.vms[v]);
     let mut on_host: Vec<Vec<usize>> = vec![Vec::new(); c.hosts.len()];
     for (v, h) in state.host_of.iter().enumerate() {
         if let Some(h) = *h {
@@ -104,182 +104,32 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
     }
     let threshold = c.settings.migration_threshold;
-    let automatic =
-        |p: u8| c.settings.automation == AutomationLevel::FullyAutomated && p <= threshold;
     let target = target_for_threshold(threshold);
     let before = loads.imbalance();
-    let mut recs: Vec<Recommendation> = Vec::new();
-    let mut unresolved = Vec::new();
-    let cap = c.settings.max_moves_per_pass as usize;
-
-    let do_move = |state: &mut State<'_>,
-                   loads: &mut Loads,
-                   on_host: &mut Vec<Vec<usize>>,
-                   v: usize,
-                   to: usize| {
-        let from = state.host_of[v];
-        loads.apply(ent.vms[v], from, Some(to));
-        if let Some(f) = from {
-            on_host[f].retain(|&x| x != v);
-        }
-        on_host[to].push(v);
-        state.put(v, to);
+    let mut pass = Pass {
+        c,
+        ent,
+        state,
+        loads,
+        on_host,
+        recs: Vec::new(),
+        unresolved: Vec::new(),
+        cap: c.settings.max_moves_per_pass as usize,
     };
-
     // Mandatory moves: hard-rule violations, then overcommitted hosts.
-    for v in 0..c.vms.len() {
-        if recs.len() >= cap {
-            break;
-        }
-        let Some(reason) = state.violation(v) else {
-            continue;
-        };
-        let from = state.host_of[v];
-        // Affinity partners on the same host move with it.
-        let group: Vec<usize> = c.groups[c.vms[v].group]
-            .vms
-            .iter()
-            .copied()
-            .filter(|&p| state.host_of[p] == from)
-            .collect();
-        let mut best: Option<(f64, usize)> = None;
-        for h in 0..c.hosts.len() {
-            let ok = group.iter().all(|&p| state.check(p, h, &group).is_ok());
-            if ok && group_fits(&state, &group, h) {
-                let after = loads.after(ent.vms[v], from, Some(h));
-                if best.is_none_or(|(a, _)| after < a) {
-                    best = Some((after, h));
-                }
-            }
-        }
-        match best {
-            Some((_, h)) => {
-                for &p in &group {
-                    let gain_now = loads.imbalance();
-                    let after = loads.after(ent.vms[p], state.host_of[p], Some(h));
-                    recs.push(rec(
-                        c,
-                        p,
-                        state.host_of[p],
-                        h,
-                        1,
-                        gain_now - after,
-                        format!("mandatory: {reason}"),
-                        automatic(1),
-                    ));
-                    do_move(&mut state, &mut loads, &mut on_host, p, h);
-                }
-            }
-            None => unresolved.push(Unresolved {
-                vm: c.vms[v].id.clone(),
-                reason,
-            }),
-        }
-    }
-    for h in 0..c.hosts.len() {
-        let mut guard = on_host[h].len();
-        while state.overcommitted(h) && guard > 0 && recs.len() < cap {
-            guard -= 1;
-            let now = loads.imbalance();
-            let mut best: Option<(f64, usize, usize)> = None;
-            for &v in &on_host[h] {
-                if c.groups[c.vms[v].group].vms.len() > 1 {
-                    continue;
-                }
-                for d in 0..c.hosts.len() {
-                    if state.check(v, d, &[]).is_ok() {
-                        let after = loads.after(ent.vms[v], Some(h), Some(d));
-                        if best.is_none_or(|(a, _, _)| after < a) {
-                            best = Some((after, v, d));
-                        }
-                    }
-                }
-            }
-            let Some((after, v, d)) = best else {
-                unresolved.push(Unresolved {
-                    vm: c.hosts[h].id.clone(),
-                    reason: "host overcommitted, no vm can move off".into(),
-                });
-                break;
-            };
-            recs.push(rec(
-                c,
-                v,
-                Some(h),
-                d,
-                1,
-                now - after,
-                format!("mandatory: host {:?} overcommitted", c.hosts[h].id),
-                automatic(1),
-            ));
-            do_move(&mut state, &mut loads, &mut on_host, v, d);
-        }
-    }
-
+    pass.fix_violations();
+    pass.relieve_overcommitted_hosts();
     let stop = if threshold <= 1 {
         StopReason::MandatoryOnly
     } else {
-        let mut stop = StopReason::MoveCap;
-        let mut hosts: Vec<usize> = (0..c.hosts.len()).filter(|&h| loads.usable(h)).collect();
-        // Every iteration either adds a recommendation or stops: bounded by `cap`.
-        while recs.len() < cap {
-            let now = loads.imbalance();
-            if now <= target {
-                stop = StopReason::TargetReached;
-                break;
-            }
-            hosts.sort_by(|&a, &b| loads.rank(b).total_cmp(&loads.rank(a)).then(a.cmp(&b)));
-            let k = CANDIDATE_HOSTS.min(hosts.len());
-            let sources = &hosts[..k];
-            let dests = &hosts[hosts.len() - k..];
-            let mut best: Option<(f64, usize, usize)> = None;
-            for &s in sources {
-                for &v in &on_host[s] {
-                    if c.groups[c.vms[v].group].vms.len() > 1 {
-                        continue;
-                    }
-                    let w = ent.vms[v];
-                    let min_gain =
-                        c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
-                    for &d in dests {
-                        if d == s {
-                            continue;
-                        }
-                        let gain = now - loads.after(w, Some(s), Some(d));
-                        if gain <= 1e-12
-                            || gain < min_gain
-                            || best.is_some_and(|(g, _, _)| gain <= g)
-                        {
-                            continue;
-                        }
-                        if state.check(v, d, &[]).is_ok() {
-                            best = Some((gain, v, d));
-                        }
-                    }
-                }
-            }
-            let Some((gain, v, d)) = best else {
-                stop = StopReason::NoImprovingMove;
-                break;
-            };
-            let p = priority_for_imbalance(now);
-            let from = state.host_of[v];
-            let reason = format!(
-                "balance: imbalance {now:.4} above target {target:.2}, {:?} is among the most loaded hosts",
-                from.map_or("-", |f| c.hosts[f].id.as_str())
-            );
-            recs.push(rec(c, v, from, d, p, gain, reason, automatic(p)));
-            do_move(&mut state, &mut loads, &mut on_host, v, d);
-            loads.resum();
-        }
-        stop
+        pass.balance_to(target)
     };
     let plan = BalancePlan {
         imbalance_before: before,
-        imbalance_after: loads.imbalance(),
+        imbalance_after: pass.loads.imbalance(),
         target,
-        recommendations: recs,
-        unresolved,
+        recommendations: pass.recs,
+        unresolved: pass.unresolved,
         stop,
     };
     tracing::debug!(
@@ -290,6 +140,204 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         "balance pass"
     );
     plan
+}
+
+/// One balancing pass in progress: the placement as the recommendations so far leave it.
+struct Pass<'c> {
+    c: &'c Cluster,
+    ent: Entitlements,
+    state: State<'c>,
+    loads: Loads,
+    /// Running VMs per host.
+    on_host: Vec<Vec<usize>>,
+    recs: Vec<Recommendation>,
+    unresolved: Vec<Unresolved>,
+    /// `max_moves_per_pass`.
+    cap: usize,
+}
+
+impl Pass<'_> {
+    /// Whether a recommendation of priority `p` is applied without asking.
+    fn automatic(&self, p: u8) -> bool {
+        self.c.settings.automation == AutomationLevel::FullyAutomated
+            && p <= self.c.settings.migration_threshold
+    }
+
+    fn do_move(&mut self, v: usize, to: usize) {
+        let from = self.state.host_of[v];
+        self.loads.apply(self.ent.vms[v], from, Some(to));
+        if let Some(f) = from {
+            self.on_host[f].retain(|&x| x != v);
+        }
+        self.on_host[to].push(v);
+        self.state.put(v, to);
+    }
+
+    /// Move each VM that breaks a hard rule, with the affinity partners beside it.
+    fn fix_violations(&mut self) {
+        let c = self.c;
+        for v in 0..c.vms.len() {
+            if self.recs.len() >= self.cap {
+                break;
+            }
+            let Some(reason) = self.state.violation(v) else {
+                continue;
+            };
+            let from = self.state.host_of[v];
+            // Affinity partners on the same host move with it.
+            let group: Vec<usize> = c.groups[c.vms[v].group]
+                .vms
+                .iter()
+                .copied()
+                .filter(|&p| self.state.host_of[p] == from)
+                .collect();
+            let mut best: Option<(f64, usize)> = None;
+            for h in 0..c.hosts.len() {
+                let ok = group
+                    .iter()
+                    .all(|&p| self.state.check(p, h, &group).is_ok());
+                if ok && group_fits(&self.state, &group, h) {
+                    let after = self.loads.after(self.ent.vms[v], from, Some(h));
+                    if best.is_none_or(|(a, _)| after < a) {
+                        best = Some((after, h));
+                    }
+                }
+            }
+            match best {
+                Some((_, h)) => {
+                    for &p in &group {
+                        let gain_now = self.loads.imbalance();
+                        let after =
+                            self.loads
+                                .after(self.ent.vms[p], self.state.host_of[p], Some(h));
+                        self.recs.push(rec(
+                            c,
+                            p,
+                            self.state.host_of[p],
+                            h,
+                            1,
+                            gain_now - after,
+                            format!("mandatory: {reason}"),
+                            self.automatic(1),
+                        ));
+                        self.do_move(p, h);
+                    }
+                }
+                None => self.unresolved.push(Unresolved {
+                    vm: c.vms[v].id.clone(),
+                    reason,
+                }),
+            }
+        }
+    }
+
+    /// Move VMs off hosts whose running VMs exceed their capacity.
+    fn relieve_overcommitted_hosts(&mut self) {
+        let c = self.c;
+        for h in 0..c.hosts.len() {
+            let mut guard = self.on_host[h].len();
+            while self.state.overcommitted(h) && guard > 0 && self.recs.len() < self.cap {
+                guard -= 1;
+                let now = self.loads.imbalance();
+                let mut best: Option<(f64, usize, usize)> = None;
+                for &v in &self.on_host[h] {
+                    if c.groups[c.vms[v].group].vms.len() > 1 {
+                        continue;
+                    }
+                    for d in 0..c.hosts.len() {
+                        if self.state.check(v, d, &[]).is_ok() {
+                            let after = self.loads.after(self.ent.vms[v], Some(h), Some(d));
+                            if best.is_none_or(|(a, _, _)| after < a) {
+                                best = Some((after, v, d));
+                            }
+                        }
+                    }
+                }
+                let Some((after, v, d)) = best else {
+                    self.unresolved.push(Unresolved {
+                        vm: c.hosts[h].id.clone(),
+                        reason: "host overcommitted, no vm can move off".into(),
+                    });
+                    break;
+                };
+                self.recs.push(rec(
+                    c,
+                    v,
+                    Some(h),
+                    d,
+                    1,
+                    now - after,
+                    format!("mandatory: host {:?} overcommitted", c.hosts[h].id),
+                    self.automatic(1),
+                ));
+                self.do_move(v, d);
+            }
+        }
+    }
+
+    /// Greedy balancing: the best single move from the most to the least loaded hosts,
+    /// until the imbalance reaches `target`, no move pays for itself, or the cap.
+    fn balance_to(&mut self, target: f64) -> StopReason {
+        let c = self.c;
+        let mut stop = StopReason::MoveCap;
+        let mut hosts: Vec<usize> = (0..c.hosts.len())
+            .filter(|&h| self.loads.usable(h))
+            .collect();
+        // Every iteration either adds a recommendation or stops: bounded by `cap`.
+        while self.recs.len() < self.cap {
+            let now = self.loads.imbalance();
+            if now <= target {
+                stop = StopReason::TargetReached;
+                break;
+            }
+            let loads = &self.loads;
+            hosts.sort_by(|&a, &b| loads.rank(b).total_cmp(&loads.rank(a)).then(a.cmp(&b)));
+            let k = CANDIDATE_HOSTS.min(hosts.len());
+            let sources = &hosts[..k];
+            let dests = &hosts[hosts.len() - k..];
+            let mut best: Option<(f64, usize, usize)> = None;
+            for &s in sources {
+                for &v in &self.on_host[s] {
+                    if c.groups[c.vms[v].group].vms.len() > 1 {
+                        continue;
+                    }
+                    let w = self.ent.vms[v];
+                    let min_gain =
+                        c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
+                    for &d in dests {
+                        if d == s {
+                            continue;
+                        }
+                        let gain = now - self.loads.after(w, Some(s), Some(d));
+                        if gain <= 1e-12
+                            || gain < min_gain
+                            || best.is_some_and(|(g, _, _)| gain <= g)
+                        {
+                            continue;
+                        }
+                        if self.state.check(v, d, &[]).is_ok() {
+                            best = Some((gain, v, d));
+                        }
+                    }
+                }
+            }
+            let Some((gain, v, d)) = best else {
+                stop = StopReason::NoImprovingMove;
+                break;
+            };
+            let p = priority_for_imbalance(now);
+            let from = self.state.host_of[v];
+            let reason = format!(
+                "balance: imbalance {now:.4} above target {target:.2}, {:?} is among the most loaded hosts",
+                from.map_or("-", |f| c.hosts[f].id.as_str())
+            );
+            self.recs
+                .push(rec(c, v, from, d, p, gain, reason, self.automatic(p)));
+            self.do_move(v, d);
+            self.loads.resum();
+        }
+        stop
+    }
 }
 
 fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
