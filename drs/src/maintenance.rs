@@ -73,8 +73,99 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
     let leaving: Vec<usize> = (0..c2.vms.len())
         .filter(|&v| c2.vms[v].host == Some(h))
         .collect();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let groups = running_groups_in_order(c2, h, &leaving);
+    let mut plan = EvacuationPlan {
+        host: host.to_owned(),
+        moves: Vec::new(),
+        blocked: Vec::new(),
+    };
+    let mut chooser = Chooser::new(&mut state);
+    for g in &groups {
+        match move_group(&mut chooser, g, h) {
+            Some(d) => {
+                for &v in g {
+                    plan.moves.push(EvacuationMove {
+                        vm: c2.vms[v].id.clone(),
+                        to: c2.hosts[d].id.clone(),
+                        powered_on: true,
+                    });
+                }
+            }
+            None => {
+                for &v in g {
+                    let rejected = (0..c2.hosts.len())
+                        .filter(|&d| d != h)
+                        .filter_map(|d| {
+                            chooser
+                                .state
+                                .check(v, d, g)
+                                .err()
+                                .map(|why| Rejected::new(c2, d, why))
+                        })
+                        .collect();
+                    plan.blocked.push(Blocker {
+                        vm: c2.vms[v].id.clone(),
+                        rejected,
+                    });
+                }
+            }
+        }
+    }
+    if !plan.blocked.is_empty() {
+        // The greedy order got stuck: a complete search may still find room for everyone.
+        let mut fresh = State::current(c2);
+        for g in &groups {
+            for &v in g {
+                fresh.take(v);
+            }
+        }
+        if let Some(to) = place_groups_complete(&fresh, &groups, BACKTRACK_STEPS) {
+            plan.blocked.clear();
+            plan.moves.clear();
+            for (g, &d) in groups.iter().zip(&to) {
+                for &v in g {
+                    fresh.put(v, d);
+                    plan.moves.push(EvacuationMove {
+                        vm: c2.vms[v].id.clone(),
+                        to: c2.hosts[d].id.clone(),
+                        powered_on: true,
+                    });
+                }
+            }
+            state = fresh;
+        }
+    }
     for &v in &leaving {
+        if c2.vms[v].powered_on {
+            continue;
+        }
+        // Powered-off VMs only need a host their rules allow.
+        match (0..c2.hosts.len()).find(|&d| state.static_reject(v, d).is_none()) {
+            Some(d) => plan.moves.push(EvacuationMove {
+                vm: c2.vms[v].id.clone(),
+                to: c2.hosts[d].id.clone(),
+                powered_on: false,
+            }),
+            None => plan.blocked.push(Blocker {
+                vm: c2.vms[v].id.clone(),
+                rejected: (0..c2.hosts.len())
+                    .filter_map(|d| {
+                        state
+                            .static_reject(v, d)
+                            .map(|why| Rejected::new(c2, d, why))
+                    })
+                    .collect(),
+            }),
+        }
+    }
+    Ok(plan)
+}
+
+/// The running VMs among `leaving` host `h`, as affinity groups that move whole: most
+/// constrained first (fewest allowed hosts), then largest.
+fn running_groups_in_order(c2: &Cluster, h: usize, leaving: &[usize]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &v in leaving {
         if !c2.vms[v].powered_on {
             continue;
         }
@@ -115,121 +206,45 @@ pub fn evacuate(c: &Cluster, host: &str) -> Result<EvacuationPlan> {
         );
         aa.cmp(&ab).then(size(b).total_cmp(&size(a))).then(a.cmp(b))
     });
-    let mut plan = EvacuationPlan {
-        host: host.to_owned(),
-        moves: Vec::new(),
-        blocked: Vec::new(),
-    };
-    let mut chooser = Chooser::new(&mut state);
-    for g in groups.iter().cloned() {
-        // Try hosts for the first member in preference order; the rest must follow.
-        let lead = g[0];
-        let mut done = false;
-        let mut candidates: Vec<(f64, usize)> = Vec::new();
-        for d in 0..c2.hosts.len() {
-            if chooser.state.check(lead, d, &g).is_ok() {
-                candidates.push((
-                    chooser
-                        .loads
-                        .after(c2.vms[lead].footprint(), Some(h), Some(d)),
-                    d,
-                ));
-            }
+    groups
+}
+
+/// Move group `g` off host `h` to the host that leaves the cluster best balanced and
+/// takes every member; the host, or `None` (nothing moved) when no host takes them all.
+fn move_group(chooser: &mut Chooser<'_, '_>, g: &[usize], h: usize) -> Option<usize> {
+    let c2 = chooser.state.c;
+    // Try hosts for the first member in preference order; the rest must follow.
+    let lead = g[0];
+    let mut candidates: Vec<(f64, usize)> = Vec::new();
+    for d in 0..c2.hosts.len() {
+        if chooser.state.check(lead, d, g).is_ok() {
+            candidates.push((
+                chooser
+                    .loads
+                    .after(c2.vms[lead].footprint(), Some(h), Some(d)),
+                d,
+            ));
         }
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (_, d) in candidates {
-            let mut placed = Vec::new();
-            for &v in &g {
-                if chooser.state.check(v, d, &g).is_ok() {
-                    chooser.apply(v, d);
-                    placed.push(v);
-                } else {
-                    break;
-                }
-            }
-            if placed.len() == g.len() {
-                for &v in &g {
-                    plan.moves.push(EvacuationMove {
-                        vm: c2.vms[v].id.clone(),
-                        to: c2.hosts[d].id.clone(),
-                        powered_on: true,
-                    });
-                }
-                done = true;
+    }
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (_, d) in candidates {
+        let mut placed = Vec::new();
+        for &v in g {
+            if chooser.state.check(v, d, g).is_ok() {
+                chooser.apply(v, d);
+                placed.push(v);
+            } else {
                 break;
             }
-            for &v in placed.iter().rev() {
-                chooser.apply(v, h);
-            }
         }
-        if !done {
-            for &v in &g {
-                let rejected = (0..c2.hosts.len())
-                    .filter(|&d| d != h)
-                    .filter_map(|d| {
-                        chooser
-                            .state
-                            .check(v, d, &g)
-                            .err()
-                            .map(|why| Rejected::new(c2, d, why))
-                    })
-                    .collect();
-                plan.blocked.push(Blocker {
-                    vm: c2.vms[v].id.clone(),
-                    rejected,
-                });
-            }
+        if placed.len() == g.len() {
+            return Some(d);
+        }
+        for &v in placed.iter().rev() {
+            chooser.apply(v, h);
         }
     }
-    if !plan.blocked.is_empty() {
-        // The greedy order got stuck: a complete search may still find room for everyone.
-        let mut fresh = State::current(c2);
-        for g in &groups {
-            for &v in g {
-                fresh.take(v);
-            }
-        }
-        if let Some(to) = place_groups_complete(&fresh, &groups, BACKTRACK_STEPS) {
-            plan.blocked.clear();
-            plan.moves.clear();
-            for (g, &d) in groups.iter().zip(&to) {
-                for &v in g {
-                    fresh.put(v, d);
-                    plan.moves.push(EvacuationMove {
-                        vm: c2.vms[v].id.clone(),
-                        to: c2.hosts[d].id.clone(),
-                        powered_on: true,
-                    });
-                }
-            }
-            state = fresh;
-        }
-    }
-    let chooser_state = &state;
-    for &v in &leaving {
-        if c2.vms[v].powered_on {
-            continue;
-        }
-        // Powered-off VMs only need a host their rules allow.
-        match (0..c2.hosts.len()).find(|&d| chooser_state.static_reject(v, d).is_none()) {
-            Some(d) => plan.moves.push(EvacuationMove {
-                vm: c2.vms[v].id.clone(),
-                to: c2.hosts[d].id.clone(),
-                powered_on: false,
-            }),
-            None => plan.blocked.push(Blocker {
-                vm: c2.vms[v].id.clone(),
-                rejected: (0..c2.hosts.len())
-                    .filter_map(|d| {
-                        chooser_state
-                            .static_reject(v, d)
-                            .map(|why| Rejected::new(c2, d, why))
-                    })
-                    .collect(),
-            }),
-        }
-    }
-    Ok(plan)
+    None
 }
 
 #[cfg(test)]
