@@ -213,7 +213,7 @@ fn main() -> ExitCode {
         Some("packing") => packing(&args),
         Some("balance") => balancing(&args),
         Some("balance-naive") => balancing_naive(&args),
-        _ => Err("usage: drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold>".into()),
+        _ => Err("usage: drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
