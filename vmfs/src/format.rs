@@ -10,7 +10,7 @@ pub const SECTOR: usize = 512;
 /// Maximum hosts (heartbeat slots and journals).
 pub const MAX_HOSTS: u32 = 64;
 /// Format version written and accepted.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Offset of the crc32 in a sector record.
 const CRC_AT: usize = 508;
 /// Inodes per inode-group lock.
@@ -500,6 +500,10 @@ pub struct LockRecord {
     pub aux: u32,
     /// Journal locks: the holder's last transaction known applied in place.
     pub applied_seq: u64,
+    /// (host, generation, seq): the last releaser's journal held transactions up to `seq`
+    /// that were written in place but not yet flushed; the next other host to take the
+    /// lock flushes and advances that journal's `applied_seq` before changing anything.
+    pub dirty: Option<(u32, u32, u64)>,
 }
 
 const LK_MAGIC: &[u8; 4] = b"VLK1";
@@ -515,6 +519,7 @@ impl LockRecord {
             gens: [0; 64],
             aux: 0,
             applied_seq: 0,
+            dirty: None,
         }
     }
 
@@ -534,6 +539,7 @@ impl LockRecord {
             && self.holders == 0
             && self.aux == 0
             && self.applied_seq == 0
+            && self.dirty.is_none()
             && self.gens.iter().all(|&g| g == 0)
         {
             return b;
@@ -549,6 +555,11 @@ impl LockRecord {
         }
         put(&mut b, 288, &self.aux.to_le_bytes());
         put(&mut b, 296, &self.applied_seq.to_le_bytes());
+        if let Some((h, g, seq)) = self.dirty {
+            put(&mut b, 304, &(h + 1).to_le_bytes());
+            put(&mut b, 308, &g.to_le_bytes());
+            put(&mut b, 312, &seq.to_le_bytes());
+        }
         seal_sector(&mut b);
         b
     }
@@ -581,6 +592,11 @@ impl LockRecord {
         for (i, g) in gens.iter_mut().enumerate() {
             *g = u32_at(b, 32 + i * 4);
         }
+        let dirty = match u32_at(b, 304) {
+            0 => None,
+            h if h <= MAX_HOSTS => Some((h - 1, u32_at(b, 308), u64_at(b, 312))),
+            _ => return Err(Error::corrupt(W, "dirty host")),
+        };
         Ok(LockRecord {
             index,
             mode,
@@ -589,6 +605,7 @@ impl LockRecord {
             gens,
             aux: u32_at(b, 288),
             applied_seq: u64_at(b, 296),
+            dirty,
         })
     }
 }
@@ -956,29 +973,36 @@ pub fn decode_dir(b: &[u8], bs: usize) -> Result<Vec<DirEntry>> {
 const JH_MAGIC: &[u8; 4] = b"VJH1";
 const JT_MAGIC: &[u8; 4] = b"VJT1";
 
-/// Encodes a journal header.
-pub fn encode_journal_header(host: u32, applied_seq: u64) -> [u8; SECTOR] {
+/// Encodes a journal header: every transaction up to `applied_seq` is durable in place
+/// (checkpointed), and the next one starts at ring offset `tail`.
+pub fn encode_journal_header(host: u32, applied_seq: u64, tail: u64) -> [u8; SECTOR] {
     let mut b = [0u8; SECTOR];
     put(&mut b, 0, JH_MAGIC);
     put(&mut b, 4, &(VERSION as u16).to_le_bytes());
     put(&mut b, 8, &host.to_le_bytes());
     put(&mut b, 16, &applied_seq.to_le_bytes());
+    put(&mut b, 24, &tail.to_le_bytes());
     seal_sector(&mut b);
     b
 }
 
 /// Decodes a journal header into `applied_seq`; all zeros is an empty journal.
 pub fn decode_journal_header(b: &[u8], host: u32) -> Result<u64> {
+    decode_journal_tail(b, host).map(|(seq, _)| seq)
+}
+
+/// Decodes a journal header into (`applied_seq`, tail ring offset).
+pub fn decode_journal_tail(b: &[u8], host: u32) -> Result<(u64, u64)> {
     const W: &str = "journal header";
     if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
-        return Ok(0);
+        return Ok((0, 0));
     }
     check_sector(b, W, JH_MAGIC)?;
     check_version(b, 4, W)?;
     if u32_at(b, 8) != host {
         return Err(Error::corrupt(W, "host"));
     }
-    Ok(u64_at(b, 16))
+    Ok((u64_at(b, 16), u64_at(b, 24)))
 }
 
 /// A redo transaction: whole-record images and where they go.
@@ -1160,7 +1184,7 @@ mod tests {
         };
         assert_eq!(Txn::decode(&t.encode(), 1, 1 << 20).unwrap(), t);
         assert_eq!(
-            decode_journal_header(&encode_journal_header(4, 17), 4).unwrap(),
+            decode_journal_header(&encode_journal_header(4, 17, 0), 4).unwrap(),
             17
         );
     }

@@ -12,9 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use crate::device::{BlockDevice, Cas};
 use crate::error::Result;
 use crate::format::{
-    decode_dir, decode_indirect, decode_journal_header, encode_journal_header, ptrs_per_block,
-    ClusterBlock, Geometry, HeartbeatSlot, Inode, Kind, LockRecord, Superblock, Txn, MAX_HOSTS,
-    NDIRECT, SECTOR, TXN_HEADER,
+    decode_dir, decode_indirect, decode_journal_header, ptrs_per_block, ClusterBlock, Geometry,
+    HeartbeatSlot, Inode, Kind, LockRecord, Superblock, MAX_HOSTS, NDIRECT, SECTOR,
 };
 
 /// What fsck found.
@@ -182,44 +181,33 @@ pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
     };
     // Journals.
     for h in 0..MAX_HOSTS {
-        let base = g.journal_at(h);
-        let marked = LockRecord::decode(&read(dev, g.lock_at(h as u64), SECTOR)?, h as u64)
-            .map_or(0, |r| r.applied_seq);
-        let applied = match decode_journal_header(&read(dev, base, SECTOR)?, h) {
-            Ok(a) => a.max(marked),
-            Err(e) => {
-                w.r.errors.push(format!("journal header of host {h}: {e}"));
-                0
-            }
+        if let Err(e) = decode_journal_header(&read(dev, g.journal_at(h), SECTOR)?, h) {
+            w.r.errors.push(format!("journal header of host {h}: {e}"));
+        }
+        let p = crate::journal::scan(dev, &g, h)?;
+        let Some((_, last)) = p.txns.last() else {
+            continue;
         };
-        let cap = (g.journal_blocks as usize - 1) * bs;
-        let head = read(dev, base + bs as u64, TXN_HEADER)?;
-        if let Ok(n) = Txn::payload_len(&head, cap - TXN_HEADER) {
-            let all = read(dev, base + bs as u64, TXN_HEADER + n)?;
-            if let Ok(t) = Txn::decode(&all, h, cap) {
-                if t.seq > applied {
-                    let mounted = slots
-                        .get(h as usize)
-                        .and_then(|s| s.as_ref())
-                        .is_some_and(|s| s.live);
-                    if repair && !mounted {
-                        for (off, d) in &t.records {
-                            dev.write_at(d, *off)?;
-                        }
-                        dev.flush()?;
-                        dev.write_at(&encode_journal_header(h, t.seq), base)?;
-                        dev.flush()?;
-                        w.r.repaired
-                            .push(format!("replayed the journal of host {h}"));
-                    } else {
-                        w.r.unreplayed.push(h);
-                        w.r.errors.push(format!(
-                            "journal of host {h} holds unreplayed transaction {}",
-                            t.seq
-                        ));
-                    }
-                }
-            }
+        let mounted = slots
+            .get(h as usize)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| s.live);
+        if mounted {
+            // A mounted host checkpoints lazily: its committed transactions are its own.
+            w.r.notes.push(format!(
+                "journal of mounted host {h}: transactions to {} not yet checkpointed",
+                last.seq
+            ));
+        } else if repair {
+            crate::journal::apply(dev, &g, h, &p)?;
+            w.r.repaired
+                .push(format!("replayed the journal of host {h}"));
+        } else {
+            w.r.unreplayed.push(h);
+            w.r.errors.push(format!(
+                "journal of host {h} holds unreplayed transaction {}",
+                last.seq
+            ));
         }
     }
     // Locks.

@@ -152,9 +152,19 @@ impl Shared {
                 .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
             {
                 Cas::Written => {
-                    let mut t = lock_mutex(&self.locks);
-                    t.cache.insert(idx, new);
-                    t.held.insert(idx, (mode, 1));
+                    {
+                        let mut t = lock_mutex(&self.locks);
+                        t.cache.insert(idx, new);
+                        t.held.insert(idx, (mode, 1));
+                    }
+                    if let Some((h, gen, seq)) = cur.dirty {
+                        if h != self.host {
+                            if let Err(e) = self.settle(h, gen, seq) {
+                                let _ = self.release_all(idx);
+                                return Err(e);
+                            }
+                        }
+                    }
                     return Ok(());
                 }
                 Cas::Mismatch(b) => {
@@ -242,6 +252,11 @@ impl Shared {
                 new.mode = None;
             }
             new.seq += 1;
+            // Our journal lock needs no mark: our own replay covers it.
+            let dirty = self.dirty_seq();
+            if idx != self.host as u64 {
+                new.dirty = (dirty > 0).then_some((self.host, self.generation, dirty));
+            }
             match self
                 .dev
                 .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
@@ -260,29 +275,92 @@ impl Shared {
         })
     }
 
-    /// Records in our journal lock, by ATS (durable, no flush), that transaction `seq` is
-    /// applied in place. Falls back to the journal header and a flush.
+    /// Records in our journal lock, by ATS (durable, no flush), that every transaction up
+    /// to `seq` is durable in place. Retries when another host advanced it meanwhile.
     pub(crate) fn mark_applied(&self, seq: u64) -> Result<()> {
         let idx = self.host as u64;
         let g = self.geo();
-        let cur = lock_mutex(&self.locks).cache.get(&idx).cloned();
-        if let Some(cur) = cur {
+        let mut cur = match lock_mutex(&self.locks).cache.get(&idx).cloned() {
+            Some(c) => c,
+            None => self.read_lock(idx)?,
+        };
+        for _ in 0..16 {
+            if cur.holders & (1u64 << self.host) == 0
+                || cur.gens[self.host as usize] != self.generation
+            {
+                return Err(Error::Fenced { host: self.host });
+            }
+            if cur.applied_seq >= seq {
+                return Ok(());
+            }
             let mut new = cur.clone();
             new.applied_seq = seq;
             new.seq += 1;
-            if let Ok(Cas::Written) =
-                self.dev
-                    .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())
+            match self
+                .dev
+                .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
             {
-                lock_mutex(&self.locks).cache.insert(idx, new);
-                return Ok(());
+                Cas::Written => {
+                    lock_mutex(&self.locks).cache.insert(idx, new);
+                    return Ok(());
+                }
+                Cas::Mismatch(b) => {
+                    cur = LockRecord::decode(&b, idx)?;
+                    lock_mutex(&self.locks).cache.insert(idx, cur.clone());
+                }
             }
         }
-        self.dev.write_at(
-            &crate::format::encode_journal_header(self.host, seq),
-            g.journal_at(self.host),
-        )?;
-        self.dev.flush()
+        Err(Error::Locked {
+            what: "journal".into(),
+            host: self.host,
+            state: "contended".into(),
+        })
+    }
+
+    /// Before we change anything a lock covers: the last releaser `h` (generation `gen`)
+    /// had written its transactions up to `seq` in place without a flush. Flush them and
+    /// raise `h`'s journal floor so that no later replay of `h` writes them over our
+    /// changes. Waits while `h`'s journal is being replayed.
+    fn settle(&self, h: u32, gen: u32, seq: u64) -> Result<()> {
+        let g = self.geo();
+        let idx = h as u64;
+        let deadline = self.now() + 2 * self.lease_ms + 2000;
+        let mut flushed = false;
+        loop {
+            let cur = self.read_lock(idx)?;
+            if cur.applied_seq >= seq {
+                return Ok(());
+            }
+            let list = cur.holder_list();
+            let writable = list.is_empty() || list == [(h, gen)];
+            if writable {
+                if !flushed {
+                    self.dev.flush()?;
+                    flushed = true;
+                }
+                let mut new = cur.clone();
+                new.applied_seq = seq;
+                new.seq += 1;
+                if let Cas::Written =
+                    self.dev
+                        .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            // A replayer (or `h`'s next mount) holds the journal: its replay ends with a
+            // floor past everything `h` committed.
+            if self.now() >= deadline {
+                return Err(Error::Locked {
+                    what: format!("journal of host {h}"),
+                    host: list.first().map_or(h, |x| x.0),
+                    state: "being replayed".into(),
+                });
+            }
+            let _ = self.tick();
+            self.clock.sleep_ms((self.interval_ms / 4).clamp(1, 100));
+        }
     }
 
     /// Makes sure the journal of host `h` (generation `g`, judged dead or stale) has been
@@ -338,11 +416,11 @@ impl Shared {
                 dead = h,
                 "replaying a dead host's journal"
             );
-            crate::journal::replay(self, h)?;
+            let (replayed, _) = crate::journal::replay(self, h)?;
             let mut done = LockRecord::free(idx);
             done.seq = mine.seq + 1;
             done.aux = g;
-            done.applied_seq = mine.applied_seq;
+            done.applied_seq = mine.applied_seq.max(replayed);
             self.dev
                 .compare_and_write(geo.lock_at(idx), &mine.encode(), &done.encode())?;
             return Ok(());

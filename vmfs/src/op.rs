@@ -322,7 +322,7 @@ impl<'a> Op<'a> {
                         break;
                     }
                     let b = (first + i as u64) as u32;
-                    if !cl.is_set(i) && !self.freed.contains(&b) {
+                    if !cl.is_set(i) && !self.freed.contains(&b) && !self.j.freed.contains(&b) {
                         cl.set(i, true);
                         out.push(b);
                         took = true;
@@ -335,6 +335,11 @@ impl<'a> Op<'a> {
             }
             if !out.is_empty() {
                 return Ok(out);
+            }
+            if !self.j.freed.is_empty() {
+                // Blocks freed since the last checkpoint become usable after one.
+                crate::journal::checkpoint(self.sh, &mut self.j)?;
+                continue;
             }
             // Another host may have grown the volume, or hold the clusters with room.
             self.sh.refresh_sb()?;
@@ -754,11 +759,10 @@ impl<'a> Op<'a> {
         if recs.is_empty() {
             return Ok(());
         }
-        let seq = self.j.applied + 1;
-        match crate::journal::commit(self.sh, seq, recs) {
+        match crate::journal::commit(self.sh, &mut self.j, recs) {
             Ok(()) => {
-                self.j.applied = seq;
-                self.freed.clear();
+                let freed = std::mem::take(&mut self.freed);
+                self.j.freed.extend(freed);
                 Ok(())
             }
             Err(e) => {

@@ -108,10 +108,7 @@ pub(crate) struct LockTable {
     pub held: HashMap<u64, (LockMode, usize)>,
 }
 
-#[derive(Debug)]
-pub(crate) struct JournalState {
-    pub applied: u64,
-}
+pub(crate) use crate::journal::JournalState;
 
 /// State shared by a mounted volume's handles.
 #[derive(Debug)]
@@ -135,6 +132,8 @@ pub(crate) struct Shared {
     /// Lock-free copy of the lease's validity horizon (ms), for the I/O hot path.
     valid_until: std::sync::atomic::AtomicU64,
     pub unmounted: AtomicBool,
+    /// Last committed transaction not yet checkpointed (0: none): lock releases name it.
+    dirty_seq: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,6 +204,14 @@ impl Shared {
         self.valid_until.store(0, Ordering::Release);
         lock_mutex(&self.lease).fence();
         self.report_fence();
+    }
+
+    pub fn set_dirty_seq(&self, seq: u64) {
+        self.dirty_seq.store(seq, Ordering::SeqCst);
+    }
+
+    pub fn dirty_seq(&self) -> u64 {
+        self.dirty_seq.load(Ordering::SeqCst)
     }
 
     pub fn poisoned(&self) -> bool {
@@ -363,7 +370,7 @@ impl Volume {
             )?;
         }
         for h in 0..MAX_HOSTS {
-            dev.write_at(&encode_journal_header(h, 0), geo.journal_at(h))?;
+            dev.write_at(&encode_journal_header(h, 0, 0), geo.journal_at(h))?;
         }
         let mut root = Inode::free(1);
         root.kind = Kind::Dir;
@@ -474,13 +481,14 @@ impl Volume {
             hb: Mutex::new(slot),
             liveness: Mutex::new(liveness),
             locks: Mutex::new(LockTable::default()),
-            meta: Mutex::new(JournalState { applied: 0 }),
+            meta: Mutex::new(JournalState::default()),
             events: Mutex::new(tx),
             events_rx: Mutex::new(Some(rx)),
             fenced_reported: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             valid_until: std::sync::atomic::AtomicU64::new(now + lease_ms / 2),
             unmounted: AtomicBool::new(false),
+            dirty_seq: std::sync::atomic::AtomicU64::new(0),
             clock,
         });
         let vol = Volume { sh };
@@ -491,8 +499,13 @@ impl Volume {
             "journal",
             3 * lease_ms + 1000,
         )?;
-        let applied = crate::journal::replay(&vol.sh, host)?;
-        lock_mutex(&vol.sh.meta).applied = applied;
+        let (applied, head) = crate::journal::replay(&vol.sh, host)?;
+        vol.sh.mark_applied(applied)?;
+        {
+            let mut j = lock_mutex(&vol.sh.meta);
+            j.applied = applied;
+            j.head = head;
+        }
         tracing::info!(host, generation = vol.sh.generation, "mounted");
         Ok(vol)
     }
@@ -571,6 +584,7 @@ impl Volume {
 
     /// Releases every lock, marks the slot free.
     pub fn unmount(self) -> Result<()> {
+        self.sync()?;
         let held: Vec<u64> = lock_mutex(&self.sh.locks).held.keys().copied().collect();
         for idx in held {
             if idx != self.sh.host as u64 {
@@ -594,6 +608,13 @@ impl Volume {
         self.sh.dev.flush()?;
         tracing::info!(host = self.sh.host, "unmounted");
         Ok(())
+    }
+
+    /// Checkpoints this host's journal: every committed metadata change is made durable
+    /// in place (committed changes are already durable through the journal).
+    pub fn sync(&self) -> Result<()> {
+        let mut j = lock_mutex(&self.sh.meta);
+        crate::journal::checkpoint(&self.sh, &mut j)
     }
 
     /// Grows the volume into a device that the administrator has already enlarged.

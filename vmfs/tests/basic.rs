@@ -232,7 +232,7 @@ fn mount_refuses_a_live_slot_and_bad_volumes() {
     .unwrap_err();
     assert!(e.to_string().contains("shorter than the volume"), "{e}");
     let mut img = dev.snapshot();
-    img[8] = 2; // version
+    img[8] = 1; // version 1: the single-slot journal of before
     let v2 = Arc::new(MemDevice::from_bytes(img));
     assert!(Volume::mount(v2, 0, &MountOptions::default(), clock.clone()).is_err());
 }
