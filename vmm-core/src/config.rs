@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::block::BlockBackend;
 use crate::error::{Error, Result};
 
 /// Smallest guest memory we accept: boot structures live below 1 MiB and the kernel
@@ -80,7 +81,31 @@ pub struct DiskConfig {
     /// Identifier the guest reads with GET_ID (at most 20 bytes); defaults to `disk<i>`.
     #[serde(default)]
     pub id: Option<String>,
+    /// Storage supplied by the embedder instead of the file at `path` (which then only
+    /// names the disk in errors). Not part of the JSON form.
+    #[serde(skip)]
+    pub backend: Option<SharedBackend>,
 }
+
+/// A [`BlockBackend`] shared with the VM; equal when it is the same object.
+#[derive(Clone)]
+pub struct SharedBackend(pub Arc<dyn BlockBackend>);
+
+impl fmt::Debug for SharedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBackend")
+            .field("len", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for SharedBackend {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedBackend {}
 
 impl DiskConfig {
     /// A read-write disk backed by `path`.
@@ -89,6 +114,17 @@ impl DiskConfig {
             path: path.into(),
             read_only: false,
             id: None,
+            backend: None,
+        }
+    }
+
+    /// A read-write disk on an embedder's backend; `name` names it in errors.
+    pub fn backend(name: impl Into<PathBuf>, backend: Arc<dyn BlockBackend>) -> Self {
+        DiskConfig {
+            path: name.into(),
+            read_only: false,
+            id: None,
+            backend: Some(SharedBackend(backend)),
         }
     }
 }
@@ -267,7 +303,9 @@ impl VmConfig {
             file_len("serial input", path)?;
         }
         for d in &self.disks {
-            file_len("disk", &d.path)?;
+            if d.backend.is_none() {
+                file_len("disk", &d.path)?;
+            }
             if let Some(id) = &d.id {
                 if id.len() > 20 {
                     return Err(Error::Disk {
@@ -337,6 +375,28 @@ pub struct ValidConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_disk_needs_no_file_and_stays_out_of_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        std::fs::write(&kernel, [1u8; 16]).unwrap();
+        let backend: Arc<dyn BlockBackend> = Arc::new(crate::devices::block::MemBackend::new(4096));
+        let c = VmConfig::new(&kernel).disk(DiskConfig::backend("/vm1.vmdk", backend.clone()));
+        let v = c.validate().unwrap();
+        assert!(Arc::ptr_eq(
+            &v.disks[0].backend.as_ref().unwrap().0,
+            &backend
+        ));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("backend"), "{json}");
+        // The same name as a file disk is checked on the host's filesystem.
+        let missing = VmConfig::new(&kernel).disk(DiskConfig::new("/vm1.vmdk"));
+        assert!(matches!(
+            missing.validate(),
+            Err(Error::File { what: "disk", .. })
+        ));
+    }
 
     #[test]
     fn json_rejects_unknown_keys() {

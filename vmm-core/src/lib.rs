@@ -67,7 +67,7 @@ mod wiring;
 
 pub use boot::BootProtocol;
 pub use config::{
-    DiskConfig, SerialInputSource, SerialOutput, SharedWriter, ValidConfig, VmConfig,
+    DiskConfig, SerialInputSource, SerialOutput, SharedBackend, SharedWriter, ValidConfig, VmConfig,
 };
 pub use dirty::DirtyBitmap;
 pub use error::{Error, Result};

@@ -224,7 +224,12 @@ fn attach_disks(
             path: d.path.clone(),
             reason,
         };
-        let backend = FileBackend::open(&d.path, d.read_only).map_err(|e| derr(e.to_string()))?;
+        let backend: Arc<dyn crate::devices::block::BlockBackend> = match &d.backend {
+            Some(b) => b.0.clone(),
+            None => {
+                Arc::new(FileBackend::open(&d.path, d.read_only).map_err(|e| derr(e.to_string()))?)
+            }
+        };
         let gsi = VIRTIO_GSI_BASE + u32::try_from(i).map_err(|_| Error::TooManyDevices(i))?;
         let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW_SIZE;
         let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
@@ -233,11 +238,11 @@ fn attach_disks(
             Some(blob) => {
                 let st: VirtioBlkState =
                     blob.decode().map_err(Error::state("decode disk state"))?;
-                VirtioBlk::from_state(st, Arc::new(backend), memory.clone(), irq)
+                VirtioBlk::from_state(st, backend.clone(), memory.clone(), irq)
             }
             None => VirtioBlk::new(
                 VirtioBlkConfig::new(id, d.read_only),
-                Arc::new(backend),
+                backend,
                 memory.clone(),
                 irq,
             ),
