@@ -277,3 +277,152 @@ fn io_fails_after_self_fencing() {
         "{event:?}"
     );
 }
+
+/// Word `j` of sector `s` of vmm-core/guests/ABI.md's host pattern.
+fn host_word(s: u32, j: u32) -> u32 {
+    0x5eed_0000 ^ s.wrapping_mul(0x9e37_79b1) ^ j
+}
+
+fn host_sector(s: u32) -> Vec<u8> {
+    (0..128)
+        .flat_map(|j| host_word(s, j).to_le_bytes())
+        .collect()
+}
+
+fn guest_sector(s: u32) -> Vec<u8> {
+    (0..128)
+        .flat_map(|j| (host_word(s, j) ^ 0xffff_ffff).to_le_bytes())
+        .collect()
+}
+
+fn disk_guest() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("VINFRA_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-kit/guests")
+        });
+    let p = dir.join("disk.elf");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIP: {} is missing: run scripts/guest-kit.sh --guests-only",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Runs `vmfs-vm` with `args`, killing it after `limit`; (status code, stdout, stderr).
+fn run_vmfs_vm(args: &[&std::ffi::OsStr], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmfs-vm"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn vmfs_vm_binary_is_refused_while_another_host_runs_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let lun = dir.path().join("lun.img");
+    file_volume(&lun);
+    let a = MountedHost::mount(&lun, 3, &MountOptions::default()).unwrap();
+    let disk = VmfsDiskBackend::create(a.volume(), "/vm1.vmdk", MIB).unwrap();
+    let (code, out, err) = run_vmfs_vm(
+        &[
+            "--volume".as_ref(),
+            lun.as_os_str(),
+            "--host-id".as_ref(),
+            "1".as_ref(),
+            "--disk".as_ref(),
+            "/vm1.vmdk".as_ref(),
+            "--kernel".as_ref(),
+            "no-kernel-needed.elf".as_ref(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("locked by host 3, alive, heartbeat"), "{err}");
+    disk.close().unwrap();
+    a.unmount().unwrap();
+}
+
+#[test]
+fn kvm_disk_guest_on_a_vmfs_disk() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        println!("SKIP: /dev/kvm is not usable: {e}");
+        return;
+    }
+    let Some(kernel) = disk_guest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lun = dir.path().join("lun.img");
+    file_volume(&lun);
+    // Host 3 prepares the disk: the host pattern in sectors 0..64.
+    let prep = MountedHost::mount(&lun, 3, &MountOptions::default()).unwrap();
+    let disk = VmfsDiskBackend::create(prep.volume(), "/vm1.vmdk", MIB).unwrap();
+    for s in 0..64u32 {
+        disk.write_at(&host_sector(s), u64::from(s) * 512).unwrap();
+    }
+    disk.close().unwrap();
+    prep.unmount().unwrap();
+
+    // Host 1 runs the VM in its own process (vmfs-vm).
+    let (code, out, err) = run_vmfs_vm(
+        &[
+            "--volume".as_ref(),
+            lun.as_os_str(),
+            "--host-id".as_ref(),
+            "1".as_ref(),
+            "--disk".as_ref(),
+            "/vm1.vmdk".as_ref(),
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("DISK-OK sectors=64"),
+        "stdout: {out}\nstderr: {err}"
+    );
+
+    // Host 2 reads what the guest wrote, through vmfs.
+    let b = MountedHost::mount(&lun, 2, &MountOptions::default()).unwrap();
+    let disk = VmfsDiskBackend::open(b.volume(), "/vm1.vmdk").unwrap();
+    for s in 0..64u32 {
+        let mut back = vec![0u8; 512];
+        disk.read_at(&mut back, u64::from(s) * 512).unwrap();
+        assert_eq!(back, host_sector(s), "host pattern, sector {s}");
+        disk.read_at(&mut back, u64::from(64 + s) * 512).unwrap();
+        assert_eq!(
+            back,
+            guest_sector(64 + s),
+            "guest pattern, sector {}",
+            64 + s
+        );
+    }
+    disk.close().unwrap();
+    b.unmount().unwrap();
+}
