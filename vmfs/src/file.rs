@@ -29,6 +29,17 @@ enum Phys {
     Many(Vec<u32>),
 }
 
+/// The window of one write call mapped at once: file block `f0` is `phys[0]`; bytes
+/// `pos..bend` of the file are written from the caller's buffer, which starts at file
+/// offset `off`.
+#[derive(Clone, Copy)]
+struct Span {
+    f0: u64,
+    pos: u64,
+    bend: u64,
+    off: u64,
+}
+
 enum Seg {
     /// In place: (device offset, range in the caller's buffer).
     Place(u64, std::ops::Range<usize>),
@@ -174,7 +185,8 @@ impl File {
             let need_alloc = phys.contains(&0);
             let grows = bend > ino.size;
             if !need_alloc && !grows {
-                self.write_segments(&phys, f0, pos, bend, off, data)?;
+                let sp = Span { f0, pos, bend, off };
+                self.write_new_and_old(&phys, &Default::default(), sp, data)?;
                 pos = bend;
                 continue;
             }
@@ -212,7 +224,8 @@ impl File {
             }
             let used = ((bend - f0 * bs).div_ceil(bs)) as usize;
             phys.truncate(used);
-            self.write_new_and_old(&phys, &new_blocks, f0, pos, bend, off, data)?;
+            let sp = Span { f0, pos, bend, off };
+            self.write_new_and_old(&phys, &new_blocks, sp, data)?;
             ino.size = ino.size.max(bend);
             ino.change += 1;
             op.set_inode(&ino);
@@ -241,15 +254,8 @@ impl File {
         sh.dev.write_at(&z, p as u64 * bs + ino.size % bs)
     }
 
-    fn segments(
-        &self,
-        phys: &[u32],
-        new: &std::collections::HashSet<u32>,
-        f0: u64,
-        pos: u64,
-        bend: u64,
-        off: u64,
-    ) -> Vec<Seg> {
+    fn segments(&self, phys: &[u32], new: &std::collections::HashSet<u32>, sp: Span) -> Vec<Seg> {
+        let Span { f0, pos, bend, off } = sp;
         let bs = self.vol.sh.bs() as u64;
         let mut out = Vec::new();
         let mut p = pos;
@@ -269,27 +275,13 @@ impl File {
         out
     }
 
-    fn write_segments(
-        &self,
-        phys: &[u32],
-        f0: u64,
-        pos: u64,
-        bend: u64,
-        off: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.write_new_and_old(phys, &Default::default(), f0, pos, bend, off, data)
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `sp` of `data`: in place into allocated blocks, zero-padded into the `new`
+    /// ones.
     fn write_new_and_old(
         &self,
         phys: &[u32],
         new: &std::collections::HashSet<u32>,
-        f0: u64,
-        pos: u64,
-        bend: u64,
-        off: u64,
+        sp: Span,
         data: &[u8],
     ) -> Result<()> {
         let sh = &self.vol.sh;
@@ -299,7 +291,7 @@ impl File {
         // zero-padded into one buffer per contiguous run.
         let mut place: Option<(u64, std::ops::Range<usize>)> = None;
         let mut fresh: Option<(u64, Vec<u8>)> = None;
-        for s in self.segments(phys, new, f0, pos, bend, off) {
+        for s in self.segments(phys, new, sp) {
             match s {
                 Seg::Place(d, r) => {
                     if let Some((fd, v)) = fresh.take() {

@@ -74,6 +74,25 @@ fn check_version(b: &[u8], off: usize, what: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// A sector record's start: its magic and the format version (u16 at 4).
+fn new_sector(magic: &[u8; 4]) -> [u8; SECTOR] {
+    let mut b = [0u8; SECTOR];
+    put(&mut b, 0, magic);
+    put(&mut b, 4, &(VERSION as u16).to_le_bytes());
+    b
+}
+
+/// Checks a sector record's length, magic, crc and version; `Ok(false)` for an all-zero
+/// sector (never written, which each record reads as its empty value).
+fn open_sector(b: &[u8], what: &'static str, magic: &[u8]) -> Result<bool> {
+    if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
+        return Ok(false);
+    }
+    check_sector(b, what, magic)?;
+    check_version(b, 4, what)?;
+    Ok(true)
+}
+
 /// Block-sized records: crc32 over the block with its crc field zeroed.
 fn block_crc(b: &[u8], crc_at: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -408,9 +427,7 @@ const HB_MAGIC: &[u8; 4] = b"VHB1";
 impl HeartbeatSlot {
     /// Encodes into one sector.
     pub fn encode(&self) -> [u8; SECTOR] {
-        let mut b = [0u8; SECTOR];
-        put(&mut b, 0, HB_MAGIC);
-        put(&mut b, 4, &(VERSION as u16).to_le_bytes());
+        let mut b = new_sector(HB_MAGIC);
         b[6] = u8::from(self.live);
         put(&mut b, 8, &self.host.to_le_bytes());
         put(&mut b, 12, &self.generation.to_le_bytes());
@@ -426,14 +443,12 @@ impl HeartbeatSlot {
     /// Decodes; an all-zero sector is a never-used slot.
     pub fn decode(b: &[u8], host: u32) -> Result<HeartbeatSlot> {
         const W: &str = "heartbeat slot";
-        if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
+        if !open_sector(b, W, HB_MAGIC)? {
             return Ok(HeartbeatSlot {
                 host,
                 ..HeartbeatSlot::default()
             });
         }
-        check_sector(b, W, HB_MAGIC)?;
-        check_version(b, 4, W)?;
         if b[6] > 1 || u32_at(b, 8) != host {
             return Err(Error::corrupt(W, "state or host id"));
         }
@@ -533,7 +548,6 @@ impl LockRecord {
 
     /// Encodes into one sector (a free lock with seq 0 encodes as zeros).
     pub fn encode(&self) -> [u8; SECTOR] {
-        let mut b = [0u8; SECTOR];
         if self.mode.is_none()
             && self.seq == 0
             && self.holders == 0
@@ -542,10 +556,9 @@ impl LockRecord {
             && self.dirty.is_none()
             && self.gens.iter().all(|&g| g == 0)
         {
-            return b;
+            return [0u8; SECTOR];
         }
-        put(&mut b, 0, LK_MAGIC);
-        put(&mut b, 4, &(VERSION as u16).to_le_bytes());
+        let mut b = new_sector(LK_MAGIC);
         b[6] = self.mode.map_or(0, LockMode::code);
         put(&mut b, 8, &self.index.to_le_bytes());
         put(&mut b, 16, &self.seq.to_le_bytes());
@@ -567,11 +580,9 @@ impl LockRecord {
     /// Decodes; an all-zero sector is a free lock.
     pub fn decode(b: &[u8], index: u64) -> Result<LockRecord> {
         const W: &str = "lock record";
-        if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
+        if !open_sector(b, W, LK_MAGIC)? {
             return Ok(LockRecord::free(index));
         }
-        check_sector(b, W, LK_MAGIC)?;
-        check_version(b, 4, W)?;
         if u64_at(b, 8) != index {
             return Err(Error::corrupt(
                 W,
@@ -692,9 +703,7 @@ impl Inode {
 
     /// Encodes into one sector.
     pub fn encode(&self) -> [u8; SECTOR] {
-        let mut b = [0u8; SECTOR];
-        put(&mut b, 0, IN_MAGIC);
-        put(&mut b, 4, &(VERSION as u16).to_le_bytes());
+        let mut b = new_sector(IN_MAGIC);
         b[6] = self.kind.code();
         put(&mut b, 8, &self.ino.to_le_bytes());
         put(&mut b, 12, &self.generation.to_le_bytes());
@@ -716,11 +725,9 @@ impl Inode {
     /// Decodes; an all-zero sector is a never-used inode.
     pub fn decode(b: &[u8], ino: u32) -> Result<Inode> {
         const W: &str = "inode";
-        if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
+        if !open_sector(b, W, IN_MAGIC)? {
             return Ok(Inode::free(ino));
         }
-        check_sector(b, W, IN_MAGIC)?;
-        check_version(b, 4, W)?;
         let kind = Kind::from_code(b[6]).ok_or_else(|| Error::corrupt(W, "kind"))?;
         if u32_at(b, 8) != ino {
             return Err(Error::corrupt(
@@ -976,9 +983,7 @@ const JT_MAGIC: &[u8; 4] = b"VJT1";
 /// Encodes a journal header: every transaction up to `applied_seq` is durable in place
 /// (checkpointed), and the next one starts at ring offset `tail`.
 pub fn encode_journal_header(host: u32, applied_seq: u64, tail: u64) -> [u8; SECTOR] {
-    let mut b = [0u8; SECTOR];
-    put(&mut b, 0, JH_MAGIC);
-    put(&mut b, 4, &(VERSION as u16).to_le_bytes());
+    let mut b = new_sector(JH_MAGIC);
     put(&mut b, 8, &host.to_le_bytes());
     put(&mut b, 16, &applied_seq.to_le_bytes());
     put(&mut b, 24, &tail.to_le_bytes());
@@ -994,11 +999,9 @@ pub fn decode_journal_header(b: &[u8], host: u32) -> Result<u64> {
 /// Decodes a journal header into (`applied_seq`, tail ring offset).
 pub fn decode_journal_tail(b: &[u8], host: u32) -> Result<(u64, u64)> {
     const W: &str = "journal header";
-    if b.len() >= SECTOR && b[..SECTOR].iter().all(|&x| x == 0) {
+    if !open_sector(b, W, JH_MAGIC)? {
         return Ok((0, 0));
     }
-    check_sector(b, W, JH_MAGIC)?;
-    check_version(b, 4, W)?;
     if u32_at(b, 8) != host {
         return Err(Error::corrupt(W, "host"));
     }

@@ -232,77 +232,85 @@ impl Shared {
         if lock_mutex(&self.lease).fenced() {
             return Err(Error::Fenced { host: self.host });
         }
-        let g = self.geo();
-        let mut cur = lock_mutex(&self.locks)
+        let cur = lock_mutex(&self.locks)
             .cache
             .get(&idx)
             .cloned()
             .unwrap_or_else(|| LockRecord::free(idx));
-        for _ in 0..16 {
-            if cur.holders & (1u64 << self.host) == 0
-                || cur.gens[self.host as usize] != self.generation
-            {
-                tracing::warn!(host = self.host, lock = idx, "lock was broken while held");
-                return Ok(());
-            }
+        // Our journal lock needs no mark: our own replay covers it.
+        let dirty = self.dirty_seq();
+        let mark =
+            (dirty > 0 && idx != self.host as u64).then_some((self.host, self.generation, dirty));
+        let ours = self.update_held(idx, cur, "release", |cur| {
             let mut new = cur.clone();
             new.holders &= !(1u64 << self.host);
             new.gens[self.host as usize] = 0;
             if new.holders == 0 {
                 new.mode = None;
             }
-            new.seq += 1;
-            // Our journal lock needs no mark: our own replay covers it.
-            let dirty = self.dirty_seq();
-            if idx != self.host as u64 {
-                new.dirty = (dirty > 0).then_some((self.host, self.generation, dirty));
-            }
-            match self
-                .dev
-                .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
-            {
-                Cas::Written => {
-                    lock_mutex(&self.locks).cache.insert(idx, new);
-                    return Ok(());
-                }
-                Cas::Mismatch(b) => cur = LockRecord::decode(&b, idx)?,
-            }
+            new.dirty = mark.or(if idx == self.host as u64 {
+                cur.dirty
+            } else {
+                None
+            });
+            Some(new)
+        })?;
+        if !ours {
+            tracing::warn!(host = self.host, lock = idx, "lock was broken while held");
         }
-        Err(Error::Locked {
-            what: format!("lock {idx}"),
-            host: self.host,
-            state: "release contended".into(),
-        })
+        Ok(())
     }
 
     /// Records in our journal lock, by ATS (durable, no flush), that every transaction up
     /// to `seq` is durable in place. Retries when another host advanced it meanwhile.
     pub(crate) fn mark_applied(&self, seq: u64) -> Result<()> {
         let idx = self.host as u64;
-        let g = self.geo();
-        let mut cur = match lock_mutex(&self.locks).cache.get(&idx).cloned() {
+        let cur = match lock_mutex(&self.locks).cache.get(&idx).cloned() {
             Some(c) => c,
             None => self.read_lock(idx)?,
         };
+        let ours = self.update_held(idx, cur, "journal", |cur| {
+            (cur.applied_seq < seq).then(|| {
+                let mut new = cur.clone();
+                new.applied_seq = seq;
+                new
+            })
+        })?;
+        if ours {
+            Ok(())
+        } else {
+            Err(Error::Fenced { host: self.host })
+        }
+    }
+
+    /// Rewrites lock `idx`, which we hold (last seen as `cur`), by ATS with `change` of
+    /// the current image (`None`: nothing to change), re-reading on a mismatch. `Ok(false)`
+    /// when the lock is no longer ours.
+    fn update_held(
+        &self,
+        idx: u64,
+        mut cur: LockRecord,
+        what: &str,
+        change: impl Fn(&LockRecord) -> Option<LockRecord>,
+    ) -> Result<bool> {
+        let g = self.geo();
         for _ in 0..16 {
             if cur.holders & (1u64 << self.host) == 0
                 || cur.gens[self.host as usize] != self.generation
             {
-                return Err(Error::Fenced { host: self.host });
+                return Ok(false);
             }
-            if cur.applied_seq >= seq {
-                return Ok(());
-            }
-            let mut new = cur.clone();
-            new.applied_seq = seq;
-            new.seq += 1;
+            let Some(mut new) = change(&cur) else {
+                return Ok(true);
+            };
+            new.seq = cur.seq + 1;
             match self
                 .dev
                 .compare_and_write(g.lock_at(idx), &cur.encode(), &new.encode())?
             {
                 Cas::Written => {
                     lock_mutex(&self.locks).cache.insert(idx, new);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Cas::Mismatch(b) => {
                     cur = LockRecord::decode(&b, idx)?;
@@ -311,9 +319,9 @@ impl Shared {
             }
         }
         Err(Error::Locked {
-            what: "journal".into(),
+            what: format!("lock {idx}"),
             host: self.host,
-            state: "contended".into(),
+            state: format!("{what} contended"),
         })
     }
 

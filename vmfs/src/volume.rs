@@ -328,25 +328,19 @@ impl Volume {
     pub fn mkfs(dev: &dyn BlockDevice, o: &MkfsOptions) -> Result<Superblock> {
         let len = dev.len()?;
         // Two passes: the cluster count decides the layout's size, which decides the count.
-        let mut max_clusters = o.max_clusters.unwrap_or(64);
-        let mut geo = Geometry::layout(
-            o.block_size,
-            o.max_inodes,
-            o.blocks_per_cluster,
-            max_clusters,
-            o.journal_blocks,
-            len,
-        )?;
-        if o.max_clusters.is_none() {
-            max_clusters = (geo.n_clusters * 4).max(64);
-            geo = Geometry::layout(
+        let layout = |max_clusters| {
+            Geometry::layout(
                 o.block_size,
                 o.max_inodes,
                 o.blocks_per_cluster,
                 max_clusters,
                 o.journal_blocks,
                 len,
-            )?;
+            )
+        };
+        let mut geo = layout(o.max_clusters.unwrap_or(64))?;
+        if o.max_clusters.is_none() {
+            geo = layout((geo.n_clusters * 4).max(64))?;
         }
         if o.interval_ms == 0 || o.lease_ms < 2 * o.interval_ms {
             return Err(Error::Config("lease must be at least two intervals".into()));

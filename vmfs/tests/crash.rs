@@ -85,6 +85,30 @@ fn run_until_crash(v: &Volume, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<Str
     (model, Vec::new())
 }
 
+/// Every acknowledged file reads back whole on the recovering host `b`, and nothing that
+/// was never acknowledged exists (names the interrupted operation touched may go either way).
+fn check_recovered(b: &Volume, model: &BTreeMap<String, Vec<u8>>, uncertain: &[String], seed: u64) {
+    for (name, want) in model {
+        if uncertain.contains(name) {
+            continue;
+        }
+        let f = b
+            .open(name, LockMode::SharedRead)
+            .unwrap_or_else(|e| panic!("seed {seed}: {name}: {e}"));
+        let mut got = vec![0u8; want.len()];
+        f.read_at(&mut got, 0).unwrap();
+        assert_eq!(f.len(), want.len() as u64, "seed {seed}: size of {name}");
+        assert!(&got == want, "seed {seed}: content of {name}");
+    }
+    for e in b.list("/d").unwrap() {
+        let name = format!("/d/{}", e.name);
+        assert!(
+            model.contains_key(&name) || uncertain.contains(&name),
+            "seed {seed}: {name} should not exist"
+        );
+    }
+}
+
 #[test]
 fn crash_at_the_nth_write_keeps_the_last_committed_state() {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
@@ -110,25 +134,7 @@ fn crash_at_the_nth_write_keeps_the_last_committed_state() {
         let b = Volume::mount(img.clone(), 2, &MountOptions::default(), clock_b.clone()).unwrap();
         let st = b.recover_host(1, 60_000).unwrap();
         assert!(st.lease_wait_ms >= 2000, "seed {seed}: {st:?}");
-        for (name, want) in &model {
-            if uncertain.contains(name) {
-                continue;
-            }
-            let f = b
-                .open(name, LockMode::SharedRead)
-                .unwrap_or_else(|e| panic!("seed {seed}: {name}: {e}"));
-            let mut got = vec![0u8; want.len()];
-            f.read_at(&mut got, 0).unwrap();
-            assert_eq!(f.len(), want.len() as u64, "seed {seed}: size of {name}");
-            assert!(&got == want, "seed {seed}: content of {name}");
-        }
-        for e in b.list("/d").unwrap() {
-            let name = format!("/d/{}", e.name);
-            assert!(
-                model.contains_key(&name) || uncertain.contains(&name),
-                "seed {seed}: {name} should not exist"
-            );
-        }
+        check_recovered(&b, &model, &uncertain, seed);
         b.unmount().unwrap();
         let r = vinfra_vmfs::fsck::check(img.as_ref(), false).unwrap();
         assert!(r.is_clean(), "seed {seed}: {:#?}", r.errors);
@@ -238,25 +244,7 @@ fn crash_after_journal_wrap_replays_every_uncheckpointed_transaction() {
         let clock_b = Arc::new(ManualClock::new(0));
         let b = Volume::mount(img.clone(), 2, &MountOptions::default(), clock_b).unwrap();
         b.recover_host(1, 60_000).unwrap();
-        for (name, want) in &model {
-            if uncertain.contains(name) {
-                continue;
-            }
-            let f = b
-                .open(name, LockMode::SharedRead)
-                .unwrap_or_else(|e| panic!("seed {seed}: {name}: {e}"));
-            let mut got = vec![0u8; want.len()];
-            f.read_at(&mut got, 0).unwrap();
-            assert_eq!(f.len(), want.len() as u64, "seed {seed}: size of {name}");
-            assert!(&got == want, "seed {seed}: content of {name}");
-        }
-        for e in b.list("/d").unwrap() {
-            let name = format!("/d/{}", e.name);
-            assert!(
-                model.contains_key(&name) || uncertain.contains(&name),
-                "seed {seed}: {name} should not exist"
-            );
-        }
+        check_recovered(&b, &model, &uncertain, seed);
         b.unmount().unwrap();
         let r = vinfra_vmfs::fsck::check(img.as_ref(), false).unwrap();
         assert!(r.is_clean(), "seed {seed}: {:#?}", r.errors);
