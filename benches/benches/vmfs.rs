@@ -1,15 +1,21 @@
 //! criterion benches for the vmfs crate: lock acquire+release, metadata create+stat+delete,
-//! 4 KiB in-place I/O, all on an in-memory device (the file-device figures come from
+//! 4 KiB in-place I/O on an in-memory device, and create+stat+delete on a file device
+//! (each transaction's commit is one `fdatasync`; more figures come from
 //! `benches/peers/vmfs-io.sh`).
 #![allow(missing_docs)] // criterion_group! generates an undocumented `pub fn`
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vinfra_vmfs::{LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
+use vinfra_vmfs::{
+    BlockDevice, FileDevice, LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions, Volume,
+};
 
 fn volume() -> Volume {
-    let dev = Arc::new(MemDevice::new(64 << 20));
+    mounted(Arc::new(MemDevice::new(64 << 20)))
+}
+
+fn mounted(dev: Arc<dyn BlockDevice>) -> Volume {
     let mut o = MkfsOptions::default();
     o.max_inodes = 1024;
     o.blocks_per_cluster = 1024;
@@ -34,10 +40,9 @@ fn locks(c: &mut Criterion) {
     });
 }
 
-fn metadata(c: &mut Criterion) {
-    let v = volume();
+fn create_stat_delete(c: &mut Criterion, name: &str, v: &Volume) {
     let mut n = 0u64;
-    c.bench_function("vmfs_create_stat_delete", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             let p = format!("/f{n}");
             n += 1;
@@ -46,6 +51,16 @@ fn metadata(c: &mut Criterion) {
             v.delete(&p).expect("delete");
         })
     });
+}
+
+fn metadata(c: &mut Criterion) {
+    create_stat_delete(c, "vmfs_create_stat_delete", &volume());
+    let path = std::env::temp_dir().join(format!("vmfs-bench-{}.img", std::process::id()));
+    let dev = Arc::new(FileDevice::create(&path, 64 << 20).expect("image file"));
+    let v = mounted(dev);
+    create_stat_delete(c, "vmfs_create_stat_delete_file", &v);
+    v.unmount().expect("unmount");
+    let _ = std::fs::remove_file(&path);
 }
 
 fn data(c: &mut Criterion) {

@@ -5,12 +5,12 @@ use std::sync::Mutex;
 
 use crate::bmap;
 use crate::error::{Error, Result};
-use crate::format::{Inode, LockMode};
+use crate::format::{ptrs_per_block, Inode, LockMode};
 use crate::op::{IndCache, Op};
 use crate::volume::{lock_mutex, Volume};
 
-/// Blocks allocated per transaction at most.
-const MAX_BATCH: u64 = 1024;
+/// Blocks one write transaction may map at least (journal room permitting).
+const MIN_BATCH: u64 = 1024;
 
 /// An open file. Dropping it releases its lock.
 #[derive(Debug)]
@@ -178,7 +178,7 @@ impl File {
         while pos < end {
             sh.check_lease()?;
             let f0 = pos / bs;
-            let f_end = end.div_ceil(bs).min(f0 + MAX_BATCH);
+            let f_end = end.div_ceil(bs).min(f0 + self.batch_blocks());
             let mut bend = end.min(f_end * bs);
             let mut ino = lock_mutex(&self.inode).clone();
             let mut phys = self.map_range(&ino, f0, f_end)?;
@@ -202,7 +202,10 @@ impl File {
             let holes: Vec<usize> = (0..phys.len()).filter(|&i| phys[i] == 0).collect();
             let mut new_blocks = std::collections::HashSet::new();
             if !holes.is_empty() {
-                let room = op.room_blocks().saturating_sub(12) / 2;
+                // Room left for cluster bitmaps once the indirect blocks are counted.
+                let per_ind = ptrs_per_block(bs as usize) as u64;
+                let ind = (phys.len() as u64).div_ceil(per_ind) as usize + 3;
+                let room = op.room_blocks().saturating_sub(9 + ind) / 2;
                 let got = op.alloc(holes.len(), room.max(1))?;
                 if got.len() < holes.len() {
                     let first_missing = holes[got.len()];
@@ -235,6 +238,16 @@ impl File {
             pos = bend;
         }
         Ok(())
+    }
+
+    /// Blocks one write call maps and allocates in one transaction: as many as their
+    /// indirect blocks fit in half the journal ring, so that a large write commits once
+    /// (a 64 MiB write at 4 KiB blocks with the default 32-block journal: two commits).
+    fn batch_blocks(&self) -> u64 {
+        let g = self.vol.sh.geo();
+        let ring = g.journal_blocks as u64 - 1;
+        let per_ind = ptrs_per_block(g.block_size as usize) as u64;
+        ((ring / 2).saturating_sub(4) * per_ind).max(MIN_BATCH)
     }
 
     /// Before the size grows past a partial last block, zero its stale tail.

@@ -309,3 +309,44 @@ fn uncontended_lock_acquire_and_release_take_two_device_ios() {
         assert_eq!(counting.total() - before, 2, "{:?}", counting.counts());
     }
 }
+
+#[test]
+fn a_metadata_transaction_costs_one_flush_and_a_large_thin_write_commits_once() {
+    let dev = Arc::new(MemDevice::new(160 << 20));
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 512;
+    o.blocks_per_cluster = 16384;
+    Volume::mkfs(dev.as_ref(), &o).unwrap();
+    let counting = Arc::new(vinfra_vmfs::CountingDevice::new(dev.clone()));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let v = Volume::mount(counting.clone(), 0, &MountOptions::default(), clock).unwrap();
+    v.mkdir("/d").unwrap();
+    let flushes = || counting.counts()[3];
+    let before = flushes();
+    let n = 50;
+    for i in 0..n {
+        let p = format!("/d/f{i}");
+        drop(v.create(&p).unwrap());
+        v.stat(&p).unwrap();
+        v.delete(&p).unwrap();
+    }
+    // Two transactions per cycle, one flush each, plus a checkpoint when the ring wraps.
+    let used = flushes() - before;
+    assert!(
+        (2 * n..2 * n + n / 4).contains(&used),
+        "{used} flushes for {n} create+stat+delete cycles"
+    );
+    // A 64 MiB first write into a thin file: a commit per batch of blocks, not per block.
+    let f = v.create("/d/big").unwrap();
+    let before = flushes();
+    f.write_at(&vec![7u8; 64 << 20], 0).unwrap();
+    let used = flushes() - before;
+    assert!(used <= 4, "{used} flushes for a 64 MiB thin write");
+    let mut back = vec![0u8; 4096];
+    f.read_at(&mut back, (64 << 20) - 4096).unwrap();
+    assert!(back.iter().all(|&b| b == 7));
+    drop(f);
+    v.unmount().unwrap();
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.errors);
+}
