@@ -38,9 +38,21 @@ impl Shared {
         })
     }
 
+    /// Reads lock record `idx`. A plain read may overlap another host's compare-and-write
+    /// of the record and see it half written (a bad crc): read again before calling it
+    /// damaged.
     fn read_lock(&self, idx: u64) -> Result<LockRecord> {
         let g = self.geo();
-        LockRecord::decode(&self.read(g.lock_at(idx), SECTOR)?, idx)
+        let mut tries = 0;
+        loop {
+            match LockRecord::decode(&self.read(g.lock_at(idx), SECTOR)?, idx) {
+                Err(Error::Corrupt { .. }) if tries < 8 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Computes the record after we join it, breaking stale or dead holders.
