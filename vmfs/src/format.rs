@@ -513,7 +513,7 @@ pub struct LockRecord {
     pub gens: [u32; 64],
     /// Journal locks: last generation whose journal was replayed.
     pub aux: u32,
-    /// Journal locks: the holder's last transaction known applied in place.
+    /// Journal locks: every transaction of the holder up to it is durable in place.
     pub applied_seq: u64,
     /// (host, generation, seq): the last releaser's journal held transactions up to `seq`
     /// that were written in place but not yet flushed; the next other host to take the
