@@ -85,6 +85,29 @@ fn run_until_crash(v: &Volume, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<Str
     (model, Vec::new())
 }
 
+/// Host 1 runs seeded operations on a fresh volume formatted with `o` until the device
+/// crashes at its `after`-th write past the setup; returns the post-crash image (unflushed
+/// writes kept, dropped or torn, by seed), the acknowledged model and the uncertain names.
+fn crash_run(
+    o: &MkfsOptions,
+    seed: u64,
+    after: u64,
+) -> (Arc<MemDevice>, BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let dev = Arc::new(FaultyDevice::new(12 << 20));
+    Volume::mkfs(dev.as_ref(), o).unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let a = Volume::mount(dev.clone(), 1, &MountOptions::default(), clock).unwrap();
+    a.mkdir("/d").unwrap();
+    dev.set_faults(Faults {
+        crash_at_write: Some(dev.writes_issued() + after),
+        ..Faults::default()
+    });
+    let (model, uncertain) = run_until_crash(&a, seed);
+    assert!(dev.crashed(), "seed {seed}: the crash point was reached");
+    let img = Arc::new(MemDevice::from_bytes(dev.crash_image(seed)));
+    (img, model, uncertain)
+}
+
 /// Every acknowledged file reads back whole on the recovering host `b`, and nothing that
 /// was never acknowledged exists (names the interrupted operation touched may go either way).
 fn check_recovered(b: &Volume, model: &BTreeMap<String, Vec<u8>>, uncertain: &[String], seed: u64) {
@@ -116,20 +139,7 @@ fn crash_at_the_nth_write_keeps_the_last_committed_state() {
         Err(_) => (0..40).collect(),
     };
     for seed in seeds {
-        let dev = Arc::new(FaultyDevice::new(12 << 20));
-        Volume::mkfs(dev.as_ref(), &opts()).unwrap();
-        let clock = Arc::new(ManualClock::new(0));
-        let a = Volume::mount(dev.clone(), 1, &MountOptions::default(), clock.clone()).unwrap();
-        a.mkdir("/d").unwrap();
-        let n = dev.writes_issued() + 3 + (seed * 37) % 600;
-        dev.set_faults(Faults {
-            crash_at_write: Some(n),
-            ..Faults::default()
-        });
-        let (model, uncertain) = run_until_crash(&a, seed);
-        assert!(dev.crashed(), "seed {seed}: the crash point was reached");
-        // The post-crash image: unflushed writes kept, dropped or torn, by seed.
-        let img = Arc::new(MemDevice::from_bytes(dev.crash_image(seed)));
+        let (img, model, uncertain) = crash_run(&opts(), seed, 3 + (seed * 37) % 600);
         let clock_b = Arc::new(ManualClock::new(0));
         let b = Volume::mount(img.clone(), 2, &MountOptions::default(), clock_b.clone()).unwrap();
         let st = b.recover_host(1, 60_000).unwrap();
@@ -221,19 +231,7 @@ fn crash_after_journal_wrap_replays_every_uncheckpointed_transaction() {
     for &seed in &seeds {
         let mut o = opts();
         o.journal_blocks = 4;
-        let dev = Arc::new(FaultyDevice::new(12 << 20));
-        Volume::mkfs(dev.as_ref(), &o).unwrap();
-        let clock = Arc::new(ManualClock::new(0));
-        let a = Volume::mount(dev.clone(), 1, &MountOptions::default(), clock.clone()).unwrap();
-        a.mkdir("/d").unwrap();
-        let n = dev.writes_issued() + 400 + (seed * 53) % 900;
-        dev.set_faults(Faults {
-            crash_at_write: Some(n),
-            ..Faults::default()
-        });
-        let (model, uncertain) = run_until_crash(&a, seed);
-        assert!(dev.crashed(), "seed {seed}: the crash point was reached");
-        let img = Arc::new(MemDevice::from_bytes(dev.crash_image(seed)));
+        let (img, model, uncertain) = crash_run(&o, seed, 400 + (seed * 53) % 900);
         let g = Volume::superblock(img.as_ref()).unwrap().geo;
         let mut raw = vec![0u8; 512];
         vinfra_vmfs::BlockDevice::read_at(img.as_ref(), &mut raw, g.lock_at(1)).unwrap();
