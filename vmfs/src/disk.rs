@@ -289,8 +289,9 @@ impl VirtualDisk {
     }
 
     fn check(&self, off: u64, len: usize) -> Result<()> {
-        if off.saturating_add(len as u64) > self.desc.capacity {
-            return Err(Error::TooLarge(off + len as u64));
+        let end = off.saturating_add(len as u64);
+        if end > self.desc.capacity {
+            return Err(Error::TooLarge(end));
         }
         Ok(())
     }

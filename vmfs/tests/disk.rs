@@ -65,3 +65,28 @@ fn snapshots_redo_logs_and_changed_blocks() {
     let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
     assert!(r.is_clean(), "{:?}", r.errors);
 }
+
+/// An offset near `u64::MAX` once overflowed while building the error (a panic in debug
+/// builds): it must be a plain `TooLarge` error for reads and writes alike.
+#[test]
+fn access_near_u64_max_is_an_error_not_a_panic() {
+    let dev = Arc::new(MemDevice::new(16 << 20));
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 64;
+    o.blocks_per_cluster = 256;
+    Volume::mkfs(dev.as_ref(), &o).unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let a = Volume::mount(dev, 0, &MountOptions::default(), clock).unwrap();
+    let mut d = VirtualDisk::create(&a, "/edge.vmdk", 1 << 20).unwrap();
+    let mut buf = [0u8; 512];
+    for off in [u64::MAX, u64::MAX - 100, 1 << 20] {
+        assert!(matches!(
+            d.read_at(&mut buf, off),
+            Err(vinfra_vmfs::Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            d.write_at(&buf, off),
+            Err(vinfra_vmfs::Error::TooLarge(_))
+        ));
+    }
+}
