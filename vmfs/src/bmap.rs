@@ -3,6 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{ptrs_per_block, Inode, NDIRECT};
+use crate::op::IndCache;
+use crate::volume::Shared;
 
 /// Indices from the top indirect block down (1 to 3 of them), without a heap allocation
 /// on the I/O path.
@@ -82,6 +84,155 @@ pub(crate) fn lookup(r: &mut dyn IndRead, ino: &Inode, f: u64, bs: usize) -> Res
                 level = level.saturating_sub(1);
             }
             Ok(blk)
+        }
+    }
+}
+
+/// At most this many runs per open file (24 B each), so that a badly fragmented file
+/// does not grow a handle without bound: past it the cache starts over.
+const MAX_RUNS: usize = 1 << 16;
+
+/// File blocks `f..f + n` live at physical blocks `p..p + n` (`p == 0`: a hole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    f: u64,
+    n: u64,
+    p: u64,
+}
+
+impl Run {
+    fn joins(&self, next: &Run) -> bool {
+        self.f + self.n == next.f
+            && ((self.p == 0 && next.p == 0) || (self.p != 0 && self.p + self.n == next.p))
+    }
+}
+
+/// The block map of one open file as sorted, disjoint runs of contiguous blocks (an
+/// extent cache, like ext4's extent status tree), so that the read path finds a block by
+/// one binary search over a few runs instead of walking (and hashing) indirect blocks.
+///
+/// It is filled a whole leaf at a time: the pointers of the lowest indirect block that
+/// covers the block asked for (or the 12 direct pointers, or the range a missing indirect
+/// block leaves a hole). Those units partition the file's blocks for a given map, so
+/// fills never overlap. The owner must [`RunCache::clear`] it whenever the map changes.
+#[derive(Debug, Default)]
+pub(crate) struct RunCache {
+    runs: Vec<Run>,
+}
+
+impl RunCache {
+    /// Forgets every run (the map changed).
+    pub fn clear(&mut self) {
+        self.runs.clear();
+    }
+
+    fn find(&self, f: u64) -> Option<(u64, u64)> {
+        let i = self.runs.partition_point(|r| r.f <= f);
+        let r = self.runs.get(i.checked_sub(1)?)?;
+        let d = f - r.f;
+        if d >= r.n {
+            return None;
+        }
+        let p = if r.p == 0 { 0 } else { r.p + d };
+        Some((p, r.n - d))
+    }
+
+    /// `(physical block, blocks left in its run)` of file block `f`; a hole is block 0.
+    /// Indirect blocks come through `ind` on a miss.
+    pub fn lookup(
+        &mut self,
+        ind: &mut IndCache,
+        sh: &Shared,
+        ino: &Inode,
+        f: u64,
+    ) -> Result<(u64, u64)> {
+        if let Some(hit) = self.find(f) {
+            return Ok(hit);
+        }
+        self.fill(ind, sh, ino, f)?;
+        self.find(f)
+            .ok_or_else(|| Error::corrupt("block map", format!("block {f} not mapped")))
+    }
+
+    fn fill(&mut self, ind: &mut IndCache, sh: &Shared, ino: &Inode, f: u64) -> Result<()> {
+        let bs = sh.bs();
+        let ppb = ptrs_per_block(bs) as u64;
+        let mut new = Vec::new();
+        match place(f, bs)? {
+            Place::Direct(_) => push_ptrs(&mut new, 0, &ino.direct),
+            Place::Indirect(root, idx) => {
+                let mut root_start = NDIRECT as u64;
+                let mut size = ppb;
+                for _ in 0..root {
+                    root_start += size;
+                    size = size.saturating_mul(ppb);
+                }
+                // `size`: file blocks under `blk`, which hangs at `level`.
+                let r = f - root_start;
+                let mut blk = ino.indirect[root];
+                for (k, &i) in idx.iter().enumerate() {
+                    let level = (root + 1 - k) as u8;
+                    let start = root_start + r / size * size;
+                    if blk == 0 {
+                        new.push(Run {
+                            f: start,
+                            n: size,
+                            p: 0,
+                        });
+                        break;
+                    }
+                    if level == 1 {
+                        let ptrs = ind.block(sh, blk, ino.ino, 1)?;
+                        push_ptrs(&mut new, start, ptrs);
+                        let got = ptrs.len() as u64;
+                        if got < size {
+                            new.push(Run {
+                                f: start + got,
+                                n: size - got,
+                                p: 0,
+                            });
+                        }
+                        // Its runs replace it: keep only the upper levels cached.
+                        ind.map.remove(&blk);
+                        break;
+                    }
+                    blk = ind
+                        .block(sh, blk, ino.ino, level)?
+                        .get(i)
+                        .copied()
+                        .unwrap_or(0);
+                    size /= ppb;
+                }
+            }
+        }
+        if self.runs.len() + new.len() > MAX_RUNS {
+            self.runs.clear();
+        }
+        let at = self.runs.partition_point(|r| r.f < f);
+        let k = new.len();
+        self.runs.splice(at..at, new);
+        // Join across the unit's edges, last edge first so `at` stays valid.
+        for e in [at + k, at] {
+            if e > 0 && e < self.runs.len() && self.runs[e - 1].joins(&self.runs[e]) {
+                self.runs[e - 1].n += self.runs[e].n;
+                self.runs.remove(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends `ptrs` (file blocks from `start`) as runs.
+fn push_ptrs(out: &mut Vec<Run>, start: u64, ptrs: &[u32]) {
+    for (i, &p) in ptrs.iter().enumerate() {
+        let r = Run {
+            f: start + i as u64,
+            n: 1,
+            p: p as u64,
+        };
+        match out.last_mut() {
+            Some(last) if last.joins(&r) => last.n += 1,
+            _ => out.push(r),
         }
     }
 }

@@ -3,11 +3,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::bmap;
+use crate::bmap::{self, RunCache};
 use crate::error::{Error, Result};
 use crate::format::{ptrs_per_block, Inode, LockMode};
 use crate::op::{IndCache, Op};
-use crate::volume::{lock_mutex, Volume};
+use crate::volume::{lock_mutex, Shared, Volume};
 
 /// Blocks one write transaction may map at least (journal room permitting).
 const MIN_BATCH: u64 = 1024;
@@ -19,14 +19,35 @@ pub struct File {
     bs: u64,
     mode: LockMode,
     path: String,
-    inode: Mutex<Inode>,
-    cache: Mutex<IndCache>,
+    st: Mutex<State>,
     closed: AtomicBool,
 }
 
-enum Phys {
-    One(u32),
-    Many(Vec<u32>),
+/// What an open file caches, under one lock: its inode and block map. Nothing but this
+/// handle can change either while the handle is open: an exclusive lock keeps every other
+/// handle (of any host) out, and shared-read and multi-writer locks admit no handle that
+/// allocates, truncates or changes the size. So the cache is only ever cleared by this
+/// handle's own changes and never re-read from the volume.
+#[derive(Debug)]
+struct State {
+    inode: Inode,
+    runs: RunCache,
+    ind: IndCache,
+}
+
+impl State {
+    /// `(physical block, blocks left in its run)` of file block `f`; 0 is a hole.
+    fn lookup(&mut self, sh: &Shared, f: u64) -> Result<(u64, u64)> {
+        let State { inode, runs, ind } = self;
+        runs.lookup(ind, sh, inode, f)
+    }
+
+    /// The map changed (this handle allocated or truncated).
+    fn changed(&mut self, inode: Inode) {
+        self.inode = inode;
+        self.runs.clear();
+        self.ind.map.clear();
+    }
 }
 
 /// The window of one write call mapped at once: file block `f0` is `phys[0]`; bytes
@@ -54,15 +75,18 @@ impl File {
             vol,
             mode,
             path: path.to_string(),
-            inode: Mutex::new(inode),
-            cache: Mutex::new(IndCache::default()),
+            st: Mutex::new(State {
+                inode,
+                runs: RunCache::default(),
+                ind: IndCache::default(),
+            }),
             closed: AtomicBool::new(false),
         }
     }
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        lock_mutex(&self.inode).size
+        lock_mutex(&self.st).inode.size
     }
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
@@ -70,7 +94,7 @@ impl File {
     }
     /// Inode number.
     pub fn ino(&self) -> u32 {
-        lock_mutex(&self.inode).ino
+        lock_mutex(&self.st).inode.ino
     }
     /// The lock mode.
     pub fn mode(&self) -> LockMode {
@@ -81,82 +105,65 @@ impl File {
         &self.path
     }
 
-    fn map(&self, ino: &Inode, f: u64) -> Result<u32> {
-        self.map_one(ino, f)
+    /// Physical block of file block `f` (0 = hole).
+    fn map(&self, f: u64) -> Result<u32> {
+        Ok(self.map_range(f, f + 1)?.first().copied().unwrap_or(0))
     }
 
-    fn map_one(&self, ino: &Inode, f: u64) -> Result<u32> {
-        let mut c = lock_mutex(&self.cache);
-        let mut r = c.reader(&self.vol.sh);
-        bmap::lookup(&mut r, ino, f, self.bs as usize)
-    }
-
-    /// Physical blocks of file blocks `f0..f1` (0 = hole), under one cache lock.
-    fn map_range(&self, ino: &Inode, f0: u64, f1: u64) -> Result<Vec<u32>> {
+    /// Physical blocks of file blocks `f0..f1` (0 = hole), under one lock.
+    fn map_range(&self, f0: u64, f1: u64) -> Result<Vec<u32>> {
         let sh = &self.vol.sh;
-        let bs = self.bs as usize;
-        let mut c = lock_mutex(&self.cache);
-        let mut r = c.reader(sh);
-        (f0..f1).map(|f| bmap::lookup(&mut r, ino, f, bs)).collect()
+        let mut st = lock_mutex(&self.st);
+        let mut out = Vec::with_capacity(usize::try_from(f1.saturating_sub(f0)).unwrap_or(0));
+        let mut f = f0;
+        while f < f1 {
+            let (p, left) = st.lookup(sh, f)?;
+            let take = left.min(f1 - f);
+            for k in 0..take {
+                let b = if p == 0 { 0 } else { p + k };
+                out.push(u32::try_from(b).map_err(|_| Error::corrupt("block map", "pointer"))?);
+            }
+            f += take;
+        }
+        Ok(out)
     }
 
     /// Reads at `off`; returns the bytes read (short at the end of the file). Holes read
     /// as zeros.
+    ///
+    /// The hot path: one lease check (atomics and a clock read), then per run of
+    /// physically contiguous blocks one lock of the handle's cached map, one binary
+    /// search and one device read; no heap allocation.
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
         let sh = &self.vol.sh;
         sh.check_lease()?;
         let bs = self.bs;
-        let f_first = off / bs;
-        let (n, phys) = {
-            let ino = lock_mutex(&self.inode);
-            if off >= ino.size {
-                return Ok(0);
-            }
-            let n = (buf.len() as u64).min(ino.size - off) as usize;
-            let f_end = (off + n as u64).div_ceil(bs);
-            // The common small read inside one block needs no vector.
-            let phys = if f_end == f_first + 1 {
-                Phys::One(self.map_one(&ino, f_first)?)
-            } else {
-                Phys::Many(self.map_range(&ino, f_first, f_end)?)
-            };
-            (n, phys)
-        };
+        let mut n = None;
         let mut pos = 0usize;
-        // Runs of physically contiguous blocks become one device read.
-        let mut run: Option<(u64, usize, usize)> = None; // (dev off, buf start, len)
-        let flush = |run: &mut Option<(u64, usize, usize)>, buf: &mut [u8]| -> Result<()> {
-            if let Some((d, s, l)) = run.take() {
-                sh.dev.read_at(&mut buf[s..s + l], d)?;
-            }
-            Ok(())
-        };
-        while pos < n {
-            let fo = off + pos as u64;
-            let f = fo / bs;
-            let within = (fo % bs) as usize;
-            let len = (bs as usize - within).min(n - pos);
-            let p = match &phys {
-                Phys::One(p) => *p,
-                Phys::Many(v) => v.get((f - f_first) as usize).copied().unwrap_or(0),
-            };
-            if p == 0 {
-                flush(&mut run, buf)?;
-                buf[pos..pos + len].fill(0);
-            } else {
-                let d = p as u64 * bs + within as u64;
-                match &mut run {
-                    Some((rd, _, rl)) if *rd + *rl as u64 == d => *rl += len,
-                    _ => {
-                        flush(&mut run, buf)?;
-                        run = Some((d, pos, len));
-                    }
+        loop {
+            let (dev, len) = {
+                let mut st = lock_mutex(&self.st);
+                let n = *n.get_or_insert_with(|| {
+                    let size = st.inode.size;
+                    (buf.len() as u64).min(size.saturating_sub(off)) as usize
+                });
+                if pos >= n {
+                    return Ok(n);
                 }
+                let fo = off + pos as u64;
+                let within = fo % bs;
+                let (p, left) = st.lookup(sh, fo / bs)?;
+                let run_bytes = left.saturating_mul(bs) - within;
+                let len = run_bytes.min((n - pos) as u64) as usize;
+                ((p != 0).then(|| p * bs + within), len)
+            };
+            let dst = &mut buf[pos..pos + len];
+            match dev {
+                Some(d) => sh.dev.read_at(dst, d)?,
+                None => dst.fill(0),
             }
             pos += len;
         }
-        flush(&mut run, buf)?;
-        Ok(n)
     }
 
     /// Writes `data` at `off`. Blocks are allocated on first write (thin provisioning);
@@ -180,8 +187,8 @@ impl File {
             let f0 = pos / bs;
             let f_end = end.div_ceil(bs).min(f0 + self.batch_blocks());
             let mut bend = end.min(f_end * bs);
-            let mut ino = lock_mutex(&self.inode).clone();
-            let mut phys = self.map_range(&ino, f0, f_end)?;
+            let mut ino = lock_mutex(&self.st).inode.clone();
+            let mut phys = self.map_range(f0, f_end)?;
             let need_alloc = phys.contains(&0);
             let grows = bend > ino.size;
             if !need_alloc && !grows {
@@ -233,8 +240,7 @@ impl File {
             ino.change += 1;
             op.set_inode(&ino);
             op.finish()?;
-            *lock_mutex(&self.inode) = ino;
-            lock_mutex(&self.cache).map.clear();
+            lock_mutex(&self.st).changed(ino);
             pos = bend;
         }
         Ok(())
@@ -258,7 +264,7 @@ impl File {
             return Ok(());
         }
         let f = ino.size / bs;
-        let p = self.map(ino, f)?;
+        let p = self.map(f)?;
         if p == 0 {
             return Ok(());
         }
@@ -364,7 +370,7 @@ impl File {
             return Err(Error::TooLarge(len));
         }
         let mut op = Op::begin(sh)?;
-        let mut ino = lock_mutex(&self.inode).clone();
+        let mut ino = lock_mutex(&self.st).inode.clone();
         if len < ino.size {
             op.truncate(&mut ino, len)?;
         } else {
@@ -374,8 +380,7 @@ impl File {
             op.set_inode(&ino);
         }
         op.finish()?;
-        *lock_mutex(&self.inode) = ino;
-        lock_mutex(&self.cache).map.clear();
+        lock_mutex(&self.st).changed(ino);
         Ok(())
     }
 

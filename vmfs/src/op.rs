@@ -79,28 +79,18 @@ pub(crate) struct IndCache {
 }
 
 impl IndCache {
-    pub fn reader<'a>(&'a mut self, sh: &'a Shared) -> impl IndRead + 'a {
-        struct R<'a> {
-            c: &'a mut IndCache,
-            sh: &'a Shared,
-        }
-        impl IndRead for R<'_> {
-            fn ptr(&mut self, blk: u32, ino: u32, level: u8, i: usize) -> Result<u32> {
-                if let Some(p) = self.c.map.get(&blk) {
-                    return Ok(p.get(i).copied().unwrap_or(0));
-                }
-                let bs = self.sh.bs();
-                let b = self.sh.read(blk as u64 * bs as u64, bs)?;
-                let p = decode_indirect(&b, bs, ino, level)?;
-                if self.c.map.len() > 4096 {
-                    self.c.map.clear();
-                }
-                let v = p.get(i).copied().unwrap_or(0);
-                self.c.map.insert(blk, p);
-                Ok(v)
+    /// Every pointer of indirect block `blk` (loaded, decoded and checked once).
+    pub fn block(&mut self, sh: &Shared, blk: u32, ino: u32, level: u8) -> Result<&[u32]> {
+        if !self.map.contains_key(&blk) {
+            let bs = sh.bs();
+            let b = sh.read(blk as u64 * bs as u64, bs)?;
+            let p = decode_indirect(&b, bs, ino, level)?;
+            if self.map.len() > 4096 {
+                self.map.clear();
             }
+            self.map.insert(blk, p);
         }
-        R { c: self, sh }
+        Ok(self.map.get(&blk).map(Vec::as_slice).unwrap_or(&[]))
     }
 }
 
