@@ -33,13 +33,14 @@ trait Target {
     fn sync(&self) -> Result<(), Error>;
 }
 
-struct Raw(std::fs::File);
+/// A plain file; the I/O goes `.1` bytes into it.
+struct Raw(std::fs::File, u64);
 impl Target for Raw {
     fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error> {
-        self.0.write_all_at(b, off).map_err(io("write"))
+        self.0.write_all_at(b, self.1 + off).map_err(io("write"))
     }
     fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
-        self.0.read_exact_at(b, off).map_err(io("read"))
+        self.0.read_exact_at(b, self.1 + off).map_err(io("read"))
     }
     fn sync(&self) -> Result<(), Error> {
         self.0.sync_data().map_err(io("sync"))
@@ -134,6 +135,7 @@ pub fn bench_io(
     secs: f64,
     target: &str,
     block_size: u32,
+    raw_offset_mib: u64,
 ) -> Result<(), Error> {
     let bytes = mib << 20;
     let res = if target == "raw" {
@@ -146,8 +148,9 @@ pub fn bench_io(
             .open(&p)
             .map_err(io("create"))?;
         // Sized up front like a LUN (and like the vmfs image), not grown by appends.
-        f.set_len(bytes).map_err(io("set_len"))?;
-        let r = phases(&Raw(f), bytes, secs, 7)?;
+        let skip = raw_offset_mib << 20;
+        f.set_len(skip + bytes).map_err(io("set_len"))?;
+        let r = phases(&Raw(f, skip), bytes, secs, 7)?;
         let _ = std::fs::remove_file(&p);
         r
     } else {

@@ -142,6 +142,10 @@ enum Cmd {
         /// vmfs block size (VMFS-5 uses 1 MiB).
         #[arg(long, default_value_t = 1 << 20)]
         block_size: u32,
+        /// Raw target only: do the I/O this many MiB into a file that much larger (to
+        /// see what a data offset inside a bigger image costs the page cache).
+        #[arg(long, default_value_t = 0)]
+        raw_offset_mib: u64,
     },
     /// Benchmark: uncontended lock acquire+release.
     #[command(hide = true)]
@@ -374,7 +378,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             secs,
             target,
             block_size,
-        } => bench::bench_io(&dir, mib, secs, &target, block_size)?,
+            raw_offset_mib,
+        } => bench::bench_io(&dir, mib, secs, &target, block_size, raw_offset_mib)?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
         Cmd::BenchMeta { image, host, secs } => bench::bench_meta(&image, host, secs)?,
         Cmd::BenchFailover { image } => bench::bench_failover(&image)?,
