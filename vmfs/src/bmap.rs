@@ -211,14 +211,54 @@ impl RunCache {
         let at = self.runs.partition_point(|r| r.f < f);
         let k = new.len();
         self.runs.splice(at..at, new);
-        // Join across the unit's edges, last edge first so `at` stays valid.
-        for e in [at + k, at] {
+        self.join_edges(at, at + k);
+        Ok(())
+    }
+
+    /// Joins joinable neighbours across the edges `lo..=hi` (edge `e` is between runs
+    /// `e - 1` and `e`), last edge first so the lower ones stay valid.
+    fn join_edges(&mut self, lo: usize, hi: usize) {
+        for e in (lo..=hi).rev() {
             if e > 0 && e < self.runs.len() && self.runs[e - 1].joins(&self.runs[e]) {
                 self.runs[e - 1].n += self.runs[e].n;
                 self.runs.remove(e);
             }
         }
-        Ok(())
+    }
+
+    /// File block `f` now lives at physical block `p` (the owner just mapped it): a
+    /// cached run covering `f` is split around it; a block not cached stays so.
+    pub fn set(&mut self, f: u64, p: u64) {
+        let Some(i) = self.runs.partition_point(|r| r.f <= f).checked_sub(1) else {
+            return;
+        };
+        let r = self.runs[i];
+        let d = f - r.f;
+        if d >= r.n || (r.p != 0 && r.p + d == p) {
+            return;
+        }
+        let at = |k: u64| if r.p == 0 { 0 } else { r.p + k };
+        let parts = [
+            Run {
+                f: r.f,
+                n: d,
+                p: r.p,
+            },
+            Run { f, n: 1, p },
+            Run {
+                f: f + 1,
+                n: r.n - d - 1,
+                p: at(d + 1),
+            },
+        ];
+        let parts = parts.into_iter().filter(|r| r.n > 0);
+        let before = self.runs.len();
+        self.runs.splice(i..=i, parts);
+        let k = self.runs.len() + 1 - before;
+        self.join_edges(i, i + k);
+        if self.runs.len() > MAX_RUNS {
+            self.runs.clear();
+        }
     }
 }
 

@@ -42,7 +42,18 @@ impl State {
         runs.lookup(ind, sh, inode, f)
     }
 
-    /// The map changed (this handle allocated or truncated).
+    /// This handle mapped new blocks `(file block, physical block)` (and may have added
+    /// indirect blocks): the runs are updated in place rather than re-read, which with
+    /// 1 MiB blocks would mean decoding a 262,140-pointer leaf after every such write.
+    fn mapped(&mut self, inode: Inode, new: impl Iterator<Item = (u64, u32)>) {
+        self.inode = inode;
+        self.ind.map.clear();
+        for (f, p) in new {
+            self.runs.set(f, p as u64);
+        }
+    }
+
+    /// The map changed (this handle truncated).
     fn changed(&mut self, inode: Inode) {
         self.inode = inode;
         self.runs.clear();
@@ -240,7 +251,11 @@ impl File {
             ino.change += 1;
             op.set_inode(&ino);
             op.finish()?;
-            lock_mutex(&self.st).changed(ino);
+            let mapped = phys
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| new_blocks.contains(b));
+            lock_mutex(&self.st).mapped(ino, mapped.map(|(i, &b)| (f0 + i as u64, b)));
             pos = bend;
         }
         Ok(())
