@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::error::Error as _;
+use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::process::Command;
@@ -314,7 +315,7 @@ fn disk_guest() -> Option<std::path::PathBuf> {
 }
 
 /// Runs `vmfs-vm` with `args`, killing it after `limit`; (status code, stdout, stderr).
-fn run_vmfs_vm(args: &[&std::ffi::OsStr], limit: Duration) -> (Option<i32>, String, String) {
+fn run_vmfs_vm(args: &[&OsStr], limit: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmfs-vm"))
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -337,6 +338,20 @@ fn run_vmfs_vm(args: &[&std::ffi::OsStr], limit: Duration) -> (Option<i32>, Stri
     )
 }
 
+/// `vmfs-vm` arguments: host 1 runs `/vm1.vmdk` of the volume `lun` with `kernel`.
+fn host1_runs_vm1<'a>(lun: &'a Path, kernel: &'a OsStr) -> [&'a OsStr; 8] {
+    [
+        "--volume".as_ref(),
+        lun.as_os_str(),
+        "--host-id".as_ref(),
+        "1".as_ref(),
+        "--disk".as_ref(),
+        "/vm1.vmdk".as_ref(),
+        "--kernel".as_ref(),
+        kernel,
+    ]
+}
+
 #[test]
 fn vmfs_vm_binary_is_refused_while_another_host_runs_the_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,16 +360,7 @@ fn vmfs_vm_binary_is_refused_while_another_host_runs_the_disk() {
     let a = MountedHost::mount(&lun, 3, &MountOptions::default()).unwrap();
     let disk = VmfsDiskBackend::create(a.volume(), "/vm1.vmdk", MIB).unwrap();
     let (code, out, err) = run_vmfs_vm(
-        &[
-            "--volume".as_ref(),
-            lun.as_os_str(),
-            "--host-id".as_ref(),
-            "1".as_ref(),
-            "--disk".as_ref(),
-            "/vm1.vmdk".as_ref(),
-            "--kernel".as_ref(),
-            "no-kernel-needed.elf".as_ref(),
-        ],
+        &host1_runs_vm1(&lun, "no-kernel-needed.elf".as_ref()),
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
@@ -390,16 +396,7 @@ fn kvm_disk_guest_on_a_vmfs_disk() {
 
     // Host 1 runs the VM in its own process (vmfs-vm).
     let (code, out, err) = run_vmfs_vm(
-        &[
-            "--volume".as_ref(),
-            lun.as_os_str(),
-            "--host-id".as_ref(),
-            "1".as_ref(),
-            "--disk".as_ref(),
-            "/vm1.vmdk".as_ref(),
-            "--kernel".as_ref(),
-            kernel.as_os_str(),
-        ],
+        &host1_runs_vm1(&lun, kernel.as_os_str()),
         Duration::from_secs(60),
     );
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
