@@ -25,6 +25,22 @@ const TRAILER_BYTES: usize = 4;
 /// refuse.
 pub fn encode(state: &VmState) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(state).map_err(StateError::Encode)?;
+    seal(&payload)
+}
+
+/// Wraps a postcard payload in the envelope: magic, version, length, payload, crc32.
+///
+/// [`encode`] is `seal` over the postcard encoding of a state. It is public so that fuzzers
+/// and tests can put arbitrary payload bytes behind a valid envelope and reach the
+/// payload decoder. Fails only when the payload exceeds [`MAX_PAYLOAD_BYTES`].
+///
+/// ```
+/// use vinfra_vmm_core::state;
+/// let blob = state::seal(&[0xff; 3]).unwrap();
+/// // The envelope is intact, so decode gets as far as the (malformed) payload.
+/// assert!(matches!(state::decode(&blob), Err(state::StateError::Decode(_))));
+/// ```
+pub fn seal(payload: &[u8]) -> Result<Vec<u8>> {
     let len = payload.len() as u64;
     if len > MAX_PAYLOAD_BYTES {
         return Err(StateError::TooLarge {
@@ -33,14 +49,19 @@ pub fn encode(state: &VmState) -> Result<Vec<u8>> {
             max: MAX_PAYLOAD_BYTES,
         });
     }
+    Ok(envelope(FORMAT_VERSION, len, payload))
+}
+
+/// The envelope around `payload`, with the version and declared length as given.
+fn envelope(version: u32, len: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len() + TRAILER_BYTES);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    out
 }
 
 /// Decodes a blob made by [`encode`]. Any damage (wrong magic, unknown version, a length
@@ -169,26 +190,13 @@ mod tests {
         #[test]
         fn arbitrary_payload_with_valid_envelope_never_panics(payload in prop::collection::vec(any::<u8>(), 0..4096)) {
             // A valid envelope around garbage reaches postcard: it must fail cleanly.
-            let mut bytes = Vec::new();
-            bytes.extend_from_slice(&MAGIC);
-            bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(&payload);
-            let crc = crc32fast::hash(&bytes);
-            bytes.extend_from_slice(&crc.to_le_bytes());
+            let bytes = seal(&payload).unwrap();
             let _ = decode(&bytes);
         }
     }
 
     fn sealed(version: u32, len: u64, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&version.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(payload);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        bytes
+        envelope(version, len, payload)
     }
 
     #[test]

@@ -76,7 +76,7 @@ mod state_file;
 mod vcpu;
 mod vm;
 
-pub use codec::{decode, encode, FORMAT_VERSION, MAGIC, MAX_PAYLOAD_BYTES};
+pub use codec::{decode, encode, seal, FORMAT_VERSION, MAGIC, MAX_PAYLOAD_BYTES};
 pub use error::{Result, StateError};
 pub use memory_file::{
     load_memory, save_memory, verify_memory_file, MemorySaveStats, MEMORY_FILE_MAGIC,
