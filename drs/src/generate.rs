@@ -1,5 +1,8 @@
 //! Seeded instance generators for tests and benchmarks (same seed, same instance).
 //!
+//! Test support, behind the `test-utils` feature (always on in this crate's own tests):
+//! a library user does not ship them.
+//!
 //! - [`triplets`]: 2-D bin packing whose optimum host count is known by construction:
 //!   every host is filled exactly, in CPU and in memory, by three VMs whose sizes lie
 //!   strictly between a quarter and a half of the host (so no host can take four).

@@ -28,6 +28,7 @@
 mod balance;
 mod entitlement;
 mod error;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod generate;
 pub mod ha;
 mod load;

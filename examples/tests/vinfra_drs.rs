@@ -5,10 +5,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::NamedTempFile;
+use vinfra_testkit::Finished;
 
 /// Three hosts; two domain controllers that must stay apart, both on esx-1; one VM off.
 const CLUSTER: &str = r#"{
@@ -27,11 +29,12 @@ fn cluster_file(json: &str) -> NamedTempFile {
     f
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vinfra-drs"))
-        .args(args)
-        .output()
-        .unwrap()
+/// Runs `vinfra-drs` with `args`; a hang fails the test instead of stalling it.
+fn run(args: &[&str]) -> Finished {
+    vinfra_testkit::run(
+        Command::new(env!("CARGO_BIN_EXE_vinfra-drs")).args(args),
+        Duration::from_secs(120),
+    )
 }
 
 /// Runs a subcommand on `file` (inserted after the subcommand name) and expects success.
@@ -43,9 +46,8 @@ fn ok(sub: &str, file: &Path, rest: &[&str], json: bool) -> String {
         args.push("--json");
     }
     let out = run(&args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
+    assert!(out.success(), "{args:?} failed: {}", out.stderr);
+    out.stdout
 }
 
 fn ok_json(sub: &str, file: &Path, rest: &[&str]) -> Value {
@@ -56,9 +58,9 @@ fn ok_json(sub: &str, file: &Path, rest: &[&str]) -> Value {
 /// A failure: non-zero status, one `vinfra-drs: ...` line naming `needle`, no panic.
 fn fails(args: &[&str], needle: &str) {
     let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(!out.status.success(), "{args:?} succeeded");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(out.code(), Some(1), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     assert!(
         stderr.starts_with("vinfra-drs: ") && stderr.contains(needle),
@@ -198,10 +200,10 @@ fn pack_needs_two_hosts_for_two_vms_kept_apart() {
 #[test]
 fn generate_writes_a_cluster_the_other_commands_read() {
     let out = run(&["generate", "triplets", "--vms", "12", "--seed", "3"]);
-    assert!(out.status.success());
-    let spec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.success(), "{out}");
+    let spec: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(spec["vms"].as_array().unwrap().len(), 12);
-    let f = cluster_file(std::str::from_utf8(&out.stdout).unwrap());
+    let f = cluster_file(&out.stdout);
     let v = ok_json("pack", f.path(), &[]);
     assert_eq!(v["unplaced"].as_array().unwrap().len(), 0);
     assert_eq!(v["hosts_used"], v["lower_bound"]);
@@ -244,6 +246,6 @@ fn bad_input_is_a_clear_error_not_a_panic() {
 
     // Argument errors come from clap: exit status 2 and a usage message.
     let out = run(&["place", path]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("Usage"), "{out}");
 }

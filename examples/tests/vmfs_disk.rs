@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vinfra_examples::vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
+use vinfra_testkit::{guest, kvm_or_skip, run, test_in_child, Finished};
 use vinfra_vmfs::{
     FileDevice, ManualClock, MemDevice, MkfsOptions, MonotonicClock, MountOptions, Volume,
 };
@@ -196,23 +197,12 @@ fn helper_open_as_host_2() {
 }
 
 fn run_helper(lun: &Path) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_open_as_host_2",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_VOLUME, lun)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "helper failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run(
+        test_in_child("helper_open_as_host_2").env(HELPER_VOLUME, lun),
+        Duration::from_secs(60),
     );
-    stdout
+    assert!(out.success(), "helper failed: {out}");
+    out.stdout
 }
 
 #[test]
@@ -296,45 +286,11 @@ fn guest_sector(s: u32) -> Vec<u8> {
         .collect()
 }
 
-fn disk_guest() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("VINFRA_GUEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-kit/guests")
-        });
-    let p = dir.join("disk.elf");
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIP: {} is missing: run scripts/guest-kit.sh --guests-only",
-            p.display()
-        );
-        None
-    }
-}
-
-/// Runs `vmfs-vm` with `args`, killing it after `limit`; (status code, stdout, stderr).
-fn run_vmfs_vm(args: &[&OsStr], limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmfs-vm"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+/// Runs `vmfs-vm` with `args`, killing it after `limit`.
+fn run_vmfs_vm(args: &[&OsStr], limit: Duration) -> Finished {
+    run(
+        Command::new(env!("CARGO_BIN_EXE_vmfs-vm")).args(args),
+        limit,
     )
 }
 
@@ -359,27 +315,25 @@ fn vmfs_vm_binary_is_refused_while_another_host_runs_the_disk() {
     file_volume(&lun);
     let a = MountedHost::mount(&lun, 3, &MountOptions::default()).unwrap();
     let disk = VmfsDiskBackend::create(a.volume(), "/vm1.vmdk", MIB).unwrap();
-    let (code, out, err) = run_vmfs_vm(
+    let done = run_vmfs_vm(
         &host1_runs_vm1(&lun, "no-kernel-needed.elf".as_ref()),
         Duration::from_secs(30),
     );
-    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
-    assert!(err.contains("locked by host 3, alive, heartbeat"), "{err}");
+    assert_eq!(done.code(), Some(1), "{done}");
+    assert!(
+        done.stderr.contains("locked by host 3, alive, heartbeat"),
+        "{done}"
+    );
     disk.close().unwrap();
     a.unmount().unwrap();
 }
 
 #[test]
 fn kvm_disk_guest_on_a_vmfs_disk() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        println!("SKIP: /dev/kvm is not usable: {e}");
+    if !kvm_or_skip() {
         return;
     }
-    let Some(kernel) = disk_guest() else {
+    let Some(kernel) = guest("disk") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -395,15 +349,12 @@ fn kvm_disk_guest_on_a_vmfs_disk() {
     prep.unmount().unwrap();
 
     // Host 1 runs the VM in its own process (vmfs-vm).
-    let (code, out, err) = run_vmfs_vm(
+    let done = run_vmfs_vm(
         &host1_runs_vm1(&lun, kernel.as_os_str()),
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
-    assert!(
-        out.contains("DISK-OK sectors=64"),
-        "stdout: {out}\nstderr: {err}"
-    );
+    assert_eq!(done.code(), Some(0), "{done}");
+    assert!(done.stdout.contains("DISK-OK sectors=64"), "{done}");
 
     // Host 2 reads what the guest wrote, through vmfs.
     let b = MountedHost::mount(&lun, 2, &MountOptions::default()).unwrap();

@@ -2,17 +2,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
+use std::time::Duration;
+
+use vinfra_testkit::{run, Finished};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmfs");
 
+/// Runs the `vmfs` command with `args`; a hang fails the test instead of stalling it.
+fn run_vmfs(args: &[&str]) -> Finished {
+    run(Command::new(BIN).args(args), Duration::from_secs(120))
+}
+
+/// Runs the `vmfs` command with `args`, expects success and returns its output.
 fn vmfs(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "vmfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = run_vmfs(args);
+    assert!(out.success(), "vmfs {args:?}: {out}");
+    out.stdout
 }
 
 #[test]
@@ -80,7 +85,7 @@ fn mkfs_copy_in_and_out_disks_snapshots_info_fsck_grow() {
     let mut raw = std::fs::read(img).unwrap();
     raw[40] ^= 0xff;
     std::fs::write(img, &raw).unwrap();
-    let out = Command::new(BIN).args(["info", img]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt superblock"));
+    let out = run_vmfs(&["info", img]);
+    assert!(!out.success() && !out.timed_out, "{out}");
+    assert!(out.stderr.contains("corrupt superblock"), "{out}");
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
+use vinfra_testkit::{for_each_seed, seeds};
 use vinfra_vmfs::{
     Error, Faults, FaultyDevice, LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions,
     Volume, VolumeEvent,
@@ -134,11 +135,7 @@ fn check_recovered(b: &Volume, model: &BTreeMap<String, Vec<u8>>, uncertain: &[S
 
 #[test]
 fn crash_at_the_nth_write_keeps_the_last_committed_state() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().unwrap()],
-        Err(_) => (0..40).collect(),
-    };
-    for seed in seeds {
+    for_each_seed(seeds(0..40), |seed| {
         let (img, model, uncertain) = crash_run(&opts(), seed, 3 + (seed * 37) % 600);
         let clock_b = Arc::new(ManualClock::new(0));
         let b = Volume::mount(img.clone(), 2, &MountOptions::default(), clock_b.clone()).unwrap();
@@ -148,7 +145,7 @@ fn crash_at_the_nth_write_keeps_the_last_committed_state() {
         b.unmount().unwrap();
         let r = vinfra_vmfs::fsck::check(img.as_ref(), false).unwrap();
         assert!(r.is_clean(), "seed {seed}: {:#?}", r.errors);
-    }
+    });
 }
 
 #[test]
@@ -223,12 +220,9 @@ fn a_partitioned_host_fences_itself_before_anyone_takes_its_locks() {
 /// top of a ring whose older slots were reused.
 #[test]
 fn crash_after_journal_wrap_replays_every_uncheckpointed_transaction() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().unwrap()],
-        Err(_) => (100..116).collect(),
-    };
+    let seeds = seeds(100..116);
     let mut wrapped = 0;
-    for &seed in &seeds {
+    for_each_seed(seeds.iter().copied(), |seed| {
         let mut o = opts();
         o.journal_blocks = 4;
         let (img, model, uncertain) = crash_run(&o, seed, 400 + (seed * 53) % 900);
@@ -246,7 +240,7 @@ fn crash_after_journal_wrap_replays_every_uncheckpointed_transaction() {
         b.unmount().unwrap();
         let r = vinfra_vmfs::fsck::check(img.as_ref(), false).unwrap();
         assert!(r.is_clean(), "seed {seed}: {:#?}", r.errors);
-    }
+    });
     if seeds.len() > 1 {
         assert!(
             wrapped * 2 >= seeds.len(),

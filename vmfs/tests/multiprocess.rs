@@ -3,35 +3,37 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use vinfra_testkit::{for_each_seed, run, seeds, spawn, Running};
 use vinfra_vmfs::{BlockDevice, FileDevice, LockMode, MonotonicClock, MountOptions, Volume};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmfs");
 
 fn mkfs(img: &Path, lease_ms: u32, interval_ms: u32) {
-    let st = Command::new(BIN)
-        .args([
-            "mkfs",
-            img.to_str().unwrap(),
-            "--size",
-            "96M",
-            "--max-inodes",
-            "2048",
-        ])
-        .args(["--blocks-per-cluster", "256"])
-        .args([
-            "--lease-ms",
-            &lease_ms.to_string(),
-            "--interval-ms",
-            &interval_ms.to_string(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let done = run(
+        Command::new(BIN)
+            .args([
+                "mkfs",
+                img.to_str().unwrap(),
+                "--size",
+                "96M",
+                "--max-inodes",
+                "2048",
+            ])
+            .args(["--blocks-per-cluster", "256"])
+            .args([
+                "--lease-ms",
+                &lease_ms.to_string(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+            ]),
+        Duration::from_secs(60),
+    );
+    assert!(done.success(), "vmfs mkfs: {done}");
 }
 
 fn mount(img: &Path, host: u32) -> Volume {
@@ -56,24 +58,6 @@ fn prepare(img: &Path, locks: u32) {
     v.unmount().unwrap();
 }
 
-fn wait(mut c: Child, limit: Duration) -> std::process::Output {
-    let t = Instant::now();
-    loop {
-        if c.try_wait().unwrap().is_some() {
-            return c.wait_with_output().unwrap();
-        }
-        if t.elapsed() > limit {
-            let _ = c.kill();
-            let out = c.wait_with_output().unwrap();
-            panic!(
-                "host process ran past {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn fsck_clean(img: &Path) {
     let dev = FileDevice::open(img, false).unwrap();
     let r = vinfra_vmfs::fsck::check(&dev, false).unwrap();
@@ -87,30 +71,27 @@ fn eight_host_processes_share_one_volume() {
     mkfs(&img, 6000, 300);
     let locks = 3u32;
     prepare(&img, locks);
-    let children: Vec<Child> = (0..8)
+    let children: Vec<Running> = (0..8)
         .map(|h| {
-            Command::new(BIN)
-                .args(["stress", img.to_str().unwrap(), "--host", &h.to_string()])
-                .args(["--secs", "5", "--seed", "11", "--locks", &locks.to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            spawn(
+                Command::new(BIN)
+                    .args(["stress", img.to_str().unwrap(), "--host", &h.to_string()])
+                    .args(["--secs", "5", "--seed", "11", "--locks", &locks.to_string()]),
+            )
         })
         .collect();
     let mut sums = vec![0u64; locks as usize];
     let mut total_ops = 0;
     for c in children {
-        let out = wait(c, Duration::from_secs(120));
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let limit = Duration::from_secs(120);
+        let out = c.wait(limit);
         assert!(
-            out.status.success(),
-            "host failed: {:?}\n{}\n{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
+            !out.timed_out,
+            "host process ran past {limit:?}: {}",
+            out.stderr
         );
-        let line = stdout.lines().last().unwrap();
+        assert!(out.success(), "host failed: {out}");
+        let line = out.stdout.lines().last().unwrap();
         let j: serde_json::Value = serde_json::from_str(line).unwrap();
         total_ops += j["ops"].as_u64().unwrap();
         for (k, a) in j["acquired"].as_array().unwrap().iter().enumerate() {
@@ -152,11 +133,7 @@ fn writer_op(seed: u64, i: u64) -> (u64, usize) {
 
 #[test]
 fn kill_9_of_a_host_then_failover_replays_and_keeps_acknowledged_writes() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().unwrap()],
-        Err(_) => vec![1, 2, 3],
-    };
-    for seed in seeds {
+    for_each_seed(seeds([1, 2, 3]), |seed| {
         println!("seed {seed}");
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("lun.img");
@@ -244,5 +221,5 @@ fn kill_9_of_a_host_then_failover_replays_and_keeps_acknowledged_writes() {
         drop(_hb);
         v.unmount().unwrap();
         fsck_clean(&img);
-    }
+    });
 }

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::hvm_start_info;
+use vinfra_testkit::{isolated, kvm_or_skip, tool_or_skip};
 use vinfra_vmm_core::acpi::{self, tables, AcpiConfig, AcpiTables, VirtioMmioDevice};
 use vinfra_vmm_core::boot::{self, linux::BOOT_PARAMS_ADDR, pvh::START_INFO_ADDR};
 use vinfra_vmm_core::{memory, BootProtocol, DiskConfig, ExitReason, Vm, VmConfig};
@@ -153,14 +154,9 @@ fn rsdp_is_found_by_the_bios_scan_and_through_both_boot_protocols() {
     assert!(!ram_overlap, "E820 offers the ACPI area as RAM");
 }
 
-fn iasl() -> Option<()> {
-    match Command::new("iasl").arg("-v").output() {
-        Ok(o) if o.status.success() => Some(()),
-        _ => {
-            println!("SKIP: iasl not installed (apt-get install acpica-tools)");
-            None
-        }
-    }
+/// True when `iasl` runs; CI installs it, so there a missing one fails the test.
+fn iasl() -> bool {
+    tool_or_skip("iasl", &["-v"], "apt-get install acpica-tools")
 }
 
 /// Disassembles `bytes` with `iasl -d`; returns the .dsl text and iasl's output.
@@ -218,7 +214,7 @@ fn assert_recompiles_identically(dir: &Path, dsdt: &[u8]) {
 /// No devices, one, and the most the VMM wires (19): each DSDT survives the round trip.
 #[test]
 fn iasl_round_trips_the_dsdt_for_every_device_count_bound() {
-    if iasl().is_none() {
+    if !iasl() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -234,7 +230,7 @@ fn iasl_round_trips_the_dsdt_for_every_device_count_bound() {
 
 #[test]
 fn iasl_disassembles_the_dsdt_with_the_devices() {
-    if iasl().is_none() {
+    if !iasl() {
         return;
     }
     let t = acpi::build(&config_with_disks(2, 2)).unwrap();
@@ -272,7 +268,7 @@ fn iasl_disassembles_the_dsdt_with_the_devices() {
 
 #[test]
 fn iasl_decodes_the_madt_fadt_and_xsdt() {
-    if iasl().is_none() {
+    if !iasl() {
         return;
     }
     let t = acpi::build(&config_with_disks(3, 1)).unwrap();
@@ -324,7 +320,7 @@ fn iasl_decodes_the_madt_fadt_and_xsdt() {
 /// (the VM is never started).
 #[test]
 fn virtio_mmio_cmdline_entries_only_for_pvh_and_tables_written() {
-    if !common::kvm_or_skip() {
+    if !kvm_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -433,10 +429,10 @@ fn run_probe(image: Vec<u8>, protocol: BootProtocol) {
 /// Guests on KVM follow the boot-protocol pointer to the RSDP and on to the XSDT.
 #[test]
 fn guests_find_the_rsdp_through_their_boot_protocol() {
-    if !common::kvm_or_skip() {
+    if !kvm_or_skip() {
         return;
     }
-    common::isolated(
+    isolated(
         "guests_find_the_rsdp_through_their_boot_protocol",
         std::time::Duration::from_secs(60),
         || {

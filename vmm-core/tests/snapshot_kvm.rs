@@ -7,7 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{config, guest, isolated_env, kvm_or_skip, Console};
+use common::config;
+use vinfra_testkit::{guest, isolated_env, kvm_or_skip, Console};
 use vinfra_vmm_core::{memory, DiskConfig, ExitReason, PowerState, Vm, VmConfig};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 

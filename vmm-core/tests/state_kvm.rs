@@ -3,20 +3,21 @@
 //! process, and in a child process), compared field by field, and then runs on from the
 //! saved instruction.
 //!
-//! Each test first opens `/dev/kvm` and prints `SKIP: <why>` when it cannot.
+//! Each test first opens `/dev/kvm` and prints `SKIP: <why>` when it cannot (under
+//! `CI=true` it fails instead).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // Sizes and byte patterns here are small values on a 64-bit host.
 #![allow(clippy::cast_possible_truncation)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vinfra_testkit::{run, test_in_child};
 use vinfra_vmm_core::boot::cpu_setup::{self, EntryMode, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 use vinfra_vmm_core::state::{self, MemoryLayout, VcpuState, VmFdState, VmState};
 use vm_memory::bitmap::AtomicBitmap;
@@ -29,6 +30,8 @@ use vm_memory::{
 const CHILD_DIR_ENV: &str = "VINFRA_STATE_TEST_CHILD_DIR";
 /// Guest RAM size for the child-process test, MiB (override to measure larger guests).
 const MEM_MIB_ENV: &str = "VINFRA_STATE_TEST_MEM_MIB";
+/// How long the child of `restore_in_child_process` may take to restore and run.
+const CHILD_LIMIT: Duration = Duration::from_secs(300);
 
 const CODE_GPA: u64 = 0x1000;
 const DATA_GPA: u64 = 0x2000;
@@ -106,14 +109,9 @@ const TEST_MSRS: &[(u32, u64)] = &[
     (0x277, 0x0006_0606_0006_0606),       // PAT
 ];
 
+/// KVM, or `None` after vinfra-testkit's `SKIP` line (a failure under `CI=true`).
 fn kvm_or_skip() -> Option<Kvm> {
-    match Kvm::new() {
-        Ok(kvm) => Some(kvm),
-        Err(e) => {
-            println!("SKIP: cannot open /dev/kvm: {e}");
-            None
-        }
-    }
+    vinfra_testkit::kvm_or_skip().then(|| Kvm::new().unwrap())
 }
 
 /// Deterministic content: the code, the data byte, and a pattern over some pages spread
@@ -450,23 +448,19 @@ fn restore_in_child_process() {
     let started = Instant::now();
     let _saved = run_source_and_save(&kvm, Mode::Long, mib << 20, dir.path());
     println!("source run + save: {:?}", started.elapsed());
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_side_of_restore_in_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR_ENV, dir.path())
-        .env(CHILD_MODE_ENV, "long")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("child stdout:\n{stdout}\nchild stderr:\n{stderr}");
-    assert!(out.status.success(), "child restore failed: {}", out.status);
+    let out = run(
+        test_in_child("child_side_of_restore_in_child_process")
+            .env(CHILD_DIR_ENV, dir.path())
+            .env(CHILD_MODE_ENV, "long"),
+        CHILD_LIMIT,
+    );
+    println!(
+        "child stdout:\n{}\nchild stderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(out.success(), "child restore failed: {}", out.status);
     assert!(
-        stdout.contains("restored in child"),
+        out.stdout.contains("restored in child"),
         "child did not run the restore"
     );
 }
@@ -477,9 +471,7 @@ fn child_side_of_restore_in_child_process() {
     let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
         return;
     };
-    let Some(kvm) = kvm_or_skip() else {
-        panic!("child cannot open /dev/kvm although the parent could");
-    };
+    let kvm = Kvm::new().expect("child cannot open /dev/kvm although the parent could");
     let mode = match std::env::var(CHILD_MODE_ENV).as_deref() {
         Ok("long") => Mode::Long,
         _ => Mode::Real,

@@ -1,118 +1,24 @@
-//! Shared helpers of the KVM tests: skip checks, guest paths, a console capture, a
-//! tiny built-in guest, and running each VM test in a child process.
+//! Helpers of vmm-core's KVM tests: a VM config with a console capture and tiny built-in
+//! guests. The prerequisite checks, guest paths, console capture and child processes
+//! they share with other crates' tests are in vinfra-testkit.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
 
+use vinfra_testkit::Console;
 use vinfra_vmm_core::{SerialOutput, SharedWriter, VmConfig};
 
-/// True when /dev/kvm can be opened; prints `SKIP: <why>` otherwise.
-pub fn kvm_or_skip() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: /dev/kvm is not usable: {e}");
-            false
-        }
-    }
-}
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Path of a test guest, or `None` (after printing SKIP) when the kit is not built.
-pub fn guest(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("VINFRA_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/guest-kit/guests"));
-    let p = dir.join(format!("{name}.elf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIP: {} is missing: run scripts/guest-kit.sh --guests-only",
-            p.display()
-        );
-        None
-    }
-}
-
-/// A console sink that tests can wait on.
-#[derive(Clone, Default)]
-pub struct Console(Arc<(Mutex<Vec<u8>>, Condvar)>);
-
-struct ConsoleWriter(Console);
-
-impl Write for ConsoleWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let (m, cv) = &*(self.0).0;
-        m.lock().unwrap().extend_from_slice(b);
-        cv.notify_all();
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    pub fn output(&self) -> SerialOutput {
-        SerialOutput::Writer(SharedWriter::new(ConsoleWriter(self.clone())))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&(self.0).0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the output contains `pat` (after byte `from`); returns the end offset
-    /// of the match, or panics with the output so far.
-    pub fn wait_for_from(&self, from: usize, pat: &str, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.0;
-        let mut g = m.lock().unwrap();
-        loop {
-            if g.len() > from {
-                let s = String::from_utf8_lossy(&g[from..]);
-                if let Some(i) = s.find(pat) {
-                    return from + i + pat.len();
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "timed out waiting for {pat:?}; console:\n{}",
-                    String::from_utf8_lossy(&g)
-                );
-            }
-            g = cv.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-
-    pub fn wait_for(&self, pat: &str, timeout: Duration) -> usize {
-        self.wait_for_from(0, pat, timeout)
-    }
-
-    pub fn len(&self) -> usize {
-        (self.0).0.lock().unwrap().len()
-    }
+/// A serial output that writes into `console`.
+pub fn serial(console: &Console) -> SerialOutput {
+    SerialOutput::Writer(SharedWriter::new(console.writer()))
 }
 
 /// A config for `kernel` with a console capture.
 pub fn config(kernel: PathBuf, console: &Console) -> VmConfig {
     VmConfig::new(kernel)
         .memory_mib(64)
-        .serial_output(console.output())
+        .serial_output(serial(console))
 }
 
 /// A minimal PVH ELF: 32-bit code at 1 MiB that prints `text` on COM1 and writes
@@ -204,69 +110,4 @@ pub fn tiny_elf(prog: &[u8], pvh: bool) -> Vec<u8> {
     assert_eq!(f.len(), code_off);
     f.extend_from_slice(prog);
     f
-}
-
-/// Runs `body` in a child process (this test binary, filtered to `name`), so a VMM
-/// crash or hang cannot take the test binary down or leak KVM objects into it.
-/// Returns the child's output.
-pub fn isolated(name: &str, timeout: Duration, body: impl FnOnce()) -> String {
-    isolated_env(name, timeout, &[], body)
-}
-
-/// [`isolated`] with extra environment variables for the child.
-pub fn isolated_env(
-    name: &str,
-    timeout: Duration,
-    env: &[(&str, &str)],
-    body: impl FnOnce(),
-) -> String {
-    const CHILD_ENV: &str = "VINFRA_TEST_CHILD";
-    if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
-        body();
-        return String::new();
-    }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
-    print!("{o}");
-    eprint!("{e}");
-    match status {
-        None => panic!("{name}: child timed out after {timeout:?}"),
-        Some(st) => assert!(
-            st.success() && o.contains("1 passed"),
-            "{name}: child failed ({st})"
-        ),
-    }
-    o
 }
