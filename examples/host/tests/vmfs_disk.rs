@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vinfra_examples::vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
+use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
 use vinfra_vmfs::{
     FileDevice, ManualClock, MemDevice, MkfsOptions, MonotonicClock, MountOptions, Volume,
 };
@@ -300,7 +300,7 @@ fn disk_guest() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("VINFRA_GUEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-kit/guests")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest-kit/guests")
         });
     let p = dir.join("disk.elf");
     if p.exists() {
