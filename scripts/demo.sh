@@ -35,7 +35,7 @@ else
 fi
 
 say "building vinfra-vm (release)"
-(cd "$ROOT" && cargo build --release --quiet -p vinfra-examples --bin vinfra-vm) >&2
+(cd "$ROOT" && cargo build --release --quiet -p vinfra-host --bin vinfra-vm) >&2
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/vinfra-vm"
 [[ -x "$BIN" ]] || die "$BIN was not built"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, the whole test suite, docs and the fuzz build.
+# The test command: formatting, lints, the whole test suite, the crates' cargo examples,
+# docs and the fuzz build.
 # Tests that need /dev/kvm or root check for it and print "SKIP: <why>" where it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace --all-targets
+
+step "cargo examples (each crate's examples/*.rs, run)"
+for example in */examples/*.rs; do
+    crate="${example%%/*}"
+    package="$(sed -n 's/^name = "\(.*\)"$/\1/p' "$crate/Cargo.toml" | head -n 1)"
+    name="$(basename "$example" .rs)"
+    printf -- '--- %s --example %s\n' "$package" "$name"
+    cargo run -q -p "$package" --example "$name"
+done
 
 step "cargo test --doc"
 cargo test --workspace --doc

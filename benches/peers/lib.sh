@@ -45,9 +45,9 @@ peers_ours() {
     fi
     local bin="$target/release/vinfra-vm"
     if [[ "${VINFRA_PEERS_NO_BUILD:-0}" != 1 ]]; then
-        log "building our VMM: cargo build --release -p vinfra-examples --bin vinfra-vm"
+        log "building our VMM: cargo build --release -p vinfra-host --bin vinfra-vm"
         local out
-        if ! out="$(cd "$ROOT" && cargo build --release -p vinfra-examples --bin vinfra-vm 2>&1)"; then
+        if ! out="$(cd "$ROOT" && cargo build --release -p vinfra-host --bin vinfra-vm 2>&1)"; then
             log "$(printf '%s\n' "$out" | tail -n 5)"
             log "ours: vinfra-vm could not be built: measuring the peer only (ours=n/a)"
             return

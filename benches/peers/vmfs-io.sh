@@ -13,7 +13,7 @@ MIB=${1:-1024}
 SECS=${2:-3}
 BS=${VMFS_BLOCK_SIZE:-1048576}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p vinfra-vmfs --bin vmfs
+cargo build --release -q -p vinfra-host --bin vmfs
 BIN="$CARGO_TARGET_DIR/release/vmfs"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vmfs-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

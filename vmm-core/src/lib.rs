@@ -52,7 +52,6 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;
-pub mod console;
 pub mod devices;
 pub mod dirty;
 pub mod error;

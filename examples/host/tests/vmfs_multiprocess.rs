@@ -117,7 +117,7 @@ fn eight_host_processes_share_one_volume() {
     fsck_clean(&img);
 }
 
-/// Same as the CLI's writer (src/bin/vmfs.rs).
+/// Same as the CLI's writer (src/bin/vmfs/main.rs).
 fn pattern(seed: u64, i: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|j| ((seed * 31 + i * 7 + j as u64) % 251) as u8)

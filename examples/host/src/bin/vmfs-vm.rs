@@ -13,33 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use vinfra_examples::vmfs_disk::{MountedHost, VmfsDiskBackend};
+use vinfra_host::exit_status::{self, StopCause};
+use vinfra_host::logging;
+use vinfra_host::terminal::{install_stop_signals, stop_requested};
+use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
 use vinfra_vmfs::MountOptions;
-use vinfra_vmm_core::console::{install_stop_signals, stop_requested};
-use vinfra_vmm_core::{DiskConfig, ExitReason, SerialOutput, Vm, VmConfig};
-
-/// Exit status when the guest crashed (EX_SOFTWARE), as vinfra-vm.
-const EXIT_CRASHED: u8 = 70;
-/// Exit status when this host fenced itself and the VM was stopped.
-const EXIT_FENCED: u8 = 75;
-/// Exit status when SIGINT or SIGTERM stopped the VM, as vinfra-vm.
-const EXIT_SIGNALLED: u8 = 143;
-
-const EXIT_STATUSES: &str = "\
-Exit status:
-  V    the guest powered off, writing V (0-255) to the exit device (port 0xf4)
-  0    the guest asked for a reboot (the VM is stopped, not rebooted)
-  1    an error: bad flag, volume not mountable, disk locked by another live host...
-  70   the VM crashed (KVM internal error, triple fault, failed entry)
-  75   this host fenced itself (heartbeat not renewed for half a lease): VM stopped
-  143  SIGTERM or SIGINT stopped the VM";
+use vinfra_vmm_core::{DiskConfig, SerialOutput, Vm, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vmfs-vm",
     version,
     about = "Run a VM on a virtual disk of a shared vmfs volume",
-    after_help = EXIT_STATUSES
+    after_help = exit_status::VMFS_VM_HELP
 )]
 struct Cli {
     /// The vmfs volume (image file), formatted with `vmfs mkfs`.
@@ -69,20 +55,13 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    logging::init("warn");
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vmfs-vm: {e}");
-            ExitCode::from(1)
+            ExitCode::from(exit_status::ERROR)
         }
     }
 }
@@ -115,16 +94,9 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let mut vm = Vm::create(config)?;
     vm.start()?;
     // Bounded by the guest, a signal or fencing; each turn waits at most 100 ms.
-    let status = loop {
+    let ended = loop {
         if let Some(reason) = vm.wait_timeout(Duration::from_millis(100)) {
-            break match reason {
-                ExitReason::Poweroff { code } => code,
-                ExitReason::Crashed { reason } => {
-                    eprintln!("vmfs-vm: the VM crashed: {reason}");
-                    EXIT_CRASHED
-                }
-                _ => 0,
-            };
+            break (reason, StopCause::Console);
         }
         if host.fenced() {
             eprintln!(
@@ -132,13 +104,16 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 cli.host_id
             );
             vm.stop()?;
-            return Ok(EXIT_FENCED);
+            return Ok(exit_status::FENCED);
         }
         if stop_requested() {
-            vm.stop()?;
-            break EXIT_SIGNALLED;
+            break (vm.stop()?, StopCause::Signal);
         }
     };
+    let (status, message) = exit_status::outcome(Ok(ended));
+    if let Some(m) = message {
+        eprintln!("vmfs-vm: {m}");
+    }
     drop(vm);
     if let Some(b) = Arc::into_inner(backend) {
         b.close()?;

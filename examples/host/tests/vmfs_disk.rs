@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vinfra_examples::vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
+use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
 use vinfra_testkit::{guest, kvm_or_skip, run, test_in_child, Finished};
 use vinfra_vmfs::{
     FileDevice, ManualClock, MemDevice, MkfsOptions, MonotonicClock, MountOptions, Volume,

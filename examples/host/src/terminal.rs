@@ -1,6 +1,6 @@
 //! Host-terminal helpers for a VMM binary: raw mode for stdin and a stop flag set by
-//! SIGINT/SIGTERM. They live here because they need `unsafe` libc calls, which the
-//! rest of the workspace forbids.
+//! SIGINT/SIGTERM. They need `unsafe` libc calls, which the rest of this package
+//! denies; they live in the host package because only its binaries use them.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

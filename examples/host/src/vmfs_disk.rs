@@ -42,7 +42,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vinfra_examples::vmfs_disk::VmfsDiskBackend;
+//! use vinfra_host::vmfs_disk::VmfsDiskBackend;
 //! use vinfra_vmfs::{ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
 //! use vinfra_vmm_core::devices::block::BlockBackend;
 //!

@@ -208,10 +208,8 @@ fn mount(m: &Mnt) -> Result<Volume, Error> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // Errors only unless RUST_LOG asks for more: the answers go to stdout.
+    vinfra_host::logging::init("error");
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(code) => code,

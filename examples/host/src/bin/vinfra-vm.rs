@@ -7,42 +7,27 @@
 //! long the lifecycle steps took on stderr (one `vinfra-vm: timings: key=value ...` line
 //! per step), for the peer benchmarks. `--help` lists the exit statuses.
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use vinfra_vmm_core::console::{install_stop_signals, stop_requested, RawMode};
+use vinfra_host::exit_status::{self, outcome, StopCause};
+use vinfra_host::logging;
+use vinfra_host::terminal::{install_stop_signals, stop_requested, RawMode};
 use vinfra_vmm_core::{
     DiskConfig, ExitReason, SerialInput, SerialInputSource, SerialOutput, Vm, VmConfig,
 };
 
-/// Exit status when the guest crashed (EX_SOFTWARE).
-const EXIT_CRASHED: u8 = 70;
-/// Exit status when SIGINT or SIGTERM stopped the VM: 128 + SIGTERM, what a shell
-/// reports for a process a SIGTERM ended, so a supervisor can tell a host stop from a
-/// guest power-off with code 0.
-const EXIT_SIGNALLED: u8 = 143;
 const CTRL_A: u8 = 0x01;
-
-/// The exit statuses, as `--help` shows them.
-const EXIT_STATUSES: &str = "\
-Exit status:
-  V    the guest powered off, writing V (0-255) to the exit device (port 0xf4)
-  0    the guest asked for a reboot (the VM is stopped, not rebooted), Ctrl-A x stopped
-       it, or Ctrl-A s snapshotted it into --snapshot-dir and stopped it
-  1    a VMM error (bad flag or config, no usable /dev/kvm, a missing kernel...)
-  70   the VM crashed (KVM internal error, triple fault, failed entry)
-  143  SIGTERM or SIGINT (Ctrl-C) stopped the VM
-A guest may power off with 1, 70 or 143 too: the guest's code is passed on as it is.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vinfra-vm",
     version,
     about = "Run a VM on KVM with its serial console on this terminal",
-    after_help = EXIT_STATUSES
+    after_help = exit_status::VINFRA_VM_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a kernel and attach the console until the VM stops.
-    #[command(after_help = EXIT_STATUSES)]
+    #[command(after_help = exit_status::VINFRA_VM_HELP)]
     Run(RunArgs),
 }
 
@@ -92,16 +77,6 @@ struct RunArgs {
     /// Print how long create/restore, start/resume, pause and snapshot took on stderr.
     #[arg(long)]
     timings: bool,
-}
-
-/// Why the console loop stopped the VM (when the guest did not end it itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopCause {
-    /// The guest ended by itself (power-off, reboot, crash), or a console key
-    /// (`Ctrl-A x`, `Ctrl-A s`) stopped it.
-    Console,
-    /// SIGINT or SIGTERM.
-    Signal,
 }
 
 /// Milliseconds since `t`, for the `--timings` lines.
@@ -288,14 +263,7 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
 
 fn main() -> ExitCode {
     let t_main = Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a, t_main),
@@ -307,56 +275,9 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The exit status (see [`EXIT_STATUSES`]) and the line to print for how the run ended.
-fn outcome(result: Result<(ExitReason, StopCause), String>) -> (u8, Option<String>) {
-    match result {
-        Ok((ExitReason::Stopped, StopCause::Signal)) => {
-            (EXIT_SIGNALLED, Some("stopped by a signal".into()))
-        }
-        Ok((ExitReason::Poweroff { code }, _)) => (code, None),
-        Ok((ExitReason::Reboot, _)) => (0, Some("the guest asked for a reboot; stopping".into())),
-        Ok((ExitReason::Stopped, StopCause::Console)) => (0, Some("stopped".into())),
-        Ok((ExitReason::Crashed { reason }, _)) => {
-            (EXIT_CRASHED, Some(format!("the vm crashed: {reason}")))
-        }
-        Ok((other, _)) => (0, Some(format!("vm ended: {other:?}"))),
-        Err(e) => (1, Some(format!("error: {e}"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exit_statuses_follow_the_documented_table() {
-        let status = |r| outcome(r).0;
-        assert_eq!(
-            status(Ok((ExitReason::Poweroff { code: 5 }, StopCause::Console))),
-            5
-        );
-        // A guest power-off racing a signal keeps the guest's code.
-        assert_eq!(
-            status(Ok((ExitReason::Poweroff { code: 0 }, StopCause::Signal))),
-            0
-        );
-        assert_eq!(status(Ok((ExitReason::Stopped, StopCause::Signal))), 143);
-        assert_eq!(status(Ok((ExitReason::Stopped, StopCause::Console))), 0);
-        assert_eq!(status(Ok((ExitReason::Reboot, StopCause::Console))), 0);
-        assert_eq!(
-            status(Ok((
-                ExitReason::Crashed {
-                    reason: "triple fault".into()
-                },
-                StopCause::Console
-            ))),
-            70
-        );
-        assert_eq!(status(Err("no /dev/kvm".into())), 1);
-        for code in ["  1 ", "  70 ", "  143 "] {
-            assert!(EXIT_STATUSES.contains(code), "{code:?} missing from --help");
-        }
-    }
 
     #[test]
     fn run_help_lists_the_exit_statuses() {

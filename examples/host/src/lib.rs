@@ -1,0 +1,28 @@
+//! The vinfra reference host: how the crates are put together into processes.
+//!
+//! Binaries live in `src/bin/`: `vinfra-vm` runs one VM with its console on the
+//! terminal (the README's main job), `vinfra-drs` prints DRS decisions for a cluster
+//! JSON, `vmfs-vm` runs a VM on a virtual disk of a shared vmfs volume as one host of the
+//! cluster, and `vmfs` formats, inspects and uses a vmfs volume. The library part holds
+//! what they share:
+//!
+//! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
+//!   themselves: a vmfs virtual disk behind a vmm-core virtio-blk device, and
+//!   [`MountedHost`], a mounted volume with its heartbeat thread;
+//! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
+//! * [`exit_status`]: the exit statuses the binaries document in `--help`;
+//! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag.
+
+// Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
+#![deny(unsafe_code)]
+
+pub mod exit_status;
+pub mod logging;
+#[allow(
+    unsafe_code,
+    reason = "termios and signal(2) have no safe wrapper here"
+)]
+pub mod terminal;
+pub mod vmfs_disk;
+
+pub use vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};
