@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::vm::PowerState;
+use crate::power::PowerState;
 
 /// Everything that can go wrong while creating or driving a VM.
 #[derive(Debug, thiserror::Error)]

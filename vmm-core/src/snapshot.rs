@@ -17,9 +17,10 @@ use crate::config::{ValidConfig, VmConfig};
 use crate::devices::serial::SerialSnapshot;
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemoryMmap};
+use crate::power::PowerState;
 use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
 use crate::vcpu;
-use crate::vm::{PowerState, Vm};
+use crate::vm::Vm;
 use crate::wiring::{build_devices, create_base, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
 
 /// Name of the state blob inside a snapshot directory.
