@@ -72,7 +72,7 @@ pub use config::{
 };
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
-pub use error::{Error, Result};
+pub use error::{Error, MemoryError, Result, SnapshotMismatch};
 pub use kvm::HostKvm;
 pub use power::{ExitReason, PowerState};
 pub use vm::{SerialInput, Vm};
