@@ -1,13 +1,13 @@
 //! VM configuration: a serde type that is validated once into [`ValidConfig`].
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::devices::block::BlockBackend;
+use crate::devices::serial::SharedWriter;
 use crate::error::{Error, Result};
 
 /// Smallest guest memory we accept: boot structures live below 1 MiB and the kernel
@@ -164,23 +164,6 @@ pub enum SerialInputSource {
     /// Only what the API feeds.
     #[default]
     None,
-}
-
-/// A `Write` sink shared between the caller and the serial device.
-#[derive(Clone)]
-pub struct SharedWriter(pub Arc<Mutex<Box<dyn Write + Send>>>);
-
-impl SharedWriter {
-    /// Wraps a writer.
-    pub fn new(w: impl Write + Send + 'static) -> Self {
-        SharedWriter(Arc::new(Mutex::new(Box::new(w))))
-    }
-}
-
-impl fmt::Debug for SharedWriter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SharedWriter")
-    }
 }
 
 impl VmConfig {

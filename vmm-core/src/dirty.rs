@@ -7,7 +7,7 @@
 
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MemoryError, Result};
 use crate::memory::{self, PAGE_SIZE};
 use crate::vm::Vm;
 
@@ -104,10 +104,8 @@ impl Vm {
         }
         let mut out = DirtyBitmap::default();
         for (slot, r) in self.memory().iter().enumerate() {
-            let len =
-                usize::try_from(r.len()).map_err(|_| Error::Memory("slot too large".into()))?;
-            let slot_id =
-                u32::try_from(slot).map_err(|_| Error::Memory("too many slots".into()))?;
+            let len = usize::try_from(r.len()).map_err(|_| MemoryError::SlotTooLarge)?;
+            let slot_id = u32::try_from(slot).map_err(|_| MemoryError::TooManySlots)?;
             let kvm = self
                 .vm_fd()
                 .get_dirty_log(slot_id, len)

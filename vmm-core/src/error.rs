@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::vm::PowerState;
+use crate::power::PowerState;
 
 /// Everything that can go wrong while creating or driving a VM.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,7 @@ pub enum Error {
     Cmdline(String),
     /// Guest memory could not be allocated or written.
     #[error("guest memory: {0}")]
-    Memory(String),
+    Memory(#[from] MemoryError),
     /// A disk could not be set up.
     #[error("disk {path}: {reason}")]
     Disk {
@@ -145,7 +145,7 @@ pub enum Error {
     },
     /// A saved VM does not match the configuration it is restored with.
     #[error("snapshot does not match the configuration: {0}")]
-    SnapshotMismatch(String),
+    SnapshotMismatch(#[from] SnapshotMismatch),
     /// The vCPU threads did not answer a pause or stop request in time.
     #[error("vcpus did not {op} within {timeout_ms} ms")]
     Timeout {
@@ -154,6 +154,102 @@ pub enum Error {
         /// How long we waited.
         timeout_ms: u64,
     },
+}
+
+/// Why guest memory could not be allocated, registered or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// A RAM range is larger than this host's address space.
+    #[error("{bytes} bytes do not fit this host")]
+    TooLargeForHost {
+        /// The range's length.
+        bytes: u64,
+    },
+    /// Anonymous memory could not be mapped.
+    #[error("{0}")]
+    Allocate(#[source] vm_memory::mmap::FromRangesError),
+    /// Regions mapped elsewhere do not form a valid guest memory.
+    #[error("{0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
+    /// A region has no host mapping to register with KVM.
+    #[error("{0}")]
+    HostAddress(#[source] vm_memory::GuestMemoryError),
+    /// More memory regions than KVM slot numbers.
+    #[error("too many regions")]
+    TooManyRegions,
+    /// More memory slots than the dirty log can name.
+    #[error("too many slots")]
+    TooManySlots,
+    /// A memory slot is larger than this host's address space.
+    #[error("slot too large")]
+    SlotTooLarge,
+    /// Writing a boot structure (`what`: "write gdt", "load initrd"...) into guest
+    /// memory failed.
+    #[error("{what}: {source}")]
+    Write {
+        /// What was being written.
+        what: &'static str,
+        /// What vm-memory said.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The initrd lies above what the 32-bit boot-protocol fields can address.
+    #[error("initrd")]
+    InitrdAbove4GiB,
+    /// The ACPI tables do not fit their area.
+    #[error("acpi tables need {bytes} bytes, more than the {start:#x}-{end:#x} area")]
+    AcpiTooLarge {
+        /// Bytes the tables need.
+        bytes: u64,
+        /// Start of the ACPI area.
+        start: u64,
+        /// End of the ACPI area.
+        end: u64,
+    },
+    /// Writing an ACPI table into guest memory failed.
+    #[error("write acpi table at {addr:#x}: {source}")]
+    AcpiWrite {
+        /// The table's guest address.
+        addr: u64,
+        /// What vm-memory said.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// How a saved VM differs from the configuration it is restored with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotMismatch {
+    /// The guest memory handed in is not laid out as the saved one.
+    #[error("guest memory does not match the saved layout")]
+    MemoryLayout,
+    /// The saved vCPU count is not the configured one.
+    #[error("{saved} vcpus saved, {configured} configured")]
+    Vcpus {
+        /// vCPUs in the saved state.
+        saved: usize,
+        /// vCPUs in the configuration.
+        configured: u32,
+    },
+    /// The saved memory layout is not that of the configured memory size.
+    #[error("saved memory layout {saved:?} is not that of {mib} MiB")]
+    MemorySize {
+        /// The layout in the saved state.
+        saved: crate::state::MemoryLayout,
+        /// The configured memory size.
+        mib: u64,
+    },
+}
+
+impl MemoryError {
+    /// A closure for `map_err` that wraps a vm-memory write error with `what`.
+    pub(crate) fn write(
+        what: &'static str,
+    ) -> impl Fn(vm_memory::GuestMemoryError) -> Error + Copy {
+        move |source| Error::Memory(MemoryError::Write { what, source })
+    }
 }
 
 impl Error {

@@ -58,6 +58,7 @@ pub mod error;
 pub mod ksm;
 pub mod kvm;
 pub mod memory;
+pub mod power;
 pub mod snapshot;
 pub mod state;
 mod vcpu;
@@ -66,10 +67,12 @@ mod wiring;
 
 pub use boot::BootProtocol;
 pub use config::{
-    DiskConfig, SerialInputSource, SerialOutput, SharedBackend, SharedWriter, ValidConfig, VmConfig,
+    DiskConfig, SerialInputSource, SerialOutput, SharedBackend, ValidConfig, VmConfig,
 };
+pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
-pub use error::{Error, Result};
+pub use error::{Error, MemoryError, Result, SnapshotMismatch};
 pub use kvm::HostKvm;
-pub use vm::{ExitReason, PowerState, SerialInput, Vm};
+pub use power::{ExitReason, PowerState};
+pub use vm::{SerialInput, Vm};
 pub use wiring::{VIRTIO_DEVICES_MAX, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE};

@@ -17,7 +17,7 @@ use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MemoryError, Result};
 
 /// Guest memory as the VMM and its devices see it: every region carries a bitmap of
 /// the pages the VMM itself wrote (KVM's dirty log cannot see those writes).
@@ -79,15 +79,15 @@ pub fn create(bytes: u64) -> Result<GuestMemoryMmap> {
         .map(|(a, len)| {
             usize::try_from(len)
                 .map(|len| (a, len))
-                .map_err(|_| Error::Memory(format!("{len} bytes do not fit this host")))
+                .map_err(|_| MemoryError::TooLargeForHost { bytes: len }.into())
         })
         .collect::<Result<Vec<_>>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(e).into())
 }
 
 /// Builds guest memory from regions mapped elsewhere (e.g. from a snapshot file).
 pub fn from_regions(regions: Vec<GuestRegionMmap<AtomicBitmap>>) -> Result<GuestMemoryMmap> {
-    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Memory(e.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e).into())
 }
 
 /// Registers (or re-registers, to toggle dirty logging) every region as KVM slot `i`.
@@ -95,9 +95,9 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap, log_dirty: bool) -> Resu
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| Error::Memory(e.to_string()))?;
+            .map_err(MemoryError::HostAddress)?;
         let desc = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).map_err(|_| Error::Memory("too many regions".into()))?,
+            slot: u32::try_from(slot).map_err(|_| MemoryError::TooManyRegions)?,
             flags: if log_dirty {
                 KVM_MEM_LOG_DIRTY_PAGES
             } else {

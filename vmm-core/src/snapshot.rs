@@ -15,11 +15,12 @@ use vm_memory::GuestAddress;
 
 use crate::config::{ValidConfig, VmConfig};
 use crate::devices::serial::SerialSnapshot;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SnapshotMismatch};
 use crate::memory::{self, GuestMemoryMmap};
+use crate::power::PowerState;
 use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
 use crate::vcpu;
-use crate::vm::{PowerState, Vm};
+use crate::vm::Vm;
 use crate::wiring::{build_devices, create_base, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
 
 /// Name of the state blob inside a snapshot directory.
@@ -127,9 +128,7 @@ impl Vm {
     fn restore_parts(config: ValidConfig, saved: VmState, mem: GuestMemoryMmap) -> Result<Vm> {
         vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
         if MemoryLayout::of(&mem) != saved.memory {
-            return Err(Error::SnapshotMismatch(
-                "guest memory does not match the saved layout".into(),
-            ));
+            return Err(SnapshotMismatch::MemoryLayout.into());
         }
         let base = create_base(&config, &mem)?;
         if config.page_sharing {
@@ -151,11 +150,11 @@ impl Vm {
 /// The saved vCPU count and memory layout must be those of `config`.
 fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> {
     if saved.vcpus.len() != config.vcpus as usize {
-        return Err(Error::SnapshotMismatch(format!(
-            "{} vcpus saved, {} configured",
-            saved.vcpus.len(),
-            config.vcpus
-        )));
+        return Err(SnapshotMismatch::Vcpus {
+            saved: saved.vcpus.len(),
+            configured: config.vcpus,
+        }
+        .into());
     }
     let expected = MemoryLayout {
         regions: memory::ram_ranges(config.memory_bytes)
@@ -164,11 +163,11 @@ fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> {
             .collect(),
     };
     if saved.memory != expected {
-        return Err(Error::SnapshotMismatch(format!(
-            "saved memory layout {:?} is not that of {} MiB",
-            saved.memory,
-            config.memory_bytes >> 20
-        )));
+        return Err(SnapshotMismatch::MemorySize {
+            saved: saved.memory.clone(),
+            mib: config.memory_bytes >> 20,
+        }
+        .into());
     }
     Ok(())
 }

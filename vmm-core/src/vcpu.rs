@@ -15,7 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::bus::{MmioBus, PioBus};
-use crate::vm::{ExitReason, PowerState};
+use crate::power::{ExitReason, PowerState};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;

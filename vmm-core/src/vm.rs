@@ -5,7 +5,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use serde::{Deserialize, Serialize};
 
 use crate::acpi;
 use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
@@ -18,43 +17,12 @@ use crate::memory::{self, GuestMemoryMmap};
 use crate::vcpu::{self, Control, VcpuContext};
 use crate::wiring::{build_devices, create_base, Base, Devices};
 
+// Kept reachable at their old paths (`vm::ExitReason`, `vm::PowerState`).
+pub use crate::power::{ExitReason, PowerState};
+
 /// How long pause and stop wait for vCPU threads.
 pub const VCPU_ACK_TIMEOUT: Duration = Duration::from_millis(ACK_TIMEOUT_MS);
 const ACK_TIMEOUT_MS: u64 = 5000;
-
-/// Why a VM stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ExitReason {
-    /// The guest wrote `code` to the exit device (or KVM reported a guest shutdown).
-    Poweroff {
-        /// The byte the guest wrote.
-        code: u8,
-    },
-    /// The guest asked for a reset (i8042 `0xfe`).
-    Reboot,
-    /// The host stopped the VM.
-    Stopped,
-    /// The VM cannot continue: KVM internal error, triple fault, failed entry.
-    Crashed {
-        /// What KVM reported.
-        reason: String,
-    },
-}
-
-/// Power state, in libvirt's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum PowerState {
-    /// vCPUs are running guest code.
-    Running,
-    /// Every vCPU is parked outside `KVM_RUN`.
-    Paused,
-    /// Not started yet, or stopped.
-    ShutOff,
-    /// Stopped because of a crash.
-    Crashed,
-}
 
 /// A VM: guest memory, vCPUs, devices, and the threads that run them.
 pub struct Vm {

@@ -25,9 +25,9 @@ use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, VirtioBlkState, MMIO_WI
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
+use crate::power::ExitReason;
 use crate::state::DeviceBlob;
 use crate::vcpu::Control;
-use crate::vm::ExitReason;
 
 /// Guest-physical base of virtio-mmio device 0; device i is `i * 0x1000` above.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;

@@ -32,7 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 pub use tables::{Uart, VirtioMmioDevice};
 
 use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN};
-use crate::error::{Error, Result};
+use crate::error::{MemoryError, Result};
 use crate::memory::GuestMemoryMmap;
 
 /// Start of the ACPI area; the RSDP sits here.
@@ -132,12 +132,12 @@ pub fn build(cfg: &AcpiConfig) -> Result<AcpiTables> {
     let xsdt = tables::xsdt(&[fadt_at, madt_at]);
     let xsdt_at = place(&xsdt);
     if next > ACPI_END {
-        return Err(Error::Memory(format!(
-            "acpi tables need {} bytes, more than the {:#x}-{:#x} area",
-            next - ACPI_START,
-            ACPI_START,
-            ACPI_END
-        )));
+        return Err(MemoryError::AcpiTooLarge {
+            bytes: next - ACPI_START,
+            start: ACPI_START,
+            end: ACPI_END,
+        }
+        .into());
     }
     let t = |signature: &[u8; 4], addr, bytes| PlacedTable {
         signature: *signature,
@@ -160,7 +160,10 @@ pub fn write(mem: &GuestMemoryMmap, cfg: &AcpiConfig) -> Result<u64> {
     let built = build(cfg)?;
     for t in &built.tables {
         mem.write_slice(&t.bytes, GuestAddress(t.addr))
-            .map_err(|e| Error::Memory(format!("write acpi table at {:#x}: {e}", t.addr)))?;
+            .map_err(|source| MemoryError::AcpiWrite {
+                addr: t.addr,
+                source,
+            })?;
     }
     Ok(built.rsdp_addr())
 }

@@ -5,7 +5,7 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Cpu
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MemoryError, Result};
 use crate::memory::GuestMemoryMmap;
 
 /// Where the GDT lives.
@@ -110,7 +110,7 @@ impl EntryMode {
 fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let w = |v: u64, a: u64| {
         mem.write_obj(v, GuestAddress(a))
-            .map_err(|e| Error::Memory(format!("write page tables: {e}")))
+            .map_err(MemoryError::write("write page tables"))
     };
     w(PDPT_ADDR | 0x3, PML4_ADDR)?;
     for pd in 0..4u64 {
@@ -128,7 +128,7 @@ fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
 pub fn write_boot_tables(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<()> {
     for (i, e) in mode.gdt().iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64))
-            .map_err(|e| Error::Memory(format!("write gdt: {e}")))?;
+            .map_err(MemoryError::write("write gdt"))?;
     }
     if let EntryMode::Long64 { .. } = mode {
         write_identity_page_tables(mem)?;

@@ -8,7 +8,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::KernelLoaderResult;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MemoryError, Result};
 use crate::memory::{e820_map, GuestMemoryMmap, PAGE_SIZE};
 
 /// Where the zero page is written.
@@ -55,7 +55,7 @@ pub fn load_initrd(
         .ok_or_else(too_small)?;
     let len = usize::try_from(size).map_err(|_| too_small())?;
     mem.read_exact_volatile_from(GuestAddress(addr), f, len)
-        .map_err(|e| Error::Memory(format!("load initrd: {e}")))?;
+        .map_err(MemoryError::write("load initrd"))?;
     Ok((addr, size))
 }
 
@@ -88,10 +88,8 @@ pub fn write_boot_params(
     params.hdr.cmdline_size = u32::try_from(cmdline_len).unwrap_or(0);
     params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     if let Some((addr, size)) = initrd {
-        params.hdr.ramdisk_image =
-            u32::try_from(addr).map_err(|_| Error::Memory("initrd".into()))?;
-        params.hdr.ramdisk_size =
-            u32::try_from(size).map_err(|_| Error::Memory("initrd".into()))?;
+        params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| MemoryError::InitrdAbove4GiB)?;
+        params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| MemoryError::InitrdAbove4GiB)?;
     }
     let table = e820_map(mem);
     for (i, (addr, size, type_)) in table.iter().enumerate() {
@@ -103,6 +101,6 @@ pub fn write_boot_params(
     }
     params.e820_entries = u8::try_from(table.len()).unwrap_or(0);
     mem.write_obj(params, GuestAddress(BOOT_PARAMS_ADDR))
-        .map_err(|e| Error::Memory(format!("write boot params: {e}")))?;
+        .map_err(MemoryError::write("write boot params"))?;
     Ok((entry, BOOT_PARAMS_ADDR))
 }

@@ -5,7 +5,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::error::{Error, Result};
+use crate::error::{MemoryError, Result};
 use crate::memory::{e820_map, GuestMemoryMmap};
 
 /// Where `hvm_start_info` is written.
@@ -38,7 +38,7 @@ pub fn write_start_info(
     rsdp: Option<u64>,
 ) -> Result<u64> {
     let map = memmap(mem);
-    let werr = |e: vm_memory::GuestMemoryError| Error::Memory(format!("write start info: {e}"));
+    let werr = MemoryError::write("write start info");
     for (i, e) in map.iter().enumerate() {
         let at = MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         mem.write_obj(*e, GuestAddress(at)).map_err(werr)?;

@@ -2,10 +2,10 @@
 //!
 //! [`BlockBackend`] is the consumer-side seam between the virtio-blk device
 //! model and storage: the device needs positioned reads and writes, a flush and
-//! a length, nothing else. Two implementations live here: [`FileBackend`] (a
-//! regular file or block device, through `pread`/`pwrite`) and [`MemBackend`]
-//! (a byte vector, for tests and the fuzz target). vmfs virtual disks
-//! implement the trait from their own crate.
+//! a length, nothing else. [`FileBackend`] (a regular file or block device,
+//! through `pread`/`pwrite`) lives here, and with the `test-utils` feature
+//! `MemBackend` (a byte vector, for tests, benches and the fuzz target). vmfs
+//! virtual disks implement the trait from their own crate.
 //!
 //! ```
 //! use vinfra_vmm_core::devices::block::{BlockBackend, MemBackend};
@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "test-utils"))]
 use std::sync::{PoisonError, RwLock};
 
 /// Errors of the block backends.
@@ -184,7 +185,8 @@ impl BlockBackend for FileBackend {
     }
 }
 
-/// A disk held in memory, for tests, benches and the fuzz target.
+/// A disk held in memory, for tests, benches and the fuzz target (feature
+/// `test-utils`).
 ///
 /// ```
 /// use vinfra_vmm_core::devices::block::{BlockBackend, MemBackend};
@@ -194,12 +196,14 @@ impl BlockBackend for FileBackend {
 /// disk.write_at(&[2u8; 512], 512).unwrap();
 /// assert_eq!(disk.contents()[512], 2);
 /// ```
+#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub struct MemBackend {
     data: RwLock<Vec<u8>>,
     flushes: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl MemBackend {
     /// A zero-filled disk of `len` bytes.
     pub fn new(len: usize) -> MemBackend {
@@ -228,6 +232,7 @@ impl MemBackend {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl BlockBackend for MemBackend {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let data = self.data.read().unwrap_or_else(PoisonError::into_inner);

@@ -2,15 +2,16 @@
 //! from a host-side queue that tops up the UART's 64-byte FIFO as the guest drains it.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::PioDevice;
-use crate::config::SharedWriter;
 
 /// COM1's base port.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -30,6 +31,23 @@ impl Trigger for EventFdTrigger {
 
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
+    }
+}
+
+/// A `Write` sink shared between the caller and the serial device.
+#[derive(Clone)]
+pub struct SharedWriter(pub Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedWriter {
+    /// Wraps a writer.
+    pub fn new(w: impl Write + Send + 'static) -> Self {
+        SharedWriter(Arc::new(Mutex::new(Box::new(w))))
+    }
+}
+
+impl fmt::Debug for SharedWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedWriter")
     }
 }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tracing::{trace, warn};
+use tracing::{debug, trace, warn};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_SIZE_MAX,
@@ -23,6 +23,7 @@ use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryError};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{
@@ -30,20 +31,22 @@ use super::mmio::{
     STATUS_NEEDS_RESET,
 };
 use super::queue::QueueSlot;
-use super::request::{handle_chain, RequestContext, Segment, ID_LEN};
+use super::request::{
+    parse, ChainError, Completion, Done, Executor, ParseError, RequestError, Segment, ID_LEN,
+};
 use super::state::VirtioBlkState;
 use super::{VirtioError, SECTOR_SIZE, SEGMENT_SIZE_MAX, SEG_MAX};
 use crate::devices::block::BlockBackend;
 use crate::devices::MmioDevice;
+
+/// Logical block size advertised in the config space.
+const BLK_SIZE: u32 = 512;
 
 /// Rounds of at most queue-size chains one notify may run. A driver cannot
 /// have more than queue-size chains outstanding, so one round normally drains
 /// the queue; the extra rounds catch chains another vCPU adds meanwhile. What
 /// is left after that waits for the next notify, so a guest can never keep a
 /// vCPU thread inside the device (where the VMM could not pause it).
-/// Logical block size advertised in the config space.
-const BLK_SIZE: u32 = 512;
-
 pub(crate) const MAX_ROUNDS: usize = 4;
 
 /// How a virtio-blk device presents itself.
@@ -110,6 +113,74 @@ pub struct VirtioBlkStats {
     pub unsupported: u64,
     /// Times the device entered DEVICE_NEEDS_RESET.
     pub needs_reset: u64,
+}
+
+impl VirtioBlkStats {
+    /// Counts one answered request.
+    pub(crate) fn count(&mut self, completion: &Completion) {
+        self.requests += 1;
+        match completion {
+            Completion::Done(Done::Read { bytes }) => {
+                self.reads += 1;
+                self.bytes_read += u64::from(*bytes);
+            }
+            Completion::Done(Done::Write { bytes }) => {
+                self.writes += 1;
+                self.bytes_written += u64::from(*bytes);
+            }
+            Completion::Done(Done::Flush) => self.flushes += 1,
+            Completion::Done(Done::GetId { .. }) => self.get_ids += 1,
+            Completion::Failed(RequestError::Unsupported(kind)) => {
+                debug!(kind, "virtio-blk: unsupported request type");
+                self.unsupported += 1;
+            }
+            Completion::Failed(why) => {
+                debug!(%why, "virtio-blk: request failed");
+                self.io_errors += 1;
+            }
+        }
+    }
+}
+
+/// Why the device stopped processing its queue (DEVICE_NEEDS_RESET).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Fault {
+    /// The used ring's flags could not be written.
+    #[error("disable notifications: {0}")]
+    DisableNotification(#[source] virtio_queue::Error),
+    /// The available ring is unreadable or its index ran away.
+    #[error("available ring: {0}")]
+    AvailRing(#[source] virtio_queue::Error),
+    /// A chain has no status byte the device can write.
+    #[error("descriptor chain {head}: {error}")]
+    Chain {
+        /// The chain's head index.
+        head: u16,
+        /// What is wrong with it.
+        #[source]
+        error: ChainError,
+    },
+    /// The checked status byte could not be written.
+    #[error("descriptor chain {head}: write status byte: {source}")]
+    WriteStatus {
+        /// The chain's head index.
+        head: u16,
+        /// What vm-memory said.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// The used ring could not be written.
+    #[error("used ring: {0}")]
+    UsedRing(#[source] virtio_queue::Error),
+    /// The used ring's flags could not be written.
+    #[error("enable notifications: {0}")]
+    EnableNotification(#[source] virtio_queue::Error),
+    /// New guest memory no longer holds the rings of the running queue.
+    #[error("queue rings outside the new guest memory")]
+    RingsOutsideMemory,
+    /// The transport refused the driver's setup.
+    #[error("{0}")]
+    Transport(String),
 }
 
 /// A virtio-blk disk on the virtio-mmio transport (version 2).
@@ -283,7 +354,7 @@ impl VirtioBlk {
         self.mem = mem;
         let queue = &self.transport.queue.queue;
         if queue.ready() && !queue.is_valid(&self.mem) {
-            self.enter_needs_reset("queue rings outside the new guest memory");
+            self.enter_needs_reset(&Fault::RingsOutsideMemory);
         }
     }
 
@@ -315,58 +386,73 @@ impl VirtioBlk {
 
     /// Runs the requests the driver made available on queue 0.
     fn process_queue(&mut self) {
+        // The device needs only the counts; tests look at each completion.
+        self.process_queue_with(drop);
+    }
+
+    /// [`Self::process_queue`], handing each completion to `observe` once it is
+    /// counted and its status written; returns why the device entered
+    /// DEVICE_NEEDS_RESET, if it did.
+    fn process_queue_with(&mut self, mut observe: impl FnMut(Completion)) -> Option<Fault> {
         self.stats.notifies += 1;
         if !self.transport.is_running() || !self.transport.queue.queue.ready() {
             trace!("virtio-blk: notify while not running, ignored");
-            return;
+            return None;
         }
         let mut used = false;
         let mut fault = None;
+        let mem = &self.mem;
         let queue = &mut self.transport.queue.queue;
-        let mut ctx = RequestContext {
-            mem: &self.mem,
+        let mut exec = Executor {
             backend: &*self.backend,
             read_only: self.config.read_only,
             capacity_sectors: self.capacity_sectors,
             id: &self.id,
             buf: &mut self.buf,
-            segs: &mut self.segs,
-            stats: &mut self.stats,
         };
         'rounds: for _ in 0..MAX_ROUNDS {
-            if let Err(e) = queue.disable_notification(ctx.mem) {
-                fault = Some(format!("disable notifications: {e}"));
+            if let Err(e) = queue.disable_notification(mem) {
+                fault = Some(Fault::DisableNotification(e));
                 break;
             }
             for _ in 0..queue.size() {
-                let chain = match queue.iter(ctx.mem) {
+                let chain = match queue.iter(mem) {
                     Ok(mut chains) => chains.next(),
                     Err(e) => {
-                        fault = Some(format!("available ring: {e}"));
+                        fault = Some(Fault::AvailRing(e));
                         break 'rounds;
                     }
                 };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
-                match handle_chain(chain, &mut ctx) {
-                    Ok(len) => {
-                        if let Err(e) = queue.add_used(ctx.mem, head, len) {
-                            fault = Some(format!("used ring: {e}"));
-                            break 'rounds;
-                        }
-                        used = true;
+                let (completion, status) = match parse(chain, mem, &mut self.segs) {
+                    Ok(req) => (exec.execute(mem, &req), req.status),
+                    Err(ParseError::Bad { status, error }) => {
+                        (Completion::Failed(error.into()), status)
                     }
-                    Err(why) => {
-                        fault = Some(format!("descriptor chain {head}: {why}"));
+                    Err(ParseError::Chain(error)) => {
+                        fault = Some(Fault::Chain { head, error });
                         break 'rounds;
                     }
+                };
+                self.stats.count(&completion);
+                if let Err(source) = mem.write_obj(completion.status(), status) {
+                    fault = Some(Fault::WriteStatus { head, source });
+                    break 'rounds;
                 }
+                let len = completion.used_len();
+                observe(completion);
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    fault = Some(Fault::UsedRing(e));
+                    break 'rounds;
+                }
+                used = true;
             }
-            match queue.enable_notification(ctx.mem) {
+            match queue.enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    fault = Some(format!("enable notifications: {e}"));
+                    fault = Some(Fault::EnableNotification(e));
                     break;
                 }
             }
@@ -374,15 +460,25 @@ impl VirtioBlk {
         if used && queue.needs_notification(&self.mem).unwrap_or(true) {
             self.raise(INT_VRING);
         }
-        if let Some(why) = fault {
-            self.enter_needs_reset(&why);
+        if let Some(why) = &fault {
+            self.enter_needs_reset(why);
         }
+        fault
+    }
+
+    /// Notifies queue 0 as a QueueNotify write does, and returns each
+    /// completion and the fault, if any, for tests to match on.
+    #[cfg(test)]
+    pub(crate) fn notify_observed(&mut self) -> (Vec<Completion>, Option<Fault>) {
+        let mut completions = Vec::new();
+        let fault = self.process_queue_with(|c| completions.push(c));
+        (completions, fault)
     }
 
     /// Stops the device until the driver resets it (virtio 1.2, 2.1.2).
-    fn enter_needs_reset(&mut self, why: &str) {
+    fn enter_needs_reset(&mut self, why: &Fault) {
         warn!(
-            reason = why,
+            reason = %why,
             "virtio-blk: bad driver input, device needs reset"
         );
         self.stats.needs_reset += 1;
@@ -415,7 +511,7 @@ impl MmioDevice for VirtioBlk {
             Action::None | Action::Reset => {}
             Action::Notify(0) => self.process_queue(),
             Action::Notify(queue) => trace!(queue, "virtio-blk: notify for a missing queue"),
-            Action::Fault(why) => self.enter_needs_reset(&why),
+            Action::Fault(why) => self.enter_needs_reset(&Fault::Transport(why)),
         }
     }
 }

@@ -12,7 +12,8 @@
 //! - `request` — parsing one descriptor chain into a block request and running it.
 //! - `blk` — the device: config space, notify handling, stats.
 //! - `state` — [`VirtioBlkState`], the serialisable device state.
-//! - [`fuzz`] — the fuzz harness, shared by the cargo-fuzz target and a proptest.
+//! - `fuzz` — the fuzz harness and a bench driver, shared by the cargo-fuzz
+//!   target, a proptest and the benches (feature `test-utils`).
 //!
 //! Guest input is untrusted: descriptors, ring indices and register values
 //! are bounds-checked, every guest-memory access goes through vm-memory (which
@@ -61,6 +62,7 @@
 //! ```
 
 mod blk;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod fuzz;
 mod mmio;
 mod queue;

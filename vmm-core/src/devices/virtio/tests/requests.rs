@@ -2,6 +2,7 @@
 //! types, and many requests in one notification.
 
 use super::*;
+use crate::devices::virtio::request::{Completion, RequestError};
 
 #[test]
 fn write_then_read_round_trip() {
@@ -109,7 +110,12 @@ fn unsupported_request_type_answers_unsupp() {
     let mut drv = Driver::new(&s.mem, 16);
     drv.init(&mut s.dev);
     let discard = drv.request(11, 0, Some((&[0u8; 16], false)));
-    notify(&mut s.dev);
+    let (completions, fault) = s.dev.notify_observed();
+    assert!(fault.is_none());
+    assert!(matches!(
+        completions[..],
+        [Completion::Failed(RequestError::Unsupported(11))]
+    ));
     assert_eq!(drv.status(discard), S_UNSUPP);
     assert_eq!(s.dev.stats().unsupported, 1);
     assert!(!needs_reset(&mut s.dev));
