@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, the whole test suite, the crates' cargo examples,
-# docs and the fuzz build.
+# The test command: formatting, lints, the module import-cycle check, the whole test
+# suite, the crates' cargo examples, docs, and a short run of every fuzz target.
 # Tests that need /dev/kvm or root check for it and print "SKIP: <why>" where it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "no import cycles between the modules of a crate"
+python3 scripts/module-cycles.py vmm-core/src vmfs/src drs/src examples/host/src examples/testkit/src
 
 step "cargo test --workspace"
 cargo test --workspace --all-targets
@@ -31,7 +34,7 @@ cargo test --workspace --doc
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-step "fuzz targets build"
-RUSTC_BOOTSTRAP=1 cargo build --manifest-path fuzz/Cargo.toml --bins
+step "fuzz targets: ${FUZZ_SECONDS:-30} s each over fuzz/corpus (a crash fails)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 step "all tests passed"
