@@ -463,3 +463,60 @@ fn corrupted_records_get_the_recorded_answers() {
     }
     golden("outcomes.txt", &out);
 }
+
+/// Decode cost of the hot-path records (block map and directories), for before/after
+/// comparisons: `cargo test --release -p vinfra-vmfs --test format_layout -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "timing, run by hand in release"]
+fn decode_speed() {
+    use std::hint::black_box;
+    use std::time::Instant;
+    fn time(what: &str, n: u32, mut f: impl FnMut()) {
+        for _ in 0..n / 10 {
+            f();
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        println!("{what}: {:.0} ns", t.elapsed().as_nanos() as f64 / f64::from(n));
+    }
+    let ind = encode_indirect(BS, 5, 2, &pointers());
+    time("decode_indirect 4 KiB", 200_000, || {
+        black_box(decode_indirect(black_box(&ind), BS, 5, 2).unwrap());
+    });
+    let big: Vec<u32> = (0..262_140).collect();
+    let ind1m = encode_indirect(1 << 20, 5, 1, &big);
+    time("decode_indirect 1 MiB", 500, || {
+        black_box(decode_indirect(black_box(&ind1m), 1 << 20, 5, 1).unwrap());
+    });
+    time("encode_indirect 4 KiB", 200_000, || {
+        black_box(encode_indirect(BS, 5, 2, black_box(&pointers())));
+    });
+    let names: Vec<DirEntry> = (0..100)
+        .map(|i| DirEntry {
+            ino: i + 2,
+            kind: Kind::File,
+            name: format!("vm{i}-flat.vmdk"),
+        })
+        .collect();
+    let dir = encode_dir(BS, &names).unwrap();
+    time("decode_dir 100 entries", 100_000, || {
+        black_box(decode_dir(black_box(&dir), BS).unwrap());
+    });
+    time("encode_dir 100 entries", 100_000, || {
+        black_box(encode_dir(BS, black_box(&names)).unwrap());
+    });
+    let ino = inode().encode();
+    time("Inode::decode", 1_000_000, || {
+        black_box(Inode::decode(black_box(&ino), 5).unwrap());
+    });
+    let lk = lock().encode();
+    time("LockRecord::decode", 1_000_000, || {
+        black_box(LockRecord::decode(black_box(&lk), 200).unwrap());
+    });
+    time("LockRecord::encode", 1_000_000, || {
+        black_box(black_box(lock()).encode());
+    });
+}
