@@ -4,7 +4,8 @@
 //! checks run) is accepted or refused exactly as recorded in `outcomes.txt`, with the same
 //! error text.
 //!
-//! The fixtures were written by the encoders before the layouts moved to `format::layout`.
+//! The fixtures were written by the hand-placed-offset encoders, before each layout became
+//! one struct in `src/format/`.
 //! After an intended format change, rewrite them with
 //! `VMFS_BLESS_FORMAT=1 cargo test -p vinfra-vmfs --test format_layout` and review the diff.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
@@ -480,7 +481,10 @@ fn decode_speed() {
         for _ in 0..n {
             f();
         }
-        println!("{what}: {:.0} ns", t.elapsed().as_nanos() as f64 / f64::from(n));
+        println!(
+            "{what}: {:.0} ns",
+            t.elapsed().as_nanos() as f64 / f64::from(n)
+        );
     }
     let ind = encode_indirect(BS, 5, 2, &pointers());
     time("decode_indirect 4 KiB", 200_000, || {
