@@ -50,12 +50,11 @@ pub fn ptrs_per_block(bs: usize) -> usize {
 /// Encodes an indirect block.
 pub fn encode_indirect(bs: usize, ino: u32, level: u8, ptrs: &[u32]) -> Vec<u8> {
     let mut b = new_block(bs, &IndirectHeader::new(ino, level));
-    let n = ptrs.len().min(ptrs_per_block(bs));
-    for (out, p) in b[HEADER..]
-        .chunks_exact_mut(size_of::<U32>())
-        .zip(&ptrs[..n])
+    if let Ok((out, _)) = <[U32]>::mut_from_prefix_with_elems(&mut b[HEADER..], ptrs_per_block(bs))
     {
-        out.copy_from_slice(&p.to_le_bytes());
+        for (o, &p) in out.iter_mut().zip(ptrs) {
+            o.set(p);
+        }
     }
     put_block_crc::<IndirectHeader>(&mut b);
     b
@@ -79,9 +78,8 @@ pub fn decode_indirect(b: &[u8], bs: usize, ino: u32, level: u8) -> Result<Vec<u
     if h.ino.get() != ino || h.level != level {
         return Err(Error::corrupt(W, "owner or level"));
     }
-    let ptrs = &rest[..ptrs_per_block(bs) * size_of::<U32>()];
-    Ok(ptrs
-        .chunks_exact(size_of::<U32>())
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    let Ok((ptrs, _)) = <[U32]>::ref_from_prefix_with_elems(rest, ptrs_per_block(bs)) else {
+        return Err(Error::corrupt(W, format!("{} bytes", b.len())));
+    };
+    Ok(ptrs.iter().map(|p| p.get()).collect())
 }

@@ -50,8 +50,10 @@ pub const LOCK_VOLUME: u64 = 64;
 /// Maximum length of a name.
 pub const NAME_MAX: usize = 255;
 
+/// Size of a crc32 field.
+const CRC_LEN: usize = size_of::<U32>();
 /// Every sector record ends with the crc32 of the bytes before it.
-const CRC_AT: usize = SECTOR - size_of::<U32>();
+const CRC_AT: usize = SECTOR - CRC_LEN;
 /// Smallest block a block-sized record may claim (below it the header would not fit).
 const MIN_BLOCK: usize = 64;
 
@@ -76,8 +78,8 @@ trait Versioned: Layout {
 const VERSION16: u16 = VERSION as u16;
 
 fn crc_of(b: &[u8], crc_at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[crc_at..crc_at + 4]);
+    let mut a = [0u8; CRC_LEN];
+    a.copy_from_slice(&b[crc_at..crc_at + CRC_LEN]);
     u32::from_le_bytes(a)
 }
 
@@ -142,14 +144,14 @@ fn open_sector<T: Versioned>(b: &[u8]) -> Result<Option<&T>> {
 fn block_crc(b: &[u8], crc_at: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&b[..crc_at]);
-    h.update(&[0; 4]);
-    h.update(&b[crc_at + 4..]);
+    h.update(&[0; CRC_LEN]);
+    h.update(&b[crc_at + CRC_LEN..]);
     h.finalize()
 }
 
 fn put_block_crc<T: Layout>(b: &mut [u8]) {
     let c = block_crc(b, T::CRC_AT);
-    b[T::CRC_AT..T::CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+    b[T::CRC_AT..T::CRC_AT + CRC_LEN].copy_from_slice(&c.to_le_bytes());
 }
 
 /// A block record's bytes: its header, then zeros up to `bs`.
