@@ -1,0 +1,121 @@
+//! Resource clusters: a header and the allocation bitmap of the cluster's data blocks.
+
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::{assert_layout, check_block, new_block, put_block_crc, Layout, Versioned, VERSION16};
+use crate::error::{Error, Result};
+
+/// A resource cluster header and bitmap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBlock {
+    /// Cluster index.
+    pub index: u32,
+    /// Allocation bitmap, `bpc` bits.
+    pub bits: Vec<u8>,
+    /// Data blocks in the cluster.
+    pub bpc: u32,
+}
+
+/// A resource cluster block's header; the bitmap follows it.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub(super) struct ClusterHeader {
+    pub(super) magic: [u8; 4],
+    pub(super) version: U16,
+    pub(super) _pad: [u8; 2],
+    pub(super) index: U32,
+    pub(super) free: U32,
+    pub(super) crc: U32,
+    pub(super) bpc: U32,
+    pub(super) _reserved: [u8; 8],
+}
+assert_layout!(ClusterHeader, size 32);
+
+/// Size of the header before the bitmap.
+pub(super) const HEADER: usize = size_of::<ClusterHeader>();
+
+impl Layout for ClusterHeader {
+    const WHAT: &'static str = "resource cluster";
+    const MAGIC: &'static [u8] = b"VCL1";
+    const CRC_AT: usize = core::mem::offset_of!(Self, crc);
+}
+
+impl Versioned for ClusterHeader {
+    fn version(&self) -> u32 {
+        self.version.get().into()
+    }
+}
+
+impl ClusterHeader {
+    /// The header of cluster `index` of `bpc` blocks (free count and crc zero).
+    pub(super) fn new(index: u32, bpc: u32) -> Self {
+        let mut r = Self::new_zeroed();
+        r.magic.copy_from_slice(Self::MAGIC);
+        r.version.set(VERSION16);
+        r.index.set(index);
+        r.bpc.set(bpc);
+        r
+    }
+}
+
+impl ClusterBlock {
+    /// An empty cluster.
+    pub fn empty(index: u32, bpc: u32) -> Self {
+        ClusterBlock {
+            index,
+            bits: vec![0; (bpc as usize).div_ceil(8)],
+            bpc,
+        }
+    }
+    /// Whether block `i` is allocated.
+    pub fn is_set(&self, i: u32) -> bool {
+        self.bits
+            .get(i as usize / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+    /// Marks block `i`.
+    pub fn set(&mut self, i: u32, on: bool) {
+        if let Some(b) = self.bits.get_mut(i as usize / 8) {
+            if on {
+                *b |= 1 << (i % 8);
+            } else {
+                *b &= !(1 << (i % 8));
+            }
+        }
+    }
+    /// Free blocks.
+    pub fn free_count(&self) -> u32 {
+        (0..self.bpc).filter(|&i| !self.is_set(i)).count() as u32
+    }
+    /// Encodes into a block.
+    pub fn encode(&self, bs: usize) -> Vec<u8> {
+        let mut h = ClusterHeader::new(self.index, self.bpc);
+        h.free.set(self.free_count());
+        let mut b = new_block(bs, &h);
+        b[HEADER..HEADER + self.bits.len()].copy_from_slice(&self.bits);
+        put_block_crc::<ClusterHeader>(&mut b);
+        b
+    }
+    /// Decodes.
+    pub fn decode(b: &[u8], bs: usize, index: u32, bpc: u32) -> Result<ClusterBlock> {
+        const W: &str = ClusterHeader::WHAT;
+        let h = check_block::<ClusterHeader>(b, bs)?;
+        if h.index.get() != index || h.bpc.get() != bpc {
+            return Err(Error::corrupt(W, "index or size"));
+        }
+        let n = (bpc as usize).div_ceil(8);
+        if HEADER + n > bs {
+            return Err(Error::corrupt(W, "bitmap too large"));
+        }
+        let c = ClusterBlock {
+            index,
+            bits: b[HEADER..HEADER + n].to_vec(),
+            bpc,
+        };
+        if c.free_count() != h.free.get() {
+            return Err(Error::corrupt(W, "free count"));
+        }
+        Ok(c)
+    }
+}
