@@ -1,13 +1,20 @@
-//! Fuzz the vmfs directory-block decoder (and the virtual-disk descriptor).
+//! Fuzz the vmfs directory-block and virtual-disk descriptor decoders; directory blocks
+//! also sealed (valid magic, version and crc, so every entry's checks run).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vinfra_vmfs::format::{decode_dir, encode_dir};
+use vinfra_fuzz::sealed_block;
+use vinfra_vmfs::format::{decode_dir, encode_dir, RecordKind};
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(entries) = decode_dir(data, data.len()) {
-        let again = encode_dir(data.len(), &entries).map(|b| decode_dir(&b, data.len()));
+fn dir(b: &[u8]) {
+    if let Ok(entries) = decode_dir(b, b.len()) {
+        let again = encode_dir(b.len(), &entries).map(|e| decode_dir(&e, b.len()));
         assert!(matches!(again, Some(Ok(e)) if e == entries));
     }
+}
+
+fuzz_target!(|data: &[u8]| {
+    dir(data);
+    dir(&sealed_block(RecordKind::DirBlock, data));
     let _ = vinfra_vmfs::disk::decode_descriptor(data);
 });

@@ -1,0 +1,32 @@
+//! Shared by the fuzz targets: turning the fuzzer's bytes into records that pass their
+//! decoder's envelope checks.
+//!
+//! Every vmfs record starts with a magic, a version and identity fields and is covered
+//! by a crc32, so raw fuzzer bytes almost never get past the first checks. Each target
+//! therefore decodes its input twice: as raw bytes (the envelope checks) and sealed with
+//! [`vinfra_vmfs::format::seal`] (the field checks behind them).
+
+use vinfra_vmfs::format::{seal, RecordKind};
+
+/// The block size the block-record targets decode with (the smallest vmfs allows).
+pub const BLOCK: usize = 4096;
+
+/// `data` copied into a buffer of at least `kind.min_len()` and at most `max_len` bytes
+/// (zero-padded or cut), then sealed as `kind`.
+pub fn sealed(kind: RecordKind, data: &[u8], max_len: usize) -> Vec<u8> {
+    let len = data.len().clamp(kind.min_len(), max_len.max(kind.min_len()));
+    let mut buf = vec![0u8; len];
+    let n = data.len().min(len);
+    buf[..n].copy_from_slice(&data[..n]);
+    seal(kind, &mut buf).expect("the buffer is at least min_len");
+    buf
+}
+
+/// `data` as one block of exactly [`BLOCK`] bytes, sealed as `kind`.
+pub fn sealed_block(kind: RecordKind, data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; BLOCK];
+    let n = data.len().min(BLOCK);
+    buf[..n].copy_from_slice(&data[..n]);
+    seal(kind, &mut buf).expect("a block is longer than any header");
+    buf
+}
