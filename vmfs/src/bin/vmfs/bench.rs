@@ -14,9 +14,59 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use vinfra_vmfs::{
-    BlockDevice, CountingDevice, Error, FileDevice, LockMode, MkfsOptions, MonotonicClock,
-    MountOptions, Volume,
+    BlockDevice, Cas, Error, FileDevice, LockMode, MkfsOptions, MonotonicClock, MountOptions,
+    Volume,
 };
+
+/// Counts the I/Os that reach a device: (reads, writes, compare-and-writes, flushes). The
+/// library's `CountingDevice` is test support (`test-utils`), which a shipped binary does
+/// not enable.
+#[derive(Debug)]
+struct CountingDevice<D> {
+    inner: D,
+    counts: [std::sync::atomic::AtomicU64; 4],
+}
+
+impl<D: BlockDevice> CountingDevice<D> {
+    fn new(inner: D) -> Self {
+        CountingDevice {
+            inner,
+            counts: Default::default(),
+        }
+    }
+    fn counts(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [0, 1, 2, 3].map(|i| self.counts[i].load(Relaxed))
+    }
+    fn bump(&self, i: usize) {
+        self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for CountingDevice<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.bump(0);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Error> {
+        self.bump(1);
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<(), Error> {
+        self.bump(3);
+        self.inner.flush()
+    }
+    fn len(&self) -> Result<u64, Error> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> Result<(), Error> {
+        self.inner.set_len(len)
+    }
+    fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas, Error> {
+        self.bump(2);
+        self.inner.compare_and_write(offset, expected, new)
+    }
+}
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io {
