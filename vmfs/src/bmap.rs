@@ -1,10 +1,15 @@
 //! The block map of an inode: 12 direct pointers, then single, double and triple
 //! indirect blocks (sparse: a 0 pointer is a hole).
+//!
+//! Built on the format and a device only: a change of the map goes through a `MapStore`
+//! (the loaded indirect blocks and where new blocks come from), so it is tested here on an
+//! in-memory device without a mounted volume.
 
+use std::collections::HashMap;
+
+use crate::device::BlockDevice;
 use crate::error::{Error, Result};
-use crate::format::{ptrs_per_block, Inode, NDIRECT};
-use crate::op::IndCache;
-use crate::volume::Shared;
+use crate::format::{decode_indirect, encode_indirect, ptrs_per_block, Inode, NDIRECT};
 
 /// Indices from the top indirect block down (1 to 3 of them), without a heap allocation
 /// on the I/O path.
@@ -63,15 +68,141 @@ pub fn max_file_size(bs: usize) -> u64 {
     (NDIRECT as u64 + p + p * p + p * p * p).saturating_mul(bs as u64)
 }
 
-/// Reads indirect blocks (through a cache).
-pub(crate) trait IndRead {
-    /// Pointer `i` of indirect block `blk` of inode `ino` at `level`.
-    fn ptr(&mut self, blk: u32, ino: u32, level: u8, i: usize) -> Result<u32>;
+/// One indirect block loaded for a change of the map.
+#[derive(Debug)]
+struct Ind {
+    ino: u32,
+    level: u8,
+    ptrs: Vec<u32>,
+    dirty: bool,
+    /// The image on disk (None: a new block, written whole).
+    orig: Option<Vec<u8>>,
 }
 
-/// Physical block of file block `f` (0 = hole).
-pub(crate) fn lookup(r: &mut dyn IndRead, ino: &Inode, f: u64, bs: usize) -> Result<u32> {
-    match place(f, bs)? {
+/// The indirect blocks one metadata operation has loaded, with their images on disk, so
+/// that a commit journals only what changed.
+#[derive(Debug, Default)]
+pub(crate) struct IndBlocks {
+    map: HashMap<u32, Ind>,
+}
+
+impl IndBlocks {
+    /// Loads indirect block `blk` (of inode `ino`, at `level`) unless it is loaded.
+    pub fn load(
+        &mut self,
+        dev: &dyn BlockDevice,
+        bs: usize,
+        blk: u32,
+        ino: u32,
+        level: u8,
+    ) -> Result<()> {
+        if self.map.contains_key(&blk) {
+            return Ok(());
+        }
+        let mut b = vec![0u8; bs];
+        dev.read_at(&mut b, blk as u64 * bs as u64)?;
+        let ptrs = decode_indirect(&b, bs, ino, level)?;
+        self.map.insert(
+            blk,
+            Ind {
+                ino,
+                level,
+                ptrs,
+                dirty: false,
+                orig: Some(b),
+            },
+        );
+        Ok(())
+    }
+
+    /// Pointer `i` of loaded block `blk` (0 when it is not loaded).
+    fn ptr(&self, blk: u32, i: usize) -> u32 {
+        self.map
+            .get(&blk)
+            .and_then(|e| e.ptrs.get(i).copied())
+            .unwrap_or(0)
+    }
+
+    /// Sets pointer `i` of loaded block `blk`; returns whether the block is now all holes.
+    fn set_ptr(&mut self, blk: u32, i: usize, p: u32) -> bool {
+        match self.map.get_mut(&blk) {
+            Some(e) => {
+                e.ptrs[i] = p;
+                e.dirty = true;
+                e.ptrs.iter().all(|&x| x == 0)
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets block `blk` (it was freed).
+    pub fn remove(&mut self, blk: u32) {
+        self.map.remove(&blk);
+    }
+
+    /// Forgets every block that is not dirty (re-read under a lock just taken).
+    pub fn retain_dirty(&mut self) {
+        self.map.retain(|_, i| i.dirty);
+    }
+
+    /// How many blocks are dirty.
+    pub fn dirty_count(&self) -> usize {
+        self.map.values().filter(|i| i.dirty).count()
+    }
+
+    /// Hands every dirty block to `out` as (device offset, new image, image on disk) and
+    /// marks it clean: the new image becomes the one on disk.
+    pub fn take_dirty(&mut self, bs: usize, mut out: impl FnMut(u64, &[u8], Option<&[u8]>)) {
+        for (b, i) in self.map.iter_mut() {
+            if i.dirty {
+                let img = encode_indirect(bs, i.ino, i.level, &i.ptrs);
+                out(*b as u64 * bs as u64, &img, i.orig.as_deref());
+                i.orig = Some(img);
+                i.dirty = false;
+            }
+        }
+    }
+}
+
+/// What a change of a block map needs: the loaded indirect blocks, the device they come
+/// from, and an allocator of whole blocks.
+pub(crate) trait MapStore {
+    /// The block size.
+    fn bs(&self) -> usize;
+    /// The loaded indirect blocks and the device to load more from.
+    fn blocks(&mut self) -> (&mut IndBlocks, &dyn BlockDevice);
+    /// Allocates one block (for an indirect block).
+    fn alloc_block(&mut self) -> Result<u32>;
+    /// Frees block `b` (a data block or an indirect block left empty).
+    fn free_block(&mut self, b: u32) -> Result<()>;
+}
+
+fn load(s: &mut (impl MapStore + ?Sized), blk: u32, ino: u32, level: u8) -> Result<()> {
+    let bs = s.bs();
+    let (ind, dev) = s.blocks();
+    ind.load(dev, bs, blk, ino, level)
+}
+
+/// A new, empty indirect block for inode `ino` at `level`.
+fn new_ind(s: &mut (impl MapStore + ?Sized), ino: u32, level: u8) -> Result<u32> {
+    let b = s.alloc_block()?;
+    let bs = s.bs();
+    s.blocks().0.map.insert(
+        b,
+        Ind {
+            ino,
+            level,
+            ptrs: vec![0; ptrs_per_block(bs)],
+            dirty: true,
+            orig: None,
+        },
+    );
+    Ok(b)
+}
+
+/// Physical block of file block `f` (0 = hole), through the loaded indirect blocks.
+pub(crate) fn lookup(s: &mut (impl MapStore + ?Sized), ino: &Inode, f: u64) -> Result<u32> {
+    match place(f, s.bs())? {
         Place::Direct(i) => Ok(ino.direct[i]),
         Place::Indirect(root, idx) => {
             let mut blk = ino.indirect[root];
@@ -80,11 +211,195 @@ pub(crate) fn lookup(r: &mut dyn IndRead, ino: &Inode, f: u64, bs: usize) -> Res
                 if blk == 0 {
                     return Ok(0);
                 }
-                blk = r.ptr(blk, ino.ino, level, i)?;
+                load(s, blk, ino.ino, level)?;
+                blk = s.blocks().0.ptr(blk, i);
                 level = level.saturating_sub(1);
             }
             Ok(blk)
         }
+    }
+}
+
+/// Points file block `f` of `ino` at `p` (allocating indirect blocks as needed).
+pub(crate) fn map_set(
+    s: &mut (impl MapStore + ?Sized),
+    ino: &mut Inode,
+    f: u64,
+    p: u32,
+) -> Result<()> {
+    match place(f, s.bs())? {
+        Place::Direct(i) => ino.direct[i] = p,
+        Place::Indirect(root, idx) => {
+            let mut level = (root + 1) as u8;
+            if ino.indirect[root] == 0 {
+                ino.indirect[root] = new_ind(s, ino.ino, level)?;
+                ino.blocks += 1;
+            }
+            let mut blk = ino.indirect[root];
+            for (k, &i) in idx.iter().enumerate() {
+                load(s, blk, ino.ino, level)?;
+                let last = k + 1 == idx.len();
+                let cur = s.blocks().0.ptr(blk, i);
+                if last {
+                    s.blocks().0.set_ptr(blk, i, p);
+                } else {
+                    let next = if cur == 0 {
+                        let nb = new_ind(s, ino.ino, level - 1)?;
+                        ino.blocks += 1;
+                        s.blocks().0.set_ptr(blk, i, nb);
+                        nb
+                    } else {
+                        cur
+                    };
+                    blk = next;
+                    level -= 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps file block `f` and frees it and any indirect block left empty.
+pub(crate) fn map_clear(s: &mut (impl MapStore + ?Sized), ino: &mut Inode, f: u64) -> Result<()> {
+    match place(f, s.bs())? {
+        Place::Direct(i) => {
+            if ino.direct[i] != 0 {
+                free(s, ino.direct[i])?;
+                ino.direct[i] = 0;
+                ino.blocks = ino.blocks.saturating_sub(1);
+            }
+        }
+        Place::Indirect(root, idx) => {
+            let mut path = Vec::new(); // (block, index)
+            let mut blk = ino.indirect[root];
+            let mut level = (root + 1) as u8;
+            for &i in idx.iter() {
+                if blk == 0 {
+                    return Ok(());
+                }
+                load(s, blk, ino.ino, level)?;
+                path.push((blk, i));
+                blk = s.blocks().0.ptr(blk, i);
+                level = level.saturating_sub(1);
+            }
+            if blk == 0 {
+                return Ok(());
+            }
+            free(s, blk)?;
+            ino.blocks = ino.blocks.saturating_sub(1);
+            // Clear upwards while blocks become empty.
+            for (pb, i) in path.into_iter().rev() {
+                if !s.blocks().0.set_ptr(pb, i, 0) {
+                    return Ok(());
+                }
+                free(s, pb)?;
+                ino.blocks = ino.blocks.saturating_sub(1);
+            }
+            ino.indirect[root] = 0;
+        }
+    }
+    Ok(())
+}
+
+fn free(s: &mut (impl MapStore + ?Sized), b: u32) -> Result<()> {
+    s.free_block(b)?;
+    s.blocks().0.remove(b);
+    Ok(())
+}
+
+/// Every mapped data block (file block, physical block) with file block >= `from`.
+pub(crate) fn mapped_from(
+    s: &mut (impl MapStore + ?Sized),
+    ino: &Inode,
+    from: u64,
+) -> Result<Vec<(u64, u32)>> {
+    let mut out = Vec::new();
+    for i in 0..NDIRECT {
+        if i as u64 >= from && ino.direct[i] != 0 {
+            out.push((i as u64, ino.direct[i]));
+        }
+    }
+    let p = ptrs_per_block(s.bs()) as u64;
+    let mut base = NDIRECT as u64;
+    let mut span = p;
+    for root in 0..3 {
+        if ino.indirect[root] != 0 && base + span > from {
+            walk(
+                s,
+                ino.ino,
+                ino.indirect[root],
+                (root + 1) as u8,
+                base,
+                from,
+                &mut out,
+            )?;
+        }
+        base += span;
+        span = span.saturating_mul(p);
+    }
+    Ok(out)
+}
+
+fn walk(
+    s: &mut (impl MapStore + ?Sized),
+    ino: u32,
+    blk: u32,
+    level: u8,
+    base: u64,
+    from: u64,
+    out: &mut Vec<(u64, u32)>,
+) -> Result<()> {
+    load(s, blk, ino, level)?;
+    let ptrs = s
+        .blocks()
+        .0
+        .map
+        .get(&blk)
+        .map(|e| e.ptrs.clone())
+        .unwrap_or_default();
+    let p = ptrs_per_block(s.bs()) as u64;
+    let child_span = p.pow(level as u32 - 1);
+    for (i, &c) in ptrs.iter().enumerate() {
+        let cb = base + i as u64 * child_span;
+        if c == 0 || cb + child_span <= from {
+            continue;
+        }
+        if level == 1 {
+            out.push((cb, c));
+        } else {
+            walk(s, ino, c, level - 1, cb, from, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads indirect blocks straight from the device with a small cache (lock-free readers).
+#[derive(Debug, Default)]
+pub(crate) struct IndCache {
+    pub map: HashMap<u32, Vec<u32>>,
+}
+
+impl IndCache {
+    /// Every pointer of indirect block `blk` (loaded, decoded and checked once).
+    pub fn block(
+        &mut self,
+        dev: &dyn BlockDevice,
+        bs: usize,
+        blk: u32,
+        ino: u32,
+        level: u8,
+    ) -> Result<&[u32]> {
+        if !self.map.contains_key(&blk) {
+            let mut b = vec![0u8; bs];
+            dev.read_at(&mut b, blk as u64 * bs as u64)?;
+            let p = decode_indirect(&b, bs, ino, level)?;
+            if self.map.len() > 4096 {
+                self.map.clear();
+            }
+            self.map.insert(blk, p);
+        }
+        Ok(self.map.get(&blk).map(Vec::as_slice).unwrap_or(&[]))
     }
 }
 
@@ -138,24 +453,31 @@ impl RunCache {
     }
 
     /// `(physical block, blocks left in its run)` of file block `f`; a hole is block 0.
-    /// Indirect blocks come through `ind` on a miss.
+    /// Indirect blocks come from `dev` (block size `bs`) through `ind` on a miss.
     pub fn lookup(
         &mut self,
         ind: &mut IndCache,
-        sh: &Shared,
+        dev: &dyn BlockDevice,
+        bs: usize,
         ino: &Inode,
         f: u64,
     ) -> Result<(u64, u64)> {
         if let Some(hit) = self.find(f) {
             return Ok(hit);
         }
-        self.fill(ind, sh, ino, f)?;
+        self.fill(ind, dev, bs, ino, f)?;
         self.find(f)
             .ok_or_else(|| Error::corrupt("block map", format!("block {f} not mapped")))
     }
 
-    fn fill(&mut self, ind: &mut IndCache, sh: &Shared, ino: &Inode, f: u64) -> Result<()> {
-        let bs = sh.bs();
+    fn fill(
+        &mut self,
+        ind: &mut IndCache,
+        dev: &dyn BlockDevice,
+        bs: usize,
+        ino: &Inode,
+        f: u64,
+    ) -> Result<()> {
         let ppb = ptrs_per_block(bs) as u64;
         let mut new = Vec::new();
         match place(f, bs)? {
@@ -182,7 +504,7 @@ impl RunCache {
                         break;
                     }
                     if level == 1 {
-                        let ptrs = ind.block(sh, blk, ino.ino, 1)?;
+                        let ptrs = ind.block(dev, bs, blk, ino.ino, 1)?;
                         push_ptrs(&mut new, start, ptrs);
                         let got = ptrs.len() as u64;
                         if got < size {
@@ -197,7 +519,7 @@ impl RunCache {
                         break;
                     }
                     blk = ind
-                        .block(sh, blk, ino.ino, level)?
+                        .block(dev, bs, blk, ino.ino, level)?
                         .get(i)
                         .copied()
                         .unwrap_or(0);
@@ -280,6 +602,95 @@ fn push_ptrs(out: &mut Vec<Run>, start: u64, ptrs: &[u32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::MemDevice;
+    use crate::format::Kind;
+
+    /// The block map over an in-memory device and a bump allocator: no volume, no locks.
+    struct Store {
+        dev: MemDevice,
+        ind: IndBlocks,
+        next: u32,
+        freed: Vec<u32>,
+    }
+
+    impl MapStore for Store {
+        fn bs(&self) -> usize {
+            4096
+        }
+        fn blocks(&mut self) -> (&mut IndBlocks, &dyn BlockDevice) {
+            (&mut self.ind, &self.dev)
+        }
+        fn alloc_block(&mut self) -> Result<u32> {
+            self.next += 1;
+            Ok(self.next - 1)
+        }
+        fn free_block(&mut self, b: u32) -> Result<()> {
+            self.freed.push(b);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn map_allocates_indirect_blocks_that_read_back_from_the_device() {
+        let bs = 4096;
+        let mut s = Store {
+            dev: MemDevice::new(4 << 20),
+            ind: IndBlocks::default(),
+            next: 100,
+            freed: Vec::new(),
+        };
+        let mut ino = Inode::free(5);
+        ino.kind = Kind::File;
+        let ppb = ptrs_per_block(bs) as u64;
+        // Direct, single indirect (first and last), double indirect.
+        let files = [0, 11, 12, 12 + ppb - 1, 12 + ppb, 12 + ppb + 5];
+        for (k, &f) in files.iter().enumerate() {
+            map_set(&mut s, &mut ino, f, 500 + k as u32).unwrap();
+        }
+        // The single root, the double root and one block under it.
+        assert_eq!((s.next, ino.blocks), (103, 3));
+        assert_eq!(ino.indirect[..2], [100, 101]);
+        for (k, &f) in files.iter().enumerate() {
+            assert_eq!(lookup(&mut s, &ino, f).unwrap(), 500 + k as u32);
+        }
+        assert_eq!(lookup(&mut s, &ino, 13).unwrap(), 0, "a hole");
+        let mapped = mapped_from(&mut s, &ino, 12).unwrap();
+        assert_eq!(
+            mapped,
+            [
+                (12, 502),
+                (12 + ppb - 1, 503),
+                (12 + ppb, 504),
+                (12 + ppb + 5, 505)
+            ]
+        );
+
+        // Written as a commit would write them, the blocks read back through the
+        // handles' cache from the device alone.
+        let mut writes = Vec::new();
+        s.ind.take_dirty(bs, |off, img, orig| {
+            assert!(orig.is_none(), "new blocks are written whole");
+            writes.push((off, img.to_vec()));
+        });
+        assert_eq!(writes.len(), 3);
+        assert_eq!(s.ind.dirty_count(), 0);
+        for (off, img) in &writes {
+            s.dev.write_at(img, *off).unwrap();
+        }
+        let (mut runs, mut cache) = (RunCache::default(), IndCache::default());
+        for (k, &f) in files.iter().enumerate() {
+            let (p, _) = runs.lookup(&mut cache, &s.dev, bs, &ino, f).unwrap();
+            assert_eq!(p, 500 + k as u64);
+        }
+
+        // Clearing frees the data blocks, then the indirect blocks left empty.
+        map_clear(&mut s, &mut ino, 12 + ppb + 5).unwrap();
+        assert_eq!(ino.indirect[1], 101, "block 504 still hangs under it");
+        map_clear(&mut s, &mut ino, 12 + ppb).unwrap();
+        assert_eq!(s.freed, [505, 504, 102, 101]);
+        assert_eq!(ino.indirect[1], 0);
+        assert_eq!(lookup(&mut s, &ino, 12 + ppb).unwrap(), 0);
+    }
 
     #[test]
     fn places_cover_two_tib_and_more() {

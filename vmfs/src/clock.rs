@@ -1,5 +1,6 @@
 //! Time as the library sees it: a monotonic millisecond clock that comes in from outside.
 
+#[cfg(any(test, feature = "test-utils"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -41,12 +42,15 @@ impl Clock for MonotonicClock {
     }
 }
 
-/// A clock moved by hand (tests); `sleep_ms` advances it.
+/// A clock moved by hand (tests); `sleep_ms` advances it. Test support: built for this
+/// crate's tests and with the `test-utils` feature.
+#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now: AtomicU64,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl ManualClock {
     /// A clock at `start_ms`.
     pub fn new(start_ms: u64) -> Self {
@@ -60,6 +64,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now.load(Ordering::SeqCst)

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Outcome of a compare-and-write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +41,11 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
 
 fn check_cas_args(expected: &[u8], new: &[u8]) -> Result<()> {
     if expected.len() != new.len() || new.is_empty() {
-        return Err(Error::Config(format!(
-            "compare_and_write lengths {} and {}",
-            expected.len(),
-            new.len()
-        )));
+        return Err(ConfigError::CasLengths {
+            expected: expected.len(),
+            new: new.len(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -116,7 +116,7 @@ impl BlockDevice for MemDevice {
         Ok(self.data.read().map_err(|_| Self::poisoned())?.len() as u64)
     }
     fn set_len(&self, len: u64) -> Result<()> {
-        let len = usize::try_from(len).map_err(|_| Error::Config("length".into()))?;
+        let len = usize::try_from(len).map_err(|_| Error::from(ConfigError::Length))?;
         self.data
             .write()
             .map_err(|_| Self::poisoned())?
@@ -218,7 +218,7 @@ impl FileDevice {
                 libc::F_UNLCK as libc::c_short
             },
             l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: i64::try_from(offset).map_err(|_| Error::Config("offset".into()))?,
+            l_start: i64::try_from(offset).map_err(|_| Error::from(ConfigError::Offset))?,
             l_len: len as i64,
             l_pid: 0,
         };
@@ -341,7 +341,7 @@ impl BlockDevice for FileDevice {
             (offset, new.len())
         };
         self.range_lock(ls, ll, true)?;
-        let r = (|| {
+        let r = (|| -> Result<Cas> {
             let mut cur = vec![0u8; new.len()];
             self.raw_read(&mut cur, offset)?;
             if cur != expected {
@@ -378,7 +378,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<D> {
     }
 }
 
-/// Counts the operations that reach a device (benchmarks, I/O-count tests).
+/// Counts the operations that reach a device: instrumentation for benchmarks (`vmfs
+/// bench-io` reports I/Os per operation with it) and I/O-count tests. A real wrapper, not a
+/// fake, so it is built in every configuration.
 #[derive(Debug)]
 pub struct CountingDevice<D> {
     inner: D,

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::file::File;
 use crate::format::LockMode;
 use crate::volume::Volume;
@@ -472,7 +472,7 @@ impl VirtualDisk {
     /// Deletes the top snapshot: its redo log is discarded (revert to the snapshot).
     pub fn revert(&mut self) -> Result<()> {
         if self.layers.len() < 2 {
-            return Err(Error::Config("disk has no snapshot".into()));
+            return Err(ConfigError::NoSnapshot.into());
         }
         self.layers.pop();
         let name = self.desc.chain.pop().unwrap_or_default();
@@ -485,7 +485,7 @@ impl VirtualDisk {
     /// Consolidates the top redo log into the layer below and deletes it.
     pub fn consolidate(&mut self) -> Result<()> {
         if self.layers.len() < 2 {
-            return Err(Error::Config("disk has no snapshot".into()));
+            return Err(ConfigError::NoSnapshot.into());
         }
         self.sync()?;
         let top = self

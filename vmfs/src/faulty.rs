@@ -4,6 +4,8 @@
 //! writes since the last flush are pending, and [`FaultyDevice::crash_image`] builds a
 //! post-crash image in which a seeded subset of them survived, some torn at a sector
 //! boundary. Compare-and-write is durable when it succeeds (see the README).
+//!
+//! Test support: built for this crate's tests and with the `test-utils` feature.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 
 use crate::device::{BlockDevice, Cas};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Faults to inject; change them at any time with [`FaultyDevice::set_faults`].
 #[derive(Debug, Clone, Default)]
@@ -22,7 +24,8 @@ pub struct Faults {
     /// Every read fails.
     pub fail_reads: bool,
     /// The device "crashes" when this many writes (counting compare-and-writes) have been
-    /// issued: that write and everything after it fails with [`Error::Crashed`].
+    /// issued: that write and everything after it fails with an [`Error::Io`] whose source
+    /// is [`Crashed`] (see [`is_crash`]).
     pub crash_at_write: Option<u64>,
     /// A delay before every I/O.
     pub delay: Option<Duration>,
@@ -56,6 +59,29 @@ struct State {
 #[derive(Debug)]
 pub struct FaultyDevice {
     st: Mutex<State>,
+}
+
+/// The source of every error of a [`FaultyDevice`] after its injected crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("device crashed (injected)")]
+pub struct Crashed;
+
+/// Whether `e` is a [`FaultyDevice`]'s injected crash.
+pub fn is_crash(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<Crashed>().is_some()),
+        _ => false,
+    }
+}
+
+fn crashed(op: &'static str, offset: u64) -> Error {
+    Error::Io {
+        op,
+        offset,
+        source: std::io::Error::other(Crashed),
+    }
 }
 
 fn injected(op: &'static str, offset: u64) -> Error {
@@ -149,7 +175,7 @@ impl FaultyDevice {
 
     fn before_write(s: &mut State, offset: u64, len: usize, op: &'static str) -> Result<()> {
         if s.crashed {
-            return Err(Error::Crashed);
+            return Err(crashed(op, offset));
         }
         if let Some(d) = s.faults.delay {
             std::thread::sleep(d);
@@ -158,7 +184,7 @@ impl FaultyDevice {
         if let Some(n) = s.faults.crash_at_write {
             if s.writes_issued >= n {
                 s.crashed = true;
-                return Err(Error::Crashed);
+                return Err(crashed(op, offset));
             }
         }
         let end = offset + len as u64;
@@ -184,7 +210,7 @@ impl BlockDevice for FaultyDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut s = self.lock()?;
         if s.crashed {
-            return Err(Error::Crashed);
+            return Err(crashed("read", offset));
         }
         if let Some(d) = s.faults.delay {
             std::thread::sleep(d);
@@ -219,7 +245,7 @@ impl BlockDevice for FaultyDevice {
     fn flush(&self) -> Result<()> {
         let mut s = self.lock()?;
         if s.crashed {
-            return Err(Error::Crashed);
+            return Err(crashed("flush", 0));
         }
         s.stats.flushes += 1;
         let pending = std::mem::take(&mut s.pending);
@@ -236,7 +262,7 @@ impl BlockDevice for FaultyDevice {
 
     fn set_len(&self, len: u64) -> Result<()> {
         let mut s = self.lock()?;
-        let len = usize::try_from(len).map_err(|_| Error::Config("length".into()))?;
+        let len = usize::try_from(len).map_err(|_| Error::from(ConfigError::Length))?;
         s.written.resize(len, 0);
         s.durable.resize(len, 0);
         Ok(())
@@ -246,7 +272,11 @@ impl BlockDevice for FaultyDevice {
         let mut s = self.lock()?;
         s.stats.cas += 1;
         if expected.len() != new.len() {
-            return Err(Error::Config("compare_and_write lengths".into()));
+            return Err(ConfigError::CasLengths {
+                expected: expected.len(),
+                new: new.len(),
+            }
+            .into());
         }
         Self::before_write(&mut s, offset, new.len(), "compare_and_write")?;
         let o = offset as usize;
@@ -303,8 +333,11 @@ mod tests {
         });
         d.write_at(&[1], 0).unwrap();
         assert!(matches!(d.write_at(&[1], 1100), Err(Error::Io { .. })));
-        assert!(matches!(d.write_at(&[1], 0), Err(Error::Crashed)));
+        assert!(d.write_at(&[1], 0).is_err_and(|e| is_crash(&e)));
         assert!(d.crashed());
-        assert!(matches!(d.read_at(&mut [0], 0), Err(Error::Crashed)));
+        assert!(d.read_at(&mut [0], 0).is_err_and(|e| is_crash(&e)));
+        let other = d.write_at(&[1], 1100).map(|_| ()).unwrap_err();
+        assert!(is_crash(&other), "{other}");
+        assert!(!is_crash(&injected("write", 0)));
     }
 }

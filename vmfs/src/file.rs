@@ -1,13 +1,14 @@
 //! An open file and the lock it holds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::bmap::{self, RunCache};
-use crate::error::{Error, Result};
+use crate::bmap::{self, IndCache, RunCache};
+use crate::device::BlockDevice;
+use crate::error::{Error, ModeError, Result};
 use crate::format::{ptrs_per_block, Inode, LockMode};
-use crate::op::{IndCache, Op};
-use crate::volume::{lock_mutex, Shared, Volume};
+use crate::mount::{lock_mutex, Shared};
+use crate::op::Op;
 
 /// Blocks one write transaction may map at least (journal room permitting).
 const MIN_BATCH: u64 = 1024;
@@ -15,7 +16,7 @@ const MIN_BATCH: u64 = 1024;
 /// An open file. Dropping it releases its lock.
 #[derive(Debug)]
 pub struct File {
-    vol: Volume,
+    sh: Arc<Shared>,
     bs: u64,
     mode: LockMode,
     path: String,
@@ -37,9 +38,9 @@ struct State {
 
 impl State {
     /// `(physical block, blocks left in its run)` of file block `f`; 0 is a hole.
-    fn lookup(&mut self, sh: &Shared, f: u64) -> Result<(u64, u64)> {
+    fn lookup(&mut self, dev: &dyn BlockDevice, bs: u64, f: u64) -> Result<(u64, u64)> {
         let State { inode, runs, ind } = self;
-        runs.lookup(ind, sh, inode, f)
+        runs.lookup(ind, dev, bs as usize, inode, f)
     }
 
     /// This handle mapped new blocks `(file block, physical block)` (and may have added
@@ -80,10 +81,10 @@ enum Seg {
 }
 
 impl File {
-    pub(crate) fn new(vol: Volume, inode: Inode, mode: LockMode, path: &str) -> File {
+    pub(crate) fn new(sh: Arc<Shared>, inode: Inode, mode: LockMode, path: &str) -> File {
         File {
-            bs: vol.sh.bs() as u64,
-            vol,
+            bs: sh.bs() as u64,
+            sh,
             mode,
             path: path.to_string(),
             st: Mutex::new(State {
@@ -123,12 +124,12 @@ impl File {
 
     /// Physical blocks of file blocks `f0..f1` (0 = hole), under one lock.
     fn map_range(&self, f0: u64, f1: u64) -> Result<Vec<u32>> {
-        let sh = &self.vol.sh;
+        let dev = self.sh.dev.as_ref();
         let mut st = lock_mutex(&self.st);
         let mut out = Vec::with_capacity(usize::try_from(f1.saturating_sub(f0)).unwrap_or(0));
         let mut f = f0;
         while f < f1 {
-            let (p, left) = st.lookup(sh, f)?;
+            let (p, left) = st.lookup(dev, self.bs, f)?;
             let take = left.min(f1 - f);
             for k in 0..take {
                 let b = if p == 0 { 0 } else { p + k };
@@ -146,7 +147,7 @@ impl File {
     /// physically contiguous blocks one lock of the handle's cached map, one binary
     /// search and one device read; no heap allocation.
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
-        let sh = &self.vol.sh;
+        let sh = &self.sh;
         sh.check_lease()?;
         let bs = self.bs;
         let mut n = None;
@@ -163,7 +164,7 @@ impl File {
                 }
                 let fo = off + pos as u64;
                 let within = fo % bs;
-                let (p, left) = st.lookup(sh, fo / bs)?;
+                let (p, left) = st.lookup(sh.dev.as_ref(), bs, fo / bs)?;
                 let run_bytes = left.saturating_mul(bs) - within;
                 let len = run_bytes.min((n - pos) as u64) as usize;
                 ((p != 0).then(|| p * bs + within), len)
@@ -182,9 +183,12 @@ impl File {
     /// durable when it returns).
     pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
         if self.mode == LockMode::SharedRead {
-            return Err(Error::Mode(format!("{}: opened read-only", self.path)));
+            return Err(ModeError::ReadOnly {
+                path: self.path.clone(),
+            }
+            .into());
         }
-        let sh = &self.vol.sh;
+        let sh = &self.sh;
         let bs = self.bs;
         let end = off
             .checked_add(data.len() as u64)
@@ -209,11 +213,10 @@ impl File {
                 continue;
             }
             if self.mode == LockMode::MultiWriter {
-                return Err(Error::Mode(format!(
-                    "{}: multi-writer handles write only inside the allocated size \
-                     (use an eager-zeroed file)",
-                    self.path
-                )));
+                return Err(ModeError::MultiWriterGrows {
+                    path: self.path.clone(),
+                }
+                .into());
             }
             let mut op = Op::begin(sh)?;
             self.zero_tail(&ino, pos)?;
@@ -265,7 +268,7 @@ impl File {
     /// indirect blocks fit in half the journal ring, so that a large write commits once
     /// (a 64 MiB write at 4 KiB blocks with the default 32-block journal: two commits).
     fn batch_blocks(&self) -> u64 {
-        let g = self.vol.sh.geo();
+        let g = self.sh.geo();
         let ring = g.journal_blocks as u64 - 1;
         let per_ind = ptrs_per_block(g.block_size as usize) as u64;
         ((ring / 2).saturating_sub(4) * per_ind).max(MIN_BATCH)
@@ -273,7 +276,7 @@ impl File {
 
     /// Before the size grows past a partial last block, zero its stale tail.
     fn zero_tail(&self, ino: &Inode, upto: u64) -> Result<()> {
-        let sh = &self.vol.sh;
+        let sh = &self.sh;
         let bs = sh.bs() as u64;
         if ino.size % bs == 0 || upto <= ino.size {
             return Ok(());
@@ -290,7 +293,7 @@ impl File {
 
     fn segments(&self, phys: &[u32], new: &std::collections::HashSet<u32>, sp: Span) -> Vec<Seg> {
         let Span { f0, pos, bend, off } = sp;
-        let bs = self.vol.sh.bs() as u64;
+        let bs = self.sh.bs() as u64;
         let mut out = Vec::new();
         let mut p = pos;
         while p < bend {
@@ -318,7 +321,7 @@ impl File {
         sp: Span,
         data: &[u8],
     ) -> Result<()> {
-        let sh = &self.vol.sh;
+        let sh = &self.sh;
         sh.check_lease()?;
         let bs = sh.bs() as u64;
         // Coalesce: in-place runs go straight from the caller's buffer; new blocks are
@@ -375,12 +378,12 @@ impl File {
     /// Sets the size: shrinking frees blocks, growing is thin (no allocation).
     pub fn set_len(&self, len: u64) -> Result<()> {
         if self.mode != LockMode::Exclusive {
-            return Err(Error::Mode(format!(
-                "{}: set_len needs an exclusive lock",
-                self.path
-            )));
+            return Err(ModeError::SetLenNeedsExclusive {
+                path: self.path.clone(),
+            }
+            .into());
         }
-        let sh = &self.vol.sh;
+        let sh = &self.sh;
         if len > bmap::max_file_size(sh.bs()) {
             return Err(Error::TooLarge(len));
         }
@@ -401,23 +404,23 @@ impl File {
 
     /// Makes every completed write durable.
     pub fn sync(&self) -> Result<()> {
-        self.vol.sh.check_lease()?;
-        self.vol.sh.dev.flush()
+        self.sh.check_lease()?;
+        self.sh.dev.flush()
     }
 
     /// Releases the lock now (reporting errors, unlike drop).
     pub fn close(self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
-        let idx = self.vol.sh.geo().inode_lock(self.ino());
-        self.vol.sh.release(idx)
+        let idx = self.sh.geo().inode_lock(self.ino());
+        Ok(self.sh.release(idx)?)
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let idx = self.vol.sh.geo().inode_lock(self.ino());
-            let _ = self.vol.sh.release(idx);
+            let idx = self.sh.geo().inode_lock(self.ino());
+            let _ = self.sh.release(idx);
         }
     }
 }

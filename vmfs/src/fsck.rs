@@ -221,7 +221,7 @@ pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
                     .filter(|&(h, gen)| !live(h, gen))
                     .collect();
                 if !stale.is_empty() {
-                    let what = crate::volume::describe_lock(&g, i);
+                    let what = crate::locks::describe_lock(&g, i);
                     if repair {
                         let mut n = rec.clone();
                         for (h, _) in &stale {
@@ -245,7 +245,7 @@ pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
                 } else if rec.mode.is_some() {
                     w.r.notes.push(format!(
                         "lock on {} held by {:?}",
-                        crate::volume::describe_lock(&g, i),
+                        crate::locks::describe_lock(&g, i),
                         rec.holder_list()
                     ));
                 }

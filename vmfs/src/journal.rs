@@ -2,6 +2,10 @@
 //! transaction is committed by one flush; its in-place writes follow without a flush and
 //! are made durable lazily by a checkpoint (before the ring wraps over them, at unmount, or
 //! when another host takes a lock they touched). Replay is idempotent.
+//!
+//! Built over a device, the geometry and a host id; what it needs of the mount (the lease
+//! check and the journal lock's durable floor) comes through [`JournalGuard`], so it is
+//! tested here on an in-memory device without a mounted volume.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -10,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::format::{
     decode_journal_header, encode_journal_header, Geometry, LockRecord, Txn, SECTOR, TXN_HEADER,
 };
-use crate::volume::Shared;
 
 /// This host's journal position, guarded by the host's `meta` mutex.
 #[derive(Debug, Default)]
@@ -26,6 +29,62 @@ pub(crate) struct JournalState {
     pub freed: HashSet<u32>,
 }
 
+/// What the journal needs from the mount it belongs to.
+pub(crate) trait JournalGuard {
+    /// Fails once this host may no longer write (fenced, unmounted).
+    fn check_lease(&self) -> Result<()>;
+    /// Records durably, in this host's journal lock, that every transaction up to `seq` is
+    /// in place (the floor a replay starts above).
+    fn mark_applied(&self, seq: u64) -> Result<()>;
+    /// Transaction `seq` is committed and not yet checkpointed (0: all checkpointed); lock
+    /// releases name it.
+    fn set_dirty_seq(&self, seq: u64);
+}
+
+/// This host's journal on a device: where transactions go and what guards them.
+#[derive(Clone, Copy)]
+pub(crate) struct Journal<'a> {
+    /// The device.
+    pub dev: &'a dyn BlockDevice,
+    /// The volume's layout.
+    pub geo: Geometry,
+    /// The host whose ring this is.
+    pub host: u32,
+    /// The mount's lease and journal lock.
+    pub guard: &'a dyn JournalGuard,
+}
+
+/// Records for the sectors of `img` that differ from `orig` (all of `img` without one):
+/// with large blocks a one-bit bitmap change journals 512 bytes, not a megabyte.
+pub(crate) fn diff_records(
+    off: u64,
+    img: &[u8],
+    orig: Option<&[u8]>,
+    out: &mut BTreeMap<u64, Vec<u8>>,
+) {
+    let Some(orig) = orig.filter(|o| o.len() == img.len()) else {
+        out.insert(off, img.to_vec());
+        return;
+    };
+    let mut run: Option<usize> = None;
+    let n = img.len().div_ceil(SECTOR);
+    for k in 0..=n {
+        let differs = k < n && {
+            let r = k * SECTOR..((k + 1) * SECTOR).min(img.len());
+            img[r.clone()] != orig[r]
+        };
+        match (differs, run) {
+            (true, None) => run = Some(k),
+            (false, Some(st)) => {
+                let r = st * SECTOR..(k * SECTOR).min(img.len());
+                out.insert(off + r.start as u64, img[r].to_vec());
+                run = None;
+            }
+            _ => {}
+        }
+    }
+}
+
 fn ring_len(g: &Geometry) -> u64 {
     (g.journal_blocks as u64 - 1) * g.block_size as u64
 }
@@ -34,66 +93,73 @@ fn ring_base(g: &Geometry, h: u32) -> u64 {
     g.journal_at(h) + g.block_size as u64
 }
 
-/// Commits `records` as this host's next transaction (one flush) and writes them in place
-/// (no flush). The caller holds the locks that cover every record and the `meta` mutex.
-pub(crate) fn commit(
-    sh: &Shared,
-    j: &mut JournalState,
-    records: Vec<(u64, Vec<u8>)>,
-) -> Result<()> {
-    sh.check_lease()?;
-    let g = sh.geo();
-    let txn = Txn {
-        host: sh.host,
-        seq: j.applied + 1,
-        records,
-    };
-    let bytes = txn.encode();
-    let len = bytes.len().next_multiple_of(SECTOR) as u64;
-    let ring = ring_len(&g);
-    if len > ring {
-        return Err(Error::TxnTooLarge(bytes.len()));
+impl Journal<'_> {
+    /// Commits `records` as this host's next transaction (one flush) and writes them in place
+    /// (no flush). The caller holds the locks that cover every record and the `meta` mutex.
+    pub fn commit(&self, j: &mut JournalState, records: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.guard.check_lease()?;
+        let g = self.geo;
+        let txn = Txn {
+            host: self.host,
+            seq: j.applied + 1,
+            records,
+        };
+        let bytes = txn.encode();
+        let len = bytes.len().next_multiple_of(SECTOR) as u64;
+        let ring = ring_len(&g);
+        if len > ring {
+            return Err(Error::TxnTooLarge(bytes.len()));
+        }
+        let mut at = j.head;
+        if at + len > ring {
+            at = 0;
+        }
+        if j.live.iter().any(|&(s, e)| at < e && s < at + len) {
+            self.checkpoint(j)?;
+        }
+        self.dev.write_at(&bytes, ring_base(&g, self.host) + at)?;
+        self.dev.flush()?;
+        // Committed: from here a crash is repaired by replay.
+        for (off, data) in &txn.records {
+            self.dev.write_at(data, *off)?;
+        }
+        j.live.push((at, at + len));
+        j.head = at + len;
+        j.applied = txn.seq;
+        self.guard.set_dirty_seq(txn.seq);
+        Ok(())
     }
-    let mut at = j.head;
-    if at + len > ring {
-        at = 0;
+
+    /// Makes every committed transaction durable in place and moves the journal's tail past
+    /// them: a flush, then `applied_seq` in the journal lock record (ATS, durable), then the
+    /// header as a hint.
+    pub fn checkpoint(&self, j: &mut JournalState) -> Result<()> {
+        if j.live.is_empty() {
+            return Ok(());
+        }
+        // A fenced host writes nothing more; whoever breaks its locks replays these.
+        self.guard.check_lease()?;
+        self.dev.flush()?;
+        self.guard.mark_applied(j.applied)?;
+        let g = self.geo;
+        self.dev.write_at(
+            &encode_journal_header(self.host, j.applied, j.head),
+            g.journal_at(self.host),
+        )?;
+        j.live.clear();
+        j.freed.clear();
+        self.guard.set_dirty_seq(0);
+        Ok(())
     }
-    if j.live.iter().any(|&(s, e)| at < e && s < at + len) {
-        checkpoint(sh, j)?;
-    }
-    sh.dev.write_at(&bytes, ring_base(&g, sh.host) + at)?;
-    sh.dev.flush()?;
-    // Committed: from here a crash is repaired by replay.
-    for (off, data) in &txn.records {
-        sh.dev.write_at(data, *off)?;
-    }
-    j.live.push((at, at + len));
-    j.head = at + len;
-    j.applied = txn.seq;
-    sh.set_dirty_seq(txn.seq);
-    Ok(())
 }
 
-/// Makes every committed transaction durable in place and moves the journal's tail past
-/// them: a flush, then `applied_seq` in the journal lock record (ATS, durable), then the
-/// header as a hint.
-pub(crate) fn checkpoint(sh: &Shared, j: &mut JournalState) -> Result<()> {
-    if j.live.is_empty() {
-        return Ok(());
+impl std::fmt::Debug for Journal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("geo", &self.geo)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
-    // A fenced host writes nothing more; whoever breaks its locks replays these.
-    sh.check_lease()?;
-    sh.dev.flush()?;
-    sh.mark_applied(j.applied)?;
-    let g = sh.geo();
-    sh.dev.write_at(
-        &encode_journal_header(sh.host, j.applied, j.head),
-        g.journal_at(sh.host),
-    )?;
-    j.live.clear();
-    j.freed.clear();
-    sh.set_dirty_seq(0);
-    Ok(())
 }
 
 /// What host `h`'s journal holds.
@@ -185,20 +251,93 @@ pub(crate) fn apply(dev: &dyn BlockDevice, g: &Geometry, h: u32, p: &Pending) ->
     Ok(last.seq)
 }
 
-/// Replays host `h`'s journal; returns (the sequence number to continue from, the ring
-/// head). The caller holds `h`'s journal lock.
-pub(crate) fn replay(sh: &Shared, h: u32) -> Result<(u64, u64)> {
-    let g = sh.geo();
-    let p = scan(sh.dev.as_ref(), &g, h)?;
+/// Replays host `h`'s journal for host `by`; returns (the sequence number to continue
+/// from, the ring head). The caller holds `h`'s journal lock.
+pub(crate) fn replay(dev: &dyn BlockDevice, g: &Geometry, by: u32, h: u32) -> Result<(u64, u64)> {
+    let p = scan(dev, g, h)?;
     if let (Some((_, a)), Some((_, b))) = (p.txns.first(), p.txns.last()) {
         tracing::info!(
-            host = sh.host,
+            host = by,
             journal = h,
             from = a.seq,
             to = b.seq,
             "replaying transactions"
         );
     }
-    apply(sh.dev.as_ref(), &g, h, &p)?;
+    apply(dev, g, h, &p)?;
     Ok((p.max_seq, p.head))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::device::MemDevice;
+
+    /// The mount's side of the journal, recorded: no volume, no locks.
+    #[derive(Default)]
+    struct Guard {
+        applied: Cell<u64>,
+        dirty: Cell<u64>,
+    }
+
+    impl JournalGuard for Guard {
+        fn check_lease(&self) -> Result<()> {
+            Ok(())
+        }
+        fn mark_applied(&self, seq: u64) -> Result<()> {
+            self.applied.set(seq);
+            Ok(())
+        }
+        fn set_dirty_seq(&self, seq: u64) {
+            self.dirty.set(seq);
+        }
+    }
+
+    fn read(dev: &MemDevice, off: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        dev.read_at(&mut b, off).unwrap();
+        b
+    }
+
+    #[test]
+    fn committed_transactions_replay_after_their_in_place_writes_are_lost() {
+        let len = 16u64 << 20;
+        let dev = MemDevice::new(len as usize);
+        let geo = Geometry::layout(4096, 256, 256, 8, 8, len).unwrap();
+        let guard = Guard::default();
+        let journal = Journal {
+            dev: &dev,
+            geo,
+            host: 3,
+            guard: &guard,
+        };
+        let mut j = JournalState::default();
+        let at = geo.data_offset;
+        journal
+            .commit(&mut j, vec![(at, vec![1; 512]), (at + 4096, vec![2; 1024])])
+            .unwrap();
+        journal.commit(&mut j, vec![(at, vec![3; 512])]).unwrap();
+        assert_eq!((j.applied, guard.dirty.get()), (2, 2));
+        assert_eq!(read(&dev, at, 512), [3; 512], "written in place");
+
+        // A crash loses the unflushed in-place writes; the ring holds both transactions.
+        dev.write_at(&[0; 8192], at).unwrap();
+        let p = scan(&dev, &geo, 3).unwrap();
+        assert_eq!(
+            (p.floor, p.txns.len(), p.max_seq, p.head),
+            (0, 2, 2, j.head)
+        );
+        assert_eq!(replay(&dev, &geo, 0, 3).unwrap(), (2, j.head));
+        assert_eq!(read(&dev, at, 512), [3; 512], "the later transaction wins");
+        assert_eq!(read(&dev, at + 4096, 1024), [2; 1024]);
+
+        // Replay raised the floor; a checkpoint records it through the guard.
+        assert_eq!(scan(&dev, &geo, 3).unwrap().floor, 2);
+        journal.checkpoint(&mut j).unwrap();
+        assert_eq!((guard.applied.get(), guard.dirty.get()), (2, 0));
+        let p = scan(&dev, &geo, 3).unwrap();
+        assert_eq!((p.floor, p.txns.len()), (2, 0));
+    }
 }

@@ -1,10 +1,11 @@
-//! Sans-IO heartbeat lease and liveness of other hosts.
+//! Sans-IO heartbeat lease, and the verdict on another host's liveness.
 //!
 //! [`Lease`] decides, from the time it is given, when this host must renew its heartbeat and
-//! when it must fence itself. [`Liveness`] judges other hosts by observe-and-wait: a host is
-//! dead once its heartbeat has been seen unchanged for a whole lease of *our* clock.
+//! when it must fence itself. A [`Verdict`] is what this host believes about another one;
+//! the `liveness` module reaches it by observe-and-wait. This module depends on no
+//! other of the crate, so the error type can carry a verdict.
 
-use crate::format::HeartbeatSlot;
+use std::fmt;
 
 /// What the host must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub enum Verdict {
     Alive {
         /// Milliseconds since the heartbeat was last seen to change.
         ms_since_change: u64,
+        /// The lease it was judged against: it is dead once `ms_since_change` reaches it.
+        lease_ms: u64,
     },
     /// Its heartbeat has not moved for a whole lease.
     Dead {
@@ -104,85 +107,47 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Words for refusals: "alive, heartbeat 2 s ago".
+    /// Words for refusals, judged against `lease_ms` ("alive, heartbeat 2 s ago ..."); the
+    /// same as `Display` when `lease_ms` is the verdict's own lease.
     pub fn describe(&self, lease_ms: u64) -> String {
         match *self {
-            Verdict::Free => "not mounted".to_string(),
-            Verdict::Alive { ms_since_change } => {
+            Verdict::Alive {
+                ms_since_change, ..
+            } => Verdict::Alive {
+                ms_since_change,
+                lease_ms,
+            }
+            .to_string(),
+            v => v.to_string(),
+        }
+    }
+
+    /// Whether the host may still be using its locks (alive, lease not yet run out).
+    pub fn is_alive(&self) -> bool {
+        matches!(self, Verdict::Alive { .. })
+    }
+}
+
+impl fmt::Display for Verdict {
+    /// Words for refusals: "alive, heartbeat 2 s ago (lease expires in 6.0 s without
+    /// renewal)", "dead, heartbeat 9 s ago", "not mounted".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Verdict::Free => f.write_str("not mounted"),
+            Verdict::Alive {
+                ms_since_change,
+                lease_ms,
+            } => {
                 let left = lease_ms.saturating_sub(ms_since_change);
-                format!(
+                write!(
+                    f,
                     "alive, heartbeat {} s ago (lease expires in {:.1} s without renewal)",
                     ms_since_change / 1000,
                     left as f64 / 1000.0
                 )
             }
             Verdict::Dead { ms_since_change } => {
-                format!("dead, heartbeat {} s ago", ms_since_change / 1000)
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    generation: u32,
-    counter: u64,
-    live: bool,
-    since_ms: u64,
-}
-
-/// Observe-and-wait liveness of up to 64 hosts.
-#[derive(Debug, Clone)]
-pub struct Liveness {
-    lease_ms: u64,
-    seen: Vec<Option<Seen>>,
-}
-
-impl Liveness {
-    /// A tracker for `hosts` slots.
-    pub fn new(lease_ms: u64, hosts: usize) -> Self {
-        Liveness {
-            lease_ms,
-            seen: vec![None; hosts],
-        }
-    }
-
-    /// The lease used for verdicts.
-    pub fn lease_ms(&self) -> u64 {
-        self.lease_ms
-    }
-
-    /// Records what slot `host` holds at `now_ms` and returns the verdict.
-    pub fn observe(&mut self, host: u32, slot: &HeartbeatSlot, now_ms: u64) -> Verdict {
-        let Some(entry) = self.seen.get_mut(host as usize) else {
-            return Verdict::Free;
-        };
-        let changed = match entry {
-            Some(s) => {
-                s.generation != slot.generation || s.counter != slot.counter || s.live != slot.live
-            }
-            None => true,
-        };
-        if changed {
-            *entry = Some(Seen {
-                generation: slot.generation,
-                counter: slot.counter,
-                live: slot.live,
-                since_ms: now_ms,
-            });
-        }
-        if !slot.live {
-            return Verdict::Free;
-        }
-        let since = entry.map_or(now_ms, |s| s.since_ms);
-        let ms = now_ms.saturating_sub(since);
-        if ms >= self.lease_ms {
-            Verdict::Dead {
-                ms_since_change: ms,
-            }
-        } else {
-            Verdict::Alive {
-                ms_since_change: ms,
+                write!(f, "dead, heartbeat {} s ago", ms_since_change / 1000)
             }
         }
     }
@@ -208,21 +173,23 @@ mod tests {
     }
 
     #[test]
-    fn liveness_needs_a_whole_lease_of_silence() {
-        let mut lv = Liveness::new(1000, 64);
-        let mut s = HeartbeatSlot {
-            live: true,
-            host: 2,
-            generation: 1,
-            counter: 5,
-            ..HeartbeatSlot::default()
+    fn verdict_words_stay_what_refusals_said() {
+        let v = Verdict::Alive {
+            ms_since_change: 2500,
+            lease_ms: 8000,
         };
-        assert!(matches!(lv.observe(2, &s, 100), Verdict::Alive { .. }));
-        assert!(matches!(lv.observe(2, &s, 1099), Verdict::Alive { .. }));
-        s.counter = 6;
-        assert!(matches!(lv.observe(2, &s, 1100), Verdict::Alive { .. }));
-        assert!(matches!(lv.observe(2, &s, 2100), Verdict::Dead { .. }));
-        s.live = false;
-        assert_eq!(lv.observe(2, &s, 2200), Verdict::Free);
+        assert_eq!(
+            v.to_string(),
+            "alive, heartbeat 2 s ago (lease expires in 5.5 s without renewal)"
+        );
+        assert_eq!(v.describe(8000), v.to_string());
+        assert_eq!(
+            Verdict::Dead {
+                ms_since_change: 9000
+            }
+            .to_string(),
+            "dead, heartbeat 9 s ago"
+        );
+        assert_eq!(Verdict::Free.to_string(), "not mounted");
     }
 }

@@ -9,6 +9,10 @@
 //! locks (a whole lease). The crate README documents the on-disk format byte by byte, the
 //! assumptions about the medium and the failure model.
 //!
+//! Test support (the fault-injecting `faulty` device, a counting device and a manual
+//! clock, as in the example below) comes with the `test-utils` feature; [`MemDevice`] is a
+//! real in-memory device and always there.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use vinfra_vmfs::{LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
@@ -46,28 +50,42 @@ pub mod clock;
 pub mod device;
 pub mod disk;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod faulty;
 pub mod format;
 pub mod fsck;
 pub mod lease;
-
-pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use device::{BlockDevice, Cas, CountingDevice, FileDevice, MemDevice};
-pub use error::{Error, Result};
-pub use faulty::{Faults, FaultyDevice, IoStats};
-pub use format::LockMode;
-pub use lease::{Lease, LeaseAction, Liveness, Verdict};
+pub mod liveness;
+pub mod locks;
+// The layers, each using only those above it: format, block map, journal, mount (shared
+// state, lease, heartbeat, lock table) with the lock manager, operations, files,
+// namespace and recovery, the `Volume` facade, virtual disks on top of it.
 pub mod bmap;
 mod file;
 mod journal;
-mod lock;
+mod mount;
 mod namespace;
 mod op;
 mod recover;
 pub mod volume;
 
+#[cfg(any(test, feature = "test-utils"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, MonotonicClock};
+#[cfg(any(test, feature = "test-utils"))]
+pub use device::CountingDevice;
+pub use device::{BlockDevice, Cas, FileDevice, MemDevice};
+pub use error::{
+    ConfigError, Error, LockError, LockVerdict, ModeError, ReadOnlyReason, Result, SlotState,
+};
+#[cfg(any(test, feature = "test-utils"))]
+pub use faulty::{Faults, FaultyDevice, IoStats};
 pub use file::File;
+pub use format::LockMode;
 pub use format::{DirEntry, Kind};
+pub use lease::{Lease, LeaseAction, Verdict};
+pub use liveness::Liveness;
+pub use locks::{Holder, LockInfo};
 pub use namespace::Stat;
 pub use recover::RecoveryStats;
 pub use volume::{HeartbeatThread, MkfsOptions, MountOptions, Volume, VolumeEvent};

@@ -4,55 +4,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::MutexGuard;
 
-use crate::bmap::{self, IndRead, Place};
-use crate::error::{Error, Result};
+use crate::bmap::{self, IndBlocks, MapStore};
+use crate::device::BlockDevice;
+use crate::error::{Error, LockError, Result};
 use crate::format::{
-    decode_dir, decode_indirect, encode_dir, encode_indirect, ptrs_per_block, valid_name,
-    ClusterBlock, DirEntry, Geometry, Inode, Kind, LockMode, INODES_PER_GROUP, SECTOR,
+    decode_dir, encode_dir, valid_name, ClusterBlock, DirEntry, Geometry, Inode, Kind, LockMode,
+    INODES_PER_GROUP, SECTOR,
 };
-use crate::volume::{lock_mutex, JournalState, Shared};
-
-#[derive(Debug)]
-struct Ind {
-    ino: u32,
-    level: u8,
-    ptrs: Vec<u32>,
-    dirty: bool,
-    /// The image on disk (None: a new block, written whole).
-    orig: Option<Vec<u8>>,
-}
+use crate::journal::{diff_records, JournalState};
+use crate::mount::{lock_mutex, Shared};
 
 #[derive(Debug)]
 struct DirBlk {
     entries: Vec<DirEntry>,
     dirty: bool,
     orig: Option<Vec<u8>>,
-}
-
-/// Records for the sectors of `img` that differ from `orig` (all of `img` without one):
-/// with large blocks a one-bit bitmap change journals 512 bytes, not a megabyte.
-fn diff_records(off: u64, img: &[u8], orig: Option<&[u8]>, out: &mut BTreeMap<u64, Vec<u8>>) {
-    let Some(orig) = orig.filter(|o| o.len() == img.len()) else {
-        out.insert(off, img.to_vec());
-        return;
-    };
-    let mut run: Option<usize> = None;
-    let n = img.len().div_ceil(SECTOR);
-    for k in 0..=n {
-        let differs = k < n && {
-            let r = k * SECTOR..((k + 1) * SECTOR).min(img.len());
-            img[r.clone()] != orig[r]
-        };
-        match (differs, run) {
-            (true, None) => run = Some(k),
-            (false, Some(st)) => {
-                let r = st * SECTOR..(k * SECTOR).min(img.len());
-                out.insert(off + r.start as u64, img[r].to_vec());
-                run = None;
-            }
-            _ => {}
-        }
-    }
 }
 
 /// A metadata operation in progress.
@@ -64,45 +30,12 @@ pub(crate) struct Op<'a> {
     pub bs: usize,
     locks: Vec<u64>,
     recs: BTreeMap<u64, Vec<u8>>,
-    ind: HashMap<u32, Ind>,
+    ind: IndBlocks,
     dirs: HashMap<u32, DirBlk>,
     clusters: BTreeMap<u32, (ClusterBlock, bool)>,
     cluster_orig: HashMap<u32, Vec<u8>>,
     freed: HashSet<u32>,
     committed: bool,
-}
-
-/// Reads indirect blocks straight from the device with a small cache (lock-free readers).
-#[derive(Debug, Default)]
-pub(crate) struct IndCache {
-    pub map: HashMap<u32, Vec<u32>>,
-}
-
-impl IndCache {
-    /// Every pointer of indirect block `blk` (loaded, decoded and checked once).
-    pub fn block(&mut self, sh: &Shared, blk: u32, ino: u32, level: u8) -> Result<&[u32]> {
-        if !self.map.contains_key(&blk) {
-            let bs = sh.bs();
-            let b = sh.read(blk as u64 * bs as u64, bs)?;
-            let p = decode_indirect(&b, bs, ino, level)?;
-            if self.map.len() > 4096 {
-                self.map.clear();
-            }
-            self.map.insert(blk, p);
-        }
-        Ok(self.map.get(&blk).map(Vec::as_slice).unwrap_or(&[]))
-    }
-}
-
-impl IndRead for Op<'_> {
-    fn ptr(&mut self, blk: u32, ino: u32, level: u8, i: usize) -> Result<u32> {
-        self.load_ind(blk, ino, level)?;
-        Ok(self
-            .ind
-            .get(&blk)
-            .and_then(|e| e.ptrs.get(i).copied())
-            .unwrap_or(0))
-    }
 }
 
 fn metadata_timeout(sh: &Shared) -> u64 {
@@ -121,7 +54,7 @@ impl<'a> Op<'a> {
             bs: geo.block_size as usize,
             locks: Vec::new(),
             recs: BTreeMap::new(),
-            ind: HashMap::new(),
+            ind: IndBlocks::default(),
             dirs: HashMap::new(),
             clusters: BTreeMap::new(),
             cluster_orig: HashMap::new(),
@@ -153,7 +86,7 @@ impl<'a> Op<'a> {
 
     /// Forgets cached blocks that are not dirty (after taking a lock, re-read under it).
     pub fn drop_clean_caches(&mut self) {
-        self.ind.retain(|_, i| i.dirty);
+        self.ind.retain_dirty();
         self.dirs.retain(|_, d| d.dirty);
     }
 
@@ -171,8 +104,8 @@ impl<'a> Op<'a> {
                 self.locks.push(idx);
                 Ok(true)
             }
-            Err(Error::Locked { .. }) => Ok(false),
-            Err(e) => Err(e),
+            Err(LockError::Held { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -183,7 +116,7 @@ impl<'a> Op<'a> {
     /// Bytes the transaction would take now.
     pub fn pending_bytes(&self) -> usize {
         let recs: usize = self.recs.values().map(|v| v.len() + 12).sum();
-        let dirty = self.ind.values().filter(|i| i.dirty).count()
+        let dirty = self.ind.dirty_count()
             + self.dirs.values().filter(|d| d.dirty).count()
             + self.clusters.values().filter(|c| c.1).count();
         recs + dirty * (self.bs + 12)
@@ -328,7 +261,7 @@ impl<'a> Op<'a> {
             }
             if !self.j.freed.is_empty() {
                 // Blocks freed since the last checkpoint become usable after one.
-                crate::journal::checkpoint(self.sh, &mut self.j)?;
+                self.sh.journal().checkpoint(&mut self.j)?;
                 continue;
             }
             // Another host may have grown the volume, or hold the clusters with room.
@@ -342,213 +275,16 @@ impl<'a> Op<'a> {
         Err(Error::NoSpace)
     }
 
-    /// Frees block `b` (takes its cluster lock, waiting if need be).
-    pub fn free_block(&mut self, b: u32) -> Result<()> {
-        let (c, i) = self
-            .geo
-            .block_cluster(b)
-            .ok_or_else(|| Error::corrupt("block map", format!("block {b} is not a data block")))?;
-        self.lock(self.geo.cluster_lock(c), &format!("cluster {c}"))?;
-        self.load_cluster(c)?;
-        if let Some((cl, dirty)) = self.clusters.get_mut(&c) {
-            cl.set(i, false);
-            *dirty = true;
-        }
-        self.freed.insert(b);
-        self.ind.remove(&b);
-        self.dirs.remove(&b);
-        Ok(())
-    }
-
     // ------------------------------------------------------------------ block map
 
-    fn load_ind(&mut self, blk: u32, ino: u32, level: u8) -> Result<()> {
-        if self.ind.contains_key(&blk) {
-            return Ok(());
-        }
-        let b = self.sh.read(blk as u64 * self.bs as u64, self.bs)?;
-        let ptrs = decode_indirect(&b, self.bs, ino, level)?;
-        self.ind.insert(
-            blk,
-            Ind {
-                ino,
-                level,
-                ptrs,
-                dirty: false,
-                orig: Some(b),
-            },
-        );
-        Ok(())
-    }
-
+    /// Physical block of file block `f` of `ino` (0 = hole).
     pub fn lookup(&mut self, ino: &Inode, f: u64) -> Result<u32> {
-        let bs = self.bs;
-        bmap::lookup(self, ino, f, bs)
-    }
-
-    fn new_ind(&mut self, ino: u32, level: u8) -> Result<u32> {
-        let b = *self.alloc(1, 1)?.first().ok_or(Error::NoSpace)?;
-        self.ind.insert(
-            b,
-            Ind {
-                ino,
-                level,
-                ptrs: vec![0; ptrs_per_block(self.bs)],
-                dirty: true,
-                orig: None,
-            },
-        );
-        Ok(b)
+        bmap::lookup(self, ino, f)
     }
 
     /// Points file block `f` of `ino` at `p` (allocating indirect blocks as needed).
     pub fn map_set(&mut self, ino: &mut Inode, f: u64, p: u32) -> Result<()> {
-        match bmap::place(f, self.bs)? {
-            Place::Direct(i) => ino.direct[i] = p,
-            Place::Indirect(root, idx) => {
-                let mut level = (root + 1) as u8;
-                if ino.indirect[root] == 0 {
-                    ino.indirect[root] = self.new_ind(ino.ino, level)?;
-                    ino.blocks += 1;
-                }
-                let mut blk = ino.indirect[root];
-                for (k, &i) in idx.iter().enumerate() {
-                    self.load_ind(blk, ino.ino, level)?;
-                    let last = k + 1 == idx.len();
-                    let cur = self.ind.get(&blk).map_or(0, |e| e.ptrs[i]);
-                    if last {
-                        if let Some(e) = self.ind.get_mut(&blk) {
-                            e.ptrs[i] = p;
-                            e.dirty = true;
-                        }
-                    } else {
-                        let next = if cur == 0 {
-                            let nb = self.new_ind(ino.ino, level - 1)?;
-                            ino.blocks += 1;
-                            if let Some(e) = self.ind.get_mut(&blk) {
-                                e.ptrs[i] = nb;
-                                e.dirty = true;
-                            }
-                            nb
-                        } else {
-                            cur
-                        };
-                        blk = next;
-                        level -= 1;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Unmaps file block `f` and frees it and any indirect block left empty.
-    pub fn map_clear(&mut self, ino: &mut Inode, f: u64) -> Result<()> {
-        match bmap::place(f, self.bs)? {
-            Place::Direct(i) => {
-                if ino.direct[i] != 0 {
-                    self.free_block(ino.direct[i])?;
-                    ino.direct[i] = 0;
-                    ino.blocks = ino.blocks.saturating_sub(1);
-                }
-            }
-            Place::Indirect(root, idx) => {
-                let mut path = Vec::new(); // (block, index)
-                let mut blk = ino.indirect[root];
-                let mut level = (root + 1) as u8;
-                for &i in idx.iter() {
-                    if blk == 0 {
-                        return Ok(());
-                    }
-                    self.load_ind(blk, ino.ino, level)?;
-                    path.push((blk, i));
-                    blk = self.ind.get(&blk).map_or(0, |e| e.ptrs[i]);
-                    level = level.saturating_sub(1);
-                }
-                if blk == 0 {
-                    return Ok(());
-                }
-                self.free_block(blk)?;
-                ino.blocks = ino.blocks.saturating_sub(1);
-                // Clear upwards while blocks become empty.
-                for (pb, i) in path.into_iter().rev() {
-                    let empty = match self.ind.get_mut(&pb) {
-                        Some(e) => {
-                            e.ptrs[i] = 0;
-                            e.dirty = true;
-                            e.ptrs.iter().all(|&x| x == 0)
-                        }
-                        None => false,
-                    };
-                    if !empty {
-                        return Ok(());
-                    }
-                    self.free_block(pb)?;
-                    ino.blocks = ino.blocks.saturating_sub(1);
-                }
-                ino.indirect[root] = 0;
-            }
-        }
-        Ok(())
-    }
-
-    /// Every mapped data block (file block, physical block) with file block >= `from`.
-    pub fn mapped_from(&mut self, ino: &Inode, from: u64) -> Result<Vec<(u64, u32)>> {
-        let mut out = Vec::new();
-        for i in 0..crate::format::NDIRECT {
-            if i as u64 >= from && ino.direct[i] != 0 {
-                out.push((i as u64, ino.direct[i]));
-            }
-        }
-        let p = ptrs_per_block(self.bs) as u64;
-        let mut base = crate::format::NDIRECT as u64;
-        let mut span = p;
-        for root in 0..3 {
-            if ino.indirect[root] != 0 && base + span > from {
-                self.walk(
-                    ino.ino,
-                    ino.indirect[root],
-                    (root + 1) as u8,
-                    base,
-                    from,
-                    &mut out,
-                )?;
-            }
-            base += span;
-            span = span.saturating_mul(p);
-        }
-        Ok(out)
-    }
-
-    fn walk(
-        &mut self,
-        ino: u32,
-        blk: u32,
-        level: u8,
-        base: u64,
-        from: u64,
-        out: &mut Vec<(u64, u32)>,
-    ) -> Result<()> {
-        self.load_ind(blk, ino, level)?;
-        let ptrs = self
-            .ind
-            .get(&blk)
-            .map(|e| e.ptrs.clone())
-            .unwrap_or_default();
-        let p = ptrs_per_block(self.bs) as u64;
-        let child_span = p.pow(level as u32 - 1);
-        for (i, &c) in ptrs.iter().enumerate() {
-            let cb = base + i as u64 * child_span;
-            if c == 0 || cb + child_span <= from {
-                continue;
-            }
-            if level == 1 {
-                out.push((cb, c));
-            } else {
-                self.walk(ino, c, level - 1, cb, from, out)?;
-            }
-        }
-        Ok(())
+        bmap::map_set(self, ino, f, p)
     }
 
     /// Frees every block past `new_size` and sets the size, committing in as many
@@ -556,7 +292,7 @@ impl<'a> Op<'a> {
     pub fn truncate(&mut self, ino: &mut Inode, new_size: u64) -> Result<()> {
         let bs = self.bs as u64;
         let keep = new_size.div_ceil(bs);
-        let mut blocks = self.mapped_from(ino, keep)?;
+        let mut blocks = bmap::mapped_from(self, ino, keep)?;
         blocks.sort_unstable();
         while !blocks.is_empty() {
             let mut clusters = BTreeSet::new();
@@ -574,7 +310,7 @@ impl<'a> Op<'a> {
             let take = take.max(1);
             let chunk: Vec<(u64, u32)> = blocks.split_off(blocks.len() - take);
             for (f, _) in chunk.iter().rev() {
-                self.map_clear(ino, *f)?;
+                bmap::map_clear(self, ino, *f)?;
             }
             let lowest = chunk.first().map_or(keep, |x| x.0);
             ino.size = ino.size.min((lowest * bs).max(new_size));
@@ -704,19 +440,9 @@ impl<'a> Op<'a> {
 
     fn collect(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
         let bs = self.bs;
-        for (b, i) in self.ind.iter_mut() {
-            if i.dirty {
-                let img = encode_indirect(bs, i.ino, i.level, &i.ptrs);
-                diff_records(
-                    *b as u64 * bs as u64,
-                    &img,
-                    i.orig.as_deref(),
-                    &mut self.recs,
-                );
-                i.orig = Some(img);
-                i.dirty = false;
-            }
-        }
+        let recs = &mut self.recs;
+        self.ind
+            .take_dirty(bs, |off, img, orig| diff_records(off, img, orig, recs));
         for (b, d) in self.dirs.iter_mut() {
             if d.dirty {
                 let img = encode_dir(bs, &d.entries)
@@ -749,7 +475,7 @@ impl<'a> Op<'a> {
         if recs.is_empty() {
             return Ok(());
         }
-        match crate::journal::commit(self.sh, &mut self.j, recs) {
+        match self.sh.journal().commit(&mut self.j, recs) {
             Ok(()) => {
                 let freed = std::mem::take(&mut self.freed);
                 self.j.freed.extend(freed);
@@ -787,6 +513,38 @@ impl<'a> Op<'a> {
         for l in locks.into_iter().rev() {
             self.sh.release(l)?;
         }
+        Ok(())
+    }
+}
+
+impl MapStore for Op<'_> {
+    fn bs(&self) -> usize {
+        self.bs
+    }
+
+    fn blocks(&mut self) -> (&mut IndBlocks, &dyn BlockDevice) {
+        (&mut self.ind, self.sh.dev.as_ref())
+    }
+
+    fn alloc_block(&mut self) -> Result<u32> {
+        self.alloc(1, 1)?.first().copied().ok_or(Error::NoSpace)
+    }
+
+    /// Frees block `b` (takes its cluster lock, waiting if need be).
+    fn free_block(&mut self, b: u32) -> Result<()> {
+        let (c, i) = self
+            .geo
+            .block_cluster(b)
+            .ok_or_else(|| Error::corrupt("block map", format!("block {b} is not a data block")))?;
+        self.lock(self.geo.cluster_lock(c), &format!("cluster {c}"))?;
+        self.load_cluster(c)?;
+        if let Some((cl, dirty)) = self.clusters.get_mut(&c) {
+            cl.set(i, false);
+            *dirty = true;
+        }
+        self.freed.insert(b);
+        self.ind.remove(b);
+        self.dirs.remove(&b);
         Ok(())
     }
 }

@@ -1,21 +1,30 @@
-//! Mounting: the superblock, this host's heartbeat slot and lease, events, growth.
+//! The public facade: [`Volume`] formats, mounts and unmounts, and offers the file,
+//! namespace, lock and recovery operations of the layers under it (format, block map,
+//! journal, mount and locks, operations, files and namespace, recovery).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::device::{BlockDevice, Cas};
-use crate::error::{Error, Result};
+use crate::device::BlockDevice;
+use crate::error::{ConfigError, Error, LockError, Result};
+use crate::file::File;
 use crate::format::{
-    encode_journal_header, ClusterBlock, Geometry, HeartbeatSlot, Inode, Kind, LockMode,
-    LockRecord, Superblock, MAX_HOSTS, SECTOR,
+    encode_journal_header, ClusterBlock, DirEntry, Geometry, HeartbeatSlot, Inode, Kind, LockMode,
+    Superblock, MAX_HOSTS, SECTOR,
 };
-use crate::lease::{Lease, LeaseAction, Liveness, Verdict};
+use crate::lease::{LeaseAction, Verdict};
+use crate::locks::{HeldLock, LockInfo};
+use crate::mount::{lock_mutex, Shared};
+use crate::namespace::{self, Stat};
+use crate::recover::{self, RecoveryStats};
+
+pub use crate::locks::{describe_lock, list_locks};
+pub use crate::mount::{MountOptions, VolumeEvent};
 
 /// Options of `mkfs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,231 +67,6 @@ impl Default for MkfsOptions {
     }
 }
 
-/// Options of `mount`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct MountOptions {
-    /// Overrides the volume's lease (tests use short leases).
-    pub lease_ms: Option<u32>,
-    /// Overrides the volume's heartbeat interval.
-    pub interval_ms: Option<u32>,
-    /// Informational host name written in the slot.
-    pub name: String,
-    /// Informational pid written in the slot.
-    pub pid: u32,
-    /// If our slot looks live (a crashed earlier incarnation), wait for its lease to expire
-    /// and take it over instead of failing.
-    pub take_over_slot: bool,
-}
-
-impl Default for MountOptions {
-    fn default() -> Self {
-        MountOptions {
-            lease_ms: None,
-            interval_ms: None,
-            name: String::new(),
-            pid: 0,
-            take_over_slot: true,
-        }
-    }
-}
-
-/// Something the caller must know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VolumeEvent {
-    /// This host could not renew its heartbeat for half a lease and stopped using its
-    /// locks: stop the VMs whose disks it held.
-    Fenced {
-        /// This host.
-        host: u32,
-        /// Locks it held (lock indices).
-        locks: Vec<u64>,
-    },
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct LockTable {
-    pub cache: HashMap<u64, LockRecord>,
-    pub held: HashMap<u64, (LockMode, usize)>,
-}
-
-pub(crate) use crate::journal::JournalState;
-
-/// State shared by a mounted volume's handles.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub dev: Arc<dyn BlockDevice>,
-    pub clock: Arc<dyn Clock>,
-    pub host: u32,
-    pub generation: u32,
-    pub sb: Mutex<Superblock>,
-    pub lease_ms: u64,
-    pub interval_ms: u64,
-    pub lease: Mutex<Lease>,
-    hb: Mutex<HeartbeatSlot>,
-    pub liveness: Mutex<Liveness>,
-    pub locks: Mutex<LockTable>,
-    pub meta: Mutex<JournalState>,
-    events: Mutex<Sender<VolumeEvent>>,
-    events_rx: Mutex<Option<Receiver<VolumeEvent>>>,
-    fenced_reported: AtomicBool,
-    poisoned: AtomicBool,
-    /// Lock-free copy of the lease's validity horizon (ms), for the I/O hot path.
-    valid_until: std::sync::atomic::AtomicU64,
-    pub unmounted: AtomicBool,
-    /// Last committed transaction not yet checkpointed (0: none): lock releases name it.
-    dirty_seq: std::sync::atomic::AtomicU64,
-}
-
-pub(crate) fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not wedge the volume: the data under these mutexes is
-    // re-validated from the device.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub fn geo(&self) -> Geometry {
-        lock_mutex(&self.sb).geo
-    }
-    pub fn bs(&self) -> usize {
-        lock_mutex(&self.sb).geo.block_size as usize
-    }
-    pub fn now(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
-        let mut b = vec![0u8; len];
-        self.dev.read_at(&mut b, off)?;
-        Ok(b)
-    }
-
-    pub fn read_slot(&self, h: u32) -> Result<HeartbeatSlot> {
-        let g = self.geo();
-        HeartbeatSlot::decode(&self.read(g.hb_at(h), SECTOR)?, h)
-    }
-
-    /// Fails with `Fenced` once the lease is no longer valid, and reports it once.
-    pub fn check_lease(&self) -> Result<()> {
-        if self.unmounted.load(Ordering::SeqCst) {
-            return Err(Error::ReadOnly("unmounted".into()));
-        }
-        let now = self.now();
-        if now < self.valid_until.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let valid = lock_mutex(&self.lease).valid(now);
-        if valid {
-            return Ok(());
-        }
-        lock_mutex(&self.lease).poll(now);
-        self.report_fence();
-        Err(Error::Fenced { host: self.host })
-    }
-
-    fn report_fence(&self) {
-        if !self.fenced_reported.swap(true, Ordering::SeqCst) {
-            let locks: Vec<u64> = lock_mutex(&self.locks).held.keys().copied().collect();
-            tracing::warn!(
-                host = self.host,
-                "heartbeat lease lost: fencing, locks abandoned"
-            );
-            let _ = lock_mutex(&self.events).send(VolumeEvent::Fenced {
-                host: self.host,
-                locks,
-            });
-        }
-    }
-
-    /// After a failure past a commit point: stop renewing and acting, so that another host
-    /// breaks our locks after the lease and replays our journal.
-    pub fn poison(&self, e: &Error) {
-        tracing::error!(host = self.host, "metadata commit failed ({e}); fencing");
-        self.poisoned.store(true, Ordering::SeqCst);
-        self.valid_until.store(0, Ordering::Release);
-        lock_mutex(&self.lease).fence();
-        self.report_fence();
-    }
-
-    pub fn set_dirty_seq(&self, seq: u64) {
-        self.dirty_seq.store(seq, Ordering::SeqCst);
-    }
-
-    pub fn dirty_seq(&self) -> u64 {
-        self.dirty_seq.load(Ordering::SeqCst)
-    }
-
-    pub fn poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::SeqCst)
-    }
-
-    /// Renews the heartbeat if due.
-    pub fn tick(&self) -> Result<LeaseAction> {
-        let now = self.now();
-        let action = lock_mutex(&self.lease).poll(now);
-        match action {
-            LeaseAction::Fence => {
-                self.valid_until.store(0, Ordering::Release);
-                self.report_fence();
-                Err(Error::Fenced { host: self.host })
-            }
-            LeaseAction::WaitUntil(_) => Ok(action),
-            LeaseAction::Renew => {
-                let mut hb = lock_mutex(&self.hb);
-                let mut next = hb.clone();
-                next.counter += 1;
-                next.stamp_ms = now;
-                let off = self.geo().hb_at(self.host);
-                match self
-                    .dev
-                    .compare_and_write(off, &hb.encode(), &next.encode())
-                {
-                    Ok(Cas::Written) => {
-                        *hb = next;
-                        let mut l = lock_mutex(&self.lease);
-                        l.renewed(now);
-                        if !l.fenced() {
-                            self.valid_until
-                                .store(now + self.lease_ms / 2, Ordering::Release);
-                        }
-                        Ok(LeaseAction::Renew)
-                    }
-                    Ok(Cas::Mismatch(_)) => {
-                        // Someone else wrote our slot: another host claims our id.
-                        tracing::error!(host = self.host, "heartbeat slot overwritten");
-                        lock_mutex(&self.lease).renew_failed(now);
-                        Err(Error::SlotBusy {
-                            host: self.host,
-                            state: "slot overwritten by another host".into(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::debug!(host = self.host, "heartbeat renewal failed: {e}");
-                        lock_mutex(&self.lease).renew_failed(now);
-                        Err(e)
-                    }
-                }
-            }
-        }
-    }
-
-    /// What we believe about host `h` (reads its slot).
-    pub fn verdict(&self, h: u32) -> Result<(HeartbeatSlot, Verdict)> {
-        let slot = self.read_slot(h)?;
-        let now = self.now();
-        let v = lock_mutex(&self.liveness).observe(h, &slot, now);
-        Ok((slot, v))
-    }
-
-    pub fn refresh_sb(&self) -> Result<()> {
-        let sb = Superblock::decode(&self.read(0, SECTOR)?)?;
-        *lock_mutex(&self.sb) = sb;
-        Ok(())
-    }
-}
-
 /// A mounted volume (cheap to clone; clones share the mount).
 #[derive(Debug, Clone)]
 pub struct Volume {
@@ -314,15 +98,6 @@ pub struct HostInfo {
     pub verdict: Verdict,
 }
 
-/// A held lock as seen in `info`.
-#[derive(Debug, Clone)]
-pub struct LockInfo {
-    /// The record.
-    pub record: LockRecord,
-    /// What it protects.
-    pub what: String,
-}
-
 impl Volume {
     /// Formats `dev`.
     pub fn mkfs(dev: &dyn BlockDevice, o: &MkfsOptions) -> Result<Superblock> {
@@ -343,7 +118,7 @@ impl Volume {
             geo = layout((geo.n_clusters * 4).max(64))?;
         }
         if o.interval_ms == 0 || o.lease_ms < 2 * o.interval_ms {
-            return Err(Error::Config("lease must be at least two intervals".into()));
+            return Err(ConfigError::LeaseTooShort.into());
         }
         let bs = geo.block_size as usize;
         let zero = vec![0u8; 1 << 20];
@@ -400,91 +175,8 @@ impl Volume {
         opts: &MountOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Volume> {
-        if host >= MAX_HOSTS {
-            return Err(Error::Config(format!("host id {host} >= {MAX_HOSTS}")));
-        }
-        let sb = Self::superblock(dev.as_ref())?;
-        let need = sb.geo.data_offset + sb.geo.data_blocks() * sb.geo.block_size as u64;
-        let have = dev.len()?;
-        if have < need {
-            return Err(Error::corrupt(
-                "volume",
-                format!("device of {have} bytes is shorter than the volume ({need} bytes)"),
-            ));
-        }
-        let lease_ms = opts.lease_ms.unwrap_or(sb.lease_ms) as u64;
-        let interval_ms = opts.interval_ms.unwrap_or(sb.interval_ms) as u64;
-        if interval_ms == 0 || lease_ms < 2 * interval_ms {
-            return Err(Error::Config("lease must be at least two intervals".into()));
-        }
-        let geo = sb.geo;
-        let (tx, rx) = channel();
-        let mut liveness = Liveness::new(lease_ms, MAX_HOSTS as usize);
-        // Claim the slot.
-        let deadline = clock.now_ms() + 3 * lease_ms + 1000;
-        let slot = loop {
-            let mut raw = vec![0u8; SECTOR];
-            dev.read_at(&mut raw, geo.hb_at(host))?;
-            let cur = HeartbeatSlot::decode(&raw, host)?;
-            let now = clock.now_ms();
-            let verdict = liveness.observe(host, &cur, now);
-            let takeable = match verdict {
-                Verdict::Free | Verdict::Dead { .. } => true,
-                Verdict::Alive { .. } => false,
-            };
-            if !takeable {
-                if !opts.take_over_slot || now > deadline {
-                    return Err(Error::SlotBusy {
-                        host,
-                        state: verdict.describe(lease_ms),
-                    });
-                }
-                clock.sleep_ms(interval_ms.min(250));
-                continue;
-            }
-            let next = HeartbeatSlot {
-                live: true,
-                host,
-                generation: cur.generation.wrapping_add(1).max(1),
-                counter: cur.counter + 1,
-                stamp_ms: now,
-                pid: opts.pid,
-                name: opts.name.clone(),
-            };
-            match dev.compare_and_write(geo.hb_at(host), &raw, &next.encode())? {
-                Cas::Written => break next,
-                Cas::Mismatch(_) => {
-                    if clock.now_ms() > deadline {
-                        return Err(Error::SlotBusy {
-                            host,
-                            state: "contended".into(),
-                        });
-                    }
-                }
-            }
-        };
-        let now = clock.now_ms();
-        let sh = Arc::new(Shared {
-            dev,
-            host,
-            generation: slot.generation,
-            sb: Mutex::new(sb),
-            lease_ms,
-            interval_ms,
-            lease: Mutex::new(Lease::new(interval_ms, lease_ms, now)),
-            hb: Mutex::new(slot),
-            liveness: Mutex::new(liveness),
-            locks: Mutex::new(LockTable::default()),
-            meta: Mutex::new(JournalState::default()),
-            events: Mutex::new(tx),
-            events_rx: Mutex::new(Some(rx)),
-            fenced_reported: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
-            valid_until: std::sync::atomic::AtomicU64::new(now + lease_ms / 2),
-            unmounted: AtomicBool::new(false),
-            dirty_seq: std::sync::atomic::AtomicU64::new(0),
-            clock,
-        });
+        let sh = Arc::new(Shared::claim(dev, host, opts, clock)?);
+        let lease_ms = sh.lease_ms;
         let vol = Volume { sh };
         // Our journal lock: a stale one of an earlier incarnation is ours to take.
         vol.sh.acquire_wait(
@@ -493,7 +185,8 @@ impl Volume {
             "journal",
             3 * lease_ms + 1000,
         )?;
-        let (applied, head) = crate::journal::replay(&vol.sh, host)?;
+        let (applied, head) =
+            crate::journal::replay(vol.sh.dev.as_ref(), &vol.sh.geo(), host, host)?;
         vol.sh.mark_applied(applied)?;
         {
             let mut j = lock_mutex(&vol.sh.meta);
@@ -556,7 +249,7 @@ impl Volume {
 
     /// The event channel (once; later calls get `None`).
     pub fn events(&self) -> Option<Receiver<VolumeEvent>> {
-        lock_mutex(&self.sh.events_rx).take()
+        self.sh.take_events()
     }
 
     /// Every heartbeat slot in use, with our verdict.
@@ -572,8 +265,21 @@ impl Volume {
     }
 
     /// Every lock record currently held.
-    pub fn locks(&self) -> Result<Vec<LockInfo>> {
+    pub fn locks(&self) -> Result<Vec<HeldLock>> {
         list_locks(self.sh.dev.as_ref(), &self.sh.geo())
+    }
+
+    /// The lock of `path` (a file's or a directory's inode lock) as it is on disk now:
+    /// its mode and every holder with this host's verdict on it (see [`crate::locks`]).
+    pub fn lock_info(&self, path: &str) -> Result<LockInfo> {
+        let ino = self.stat(path)?.ino;
+        Ok(self.lock_info_at(self.sh.geo().inode_lock(ino))?)
+    }
+
+    /// Lock `index` (see the README's lock index space) as it is on disk now, with this
+    /// host's verdict on each holder.
+    pub fn lock_info_at(&self, index: u64) -> Result<LockInfo, LockError> {
+        self.sh.lock_info(index)
     }
 
     /// Releases every lock, marks the slot free.
@@ -586,18 +292,7 @@ impl Volume {
             }
         }
         self.sh.release_all(self.sh.host as u64)?;
-        let mut hb = lock_mutex(&self.sh.hb);
-        let mut next = hb.clone();
-        next.live = false;
-        next.counter += 1;
-        let off = self.sh.geo().hb_at(self.sh.host);
-        if let Cas::Written = self
-            .sh
-            .dev
-            .compare_and_write(off, &hb.encode(), &next.encode())?
-        {
-            *hb = next;
-        }
+        self.sh.free_slot()?;
         self.sh.unmounted.store(true, Ordering::SeqCst);
         self.sh.dev.flush()?;
         tracing::info!(host = self.sh.host, "unmounted");
@@ -608,7 +303,7 @@ impl Volume {
     /// in place (committed changes are already durable through the journal).
     pub fn sync(&self) -> Result<()> {
         let mut j = lock_mutex(&self.sh.meta);
-        crate::journal::checkpoint(&self.sh, &mut j)
+        self.sh.journal().checkpoint(&mut j)
     }
 
     /// Grows the volume into a device that the administrator has already enlarged.
@@ -647,18 +342,19 @@ impl Volume {
     }
 
     /// Takes on-disk lock `index` (see the README's lock index space) in `mode`, or says
-    /// who holds it. The raw lock API, for callers that protect their own resources
-    /// (HA uses it for datastore heartbeats); files take theirs through `open`.
-    pub fn lock_index(&self, index: u64, mode: LockMode) -> Result<()> {
+    /// who holds it and how this host judges the holder ([`LockError::Held`]). The raw
+    /// lock API, for callers that protect their own resources (HA uses it for datastore
+    /// heartbeats); files take theirs through `open`. See [`crate::locks`].
+    pub fn lock_index(&self, index: u64, mode: LockMode) -> Result<(), LockError> {
         if index >= self.sh.geo().n_locks() {
-            return Err(Error::Config(format!("lock index {index} out of range")));
+            return Err(LockError::OutOfRange { index });
         }
         self.sh
             .try_acquire(index, mode, &describe_lock(&self.sh.geo(), index))
     }
 
     /// Releases a lock taken with [`Volume::lock_index`].
-    pub fn unlock_index(&self, index: u64) -> Result<()> {
+    pub fn unlock_index(&self, index: u64) -> Result<(), LockError> {
         self.sh.release(index)
     }
 
@@ -666,50 +362,58 @@ impl Volume {
     pub fn refresh(&self) -> Result<()> {
         self.sh.refresh_sb()
     }
-}
 
-/// Reads every held lock record.
-pub fn list_locks(dev: &dyn BlockDevice, g: &Geometry) -> Result<Vec<LockInfo>> {
-    let n = g.n_locks();
-    let mut out = Vec::new();
-    let chunk = 256u64;
-    let mut i = 0;
-    while i < n {
-        let k = chunk.min(n - i);
-        let mut b = vec![0u8; k as usize * SECTOR];
-        dev.read_at(&mut b, g.lock_at(i))?;
-        for j in 0..k {
-            let s = &b[j as usize * SECTOR..(j as usize + 1) * SECTOR];
-            let rec = LockRecord::decode(s, i + j)?;
-            if rec.mode.is_some() {
-                out.push(LockInfo {
-                    what: describe_lock(g, i + j),
-                    record: rec,
-                });
-            }
-        }
-        i += k;
+    /// Creates a directory.
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        namespace::mkdir(&self.sh, path)
     }
-    Ok(out)
-}
 
-/// Words for a lock index.
-pub fn describe_lock(g: &Geometry, idx: u64) -> String {
-    let base = crate::format::LOCK_INODE_BASE;
-    if idx < MAX_HOSTS as u64 {
-        format!("journal of host {idx}")
-    } else if idx == crate::format::LOCK_VOLUME {
-        "volume".into()
-    } else if idx < base {
-        format!("reserved lock {idx}")
-    } else if idx < base + g.max_inodes as u64 {
-        format!("inode {}", idx - base)
-    } else if idx < base + g.max_inodes as u64 + g.max_clusters as u64 {
-        format!("cluster {}", idx - base - g.max_inodes as u64)
-    } else {
-        format!(
-            "inode group {}",
-            idx - base - g.max_inodes as u64 - g.max_clusters as u64
-        )
+    /// Creates a file and opens it with an exclusive lock.
+    pub fn create(&self, path: &str) -> Result<File> {
+        namespace::create(&self.sh, path)
+    }
+
+    /// Opens a file with a lock in `mode`. A live holder in a conflicting mode refuses:
+    /// "locked by host 3, alive, heartbeat 2 s ago".
+    pub fn open(&self, path: &str, mode: LockMode) -> Result<File> {
+        namespace::open(&self.sh, path, mode)
+    }
+
+    /// Like [`Volume::open`], but waits up to `timeout_ms` of the volume's clock for a
+    /// holder to release, or to be found dead (a whole lease of silence) and broken.
+    pub fn open_wait(&self, path: &str, mode: LockMode, timeout_ms: u64) -> Result<File> {
+        namespace::open_wait(&self.sh, path, mode, timeout_ms)
+    }
+
+    /// Deletes a file (not open anywhere) or an empty directory.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        namespace::delete(&self.sh, path)
+    }
+
+    /// Renames `from` to `to` (which must not exist).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        namespace::rename(&self.sh, from, to)
+    }
+
+    /// Lists a directory.
+    pub fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
+        namespace::list(&self.sh, path)
+    }
+
+    /// Describes a path.
+    pub fn stat(&self, path: &str) -> Result<Stat> {
+        namespace::stat(&self.sh, path)
+    }
+
+    /// Whether a path exists.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        namespace::exists(&self.sh, path)
+    }
+
+    /// Recovers host `h` once it has been silent for a whole lease (waiting at most
+    /// `timeout_ms`): replays its journal, breaks every lock it holds and frees its slot.
+    /// Refuses with [`Error::SlotBusy`] (and the holder's verdict) while it is alive.
+    pub fn recover_host(&self, h: u32, timeout_ms: u64) -> Result<RecoveryStats> {
+        recover::recover_host(&self.sh, h, timeout_ms)
     }
 }

@@ -150,7 +150,7 @@ fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
     assert!(msg.contains("locked by host 3, alive, heartbeat"), "{msg}");
     assert!(matches!(
         b.open("/vm.vmdk", LockMode::SharedRead),
-        Err(Error::Locked { host: 3, .. })
+        Err(Error::Locked { holder: 3, .. })
     ));
     // a keeps renewing: b never gets it.
     for _ in 0..30 {
@@ -160,7 +160,7 @@ fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
         assert!(b.open("/vm.vmdk", LockMode::Exclusive).is_err());
     }
     let e = b.delete("/vm.vmdk");
-    assert!(matches!(e, Err(Error::Locked { host: 3, .. })), "{e:?}");
+    assert!(matches!(e, Err(Error::Locked { holder: 3, .. })), "{e:?}");
     // a dies (no more renewals, the handle is never released).
     std::mem::forget(f);
     let t0 = clock.now_ms();

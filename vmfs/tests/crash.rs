@@ -7,8 +7,8 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use vinfra_testkit::{for_each_seed, seeds};
 use vinfra_vmfs::{
-    Error, Faults, FaultyDevice, LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions,
-    Volume, VolumeEvent,
+    Error, Faults, FaultyDevice, LockMode, LockVerdict, ManualClock, MemDevice, MkfsOptions,
+    MountOptions, Verdict, Volume, VolumeEvent,
 };
 
 fn opts() -> MkfsOptions {
@@ -77,7 +77,7 @@ fn run_until_crash(v: &Volume, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<Str
         })();
         if let Err(e) = r {
             assert!(
-                matches!(e, Error::Crashed | Error::Fenced { .. }),
+                vinfra_vmfs::faulty::is_crash(&e) || matches!(e, Error::Fenced { .. }),
                 "seed {seed}: unexpected {e}"
             );
             return (model, touched);
@@ -185,8 +185,13 @@ fn a_partitioned_host_fences_itself_before_anyone_takes_its_locks() {
                     h.read_at(&mut buf, 0).unwrap();
                     assert_eq!(&buf, b"running");
                 }
-                Err(Error::Locked { host: 1, state, .. }) => {
-                    assert!(state.contains("alive"), "{state}");
+                Err(Error::Locked {
+                    holder: 1, verdict, ..
+                }) => {
+                    assert!(
+                        matches!(verdict, LockVerdict::Lease(Verdict::Alive { .. })),
+                        "{verdict}"
+                    );
                 }
                 Err(e) => panic!("{e}"),
             }

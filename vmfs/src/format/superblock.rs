@@ -7,7 +7,7 @@ use super::{
     assert_layout, check_sector, check_version, get_str, put_str, seal_sector, Layout, Versioned,
     INODES_PER_GROUP, LOCK_INODE_BASE, MAX_HOSTS, SECTOR, VERSION,
 };
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Where everything is on the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +51,18 @@ impl Geometry {
         dev_len: u64,
     ) -> Result<Geometry> {
         if !block_size.is_power_of_two() || !(4096..=1 << 20).contains(&block_size) {
-            return Err(Error::Config(format!("block size {block_size}")));
+            return Err(ConfigError::BlockSize(block_size).into());
         }
         if max_inodes < INODES_PER_GROUP || max_inodes % INODES_PER_GROUP != 0 {
-            return Err(Error::Config(format!("max inodes {max_inodes}")));
+            return Err(ConfigError::MaxInodes(max_inodes).into());
         }
         // The bitmap shares its block with the cluster header.
         let bitmap_bytes = block_size as u64 - super::cluster::HEADER as u64;
         if bpc == 0 || bpc as u64 > bitmap_bytes * 8 {
-            return Err(Error::Config(format!("blocks per cluster {bpc}")));
+            return Err(ConfigError::BlocksPerCluster(bpc).into());
         }
         if max_clusters == 0 || !(4..=4096).contains(&journal_blocks) {
-            return Err(Error::Config("clusters or journal size".into()));
+            return Err(ConfigError::ClustersOrJournal.into());
         }
         let bs = block_size as u64;
         let up = |x: u64| x.div_ceil(bs) * bs;
@@ -76,9 +76,11 @@ impl Geometry {
         let cluster_bytes = bpc as u64 * bs;
         let n = dev_len.saturating_sub(data_offset) / cluster_bytes;
         if n == 0 {
-            return Err(Error::Config(format!(
-                "device of {dev_len} bytes holds no cluster (metadata needs {data_offset})"
-            )));
+            return Err(ConfigError::NoCluster {
+                dev_len,
+                metadata: data_offset,
+            }
+            .into());
         }
         let n_clusters = u32::try_from(n.min(max_clusters as u64)).unwrap_or(max_clusters);
         let g = Geometry {
@@ -97,7 +99,7 @@ impl Geometry {
             data_offset,
         };
         if g.data_offset / bs + max_clusters as u64 * bpc as u64 > u32::MAX as u64 {
-            return Err(Error::Config("volume would exceed 2^32 blocks".into()));
+            return Err(ConfigError::TooManyBlocks.into());
         }
         Ok(g)
     }

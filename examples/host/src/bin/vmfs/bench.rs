@@ -55,7 +55,14 @@ impl Target for Vm {
     fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
         let n = self.0.read_at(b, off)?;
         if n != b.len() {
-            return Err(Error::Config(format!("short read {n} at {off}")));
+            return Err(Error::Io {
+                op: "read",
+                offset: off,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("short read of {n} bytes"),
+                ),
+            });
         }
         Ok(())
     }
@@ -274,7 +281,7 @@ pub fn bench_failover(image: &Path) -> Result<(), Error> {
     let out = child
         .stdout
         .take()
-        .ok_or_else(|| Error::Config("no stdout".into()))?;
+        .ok_or_else(|| io("spawn")(std::io::Error::other("the child has no stdout")))?;
     let mut lines = BufReader::new(out).lines();
     while let Some(Ok(l)) = lines.next() {
         if l.starts_with("ACK 20") {

@@ -47,8 +47,8 @@ enum Cmd {
     Mkfs {
         image: PathBuf,
         /// Size, e.g. 256M, 4G.
-        #[arg(long)]
-        size: Option<String>,
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
         #[arg(long, default_value_t = 4096)]
         block_size: u32,
         #[arg(long, default_value_t = 4096)]
@@ -107,8 +107,8 @@ enum Cmd {
         #[command(flatten)]
         m: Mnt,
         path: String,
-        #[arg(long)]
-        size: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
     },
     /// Take a snapshot (a redo log) of a virtual disk.
     Snapshot {
@@ -126,8 +126,8 @@ enum Cmd {
     Grow {
         #[command(flatten)]
         m: Mnt,
-        #[arg(long)]
-        size: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
     },
     /// Benchmark: sequential and random I/O through vmfs or on a raw file.
     #[command(hide = true)]
@@ -182,7 +182,8 @@ enum Cmd {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, Error> {
+/// A size with an optional K, M, G or T suffix (powers of 1024), for clap.
+fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mul) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
@@ -194,7 +195,7 @@ fn parse_size(s: &str) -> Result<u64, Error> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| Error::Config(format!("size {s:?}")))
+        .ok_or_else(|| format!("size {s:?}"))
 }
 
 fn mount(m: &Mnt) -> Result<Volume, Error> {
@@ -233,7 +234,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             label,
         } => {
             let dev = match size {
-                Some(s) => FileDevice::create(&image, parse_size(&s)?)?,
+                Some(s) => FileDevice::create(&image, s)?,
                 None => FileDevice::open(&image, false)?,
             };
             let mut o = MkfsOptions::default();
@@ -318,7 +319,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         }
         Cmd::Mkdisk { m, path, size } => {
             let v = mount(&m)?;
-            let d = VirtualDisk::create(&v, &path, parse_size(&size)?)?;
+            let d = VirtualDisk::create(&v, &path, size)?;
             println!(
                 "created {path}: {} bytes, extents {:?}",
                 d.capacity(),
@@ -360,7 +361,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         }
         Cmd::Grow { m, size } => {
             let dev = FileDevice::open(&m.image, false)?;
-            let want = parse_size(&size)?;
+            let want = size;
             if dev.len()? < want {
                 dev.set_len(want)?;
             }
