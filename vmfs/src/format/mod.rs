@@ -193,10 +193,20 @@ fn put_str(field: &mut [u8], s: &str) {
     field[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
-/// Reads a NUL-padded field (lossy UTF-8).
+/// Reads a NUL-padded field (lossy UTF-8), cut to whole characters within the field's
+/// length, so that what it returns encodes back into the field unchanged: invalid bytes
+/// become U+FFFD (three bytes each) and would otherwise grow the text past the field, and
+/// the next encode would cut it in the middle of a character (found by the
+/// vmfs_superblock fuzz target).
 fn get_str(field: &[u8]) -> String {
     let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    let mut s = String::from_utf8_lossy(&field[..end]).into_owned();
+    let mut cut = s.len().min(field.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s
 }
 
 /// Asserts at compile time that a record layout has the size the format needs and its crc

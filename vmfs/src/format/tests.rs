@@ -479,3 +479,25 @@ fn sealing_a_short_buffer_fails() {
         assert!(seal(kind, &mut b).is_ok(), "{kind:?}");
     }
 }
+
+/// A name or label with invalid UTF-8 decodes to text that encodes back into the field and
+/// decodes the same (a fuzz finding: U+FFFD replacements grew the text past the field).
+#[test]
+fn string_fields_with_invalid_utf8_survive_a_second_round_trip() {
+    let mut raw = HeartbeatSlot {
+        live: true,
+        host: 3,
+        ..HeartbeatSlot::default()
+    }
+    .encode();
+    let name_at = core::mem::offset_of!(HeartbeatLayout, name);
+    for (i, b) in raw[name_at..name_at + 32].iter_mut().enumerate() {
+        *b = if i % 3 == 0 { 0xff } else { b'a' };
+    }
+    seal(RecordKind::HeartbeatSlot { host: 3 }, &mut raw).unwrap();
+    let once = HeartbeatSlot::decode(&raw, 3).unwrap();
+    assert!(once.name.len() <= 32, "{:?}", once.name);
+    assert!(once.name.starts_with('\u{fffd}'), "{:?}", once.name);
+    let twice = HeartbeatSlot::decode(&once.encode(), 3).unwrap();
+    assert_eq!(twice, once);
+}
