@@ -13,6 +13,11 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "libraries and binaries build without test-only features"
+# --all-targets turns on the test-utils features through dev-dependencies; this checks
+# that nothing a user builds needs them.
+cargo check --workspace --lib --bins
+
 step "no import cycles between the modules of a crate"
 python3 scripts/module-cycles.py vmm-core/src vmfs/src drs/src examples/host/src examples/testkit/src
 

@@ -72,9 +72,7 @@ pub mod volume;
 #[cfg(any(test, feature = "test-utils"))]
 pub use clock::ManualClock;
 pub use clock::{Clock, MonotonicClock};
-#[cfg(any(test, feature = "test-utils"))]
-pub use device::CountingDevice;
-pub use device::{BlockDevice, Cas, FileDevice, MemDevice};
+pub use device::{BlockDevice, Cas, CountingDevice, FileDevice, MemDevice};
 pub use error::{
     ConfigError, Error, LockError, LockVerdict, ModeError, ReadOnlyReason, Result, SlotState,
 };
