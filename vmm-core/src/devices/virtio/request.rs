@@ -549,8 +549,7 @@ fn gather(
             .addr
             .checked_add(skip)
             .ok_or(CopyError::AddressOverflow)?;
-        mem.read_slice(&mut out[pos..pos + n], addr)
-            .map_err(CopyError::Read)?;
+        read_guest(mem, addr, &mut out[pos..pos + n])?;
         pos += n;
         skip = 0;
     }
@@ -568,12 +567,36 @@ fn scatter(mem: &GuestMem, segs: &[Segment], data: &[u8]) -> Result<(), CopyErro
             break;
         }
         let n = (seg.len as usize).min(data.len() - pos);
-        mem.write_slice(&data[pos..pos + n], seg.addr)
-            .map_err(CopyError::Write)?;
+        write_guest(mem, seg.addr, &data[pos..pos + n])?;
         pos += n;
     }
     if pos != data.len() {
         return Err(CopyError::ShortWritable);
     }
     Ok(())
+}
+
+/// Copies guest memory at `addr` into `out`. A buffer inside one memory region (the
+/// usual case) is one region lookup and one copy; `read_slice`'s region-by-region walk
+/// is kept for buffers that straddle two regions.
+fn read_guest(mem: &GuestMem, addr: GuestAddress, out: &mut [u8]) -> Result<(), CopyError> {
+    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, out.len()) {
+        Ok(src) => {
+            src.copy_to(out);
+            Ok(())
+        }
+        Err(_) => mem.read_slice(out, addr).map_err(CopyError::Read),
+    }
+}
+
+/// Copies `data` into guest memory at `addr`, marking the pages dirty; one region lookup
+/// and one copy when the buffer lies in one region (see [`read_guest`]).
+fn write_guest(mem: &GuestMem, addr: GuestAddress, data: &[u8]) -> Result<(), CopyError> {
+    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, data.len()) {
+        Ok(dst) => {
+            dst.copy_from(data);
+            Ok(())
+        }
+        Err(_) => mem.write_slice(data, addr).map_err(CopyError::Write),
+    }
 }
