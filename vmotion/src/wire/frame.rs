@@ -3,7 +3,7 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::message::{Message, MessageType};
+use super::message::{Message, MessageType, MAX_PAYLOAD_BYTES};
 use super::reader::Reader;
 use crate::error::{Error, Result};
 
@@ -12,9 +12,6 @@ pub const FRAME_HEADER_BYTES: usize = size_of::<FrameHeaderLayout>();
 
 /// Size of the crc32 trailer of a plaintext frame.
 pub const PLAIN_TRAILER_BYTES: usize = 4;
-
-/// Largest payload a frame carries (16 MiB), checked before anything is read or allocated.
-pub const MAX_PAYLOAD_BYTES: u32 = 16 << 20;
 
 /// `flags` bit 0: the payload is zstd-compressed (only where negotiated).
 pub const FLAG_ZSTD: u8 = 1 << 0;

@@ -3,10 +3,13 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::frame::MAX_PAYLOAD_BYTES;
 use super::pages::{Pages, PAGE_SIZE};
 use super::reader::{put, Reader};
 use crate::error::{Error, Result};
+
+/// Largest payload a frame carries (16 MiB), checked before anything is read or allocated.
+/// It bounds a message, so it lives with the messages; frames check it from the header.
+pub const MAX_PAYLOAD_BYTES: u32 = 16 << 20;
 
 /// Longest `Abort` reason, in bytes of UTF-8.
 pub const MAX_REASON_BYTES: usize = 1024;

@@ -18,12 +18,12 @@ mod reader;
 
 pub use frame::{
     decode_plain_frame, encode_plain_frame, FrameHeader, FLAG_ZSTD, FRAME_HEADER_BYTES,
-    MAX_PAYLOAD_BYTES, PLAIN_TRAILER_BYTES,
+    PLAIN_TRAILER_BYTES,
 };
 pub use hello::{Capabilities, Hello, Role, SecurityMode, HELLO_BYTES, MAGIC, PROTOCOL_VERSION};
 pub use message::{
     AbortCode, CpuVerdict, CpuidLeaf, CpuidRegister, MemoryRegion, Message, MessageType,
-    MissingFeature, RoundEnd, MAX_REASON_BYTES,
+    MissingFeature, RoundEnd, MAX_PAYLOAD_BYTES, MAX_REASON_BYTES,
 };
 pub use pages::{Page, Pages, MAX_PAGES_PER_BATCH, PAGE_SIZE};
 
