@@ -15,18 +15,19 @@ pub const BLOCK: usize = 4096;
 /// (zero-padded or cut), then sealed as `kind`.
 pub fn sealed(kind: RecordKind, data: &[u8], max_len: usize) -> Vec<u8> {
     let len = data.len().clamp(kind.min_len(), max_len.max(kind.min_len()));
-    let mut buf = vec![0u8; len];
-    let n = data.len().min(len);
-    buf[..n].copy_from_slice(&data[..n]);
-    seal(kind, &mut buf).expect("the buffer is at least min_len");
-    buf
+    sealed_len(kind, data, len)
 }
 
 /// `data` as one block of exactly [`BLOCK`] bytes, sealed as `kind`.
 pub fn sealed_block(kind: RecordKind, data: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; BLOCK];
-    let n = data.len().min(BLOCK);
+    sealed_len(kind, data, BLOCK)
+}
+
+/// `data` zero-padded or cut to `len` bytes (at least `kind.min_len()`), sealed as `kind`.
+fn sealed_len(kind: RecordKind, data: &[u8], len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let n = data.len().min(len);
     buf[..n].copy_from_slice(&data[..n]);
-    seal(kind, &mut buf).expect("a block is longer than any header");
+    seal(kind, &mut buf).expect("the buffer is at least min_len");
     buf
 }

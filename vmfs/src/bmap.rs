@@ -68,6 +68,21 @@ pub fn max_file_size(bs: usize) -> u64 {
     (NDIRECT as u64 + p + p * p + p * p * p).saturating_mul(bs as u64)
 }
 
+/// Reads indirect block `blk` of inode `ino` at `level`: its image and its checked
+/// pointers (both the change set and the read cache load blocks this way).
+fn read_indirect(
+    dev: &dyn BlockDevice,
+    bs: usize,
+    blk: u32,
+    ino: u32,
+    level: u8,
+) -> Result<(Vec<u8>, Vec<u32>)> {
+    let mut b = vec![0u8; bs];
+    dev.read_at(&mut b, blk as u64 * bs as u64)?;
+    let ptrs = decode_indirect(&b, bs, ino, level)?;
+    Ok((b, ptrs))
+}
+
 /// One indirect block loaded for a change of the map.
 #[derive(Debug)]
 struct Ind {
@@ -99,9 +114,7 @@ impl IndBlocks {
         if self.map.contains_key(&blk) {
             return Ok(());
         }
-        let mut b = vec![0u8; bs];
-        dev.read_at(&mut b, blk as u64 * bs as u64)?;
-        let ptrs = decode_indirect(&b, bs, ino, level)?;
+        let (b, ptrs) = read_indirect(dev, bs, blk, ino, level)?;
         self.map.insert(
             blk,
             Ind {
@@ -391,9 +404,7 @@ impl IndCache {
         level: u8,
     ) -> Result<&[u32]> {
         if !self.map.contains_key(&blk) {
-            let mut b = vec![0u8; bs];
-            dev.read_at(&mut b, blk as u64 * bs as u64)?;
-            let p = decode_indirect(&b, bs, ino, level)?;
+            let (_, p) = read_indirect(dev, bs, blk, ino, level)?;
             if self.map.len() > 4096 {
                 self.map.clear();
             }
