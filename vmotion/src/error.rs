@@ -1,10 +1,150 @@
 //! The crate's error type.
 
-/// What went wrong. Every decode failure names the structure and the field at fault; all
-/// of them are protocol violations that the state machines answer with an `Abort`.
+use crate::vm::VmError;
+use crate::wire::{AbortCode, MemoryRegion, MessageType, MissingFeature};
+
+/// Which end of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The host the VM leaves.
+    Source,
+    /// The host the VM moves to.
+    Destination,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+/// What went wrong. Decode failures name the structure and the field at fault (protocol
+/// violations that the state machines answer with an `Abort`); the rest name the step of
+/// the migration that failed. Whatever the error, the README's failure model says which
+/// side runs the VM afterwards: before `Commit` it is the source.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
+    /// The two sides share no protocol version.
+    #[error(
+        "no common protocol version: ours {ours_min}..={ours_max}, peer's {peer_min}..={peer_max}"
+    )]
+    VersionMismatch {
+        /// Our lowest version.
+        ours_min: u16,
+        /// Our highest version.
+        ours_max: u16,
+        /// The peer's lowest version.
+        peer_min: u16,
+        /// The peer's highest version.
+        peer_max: u16,
+    },
+    /// One side wants encryption and the other plaintext.
+    #[error("security mismatch: this side uses {ours}, the peer {peer}")]
+    SecurityMismatch {
+        /// Ours (`plaintext` or `chacha20-poly1305`).
+        ours: &'static str,
+        /// The peer's.
+        peer: &'static str,
+    },
+    /// The peer's hello names the same role as ours (two sources or two destinations).
+    #[error("the peer is also a {0}")]
+    RoleMismatch(Side),
+    /// A frame's tag does not verify, or the peer's transcript hash differs: the peer
+    /// does not hold the cluster key, or the stream was tampered with.
+    #[error("authentication failed ({0}): wrong cluster key or a tampered stream")]
+    Auth(&'static str),
+    /// A frame arrived out of sequence (replayed, dropped or reordered).
+    #[error("frame out of sequence: expected {expected}, got {got}")]
+    Sequence {
+        /// The sequence number due.
+        expected: u64,
+        /// The one received.
+        got: u64,
+    },
+    /// The destination cannot show the guest CPU features it was shown on the source.
+    #[error("the destination lacks CPU features the guest uses: {}", missing_list(.missing))]
+    CpuIncompatible {
+        /// What is missing.
+        missing: Vec<MissingFeature>,
+    },
+    /// The source's memory layout is not the destination VM's.
+    #[error(
+        "memory layout mismatch: source {source_layout:?}, destination {destination_layout:?}"
+    )]
+    LayoutMismatch {
+        /// The source's regions.
+        source_layout: Vec<MemoryRegion>,
+        /// The destination's regions.
+        destination_layout: Vec<MemoryRegion>,
+    },
+    /// A message arrived that the protocol does not allow at this point.
+    #[error("unexpected {got:?} message while {phase}")]
+    UnexpectedMessage {
+        /// What the receiver was doing.
+        phase: &'static str,
+        /// What arrived.
+        got: MessageType,
+    },
+    /// A page frame outside the accepted memory layout.
+    #[error("page frame {pfn:#x} is outside the memory layout")]
+    PfnOutOfRange {
+        /// The page frame number.
+        pfn: u64,
+    },
+    /// A pre-copy round number went backwards.
+    #[error("round {got} after round {current}")]
+    RoundBackwards {
+        /// The round in progress.
+        current: u32,
+        /// The round received.
+        got: u32,
+    },
+    /// The migration ran past its time limit and was abandoned.
+    #[error("the migration passed its time limit of {limit_ms} ms")]
+    TimeLimit {
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// The peer aborted.
+    #[error("the {by} aborted ({code:?}): {reason}")]
+    Aborted {
+        /// Which side.
+        by: Side,
+        /// Its reason code.
+        code: AbortCode,
+        /// Its words.
+        reason: String,
+    },
+    /// An operation on the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The stream failed (connection refused, reset, closed, timed out).
+    #[error("{op}: {kind}: {message}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The error's kind.
+        kind: std::io::ErrorKind,
+        /// The error's words.
+        message: String,
+    },
+    /// The peer closed the stream in the middle of the migration.
+    #[error("the peer closed the connection while {phase}")]
+    Closed {
+        /// What this side was doing.
+        phase: &'static str,
+    },
+    /// The migration's outcome is unknown to this side: the destination holds the whole
+    /// VM and the source may or may not have committed (README, "Failure model").
+    #[error("in doubt: {0}")]
+    InDoubt(&'static str),
+    /// The caller cancelled the migration.
+    #[error("cancelled")]
+    Cancelled,
     /// Fewer bytes than the structure needs.
     #[error("{what} truncated: needed {needed} bytes, got {got}")]
     Truncated {
@@ -80,6 +220,49 @@ pub enum Error {
     /// An `Abort` reason that is not UTF-8.
     #[error("abort: reason is not utf-8")]
     ReasonNotUtf8,
+}
+
+impl Error {
+    /// An I/O error as this crate's (kept comparable: the kind and the words).
+    #[must_use]
+    pub fn io(op: &'static str, e: &std::io::Error) -> Self {
+        Error::Io {
+            op,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The abort code this error is reported to the peer with.
+    #[must_use]
+    pub fn abort_code(&self) -> AbortCode {
+        match self {
+            Error::VersionMismatch { .. } => AbortCode::Version,
+            Error::SecurityMismatch { .. } => AbortCode::Security,
+            Error::Auth(_) | Error::Sequence { .. } => AbortCode::Auth,
+            Error::CpuIncompatible { .. } => AbortCode::Cpu,
+            Error::LayoutMismatch { .. } => AbortCode::MemoryLayout,
+            Error::TimeLimit { .. } => AbortCode::TimeLimit,
+            Error::Vm(e) if e.is_lock_refused() => AbortCode::LockRefused,
+            Error::Vm(_) => AbortCode::VmError,
+            Error::Cancelled => AbortCode::Cancelled,
+            Error::Aborted { code, .. } => *code,
+            _ => AbortCode::Protocol,
+        }
+    }
+}
+
+fn missing_list(missing: &[MissingFeature]) -> String {
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            format!(
+                "leaf {:#x}.{} {:?} bits {:#x}",
+                m.function, m.index, m.register, m.mask
+            )
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// The crate's result type.

@@ -1,8 +1,19 @@
-//! vinfra-vmotion: live migration by memory pre-copy.
+//! vinfra-vmotion: live migration of a running VM by memory pre-copy.
 //!
-//! Built so far: [`wire`], the byte format of the protocol (the hello, the frame, every
-//! message) with a bounds-checked decoder that returns a typed [`Error`] on any input.
-//! The contract the rest will fulfil is the crate's README.
+//! The source copies guest memory while the VM runs, resends what the guest dirtied
+//! round after round, pauses the VM when the rest fits the downtime target, sends the
+//! last pages and the vCPU and device state, hands the disks' exclusive locks over, and
+//! commits; the destination resumes the VM only then. Any failure before `Commit` leaves
+//! the VM running on the source. The crate knows no VMM: [`MigratableVm`] and
+//! [`IncomingVm`] are what it needs from one (vmm-core's `Vm` implements them behind the
+//! `vmm-core` feature). The protocol, byte by byte, and the failure model are in the
+//! README.
+//!
+//! - [`wire`]: the hello, the frame and every message, with a bounds-checked decoder.
+//! - [`seal`]: keys, AEAD (ChaCha20-Poly1305) or crc32 framing, sequence numbers.
+//! - [`source`], [`destination`]: the sans-IO state machines.
+//! - [`precopy`]: bandwidth, dirty rate, when to stop, auto-converge, the bandwidth cap.
+//! - [`migrate`], [`receive`]: the drivers over a stream.
 //!
 //! ```
 //! use vinfra_vmotion::wire::{
@@ -33,7 +44,24 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod destination;
 mod error;
+#[cfg(feature = "test-utils")]
+pub mod fake;
+pub mod layout;
+mod link;
+mod options;
+pub mod precopy;
+mod run;
+pub mod seal;
+pub mod source;
+mod vm;
 pub mod wire;
 
-pub use error::{Error, Result};
+pub use destination::ReceiveStats;
+pub use error::{Error, Result, Side};
+pub use layout::{Layout, PageSet};
+pub use options::{MigrationOptions, MigrationStats, Progress, ReceiveOptions, Security, Stage};
+pub use run::{migrate, receive, Connection};
+pub use seal::ClusterKey;
+pub use vm::{IncomingVm, MigratableVm, VmError, VmErrorKind, VmOp};

@@ -25,7 +25,10 @@ pub use message::{
     AbortCode, CpuVerdict, CpuidLeaf, CpuidRegister, MemoryRegion, Message, MessageType,
     MissingFeature, RoundEnd, MAX_PAYLOAD_BYTES, MAX_REASON_BYTES,
 };
-pub use pages::{Page, Pages, MAX_PAGES_PER_BATCH, PAGE_SIZE};
+pub use pages::{
+    encode_pages_with, is_zero, BatchCount, Page, PageRef, Pages, PagesView, MAX_PAGES_PER_BATCH,
+    PAGE_SIZE,
+};
 
 #[cfg(test)]
 mod tests;

@@ -79,17 +79,73 @@ impl Pages {
     }
 
     pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self> {
+        let view = PagesView::parse_from(r)?;
+        let mut pages = vec![None; usize::from(view.count)];
+        for (pfn, page) in view.iter() {
+            // `iter` yields pfns inside the span it checked.
+            let slot = &mut pages[usize::try_from(pfn - view.first_pfn).unwrap_or(usize::MAX)];
+            *slot = Some(match page {
+                PageRef::Zero => Page::Zero,
+                PageRef::Data(bytes) => {
+                    let mut data = Box::new([0u8; PAGE_SIZE]);
+                    data.copy_from_slice(bytes);
+                    Page::Data(data)
+                }
+            });
+        }
+        Ok(Self {
+            round: view.round,
+            first_pfn: view.first_pfn,
+            pages,
+        })
+    }
+}
+
+/// A page of a [`PagesView`], borrowed from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageRef<'a> {
+    /// All zeros.
+    Zero,
+    /// The page's 4096 bytes.
+    Data(&'a [u8]),
+}
+
+/// A checked `Pages` payload that borrows its page data: the receive path writes each page
+/// from the frame buffer straight into guest memory, with no copy in between.
+#[derive(Debug, Clone, Copy)]
+pub struct PagesView<'a> {
+    /// The pre-copy round.
+    pub round: u32,
+    /// The first page frame of the span.
+    pub first_pfn: u64,
+    count: u16,
+    present: &'a [u8],
+    zero: &'a [u8],
+    data: &'a [u8],
+}
+
+impl<'a> PagesView<'a> {
+    /// Checks a whole `Pages` payload exactly as [`Message::decode_payload`] does.
+    ///
+    /// [`Message::decode_payload`]: super::Message::decode_payload
+    pub fn parse(payload: &'a [u8]) -> Result<Self> {
+        let mut r = Reader::new(payload, "pages payload");
+        let view = Self::parse_from(&mut r)?;
+        r.finish()?;
+        Ok(view)
+    }
+
+    fn parse_from(r: &mut Reader<'a>) -> Result<Self> {
         let head: PagesHead = r.read()?;
         let first_pfn = head.first_pfn.get();
         let count = span(first_pfn, usize::from(head.count.get()))?;
         let bitmap_bytes = bitmap_bytes(count);
         let present = r.take(bitmap_bytes)?;
         let zero = r.take(bitmap_bytes)?;
-        let count = usize::from(count);
         let mut data_pages = 0usize;
         for byte in 0..bitmap_bytes {
             let (p, z) = (present[byte], zero[byte]);
-            let used = if (byte + 1) * 8 <= count {
+            let used = if (byte + 1) * 8 <= usize::from(count) {
                 0xff
             } else {
                 (1u8 << (count % 8)) - 1
@@ -108,26 +164,99 @@ impl Pages {
                 "page data does not match the present and zero bitmaps",
             ));
         }
-        let mut pages = Vec::with_capacity(count);
-        for i in 0..count {
-            let bit = 1u8 << (i % 8);
-            let page = if present[i / 8] & bit == 0 {
-                None
-            } else if zero[i / 8] & bit != 0 {
-                Some(Page::Zero)
-            } else {
-                let mut data = Box::new([0u8; PAGE_SIZE]);
-                data.copy_from_slice(r.take(PAGE_SIZE)?);
-                Some(Page::Data(data))
-            };
-            pages.push(page);
-        }
         Ok(Self {
             round: head.round.get(),
             first_pfn,
-            pages,
+            count,
+            present,
+            zero,
+            data: r.rest(),
         })
     }
+
+    /// Page frames the batch spans (present or not).
+    #[must_use]
+    pub fn span(&self) -> u16 {
+        self.count
+    }
+
+    /// The pages the batch carries, as `(pfn, page)` in ascending pfn order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, PageRef<'a>)> + '_ {
+        let mut data = self.data.chunks_exact(PAGE_SIZE);
+        (0..usize::from(self.count)).filter_map(move |i| {
+            let bit = 1u8 << (i % 8);
+            if self.present[i / 8] & bit == 0 {
+                return None;
+            }
+            let pfn = self.first_pfn + i as u64;
+            if self.zero[i / 8] & bit != 0 {
+                Some((pfn, PageRef::Zero))
+            } else {
+                // `parse` checked one 4 KiB chunk per present non-zero page.
+                data.next().map(|d| (pfn, PageRef::Data(d)))
+            }
+        })
+    }
+}
+
+/// What [`encode_pages_with`] put in a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCount {
+    /// Pages sent as a zero bit.
+    pub zero: u32,
+    /// Pages sent with their 4096 bytes.
+    pub data: u32,
+}
+
+/// Appends a `Pages` payload for the span `first_pfn..first_pfn + count` to `out`, asking
+/// `fill(i, page)` for each frame `i` of the span: it returns whether the frame is in the
+/// batch and, if so, has written its contents into `page`. All-zero pages are sent as a
+/// bit. The data goes from `fill` straight into `out`, the frame buffer (no copy per page).
+pub fn encode_pages_with<E: From<Error>>(
+    round: u32,
+    first_pfn: u64,
+    count: usize,
+    out: &mut Vec<u8>,
+    mut fill: impl FnMut(usize, &mut [u8]) -> Result<bool, E>,
+) -> Result<BatchCount, E> {
+    let count = span(first_pfn, count)?;
+    put(
+        out,
+        &PagesHead {
+            round: round.into(),
+            first_pfn: first_pfn.into(),
+            count: count.into(),
+        },
+    );
+    let bitmaps = out.len();
+    let bitmap_bytes = bitmap_bytes(count);
+    out.resize(bitmaps + 2 * bitmap_bytes, 0);
+    let mut counted = BatchCount::default();
+    for i in 0..usize::from(count) {
+        let at = out.len();
+        out.resize(at + PAGE_SIZE, 0);
+        if !fill(i, &mut out[at..])? {
+            out.truncate(at);
+            continue;
+        }
+        let bit = 1u8 << (i % 8);
+        out[bitmaps + i / 8] |= bit;
+        if is_zero(&out[at..]) {
+            out[bitmaps + bitmap_bytes + i / 8] |= bit;
+            out.truncate(at);
+            counted.zero += 1;
+        } else {
+            counted.data += 1;
+        }
+    }
+    Ok(counted)
+}
+
+/// Whether a page is all zeros (word-wise, which the compiler vectorises).
+#[must_use]
+pub fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, b| acc | b) == 0)
 }
 
 /// Checks a batch's page count (1..=512, and the span must not run past the last pfn).

@@ -1,0 +1,141 @@
+//! What the crate needs from a VM: [`MigratableVm`] on the source, [`IncomingVm`] on the
+//! destination. vmm-core's `Vm` implements them behind the `vmm-core` feature; the
+//! `test-utils` feature has a fake VM (memory and scripted dirtying).
+
+use vm_memory::GuestMemoryBackend;
+
+use crate::layout::PageSet;
+use crate::wire::{CpuidLeaf, MemoryRegion};
+
+/// A VM operation the migration asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmOp {
+    /// Start logging dirty pages.
+    EnableDirtyLog,
+    /// Fetch and clear the dirty log.
+    FetchDirty,
+    /// Stop logging dirty pages.
+    DisableDirtyLog,
+    /// Throttle the vCPUs.
+    Throttle,
+    /// Park the vCPUs.
+    Pause,
+    /// Let them run.
+    Resume,
+    /// Capture the vCPU and device state.
+    CaptureState,
+    /// Flush the disks and release their exclusive locks.
+    ReleaseDisks,
+    /// Take the disks' exclusive locks (back).
+    AcquireDisks,
+    /// Build the VM from the received state.
+    Restore,
+    /// Stop the VM for good (the other side has it).
+    Discard,
+    /// Read guest memory (a page to send).
+    ReadMemory,
+    /// Write guest memory (a page received).
+    WriteMemory,
+}
+
+/// Why a VM operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmErrorKind {
+    /// A disk's exclusive lock is held by another live host.
+    LockRefused,
+    /// Anything else.
+    Failed,
+}
+
+/// A failed VM operation: which, why, and the VM's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vm {op:?} failed: {message}")]
+pub struct VmError {
+    /// The operation.
+    pub op: VmOp,
+    /// The kind of failure.
+    pub kind: VmErrorKind,
+    /// The VM's error, as text (the VMM's error types stay out of the protocol).
+    pub message: String,
+}
+
+impl VmError {
+    /// A failure of `op`.
+    pub fn failed(op: VmOp, message: impl std::fmt::Display) -> Self {
+        Self {
+            op,
+            kind: VmErrorKind::Failed,
+            message: message.to_string(),
+        }
+    }
+
+    /// A refused disk lock.
+    pub fn lock_refused(op: VmOp, message: impl std::fmt::Display) -> Self {
+        Self {
+            op,
+            kind: VmErrorKind::LockRefused,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether a disk lock was refused.
+    #[must_use]
+    pub fn is_lock_refused(&self) -> bool {
+        self.kind == VmErrorKind::LockRefused
+    }
+}
+
+/// The source side: a running VM that can be copied while it runs.
+pub trait MigratableVm {
+    /// Guest memory (vm-memory).
+    type Memory: GuestMemoryBackend;
+    /// Guest memory; pages are read from it while the VM runs.
+    fn memory(&self) -> &Self::Memory;
+    /// The RAM regions, ascending (guest physical base, bytes).
+    fn memory_layout(&self) -> Vec<MemoryRegion>;
+    /// The CPUID leaves the guest was shown.
+    fn guest_cpuid(&self) -> Result<Vec<CpuidLeaf>, VmError>;
+    /// How many disks hold an exclusive lock that moves with the VM.
+    fn disk_locks(&self) -> u16;
+    /// Starts logging written pages (guest writes and the VMM's device writes).
+    fn enable_dirty_log(&mut self) -> Result<(), VmError>;
+    /// Adds the pages written since the last fetch to `into` (regions in layout order),
+    /// and clears the log.
+    fn fetch_and_clear_dirty(&mut self, into: &mut PageSet) -> Result<(), VmError>;
+    /// Stops logging.
+    fn disable_dirty_log(&mut self) -> Result<(), VmError>;
+    /// Keeps the vCPUs out of the guest for `percent` % of the time (0: not at all).
+    fn throttle(&mut self, percent: u8) -> Result<(), VmError>;
+    /// Parks the vCPUs.
+    fn pause(&mut self) -> Result<(), VmError>;
+    /// Lets them run again.
+    fn resume(&mut self) -> Result<(), VmError>;
+    /// The vCPU and device state of the paused VM, as an opaque blob (≤ 16 MiB).
+    fn capture_state(&mut self) -> Result<Vec<u8>, VmError>;
+    /// Flushes the disks and releases their exclusive locks.
+    fn release_disks(&mut self) -> Result<(), VmError>;
+    /// Takes the released locks back.
+    fn reacquire_disks(&mut self) -> Result<(), VmError>;
+    /// Stops the VM for good: the destination runs it now.
+    fn discard(&mut self) -> Result<(), VmError>;
+}
+
+/// The destination side: a VM being built from the stream. It never runs before `Commit`.
+pub trait IncomingVm {
+    /// Guest memory (vm-memory).
+    type Memory: GuestMemoryBackend;
+    /// Guest memory, where received pages are written; it starts zeroed.
+    fn memory(&self) -> &Self::Memory;
+    /// The RAM regions this VM was configured with; the source's must be the same.
+    fn memory_layout(&self) -> Vec<MemoryRegion>;
+    /// The CPUID leaves this host can show a guest.
+    fn supported_cpuid(&self) -> Result<Vec<CpuidLeaf>, VmError>;
+    /// Builds the VM, paused, from the state blob.
+    fn restore(&mut self, state: &[u8]) -> Result<(), VmError>;
+    /// Takes the disks' exclusive locks (released by the source).
+    fn acquire_disks(&mut self) -> Result<(), VmError>;
+    /// Runs the restored VM.
+    fn resume(&mut self) -> Result<(), VmError>;
+    /// Drops what was received and releases any disk lock taken.
+    fn discard(&mut self) -> Result<(), VmError>;
+}
