@@ -132,7 +132,8 @@ fn run_source_request<V: MigratableVm>(
 ///
 /// Returns when the destination has the VM (`Ok`: this side discarded it) or the
 /// migration failed (`Err`: the VM runs here, untouched, except for
-/// [`Error::InDoubt`], see the README). `progress` is called at least every 100 ms.
+/// [`Error::InDoubt`], see the README). `progress` is called at each new stage and round,
+/// and at least every 100 ms.
 ///
 /// ```no_run
 /// use std::net::TcpStream;
@@ -170,7 +171,7 @@ pub fn migrate<V: MigratableVm, C: Connection>(
     .map_err(|e| Error::io("spawn the reader thread", &e))?;
     let mut out = Vec::with_capacity(4 << 20);
     let mut last_progress = Instant::now();
-    let mut last_round = u32::MAX;
+    let mut last_seen = None;
     let outcome = loop {
         source.clock(ms_since(t0));
         while let Ok(msg) = inbound.try_recv() {
@@ -190,9 +191,9 @@ pub fn migrate<V: MigratableVm, C: Connection>(
             }
         }
         let p = source.progress();
-        if p.round != last_round || last_progress.elapsed() >= PROGRESS_EVERY {
+        if last_seen != Some((p.stage, p.round)) || last_progress.elapsed() >= PROGRESS_EVERY {
             progress(&p);
-            last_round = p.round;
+            last_seen = Some((p.stage, p.round));
             last_progress = Instant::now();
         }
         if let Some(outcome) = source.take_outcome() {

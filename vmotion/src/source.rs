@@ -146,6 +146,8 @@ pub struct Source {
     paused: bool,
     disks_released: bool,
     commit_handed_out: bool,
+    /// `Commit` was written: the source never resumes the VM again.
+    committed: bool,
     /// Committed and the VM discarded here.
     discarded: bool,
     /// Committed, and `Done` will not come (the stream closed): finish once discarded.
@@ -210,6 +212,7 @@ impl Source {
             paused: false,
             disks_released: false,
             commit_handed_out: false,
+            committed: false,
             discarded: false,
             done_wait_over: false,
             start_ms: now_ms,
@@ -239,8 +242,7 @@ impl Source {
     /// Whether the VM has been committed to the destination (this side never resumes it).
     #[must_use]
     pub fn committed(&self) -> bool {
-        matches!(self.phase, Phase::Committed)
-            || (self.phase == Phase::Finished && matches!(self.outcome, Some(Ok(_))))
+        self.committed
     }
 
     /// The next VM operation to run, if one is due and none is outstanding.
@@ -322,6 +324,7 @@ impl Source {
     pub fn flushed(&mut self) {
         if self.phase == Phase::Committing && self.commit_handed_out {
             self.phase = Phase::Committed;
+            self.committed = true;
             self.stats.downtime_ms = self.now_ms - self.paused_at_ms;
             self.stats.committed_ms = whole_ms(self.now_ms - self.start_ms);
             self.requests.clear();
