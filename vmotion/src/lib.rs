@@ -64,4 +64,4 @@ pub use layout::{Layout, PageSet};
 pub use options::{MigrationOptions, MigrationStats, Progress, ReceiveOptions, Security, Stage};
 pub use run::{migrate, receive, Connection};
 pub use seal::ClusterKey;
-pub use vm::{IncomingVm, MigratableVm, VmError, VmErrorKind, VmOp};
+pub use vm::{DiskHandover, IncomingVm, MigratableVm, VmError, VmErrorKind, VmOp};

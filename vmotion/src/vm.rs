@@ -139,3 +139,15 @@ pub trait IncomingVm {
     /// Drops what was received and releases any disk lock taken.
     fn discard(&mut self) -> Result<(), VmError>;
 }
+
+/// A disk whose exclusive lock moves with the VM (a vmfs virtual disk in practice). The
+/// source releases it at the switchover and takes it back if the migration fails; the
+/// destination acquires it before it may run the VM. Implemented where the disk and the
+/// VMM meet (the host package for vmfs).
+pub trait DiskHandover: Send + Sync {
+    /// Flushes the disk and releases its lock; I/O fails until [`DiskHandover::acquire`].
+    fn release(&self) -> Result<(), VmError>;
+    /// Takes the lock (back). A lock held by another live host is
+    /// [`VmError::lock_refused`].
+    fn acquire(&self) -> Result<(), VmError>;
+}

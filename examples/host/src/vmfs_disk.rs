@@ -67,6 +67,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use vinfra_vmfs::disk::VirtualDisk;
@@ -118,6 +119,18 @@ pub enum VmfsDiskError {
         #[source]
         source: vinfra_vmfs::Error,
     },
+    /// A request while this host does not hold the disk (released for a migration).
+    #[error("vmfs disk {path}: {op} at {offset}+{len} while its lock is released")]
+    Released {
+        /// The disk's descriptor path on the volume.
+        path: String,
+        /// `read`, `write` or `flush`.
+        op: &'static str,
+        /// Byte offset of the request.
+        offset: u64,
+        /// Length of the request in bytes.
+        len: usize,
+    },
     /// The disk could not be created or opened.
     #[error("open disk {path}: {source}")]
     Open {
@@ -139,10 +152,12 @@ pub type Result<T, E = VmfsDiskError> = std::result::Result<T, E>;
 /// share it, writes and flushes take it alone.
 #[derive(Debug)]
 pub struct VmfsDiskBackend {
-    disk: RwLock<VirtualDisk>,
+    /// `None` while the lock is released (a VM migrating away, or one arriving).
+    disk: RwLock<Option<VirtualDisk>>,
     volume: Volume,
     path: String,
-    capacity: u64,
+    /// Known once the disk was opened; kept across a release.
+    capacity: AtomicU64,
 }
 
 impl VmfsDiskBackend {
@@ -168,11 +183,62 @@ impl VmfsDiskBackend {
 
     fn from_disk(volume: &Volume, path: &str, disk: VirtualDisk) -> Self {
         VmfsDiskBackend {
-            capacity: disk.capacity(),
-            disk: RwLock::new(disk),
+            capacity: AtomicU64::new(disk.capacity()),
+            disk: RwLock::new(Some(disk)),
             volume: volume.clone(),
             path: path.to_string(),
         }
+    }
+
+    /// A backend for the disk at `path` that does not hold it yet: I/O fails until
+    /// [`VmfsDiskBackend::acquire`] (a VM arriving by live migration takes the lock only
+    /// when the source has released it, at the switchover).
+    pub fn detached(volume: &Volume, path: &str) -> Self {
+        VmfsDiskBackend {
+            capacity: AtomicU64::new(0),
+            disk: RwLock::new(None),
+            volume: volume.clone(),
+            path: path.to_string(),
+        }
+    }
+
+    /// Flushes the disk and releases its locks; I/O fails until [`VmfsDiskBackend::acquire`].
+    /// Releasing a released disk does nothing.
+    pub fn release(&self) -> Result<()> {
+        let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = disk.as_mut() {
+            d.sync().map_err(|source| VmfsDiskError::Open {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        *disk = None;
+        Ok(())
+    }
+
+    /// Opens the disk exclusively again (refused while another live host holds it).
+    /// Acquiring a held disk does nothing.
+    pub fn acquire(&self) -> Result<()> {
+        let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
+        if disk.is_none() {
+            let d = VirtualDisk::open(&self.volume, &self.path).map_err(|source| {
+                VmfsDiskError::Open {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            self.capacity.store(d.capacity(), Ordering::Release);
+            *disk = Some(d);
+        }
+        Ok(())
+    }
+
+    /// Whether this backend holds the disk's lock.
+    pub fn held(&self) -> bool {
+        self.disk
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// The disk's descriptor path on the volume.
@@ -183,7 +249,9 @@ impl VmfsDiskBackend {
     /// Flushes and releases the disk's locks (dropping releases them too, but
     /// without a flush and without reporting errors).
     pub fn close(self) -> io::Result<()> {
-        self.flush()?;
+        if self.held() {
+            self.flush()?;
+        }
         drop(self.disk);
         Ok(())
     }
@@ -211,11 +279,43 @@ impl VmfsDiskBackend {
         )
     }
 
+    fn released(&self, op: &'static str, offset: u64, len: usize) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            VmfsDiskError::Released {
+                path: self.path.clone(),
+                op,
+                offset,
+                len,
+            },
+        )
+    }
+
+    fn held_disk<'a>(
+        &self,
+        disk: Option<&'a VirtualDisk>,
+        op: &'static str,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<&'a VirtualDisk> {
+        disk.ok_or_else(|| self.released(op, offset, len))
+    }
+
+    fn held_disk_mut<'a>(
+        &self,
+        disk: Option<&'a mut VirtualDisk>,
+        op: &'static str,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<&'a mut VirtualDisk> {
+        disk.ok_or_else(|| self.released(op, offset, len))
+    }
+
     /// Refuses requests past the end and any request once this host is fenced.
     fn admit(&self, op: &'static str, offset: u64, len: usize) -> io::Result<()> {
         let in_range = offset
             .checked_add(len as u64)
-            .is_some_and(|end| end <= self.capacity);
+            .is_some_and(|end| end <= self.len());
         if !in_range {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -224,7 +324,7 @@ impl VmfsDiskBackend {
                     op,
                     offset,
                     len,
-                    capacity: self.capacity,
+                    capacity: self.len(),
                 },
             ));
         }
@@ -238,25 +338,28 @@ impl BlockBackend for VmfsDiskBackend {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.admit("read", offset, buf.len())?;
         let disk = self.disk.read().unwrap_or_else(PoisonError::into_inner);
-        disk.read_at(buf, offset)
+        self.held_disk(disk.as_ref(), "read", offset, buf.len())?
+            .read_at(buf, offset)
             .map_err(|e| self.io_error("read", offset, buf.len(), e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.admit("write", offset, buf.len())?;
         let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
-        disk.write_at(buf, offset)
+        self.held_disk_mut(disk.as_mut(), "write", offset, buf.len())?
+            .write_at(buf, offset)
             .map_err(|e| self.io_error("write", offset, buf.len(), e))
     }
 
     fn flush(&self) -> io::Result<()> {
         self.admit("flush", 0, 0)?;
         let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
-        disk.sync().map_err(|e| self.io_error("flush", 0, 0, e))
+        self.held_disk_mut(disk.as_mut(), "flush", 0, 0)?
+            .sync().map_err(|e| self.io_error("flush", 0, 0, e))
     }
 
     fn len(&self) -> u64 {
-        self.capacity
+        self.capacity.load(Ordering::Acquire)
     }
 }
 
