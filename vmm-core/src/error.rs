@@ -36,6 +36,13 @@ pub enum Error {
     /// KVM lacks a capability this VMM needs.
     #[error("kvm lacks the capability {0}")]
     KvmCapability(&'static str),
+    /// KVM still shows the guest CPUID bits that the configuration hides: this KVM
+    /// cannot hide them (nested `kvm_pvm` passes features of the real CPU through).
+    #[error("kvm cannot hide the cpuid bits {mask} from the guest")]
+    CpuidNotHidden {
+        /// The hidden bits the guest is still shown.
+        mask: crate::cpuid::CpuidMask,
+    },
     /// A KVM ioctl failed.
     #[error("kvm {op} failed: {source}")]
     Kvm {

@@ -52,6 +52,7 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod cpuid;
 pub mod devices;
 pub mod dirty;
 pub mod error;
@@ -69,6 +70,7 @@ pub use boot::BootProtocol;
 pub use config::{
     DiskConfig, SerialInputSource, SerialOutput, SharedBackend, ValidConfig, VmConfig,
 };
+pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
 pub use error::{Error, MemoryError, Result, SnapshotMismatch};

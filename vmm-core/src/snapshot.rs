@@ -139,7 +139,7 @@ impl Vm {
             state::restore_vcpu(fd, st).map_err(Error::state("restore vcpu"))?;
         }
         let dev = build_devices(&config, &base, &mem, Some(&saved.devices))?;
-        let mut vm = Vm::assemble(config, base, mem, dev, None);
+        let mut vm = Vm::assemble(config, base, mem, dev, None)?;
         vm.spawn_vcpus(true)?;
         vm.wait_parked()?;
         vm.connect_serial_input()?;

@@ -4,15 +4,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::acpi;
 use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
+use crate::cpuid::CpuidLeaf;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::VirtioBlk;
 use crate::error::{Error, Result};
+use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
 use crate::vcpu::{self, Control, VcpuContext};
 use crate::wiring::{build_devices, create_base, Base, Devices};
@@ -41,6 +44,8 @@ pub struct Vm {
     boot_protocol: Option<BootProtocol>,
     tsc_khz: Option<u32>,
     dirty_log: bool,
+    /// vCPU 0's CPUID, read back once it was final (see [`Vm::guest_cpuid`]).
+    guest_cpuid: Vec<CpuidLeaf>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -100,18 +105,27 @@ impl Vm {
         tracing::info!(?boot_protocol, vcpus = config.vcpus, memory_mib = config.memory_bytes >> 20,
             cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
             "vm created");
-        Ok(Vm::assemble(config, base, memory, dev, Some(boot_protocol)))
+        Vm::assemble(config, base, memory, dev, Some(boot_protocol))
     }
 
-    /// Puts the parts together (shared by create and restore).
+    /// Puts the parts together (shared by create and restore), once the vCPUs' state,
+    /// CPUID included, is final.
     pub(crate) fn assemble(
         config: ValidConfig,
         base: Base,
         memory: GuestMemoryMmap,
         dev: Devices,
         boot_protocol: Option<BootProtocol>,
-    ) -> Vm {
-        Vm {
+    ) -> Result<Vm> {
+        let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
+        let guest_cpuid = bsp
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("get cpuid"))?
+            .as_slice()
+            .iter()
+            .map(CpuidLeaf::from)
+            .collect();
+        Ok(Vm {
             kvm: base.kvm,
             vm_fd: base.vm_fd,
             vcpus: base
@@ -129,9 +143,10 @@ impl Vm {
             boot_protocol,
             tsc_khz: base.tsc_khz,
             dirty_log: false,
+            guest_cpuid,
             memory,
             config,
-        }
+        })
     }
 
     /// Starts one thread per vCPU.
@@ -337,6 +352,37 @@ impl Vm {
 
     pub(crate) fn dirty_log_enabled(&self) -> bool {
         self.dirty_log
+    }
+
+    /// The CPUID vCPU 0 shows the guest (`KVM_GET_CPUID2`), with the bits of
+    /// [`VmConfig::cpuid_hidden`] cleared (for a restored VM: what the saved VM showed).
+    ///
+    /// It is read when the VM is created or restored, before any vCPU runs: KVM does
+    /// not let a vCPU's CPUID change once it has run, and a running vCPU cannot be
+    /// asked. The bits KVM flips at run time from guest state (OSXSAVE and OSPKE follow
+    /// the guest's CR4, the APIC bit its APIC base MSR) are therefore as they were then;
+    /// [`kvm::supported_cpuid`] counts OSXSAVE and OSPKE as offered wherever XSAVE and
+    /// PKU are, so a guest that turned them on still compares as it should.
+    ///
+    /// ```no_run
+    /// use vinfra_vmm_core::{cpuid, kvm, Vm, VmConfig};
+    ///
+    /// # fn main() -> vinfra_vmm_core::Result<()> {
+    /// let vm = Vm::create(VmConfig::new("guest.elf").hide_cpuid("7.0.ebx:0x20".parse().unwrap()))?;
+    /// let shown = vm.guest_cpuid()?;
+    /// // Could this host (or another, asked the same way) run the guest?
+    /// assert!(cpuid::missing_features(&shown, &kvm::host_cpuid(&[])?).is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn guest_cpuid(&self) -> Result<Vec<CpuidLeaf>> {
+        Ok(self.guest_cpuid.clone())
+    }
+
+    /// What this VM's host could show a guest with this VM's
+    /// [`VmConfig::cpuid_hidden`]: [`kvm::supported_cpuid`] through the VM's KVM handle.
+    pub fn supported_cpuid(&self) -> Result<Vec<CpuidLeaf>> {
+        kvm::supported_cpuid(&self.kvm, &self.config.cpuid_hidden)
     }
 
     /// The KVM system handle.
