@@ -350,7 +350,10 @@ impl Vm {
         self.dirty_log = on;
     }
 
-    pub(crate) fn dirty_log_enabled(&self) -> bool {
+    /// Whether guest writes are being logged ([`Vm::enable_dirty_log`]). Off for a new
+    /// VM and for a restored one (a migrated guest runs without the log's
+    /// write-protection faults until someone asks for it).
+    pub fn dirty_log_enabled(&self) -> bool {
         self.dirty_log
     }
 
