@@ -153,6 +153,14 @@ pub enum Error {
     /// A saved VM does not match the configuration it is restored with.
     #[error("snapshot does not match the configuration: {0}")]
     SnapshotMismatch(#[from] SnapshotMismatch),
+    /// A vCPU throttle above the maximum ([`crate::THROTTLE_MAX_PERCENT`]).
+    #[error("a vcpu throttle of {percent} % is above the maximum of {max} %")]
+    ThrottleOutOfRange {
+        /// The throttle asked for.
+        percent: u8,
+        /// The maximum.
+        max: u8,
+    },
     /// The vCPU threads did not answer a pause or stop request in time.
     #[error("vcpus did not {op} within {timeout_ms} ms")]
     Timeout {

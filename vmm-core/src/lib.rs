@@ -78,5 +78,5 @@ pub use error::{Error, MemoryError, Result, SnapshotMismatch};
 pub use incoming::IncomingVm;
 pub use kvm::HostKvm;
 pub use power::{ExitReason, PowerState};
-pub use vm::{SerialInput, Vm};
+pub use vm::{SerialInput, Vm, THROTTLE_MAX_PERCENT, THROTTLE_PERIOD};
 pub use wiring::{VIRTIO_DEVICES_MAX, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE};

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
 use crate::vcpu::{self, Control, VcpuContext};
+pub use crate::vcpu::{THROTTLE_MAX_PERCENT, THROTTLE_PERIOD};
 use crate::wiring::{build_devices, create_base, Base, Devices};
 
 // Kept reachable at their old paths (`vm::ExitReason`, `vm::PowerState`).
@@ -46,6 +47,8 @@ pub struct Vm {
     dirty_log: bool,
     /// vCPU 0's CPUID, read back once it was final (see [`Vm::guest_cpuid`]).
     guest_cpuid: Vec<CpuidLeaf>,
+    /// The throttle thread, once [`Vm::set_throttle`] started one (it may have ended).
+    throttle_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -144,6 +147,7 @@ impl Vm {
             tsc_khz: base.tsc_khz,
             dirty_log: false,
             guest_cpuid,
+            throttle_thread: Mutex::new(None),
             memory,
             config,
         })
@@ -302,6 +306,94 @@ impl Vm {
                 tracing::error!("a vcpu thread panicked");
             }
         }
+        // The vCPUs have stopped, so the throttle thread is leaving (or gone) too.
+        self.join_throttle();
+    }
+
+    /// Throttles the vCPUs (auto-converge, for a live migration whose guest dirties
+    /// memory faster than it can be sent): in each [`THROTTLE_PERIOD`] (10 ms) every
+    /// vCPU stays out of `KVM_RUN` for `percent` % of it. 0 turns throttling off; more
+    /// than [`THROTTLE_MAX_PERCENT`] (99) is [`Error::ThrottleOutOfRange`].
+    ///
+    /// A thread (`vcpu-throttle`) kicks the vCPUs at the start of each period, with the
+    /// signal pause uses; a kicked vCPU sleeps in the checkpoint where it would park.
+    /// Pause, resume, stop, [`Vm::capture_state`] and [`Vm::snapshot`] work as without
+    /// it, a paused VM stays paused (the throttle applies again on resume), and the
+    /// thread ends when throttling is turned off or the VM stops or is dropped. It may be
+    /// set at any time, even before [`Vm::start`] or after the VM stopped.
+    ///
+    /// ```no_run
+    /// use vinfra_vmm_core::{Vm, VmConfig};
+    ///
+    /// # fn main() -> vinfra_vmm_core::Result<()> {
+    /// let mut vm = Vm::create(VmConfig::new("guest.elf"))?;
+    /// vm.start()?;
+    /// vm.set_throttle(20)?;  // the migration does not converge: slow the guest down
+    /// vm.set_throttle(30)?;  // ...more
+    /// assert_eq!(vm.throttle(), 30);
+    /// vm.set_throttle(0)?;   // done (or aborted): full speed again
+    /// assert!(vm.set_throttle(100).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_throttle(&self, percent: u8) -> Result<()> {
+        if percent > THROTTLE_MAX_PERCENT {
+            return Err(Error::ThrottleOutOfRange {
+                percent,
+                max: THROTTLE_MAX_PERCENT,
+            });
+        }
+        tracing::info!(percent, "vcpu throttle");
+        if !self.ctl.set_throttle(percent) {
+            return Ok(());
+        }
+        let mut slot = self
+            .throttle_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A previous thread has left its loop (set_throttle said so): reap it.
+        if let Some(old) = slot.take() {
+            if old.join().is_err() {
+                tracing::error!("the vcpu throttle thread panicked");
+            }
+        }
+        let ctl = self.ctl.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vcpu-throttle".into())
+            .spawn(move || ctl.throttle_loop());
+        match spawned {
+            Ok(h) => {
+                *slot = Some(h);
+                Ok(())
+            }
+            Err(source) => {
+                self.ctl.throttle_thread_failed();
+                Err(Error::Io {
+                    op: "spawn vcpu throttle thread",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The throttle set by [`Vm::set_throttle`], in percent (0: off).
+    pub fn throttle(&self) -> u8 {
+        self.ctl.throttle()
+    }
+
+    /// Waits for the throttle thread, which must be leaving: throttling is off or the
+    /// vCPUs were asked to stop.
+    fn join_throttle(&self) {
+        let handle = self
+            .throttle_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the vcpu throttle thread panicked");
+            }
+        }
     }
 
     /// The current power state.
@@ -413,6 +505,9 @@ impl Drop for Vm {
                 tracing::error!("vcpu threads did not stop; leaking them");
             }
         }
+        // A VM that never started (or whose vCPUs did not stop) may still have one.
+        self.ctl.set_throttle(0);
+        self.join_throttle();
     }
 }
 
