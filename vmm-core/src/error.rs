@@ -248,6 +248,13 @@ pub enum SnapshotMismatch {
         /// vCPUs in the configuration.
         configured: u32,
     },
+    /// The saved guest was shown CPUID bits that the configuration hides: restored,
+    /// it would go on using features the configuration means to keep from it.
+    #[error("the saved guest was shown the cpuid bits {mask}, which the configuration hides")]
+    CpuidHidden {
+        /// The hidden bits the saved guest was shown.
+        mask: crate::cpuid::CpuidMask,
+    },
     /// The saved memory layout is not that of the configured memory size.
     #[error("saved memory layout {saved:?} is not that of {mib} MiB")]
     MemorySize {

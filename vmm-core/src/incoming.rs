@@ -28,6 +28,7 @@
 use vm_memory::GuestAddress;
 
 use crate::config::{ValidConfig, VmConfig};
+use crate::cpuid::{self, CpuidLeaf};
 use crate::error::{Error, Result, SnapshotMismatch};
 use crate::memory::{self, GuestMemoryMmap};
 use crate::state::{self, MemoryLayout, MemoryRegionSpec, VmState};
@@ -96,14 +97,15 @@ impl IncomingVm {
 
     /// Applies `saved` (from [`Vm::capture_state`] on the source) and returns the VM
     /// paused, its vCPU threads started: call [`Vm::resume`]. The saved vCPU count and
-    /// memory layout must be the configuration's ([`Error::SnapshotMismatch`]).
+    /// memory layout must be the configuration's, and the saved guest must not have
+    /// been shown CPUID bits the configuration hides ([`Error::SnapshotMismatch`]).
     pub fn restore(self, saved: VmState) -> Result<Vm> {
         let IncomingVm {
             config,
             base,
             memory,
         } = self;
-        check_layout(&config, &saved)?;
+        check_saved(&config, &saved)?;
         state::restore_vm(&base.vm_fd, &saved.vm).map_err(Error::state("restore vm"))?;
         for (fd, st) in base.vcpus.iter().zip(&saved.vcpus) {
             state::restore_vcpu(fd, st).map_err(Error::state("restore vcpu"))?;
@@ -134,8 +136,9 @@ fn layout_of(config: &ValidConfig) -> MemoryLayout {
     }
 }
 
-/// The saved vCPU count and memory layout must be those of `config`.
-pub(crate) fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> {
+/// The saved vCPU count and memory layout must be those of `config`, and the saved
+/// guest must not have been shown CPUID bits that `config` hides.
+pub(crate) fn check_saved(config: &ValidConfig, saved: &VmState) -> Result<()> {
     if saved.vcpus.len() != config.vcpus as usize {
         return Err(SnapshotMismatch::Vcpus {
             saved: saved.vcpus.len(),
@@ -149,6 +152,12 @@ pub(crate) fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> 
             mib: config.memory_bytes >> 20,
         }
         .into());
+    }
+    for v in &saved.vcpus {
+        let leaves: Vec<CpuidLeaf> = v.cpuid.iter().map(CpuidLeaf::from).collect();
+        if let Some(mask) = cpuid::still_shown(&leaves, &config.cpuid_hidden) {
+            return Err(SnapshotMismatch::CpuidHidden { mask }.into());
+        }
     }
     Ok(())
 }

@@ -43,6 +43,13 @@
 //! assert!(serde_json::from_str::<VmConfig>(r#"{ "kernel": "k", "memroy_mib": 1 }"#).is_err());
 //! ```
 //!
+//! For live migration a VM offers its dirty log ([`Vm::enable_dirty_log`],
+//! [`Vm::fetch_and_clear_dirty`]), throttling ([`Vm::set_throttle`]), the CPUID its guest
+//! sees ([`Vm::guest_cpuid`], to compare with [`kvm::host_cpuid`] on the destination
+//! through [`cpuid::missing_features`]) and its state ([`Vm::capture_state`]); the
+//! destination builds an [`IncomingVm`] ahead of time, writes the pages into it and
+//! restores the state at the switchover.
+//!
 //! Errors are one enum, [`Error`]: a missing `/dev/kvm`, a bad kernel, too little
 //! memory or too many vCPUs are all typed values, never panics. Guest misbehaviour
 //! (unmapped MMIO, bad virtio descriptors) is absorbed by the devices; a guest that

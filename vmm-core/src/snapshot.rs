@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::config::VmConfig;
 use crate::devices::serial::SerialSnapshot;
 use crate::error::{Error, Result};
-use crate::incoming::{check_layout, IncomingVm};
+use crate::incoming::{check_saved, IncomingVm};
 use crate::memory::GuestMemoryMmap;
 use crate::power::PowerState;
 use crate::state::{self, DeviceBlob, MemoryLayout, MemorySaveStats, VmState};
@@ -102,7 +102,7 @@ impl Vm {
         let config = config.validate()?;
         let saved =
             state::load_state(&dir.join(STATE_FILE)).map_err(Error::state("load vm state"))?;
-        check_layout(&config, &saved)?;
+        check_saved(&config, &saved)?;
         let mem =
             state::load_memory(&dir.join(MEMORY_FILE)).map_err(Error::state("load memory"))?;
         let vm = IncomingVm::with_memory(config, mem)?.restore(saved)?;
@@ -122,7 +122,7 @@ impl Vm {
     ) -> Result<Vm> {
         let config = config.validate()?;
         // Checked before KVM is touched (restore checks again, cheaply).
-        check_layout(&config, &saved)?;
+        check_saved(&config, &saved)?;
         IncomingVm::with_memory(config, memory)?.restore(saved)
     }
 }

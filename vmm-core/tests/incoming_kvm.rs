@@ -144,6 +144,19 @@ fn an_incoming_vm_refuses_a_state_of_another_shape() {
                 ),
                 "{e}"
             );
+            // The hypervisor bit can be hidden on any KVM; the saved guest was shown it.
+            let hide = "1.0.ecx:0x80000000".parse().unwrap();
+            let e = IncomingVm::new(vm_config(k.clone(), &con, 64).hide_cpuid(hide))
+                .unwrap()
+                .restore(state.clone())
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::SnapshotMismatch(SnapshotMismatch::CpuidHidden { mask }) if mask == hide
+                ),
+                "{e}"
+            );
             // The older one-call form checks the same, before it touches KVM.
             let mem = vinfra_vmm_core::memory::create(128 << 20).unwrap();
             let e = Vm::restore_from_state(vm_config(k, &con, 128), state, mem).unwrap_err();
