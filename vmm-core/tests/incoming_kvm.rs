@@ -53,12 +53,12 @@ fn copy_pages(src: &GuestMemoryMmap, dst: &GuestMemoryMmap, pages: &[GuestAddres
     }
 }
 
-/// Runs the workload guest to `HB 2`, pauses it and captures its state; the VM is
-/// returned paused so its RAM can be copied.
-fn source(kernel: PathBuf, con: &Console, mib: u64) -> (Vm, VmState) {
-    let mut src = Vm::create(vm_config(kernel, con, mib)).unwrap();
+/// Runs the workload guest with `vcpus` until it prints `until`, pauses it and captures
+/// its state; the VM is returned paused so its RAM can be copied.
+fn source(kernel: PathBuf, con: &Console, mib: u64, vcpus: u32, until: &str) -> (Vm, VmState) {
+    let mut src = Vm::create(vm_config(kernel, con, mib).vcpus(vcpus)).unwrap();
     src.start().unwrap();
-    con.wait_for("HB 2\n", T);
+    con.wait_for(until, T);
     src.pause().unwrap();
     let state = src.capture_state().unwrap();
     (src, state)
@@ -78,7 +78,7 @@ fn an_incoming_vm_takes_memory_then_state_and_runs_on() {
         || {
             let Some(k) = guest("workload") else { return };
             let con = Console::default();
-            let (src, state) = source(k.clone(), &con, 64);
+            let (src, state) = source(k.clone(), &con, 64, 1, "HB 2\n");
 
             let con2 = Console::default();
             let incoming = Vm::incoming(vm_config(k, &con2, 64)).unwrap();
@@ -118,7 +118,7 @@ fn an_incoming_vm_refuses_a_state_of_another_shape() {
         || {
             let Some(k) = guest("workload") else { return };
             let con = Console::default();
-            let (_src, state) = source(k.clone(), &con, 64);
+            let (_src, state) = source(k.clone(), &con, 64, 1, "HB 2\n");
             let e = IncomingVm::new(vm_config(k.clone(), &con, 64).vcpus(2))
                 .unwrap()
                 .restore(state.clone())
@@ -192,39 +192,40 @@ fn incoming_restore_is_quicker_than_restore_from_state_512mib() {
             let Some(k) = guest("workload") else { return };
             const MIB: u64 = 512;
             const RUNS: usize = 5;
-            let con = Console::default();
-            let (src, state) = source(k.clone(), &con, MIB);
-            let pages = nonzero_pages(src.memory());
-            let (mut whole, mut new, mut restore) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..RUNS {
-                let mem = vinfra_vmm_core::memory::create(MIB << 20).unwrap();
-                copy_pages(src.memory(), &mem, &pages);
-                let t = Instant::now();
-                let vm =
-                    Vm::restore_from_state(vm_config(k.clone(), &con, MIB), state.clone(), mem)
-                        .unwrap();
-                whole.push(t.elapsed());
-                drop(vm);
+            for vcpus in [1, 2] {
+                let con = Console::default();
+                let (src, state) = source(k.clone(), &con, MIB, vcpus, "VINFRA-READY");
+                let pages = nonzero_pages(src.memory());
+                let cfg = || vm_config(k.clone(), &con, MIB).vcpus(vcpus);
+                let (mut whole, mut new, mut restore) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..RUNS {
+                    let mem = vinfra_vmm_core::memory::create(MIB << 20).unwrap();
+                    copy_pages(src.memory(), &mem, &pages);
+                    let t = Instant::now();
+                    let vm = Vm::restore_from_state(cfg(), state.clone(), mem).unwrap();
+                    whole.push(t.elapsed());
+                    drop(vm);
 
-                let t = Instant::now();
-                let incoming = IncomingVm::new(vm_config(k.clone(), &con, MIB)).unwrap();
-                new.push(t.elapsed());
-                copy_pages(src.memory(), incoming.memory(), &pages);
-                let t = Instant::now();
-                let vm = incoming.restore(state.clone()).unwrap();
-                restore.push(t.elapsed());
-                assert_eq!(vm.power_state(), PowerState::Paused);
+                    let t = Instant::now();
+                    let incoming = IncomingVm::new(cfg()).unwrap();
+                    new.push(t.elapsed());
+                    copy_pages(src.memory(), incoming.memory(), &pages);
+                    let t = Instant::now();
+                    let vm = incoming.restore(state.clone()).unwrap();
+                    restore.push(t.elapsed());
+                    assert_eq!(vm.power_state(), PowerState::Paused);
+                }
+                let (whole, new, restore) = (median(whole), median(new), median(restore));
+                println!(
+                    "{MIB} MiB, {vcpus} vcpu(s), median of {RUNS}: Vm::restore_from_state \
+                     {whole:?}; IncomingVm::new {new:?} (ahead of time) + IncomingVm::restore \
+                     {restore:?} (at the switchover)"
+                );
+                assert!(
+                    restore <= whole,
+                    "restore {restore:?} vs restore_from_state {whole:?}"
+                );
             }
-            let (whole, new, restore) = (median(whole), median(new), median(restore));
-            println!(
-                "{MIB} MiB, 1 vcpu, median of {RUNS}: Vm::restore_from_state {whole:?}; \
-                 IncomingVm::new {new:?} (ahead of time) + IncomingVm::restore {restore:?} \
-                 (at the switchover)"
-            );
-            assert!(
-                restore <= whole,
-                "restore {restore:?} vs restore_from_state {whole:?}"
-            );
         },
     );
 }
