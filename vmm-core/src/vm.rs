@@ -58,6 +58,7 @@ impl std::fmt::Debug for Vm {
             .field("boot_protocol", &self.boot_protocol)
             .field("tsc_khz", &self.tsc_khz)
             .field("power_state", &self.power_state())
+            .field("throttle_percent", &self.throttle())
             .finish_non_exhaustive()
     }
 }
