@@ -77,8 +77,10 @@ impl CpuidLeaf {
     }
 }
 
-impl From<&kvm_cpuid_entry2> for CpuidLeaf {
-    fn from(e: &kvm_cpuid_entry2) -> Self {
+impl CpuidLeaf {
+    /// The leaf of a KVM CPUID entry (crate-private: the public API has no kvm-bindings
+    /// types).
+    pub(crate) fn from_kvm(e: &kvm_cpuid_entry2) -> Self {
         CpuidLeaf {
             function: e.function,
             index: e.index,
@@ -422,7 +424,7 @@ mod tests {
         assert_eq!(e[1].ebx, 0x41);
         assert_eq!(e[2].edx, 3);
 
-        let mut leaves: Vec<CpuidLeaf> = e.iter().map(CpuidLeaf::from).collect();
+        let mut leaves: Vec<CpuidLeaf> = e.iter().map(CpuidLeaf::from_kvm).collect();
         assert_eq!(still_shown(&leaves, &[hide]), None);
         // Of bits 5 and 6, only 5 was hidden: 6 is still shown.
         let two = CpuidMask::new(7, 0, CpuidRegister::Ebx, 0x60);

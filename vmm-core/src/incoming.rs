@@ -154,7 +154,7 @@ pub(crate) fn check_saved(config: &ValidConfig, saved: &VmState) -> Result<()> {
         .into());
     }
     for v in &saved.vcpus {
-        let leaves: Vec<CpuidLeaf> = v.cpuid.iter().map(CpuidLeaf::from).collect();
+        let leaves: Vec<CpuidLeaf> = v.cpuid.iter().map(CpuidLeaf::from_kvm).collect();
         if let Some(mask) = cpuid::still_shown(&leaves, &config.cpuid_hidden) {
             return Err(SnapshotMismatch::CpuidHidden { mask }.into());
         }

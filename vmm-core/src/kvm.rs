@@ -152,7 +152,7 @@ pub(crate) fn set_cpuid(
         .map_err(Error::kvm("get cpuid"))?
         .as_slice()
         .iter()
-        .map(CpuidLeaf::from)
+        .map(CpuidLeaf::from_kvm)
         .collect();
     match cpuid::still_shown(&leaves, hidden) {
         Some(mask) => Err(Error::CpuidNotHidden { mask }),

@@ -127,7 +127,7 @@ impl Vm {
             .map_err(Error::kvm("get cpuid"))?
             .as_slice()
             .iter()
-            .map(CpuidLeaf::from)
+            .map(CpuidLeaf::from_kvm)
             .collect();
         Ok(Vm {
             kvm: base.kvm,
