@@ -97,7 +97,7 @@ def answer(c):
             return
 while time.monotonic() < deadline and line() != "VINFRA-READY":
     pass
-for c in ("rate 0", "touch 3 5", "touch 8190 5", "nonsense"):
+for c in ("rate 0", "touch 3 5", "touch 8190 5", "ping 42", "nonsense"):
     answer(c)
 while time.monotonic() < deadline and not line().startswith("HB 2"):
     pass
@@ -110,7 +110,7 @@ PY
 guest_code "$rc" >"$work/workload.code"
 : >"$work/workload.err"
 check workload 7 '^VINFRA-READY$' '^OK rate 0$' '^TOUCHED 0x203000 5$' '^ERR usage: touch' \
-    '^ERR unknown command: nonsense$' '^HB 1$' '^HB 2$'
+    '^PONG 42$' '^ERR unknown command: nonsense$' '^HB 1$' '^HB 2$'
 
 python3 "$ROOT/vmm-core/guests/tools/mkdisk.py" "$work/disk.img" 64 4
 run disk "$DISK_ELF" "disk.bench_mib=2" 256 "$work/disk.img"

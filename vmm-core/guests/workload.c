@@ -3,8 +3,10 @@
 #include "rt/rt.h"
 
 #define BUF_START (2u * MIB) /* first 2 MiB hold the image, tables and stack */
-#define BATCH_PAGES 256       /* pages dirtied between two serial polls */
-#define IDLE_POLL_US 200      /* pause between serial polls when there is nothing to do */
+#define BATCH_PAGES 256       /* most pages dirtied per pass of the main loop */
+#define CLOCK_CHECK_PAGES 16  /* pages dirtied between two looks at the TSC */
+#define SERIAL_POLL_US 50     /* most time between two serial polls while dirtying */
+#define IDLE_POLL_US 50       /* pause between serial polls when there is nothing to do */
 #define MAX_RATE 100000       /* MiB/s; keeps the pacing arithmetic in 64 bits */
 
 /* State lives in guest memory so it survives snapshot/restore and migration. */
@@ -18,6 +20,8 @@ static int debug;
 static char line[80];
 static uint32_t line_len;
 static int line_overflow;
+static uint64_t poll_cycles; /* SERIAL_POLL_US in TSC cycles */
+static uint64_t next_poll;   /* TSC value from which the dirtying loop polls the serial port */
 
 static volatile uint64_t *page(uint64_t i) { return (volatile uint64_t *)(uintptr_t)(BUF_START + i * PAGE_SIZE); }
 
@@ -39,13 +43,38 @@ static int arg(const char **s, uint64_t *v)
     return 1;
 }
 
+/* Answers `PONG <n>` without printf: guest code runs emulated on nested KVM (about 1 us
+ * per instruction), and the downtime probe of live migration times this answer. */
+static void pong(uint64_t n)
+{
+    char buf[32] = "PONG ";
+    char digits[20];
+    uint32_t len = 5, nd = 0;
+    do {
+        digits[nd++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    while (nd)
+        buf[len++] = digits[--nd];
+    buf[len++] = '\n';
+    serial_write(buf, len);
+}
+
 static void command(const char *l)
 {
     uint64_t a, b;
     l = skip_spaces(l);
     if (!*l)
         return;
-    if (memcmp(l, "rate", 4) == 0 && (l[4] == ' ' || !l[4])) {
+    /* ping first, compared inline: it is the command whose latency matters. */
+    if (l[0] == 'p' && l[1] == 'i' && l[2] == 'n' && l[3] == 'g' && (l[4] == ' ' || !l[4])) {
+        l += 4;
+        if (!arg(&l, &a) || *skip_spaces(l)) {
+            printf("ERR usage: ping <n>\n");
+            return;
+        }
+        pong(a);
+    } else if (memcmp(l, "rate", 4) == 0 && (l[4] == ' ' || !l[4])) {
         l += 4;
         if (!arg(&l, &a) || *skip_spaces(l) || a > MAX_RATE) {
             printf("ERR usage: rate <MiB/s up to %u>\n", MAX_RATE);
@@ -120,6 +149,7 @@ int guest_main(void)
     char dbg[4];
     debug = cmdline_get("vinfra.debug", dbg, sizeof dbg) && dbg[0] == '1';
     uint64_t hz = tsc_khz() * 1000;
+    poll_cycles = SERIAL_POLL_US * hz / 1000000;
 
     /* Touch every page once: one write per 4 KiB page. */
     generation = 1;
@@ -149,12 +179,25 @@ int guest_main(void)
             if (n > BATCH_PAGES)
                 n = BATCH_PAGES;
             credit -= n * hz;
-            for (uint64_t i = 0; i < n; i++) {
-                *page(cursor) = generation;
-                dirtied++;
-                if (++cursor == npages) {
-                    cursor = 0;
-                    generation++;
+            /* A batch takes ~2 ms where guest code is emulated: poll the serial port
+             * within it, by the clock, so a command waits at most ~SERIAL_POLL_US whatever
+             * the rate (and where an exit costs more than many pages, as on hardware KVM,
+             * the polls stay rare). */
+            for (uint64_t left = n; left;) {
+                uint64_t chunk = left < CLOCK_CHECK_PAGES ? left : CLOCK_CHECK_PAGES;
+                left -= chunk;
+                dirtied += chunk;
+                for (uint64_t i = 0; i < chunk; i++) {
+                    *page(cursor) = generation;
+                    if (++cursor == npages) {
+                        cursor = 0;
+                        generation++;
+                    }
+                }
+                uint64_t t = rdtsc();
+                if (t >= next_poll) {
+                    poll_serial();
+                    next_poll = t + poll_cycles;
                 }
             }
             busy = n > 0;
@@ -170,6 +213,7 @@ int guest_main(void)
                 next_hb = now + hz;
         }
         poll_serial();
+        next_poll = rdtsc() + poll_cycles;
         if (!busy) {
             uint64_t until = now + IDLE_POLL_US * hz / 1000000;
             while (rdtsc() < until)

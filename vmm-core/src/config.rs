@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpuid::CpuidMask;
 use crate::devices::block::BlockBackend;
 use crate::devices::serial::SharedWriter;
 use crate::error::{Error, Result};
@@ -56,6 +57,10 @@ pub struct VmConfig {
     /// The KVM device node (tests point it elsewhere to check the error path).
     #[serde(default = "default_kvm_path")]
     pub kvm_path: PathBuf,
+    /// CPUID bits hidden from the guest (like VMware EVC masks), so it can later move to
+    /// a host without those features. In JSON, strings such as `"7.0.ebx:0x20"`.
+    #[serde(default)]
+    pub cpuid_hidden: Vec<CpuidMask>,
 }
 
 fn default_memory_mib() -> u64 {
@@ -180,6 +185,7 @@ impl VmConfig {
             serial_input: SerialInputSource::None,
             page_sharing: false,
             kvm_path: default_kvm_path(),
+            cpuid_hidden: Vec::new(),
         }
     }
 
@@ -234,6 +240,21 @@ impl VmConfig {
     /// Uses another KVM device node.
     pub fn kvm_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.kvm_path = path.into();
+        self
+    }
+
+    /// Hides the bits of `mask` from the guest's CPUID (see [`crate::cpuid`]).
+    ///
+    /// ```
+    /// use vinfra_vmm_core::{CpuidMask, VmConfig};
+    ///
+    /// let config = VmConfig::new("guest.elf").hide_cpuid("7.0.ebx:0x10000".parse()?);
+    /// let json = serde_json::to_string(&config)?;
+    /// assert!(json.contains(r#""cpuid_hidden":["7.0.ebx:0x10000"]"#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hide_cpuid(mut self, mask: CpuidMask) -> Self {
+        self.cpuid_hidden.push(mask);
         self
     }
 
@@ -316,6 +337,7 @@ impl VmConfig {
             serial_input: self.serial_input.clone(),
             page_sharing: self.page_sharing,
             kvm_path: self.kvm_path.clone(),
+            cpuid_hidden: self.cpuid_hidden.clone(),
         })
     }
 }
@@ -353,6 +375,8 @@ pub struct ValidConfig {
     pub page_sharing: bool,
     /// KVM device node.
     pub kvm_path: PathBuf,
+    /// CPUID bits hidden from the guest.
+    pub cpuid_hidden: Vec<CpuidMask>,
 }
 
 #[cfg(test)]

@@ -36,6 +36,13 @@ pub enum Error {
     /// KVM lacks a capability this VMM needs.
     #[error("kvm lacks the capability {0}")]
     KvmCapability(&'static str),
+    /// KVM still shows the guest CPUID bits that the configuration hides: this KVM
+    /// cannot hide them (nested `kvm_pvm` passes features of the real CPU through).
+    #[error("kvm cannot hide the cpuid bits {mask} from the guest")]
+    CpuidNotHidden {
+        /// The hidden bits the guest is still shown.
+        mask: crate::cpuid::CpuidMask,
+    },
     /// A KVM ioctl failed.
     #[error("kvm {op} failed: {source}")]
     Kvm {
@@ -146,6 +153,14 @@ pub enum Error {
     /// A saved VM does not match the configuration it is restored with.
     #[error("snapshot does not match the configuration: {0}")]
     SnapshotMismatch(#[from] SnapshotMismatch),
+    /// A vCPU throttle above the maximum ([`crate::THROTTLE_MAX_PERCENT`]).
+    #[error("a vcpu throttle of {percent} % is above the maximum of {max} %")]
+    ThrottleOutOfRange {
+        /// The throttle asked for.
+        percent: u8,
+        /// The maximum.
+        max: u8,
+    },
     /// The vCPU threads did not answer a pause or stop request in time.
     #[error("vcpus did not {op} within {timeout_ms} ms")]
     Timeout {
@@ -232,6 +247,13 @@ pub enum SnapshotMismatch {
         saved: usize,
         /// vCPUs in the configuration.
         configured: u32,
+    },
+    /// The saved guest was shown CPUID bits that the configuration hides: restored,
+    /// it would go on using features the configuration means to keep from it.
+    #[error("the saved guest was shown the cpuid bits {mask}, which the configuration hides")]
+    CpuidHidden {
+        /// The hidden bits the saved guest was shown.
+        mask: crate::cpuid::CpuidMask,
     },
     /// The saved memory layout is not that of the configured memory size.
     #[error("saved memory layout {saved:?} is not that of {mib} MiB")]

@@ -1,10 +1,13 @@
-//! Opening `/dev/kvm`, checking what it offers, and telling hardware KVM from nested KVM.
+//! Opening `/dev/kvm`, checking what it offers (capabilities, vCPUs, the CPUID it can show
+//! a guest), and telling hardware KVM from nested KVM.
 
 use std::io;
 use std::path::Path;
 
-use kvm_ioctls::{Cap, Kvm};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
+use crate::cpuid::{self, CpuidLeaf, CpuidMask};
 use crate::error::{Error, Result};
 
 /// The stable KVM API version.
@@ -90,6 +93,71 @@ pub fn open(path: &Path) -> Result<Kvm> {
 /// The most vCPUs one VM may have on this KVM (`KVM_CAP_NR_VCPUS`, the recommended limit).
 pub fn max_vcpus(kvm: &Kvm) -> u32 {
     u32::try_from(kvm.get_nr_vcpus()).unwrap_or(1).max(1)
+}
+
+/// What this host could show a guest through `/dev/kvm`: see [`supported_cpuid`].
+///
+/// ```
+/// use vinfra_vmm_core::{kvm, CpuidLeaf};
+///
+/// match kvm::host_cpuid(&["7.0.ebx:0x20".parse()?]) {
+///     Ok(leaves) => {
+///         // AVX2 (leaf 7, ebx bit 5) is hidden whatever the CPU has.
+///         let leaf7 = CpuidLeaf::find(&leaves, 7, 0).expect("leaf 7");
+///         assert_eq!(leaf7.ebx & 0x20, 0);
+///     }
+///     Err(e) => eprintln!("no usable /dev/kvm here: {e}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn host_cpuid(hidden: &[CpuidMask]) -> Result<Vec<CpuidLeaf>> {
+    supported_cpuid(&open(Path::new("/dev/kvm"))?, hidden)
+}
+
+/// What `kvm` could show a guest whose configuration hides `hidden`: its supported
+/// CPUID (`KVM_GET_SUPPORTED_CPUID`) with the changes every vCPU gets at creation (the
+/// hypervisor bit; the APIC-id fields as for vCPU 0) and the `hidden` bits cleared, as a
+/// scratch vCPU then reports it (`KVM_GET_CPUID2`), plus the bits KVM itself turns on
+/// while a guest runs once the guest enables their feature (OSXSAVE, OSPKE). So it
+/// compares with any guest's [`crate::Vm::guest_cpuid`] through
+/// [`cpuid::missing_features`].
+///
+/// The scratch vCPU is asked because a vCPU may show more than "supported" says: nested
+/// KVM (`kvm_pvm`) passes features of the real CPU through (SSE3, AVX2...) and cannot
+/// hide them. A mask that this KVM cannot honour is [`Error::CpuidNotHidden`], as it is
+/// for [`crate::Vm::create`].
+pub fn supported_cpuid(kvm: &Kvm, hidden: &[CpuidMask]) -> Result<Vec<CpuidLeaf>> {
+    let mut entries = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("get supported cpuid"))?;
+    cpuid::guest_view(entries.as_mut_slice(), 0, hidden);
+    let vm = kvm.create_vm().map_err(Error::kvm("create vm"))?;
+    vm.create_irq_chip().map_err(Error::kvm("create irqchip"))?;
+    let vcpu = vm.create_vcpu(0).map_err(Error::kvm("create vcpu"))?;
+    let mut leaves = set_cpuid(&vcpu, &entries, hidden)?;
+    cpuid::add_runtime_bits(&mut leaves);
+    Ok(leaves)
+}
+
+/// Gives `vcpu` the CPUID `entries` and returns what it then shows; fails with
+/// [`Error::CpuidNotHidden`] when that still has bits of `hidden`.
+pub(crate) fn set_cpuid(
+    vcpu: &VcpuFd,
+    entries: &CpuId,
+    hidden: &[CpuidMask],
+) -> Result<Vec<CpuidLeaf>> {
+    vcpu.set_cpuid2(entries).map_err(Error::kvm("set cpuid"))?;
+    let leaves: Vec<CpuidLeaf> = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("get cpuid"))?
+        .as_slice()
+        .iter()
+        .map(CpuidLeaf::from_kvm)
+        .collect();
+    match cpuid::still_shown(&leaves, hidden) {
+        Some(mask) => Err(Error::CpuidNotHidden { mask }),
+        None => Ok(leaves),
+    }
 }
 
 fn c_path(path: &Path) -> Result<std::ffi::CString> {

@@ -43,6 +43,13 @@
 //! assert!(serde_json::from_str::<VmConfig>(r#"{ "kernel": "k", "memroy_mib": 1 }"#).is_err());
 //! ```
 //!
+//! For live migration a VM offers its dirty log ([`Vm::enable_dirty_log`],
+//! [`Vm::fetch_and_clear_dirty`]), throttling ([`Vm::set_throttle`]), the CPUID its guest
+//! sees ([`Vm::guest_cpuid`], to compare with [`kvm::host_cpuid`] on the destination
+//! through [`cpuid::missing_features`]) and its state ([`Vm::capture_state`]); the
+//! destination builds an [`IncomingVm`] ahead of time, writes the pages into it and
+//! restores the state at the switchover.
+//!
 //! Errors are one enum, [`Error`]: a missing `/dev/kvm`, a bad kernel, too little
 //! memory or too many vCPUs are all typed values, never panics. Guest misbehaviour
 //! (unmapped MMIO, bad virtio descriptors) is absorbed by the devices; a guest that
@@ -52,9 +59,11 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod cpuid;
 pub mod devices;
 pub mod dirty;
 pub mod error;
+pub mod incoming;
 pub mod ksm;
 pub mod kvm;
 pub mod memory;
@@ -69,10 +78,12 @@ pub use boot::BootProtocol;
 pub use config::{
     DiskConfig, SerialInputSource, SerialOutput, SharedBackend, ValidConfig, VmConfig,
 };
+pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
 pub use error::{Error, MemoryError, Result, SnapshotMismatch};
+pub use incoming::IncomingVm;
 pub use kvm::HostKvm;
 pub use power::{ExitReason, PowerState};
-pub use vm::{SerialInput, Vm};
+pub use vm::{SerialInput, Vm, THROTTLE_MAX_PERCENT, THROTTLE_PERIOD};
 pub use wiring::{VIRTIO_DEVICES_MAX, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE};

@@ -11,17 +11,15 @@
 
 use std::path::Path;
 
-use vm_memory::GuestAddress;
-
-use crate::config::{ValidConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::devices::serial::SerialSnapshot;
-use crate::error::{Error, Result, SnapshotMismatch};
-use crate::memory::{self, GuestMemoryMmap};
+use crate::error::{Error, Result};
+use crate::incoming::{check_saved, IncomingVm};
+use crate::memory::GuestMemoryMmap;
 use crate::power::PowerState;
-use crate::state::{self, DeviceBlob, MemoryLayout, MemoryRegionSpec, MemorySaveStats, VmState};
-use crate::vcpu;
+use crate::state::{self, DeviceBlob, MemoryLayout, MemorySaveStats, VmState};
 use crate::vm::Vm;
-use crate::wiring::{build_devices, create_base, SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
+use crate::wiring::{SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
 
 /// Name of the state blob inside a snapshot directory.
 pub const STATE_FILE: &str = "vm.state";
@@ -102,72 +100,29 @@ impl Vm {
     /// with. The VM comes back paused, its vCPU threads started: call [`Vm::resume`].
     pub fn restore(config: VmConfig, dir: &Path) -> Result<Vm> {
         let config = config.validate()?;
-        vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
         let saved =
             state::load_state(&dir.join(STATE_FILE)).map_err(Error::state("load vm state"))?;
-        check_layout(&config, &saved)?;
+        check_saved(&config, &saved)?;
         let mem =
             state::load_memory(&dir.join(MEMORY_FILE)).map_err(Error::state("load memory"))?;
-        let vm = Vm::restore_parts(config, saved, mem)?;
+        let vm = IncomingVm::with_memory(config, mem)?.restore(saved)?;
         tracing::info!(dir = %dir.display(), "vm restored (paused)");
         Ok(vm)
     }
 
     /// Creates a VM, paused, from a captured state and guest memory that holds the
     /// saved RAM (e.g. received by live migration). See [`Vm::capture_state`].
+    ///
+    /// This creates the KVM VM and its vCPUs too; a migration destination that wants
+    /// them made before the state arrives uses [`IncomingVm`] (what this calls).
     pub fn restore_from_state(
         config: VmConfig,
         saved: VmState,
         memory: GuestMemoryMmap,
     ) -> Result<Vm> {
         let config = config.validate()?;
-        check_layout(&config, &saved)?;
-        Vm::restore_parts(config, saved, memory)
+        // Checked before KVM is touched (restore checks again, cheaply).
+        check_saved(&config, &saved)?;
+        IncomingVm::with_memory(config, memory)?.restore(saved)
     }
-
-    fn restore_parts(config: ValidConfig, saved: VmState, mem: GuestMemoryMmap) -> Result<Vm> {
-        vcpu::install_kick_handler().map_err(Error::io("install vcpu kick signal handler"))?;
-        if MemoryLayout::of(&mem) != saved.memory {
-            return Err(SnapshotMismatch::MemoryLayout.into());
-        }
-        let base = create_base(&config, &mem)?;
-        if config.page_sharing {
-            memory::set_mergeable(&mem)?;
-        }
-        state::restore_vm(&base.vm_fd, &saved.vm).map_err(Error::state("restore vm"))?;
-        for (fd, st) in base.vcpus.iter().zip(&saved.vcpus) {
-            state::restore_vcpu(fd, st).map_err(Error::state("restore vcpu"))?;
-        }
-        let dev = build_devices(&config, &base, &mem, Some(&saved.devices))?;
-        let mut vm = Vm::assemble(config, base, mem, dev, None);
-        vm.spawn_vcpus(true)?;
-        vm.wait_parked()?;
-        vm.connect_serial_input()?;
-        Ok(vm)
-    }
-}
-
-/// The saved vCPU count and memory layout must be those of `config`.
-fn check_layout(config: &ValidConfig, saved: &VmState) -> Result<()> {
-    if saved.vcpus.len() != config.vcpus as usize {
-        return Err(SnapshotMismatch::Vcpus {
-            saved: saved.vcpus.len(),
-            configured: config.vcpus,
-        }
-        .into());
-    }
-    let expected = MemoryLayout {
-        regions: memory::ram_ranges(config.memory_bytes)
-            .into_iter()
-            .map(|(GuestAddress(guest_addr), size)| MemoryRegionSpec { guest_addr, size })
-            .collect(),
-    };
-    if saved.memory != expected {
-        return Err(SnapshotMismatch::MemorySize {
-            saved: saved.memory.clone(),
-            mib: config.memory_bytes >> 20,
-        }
-        .into());
-    }
-    Ok(())
 }

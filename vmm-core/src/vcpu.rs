@@ -7,6 +7,13 @@
 //! just before the thread enters `KVM_RUN` and be lost, so whoever waits for vCPUs to
 //! park or exit re-sends it every millisecond until they have: bounded, and never a
 //! missed wake-up.
+//!
+//! Throttling (auto-converge) uses the same kick: a throttle thread starts a period every
+//! [`THROTTLE_PERIOD`] and kicks the vCPUs, re-sending until each has acknowledged it
+//! (or its sleep would be over anyway); a vCPU that sees a new period sleeps in its
+//! checkpoint until `percent` % of the period has passed. The sleep is a wait on the same
+//! condition variable as parking, so a pause, resume or stop ends it at once, and it
+//! never changes the request: a paused VM stays paused.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -20,6 +27,17 @@ use crate::power::{ExitReason, PowerState};
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The throttling period: in each, a throttled vCPU stays out of `KVM_RUN` for its
+/// percentage of it (as QEMU's `cpu-throttle` does with its 10 ms time slice).
+pub const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
+/// The highest throttle, in percent: a vCPU always runs for some of each period.
+pub const THROTTLE_MAX_PERCENT: u8 = 99;
+
+/// The part of a period a vCPU throttled at `percent` spends asleep.
+fn throttle_sleep(percent: u8) -> Duration {
+    THROTTLE_PERIOD * u32::from(percent.min(THROTTLE_MAX_PERCENT)) / 100
+}
 
 fn kick_signal() -> libc::c_int {
     SIGRTMIN()
@@ -53,6 +71,21 @@ struct Inner {
     parked: usize,
     exit: Option<ExitReason>,
     threads: Vec<Option<libc::pthread_t>>,
+    throttle: Throttle,
+}
+
+/// Throttling state, under the same lock as the requests.
+#[derive(Debug, Default)]
+struct Throttle {
+    percent: u8,
+    /// Counts the periods; each vCPU sleeps once per period.
+    period: u64,
+    /// When the current period began.
+    period_start: Option<Instant>,
+    /// vCPUs that have taken the current period's sleep.
+    acks: usize,
+    /// A throttle thread is in its loop; it clears this under the lock as it leaves.
+    thread: bool,
 }
 
 /// Shared between the `Vm` handle, its vCPU threads and the exit devices.
@@ -72,6 +105,7 @@ impl Control {
                 parked: 0,
                 exit: None,
                 threads: vec![None; vcpus],
+                throttle: Throttle::default(),
             }),
             cv: Condvar::new(),
         }
@@ -131,6 +165,8 @@ impl Control {
         let mut g = self.lock();
         if g.request == Request::Run {
             g.request = Request::Pause;
+            // Throttled vCPUs sleep on the condition variable, not in KVM_RUN.
+            self.cv.notify_all();
         }
         while g.parked < g.running && g.request == Request::Pause {
             Self::kick(&g);
@@ -187,16 +223,29 @@ impl Control {
         g.running = n;
     }
 
-    /// Blocks while paused; false when the thread should leave its loop.
+    /// Blocks while paused, and for the throttled share of each throttling period;
+    /// false when the thread should leave its loop.
     ///
     /// Before parking, and with the lock released, it calls `complete_io` if
     /// `io_pending` says the last `KVM_RUN` may have left an access for the next one
     /// to finish; the request is then read again, so a pause that arrives at any
-    /// moment finds the vCPU state whole.
-    fn checkpoint(&self, io_pending: &mut bool, complete_io: impl Fn()) -> bool {
+    /// moment finds the vCPU state whole. `period_seen` is the last throttling period
+    /// this vCPU slept in.
+    fn checkpoint(
+        &self,
+        io_pending: &mut bool,
+        period_seen: &mut u64,
+        complete_io: impl Fn(),
+    ) -> bool {
         let mut g = self.lock();
         loop {
             match g.request {
+                Request::Run if g.throttle.percent > 0 && g.throttle.period != *period_seen => {
+                    *period_seen = g.throttle.period;
+                    g.throttle.acks += 1;
+                    self.cv.notify_all();
+                    g = self.throttle_sleep(g);
+                }
                 Request::Run => return true,
                 Request::Stop => return false,
                 Request::Pause if *io_pending => {
@@ -213,6 +262,99 @@ impl Control {
                     }
                     g.parked -= 1;
                 }
+            }
+        }
+    }
+
+    /// Sleeps until the throttled share of the current period is over, or the request
+    /// or the throttle changes.
+    fn throttle_sleep<'a>(&'a self, mut g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        loop {
+            let Some(start) = g.throttle.period_start else {
+                return g;
+            };
+            let until = start + throttle_sleep(g.throttle.percent);
+            let now = Instant::now();
+            if now >= until || g.request != Request::Run {
+                return g;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sets the throttle; true when the caller must start a throttle thread (running
+    /// [`Control::throttle_loop`]): throttling is on and no thread is in its loop.
+    pub(crate) fn set_throttle(&self, percent: u8) -> bool {
+        let mut g = self.lock();
+        g.throttle.percent = percent.min(THROTTLE_MAX_PERCENT);
+        self.cv.notify_all();
+        let spawn = percent > 0 && !g.throttle.thread && g.request != Request::Stop;
+        if spawn {
+            g.throttle.thread = true;
+        }
+        spawn
+    }
+
+    /// The throttle in percent.
+    pub(crate) fn throttle(&self) -> u8 {
+        self.lock().throttle.percent
+    }
+
+    /// Records that the throttle thread [`Control::set_throttle`] asked for could not
+    /// be started.
+    pub(crate) fn throttle_thread_failed(&self) {
+        let mut g = self.lock();
+        g.throttle.thread = false;
+        g.throttle.percent = 0;
+    }
+
+    /// The body of the throttle thread: a period every [`THROTTLE_PERIOD`] while the
+    /// vCPUs run, each started with kicks until every vCPU has acknowledged it or its
+    /// sleep would be over. Returns when throttling is turned off or the VM stops.
+    pub(crate) fn throttle_loop(&self) {
+        let mut g = self.lock();
+        loop {
+            if g.throttle.percent == 0 || g.request == Request::Stop {
+                g.throttle.thread = false;
+                g.throttle.period_start = None;
+                return;
+            }
+            let start = Instant::now();
+            if g.started && g.request == Request::Run {
+                g.throttle.period += 1;
+                g.throttle.period_start = Some(start);
+                g.throttle.acks = 0;
+                // A kick can arrive just before a vCPU enters KVM_RUN and be lost: re-send
+                // it every millisecond, as pause does, while a sleep is still worth it.
+                while g.throttle.acks < g.running.saturating_sub(g.parked)
+                    && g.request == Request::Run
+                    && g.throttle.percent > 0
+                    && Instant::now() < start + throttle_sleep(g.throttle.percent)
+                {
+                    Self::kick(&g);
+                    g = self
+                        .cv
+                        .wait_timeout(g, KICK_INTERVAL)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            // Wait out the period; set_throttle and request_stop wake us early.
+            let end = start + THROTTLE_PERIOD;
+            loop {
+                let now = Instant::now();
+                if now >= end || g.throttle.percent == 0 || g.request == Request::Stop {
+                    break;
+                }
+                g = self
+                    .cv
+                    .wait_timeout(g, end - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         }
     }
@@ -268,7 +410,11 @@ pub(crate) fn run(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctx: VcpuContext) {
         fd.set_kvm_immediate_exit(0);
     };
     let mut io_pending = false;
-    while ctx.ctl.checkpoint(&mut io_pending, complete_io) {
+    let mut period_seen = 0;
+    while ctx
+        .ctl
+        .checkpoint(&mut io_pending, &mut period_seen, complete_io)
+    {
         let mut fd = vcpu.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = match fd.run() {
             Ok(exit) => handle_exit(exit, &ctx),

@@ -4,17 +4,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::acpi;
 use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
+use crate::cpuid::CpuidLeaf;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::VirtioBlk;
 use crate::error::{Error, Result};
+use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
 use crate::vcpu::{self, Control, VcpuContext};
+pub use crate::vcpu::{THROTTLE_MAX_PERCENT, THROTTLE_PERIOD};
 use crate::wiring::{build_devices, create_base, Base, Devices};
 
 // Kept reachable at their old paths (`vm::ExitReason`, `vm::PowerState`).
@@ -41,6 +45,10 @@ pub struct Vm {
     boot_protocol: Option<BootProtocol>,
     tsc_khz: Option<u32>,
     dirty_log: bool,
+    /// vCPU 0's CPUID, read back once it was final (see [`Vm::guest_cpuid`]).
+    guest_cpuid: Vec<CpuidLeaf>,
+    /// The throttle thread, once [`Vm::set_throttle`] started one (it may have ended).
+    throttle_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -50,6 +58,7 @@ impl std::fmt::Debug for Vm {
             .field("boot_protocol", &self.boot_protocol)
             .field("tsc_khz", &self.tsc_khz)
             .field("power_state", &self.power_state())
+            .field("throttle_percent", &self.throttle())
             .finish_non_exhaustive()
     }
 }
@@ -100,18 +109,27 @@ impl Vm {
         tracing::info!(?boot_protocol, vcpus = config.vcpus, memory_mib = config.memory_bytes >> 20,
             cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
             "vm created");
-        Ok(Vm::assemble(config, base, memory, dev, Some(boot_protocol)))
+        Vm::assemble(config, base, memory, dev, Some(boot_protocol))
     }
 
-    /// Puts the parts together (shared by create and restore).
+    /// Puts the parts together (shared by create and restore), once the vCPUs' state,
+    /// CPUID included, is final.
     pub(crate) fn assemble(
         config: ValidConfig,
         base: Base,
         memory: GuestMemoryMmap,
         dev: Devices,
         boot_protocol: Option<BootProtocol>,
-    ) -> Vm {
-        Vm {
+    ) -> Result<Vm> {
+        let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
+        let guest_cpuid = bsp
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("get cpuid"))?
+            .as_slice()
+            .iter()
+            .map(CpuidLeaf::from_kvm)
+            .collect();
+        Ok(Vm {
             kvm: base.kvm,
             vm_fd: base.vm_fd,
             vcpus: base
@@ -129,9 +147,11 @@ impl Vm {
             boot_protocol,
             tsc_khz: base.tsc_khz,
             dirty_log: false,
+            guest_cpuid,
+            throttle_thread: Mutex::new(None),
             memory,
             config,
-        }
+        })
     }
 
     /// Starts one thread per vCPU.
@@ -287,6 +307,94 @@ impl Vm {
                 tracing::error!("a vcpu thread panicked");
             }
         }
+        // The vCPUs have stopped, so the throttle thread is leaving (or gone) too.
+        self.join_throttle();
+    }
+
+    /// Throttles the vCPUs (auto-converge, for a live migration whose guest dirties
+    /// memory faster than it can be sent): in each [`THROTTLE_PERIOD`] (10 ms) every
+    /// vCPU stays out of `KVM_RUN` for `percent` % of it. 0 turns throttling off; more
+    /// than [`THROTTLE_MAX_PERCENT`] (99) is [`Error::ThrottleOutOfRange`].
+    ///
+    /// A thread (`vcpu-throttle`) kicks the vCPUs at the start of each period, with the
+    /// signal pause uses; a kicked vCPU sleeps in the checkpoint where it would park.
+    /// Pause, resume, stop, [`Vm::capture_state`] and [`Vm::snapshot`] work as without
+    /// it, a paused VM stays paused (the throttle applies again on resume), and the
+    /// thread ends when throttling is turned off or the VM stops or is dropped. It may be
+    /// set at any time, even before [`Vm::start`] or after the VM stopped.
+    ///
+    /// ```no_run
+    /// use vinfra_vmm_core::{Vm, VmConfig};
+    ///
+    /// # fn main() -> vinfra_vmm_core::Result<()> {
+    /// let mut vm = Vm::create(VmConfig::new("guest.elf"))?;
+    /// vm.start()?;
+    /// vm.set_throttle(20)?;  // the migration does not converge: slow the guest down
+    /// vm.set_throttle(30)?;  // ...more
+    /// assert_eq!(vm.throttle(), 30);
+    /// vm.set_throttle(0)?;   // done (or aborted): full speed again
+    /// assert!(vm.set_throttle(100).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_throttle(&self, percent: u8) -> Result<()> {
+        if percent > THROTTLE_MAX_PERCENT {
+            return Err(Error::ThrottleOutOfRange {
+                percent,
+                max: THROTTLE_MAX_PERCENT,
+            });
+        }
+        tracing::info!(percent, "vcpu throttle");
+        if !self.ctl.set_throttle(percent) {
+            return Ok(());
+        }
+        let mut slot = self
+            .throttle_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A previous thread has left its loop (set_throttle said so): reap it.
+        if let Some(old) = slot.take() {
+            if old.join().is_err() {
+                tracing::error!("the vcpu throttle thread panicked");
+            }
+        }
+        let ctl = self.ctl.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vcpu-throttle".into())
+            .spawn(move || ctl.throttle_loop());
+        match spawned {
+            Ok(h) => {
+                *slot = Some(h);
+                Ok(())
+            }
+            Err(source) => {
+                self.ctl.throttle_thread_failed();
+                Err(Error::Io {
+                    op: "spawn vcpu throttle thread",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The throttle set by [`Vm::set_throttle`], in percent (0: off).
+    pub fn throttle(&self) -> u8 {
+        self.ctl.throttle()
+    }
+
+    /// Waits for the throttle thread, which must be leaving: throttling is off or the
+    /// vCPUs were asked to stop.
+    fn join_throttle(&self) {
+        let handle = self
+            .throttle_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the vcpu throttle thread panicked");
+            }
+        }
     }
 
     /// The current power state.
@@ -335,8 +443,42 @@ impl Vm {
         self.dirty_log = on;
     }
 
-    pub(crate) fn dirty_log_enabled(&self) -> bool {
+    /// Whether guest writes are being logged ([`Vm::enable_dirty_log`]). Off for a new
+    /// VM and for a restored one (a migrated guest runs without the log's
+    /// write-protection faults until someone asks for it).
+    pub fn dirty_log_enabled(&self) -> bool {
         self.dirty_log
+    }
+
+    /// The CPUID vCPU 0 shows the guest (`KVM_GET_CPUID2`), with the bits of
+    /// [`VmConfig::cpuid_hidden`] cleared (for a restored VM: what the saved VM showed).
+    ///
+    /// It is read when the VM is created or restored, before any vCPU runs: KVM does
+    /// not let a vCPU's CPUID change once it has run, and a running vCPU cannot be
+    /// asked. The bits KVM flips at run time from guest state (OSXSAVE and OSPKE follow
+    /// the guest's CR4, the APIC bit its APIC base MSR) are therefore as they were then;
+    /// [`kvm::supported_cpuid`] counts OSXSAVE and OSPKE as offered wherever XSAVE and
+    /// PKU are, so a guest that turned them on still compares as it should.
+    ///
+    /// ```no_run
+    /// use vinfra_vmm_core::{cpuid, kvm, Vm, VmConfig};
+    ///
+    /// # fn main() -> vinfra_vmm_core::Result<()> {
+    /// let vm = Vm::create(VmConfig::new("guest.elf").hide_cpuid("7.0.ebx:0x20".parse().unwrap()))?;
+    /// let shown = vm.guest_cpuid()?;
+    /// // Could this host (or another, asked the same way) run the guest?
+    /// assert!(cpuid::missing_features(&shown, &kvm::host_cpuid(&[])?).is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn guest_cpuid(&self) -> Result<Vec<CpuidLeaf>> {
+        Ok(self.guest_cpuid.clone())
+    }
+
+    /// What this VM's host could show a guest with this VM's
+    /// [`VmConfig::cpuid_hidden`]: [`kvm::supported_cpuid`] through the VM's KVM handle.
+    pub fn supported_cpuid(&self) -> Result<Vec<CpuidLeaf>> {
+        kvm::supported_cpuid(&self.kvm, &self.config.cpuid_hidden)
     }
 
     /// The KVM system handle.
@@ -364,6 +506,9 @@ impl Drop for Vm {
                 tracing::error!("vcpu threads did not stop; leaking them");
             }
         }
+        // A VM that never started (or whose vCPUs did not stop) may still have one.
+        self.ctl.set_throttle(0);
+        self.join_throttle();
     }
 }
 

@@ -79,7 +79,7 @@ pub(crate) fn create_base(config: &ValidConfig, memory: &GuestMemoryMmap) -> Res
             requested: config.vcpus,
             max,
         })?;
-        cpu_setup::setup_cpuid(&fd, &cpuid, apic_id)?;
+        cpu_setup::setup_cpuid(&fd, &cpuid, apic_id, &config.cpuid_hidden)?;
         vcpus.push(fd);
     }
     let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());

@@ -162,6 +162,71 @@ fn workload_answers_serial_commands_pauses_and_resumes() {
     );
 }
 
+/// Sends `ping <i>` for `i` in `first..first + count`, one at a time, and returns each
+/// round trip (serial input to `PONG <i>` on the console), sorted.
+fn ping_round_trips(vm: &Vm, con: &Console, first: u64, count: u64) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    for i in first..first + count {
+        let from = con.len();
+        let sent = Instant::now();
+        vm.serial_input(format!("ping {i}\n").as_bytes());
+        con.wait_for_from(from, &format!("PONG {i}\n"), T);
+        rtts.push(sent.elapsed());
+    }
+    rtts.sort();
+    rtts
+}
+
+/// `ping <n>` is answered with `PONG <n>`, idle and while the guest dirties memory as
+/// fast as it can (the downtime probe of live migration sends one per millisecond).
+#[test]
+fn workload_answers_ping_with_pong() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("workload_answers_ping_with_pong", CHILD, || {
+        let Some(k) = guest("workload") else { return };
+        let con = Console::default();
+        let cfg = config(k, &con).cmdline("workload.mib=16");
+        let mut vm = Vm::create(cfg).unwrap();
+        vm.start().unwrap();
+        con.wait_for("VINFRA-READY", T);
+        vm.serial_input(b"ping 0x10\n");
+        con.wait_for("PONG 16\n", T);
+        let from = con.len();
+        vm.serial_input(b"ping\nping 1 2\n");
+        let first = con.wait_for_from(from, "ERR usage: ping <n>\n", T);
+        con.wait_for_from(first, "ERR usage: ping <n>\n", T);
+        let report = |what: &str, rtts: &[Duration]| {
+            let pct = |p: usize| rtts[(rtts.len() - 1) * p / 100];
+            println!(
+                "ping {what}: n={} median={:?} p90={:?} p99={:?} max={:?}",
+                rtts.len(),
+                pct(50),
+                pct(90),
+                pct(99),
+                pct(100)
+            );
+        };
+        let idle = ping_round_trips(&vm, &con, 100, 200);
+        report("idle", &idle);
+        vm.serial_input(b"rate 100000\n");
+        con.wait_for("OK rate 100000\n", T);
+        let busy = ping_round_trips(&vm, &con, 1000, 200);
+        report("at full dirty rate", &busy);
+        // Generous bounds (the machine is shared): they catch a ping that waits for a
+        // heartbeat or a whole batch, not a slow machine.
+        for (what, rtts) in [("idle", &idle), ("busy", &busy)] {
+            assert!(
+                rtts[rtts.len() / 2] < Duration::from_millis(20),
+                "{what}: {rtts:?}"
+            );
+        }
+        vm.serial_input(b"exit 0\n");
+        assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 0 }));
+    });
+}
+
 #[test]
 fn workload_reboot_and_host_stop() {
     if !kvm_or_skip() {

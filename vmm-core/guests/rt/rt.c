@@ -3,9 +3,6 @@
  * so loops here are short and waits are TSC-based. */
 #include "rt.h"
 
-#define COM1 0x3f8
-#define LSR_DATA_READY 0x01
-#define LSR_THR_EMPTY 0x20
 #define EXIT_PORT 0xf4
 #define HVM_START_MAGIC 0x336ec578u
 #define CMDLINE_MAX 2048
@@ -100,13 +97,6 @@ void serial_write(const char *s, size_t n)
 }
 
 void serial_putc(char c) { serial_write(&c, 1); }
-
-int serial_getc(void)
-{
-    if (inb(COM1 + 5) & LSR_DATA_READY)
-        return inb(COM1);
-    return -1;
-}
 
 /* ------------------------------------------------------------- formatting */
 

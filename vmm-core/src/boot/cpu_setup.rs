@@ -5,7 +5,9 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Cpu
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::cpuid::{self, CpuidMask};
 use crate::error::{Error, MemoryError, Result};
+use crate::kvm;
 use crate::memory::GuestMemoryMmap;
 
 /// Where the GDT lives.
@@ -247,20 +249,16 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     Ok(())
 }
 
-/// The supported CPUID with this vCPU's APIC id and the hypervisor bit.
-pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, apic_id: u8) -> Result<()> {
+/// The supported CPUID with this vCPU's APIC id and the hypervisor bit, less the
+/// `hidden` bits; [`Error::CpuidNotHidden`] when KVM shows some of those all the same.
+pub fn setup_cpuid(vcpu: &VcpuFd, base: &CpuId, apic_id: u8, hidden: &[CpuidMask]) -> Result<()> {
     let mut cpuid = base.clone();
-    for e in cpuid.as_mut_slice() {
-        match e.function {
-            1 => {
-                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(apic_id) << 24);
-                e.ecx |= 1 << 31;
-            }
-            0xb | 0x1f => e.edx = u32::from(apic_id),
-            _ => {}
-        }
+    cpuid::guest_view(cpuid.as_mut_slice(), apic_id, hidden);
+    if hidden.is_empty() {
+        // Nothing to check: spare the read-back at every create.
+        return vcpu.set_cpuid2(&cpuid).map_err(Error::kvm("set cpuid"));
     }
-    vcpu.set_cpuid2(&cpuid).map_err(Error::kvm("set cpuid"))
+    kvm::set_cpuid(vcpu, &cpuid, hidden).map(drop)
 }
 
 /// LINT0 as ExtINT and LINT1 as NMI, as a BIOS leaves the BSP's local APIC.

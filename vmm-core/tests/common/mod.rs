@@ -111,3 +111,13 @@ pub fn tiny_elf(prog: &[u8], pvh: bool) -> Vec<u8> {
     f.extend_from_slice(prog);
     f
 }
+
+/// The `dirtied_pages=<n>` of heartbeat `HB <hb>` (the workload guest prints it with
+/// `vinfra.debug=1`), if that line is on the console.
+pub fn dirtied_pages(console: &str, hb: u64) -> Option<u64> {
+    let prefix = format!("HB {hb} dirtied_pages=");
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+}
