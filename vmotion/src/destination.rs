@@ -97,16 +97,20 @@ impl Phase {
 }
 
 /// The feature registers compared for CPU compatibility: a guest shown a bit here may use
-/// the feature, so the destination must be able to show it too.
-const FEATURE_REGISTERS: [(u32, u32, CpuidRegister); 8] = [
+/// the feature, so the destination must be able to show it too. The same list as
+/// vmm-core's `cpuid::FEATURE_REGISTERS` (this crate knows no VMM, so it keeps its own).
+const FEATURE_REGISTERS: [(u32, u32, CpuidRegister); 11] = [
     (0x1, 0, CpuidRegister::Ecx),
     (0x1, 0, CpuidRegister::Edx),
     (0x7, 0, CpuidRegister::Ebx),
     (0x7, 0, CpuidRegister::Ecx),
     (0x7, 0, CpuidRegister::Edx),
+    (0x7, 1, CpuidRegister::Eax),
     (0xd, 1, CpuidRegister::Eax),
     (0x8000_0001, 0, CpuidRegister::Ecx),
     (0x8000_0001, 0, CpuidRegister::Edx),
+    (0x8000_0007, 0, CpuidRegister::Edx),
+    (0x8000_0008, 0, CpuidRegister::Ebx),
 ];
 
 fn register(leaf: &CpuidLeaf, r: CpuidRegister) -> u32 {
@@ -300,12 +304,14 @@ impl Destination {
             return;
         };
         match (request, result) {
-            (DestinationRequest::Restore(_), Ok(())) => {
-                self.restored = true;
-                self.requests.push_back(DestinationRequest::AcquireDisks);
-            }
             (DestinationRequest::AcquireDisks, Ok(())) => {
                 self.disks_held = self.disks_handed_over > 0;
+                if let Some(state) = self.state.take() {
+                    self.requests.push_back(DestinationRequest::Restore(state));
+                }
+            }
+            (DestinationRequest::Restore(_), Ok(())) => {
+                self.restored = true;
                 if self.phase == Phase::Restoring {
                     match self.queue(&Message::Ready) {
                         Ok(()) => self.phase = Phase::Ready,
@@ -438,13 +444,17 @@ impl Destination {
             }
             (Phase::Receiving, Message::Handover { disks }) => {
                 self.disks_handed_over = disks;
-                let state = self.state.take().ok_or(Error::UnexpectedMessage {
-                    phase: "receiving memory (no state before the handover)",
-                    got: MessageType::Handover,
-                })?;
+                if self.state.is_none() {
+                    return Err(Error::UnexpectedMessage {
+                        phase: "receiving memory (no state before the handover)",
+                        got: MessageType::Handover,
+                    });
+                }
                 self.handover_ms = self.now_ms;
                 self.phase = Phase::Restoring;
-                self.requests.push_back(DestinationRequest::Restore(state));
+                // The disks first: a disk backend learns its size when it takes the lock,
+                // and the devices are built from both at the restore.
+                self.requests.push_back(DestinationRequest::AcquireDisks);
             }
             (Phase::Ready, Message::Commit) => {
                 self.phase = Phase::Resuming;

@@ -56,6 +56,8 @@ mod run;
 pub mod seal;
 pub mod source;
 mod vm;
+#[cfg(feature = "vmm-core")]
+pub mod vmm_core;
 pub mod wire;
 
 pub use destination::ReceiveStats;
