@@ -45,7 +45,7 @@ pub struct DestinationVm {
 }
 
 /// What the destination reports when it is done.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReceiveStats {
     /// From the first byte to the resume (ms).
     pub total_ms: u64,

@@ -123,7 +123,7 @@ pub struct Progress {
 }
 
 /// What a migration did, as the source saw it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MigrationStats {
     /// From the first byte to the end (ms).
     pub total_ms: u64,

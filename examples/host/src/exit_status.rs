@@ -22,7 +22,8 @@ pub const VINFRA_VM_HELP: &str = "\
 Exit status:
   V    the guest powered off, writing V (0-255) to the exit device (port 0xf4)
   0    the guest asked for a reboot (the VM is stopped, not rebooted), Ctrl-A x stopped
-       it, or Ctrl-A s snapshotted it into --snapshot-dir and stopped it
+       it, Ctrl-A s snapshotted it into --snapshot-dir and stopped it, or it moved to
+       another host (`vinfra-vm migrate`)
   1    a VMM error (bad flag or config, no usable /dev/kvm, a missing kernel...)
   70   the VM crashed (KVM internal error, triple fault, failed entry)
   143  SIGTERM or SIGINT (Ctrl-C) stopped the VM
@@ -47,12 +48,15 @@ pub enum StopCause {
     Console,
     /// SIGINT or SIGTERM.
     Signal,
+    /// The VM moved to another host by live migration.
+    Migrated,
 }
 
 /// The exit status for how a VM run ended, and the line to print about it (without the
 /// binary's name). `Err` carries a VMM error's message.
 pub fn outcome(result: Result<(ExitReason, StopCause), String>) -> (u8, Option<String>) {
     match result {
+        Ok((_, StopCause::Migrated)) => (0, Some("the VM moved to another host".into())),
         Ok((ExitReason::Stopped, StopCause::Signal)) => {
             (SIGNALLED, Some("stopped by a signal".into()))
         }

@@ -11,6 +11,8 @@
 //!   [`MountedHost`], a mounted volume with its heartbeat thread;
 //! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
 //! * [`exit_status`]: the exit statuses the binaries document in `--help`;
+//! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
+//!   and the control socket of `vinfra-vm migrate`;
 //! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag.
 
 // Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
@@ -18,6 +20,7 @@
 
 pub mod exit_status;
 pub mod logging;
+pub mod migration;
 #[allow(
     unsafe_code,
     reason = "termios and signal(2) have no safe wrapper here"

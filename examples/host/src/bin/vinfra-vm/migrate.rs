@@ -1,0 +1,223 @@
+//! Live migration from the command line: the control socket a running VM serves
+//! (`run --control`), the `migrate` client with its progress bar, and `incoming`, which
+//! waits for a VM, receives it and runs it with its console.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use vinfra_host::migration::{
+    read_request, request, send_event, security, ControlEvent, ControlRequest, MigrateSettings,
+    ProgressReport, VmfsHandover,
+};
+use vinfra_host::vmfs_disk::VmfsDiskBackend;
+use vinfra_vmm_core::Vm;
+use vinfra_vmotion::vmm_core::{ArrivingVm, LocalVm};
+use vinfra_vmotion::{migrate, receive, DiskHandover, Error, ReceiveOptions, ReceiveStats};
+
+use crate::vm_args::{Built, DiskLocks, VmArgs};
+
+/// What a running VM needs to serve a `migrate` request.
+pub struct Served {
+    pub disks: Vec<Arc<VmfsDiskBackend>>,
+}
+
+fn handovers(disks: &[Arc<VmfsDiskBackend>]) -> Vec<Arc<dyn DiskHandover>> {
+    disks
+        .iter()
+        .map(|d| Arc::new(VmfsHandover(d.clone())) as Arc<dyn DiskHandover>)
+        .collect()
+}
+
+/// Serves one control connection. `Ok(true)`: the VM moved away (the caller exits).
+/// `Ok(false)`: it runs here still. `Err`: it is in doubt and must not run here again.
+pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Result<bool, String> {
+    let ControlRequest::Migrate(settings) = match read_request(&stream) {
+        Ok(r) => r,
+        Err(e) => {
+            send_event(&mut stream, &ControlEvent::Failed { error: e, in_doubt: false });
+            return Ok(false);
+        }
+    };
+    let fail = |stream: &mut UnixStream, error: String| {
+        eprintln!("\r\nvinfra-vm: migration to {} failed: {error}; the VM runs here\r", settings.to);
+        send_event(stream, &ControlEvent::Failed { error, in_doubt: false });
+        Ok(false)
+    };
+    let opts = match settings.options() {
+        Ok(o) => o,
+        Err(e) => return fail(&mut stream, e),
+    };
+    let tcp = match TcpStream::connect(&settings.to) {
+        Ok(t) => t,
+        Err(e) => return fail(&mut stream, format!("connect to {}: {e}", settings.to)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut local = LocalVm::new(vm).with_disks(handovers(&served.disks));
+    let result = migrate(&mut local, tcp, &opts, |p| {
+        send_event(&mut stream, &ControlEvent::Progress(ProgressReport::from(p)));
+    });
+    match result {
+        Ok(stats) => {
+            eprintln!(
+                "\r\nvinfra-vm: the VM moved to {} (downtime {:.1} ms, {} rounds, {} bytes)\r",
+                settings.to, stats.downtime_ms, stats.rounds, stats.bytes_sent
+            );
+            send_event(&mut stream, &ControlEvent::Migrated(stats));
+            Ok(true)
+        }
+        Err(e @ Error::InDoubt(_)) => {
+            send_event(&mut stream, &ControlEvent::Failed { error: e.to_string(), in_doubt: true });
+            Err(format!("migration to {}: {e}", settings.to))
+        }
+        Err(e) => fail(&mut stream, e.to_string()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The running VM's control socket (`vinfra-vm run --control PATH`).
+    #[arg(long)]
+    pub control: PathBuf,
+    /// The destination, `host:port`, where `vinfra-vm incoming --listen` waits.
+    #[arg(long)]
+    pub to: String,
+    /// The cluster key (64 hex digits; `vinfra-vm keygen` makes one).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Send the VM unencrypted and unauthenticated (say so explicitly).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Downtime target in ms: the VM is paused for the last round once the rest fits.
+    #[arg(long, default_value_t = 30)]
+    pub downtime_ms: u64,
+    /// Bandwidth cap in MiB/s.
+    #[arg(long)]
+    pub bandwidth_mib: Option<u64>,
+    /// Give up after this many seconds (the VM keeps running here).
+    #[arg(long, default_value_t = 120)]
+    pub time_limit_s: u64,
+    /// Do not throttle a guest that dirties memory faster than it can be sent.
+    #[arg(long)]
+    pub no_auto_converge: bool,
+    /// Print the statistics as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vinfra-vm migrate`: asks the VM to go, shows progress, prints the statistics.
+pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
+    let settings = MigrateSettings {
+        to: a.to.clone(),
+        key_file: a
+            .key_file
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        plaintext: a.plaintext,
+        downtime_ms: a.downtime_ms,
+        bandwidth_bytes_per_s: a.bandwidth_mib.map(|m| m << 20),
+        time_limit_ms: a.time_limit_s.saturating_mul(1000),
+        auto_converge: !a.no_auto_converge,
+    };
+    // Refuse a missing key here, before the VM is asked.
+    settings.options()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:32} [{bar:30}] {pos}/{len} pages, {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let last = request(&a.control, &ControlRequest::Migrate(settings), |event| {
+        if let ControlEvent::Progress(p) = event {
+            bar.set_length(p.pages_total);
+            bar.set_position(p.pages_total.saturating_sub(p.pages_left));
+            bar.set_message(format!(
+                "{} round {} {:.0} MiB/s{}",
+                p.stage,
+                p.round,
+                p.bandwidth_bytes_per_s / f64::from(1u32 << 20),
+                if p.throttle_pct > 0 { format!(" throttle {}%", p.throttle_pct) } else { String::new() }
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+    match last {
+        ControlEvent::Migrated(stats) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+            } else {
+                eprintln!(
+                    "vinfra-vm: migrated to {} in {} ms: downtime {:.1} ms, {} rounds, {:.1} MiB sent{}",
+                    a.to,
+                    stats.total_ms,
+                    stats.downtime_ms,
+                    stats.rounds,
+                    stats.bytes_sent as f64 / f64::from(1u32 << 20),
+                    if stats.encrypted { ", encrypted" } else { ", plaintext" }
+                );
+            }
+            Ok(())
+        }
+        ControlEvent::Failed { error, in_doubt: false } => {
+            Err(format!("migration failed, the VM runs on the source: {error}"))
+        }
+        ControlEvent::Failed { error, in_doubt: true } => Err(format!(
+            "migration in doubt, the VM is paused on the source and must not run there: {error}"
+        )),
+        ControlEvent::Progress(_) => Err("no answer".into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct IncomingArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Where to wait for the source, `host:port` (port 0: any free port; the bound address
+    /// is printed on stderr).
+    #[arg(long)]
+    pub listen: String,
+    /// The cluster key (64 hex digits).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Accept an unencrypted, unauthenticated migration (say so explicitly).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// A control socket for migrating the VM on again once it runs here.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// What `incoming` received.
+pub struct Arrived {
+    pub vm: Vm,
+    pub built: Built,
+    pub stats: ReceiveStats,
+}
+
+/// Waits for one migration and returns the running VM.
+pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
+    let security = security(a.key_file.as_deref(), a.plaintext)?;
+    let built = a.vm.build(DiskLocks::Detached)?;
+    let listener = TcpListener::bind(&a.listen).map_err(|e| format!("listen on {}: {e}", a.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut arriving = ArrivingVm::new(built.config.clone())
+        .map_err(|e| e.to_string())?
+        .with_disks(handovers(&built.vmfs_disks));
+    eprintln!("vinfra-vm: waiting for a migration on {addr}");
+    let (stream, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let stats = receive(&mut arriving, stream, &ReceiveOptions::new(security))
+        .map_err(|e| format!("receive the VM from {peer}: {e}"))?;
+    eprintln!(
+        "vinfra-vm: received the VM from {peer}: {}",
+        serde_json::to_string(&stats).unwrap_or_default()
+    );
+    let vm = arriving.into_vm().ok_or("the VM was not restored")?;
+    Ok(Arrived { vm, built, stats })
+}

@@ -1,0 +1,153 @@
+//! The flags that describe a VM (shared by `run` and `incoming`), and what they build:
+//! the vmm-core configuration, the mounted vmfs volume and the vmfs disks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
+use vinfra_vmfs::MountOptions;
+use vinfra_vmm_core::{CpuidMask, DiskConfig, SerialInputSource, SerialOutput, VmConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct VmArgs {
+    /// Kernel: an ELF with a PVH note, an ELF vmlinux, or a bzImage.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux boot protocol).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// A virtio-blk disk in a file: PATH or PATH,ro (repeatable).
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+    /// A JSON VmConfig; the flags above override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Mark guest memory mergeable (KSM).
+    #[arg(long)]
+    pub page_sharing: bool,
+    /// Hide CPUID feature bits from the guest, e.g. `7.0.ebx:0x20` (repeatable; as EVC
+    /// does, so the VM can move to hosts without them). On `incoming`, the bits this host
+    /// does not offer: a guest that was shown them is refused.
+    #[arg(long = "hide-cpuid", value_name = "LEAF.SUB.REG:MASK")]
+    pub hide_cpuid: Vec<CpuidMask>,
+    /// A shared vmfs volume (image file) to mount for `--vmfs-disk`.
+    #[arg(long, requires = "host_id")]
+    pub volume: Option<PathBuf>,
+    /// This host's id on the volume (0..64).
+    #[arg(long, requires = "volume")]
+    pub host_id: Option<u32>,
+    /// A virtio-blk disk on the volume, e.g. `/vm1/vm1.vmdk`, held with an exclusive lock
+    /// (repeatable); live migration hands the lock to the destination.
+    #[arg(long = "vmfs-disk", value_name = "PATH", requires = "volume")]
+    pub vmfs_disks: Vec<String>,
+    /// Override the volume's heartbeat lease in ms (tests use short ones).
+    #[arg(long, requires = "volume")]
+    pub lease_ms: Option<u32>,
+}
+
+/// A VM's configuration and the vmfs pieces that must outlive it.
+pub struct Built {
+    pub config: VmConfig,
+    /// The mounted volume (heartbeat running), when there are vmfs disks.
+    pub host: Option<MountedHost>,
+    pub vmfs_disks: Vec<Arc<VmfsDiskBackend>>,
+}
+
+/// Whether the vmfs disks are opened (locked) now or left for a migration to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskLocks {
+    Take,
+    Detached,
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let (path, ro) = match spec.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, other)) => return Err(format!("disk option {other:?} is not ro or rw")),
+        None => (spec, false),
+    };
+    let mut d = DiskConfig::new(path);
+    d.read_only = ro;
+    Ok(d)
+}
+
+impl VmArgs {
+    pub fn build(&self, locks: DiskLocks) -> Result<Built, String> {
+        let a = self.clone();
+        let mut cfg = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("read {}: {e}", p.display()))?;
+                serde_json::from_str::<VmConfig>(&text)
+                    .map_err(|e| format!("parse {}: {e}", p.display()))?
+            }
+            None => VmConfig::new(a.kernel.clone().ok_or("--kernel or --config is required")?),
+        };
+        if let Some(k) = a.kernel {
+            cfg.kernel = k;
+        }
+        if let Some(i) = a.initrd {
+            cfg.initrd = Some(i);
+        }
+        if let Some(c) = a.cmdline {
+            cfg.cmdline = c;
+        }
+        if let Some(m) = a.memory_mib {
+            cfg.memory_mib = m;
+        }
+        if let Some(v) = a.vcpus {
+            cfg.vcpus = v;
+        }
+        for d in &a.disks {
+            cfg.disks.push(parse_disk(d)?);
+        }
+        cfg.cpuid_hidden.extend(a.hide_cpuid);
+        cfg.page_sharing |= a.page_sharing;
+        cfg.serial_output = SerialOutput::Stdio;
+        // The binary forwards stdin itself (it watches for Ctrl-A).
+        cfg.serial_input = SerialInputSource::None;
+        let (host, vmfs_disks) = match (&a.volume, a.host_id) {
+            (Some(volume), Some(host_id)) => {
+                let mut opts = MountOptions::default();
+                opts.lease_ms = a.lease_ms;
+                opts.pid = std::process::id();
+                opts.name = "vinfra-vm".into();
+                let host = MountedHost::mount(volume, host_id, &opts).map_err(|e| e.to_string())?;
+                let mut disks = Vec::new();
+                for path in &a.vmfs_disks {
+                    let path = if path.starts_with('/') {
+                        path.clone()
+                    } else {
+                        format!("/{path}")
+                    };
+                    let backend = match locks {
+                        DiskLocks::Take => VmfsDiskBackend::open(host.volume(), &path)
+                            .map_err(|e| e.to_string())?,
+                        DiskLocks::Detached => VmfsDiskBackend::detached(host.volume(), &path),
+                    };
+                    let backend = Arc::new(backend);
+                    cfg.disks.push(DiskConfig::backend(&path, backend.clone()));
+                    disks.push(backend);
+                }
+                (Some(host), disks)
+            }
+            _ => (None, Vec::new()),
+        };
+        Ok(Built {
+            config: cfg,
+            host,
+            vmfs_disks,
+        })
+    }
+}

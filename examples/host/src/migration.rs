@@ -1,0 +1,222 @@
+//! Live migration as the VM binary does it: vmfs disks whose locks move with the VM
+//! ([`VmfsHandover`]), the cluster key from a file, and the control socket through which
+//! `vinfra-vm migrate` asks a running `vinfra-vm run` to send its VM away (one JSON object
+//! per line each way: [`ControlRequest`], then [`ControlEvent`]s).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use vinfra_vmotion::{
+    ClusterKey, DiskHandover, MigrationOptions, MigrationStats, Progress, Security, Stage,
+    VmError, VmOp,
+};
+
+use crate::vmfs_disk::{VmfsDiskBackend, VmfsDiskError};
+
+/// How long taking a disk lock back keeps trying while another live host holds it: the
+/// destination releases the disks as soon as it learns of an abort, but may not have yet.
+pub const REACQUIRE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A vmfs disk as a lock that moves with its VM.
+#[derive(Debug, Clone)]
+pub struct VmfsHandover(pub Arc<VmfsDiskBackend>);
+
+fn refused(e: &VmfsDiskError) -> bool {
+    matches!(
+        e,
+        VmfsDiskError::Open {
+            source: vinfra_vmfs::Error::Locked { .. },
+            ..
+        }
+    )
+}
+
+impl DiskHandover for VmfsHandover {
+    fn release(&self) -> Result<(), VmError> {
+        self.0
+            .release()
+            .map_err(|e| VmError::failed(VmOp::ReleaseDisks, e))
+    }
+
+    fn acquire(&self) -> Result<(), VmError> {
+        let deadline = Instant::now() + REACQUIRE_PATIENCE;
+        loop {
+            match self.0.acquire() {
+                Ok(()) => return Ok(()),
+                Err(e) if refused(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if refused(&e) => return Err(VmError::lock_refused(VmOp::AcquireDisks, e)),
+                Err(e) => return Err(VmError::failed(VmOp::AcquireDisks, e)),
+            }
+        }
+    }
+}
+
+/// How the stream is protected, as the command line says it: a key file (64 hex digits,
+/// as `vinfra-vm keygen` writes) or plaintext, chosen explicitly.
+pub fn security(key_file: Option<&Path>, plaintext: bool) -> Result<Security, String> {
+    match (key_file, plaintext) {
+        (Some(_), true) => Err("--key-file and --plaintext exclude each other".into()),
+        (None, false) => Err(
+            "a migration needs --key-file FILE (the cluster key; `vinfra-vm keygen` makes one) \
+             or, explicitly, --plaintext"
+                .into(),
+        ),
+        (None, true) => Ok(Security::Plaintext),
+        (Some(path), false) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("read the key file {}: {e}", path.display()))?;
+            ClusterKey::from_hex(&text)
+                .map(Security::Aead)
+                .map_err(|e| format!("the key file {}: {e}", path.display()))
+        }
+    }
+}
+
+/// The migration settings a `migrate` request carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSettings {
+    /// Where the destination listens (`host:port`).
+    pub to: String,
+    /// The cluster key file; `None` with `plaintext`.
+    pub key_file: Option<PathBuf>,
+    /// No encryption, chosen explicitly.
+    pub plaintext: bool,
+    /// The downtime target (ms).
+    pub downtime_ms: u64,
+    /// A bandwidth cap (bytes per second).
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// Abort after this long (ms); the VM keeps running here.
+    pub time_limit_ms: u64,
+    /// Throttle a guest that dirties faster than the link.
+    pub auto_converge: bool,
+}
+
+impl MigrateSettings {
+    /// The options for the vmotion crate (reads the key file).
+    pub fn options(&self) -> Result<MigrationOptions, String> {
+        let mut opts = MigrationOptions::new(security(self.key_file.as_deref(), self.plaintext)?);
+        opts.downtime_ms_max = self.downtime_ms;
+        opts.bandwidth_bytes_per_s = self.bandwidth_bytes_per_s;
+        opts.time_limit_ms = self.time_limit_ms;
+        opts.auto_converge = self.auto_converge;
+        Ok(opts)
+    }
+}
+
+/// What `vinfra-vm migrate` sends on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// Send the VM to another host.
+    Migrate(MigrateSettings),
+}
+
+/// A progress report on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressReport {
+    /// `handshake`, `pre_copy`, `switchover`, `committed` or `rolling_back`.
+    pub stage: String,
+    /// The round in progress.
+    pub round: u32,
+    /// Pages left in it.
+    pub pages_left: u64,
+    /// Pages in the guest.
+    pub pages_total: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Milliseconds since the start.
+    pub elapsed_ms: u64,
+    /// Measured bandwidth.
+    pub bandwidth_bytes_per_s: f64,
+    /// Current throttle.
+    pub throttle_pct: u8,
+}
+
+impl From<&Progress> for ProgressReport {
+    fn from(p: &Progress) -> Self {
+        Self {
+            stage: match p.stage {
+                Stage::Handshake => "handshake",
+                Stage::PreCopy => "pre_copy",
+                Stage::Switchover => "switchover",
+                Stage::Committed => "committed",
+                Stage::RollingBack => "rolling_back",
+            }
+            .to_string(),
+            round: p.round,
+            pages_left: p.pages_left,
+            pages_total: p.pages_total,
+            bytes_sent: p.bytes_sent,
+            elapsed_ms: p.elapsed_ms,
+            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
+            throttle_pct: p.throttle_pct,
+        }
+    }
+}
+
+/// What the running VM answers on the control socket, one per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// Where the migration is.
+    Progress(ProgressReport),
+    /// The destination runs the VM; this process is about to exit.
+    Migrated(MigrationStats),
+    /// The migration failed; the VM runs here still (unless `in_doubt`).
+    Failed {
+        /// What happened.
+        error: String,
+        /// The VM is paused here and must not be resumed (README of vmotion).
+        in_doubt: bool,
+    },
+}
+
+/// Writes one event line; a client that went away is not an error for the VM.
+pub fn send_event(stream: &mut UnixStream, event: &ControlEvent) {
+    if let Ok(mut line) = serde_json::to_vec(event) {
+        line.push(b'\n');
+        let _ = stream.write_all(&line);
+    }
+}
+
+/// Reads one request line from a control client.
+pub fn read_request(stream: &UnixStream) -> Result<ControlRequest, String> {
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("read the control request: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("bad control request: {e}"))
+}
+
+/// Sends `request` to the VM process at `socket` and hands each event to `on_event` until
+/// the final one (`Migrated` or `Failed`), which it returns.
+pub fn request(
+    socket: &Path,
+    request: &ControlRequest,
+    mut on_event: impl FnMut(&ControlEvent),
+) -> Result<ControlEvent, String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("connect to the VM's control socket {}: {e}", socket.display()))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("send the request: {e}"))?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|e| format!("read from the VM: {e}"))?;
+        let event: ControlEvent =
+            serde_json::from_str(&line).map_err(|e| format!("bad answer from the VM: {e}"))?;
+        on_event(&event);
+        if !matches!(event, ControlEvent::Progress(_)) {
+            return Ok(event);
+        }
+    }
+    Err("the VM process closed the control socket without an answer".into())
+}
