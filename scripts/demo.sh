@@ -51,7 +51,7 @@ say "this host's /dev/kvm is nested KVM (kvm_pvm or no VMX/SVM): guest kernel co
 say "instruction by instruction and an unmodified Linux kernel cannot boot here (it stops on"
 say "instructions the emulator lacks). Running the 'workload' test guest instead, with a 64 MiB"
 say "virtio disk: it prints 'HB <n>' every second and takes commands ('rate 4', 'touch 0 16',"
-say "'exit 3'). Ctrl-A x or Ctrl-C stops it."
+say "'dwrite 5 42', 'dread 5', 'exit 3'). Ctrl-A x or Ctrl-C stops it."
 disk="$(mktemp "${TMPDIR:-/tmp}/vinfra-demo-disk.XXXXXX")"
 trap 'rm -f "$disk"' EXIT
 truncate -s 64M "$disk"

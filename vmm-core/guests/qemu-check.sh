@@ -78,13 +78,17 @@ check workload_badarg 2 'not a number'
 run workload_toobig "$WORKLOAD_ELF" "workload.mib=64" 64
 check workload_toobig 2 'do not fit in RAM'
 
-# workload: commands over the serial port, then `exit 7`
-mapfile -t c < <(cmd "$WORKLOAD_ELF" "workload.mib=32 workload.rate=8" 64)
-rc=0
-python3 - "$work/workload.out" "${c[@]}" <<'PY' || rc=$?
+# session NAME "CMD;CMD…" KERNEL CMDLINE MEM [DISK...]: sends each command after
+# VINFRA-READY and waits for its answer (the next line that is not a heartbeat), waits for
+# `HB 2`, then sends `exit 7`. Output in $work/NAME.out, guest code in NAME.code.
+session() {
+    local name="$1" cmds="$2" rc=0
+    shift 2
+    mapfile -t c < <(cmd "$@")
+    python3 - "$work/$name.out" "$cmds" "${c[@]}" <<'PY' || rc=$?
 import subprocess, sys, time
 out = open(sys.argv[1], "w")
-p = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+p = subprocess.Popen(sys.argv[3:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 deadline = time.monotonic() + 40
 def line():
     l = p.stdout.readline().decode(errors="replace").rstrip("\r\n")
@@ -97,7 +101,7 @@ def answer(c):
             return
 while time.monotonic() < deadline and line() != "VINFRA-READY":
     pass
-for c in ("rate 0", "touch 3 5", "touch 8190 5", "ping 42", "nonsense"):
+for c in sys.argv[2].split(";"):
     answer(c)
 while time.monotonic() < deadline and not line().startswith("HB 2"):
     pass
@@ -107,10 +111,29 @@ try:
 except subprocess.TimeoutExpired:
     p.kill(); sys.exit(p.wait())
 PY
-guest_code "$rc" >"$work/workload.code"
-: >"$work/workload.err"
+    guest_code "$rc" >"$work/$name.code"
+    : >"$work/$name.err"
+}
+
+# workload: commands over the serial port, then `exit 7`
+session workload "rate 0;touch 3 5;touch 8190 5;ping 42;nonsense;dread 1" \
+    "$WORKLOAD_ELF" "workload.mib=32 workload.rate=8" 64
 check workload 7 '^VINFRA-READY$' '^OK rate 0$' '^TOUCHED 0x203000 5$' '^ERR usage: touch' \
-    '^PONG 42$' '^ERR unknown command: nonsense$' '^HB 1$' '^HB 2$'
+    '^PONG 42$' '^ERR unknown command: nonsense$' '^ERR no disk$' '^HB 1$' '^HB 2$'
+
+# workload with a zeroed disk: dwrite/dread, then the host reads sector 5 of the image
+truncate -s 1M "$work/wdisk.img"
+session workload_disk "dwrite 5 305419896;dread 5;dread 6;dread 2048;ping 43" \
+    "$WORKLOAD_ELF" "workload.mib=4 workload.rate=8" 64 "$work/wdisk.img"
+python3 - "$work/wdisk.img" >>"$work/workload_disk.out" <<'PY'
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(5 * 512)
+    w = set(struct.unpack("<128I", f.read(512)))
+print("HOST-SECTOR 5", w.pop() if len(w) == 1 else "mixed")
+PY
+check workload_disk 7 '^VINFRA-READY$' '^DWROTE 5 305419896$' '^DREAD 5 305419896$' '^DREAD 6 0$' \
+    '^ERR usage: dread <sector> within 2048 sectors$' '^PONG 43$' '^HB 2$' '^HOST-SECTOR 5 305419896$'
 
 python3 "$ROOT/vmm-core/guests/tools/mkdisk.py" "$work/disk.img" 64 4
 run disk "$DISK_ELF" "disk.bench_mib=2" 256 "$work/disk.img"

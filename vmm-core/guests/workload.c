@@ -1,6 +1,7 @@
 /* workload: keeps N MiB, dirties them at R MiB/s, heartbeats, obeys serial commands
- * (see ABI.md). Everything is polled and TSC-paced: guest instructions are slow. */
-#include "rt/rt.h"
+ * (see ABI.md), and with a virtio-blk device writes and reads sectors on command.
+ * Everything is polled and TSC-paced: guest instructions are slow. */
+#include "rt/virtio.h"
 
 #define BUF_START (2u * MIB) /* first 2 MiB hold the image, tables and stack */
 #define BATCH_PAGES 256       /* most pages dirtied per pass of the main loop */
@@ -8,6 +9,10 @@
 #define SERIAL_POLL_US 50     /* most time between two serial polls while dirtying */
 #define IDLE_POLL_US 50       /* pause between serial polls when there is nothing to do */
 #define MAX_RATE 100000       /* MiB/s; keeps the pacing arithmetic in 64 bits */
+/* Longest wait for one disk request. Our VMM completes a request inside the notify, so
+ * only a broken device waits this long, and then one heartbeat is skipped, not burst. */
+#define DISK_TIMEOUT_MS 1000
+#define SECTOR_WORDS 128
 
 /* State lives in guest memory so it survives snapshot/restore and migration. */
 static uint64_t heartbeat;
@@ -22,6 +27,12 @@ static uint32_t line_len;
 static int line_overflow;
 static uint64_t poll_cycles; /* SERIAL_POLL_US in TSC cycles */
 static uint64_t next_poll;   /* TSC value from which the dirtying loop polls the serial port */
+/* The disk: driver state in .bss and the sector buffer in .noinit, both guest memory, so a
+ * snapshot or a migration carries them (the device's queue state travels with the VMM). */
+static struct virtio_dev dev;
+static uint64_t disk_base;
+static int have_disk;
+static uint32_t sector_buf[SECTOR_WORDS] __attribute__((aligned(512), section(".noinit.sector")));
 
 static volatile uint64_t *page(uint64_t i) { return (volatile uint64_t *)(uintptr_t)(BUF_START + i * PAGE_SIZE); }
 
@@ -60,6 +71,64 @@ static void pong(uint64_t n)
     serial_write(buf, len);
 }
 
+/* Sets the device up (again); on failure prints `ERR disk <why>` and drops the disk. */
+static void disk_init(void)
+{
+    const char *why;
+    have_disk = virtio_blk_init(&dev, disk_base, &why) == 0;
+    if (!have_disk)
+        printf("ERR disk virtio-mmio at 0x%lx: %s\n", disk_base, why);
+}
+
+/* One request; on an error answers `ERR <cmd> [flush ]<why>` and returns 0. A request the
+ * device did not finish may still be in flight, so then the device is reset and set up
+ * again before the next command uses its queue. */
+static int disk_io(const char *cmd, uint32_t type, uint64_t sector, uint32_t len)
+{
+    int r = blk_request(&dev, type, sector, len ? sector_buf : 0, len, DISK_TIMEOUT_MS);
+    if (r == VIRTIO_BLK_S_OK)
+        return 1;
+    const char *flush = type == VIRTIO_BLK_T_FLUSH ? "flush " : "";
+    if (r == VQ_TIMEOUT || r == VQ_NEEDS_RESET) {
+        printf("ERR %s %s%s\n", cmd, flush, r == VQ_TIMEOUT ? "timeout" : "needs reset");
+        disk_init();
+    } else {
+        printf("ERR %s %sstatus %d\n", cmd, flush, r);
+    }
+    return 0;
+}
+
+static void dwrite(uint64_t sector, uint32_t value)
+{
+    if (dev.features & VIRTIO_BLK_F_RO) {
+        printf("ERR dwrite read-only disk\n");
+        return;
+    }
+    for (uint32_t j = 0; j < SECTOR_WORDS; j++)
+        sector_buf[j] = value;
+    if (!disk_io("dwrite", VIRTIO_BLK_T_OUT, sector, sizeof sector_buf))
+        return;
+    if ((dev.features & VIRTIO_BLK_F_FLUSH) && !disk_io("dwrite", VIRTIO_BLK_T_FLUSH, 0, 0))
+        return;
+    printf("DWROTE %lu %u\n", sector, value);
+}
+
+static void dread(uint64_t sector)
+{
+    /* A poison that is not all one value: a device that answers OK without writing the
+     * buffer shows `mixed`, not what an earlier command left there (the buffer migrates). */
+    for (uint32_t j = 0; j < SECTOR_WORDS; j++)
+        sector_buf[j] = 0xdeadbeefu ^ j;
+    if (!disk_io("dread", VIRTIO_BLK_T_IN, sector, sizeof sector_buf))
+        return;
+    for (uint32_t j = 1; j < SECTOR_WORDS; j++)
+        if (sector_buf[j] != sector_buf[0]) {
+            printf("DREAD %lu mixed\n", sector);
+            return;
+        }
+    printf("DREAD %lu %u\n", sector, sector_buf[0]);
+}
+
 static void command(const char *l)
 {
     uint64_t a, b;
@@ -92,6 +161,28 @@ static void command(const char *l)
         for (uint64_t i = 0; i < b; i++)
             *page(a + i) = generation;
         printf("TOUCHED 0x%lx %lu\n", (uint64_t)(uintptr_t)page(a), b);
+    } else if (memcmp(l, "dwrite", 6) == 0 && (l[6] == ' ' || !l[6])) {
+        l += 6;
+        if (!have_disk) {
+            printf("ERR no disk\n");
+            return;
+        }
+        if (!arg(&l, &a) || !arg(&l, &b) || *skip_spaces(l) || a >= dev.capacity || b > 0xffffffffu) {
+            printf("ERR usage: dwrite <sector> <u32 value> within %lu sectors\n", dev.capacity);
+            return;
+        }
+        dwrite(a, (uint32_t)b);
+    } else if (memcmp(l, "dread", 5) == 0 && (l[5] == ' ' || !l[5])) {
+        l += 5;
+        if (!have_disk) {
+            printf("ERR no disk\n");
+            return;
+        }
+        if (!arg(&l, &a) || *skip_spaces(l) || a >= dev.capacity) {
+            printf("ERR usage: dread <sector> within %lu sectors\n", dev.capacity);
+            return;
+        }
+        dread(a);
     } else if (memcmp(l, "exit", 4) == 0 && (l[4] == ' ' || !l[4])) {
         l += 4;
         if (!arg(&l, &a) || *skip_spaces(l) || a > 255) {
@@ -150,6 +241,12 @@ int guest_main(void)
     debug = cmdline_get("vinfra.debug", dbg, sizeof dbg) && dbg[0] == '1';
     uint64_t hz = tsc_khz() * 1000;
     poll_cycles = SERIAL_POLL_US * hz / 1000000;
+    uint32_t irq;
+    int found = virtio_mmio_from_cmdline(0, &disk_base, &irq);
+    if (found < 0)
+        return EXIT_BAD_CMDLINE;
+    if (found)
+        disk_init();
 
     /* Touch every page once: one write per 4 KiB page. */
     generation = 1;

@@ -124,6 +124,10 @@ fn state_and_memory_move_to_a_new_vm_in_memory() {
             let mut src = Vm::create(vm_config(k.clone(), disk.clone(), &con)).unwrap();
             src.start().unwrap();
             con.wait_for("HB 2\n", T);
+            // A disk write before the move and reads after it: the workload's virtio
+            // queue (in guest memory) and the device's queue state must move together.
+            src.serial_input(b"dwrite 3 0xabcd\n");
+            con.wait_for("DWROTE 3 43981\n", T);
             src.pause().unwrap();
             let state = src.capture_state().unwrap();
 
@@ -143,6 +147,10 @@ fn state_and_memory_move_to_a_new_vm_in_memory() {
             assert_eq!(dst.power_state(), PowerState::Paused);
             dst.resume().unwrap();
             con2.wait_for("HB 3\n", T);
+            dst.serial_input(b"dread 3\n");
+            con2.wait_for("DREAD 3 43981\n", T);
+            dst.serial_input(b"dwrite 4 7\n");
+            con2.wait_for("DWROTE 4 7\n", T);
             dst.serial_input(b"exit 4\n");
             assert_eq!(dst.wait_timeout(T), Some(ExitReason::Poweroff { code: 4 }));
         },

@@ -257,6 +257,77 @@ fn workload_reboot_and_host_stop() {
     });
 }
 
+/// Sends `command` and waits for the line `answer` after it (heartbeats may come in
+/// between).
+#[track_caller]
+fn ask(vm: &Vm, con: &Console, command: &str, answer: &str) {
+    let from = con.len();
+    vm.serial_input(format!("{command}\n").as_bytes());
+    con.wait_for_from(from, &format!("{answer}\n"), T);
+}
+
+/// The disk commands of the workload guest (what live-migration tests use to write
+/// before a migration and read back after): a sector written with `dwrite` is in the
+/// image file and reads back with `dread`; a sector never written reads as zeros.
+#[test]
+fn workload_writes_and_reads_disk_sectors() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("workload_writes_and_reads_disk_sectors", CHILD, || {
+        let Some(k) = guest("workload") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let con = Console::default();
+        let cfg = config(k, &con)
+            .cmdline("workload.mib=1")
+            .disk(DiskConfig::new(&img));
+        let mut vm = Vm::create(cfg).unwrap();
+        vm.start().unwrap();
+        con.wait_for("VINFRA-READY\n", T);
+        ask(&vm, &con, "dwrite 5 305419896", "DWROTE 5 305419896");
+        ask(&vm, &con, "dread 5", "DREAD 5 305419896");
+        ask(&vm, &con, "dread 6", "DREAD 6 0");
+        ask(
+            &vm,
+            &con,
+            "dread 2048",
+            "ERR usage: dread <sector> within 2048 sectors",
+        );
+        ask(&vm, &con, "ping 7", "PONG 7");
+        assert!(!con.text().contains("ERR disk"), "console:\n{}", con.text());
+        let data = std::fs::read(&img).unwrap();
+        for (j, w) in data[5 * 512..6 * 512].chunks_exact(4).enumerate() {
+            assert_eq!(w, 305_419_896u32.to_le_bytes(), "sector 5 word {j}");
+        }
+        assert!(data[6 * 512..].iter().all(|&b| b == 0));
+        assert!(data[..5 * 512].iter().all(|&b| b == 0));
+        vm.serial_input(b"exit 0\n");
+        assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 0 }));
+    });
+}
+
+/// Without a disk the workload runs as before and refuses the disk commands.
+#[test]
+fn workload_without_disk_answers_err_no_disk() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated("workload_without_disk_answers_err_no_disk", CHILD, || {
+        let Some(k) = guest("workload") else { return };
+        let con = Console::default();
+        let mut vm = Vm::create(config(k, &con).cmdline("workload.mib=1")).unwrap();
+        vm.start().unwrap();
+        con.wait_for("VINFRA-READY\n", T);
+        ask(&vm, &con, "dwrite 5 1", "ERR no disk");
+        ask(&vm, &con, "dread 5", "ERR no disk");
+        ask(&vm, &con, "ping 8", "PONG 8");
+        vm.serial_input(b"exit 0\n");
+        assert_eq!(vm.wait_timeout(T), Some(ExitReason::Poweroff { code: 0 }));
+    });
+}
+
 /// The host pattern of ABI.md: word `j` of sector `s`.
 fn host_word(s: u32, j: u32) -> u32 {
     0x5eed_0000 ^ s.wrapping_mul(0x9e37_79b1) ^ j
