@@ -178,8 +178,11 @@ pub fn migrate<V: MigratableVm, C: Connection>(
             feed(&mut source, msg);
         }
         while let Some(request) = source.poll_request() {
+            let started = ms_since(t0);
             let reply = run_source_request(vm, &layout, request);
-            source.clock(ms_since(t0));
+            let now = ms_since(t0);
+            tracing::debug!(?request, at_ms = started, took_ms = now - started, "source vm request");
+            source.clock(now);
             source.reply(reply);
         }
         out.clear();
@@ -199,8 +202,8 @@ pub fn migrate<V: MigratableVm, C: Connection>(
         if let Some(outcome) = source.take_outcome() {
             break outcome;
         }
-        if out.is_empty() {
-            // Nothing to send: wait for the peer or the next deadline.
+        if out.is_empty() && !source.busy() {
+            // Nothing to do: wait for the peer or the next deadline.
             let wait = source
                 .next_deadline()
                 .map_or(PROGRESS_EVERY.as_secs_f64() * 1000.0, |d| d - ms_since(t0))
@@ -245,13 +248,17 @@ pub fn receive<V: IncomingVm, C: Connection>(
     let outcome = loop {
         dest.clock(ms_since(t0));
         while let Some(request) = dest.poll_request() {
+            let started = ms_since(t0);
+            tracing::debug!(request = ?std::mem::discriminant(&request), at_ms = started, "destination vm request");
             let result = match request {
                 DestinationRequest::Restore(state) => vm.restore(&state),
                 DestinationRequest::AcquireDisks => vm.acquire_disks(),
                 DestinationRequest::Resume => vm.resume(),
                 DestinationRequest::Discard => vm.discard(),
             };
-            dest.clock(ms_since(t0));
+            let now = ms_since(t0);
+            tracing::debug!(took_ms = now - started, ok = result.is_ok(), "destination vm request done");
+            dest.clock(now);
             dest.reply(result);
         }
         out.clear();

@@ -375,6 +375,20 @@ impl Source {
         }
     }
 
+    /// Whether the machine has work it can do now without new input or time passing: a VM
+    /// operation to hand out, or bytes or pages to send. A driver may block only when not.
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        let request_due = self.in_flight.is_none()
+            && (!self.requests.is_empty() || self.phase == Phase::RollingBack);
+        let pages_due = self.phase == Phase::PreCopy
+            && self.round_state == Round::Sending
+            && self.in_flight.is_none()
+            && self.bucket.as_ref().is_none_or(TokenBucket::ready);
+        let commit_due = self.phase == Phase::Committing && !self.commit_handed_out;
+        request_due || pages_due || commit_due || !self.tx.is_empty()
+    }
+
     /// Where the migration is, for progress reports.
     #[must_use]
     pub fn progress(&self) -> Progress {
