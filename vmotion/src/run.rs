@@ -181,7 +181,12 @@ pub fn migrate<V: MigratableVm, C: Connection>(
             let started = ms_since(t0);
             let reply = run_source_request(vm, &layout, request);
             let now = ms_since(t0);
-            tracing::debug!(?request, at_ms = started, took_ms = now - started, "source vm request");
+            tracing::debug!(
+                ?request,
+                at_ms = started,
+                took_ms = now - started,
+                "source vm request"
+            );
             source.clock(now);
             source.reply(reply);
         }
@@ -257,7 +262,11 @@ pub fn receive<V: IncomingVm, C: Connection>(
                 DestinationRequest::Discard => vm.discard(),
             };
             let now = ms_since(t0);
-            tracing::debug!(took_ms = now - started, ok = result.is_ok(), "destination vm request done");
+            tracing::debug!(
+                took_ms = now - started,
+                ok = result.is_ok(),
+                "destination vm request done"
+            );
             dest.clock(now);
             dest.reply(result);
         }

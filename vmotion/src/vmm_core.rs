@@ -133,7 +133,9 @@ impl MigratableVm for LocalVm<'_> {
     }
 
     fn resume(&mut self) -> Result<(), VmError> {
-        self.vm.resume().map_err(|e| VmError::failed(VmOp::Resume, e))
+        self.vm
+            .resume()
+            .map_err(|e| VmError::failed(VmOp::Resume, e))
     }
 
     fn capture_state(&mut self) -> Result<Vec<u8>, VmError> {

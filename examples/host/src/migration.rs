@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vinfra_vmotion::{
-    ClusterKey, DiskHandover, MigrationOptions, MigrationStats, Progress, Security, Stage,
-    VmError, VmOp,
+    ClusterKey, DiskHandover, MigrationOptions, MigrationStats, Progress, Security, Stage, VmError,
+    VmOp,
 };
 
 use crate::vmfs_disk::{VmfsDiskBackend, VmfsDiskError};
@@ -202,8 +202,12 @@ pub fn request(
     request: &ControlRequest,
     mut on_event: impl FnMut(&ControlEvent),
 ) -> Result<ControlEvent, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("connect to the VM's control socket {}: {e}", socket.display()))?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "connect to the VM's control socket {}: {e}",
+            socket.display()
+        )
+    })?;
     let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     line.push(b'\n');
     stream

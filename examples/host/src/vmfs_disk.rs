@@ -66,8 +66,8 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::mpsc::Receiver;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use vinfra_vmfs::disk::VirtualDisk;
@@ -355,7 +355,8 @@ impl BlockBackend for VmfsDiskBackend {
         self.admit("flush", 0, 0)?;
         let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
         self.held_disk_mut(disk.as_mut(), "flush", 0, 0)?
-            .sync().map_err(|e| self.io_error("flush", 0, 0, e))
+            .sync()
+            .map_err(|e| self.io_error("flush", 0, 0, e))
     }
 
     fn len(&self) -> u64 {

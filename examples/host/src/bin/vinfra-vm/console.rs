@@ -97,7 +97,9 @@ pub fn watch(vm: &mut Vm, w: &mut Watch<'_>) -> Result<(ExitReason, StopCause), 
             }
         }
         match w.keys.try_recv() {
-            Ok(Key::Stop) => return Ok((vm.stop().map_err(|e| e.to_string())?, StopCause::Console)),
+            Ok(Key::Stop) => {
+                return Ok((vm.stop().map_err(|e| e.to_string())?, StopCause::Console))
+            }
             Ok(Key::Snapshot) => match &w.snapshot_dir {
                 Some(dir) => {
                     let t_pause = Instant::now();

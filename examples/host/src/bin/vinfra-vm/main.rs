@@ -89,12 +89,15 @@ struct ControlSocket {
 impl ControlSocket {
     fn bind(path: Option<&PathBuf>) -> Result<Self, String> {
         let Some(path) = path else {
-            return Ok(Self { listener: None, path: None });
+            return Ok(Self {
+                listener: None,
+                path: None,
+            });
         };
         // A socket file left by a killed process would refuse the bind.
-        if std::fs::symlink_metadata(path).is_ok_and(|m| {
-            std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
-        }) {
+        if std::fs::symlink_metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
             let _ = std::fs::remove_file(path);
         }
         let listener = UnixListener::bind(path)
@@ -102,7 +105,10 @@ impl ControlSocket {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-        Ok(Self { listener: Some(listener), path: Some(path.clone()) })
+        Ok(Self {
+            listener: Some(listener),
+            path: Some(path.clone()),
+        })
     }
 }
 
@@ -259,8 +265,11 @@ mod tests {
 
     #[test]
     fn migrate_needs_a_key_or_plaintext() {
-        let cli = Cli::try_parse_from(["vinfra-vm", "migrate", "--control", "/x", "--to", "h:1"]).unwrap();
-        let Command::Migrate(a) = cli.command else { panic!() };
+        let cli = Cli::try_parse_from(["vinfra-vm", "migrate", "--control", "/x", "--to", "h:1"])
+            .unwrap();
+        let Command::Migrate(a) = cli.command else {
+            panic!()
+        };
         let e = migrate_command(&a).unwrap_err();
         assert!(e.contains("--key-file"), "{e}");
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vinfra_host::migration::{
-    read_request, request, send_event, security, ControlEvent, ControlRequest, MigrateSettings,
+    read_request, request, security, send_event, ControlEvent, ControlRequest, MigrateSettings,
     ProgressReport, VmfsHandover,
 };
 use vinfra_host::vmfs_disk::VmfsDiskBackend;
@@ -39,13 +39,28 @@ pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Re
     let ControlRequest::Migrate(settings) = match read_request(&stream) {
         Ok(r) => r,
         Err(e) => {
-            send_event(&mut stream, &ControlEvent::Failed { error: e, in_doubt: false });
+            send_event(
+                &mut stream,
+                &ControlEvent::Failed {
+                    error: e,
+                    in_doubt: false,
+                },
+            );
             return Ok(false);
         }
     };
     let fail = |stream: &mut UnixStream, error: String| {
-        eprintln!("\r\nvinfra-vm: migration to {} failed: {error}; the VM runs here\r", settings.to);
-        send_event(stream, &ControlEvent::Failed { error, in_doubt: false });
+        eprintln!(
+            "\r\nvinfra-vm: migration to {} failed: {error}; the VM runs here\r",
+            settings.to
+        );
+        send_event(
+            stream,
+            &ControlEvent::Failed {
+                error,
+                in_doubt: false,
+            },
+        );
         Ok(false)
     };
     let opts = match settings.options() {
@@ -59,7 +74,10 @@ pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Re
     let _ = tcp.set_nodelay(true);
     let mut local = LocalVm::new(vm).with_disks(handovers(&served.disks));
     let result = migrate(&mut local, tcp, &opts, |p| {
-        send_event(&mut stream, &ControlEvent::Progress(ProgressReport::from(p)));
+        send_event(
+            &mut stream,
+            &ControlEvent::Progress(ProgressReport::from(p)),
+        );
     });
     match result {
         Ok(stats) => {
@@ -71,7 +89,13 @@ pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Re
             Ok(true)
         }
         Err(e @ Error::InDoubt(_)) => {
-            send_event(&mut stream, &ControlEvent::Failed { error: e.to_string(), in_doubt: true });
+            send_event(
+                &mut stream,
+                &ControlEvent::Failed {
+                    error: e.to_string(),
+                    in_doubt: true,
+                },
+            );
             Err(format!("migration to {}: {e}", settings.to))
         }
         Err(e) => fail(&mut stream, e.to_string()),
@@ -127,10 +151,8 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
     settings.options()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg:32} [{bar:30}] {pos}/{len} pages, {elapsed}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {pos}/{len} pages, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     let last = request(&a.control, &ControlRequest::Migrate(settings), |event| {
@@ -142,7 +164,11 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
                 p.stage,
                 p.round,
                 p.bandwidth_bytes_per_s / f64::from(1u32 << 20),
-                if p.throttle_pct > 0 { format!(" throttle {}%", p.throttle_pct) } else { String::new() }
+                if p.throttle_pct > 0 {
+                    format!(" throttle {}%", p.throttle_pct)
+                } else {
+                    String::new()
+                }
             ));
         }
     })?;
@@ -150,7 +176,10 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
     match last {
         ControlEvent::Migrated(stats) => {
             if a.json {
-                println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&stats).map_err(|e| e.to_string())?
+                );
             } else {
                 eprintln!(
                     "vinfra-vm: migrated to {} in {} ms: downtime {:.1} ms, {} rounds, {:.1} MiB sent{}",
@@ -164,10 +193,16 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
             }
             Ok(())
         }
-        ControlEvent::Failed { error, in_doubt: false } => {
-            Err(format!("migration failed, the VM runs on the source: {error}"))
-        }
-        ControlEvent::Failed { error, in_doubt: true } => Err(format!(
+        ControlEvent::Failed {
+            error,
+            in_doubt: false,
+        } => Err(format!(
+            "migration failed, the VM runs on the source: {error}"
+        )),
+        ControlEvent::Failed {
+            error,
+            in_doubt: true,
+        } => Err(format!(
             "migration in doubt, the VM is paused on the source and must not run there: {error}"
         )),
         ControlEvent::Progress(_) => Err("no answer".into()),
@@ -204,7 +239,8 @@ pub struct Arrived {
 pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
     let security = security(a.key_file.as_deref(), a.plaintext)?;
     let built = a.vm.build(DiskLocks::Detached)?;
-    let listener = TcpListener::bind(&a.listen).map_err(|e| format!("listen on {}: {e}", a.listen))?;
+    let listener =
+        TcpListener::bind(&a.listen).map_err(|e| format!("listen on {}: {e}", a.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut arriving = ArrivingVm::new(built.config.clone())
         .map_err(|e| e.to_string())?

@@ -87,8 +87,8 @@ impl VmArgs {
         let a = self.clone();
         let mut cfg = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("read {}: {e}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))?;
                 serde_json::from_str::<VmConfig>(&text)
                     .map_err(|e| format!("parse {}: {e}", p.display()))?
             }
