@@ -13,12 +13,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::error::{Error, Result, Side};
 use crate::layout::{Layout, PageSet};
-use crate::link::{accept_hello, our_hello, Channel, Inbox};
+use crate::link::{Link, Received};
 use crate::options::{whole_ms, ReceiveOptions};
 use crate::vm::{VmError, VmOp};
 use crate::wire::{
-    CpuVerdict, CpuidLeaf, CpuidRegister, Hello, MemoryRegion, Message, MessageType,
-    MissingFeature, PageRef, PagesView, Role, PAGE_SIZE,
+    CpuVerdict, CpuidLeaf, CpuidRegister, MemoryRegion, Message, MessageType, MissingFeature,
+    PageRef, PagesView, Role, PAGE_SIZE,
 };
 
 /// A VM operation the destination asks its driver to run; answer with
@@ -153,10 +153,7 @@ pub struct Destination {
     opts: ReceiveOptions,
     vm: DestinationVm,
     layout: Layout,
-    hello: Hello,
-    channel: Option<ChannelState>,
-    inbox: Inbox,
-    tx: Vec<u8>,
+    link: Link,
     phase: Phase,
     requests: VecDeque<DestinationRequest>,
     in_flight: Option<DestinationRequest>,
@@ -177,14 +174,6 @@ pub struct Destination {
     outcome: Option<Result<ReceiveStats>>,
 }
 
-struct ChannelState(Channel);
-
-impl std::fmt::Debug for ChannelState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").finish_non_exhaustive()
-    }
-}
-
 impl Destination {
     /// Waits for a migration into `vm` (its memory must start zeroed), at `now_ms`.
     pub fn new(
@@ -194,15 +183,11 @@ impl Destination {
         now_ms: f64,
     ) -> Result<Self> {
         let layout = Layout::new(vm.layout.clone())?;
-        let hello = our_hello(Role::Destination, &opts.security, nonce);
         Ok(Self {
-            tx: hello.encode().to_vec(),
+            link: Link::new(Role::Destination, &opts.security, nonce),
             written: PageSet::empty(&layout),
             layout,
             vm,
-            hello,
-            channel: None,
-            inbox: Inbox::default(),
             phase: Phase::Hello,
             requests: VecDeque::new(),
             in_flight: None,
@@ -248,7 +233,24 @@ impl Destination {
     pub fn receive<M: GuestMemoryBackend>(&mut self, bytes: &[u8], memory: &M) {
         self.stats.bytes_received += bytes.len() as u64;
         self.last_rx_ms = self.now_ms;
-        self.inbox.push(bytes);
+        self.link.push(bytes);
+        if let Err(e) = self.process_inbox(memory) {
+            self.fail(e);
+        }
+    }
+
+    /// Free space to read the source's next bytes into, without a copy: read into it, then
+    /// call [`Destination::received`] with the count.
+    pub fn receive_buffer(&mut self, n: usize) -> &mut [u8] {
+        self.link.spare(n)
+    }
+
+    /// `n` bytes were read into [`Destination::receive_buffer`]; pages among them are
+    /// written into `memory`.
+    pub fn received<M: GuestMemoryBackend>(&mut self, n: usize, memory: &M) {
+        self.stats.bytes_received += n as u64;
+        self.last_rx_ms = self.now_ms;
+        self.link.filled(n);
         if let Err(e) = self.process_inbox(memory) {
             self.fail(e);
         }
@@ -295,7 +297,7 @@ impl Destination {
 
     /// Appends the bytes due to be sent to `out`.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) {
-        out.append(&mut self.tx);
+        self.link.take_tx(out);
     }
 
     /// A finished VM operation's result.
@@ -341,38 +343,18 @@ impl Destination {
     }
 
     fn queue(&mut self, message: &Message) -> Result<()> {
-        let channel = &mut self
-            .channel
-            .as_mut()
-            .ok_or(Error::UnexpectedMessage {
-                phase: "before the hellos",
-                got: message.message_type(),
-            })?
-            .0;
-        channel.sealer.seal(message, &mut self.tx)
+        self.link.queue(message)
     }
 
     fn process_inbox<M: GuestMemoryBackend>(&mut self, memory: &M) -> Result<()> {
-        loop {
-            if matches!(self.phase, Phase::Finished | Phase::Discarding) {
-                return Ok(());
-            }
-            if self.phase == Phase::Hello {
-                let Some(peer) = self.inbox.take_hello() else {
-                    return Ok(());
-                };
-                let channel = accept_hello(&self.hello, &peer, &self.opts.security)?;
-                let auth = Message::Auth(channel.transcript);
-                self.channel = Some(ChannelState(channel));
-                self.queue(&auth)?;
-                self.phase = Phase::Auth;
-                continue;
-            }
-            let Some(ChannelState(channel)) = &mut self.channel else {
-                return Ok(());
-            };
-            let Some((header, payload)) = self.inbox.next_frame(&mut channel.opener)? else {
-                return Ok(());
+        while !matches!(self.phase, Phase::Finished | Phase::Discarding) {
+            let (header, payload) = match self.link.next()? {
+                None => return Ok(()),
+                Some(Received::Opened) => {
+                    self.phase = Phase::Auth;
+                    continue;
+                }
+                Some(Received::Frame(header, payload)) => (header, payload),
             };
             if header.message_type == MessageType::Pages && self.phase == Phase::Receiving {
                 let view = PagesView::parse(payload)?;
@@ -389,6 +371,7 @@ impl Destination {
             let message = Message::decode_payload(header.message_type, payload)?;
             self.on_message(message)?;
         }
+        Ok(())
     }
 
     fn on_message(&mut self, message: Message) -> Result<()> {
@@ -399,7 +382,7 @@ impl Destination {
                 reason,
             });
         }
-        let transcript = self.channel.as_ref().map(|c| c.0.transcript);
+        let transcript = self.link.transcript();
         match (self.phase, message) {
             (Phase::Auth, Message::Auth(hash)) => {
                 if Some(hash) != transcript {
@@ -497,26 +480,14 @@ impl Destination {
             e,
             Error::Aborted { .. } | Error::Closed { .. } | Error::Io { .. } | Error::InDoubt(_)
         );
-        if tell_peer && self.channel.is_some() {
-            let mut reason = e.to_string();
-            reason.truncate(crate::wire::MAX_REASON_BYTES);
-            while !reason.is_char_boundary(reason.len()) {
-                reason.pop();
-            }
-            let _ = self.queue(&Message::Abort {
-                code: e.abort_code(),
-                reason,
-            });
+        if tell_peer {
+            self.link.abort(&e);
         }
         self.error = Some(e);
         self.phase = Phase::Discarding;
         self.requests.clear();
-        if self.in_flight.is_none() {
-            self.requests.push_back(DestinationRequest::Discard);
-        } else {
-            // The outstanding request's reply comes first; then discard.
-            self.requests.push_back(DestinationRequest::Discard);
-        }
+        // After the outstanding request's reply, if one is out.
+        self.requests.push_back(DestinationRequest::Discard);
     }
 
     fn finish(&mut self, outcome: Result<ReceiveStats>) {

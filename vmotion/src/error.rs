@@ -1,6 +1,5 @@
 //! The crate's error type.
 
-use crate::vm::VmError;
 use crate::wire::{AbortCode, MemoryRegion, MessageType, MissingFeature};
 
 /// Which end of a migration.
@@ -263,6 +262,84 @@ fn missing_list(missing: &[MissingFeature]) -> String {
         })
         .collect();
     parts.join(", ")
+}
+
+/// A VM operation the migration asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmOp {
+    /// Start logging dirty pages.
+    EnableDirtyLog,
+    /// Fetch and clear the dirty log.
+    FetchDirty,
+    /// Stop logging dirty pages.
+    DisableDirtyLog,
+    /// Throttle the vCPUs.
+    Throttle,
+    /// Park the vCPUs.
+    Pause,
+    /// Let them run.
+    Resume,
+    /// Capture the vCPU and device state.
+    CaptureState,
+    /// Flush the disks and release their exclusive locks.
+    ReleaseDisks,
+    /// Take the disks' exclusive locks (back).
+    AcquireDisks,
+    /// Build the VM from the received state.
+    Restore,
+    /// Stop the VM for good (the other side has it).
+    Discard,
+    /// Read guest memory (a page to send).
+    ReadMemory,
+    /// Write guest memory (a page received).
+    WriteMemory,
+}
+
+/// Why a VM operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmErrorKind {
+    /// A disk's exclusive lock is held by another live host.
+    LockRefused,
+    /// Anything else.
+    Failed,
+}
+
+/// A failed VM operation: which, why, and the VM's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vm {op:?} failed: {message}")]
+pub struct VmError {
+    /// The operation.
+    pub op: VmOp,
+    /// The kind of failure.
+    pub kind: VmErrorKind,
+    /// The VM's error, as text (the VMM's error types stay out of the protocol).
+    pub message: String,
+}
+
+impl VmError {
+    /// A failure of `op`.
+    pub fn failed(op: VmOp, message: impl std::fmt::Display) -> Self {
+        Self {
+            op,
+            kind: VmErrorKind::Failed,
+            message: message.to_string(),
+        }
+    }
+
+    /// A refused disk lock.
+    pub fn lock_refused(op: VmOp, message: impl std::fmt::Display) -> Self {
+        Self {
+            op,
+            kind: VmErrorKind::LockRefused,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether a disk lock was refused.
+    #[must_use]
+    pub fn is_lock_refused(&self) -> bool {
+        self.kind == VmErrorKind::LockRefused
+    }
 }
 
 /// The crate's result type.

@@ -49,6 +49,26 @@ impl FakeDiskLock {
     }
 }
 
+/// Failure injection and the log of the operations asked for, as both fakes keep them.
+#[derive(Debug, Default)]
+pub struct Ops {
+    /// Fail this operation when it is next asked for.
+    pub fail_next: Option<VmOp>,
+    /// Every operation asked for, in order.
+    pub log: Vec<VmOp>,
+}
+
+impl Ops {
+    fn step(&mut self, op: VmOp) -> Result<(), VmError> {
+        self.log.push(op);
+        if self.fail_next == Some(op) {
+            self.fail_next = None;
+            return Err(VmError::failed(op, "injected failure"));
+        }
+        Ok(())
+    }
+}
+
 /// Fresh anonymous guest memory for `layout` (zeroed).
 ///
 /// # Panics
@@ -84,10 +104,8 @@ pub struct FakeVm {
     pub disks: Option<FakeDiskLock>,
     /// The vCPU state: counts guest writes.
     pub writes: u64,
-    /// Fail this operation when it is next asked for.
-    pub fail_next: Option<VmOp>,
-    /// Every operation asked for, in order.
-    pub log: Vec<VmOp>,
+    /// Failure injection and the operations asked for.
+    pub ops: Ops,
 }
 
 impl FakeVm {
@@ -109,8 +127,7 @@ impl FakeVm {
             discarded: false,
             disks: None,
             writes: 0,
-            fail_next: None,
-            log: Vec::new(),
+            ops: Ops::default(),
         }
     }
 
@@ -149,12 +166,7 @@ impl FakeVm {
     }
 
     fn step(&mut self, op: VmOp) -> Result<(), VmError> {
-        self.log.push(op);
-        if self.fail_next == Some(op) {
-            self.fail_next = None;
-            return Err(VmError::failed(op, "injected failure"));
-        }
-        Ok(())
+        self.ops.step(op)
     }
 }
 
@@ -281,10 +293,8 @@ pub struct FakeIncoming {
     pub discarded: bool,
     /// The disk lock, if the VM has disks.
     pub disks: Option<FakeDiskLock>,
-    /// Fail this operation when it is next asked for.
-    pub fail_next: Option<VmOp>,
-    /// Every operation asked for, in order.
-    pub log: Vec<VmOp>,
+    /// Failure injection and the operations asked for.
+    pub ops: Ops,
 }
 
 impl FakeIncoming {
@@ -299,8 +309,7 @@ impl FakeIncoming {
             running: false,
             discarded: false,
             disks: None,
-            fail_next: None,
-            log: Vec::new(),
+            ops: Ops::default(),
         }
     }
 
@@ -311,12 +320,7 @@ impl FakeIncoming {
     }
 
     fn step(&mut self, op: VmOp) -> Result<(), VmError> {
-        self.log.push(op);
-        if self.fail_next == Some(op) {
-            self.fail_next = None;
-            return Err(VmError::failed(op, "injected failure"));
-        }
-        Ok(())
+        self.ops.step(op)
     }
 }
 

@@ -85,7 +85,8 @@ impl ReceiveOptions {
 }
 
 /// Where a migration is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Hellos, authentication, CPU and memory checks.
     Handshake,
@@ -100,7 +101,7 @@ pub enum Stage {
 }
 
 /// A snapshot of the source's progress, given to the progress callback.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Where the migration is.
     pub stage: Stage,

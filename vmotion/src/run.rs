@@ -247,7 +247,6 @@ pub fn receive<V: IncomingVm, C: Connection>(
         .map_err(|e| Error::io("set write timeout", &e))?;
     conn.set_read_timeout(Some(PROGRESS_EVERY))
         .map_err(|e| Error::io("set read timeout", &e))?;
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut out = Vec::new();
     let mut closed = false;
     let outcome = loop {
@@ -284,14 +283,15 @@ pub fn receive<V: IncomingVm, C: Connection>(
         if closed {
             continue;
         }
-        match conn.read(&mut buf) {
+        // Straight into the machine's buffer: pages are copied once more, into guest memory.
+        match conn.read(dest.receive_buffer(READ_CHUNK)) {
             Ok(0) => {
                 closed = true;
                 dest.transport_failed(Error::Closed { phase: "" });
             }
             Ok(n) => {
                 dest.clock(ms_since(t0));
-                dest.receive(&buf[..n], vm.memory());
+                dest.received(n, vm.memory());
             }
             Err(e)
                 if matches!(

@@ -13,12 +13,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::error::{Error, Result, Side};
 use crate::layout::{Layout, PageSet};
-use crate::link::{accept_hello, our_hello, Channel, Inbox};
+use crate::link::{Link, Received};
 use crate::options::{whole_ms, MigrationOptions, MigrationStats, Progress, Stage};
 use crate::precopy::{Convergence, Next, RoundFigures, TokenBucket};
 use crate::vm::{VmError, VmOp};
 use crate::wire::{
-    encode_pages_with, CpuidLeaf, Hello, MemoryRegion, Message, MessageType, Role, RoundEnd,
+    encode_pages_with, CpuidLeaf, MemoryRegion, Message, MessageType, Role, RoundEnd,
     MAX_PAGES_PER_BATCH, PAGE_SIZE,
 };
 
@@ -121,10 +121,7 @@ pub struct Source {
     opts: MigrationOptions,
     layout: Layout,
     vm: SourceVm,
-    hello: Hello,
-    channel: Option<ChannelState>,
-    inbox: Inbox,
-    tx: Vec<u8>,
+    link: Link,
     phase: Phase,
     requests: VecDeque<SourceRequest>,
     in_flight: Option<SourceRequest>,
@@ -162,21 +159,12 @@ pub struct Source {
     outcome: Option<Result<MigrationStats>>,
 }
 
-struct ChannelState(Channel);
-
-impl std::fmt::Debug for ChannelState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").finish_non_exhaustive()
-    }
-}
-
 impl Source {
     /// A migration of `vm` with `opts`, starting at `now_ms` (any monotonic clock in ms,
     /// the same for every later call). `nonce` must be fresh random bytes
     /// ([`crate::seal::fresh_nonce`]). Our hello is the first thing to transmit.
     pub fn new(opts: MigrationOptions, vm: SourceVm, nonce: [u8; 32], now_ms: f64) -> Result<Self> {
         let layout = Layout::new(vm.layout.clone())?;
-        let hello = our_hello(Role::Source, &opts.security, nonce);
         let bucket = opts
             .bandwidth_bytes_per_s
             .map(|bps| TokenBucket::new(bps, now_ms));
@@ -187,13 +175,10 @@ impl Source {
             ..MigrationStats::default()
         };
         Ok(Self {
-            tx: hello.encode().to_vec(),
+            link: Link::new(Role::Source, &opts.security, nonce),
             to_send: PageSet::empty(&layout),
             layout,
             vm,
-            hello,
-            channel: None,
-            inbox: Inbox::default(),
             phase: Phase::Hello,
             requests: VecDeque::new(),
             in_flight: None,
@@ -261,7 +246,7 @@ impl Source {
     /// Bytes received from the destination.
     pub fn receive(&mut self, bytes: &[u8]) {
         self.stats.bytes_received += bytes.len() as u64;
-        self.inbox.push(bytes);
+        self.link.push(bytes);
         if let Err(e) = self.process_inbox() {
             self.fail(e);
         }
@@ -356,7 +341,7 @@ impl Source {
                 Err(e) => self.fail(e),
             }
         }
-        out.append(&mut self.tx);
+        self.link.take_tx(out);
         if self.phase == Phase::PreCopy
             && self.round_state == Round::Sending
             && self.in_flight.is_none()
@@ -365,7 +350,7 @@ impl Source {
         {
             if let Err(e) = self.send_batch(memory, out) {
                 self.fail(e);
-                out.append(&mut self.tx);
+                self.link.take_tx(out);
             }
         }
         let written = (out.len() - before) as u64;
@@ -386,7 +371,7 @@ impl Source {
             && self.in_flight.is_none()
             && self.bucket.as_ref().is_none_or(TokenBucket::ready);
         let commit_due = self.phase == Phase::Committing && !self.commit_handed_out;
-        request_due || pages_due || commit_due || !self.tx.is_empty()
+        request_due || pages_due || commit_due || self.link.tx_pending()
     }
 
     /// Where the migration is, for progress reports.
@@ -430,42 +415,23 @@ impl Source {
     }
 
     fn queue(&mut self, message: &Message) -> Result<()> {
-        let channel = &mut self
-            .channel
-            .as_mut()
-            .ok_or(Error::UnexpectedMessage {
-                phase: "before the hellos",
-                got: message.message_type(),
-            })?
-            .0;
-        channel.sealer.seal(message, &mut self.tx)
+        self.link.queue(message)
     }
 
     fn process_inbox(&mut self) -> Result<()> {
-        loop {
-            if self.phase == Phase::Finished {
-                return Ok(());
-            }
-            if self.phase == Phase::Hello {
-                let Some(peer) = self.inbox.take_hello() else {
-                    return Ok(());
-                };
-                let channel = accept_hello(&self.hello, &peer, &self.opts.security)?;
-                let auth = Message::Auth(channel.transcript);
-                self.channel = Some(ChannelState(channel));
-                self.queue(&auth)?;
-                self.phase = Phase::Auth;
-                continue;
-            }
-            let Some(ChannelState(channel)) = &mut self.channel else {
-                return Ok(());
-            };
-            let Some((header, payload)) = self.inbox.next_frame(&mut channel.opener)? else {
-                return Ok(());
+        while self.phase != Phase::Finished {
+            let (header, payload) = match self.link.next()? {
+                None => return Ok(()),
+                Some(Received::Opened) => {
+                    self.phase = Phase::Auth;
+                    continue;
+                }
+                Some(Received::Frame(header, payload)) => (header, payload),
             };
             let message = Message::decode_payload(header.message_type, payload)?;
             self.on_message(message)?;
         }
+        Ok(())
     }
 
     fn on_message(&mut self, message: Message) -> Result<()> {
@@ -476,7 +442,7 @@ impl Source {
                 reason,
             });
         }
-        let transcript = self.channel.as_ref().map(|c| c.0.transcript);
+        let transcript = self.link.transcript();
         match (self.phase, message) {
             (Phase::Auth, Message::Auth(hash)) => {
                 if Some(hash) != transcript {
@@ -534,15 +500,11 @@ impl Source {
         // At most 512.
         let span_pages = usize::try_from(span).unwrap_or(usize::from(MAX_PAGES_PER_BATCH));
         let first_pfn = self.layout.pfn(region, first);
-        let channel = &mut self
-            .channel
-            .as_mut()
-            .ok_or(Error::Closed {
-                phase: "copying memory",
-            })?
-            .0;
+        let sealer = self.link.sealer().ok_or(Error::Closed {
+            phase: "copying memory",
+        })?;
         let to_send = &self.to_send;
-        let count = channel.sealer.seal_with(MessageType::Pages, out, |buf| {
+        let count = sealer.seal_with(MessageType::Pages, out, |buf| {
             encode_pages_with(self.round, first_pfn, span_pages, buf, |i, page| {
                 let index = first + i as u64;
                 if !to_send.contains(region, index) {
@@ -754,16 +716,8 @@ impl Source {
             e,
             Error::Aborted { .. } | Error::Closed { .. } | Error::Io { .. }
         );
-        if tell_peer && self.channel.is_some() {
-            let mut reason = e.to_string();
-            reason.truncate(crate::wire::MAX_REASON_BYTES);
-            while !reason.is_char_boundary(reason.len()) {
-                reason.pop();
-            }
-            let _ = self.queue(&Message::Abort {
-                code: e.abort_code(),
-                reason,
-            });
+        if tell_peer {
+            self.link.abort(&e);
         }
         self.error = Some(e);
         self.phase = Phase::RollingBack;

@@ -154,8 +154,8 @@ fn run(seed: u64) {
         dst_vm.disks = Some(lock);
     }
     match failure {
-        Failure::SourceVm(op) => src_vm.fail_next = Some(op),
-        Failure::DestinationVm(op) => dst_vm.fail_next = Some(op),
+        Failure::SourceVm(op) => src_vm.ops.fail_next = Some(op),
+        Failure::DestinationVm(op) => dst_vm.ops.fail_next = Some(op),
         _ => {}
     }
     let key = ClusterKey::from_bytes([7; 32]);
@@ -377,8 +377,8 @@ fn check(w: &World, failure: Failure, seed: u64) {
         "seed {seed} failure {failure:?}\n source {:?}\n dest {:?}\n src log {:?}\n dst log {:?}",
         w.source.outcome(),
         w.dest.outcome(),
-        w.src_vm.log,
-        w.dst_vm.log
+        w.src_vm.ops.log,
+        w.dst_vm.ops.log
     );
     if w.source_alive {
         assert!(w.source.outcome().is_some(), "source never finished: {ctx}");
@@ -485,5 +485,5 @@ const FOUND_BUGS: [u64; 3] = [752, 1011, 2563];
 
 #[test]
 fn migrations_never_run_twice_and_copy_every_page() {
-    for_each_seed(seeds((0..500).chain(FOUND_BUGS)), run);
+    for_each_seed(seeds((0..3000).chain(FOUND_BUGS)), run);
 }

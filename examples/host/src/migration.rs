@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vinfra_vmotion::{
-    ClusterKey, DiskHandover, MigrationOptions, MigrationStats, Progress, Security, Stage, VmError,
-    VmOp,
+    ClusterKey, DiskHandover, MigrationOptions, MigrationStats, Progress, Security, VmError, VmOp,
 };
 
 use crate::vmfs_disk::{VmfsDiskBackend, VmfsDiskError};
@@ -118,55 +117,12 @@ pub enum ControlRequest {
     Migrate(MigrateSettings),
 }
 
-/// A progress report on the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProgressReport {
-    /// `handshake`, `pre_copy`, `switchover`, `committed` or `rolling_back`.
-    pub stage: String,
-    /// The round in progress.
-    pub round: u32,
-    /// Pages left in it.
-    pub pages_left: u64,
-    /// Pages in the guest.
-    pub pages_total: u64,
-    /// Bytes sent.
-    pub bytes_sent: u64,
-    /// Milliseconds since the start.
-    pub elapsed_ms: u64,
-    /// Measured bandwidth.
-    pub bandwidth_bytes_per_s: f64,
-    /// Current throttle.
-    pub throttle_pct: u8,
-}
-
-impl From<&Progress> for ProgressReport {
-    fn from(p: &Progress) -> Self {
-        Self {
-            stage: match p.stage {
-                Stage::Handshake => "handshake",
-                Stage::PreCopy => "pre_copy",
-                Stage::Switchover => "switchover",
-                Stage::Committed => "committed",
-                Stage::RollingBack => "rolling_back",
-            }
-            .to_string(),
-            round: p.round,
-            pages_left: p.pages_left,
-            pages_total: p.pages_total,
-            bytes_sent: p.bytes_sent,
-            elapsed_ms: p.elapsed_ms,
-            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
-            throttle_pct: p.throttle_pct,
-        }
-    }
-}
-
 /// What the running VM answers on the control socket, one per line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlEvent {
     /// Where the migration is.
-    Progress(ProgressReport),
+    Progress(Progress),
     /// The destination runs the VM; this process is about to exit.
     Migrated(MigrationStats),
     /// The migration failed; the VM runs here still (unless `in_doubt`).

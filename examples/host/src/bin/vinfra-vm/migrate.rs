@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vinfra_host::migration::{
     read_request, request, security, send_event, ControlEvent, ControlRequest, MigrateSettings,
-    ProgressReport, VmfsHandover,
+    VmfsHandover,
 };
 use vinfra_host::vmfs_disk::VmfsDiskBackend;
 use vinfra_vmm_core::Vm;
@@ -74,10 +74,7 @@ pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Re
     let _ = tcp.set_nodelay(true);
     let mut local = LocalVm::new(vm).with_disks(handovers(&served.disks));
     let result = migrate(&mut local, tcp, &opts, |p| {
-        send_event(
-            &mut stream,
-            &ControlEvent::Progress(ProgressReport::from(p)),
-        );
+        send_event(&mut stream, &ControlEvent::Progress(*p));
     });
     match result {
         Ok(stats) => {
@@ -160,7 +157,7 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
             bar.set_length(p.pages_total);
             bar.set_position(p.pages_total.saturating_sub(p.pages_left));
             bar.set_message(format!(
-                "{} round {} {:.0} MiB/s{}",
+                "{:?} round {} {:.0} MiB/s{}",
                 p.stage,
                 p.round,
                 p.bandwidth_bytes_per_s / f64::from(1u32 << 20),
