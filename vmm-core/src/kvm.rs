@@ -147,17 +147,22 @@ pub(crate) fn set_cpuid(
     hidden: &[CpuidMask],
 ) -> Result<Vec<CpuidLeaf>> {
     vcpu.set_cpuid2(entries).map_err(Error::kvm("set cpuid"))?;
-    let leaves: Vec<CpuidLeaf> = vcpu
+    let leaves = vcpu_cpuid(vcpu)?;
+    match cpuid::still_shown(&leaves, hidden) {
+        Some(mask) => Err(Error::CpuidNotHidden { mask }),
+        None => Ok(leaves),
+    }
+}
+
+/// What `vcpu` shows the guest now, in plain leaves.
+pub(crate) fn vcpu_cpuid(vcpu: &VcpuFd) -> Result<Vec<CpuidLeaf>> {
+    Ok(vcpu
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("get cpuid"))?
         .as_slice()
         .iter()
         .map(CpuidLeaf::from_kvm)
-        .collect();
-    match cpuid::still_shown(&leaves, hidden) {
-        Some(mask) => Err(Error::CpuidNotHidden { mask }),
-        None => Ok(leaves),
-    }
+        .collect())
 }
 
 fn c_path(path: &Path) -> Result<std::ffi::CString> {

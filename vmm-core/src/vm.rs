@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::acpi;
@@ -122,13 +121,7 @@ impl Vm {
         boot_protocol: Option<BootProtocol>,
     ) -> Result<Vm> {
         let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
-        let guest_cpuid = bsp
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("get cpuid"))?
-            .as_slice()
-            .iter()
-            .map(CpuidLeaf::from_kvm)
-            .collect();
+        let guest_cpuid = crate::kvm::vcpu_cpuid(bsp)?;
         Ok(Vm {
             kvm: base.kvm,
             vm_fd: base.vm_fd,

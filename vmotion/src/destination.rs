@@ -375,19 +375,9 @@ impl Destination {
     }
 
     fn on_message(&mut self, message: Message) -> Result<()> {
-        if let Message::Abort { code, reason } = message {
-            return Err(Error::Aborted {
-                by: Side::Source,
-                code,
-                reason,
-            });
-        }
-        let transcript = self.link.transcript();
+        let message = self.link.screen(message, Side::Source)?;
         match (self.phase, message) {
-            (Phase::Auth, Message::Auth(hash)) => {
-                if Some(hash) != transcript {
-                    return Err(Error::Auth("the source's transcript hash differs"));
-                }
+            (Phase::Auth, Message::Auth(_)) => {
                 self.phase = Phase::Cpu;
             }
             (Phase::Cpu, Message::CpuFeatures(leaves)) => {

@@ -135,6 +135,25 @@ impl Link {
         self.channel.as_ref().map(|c| c.transcript)
     }
 
+    /// Checks what the peer said first: an `Abort` becomes [`Error::Aborted`] by `peer`,
+    /// and an `Auth` must carry our transcript hash. Returns the message otherwise.
+    pub(crate) fn screen(&self, message: Message, peer: Side) -> Result<Message> {
+        match message {
+            Message::Abort { code, reason } => Err(Error::Aborted {
+                by: peer,
+                code,
+                reason,
+            }),
+            Message::Auth(hash) if Some(hash) != self.transcript() => {
+                Err(Error::Auth(match peer {
+                    Side::Source => "the source's transcript hash differs",
+                    Side::Destination => "the destination's transcript hash differs",
+                }))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Received bytes.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.inbox.push(bytes);

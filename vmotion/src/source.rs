@@ -435,19 +435,9 @@ impl Source {
     }
 
     fn on_message(&mut self, message: Message) -> Result<()> {
-        if let Message::Abort { code, reason } = message {
-            return Err(Error::Aborted {
-                by: Side::Destination,
-                code,
-                reason,
-            });
-        }
-        let transcript = self.link.transcript();
+        let message = self.link.screen(message, Side::Destination)?;
         match (self.phase, message) {
-            (Phase::Auth, Message::Auth(hash)) => {
-                if Some(hash) != transcript {
-                    return Err(Error::Auth("the destination's transcript hash differs"));
-                }
+            (Phase::Auth, Message::Auth(_)) => {
                 self.queue(&Message::CpuFeatures(self.vm.cpuid.clone()))?;
                 self.phase = Phase::Cpu;
             }
