@@ -231,12 +231,8 @@ impl Destination {
 
     /// Bytes sent by the source; pages are written into `memory` as they arrive.
     pub fn receive<M: GuestMemoryBackend>(&mut self, bytes: &[u8], memory: &M) {
-        self.stats.bytes_received += bytes.len() as u64;
-        self.last_rx_ms = self.now_ms;
         self.link.push(bytes);
-        if let Err(e) = self.process_inbox(memory) {
-            self.fail(e);
-        }
+        self.take_in(bytes.len(), memory);
     }
 
     /// Free space to read the source's next bytes into, without a copy: read into it, then
@@ -248,9 +244,14 @@ impl Destination {
     /// `n` bytes were read into [`Destination::receive_buffer`]; pages among them are
     /// written into `memory`.
     pub fn received<M: GuestMemoryBackend>(&mut self, n: usize, memory: &M) {
+        self.link.filled(n);
+        self.take_in(n, memory);
+    }
+
+    /// `n` new bytes are in the inbox: count them and act on what they complete.
+    fn take_in<M: GuestMemoryBackend>(&mut self, n: usize, memory: &M) {
         self.stats.bytes_received += n as u64;
         self.last_rx_ms = self.now_ms;
-        self.link.filled(n);
         if let Err(e) = self.process_inbox(memory) {
             self.fail(e);
         }
@@ -258,12 +259,7 @@ impl Destination {
 
     /// The stream failed or the source closed it.
     pub fn transport_failed(&mut self, e: Error) {
-        let e = match e {
-            Error::Closed { .. } => Error::Closed {
-                phase: self.phase.name(),
-            },
-            e => e,
-        };
+        let e = e.closed_while(self.phase.name());
         if self.phase == Phase::Ready {
             self.in_doubt();
         } else {

@@ -232,6 +232,16 @@ impl Error {
         }
     }
 
+    /// A closed stream, said of what this side was doing (drivers do not know the
+    /// phase); any other error as it is.
+    #[must_use]
+    pub fn closed_while(self, phase: &'static str) -> Self {
+        match self {
+            Error::Closed { .. } => Error::Closed { phase },
+            e => e,
+        }
+    }
+
     /// The abort code this error is reported to the peer with.
     #[must_use]
     pub fn abort_code(&self) -> AbortCode {

@@ -132,6 +132,8 @@ pub struct Source {
     to_send: PageSet,
     cursor: (usize, u64),
     round_pages: u64,
+    /// Pages the round in progress has to send, counted once when it starts.
+    round_total: u64,
     round_bytes_at_start: u64,
     round_started_ms: f64,
     pending_dirty: Option<PageSet>,
@@ -187,6 +189,7 @@ impl Source {
             final_round: false,
             cursor: (0, 0),
             round_pages: 0,
+            round_total: 0,
             round_bytes_at_start: 0,
             round_started_ms: now_ms,
             pending_dirty: None,
@@ -254,13 +257,7 @@ impl Source {
 
     /// The stream failed or was closed by the peer.
     pub fn transport_failed(&mut self, e: Error) {
-        let e = match e {
-            Error::Closed { .. } => Error::Closed {
-                phase: self.phase.name(),
-            },
-            e => e,
-        };
-        self.fail(e);
+        self.fail(e.closed_while(self.phase.name()));
     }
 
     /// The caller gives up (the VM keeps running here if not yet committed).
@@ -389,10 +386,11 @@ impl Source {
             Phase::Finished if self.committed() => Stage::Committed,
             Phase::Finished => Stage::RollingBack,
         };
-        let pages_left = self
-            .to_send
-            .next_from(self.cursor.0, self.cursor.1)
-            .map_or(0, |_| self.remaining_in_round());
+        // Counted, not walked: this runs once per batch the driver sends.
+        let pages_left = match self.round_state {
+            Round::Sending => self.round_total.saturating_sub(self.round_pages),
+            Round::Idle | Round::Fetching => 0,
+        };
         Progress {
             stage,
             round: self.round,
@@ -405,13 +403,6 @@ impl Source {
             dirty_pages_per_s: self.convergence.dirty_pages_per_ms() * 1000.0,
             throttle_pct: self.throttle,
         }
-    }
-
-    fn remaining_in_round(&self) -> u64 {
-        self.to_send
-            .iter()
-            .filter(|&(r, p)| (r, p) >= self.cursor)
-            .count() as u64
     }
 
     fn queue(&mut self, message: &Message) -> Result<()> {
@@ -477,6 +468,7 @@ impl Source {
         self.to_send = pages;
         self.cursor = (0, 0);
         self.round_pages = 0;
+        self.round_total = self.to_send.count();
         self.round_bytes_at_start = self.stats.bytes_sent;
         self.round_started_ms = self.now_ms;
         self.round_state = Round::Sending;
