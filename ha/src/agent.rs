@@ -181,6 +181,9 @@ pub struct Agent {
     running: BTreeMap<String, Running>,
     /// Power-ons asked of the adapter and not answered yet, with when.
     starting: BTreeMap<String, u64>,
+    /// Power-ons that failed, with when they may be asked again (one planning interval
+    /// later: a failure that comes back at once must not turn into a busy loop).
+    retry_at: BTreeMap<String, u64>,
     /// Last outcome of each isolation probe, with when it was asked.
     probes: Vec<Option<(u64, bool)>>,
     probe_asked_ms: Vec<Option<u64>>,
@@ -220,6 +223,7 @@ impl Agent {
             vms: Vec::new(),
             running: BTreeMap::new(),
             starting: BTreeMap::new(),
+            retry_at: BTreeMap::new(),
             probes: vec![None; n],
             probe_asked_ms: vec![None; n],
             own: Verdict::Alive,
@@ -291,7 +295,11 @@ impl Agent {
             }
             Event::PowerOnResult { vm, outcome } => {
                 self.starting.remove(&vm);
-                if outcome == PowerOnOutcome::Started {
+                if outcome != PowerOnOutcome::Started {
+                    self.retry_at
+                        .insert(vm.clone(), now_ms + self.config.plan_interval_ms);
+                } else {
+                    self.retry_at.remove(&vm);
                     self.running.insert(
                         vm,
                         Running {
@@ -346,7 +354,11 @@ impl Agent {
 
     /// Asks the adapter to power `vm` on here, unless it runs or is starting already.
     fn power_on(&mut self, now_ms: u64, vm: &str, out: &mut Vec<Action>) {
-        if !self.lease_valid || self.running.contains_key(vm) || self.starting.contains_key(vm) {
+        if !self.lease_valid
+            || self.running.contains_key(vm)
+            || self.starting.contains_key(vm)
+            || self.retry_at.get(vm).is_some_and(|&t| now_ms < t)
+        {
             return;
         }
         if !self.vms.iter().any(|v| v.name == vm && v.desired_on) {
@@ -420,6 +432,7 @@ impl Agent {
         let stale = 10 * self.config.failure_timeout_ms;
         self.starting
             .retain(|_, t| now_ms.saturating_sub(*t) < stale);
+        self.retry_at.retain(|_, t| *t > now_ms);
     }
 
     fn send_heartbeats(&mut self, now_ms: u64, out: &mut Vec<Action>) {
@@ -488,42 +501,47 @@ impl Agent {
         })
     }
 
-    /// The lease lapsed: every VM stops (README "Isolation response"). Otherwise VM
-    /// monitoring.
+    /// The lease lapsed: every VM stops (README "Isolation response"); a shut-down that
+    /// began then ends in a power-off at its deadline even if the lease came back, since
+    /// the adapter mounts again only after every VM stopped. Otherwise VM monitoring.
     fn guard_vms(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        if !self.lease_valid {
-            let grace = self.config.shutdown_grace_ms;
-            let mut off = Vec::new();
-            for (name, r) in &mut self.running {
+        let fenced = !self.lease_valid;
+        let grace = self.config.shutdown_grace_ms;
+        let mut off = Vec::new();
+        for (name, r) in &mut self.running {
+            if fenced && r.power_off_at.is_none() {
                 let response = self
                     .vms
                     .iter()
                     .find(|v| &v.name == name)
                     .map_or(IsolationResponse::PowerOff, |v| v.isolation_response);
-                match (response, r.power_off_at) {
-                    (IsolationResponse::ShutDown, None) => {
-                        r.power_off_at = Some(now_ms + grace);
-                        out.push(Action::ShutDown {
-                            vm: name.clone(),
-                            why: "datastore lease lapsed".into(),
-                        });
-                    }
-                    (IsolationResponse::ShutDown, Some(t)) if now_ms < t => {}
-                    _ => off.push(name.clone()),
+                if response == IsolationResponse::ShutDown {
+                    r.power_off_at = Some(now_ms + grace);
+                    out.push(Action::ShutDown {
+                        vm: name.clone(),
+                        why: "datastore lease lapsed".into(),
+                    });
+                    continue;
                 }
+                r.power_off_at = Some(now_ms);
             }
-            for vm in off {
-                self.running.remove(&vm);
-                out.push(Action::PowerOff {
-                    vm,
-                    why: "datastore lease lapsed: another host will restart it".into(),
-                });
+            if r.power_off_at.is_some_and(|t| now_ms >= t) {
+                off.push(name.clone());
             }
+        }
+        for vm in off {
+            self.running.remove(&vm);
+            out.push(Action::PowerOff {
+                vm,
+                why: "datastore lease lapsed: another host will restart it".into(),
+            });
+        }
+        if fenced {
             return;
         }
         let m = self.config.vm_monitoring;
         for (name, r) in &mut self.running {
-            if r.watch.due(now_ms, &m) {
+            if r.power_off_at.is_none() && r.watch.due(now_ms, &m) {
                 out.push(Action::Reset {
                     vm: name.clone(),
                     why: format!("no guest heartbeat for {} ms", m.missed_ms),

@@ -110,7 +110,8 @@ impl Codec {
         }
     }
 
-    fn tag(&self, bytes: &[u8]) -> [u8; TAG] {
+    /// The tag of `bytes` (header and body): what [`Codec::seal`] appends.
+    pub fn tag_of(&self, bytes: &[u8]) -> [u8; TAG] {
         let full = blake3::keyed_hash(&self.tag_key, bytes);
         let mut t = [0u8; TAG];
         t.copy_from_slice(&full.as_bytes()[..TAG]);
@@ -161,7 +162,7 @@ impl Codec {
         out.extend_from_slice(&p.incarnation.to_le_bytes());
         out.extend_from_slice(&p.seq.to_le_bytes());
         out.extend_from_slice(&body);
-        let tag = self.tag(&out);
+        let tag = self.tag_of(&out);
         out.extend_from_slice(&tag);
         out
     }
