@@ -409,7 +409,7 @@ fn build(seed: u64) -> World {
     // The VMs start spread over the hosts, locks taken.
     let names: Vec<String> = w.vms.iter().map(|v| v.name.clone()).collect();
     for (i, name) in names.iter().enumerate() {
-        let h = (i as u32 % n) + 1;
+        let h = u32::try_from(i).unwrap() % n + 1;
         w.locks.insert(
             name.clone(),
             Lock {
@@ -625,7 +625,7 @@ fn step(w: &mut World, seed: u64) {
     }
     // Forgeries and replays.
     if w.rng.random_bool(0.02) {
-        let n = w.hosts.len() as u32;
+        let n = u32::try_from(w.hosts.len()).unwrap();
         let to = w.rng.random_range(1..=n);
         let forged = Codec::new(&ClusterKey::from_bytes([1; 32])).seal(&Packet {
             sender: w.rng.random_range(1..=n),
