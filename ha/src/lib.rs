@@ -11,6 +11,7 @@
 
 mod agent;
 mod config;
+pub mod datastore;
 mod error;
 pub mod inventory;
 mod monitor;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use agent::{Action, Agent, Counters, Event, PowerOnOutcome};
 pub use config::{Config, HostConfig, IsolationAddress, VmMonitoring, MAX_HOSTS};
+pub use datastore::{Datastore, DatastoreError, HaSettings};
 pub use error::{ConfigError, PacketError};
 pub use inventory::{IsolationResponse, Reading, RestartPriority, SlotReading, VmRecord};
 pub use peer::Verdict;
