@@ -17,6 +17,8 @@
 //!   default range; a failing seed prints the command that replays it.
 //! - **Console capture** ([`Console`]): a `Write` sink for a serial port or a log, with
 //!   waits that give up at a deadline and show what arrived.
+//! - **Network lab** ([`NetLab`]): namespaces joined by a bridge, made and removed by the
+//!   test, with links to take down.
 //! - **Child processes** ([`run`], [`spawn`], [`test_in_child`], [`isolated`]): run a
 //!   program or one test of this binary in a child, killed after a time limit, with its
 //!   status and output.
@@ -63,12 +65,14 @@
 
 mod console;
 mod guest;
+mod netlab;
 mod prereq;
 mod process;
 mod seed;
 
 pub use console::{Console, ConsoleWriter};
 pub use guest::{guest, guest_dir, linux_kit, workspace_root, LinuxKit};
+pub use netlab::NetLab;
 pub use prereq::{in_ci, kvm_or_skip, skip, skip_allowed_in_ci, tool_or_skip};
 pub use process::{isolated, isolated_env, run, spawn, test_in_child, Finished, Running};
 pub use seed::{for_each_seed, replay_command, seeds};

@@ -1,0 +1,530 @@
+//! HA with real processes: four `vinfra-host` processes, each in its own network namespace
+//! on one bridge (made and removed by the test), one shared vmfs volume file, and
+//! `workload` test guests on KVM. A killed host's VMs run again on the others; a host whose
+//! link goes down keeps its VMs and nobody restarts them, before and after the link comes
+//! back; a host cut from both network and storage stops its VMs and the others restart
+//! them after the lease; forged packets change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vinfra_ha::wire::{Body, Codec, Packet};
+use vinfra_ha::ClusterKey;
+use vinfra_testkit::{guest, kvm_or_skip, run, Console, NetLab};
+
+const HOST: &str = env!("CARGO_BIN_EXE_vinfra-host");
+const VMFS: &str = env!("CARGO_BIN_EXE_vmfs");
+const PORT: u16 = 8804;
+/// The test volume's lease (vmfs's default is 8 s): a dead host's locks go after it.
+const LEASE_MS: u64 = 4000;
+
+/// One cluster at a time: its guests' vCPUs spin, and two cores are all there is.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn pump(pipe: impl Read + Send + 'static, into: Console) {
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut w = into.writer();
+        let _ = std::io::copy(&mut pipe, &mut w);
+    });
+}
+
+struct HostProc {
+    child: Child,
+    events: Console,
+    log: Console,
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One event a host printed.
+#[derive(Debug, Clone)]
+struct Ev {
+    host: u32,
+    v: Value,
+}
+
+impl Ev {
+    fn is(&self, name: &str) -> bool {
+        self.v["event"] == name
+    }
+    fn vm(&self) -> &str {
+        self.v["vm"].as_str().unwrap_or("")
+    }
+}
+
+/// Per host, how many events it had printed.
+#[derive(Debug, Default)]
+struct Mark(std::collections::BTreeMap<u32, usize>);
+
+struct Cluster {
+    lab: NetLab,
+    dir: tempfile::TempDir,
+    hosts: Vec<(u32, Option<HostProc>)>,
+}
+
+impl Cluster {
+    /// `n` hosts and the VMs `(name, priority, isolation response)`, all running.
+    fn start(n: u32, vms: &[(&str, &str, &str)]) -> Option<Self> {
+        if !kvm_or_skip() {
+            return None;
+        }
+        let kernel = guest("workload")?;
+        let lab = NetLab::new(n)?;
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("cluster.vmfs");
+        let done = run(
+            Command::new(VMFS).arg("mkfs").arg(&vol).args([
+                "--size",
+                "64M",
+                "--lease-ms",
+                &LEASE_MS.to_string(),
+                "--interval-ms",
+                "500",
+            ]),
+            Duration::from_secs(20),
+        );
+        assert!(done.success(), "{done}");
+        let key = run(Command::new(HOST).arg("keygen"), Duration::from_secs(10));
+        assert!(key.success(), "{key}");
+        std::fs::write(dir.path().join("cluster.key"), key.stdout).unwrap();
+        for (name, priority, response) in vms {
+            let done = run(
+                Command::new(HOST)
+                    .args(["vm", "create", name, "--volume"])
+                    .arg(&vol)
+                    .arg("--kernel")
+                    .arg(&kernel)
+                    .args([
+                        "--memory-mib",
+                        "16",
+                        "--cmdline",
+                        "workload.mib=1 workload.rate=0",
+                    ])
+                    .args(["--priority", priority, "--isolation-response", response]),
+                Duration::from_secs(20),
+            );
+            assert!(done.success(), "{done}");
+        }
+        let hosts: Vec<Value> = (1..=n)
+            .map(|h| {
+                serde_json::json!({"id": h, "addr": format!("{}:{PORT}", lab.host_ip(h)),
+                                   "cpu_mhz": 4000, "mem_mb": 4096})
+            })
+            .collect();
+        let mut c = Cluster {
+            lab,
+            dir,
+            hosts: Vec::new(),
+        };
+        for h in 1..=n {
+            let config = serde_json::json!({
+                "host": h,
+                "hosts": hosts,
+                // The switch answers a TCP connection (with a refusal): reachable unless
+                // the host's link is down.
+                "isolation_addresses": [{"tcp_connect": format!("{}:9", c.lab.switch_ip())}],
+                "vm_monitoring": {"enabled": false},
+            });
+            let path = c.dir.path().join(format!("host{h}.json"));
+            std::fs::write(&path, config.to_string()).unwrap();
+            let p = c.spawn(h, &path);
+            c.hosts.push((h, Some(p)));
+        }
+        // Every VM runs somewhere and its guest beats.
+        for (name, ..) in vms {
+            c.wait(Duration::from_secs(30), |e| {
+                e.is("console")
+                    && e.vm() == *name
+                    && e.v["line"].as_str().is_some_and(|l| l.starts_with("HB "))
+            });
+        }
+        Some(c)
+    }
+
+    fn volume(&self) -> PathBuf {
+        self.dir.path().join("cluster.vmfs")
+    }
+
+    fn marker(&self, h: u32) -> PathBuf {
+        self.dir.path().join(format!("storage-cut-{h}"))
+    }
+
+    fn spawn(&self, h: u32, config: &Path) -> HostProc {
+        let mut child = self
+            .lab
+            .command(h, HOST)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--volume")
+            .arg(self.volume())
+            .arg("--key-file")
+            .arg(self.dir.path().join("cluster.key"))
+            .arg("--storage-fault-file")
+            .arg(self.marker(h))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let events = Console::new();
+        let log = Console::new();
+        pump(child.stdout.take().unwrap(), events.clone());
+        pump(child.stderr.take().unwrap(), log.clone());
+        HostProc { child, events, log }
+    }
+
+    fn proc(&mut self, h: u32) -> &mut HostProc {
+        self.hosts
+            .iter_mut()
+            .find(|(id, _)| *id == h)
+            .and_then(|(_, p)| p.as_mut())
+            .unwrap()
+    }
+
+    /// Every event so far, of every host (dead ones' included).
+    fn events(&self) -> Vec<Ev> {
+        self.since(&Mark::default())
+    }
+
+    /// How many events each host has printed so far.
+    fn mark(&self) -> Mark {
+        Mark(
+            self.hosts
+                .iter()
+                .map(|(h, _)| (*h, self.host_events(*h).len()))
+                .collect(),
+        )
+    }
+
+    /// The events each host printed after `mark`.
+    fn since(&self, mark: &Mark) -> Vec<Ev> {
+        let mut out = Vec::new();
+        for (h, _) in &self.hosts {
+            let skip = mark.0.get(h).copied().unwrap_or(0);
+            out.extend(self.host_events(*h).into_iter().skip(skip));
+        }
+        out
+    }
+
+    fn host_events(&self, h: u32) -> Vec<Ev> {
+        let Some((_, Some(p))) = self.hosts.iter().find(|(id, _)| *id == h) else {
+            return Vec::new();
+        };
+        p.events
+            .text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|v| Ev { host: h, v })
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (h, p) in &self.hosts {
+            if let Some(p) = p {
+                let events: Vec<String> = p
+                    .events
+                    .text()
+                    .lines()
+                    .filter(|l| !l.contains("\"console\""))
+                    .map(str::to_string)
+                    .collect();
+                s += &format!(
+                    "--- host {h} events:\n{}\n--- host {h} stderr:\n{}\n",
+                    events.join("\n"),
+                    p.log.text()
+                );
+            }
+        }
+        s
+    }
+
+    /// Waits for an event matching `pred`; returns it.
+    #[track_caller]
+    fn wait(&self, limit: Duration, pred: impl Fn(&Ev) -> bool) -> Ev {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such event within {limit:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The host that started the VM last (hosts started within milliseconds of each
+    /// other, so their clocks compare).
+    fn runs_on(&self, vm: &str) -> Option<u32> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.is("vm_started") && e.vm() == vm)
+            .max_by_key(|e| e.v["ms"].as_u64().unwrap_or(0))
+            .map(|e| e.host)
+    }
+
+    fn count(&self, pred: impl Fn(&Ev) -> bool) -> usize {
+        self.events().iter().filter(|e| pred(e)).count()
+    }
+
+    /// Sends `bytes` to host `h`'s agent from the switch's namespace.
+    fn send_from_switch(&self, h: u32, bytes: &[u8]) {
+        let file = self.dir.path().join("packet");
+        std::fs::write(&file, bytes).unwrap();
+        let target = format!("/dev/udp/{}/{PORT}", self.lab.host_ip(h));
+        let done = run(
+            self.lab
+                .switch_command("bash")
+                .arg("-c")
+                .arg(format!("cat {} > {target}", file.display())),
+            Duration::from_secs(10),
+        );
+        assert!(done.success(), "{done}");
+    }
+}
+
+#[test]
+fn a_killed_host_s_vms_run_again_on_the_others() {
+    let _one = serial();
+    let vms = [
+        ("web-1", "high", "leave-on"),
+        ("web-2", "medium", "leave-on"),
+        ("db-1", "high", "leave-on"),
+        ("batch-1", "low", "leave-on"),
+    ];
+    let Some(mut c) = Cluster::start(4, &vms) else {
+        return;
+    };
+    let victim = c.runs_on("web-1").unwrap();
+    let moved: Vec<String> = vms
+        .iter()
+        .filter(|(n, ..)| c.runs_on(n) == Some(victim))
+        .map(|(n, ..)| n.to_string())
+        .collect();
+    let before = c.mark();
+    let killed = Instant::now();
+    c.proc(victim).child.kill().unwrap();
+    c.wait(Duration::from_secs(10), |e| {
+        e.is("verdict") && e.v["about"] == victim && e.v["verdict"] == "failed"
+    });
+    let verdict = killed.elapsed();
+    let mut first = None;
+    for vm in &moved {
+        let started = c.wait(Duration::from_secs(20), |e| {
+            e.is("vm_started") && e.vm() == vm && e.host != victim
+        });
+        first.get_or_insert(killed.elapsed());
+        // Its guest runs there: heartbeats from the new host.
+        c.wait(Duration::from_secs(10), |e| {
+            e.is("console") && e.vm() == vm && e.host == started.host
+        });
+    }
+    let first = first.unwrap();
+    eprintln!("kill -> verdict {verdict:?}, kill -> first VM running elsewhere {first:?} (lease {LEASE_MS} ms), moved {moved:?}");
+    assert!(
+        verdict <= Duration::from_secs(4),
+        "verdict after {verdict:?}"
+    );
+    assert!(
+        first <= Duration::from_millis(LEASE_MS + 4000),
+        "restart after {first:?}"
+    );
+    // Nobody else stopped a VM, and each VM runs once.
+    let after = c.since(&before);
+    assert!(
+        !after.iter().any(|e| e.is("vm_powered_off")),
+        "{}",
+        c.logs()
+    );
+    for (vm, ..) in &vms {
+        assert!(c.runs_on(vm).is_some_and(|h| h != victim));
+    }
+}
+
+#[test]
+fn a_host_that_loses_its_link_keeps_its_vms_and_nothing_is_restarted() {
+    let _one = serial();
+    let vms = [
+        ("app-1", "high", "power-off"),
+        ("app-2", "high", "shut-down"),
+        ("app-3", "medium", "leave-on"),
+    ];
+    let Some(c) = Cluster::start(4, &vms) else {
+        return;
+    };
+    let cut = c.runs_on("app-1").unwrap();
+    let before = c.mark();
+    c.lab.set_link(cut, false);
+    // It calls itself isolated (no peer, no isolation address), the others see it
+    // partitioned (its volume heartbeat goes on).
+    c.wait(Duration::from_secs(10), |e| {
+        e.is("verdict") && e.host == cut && e.v["about"] == cut && e.v["verdict"] == "isolated"
+    });
+    c.wait(Duration::from_secs(10), |e| {
+        e.is("verdict") && e.host != cut && e.v["about"] == cut && e.v["verdict"] == "partitioned"
+    });
+    std::thread::sleep(Duration::from_millis(LEASE_MS + 2000));
+    let beats_during = c.count(|e| e.is("console") && e.host == cut && e.vm() == "app-1");
+    c.lab.set_link(cut, true);
+    c.wait(Duration::from_secs(10), |e| {
+        e.is("verdict") && e.host != cut && e.v["about"] == cut && e.v["verdict"] == "alive"
+    });
+    std::thread::sleep(Duration::from_secs(20));
+    let after = c.since(&before);
+    let changes: Vec<&Ev> = after
+        .iter()
+        .filter(|e| e.is("vm_started") || e.is("vm_powered_off") || e.is("vm_shutdown_asked"))
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "VMs were started or stopped: {changes:?}\n{}",
+        c.logs()
+    );
+    let beats_after = c.count(|e| e.is("console") && e.host == cut && e.vm() == "app-1");
+    assert!(
+        beats_after > beats_during,
+        "app-1 stopped beating on host {cut}"
+    );
+    eprintln!(
+        "host {cut} isolated for {} ms and back: nothing started or stopped",
+        LEASE_MS + 2000
+    );
+}
+
+#[test]
+fn a_host_cut_from_network_and_storage_stops_its_vms_and_the_others_restart_them() {
+    let _one = serial();
+    let vms = [
+        ("svc-1", "high", "power-off"),
+        ("svc-2", "medium", "leave-on"),
+        ("svc-3", "low", "shut-down"),
+        ("svc-4", "high", "leave-on"),
+    ];
+    let Some(mut c) = Cluster::start(4, &vms) else {
+        return;
+    };
+    let cut = c.runs_on("svc-1").unwrap();
+    let theirs: Vec<String> = vms
+        .iter()
+        .filter(|(n, ..)| c.runs_on(n) == Some(cut))
+        .map(|(n, ..)| n.to_string())
+        .collect();
+    c.lab.set_link(cut, false);
+    std::fs::write(c.marker(cut), b"").unwrap();
+    let t = Instant::now();
+    for vm in &theirs {
+        c.wait(Duration::from_secs(10), |e| {
+            e.is("vm_powered_off") && e.host == cut && e.vm() == vm
+        });
+    }
+    let stopped = t.elapsed();
+    // It exits with 75 (fenced) once its VMs are stopped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = c.proc(cut).child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {cut} did not exit\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(75), "{}", c.logs());
+    for vm in &theirs {
+        let e = c.wait(Duration::from_secs(20), |e| {
+            e.is("vm_started") && e.vm() == vm && e.host != cut
+        });
+        c.wait(Duration::from_secs(10), |x| {
+            x.is("console") && x.vm() == vm && x.host == e.host
+        });
+    }
+    eprintln!(
+        "host {cut} stopped {theirs:?} {stopped:?} after the cut; restarted elsewhere after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stopped < Duration::from_millis(LEASE_MS),
+        "stopped after {stopped:?}, the lease is {LEASE_MS} ms"
+    );
+}
+
+#[test]
+fn forged_packets_change_nothing() {
+    let _one = serial();
+    let vms = [("one", "high", "leave-on"), ("two", "high", "leave-on")];
+    let Some(c) = Cluster::start(3, &vms) else {
+        return;
+    };
+    let owner = c.runs_on("one").unwrap();
+    let other = (1..=3).find(|h| *h != owner).unwrap();
+    let before = c.mark();
+    // Made with another key: an order to power "one" on, and heartbeats in the name of
+    // every host with the largest incarnation and sequence.
+    let forger = Codec::new(&ClusterKey::from_bytes([7; 32]));
+    let assign = forger.seal(&Packet {
+        sender: owner,
+        incarnation: u64::MAX,
+        seq: u64::MAX,
+        body: Body::Assign {
+            round: 1,
+            vm: "one".into(),
+        },
+    });
+    for _ in 0..20 {
+        c.send_from_switch(other, &assign);
+    }
+    for sender in 1..=3 {
+        let hb = forger.seal(&Packet {
+            sender,
+            incarnation: u64::MAX,
+            seq: u64::MAX,
+            body: Body::Heartbeat {
+                lease_valid: true,
+                isolated: false,
+                hears: 0,
+            },
+        });
+        for h in 1..=3 {
+            c.send_from_switch(h, &hb);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.since(&before);
+    let changes: Vec<&Ev> = after
+        .iter()
+        .filter(|e| {
+            e.is("vm_started")
+                || e.is("power_on_refused")
+                || e.is("verdict")
+                || e.is("vm_powered_off")
+        })
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "forged packets changed something: {changes:?}\n{}",
+        c.logs()
+    );
+    assert_eq!(c.runs_on("one"), Some(owner));
+}
