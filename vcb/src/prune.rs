@@ -1,0 +1,165 @@
+//! Forget (remove backups) and prune (remove the data no backup needs), both under the
+//! exclusive lock.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::codec::Id;
+use crate::error::{Error, Result};
+use crate::index::{encode_index, IndexPack};
+use crate::pack::{pack_name, BlobEntry, PackWriter};
+use crate::record::INDEX;
+use crate::repo::Repository;
+
+/// Figures of a prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneStats {
+    /// Packs deleted (dead, repacked, or in no index).
+    pub packs_deleted: usize,
+    /// Packs written (live blobs of partly dead packs).
+    pub packs_written: usize,
+    /// Chunks kept.
+    pub chunks_kept: usize,
+    /// Chunks dropped.
+    pub chunks_dropped: usize,
+    /// Bytes of pack files deleted.
+    pub bytes_deleted: u64,
+}
+
+impl Repository {
+    /// Removes the manifests of these backups (their data goes at the next prune).
+    pub fn forget(&self, ids: &[Id]) -> Result<()> {
+        let _lock = self.lock(true)?;
+        for id in ids {
+            let name = format!("snapshots/{}", id.to_hex());
+            if self.storage.size(&name).is_err() {
+                return Err(Error::NoSnapshot(id.to_hex()));
+            }
+        }
+        for id in ids {
+            self.remove(&format!("snapshots/{}", id.to_hex()))?;
+            tracing::info!(snapshot = %id.short(), "backup forgotten");
+        }
+        Ok(())
+    }
+
+    /// Deletes every chunk no backup needs: dead packs go, the live blobs of partly dead
+    /// packs are copied into new packs. Refuses to run while an index file or manifest
+    /// is damaged (it could not tell what is live).
+    pub fn prune(&self) -> Result<PruneStats> {
+        let _lock = self.lock(true)?;
+        let (index, iscan) = self.load_index()?;
+        if let Some((_, e)) = iscan.damaged.into_iter().next() {
+            return Err(e);
+        }
+        let sscan = self.scan_snapshots()?;
+        if let Some((_, e)) = sscan.damaged.into_iter().next() {
+            return Err(e);
+        }
+        let live = Repository::live_chunks(&sscan.good);
+        let mut stats = PruneStats::default();
+        // The copy of each live chunk that the index uses; every other entry is dead.
+        let mut keep: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
+        for (id, loc) in &index.chunks {
+            if live.contains(id) {
+                keep.entry(index.packs[loc.pack as usize])
+                    .or_default()
+                    .push(loc.entry);
+            }
+        }
+        let mut listed: HashMap<Id, usize> = HashMap::new();
+        for (pack, entries) in index.packs.iter().zip(&index.per_pack) {
+            listed.insert(*pack, entries.len());
+        }
+        let mut new_index: Vec<IndexPack> = Vec::new();
+        let mut delete: Vec<Id> = Vec::new();
+        let mut repack: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
+        for (pack, n) in &listed {
+            match keep.remove(pack) {
+                None => delete.push(*pack),
+                Some(mut k) if k.len() == *n => {
+                    k.sort_by_key(|e| e.offset);
+                    new_index.push(IndexPack {
+                        pack: *pack,
+                        blobs: k,
+                    });
+                }
+                Some(k) => repack.push((*pack, k)),
+            }
+        }
+        stats.chunks_kept = index.chunks.keys().filter(|id| live.contains(id)).count();
+        stats.chunks_dropped = index.chunks.len() - stats.chunks_kept;
+        // Copy live blobs out of partly dead packs (sealed bytes as they are).
+        let mut w = PackWriter::new(self.keys.encrypted());
+        let flush = |w: &mut PackWriter,
+                     new_index: &mut Vec<IndexPack>,
+                     stats: &mut PruneStats|
+         -> Result<()> {
+            if w.is_empty() {
+                return Ok(());
+            }
+            let done = std::mem::replace(w, PackWriter::new(self.keys.encrypted()));
+            let (id, bytes, blobs) = done.finish(&self.keys);
+            self.write(&pack_name(&id), &bytes)?;
+            stats.packs_written += 1;
+            new_index.push(IndexPack { pack: id, blobs });
+            Ok(())
+        };
+        repack.sort_by_key(|(p, _)| *p);
+        for (pack, blobs) in &repack {
+            let name = pack_name(pack);
+            let bytes = self.read(&name)?;
+            for b in blobs {
+                let s = bytes
+                    .get(b.offset as usize..b.offset as usize + b.stored_len as usize)
+                    .ok_or_else(|| {
+                        Error::truncated(
+                            crate::error::Object::Pack,
+                            &name,
+                            format!("ends before chunk {}", b.id),
+                        )
+                    })?;
+                // Only intact blobs move: a damaged one would otherwise be laundered
+                // into a fresh pack whose id matches its bytes.
+                crate::pack::open_chunk(&self.keys, b, s, pack)?;
+                w.add_raw(*b, s);
+                if w.is_full() {
+                    flush(&mut w, &mut new_index, &mut stats)?;
+                }
+            }
+            delete.push(*pack);
+        }
+        flush(&mut w, &mut new_index, &mut stats)?;
+        // Publish the new index before anything it replaces goes.
+        new_index.sort_by_key(|p| p.pack);
+        let body = encode_index(&new_index);
+        let new_name = format!("index/{}", self.keys.id(&body).to_hex());
+        if !new_index.is_empty() {
+            self.write_named(INDEX, "index", &body)?;
+        }
+        for f in index.files.iter().filter(|f| **f != new_name) {
+            self.remove(f)?;
+        }
+        // Packs in no index: left by killed backups (nobody else runs now).
+        let indexed: HashSet<Id> = index.packs.iter().copied().collect();
+        for name in self.list("data")? {
+            let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) else {
+                continue;
+            };
+            if !indexed.contains(&id) && !new_index.iter().any(|p| p.pack == id) {
+                delete.push(id);
+            }
+        }
+        for pack in &delete {
+            let name = pack_name(pack);
+            stats.bytes_deleted += self.storage.size(&name).unwrap_or(0);
+            self.remove(&name)?;
+            stats.packs_deleted += 1;
+        }
+        for t in self.list("tmp")? {
+            self.remove(&t)?;
+        }
+        tracing::info!(?stats, "prune done");
+        Ok(stats)
+    }
+}
