@@ -276,16 +276,16 @@ impl Repository {
                     })
                 })
                 .collect();
-            // New chunks: neither the parent's, nor indexed, nor stored by this backup.
+            // New chunks: neither indexed nor stored by this backup already.
             let mut seen = HashSet::new();
             let new: Vec<(usize, Id)> = (0..k)
                 .filter_map(|i| match ids[i] {
+                    // A grain rewritten with the bytes it had is the parent's chunk,
+                    // found here too: only chunks missing from the index are stored
+                    // (so a chunk whose index was lost is stored again).
                     Some(Some(id)) => {
-                        let prev = parent.and_then(|p| p.grains.get(g0 + i as u64)).flatten();
-                        let is_new = prev != Some(id)
-                            && !index.contains(&id)
-                            && !w.stored.contains(&id)
-                            && seen.insert(id);
+                        let is_new =
+                            !index.contains(&id) && !w.stored.contains(&id) && seen.insert(id);
                         is_new.then_some((i, id))
                     }
                     _ => None,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::index::{encode_index, IndexPack};
-use crate::pack::{pack_name, BlobEntry, PackWriter};
+use crate::pack::{open_chunk, pack_name, BlobEntry, PackWriter};
 use crate::record::INDEX;
 use crate::repo::Repository;
 
@@ -45,7 +45,7 @@ impl Repository {
 
     /// Deletes every chunk no backup needs: dead packs go, the live blobs of partly dead
     /// packs are copied into new packs. Refuses to run while an index file or manifest
-    /// is damaged (it could not tell what is live).
+    /// is damaged or a needed chunk is in no index (it could not tell what is live).
     pub fn prune(&self) -> Result<PruneStats> {
         let _lock = self.lock(true)?;
         let (index, iscan) = self.load_index()?;
@@ -57,6 +57,21 @@ impl Repository {
             return Err(e);
         }
         let live = Repository::live_chunks(&sscan.good);
+        // A needed chunk missing from the index may sit in a pack the index lost: the
+        // packs in no index would be deleted below. Refuse; the backups needing it are
+        // forgotten first, or the index is rebuilt with repair_index.
+        for s in &sscan.good {
+            for d in &s.manifest.disks {
+                if let Some((g, id)) = d.grains.chunks().find(|(_, id)| !index.contains(id)) {
+                    return Err(Error::ChunkMissing {
+                        id: id.to_hex(),
+                        manifest: s.id.to_hex(),
+                        disk: d.name.clone(),
+                        offset: g * u64::from(d.chunk_size),
+                    });
+                }
+            }
+        }
         let mut stats = PruneStats::default();
         // The copy of each live chunk that the index uses; every other entry is dead.
         let mut keep: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
@@ -106,28 +121,33 @@ impl Repository {
             Ok(())
         };
         repack.sort_by_key(|(p, _)| *p);
-        for (pack, blobs) in &repack {
-            let name = pack_name(pack);
+        for (pack, mut blobs) in repack {
+            let name = pack_name(&pack);
             let bytes = self.read(&name)?;
-            for b in blobs {
-                let s = bytes
-                    .get(b.offset as usize..b.offset as usize + b.stored_len as usize)
-                    .ok_or_else(|| {
-                        Error::truncated(
-                            crate::error::Object::Pack,
-                            &name,
-                            format!("ends before chunk {}", b.id),
-                        )
-                    })?;
-                // Only intact blobs move: a damaged one would otherwise be laundered
-                // into a fresh pack whose id matches its bytes.
-                crate::pack::open_chunk(&self.keys, b, s, pack)?;
-                w.add_raw(*b, s);
+            let blob = |b: &BlobEntry| {
+                bytes.get(b.offset as usize..b.offset as usize + b.stored_len as usize)
+            };
+            // Only intact blobs move: a damaged one copied into a fresh pack (whose id
+            // matches its bytes) would hide the damage. A pack with damage stays as it
+            // is, with its live entries, for verify to keep reporting.
+            let intact = blobs
+                .iter()
+                .all(|b| blob(b).is_some_and(|s| open_chunk(&self.keys, b, s, &pack).is_ok()));
+            if !intact {
+                tracing::warn!(pack = %name, "damaged pack kept by prune");
+                blobs.sort_by_key(|e| e.offset);
+                new_index.push(IndexPack { pack, blobs });
+                continue;
+            }
+            for b in &blobs {
+                if let Some(s) = blob(b) {
+                    w.add_raw(*b, s);
+                }
                 if w.is_full() {
                     flush(&mut w, &mut new_index, &mut stats)?;
                 }
             }
-            delete.push(*pack);
+            delete.push(pack);
         }
         flush(&mut w, &mut new_index, &mut stats)?;
         // Publish the new index before anything it replaces goes.
