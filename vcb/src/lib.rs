@@ -84,6 +84,6 @@ pub use manifest::{DiskManifest, DiskStats, GrainMap, Manifest};
 pub use prune::PruneStats;
 pub use repo::{Repository, Snapshot};
 pub use restore::RestoreStats;
-pub use source::{DiskSource, MemDisk, MEM_GRAIN};
+pub use source::{DiskSource, MemDisk, MemSnapshot, MEM_GRAIN};
 pub use storage::{LocalDir, Storage};
 pub use verify::{Affected, Problem, VerifyLevel, VerifyReport};

@@ -45,8 +45,8 @@ pub(crate) fn grain_set(ranges: &[(u64, u64)], grain: u64, n: u64) -> Vec<bool> 
 pub const MEM_GRAIN: u64 = 64 << 10;
 
 /// An in-memory disk with change tracking like vmfs's: each grain remembers the change
-/// epoch it was last written in. [`MemDisk::snapshot`] freezes a copy to back up and
-/// starts a new epoch.
+/// epoch it was last written in. [`MemDisk::snapshot`] freezes a copy to back up
+/// ([`MemSnapshot`], the [`DiskSource`]) and starts a new epoch.
 ///
 /// ```
 /// use vinfra_vcb::{DiskSource, MemDisk};
@@ -111,10 +111,30 @@ impl MemDisk {
     }
 
     /// A frozen copy to back up; later writes to `self` count as changes after it.
-    pub fn snapshot(&mut self) -> MemDisk {
-        let frozen = self.clone();
+    pub fn snapshot(&mut self) -> MemSnapshot {
+        let frozen = MemSnapshot {
+            data: self.data.clone(),
+            stamps: self.stamps.clone(),
+            change_id: self.epoch,
+        };
         self.epoch += 1;
         frozen
+    }
+}
+
+/// A frozen image of a [`MemDisk`].
+#[derive(Debug, Clone)]
+pub struct MemSnapshot {
+    data: Vec<u8>,
+    stamps: Vec<u64>,
+    /// Every write in this image is stamped at most this.
+    change_id: u64,
+}
+
+impl MemSnapshot {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
     }
 
     fn ranges(&self, pred: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
@@ -135,7 +155,7 @@ impl MemDisk {
     }
 }
 
-impl DiskSource for MemDisk {
+impl DiskSource for MemSnapshot {
     fn capacity(&self) -> u64 {
         self.data.len() as u64
     }
@@ -155,11 +175,11 @@ impl DiskSource for MemDisk {
     }
 
     fn change_id(&self) -> Option<u64> {
-        Some(self.epoch)
+        Some(self.change_id)
     }
 
     fn changed_since(&self, change_id: u64) -> Option<Vec<(u64, u64)>> {
-        (change_id <= self.epoch).then(|| self.ranges(|s| s > change_id))
+        (change_id <= self.change_id).then(|| self.ranges(|s| s > change_id))
     }
 }
 
