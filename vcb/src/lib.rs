@@ -81,7 +81,7 @@ pub use config::{Encryption, InitOptions, DEFAULT_CHUNK_SIZE};
 pub use crypto::KdfParams;
 pub use error::{Error, LockHolder, Object, Result};
 pub use manifest::{DiskManifest, DiskStats, GrainMap, Manifest};
-pub use prune::PruneStats;
+pub use prune::{PruneStats, RepairStats};
 pub use repo::{Repository, Snapshot};
 pub use restore::RestoreStats;
 pub use source::{DiskSource, MemDisk, MemSnapshot, MEM_GRAIN};

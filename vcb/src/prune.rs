@@ -183,3 +183,52 @@ impl Repository {
         Ok(stats)
     }
 }
+
+/// Figures of an index repair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairStats {
+    /// Packs whose trailer was read into the new index.
+    pub packs_indexed: usize,
+    /// Packs whose trailer could not be read (left alone; verify reports them).
+    pub packs_unreadable: usize,
+    /// Chunks in the new index.
+    pub chunks: usize,
+}
+
+impl Repository {
+    /// Rebuilds the index from the packs' own trailers (after index files were lost or
+    /// damaged): writes one new index of every pack whose trailer reads, then removes
+    /// the old index files. Under the exclusive lock.
+    pub fn repair_index(&self) -> Result<RepairStats> {
+        let _lock = self.lock(true)?;
+        let mut stats = RepairStats::default();
+        let mut packs = Vec::new();
+        for name in self.list("data")? {
+            let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) else {
+                continue;
+            };
+            let bytes = self.read(&name)?;
+            match crate::pack::decode_pack(&self.keys, &name, &bytes) {
+                Ok(blobs) => {
+                    stats.chunks += blobs.len();
+                    stats.packs_indexed += 1;
+                    packs.push(IndexPack { pack: id, blobs });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pack trailer unreadable, not indexed");
+                    stats.packs_unreadable += 1;
+                }
+            }
+        }
+        let old = self.list("index")?;
+        let body = encode_index(&packs);
+        let new_name = format!("index/{}", self.keys.id(&body).to_hex());
+        self.write_named(INDEX, "index", &body)?;
+        for f in old.iter().filter(|f| **f != new_name) {
+            self.remove(f)?;
+        }
+        tracing::info!(?stats, "index rebuilt");
+        Ok(stats)
+    }
+}

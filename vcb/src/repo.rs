@@ -249,8 +249,7 @@ impl Repository {
                 Err(e) => scan.damaged.push((format!("snapshots/{}", id.to_hex()), e)),
             }
         }
-        scan.good
-            .sort_by(|a, b| (a.manifest.time_unix_s, a.id).cmp(&(b.manifest.time_unix_s, b.id)));
+        scan.good.sort_by_key(|s| (s.manifest.time_unix_s, s.id));
         Ok(scan)
     }
 

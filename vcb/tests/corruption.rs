@@ -1,6 +1,11 @@
 //! Damage: flipped bytes, truncated and missing files, a wrong password, an unknown
 //! version. Each gives an error naming what and where, verify pinpoints it, and backups
 //! that do not need the damaged object stay restorable.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test code"
+)]
 
 mod common;
 
@@ -160,6 +165,16 @@ fn deleted_index_is_a_clear_error_and_the_next_backup_heals() {
         "prune refuses: {e}"
     );
     assert_eq!(files(f.dir.path(), "data"), packs, "no pack deleted");
+    // The packs describe themselves: the index is rebuilt from their trailers.
+    let st = f.repo.repair_index().unwrap();
+    assert_eq!((st.packs_indexed, st.packs_unreadable), (3, 0));
+    assert!(f.repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    for (id, want, _) in &f.backups {
+        assert!(restore(&f.repo, id, "d").unwrap() == *want);
+    }
+    for i in files(f.dir.path(), "index") {
+        std::fs::remove_file(f.dir.path().join(i)).unwrap();
+    }
     // A new backup (incremental from backup 3, whose chunks are unindexed) stores again
     // what the index lacks, which makes the older backups restorable again.
     let disk = MemDisk::from_vec(b1.1.clone()).snapshot();

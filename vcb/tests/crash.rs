@@ -2,6 +2,11 @@
 //! environment variable) backs up while the parent kills it. The repository stays
 //! consistent, prune was refused while the child lived, the next backup succeeds, prune
 //! breaks the dead child's lock and removes its leftovers, and everything verifies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test code"
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! Round trips against a model: random writes between backups; every restore point
 //! restores exactly the disk at its snapshot, before and after forget + prune.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test code"
+)]
 
 mod common;
 

@@ -3,6 +3,11 @@
 //! then incremental from changed-block tracking; each restores the disk as it was when
 //! frozen.
 #![cfg(feature = "vmfs")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test code"
+)]
 
 mod common;
 
@@ -26,12 +31,11 @@ fn vm_writes_while_the_proxy_backs_up_its_frozen_disk() {
     esx1.mkdir("/vm1").unwrap();
     let mut disk = VirtualDisk::create(&esx1, "/vm1/vm1.vmdk", CAP).unwrap();
     let mut model = vec![0u8; CAP as usize];
-    let mut write =
-        |disk: &mut VirtualDisk, model: &mut Vec<u8>, seed: u64, off: usize, len: usize| {
-            let d = noise(seed, len);
-            disk.write_at(&d, off as u64).unwrap();
-            model[off..off + len].copy_from_slice(&d);
-        };
+    let write = |disk: &mut VirtualDisk, model: &mut Vec<u8>, seed: u64, off: usize, len: usize| {
+        let d = noise(seed, len);
+        disk.write_at(&d, off as u64).unwrap();
+        model[off..off + len].copy_from_slice(&d);
+    };
     write(&mut disk, &mut model, 1, 0, 1 << 20);
     write(&mut disk, &mut model, 2, 5 << 20, 300_000);
 
