@@ -62,14 +62,14 @@ fn main() {
         rayon::current_num_threads()
     );
 
-    let t = Instant::now();
-    let full = repo
-        .backup(&BackupOptions::new("vm", 1), &[("d", &disk.snapshot())])
-        .unwrap();
-    let s = t.elapsed().as_secs_f64();
+    let frozen = disk.snapshot();
+    let (full, s, cs) = timed(|| {
+        repo.backup(&BackupOptions::new("vm", 1), &[("d", &frozen)])
+            .unwrap()
+    });
     let st = full.manifest.disks[0].stats;
     println!(
-        "full backup: {s:.2} s, {:.0} MiB/s of image, {:.0} MiB/s of data read, {} MiB stored",
+        "full backup: {s:.2} s ({cs:.2} CPU s), {:.0} MiB/s of image, {:.0} MiB/s of data read, {} MiB stored",
         mb_s(cap as u64, s),
         mb_s(st.bytes_read, s),
         st.bytes_new >> 20
@@ -88,35 +88,50 @@ fn main() {
             disk.write_at(&old, g * 65536);
         }
     }
-    let t = Instant::now();
-    let inc = repo
-        .backup(&BackupOptions::new("vm", 2), &[("d", &disk.snapshot())])
-        .unwrap();
-    let si = t.elapsed().as_secs_f64();
+    let frozen = disk.snapshot();
+    let (inc, si, csi) = timed(|| {
+        repo.backup(&BackupOptions::new("vm", 2), &[("d", &frozen)])
+            .unwrap()
+    });
     let st = inc.manifest.disks[0].stats;
     println!(
-        "incremental (5 % of grains written): {si:.3} s ({:.1} % of the full), {} MiB read, {} KiB stored",
+        "incremental (5 % of grains written): {si:.3} s ({csi:.2} CPU s; {:.1} % of the full), {} MiB read, {} KiB stored",
         100.0 * si / s,
         st.bytes_read >> 20,
         st.bytes_new >> 10
     );
 
     let out = dir.path().join("restored.img");
-    let t = Instant::now();
-    repo.restore_disk_to_file(&inc.id, "d", &out).unwrap();
-    let sr = t.elapsed().as_secs_f64();
+    let (_, sr, csr) = timed(|| repo.restore_disk_to_file(&inc.id, "d", &out).unwrap());
     println!(
-        "restore to a file, verified: {sr:.2} s, {:.0} MiB/s of image",
+        "restore to a file, verified: {sr:.2} s ({csr:.2} CPU s), {:.0} MiB/s of image",
         mb_s(cap as u64, sr)
     );
     assert!(std::fs::read(&out).unwrap() == disk.as_bytes());
 
-    let t = Instant::now();
-    let r = repo.verify(VerifyLevel::ReadData).unwrap();
-    let sv = t.elapsed().as_secs_f64();
+    let (r, sv, csv) = timed(|| repo.verify(VerifyLevel::ReadData).unwrap());
     assert!(r.is_ok());
     println!(
-        "verify (read data): {sv:.2} s, {:.0} MiB/s of packs",
+        "verify (read data): {sv:.2} s ({csv:.2} CPU s), {:.0} MiB/s of packs",
         mb_s(r.bytes_read, sv)
     );
+}
+
+/// Runs `f`: its result, wall seconds and CPU seconds (user + system, all threads, from
+/// /proc: comparable on a loaded machine, where wall time is not).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (f[0] + f[1]) as f64 / 100.0
+    };
+    let (t, c) = (Instant::now(), cpu());
+    let r = f();
+    (r, t.elapsed().as_secs_f64(), cpu() - c)
 }

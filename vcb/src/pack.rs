@@ -1,6 +1,8 @@
 //! Pack files: a header, sealed chunk blobs back to back, an encrypted blob table (the
 //! trailer) and a footer; and the sealing of one chunk (README "Pack files").
 
+use std::cell::RefCell;
+
 use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
 use crate::crypto::{Keys, SEAL_OVERHEAD};
 use crate::error::{Error, Object, Result};
@@ -108,9 +110,42 @@ pub(crate) struct SealedChunk {
     pub(crate) zstd: bool,
 }
 
+thread_local! {
+    /// One zstd context per thread and level: a fresh one per chunk costs more than
+    /// compressing the chunk.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match c.as_mut() {
+            Some((_, z)) => z.compress(raw),
+            None => unreachable!("set above"),
+        }
+    })
+}
+
+fn decompress(b: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(z) => z.decompress(b, capacity),
+            None => unreachable!("set above"),
+        }
+    })
+}
+
 /// Compresses (when that saves space) and seals one chunk.
 pub(crate) fn seal_chunk(keys: &Keys, id: Id, raw: &[u8], zstd_level: i32) -> SealedChunk {
-    let (plain, zstd) = match zstd::bulk::compress(raw, zstd_level) {
+    let (plain, zstd) = match compress(raw, zstd_level) {
         Ok(c) if c.len() < raw.len() => (c, true),
         _ => (raw.to_vec(), false),
     };
@@ -129,7 +164,7 @@ pub(crate) fn open_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -
         .open(&e.id.0, stored)
         .ok_or_else(|| Error::corrupt(Object::Chunk, &name(), "authentication failed"))?;
     let raw = if e.zstd {
-        zstd::bulk::decompress(&plain, e.raw_len as usize)
+        decompress(&plain, e.raw_len as usize)
             .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))?
     } else {
         plain

@@ -124,6 +124,8 @@ impl Repository {
         disk: &str,
         out: &mut dyn Write,
     ) -> Result<RestoreStats> {
+        // Shared: prune (which moves chunks between packs) waits until this is done.
+        let _lock = self.lock(false)?;
         let d = self.disk_of(snapshot, disk)?;
         let zeros = vec![0u8; d.chunk_size as usize];
         let mut stats = RestoreStats::default();
@@ -148,6 +150,8 @@ impl Repository {
         disk: &str,
         path: &Path,
     ) -> Result<RestoreStats> {
+        // Shared: prune (which moves chunks between packs) waits until this is done.
+        let _lock = self.lock(false)?;
         let d = self.disk_of(snapshot, disk)?;
         let werr = |e| Error::RestoreWrite {
             disk: disk.to_string(),
@@ -168,24 +172,33 @@ impl Repository {
             None => Ok(()),
         })?;
         f.sync_all().map_err(werr)?;
-        // Read back and compare with the manifest.
+        // Read back and compare with the manifest, a batch at a time, hashed in parallel.
         let cs = u64::from(d.chunk_size);
-        let mut buf = vec![0u8; d.chunk_size as usize];
-        for (g, want) in d.grains.iter().enumerate() {
-            let off = g as u64 * cs;
-            let len = (d.capacity - off).min(cs) as usize;
-            f.read_exact_at(&mut buf[..len], off).map_err(werr)?;
-            let ok = match want {
-                None => is_zero(&buf[..len]),
-                Some(id) => self.keys.id(&buf[..len]) == id,
-            };
-            if !ok {
+        let mut buf = vec![0u8; BATCH as usize * d.chunk_size as usize];
+        let n = d.grains.len();
+        let mut g0 = 0;
+        while g0 < n {
+            let k = (n - g0).min(BATCH);
+            let off = g0 * cs;
+            let len = ((g0 + k) * cs).min(d.capacity) - off;
+            f.read_exact_at(&mut buf[..len as usize], off)
+                .map_err(werr)?;
+            let bad = (0..k).into_par_iter().find_first(|&i| {
+                let o = (i * cs) as usize;
+                let data = &buf[o..(o + cs as usize).min(len as usize)];
+                match d.grains.get(g0 + i).flatten() {
+                    None => !is_zero(data),
+                    Some(id) => self.keys.id(data) != id,
+                }
+            });
+            if let Some(i) = bad {
                 return Err(Error::RestoreMismatch {
                     disk: disk.to_string(),
                     path: path.to_path_buf(),
-                    offset: off,
+                    offset: (g0 + i) * cs,
                 });
             }
+            g0 += k;
         }
         Ok(stats)
     }

@@ -86,6 +86,8 @@ impl Repository {
     /// Checks the repository (see [`VerifyLevel`]). Damage is reported in the report;
     /// an error is returned only when the storage itself fails.
     pub fn verify(&self, level: VerifyLevel) -> Result<VerifyReport> {
+        // Shared: backups may run, prune (which deletes packs) waits.
+        let _lock = self.lock(false)?;
         let mut rep = VerifyReport::default();
         let (index, iscan) = self.load_index()?;
         let sscan = self.scan_snapshots()?;
