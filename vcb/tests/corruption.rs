@@ -321,3 +321,67 @@ fn wrong_password_and_unknown_version() {
     .unwrap_err();
     assert!(matches!(e, Error::Exists(_)), "{e}");
 }
+
+#[test]
+fn prune_repacks_live_chunks_but_keeps_a_damaged_pack_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let mut disk = MemDisk::new(1 << 20);
+    disk.write_at(&noise(1, 4 * 65536), 0);
+    let a = repo
+        .backup(&BackupOptions::new("vm", 1), &[("d", &disk.snapshot())])
+        .unwrap();
+    // Grain 0 rewritten: after forgetting backup a, its pack holds 3 live chunks, 1 dead.
+    disk.write_at(&noise(2, 65536), 0);
+    let b = repo
+        .backup(&BackupOptions::new("vm", 2), &[("d", &disk.snapshot())])
+        .unwrap();
+    let want = disk.as_bytes().to_vec();
+    repo.forget(&[a.id]).unwrap();
+    let mut damaged_repo = None;
+    for damage in [false, true] {
+        let d2 = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), d2.path());
+        let r = open(d2.path());
+        let first_pack = files(d2.path(), "data")
+            .into_iter()
+            .find(|p| std::fs::metadata(d2.path().join(p)).unwrap().len() > 3 * 65536)
+            .unwrap();
+        if damage {
+            // Inside the last blob (a live grain 1..3 chunk): the pack cannot be repacked.
+            let len = std::fs::metadata(d2.path().join(&first_pack))
+                .unwrap()
+                .len() as usize;
+            flip(&d2.path().join(&first_pack), len - 2000);
+        }
+        let st = r.prune().unwrap();
+        if damage {
+            assert_eq!(st.packs_deleted, 0, "{st:?}");
+            assert!(files(d2.path(), "data").contains(&first_pack));
+            let rep = r.verify(VerifyLevel::ReadData).unwrap();
+            assert_eq!(rep.damaged_snapshots(), vec![b.id]);
+            damaged_repo = Some(d2);
+        } else {
+            assert_eq!(
+                (st.packs_deleted, st.packs_written, st.chunks_dropped),
+                (1, 1, 1),
+                "{st:?}"
+            );
+            assert!(r.verify(VerifyLevel::ReadData).unwrap().is_ok());
+            assert!(restore(&r, &b.id, "d").unwrap() == want);
+        }
+    }
+    drop(damaged_repo);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in ["config"].into_iter().map(String::from).chain(
+        ["data", "index", "snapshots"]
+            .iter()
+            .flat_map(|d| files(from, d)),
+    ) {
+        let dst = to.join(&f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&f), dst).unwrap();
+    }
+}

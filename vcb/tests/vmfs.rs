@@ -87,3 +87,19 @@ fn vm_writes_while_the_proxy_backs_up_its_frozen_disk() {
     disk.read_at(&mut buf, 0).unwrap();
     assert!(buf == model);
 }
+
+#[test]
+fn a_layer_the_vm_still_writes_is_refused_with_its_holder() {
+    let lun = Arc::new(MemDevice::new(64 << 20));
+    Volume::mkfs(lun.as_ref(), &MkfsOptions::default()).unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let esx1 = Volume::mount(lun.clone(), 1, &MountOptions::default(), clock.clone()).unwrap();
+    let proxy = Volume::mount(lun, 2, &MountOptions::default(), clock).unwrap();
+    let mut disk = VirtualDisk::create(&esx1, "/vm2.vmdk", 1 << 20).unwrap();
+    disk.write_at(b"x", 0).unwrap();
+    let mut info = prepare(&mut disk, None).unwrap();
+    // The new redo log is the VM's, held exclusively: not part of a frozen image.
+    info.frozen = disk.chain().to_vec();
+    let e = VmfsSnapshot::open(&proxy, info).unwrap_err();
+    assert!(e.to_string().contains("locked by host 1"), "{e}");
+}
