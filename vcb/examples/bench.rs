@@ -1,7 +1,8 @@
 //! Quick figures: full backup, incremental after a 5 % change, restore and verify of a
 //! mostly-zero disk image in memory.
 //!
-//! `cargo run --release -p vinfra-vcb --example bench -- [MiB (default 256)]`
+//! `cargo run --release -p vinfra-vcb --example bench -- [MiB (default 256; 32 in a
+//! debug build, as the test script runs every example)]`
 #![allow(
     clippy::unwrap_used,
     clippy::cast_possible_truncation,
@@ -20,7 +21,10 @@ fn mb_s(bytes: u64, secs: f64) -> f64 {
 }
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).map_or(256, |a| a.parse().unwrap());
+    let default_mib = if cfg!(debug_assertions) { 32 } else { 256 };
+    let mib: usize = std::env::args()
+        .nth(1)
+        .map_or(default_mib, |a| a.parse().unwrap());
     let cap = mib << 20;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     // A quarter of the grains hold data: half random (incompressible), half text-like.
