@@ -5,7 +5,8 @@
 //! it returns a [`SnapshotInfo`] (serde, to hand to another process). The backup proxy
 //! (the same host or another host that mounts the volume) opens the frozen layers shared
 //! read-only with [`VmfsSnapshot::open`] and backs them up. Afterwards the proxy drops
-//! its handles and the VM's host calls `VirtualDisk::consolidate`.
+//! its handles and the VM's host calls `VirtualDisk::consolidate`. [`restore_to_vmfs`]
+//! brings a disk back as a new vmfs virtual disk.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -37,6 +38,10 @@ use serde::{Deserialize, Serialize};
 use vinfra_vmfs::disk::{decode_map, VirtualDisk, GRAIN};
 use vinfra_vmfs::{File, LockMode, Volume};
 
+use crate::codec::Id;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::restore::RestoreStats;
 use crate::source::DiskSource;
 
 /// What the VM's host tells the backup proxy about a frozen disk.
@@ -174,4 +179,47 @@ impl DiskSource for VmfsSnapshot {
             _ => None,
         }
     }
+}
+
+/// Restores disk `disk` of backup `snapshot` as a new vmfs virtual disk at `path` on
+/// `vol`, with the backup's capacity: zero grains are left unallocated, every other grain
+/// is written, read back and compared, and the disk is synced before it is returned.
+pub fn restore_to_vmfs(
+    repo: &Repository,
+    snapshot: &Id,
+    disk: &str,
+    vol: &Volume,
+    path: &str,
+) -> Result<(VirtualDisk, RestoreStats)> {
+    let target = |e: vinfra_vmfs::Error| Error::RestoreWrite {
+        disk: disk.to_string(),
+        path: path.into(),
+        source: io::Error::other(e),
+    };
+    let snap = repo.snapshot(snapshot)?;
+    let capacity = snap
+        .manifest
+        .disk(disk)
+        .ok_or_else(|| Error::NoDisk {
+            snapshot: snapshot.to_hex(),
+            disk: disk.to_string(),
+        })?
+        .capacity;
+    let mut vd = VirtualDisk::create(vol, path, capacity).map_err(target)?;
+    let mut back = Vec::new();
+    let stats = repo.restore_disk_with(snapshot, disk, |off, data| {
+        let Some(data) = data else { return Ok(()) };
+        vd.write_at(data, off).map_err(io::Error::other)?;
+        back.resize(data.len(), 0);
+        vd.read_at(&mut back, off).map_err(io::Error::other)?;
+        if back != data {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "read back differs",
+            ));
+        }
+        Ok(())
+    })?;
+    vd.sync().map_err(target)?;
+    Ok((vd, stats))
 }

@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{init, noise, restore};
-use vinfra_vcb::vmfs::{prepare, VmfsSnapshot};
+use vinfra_vcb::vmfs::{prepare, restore_to_vmfs, VmfsSnapshot};
 use vinfra_vcb::{BackupOptions, VerifyLevel};
 use vinfra_vmfs::disk::VirtualDisk;
 use vinfra_vmfs::{ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
@@ -82,6 +82,15 @@ fn vm_writes_while_the_proxy_backs_up_its_frozen_disk() {
         assert!(restore(&repo, id, "disk0").unwrap() == *want);
     }
     assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    // Restored as a new vmfs disk (by the proxy host), it reads back as frozen.
+    let (restored, st) =
+        restore_to_vmfs(&repo, &points[1].0, "disk0", &proxy, "/vm1/restored.vmdk").unwrap();
+    assert_eq!(restored.capacity(), CAP);
+    assert_eq!(st.zero_grains + st.chunks_read, 128, "{st:?}");
+    assert!(st.zero_grains > 64, "{st:?}");
+    let mut got = vec![0u8; CAP as usize];
+    restored.read_at(&mut got, 0).unwrap();
+    assert!(got == points[1].1);
     // The live disk still reads what the VM wrote, after consolidation.
     let mut buf = vec![0u8; CAP as usize];
     disk.read_at(&mut buf, 0).unwrap();
