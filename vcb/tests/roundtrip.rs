@@ -183,3 +183,42 @@ fn concurrent_backups_of_two_vms_and_prune_waits() {
         assert!(&restore(&repo, id, "d").unwrap() == want);
     }
 }
+
+#[test]
+fn retention_forgets_per_vm_and_prune_keeps_what_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let mut disk = MemDisk::new(CAP);
+    let mut all = Vec::new();
+    // Two backups a day for five days.
+    for i in 0..10u64 {
+        disk.write_at(&noise(i, 70_000), (i as usize) * 100_000);
+        let s = repo
+            .backup(
+                &BackupOptions::new("vm", i * 43_200),
+                &[("d", &disk.snapshot())],
+            )
+            .unwrap();
+        all.push((s.id, disk.as_bytes().to_vec()));
+    }
+    assert!(matches!(
+        repo.forget_by_policy(&vinfra_vcb::Retention::default()),
+        Err(vinfra_vcb::Error::Invalid(_))
+    ));
+    let plan = repo
+        .forget_by_policy(&vinfra_vcb::Retention::default().last(1).daily(3))
+        .unwrap();
+    // Newest (day 4, second), then the newest of days 3 and 2.
+    let mut want = vec![all[9].0, all[7].0, all[5].0];
+    want.sort();
+    let mut kept = plan.keep.clone();
+    kept.sort();
+    assert_eq!(kept, want);
+    assert_eq!(plan.forget.len(), 7);
+    repo.prune().unwrap();
+    assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    for (id, data) in all.iter().filter(|a| want.contains(&a.0)) {
+        assert!(&restore(&repo, id, "d").unwrap() == data);
+    }
+    assert_eq!(repo.snapshots().unwrap().len(), 3);
+}
