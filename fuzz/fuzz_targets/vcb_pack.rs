@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(t) = decode_table(data) {
         assert_eq!(encode_table(&t), data, "the encoding is canonical");
     }
-    let split = data.first().map_or(0, |&n| usize::from(n)).min(data.len().saturating_sub(1));
+    let split = data
+        .first()
+        .map_or(0, |&n| usize::from(n))
+        .min(data.len().saturating_sub(1));
     let (blobs, table) = data.get(1..).unwrap_or_default().split_at(split);
     let p = pack(blobs, table);
     if let Ok(entries) = decode_pack_unencrypted(&p) {
