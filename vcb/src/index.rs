@@ -92,10 +92,13 @@ impl Index {
             n
         });
         let listed = &mut self.per_pack[pos as usize];
-        for b in blobs {
-            if !listed.iter().any(|e| e.id == b.id) {
-                listed.push(*b);
-            }
+        if listed.is_empty() {
+            listed.extend_from_slice(blobs);
+        } else {
+            // The same pack in a second index file (a prune killed before deleting the
+            // old ones): merge without quadratic scans.
+            let have: std::collections::HashSet<Id> = listed.iter().map(|e| e.id).collect();
+            listed.extend(blobs.iter().filter(|b| !have.contains(&b.id)));
         }
         for b in blobs {
             // The first copy wins; later duplicates (concurrent backups, a prune killed
