@@ -223,3 +223,50 @@ pub fn restore_to_vmfs(
     vd.sync().map_err(target)?;
     Ok((vd, stats))
 }
+
+/// A whole VM brought back by [`restore_vm`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RestoredVm {
+    /// The VM's configuration blob from the backup (the host writes its definition).
+    pub config: Vec<u8>,
+    /// Each disk: its name in the backup and the new virtual disk.
+    pub disks: Vec<(String, VirtualDisk)>,
+}
+
+/// Restores every disk of backup `snapshot` into the folder `dir` on `vol` (created with
+/// its parents if missing) as `<dir>/<disk name>.vmdk`, each verified as [`restore_to_vmfs`] does, and
+/// returns them with the VM's configuration.
+pub fn restore_vm(repo: &Repository, snapshot: &Id, vol: &Volume, dir: &str) -> Result<RestoredVm> {
+    let snap = repo.snapshot(snapshot)?;
+    let dir = dir.trim_end_matches('/');
+    let target = |e: vinfra_vmfs::Error| Error::RestoreWrite {
+        disk: String::new(),
+        path: dir.into(),
+        source: io::Error::other(e),
+    };
+    // Each missing folder on the way, as `mkdir -p`.
+    let mut at = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        at = format!("{at}/{part}");
+        if !vol.exists(&at).map_err(target)? {
+            vol.mkdir(&at).map_err(target)?;
+        }
+    }
+    let mut disks = Vec::new();
+    for d in &snap.manifest.disks {
+        if d.name.is_empty() || d.name.contains('/') || d.name.starts_with('.') {
+            return Err(Error::Invalid(format!(
+                "disk name {:?} is not a file name",
+                d.name
+            )));
+        }
+        let path = format!("{dir}/{}.vmdk", d.name);
+        let (vd, _) = restore_to_vmfs(repo, snapshot, &d.name, vol, &path)?;
+        disks.push((d.name.clone(), vd));
+    }
+    Ok(RestoredVm {
+        config: snap.manifest.config,
+        disks,
+    })
+}

@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{init, noise, restore};
-use vinfra_vcb::vmfs::{prepare, restore_to_vmfs, VmfsSnapshot};
+use vinfra_vcb::vmfs::{prepare, restore_to_vmfs, restore_vm, VmfsSnapshot};
 use vinfra_vcb::{BackupOptions, VerifyLevel};
 use vinfra_vmfs::disk::VirtualDisk;
 use vinfra_vmfs::{ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
@@ -111,4 +111,37 @@ fn a_layer_the_vm_still_writes_is_refused_with_its_holder() {
     info.frozen = disk.chain().to_vec();
     let e = VmfsSnapshot::open(&proxy, info).unwrap_err();
     assert!(e.to_string().contains("locked by host 1"), "{e}");
+}
+
+#[test]
+fn a_whole_vm_is_restored_into_a_folder_of_the_volume() {
+    let lun = Arc::new(MemDevice::new(64 << 20));
+    Volume::mkfs(lun.as_ref(), &MkfsOptions::default()).unwrap();
+    let vol = Volume::mount(
+        lun,
+        1,
+        &MountOptions::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let mut a = vinfra_vcb::MemDisk::new(1 << 20);
+    a.write_at(&noise(1, 100_000), 0);
+    let mut b = vinfra_vcb::MemDisk::new(3 << 20);
+    b.write_at(&noise(2, 5000), 2 << 20);
+    let s = repo
+        .backup(
+            &BackupOptions::new("vm3", 1).config(b"{\"vcpus\":2}".to_vec()),
+            &[("boot", &a.snapshot()), ("data", &b.snapshot())],
+        )
+        .unwrap();
+    let vm = restore_vm(&repo, &s.id, &vol, "/vms/vm3").unwrap();
+    assert_eq!(vm.config, b"{\"vcpus\":2}");
+    for ((name, vd), src) in vm.disks.iter().zip([&a, &b]) {
+        let mut got = vec![0u8; vd.capacity() as usize];
+        vd.read_at(&mut got, 0).unwrap();
+        assert!(got == src.as_bytes(), "{name}");
+    }
+    assert!(vol.exists("/vms/vm3/data.vmdk").unwrap());
 }
