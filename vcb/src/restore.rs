@@ -7,7 +7,6 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::backup::is_zero;
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::index::Index;
@@ -210,33 +209,36 @@ impl Repository {
             None => Ok(()),
         })?;
         f.sync_all().map_err(werr)?;
-        // Read back and compare with the manifest, a batch at a time, hashed in parallel.
+        // Read back every written grain and check it against its id, in parallel. Zero
+        // grains are holes of the file just truncated and sized: not read back.
         let cs = u64::from(d.chunk_size);
-        let mut buf = vec![0u8; BATCH as usize * d.chunk_size as usize];
-        let n = d.grains.len();
-        let mut g0 = 0;
-        while g0 < n {
-            let k = (n - g0).min(BATCH);
-            let off = g0 * cs;
-            let len = ((g0 + k) * cs).min(d.capacity) - off;
-            f.read_exact_at(&mut buf[..len as usize], off)
-                .map_err(werr)?;
-            let bad = (0..k).into_par_iter().find_first(|&i| {
-                let o = (i * cs) as usize;
-                let data = &buf[o..(o + cs as usize).min(len as usize)];
-                match d.grains.get(g0 + i).flatten() {
-                    None => !is_zero(data),
-                    Some(id) => self.keys.id(data) != id,
+        let written: Vec<(u64, Id)> = d.grains.chunks().collect();
+        let bad = written.par_chunks(BATCH as usize).find_map_first(|batch| {
+            let mut buf = vec![0u8; cs as usize];
+            for &(g, id) in batch {
+                let off = g * cs;
+                let len = (d.capacity - off).min(cs) as usize;
+                let ok = f
+                    .read_exact_at(&mut buf[..len], off)
+                    .map(|()| self.keys.id(&buf[..len]) == id);
+                match ok {
+                    Ok(true) => {}
+                    Ok(false) => return Some(Ok(off)),
+                    Err(e) => return Some(Err(e)),
                 }
-            });
-            if let Some(i) = bad {
+            }
+            None
+        });
+        match bad {
+            None => {}
+            Some(Ok(offset)) => {
                 return Err(Error::RestoreMismatch {
                     disk: disk.to_string(),
                     path: path.to_path_buf(),
-                    offset: (g0 + i) * cs,
-                });
+                    offset,
+                })
             }
-            g0 += k;
+            Some(Err(e)) => return Err(werr(e)),
         }
         Ok(stats)
     }
