@@ -8,6 +8,7 @@
 //! bytes), as an existing chunk if the index has it (dedup), or stored as a new chunk.
 
 use std::collections::HashSet;
+use std::sync::mpsc::SyncSender;
 
 use rayon::prelude::*;
 
@@ -85,13 +86,14 @@ impl BackupOptions {
     }
 }
 
-/// Packs being written by one backup.
+/// Packs being filled by one backup; full ones go to the writer thread.
 struct Writer<'r> {
     repo: &'r Repository,
     pack: PackWriter,
-    /// Chunks in the open pack or in packs already written by this backup.
+    /// Chunks in the open pack or in packs already handed to the writer.
     stored: HashSet<Id>,
     written: Vec<IndexPack>,
+    to_disk: SyncSender<(String, Vec<u8>)>,
 }
 
 impl Writer<'_> {
@@ -113,8 +115,11 @@ impl Writer<'_> {
         let enc = self.repo.keys.encrypted();
         let pack = std::mem::replace(&mut self.pack, PackWriter::new(enc));
         let (id, bytes, blobs) = pack.finish(&self.repo.keys);
-        self.repo.write(&pack_name(&id), &bytes)?;
-        tracing::debug!(pack = %id.short(), bytes = bytes.len(), blobs = blobs.len(), "pack written");
+        tracing::debug!(pack = %id.short(), bytes = bytes.len(), blobs = blobs.len(), "pack sealed");
+        self.to_disk
+            .send((pack_name(&id), bytes))
+            // The writer stopped on an error, which the backup reports instead.
+            .map_err(|_| Error::Invalid("pack writer stopped".into()))?;
         self.written.push(IndexPack { pack: id, blobs });
         Ok(())
     }
@@ -145,21 +150,43 @@ impl Repository {
         }
         let (index, _) = self.load_index()?;
         let parent = self.parent_of(opts)?;
-        let mut w = Writer {
-            repo: self,
-            pack: PackWriter::new(self.keys.encrypted()),
-            stored: HashSet::new(),
-            written: Vec::new(),
-        };
-        let mut out = Vec::new();
-        for (name, src) in disks {
-            let pd = parent.as_ref().and_then(|p| p.manifest.disk(name));
-            out.push(self.backup_disk(&index, &mut w, name, *src, pd)?);
-        }
-        w.flush()?;
-        if !w.written.is_empty() {
-            // The packs are in place before the index that names them.
-            self.write_named(INDEX, "index", &crate::index::encode_index(&w.written))?;
+        // Packs are written (and synced) on their own thread while the next one fills.
+        let (out, written) = std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
+            let writer = sc.spawn(move || -> Result<()> {
+                for (name, bytes) in rx {
+                    self.write(&name, &bytes)?;
+                }
+                Ok(())
+            });
+            let mut w = Writer {
+                repo: self,
+                pack: PackWriter::new(self.keys.encrypted()),
+                stored: HashSet::new(),
+                written: Vec::new(),
+                to_disk: tx,
+            };
+            let r = (|| {
+                let mut out = Vec::new();
+                for (name, src) in disks {
+                    let pd = parent.as_ref().and_then(|p| p.manifest.disk(name));
+                    out.push(self.backup_disk(&index, &mut w, name, *src, pd)?);
+                }
+                w.flush()?;
+                Ok(out)
+            })();
+            let written = std::mem::take(&mut w.written);
+            drop(w); // closes the channel: the writer finishes what it has
+            let wrote = match writer.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            wrote?;
+            r.map(|out| (out, written))
+        })?;
+        if !written.is_empty() {
+            // Every pack is in place before the index that names them.
+            self.write_named(INDEX, "index", &crate::index::encode_index(&written))?;
         }
         let manifest = Manifest {
             time_unix_s: opts.time_unix_s,
@@ -211,107 +238,36 @@ impl Repository {
             .and_then(|p| p.change_id)
             .and_then(|c| src.changed_since(c))
             .map(|r| grain_set(&r, cs, n));
-        let level = i32::from(self.config.zstd_level);
+        let reader = BatchReader {
+            src,
+            name,
+            index,
+            parent,
+            allocated: &allocated,
+            changed: changed.as_deref(),
+            cap,
+            cs,
+            n,
+        };
         let mut stats = DiskStats::default();
         let mut grains = GrainMap::default();
-        let mut buf = vec![0u8; BATCH * chunk as usize];
-        let mut g0 = 0u64;
-        while g0 < n {
-            let k = (n - g0).min(BATCH as u64) as usize;
-            // Decide, per grain, whether it must be read.
-            let plan: Vec<Plan> = (0..k)
-                .map(|i| {
-                    let g = g0 + i as u64;
-                    if !allocated[g as usize] {
-                        return Plan::Zero;
-                    }
-                    match (parent, &changed) {
-                        (Some(p), Some(ch)) if !ch[g as usize] => match p.grains.get(g) {
-                            Some(None) => Plan::Keep(None),
-                            Some(Some(id)) if index.contains(&id) || w.stored.contains(&id) => {
-                                Plan::Keep(Some(id))
-                            }
-                            _ => Plan::Read,
-                        },
-                        _ => Plan::Read,
-                    }
-                })
-                .collect();
-            // Read runs of consecutive grains to read.
-            let mut i = 0;
-            while i < k {
-                if !matches!(plan[i], Plan::Read) {
-                    i += 1;
-                    continue;
-                }
-                let mut j = i;
-                while j < k && matches!(plan[j], Plan::Read) {
-                    j += 1;
-                }
-                let off = (g0 + i as u64) * cs;
-                let len = (((g0 + j as u64) * cs).min(cap) - off) as usize;
-                let start = i * chunk as usize;
-                src.read_at(&mut buf[start..start + len], off)
-                    .map_err(|e| Error::Source {
-                        disk: name.to_string(),
-                        offset: off,
-                        source: e,
-                    })?;
-                stats.bytes_read += len as u64;
-                i = j;
+        let mut spare = vec![0u8; BATCH * chunk as usize];
+        let mut cur = reader.read(0, vec![0u8; BATCH * chunk as usize])?;
+        loop {
+            // Read the next batch while this one is hashed, compressed and sealed.
+            let next_g0 = cur.g0 + cur.plan.len() as u64;
+            let buf = std::mem::take(&mut spare);
+            let (next, done) = rayon::join(
+                || (next_g0 < n).then(|| reader.read(next_g0, buf)),
+                || self.store_batch(index, w, &cur, &mut stats, &mut grains),
+            );
+            done?;
+            stats.bytes_read += cur.bytes_read;
+            spare = cur.buf;
+            match next {
+                None => break,
+                Some(b) => cur = b?,
             }
-            // Hash what was read, in parallel; zeros need no hash.
-            let grain_len = |i: usize| ((cap - (g0 + i as u64) * cs).min(cs)) as usize;
-            let ids: Vec<Option<Option<Id>>> = (0..k)
-                .into_par_iter()
-                .map(|i| {
-                    if !matches!(plan[i], Plan::Read) {
-                        return None;
-                    }
-                    let data = &buf[i * chunk as usize..][..grain_len(i)];
-                    Some(if is_zero(data) {
-                        None
-                    } else {
-                        Some(self.keys.id(data))
-                    })
-                })
-                .collect();
-            // New chunks: neither indexed nor stored by this backup already.
-            let mut seen = HashSet::new();
-            let new: Vec<(usize, Id)> = (0..k)
-                .filter_map(|i| match ids[i] {
-                    // A grain rewritten with the bytes it had is the parent's chunk,
-                    // found here too: only chunks missing from the index are stored
-                    // (so a chunk whose index was lost is stored again).
-                    Some(Some(id)) => {
-                        let is_new =
-                            !index.contains(&id) && !w.stored.contains(&id) && seen.insert(id);
-                        is_new.then_some((i, id))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let sealed: Vec<SealedChunk> = new
-                .par_iter()
-                .map(|&(i, id)| {
-                    let data = &buf[i * chunk as usize..][..grain_len(i)];
-                    seal_chunk(&self.keys, id, data, level)
-                })
-                .collect();
-            for c in &sealed {
-                stats.bytes_new += c.stored.len() as u64;
-                stats.chunks_new += 1;
-                w.add(c)?;
-            }
-            for i in 0..k {
-                grains.push(match (plan[i], ids[i]) {
-                    (Plan::Zero, _) => None,
-                    (Plan::Keep(id), _) => id,
-                    (Plan::Read, Some(id)) => id,
-                    (Plan::Read, None) => unreachable!("every read grain is hashed"),
-                });
-            }
-            g0 += k as u64;
         }
         tracing::debug!(
             disk = name,
@@ -326,6 +282,150 @@ impl Repository {
             change_id: src.change_id(),
             grains,
             stats,
+        })
+    }
+
+    /// Hashes the grains of a batch that were read, stores the new chunks, and records
+    /// every grain of the batch.
+    fn store_batch(
+        &self,
+        index: &Index,
+        w: &mut Writer<'_>,
+        b: &Batch,
+        stats: &mut DiskStats,
+        grains: &mut GrainMap,
+    ) -> Result<()> {
+        let cs = self.config.chunk_size as usize;
+        let level = i32::from(self.config.zstd_level);
+        let data = |i: usize| &b.buf[i * cs..][..b.lens[i]];
+        // Hash what was read, in parallel; zeros need no hash.
+        let ids: Vec<Option<Option<Id>>> = (0..b.plan.len())
+            .into_par_iter()
+            .map(|i| {
+                if !matches!(b.plan[i], Plan::Read) {
+                    return None;
+                }
+                let d = data(i);
+                Some(if is_zero(d) {
+                    None
+                } else {
+                    Some(self.keys.id(d))
+                })
+            })
+            .collect();
+        // New chunks: neither indexed nor stored by this backup already. A grain
+        // rewritten with the bytes it had is the parent's chunk, found in the index too;
+        // a chunk whose index was lost is stored again.
+        let mut seen = HashSet::new();
+        let new: Vec<(usize, Id)> = ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| match id {
+                Some(Some(id)) => {
+                    let is_new = !index.contains(id) && !w.stored.contains(id) && seen.insert(*id);
+                    is_new.then_some((i, *id))
+                }
+                _ => None,
+            })
+            .collect();
+        let sealed: Vec<SealedChunk> = new
+            .par_iter()
+            .map(|&(i, id)| seal_chunk(&self.keys, id, data(i), level))
+            .collect();
+        for c in &sealed {
+            stats.bytes_new += c.stored.len() as u64;
+            stats.chunks_new += 1;
+            w.add(c)?;
+        }
+        for (plan, id) in b.plan.iter().zip(ids) {
+            grains.push(match (plan, id) {
+                (Plan::Zero, _) => None,
+                (Plan::Keep(id), _) => *id,
+                (Plan::Read, Some(id)) => id,
+                (Plan::Read, None) => unreachable!("every read grain is hashed"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A batch of grains: the plan for each and the bytes of those read.
+struct Batch {
+    g0: u64,
+    plan: Vec<Plan>,
+    /// Each grain's length (the last grain of a disk may be short).
+    lens: Vec<usize>,
+    buf: Vec<u8>,
+    bytes_read: u64,
+}
+
+/// Plans and reads batches of one disk (on any thread: it shares nothing mutable).
+struct BatchReader<'a> {
+    src: &'a dyn DiskSource,
+    name: &'a str,
+    index: &'a Index,
+    parent: Option<&'a DiskManifest>,
+    allocated: &'a [bool],
+    changed: Option<&'a [bool]>,
+    cap: u64,
+    cs: u64,
+    n: u64,
+}
+
+impl BatchReader<'_> {
+    /// A grain's fate: unallocated grains are zero; with change tracking against the
+    /// parent, unchanged grains keep the parent's entry (if its chunk is indexed).
+    fn plan(&self, g: u64) -> Plan {
+        if !self.allocated[g as usize] {
+            return Plan::Zero;
+        }
+        match (self.parent, self.changed) {
+            (Some(p), Some(ch)) if !ch[g as usize] => match p.grains.get(g) {
+                Some(None) => Plan::Keep(None),
+                Some(Some(id)) if self.index.contains(&id) => Plan::Keep(Some(id)),
+                _ => Plan::Read,
+            },
+            _ => Plan::Read,
+        }
+    }
+
+    fn read(&self, g0: u64, mut buf: Vec<u8>) -> Result<Batch> {
+        let k = (self.n - g0).min(BATCH as u64) as usize;
+        let plan: Vec<Plan> = (0..k).map(|i| self.plan(g0 + i as u64)).collect();
+        let lens = (0..k)
+            .map(|i| (self.cap - (g0 + i as u64) * self.cs).min(self.cs) as usize)
+            .collect();
+        let mut bytes_read = 0;
+        // Runs of consecutive grains to read, one read each.
+        let mut i = 0;
+        while i < k {
+            if !matches!(plan[i], Plan::Read) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < k && matches!(plan[j], Plan::Read) {
+                j += 1;
+            }
+            let off = (g0 + i as u64) * self.cs;
+            let len = (((g0 + j as u64) * self.cs).min(self.cap) - off) as usize;
+            let start = i * self.cs as usize;
+            self.src
+                .read_at(&mut buf[start..start + len], off)
+                .map_err(|e| Error::Source {
+                    disk: self.name.to_string(),
+                    offset: off,
+                    source: e,
+                })?;
+            bytes_read += len as u64;
+            i = j;
+        }
+        Ok(Batch {
+            g0,
+            plan,
+            lens,
+            buf,
+            bytes_read,
         })
     }
 }

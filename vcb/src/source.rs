@@ -9,8 +9,9 @@ use std::io;
 /// data returns the whole disk from [`DiskSource::allocated`]; one without change
 /// tracking returns `None` from [`DiskSource::change_id`] and
 /// [`DiskSource::changed_since`], and every backup then reads every allocated grain
-/// (still storing only what differs).
-pub trait DiskSource {
+/// (still storing only what differs). A backup reads ahead on another thread, hence
+/// `Sync`.
+pub trait DiskSource: Sync {
     /// Capacity in bytes.
     fn capacity(&self) -> u64;
     /// Fills `buf` from `offset` (within the capacity).
