@@ -45,9 +45,15 @@ fn each_disk(
 
 /// A running vmm-core VM lent to [`crate::migrate`], with the disks whose locks move with
 /// it. After a committed migration the VM is stopped; after a failed one it runs as before.
+///
+/// A VM whose dirty log is already on when it is lent (its owner turned it on early, see
+/// [`LocalVm::new`]) keeps it on afterwards: the migration starts by fetching and clearing
+/// the log instead of turning it on, and a failed migration leaves it on.
 pub struct LocalVm<'a> {
     vm: &'a mut Vm,
     disks: Vec<Arc<dyn DiskHandover>>,
+    /// The log was on before the migration began: don't switch it, only fetch and clear.
+    log_kept_on: bool,
 }
 
 impl std::fmt::Debug for LocalVm<'_> {
@@ -55,16 +61,26 @@ impl std::fmt::Debug for LocalVm<'_> {
         f.debug_struct("LocalVm")
             .field("vm", &self.vm)
             .field("disks", &self.disks.len())
+            .field("log_kept_on", &self.log_kept_on)
             .finish()
     }
 }
 
 impl<'a> LocalVm<'a> {
     /// `vm`, with no disk lock to hand over.
+    ///
+    /// Turning the dirty log on changes every memory slot's flags, and on a nested,
+    /// shadow-paged KVM the guest then stalls for several milliseconds while its mappings
+    /// are rebuilt: on an idle VM, the longest pause the guest sees during the migration.
+    /// A host that expects to migrate a VM may turn the log on when it starts the VM
+    /// ([`Vm::enable_dirty_log`]) so that the stall happens then; a migration then only
+    /// fetches and clears it.
     pub fn new(vm: &'a mut Vm) -> Self {
+        let log_kept_on = vm.dirty_log_enabled();
         Self {
             vm,
             disks: Vec::new(),
+            log_kept_on,
         }
     }
 
@@ -99,6 +115,15 @@ impl MigratableVm for LocalVm<'_> {
     }
 
     fn enable_dirty_log(&mut self) -> Result<(), VmError> {
+        if self.log_kept_on {
+            // The first round sends every page anyway: what was logged so far is not
+            // needed, only a clean log from now on.
+            return self
+                .vm
+                .fetch_and_clear_dirty()
+                .map(drop)
+                .map_err(|e| VmError::failed(VmOp::EnableDirtyLog, e));
+        }
         self.vm
             .enable_dirty_log()
             .map_err(|e| VmError::failed(VmOp::EnableDirtyLog, e))
@@ -117,6 +142,9 @@ impl MigratableVm for LocalVm<'_> {
     }
 
     fn disable_dirty_log(&mut self) -> Result<(), VmError> {
+        if self.log_kept_on {
+            return Ok(());
+        }
         self.vm
             .disable_dirty_log()
             .map_err(|e| VmError::failed(VmOp::DisableDirtyLog, e))

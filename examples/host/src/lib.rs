@@ -6,6 +6,8 @@
 //! cluster, and `vmfs` formats, inspects and uses a vmfs volume. The library part holds
 //! what they share:
 //!
+//! * [`cluster`]: the host as a member of an HA cluster (`vinfra-host run`): the agent of
+//!   `vinfra-ha` on UDP, probes and the volume, and the VMs it powers on;
 //! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
 //!   themselves: a vmfs virtual disk behind a vmm-core virtio-blk device, and
 //!   [`MountedHost`], a mounted volume with its heartbeat thread;
@@ -18,6 +20,7 @@
 // Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod exit_status;
 pub mod logging;
 pub mod migration;

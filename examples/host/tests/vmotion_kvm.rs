@@ -240,7 +240,9 @@ fn check_moved(
 #[test]
 fn an_idle_and_a_dirtying_guest_move_and_keep_counting() {
     let _one = serial();
-    for (mib, rate) in [(32, 0), (64, 50)] {
+    // The dirtying guest's source turns its dirty log on when the migration starts, the
+    // idle one's when it starts (the default).
+    for (mib, rate, late) in [(32, 0, false), (64, 50, true)] {
         let Some(g) = workload(128, mib, rate) else {
             return;
         };
@@ -248,7 +250,12 @@ fn an_idle_and_a_dirtying_guest_move_and_keep_counting() {
         let security = key_file(dir.path());
         let (dst, addr) = destination(&g, &security, &[]);
         let control = dir.path().join("ctl");
-        let src = source(&g, &control, &[]);
+        let late_log = if late {
+            vec!["--late-dirty-log".to_string()]
+        } else {
+            vec![]
+        };
+        let src = source(&g, &control, &late_log);
         let done = migrate(&control, &addr, &security, &[]);
         let stats = check_moved(src, dst, &done);
         assert_eq!(stats["encrypted"], true);
@@ -345,6 +352,11 @@ fn killing_the_destination_mid_migration_leaves_the_vm_running_on_the_source() {
     let before = src.last_heartbeat();
     src.ping(2);
     src.console.wait_for(&format!("HB {}", before + 1), WAIT);
+    // A second try, to a new destination, moves it: the dirty log the first left on is
+    // fetched afresh rather than trusted.
+    let (dst, addr) = destination(&g, &plain, &[]);
+    let done = migrate(&control, &addr, &plain, &[]);
+    check_moved(src, dst, &done);
 }
 
 #[test]

@@ -78,6 +78,11 @@ struct RunArgs {
     /// Serve a control socket here, for `vinfra-vm migrate`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// With --control, turn the guest's dirty log on only when a migration starts rather
+    /// than now. Turning it on stalls the guest for a few ms on nested KVM; by default
+    /// that happens at start, not in the middle of a migration.
+    #[arg(long, requires = "control")]
+    late_dirty_log: bool,
 }
 
 /// A control socket that is removed again when the process ends.
@@ -127,11 +132,19 @@ fn attach(
     control: &mut ControlSocket,
     snapshot_dir: Option<PathBuf>,
     timings: bool,
+    early_dirty_log: bool,
 ) -> Result<(ExitReason, StopCause), String> {
     install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
     let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
     if raw.is_some() {
         eprintln!("vinfra-vm: console attached; Ctrl-A x or Ctrl-C stops the VM\r");
+    }
+    if early_dirty_log && control.listener.is_some() && !vm.dirty_log_enabled() {
+        // A VM that may be migrated logs its writes from the start: turning the log on
+        // stalls the guest for a few ms on this nested KVM, better now than during a
+        // migration (see vinfra_vmotion::LocalVm::new).
+        vm.enable_dirty_log()
+            .map_err(|e| format!("enable the dirty log: {e}"))?;
     }
     let (keys_tx, keys_rx) = std::sync::mpsc::channel();
     let input = vm.serial_input_handle();
@@ -187,7 +200,14 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
             ms_since(t_main)
         );
     }
-    let ended = attach(vm, &built, &mut control, snapshot_dir, timings);
+    let ended = attach(
+        vm,
+        &built,
+        &mut control,
+        snapshot_dir,
+        timings,
+        !args.late_dirty_log,
+    );
     close(built);
     ended
 }
@@ -196,7 +216,7 @@ fn run_incoming(args: &IncomingArgs) -> Result<(ExitReason, StopCause), String> 
     let mut control = ControlSocket::bind(args.control.as_ref())?;
     let arrived = incoming(args)?;
     let _ = arrived.stats;
-    let ended = attach(arrived.vm, &arrived.built, &mut control, None, false);
+    let ended = attach(arrived.vm, &arrived.built, &mut control, None, false, true);
     close(arrived.built);
     ended
 }

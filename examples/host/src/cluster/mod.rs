@@ -1,0 +1,336 @@
+//! A host as a member of the cluster: it mounts the shared vmfs volume, runs the HA
+//! agent ([`vinfra_ha::Agent`]) on real UDP sockets, timers and the volume, and runs the
+//! VMs the agent powers on ([`vms`]). `vinfra-host run` is this module's `run`.
+//!
+//! The loop is single-threaded: the agent, the volume reads and the VM operations happen
+//! here; threads only receive datagrams, run probes and carry console lines, each handing
+//! an [`Inbound`] to the loop through one channel. Everything that happens is reported
+//! as one JSON object per line on stdout ([`report`]), which the tests and the benchmark
+//! read.
+
+pub mod probe;
+pub mod report;
+pub mod storage_fault;
+pub mod vms;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vinfra_ha::datastore::{Datastore, VmfsDatastore};
+use vinfra_ha::{Action, Agent, ClusterKey, Config, Event, PowerOnOutcome, Verdict};
+use vinfra_vmfs::{BlockDevice, FileDevice, MonotonicClock, MountOptions, Volume};
+
+use self::report::Report;
+use self::vms::Vms;
+
+/// How often the agent is ticked.
+const TICK: Duration = Duration::from_millis(50);
+
+/// What the helper threads hand to the loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A datagram from a peer.
+    Packet(Vec<u8>),
+    /// A probe's outcome.
+    Probe {
+        /// Index of the isolation address.
+        address: usize,
+        /// It answered.
+        reachable: bool,
+    },
+    /// A line of a VM's console.
+    Console {
+        /// The VM.
+        vm: String,
+        /// The line, without its end.
+        line: String,
+    },
+}
+
+/// How `run` is set up.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The agent's configuration (`config.host` is this host's id and vmfs slot).
+    pub config: Config,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// The shared volume file.
+    pub volume: PathBuf,
+    /// Fault injection: the volume's I/O fails while this file exists.
+    pub storage_fault_file: Option<PathBuf>,
+}
+
+/// Why `run` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (SIGINT/SIGTERM): VMs stopped, volume unmounted.
+    Stopped,
+    /// The volume's lease lapsed: every VM was stopped; the host must be started again
+    /// (a new mount) to take part.
+    Fenced,
+}
+
+/// Runs this host until it is asked to stop or fences itself.
+pub fn run(opts: HostOptions) -> Result<Ended, String> {
+    let start = Instant::now();
+    let host = opts.config.host;
+    let report = Report::new(host, start);
+    let me = opts
+        .config
+        .hosts
+        .iter()
+        .find(|h| h.id == host)
+        .ok_or("this host is not in the configuration")?;
+    let bind: SocketAddr = me.addr.parse().map_err(|e| format!("{}: {e}", me.addr))?;
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let peers: Vec<(u32, SocketAddr)> = opts
+        .config
+        .hosts
+        .iter()
+        .filter_map(|h| Some((h.id, h.addr.parse().ok()?)))
+        .collect();
+    let volume = mount(&opts)?;
+    let heartbeat = volume.spawn_heartbeat();
+    report.event(
+        "mounted",
+        serde_json::json!({"generation": volume.generation(), "lease_ms": volume.lease_ms()}),
+    );
+    let (tx, rx) = mpsc::channel();
+    spawn_receiver(&socket, tx.clone())?;
+    // The incarnation only has to grow from one run of this host to the next.
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let agent =
+        Agent::new(opts.config.clone(), &opts.key, incarnation, 0).map_err(|e| e.to_string())?;
+    let mut host = Host {
+        agent,
+        datastore: VmfsDatastore::new(volume.clone()),
+        vms: Vms::new(volume.clone(), tx.clone()),
+        volume,
+        socket,
+        peers,
+        probes: opts.config.isolation_addresses.clone(),
+        probe_timeout: Duration::from_millis(opts.config.probe_interval_ms * 4 / 5),
+        tx,
+        report,
+        start,
+        refused: std::collections::BTreeMap::new(),
+    };
+    crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
+    let ended = host.run(&rx);
+    host.vms.stop_all();
+    drop(heartbeat);
+    if ended == Ended::Stopped {
+        if let Err(e) = host.volume.clone().unmount() {
+            host.report.event(
+                "unmount_failed",
+                serde_json::json!({"error": e.to_string()}),
+            );
+        }
+    }
+    host.report
+        .event("ended", serde_json::json!({"why": format!("{ended:?}")}));
+    Ok(ended)
+}
+
+fn mount(opts: &HostOptions) -> Result<Volume, String> {
+    let path = &opts.volume;
+    let file: Arc<dyn BlockDevice> =
+        Arc::new(FileDevice::open(path, false).map_err(|e| format!("{}: {e}", path.display()))?);
+    let dev: Arc<dyn BlockDevice> = match &opts.storage_fault_file {
+        Some(marker) => storage_fault::CuttableDevice::new(file, marker.clone()),
+        None => file,
+    };
+    let mut mo = MountOptions::default();
+    mo.pid = std::process::id();
+    mo.name = "vinfra-host".into();
+    Volume::mount(dev, opts.config.host, &mo, Arc::new(MonotonicClock::new()))
+        .map_err(|e| format!("mount {} as host {}: {e}", path.display(), opts.config.host))
+}
+
+fn spawn_receiver(socket: &UdpSocket, tx: Sender<Inbound>) -> Result<(), String> {
+    let socket = socket.try_clone().map_err(|e| format!("socket: {e}"))?;
+    std::thread::Builder::new()
+        .name("ha-recv".into())
+        .spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, _)) => {
+                        if tx.send(Inbound::Packet(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    // ICMP errors of earlier sends come back here on Linux; go on.
+                    Err(e) => tracing::debug!("recv: {e}"),
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("spawn receiver: {e}"))
+}
+
+struct Host {
+    agent: Agent,
+    datastore: VmfsDatastore,
+    vms: Vms,
+    volume: Volume,
+    socket: UdpSocket,
+    peers: Vec<(u32, SocketAddr)>,
+    probes: Vec<vinfra_ha::IsolationAddress>,
+    probe_timeout: Duration,
+    tx: Sender<Inbound>,
+    report: Report,
+    start: Instant,
+    /// The last refusal reported per VM: the planner asks again every round, and the
+    /// same refusal (a dead owner's lease running out) is reported once.
+    refused: std::collections::BTreeMap<String, String>,
+}
+
+impl Host {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(&mut self, rx: &Receiver<Inbound>) -> Ended {
+        let mut next_tick = Instant::now();
+        loop {
+            if crate::terminal::stop_requested() {
+                return Ended::Stopped;
+            }
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(inbound) => self.inbound(inbound),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ended::Stopped,
+            }
+            if Instant::now() < next_tick {
+                continue;
+            }
+            next_tick += TICK;
+            for vm in self.vms.reap() {
+                self.report
+                    .event("vm_exited", serde_json::json!({"vm": vm}));
+                self.feed(Event::VmStopped { vm });
+            }
+            let valid = self.volume.check_lease().is_ok();
+            self.feed(Event::OwnLease { valid });
+            self.feed(Event::Tick);
+            if !valid && self.vms.is_empty() {
+                return Ended::Fenced;
+            }
+        }
+    }
+
+    fn inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Packet(bytes) => self.feed(Event::Packet { bytes }),
+            Inbound::Probe { address, reachable } => {
+                self.feed(Event::Probe { address, reachable });
+            }
+            Inbound::Console { vm, line } => {
+                let beat = line.starts_with("HB ");
+                self.report
+                    .event("console", serde_json::json!({"vm": vm, "line": line}));
+                if beat {
+                    self.feed(Event::GuestHeartbeat { vm });
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now_ms();
+        let actions = self.agent.handle(now, event);
+        for a in actions {
+            self.act(a);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Send { to, bytes } => {
+                if let Some((_, addr)) = self.peers.iter().find(|(id, _)| *id == to) {
+                    // A link that is down answers with an error: the peer's silence is
+                    // what the agent judges, not ours.
+                    if let Err(e) = self.socket.send_to(&bytes, addr) {
+                        tracing::debug!(to, "send: {e}");
+                    }
+                }
+            }
+            Action::ReadDatastore => {
+                let event = match self.datastore.read() {
+                    Ok(r) => Event::Datastore(r),
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        Event::DatastoreUnreadable
+                    }
+                };
+                self.feed(event);
+            }
+            Action::Probe { address } => {
+                if let Some(a) = self.probes.get(address) {
+                    probe::spawn(a.clone(), address, self.probe_timeout, self.tx.clone());
+                }
+            }
+            Action::PowerOn { vm } => {
+                let t = Instant::now();
+                let outcome = self.vms.power_on(&vm);
+                if outcome == PowerOnOutcome::Started {
+                    self.refused.remove(&vm);
+                    self.report.event(
+                        "vm_started",
+                        serde_json::json!({"vm": vm, "boot_ms": t.elapsed().as_secs_f64() * 1000.0}),
+                    );
+                } else {
+                    let why = format!("{outcome:?}");
+                    if self.refused.get(&vm) != Some(&why) {
+                        self.report.event(
+                            "power_on_refused",
+                            serde_json::json!({"vm": vm, "outcome": why}),
+                        );
+                        self.refused.insert(vm.clone(), why);
+                    }
+                }
+                self.feed(Event::PowerOnResult { vm, outcome });
+            }
+            Action::PowerOff { vm, why } => {
+                self.vms.power_off(&vm);
+                self.report
+                    .event("vm_powered_off", serde_json::json!({"vm": vm, "why": why}));
+            }
+            Action::ShutDown { vm, why } => {
+                // The test guests have no shutdown request; the agent powers them off
+                // when the grace period ends.
+                self.report.event(
+                    "vm_shutdown_asked",
+                    serde_json::json!({"vm": vm, "why": why}),
+                );
+            }
+            Action::Reset { vm, why } => {
+                let result = self.vms.reset(&vm);
+                self.report.event(
+                    "vm_reset",
+                    serde_json::json!({"vm": vm, "why": why, "error": result.err()}),
+                );
+            }
+            Action::Verdict { host, verdict } => {
+                self.report.event(
+                    "verdict",
+                    serde_json::json!({"about": host, "verdict": verdict}),
+                );
+                if verdict == Verdict::Fenced {
+                    tracing::error!("datastore lease lapsed: stopping every VM");
+                }
+            }
+            Action::Unplaced { vm, reason } => {
+                self.report
+                    .event("unplaced", serde_json::json!({"vm": vm, "reason": reason}));
+            }
+        }
+    }
+}

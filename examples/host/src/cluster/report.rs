@@ -1,0 +1,42 @@
+//! What a host reports: one JSON object per line on stdout,
+//! `{"ms": <since start>, "host": <id>, "event": "<name>", ...fields}`.
+//!
+//! Events: `mounted`, `verdict` (`about`, `verdict`), `vm_started` (`vm`, `boot_ms`),
+//! `power_on_refused` (`vm`, `outcome`), `vm_powered_off` (`vm`, `why`),
+//! `vm_shutdown_asked`, `vm_reset`, `vm_exited`, `console` (`vm`, `line`), `unplaced`
+//! (`vm`, `reason`), `unmount_failed`, `ended` (`why`).
+
+use std::io::Write;
+use std::time::Instant;
+
+/// The stdout reporter of one host.
+#[derive(Debug, Clone)]
+pub struct Report {
+    host: u32,
+    start: Instant,
+}
+
+impl Report {
+    /// Reports for `host`, timed from `start`.
+    pub fn new(host: u32, start: Instant) -> Self {
+        Self { host, start }
+    }
+
+    /// Writes one event line (whole, so lines of several threads never interleave).
+    pub fn event(&self, name: &str, fields: serde_json::Value) {
+        let mut obj = serde_json::json!({
+            "ms": self.start.elapsed().as_millis(),
+            "host": self.host,
+            "event": name,
+        });
+        if let (Some(o), serde_json::Value::Object(f)) = (obj.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let mut line = obj.to_string();
+        line.push('\n');
+        let mut out = std::io::stdout().lock();
+        // Nobody reading stdout is no reason to stop a host.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+}
