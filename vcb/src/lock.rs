@@ -135,7 +135,7 @@ pub(crate) fn acquire(storage: &Arc<dyn Storage>, exclusive: bool) -> Result<Loc
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     storage
-        .write_atomic(&name, &me.encode())
+        .write_volatile(&name, &me.encode())
         .map_err(|e| Error::storage("write", &name, e))?;
     let guard = LockGuard {
         storage: storage.clone(),

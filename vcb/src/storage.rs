@@ -21,6 +21,10 @@ pub trait Storage: Send + Sync + Debug {
     /// Publishes `data` as `name` all at once: readers see the old file (or none) or
     /// the whole new one, and it is durable when this returns.
     fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Publishes `data` as `name` all at once for other processes to see, without
+    /// waiting for it to be durable: for lock files, which a crash of the machine makes
+    /// stale anyway (their boot id no longer matches).
+    fn write_volatile(&self, name: &str, data: &[u8]) -> io::Result<()>;
     /// Like [`Storage::write_atomic`], but fails with `AlreadyExists` if `name` exists.
     fn create_new(&self, name: &str, data: &[u8]) -> io::Result<()>;
     /// The files under the folder `dir` (recursively), as full names, sorted.
@@ -99,7 +103,7 @@ impl LocalDir {
         Ok(self.root.join(name))
     }
 
-    fn write_tmp(&self, data: &[u8]) -> io::Result<PathBuf> {
+    fn write_tmp(&self, data: &[u8], durable: bool) -> io::Result<PathBuf> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
@@ -107,7 +111,9 @@ impl LocalDir {
             .join(format!("{}-{}", std::process::id(), n));
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         Ok(tmp)
     }
 }
@@ -137,16 +143,24 @@ impl Storage for LocalDir {
         let dst = self.path(name)?;
         let parent = dst.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent)?;
-        let tmp = self.write_tmp(data)?;
+        let tmp = self.write_tmp(data, true)?;
         fs::rename(&tmp, &dst)?;
         sync_dir(&parent)
+    }
+
+    fn write_volatile(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let dst = self.path(name)?;
+        let parent = dst.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        let tmp = self.write_tmp(data, false)?;
+        fs::rename(&tmp, &dst)
     }
 
     fn create_new(&self, name: &str, data: &[u8]) -> io::Result<()> {
         let dst = self.path(name)?;
         let parent = dst.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent)?;
-        let tmp = self.write_tmp(data)?;
+        let tmp = self.write_tmp(data, true)?;
         // A hard link fails if the target exists, and publishes the complete file at once.
         let r = fs::hard_link(&tmp, &dst);
         let _ = fs::remove_file(&tmp);

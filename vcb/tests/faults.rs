@@ -62,6 +62,10 @@ impl Storage for Faulty {
         self.write()?;
         self.inner.write_atomic(name, data)
     }
+    fn write_volatile(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.write()?;
+        self.inner.write_volatile(name, data)
+    }
     fn create_new(&self, name: &str, data: &[u8]) -> io::Result<()> {
         self.write()?;
         self.inner.create_new(name, data)
