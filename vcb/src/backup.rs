@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::index::{Index, IndexPack};
 use crate::manifest::{grain_count, DiskManifest, DiskStats, GrainMap, Manifest};
 use crate::pack::{pack_name, seal_chunk, PackWriter, SealedChunk};
-use crate::record::INDEX;
 use crate::repo::{Repository, Snapshot};
 use crate::source::{grain_set, DiskSource};
 
@@ -186,7 +185,7 @@ impl Repository {
         })?;
         if !written.is_empty() {
             // Every pack is in place before the index that names them.
-            self.write_named(INDEX, "index", &crate::index::encode_index(&written))?;
+            self.write_index(&written)?;
         }
         let manifest = Manifest {
             time_unix_s: opts.time_unix_s,

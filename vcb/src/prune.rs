@@ -5,9 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::codec::Id;
 use crate::error::{Error, Result};
-use crate::index::{encode_index, IndexPack};
+use crate::index::IndexPack;
 use crate::pack::{open_chunk, pack_name, BlobEntry, PackWriter};
-use crate::record::INDEX;
 use crate::repo::Repository;
 
 /// Figures of a prune.
@@ -152,12 +151,8 @@ impl Repository {
         flush(&mut w, &mut new_index, &mut stats)?;
         // Publish the new index before anything it replaces goes.
         new_index.sort_by_key(|p| p.pack);
-        let body = encode_index(&new_index);
-        let new_name = format!("index/{}", self.keys.id(&body).to_hex());
-        if !new_index.is_empty() {
-            self.write_named(INDEX, "index", &body)?;
-        }
-        for f in index.files.iter().filter(|f| **f != new_name) {
+        let new_names = self.write_index(&new_index)?;
+        for f in index.files.iter().filter(|f| !new_names.contains(f)) {
             self.remove(f)?;
         }
         // Packs in no index: left by killed backups (nobody else runs now).
@@ -222,10 +217,8 @@ impl Repository {
             }
         }
         let old = self.list("index")?;
-        let body = encode_index(&packs);
-        let new_name = format!("index/{}", self.keys.id(&body).to_hex());
-        self.write_named(INDEX, "index", &body)?;
-        for f in old.iter().filter(|f| **f != new_name) {
+        let new_names = self.write_index(&packs)?;
+        for f in old.iter().filter(|f| !new_names.contains(f)) {
             self.remove(f)?;
         }
         tracing::info!(?stats, "index rebuilt");

@@ -33,10 +33,12 @@ pub(crate) const INDEX: Kind = Kind {
     object: Object::Index,
     max: 256 << 20,
 };
+/// 1 GiB: a manifest lists 32 bytes per non-zero grain, so about 2 TiB of data per
+/// backup at 64 KiB grains.
 pub(crate) const MANIFEST: Kind = Kind {
     magic: *b"VCBM",
     object: Object::Manifest,
-    max: 256 << 20,
+    max: 1 << 30,
 };
 pub(crate) const TRAILER: Kind = Kind {
     magic: *b"VCBT",

@@ -8,12 +8,15 @@ use crate::codec::Id;
 use crate::config::{Config, InitOptions};
 use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
-use crate::index::{decode_index_d, Index};
+use crate::index::{decode_index_d, encode_index, Index, IndexPack};
 use crate::lock;
 use crate::manifest::{decode_manifest_d, encode_manifest, Manifest};
 use crate::pack::{open_chunk, pack_name};
 use crate::record::{self, INDEX, MANIFEST};
 use crate::storage::Storage;
+
+/// An index file is closed at this size (a single one has a 256 MiB limit).
+const INDEX_FILE_TARGET: usize = 64 << 20;
 
 /// One backup: its manifest and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,8 +178,41 @@ impl Repository {
         Ok(body)
     }
 
+    /// Writes the index files listing `packs`, as many as keep each under
+    /// [`INDEX_FILE_TARGET`]; returns their names.
+    pub(crate) fn write_index(&self, packs: &[IndexPack]) -> Result<Vec<String>> {
+        self.write_index_split(packs, INDEX_FILE_TARGET)
+    }
+
+    fn write_index_split(&self, packs: &[IndexPack], target: usize) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut start = 0;
+        while start < packs.len() {
+            let mut end = start;
+            let mut size = 4;
+            while end < packs.len()
+                && (end == start || size + 36 + packs[end].blobs.len() * 48 <= target)
+            {
+                size += 36 + packs[end].blobs.len() * 48;
+                end += 1;
+            }
+            let id = self.write_named(INDEX, "index", &encode_index(&packs[start..end]))?;
+            names.push(format!("index/{}", id.to_hex()));
+            start = end;
+        }
+        Ok(names)
+    }
+
     /// Writes a record file named by the keyed hash of its body; returns the id.
     pub(crate) fn write_named(&self, kind: record::Kind, dir: &str, body: &[u8]) -> Result<Id> {
+        if body.len() > kind.max {
+            return Err(Error::Invalid(format!(
+                "{} of {} bytes is over the format's limit of {}",
+                kind.object,
+                body.len(),
+                kind.max
+            )));
+        }
         let id = self.keys.id(body);
         let level = i32::from(self.config.zstd_level);
         let b = record::encode(kind, Some(&self.keys), body, Some(level));
@@ -296,5 +332,49 @@ impl Repository {
             .flat_map(|s| s.manifest.disks.iter())
             .flat_map(|d| d.grains.chunks().map(|(_, id)| id))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InitOptions;
+    use crate::crypto::KdfParams;
+    use crate::pack::BlobEntry;
+    use crate::storage::LocalDir;
+
+    #[test]
+    fn large_indexes_are_split_into_files_that_load_as_one() {
+        let d = tempfile::tempdir().unwrap();
+        let o = InitOptions::default().kdf(KdfParams::INSECURE_FAST);
+        let repo = Repository::init(LocalDir::create(d.path()).unwrap(), b"pw", &o).unwrap();
+        let packs: Vec<IndexPack> = (0..10u8)
+            .map(|p| IndexPack {
+                pack: Id([p; 32]),
+                blobs: (0..20u8)
+                    .map(|b| BlobEntry {
+                        id: Id([p.wrapping_mul(31).wrapping_add(b); 32]),
+                        offset: 16,
+                        stored_len: 100,
+                        raw_len: 65536,
+                        zstd: true,
+                    })
+                    .collect(),
+            })
+            .collect();
+        // Three packs' entries per file.
+        let names = repo
+            .write_index_split(&packs, 3 * (36 + 20 * 48) + 4)
+            .unwrap();
+        assert_eq!(names.len(), 4);
+        let (idx, scan) = repo.load_index().unwrap();
+        assert!(scan.damaged.is_empty());
+        assert_eq!(idx.packs.len(), 10);
+        assert_eq!(idx.files.len(), 4);
+        let big = vec![0u8; (1 << 30) + 1];
+        assert!(matches!(
+            repo.write_named(MANIFEST, "snapshots", &big),
+            Err(Error::Invalid(_))
+        ));
     }
 }
