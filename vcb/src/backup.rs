@@ -15,7 +15,9 @@ use rayon::prelude::*;
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexPack};
-use crate::manifest::{grain_count, DiskManifest, DiskStats, GrainMap, Manifest};
+use crate::manifest::{
+    grain_count, DiskManifest, DiskStats, GrainMap, Manifest, MAX_CONFIG, MAX_DISKS, MAX_STR,
+};
 use crate::pack::{pack_name, seal_chunk, PackWriter, SealedChunk};
 use crate::repo::{Repository, Snapshot};
 use crate::source::{grain_set, DiskSource};
@@ -140,13 +142,34 @@ impl Repository {
         opts: &BackupOptions,
         disks: &[(&str, &dyn DiskSource)],
     ) -> Result<Snapshot> {
-        let _lock = self.lock(false)?;
         let mut names = HashSet::new();
         for (n, _) in disks {
             if !names.insert(*n) {
                 return Err(Error::Invalid(format!("disk {n} given twice")));
             }
         }
+        // The manifest's limits, checked before any work.
+        Manifest {
+            time_unix_s: opts.time_unix_s,
+            vm: opts.vm.clone(),
+            host: opts.host.clone(),
+            parent: None,
+            config: Vec::new(),
+            disks: Vec::new(),
+        }
+        .check()
+        .map_err(Error::Invalid)?;
+        if opts.config.len() > MAX_CONFIG || disks.len() > MAX_DISKS {
+            return Err(Error::Invalid(format!(
+                "at most {MAX_DISKS} disks and a config of {MAX_CONFIG} bytes"
+            )));
+        }
+        if let Some((n, _)) = disks.iter().find(|(n, _)| n.len() > MAX_STR) {
+            return Err(Error::Invalid(format!(
+                "disk name {n:?} over {MAX_STR} bytes"
+            )));
+        }
+        let _lock = self.lock(false)?;
         let (index, _) = self.load_index()?;
         let parent = self.parent_of(opts)?;
         // Packs are written (and synced) on their own thread while the next one fills.

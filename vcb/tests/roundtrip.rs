@@ -138,6 +138,18 @@ fn unchanged_rewrites_store_nothing_and_clones_deduplicate() {
         repo.find_snapshot(&two.id.to_hex()[..10]).unwrap().id,
         two.id
     );
+    let long = "x".repeat(2000);
+    let e = repo
+        .backup(&BackupOptions::new(&long, 5), &[("d", &clone)])
+        .unwrap_err();
+    assert!(matches!(e, vinfra_vcb::Error::Invalid(_)), "{e}");
+    let e = repo
+        .backup(
+            &BackupOptions::new("vm", 5),
+            &[("d", &clone), ("d", &clone)],
+        )
+        .unwrap_err();
+    assert!(matches!(e, vinfra_vcb::Error::Invalid(_)), "{e}");
     assert!(matches!(
         repo.restore_disk(&two.id, "nope", &mut Vec::new()),
         Err(vinfra_vcb::Error::NoDisk { .. })
