@@ -56,6 +56,9 @@ pub struct VerifyReport {
     pub chunks: usize,
     /// Pack bytes read (ReadData).
     pub bytes_read: u64,
+    /// Packs in no index: left by an interrupted backup (prune removes them), or
+    /// described by a lost index (repair_index recovers them). Not a problem by itself.
+    pub unindexed_packs: usize,
     /// Everything wrong.
     pub problems: Vec<Problem>,
 }
@@ -137,6 +140,13 @@ impl Repository {
             per_pack.entry(pack).or_default().push(e);
         }
         rep.packs = index.packs.len();
+        let indexed: std::collections::HashSet<&Id> = index.packs.iter().collect();
+        rep.unindexed_packs = self
+            .list("data")?
+            .iter()
+            .filter_map(|n| n.rsplit('/').next().and_then(Id::from_hex))
+            .filter(|id| !indexed.contains(id))
+            .count();
         let packs: Vec<(Id, Vec<BlobEntry>)> = per_pack.into_iter().collect();
         let results: Vec<PackCheck> = packs
             .par_iter()

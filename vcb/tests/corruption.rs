@@ -158,6 +158,7 @@ fn deleted_index_is_a_clear_error_and_the_next_backup_heals() {
     assert!(e.to_string().contains("missing from every index"), "{e}");
     let r = f.repo.verify(VerifyLevel::Structure).unwrap();
     assert_eq!(r.damaged_snapshots().len(), 3);
+    assert_eq!(r.unindexed_packs, 3);
     let packs = files(f.dir.path(), "data");
     let e = f.repo.prune().unwrap_err();
     assert!(
