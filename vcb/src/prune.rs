@@ -45,6 +45,26 @@ impl Repository {
     /// Deletes every chunk no backup needs: dead packs go, the live blobs of partly dead
     /// packs are copied into new packs. Refuses to run while an index file or manifest
     /// is damaged or a needed chunk is in no index (it could not tell what is live).
+    ///
+    /// ```
+    /// use vinfra_vcb::{BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository, VerifyLevel};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let repo = Repository::init(LocalDir::create(dir.path()).unwrap(), b"pw",
+    ///     &InitOptions::default().kdf(KdfParams::INSECURE_FAST)).unwrap();
+    /// let mut disk = MemDisk::new(1 << 20);
+    /// let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    /// disk.write_at(&data, 0); // four grains, all different
+    /// let old = repo.backup(&BackupOptions::new("vm", 1), &[("d", &disk.snapshot())]).unwrap();
+    /// disk.write_at(&[2; 65536], 0);
+    /// let new = repo.backup(&BackupOptions::new("vm", 2), &[("d", &disk.snapshot())]).unwrap();
+    /// repo.forget(&[old.id]).unwrap();
+    /// let st = repo.prune().unwrap();
+    /// assert_eq!(st.chunks_dropped, 1); // grain 0 of the old backup
+    /// assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    /// let mut out = Vec::new();
+    /// repo.restore_disk(&new.id, "d", &mut out).unwrap();
+    /// assert_eq!(out, disk.as_bytes());
+    /// ```
     pub fn prune(&self) -> Result<PruneStats> {
         let _lock = self.lock(true)?;
         let (index, iscan) = self.load_index()?;
