@@ -213,7 +213,7 @@ pub struct RepairStats {
 
 impl Repository {
     /// Rebuilds the index from the packs' own trailers (after index files were lost or
-    /// damaged): writes one new index of every pack whose trailer reads, then removes
+    /// damaged): writes new index files of every pack whose trailer reads, then removes
     /// the old index files. Under the exclusive lock.
     pub fn repair_index(&self) -> Result<RepairStats> {
         let _lock = self.lock(true)?;
