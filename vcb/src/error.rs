@@ -24,6 +24,8 @@ pub enum Object {
     Chunk,
     /// A lock file.
     Lock,
+    /// A disk's partition table (inside a backup or a source).
+    PartitionTable,
 }
 
 impl fmt::Display for Object {
@@ -36,6 +38,7 @@ impl fmt::Display for Object {
             Object::Manifest => "manifest",
             Object::Chunk => "chunk",
             Object::Lock => "lock",
+            Object::PartitionTable => "partition table",
         })
     }
 }

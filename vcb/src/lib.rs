@@ -42,6 +42,7 @@ mod index;
 mod lock;
 mod manifest;
 mod pack;
+pub mod partition;
 mod prune;
 mod reader;
 mod record;

@@ -149,6 +149,11 @@ impl DiskReader<'_> {
         Ok(())
     }
 
+    /// The disk's partition table (MBR or GPT), read from the backup.
+    pub fn partitions(&self) -> Result<crate::partition::PartitionTable> {
+        crate::partition::read_table(self.disk.capacity, |off, buf| self.read_at(buf, off))
+    }
+
     /// A `Read + Seek` view from offset 0 (for filesystem readers that want one).
     pub fn cursor(&self) -> DiskCursor<'_, '_> {
         DiskCursor {

@@ -1,7 +1,7 @@
 //! The fuzz targets' seed corpus (fuzz/corpus/vcb_*) replayed as a unit test: each seed
 //! goes through the decoders without a panic, decoded values re-encode to the same bytes,
 //! and every target has seeds that decode (so the seeds reach past the envelope checks).
-#![allow(clippy::unwrap_used, reason = "test code")]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation, reason = "test code")]
 
 use std::path::Path;
 
@@ -69,4 +69,26 @@ fn pack_seeds_decode() {
         packs >= 2 && tables >= 1,
         "{packs} packs, {tables} tables decode"
     );
+}
+
+#[test]
+fn partition_seeds_read() {
+    use vinfra_vcb::partition::{read_table, TableKind};
+    let mut kinds = Vec::new();
+    for s in seeds("vcb_partition") {
+        let t = read_table(s.len() as u64, |off, buf| {
+            buf.copy_from_slice(&s[off as usize..off as usize + buf.len()]);
+            Ok(())
+        });
+        if let Ok(t) = t {
+            assert!(t
+                .partitions
+                .iter()
+                .all(|p| p.offset + p.len <= s.len() as u64));
+            kinds.push((t.kind, t.partitions.len(), t.from_backup));
+        }
+    }
+    assert!(kinds.contains(&(TableKind::Mbr, 3, false)), "{kinds:?}");
+    assert!(kinds.contains(&(TableKind::Gpt, 2, false)), "{kinds:?}");
+    assert!(kinds.contains(&(TableKind::Gpt, 2, true)), "{kinds:?}");
 }
