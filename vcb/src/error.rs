@@ -203,6 +203,16 @@ pub enum Error {
     /// `init` on a storage that already holds a repository.
     #[error("a repository already exists there ({0})")]
     Exists(String),
+    /// A cron expression that does not parse.
+    #[error("cron expression {expr:?}: {field}: {detail}")]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// Which field (minute, hour, day of month, month, day of week).
+        field: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
     /// A caller's argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::repo::{Repository, Snapshot};
+use crate::schedule::civil;
 
 /// A retention policy, applied to each VM's backups separately.
 ///
@@ -77,18 +78,10 @@ fn week(t: u64) -> i64 {
     (day(t) + 3).div_euclid(7)
 }
 
-/// Months since year 0, from days since the epoch (the civil calendar, proleptic
-/// Gregorian; H. Hinnant's days-to-civil).
+/// Months since year 0 (the civil calendar, UTC).
 fn month(t: u64) -> i64 {
-    let z = day(t) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    y * 12 + m - 1
+    let (y, m, _) = civil(day(t));
+    y * 12 + i64::from(m) - 1
 }
 
 /// Applies `policy` to `snapshots` (any VMs, any order).

@@ -1,7 +1,11 @@
 //! The fuzz targets' seed corpus (fuzz/corpus/vcb_*) replayed as a unit test: each seed
 //! goes through the decoders without a panic, decoded values re-encode to the same bytes,
 //! and every target has seeds that decode (so the seeds reach past the envelope checks).
-#![allow(clippy::unwrap_used, clippy::cast_possible_truncation, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test code"
+)]
 
 use std::path::Path;
 
