@@ -362,6 +362,78 @@ mod tests {
         assert!(e.to_string().contains("hour"), "{e}");
     }
 
+    /// The calendar walked day by day from 1970-01-01 (a Thursday), independently of
+    /// `civil`: (day number, month, day of month, weekday) for `n` days.
+    fn calendar(n: i64) -> Vec<(i64, u32, u32, u32)> {
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let (mut y, mut m, mut d, mut wd) = (1970i64, 1u32, 1u32, 4u32);
+        let mut out = Vec::new();
+        for day in 0..n {
+            out.push((day, m, d, wd));
+            let len = match m {
+                2 if leap(y) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+            wd = (wd + 1) % 7;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn next_after_matches_a_brute_force_search(
+            mi in proptest::sample::select(vec!["*", "0", "*/7", "5-10", "59", "1,30"]),
+            h in proptest::sample::select(vec!["*", "0", "23", "*/5", "8-17"]),
+            dom in proptest::sample::select(vec!["*", "1", "31", "15-20", "*/10", "29"]),
+            mo in proptest::sample::select(vec!["*", "2", "1-6", "*/4", "12"]),
+            dow in proptest::sample::select(vec!["*", "0", "1-5", "6,0", "3", "7"]),
+            t in 0u64..(3 * 365 * D),
+        ) {
+            let text = format!("{mi} {h} {dom} {mo} {dow}");
+            let c = CronExpr::parse(&text).unwrap();
+            let cal = calendar(4 * 365 + 450);
+            let first_day = (t / D) as usize;
+            let mut want = None;
+            'days: for &(day, m, d, wd) in &cal[first_day..first_day + 400] {
+                let dom_ok = c.days.contains(&d);
+                let dow_ok = c.weekdays.contains(&wd);
+                let day_ok = c.months.contains(&m)
+                    && match (dom == "*", dow == "*") {
+                        (false, false) => dom_ok || dow_ok,
+                        (true, false) => dow_ok,
+                        (false, true) => dom_ok,
+                        (true, true) => true,
+                    };
+                if !day_ok {
+                    continue;
+                }
+                for minute in 0..1440u64 {
+                    let at = day as u64 * D + minute * 60;
+                    if at > t && c.hours.contains(&((minute / 60) as u32)) && c.minutes.contains(&((minute % 60) as u32)) {
+                        want = Some(at);
+                        break 'days;
+                    }
+                }
+            }
+            match want {
+                Some(w) => proptest::prop_assert_eq!(c.next_after(t), Some(w), "{}", text),
+                None => proptest::prop_assert!(c.next_after(t).is_none_or(|n| n >= (first_day as u64 + 400) * D), "{}", text),
+            }
+        }
+    }
+
     #[test]
     fn a_week_of_a_daily_and_an_hourly_job_with_a_restart() {
         let jobs = [
