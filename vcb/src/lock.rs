@@ -215,6 +215,10 @@ mod tests {
         let mut reused = LockRecord::current(false);
         reused.start += 1;
         s.write_atomic("locks/reused", &reused.encode()).unwrap();
+        // Our own live pid, but written before the machine rebooted.
+        let mut rebooted = LockRecord::current(true);
+        rebooted.boot_id = "an earlier boot".into();
+        s.write_atomic("locks/rebooted", &rebooted.encode()).unwrap();
         drop(acquire(&s, true).unwrap());
         assert!(s.list("locks").unwrap().is_empty());
 
