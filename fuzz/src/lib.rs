@@ -31,3 +31,15 @@ fn sealed_len(kind: RecordKind, data: &[u8], len: usize) -> Vec<u8> {
     seal(kind, &mut buf).expect("the buffer is at least min_len");
     buf
 }
+
+/// `payload` in a plaintext vcb record envelope with `magic` (version 1, no flags, a
+/// valid length and crc32), so the body decoders behind the envelope run.
+pub fn vcb_record(magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}

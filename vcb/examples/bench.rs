@@ -1,0 +1,141 @@
+//! Quick figures: full backup, incremental after a 5 % change, restore and verify of a
+//! mostly-zero disk image in memory.
+//!
+//! `cargo run --release -p vinfra-vcb --example bench -- [MiB (default 256; 32 in a
+//! debug build, as the test script runs every example)]`
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "example code"
+)]
+
+use std::time::Instant;
+
+use rand::{Rng, RngCore, SeedableRng};
+use vinfra_vcb::{
+    BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository, VerifyLevel,
+};
+
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}
+
+fn main() {
+    let default_mib = if cfg!(debug_assertions) { 32 } else { 256 };
+    let mib: usize = std::env::args()
+        .nth(1)
+        .map_or(default_mib, |a| a.parse().unwrap());
+    let cap = mib << 20;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    // A quarter of the grains hold data: half random (incompressible), half text-like.
+    let mut disk = MemDisk::new(cap);
+    let words: Vec<&[u8]> = vec![
+        b"vinfra ", b"backup ", b"grain ", b"chunk ", b"the ", b"of ", b"disk\n",
+    ];
+    let grains = cap / 65536;
+    let mut used = 0u64;
+    for g in 0..grains {
+        if rng.random_range(0..4) != 0 {
+            continue;
+        }
+        let mut buf = vec![0u8; 65536];
+        if rng.random_bool(0.5) {
+            rng.fill_bytes(&mut buf);
+        } else {
+            let mut pos = 0;
+            while pos < buf.len() {
+                let w = words[rng.random_range(0..words.len())];
+                let n = w.len().min(buf.len() - pos);
+                buf[pos..pos + n].copy_from_slice(&w[..n]);
+                pos += n;
+            }
+        }
+        disk.write_at(&buf, g * 65536);
+        used += 65536;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(
+        LocalDir::create(dir.path()).unwrap(),
+        b"pw",
+        &InitOptions::default().kdf(KdfParams::INSECURE_FAST),
+    )
+    .unwrap();
+    println!(
+        "image: {mib} MiB, {} MiB of data, rayon threads: {}",
+        used >> 20,
+        rayon::current_num_threads()
+    );
+
+    let frozen = disk.snapshot();
+    let (full, s, cs) = timed(|| {
+        repo.backup(&BackupOptions::new("vm", 1), &[("d", &frozen)])
+            .unwrap()
+    });
+    let st = full.manifest.disks[0].stats;
+    println!(
+        "full backup: {s:.2} s ({cs:.2} CPU s), {:.0} MiB/s of image, {:.0} MiB/s of data read, {} MiB stored",
+        mb_s(cap as u64, s),
+        mb_s(st.bytes_read, s),
+        st.bytes_new >> 20
+    );
+
+    // 5 % of the grains rewritten: half with new random data, half with their old bytes.
+    let n = grains / 20;
+    for i in 0..n {
+        let g = rng.random_range(0..grains);
+        if i % 2 == 0 {
+            let mut buf = vec![0u8; 4096];
+            rng.fill_bytes(&mut buf);
+            disk.write_at(&buf, g * 65536 + 8192);
+        } else {
+            let old = disk.as_bytes()[g * 65536..g * 65536 + 4096].to_vec();
+            disk.write_at(&old, g * 65536);
+        }
+    }
+    let frozen = disk.snapshot();
+    let (inc, si, csi) = timed(|| {
+        repo.backup(&BackupOptions::new("vm", 2), &[("d", &frozen)])
+            .unwrap()
+    });
+    let st = inc.manifest.disks[0].stats;
+    println!(
+        "incremental (5 % of grains written): {si:.3} s ({csi:.2} CPU s; {:.1} % of the full), {} MiB read, {} KiB stored",
+        100.0 * si / s,
+        st.bytes_read >> 20,
+        st.bytes_new >> 10
+    );
+
+    let out = dir.path().join("restored.img");
+    let (_, sr, csr) = timed(|| repo.restore_disk_to_file(&inc.id, "d", &out).unwrap());
+    println!(
+        "restore to a file, verified: {sr:.2} s ({csr:.2} CPU s), {:.0} MiB/s of image",
+        mb_s(cap as u64, sr)
+    );
+    assert!(std::fs::read(&out).unwrap() == disk.as_bytes());
+
+    let (r, sv, csv) = timed(|| repo.verify(VerifyLevel::ReadData).unwrap());
+    assert!(r.is_ok());
+    println!(
+        "verify (read data): {sv:.2} s ({csv:.2} CPU s), {:.0} MiB/s of packs",
+        mb_s(r.bytes_read, sv)
+    );
+}
+
+/// Runs `f`: its result, wall seconds and CPU seconds (user + system, all threads, from
+/// /proc: comparable on a loaded machine, where wall time is not).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (f[0] + f[1]) as f64 / 100.0
+    };
+    let (t, c) = (Instant::now(), cpu());
+    let r = f();
+    (r, t.elapsed().as_secs_f64(), cpu() - c)
+}
