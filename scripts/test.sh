@@ -19,7 +19,7 @@ step "libraries and binaries build without test-only features"
 cargo check --workspace --lib --bins
 
 step "no import cycles between the modules of a crate"
-python3 scripts/module-cycles.py vmm-core/src vmfs/src drs/src vmotion/src vcb/src examples/host/src examples/testkit/src
+python3 scripts/module-cycles.py vmm-core/src vmfs/src drs/src vmotion/src ha/src vcb/src examples/host/src examples/testkit/src
 
 step "cargo test --workspace"
 cargo test --workspace --all-targets
