@@ -9,6 +9,8 @@ use crate::model::AutomationLevel;
 use crate::state::State;
 use crate::validate::{Cluster, MEM};
 
+mod repair;
+
 /// How many of the most and least loaded hosts a balancing step considers.
 const CANDIDATE_HOSTS: usize = 6;
 
@@ -116,7 +118,9 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         unresolved: Vec::new(),
         cap: c.settings.max_moves_per_pass as usize,
     };
-    // Mandatory moves: hard-rule violations, then overcommitted hosts.
+    // Mandatory moves: split affinity groups, other hard-rule violations, then
+    // overcommitted hosts.
+    pass.repair_affinity();
     pass.fix_violations();
     pass.relieve_overcommitted_hosts();
     let stop = if threshold <= 1 {
@@ -171,64 +175,6 @@ impl Pass<'_> {
         }
         self.on_host[to].push(v);
         self.state.put(v, to);
-    }
-
-    /// Move each VM that breaks a hard rule, with the affinity partners beside it.
-    fn fix_violations(&mut self) {
-        let c = self.c;
-        for v in 0..c.vms.len() {
-            if self.recs.len() >= self.cap {
-                break;
-            }
-            let Some(reason) = self.state.violation(v) else {
-                continue;
-            };
-            let from = self.state.host_of[v];
-            // Affinity partners on the same host move with it.
-            let group: Vec<usize> = c.groups[c.vms[v].group]
-                .vms
-                .iter()
-                .copied()
-                .filter(|&p| self.state.host_of[p] == from)
-                .collect();
-            let mut best: Option<(f64, usize)> = None;
-            for h in 0..c.hosts.len() {
-                let ok = group
-                    .iter()
-                    .all(|&p| self.state.check(p, h, &group).is_ok());
-                if ok && group_fits(&self.state, &group, h) {
-                    let after = self.loads.after(self.ent.vms[v], from, Some(h));
-                    if best.is_none_or(|(a, _)| after < a) {
-                        best = Some((after, h));
-                    }
-                }
-            }
-            match best {
-                Some((_, h)) => {
-                    for &p in &group {
-                        let gain_now = self.loads.imbalance();
-                        let after =
-                            self.loads
-                                .after(self.ent.vms[p], self.state.host_of[p], Some(h));
-                        self.recs.push(rec(
-                            c,
-                            p,
-                            self.state.host_of[p],
-                            h,
-                            1,
-                            gain_now - after,
-                            format!("mandatory: {reason}"),
-                            self.automatic(1),
-                        ));
-                        self.do_move(p, h);
-                    }
-                }
-                None => self.unresolved.push(Unresolved {
-                    vm: c.vms[v].id.clone(),
-                    reason,
-                }),
-            }
-        }
     }
 
     /// Move VMs off hosts whose running VMs exceed their capacity.
@@ -340,20 +286,15 @@ impl Pass<'_> {
     }
 }
 
-fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
-    let c = state.c;
+/// Whether `h` has room for all of `group` at once (each member may fit alone).
+pub(crate) fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
+    let need = state.need_of(group);
     let free = state.free(h);
-    let mut need = [0u64; 2];
-    for &p in group {
-        let f = c.vms[p].footprint();
-        need[0] += f[0];
-        need[1] += f[1];
-    }
     need[0] <= free[0] && need[1] <= free[1]
 }
 
 #[allow(clippy::too_many_arguments)] // a plain record constructor
-fn rec(
+pub(crate) fn rec(
     c: &Cluster,
     v: usize,
     from: Option<usize>,

@@ -106,6 +106,17 @@ impl<'a> State<'a> {
         ]
     }
 
+    /// Summed capacity need of `vms` (what they take of a host's capacity).
+    pub fn need_of(&self, vms: &[usize]) -> [u64; 2] {
+        let mut need = [0u64; 2];
+        for &v in vms {
+            let f = self.c.vms[v].footprint();
+            need[CPU] += f[CPU];
+            need[MEM] += f[MEM];
+        }
+        need
+    }
+
     /// Place `v` on `h` (no checks).
     pub fn put(&mut self, v: usize, h: usize) {
         if self.host_of[v].is_some() {
