@@ -4,15 +4,13 @@
 use serde::Serialize;
 
 use crate::entitlement::{entitlements, Entitlements};
-use crate::load::{priority_for_imbalance, target_for_threshold, Loads};
+use crate::load::{target_for_threshold, Loads};
 use crate::model::AutomationLevel;
 use crate::state::State;
 use crate::validate::{Cluster, MEM};
 
+mod greedy;
 mod repair;
-
-/// How many of the most and least loaded hosts a balancing step considers.
-const CANDIDATE_HOSTS: usize = 6;
 
 /// A migration recommendation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,7 +104,7 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
     }
     let threshold = c.settings.migration_threshold;
-    let target = target_for_threshold(threshold);
+    let target = target_for_threshold(threshold, c.usable_hosts().count());
     let before = loads.imbalance();
     let mut pass = Pass {
         c,
@@ -219,70 +217,6 @@ impl Pass<'_> {
                 self.do_move(v, d);
             }
         }
-    }
-
-    /// Greedy balancing: the best single move from the most to the least loaded hosts,
-    /// until the imbalance reaches `target`, no move pays for itself, or the cap.
-    fn balance_to(&mut self, target: f64) -> StopReason {
-        let c = self.c;
-        let mut stop = StopReason::MoveCap;
-        let mut hosts: Vec<usize> = (0..c.hosts.len())
-            .filter(|&h| self.loads.usable(h))
-            .collect();
-        // Every iteration either adds a recommendation or stops: bounded by `cap`.
-        while self.recs.len() < self.cap {
-            let now = self.loads.imbalance();
-            if now <= target {
-                stop = StopReason::TargetReached;
-                break;
-            }
-            let loads = &self.loads;
-            hosts.sort_by(|&a, &b| loads.rank(b).total_cmp(&loads.rank(a)).then(a.cmp(&b)));
-            let k = CANDIDATE_HOSTS.min(hosts.len());
-            let sources = &hosts[..k];
-            let dests = &hosts[hosts.len() - k..];
-            let mut best: Option<(f64, usize, usize)> = None;
-            for &s in sources {
-                for &v in &self.on_host[s] {
-                    if c.groups[c.vms[v].group].vms.len() > 1 {
-                        continue;
-                    }
-                    let w = self.ent.vms[v];
-                    let min_gain =
-                        c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
-                    for &d in dests {
-                        if d == s {
-                            continue;
-                        }
-                        let gain = now - self.loads.after(w, Some(s), Some(d));
-                        if gain <= 1e-12
-                            || gain < min_gain
-                            || best.is_some_and(|(g, _, _)| gain <= g)
-                        {
-                            continue;
-                        }
-                        if self.state.check(v, d, &[]).is_ok() {
-                            best = Some((gain, v, d));
-                        }
-                    }
-                }
-            }
-            let Some((gain, v, d)) = best else {
-                stop = StopReason::NoImprovingMove;
-                break;
-            };
-            let p = priority_for_imbalance(now);
-            let from = self.state.host_of[v];
-            let reason = format!(
-                "balance: imbalance {now:.4} above target {target:.2}, {:?} is among the most loaded hosts",
-                from.map_or("-", |f| c.hosts[f].id.as_str())
-            );
-            self.recs
-                .push(rec(c, v, from, d, p, gain, reason, self.automatic(p)));
-            self.do_move(v, d);
-            self.loads.resum();
-        }
-        stop
     }
 }
 

@@ -42,7 +42,7 @@ mod validate;
 pub use balance::{balance, BalancePlan, Recommendation, StopReason, Unresolved};
 pub use entitlement::{admit_power_on, entitlements, Entitlements};
 pub use error::{Error, Result};
-pub use load::{priority_for_imbalance, target_for_threshold};
+pub use load::{priority_for_imbalance, target_for_threshold, IMBALANCE_STEP};
 pub use maintenance::{evacuate, Blocker, EvacuationMove, EvacuationPlan};
 pub use model::{
     Allocation, AutomationLevel, ClusterSpec, HostPower, HostSpec, PoolSpec, RestartPriority,

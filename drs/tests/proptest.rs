@@ -558,3 +558,133 @@ proptest! {
         check_assignment(&c, &a).map_err(TestCaseError::fail)?;
     }
 }
+
+/// Imbalance as the README defines it, computed from scratch: the population standard
+/// deviation of Σ entitlement / capacity over usable hosts, both resources folded.
+fn imbalance_of(c: &Cluster, ent: &[[u64; 2]], host_of: &[Option<usize>]) -> f64 {
+    let mut load = vec![[0.0f64; 2]; c.hosts.len()];
+    for (v, h) in host_of.iter().enumerate() {
+        if let Some(h) = *h {
+            for r in [CPU, MEM] {
+                load[h][r] += ent[v][r] as f64 / c.hosts[h].capacity[r] as f64;
+            }
+        }
+    }
+    let usable: Vec<usize> = c.usable_hosts().collect();
+    let n = usable.len() as f64;
+    let mut var = 0.0;
+    for r in [CPU, MEM] {
+        let mean = usable.iter().map(|&h| load[h][r]).sum::<f64>() / n;
+        var += usable
+            .iter()
+            .map(|&h| (load[h][r] - mean).powi(2))
+            .sum::<f64>()
+            / n;
+    }
+    (var / 2.0).sqrt()
+}
+
+/// Whether running VM `v` may move alone to `d` under every hard rule and capacity.
+fn single_move_allowed(c: &Cluster, host_of: &[Option<usize>], v: usize, d: usize) -> bool {
+    let vm = &c.vms[v];
+    if host_of[v] == Some(d)
+        || !c.hosts[d].usable()
+        || !vm.allows(d)
+        || c.groups[vm.group].vms.len() > 1
+    {
+        return false;
+    }
+    if vm.anti.iter().any(|&r| {
+        c.anti_rules[r]
+            .vms
+            .iter()
+            .any(|&p| p != v && host_of[p] == Some(d))
+    }) {
+        return false;
+    }
+    let mut used = [0u64; 2];
+    for (p, h) in host_of.iter().enumerate() {
+        if *h == Some(d) {
+            let f = c.vms[p].footprint();
+            used[CPU] += f[CPU];
+            used[MEM] += f[MEM];
+        }
+    }
+    let f = vm.footprint();
+    [CPU, MEM]
+        .iter()
+        .all(|&r| used[r] + f[r] <= c.hosts[d].capacity[r])
+}
+
+prop_compose! {
+    /// Small clusters with compatibility groups, anti-affinity and must-run-on rules.
+    fn arb_balance_case()(hosts in prop::collection::vec((1000i64..20_000, 1000i64..20_000, prop::option::weighted(0.6, 0u8..3)), 2..14),
+                          vms in prop::collection::vec((50i64..3000, 50i64..3000, 0usize..14), 1..40),
+                          anti in prop::collection::vec(prop::collection::vec(0usize..40, 2..4), 0..3),
+                          must in prop::collection::vec((0usize..40, prop::collection::vec(0usize..14, 1..4)), 0..3),
+                          threshold in 2u8..=5) -> ClusterSpec {
+        let nh = hosts.len();
+        let nv = vms.len();
+        let hosts = hosts.iter().enumerate().map(|(i, &(cpu, mem, g))| {
+            let mut h = HostSpec::new(host_id(i), cpu, mem);
+            h.compat_group = g.map(|g| format!("g{g}"));
+            h
+        }).collect();
+        let vms = vms.iter().enumerate().map(|(i, &(cpu, mem, h))| VmSpec::new(vm_id(i), cpu, mem).on(host_id(h % nh))).collect();
+        let mut spec = ClusterSpec::new(hosts, vms);
+        for (i, a) in anti.iter().enumerate() {
+            spec.rules.push(RuleSpec::VmAntiAffinity { id: format!("a{i}"), vms: a.iter().map(|&v| vm_id(v % nv)).collect() });
+        }
+        for (i, (v, hs)) in must.iter().enumerate() {
+            spec.rules.push(RuleSpec::VmHost {
+                id: format!("m{i}"),
+                vms: vec![vm_id(v % nv)],
+                hosts: hs.iter().map(|&h| host_id(h % nh)).collect(),
+                mode: VmHostMode::MustRunOn,
+            });
+        }
+        spec.settings.migration_threshold = threshold;
+        spec
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Balancing stops with "no improving move" only when an exhaustive search over every
+    /// single compatible, rule-abiding move finds none that lowers the imbalance.
+    #[test]
+    fn balancing_stops_only_when_no_single_move_improves(spec in arb_balance_case()) {
+        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
+        let plan = balance(&c);
+        let mut host_of: Vec<Option<usize>> = c.vms.iter().map(|v| v.host).collect();
+        for r in &plan.recommendations {
+            host_of[c.vm_index(&r.vm).unwrap()] = Some(c.host_index(&r.to).unwrap());
+        }
+        if plan.stop != vinfra_drs::StopReason::NoImprovingMove {
+            return Ok(());
+        }
+        let ent = entitlements(&c).vms;
+        let now = imbalance_of(&c, &ent, &host_of);
+        prop_assert!((now - plan.imbalance_after).abs() < 1e-9);
+        for v in 0..c.vms.len() {
+            let Some(s) = host_of[v] else { continue };
+            if !c.hosts[s].usable() {
+                continue;
+            }
+            for d in 0..c.hosts.len() {
+                if !single_move_allowed(&c, &host_of, v, d) {
+                    continue;
+                }
+                host_of[v] = Some(d);
+                let after = imbalance_of(&c, &ent, &host_of);
+                host_of[v] = Some(s);
+                prop_assert!(
+                    after >= now - 1e-9,
+                    "stopped at {now} but moving {} {} -> {} gives {after}",
+                    c.vms[v].id, c.hosts[s].id, c.hosts[d].id
+                );
+            }
+        }
+    }
+}

@@ -134,7 +134,7 @@ fn balancing_naive(args: &[String]) -> Result<(), String> {
     } = perturbed(args)?;
     let max_moves: usize = arg(args, 7, "max-moves")?;
     let c = Cluster::new(inst.spec).map_err(|e| e.to_string())?;
-    let target = vinfra_drs::target_for_threshold(threshold);
+    let target = vinfra_drs::target_for_threshold(threshold, c.usable_hosts().count());
     let t = Instant::now();
     let ent = vinfra_drs::entitlements(&c);
     let cap: Vec<[f64; 2]> = c
