@@ -10,7 +10,10 @@ use crate::state::State;
 use crate::validate::{Cluster, MEM};
 
 mod greedy;
+mod relieve;
 mod repair;
+
+pub use relieve::Contention;
 
 /// A migration recommendation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,6 +76,10 @@ pub struct BalancePlan {
     pub recommendations: Vec<Recommendation>,
     /// Violations no move could fix.
     pub unresolved: Vec<Unresolved>,
+    /// Hosts whose running VMs' demand exceeded their capacity before the pass.
+    pub contention_before: Vec<Contention>,
+    /// Hosts still in contention after all recommendations.
+    pub contention_after: Vec<Contention>,
     /// Why it stopped.
     pub stop: StopReason,
 }
@@ -120,18 +127,24 @@ pub fn balance(c: &Cluster) -> BalancePlan {
     // overcommitted hosts.
     pass.repair_affinity();
     pass.fix_violations();
+    let contention_before = pass.contention();
     pass.relieve_overcommitted_hosts();
     let stop = if threshold <= 1 {
         StopReason::MandatoryOnly
     } else {
+        // Contention hurts the VMs now; an uneven spread only risks it.
+        pass.relieve_contention();
         pass.balance_to(target)
     };
+    let contention_after = pass.contention();
     let plan = BalancePlan {
         imbalance_before: before,
         imbalance_after: pass.loads.imbalance(),
         target,
         recommendations: pass.recs,
         unresolved: pass.unresolved,
+        contention_before,
+        contention_after,
         stop,
     };
     tracing::debug!(
@@ -173,50 +186,6 @@ impl Pass<'_> {
         }
         self.on_host[to].push(v);
         self.state.put(v, to);
-    }
-
-    /// Move VMs off hosts whose running VMs exceed their capacity.
-    fn relieve_overcommitted_hosts(&mut self) {
-        let c = self.c;
-        for h in 0..c.hosts.len() {
-            let mut guard = self.on_host[h].len();
-            while self.state.overcommitted(h) && guard > 0 && self.recs.len() < self.cap {
-                guard -= 1;
-                let now = self.loads.imbalance();
-                let mut best: Option<(f64, usize, usize)> = None;
-                for &v in &self.on_host[h] {
-                    if c.groups[c.vms[v].group].vms.len() > 1 {
-                        continue;
-                    }
-                    for d in 0..c.hosts.len() {
-                        if self.state.check(v, d, &[]).is_ok() {
-                            let after = self.loads.after(self.ent.vms[v], Some(h), Some(d));
-                            if best.is_none_or(|(a, _, _)| after < a) {
-                                best = Some((after, v, d));
-                            }
-                        }
-                    }
-                }
-                let Some((after, v, d)) = best else {
-                    self.unresolved.push(Unresolved {
-                        vm: c.hosts[h].id.clone(),
-                        reason: "host overcommitted, no vm can move off".into(),
-                    });
-                    break;
-                };
-                self.recs.push(rec(
-                    c,
-                    v,
-                    Some(h),
-                    d,
-                    1,
-                    now - after,
-                    format!("mandatory: host {:?} overcommitted", c.hosts[h].id),
-                    self.automatic(1),
-                ));
-                self.do_move(v, d);
-            }
-        }
     }
 }
 

@@ -289,6 +289,9 @@ mod tests {
                 VmSpec::new("y", 5000, 1000).on("b"),
             ],
         );
+        // Reservations are what capacity must cover: big's and y's cannot share a host.
+        s.vms[0].cpu.reservation = 8000;
+        s.vms[1].cpu.reservation = 5000;
         s.vms.push(VmSpec::new("pinned", 10, 10).on("a"));
         s.rules.push(RuleSpec::VmHost {
             id: "pin".into(),

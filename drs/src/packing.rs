@@ -19,6 +19,7 @@ pub(crate) use backtrack::place_groups_complete;
 use backtrack::Backtrack;
 pub use backtrack::{BACKTRACK_MAX_ITEMS, BACKTRACK_STEPS};
 
+use crate::model::CapacityModel;
 use crate::state::State;
 use crate::validate::{Cluster, CPU, MEM};
 
@@ -260,7 +261,7 @@ pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
             ..plan
         };
     }
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     for (i, h) in search.host_of.iter().enumerate() {
         if let Some(h) = *h {
             for &v in &items[i].vms {
@@ -284,7 +285,7 @@ pub fn first_fit_decreasing(c: &Cluster) -> PackPlan {
             .total_cmp(&weight(items[a].size))
             .then(a.cmp(&b))
     });
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     let mut steps = 0u64;
     for i in order {
         let vms = &items[i].vms;
@@ -307,7 +308,7 @@ fn finish(
     steps: u64,
     hosts: &[usize],
 ) -> PackPlan {
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     let mut leftover: Vec<usize> = Vec::new();
     let mut in_bin = vec![false; items.len()];
     for (b, bin) in bins.iter().enumerate() {

@@ -88,7 +88,7 @@ impl<'s, 'c> Chooser<'s, 'c> {
         let w = c.vms[v].footprint();
         let from = self.state.host_of[v];
         let image = c.vms[v].image;
-        let mut best: Option<((u32, f64), usize, bool)> = None;
+        let mut best: Option<((bool, u32, f64), usize, bool)> = None;
         let mut rejected = Vec::new();
         for h in 0..c.hosts.len() {
             if let Err(r) = self.state.check(v, h, moving) {
@@ -103,7 +103,10 @@ impl<'s, 'c> Chooser<'s, 'c> {
             } else {
                 0.0
             };
-            let key = (self.state.soft_penalty(v, h), after - bonus);
+            // A host the VM's demand would push into contention comes last, then hosts
+            // that break a should-rule, then the balance.
+            let contends = !self.state.demand_fits(&[v], h);
+            let key = (contends, self.state.soft_penalty(v, h), after - bonus);
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
             }
@@ -258,6 +261,9 @@ mod tests {
     fn anti_affinity_and_capacity_are_explained() {
         let mut s = two_hosts();
         s.vms[1].mem_mb = 7000;
+        // Reservations are what capacity must cover: x's and new's cannot share a host.
+        s.vms[0].mem.reservation = 4000;
+        s.vms[1].mem.reservation = 7000;
         s.vms.push(VmSpec::new("y", 100, 100).on("b"));
         s.rules.push(RuleSpec::VmAntiAffinity {
             id: "apart".into(),

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use vinfra_drs::{
     admit_power_on, balance, entitlements, evacuate, first_fit_decreasing, ha, pack, place,
-    Allocation, Cluster, ClusterSpec, HostSpec, PackOptions, PoolSpec, RuleSpec, VmHostMode,
-    VmSpec, CPU, MEM,
+    Allocation, CapacityModel, Cluster, ClusterSpec, HostSpec, PackOptions, PoolSpec, RuleSpec,
+    VmHostMode, VmSpec, CPU, MEM,
 };
 
 fn host_id(i: usize) -> String {
@@ -59,6 +59,7 @@ prop_compose! {
                   pools in prop::collection::vec((prop::option::of(0usize..4), 0i64..500, any::<bool>()), 0..4),
                   rules in prop::collection::vec(arb_rule(), 0..5),
                   threshold in prop_oneof![50 => 1u8..=5, 1 => 0u8..9],
+                  footprint_model in any::<bool>(),
                   ghost in prop::bool::weighted(0.05)) -> ClusterSpec {
         let spec_vms_len = vms.len();
         let spec_hosts_len = hosts.len();
@@ -106,12 +107,35 @@ prop_compose! {
         spec.pools = pools;
         spec.rules = rules;
         spec.settings.migration_threshold = threshold;
+        if footprint_model {
+            spec.settings.capacity_model = CapacityModel::Footprint;
+        }
         spec
     }
 }
 
-/// Capacity, anti-affinity, affinity and hard VM-host rules hold for an assignment.
+/// Capacity (footprints: packing's rule), anti-affinity, affinity and hard VM-host rules
+/// hold for an assignment.
 fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), String> {
+    check_assignment_with(c, assignment, footprint)
+}
+
+/// What a VM takes of a host under packing's rule.
+fn footprint(c: &Cluster, v: usize) -> [u64; 2] {
+    c.vms[v].footprint()
+}
+
+/// What a VM takes of a host under the cluster's capacity model.
+fn capacity_need(c: &Cluster, v: usize) -> [u64; 2] {
+    c.capacity_need(v)
+}
+
+/// As [`check_assignment`], with capacity counted by `need`.
+fn check_assignment_with(
+    c: &Cluster,
+    assignment: &[(String, String)],
+    need: fn(&Cluster, usize) -> [u64; 2],
+) -> Result<(), String> {
     let mut used: HashMap<usize, [u64; 2]> = HashMap::new();
     let mut host_of: HashMap<usize, usize> = HashMap::new();
     for (vm, h) in assignment {
@@ -123,7 +147,7 @@ fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), 
         if !c.vms[v].allows(h) {
             return Err(format!("{vm} on a host its rules forbid"));
         }
-        let f = c.vms[v].footprint();
+        let f = need(c, v);
         let u = used.entry(h).or_default();
         u[CPU] += f[CPU];
         u[MEM] += f[MEM];
@@ -238,15 +262,20 @@ proptest! {
             .filter(|v| v.powered_on)
             .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
             .collect();
-        let abiding = check_assignment(&c, &now).is_ok();
+        let abiding = check_assignment_with(&c, &now, capacity_need).is_ok();
         for r in &b1.recommendations {
             let e = now.iter_mut().find(|(v, _)| *v == r.vm).unwrap();
             prop_assert_eq!(&e.1, &r.from);
             e.1.clone_from(&r.to);
         }
         if abiding {
-            check_assignment(&c, &now).map_err(TestCaseError::fail)?;
-            prop_assert!(b1.imbalance_after <= b1.imbalance_before + 1e-9);
+            check_assignment_with(&c, &now, capacity_need).map_err(TestCaseError::fail)?;
+            // Relieving contention may cost balance; balancing itself never does.
+            if b1.contention_before.is_empty() {
+                prop_assert!(b1.imbalance_after <= b1.imbalance_before + 1e-9);
+            }
+            // Contention is relieved first and never created.
+            prop_assert!(b1.contention_after.iter().all(|a| b1.contention_before.iter().any(|b| b.host == a.host)));
         }
         // Every hard rule the pass leaves broken is reported, whatever the start.
         for (what, vms) in rules_broken(&c, &now) {
@@ -434,7 +463,7 @@ fn the_random_instances_are_mostly_valid() {
 fn brute_force_feasible(c: &Cluster) -> bool {
     let running: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on).collect();
     let hosts: Vec<usize> = c.usable_hosts().collect();
-    some_assignment_keeps_the_rules(c, &[], &running, &hosts)
+    some_assignment_keeps_the_rules(c, &[], &running, &hosts, footprint)
 }
 
 /// Is there an assignment of `movers` to `hosts` that keeps every rule together with
@@ -444,9 +473,10 @@ fn some_assignment_keeps_the_rules(
     stay: &[(String, String)],
     movers: &[usize],
     hosts: &[usize],
+    need: fn(&Cluster, usize) -> [u64; 2],
 ) -> bool {
     if hosts.is_empty() {
-        return movers.is_empty() && check_assignment(c, stay).is_ok();
+        return movers.is_empty() && check_assignment_with(c, stay, need).is_ok();
     }
     let total = hosts.len().pow(u32::try_from(movers.len()).unwrap());
     (0..total).any(|mut code| {
@@ -456,7 +486,7 @@ fn some_assignment_keeps_the_rules(
             code /= hosts.len();
             assignment.push((c.vms[v].id.clone(), c.hosts[h].id.clone()));
         }
-        check_assignment(c, &assignment).is_ok()
+        check_assignment_with(c, &assignment, need).is_ok()
     })
 }
 
@@ -483,7 +513,7 @@ fn small_cluster_keeping_the_rules(
         .filter(|v| v.powered_on)
         .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
         .collect();
-    check_assignment(&c, &now).ok()?;
+    check_assignment_with(&c, &now, capacity_need).ok()?;
     Some((c, host, now))
 }
 
@@ -518,7 +548,7 @@ proptest! {
         let leaving: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(t)).collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != t).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != target).cloned().collect();
-        let possible = some_assignment_keeps_the_rules(&c, &stay, &leaving, &others);
+        let possible = some_assignment_keeps_the_rules(&c, &stay, &leaving, &others, capacity_need);
         let plan = evacuate(&c, &target).unwrap();
         if std::env::var_os("DRS_COUNT").is_some() {
             eprintln!("EVAC leaving={} possible={possible}", leaving.len());
@@ -530,7 +560,7 @@ proptest! {
             for m in plan.moves.iter().filter(|m| m.powered_on) {
                 a.push((m.vm.clone(), m.to.clone()));
             }
-            check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+            check_assignment_with(&c, &a, capacity_need).map_err(TestCaseError::fail)?;
         }
     }
 }
@@ -548,14 +578,14 @@ proptest! {
             .collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != f).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != failed).cloned().collect();
-        let possible = victims.is_empty() || some_assignment_keeps_the_rules(&c, &stay, &victims, &others);
+        let possible = victims.is_empty() || some_assignment_keeps_the_rules(&c, &stay, &victims, &others, capacity_need);
         let plan = ha::restart_plan(&c, &[failed.as_str()]).unwrap();
         prop_assert_eq!(plan.restarts.len() == victims.len(), possible, "plan {:?}", plan);
         let mut a = stay.clone();
         for r in &plan.restarts {
             a.push((r.vm.clone(), r.host.clone()));
         }
-        check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+        check_assignment_with(&c, &a, capacity_need).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -602,18 +632,22 @@ fn single_move_allowed(c: &Cluster, host_of: &[Option<usize>], v: usize, d: usiz
     }) {
         return false;
     }
-    let mut used = [0u64; 2];
-    for (p, h) in host_of.iter().enumerate() {
-        if *h == Some(d) {
-            let f = c.vms[p].footprint();
-            used[CPU] += f[CPU];
-            used[MEM] += f[MEM];
+    // The hard need must fit, and balancing never creates contention (demand above
+    // capacity): both sums stay within the destination's capacity.
+    [footprint, capacity_need].iter().all(|need| {
+        let mut used = [0u64; 2];
+        for (p, h) in host_of.iter().enumerate() {
+            if *h == Some(d) {
+                let f = need(c, p);
+                used[CPU] += f[CPU];
+                used[MEM] += f[MEM];
+            }
         }
-    }
-    let f = vm.footprint();
-    [CPU, MEM]
-        .iter()
-        .all(|&r| used[r] + f[r] <= c.hosts[d].capacity[r])
+        let f = need(c, v);
+        [CPU, MEM]
+            .iter()
+            .all(|&r| used[r] + f[r] <= c.hosts[d].capacity[r])
+    })
 }
 
 prop_compose! {
@@ -622,7 +656,9 @@ prop_compose! {
                           vms in prop::collection::vec((50i64..3000, 50i64..3000, 0usize..14), 1..40),
                           anti in prop::collection::vec(prop::collection::vec(0usize..40, 2..4), 0..3),
                           must in prop::collection::vec((0usize..40, prop::collection::vec(0usize..14, 1..4)), 0..3),
-                          threshold in 2u8..=5) -> ClusterSpec {
+                          threshold in 2u8..=5,
+                          footprint_model in any::<bool>(),
+                          reservations in prop::collection::vec(0i64..1500, 40)) -> ClusterSpec {
         let nh = hosts.len();
         let nv = vms.len();
         let hosts = hosts.iter().enumerate().map(|(i, &(cpu, mem, g))| {
@@ -644,6 +680,13 @@ prop_compose! {
             });
         }
         spec.settings.migration_threshold = threshold;
+        if footprint_model {
+            spec.settings.capacity_model = CapacityModel::Footprint;
+        }
+        for (vm, res) in spec.vms.iter_mut().zip(reservations) {
+            vm.mem.reservation = res.min(vm.mem_mb);
+            vm.cpu.reservation = res.min(vm.cpu_mhz);
+        }
         spec
     }
 }

@@ -119,7 +119,11 @@ impl Pass<'_> {
             return;
         }
         let min_gain = c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
-        if gain >= min_gain && self.state.check(v, d, &[]).is_ok() {
+        // Balancing never creates contention: demand must stay within the destination.
+        if gain >= min_gain
+            && self.state.demand_fits(&[v], d)
+            && self.state.check(v, d, &[]).is_ok()
+        {
             *best = Some((gain, v, d));
         }
     }

@@ -289,8 +289,12 @@ mod tests {
 
     #[test]
     fn a_split_that_cannot_be_repaired_is_reported_with_the_reason() {
-        // Each host is too small for both members.
-        let c = Cluster::new(pair(1500)).unwrap();
+        // Each host is too small for both members' reservations.
+        let mut s = pair(1500);
+        for vm in &mut s.vms {
+            vm.cpu.reservation = 1000;
+        }
+        let c = Cluster::new(s).unwrap();
         let p = balance(&c);
         assert!(p.recommendations.iter().all(|r| r.priority != 1));
         assert_eq!(p.unresolved.len(), 1, "{p:?}");
@@ -316,6 +320,8 @@ mod tests {
             ],
         );
         s.hosts[2].compat_group = Some("amd".into());
+        s.vms[4].cpu.reservation = 9500;
+        s.vms[3].cpu.reservation = 1000;
         s.vms[3].compat_group = Some("amd".into());
         s.rules.push(RuleSpec::VmAntiAffinity {
             id: "apart".into(),

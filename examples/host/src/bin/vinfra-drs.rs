@@ -160,7 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let plan = vinfra_drs::balance(&c);
             emit(json, &plan, |p| {
                 println!(
-                    "imbalance {:.4} -> {:.4} (target {:.2}, automation {:?}, threshold {}), stop: {:?}",
+                    "imbalance {:.4} -> {:.4} (target {:.4}, automation {:?}, threshold {}), stop: {:?}",
                     p.imbalance_before,
                     p.imbalance_after,
                     p.target,
@@ -183,6 +183,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 for u in &p.unresolved {
                     println!("  unresolved {}: {}", u.vm, u.reason);
+                }
+                for (when, list) in [
+                    ("before", &p.contention_before),
+                    ("after", &p.contention_after),
+                ] {
+                    for x in list.iter() {
+                        println!(
+                            "  contention {when} on {}: demand {} MHz / {} MB, capacity {} MHz / {} MB",
+                            x.host, x.cpu_demand_mhz, x.mem_demand_mb, x.cpu_mhz, x.mem_mb
+                        );
+                    }
                 }
             })
         }
