@@ -212,7 +212,8 @@ fn effective(a: &Alloc, used: u64) -> u64 {
 /// Admission control for powering on `vm`: its reservations must be covered through
 /// its pool chain, and some host must take its hard need under the cluster's capacity
 /// model (VMware's: the reservations plus the VM's memory overhead, whatever its demand;
-/// under [`crate::CapacityModel::Footprint`]: its footprint). Errors say why.
+/// under [`crate::CapacityModel::Footprint`]: its footprint), possibly after the
+/// prerequisite migrations [`crate::place`] would return. Errors say why.
 ///
 /// ```
 /// use vinfra_drs::{admit_power_on, Cluster, ClusterSpec, Error, HostSpec, VmSpec};
@@ -300,9 +301,22 @@ pub fn admit_power_on(c: &Cluster, vm: &str) -> Result<()> {
             Err(r) => reasons.push(format!("{}: {r}", c.hosts[h].id)),
         }
     }
+    // As DRS does, a power-on that a few migrations make room for is admitted (`place`
+    // returns those migrations).
+    let mut state = state;
+    if crate::placement::Chooser::new(&mut state)
+        .make_room(v)
+        .is_some()
+    {
+        return Ok(());
+    }
     Err(Error::AdmissionRefused {
         vm: vm.to_owned(),
-        reason: format!("no host can take it ({})", reasons.join("; ")),
+        reason: format!(
+            "no host can take it, and no {} migrations make room ({})",
+            crate::placement::MAX_PREREQUISITES,
+            reasons.join("; ")
+        ),
     })
 }
 

@@ -51,7 +51,9 @@ pub use model::{
 pub use packing::{
     first_fit_decreasing, pack, PackOptions, PackPlan, BACKTRACK_MAX_ITEMS, BACKTRACK_STEPS,
 };
-pub use placement::{place, Placement, PlacementPlan, Rejected, SHARING_BONUS};
+pub use placement::{
+    place, Placement, PlacementPlan, PrerequisiteMove, Rejected, MAX_PREREQUISITES, SHARING_BONUS,
+};
 pub use state::Reject;
 pub use validate::{
     Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MAX_VALUE, MEM,

@@ -229,7 +229,6 @@ impl<'a> State<'a> {
         if let Some(r) = self.static_reject(v, h) {
             return Err(r);
         }
-        let vm = &self.c.vms[v];
         let need = self.need(v);
         let free = self.free(h);
         if need[CPU] > free[CPU] {
@@ -244,10 +243,26 @@ impl<'a> State<'a> {
                 free: free[MEM],
             });
         }
+        match self.partner_reject(v, h, moving) {
+            Some(r) => Err(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Would every rule but capacity let `v` go to `h` (room may be made there)?
+    pub fn rules_allow(&self, v: usize, h: usize, moving: &[usize]) -> bool {
+        self.host_of[v] != Some(h)
+            && self.static_reject(v, h).is_none()
+            && self.partner_reject(v, h, moving).is_none()
+    }
+
+    /// Anti-affinity partners on `h`, or affinity partners (other than `moving`) elsewhere.
+    fn partner_reject(&self, v: usize, h: usize, moving: &[usize]) -> Option<Reject> {
+        let vm = &self.c.vms[v];
         for &r in &vm.anti {
             let there = self.anti.get(&(r, h)).copied().unwrap_or(0);
             if there > 0 {
-                return Err(Reject::AntiAffinity {
+                return Some(Reject::AntiAffinity {
                     rule: self.c.anti_rules[r].id.clone(),
                 });
             }
@@ -259,14 +274,14 @@ impl<'a> State<'a> {
             }
             if let Some(ph) = self.host_of[p] {
                 if ph != h {
-                    return Err(Reject::Affinity {
+                    return Some(Reject::Affinity {
                         rules: group.rules.clone(),
                         partners_on: self.c.hosts[ph].id.clone(),
                     });
                 }
             }
         }
-        Ok(())
+        None
     }
 
     /// Does the VM break a hard rule where it is now?

@@ -253,6 +253,26 @@ proptest! {
         let unplaced: Vec<&str> = c.vms.iter().filter(|v| v.host.is_none()).map(|v| v.id.as_str()).collect();
         let p = place(&c, &unplaced).unwrap();
         prop_assert_eq!(p.placements.len(), unplaced.len());
+        // From a placement that keeps every rule, the prerequisite migrations and the
+        // placements keep them too.
+        let mut now: Vec<(String, String)> = c.vms.iter()
+            .filter(|v| v.powered_on && v.host.is_some() && !unplaced.contains(&v.id.as_str()))
+            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
+            .collect();
+        if check_assignment_with(&c, &now, capacity_need).is_ok() {
+            for pl in &p.placements {
+                prop_assert!(pl.prerequisites.len() <= vinfra_drs::MAX_PREREQUISITES);
+                for m in &pl.prerequisites {
+                    let e = now.iter_mut().find(|(v, _)| *v == m.vm).unwrap();
+                    prop_assert_eq!(&e.1, &m.from);
+                    e.1.clone_from(&m.to);
+                }
+                if let Some(h) = &pl.host {
+                    now.push((pl.vm.clone(), h.clone()));
+                }
+            }
+            check_assignment_with(&c, &now, capacity_need).map_err(TestCaseError::fail)?;
+        }
         let b1 = balance(&c);
         let b2 = balance(&c);
         prop_assert_eq!(&b1, &b2);

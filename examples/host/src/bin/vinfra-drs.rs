@@ -138,6 +138,9 @@ fn run(cli: Cli) -> Result<(), String> {
             emit(json, &plan, |p| {
                 for pl in &p.placements {
                     let how = if pl.automatic { "place" } else { "recommend" };
+                    for m in &pl.prerequisites {
+                        println!("first migrate {} {} -> {} (makes room)", m.vm, m.from, m.to);
+                    }
                     match &pl.host {
                         Some(h) => println!(
                             "{how} {} on {h} (imbalance after {:.4}{})",
