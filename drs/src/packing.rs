@@ -9,6 +9,7 @@
 mod backtrack;
 mod heuristic;
 mod matching;
+mod near;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -234,6 +235,19 @@ fn lower_bound(c: &Cluster, items: &[Item]) -> usize {
 /// ```
 pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
     let plan = heuristic::pack_heuristic(c, opts);
+    // Never worse than the baseline: it is cheap next to the heuristics.
+    let ffd = first_fit_decreasing(c);
+    let plan = if (ffd.unplaced.len(), ffd.hosts_used) < (plan.unplaced.len(), plan.hosts_used) {
+        PackPlan {
+            steps: plan.steps + ffd.steps,
+            ..ffd
+        }
+    } else {
+        PackPlan {
+            steps: plan.steps + ffd.steps,
+            ..plan
+        }
+    };
     let items = items_of(c);
     // The search recurses once per item: keep it to instances where that depth is small.
     if plan.unplaced.is_empty()
@@ -291,7 +305,8 @@ pub fn first_fit_decreasing(c: &Cluster) -> PackPlan {
         let vms = &items[i].vms;
         for &h in &hosts {
             steps += 1;
-            if try_put_group(&mut state, vms, h) {
+            // The size test first: most hosts are too full, and it is two comparisons.
+            if fits(items[i].size, state.free(h)) && try_put_group(&mut state, vms, h) {
                 break;
             }
         }

@@ -2,7 +2,9 @@
 //! prints one JSON line per run; the peer scripts in `benches/peers/` drive it.
 //!
 //! ```text
-//! drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec-out.json]
+//! drs-bench packing <family> <vms> <seed> [spec-out.json]
+//!   family: triplets, rule_heavy, shrunk, scaled, quintuplets, heterogeneous,
+//!           random_<lo%>_<hi%> (e.g. random_10_60)
 //! drs-bench balance <hosts> <vms> <moves> <seed> <threshold>
 //! drs-bench balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>
 //! ```
@@ -27,10 +29,22 @@ fn packing(args: &[String]) -> Result<(), String> {
     let family = args.get(2).ok_or("missing family")?.as_str();
     let vms: usize = arg(args, 3, "vms")?;
     let seed: u64 = arg(args, 4, "seed")?;
+    let spare = vms / 12 + 2;
     let inst = match family {
-        "triplets" => generate::triplets(seed, vms, vms / 12 + 2),
+        "triplets" => generate::triplets(seed, vms, spare),
         "rule_heavy" => generate::rule_heavy(seed, vms),
-        _ => return Err(format!("unknown family {family}")),
+        "shrunk" => generate::shrunk_triplets(seed, vms, spare),
+        "scaled" => generate::scaled_triplets(seed, vms, spare),
+        "quintuplets" => generate::quintuplets(seed, vms, vms / 20 + 2),
+        "heterogeneous" => generate::heterogeneous(seed, vms, spare),
+        _ => match family
+            .strip_prefix("random_")
+            .and_then(|r| r.split_once('_'))
+            .and_then(|(lo, hi)| Some((lo.parse().ok()?, hi.parse().ok()?)))
+        {
+            Some((lo, hi)) => generate::random_2d(seed, vms, lo, hi),
+            None => return Err(format!("unknown family {family}")),
+        },
     };
     if let Some(path) = args.get(5) {
         let json = serde_json::to_string(&inst.spec).map_err(|e| e.to_string())?;
@@ -213,7 +227,7 @@ fn main() -> ExitCode {
         Some("packing") => packing(&args),
         Some("balance") => balancing(&args),
         Some("balance-naive") => balancing_naive(&args),
-        _ => Err("usage: drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
+        _ => Err("usage: drs-bench packing <family> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
