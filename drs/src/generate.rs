@@ -49,6 +49,9 @@ pub struct Instance {
     pub optimum_hosts: Option<usize>,
     /// Migrations that made the imbalance (perturbed families).
     pub perturbation_moves: Option<usize>,
+    /// Imbalance of the placement before the perturbation (perturbed families): undoing
+    /// the perturbation's migrations reaches it.
+    pub witness_imbalance: Option<f64>,
 }
 
 /// Three values in (cap/4, cap/2) that sum exactly to `cap`.
@@ -103,6 +106,7 @@ pub fn triplets(seed: u64, vms: usize, spare: usize) -> Instance {
         spec: ClusterSpec::new(hosts, list.into_iter().map(|(v, _)| v).collect()),
         optimum_hosts: Some(bins),
         perturbation_moves: None,
+        witness_imbalance: None,
     }
 }
 
@@ -153,6 +157,7 @@ pub fn random_2d(seed: u64, vms: usize, lo_pct: i64, hi_pct: i64) -> Instance {
         spec: ClusterSpec::new(hosts, list),
         optimum_hosts: None,
         perturbation_moves: None,
+        witness_imbalance: None,
     }
 }
 
@@ -222,6 +227,7 @@ pub fn quintuplets(seed: u64, vms: usize, spare: usize) -> Instance {
         spec: ClusterSpec::new((0..bins + spare).map(host).collect(), list),
         optimum_hosts: Some(bins),
         perturbation_moves: None,
+        witness_imbalance: None,
     }
 }
 
@@ -255,6 +261,7 @@ pub fn heterogeneous(seed: u64, vms: usize, spare: usize) -> Instance {
         spec: ClusterSpec::new(hosts, list),
         optimum_hosts: Some(bins),
         perturbation_moves: None,
+        witness_imbalance: None,
     }
 }
 
@@ -322,6 +329,7 @@ pub fn rule_heavy(seed: u64, vms: usize) -> Instance {
         spec,
         optimum_hosts: Some(bins),
         perturbation_moves: None,
+        witness_imbalance: None,
     }
 }
 
@@ -341,22 +349,42 @@ fn split(rng: &mut ChaCha8Rng, total: i64, n: usize) -> Vec<i64> {
 /// A balanced placement of `vms` VMs on `hosts` hosts (60% CPU and memory load on every
 /// host), then `moves` random migrations onto a tenth of the hosts.
 pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance {
+    perturbed_with(seed, hosts, vms, moves, false)
+}
+
+/// [`perturbed`] across two CPU-compatibility groups: the first half of the hosts
+/// (group "a") carries 60 % of its capacity, the second half (group "b") 40 %, and the
+/// migrations go from "a" hosts onto the first tenth of the hosts (all in "a"). VMotion
+/// stays inside a group, so the best reachable imbalance is the unperturbed one, 0.1,
+/// and the least loaded hosts of the cluster are never compatible with the most loaded.
+pub fn perturbed_groups(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance {
+    perturbed_with(seed, hosts, vms, moves, true)
+}
+
+fn perturbed_with(seed: u64, hosts: usize, vms: usize, moves: usize, groups: bool) -> Instance {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let hosts = hosts.max(2);
-    let (cpu_load, mem_load) = (HOST_CPU_MHZ * 6 / 10, HOST_MEM_MB * 6 / 10);
+    let group_of = |h: usize| usize::from(groups && h >= hosts / 2);
+    // Load in tenths of capacity per group.
+    let tenths = [6, 4];
     let mut list: Vec<VmSpec> = Vec::with_capacity(vms);
     let mut used = vec![(0i64, 0i64); hosts];
+    let mut load_sum = [0.0f64; 2];
     for (h, load) in used.iter_mut().enumerate() {
         let n = vms / hosts + usize::from(h < vms % hosts);
         if n == 0 {
             continue;
         }
+        let t = tenths[group_of(h)];
+        let (cpu_load, mem_load) = (HOST_CPU_MHZ * t / 10, HOST_MEM_MB * t / 10);
         let cpu = split(&mut rng, cpu_load, n);
         let mem = split(&mut rng, mem_load, n);
         for k in 0..n {
             list.push(VmSpec::new(format!("vm-{:05}", list.len()), cpu[k], mem[k]).on(host(h).id));
         }
         *load = (cpu_load, mem_load);
+        load_sum[0] += t as f64 / 10.0;
+        load_sum[1] += (t * t) as f64 / 100.0;
     }
     let hot = (hosts / 10).max(1);
     let mut made = 0;
@@ -372,7 +400,7 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
             .and_then(|h| h.strip_prefix("esx-"))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        if from < hot {
+        if from < hot || group_of(from) != group_of(to) {
             continue;
         }
         let (c, m) = (list[v].cpu_mhz, list[v].mem_mb);
@@ -386,16 +414,27 @@ pub fn perturbed(seed: u64, hosts: usize, vms: usize, moves: usize) -> Instance 
         list[v].host = Some(host(to).id);
         made += 1;
     }
-    let mut spec = ClusterSpec::new((0..hosts).map(host).collect(), list);
+    let mut host_list: Vec<HostSpec> = (0..hosts).map(host).collect();
+    if groups {
+        for (h, spec) in host_list.iter_mut().enumerate() {
+            spec.compat_group = Some(["a", "b"][group_of(h)].into());
+        }
+    }
+    let mut spec = ClusterSpec::new(host_list, list);
     spec.settings = Settings {
         migration_threshold: 3,
         max_moves_per_pass: u32::MAX,
         ..Settings::default()
     };
+    // Both resources carry the same loads: the imbalance is one standard deviation.
+    let n = hosts as f64;
+    let mean = load_sum[0] / n;
+    let witness = (load_sum[1] / n - mean * mean).max(0.0).sqrt();
     Instance {
         spec,
         optimum_hosts: None,
         perturbation_moves: Some(made),
+        witness_imbalance: Some(witness),
     }
 }
 
@@ -463,6 +502,20 @@ mod tests {
         for inst in [q, h, r] {
             Cluster::new(inst.spec).unwrap();
         }
+    }
+
+    #[test]
+    fn grouped_perturbations_stay_inside_a_group() {
+        let p = perturbed_groups(2, 20, 400, 30);
+        let w = p.witness_imbalance.unwrap();
+        assert!((w - 0.1).abs() < 1e-9, "{w}");
+        assert!(p.perturbation_moves.is_some_and(|m| m > 10));
+        let c = Cluster::new(p.spec).unwrap();
+        for vm in &c.vms {
+            let h = vm.host.unwrap();
+            assert!(vm.allows(h));
+        }
+        assert_eq!(perturbed(3, 8, 200, 20).witness_imbalance, Some(0.0));
     }
 
     #[test]

@@ -159,3 +159,24 @@ fn packing_never_uses_more_hosts_than_ffd() {
         }
     }
 }
+
+/// Issue 12's compatibility-group stall: the most loaded hosts (one group) and the least
+/// loaded (the other) are never compatible; the pass still undoes the perturbation down
+/// to the best reachable imbalance, with no more migrations than it made.
+#[test]
+fn balancing_reaches_the_witness_across_compatibility_groups() {
+    for seed in 0..3 {
+        let inst = generate::perturbed_groups(seed, 20, 800, 60);
+        let witness = inst.witness_imbalance.unwrap();
+        let made = inst.perturbation_moves.unwrap();
+        let c = Cluster::new(inst.spec).unwrap();
+        let p = balance(&c);
+        assert!(
+            p.imbalance_after <= witness + 0.002,
+            "seed {seed}: {} vs witness {witness}",
+            p.imbalance_after
+        );
+        assert!(p.recommendations.len() <= made, "seed {seed}");
+        assert!(p.recommendations.iter().all(|r| r.priority > 1));
+    }
+}

@@ -5,7 +5,7 @@
 //! drs-bench packing <family> <vms> <seed> [spec-out.json]
 //!   family: triplets, rule_heavy, shrunk, scaled, quintuplets, heterogeneous,
 //!           random_<lo%>_<hi%> (e.g. random_10_60)
-//! drs-bench balance <hosts> <vms> <moves> <seed> <threshold>
+//! drs-bench balance <hosts> <vms> <moves> <seed> <threshold> [one-group|two-groups]
 //! drs-bench balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>
 //! ```
 //!
@@ -86,12 +86,17 @@ fn perturbed(args: &[String]) -> Result<Perturbed, String> {
     let moves: usize = arg(args, 4, "moves")?;
     let seed: u64 = arg(args, 5, "seed")?;
     let threshold: u8 = arg(args, 6, "threshold")?;
+    let inst = match args.get(7).map(String::as_str) {
+        None | Some("one-group") => generate::perturbed(seed, hosts, vms, moves),
+        Some("two-groups") => generate::perturbed_groups(seed, hosts, vms, moves),
+        Some(other) => return Err(format!("unknown balance family {other}")),
+    };
     Ok(Perturbed {
         hosts,
         vms,
         seed,
         threshold,
-        inst: generate::perturbed(seed, hosts, vms, moves),
+        inst,
     })
 }
 
@@ -114,6 +119,8 @@ fn balancing(args: &[String]) -> Result<(), String> {
         serde_json::json!({
             "hosts": hosts, "vms": vms, "seed": seed, "threshold": threshold,
             "perturbation_moves": inst.perturbation_moves,
+            "witness_imbalance": inst.witness_imbalance,
+            "family": args.get(7).map_or("one-group", String::as_str),
             "imbalance_before": plan.imbalance_before, "imbalance_after": plan.imbalance_after,
             "target": plan.target, "migrations": plan.recommendations.len(),
             "stop": plan.stop, "pass_ms": ms,
@@ -227,7 +234,7 @@ fn main() -> ExitCode {
         Some("packing") => packing(&args),
         Some("balance") => balancing(&args),
         Some("balance-naive") => balancing_naive(&args),
-        _ => Err("usage: drs-bench packing <family> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
+        _ => Err("usage: drs-bench packing <family> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> [one-group|two-groups] | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -111,7 +111,8 @@ impl Pass<'_> {
     fn consider(&self, now: f64, v: usize, s: usize, d: usize, best: &mut Best) {
         let c = self.c;
         // Affinity groups are repaired as a whole by the mandatory pass, never split here.
-        if d == s || c.groups[c.vms[v].group].vms.len() > 1 {
+        // Compatibility and hard VM-host rules first: one lookup in the VM's host mask.
+        if d == s || c.groups[c.vms[v].group].vms.len() > 1 || !c.vms[v].allows(d) {
             return;
         }
         let gain = now - self.loads.after(self.ent.vms[v], Some(s), Some(d));
