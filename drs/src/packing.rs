@@ -7,6 +7,7 @@
 //! their items allow. Everything is bounded by [`PackOptions::step_budget`].
 
 mod backtrack;
+mod fewer;
 mod heuristic;
 mod matching;
 mod near;

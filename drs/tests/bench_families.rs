@@ -135,7 +135,7 @@ fn packing_holds_up_when_no_host_is_filled_exactly() {
 /// Whatever the sizes, never more hosts than first-fit-decreasing.
 #[test]
 fn packing_never_uses_more_hosts_than_ffd() {
-    for seed in 0..3 {
+    for seed in 0..2 {
         for vms in [60, 120] {
             for inst in [
                 generate::random_2d(seed, vms, 5, 25),

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 
+use super::fewer::{pack_into, FEWER_MAX_ITEMS, FEWER_STEPS};
 use super::matching::match_bins;
 use super::near::{tolerance, Grid, LEVELS_PERMILLE};
 use super::{
@@ -366,7 +367,7 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
     if !small || (near.unplaced.is_empty() && near.hosts_used <= lb) {
         return near;
     }
-    let classic = homogeneous_pack(c, items, cap, opts, &hosts, lb, false);
+    let classic = homogeneous_pack(c, items.clone(), cap, opts, &hosts, lb, false);
     let steps = near.steps + classic.steps;
     let best =
         if (classic.unplaced.len(), classic.hosts_used) < (near.unplaced.len(), near.hosts_used) {
@@ -374,7 +375,52 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
         } else {
             near
         };
-    PackPlan { steps, ..best }
+    let best = fewer_hosts(c, &items, cap, &hosts, lb, best);
+    PackPlan {
+        steps: steps + best.steps,
+        ..best
+    }
+}
+
+/// Small instances without rules: one host fewer at a time, while a bounded exact
+/// search finds a packing and the count is above the bound.
+fn fewer_hosts(
+    c: &Cluster,
+    items: &[Item],
+    cap: [u64; 2],
+    hosts: &[usize],
+    lb: usize,
+    best: PackPlan,
+) -> PackPlan {
+    let plain = items
+        .iter()
+        .all(|it| it.allowed.is_none() && it.anti.is_empty());
+    if !plain || items.len() > FEWER_MAX_ITEMS || !best.unplaced.is_empty() {
+        return PackPlan { steps: 0, ..best };
+    }
+    let mut budget = FEWER_STEPS;
+    let mut found: Option<Vec<Vec<usize>>> = None;
+    let mut k = best.hosts_used;
+    while k > lb && budget > 0 {
+        match pack_into(items, cap, k - 1, &mut budget) {
+            Some(bins) => {
+                k = bins.len();
+                found = Some(bins);
+            }
+            None => break,
+        }
+    }
+    let steps = FEWER_STEPS - budget;
+    match found {
+        Some(bins) => {
+            let bin_host = match_bins(c, items, &bins, hosts);
+            PackPlan {
+                steps,
+                ..finish(c, items, &bins, &bin_host, lb, 0, hosts)
+            }
+        }
+        None => PackPlan { steps, ..best },
+    }
 }
 
 /// Identical hosts: exact completion, then (with `near`) near-exact completion at
