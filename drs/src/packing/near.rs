@@ -166,9 +166,17 @@ impl Packer {
             if closed(r2) {
                 return Some(set);
             }
-            if let Some(k) = self.close_with_one(grid, &set, r2, tol, ok) {
-                set.push(k);
-                return Some(set);
+            // A third item exists only between the smallest and the largest sizes (plus
+            // the tolerance): no lookup otherwise.
+            let possible = r2[CPU] >= self.cpu_range.0
+                && r2[MEM] >= self.mem_range.0
+                && r2[CPU] <= max_c + tol[CPU]
+                && r2[MEM] <= max_m + tol[MEM];
+            if possible {
+                if let Some(k) = self.close_with_one(grid, &set, r2, tol, ok) {
+                    set.push(k);
+                    return Some(set);
+                }
             }
             set.pop();
         }
