@@ -51,7 +51,7 @@ print("| family | hosts / VMs | threshold | target | witness imbalance | imbalan
 print("|---|---|---|---|---|---|---|---|")
 groups = {}
 for r in rows:
-    groups.setdefault((r["family"], r["hosts"], r["vms"], r["perturbation_moves"] > 700, r["threshold"]), []).append(r)
+    groups.setdefault((r["family"], r["hosts"], r["vms"], r["perturbation_moves"] > 520, r["threshold"]), []).append(r)
 for (family, hosts, vms, _, t), rs in sorted(groups.items()):
     before = sum(r["imbalance_before"] for r in rs) / len(rs)
     after = max(r["imbalance_after"] for r in rs)
