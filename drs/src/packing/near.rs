@@ -1,5 +1,5 @@
 //! Near-exact bin completion: bins filled to within a tolerance of capacity, the
-//! tolerance growing from 0.2 % to 4 % of a host per resource, so the fullest bins are
+//! tolerance growing from 0.1 % to 4 % of a host per resource, so the fullest bins are
 //! committed first whatever the sizes (exact completion alone needs sizes that sum to
 //! capacity exactly; a VM one MHz smaller defeats it).
 //!
@@ -16,7 +16,7 @@ use super::{fits, sub, FxMap};
 use crate::validate::{CPU, MEM};
 
 /// Tolerances, in thousandths of a host per resource, tried in order.
-pub(super) const LEVELS_PERMILLE: [u64; 5] = [2, 5, 10, 20, 40];
+pub(super) const LEVELS_PERMILLE: [u64; 7] = [1, 2, 5, 10, 20, 30, 40];
 /// Second items tried per bin and level.
 const PAIR_SCAN: usize = 256;
 /// Items looked at when choosing one that keeps the room's shape.
