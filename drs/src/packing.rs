@@ -498,6 +498,22 @@ mod tests {
         assert_eq!(m, vec![Some(1), Some(0), Some(2)]);
     }
 
+    /// Sizes up to `MAX_VALUE` go through every phase without overflow.
+    #[test]
+    fn the_largest_sizes_pack_without_overflow() {
+        let cap = crate::MAX_VALUE;
+        let hosts = (0..4)
+            .map(|i| HostSpec::new(format!("h{i}"), cap, cap))
+            .collect();
+        let vms = (0..6)
+            .map(|i| VmSpec::new(format!("v{i}"), cap / 3 - i, cap / 3 - 2 * i))
+            .collect();
+        let c = Cluster::new(ClusterSpec::new(hosts, vms)).unwrap();
+        let p = pack(&c, &PackOptions::default());
+        assert!(p.unplaced.is_empty());
+        assert_eq!(p.hosts_used, 2);
+    }
+
     #[test]
     fn anti_affinity_is_kept_apart() {
         let mut spec = ClusterSpec::new(

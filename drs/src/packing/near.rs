@@ -67,7 +67,7 @@ impl Packer {
             rem[CPU].saturating_sub(tol[CPU]),
             rem[MEM].saturating_sub(tol[MEM]),
         ];
-        let mut best: Option<(u64, usize)> = None;
+        let mut best: Option<(u128, usize)> = None;
         for cx in lo[CPU] / grid.cell[CPU]..=rem[CPU] / grid.cell[CPU] {
             for cy in lo[MEM] / grid.cell[MEM]..=rem[MEM] / grid.cell[MEM] {
                 let Some(cell) = grid.cells.get(&(cx, cy)) else {
@@ -84,7 +84,9 @@ impl Packer {
                     {
                         continue;
                     }
-                    let slack = (rem[CPU] - s[CPU]) * tol[MEM] + (rem[MEM] - s[MEM]) * tol[CPU];
+                    // Each resource's slack in units of its tolerance (u128: sizes go to 2^40).
+                    let slack = u128::from(rem[CPU] - s[CPU]) * u128::from(tol[MEM])
+                        + u128::from(rem[MEM] - s[MEM]) * u128::from(tol[CPU]);
                     if best.is_none_or(|(b, _)| slack < b) && ok(k) && self.compatible(set, k) {
                         best = Some((slack, k));
                     }
