@@ -1,5 +1,7 @@
-//! Load balancing: mandatory moves first, then greedy one-move-at-a-time balancing with
-//! O(1) evaluation of each candidate move.
+//! Load balancing, in the order the moves matter: mandatory moves that repair or report
+//! every broken hard rule (`repair`), relief of hosts over capacity and of contention
+//! (`relieve`), then greedy one-move-at-a-time balancing down to the threshold's
+//! published target, with O(1) evaluation of each candidate move (`greedy`).
 
 use serde::Serialize;
 
@@ -70,7 +72,7 @@ pub struct BalancePlan {
     pub imbalance_before: f64,
     /// Imbalance after all recommendations.
     pub imbalance_after: f64,
-    /// Target for the threshold.
+    /// Imbalance the threshold balances down to (see [`crate::target_for_threshold`]).
     pub target: f64,
     /// The recommendations, in order.
     pub recommendations: Vec<Recommendation>,
@@ -84,7 +86,10 @@ pub struct BalancePlan {
     pub stop: StopReason,
 }
 
-/// One pass over the cluster's current placement with its settings.
+/// One pass over the cluster's current placement with its settings: broken hard rules
+/// repaired (priority 1) or listed in [`BalancePlan::unresolved`] with the reason, hosts
+/// over capacity relieved, then (threshold 2 and up) contention relieved (priority 2)
+/// and the imbalance brought down to the threshold's target.
 ///
 /// ```
 /// use vinfra_drs::{balance, Cluster, ClusterSpec, HostSpec, VmSpec};
