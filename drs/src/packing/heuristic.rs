@@ -375,7 +375,8 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
         } else {
             near
         };
-    let best = fewer_hosts(c, &items, cap, &hosts, lb, best);
+    let left = opts.step_budget.saturating_sub(steps);
+    let best = fewer_hosts(c, &items, cap, &hosts, lb, best, left);
     PackPlan {
         steps: steps + best.steps,
         ..best
@@ -391,6 +392,7 @@ fn fewer_hosts(
     hosts: &[usize],
     lb: usize,
     best: PackPlan,
+    step_budget: u64,
 ) -> PackPlan {
     let plain = items
         .iter()
@@ -398,7 +400,8 @@ fn fewer_hosts(
     if !plain || items.len() > FEWER_MAX_ITEMS || !best.unplaced.is_empty() {
         return PackPlan { steps: 0, ..best };
     }
-    let mut budget = FEWER_STEPS;
+    let total = FEWER_STEPS.min(step_budget);
+    let mut budget = total;
     let mut found: Option<Vec<Vec<usize>>> = None;
     let mut k = best.hosts_used;
     while k > lb && budget > 0 {
@@ -410,7 +413,7 @@ fn fewer_hosts(
             None => break,
         }
     }
-    let steps = FEWER_STEPS - budget;
+    let steps = total - budget;
     match found {
         Some(bins) => {
             let bin_host = match_bins(c, items, &bins, hosts);
