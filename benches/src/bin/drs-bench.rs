@@ -80,13 +80,13 @@ struct Perturbed {
     inst: generate::Instance,
 }
 
-fn perturbed(args: &[String]) -> Result<Perturbed, String> {
+fn perturbed(args: &[String], family: Option<&str>) -> Result<Perturbed, String> {
     let hosts: usize = arg(args, 2, "hosts")?;
     let vms: usize = arg(args, 3, "vms")?;
     let moves: usize = arg(args, 4, "moves")?;
     let seed: u64 = arg(args, 5, "seed")?;
     let threshold: u8 = arg(args, 6, "threshold")?;
-    let inst = match args.get(7).map(String::as_str) {
+    let inst = match family {
         None | Some("one-group") => generate::perturbed(seed, hosts, vms, moves),
         Some("two-groups") => generate::perturbed_groups(seed, hosts, vms, moves),
         Some(other) => return Err(format!("unknown balance family {other}")),
@@ -107,7 +107,7 @@ fn balancing(args: &[String]) -> Result<(), String> {
         seed,
         threshold,
         inst,
-    } = perturbed(args)?;
+    } = perturbed(args, args.get(7).map(String::as_str))?;
     let mut spec = inst.spec;
     spec.settings.migration_threshold = threshold;
     let c = Cluster::new(spec).map_err(|e| e.to_string())?;
@@ -152,7 +152,7 @@ fn balancing_naive(args: &[String]) -> Result<(), String> {
         seed,
         threshold,
         inst,
-    } = perturbed(args)?;
+    } = perturbed(args, None)?;
     let max_moves: usize = arg(args, 7, "max-moves")?;
     let c = Cluster::new(inst.spec).map_err(|e| e.to_string())?;
     let target = vinfra_drs::target_for_threshold(threshold, c.usable_hosts().count());

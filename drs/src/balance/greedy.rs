@@ -83,9 +83,15 @@ impl Pass<'_> {
             hosts.sort_by(by_rank);
             let k = CANDIDATE_HOSTS.min(hosts.len());
             let (sources, dests) = (&hosts[..k], &hosts[hosts.len() - k..]);
+            // The cluster's coolest hosts that the class's own list does not hold already.
+            let extra: Vec<usize> = coolest
+                .iter()
+                .copied()
+                .filter(|d| !dests.contains(d))
+                .collect();
             for &s in sources {
                 for &v in &self.on_host[s] {
-                    for &d in dests.iter().chain(coolest) {
+                    for &d in dests.iter().chain(&extra) {
                         self.consider(now, v, s, d, &mut best);
                     }
                 }
