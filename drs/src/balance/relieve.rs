@@ -58,10 +58,17 @@ impl Pass<'_> {
         };
         for h in 0..self.c.hosts.len() {
             if !self.relieve(h, |p, h| p.state.overcommitted(h), &relief) {
-                self.unresolved.push(Unresolved {
-                    vm: self.c.hosts[h].id.clone(),
-                    reason: "host over capacity, no vm can move off".into(),
-                });
+                // Each VM left there is reported: none of them could leave.
+                let (used, cap) = (self.state.used[h], self.c.hosts[h].capacity);
+                for &v in &self.on_host[h] {
+                    self.unresolved.push(Unresolved {
+                        vm: self.c.vms[v].id.clone(),
+                        reason: format!(
+                            "host {:?} over capacity ({} MHz / {} MB needed, {} MHz / {} MB there), no vm can move off",
+                            self.c.hosts[h].id, used[CPU], used[MEM], cap[CPU], cap[MEM]
+                        ),
+                    });
+                }
             }
         }
     }
@@ -127,5 +134,31 @@ impl Pass<'_> {
             self.do_move(v, d);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::*;
+    use crate::{balance, Cluster};
+
+    /// Reservations above a host's capacity (admission bypassed) and nowhere to go: every
+    /// VM there is reported, by name.
+    #[test]
+    fn an_overcommitted_host_no_vm_can_leave_is_reported_per_vm() {
+        let mut s = ClusterSpec::new(
+            vec![HostSpec::new("a", 10_000, 10_000)],
+            vec![
+                VmSpec::new("x", 1000, 6000).on("a"),
+                VmSpec::new("y", 1000, 6000).on("a"),
+            ],
+        );
+        for vm in &mut s.vms {
+            vm.mem.reservation = 6000;
+        }
+        let p = balance(&Cluster::new(s).unwrap());
+        let named: Vec<&str> = p.unresolved.iter().map(|u| u.vm.as_str()).collect();
+        assert_eq!(named, ["x", "y"], "{p:?}");
+        assert!(p.unresolved[0].reason.contains("over capacity"));
     }
 }
