@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Load balancing on perturbed placements whose optimum is known: a perfectly balanced
-# placement (imbalance 0) from which N random migrations onto a tenth of the hosts were
-# made. Undoing them reaches the optimum, so N migrations is the reference ("peer"); we
-# report the migrations our pass recommends to reach the threshold's target, the final
-# imbalance against the target, and the pass time at 96 hosts / 10,000 VMs against the
-# 200 ms goal.
+# Load balancing on perturbed placements whose best imbalance is known: a balanced
+# placement from which N random migrations onto a tenth of the hosts were made. Undoing
+# them (the witness) reaches the placement's imbalance, so N migrations is the reference
+# ("peer"). Two families:
+#   one-group   every host at 60 %: witness imbalance 0
+#   two-groups  two CPU-compatibility groups at 60 % and 40 %, migrations inside the
+#               first: witness imbalance 0.1, and the most and least loaded hosts are
+#               never compatible (the stall of issue 12)
+# We report, per threshold (targets as published: (5 - t) x 0.1 / sqrt(hosts)), the final
+# imbalance against the target and against the witness, the migrations against the
+# witness's, and the pass time at 96 hosts / 10,000 VMs against the 200 ms goal.
 #
 # The comparison for time is the straightforward greedy (every VM on every host, the
 # imbalance recomputed from scratch per candidate): it is run for 3 moves and its time per
@@ -27,10 +32,12 @@ bin="${CARGO_TARGET_DIR:-target}/release/drs-bench"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for seed in $(seq 1 "$seeds"); do
-    for shape in "16 800 60" "64 8000 400" "96 10000 500" "96 10000 1000"; do
-        set -- $shape
-        for t in 3 4 5; do
-            "$bin" balance "$1" "$2" "$3" "$seed" "$t" | tee -a "$results" >&2
+    for family in one-group two-groups; do
+        for shape in "16 800 60" "64 8000 400" "96 10000 500" "96 10000 1000"; do
+            set -- $shape
+            for t in 3 4 5; do
+                "$bin" balance "$1" "$2" "$3" "$seed" "$t" "$family" | tee -a "$results" >&2
+            done
         done
     done
 done
@@ -40,18 +47,36 @@ python3 - "$results" "$naive" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print()
-print(f"{'hosts':>5} {'vms':>6} {'seed':>4} {'thr':>3} {'perturb':>7} {'moves':>6} {'before':>7} {'after':>7} {'target':>6} {'ms':>7}")
+print("| family | hosts / VMs | threshold | target | witness imbalance | imbalance before -> after | migrations (witness) | pass ms (max) |")
+print("|---|---|---|---|---|---|---|---|")
+groups = {}
 for r in rows:
-    print(f"{r['hosts']:>5} {r['vms']:>6} {r['seed']:>4} {r['threshold']:>3} {r['perturbation_moves']:>7} {r['migrations']:>6} {r['imbalance_before']:>7.4f} {r['imbalance_after']:>7.4f} {r['target']:>6.2f} {r['pass_ms']:>7.1f}")
-reached = sum(r["imbalance_after"] <= r["target"] for r in rows)
-within = sum(r["migrations"] <= r["perturbation_moves"] for r in rows)
-print(f"\ntarget reached in {reached}/{len(rows)} runs; migrations <= perturbation in {within}/{len(rows)} runs")
+    groups.setdefault((r["family"], r["hosts"], r["vms"], r["perturbation_moves"] > 520, r["threshold"]), []).append(r)
+for (family, hosts, vms, _, t), rs in sorted(groups.items()):
+    before = sum(r["imbalance_before"] for r in rs) / len(rs)
+    after = max(r["imbalance_after"] for r in rs)
+    moves = "/".join(str(r["migrations"]) for r in rs)
+    witness = "/".join(str(r["perturbation_moves"]) for r in rs)
+    ms = max(r["pass_ms"] for r in rs)
+    print(f"| {family} | {hosts} / {vms:,} | {t} | {rs[0]['target']:.4f} | {rs[0]['witness_imbalance']:.3f} | {before:.3f} -> {after:.4f} (max) | {moves} ({witness}) | {ms:.1f} |")
+# The goal: at a threshold, the target is reached wherever the witness is below it.
+reachable = [r for r in rows if r["witness_imbalance"] < r["target"]]
+reached = sum(r["imbalance_after"] <= r["target"] for r in reachable)
+best = [r for r in rows if r["witness_imbalance"] >= r["target"]]
+near = sum(r["imbalance_after"] <= r["witness_imbalance"] + 0.002 for r in best)
+default = [r for r in rows if r["threshold"] == 3]
+within = sum(r["migrations"] <= r["perturbation_moves"] for r in default)
+within_all = sum(r["migrations"] <= r["perturbation_moves"] for r in rows)
+print(f"\ntarget reached in {reached}/{len(reachable)} runs whose witness is below the target")
+print(f"within 0.002 of the witness imbalance in {near}/{len(best)} runs whose witness is at or above the target")
+print(f"migrations <= witness in {within}/{len(default)} runs at the default threshold 3, {within_all}/{len(rows)} at all thresholds")
 moves = sum(r["migrations"] for r in rows)
 pert = sum(r["perturbation_moves"] for r in rows)
 big = [r for r in rows if r["hosts"] == 96 and r["vms"] == 10000]
+print(f"slowest pass at 96 hosts / 10,000 VMs: {max(r['pass_ms'] for r in big):.1f} ms (one-group {max(r['pass_ms'] for r in big if r['family'] == 'one-group'):.1f} ms)")
 ms = max(r["pass_ms"] for r in big)
 naive = json.loads(sys.argv[2])
-ref = [r for r in big if r["seed"] == 1 and r["threshold"] == 5 and r["perturbation_moves"] <= 500][0]
+ref = [r for r in big if r["seed"] == 1 and r["threshold"] == 5 and r["perturbation_moves"] <= 500 and r["family"] == "one-group"][0]
 est = naive["naive_ms_per_move"] * ref["migrations"]
 print(f"naive greedy: {naive['naive_ms_per_move']:.0f} ms per move over {naive['naive_moves']} moves; our pass made {ref['migrations']} moves in {ref['pass_ms']:.1f} ms")
 print("peers: migrations = the perturbation's migrations; pass_ms_96x10000_max = the 200 ms goal;")

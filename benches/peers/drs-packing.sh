@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Side-by-side packing: vinfra-drs pack() vs First-Fit-Decreasing vs OR-Tools CP-SAT on
-# the same seeded instances (triplet instances with a known optimum host count, and
-# rule-heavy instances with exactly the optimum number of hosts).
+# Side-by-side packing: vinfra-drs pack() vs First-Fit-Decreasing vs OR-Tools CP-SAT vs
+# the lower bound, on the same seeded instances of every generator family:
+#   triplets       exact 3-VM fills (known optimum)
+#   shrunk         the same, every VM 1 MHz / 1 MB smaller (same optimum, no exact fit)
+#   scaled         the same, every VM scaled by its own factor in [0.97, 1] (same optimum)
+#   quintuplets    exact 5-VM fills (known optimum)
+#   heterogeneous  hosts of 1x, 1.5x, 2x, each filled by 3 VMs (known optimum)
+#   random_5_25, random_10_60, random_25_50
+#                  CPU and memory uniform in that percent range of a host (optimum unknown)
+#   rule_heavy     triplets with affinity, anti-affinity and must-run-on rules
 #
-# usage: benches/peers/drs-packing.sh [--quick] [--seeds N] [--limit S]
-#   default: CP-SAT limit 60 s, 3 seeds; --quick: 10 s, 1 seed.
+# usage: benches/peers/drs-packing.sh [--quick] [--seeds N] [--long-seeds N] [--cache DIR]
+#   CP-SAT (2 workers) runs 10 s on every instance up to 501 VMs for seeds 1..N (default
+#   3), and 60 s on those of 249 and 501 VMs for seeds 1..M (--long-seeds, default 1);
+#   --quick: 1 seed, no 60 s runs.
+#   9,999-VM instances: ours and FFD only (the CP-SAT model is too large to build).
+#   --cache DIR keeps CP-SAT's answers (instances are seeded, so they do not change):
+#   a rerun after a change to drs only reruns drs.
 # Needs: cargo, python3; installs the Python package ortools with pip if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-limit=60
 seeds=3
+long_seeds=1
+cache=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) limit=10; seeds=1 ;;
+        --quick) seeds=1; long_seeds=0 ;;
         --seeds) seeds="$2"; shift ;;
-        --limit) limit="$2"; shift ;;
+        --long-seeds) long_seeds="$2"; shift ;;
+        --cache) cache="$2"; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -29,64 +43,39 @@ cargo build --release -q -p vinfra-benches --bin drs-bench
 bin="${CARGO_TARGET_DIR:-target}/release/drs-bench"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+[ -n "$cache" ] || cache="$work/cache"
+mkdir -p "$cache"
 results="$work/results.jsonl"
+
+cpsat() { # spec family vms seed limit -> JSON line (cached)
+    local out="$cache/$2-$3-$4-$5.json"
+    if [ ! -s "$out" ]; then
+        python3 benches/peers/drs_cpsat.py "$1" "$5" 2 > "$out.tmp" && mv "$out.tmp" "$out"
+    fi
+    cat "$out"
+}
 
 run() { # family vms seed
     local spec="$work/$1-$2-$3.json"
-    local ours peer
+    local ours p10='{}' p60='{}'
     ours=$("$bin" packing "$1" "$2" "$3" "$spec")
-    peer=$(python3 benches/peers/drs_cpsat.py "$spec" "$limit" 2)
-    echo "{\"ours\": $ours, \"peer\": $peer}" >> "$results"
+    if [ "$2" -le 501 ]; then
+        p10=$(cpsat "$spec" "$1" "$2" "$3" 10)
+        if [ "$3" -le "$long_seeds" ] && [ "$2" -ge 249 ]; then
+            p60=$(cpsat "$spec" "$1" "$2" "$3" 60)
+        fi
+    fi
+    echo "{\"ours\": $ours, \"cpsat10\": $p10, \"cpsat60\": $p60}" >> "$results"
     echo "$1 vms=$2 seed=$3: $ours" >&2
-    echo "    cp-sat: $peer" >&2
 }
 
+families="triplets shrunk scaled quintuplets heterogeneous random_5_25 random_10_60 random_25_50 rule_heavy"
 for seed in $(seq 1 "$seeds"); do
-    for vms in 60 120 249 501 9999; do
-        run triplets "$vms" "$seed"
+    for family in $families; do
+        for vms in 60 120 249 501 9999; do
+            run "$family" "$vms" "$seed"
+        done
     done
-    run rule_heavy 120 "$seed"
-    run rule_heavy 501 "$seed"
 done
 
-python3 - "$results" "$limit" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-limit = float(sys.argv[2])
-def fmt(v):
-    return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-print()
-print(f"{'family':10} {'vms':>5} {'seed':>4} {'opt':>5} {'ours':>5} {'ours ms':>8} {'ffd':>5} {'cp-sat':>6} {'cp-sat status':>14}")
-for r in rows:
-    o, p = r["ours"], r["peer"]
-    ffd = o["ffd_hosts"] if o["ffd_unplaced"] == 0 else f"fail({o['ffd_unplaced']})"
-    print(f"{o['family']:10} {o['vms']:>5} {o['seed']:>4} {o['optimum']:>5} {o['ours_hosts']:>5} {o['ours_ms']:>8.1f} {ffd!s:>5} {fmt(p.get('hosts_used')):>6} {p['status']:>14}")
-tri = [r for r in rows if r["ours"]["family"] == "triplets"]
-opt_hits = sum(r["ours"]["ours_hosts"] == r["ours"]["optimum"] and r["ours"]["ours_unplaced"] == 0 for r in tri)
-print(f"\nours optimal on {opt_hits}/{len(tri)} triplet instances; CP-SAT limit {limit:g} s, 2 workers")
-metrics = []
-for vms in sorted({r["ours"]["vms"] for r in tri}):
-    rs = [r for r in tri if r["ours"]["vms"] == vms]
-    ours = sum(r["ours"]["ours_hosts"] for r in rs)
-    ffd = sum(r["ours"]["ffd_hosts"] for r in rs)
-    opt = sum(r["ours"]["optimum"] for r in rs)
-    print(f"ffd_hosts_{vms}: ffd={ffd} optimum={opt} ffd_over_optimum={ffd/opt:.3f}")
-    if all("hosts_used" in r["peer"] for r in rs):
-        peer = sum(r["peer"]["hosts_used"] for r in rs)
-        metrics.append(f"hosts_used_{vms}: ours={ours} peer={peer} ratio={ours/peer:.3f}")
-    else:
-        print(f"hosts_used_{vms}: CP-SAT gave no figure ({rs[0]['peer'].get('note', rs[0]['peer']['status'])}); ours={ours} optimum={opt}")
-rh = [r for r in rows if r["ours"]["family"] == "rule_heavy"]
-placed_ours = sum(r["ours"]["ours_unplaced"] == 0 for r in rh)
-placed_ffd = sum(r["ours"]["ffd_unplaced"] == 0 for r in rh)
-placed_peer = sum("hosts_used" in r["peer"] for r in rh)
-print(f"rule-heavy instances fully placed: ours {placed_ours}/{len(rh)}, FFD {placed_ffd}/{len(rh)}, CP-SAT {placed_peer}/{len(rh)}")
-ms = max(r["ours"]["ours_ms"] for r in tri)
-tot_o = sum(r["ours"]["ours_hosts"] for r in tri if "hosts_used" in r["peer"])
-tot_p = sum(r["peer"]["hosts_used"] for r in tri if "hosts_used" in r["peer"])
-for m in metrics:
-    print(m)
-print(f"rule_heavy_feasible: ours={placed_ours} peer={placed_peer} ratio={'n/a' if placed_peer == 0 else f'{placed_ours/placed_peer:.3f}'}")
-print(f"pack_time_ms_max: ours={ms:.1f} peer={limit*1000:.0f} ratio={ms/(limit*1000):.4f}")
-print(f"hosts_used_total: ours={tot_o} peer={tot_p} ratio={tot_o/max(tot_p,1):.3f}")
-PY
+python3 benches/peers/drs_packing_report.py "$results"

@@ -37,12 +37,29 @@ def main():
         return c, mm
 
     t0 = time.time()
+    sizes = [footprint(v) for v in vms]
+    if not spec.get("rules") and len({(h["cpu_mhz"], h["mem_mb"]) for h in hosts}) == 1:
+        # No packing needs more hosts than First-Fit-Decreasing uses: the model gets only
+        # those (the generators give every instance hosts to spare).
+        cap = hosts[0]
+        bins = []
+        for i in sorted(range(n), key=lambda i: -(sizes[i][0] / cap["cpu_mhz"] + sizes[i][1] / cap["mem_mb"])):
+            for u in bins:
+                if u[0] + sizes[i][0] <= cap["cpu_mhz"] and u[1] + sizes[i][1] <= cap["mem_mb"]:
+                    break
+            else:
+                u = [0, 0]
+                bins.append(u)
+            u[0] += sizes[i][0]
+            u[1] += sizes[i][1]
+        hosts = hosts[:len(bins)]
+        m = len(hosts)
+        out["hosts_in_model"] = m
     vidx = {v["id"]: i for i, v in enumerate(vms)}
     hidx = {h["id"]: j for j, h in enumerate(hosts)}
     model = cp_model.CpModel()
     x = [[model.NewBoolVar("") for _ in range(m)] for _ in range(n)]
     y = [model.NewBoolVar("") for _ in range(m)]
-    sizes = [footprint(v) for v in vms]
     for i in range(n):
         model.AddExactlyOne(x[i])
     for j, h in enumerate(hosts):

@@ -1,16 +1,21 @@
-//! Load balancing: mandatory moves first, then greedy one-move-at-a-time balancing with
-//! O(1) evaluation of each candidate move.
+//! Load balancing, in the order the moves matter: mandatory moves that repair or report
+//! every broken hard rule (`repair`), relief of hosts over capacity and of contention
+//! (`relieve`), then greedy one-move-at-a-time balancing down to the threshold's
+//! published target, with O(1) evaluation of each candidate move (`greedy`).
 
 use serde::Serialize;
 
 use crate::entitlement::{entitlements, Entitlements};
-use crate::load::{priority_for_imbalance, target_for_threshold, Loads};
+use crate::load::{target_for_threshold, Loads};
 use crate::model::AutomationLevel;
 use crate::state::State;
 use crate::validate::{Cluster, MEM};
 
-/// How many of the most and least loaded hosts a balancing step considers.
-const CANDIDATE_HOSTS: usize = 6;
+mod greedy;
+mod relieve;
+mod repair;
+
+pub use relieve::Contention;
 
 /// A migration recommendation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,17 +72,24 @@ pub struct BalancePlan {
     pub imbalance_before: f64,
     /// Imbalance after all recommendations.
     pub imbalance_after: f64,
-    /// Target for the threshold.
+    /// Imbalance the threshold balances down to (see [`crate::target_for_threshold`]).
     pub target: f64,
     /// The recommendations, in order.
     pub recommendations: Vec<Recommendation>,
     /// Violations no move could fix.
     pub unresolved: Vec<Unresolved>,
+    /// Hosts whose running VMs' demand exceeded their capacity before the pass.
+    pub contention_before: Vec<Contention>,
+    /// Hosts still in contention after all recommendations.
+    pub contention_after: Vec<Contention>,
     /// Why it stopped.
     pub stop: StopReason,
 }
 
-/// One pass over the cluster's current placement with its settings.
+/// One pass over the cluster's current placement with its settings: broken hard rules
+/// repaired (priority 1) or listed in [`BalancePlan::unresolved`] with the reason, hosts
+/// over capacity relieved, then (threshold 2 and up) contention relieved (priority 2)
+/// and the imbalance brought down to the threshold's target.
 ///
 /// ```
 /// use vinfra_drs::{balance, Cluster, ClusterSpec, HostSpec, VmSpec};
@@ -104,7 +116,7 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         }
     }
     let threshold = c.settings.migration_threshold;
-    let target = target_for_threshold(threshold);
+    let target = target_for_threshold(threshold, c.usable_hosts().count());
     let before = loads.imbalance();
     let mut pass = Pass {
         c,
@@ -116,20 +128,28 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         unresolved: Vec::new(),
         cap: c.settings.max_moves_per_pass as usize,
     };
-    // Mandatory moves: hard-rule violations, then overcommitted hosts.
+    // Mandatory moves: split affinity groups, other hard-rule violations, then
+    // overcommitted hosts.
+    pass.repair_affinity();
     pass.fix_violations();
+    let contention_before = pass.contention();
     pass.relieve_overcommitted_hosts();
     let stop = if threshold <= 1 {
         StopReason::MandatoryOnly
     } else {
+        // Contention hurts the VMs now; an uneven spread only risks it.
+        pass.relieve_contention();
         pass.balance_to(target)
     };
+    let contention_after = pass.contention();
     let plan = BalancePlan {
         imbalance_before: before,
         imbalance_after: pass.loads.imbalance(),
         target,
         recommendations: pass.recs,
         unresolved: pass.unresolved,
+        contention_before,
+        contention_after,
         stop,
     };
     tracing::debug!(
@@ -172,188 +192,17 @@ impl Pass<'_> {
         self.on_host[to].push(v);
         self.state.put(v, to);
     }
-
-    /// Move each VM that breaks a hard rule, with the affinity partners beside it.
-    fn fix_violations(&mut self) {
-        let c = self.c;
-        for v in 0..c.vms.len() {
-            if self.recs.len() >= self.cap {
-                break;
-            }
-            let Some(reason) = self.state.violation(v) else {
-                continue;
-            };
-            let from = self.state.host_of[v];
-            // Affinity partners on the same host move with it.
-            let group: Vec<usize> = c.groups[c.vms[v].group]
-                .vms
-                .iter()
-                .copied()
-                .filter(|&p| self.state.host_of[p] == from)
-                .collect();
-            let mut best: Option<(f64, usize)> = None;
-            for h in 0..c.hosts.len() {
-                let ok = group
-                    .iter()
-                    .all(|&p| self.state.check(p, h, &group).is_ok());
-                if ok && group_fits(&self.state, &group, h) {
-                    let after = self.loads.after(self.ent.vms[v], from, Some(h));
-                    if best.is_none_or(|(a, _)| after < a) {
-                        best = Some((after, h));
-                    }
-                }
-            }
-            match best {
-                Some((_, h)) => {
-                    for &p in &group {
-                        let gain_now = self.loads.imbalance();
-                        let after =
-                            self.loads
-                                .after(self.ent.vms[p], self.state.host_of[p], Some(h));
-                        self.recs.push(rec(
-                            c,
-                            p,
-                            self.state.host_of[p],
-                            h,
-                            1,
-                            gain_now - after,
-                            format!("mandatory: {reason}"),
-                            self.automatic(1),
-                        ));
-                        self.do_move(p, h);
-                    }
-                }
-                None => self.unresolved.push(Unresolved {
-                    vm: c.vms[v].id.clone(),
-                    reason,
-                }),
-            }
-        }
-    }
-
-    /// Move VMs off hosts whose running VMs exceed their capacity.
-    fn relieve_overcommitted_hosts(&mut self) {
-        let c = self.c;
-        for h in 0..c.hosts.len() {
-            let mut guard = self.on_host[h].len();
-            while self.state.overcommitted(h) && guard > 0 && self.recs.len() < self.cap {
-                guard -= 1;
-                let now = self.loads.imbalance();
-                let mut best: Option<(f64, usize, usize)> = None;
-                for &v in &self.on_host[h] {
-                    if c.groups[c.vms[v].group].vms.len() > 1 {
-                        continue;
-                    }
-                    for d in 0..c.hosts.len() {
-                        if self.state.check(v, d, &[]).is_ok() {
-                            let after = self.loads.after(self.ent.vms[v], Some(h), Some(d));
-                            if best.is_none_or(|(a, _, _)| after < a) {
-                                best = Some((after, v, d));
-                            }
-                        }
-                    }
-                }
-                let Some((after, v, d)) = best else {
-                    self.unresolved.push(Unresolved {
-                        vm: c.hosts[h].id.clone(),
-                        reason: "host overcommitted, no vm can move off".into(),
-                    });
-                    break;
-                };
-                self.recs.push(rec(
-                    c,
-                    v,
-                    Some(h),
-                    d,
-                    1,
-                    now - after,
-                    format!("mandatory: host {:?} overcommitted", c.hosts[h].id),
-                    self.automatic(1),
-                ));
-                self.do_move(v, d);
-            }
-        }
-    }
-
-    /// Greedy balancing: the best single move from the most to the least loaded hosts,
-    /// until the imbalance reaches `target`, no move pays for itself, or the cap.
-    fn balance_to(&mut self, target: f64) -> StopReason {
-        let c = self.c;
-        let mut stop = StopReason::MoveCap;
-        let mut hosts: Vec<usize> = (0..c.hosts.len())
-            .filter(|&h| self.loads.usable(h))
-            .collect();
-        // Every iteration either adds a recommendation or stops: bounded by `cap`.
-        while self.recs.len() < self.cap {
-            let now = self.loads.imbalance();
-            if now <= target {
-                stop = StopReason::TargetReached;
-                break;
-            }
-            let loads = &self.loads;
-            hosts.sort_by(|&a, &b| loads.rank(b).total_cmp(&loads.rank(a)).then(a.cmp(&b)));
-            let k = CANDIDATE_HOSTS.min(hosts.len());
-            let sources = &hosts[..k];
-            let dests = &hosts[hosts.len() - k..];
-            let mut best: Option<(f64, usize, usize)> = None;
-            for &s in sources {
-                for &v in &self.on_host[s] {
-                    if c.groups[c.vms[v].group].vms.len() > 1 {
-                        continue;
-                    }
-                    let w = self.ent.vms[v];
-                    let min_gain =
-                        c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
-                    for &d in dests {
-                        if d == s {
-                            continue;
-                        }
-                        let gain = now - self.loads.after(w, Some(s), Some(d));
-                        if gain <= 1e-12
-                            || gain < min_gain
-                            || best.is_some_and(|(g, _, _)| gain <= g)
-                        {
-                            continue;
-                        }
-                        if self.state.check(v, d, &[]).is_ok() {
-                            best = Some((gain, v, d));
-                        }
-                    }
-                }
-            }
-            let Some((gain, v, d)) = best else {
-                stop = StopReason::NoImprovingMove;
-                break;
-            };
-            let p = priority_for_imbalance(now);
-            let from = self.state.host_of[v];
-            let reason = format!(
-                "balance: imbalance {now:.4} above target {target:.2}, {:?} is among the most loaded hosts",
-                from.map_or("-", |f| c.hosts[f].id.as_str())
-            );
-            self.recs
-                .push(rec(c, v, from, d, p, gain, reason, self.automatic(p)));
-            self.do_move(v, d);
-            self.loads.resum();
-        }
-        stop
-    }
 }
 
-fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
-    let c = state.c;
+/// Whether `h` has room for all of `group` at once (each member may fit alone).
+pub(crate) fn group_fits(state: &State<'_>, group: &[usize], h: usize) -> bool {
+    let need = state.need_of(group);
     let free = state.free(h);
-    let mut need = [0u64; 2];
-    for &p in group {
-        let f = c.vms[p].footprint();
-        need[0] += f[0];
-        need[1] += f[1];
-    }
     need[0] <= free[0] && need[1] <= free[1]
 }
 
 #[allow(clippy::too_many_arguments)] // a plain record constructor
-fn rec(
+pub(crate) fn rec(
     c: &Cluster,
     v: usize,
     from: Option<usize>,

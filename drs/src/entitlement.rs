@@ -210,7 +210,10 @@ fn effective(a: &Alloc, used: u64) -> u64 {
 }
 
 /// Admission control for powering on `vm`: its reservations must be covered through
-/// its pool chain and some host must take its footprint. Errors say why.
+/// its pool chain, and some host must take its hard need under the cluster's capacity
+/// model (VMware's: the reservations plus the VM's memory overhead, whatever its demand;
+/// under [`crate::CapacityModel::Footprint`]: its footprint), possibly after the
+/// prerequisite migrations [`crate::place`] would return. Errors say why.
 ///
 /// ```
 /// use vinfra_drs::{admit_power_on, Cluster, ClusterSpec, Error, HostSpec, VmSpec};
@@ -289,7 +292,7 @@ pub fn admit_power_on(c: &Cluster, vm: &str) -> Result<()> {
             at = pool.parent;
         }
     }
-    // Some host must take the footprint under the rules.
+    // Some host must take the hard need under the rules.
     let state = State::current(c);
     let mut reasons = Vec::new();
     for h in 0..c.hosts.len() {
@@ -298,9 +301,22 @@ pub fn admit_power_on(c: &Cluster, vm: &str) -> Result<()> {
             Err(r) => reasons.push(format!("{}: {r}", c.hosts[h].id)),
         }
     }
+    // As DRS does, a power-on that a few migrations make room for is admitted (`place`
+    // returns those migrations).
+    let mut state = state;
+    if crate::placement::Chooser::new(&mut state)
+        .make_room(v)
+        .is_some()
+    {
+        return Ok(());
+    }
     Err(Error::AdmissionRefused {
         vm: vm.to_owned(),
-        reason: format!("no host can take it ({})", reasons.join("; ")),
+        reason: format!(
+            "no host can take it, and no {} migrations make room ({})",
+            crate::placement::MAX_PREREQUISITES,
+            reasons.join("; ")
+        ),
     })
 }
 
@@ -395,6 +411,37 @@ mod tests {
         spec.pools[0].cpu.expandable = true;
         let c = Cluster::new(spec).unwrap();
         admit_power_on(&c, "b").unwrap();
+    }
+
+    /// vSphere admits a power-on when the host's unreserved capacity covers the VM's
+    /// reservation and overhead, however much the running VMs demand (memory is
+    /// overcommitted); the footprint model keeps the old no-overcommit refusal.
+    #[test]
+    fn reservation_only_admission_admits_what_vsphere_would() {
+        let mut spec = ClusterSpec::new(
+            vec![HostSpec::new("h", 10_000, 16_384)],
+            vec![
+                VmSpec::new("busy", 8000, 16_000).on("h"),
+                VmSpec::new("new", 2000, 4096),
+                VmSpec::new("greedy", 2000, 4096),
+            ],
+        );
+        spec.vms[0].mem.reservation = 8192;
+        spec.vms[1].powered_on = false;
+        spec.vms[1].mem.reservation = 1024;
+        spec.vms[2].powered_on = false;
+        // busy reserves 8,192 + 145 MB overhead (20 + 8 per GiB of its 16,000 MB);
+        // greedy's 8,100 + 52 MB do not fit in the 8,047 MB left.
+        spec.vms[2].mem.reservation = 8100;
+        let c = Cluster::new(spec.clone()).unwrap();
+        // Demand 16,000 + 4,096 MB is far above 16,384 MB: vSphere still admits "new".
+        admit_power_on(&c, "new").unwrap();
+        let err = admit_power_on(&c, "greedy").unwrap_err().to_string();
+        assert!(err.contains("memory: need 8152 MB, 8047 MB free"), "{err}");
+        spec.settings.capacity_model = CapacityModel::Footprint;
+        let c = Cluster::new(spec).unwrap();
+        let err = admit_power_on(&c, "new").unwrap_err().to_string();
+        assert!(err.contains("memory"), "{err}");
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub fn slot_admission(c: &Cluster, tolerate: u32) -> SlotReport {
     let mut needed = 0u64;
     for vm in c.vms.iter().filter(|v| v.powered_on) {
         needed += 1;
-        slot[CPU] = slot[CPU].max(vm.alloc[CPU].reservation);
-        slot[MEM] = slot[MEM].max(vm.alloc[MEM].reservation);
+        // As VMware HA: the memory slot counts the VM's overhead with its reservation.
+        let r = vm.reserved();
+        slot[CPU] = slot[CPU].max(r[CPU]);
+        slot[MEM] = slot[MEM].max(r[MEM]);
     }
     let per: Vec<(String, u64)> = c
         .usable_hosts()
@@ -114,8 +116,9 @@ pub fn percentage_admission(
     }
     let mut reserved = [0u64; 2];
     for vm in c.vms.iter().filter(|v| v.powered_on) {
-        reserved[CPU] += vm.alloc[CPU].reservation.max(MIN_SLOT[CPU]);
-        reserved[MEM] += vm.alloc[MEM].reservation.max(MIN_SLOT[MEM]);
+        let r = vm.reserved();
+        reserved[CPU] += r[CPU].max(MIN_SLOT[CPU]);
+        reserved[MEM] += r[MEM].max(MIN_SLOT[MEM]);
     }
     let pct = |r: usize| {
         if capacity[r] == 0 {
@@ -302,9 +305,10 @@ mod tests {
     fn slots_count_the_largest_reservation() {
         let c = Cluster::new(cluster()).unwrap();
         let r = slot_admission(&c, 1);
-        assert_eq!(r.slot, [256, 1024]);
-        assert_eq!(r.total_slots, 12);
-        assert_eq!(r.failover_slots, 8);
+        // 1,024 MB reserved + 28 MB overhead (20 + 8 per GiB of 1,000 MB).
+        assert_eq!(r.slot, [256, 1052]);
+        assert_eq!(r.total_slots, 9);
+        assert_eq!(r.failover_slots, 6);
         assert!(r.admitted);
         assert!(!slot_admission(&c, 3).admitted);
     }

@@ -42,17 +42,20 @@ mod validate;
 pub use balance::{balance, BalancePlan, Recommendation, StopReason, Unresolved};
 pub use entitlement::{admit_power_on, entitlements, Entitlements};
 pub use error::{Error, Result};
-pub use load::{priority_for_imbalance, target_for_threshold};
+pub use load::{priority_for_imbalance, target_for_threshold, IMBALANCE_STEP};
 pub use maintenance::{evacuate, Blocker, EvacuationMove, EvacuationPlan};
 pub use model::{
-    Allocation, AutomationLevel, ClusterSpec, HostPower, HostSpec, PoolSpec, RestartPriority,
-    RuleSpec, Settings, Shares, VmHostMode, VmSpec,
+    Allocation, AutomationLevel, CapacityModel, ClusterSpec, HostPower, HostSpec, PoolSpec,
+    RestartPriority, RuleSpec, Settings, Shares, VmHostMode, VmSpec,
 };
 pub use packing::{
     first_fit_decreasing, pack, PackOptions, PackPlan, BACKTRACK_MAX_ITEMS, BACKTRACK_STEPS,
 };
-pub use placement::{place, Placement, PlacementPlan, Rejected, SHARING_BONUS};
+pub use placement::{
+    place, Placement, PlacementPlan, PrerequisiteMove, Rejected, MAX_PREREQUISITES, SHARING_BONUS,
+};
 pub use state::Reject;
 pub use validate::{
     Alloc, AntiRule, Cluster, Group, Host, HostRule, Pool, Vm, CPU, MAX_VALUE, MEM,
+    OVERHEAD_MEM_BASE_MB, OVERHEAD_MEM_MB_PER_GIB,
 };

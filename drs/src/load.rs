@@ -2,32 +2,48 @@
 
 use crate::validate::{Cluster, CPU, MEM};
 
-/// Imbalance target for a migration threshold (1 = mandatory moves only).
+/// VMware's scale of the imbalance (KB 1007485): a recommendation's priority is
+/// `6 − ceil(imbalance / IMBALANCE_STEP × sqrt(hosts))`.
+pub const IMBALANCE_STEP: f64 = 0.1;
+
+/// Priority (2..=5) of a balancing recommendation made while the cluster's imbalance is
+/// `imbalance` over `hosts` hosts, as VMware publishes it (KB 1007485):
+/// `6 − ceil(imbalance / 0.1 × sqrt(hosts))`, clamped to 2..=5. The more hosts, the
+/// smaller the imbalance that earns a given priority: a standard deviation over many
+/// hosts is a stronger sign of skew than over a few.
 ///
 /// ```
-/// assert_eq!(vinfra_drs::target_for_threshold(3), 0.10);
-/// assert!(vinfra_drs::target_for_threshold(1).is_infinite());
+/// use vinfra_drs::priority_for_imbalance;
+/// assert_eq!(priority_for_imbalance(0.05, 4), 5); // 0.05 / 0.1 × 2 = 1.0 → 6 − 1
+/// assert_eq!(priority_for_imbalance(0.05, 16), 4); // × 4 = 2.0 → 6 − 2
+/// assert_eq!(priority_for_imbalance(0.9, 16), 2); // clamped
 /// ```
-pub fn target_for_threshold(threshold: u8) -> f64 {
-    match threshold {
-        0 | 1 => f64::INFINITY,
-        2 => 0.20,
-        3 => 0.10,
-        4 => 0.05,
-        _ => 0.01,
-    }
+pub fn priority_for_imbalance(imbalance: f64, hosts: usize) -> u8 {
+    let scaled = imbalance / IMBALANCE_STEP * (hosts.max(1) as f64).sqrt();
+    // ceil of a finite, non-negative value; clamped to 1..=4 before the cast.
+    let steps = scaled.ceil().clamp(1.0, 4.0);
+    #[allow(clippy::cast_possible_truncation)] // steps is an integer in 1..=4
+    let steps = steps as u8;
+    6 - steps
 }
 
-/// Priority (2..=5) of a balancing move made while the imbalance is `imbalance`.
-pub fn priority_for_imbalance(imbalance: f64) -> u8 {
-    if imbalance > 0.20 {
-        2
-    } else if imbalance > 0.10 {
-        3
-    } else if imbalance > 0.05 {
-        4
-    } else {
-        5
+/// The imbalance a migration threshold balances down to, over `hosts` hosts: threshold
+/// `t` applies recommendations of priority ≤ `t`, and [`priority_for_imbalance`] gives
+/// priority ≤ `t` exactly while the imbalance is above `(5 − t) × 0.1 / sqrt(hosts)`.
+/// Threshold 1 applies only mandatory moves (infinite target); threshold 5 applies
+/// every improving move (target 0).
+///
+/// ```
+/// use vinfra_drs::target_for_threshold;
+/// assert!((target_for_threshold(3, 4) - 0.10).abs() < 1e-12); // 0.2 / sqrt(4)
+/// assert!((target_for_threshold(3, 64) - 0.025).abs() < 1e-12); // 0.2 / sqrt(64)
+/// assert_eq!(target_for_threshold(5, 64), 0.0);
+/// assert!(target_for_threshold(1, 64).is_infinite());
+/// ```
+pub fn target_for_threshold(threshold: u8, hosts: usize) -> f64 {
+    match threshold {
+        0 | 1 => f64::INFINITY,
+        t => f64::from(5u8.saturating_sub(t)) * IMBALANCE_STEP / (hosts.max(1) as f64).sqrt(),
     }
 }
 

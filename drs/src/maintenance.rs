@@ -215,10 +215,12 @@ fn move_group(chooser: &mut Chooser<'_, '_>, g: &[usize], h: usize) -> Option<us
     let c2 = chooser.state.c;
     // Try hosts for the first member in preference order; the rest must follow.
     let lead = g[0];
-    let mut candidates: Vec<(f64, usize)> = Vec::new();
+    // Hosts the group's demand keeps out of contention first, then the best balance.
+    let mut candidates: Vec<(bool, f64, usize)> = Vec::new();
     for d in 0..c2.hosts.len() {
         if chooser.state.check(lead, d, g).is_ok() {
             candidates.push((
+                !chooser.state.demand_fits(g, d),
                 chooser
                     .loads
                     .after(c2.vms[lead].footprint(), Some(h), Some(d)),
@@ -226,8 +228,8 @@ fn move_group(chooser: &mut Chooser<'_, '_>, g: &[usize], h: usize) -> Option<us
             ));
         }
     }
-    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    for (_, d) in candidates {
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, _, d) in candidates {
         let mut placed = Vec::new();
         for &v in g {
             if chooser.state.check(v, d, g).is_ok() {
@@ -277,6 +279,27 @@ mod tests {
         assert_eq!(d1.to, "c");
     }
 
+    /// Reservations (none here) allow either host; only c keeps x's demand within
+    /// capacity, and the evacuation takes it.
+    #[test]
+    fn evacuation_avoids_contention() {
+        let s = ClusterSpec::new(
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+                HostSpec::new("c", 10_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("x", 100, 5000).on("a"),
+                VmSpec::new("y", 100, 6000).on("b"),
+                VmSpec::new("z", 6000, 3000).on("c"),
+            ],
+        );
+        let p = evacuate(&Cluster::new(s).unwrap(), "a").unwrap();
+        assert!(p.complete());
+        assert_eq!(p.moves[0].to, "c", "{p:?}");
+    }
+
     #[test]
     fn says_what_blocks_it() {
         let mut s = ClusterSpec::new(
@@ -289,6 +312,9 @@ mod tests {
                 VmSpec::new("y", 5000, 1000).on("b"),
             ],
         );
+        // Reservations are what capacity must cover: big's and y's cannot share a host.
+        s.vms[0].cpu.reservation = 8000;
+        s.vms[1].cpu.reservation = 5000;
         s.vms.push(VmSpec::new("pinned", 10, 10).on("a"));
         s.rules.push(RuleSpec::VmHost {
             id: "pin".into(),

@@ -344,6 +344,22 @@ pub enum AutomationLevel {
     FullyAutomated,
 }
 
+/// What a host's capacity must cover: the hard constraint of admission control,
+/// placement, evacuation and HA restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CapacityModel {
+    /// VMware's: per resource, Σ (reservation + per-VM overhead) ≤ capacity. Demand may
+    /// exceed a host's capacity (memory overcommitment, CPU time-sharing); that is
+    /// contention, which balancing relieves first and never creates.
+    #[default]
+    Reservations,
+    /// No overcommitment: per resource, Σ `max(reservation, min(demand, limit))` ≤
+    /// capacity (consolidation without contention; this crate's first rule).
+    Footprint,
+}
+
 /// Cluster settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +377,9 @@ pub struct Settings {
     /// Cost–benefit: a move must gain at least this imbalance per GiB of memory copied.
     #[serde(default)]
     pub min_gain_per_gib: f64,
+    /// What a host's capacity must cover.
+    #[serde(default)]
+    pub capacity_model: CapacityModel,
 }
 
 fn three() -> u8 {
@@ -377,6 +396,7 @@ impl Default for Settings {
             migration_threshold: 3,
             max_moves_per_pass: 1000,
             min_gain_per_gib: 0.0,
+            capacity_model: CapacityModel::Reservations,
         }
     }
 }

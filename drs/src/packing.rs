@@ -7,8 +7,10 @@
 //! their items allow. Everything is bounded by [`PackOptions::step_budget`].
 
 mod backtrack;
+mod fewer;
 mod heuristic;
 mod matching;
+mod near;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,6 +21,7 @@ pub(crate) use backtrack::place_groups_complete;
 use backtrack::Backtrack;
 pub use backtrack::{BACKTRACK_MAX_ITEMS, BACKTRACK_STEPS};
 
+use crate::model::CapacityModel;
 use crate::state::State;
 use crate::validate::{Cluster, CPU, MEM};
 
@@ -233,6 +236,19 @@ fn lower_bound(c: &Cluster, items: &[Item]) -> usize {
 /// ```
 pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
     let plan = heuristic::pack_heuristic(c, opts);
+    // Never worse than the baseline: it is cheap next to the heuristics.
+    let ffd = first_fit_decreasing(c);
+    let plan = if (ffd.unplaced.len(), ffd.hosts_used) < (plan.unplaced.len(), plan.hosts_used) {
+        PackPlan {
+            steps: plan.steps + ffd.steps,
+            ..ffd
+        }
+    } else {
+        PackPlan {
+            steps: plan.steps + ffd.steps,
+            ..plan
+        }
+    };
     let items = items_of(c);
     // The search recurses once per item: keep it to instances where that depth is small.
     if plan.unplaced.is_empty()
@@ -260,7 +276,7 @@ pub fn pack(c: &Cluster, opts: &PackOptions) -> PackPlan {
             ..plan
         };
     }
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     for (i, h) in search.host_of.iter().enumerate() {
         if let Some(h) = *h {
             for &v in &items[i].vms {
@@ -284,13 +300,14 @@ pub fn first_fit_decreasing(c: &Cluster) -> PackPlan {
             .total_cmp(&weight(items[a].size))
             .then(a.cmp(&b))
     });
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     let mut steps = 0u64;
     for i in order {
         let vms = &items[i].vms;
         for &h in &hosts {
             steps += 1;
-            if try_put_group(&mut state, vms, h) {
+            // The size test first: most hosts are too full, and it is two comparisons.
+            if fits(items[i].size, state.free(h)) && try_put_group(&mut state, vms, h) {
                 break;
             }
         }
@@ -307,7 +324,7 @@ fn finish(
     steps: u64,
     hosts: &[usize],
 ) -> PackPlan {
-    let mut state = State::empty(c);
+    let mut state = State::empty_with(c, CapacityModel::Footprint);
     let mut leftover: Vec<usize> = Vec::new();
     let mut in_bin = vec![false; items.len()];
     for (b, bin) in bins.iter().enumerate() {
@@ -479,6 +496,22 @@ mod tests {
         let bins = vec![vec![0], vec![1], vec![2]];
         let m = match_bins(&c, &items, &bins, &[0, 1, 2]);
         assert_eq!(m, vec![Some(1), Some(0), Some(2)]);
+    }
+
+    /// Sizes up to `MAX_VALUE` go through every phase without overflow.
+    #[test]
+    fn the_largest_sizes_pack_without_overflow() {
+        let cap = crate::MAX_VALUE;
+        let hosts = (0..4)
+            .map(|i| HostSpec::new(format!("h{i}"), cap, cap))
+            .collect();
+        let vms = (0..6)
+            .map(|i| VmSpec::new(format!("v{i}"), cap / 3 - i, cap / 3 - 2 * i))
+            .collect();
+        let c = Cluster::new(ClusterSpec::new(hosts, vms)).unwrap();
+        let p = pack(&c, &PackOptions::default());
+        assert!(p.unplaced.is_empty());
+        assert_eq!(p.hosts_used, 2);
     }
 
     #[test]

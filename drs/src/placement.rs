@@ -8,6 +8,10 @@ use crate::model::AutomationLevel;
 use crate::state::{Reject, State};
 use crate::validate::{Cluster, CPU, MEM};
 
+mod room;
+
+pub use room::{PrerequisiteMove, MAX_PREREQUISITES};
+
 /// A host that was not chosen because it could not take the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -41,8 +45,11 @@ pub struct Placement {
     pub imbalance_after: f64,
     /// Whether a host with the same image tag was chosen for page sharing.
     pub shares_image: bool,
-    /// Every host that could not take it, and why.
+    /// Every host that could not take it, and why (after the prerequisite moves).
     pub rejected: Vec<Rejected>,
+    /// Migrations to make first, when no host could take the VM as the cluster stands
+    /// (empty otherwise).
+    pub prerequisites: Vec<PrerequisiteMove>,
 }
 
 /// Placement of a batch, in the order it was decided.
@@ -88,7 +95,7 @@ impl<'s, 'c> Chooser<'s, 'c> {
         let w = c.vms[v].footprint();
         let from = self.state.host_of[v];
         let image = c.vms[v].image;
-        let mut best: Option<((u32, f64), usize, bool)> = None;
+        let mut best: Option<((bool, u32, f64), usize, bool)> = None;
         let mut rejected = Vec::new();
         for h in 0..c.hosts.len() {
             if let Err(r) = self.state.check(v, h, moving) {
@@ -103,7 +110,10 @@ impl<'s, 'c> Chooser<'s, 'c> {
             } else {
                 0.0
             };
-            let key = (self.state.soft_penalty(v, h), after - bonus);
+            // A host the VM's demand would push into contention comes last, then hosts
+            // that break a should-rule, then the balance.
+            let contends = !self.state.demand_fits(&[v], h);
+            let key = (contends, self.state.soft_penalty(v, h), after - bonus);
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
             }
@@ -123,7 +133,9 @@ impl<'s, 'c> Chooser<'s, 'c> {
 }
 
 /// Place the named VMs (as if powering them on), largest and most constrained first.
-/// Other running VMs stay where they are.
+/// Other running VMs stay where they are, unless no host can take a VM: then up to
+/// [`MAX_PREREQUISITES`] migrations that make room are searched for (bounded) and
+/// returned with its placement in [`Placement::prerequisites`].
 ///
 /// ```
 /// use vinfra_drs::{place, Cluster, ClusterSpec, HostSpec, VmSpec};
@@ -186,7 +198,23 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
         unplaced: Vec::new(),
     };
     for v in order {
-        let entry = match chooser.best(v, &[]) {
+        let mut found = chooser.best(v, &[]);
+        let mut prerequisites = Vec::new();
+        if found.is_err() {
+            // No host takes it as things stand: a few migrations may make room.
+            if let Some(moves) = chooser.make_room(v) {
+                prerequisites = moves
+                    .into_iter()
+                    .map(|(u, from, to)| PrerequisiteMove {
+                        vm: c.vms[u].id.clone(),
+                        from: c.hosts[from].id.clone(),
+                        to: c.hosts[to].id.clone(),
+                    })
+                    .collect();
+                found = chooser.best(v, &[]);
+            }
+        }
+        let entry = match found {
             Ok((h, after, shares)) => {
                 let rejected = (0..c.hosts.len())
                     .filter(|&o| o != h)
@@ -206,6 +234,7 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
                     imbalance_after: after,
                     shares_image: shares,
                     rejected,
+                    prerequisites,
                 }
             }
             Err(rej) => {
@@ -220,6 +249,7 @@ pub fn place(c: &Cluster, vms: &[&str]) -> Result<PlacementPlan> {
                         .into_iter()
                         .map(|(h, why)| Rejected::new(c, h, why))
                         .collect(),
+                    prerequisites,
                 }
             }
         };
@@ -258,10 +288,20 @@ mod tests {
     fn anti_affinity_and_capacity_are_explained() {
         let mut s = two_hosts();
         s.vms[1].mem_mb = 7000;
+        // Reservations are what capacity must cover: x's and new's cannot share a host.
+        s.vms[0].mem.reservation = 4000;
+        s.vms[1].mem.reservation = 7000;
         s.vms.push(VmSpec::new("y", 100, 100).on("b"));
         s.rules.push(RuleSpec::VmAntiAffinity {
             id: "apart".into(),
             vms: vec!["new".into(), "y".into()],
+        });
+        // x cannot make room by leaving a.
+        s.rules.push(RuleSpec::VmHost {
+            id: "x-on-a".into(),
+            vms: vec!["x".into()],
+            hosts: vec!["a".into()],
+            mode: VmHostMode::MustRunOn,
         });
         let c = Cluster::new(s).unwrap();
         let p = place(&c, &["new"]).unwrap();
@@ -294,6 +334,71 @@ mod tests {
         let p = place(&c, &["new"]).unwrap();
         assert_eq!(p.placements[0].host.as_deref(), Some("a"));
         assert!(p.placements[0].shares_image);
+    }
+
+    /// Three hosts of 10,000 MB: a and b hold 5,060 MB of reservations (4,940 free), c
+    /// holds two VMs of 2,036 MB (5,928 free). "new" needs 7,075 MB (7,000 reserved + 75
+    /// overhead) and must join its affinity partner z2 on c: one migration of z1 makes
+    /// room.
+    fn crowded() -> ClusterSpec {
+        let mut s = ClusterSpec::new(
+            vec![
+                HostSpec::new("a", 10_000, 10_000),
+                HostSpec::new("b", 10_000, 10_000),
+                HostSpec::new("c", 10_000, 10_000),
+            ],
+            vec![
+                VmSpec::new("x", 1000, 5000).on("a"),
+                VmSpec::new("y", 1000, 5000).on("b"),
+                VmSpec::new("z1", 1000, 2000).on("c"),
+                VmSpec::new("z2", 1000, 2000).on("c"),
+                VmSpec::new("new", 1000, 7000),
+            ],
+        );
+        for vm in &mut s.vms {
+            vm.mem.reservation = vm.mem_mb;
+        }
+        s.vms[4].powered_on = false;
+        s
+    }
+
+    #[test]
+    fn room_is_made_with_prerequisite_migrations() {
+        let mut s = crowded();
+        s.rules.push(RuleSpec::VmAffinity {
+            id: "tog".into(),
+            vms: vec!["z2".into(), "new".into()],
+        });
+        let c = Cluster::new(s).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert!(p.unplaced.is_empty(), "{p:?}");
+        let pl = &p.placements[0];
+        assert_eq!(pl.host.as_deref(), Some("c"));
+        assert_eq!(pl.prerequisites.len(), 1, "{pl:?}");
+        let m = &pl.prerequisites[0];
+        assert_eq!((m.vm.as_str(), m.from.as_str()), ("z1", "c"));
+        assert!(m.to == "a" || m.to == "b");
+        // Admission control admits what those migrations make room for.
+        crate::admit_power_on(&c, "new").unwrap();
+        // Without the rule, any host made roomy will do; still one migration.
+        let c = Cluster::new(crowded()).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert!(p.unplaced.is_empty());
+        assert_eq!(p.placements[0].prerequisites.len(), 1);
+    }
+
+    #[test]
+    fn no_prerequisites_when_it_fits_or_when_nothing_helps() {
+        let c = Cluster::new(two_hosts()).unwrap();
+        assert!(place(&c, &["new"]).unwrap().placements[0]
+            .prerequisites
+            .is_empty());
+        let mut s = crowded();
+        s.vms[4].mem.reservation = 9_990; // no host can ever hold it with its overhead
+        let c = Cluster::new(s).unwrap();
+        let p = place(&c, &["new"]).unwrap();
+        assert_eq!(p.unplaced, vec!["new".to_owned()]);
+        assert!(p.placements[0].prerequisites.is_empty());
     }
 
     #[test]

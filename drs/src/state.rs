@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::model::CapacityModel;
 use crate::validate::{Cluster, CPU, MEM};
 
 /// Why a host cannot take a VM.
@@ -30,7 +31,8 @@ pub enum Reject {
         /// The rule id.
         rule: String,
     },
-    /// Not enough free CPU for the footprint.
+    /// Not enough free CPU for the VM's hard need (its reservation, or its footprint
+    /// under the footprint capacity model).
     #[error("cpu: need {need} MHz, {free} MHz free")]
     Cpu {
         /// MHz needed.
@@ -38,7 +40,8 @@ pub enum Reject {
         /// MHz free.
         free: u64,
     },
-    /// Not enough free memory for the footprint.
+    /// Not enough free memory for the VM's hard need (reservation + overhead, or its
+    /// footprint under the footprint capacity model).
     #[error("memory: need {need} MB, {free} MB free")]
     Mem {
         /// MB needed.
@@ -67,8 +70,12 @@ pub enum Reject {
 pub(crate) struct State<'a> {
     pub c: &'a Cluster,
     pub host_of: Vec<Option<usize>>,
-    /// Σ footprints of running VMs per host.
+    /// What capacity must cover (the cluster's setting; packing always uses footprints).
+    model: CapacityModel,
+    /// Σ hard needs of running VMs per host (see [`State::need`]).
     pub used: Vec<[u64; 2]>,
+    /// Σ footprints (demand) of running VMs per host: above capacity is contention.
+    pub demand: Vec<[u64; 2]>,
     /// (anti rule, host) → members there.
     anti: HashMap<(usize, usize), u32>,
     /// (image, host) → running VMs with that tag there.
@@ -89,10 +96,17 @@ impl<'a> State<'a> {
 
     /// Nothing placed.
     pub fn empty(c: &'a Cluster) -> Self {
+        Self::empty_with(c, c.settings.capacity_model)
+    }
+
+    /// Nothing placed, capacity checked under `model` rather than the cluster's setting.
+    pub fn empty_with(c: &'a Cluster, model: CapacityModel) -> Self {
         Self {
             c,
             host_of: vec![None; c.vms.len()],
+            model,
             used: vec![[0, 0]; c.hosts.len()],
+            demand: vec![[0, 0]; c.hosts.len()],
             anti: HashMap::new(),
             images: HashMap::new(),
         }
@@ -106,15 +120,38 @@ impl<'a> State<'a> {
         ]
     }
 
+    /// What `v` takes of its host's capacity: reservations + overhead, or the footprint
+    /// under [`CapacityModel::Footprint`].
+    pub fn need(&self, v: usize) -> [u64; 2] {
+        match self.model {
+            CapacityModel::Reservations => self.c.vms[v].reserved(),
+            CapacityModel::Footprint => self.c.vms[v].footprint(),
+        }
+    }
+
+    /// Summed capacity need of `vms` (what they take of a host's capacity).
+    pub fn need_of(&self, vms: &[usize]) -> [u64; 2] {
+        let mut need = [0u64; 2];
+        for &v in vms {
+            let f = self.need(v);
+            need[CPU] += f[CPU];
+            need[MEM] += f[MEM];
+        }
+        need
+    }
+
     /// Place `v` on `h` (no checks).
     pub fn put(&mut self, v: usize, h: usize) {
         if self.host_of[v].is_some() {
             self.take(v);
         }
+        let n = self.need(v);
+        self.used[h][CPU] += n[CPU];
+        self.used[h][MEM] += n[MEM];
         let vm = &self.c.vms[v];
         let f = vm.footprint();
-        self.used[h][CPU] += f[CPU];
-        self.used[h][MEM] += f[MEM];
+        self.demand[h][CPU] += f[CPU];
+        self.demand[h][MEM] += f[MEM];
         for &r in &vm.anti {
             *self.anti.entry((r, h)).or_insert(0) += 1;
         }
@@ -129,10 +166,13 @@ impl<'a> State<'a> {
         let Some(h) = self.host_of[v].take() else {
             return;
         };
+        let n = self.need(v);
+        self.used[h][CPU] -= n[CPU];
+        self.used[h][MEM] -= n[MEM];
         let vm = &self.c.vms[v];
         let f = vm.footprint();
-        self.used[h][CPU] -= f[CPU];
-        self.used[h][MEM] -= f[MEM];
+        self.demand[h][CPU] -= f[CPU];
+        self.demand[h][MEM] -= f[MEM];
         for &r in &vm.anti {
             if let Some(n) = self.anti.get_mut(&(r, h)) {
                 *n -= 1;
@@ -189,8 +229,7 @@ impl<'a> State<'a> {
         if let Some(r) = self.static_reject(v, h) {
             return Err(r);
         }
-        let vm = &self.c.vms[v];
-        let need = vm.footprint();
+        let need = self.need(v);
         let free = self.free(h);
         if need[CPU] > free[CPU] {
             return Err(Reject::Cpu {
@@ -204,10 +243,26 @@ impl<'a> State<'a> {
                 free: free[MEM],
             });
         }
+        match self.partner_reject(v, h, moving) {
+            Some(r) => Err(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Would every rule but capacity let `v` go to `h` (room may be made there)?
+    pub fn rules_allow(&self, v: usize, h: usize, moving: &[usize]) -> bool {
+        self.host_of[v] != Some(h)
+            && self.static_reject(v, h).is_none()
+            && self.partner_reject(v, h, moving).is_none()
+    }
+
+    /// Anti-affinity partners on `h`, or affinity partners (other than `moving`) elsewhere.
+    fn partner_reject(&self, v: usize, h: usize, moving: &[usize]) -> Option<Reject> {
+        let vm = &self.c.vms[v];
         for &r in &vm.anti {
             let there = self.anti.get(&(r, h)).copied().unwrap_or(0);
             if there > 0 {
-                return Err(Reject::AntiAffinity {
+                return Some(Reject::AntiAffinity {
                     rule: self.c.anti_rules[r].id.clone(),
                 });
             }
@@ -219,14 +274,14 @@ impl<'a> State<'a> {
             }
             if let Some(ph) = self.host_of[p] {
                 if ph != h {
-                    return Err(Reject::Affinity {
+                    return Some(Reject::Affinity {
                         rules: group.rules.clone(),
                         partners_on: self.c.hosts[ph].id.clone(),
                     });
                 }
             }
         }
-        Ok(())
+        None
     }
 
     /// Does the VM break a hard rule where it is now?
@@ -257,10 +312,31 @@ impl<'a> State<'a> {
         None
     }
 
-    /// Is the host over its capacity?
+    /// Is the host over its capacity by the hard rule (admission was bypassed)?
     pub fn overcommitted(&self, h: usize) -> bool {
         let cap = self.c.hosts[h].capacity;
         self.used[h][CPU] > cap[CPU] || self.used[h][MEM] > cap[MEM]
+    }
+
+    /// Does the running VMs' demand exceed the host's capacity (contention)?
+    pub fn contended(&self, h: usize) -> bool {
+        let cap = self.c.hosts[h].capacity;
+        self.demand[h][CPU] > cap[CPU] || self.demand[h][MEM] > cap[MEM]
+    }
+
+    /// Would `h` still be free of contention with `vms` added (or was it, were they
+    /// there already)?
+    pub fn demand_fits(&self, vms: &[usize], h: usize) -> bool {
+        let cap = self.c.hosts[h].capacity;
+        let mut d = self.demand[h];
+        for &v in vms {
+            if self.host_of[v] != Some(h) {
+                let f = self.c.vms[v].footprint();
+                d[CPU] += f[CPU];
+                d[MEM] += f[MEM];
+            }
+        }
+        d[CPU] <= cap[CPU] && d[MEM] <= cap[MEM]
     }
 
     /// Soft-rule score: number of should-rules the VM breaks on `h`.

@@ -101,3 +101,82 @@ fn balancing_undoes_a_perturbation_with_no_more_moves_than_it_made() {
         );
     }
 }
+
+/// Within 2 % of the optimum, rounded up to whole hosts.
+fn within_2_percent(hosts: usize, optimum: usize) -> bool {
+    hosts * 100 <= optimum * 102 + 99
+}
+
+/// Issue 12's perturbed packing: the exact-fill instances with every VM a little
+/// smaller (same optimum) defeated exact completion (+3.6 % and +7.2 % hosts at 249 and
+/// 501 VMs); the 5-VM exact fills too.
+#[test]
+fn packing_holds_up_when_no_host_is_filled_exactly() {
+    for (seed, vms) in [(0, 249), (1, 249), (2, 501)] {
+        for (name, inst) in [
+            ("shrunk", generate::shrunk_triplets(seed, vms, 10)),
+            ("scaled", generate::scaled_triplets(seed, vms, 10)),
+            ("quintuplets", generate::quintuplets(seed, vms, 10)),
+        ] {
+            let opt = inst.optimum_hosts.unwrap();
+            let c = Cluster::new(inst.spec).unwrap();
+            let p = pack(&c, &PackOptions::default());
+            assert!(p.unplaced.is_empty(), "{name} {vms} seed {seed}");
+            assert!(
+                within_2_percent(p.hosts_used, opt),
+                "{name} {vms} seed {seed}: {} hosts, optimum {opt}",
+                p.hosts_used
+            );
+            check_rules(&c, &p.assignment);
+        }
+    }
+}
+
+/// Whatever the sizes, never more hosts than first-fit-decreasing.
+#[test]
+fn packing_never_uses_more_hosts_than_ffd() {
+    for seed in 0..2 {
+        for vms in [60, 120] {
+            for inst in [
+                generate::random_2d(seed, vms, 5, 25),
+                generate::random_2d(seed, vms, 10, 60),
+                generate::random_2d(seed, vms, 25, 50),
+                generate::heterogeneous(seed, vms, 5),
+                generate::shrunk_triplets(seed, vms, 5),
+            ] {
+                let c = Cluster::new(inst.spec).unwrap();
+                let ours = pack(&c, &PackOptions::default());
+                let ffd = first_fit_decreasing(&c);
+                assert!(ours.unplaced.is_empty());
+                assert!(
+                    ours.hosts_used <= ffd.hosts_used,
+                    "seed {seed}, {vms} vms: ours {} > ffd {}",
+                    ours.hosts_used,
+                    ffd.hosts_used
+                );
+                assert!(ours.hosts_used >= ours.lower_bound);
+            }
+        }
+    }
+}
+
+/// Issue 12's compatibility-group stall: the most loaded hosts (one group) and the least
+/// loaded (the other) are never compatible; the pass still undoes the perturbation down
+/// to the best reachable imbalance, with no more migrations than it made.
+#[test]
+fn balancing_reaches_the_witness_across_compatibility_groups() {
+    for seed in 0..3 {
+        let inst = generate::perturbed_groups(seed, 20, 800, 60);
+        let witness = inst.witness_imbalance.unwrap();
+        let made = inst.perturbation_moves.unwrap();
+        let c = Cluster::new(inst.spec).unwrap();
+        let p = balance(&c);
+        assert!(
+            p.imbalance_after <= witness + 0.002,
+            "seed {seed}: {} vs witness {witness}",
+            p.imbalance_after
+        );
+        assert!(p.recommendations.len() <= made, "seed {seed}");
+        assert!(p.recommendations.iter().all(|r| r.priority > 1));
+    }
+}

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use vinfra_drs::{
     admit_power_on, balance, entitlements, evacuate, first_fit_decreasing, ha, pack, place,
-    Allocation, Cluster, ClusterSpec, HostSpec, PackOptions, PoolSpec, RuleSpec, VmHostMode,
-    VmSpec, CPU, MEM,
+    Allocation, CapacityModel, Cluster, ClusterSpec, HostSpec, PackOptions, PoolSpec, RuleSpec,
+    VmHostMode, VmSpec, CPU, MEM,
 };
 
 fn host_id(i: usize) -> String {
@@ -59,6 +59,7 @@ prop_compose! {
                   pools in prop::collection::vec((prop::option::of(0usize..4), 0i64..500, any::<bool>()), 0..4),
                   rules in prop::collection::vec(arb_rule(), 0..5),
                   threshold in prop_oneof![50 => 1u8..=5, 1 => 0u8..9],
+                  footprint_model in any::<bool>(),
                   ghost in prop::bool::weighted(0.05)) -> ClusterSpec {
         let spec_vms_len = vms.len();
         let spec_hosts_len = hosts.len();
@@ -106,12 +107,35 @@ prop_compose! {
         spec.pools = pools;
         spec.rules = rules;
         spec.settings.migration_threshold = threshold;
+        if footprint_model {
+            spec.settings.capacity_model = CapacityModel::Footprint;
+        }
         spec
     }
 }
 
-/// Capacity, anti-affinity, affinity and hard VM-host rules hold for an assignment.
+/// Capacity (footprints: packing's rule), anti-affinity, affinity and hard VM-host rules
+/// hold for an assignment.
 fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), String> {
+    check_assignment_with(c, assignment, footprint)
+}
+
+/// What a VM takes of a host under packing's rule.
+fn footprint(c: &Cluster, v: usize) -> [u64; 2] {
+    c.vms[v].footprint()
+}
+
+/// What a VM takes of a host under the cluster's capacity model.
+fn capacity_need(c: &Cluster, v: usize) -> [u64; 2] {
+    c.capacity_need(v)
+}
+
+/// As [`check_assignment`], with capacity counted by `need`.
+fn check_assignment_with(
+    c: &Cluster,
+    assignment: &[(String, String)],
+    need: fn(&Cluster, usize) -> [u64; 2],
+) -> Result<(), String> {
     let mut used: HashMap<usize, [u64; 2]> = HashMap::new();
     let mut host_of: HashMap<usize, usize> = HashMap::new();
     for (vm, h) in assignment {
@@ -123,7 +147,7 @@ fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), 
         if !c.vms[v].allows(h) {
             return Err(format!("{vm} on a host its rules forbid"));
         }
-        let f = c.vms[v].footprint();
+        let f = need(c, v);
         let u = used.entry(h).or_default();
         u[CPU] += f[CPU];
         u[MEM] += f[MEM];
@@ -161,6 +185,55 @@ fn check_assignment(c: &Cluster, assignment: &[(String, String)]) -> Result<(), 
     Ok(())
 }
 
+/// The hard rules (other than capacity) an assignment breaks, each with the VMs involved.
+fn rules_broken(c: &Cluster, assignment: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    let host_of: HashMap<usize, usize> = assignment
+        .iter()
+        .map(|(v, h)| (c.vm_index(v).unwrap(), c.host_index(h).unwrap()))
+        .collect();
+    let mut out = Vec::new();
+    for (&v, &h) in &host_of {
+        if !c.hosts[h].usable() || !c.vms[v].allows(h) {
+            out.push((
+                format!("{} placement", c.vms[v].id),
+                vec![c.vms[v].id.clone()],
+            ));
+        }
+    }
+    for r in &c.anti_rules {
+        let mut hs: Vec<usize> = r
+            .vms
+            .iter()
+            .filter_map(|v| host_of.get(v).copied())
+            .collect();
+        let n = hs.len();
+        hs.sort_unstable();
+        hs.dedup();
+        if hs.len() != n {
+            out.push((
+                format!("anti-affinity {}", r.id),
+                r.vms.iter().map(|&v| c.vms[v].id.clone()).collect(),
+            ));
+        }
+    }
+    for g in &c.groups {
+        let mut hs: Vec<usize> = g
+            .vms
+            .iter()
+            .filter_map(|v| host_of.get(v).copied())
+            .collect();
+        hs.sort_unstable();
+        hs.dedup();
+        if hs.len() > 1 {
+            out.push((
+                format!("affinity {:?}", g.rules),
+                g.vms.iter().map(|&v| c.vms[v].id.clone()).collect(),
+            ));
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -180,6 +253,26 @@ proptest! {
         let unplaced: Vec<&str> = c.vms.iter().filter(|v| v.host.is_none()).map(|v| v.id.as_str()).collect();
         let p = place(&c, &unplaced).unwrap();
         prop_assert_eq!(p.placements.len(), unplaced.len());
+        // From a placement that keeps every rule, the prerequisite migrations and the
+        // placements keep them too.
+        let mut now: Vec<(String, String)> = c.vms.iter()
+            .filter(|v| v.powered_on && v.host.is_some() && !unplaced.contains(&v.id.as_str()))
+            .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
+            .collect();
+        if check_assignment_with(&c, &now, capacity_need).is_ok() {
+            for pl in &p.placements {
+                prop_assert!(pl.prerequisites.len() <= vinfra_drs::MAX_PREREQUISITES);
+                for m in &pl.prerequisites {
+                    let e = now.iter_mut().find(|(v, _)| *v == m.vm).unwrap();
+                    prop_assert_eq!(&e.1, &m.from);
+                    e.1.clone_from(&m.to);
+                }
+                if let Some(h) = &pl.host {
+                    now.push((pl.vm.clone(), h.clone()));
+                }
+            }
+            check_assignment_with(&c, &now, capacity_need).map_err(TestCaseError::fail)?;
+        }
         let b1 = balance(&c);
         let b2 = balance(&c);
         prop_assert_eq!(&b1, &b2);
@@ -189,14 +282,27 @@ proptest! {
             .filter(|v| v.powered_on)
             .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
             .collect();
-        if check_assignment(&c, &now).is_ok() {
-            for r in &b1.recommendations {
-                let e = now.iter_mut().find(|(v, _)| *v == r.vm).unwrap();
-                prop_assert_eq!(&e.1, &r.from);
-                e.1.clone_from(&r.to);
+        let abiding = check_assignment_with(&c, &now, capacity_need).is_ok();
+        for r in &b1.recommendations {
+            let e = now.iter_mut().find(|(v, _)| *v == r.vm).unwrap();
+            prop_assert_eq!(&e.1, &r.from);
+            e.1.clone_from(&r.to);
+        }
+        if abiding {
+            check_assignment_with(&c, &now, capacity_need).map_err(TestCaseError::fail)?;
+            // Relieving contention may cost balance; balancing itself never does.
+            if b1.contention_before.is_empty() {
+                prop_assert!(b1.imbalance_after <= b1.imbalance_before + 1e-9);
             }
-            check_assignment(&c, &now).map_err(TestCaseError::fail)?;
-            prop_assert!(b1.imbalance_after <= b1.imbalance_before + 1e-9);
+            // Contention is relieved first and never created.
+            prop_assert!(b1.contention_after.iter().all(|a| b1.contention_before.iter().any(|b| b.host == a.host)));
+        }
+        // Every hard rule the pass leaves broken is reported, whatever the start.
+        for (what, vms) in rules_broken(&c, &now) {
+            prop_assert!(
+                vms.iter().any(|v| b1.unresolved.iter().any(|u| &u.vm == v)),
+                "{} left broken and not reported: {:?}", what, b1
+            );
         }
         for h in &c.hosts {
             let plan = evacuate(&c, &h.id).unwrap();
@@ -377,7 +483,7 @@ fn the_random_instances_are_mostly_valid() {
 fn brute_force_feasible(c: &Cluster) -> bool {
     let running: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on).collect();
     let hosts: Vec<usize> = c.usable_hosts().collect();
-    some_assignment_keeps_the_rules(c, &[], &running, &hosts)
+    some_assignment_keeps_the_rules(c, &[], &running, &hosts, footprint)
 }
 
 /// Is there an assignment of `movers` to `hosts` that keeps every rule together with
@@ -387,9 +493,10 @@ fn some_assignment_keeps_the_rules(
     stay: &[(String, String)],
     movers: &[usize],
     hosts: &[usize],
+    need: fn(&Cluster, usize) -> [u64; 2],
 ) -> bool {
     if hosts.is_empty() {
-        return movers.is_empty() && check_assignment(c, stay).is_ok();
+        return movers.is_empty() && check_assignment_with(c, stay, need).is_ok();
     }
     let total = hosts.len().pow(u32::try_from(movers.len()).unwrap());
     (0..total).any(|mut code| {
@@ -399,7 +506,7 @@ fn some_assignment_keeps_the_rules(
             code /= hosts.len();
             assignment.push((c.vms[v].id.clone(), c.hosts[h].id.clone()));
         }
-        check_assignment(c, &assignment).is_ok()
+        check_assignment_with(c, &assignment, need).is_ok()
     })
 }
 
@@ -426,7 +533,7 @@ fn small_cluster_keeping_the_rules(
         .filter(|v| v.powered_on)
         .filter_map(|v| v.host.map(|h| (v.id.clone(), c.hosts[h].id.clone())))
         .collect();
-    check_assignment(&c, &now).ok()?;
+    check_assignment_with(&c, &now, capacity_need).ok()?;
     Some((c, host, now))
 }
 
@@ -461,7 +568,7 @@ proptest! {
         let leaving: Vec<usize> = (0..c.vms.len()).filter(|&v| c.vms[v].powered_on && c.vms[v].host == Some(t)).collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != t).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != target).cloned().collect();
-        let possible = some_assignment_keeps_the_rules(&c, &stay, &leaving, &others);
+        let possible = some_assignment_keeps_the_rules(&c, &stay, &leaving, &others, capacity_need);
         let plan = evacuate(&c, &target).unwrap();
         if std::env::var_os("DRS_COUNT").is_some() {
             eprintln!("EVAC leaving={} possible={possible}", leaving.len());
@@ -473,7 +580,7 @@ proptest! {
             for m in plan.moves.iter().filter(|m| m.powered_on) {
                 a.push((m.vm.clone(), m.to.clone()));
             }
-            check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+            check_assignment_with(&c, &a, capacity_need).map_err(TestCaseError::fail)?;
         }
     }
 }
@@ -491,13 +598,156 @@ proptest! {
             .collect();
         let others: Vec<usize> = c.usable_hosts().filter(|&h| h != f).collect();
         let stay: Vec<(String, String)> = now.iter().filter(|(_, h)| *h != failed).cloned().collect();
-        let possible = victims.is_empty() || some_assignment_keeps_the_rules(&c, &stay, &victims, &others);
+        let possible = victims.is_empty() || some_assignment_keeps_the_rules(&c, &stay, &victims, &others, capacity_need);
         let plan = ha::restart_plan(&c, &[failed.as_str()]).unwrap();
         prop_assert_eq!(plan.restarts.len() == victims.len(), possible, "plan {:?}", plan);
         let mut a = stay.clone();
         for r in &plan.restarts {
             a.push((r.vm.clone(), r.host.clone()));
         }
-        check_assignment(&c, &a).map_err(TestCaseError::fail)?;
+        check_assignment_with(&c, &a, capacity_need).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Imbalance as the README defines it, computed from scratch: the population standard
+/// deviation of Σ entitlement / capacity over usable hosts, both resources folded.
+fn imbalance_of(c: &Cluster, ent: &[[u64; 2]], host_of: &[Option<usize>]) -> f64 {
+    let mut load = vec![[0.0f64; 2]; c.hosts.len()];
+    for (v, h) in host_of.iter().enumerate() {
+        if let Some(h) = *h {
+            for r in [CPU, MEM] {
+                load[h][r] += ent[v][r] as f64 / c.hosts[h].capacity[r] as f64;
+            }
+        }
+    }
+    let usable: Vec<usize> = c.usable_hosts().collect();
+    let n = usable.len() as f64;
+    let mut var = 0.0;
+    for r in [CPU, MEM] {
+        let mean = usable.iter().map(|&h| load[h][r]).sum::<f64>() / n;
+        var += usable
+            .iter()
+            .map(|&h| (load[h][r] - mean).powi(2))
+            .sum::<f64>()
+            / n;
+    }
+    (var / 2.0).sqrt()
+}
+
+/// Whether running VM `v` may move alone to `d` under every hard rule and capacity.
+fn single_move_allowed(c: &Cluster, host_of: &[Option<usize>], v: usize, d: usize) -> bool {
+    let vm = &c.vms[v];
+    if host_of[v] == Some(d)
+        || !c.hosts[d].usable()
+        || !vm.allows(d)
+        || c.groups[vm.group].vms.len() > 1
+    {
+        return false;
+    }
+    if vm.anti.iter().any(|&r| {
+        c.anti_rules[r]
+            .vms
+            .iter()
+            .any(|&p| p != v && host_of[p] == Some(d))
+    }) {
+        return false;
+    }
+    // The hard need must fit, and balancing never creates contention (demand above
+    // capacity): both sums stay within the destination's capacity.
+    [footprint, capacity_need].iter().all(|need| {
+        let mut used = [0u64; 2];
+        for (p, h) in host_of.iter().enumerate() {
+            if *h == Some(d) {
+                let f = need(c, p);
+                used[CPU] += f[CPU];
+                used[MEM] += f[MEM];
+            }
+        }
+        let f = need(c, v);
+        [CPU, MEM]
+            .iter()
+            .all(|&r| used[r] + f[r] <= c.hosts[d].capacity[r])
+    })
+}
+
+prop_compose! {
+    /// Small clusters with compatibility groups, anti-affinity and must-run-on rules.
+    fn arb_balance_case()(hosts in prop::collection::vec((1000i64..20_000, 1000i64..20_000, prop::option::weighted(0.6, 0u8..3)), 2..14),
+                          vms in prop::collection::vec((50i64..3000, 50i64..3000, 0usize..14), 1..40),
+                          anti in prop::collection::vec(prop::collection::vec(0usize..40, 2..4), 0..3),
+                          must in prop::collection::vec((0usize..40, prop::collection::vec(0usize..14, 1..4)), 0..3),
+                          threshold in 2u8..=5,
+                          footprint_model in any::<bool>(),
+                          reservations in prop::collection::vec(0i64..1500, 40)) -> ClusterSpec {
+        let nh = hosts.len();
+        let nv = vms.len();
+        let hosts = hosts.iter().enumerate().map(|(i, &(cpu, mem, g))| {
+            let mut h = HostSpec::new(host_id(i), cpu, mem);
+            h.compat_group = g.map(|g| format!("g{g}"));
+            h
+        }).collect();
+        let vms = vms.iter().enumerate().map(|(i, &(cpu, mem, h))| VmSpec::new(vm_id(i), cpu, mem).on(host_id(h % nh))).collect();
+        let mut spec = ClusterSpec::new(hosts, vms);
+        for (i, a) in anti.iter().enumerate() {
+            spec.rules.push(RuleSpec::VmAntiAffinity { id: format!("a{i}"), vms: a.iter().map(|&v| vm_id(v % nv)).collect() });
+        }
+        for (i, (v, hs)) in must.iter().enumerate() {
+            spec.rules.push(RuleSpec::VmHost {
+                id: format!("m{i}"),
+                vms: vec![vm_id(v % nv)],
+                hosts: hs.iter().map(|&h| host_id(h % nh)).collect(),
+                mode: VmHostMode::MustRunOn,
+            });
+        }
+        spec.settings.migration_threshold = threshold;
+        if footprint_model {
+            spec.settings.capacity_model = CapacityModel::Footprint;
+        }
+        for (vm, res) in spec.vms.iter_mut().zip(reservations) {
+            vm.mem.reservation = res.min(vm.mem_mb);
+            vm.cpu.reservation = res.min(vm.cpu_mhz);
+        }
+        spec
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Balancing stops with "no improving move" only when an exhaustive search over every
+    /// single compatible, rule-abiding move finds none that lowers the imbalance.
+    #[test]
+    fn balancing_stops_only_when_no_single_move_improves(spec in arb_balance_case()) {
+        let Ok(c) = Cluster::new(spec) else { return Ok(()) };
+        let plan = balance(&c);
+        let mut host_of: Vec<Option<usize>> = c.vms.iter().map(|v| v.host).collect();
+        for r in &plan.recommendations {
+            host_of[c.vm_index(&r.vm).unwrap()] = Some(c.host_index(&r.to).unwrap());
+        }
+        if plan.stop != vinfra_drs::StopReason::NoImprovingMove {
+            return Ok(());
+        }
+        let ent = entitlements(&c).vms;
+        let now = imbalance_of(&c, &ent, &host_of);
+        prop_assert!((now - plan.imbalance_after).abs() < 1e-9);
+        for v in 0..c.vms.len() {
+            let Some(s) = host_of[v] else { continue };
+            if !c.hosts[s].usable() {
+                continue;
+            }
+            for d in 0..c.hosts.len() {
+                if !single_move_allowed(&c, &host_of, v, d) {
+                    continue;
+                }
+                host_of[v] = Some(d);
+                let after = imbalance_of(&c, &ent, &host_of);
+                host_of[v] = Some(s);
+                prop_assert!(
+                    after >= now - 1e-9,
+                    "stopped at {now} but moving {} {} -> {} gives {after}",
+                    c.vms[v].id, c.hosts[s].id, c.hosts[d].id
+                );
+            }
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! prints one JSON line per run; the peer scripts in `benches/peers/` drive it.
 //!
 //! ```text
-//! drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec-out.json]
-//! drs-bench balance <hosts> <vms> <moves> <seed> <threshold>
+//! drs-bench packing <family> <vms> <seed> [spec-out.json]
+//!   family: triplets, rule_heavy, shrunk, scaled, quintuplets, heterogeneous,
+//!           random_<lo%>_<hi%> (e.g. random_10_60)
+//! drs-bench balance <hosts> <vms> <moves> <seed> <threshold> [one-group|two-groups]
 //! drs-bench balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>
 //! ```
 //!
@@ -27,10 +29,22 @@ fn packing(args: &[String]) -> Result<(), String> {
     let family = args.get(2).ok_or("missing family")?.as_str();
     let vms: usize = arg(args, 3, "vms")?;
     let seed: u64 = arg(args, 4, "seed")?;
+    let spare = vms / 12 + 2;
     let inst = match family {
-        "triplets" => generate::triplets(seed, vms, vms / 12 + 2),
+        "triplets" => generate::triplets(seed, vms, spare),
         "rule_heavy" => generate::rule_heavy(seed, vms),
-        _ => return Err(format!("unknown family {family}")),
+        "shrunk" => generate::shrunk_triplets(seed, vms, spare),
+        "scaled" => generate::scaled_triplets(seed, vms, spare),
+        "quintuplets" => generate::quintuplets(seed, vms, vms / 20 + 2),
+        "heterogeneous" => generate::heterogeneous(seed, vms, spare),
+        _ => match family
+            .strip_prefix("random_")
+            .and_then(|r| r.split_once('_'))
+            .and_then(|(lo, hi)| Some((lo.parse().ok()?, hi.parse().ok()?)))
+        {
+            Some((lo, hi)) => generate::random_2d(seed, vms, lo, hi),
+            None => return Err(format!("unknown family {family}")),
+        },
     };
     if let Some(path) = args.get(5) {
         let json = serde_json::to_string(&inst.spec).map_err(|e| e.to_string())?;
@@ -66,18 +80,23 @@ struct Perturbed {
     inst: generate::Instance,
 }
 
-fn perturbed(args: &[String]) -> Result<Perturbed, String> {
+fn perturbed(args: &[String], family: Option<&str>) -> Result<Perturbed, String> {
     let hosts: usize = arg(args, 2, "hosts")?;
     let vms: usize = arg(args, 3, "vms")?;
     let moves: usize = arg(args, 4, "moves")?;
     let seed: u64 = arg(args, 5, "seed")?;
     let threshold: u8 = arg(args, 6, "threshold")?;
+    let inst = match family {
+        None | Some("one-group") => generate::perturbed(seed, hosts, vms, moves),
+        Some("two-groups") => generate::perturbed_groups(seed, hosts, vms, moves),
+        Some(other) => return Err(format!("unknown balance family {other}")),
+    };
     Ok(Perturbed {
         hosts,
         vms,
         seed,
         threshold,
-        inst: generate::perturbed(seed, hosts, vms, moves),
+        inst,
     })
 }
 
@@ -88,7 +107,7 @@ fn balancing(args: &[String]) -> Result<(), String> {
         seed,
         threshold,
         inst,
-    } = perturbed(args)?;
+    } = perturbed(args, args.get(7).map(String::as_str))?;
     let mut spec = inst.spec;
     spec.settings.migration_threshold = threshold;
     let c = Cluster::new(spec).map_err(|e| e.to_string())?;
@@ -100,6 +119,8 @@ fn balancing(args: &[String]) -> Result<(), String> {
         serde_json::json!({
             "hosts": hosts, "vms": vms, "seed": seed, "threshold": threshold,
             "perturbation_moves": inst.perturbation_moves,
+            "witness_imbalance": inst.witness_imbalance,
+            "family": args.get(7).map_or("one-group", String::as_str),
             "imbalance_before": plan.imbalance_before, "imbalance_after": plan.imbalance_after,
             "target": plan.target, "migrations": plan.recommendations.len(),
             "stop": plan.stop, "pass_ms": ms,
@@ -131,10 +152,10 @@ fn balancing_naive(args: &[String]) -> Result<(), String> {
         seed,
         threshold,
         inst,
-    } = perturbed(args)?;
+    } = perturbed(args, None)?;
     let max_moves: usize = arg(args, 7, "max-moves")?;
     let c = Cluster::new(inst.spec).map_err(|e| e.to_string())?;
-    let target = vinfra_drs::target_for_threshold(threshold);
+    let target = vinfra_drs::target_for_threshold(threshold, c.usable_hosts().count());
     let t = Instant::now();
     let ent = vinfra_drs::entitlements(&c);
     let cap: Vec<[f64; 2]> = c
@@ -213,7 +234,7 @@ fn main() -> ExitCode {
         Some("packing") => packing(&args),
         Some("balance") => balancing(&args),
         Some("balance-naive") => balancing_naive(&args),
-        _ => Err("usage: drs-bench packing <triplets|rule_heavy> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
+        _ => Err("usage: drs-bench packing <family> <vms> <seed> [spec.json] | balance <hosts> <vms> <moves> <seed> <threshold> [one-group|two-groups] | balance-naive <hosts> <vms> <moves> <seed> <threshold> <max-moves>".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

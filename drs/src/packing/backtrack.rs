@@ -123,7 +123,9 @@ pub(crate) fn place_groups_complete(
     let items: Vec<Item> = groups
         .iter()
         .map(|g| {
-            let (size, rules) = size_and_anti(c, g);
+            let (_, rules) = size_and_anti(c, g);
+            // Sizes as the state counts them (the capacity model it checks).
+            let size = state.need_of(g);
             // Partners that stay put pin the group to their host.
             let pinned: Option<usize> = g.first().and_then(|&v| {
                 c.groups[c.vms[v].group]

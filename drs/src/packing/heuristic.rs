@@ -3,27 +3,39 @@
 
 use std::cell::RefCell;
 
+use super::fewer::{pack_into, FEWER_MAX_ITEMS, FEWER_STEPS};
 use super::matching::match_bins;
+use super::near::{tolerance, Grid, LEVELS_PERMILLE};
 use super::{
     bin_size, disjoint, finish, fits, items_of, key, lower_bound, sub, FxMap, Item, PackOptions,
     PackPlan,
 };
 use crate::validate::{Cluster, CPU, MEM};
 
-struct Packer {
-    items: Vec<Item>,
+/// Items the exact phase tries before it judges whether exact bins exist.
+const EXACT_PROBE: usize = 64;
+/// Minimum-slack search nodes for all the bins left after the completion phases.
+const DFS_NODES_TOTAL: u64 = 10_000_000;
+/// Fewest minimum-slack search nodes a bin gets.
+const DFS_NODES_MIN: u64 = 1_000;
+/// Instances up to this many items also get the classic pipeline (exact completion,
+/// minimum-slack search, local search) and keep the better packing: cheap at that size.
+const PORTFOLIO_MAX_ITEMS: usize = 1_000;
+
+pub(super) struct Packer {
+    pub(super) items: Vec<Item>,
     hosts: usize,
-    steps: u64,
+    pub(super) steps: u64,
     budget: u64,
-    alive: Vec<bool>,
+    pub(super) alive: Vec<bool>,
     /// Alive items, largest first (compacted after each bin).
-    order: Vec<usize>,
+    pub(super) order: Vec<usize>,
     /// Alive items by CPU size, to scan only partners whose CPU can still be completed.
-    by_cpu: Vec<usize>,
+    pub(super) by_cpu: Vec<usize>,
     /// Smallest and largest item CPU sizes.
-    cpu_range: (u64, u64),
+    pub(super) cpu_range: (u64, u64),
     /// Smallest and largest item memory sizes.
-    mem_range: (u64, u64),
+    pub(super) mem_range: (u64, u64),
     buckets: FxMap<(u64, u64), Vec<usize>>,
     /// Each item's allowed-host mask, interned (`None` = every host).
     mask_of: Vec<Option<usize>>,
@@ -87,12 +99,12 @@ impl Packer {
         }
     }
 
-    fn out_of_budget(&self) -> bool {
+    pub(super) fn out_of_budget(&self) -> bool {
         self.steps >= self.budget
     }
 
     /// May `j` join the items in `set`?
-    fn compatible(&self, set: &[usize], j: usize) -> bool {
+    pub(super) fn compatible(&self, set: &[usize], j: usize) -> bool {
         let it = &self.items[j];
         if !it.anti.is_empty()
             && set
@@ -135,20 +147,20 @@ impl Packer {
         })
     }
 
-    fn kill(&mut self, i: usize) {
+    pub(super) fn kill(&mut self, i: usize) {
         self.alive[i] = false;
         if let Some(b) = self.buckets.get_mut(&key(self.items[i].size)) {
             b.retain(|&x| x != i);
         }
     }
 
-    fn commit(&mut self, bin: &[usize]) {
+    pub(super) fn commit(&mut self, bin: &[usize]) {
         for &i in bin {
             self.kill(i);
         }
     }
 
-    fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         let alive = &self.alive;
         self.order.retain(|&i| alive[i]);
         self.by_cpu.retain(|&i| alive[i]);
@@ -218,13 +230,21 @@ impl Packer {
             let greedy = sweep == 15;
             let mut deferred = Vec::new();
             let mut progress = false;
+            let (mut tried, mut missed) = (0usize, 0usize);
             for &i in &pending {
                 if !self.alive[i] || self.out_of_budget() {
                     continue;
                 }
+                // Sizes that do not sum to capacity give no exact bins: each miss scans
+                // a whole window, so the phase gives up when the first sweep's first
+                // items mostly miss (exact-fill instances hit on nearly every item).
+                if sweep == 0 && tried >= EXACT_PROBE && missed * 2 > tried {
+                    return bins;
+                }
+                tried += 1;
                 let comps = self.completions(i, cap, if greedy { 1 } else { 2 });
                 match comps.len() {
-                    0 => {}
+                    0 => missed += 1,
                     1 => {
                         self.commit(&comps[0]);
                         bins.push(comps[0].clone());
@@ -339,50 +359,193 @@ pub(super) fn pack_heuristic(c: &Cluster, opts: &PackOptions) -> PackPlan {
     };
     let cap = c.hosts[h0].capacity;
     let homogeneous = hosts.iter().all(|&h| c.hosts[h].capacity == cap);
-    let mut p = Packer::new(c.hosts.len(), items, cap, opts.step_budget);
-    if homogeneous {
-        let mut bins = p.exact_phase(cap);
-        let any = |_: &Item| true;
-        let mut guard = p.items.len();
-        while guard > 0 && !p.order.is_empty() {
-            guard -= 1;
-            let first = p.order[0];
-            if !fits(p.items[first].size, cap) {
-                p.kill(first);
-                p.compact();
-                continue;
-            }
-            let bin = p.best_fill(first, cap, &any, opts.nodes_per_bin);
-            p.commit(&bin);
-            p.compact();
-            bins.push(bin);
-        }
-        improve(&mut p, &mut bins, cap, lb);
-        let bin_host = match_bins(c, &p.items, &bins, &hosts);
-        finish(c, &p.items, &bins, &bin_host, lb, p.steps, &hosts)
-    } else {
-        // Hosts differ: fill each host in turn, largest first, with what it allows.
-        let mut bins = Vec::new();
-        let mut bin_host = Vec::new();
-        for &h in &hosts {
-            let hcap = c.hosts[h].capacity;
-            let ok = |it: &Item| it.allowed.as_ref().is_none_or(|a| a[h]);
-            let Some(first) = p
-                .order
-                .iter()
-                .copied()
-                .find(|&i| p.alive[i] && fits(p.items[i].size, hcap) && ok(&p.items[i]))
-            else {
-                continue;
-            };
-            let bin = p.best_fill(first, hcap, &ok, opts.nodes_per_bin);
-            p.commit(&bin);
-            p.compact();
-            bins.push(bin);
-            bin_host.push(Some(h));
-        }
-        finish(c, &p.items, &bins, &bin_host, lb, p.steps, &hosts)
+    if !homogeneous {
+        return heterogeneous(c, items, opts, &hosts, lb);
     }
+    let small = items.len() <= PORTFOLIO_MAX_ITEMS;
+    let near = homogeneous_pack(c, items.clone(), cap, opts, &hosts, lb, true);
+    if !small || (near.unplaced.is_empty() && near.hosts_used <= lb) {
+        return near;
+    }
+    let classic = homogeneous_pack(c, items.clone(), cap, opts, &hosts, lb, false);
+    let steps = near.steps + classic.steps;
+    let best =
+        if (classic.unplaced.len(), classic.hosts_used) < (near.unplaced.len(), near.hosts_used) {
+            classic
+        } else {
+            near
+        };
+    let left = opts.step_budget.saturating_sub(steps);
+    let best = fewer_hosts(c, &items, cap, &hosts, lb, best, left);
+    PackPlan {
+        steps: steps + best.steps,
+        ..best
+    }
+}
+
+/// Small instances without rules: one host fewer at a time, while a bounded exact
+/// search finds a packing and the count is above the bound.
+fn fewer_hosts(
+    c: &Cluster,
+    items: &[Item],
+    cap: [u64; 2],
+    hosts: &[usize],
+    lb: usize,
+    best: PackPlan,
+    step_budget: u64,
+) -> PackPlan {
+    let plain = items
+        .iter()
+        .all(|it| it.allowed.is_none() && it.anti.is_empty());
+    if !plain || items.len() > FEWER_MAX_ITEMS || !best.unplaced.is_empty() {
+        return PackPlan { steps: 0, ..best };
+    }
+    let total = FEWER_STEPS.min(step_budget);
+    let mut budget = total;
+    let mut found: Option<Vec<Vec<usize>>> = None;
+    let mut k = best.hosts_used;
+    while k > lb && budget > 0 {
+        match pack_into(items, cap, k - 1, &mut budget) {
+            Some(bins) => {
+                k = bins.len();
+                found = Some(bins);
+            }
+            None => break,
+        }
+    }
+    let steps = total - budget;
+    match found {
+        Some(bins) => {
+            let bin_host = match_bins(c, items, &bins, hosts);
+            PackPlan {
+                steps,
+                ..finish(c, items, &bins, &bin_host, lb, 0, hosts)
+            }
+        }
+        None => PackPlan { steps, ..best },
+    }
+}
+
+/// Identical hosts: exact completion, then (with `near`) near-exact completion at
+/// growing tolerances, then minimum-slack fill and the local search.
+fn homogeneous_pack(
+    c: &Cluster,
+    items: Vec<Item>,
+    cap: [u64; 2],
+    opts: &PackOptions,
+    hosts: &[usize],
+    lb: usize,
+    near: bool,
+) -> PackPlan {
+    let mut p = Packer::new(c.hosts.len(), items, cap, opts.step_budget);
+    let mut bins = p.exact_phase(cap);
+    if near {
+        let any = |_: usize| true;
+        for &permille in &LEVELS_PERMILLE {
+            let tol = tolerance(cap, permille);
+            let grid = Grid::new(&p, tol);
+            let pending = p.order.clone();
+            for i in pending {
+                if p.out_of_budget() {
+                    break;
+                }
+                if !p.alive[i] || !fits(p.items[i].size, cap) {
+                    continue;
+                }
+                if let Some(bin) = p.near_bin(&grid, i, cap, tol, &any) {
+                    p.commit(&bin);
+                    bins.push(bin);
+                    // Scans start at the front of the lists: keep dead items out of it.
+                    if bins.len() % 32 == 0 {
+                        p.compact();
+                    }
+                }
+            }
+            p.compact();
+        }
+    }
+    let any = |_: &Item| true;
+    // The minimum-slack search gets fewer nodes per bin when many items are left, so
+    // that its total stays bounded (about DFS_NODES_TOTAL).
+    let nodes = opts
+        .nodes_per_bin
+        .min((DFS_NODES_TOTAL / p.order.len().max(1) as u64).max(DFS_NODES_MIN));
+    let mut guard = p.items.len();
+    while guard > 0 && !p.order.is_empty() {
+        guard -= 1;
+        let first = p.order[0];
+        if !fits(p.items[first].size, cap) {
+            p.kill(first);
+            p.compact();
+            continue;
+        }
+        let bin = p.best_fill(first, cap, &any, nodes);
+        p.commit(&bin);
+        p.compact();
+        bins.push(bin);
+    }
+    improve(&mut p, &mut bins, cap, lb);
+    let bin_host = match_bins(c, &p.items, &bins, hosts);
+    finish(c, &p.items, &bins, &bin_host, lb, p.steps, hosts)
+}
+
+/// Hosts differ: fill each host in turn, largest first, with what it allows: to within
+/// the smallest tolerance that closes it, else by minimum-slack search.
+fn heterogeneous(
+    c: &Cluster,
+    items: Vec<Item>,
+    opts: &PackOptions,
+    hosts: &[usize],
+    lb: usize,
+) -> PackPlan {
+    let smallest = hosts
+        .iter()
+        .map(|&h| c.hosts[h].capacity)
+        .fold([u64::MAX; 2], |m, x| {
+            [m[CPU].min(x[CPU]), m[MEM].min(x[MEM])]
+        });
+    let cap0 = c.hosts[hosts[0]].capacity;
+    let mut p = Packer::new(c.hosts.len(), items, cap0, opts.step_budget);
+    // One grid per level over every item; committed items are skipped when looked up.
+    let grids: Vec<Grid> = LEVELS_PERMILLE
+        .iter()
+        .map(|&pm| Grid::new(&p, tolerance(smallest, pm)))
+        .collect();
+    let (mask_of, masks) = (p.mask_of.clone(), p.masks.clone());
+    let mut bins = Vec::new();
+    let mut bin_host = Vec::new();
+    for &h in hosts {
+        let hcap = c.hosts[h].capacity;
+        let ok_item = |it: &Item| it.allowed.as_ref().is_none_or(|a| a[h]);
+        let ok = |k: usize| mask_of[k].is_none_or(|m| masks[m][h]);
+        let Some(first) = p
+            .order
+            .iter()
+            .copied()
+            .find(|&i| p.alive[i] && fits(p.items[i].size, hcap) && ok(i))
+        else {
+            continue;
+        };
+        let mut bin = None;
+        for (grid, &permille) in grids.iter().zip(&LEVELS_PERMILLE) {
+            if p.out_of_budget() {
+                break;
+            }
+            bin = p.near_bin(grid, first, hcap, tolerance(hcap, permille), &ok);
+            if bin.is_some() {
+                break;
+            }
+        }
+        let bin = match bin {
+            Some(b) => b,
+            None => p.best_fill(first, hcap, &ok_item, opts.nodes_per_bin),
+        };
+        p.commit(&bin);
+        p.compact();
+        bins.push(bin);
+        bin_host.push(Some(h));
+    }
+    finish(c, &p.items, &bins, &bin_host, lb, p.steps, hosts)
 }
 
 /// Local search: empty the least-filled bins into the slack of the others.

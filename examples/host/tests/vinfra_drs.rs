@@ -195,6 +195,10 @@ fn pack_needs_two_hosts_for_two_vms_kept_apart() {
     assert_eq!(v["assignment"].as_array().unwrap().len(), 2);
     let text = ok("pack", f.path(), &[], false);
     assert!(text.starts_with("2 hosts used"), "{text}");
+    // The baseline runs only when asked for.
+    assert!(!text.contains("first-fit-decreasing"), "{text}");
+    let text = ok("pack", f.path(), &["--compare-ffd"], false);
+    assert!(text.contains("first-fit-decreasing: 2 hosts"), "{text}");
 }
 
 #[test]
