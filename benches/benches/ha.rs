@@ -29,8 +29,11 @@ fn restart_planning(c: &mut Criterion) {
             name,
             owner: Some(owner),
             desired_on: true,
-            priority: [RestartPriority::High, RestartPriority::Medium, RestartPriority::Low]
-                [rng.random_range(0..3)],
+            priority: [
+                RestartPriority::High,
+                RestartPriority::Medium,
+                RestartPriority::Low,
+            ][rng.random_range(0..3)],
             isolation_response: IsolationResponse::LeaveOn,
             cpu_mhz: rng.random_range(250..2000),
             mem_mb: rng.random_range(1024..8192),
@@ -50,9 +53,16 @@ fn restart_planning(c: &mut Criterion) {
         .collect();
     let victims: Vec<&str> = victims.iter().map(String::as_str).collect();
     let round = plan::restart(&hosts, &targets, &vms, &victims).expect("a valid cluster");
-    assert_eq!(round.assignments.len(), 1000, "every victim placed: {:?}", round.unplaced.first());
+    assert_eq!(
+        round.assignments.len(),
+        1000,
+        "every victim placed: {:?}",
+        round.unplaced.first()
+    );
     let mut group = c.benchmark_group("ha");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     group.bench_function("restart_plan_1000vms_8_of_96_hosts_failed", |b| {
         b.iter(|| black_box(plan::restart(&hosts, &targets, &vms, black_box(&victims))))
     });

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use vinfra_drs::{ha, Cluster, ClusterSpec, HostSpec, VmSpec};
+use vinfra_drs::{ha, CapacityModel, Cluster, ClusterSpec, HostSpec, VmSpec};
 
 use crate::config::HostConfig;
 use crate::inventory::VmRecord;
@@ -74,7 +74,10 @@ pub fn restart(
             spec_vms.push(s.on(host_name(owner)));
         }
     }
-    let spec = ClusterSpec::new(spec_hosts, spec_vms);
+    let mut spec = ClusterSpec::new(spec_hosts, spec_vms);
+    // A restarted VM takes its whole size on its new host (vmm-core maps all its RAM),
+    // so restarts must fit by size, not only by reservation.
+    spec.settings.capacity_model = CapacityModel::Footprint;
     let cluster = Cluster::new(spec)?;
     let plan = ha::restart_plan(&cluster, &[DOWN])?;
     let by_name: BTreeMap<String, u32> = hosts.iter().map(|h| (host_name(h.id), h.id)).collect();
@@ -98,4 +101,51 @@ pub fn restart(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{IsolationResponse, RestartPriority};
+
+    fn vm(name: &str, owner: u32, mem_mb: i64, priority: RestartPriority) -> VmRecord {
+        VmRecord {
+            name: name.into(),
+            owner: Some(owner),
+            desired_on: true,
+            priority,
+            isolation_response: IsolationResponse::LeaveOn,
+            cpu_mhz: 100,
+            mem_mb,
+        }
+    }
+
+    #[test]
+    fn restarts_fit_by_size_high_priority_first() {
+        let hosts: Vec<HostConfig> = (1..=2)
+            .map(|id| HostConfig {
+                id,
+                addr: format!("127.0.0.1:{id}"),
+                cpu_mhz: 10_000,
+                mem_mb: 4096,
+            })
+            .collect();
+        // Host 1 failed; host 2 has 4096 MB of which 1024 are used: room for one of the
+        // two 2048 MB VMs only, the high-priority one.
+        let vms = vec![
+            vm("low", 1, 2048, RestartPriority::Low),
+            vm("high", 1, 2048, RestartPriority::High),
+            vm("there", 2, 1024, RestartPriority::Medium),
+        ];
+        let round = restart(&hosts, &[2], &vms, &["low", "high"]).unwrap();
+        assert_eq!(
+            round.assignments,
+            vec![Assignment {
+                vm: "high".into(),
+                host: 2
+            }]
+        );
+        assert_eq!(round.unplaced.len(), 1);
+        assert_eq!(round.unplaced[0].vm, "low");
+    }
 }

@@ -218,7 +218,8 @@ mod tests {
         // Our own live pid, but written before the machine rebooted.
         let mut rebooted = LockRecord::current(true);
         rebooted.boot_id = "an earlier boot".into();
-        s.write_atomic("locks/rebooted", &rebooted.encode()).unwrap();
+        s.write_atomic("locks/rebooted", &rebooted.encode())
+            .unwrap();
         drop(acquire(&s, true).unwrap());
         assert!(s.list("locks").unwrap().is_empty());
 
