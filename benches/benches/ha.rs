@@ -22,6 +22,7 @@ fn restart_planning(c: &mut Criterion) {
         })
         .collect();
     let failed = 0..8u32;
+    let failed_count = 8u32;
     let targets: Vec<u32> = (8..96).collect();
     let mut vms = Vec::new();
     let mut add = |name: String, owner: u32, rng: &mut ChaCha8Rng| {
@@ -40,7 +41,7 @@ fn restart_planning(c: &mut Criterion) {
         });
     };
     for i in 0..1000 {
-        let owner = failed.start + i % failed.len() as u32;
+        let owner = failed.start + i % failed_count;
         add(format!("victim-{i}"), owner, &mut rng);
     }
     for i in 0..3520 {

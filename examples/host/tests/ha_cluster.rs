@@ -79,8 +79,19 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `n` hosts and the VMs `(name, priority, isolation response)`, all running.
+    /// `n` hosts and the VMs `(name, priority, isolation response)`, all running, on a
+    /// volume with the test lease.
     fn start(n: u32, vms: &[(&str, &str, &str)]) -> Option<Self> {
+        Self::start_with(n, vms, LEASE_MS, 500)
+    }
+
+    /// The same with a given vmfs lease and heartbeat interval.
+    fn start_with(
+        n: u32,
+        vms: &[(&str, &str, &str)],
+        lease_ms: u64,
+        interval_ms: u64,
+    ) -> Option<Self> {
         if !kvm_or_skip() {
             return None;
         }
@@ -93,9 +104,9 @@ impl Cluster {
                 "--size",
                 "64M",
                 "--lease-ms",
-                &LEASE_MS.to_string(),
+                &lease_ms.to_string(),
                 "--interval-ms",
-                "500",
+                &interval_ms.to_string(),
             ]),
             Duration::from_secs(20),
         );
@@ -169,6 +180,7 @@ impl Cluster {
         let mut child = self
             .lab
             .command(h, HOST)
+            .env("RUST_LOG", "vinfra_host=info")
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -527,4 +539,115 @@ fn forged_packets_change_nothing() {
         c.logs()
     );
     assert_eq!(c.runs_on("one"), Some(owner));
+}
+
+/// The benchmark behind `benches/peers/ha-failover.sh`: vmfs's default lease (8 s) and
+/// heartbeat (1 s), the agent's defaults, four hosts; KILLS times (default 5): kill -9 the
+/// host of the first high-priority VM, measure kill -> `failed` verdict and kill -> the
+/// first VM (and the first high-priority VM) started elsewhere, start the host again.
+#[test]
+#[ignore = "benchmark: several kills with the default 8 s lease (benches/peers/ha-failover.sh)"]
+fn failover_benchmark() {
+    let _one = serial();
+    let kills: usize = std::env::var("KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let vms = [
+        ("hi-1", "high", "leave-on"),
+        ("hi-2", "high", "leave-on"),
+        ("med-1", "medium", "leave-on"),
+        ("low-1", "low", "leave-on"),
+    ];
+    let Some(mut c) = Cluster::start_with(4, &vms, 8000, 1000) else {
+        return;
+    };
+    let (mut verdicts, mut firsts, mut highs) = (Vec::new(), Vec::new(), Vec::new());
+    // Every host has heartbeats on record before the first kill.
+    std::thread::sleep(Duration::from_secs(10));
+    for round in 0..kills {
+        let victim = c.runs_on("hi-1").unwrap();
+        let theirs: Vec<(String, bool)> = vms
+            .iter()
+            .filter(|(n, ..)| c.runs_on(n) == Some(victim))
+            .map(|(n, p, _)| (n.to_string(), *p == "high"))
+            .collect();
+        let mark = c.mark();
+        let killed = Instant::now();
+        c.proc(victim).child.kill().unwrap();
+        let _ = c.proc(victim).child.wait();
+        let since =
+            |c: &Cluster, pred: &dyn Fn(&Ev) -> bool| c.since(&mark).iter().any(|e| pred(e));
+        let (mut verdict, mut first, mut high) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while (verdict.is_none() || high.is_none()) && Instant::now() < deadline {
+            if verdict.is_none()
+                && since(&c, &|e| {
+                    e.is("verdict") && e.v["about"] == victim && e.v["verdict"] == "failed"
+                })
+            {
+                verdict = Some(killed.elapsed());
+            }
+            for (vm, is_high) in &theirs {
+                if since(&c, &|e| {
+                    e.is("vm_started") && e.vm() == vm && e.host != victim
+                }) {
+                    first.get_or_insert(killed.elapsed());
+                    if *is_high {
+                        high.get_or_insert(killed.elapsed());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (verdict, first, high) = (verdict.unwrap(), first.unwrap(), high.unwrap());
+        println!(
+            "ha_failover run {}: victim=host{victim} vms={:?} kill_to_verdict_ms={:.0} kill_to_first_vm_ms={:.0} kill_to_first_high_ms={:.0}",
+            round + 1,
+            theirs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            verdict.as_secs_f64() * 1000.0,
+            first.as_secs_f64() * 1000.0,
+            high.as_secs_f64() * 1000.0
+        );
+        if std::env::var("HA_BENCH_VERBOSE").is_ok() {
+            for e in c.events() {
+                if !e.is("console") {
+                    println!("  host {} {}", e.host, e.v);
+                }
+            }
+            println!(
+                "{}",
+                c.logs()
+                    .lines()
+                    .filter(|l| l.contains("took the lock"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        verdicts.push(verdict);
+        firsts.push(first);
+        highs.push(high);
+        // The host comes back (its slot is taken over after its own lease) and rejoins.
+        let config = c.dir.path().join(format!("host{victim}.json"));
+        let p = c.spawn(victim, &config);
+        let mark = c.mark();
+        if let Some(slot) = c.hosts.iter_mut().find(|(h, _)| *h == victim) {
+            slot.1 = Some(p);
+        }
+        c.wait(Duration::from_secs(40), |e| {
+            e.host == victim && e.is("mounted")
+        });
+        let _ = mark;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    println!("ha_kill_to_verdict_ms_median: {:.0}", median(&mut verdicts));
+    println!("ha_kill_to_first_vm_ms_median: {:.0}", median(&mut firsts));
+    println!(
+        "ha_kill_to_first_high_priority_vm_ms_median: {:.0}",
+        median(&mut highs)
+    );
 }

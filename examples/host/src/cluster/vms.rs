@@ -139,6 +139,8 @@ impl Vms {
         if self.running.contains_key(name) {
             return PowerOnOutcome::Started;
         }
+        // Whom the lock is taken from, for the record (a dead host's, after its lease).
+        let before = self.volume.lock_info(&lock_path(name)).ok();
         let lock = match self.volume.open(&lock_path(name), LockMode::Exclusive) {
             Ok(f) => f,
             Err(vinfra_vmfs::Error::Locked { holder, .. }) => {
@@ -152,6 +154,15 @@ impl Vms {
             Ok((vm, config)) => {
                 self.running
                     .insert(name.to_string(), RunningVm { vm, lock, config });
+                if let Some(h) = before.as_ref().and_then(|i| i.holders.first()) {
+                    tracing::info!(
+                        vm = name,
+                        "took the lock over from host {} ({}{})",
+                        h.host,
+                        h.verdict,
+                        if h.stale { ", stale" } else { "" }
+                    );
+                }
                 PowerOnOutcome::Started
             }
             Err(e) => {
