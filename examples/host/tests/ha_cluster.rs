@@ -576,8 +576,7 @@ fn failover_benchmark() {
         let killed = Instant::now();
         c.proc(victim).child.kill().unwrap();
         let _ = c.proc(victim).child.wait();
-        let since =
-            |c: &Cluster, pred: &dyn Fn(&Ev) -> bool| c.since(&mark).iter().any(|e| pred(e));
+        let since = |c: &Cluster, pred: &dyn Fn(&Ev) -> bool| c.since(&mark).iter().any(pred);
         let (mut verdict, mut first, mut high) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(40);
         while (verdict.is_none() || high.is_none()) && Instant::now() < deadline {
@@ -630,7 +629,6 @@ fn failover_benchmark() {
         // The host comes back (its slot is taken over after its own lease) and rejoins.
         let config = c.dir.path().join(format!("host{victim}.json"));
         let p = c.spawn(victim, &config);
-        let mark = c.mark();
         if let Some(slot) = c.hosts.iter_mut().find(|(h, _)| *h == victim) {
             slot.1 = Some(p);
         }
