@@ -604,7 +604,37 @@ impl Agent {
                     .map(|p| p.id),
             )
             .collect();
-        let round = match plan::restart(&self.config.hosts, &targets, &self.vms, &victims) {
+        // Restarts are never refused by admission control (as in VMware HA); a power-on of
+        // a VM that no host holds is, when it would eat the failover reserve.
+        let mut refused = Vec::new();
+        let mut admitted: Vec<&str> = Vec::new();
+        for &name in &victims {
+            let fresh = self.vms.iter().any(|v| v.name == name && v.owner.is_none());
+            if fresh {
+                let mut with: Vec<VmRecord> = self.vms.clone();
+                // Those admitted this round count as running.
+                for w in &mut with {
+                    if admitted.contains(&w.name.as_str()) {
+                        w.owner = Some(me);
+                    }
+                }
+                if let Err(reason) = plan::admit(
+                    &self.config.hosts,
+                    &targets,
+                    &with,
+                    name,
+                    self.config.admission,
+                ) {
+                    refused.push(plan::Unplaced {
+                        vm: name.to_string(),
+                        reason,
+                    });
+                    continue;
+                }
+            }
+            admitted.push(name);
+        }
+        let round = match plan::restart(&self.config.hosts, &targets, &self.vms, &admitted) {
             Ok(r) => r,
             Err(e) => {
                 out.push(Action::Unplaced {
@@ -615,7 +645,7 @@ impl Agent {
             }
         };
         let mut unplaced = BTreeMap::new();
-        for u in round.unplaced {
+        for u in round.unplaced.into_iter().chain(refused) {
             if self.unplaced.get(&u.vm) != Some(&u.reason) {
                 out.push(Action::Unplaced {
                     vm: u.vm.clone(),

@@ -57,6 +57,35 @@ impl Default for VmMonitoring {
     }
 }
 
+/// HA admission control: power-ons (not restarts) that would leave too little capacity
+/// to restart everything after host failures are refused, with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Admission {
+    /// No admission control.
+    Off,
+    /// VMware's slot policy: the slots left after the `tolerate` largest hosts fail must
+    /// hold every running VM.
+    Slots {
+        /// Host failures to tolerate.
+        tolerate: u32,
+    },
+    /// VMware's percentage policy: reservations must leave these percentages free.
+    Percentage {
+        /// CPU capacity kept free, %.
+        cpu: u8,
+        /// Memory capacity kept free, %.
+        mem: u8,
+    },
+}
+
+impl Default for Admission {
+    /// VMware's default: tolerate one host failure, by slots.
+    fn default() -> Self {
+        Admission::Slots { tolerate: 1 }
+    }
+}
+
 /// The agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +115,9 @@ pub struct Config {
     /// VM monitoring.
     #[serde(default)]
     pub vm_monitoring: VmMonitoring,
+    /// Admission control for power-ons.
+    #[serde(default)]
+    pub admission: Admission,
 }
 
 mod defaults {
@@ -119,6 +151,7 @@ impl Config {
             plan_interval_ms: defaults::plan_interval_ms(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             vm_monitoring: VmMonitoring::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -212,6 +245,11 @@ impl Config {
                     format!("isolation_addresses[{i}]"),
                     format!("{s:?} is not ip:port"),
                 ));
+            }
+        }
+        if let Admission::Percentage { cpu, mem } = self.admission {
+            if cpu > 100 || mem > 100 {
+                return Err(ConfigError::new("admission", "percentages are 0..=100"));
             }
         }
         let m = &self.vm_monitoring;

@@ -20,7 +20,7 @@ pub mod plan;
 pub mod wire;
 
 pub use agent::{Action, Agent, Counters, Event, PowerOnOutcome};
-pub use config::{Config, HostConfig, IsolationAddress, VmMonitoring, MAX_HOSTS};
+pub use config::{Admission, Config, HostConfig, IsolationAddress, VmMonitoring, MAX_HOSTS};
 pub use datastore::{Datastore, DatastoreError, HaSettings};
 pub use error::{ConfigError, PacketError};
 pub use inventory::{IsolationResponse, Reading, RestartPriority, SlotReading, VmRecord};

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use vinfra_drs::{ha, CapacityModel, Cluster, ClusterSpec, HostSpec, VmSpec};
 
+use crate::config::Admission;
+
 use crate::config::HostConfig;
 use crate::inventory::VmRecord;
 
@@ -103,6 +105,69 @@ pub fn restart(
     })
 }
 
+/// Whether powering `candidate` on keeps the failover capacity that `admission` asks for,
+/// with the VMs that run on `targets` now. `Err` says why not.
+pub fn admit(
+    hosts: &[HostConfig],
+    targets: &[u32],
+    vms: &[VmRecord],
+    candidate: &str,
+    admission: Admission,
+) -> Result<(), String> {
+    let Some(&first) = targets.first() else {
+        return Err("no host can run it".into());
+    };
+    let spec_hosts: Vec<HostSpec> = hosts
+        .iter()
+        .filter(|h| targets.contains(&h.id))
+        .map(|h| HostSpec::new(host_name(h.id), h.cpu_mhz, h.mem_mb))
+        .collect();
+    let mut spec_vms = Vec::new();
+    for v in vms {
+        let on = if v.name == candidate {
+            Some(first)
+        } else {
+            v.owner.filter(|o| targets.contains(o))
+        };
+        if let Some(h) = on {
+            let mut s = VmSpec::new(v.name.clone(), v.cpu_mhz, v.mem_mb);
+            // Our VMs take their whole size: it is what a restart must find.
+            s.cpu.reservation = v.cpu_mhz;
+            s.mem.reservation = v.mem_mb;
+            spec_vms.push(s.on(host_name(h)));
+        }
+    }
+    let mut spec = ClusterSpec::new(spec_hosts, spec_vms);
+    spec.settings.capacity_model = CapacityModel::Footprint;
+    let cluster = Cluster::new(spec).map_err(|e| format!("admission control: {e}"))?;
+    match admission {
+        Admission::Off => Ok(()),
+        Admission::Slots { tolerate } => {
+            let r = ha::slot_admission(&cluster, tolerate);
+            if r.admitted {
+                Ok(())
+            } else {
+                Err(format!(
+                    "admission control: {} running VMs need a slot each, {} slots remain after {tolerate} host failure(s)",
+                    r.needed_slots, r.failover_slots
+                ))
+            }
+        }
+        Admission::Percentage { cpu, mem } => {
+            let r = ha::percentage_admission(&cluster, cpu, mem)
+                .map_err(|e| format!("admission control: {e}"))?;
+            if r.admitted {
+                Ok(())
+            } else {
+                Err(format!(
+                    "admission control: {:.0} % CPU and {:.0} % memory would stay free, {cpu} % and {mem} % are reserved for failover",
+                    r.free_percent[0], r.free_percent[1]
+                ))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +183,34 @@ mod tests {
             cpu_mhz: 100,
             mem_mb,
         }
+    }
+
+    #[test]
+    fn a_power_on_that_breaks_the_failover_reserve_is_refused() {
+        let hosts: Vec<HostConfig> = (1..=2)
+            .map(|id| HostConfig {
+                id,
+                addr: format!("127.0.0.1:{id}"),
+                cpu_mhz: 10_000,
+                mem_mb: 4096,
+            })
+            .collect();
+        // Two hosts of 4096 MB, slots of 1900 MB and its overhead: two slots a host, and
+        // after one host fails the other's two must hold them all.
+        let mut vms = vec![
+            vm("a", 1, 1900, RestartPriority::Medium),
+            vm("b", 2, 1900, RestartPriority::Medium),
+        ];
+        vms.push(VmRecord {
+            owner: None,
+            ..vm("c", 0, 1900, RestartPriority::Medium)
+        });
+        let slots = Admission::Slots { tolerate: 1 };
+        let e = admit(&hosts, &[1, 2], &vms, "c", slots).unwrap_err();
+        assert!(e.contains("admission control"), "{e}");
+        admit(&hosts, &[1, 2], &vms, "c", Admission::Off).unwrap();
+        vms.remove(1);
+        admit(&hosts, &[1, 2], &vms, "c", slots).unwrap();
     }
 
     #[test]
