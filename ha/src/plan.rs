@@ -173,6 +173,18 @@ mod tests {
     use super::*;
     use crate::inventory::{IsolationResponse, RestartPriority};
 
+    /// Two hosts of 10,000 MHz and 4,096 MB.
+    fn two_hosts() -> Vec<HostConfig> {
+        (1..=2)
+            .map(|id| HostConfig {
+                id,
+                addr: format!("127.0.0.1:{id}"),
+                cpu_mhz: 10_000,
+                mem_mb: 4096,
+            })
+            .collect()
+    }
+
     fn vm(name: &str, owner: u32, mem_mb: i64, priority: RestartPriority) -> VmRecord {
         VmRecord {
             name: name.into(),
@@ -187,14 +199,7 @@ mod tests {
 
     #[test]
     fn a_power_on_that_breaks_the_failover_reserve_is_refused() {
-        let hosts: Vec<HostConfig> = (1..=2)
-            .map(|id| HostConfig {
-                id,
-                addr: format!("127.0.0.1:{id}"),
-                cpu_mhz: 10_000,
-                mem_mb: 4096,
-            })
-            .collect();
+        let hosts = two_hosts();
         // Two hosts of 4096 MB, slots of 1900 MB and its overhead: two slots a host, and
         // after one host fails the other's two must hold them all.
         let mut vms = vec![
@@ -215,14 +220,7 @@ mod tests {
 
     #[test]
     fn restarts_fit_by_size_high_priority_first() {
-        let hosts: Vec<HostConfig> = (1..=2)
-            .map(|id| HostConfig {
-                id,
-                addr: format!("127.0.0.1:{id}"),
-                cpu_mhz: 10_000,
-                mem_mb: 4096,
-            })
-            .collect();
+        let hosts = two_hosts();
         // Host 1 failed; host 2 has 4096 MB of which 1024 are used: room for one of the
         // two 2048 MB VMs only, the high-priority one.
         let vms = vec![
