@@ -810,7 +810,7 @@ fn a_killed_host_is_declared_failed_in_3_s_and_its_vms_run_elsewhere_after_the_l
 
 #[test]
 fn clusters_under_faults_never_run_a_vm_twice_and_restart_what_failed() {
-    for_each_seed(seeds((0..400).chain(FOUND_BUGS)), run);
+    for_each_seed(seeds((0..2000).chain(FOUND_BUGS)), run);
 }
 
 #[test]
@@ -820,7 +820,7 @@ fn many_more_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
-    for_each_seed(seeds(400..400 + n), run);
+    for_each_seed(seeds(2000..2000 + n), run);
 }
 
 /// False positives: `hours` of simulated time of a cluster of `hosts` live hosts at 10 %

@@ -82,15 +82,16 @@ impl Cluster {
     /// `n` hosts and the VMs `(name, priority, isolation response)`, all running, on a
     /// volume with the test lease.
     fn start(n: u32, vms: &[(&str, &str, &str)]) -> Option<Self> {
-        Self::start_with(n, vms, LEASE_MS, 500)
+        Self::start_with(n, vms, LEASE_MS, 500, serde_json::json!({"enabled": false}))
     }
 
-    /// The same with a given vmfs lease and heartbeat interval.
+    /// The same with a given vmfs lease and heartbeat interval, and VM monitoring settings.
     fn start_with(
         n: u32,
         vms: &[(&str, &str, &str)],
         lease_ms: u64,
         interval_ms: u64,
+        monitoring: Value,
     ) -> Option<Self> {
         if !kvm_or_skip() {
             return None;
@@ -150,7 +151,7 @@ impl Cluster {
                 // The switch answers a TCP connection (with a refusal): reachable unless
                 // the host's link is down.
                 "isolation_addresses": [{"tcp_connect": format!("{}:9", c.lab.switch_ip())}],
-                "vm_monitoring": {"enabled": false},
+                "vm_monitoring": monitoring,
             });
             let path = c.dir.path().join(format!("host{h}.json"));
             std::fs::write(&path, config.to_string()).unwrap();
@@ -483,6 +484,60 @@ fn a_host_cut_from_network_and_storage_stops_its_vms_and_the_others_restart_them
 }
 
 #[test]
+fn a_guest_whose_heartbeat_stops_is_reset_at_most_max_resets_times() {
+    let _one = serial();
+    // The workload guest beats about once a second; asked for a beat every 600 ms, every
+    // gap is a missed heartbeat: the guest is reset, twice at most in the window, then
+    // left running.
+    let monitoring = serde_json::json!({"enabled": true, "missed_ms": 600, "max_resets": 2, "window_ms": 600_000});
+    let Some(c) = Cluster::start_with(
+        2,
+        &[("flaky", "high", "leave-on")],
+        LEASE_MS,
+        500,
+        monitoring,
+    ) else {
+        return;
+    };
+    let host = c.runs_on("flaky").unwrap();
+    c.wait(Duration::from_secs(20), |e| {
+        e.is("vm_reset") && e.vm() == "flaky"
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let resets: Vec<Ev> = c
+        .events()
+        .into_iter()
+        .filter(|e| e.is("vm_reset"))
+        .collect();
+    assert_eq!(resets.len(), 2, "{resets:?}\n{}", c.logs());
+    assert!(resets.iter().all(|e| e.v["error"].is_null()), "{resets:?}");
+    // It runs after its resets: a fresh boot prints heartbeats again on the same host.
+    let last_reset = resets
+        .iter()
+        .filter_map(|e| e.v["ms"].as_u64())
+        .max()
+        .unwrap();
+    let beats_after = c.count(|e| {
+        e.is("console")
+            && e.vm() == "flaky"
+            && e.host == host
+            && e.v["ms"].as_u64() > Some(last_reset)
+            && e.v["line"].as_str().is_some_and(|l| l.starts_with("HB "))
+    });
+    assert!(
+        beats_after >= 3,
+        "{beats_after} heartbeats after the last reset\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        c.count(|e| e.is("vm_started")),
+        1,
+        "nothing else started: {}",
+        c.logs()
+    );
+}
+
+#[test]
 fn forged_packets_change_nothing() {
     let _one = serial();
     let vms = [("one", "high", "leave-on"), ("two", "high", "leave-on")];
@@ -559,7 +614,9 @@ fn failover_benchmark() {
         ("med-1", "medium", "leave-on"),
         ("low-1", "low", "leave-on"),
     ];
-    let Some(mut c) = Cluster::start_with(4, &vms, 8000, 1000) else {
+    let Some(mut c) =
+        Cluster::start_with(4, &vms, 8000, 1000, serde_json::json!({"enabled": false}))
+    else {
         return;
     };
     let (mut verdicts, mut firsts, mut highs) = (Vec::new(), Vec::new(), Vec::new());
