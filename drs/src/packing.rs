@@ -11,6 +11,7 @@ mod fewer;
 mod heuristic;
 mod matching;
 mod near;
+mod packer;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

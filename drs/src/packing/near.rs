@@ -11,7 +11,7 @@
 //! touches four cells). A bin that cannot be closed is left for a larger tolerance and,
 //! in the end, for the minimum-slack search.
 
-use super::heuristic::Packer;
+use super::packer::Packer;
 use super::{fits, sub, FxMap};
 use crate::validate::{CPU, MEM};
 
