@@ -257,11 +257,7 @@ mod tests {
     #[test]
     fn empties_a_host_respecting_anti_affinity() {
         let mut s = ClusterSpec::new(
-            vec![
-                HostSpec::new("a", 10_000, 10_000),
-                HostSpec::new("b", 10_000, 10_000),
-                HostSpec::new("c", 10_000, 10_000),
-            ],
+            crate::model::three_hosts(),
             vec![
                 VmSpec::new("d1", 1000, 1000).on("a"),
                 VmSpec::new("d2", 1000, 1000).on("b"),
@@ -284,11 +280,7 @@ mod tests {
     #[test]
     fn evacuation_avoids_contention() {
         let s = ClusterSpec::new(
-            vec![
-                HostSpec::new("a", 10_000, 10_000),
-                HostSpec::new("b", 10_000, 10_000),
-                HostSpec::new("c", 10_000, 10_000),
-            ],
+            crate::model::three_hosts(),
             vec![
                 VmSpec::new("x", 100, 5000).on("a"),
                 VmSpec::new("y", 100, 6000).on("b"),

@@ -400,3 +400,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// Test fixture: hosts "a", "b" and "c" of 10,000 MHz and 10,000 MB.
+#[cfg(test)]
+pub(crate) fn three_hosts() -> Vec<HostSpec> {
+    ["a", "b", "c"]
+        .map(|h| HostSpec::new(h, 10_000, 10_000))
+        .to_vec()
+}

@@ -342,11 +342,7 @@ mod tests {
     /// room.
     fn crowded() -> ClusterSpec {
         let mut s = ClusterSpec::new(
-            vec![
-                HostSpec::new("a", 10_000, 10_000),
-                HostSpec::new("b", 10_000, 10_000),
-                HostSpec::new("c", 10_000, 10_000),
-            ],
+            crate::model::three_hosts(),
             vec![
                 VmSpec::new("x", 1000, 5000).on("a"),
                 VmSpec::new("y", 1000, 5000).on("b"),

@@ -608,16 +608,11 @@ impl Agent {
         // a VM that no host holds is, when it would eat the failover reserve.
         let mut refused = Vec::new();
         let mut admitted: Vec<&str> = Vec::new();
+        // The inventory as admission sees it: those admitted this round count as running.
+        let mut with: Vec<VmRecord> = self.vms.clone();
         for &name in &victims {
             let fresh = self.vms.iter().any(|v| v.name == name && v.owner.is_none());
             if fresh {
-                let mut with: Vec<VmRecord> = self.vms.clone();
-                // Those admitted this round count as running.
-                for w in &mut with {
-                    if admitted.contains(&w.name.as_str()) {
-                        w.owner = Some(me);
-                    }
-                }
                 if let Err(reason) = plan::admit(
                     &self.config.hosts,
                     &targets,
@@ -633,6 +628,9 @@ impl Agent {
                 }
             }
             admitted.push(name);
+            if let Some(w) = with.iter_mut().find(|w| w.name == name) {
+                w.owner = Some(me);
+            }
         }
         let round = match plan::restart(&self.config.hosts, &targets, &self.vms, &admitted) {
             Ok(r) => r,

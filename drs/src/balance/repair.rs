@@ -306,11 +306,7 @@ mod tests {
     #[test]
     fn anti_affinity_must_rules_and_compatibility_are_repaired_or_reported() {
         let mut s = ClusterSpec::new(
-            vec![
-                HostSpec::new("a", 10_000, 10_000),
-                HostSpec::new("b", 10_000, 10_000),
-                HostSpec::new("c", 10_000, 10_000),
-            ],
+            crate::model::three_hosts(),
             vec![
                 VmSpec::new("d1", 1000, 1000).on("a"),
                 VmSpec::new("d2", 1000, 1000).on("a"),

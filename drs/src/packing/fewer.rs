@@ -3,7 +3,7 @@
 //! heuristics a host or two above what an exact search finds in milliseconds at that
 //! size.
 
-use super::{fits, sub, Item};
+use super::{fits, largest_first, sub, Item};
 use crate::validate::{CPU, MEM};
 
 /// Largest instance (items) the search is tried on.
@@ -74,13 +74,7 @@ pub(super) fn pack_into(
     k: usize,
     budget: &mut u64,
 ) -> Option<Vec<Vec<usize>>> {
-    let weight = |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| {
-        weight(items[b].size)
-            .total_cmp(&weight(items[a].size))
-            .then(a.cmp(&b))
-    });
+    let order = largest_first(items, cap);
     let n = order.len();
     let mut rest = vec![[0u64; 2]; n + 1];
     let mut smallest = vec![[u64::MAX; 2]; n + 1];

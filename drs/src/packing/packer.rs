@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use super::{disjoint, key, FxMap, Item};
+use super::{disjoint, key, largest_first, FxMap, Item};
 use crate::validate::{CPU, MEM};
 
 /// Items left to pack and the indexes over them.
@@ -31,14 +31,7 @@ pub(super) struct Packer {
 
 impl Packer {
     pub(super) fn new(hosts: usize, items: Vec<Item>, cap: [u64; 2], budget: u64) -> Self {
-        let weight =
-            |s: [u64; 2]| s[CPU] as f64 / cap[CPU] as f64 + s[MEM] as f64 / cap[MEM] as f64;
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| {
-            weight(items[b].size)
-                .total_cmp(&weight(items[a].size))
-                .then(a.cmp(&b))
-        });
+        let order = largest_first(&items, cap);
         let mut buckets: FxMap<(u64, u64), Vec<usize>> = FxMap::default();
         for &i in &order {
             buckets.entry(key(items[i].size)).or_default().push(i);
