@@ -84,7 +84,7 @@ pub trait Datastore {
 }
 
 #[cfg(feature = "vmfs")]
-pub use self::vmfs_impl::VmfsDatastore;
+pub use self::vmfs_impl::{read_json, write_json, VmfsDatastore};
 
 #[cfg(feature = "vmfs")]
 mod vmfs_impl {
@@ -105,6 +105,46 @@ mod vmfs_impl {
             what,
             source: Box::new(e),
         }
+    }
+
+    /// Writes `value` as JSON to the file `path` of the volume (created, or replaced
+    /// under its exclusive lock), durably.
+    pub fn write_json<T: serde::Serialize>(
+        volume: &Volume,
+        path: &str,
+        value: &T,
+    ) -> Result<(), DatastoreError> {
+        let f = if volume.exists(path).map_err(err(path))? {
+            volume.open(path, LockMode::Exclusive).map_err(err(path))?
+        } else {
+            volume.create(path).map_err(err(path))?
+        };
+        let text = serde_json::to_vec_pretty(value).map_err(|e| DatastoreError {
+            what: path.to_string(),
+            source: Box::new(e),
+        })?;
+        f.set_len(0).map_err(err(path))?;
+        f.write_at(&text, 0).map_err(err(path))?;
+        f.sync().map_err(err(path))?;
+        f.close().map_err(err(path))
+    }
+
+    /// Reads the JSON file `path` of the volume (at most `limit` bytes of it) under a
+    /// shared lock.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        volume: &Volume,
+        path: &str,
+        limit: usize,
+    ) -> Result<T, DatastoreError> {
+        let f = volume.open(path, LockMode::SharedRead).map_err(err(path))?;
+        let len = usize::try_from(f.len()).unwrap_or(usize::MAX).min(limit);
+        let mut buf = vec![0; len];
+        let n = f.read_at(&mut buf, 0).map_err(err(path))?;
+        f.close().map_err(err(path))?;
+        serde_json::from_slice(&buf[..n]).map_err(|e| DatastoreError {
+            what: path.to_string(),
+            source: Box::new(e),
+        })
     }
 
     /// The datastore on a mounted vmfs volume.
@@ -144,40 +184,12 @@ mod vmfs_impl {
                     .close()
                     .map_err(err(&lock))?;
             }
-            let path = settings_path(name);
-            let f = if volume.exists(&path).map_err(err(&path))? {
-                volume
-                    .open(&path, LockMode::Exclusive)
-                    .map_err(err(&path))?
-            } else {
-                volume.create(&path).map_err(err(&path))?
-            };
-            let text = serde_json::to_vec_pretty(s).map_err(|e| DatastoreError {
-                what: path.clone(),
-                source: Box::new(e),
-            })?;
-            f.set_len(0).map_err(err(&path))?;
-            f.write_at(&text, 0).map_err(err(&path))?;
-            f.sync().map_err(err(&path))?;
-            f.close().map_err(err(&path))
+            write_json(volume, &settings_path(name), s)
         }
 
         /// Reads one VM's settings.
         pub fn read_settings(volume: &Volume, name: &str) -> Result<HaSettings, DatastoreError> {
-            let path = settings_path(name);
-            let f = volume
-                .open(&path, LockMode::SharedRead)
-                .map_err(err(&path))?;
-            let len = usize::try_from(f.len())
-                .unwrap_or(usize::MAX)
-                .min(64 * 1024);
-            let mut buf = vec![0; len];
-            let n = f.read_at(&mut buf, 0).map_err(err(&path))?;
-            f.close().map_err(err(&path))?;
-            serde_json::from_slice(&buf[..n]).map_err(|e| DatastoreError {
-                what: path,
-                source: Box::new(e),
-            })
+            read_json(volume, &settings_path(name), 64 * 1024)
         }
 
         fn settings_of(&mut self, name: &str) -> Result<HaSettings, DatastoreError> {

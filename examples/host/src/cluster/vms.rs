@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::mpsc::Sender;
 
-use vinfra_ha::datastore::{lock_path, vm_dir, VMS_DIR};
+use vinfra_ha::datastore::{lock_path, read_json, vm_dir, write_json, VMS_DIR};
 use vinfra_ha::PowerOnOutcome;
 use vinfra_vmfs::{LockMode, Volume};
 use vinfra_vmm_core::{PowerState, SerialInputSource, SerialOutput, SharedWriter, Vm, VmConfig};
@@ -21,33 +21,16 @@ pub fn definition_path(name: &str) -> String {
 /// Writes a VM's definition (its directory must exist: [`vinfra_ha::datastore`] makes it
 /// with the HA settings).
 pub fn write_definition(volume: &Volume, name: &str, config: &VmConfig) -> Result<(), String> {
-    let path = definition_path(name);
-    let e = |e: vinfra_vmfs::Error| format!("{path}: {e}");
-    if !volume.exists(&vm_dir(name)).map_err(e)? {
-        return Err(format!("{}: no such VM directory", vm_dir(name)));
+    let dir = vm_dir(name);
+    if !volume.exists(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        return Err(format!("{dir}: no such VM directory"));
     }
-    let f = if volume.exists(&path).map_err(e)? {
-        volume.open(&path, LockMode::Exclusive).map_err(e)?
-    } else {
-        volume.create(&path).map_err(e)?
-    };
-    let text = serde_json::to_vec_pretty(config).map_err(|x| format!("{path}: {x}"))?;
-    f.set_len(0).map_err(e)?;
-    f.write_at(&text, 0).map_err(e)?;
-    f.sync().map_err(e)?;
-    f.close().map_err(e)
+    write_json(volume, &definition_path(name), config).map_err(|e| e.to_string())
 }
 
 /// Reads a VM's definition.
 pub fn read_definition(volume: &Volume, name: &str) -> Result<VmConfig, String> {
-    let path = definition_path(name);
-    let e = |e: vinfra_vmfs::Error| format!("{path}: {e}");
-    let f = volume.open(&path, LockMode::SharedRead).map_err(e)?;
-    let len = usize::try_from(f.len()).unwrap_or(usize::MAX).min(1 << 20);
-    let mut buf = vec![0; len];
-    let n = f.read_at(&mut buf, 0).map_err(e)?;
-    f.close().map_err(e)?;
-    serde_json::from_slice(&buf[..n]).map_err(|x| format!("{path}: {x}"))
+    read_json(volume, &definition_path(name), 1 << 20).map_err(|e| e.to_string())
 }
 
 /// The guest's console, cut into lines for the host loop.
