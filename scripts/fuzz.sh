@@ -17,6 +17,11 @@ ROOT=$PWD
 
 SECONDS_EACH=${1:-30}
 shift || true
+# A target name given first would become libFuzzer's time limit (0: run forever).
+if ! [[ $SECONDS_EACH =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: scripts/fuzz.sh [seconds per target] [target ...] (got '$SECONDS_EACH')" >&2
+    exit 2
+fi
 TRIPLE=x86_64-unknown-linux-gnu
 OUT=$ROOT/target/fuzz
 export CARGO_TARGET_DIR=$OUT/build

@@ -12,7 +12,12 @@ fn body(b: &[u8]) {
         assert_eq!(again, b, "the encoding is canonical");
         assert!(decode_manifest(&again).is_ok_and(|n| n == m));
         for d in &m.disks {
-            assert_eq!(d.grains.iter().count() as u64, d.grains.len());
+            // A zero run may cover billions of grains (a huge sparse disk): walking every
+            // grain is for small maps only; the chunk grains are bounded by the input.
+            if d.grains.len() <= 1 << 16 {
+                assert_eq!(d.grains.iter().count() as u64, d.grains.len());
+            }
+            assert!(d.grains.chunks().all(|(i, _)| i < d.grains.len()));
         }
     }
 }
