@@ -44,7 +44,7 @@ pub enum Error {
     /// One side wants encryption and the other plaintext.
     #[error("security mismatch: this side uses {ours}, the peer {peer}")]
     SecurityMismatch {
-        /// Ours (`plaintext` or `chacha20-poly1305`).
+        /// Ours (`plaintext` or `aes-256-gcm`).
         ours: &'static str,
         /// The peer's.
         peer: &'static str,

@@ -10,7 +10,7 @@
 //! README.
 //!
 //! - [`wire`]: the hello, the frame and every message, with a bounds-checked decoder.
-//! - [`seal`]: keys, AEAD (ChaCha20-Poly1305) or crc32 framing, sequence numbers.
+//! - [`seal`]: keys, AEAD (AES-256-GCM) or crc32 framing, sequence numbers.
 //! - [`source`], [`destination`]: the sans-IO state machines.
 //! - [`precopy`]: bandwidth, dirty rate, when to stop, auto-converge, the bandwidth cap.
 //! - [`migrate`], [`receive`]: the drivers over a stream.

@@ -33,7 +33,7 @@ struct Channel {
 fn mode_name(mode: SecurityMode) -> &'static str {
     match mode {
         SecurityMode::Plaintext => "plaintext",
-        SecurityMode::Aead => "chacha20-poly1305",
+        SecurityMode::Aead => "aes-256-gcm",
     }
 }
 

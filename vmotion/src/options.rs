@@ -6,7 +6,7 @@ use crate::seal::ClusterKey;
 /// How the stream is protected. There is no default: plaintext must be chosen explicitly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Security {
-    /// ChaCha20-Poly1305 under per-migration keys derived from the cluster key.
+    /// AES-256-GCM under per-migration keys derived from the cluster key.
     Aead(ClusterKey),
     /// A crc32 per frame; no authentication, no secrecy.
     Plaintext,

@@ -1,10 +1,9 @@
 //! Framing with protection: per-migration keys (HKDF-SHA256 from the cluster key and both
-//! hellos' nonces), ChaCha20-Poly1305 per frame with the sequence number as nonce, or the
+//! hellos' nonces), AES-256-GCM per frame with the sequence number as nonce, or the
 //! explicit plaintext mode with a crc32 per frame. README, "Keys" and "Frame".
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -13,7 +12,7 @@ use crate::wire::{
     PLAIN_TRAILER_BYTES,
 };
 
-/// Bytes of a Poly1305 tag.
+/// Bytes of a GCM tag.
 pub const TAG_BYTES: usize = 16;
 
 /// The secret every host of a cluster shares (32 bytes). Its `Debug` does not show it.
@@ -129,12 +128,27 @@ pub fn transcript_hash(
 fn nonce(seq: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&seq.to_le_bytes());
-    Nonce::from(n)
+    // Unique per key: each direction has its own key and numbers its frames from 0.
+    Nonce::assume_unique_for_key(n)
+}
+
+/// The frame cipher under one direction's key. AES-256-GCM rather than ChaCha20-Poly1305:
+/// with AES-NI and carry-less multiply (every x86-64 host that runs KVM guests here) ring's
+/// AES-GCM seals several GB/s per core, about five times RustCrypto's ChaCha20-Poly1305,
+/// and both ends of a migration spend that time while the VM is being sent.
+struct Cipher(LessSafeKey);
+
+impl Cipher {
+    fn new(key: &[u8; 32]) -> Self {
+        // AES-256 takes any 32-byte key: `new` fails only for a wrong length.
+        let unbound = UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable!());
+        Self(LessSafeKey::new(unbound))
+    }
 }
 
 /// Seals the frames of one direction, numbering them from 0.
 pub struct Sealer {
-    cipher: Option<ChaCha20Poly1305>,
+    cipher: Option<Cipher>,
     seq: u64,
     /// The trailer [`Sealer::protect`] computed for the frame being sealed.
     tag: [u8; TAG_BYTES],
@@ -162,11 +176,11 @@ impl Sealer {
         }
     }
 
-    /// ChaCha20-Poly1305 frames under `key`.
+    /// AES-256-GCM frames under `key`.
     #[must_use]
     pub fn aead(key: &[u8; 32]) -> Self {
         Self {
-            cipher: Some(ChaCha20Poly1305::new(Key::from_slice(key))),
+            cipher: Some(Cipher::new(key)),
             seq: 0,
             tag: [0; TAG_BYTES],
             crc: 0,
@@ -193,14 +207,15 @@ impl Sealer {
             Some(cipher) => {
                 let payload = &mut frame[FRAME_HEADER_BYTES..];
                 let tag = cipher
-                    .encrypt_in_place_detached(&nonce(self.seq), &header, payload)
+                    .0
+                    .seal_in_place_separate_tag(nonce(self.seq), Aad::from(header), payload)
                     .map_err(|_| Error::TooLarge {
-                        // Only a buffer over the AEAD's 256 GiB limit fails.
+                        // Only a buffer over the AEAD's 64 GiB limit fails.
                         what: "sealed payload",
                         len: u64::from(len),
                         max: MAX_PAYLOAD_BYTES.into(),
                     })?;
-                self.tag.copy_from_slice(&tag);
+                self.tag.copy_from_slice(tag.as_ref());
             }
             None => self.crc = crc32fast::hash(frame),
         }
@@ -277,7 +292,7 @@ impl Sealer {
 
 /// Opens the frames of one direction, in sequence.
 pub struct Opener {
-    cipher: Option<ChaCha20Poly1305>,
+    cipher: Option<Cipher>,
     seq: u64,
 }
 
@@ -300,11 +315,11 @@ impl Opener {
         }
     }
 
-    /// ChaCha20-Poly1305 frames under `key`.
+    /// AES-256-GCM frames under `key`.
     #[must_use]
     pub fn aead(key: &[u8; 32]) -> Self {
         Self {
-            cipher: Some(ChaCha20Poly1305::new(Key::from_slice(key))),
+            cipher: Some(Cipher::new(key)),
             seq: 0,
         }
     }
@@ -354,7 +369,8 @@ impl Opener {
         match &self.cipher {
             Some(cipher) => {
                 let (body, tag) = frame.split_at_mut(payload_end);
-                let tag = Tag::from_slice(tag);
+                // `total` above made the trailer exactly TAG_BYTES long.
+                let tag = Tag::try_from(&*tag).map_err(|_| Error::Auth("a frame's tag length"))?;
                 // A wrong sequence number fails the tag too (it is the nonce); say which.
                 if header.seq != self.seq {
                     return Err(Error::Sequence {
@@ -363,11 +379,13 @@ impl Opener {
                     });
                 }
                 cipher
-                    .decrypt_in_place_detached(
-                        &nonce(header.seq),
-                        &head,
-                        &mut body[FRAME_HEADER_BYTES..],
+                    .0
+                    .open_in_place_separate_tag(
+                        nonce(header.seq),
+                        Aad::from(head),
                         tag,
+                        &mut body[FRAME_HEADER_BYTES..],
+                        0..,
                     )
                     .map_err(|_| Error::Auth("a frame's tag does not verify"))?;
             }

@@ -66,7 +66,7 @@ impl Role {
 pub enum SecurityMode {
     /// A crc32 per frame, no authentication (chosen explicitly on both sides).
     Plaintext,
-    /// ChaCha20-Poly1305 with per-direction keys.
+    /// AES-256-GCM with per-direction keys.
     Aead,
 }
 
@@ -74,14 +74,16 @@ impl SecurityMode {
     fn to_wire(self) -> u8 {
         match self {
             Self::Plaintext => 0,
-            Self::Aead => 1,
+            // 1 was ChaCha20-Poly1305 (builds before 2026-12-04): refused as unknown, so
+            // such a peer fails at the hello rather than at the first tag.
+            Self::Aead => 2,
         }
     }
 
     fn from_wire(value: u8) -> Result<Self> {
         match value {
             0 => Ok(Self::Plaintext),
-            1 => Ok(Self::Aead),
+            2 => Ok(Self::Aead),
             _ => Err(Error::InvalidValue {
                 what: "hello security",
                 value: value.into(),

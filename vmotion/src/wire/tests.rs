@@ -212,7 +212,7 @@ fn hello_layout_is_byte_exact() {
     let bytes = sample_hello().encode();
     assert_eq!(&bytes[..8], b"VINFRAVM");
     assert_eq!(&bytes[8..12], &[1, 0, 1, 0]);
-    assert_eq!(&bytes[12..16], &[2, 1, 0, 0]);
+    assert_eq!(&bytes[12..16], &[2, 2, 0, 0]);
     assert_eq!(&bytes[16..24], &1u64.to_le_bytes());
     assert_eq!(&bytes[24..56], &[3; 32]);
     assert_eq!(&bytes[56..60], &[0; 4]);
@@ -249,13 +249,16 @@ fn hello_rejections() {
             value: 3
         }
     ));
-    assert!(matches!(
-        e(&hello_with(|b| b[13] = 2)),
-        Error::InvalidValue {
-            what: "hello security",
-            value: 2
-        }
-    ));
+    // 1, ChaCha20-Poly1305 of older builds, is refused like any unknown mode.
+    for mode in [1, 3] {
+        assert!(matches!(
+            e(&hello_with(|b| b[13] = mode)),
+            Error::InvalidValue {
+                what: "hello security",
+                value
+            } if value == u64::from(mode)
+        ));
+    }
     assert_eq!(e(&hello_with(|b| b[0] = b'X')), Error::BadMagic);
     let mut long = sample_hello().encode().to_vec();
     long.push(0);
