@@ -1,7 +1,8 @@
 //! Bin packing: place every running VM on as few hosts as possible, under the rules.
 //!
 //! Exact bin completion first (a bin whose items fill it to capacity in both
-//! dimensions cannot be improved), then minimum-bin-slack search for what is left,
+//! dimensions cannot be improved; up to five items per bin on small instances), then
+//! minimum-bin-slack search for what is left,
 //! then a local search that tries to empty the least-filled bins. Affinity groups are
 //! single items; anti-affinity partners never share a bin; bins are matched to hosts
 //! their items allow. Everything is bounded by [`PackOptions::step_budget`].
@@ -12,6 +13,7 @@ mod heuristic;
 mod matching;
 mod near;
 mod packer;
+mod wide;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -327,6 +327,7 @@ fn homogeneous_pack(
 ) -> PackPlan {
     let mut p = Packer::new(c.hosts.len(), items, cap, opts.step_budget);
     let mut bins = p.exact_phase(cap);
+    bins.extend(p.wide_phase(cap));
     if near {
         let any = |_: usize| true;
         for &permille in &LEVELS_PERMILLE {
