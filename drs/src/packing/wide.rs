@@ -192,7 +192,10 @@ impl Packer {
             ]
         });
         let whole = |r: usize| total[r] % cap[r].max(1) == 0;
-        if !whole(CPU) || !whole(MEM) || total[CPU] / cap[CPU] != total[MEM] / cap[MEM] {
+        if !whole(CPU)
+            || !whole(MEM)
+            || total[CPU] / cap[CPU].max(1) != total[MEM] / cap[MEM].max(1)
+        {
             return bins;
         }
         let budget = self.budget;
