@@ -1,7 +1,7 @@
 //! The packing heuristics: exact bin completion, minimum-bin-slack fill and a local
 //! search that empties the least-filled bins.
 
-use super::fewer::{pack_into, FEWER_MAX_ITEMS, FEWER_STEPS};
+use super::fewer::{complete_into, pack_into, FEWER_MAX_ITEMS, FEWER_STEPS};
 use super::matching::match_bins;
 use super::near::{tolerance, Grid, LEVELS_PERMILLE};
 use super::packer::Packer;
@@ -293,7 +293,16 @@ fn fewer_hosts(
     let mut found: Option<Vec<Vec<usize>>> = None;
     let mut k = best.hosts_used;
     while k > lb && budget > 0 {
-        match pack_into(items, cap, k - 1, &mut budget) {
+        // Bin completion first (half of what is left), then the item-by-item search.
+        let mut half = budget / 2;
+        let spent_before = half;
+        let by_bins = complete_into(items, cap, k - 1, &mut half);
+        budget -= spent_before - half;
+        let found_now = match by_bins {
+            Some(bins) => Some(bins),
+            None => pack_into(items, cap, k - 1, &mut budget),
+        };
+        match found_now {
             Some(bins) => {
                 k = bins.len();
                 found = Some(bins);
