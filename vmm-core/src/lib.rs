@@ -76,8 +76,10 @@ mod wiring;
 
 pub use boot::BootProtocol;
 pub use config::{
-    DiskConfig, SerialInputSource, SerialOutput, SharedBackend, ValidConfig, VmConfig,
+    DiskConfig, NetConfig, SerialInputSource, SerialOutput, SharedBackend, SharedNetBackend,
+    ValidConfig, VmConfig,
 };
+pub use devices::net::MacAddr;
 pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
