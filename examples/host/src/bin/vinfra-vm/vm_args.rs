@@ -7,7 +7,9 @@ use std::sync::Arc;
 use clap::Args;
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
 use vinfra_vmfs::MountOptions;
-use vinfra_vmm_core::{CpuidMask, DiskConfig, SerialInputSource, SerialOutput, VmConfig};
+use vinfra_vmm_core::{
+    CpuidMask, DiskConfig, MacAddr, NetConfig, SerialInputSource, SerialOutput, VmConfig,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
@@ -29,6 +31,11 @@ pub struct VmArgs {
     /// A virtio-blk disk in a file: PATH or PATH,ro (repeatable).
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
+    /// A virtio-net NIC on a host TAP device (created if missing; needs CAP_NET_ADMIN):
+    /// TAP or TAP,mac=52:54:00:xx:xx:xx (repeatable). Without a MAC, one is derived
+    /// from the TAP's name. With --portgroup the TAP is also put on that port group.
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]")]
+    pub nets: Vec<String>,
     /// A JSON VmConfig; the flags above override its fields.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -68,6 +75,27 @@ pub struct Built {
 pub enum DiskLocks {
     Take,
     Detached,
+}
+
+/// `TAP[,mac=MAC]` into a NIC.
+pub fn parse_net(spec: &str) -> Result<NetConfig, String> {
+    let mut parts = spec.split(',');
+    let tap = parts.next().unwrap_or_default();
+    let mut mac = None;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mac", m)) => mac = Some(m.parse::<MacAddr>().map_err(|e| e.to_string())?),
+            _ => return Err(format!("net option {opt:?} is not mac=MAC")),
+        }
+    }
+    // FNV-1a of the name: the same TAP gets the same MAC every run.
+    let derived = || {
+        let h = tap.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        MacAddr::local(h)
+    };
+    Ok(NetConfig::tap(tap, mac.unwrap_or_else(derived)))
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
@@ -111,6 +139,9 @@ impl VmArgs {
         }
         for d in &a.disks {
             cfg.disks.push(parse_disk(d)?);
+        }
+        for n in &a.nets {
+            cfg.nets.push(parse_net(n)?);
         }
         cfg.cpuid_hidden.extend(a.hide_cpuid);
         cfg.page_sharing |= a.page_sharing;
