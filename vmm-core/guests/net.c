@@ -504,6 +504,15 @@ int guest_main(void)
     print_ip("ip=", ip);
     printf("\n");
     send_arp(1, bcast, bcast, ip); /* gratuitous ARP: the switches learn our port */
+    uint64_t forge;
+    if (cmdline_u64("net.forge", 0, &forge) < 0)
+        return EXIT_BAD_CMDLINE;
+    if (forge) { /* a broadcast ARP announcement from a MAC that is not ours */
+        mac[5] ^= 1;
+        send_arp(1, bcast, bcast, ip);
+        mac[5] ^= 1;
+        printf("NET-FORGED sent=1\n");
+    }
 
     if (cmdline_get("net.source", val, sizeof val)) {
         int rc = run_source(val);
