@@ -302,3 +302,65 @@ fn forged_source_mac_is_dropped_and_counted() {
         vm.stop().unwrap();
     });
 }
+
+#[test]
+fn evil_guest_attacking_virtio_net_does_not_take_the_vmm_down() {
+    use std::sync::Arc;
+    use vinfra_vmm_core::devices::net::MemNetBackend;
+    use vinfra_vmm_core::{DiskConfig, ExitReason};
+
+    let _g = KVM.lock().unwrap_or_else(|e| e.into_inner());
+    // Only KVM and the guest: the NIC's backend is in memory, no TAP, no root.
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(kernel) = guest("evil") else { return };
+    isolated("evil_guest_attacking_virtio_net_does_not_take_the_vmm_down", T, || {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let backend = Arc::new(MemNetBackend::new());
+        // Frames waiting for the guest, so the hostile receive buffers get used.
+        let mut bcast = vec![0xffu8; 6];
+        bcast.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 0x99, 0x08, 0x00]);
+        bcast.resize(60, 0);
+        for _ in 0..32 {
+            backend.inject(&bcast);
+        }
+        let con = Console::default();
+        let mut vm = Vm::create(
+            config(kernel, &con)
+                .disk(DiskConfig::new(&img))
+                .net(NetConfig::backend("mem", MacAddr::local(0x41), backend.clone())),
+        )
+        .unwrap();
+        vm.start().unwrap();
+        let r = vm.wait_timeout(WAIT);
+        let text = con.text();
+        println!("{text}");
+        assert!(text.contains("EVIL-DONE"), "console:\n{text}");
+        assert_eq!(r, Some(ExitReason::Poweroff { code: 0 }));
+        for case in [
+            "tx_outside_ram",
+            "tx_writable",
+            "tx_oversized",
+            "tx_loop",
+            "tx_index_oob",
+            "rx_outside_ram",
+            "rx_read_only",
+            "tx_flood",
+        ] {
+            assert!(text.contains(&format!("EVIL net_{case} ")), "{case} missing:\n{text}");
+        }
+        assert!(
+            text.contains("EVIL net_recovery used=1 needs_reset=0"),
+            "console:\n{text}"
+        );
+        let stats = vm.nets()[0].lock().unwrap().stats();
+        println!("nic stats: {stats:?}");
+        assert!(stats.tx_malformed >= 2 && stats.tx_oversized >= 1, "{stats:?}");
+        assert!(stats.needs_reset >= 1, "{stats:?}");
+        assert!(stats.rx_bad_chain >= 1, "{stats:?}");
+        assert!(!backend.take_sent().is_empty(), "the recovery frame went out");
+    });
+}
