@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
+use vinfra_host::vswitch::{Switch, SwitchConfig};
 use vinfra_vmfs::MountOptions;
 use vinfra_vmm_core::{
     CpuidMask, DiskConfig, MacAddr, NetConfig, SerialInputSource, SerialOutput, VmConfig,
@@ -31,11 +32,16 @@ pub struct VmArgs {
     /// A virtio-blk disk in a file: PATH or PATH,ro (repeatable).
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
-    /// A virtio-net NIC on a host TAP device (created if missing; needs CAP_NET_ADMIN):
-    /// TAP or TAP,mac=52:54:00:xx:xx:xx (repeatable). Without a MAC, one is derived
-    /// from the TAP's name. With --portgroup the TAP is also put on that port group.
-    #[arg(long = "net", value_name = "TAP[,mac=MAC]")]
+    /// A virtio-net NIC (repeatable): on a host TAP device (created if missing; needs
+    /// CAP_NET_ADMIN), `TAP[,mac=MAC]`, or on a port group of the host's switch
+    /// (`--switch`), `portgroup=NAME[,mac=MAC]`, through a TAP made for it and deleted
+    /// on exit. Without a MAC, one is derived from the TAP's name.
+    #[arg(long = "net", value_name = "TAP|portgroup=NAME[,mac=MAC]")]
     pub nets: Vec<String>,
+    /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, peers),
+    /// applied idempotently before the VM starts; needed by `--net portgroup=…`.
+    #[arg(long)]
+    pub switch: Option<PathBuf>,
     /// A JSON VmConfig; the flags above override its fields.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -68,6 +74,28 @@ pub struct Built {
     /// The mounted volume (heartbeat running), when there are vmfs disks.
     pub host: Option<MountedHost>,
     pub vmfs_disks: Vec<Arc<VmfsDiskBackend>>,
+    /// TAPs made on port groups, deleted when the VM's process is done with them.
+    #[allow(dead_code, reason = "held for its Drop, which deletes the TAPs")]
+    pub ports: SwitchPorts,
+}
+
+/// The TAPs `--net portgroup=…` made; dropping deletes them.
+#[derive(Default)]
+pub struct SwitchPorts {
+    switch: Option<Switch>,
+    taps: Vec<String>,
+}
+
+impl Drop for SwitchPorts {
+    fn drop(&mut self) {
+        if let Some(sw) = &self.switch {
+            for tap in &self.taps {
+                if let Err(e) = sw.delete_port(tap) {
+                    tracing::warn!(tap, error = %e, "delete port");
+                }
+            }
+        }
+    }
 }
 
 /// Whether the vmfs disks are opened (locked) now or left for a migration to take.
@@ -140,8 +168,36 @@ impl VmArgs {
         for d in &a.disks {
             cfg.disks.push(parse_disk(d)?);
         }
-        for n in &a.nets {
-            cfg.nets.push(parse_net(n)?);
+        let mut ports = SwitchPorts::default();
+        if let Some(p) = &a.switch {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))?;
+            let sc: SwitchConfig =
+                serde_json::from_str(&text).map_err(|e| format!("parse {}: {e}", p.display()))?;
+            let sw = sc.validate().map_err(|e| e.to_string())?;
+            sw.apply().map_err(|e| e.to_string())?;
+            ports.switch = Some(sw);
+        }
+        for (i, n) in a.nets.iter().enumerate() {
+            match n.strip_prefix("portgroup=") {
+                Some(rest) => {
+                    let (pg, opts) = rest.split_once(',').unwrap_or((rest, ""));
+                    let sw = ports
+                        .switch
+                        .as_ref()
+                        .ok_or("--net portgroup=… needs --switch")?;
+                    let tap = format!("vp{}n{i}", std::process::id() % 10_000_000);
+                    sw.create_port(pg, &tap).map_err(|e| e.to_string())?;
+                    ports.taps.push(tap.clone());
+                    let spec = if opts.is_empty() {
+                        tap
+                    } else {
+                        format!("{tap},{opts}")
+                    };
+                    cfg.nets.push(parse_net(&spec)?);
+                }
+                None => cfg.nets.push(parse_net(n)?),
+            }
         }
         cfg.cpuid_hidden.extend(a.hide_cpuid);
         cfg.page_sharing |= a.page_sharing;
@@ -179,6 +235,7 @@ impl VmArgs {
             config: cfg,
             host,
             vmfs_disks,
+            ports,
         })
     }
 }
