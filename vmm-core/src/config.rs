@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::cpuid::CpuidMask;
 use crate::devices::block::BlockBackend;
 use crate::devices::net::{MacAddr, NetBackend, TAP_NAME_MAX};
-use crate::devices::virtio::NetPolicy;
 use crate::devices::serial::SharedWriter;
+use crate::devices::virtio::NetPolicy;
 use crate::error::{Error, Result};
 
 /// Smallest guest memory we accept: boot structures live below 1 MiB and the kernel

@@ -79,8 +79,8 @@ pub use config::{
     DiskConfig, NetConfig, SerialInputSource, SerialOutput, SharedBackend, SharedNetBackend,
     ValidConfig, VmConfig,
 };
-pub use devices::net::MacAddr;
 pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
+pub use devices::net::MacAddr;
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
 pub use error::{Error, MemoryError, Result, SnapshotMismatch};

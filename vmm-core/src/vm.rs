@@ -127,9 +127,8 @@ impl Vm {
         let guest_cpuid = crate::kvm::vcpu_cpuid(bsp)?;
         let mut net_workers = Vec::with_capacity(dev.nets.len());
         for n in &dev.nets {
-            net_workers.push(
-                NetWorker::spawn(n.clone()).map_err(Error::io("spawn nic receive thread"))?,
-            );
+            net_workers
+                .push(NetWorker::spawn(n.clone()).map_err(Error::io("spawn nic receive thread"))?);
         }
         Ok(Vm {
             kvm: base.kvm,

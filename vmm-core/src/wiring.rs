@@ -18,10 +18,10 @@ use crate::devices::block::FileBackend;
 use crate::devices::exit::{
     ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
 };
+use crate::devices::net::{NetBackend, TapBackend};
 use crate::devices::serial::{
     ConsoleSink, SerialDevice, SerialSnapshot, COM1_BASE, COM1_GSI, COM1_LEN,
 };
-use crate::devices::net::{NetBackend, TapBackend};
 use crate::devices::virtio::{
     VirtioBlk, VirtioBlkConfig, VirtioBlkState, VirtioNet, VirtioNetConfig, VirtioNetState,
     MMIO_WINDOW_SIZE,

@@ -154,7 +154,8 @@ fn udp_echo(ns: &Ns, target: &str, payload: &[u8]) -> Vec<u8> {
     let payload = payload.to_vec();
     ns.run(move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..20 {
             s.send_to(&payload, (target.as_str(), 7)).unwrap();
@@ -169,7 +170,9 @@ fn udp_echo(ns: &Ns, target: &str, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn net_guest_answers_ping_and_udp_echo_through_tap() {
     let _g = KVM.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(kernel) = prerequisites() else { return };
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
     isolated("net_guest_answers_ping_and_udp_echo_through_tap", T, || {
         let ns = Ns::new("p");
         let tap = tap_name("p");
@@ -179,7 +182,11 @@ fn net_guest_answers_ping_and_udp_echo_through_tap() {
         vm.start().unwrap();
         con.wait_for("NET-READY mac=52:54:00:00:00:02 ip=10.77.0.2", WAIT);
         let out = ns.ping("10.77.0.2", 3);
-        assert!(out.contains("3 received"), "ping:\n{out}\nconsole:\n{}", con.text());
+        assert!(
+            out.contains("3 received"),
+            "ping:\n{out}\nconsole:\n{}",
+            con.text()
+        );
         con.wait_for("NET-RX icmp echo from 10.77.0.1 seq=3", WAIT);
         let back = udp_echo(&ns, "10.77.0.2", b"hello vinfra");
         assert_eq!(back, b"hello vinfra", "console:\n{}", con.text());
@@ -195,102 +202,132 @@ fn net_guest_answers_ping_and_udp_echo_through_tap() {
 #[test]
 fn two_vms_on_one_bridge_talk_on_different_bridges_do_not() {
     let _g = KVM.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(kernel) = prerequisites() else { return };
-    isolated("two_vms_on_one_bridge_talk_on_different_bridges_do_not", T, || {
-        let ns = Ns::new("b");
-        let (tap1, tap2, tap3) = (tap_name("a"), tap_name("b"), tap_name("c"));
-        let con1 = Console::default();
-        let mut vm1 =
-            Vm::create(net_vm(kernel.clone(), &con1, &tap1, 0x11, "net.ip=10.78.0.1")).unwrap();
-        ns.adopt(&tap1, Some("pga"), None);
-        vm1.start().unwrap();
-        con1.wait_for("NET-READY", WAIT);
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    isolated(
+        "two_vms_on_one_bridge_talk_on_different_bridges_do_not",
+        T,
+        || {
+            let ns = Ns::new("b");
+            let (tap1, tap2, tap3) = (tap_name("a"), tap_name("b"), tap_name("c"));
+            let con1 = Console::default();
+            let mut vm1 = Vm::create(net_vm(
+                kernel.clone(),
+                &con1,
+                &tap1,
+                0x11,
+                "net.ip=10.78.0.1",
+            ))
+            .unwrap();
+            ns.adopt(&tap1, Some("pga"), None);
+            vm1.start().unwrap();
+            con1.wait_for("NET-READY", WAIT);
 
-        // Same port group (bridge): VM 2 pings VM 1.
-        let con2 = Console::default();
-        let mut vm2 = Vm::create(net_vm(
-            kernel.clone(),
-            &con2,
-            &tap2,
-            0x12,
-            "net.ip=10.78.0.2 net.ping=10.78.0.1:3",
-        ))
-        .unwrap();
-        ns.adopt(&tap2, Some("pga"), None);
-        vm2.start().unwrap();
-        con2.wait_for("NET-PING sent=3 received=3", WAIT);
-        vm2.stop().unwrap();
-        drop(vm2);
+            // Same port group (bridge): VM 2 pings VM 1.
+            let con2 = Console::default();
+            let mut vm2 = Vm::create(net_vm(
+                kernel.clone(),
+                &con2,
+                &tap2,
+                0x12,
+                "net.ip=10.78.0.2 net.ping=10.78.0.1:3",
+            ))
+            .unwrap();
+            ns.adopt(&tap2, Some("pga"), None);
+            vm2.start().unwrap();
+            con2.wait_for("NET-PING sent=3 received=3", WAIT);
+            vm2.stop().unwrap();
+            drop(vm2);
 
-        // Another port group: VM 3 finds nobody.
-        let con3 = Console::default();
-        let mut vm3 = Vm::create(net_vm(
-            kernel,
-            &con3,
-            &tap3,
-            0x13,
-            "net.ip=10.78.0.3 net.ping=10.78.0.1:3",
-        ))
-        .unwrap();
-        ns.adopt(&tap3, Some("pgb"), None);
-        vm3.start().unwrap();
-        con3.wait_for("NET-PING no ARP answer from 10.78.0.1", WAIT);
-        assert!(
-            !con1.text().contains("from 10.78.0.3"),
-            "VM 1 heard VM 3:\n{}",
-            con1.text()
-        );
-        vm3.stop().unwrap();
-        vm1.stop().unwrap();
-    });
+            // Another port group: VM 3 finds nobody.
+            let con3 = Console::default();
+            let mut vm3 = Vm::create(net_vm(
+                kernel,
+                &con3,
+                &tap3,
+                0x13,
+                "net.ip=10.78.0.3 net.ping=10.78.0.1:3",
+            ))
+            .unwrap();
+            ns.adopt(&tap3, Some("pgb"), None);
+            vm3.start().unwrap();
+            con3.wait_for("NET-PING no ARP answer from 10.78.0.1", WAIT);
+            assert!(
+                !con1.text().contains("from 10.78.0.3"),
+                "VM 1 heard VM 3:\n{}",
+                con1.text()
+            );
+            vm3.stop().unwrap();
+            vm1.stop().unwrap();
+        },
+    );
 }
 
 #[test]
 fn snapshot_restore_keeps_the_nic_working_and_announces() {
     let _g = KVM.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(kernel) = prerequisites() else { return };
-    isolated("snapshot_restore_keeps_the_nic_working_and_announces", T, || {
-        let ns = Ns::new("s");
-        let tap = tap_name("s");
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("snap");
-        let con = Console::default();
-        let cfg = net_vm(kernel, &con, &tap, 0x21, "net.ip=10.79.0.2");
-        let mut vm = Vm::create(cfg.clone()).unwrap();
-        ns.adopt(&tap, None, Some("10.79.0.1/24"));
-        vm.start().unwrap();
-        con.wait_for("NET-READY", WAIT);
-        let out = ns.ping("10.79.0.2", 2);
-        assert!(out.contains("2 received"), "ping before:\n{out}");
-        vm.pause().unwrap();
-        vm.snapshot(&snap).unwrap();
-        let before = vm.nets()[0].lock().unwrap().stats();
-        drop(vm); // closes the TAP, which the kernel then removes
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    isolated(
+        "snapshot_restore_keeps_the_nic_working_and_announces",
+        T,
+        || {
+            let ns = Ns::new("s");
+            let tap = tap_name("s");
+            let dir = tempfile::tempdir().unwrap();
+            let snap = dir.path().join("snap");
+            let con = Console::default();
+            let cfg = net_vm(kernel, &con, &tap, 0x21, "net.ip=10.79.0.2");
+            let mut vm = Vm::create(cfg.clone()).unwrap();
+            ns.adopt(&tap, None, Some("10.79.0.1/24"));
+            vm.start().unwrap();
+            con.wait_for("NET-READY", WAIT);
+            let out = ns.ping("10.79.0.2", 2);
+            assert!(out.contains("2 received"), "ping before:\n{out}");
+            vm.pause().unwrap();
+            vm.snapshot(&snap).unwrap();
+            let before = vm.nets()[0].lock().unwrap().stats();
+            drop(vm); // closes the TAP, which the kernel then removes
 
-        let mut vm = Vm::restore(cfg, &snap).unwrap();
-        ns.adopt(&tap, None, Some("10.79.0.1/24"));
-        // The announcement goes out on resume: watch for it on the namespace side.
-        vm.resume().unwrap();
-        let out = ns.ping("10.79.0.2", 3);
-        assert!(out.contains("3 received"), "ping after restore:\n{out}\n{}", con.text());
-        let after = vm.nets()[0].lock().unwrap().stats();
-        println!("before {before:?}\nafter {after:?}");
-        assert_eq!(after.announces, 1);
-        assert!(after.rx_frames > before.rx_frames && after.tx_frames > before.tx_frames);
-        vm.stop().unwrap();
-    });
+            let mut vm = Vm::restore(cfg, &snap).unwrap();
+            ns.adopt(&tap, None, Some("10.79.0.1/24"));
+            // The announcement goes out on resume: watch for it on the namespace side.
+            vm.resume().unwrap();
+            let out = ns.ping("10.79.0.2", 3);
+            assert!(
+                out.contains("3 received"),
+                "ping after restore:\n{out}\n{}",
+                con.text()
+            );
+            let after = vm.nets()[0].lock().unwrap().stats();
+            println!("before {before:?}\nafter {after:?}");
+            assert_eq!(after.announces, 1);
+            assert!(after.rx_frames > before.rx_frames && after.tx_frames > before.tx_frames);
+            vm.stop().unwrap();
+        },
+    );
 }
 
 #[test]
 fn forged_source_mac_is_dropped_and_counted() {
     let _g = KVM.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(kernel) = prerequisites() else { return };
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
     isolated("forged_source_mac_is_dropped_and_counted", T, || {
         let ns = Ns::new("f");
         let tap = tap_name("f");
         let con = Console::default();
-        let mut vm = Vm::create(net_vm(kernel, &con, &tap, 0x31, "net.ip=10.80.0.2 net.forge=1"))
-            .unwrap();
+        let mut vm = Vm::create(net_vm(
+            kernel,
+            &con,
+            &tap,
+            0x31,
+            "net.ip=10.80.0.2 net.forge=1",
+        ))
+        .unwrap();
         ns.adopt(&tap, None, Some("10.80.0.1/24"));
         vm.start().unwrap();
         con.wait_for("NET-FORGED sent=1", WAIT);
@@ -315,52 +352,63 @@ fn evil_guest_attacking_virtio_net_does_not_take_the_vmm_down() {
         return;
     }
     let Some(kernel) = guest("evil") else { return };
-    isolated("evil_guest_attacking_virtio_net_does_not_take_the_vmm_down", T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.img");
-        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-        let backend = Arc::new(MemNetBackend::new());
-        // Frames waiting for the guest, so the hostile receive buffers get used.
-        let mut bcast = vec![0xffu8; 6];
-        bcast.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 0x99, 0x08, 0x00]);
-        bcast.resize(60, 0);
-        for _ in 0..32 {
-            backend.inject(&bcast);
-        }
-        let con = Console::default();
-        let mut vm = Vm::create(
-            config(kernel, &con)
-                .disk(DiskConfig::new(&img))
-                .net(NetConfig::backend("mem", MacAddr::local(0x41), backend.clone())),
-        )
-        .unwrap();
-        vm.start().unwrap();
-        let r = vm.wait_timeout(WAIT);
-        let text = con.text();
-        println!("{text}");
-        assert!(text.contains("EVIL-DONE"), "console:\n{text}");
-        assert_eq!(r, Some(ExitReason::Poweroff { code: 0 }));
-        for case in [
-            "tx_outside_ram",
-            "tx_writable",
-            "tx_oversized",
-            "tx_loop",
-            "tx_index_oob",
-            "rx_outside_ram",
-            "rx_read_only",
-            "tx_flood",
-        ] {
-            assert!(text.contains(&format!("EVIL net_{case} ")), "{case} missing:\n{text}");
-        }
-        assert!(
-            text.contains("EVIL net_recovery used=1 needs_reset=0"),
-            "console:\n{text}"
-        );
-        let stats = vm.nets()[0].lock().unwrap().stats();
-        println!("nic stats: {stats:?}");
-        assert!(stats.tx_malformed >= 2 && stats.tx_oversized >= 1, "{stats:?}");
-        assert!(stats.needs_reset >= 1, "{stats:?}");
-        assert!(stats.rx_bad_chain >= 1, "{stats:?}");
-        assert!(!backend.take_sent().is_empty(), "the recovery frame went out");
-    });
+    isolated(
+        "evil_guest_attacking_virtio_net_does_not_take_the_vmm_down",
+        T,
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("disk.img");
+            std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let backend = Arc::new(MemNetBackend::new());
+            // Frames waiting for the guest, so the hostile receive buffers get used.
+            let mut bcast = vec![0xffu8; 6];
+            bcast.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 0x99, 0x08, 0x00]);
+            bcast.resize(60, 0);
+            for _ in 0..32 {
+                backend.inject(&bcast);
+            }
+            let con = Console::default();
+            let mut vm = Vm::create(config(kernel, &con).disk(DiskConfig::new(&img)).net(
+                NetConfig::backend("mem", MacAddr::local(0x41), backend.clone()),
+            ))
+            .unwrap();
+            vm.start().unwrap();
+            let r = vm.wait_timeout(WAIT);
+            let text = con.text();
+            println!("{text}");
+            assert!(text.contains("EVIL-DONE"), "console:\n{text}");
+            assert_eq!(r, Some(ExitReason::Poweroff { code: 0 }));
+            for case in [
+                "tx_outside_ram",
+                "tx_writable",
+                "tx_oversized",
+                "tx_loop",
+                "tx_index_oob",
+                "rx_outside_ram",
+                "rx_read_only",
+                "tx_flood",
+            ] {
+                assert!(
+                    text.contains(&format!("EVIL net_{case} ")),
+                    "{case} missing:\n{text}"
+                );
+            }
+            assert!(
+                text.contains("EVIL net_recovery used=1 needs_reset=0"),
+                "console:\n{text}"
+            );
+            let stats = vm.nets()[0].lock().unwrap().stats();
+            println!("nic stats: {stats:?}");
+            assert!(
+                stats.tx_malformed >= 2 && stats.tx_oversized >= 1,
+                "{stats:?}"
+            );
+            assert!(stats.needs_reset >= 1, "{stats:?}");
+            assert!(stats.rx_bad_chain >= 1, "{stats:?}");
+            assert!(
+                !backend.take_sent().is_empty(),
+                "the recovery frame went out"
+            );
+        },
+    );
 }

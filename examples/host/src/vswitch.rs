@@ -130,7 +130,10 @@ impl SwitchConfig {
         let mut vlans = BTreeSet::new();
         for pg in &self.port_groups {
             if pg.name.is_empty() || pg.name.len() > 64 {
-                return bad(format!("port group name {:?} must be 1 to 64 bytes", pg.name));
+                return bad(format!(
+                    "port group name {:?} must be 1 to 64 bytes",
+                    pg.name
+                ));
             }
             if !(1..=4094).contains(&pg.vlan) {
                 return bad(format!(
@@ -155,11 +158,7 @@ impl SwitchConfig {
                 }
             }
             (None, None) if self.peers.is_empty() => {}
-            _ => {
-                return bad(
-                    "uplink, local_ip and peers go together (all or none of them)".into(),
-                )
-            }
+            _ => return bad("uplink, local_ip and peers go together (all or none of them)".into()),
         }
         Ok(Switch {
             config: self.clone(),
@@ -211,8 +210,8 @@ impl Switch {
                 let local = local.to_string();
                 let port = VXLAN_PORT.to_string();
                 self.ip(&[
-                    "link", "add", &vx, "type", "vxlan", "id", &id, "local", &local, "dev",
-                    uplink, "dstport", &port,
+                    "link", "add", &vx, "type", "vxlan", "id", &id, "local", &local, "dev", uplink,
+                    "dstport", &port,
                 ])?;
             }
             self.ip(&["link", "set", &vx, "master", &br])?;
@@ -235,7 +234,10 @@ impl Switch {
                 }
             }
         }
-        tracing::info!(port_groups = self.config.port_groups.len(), "virtual switch applied");
+        tracing::info!(
+            port_groups = self.config.port_groups.len(),
+            "virtual switch applied"
+        );
         Ok(())
     }
 

@@ -19,7 +19,10 @@ const T: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn switch(lab: &NetLab, h: u32, peer: u32) -> SwitchConfig {
-    let mut c = SwitchConfig::local(vec![PortGroup::new("prod", 100), PortGroup::new("dev", 200)]);
+    let mut c = SwitchConfig::local(vec![
+        PortGroup::new("prod", 100),
+        PortGroup::new("dev", 200),
+    ]);
     c.uplink = Some("eth0".into());
     c.local_ip = Some(lab.host_ip(h).parse::<Ipv4Addr>().unwrap());
     c.peers = vec![lab.host_ip(peer).parse().unwrap()];
@@ -33,8 +36,7 @@ fn vm_on(
     kernel: &PathBuf,
     con: &Console,
     sw: &vinfra_host::vswitch::Switch,
-    ns: &str,
-    pg: &str,
+    (ns, pg): (&str, &str),
     tap: &str,
     mac: u32,
     cmdline: &str,
@@ -59,7 +61,9 @@ fn vm_on(
 
 #[test]
 fn switch_config_errors_name_what() {
-    let e = SwitchConfig::local(vec![PortGroup::new("a", 0)]).validate().unwrap_err();
+    let e = SwitchConfig::local(vec![PortGroup::new("a", 0)])
+        .validate()
+        .unwrap_err();
     assert!(e.to_string().contains("VLAN 0"), "{e}");
     let e = SwitchConfig::local(vec![PortGroup::new("a", 5), PortGroup::new("a", 6)])
         .validate()
@@ -68,8 +72,13 @@ fn switch_config_errors_name_what() {
     let mut c = SwitchConfig::local(vec![PortGroup::new("a", 5)]);
     c.uplink = Some("eth0".into());
     assert!(matches!(c.validate(), Err(SwitchError::Config(_))));
-    let sw = SwitchConfig::local(vec![PortGroup::new("a", 5)]).validate().unwrap();
-    assert!(matches!(sw.bridge("b"), Err(SwitchError::UnknownPortGroup(_))));
+    let sw = SwitchConfig::local(vec![PortGroup::new("a", 5)])
+        .validate()
+        .unwrap();
+    assert!(matches!(
+        sw.bridge("b"),
+        Err(SwitchError::UnknownPortGroup(_))
+    ));
 }
 
 #[test]
@@ -94,14 +103,24 @@ fn vms_on_two_hosts_talk_over_vxlan_on_the_same_port_group_only() {
 
             let con_a = Console::default();
             let mut a = vm_on(
-                &kernel, &con_a, &sw1, &lab.host_ns(1), "prod", &ta, 0x51,
+                &kernel,
+                &con_a,
+                &sw1,
+                (&lab.host_ns(1), "prod"),
+                &ta,
+                0x51,
                 "net.ip=192.168.50.1",
             );
             con_a.wait_for("NET-READY", WAIT);
 
             let con_b = Console::default();
             let mut b = vm_on(
-                &kernel, &con_b, &sw2, &lab.host_ns(2), "prod", &tb, 0x52,
+                &kernel,
+                &con_b,
+                &sw2,
+                (&lab.host_ns(2), "prod"),
+                &tb,
+                0x52,
                 "net.ip=192.168.50.2 net.ping=192.168.50.1:3",
             );
             con_b.wait_for("NET-PING sent=3 received=3", WAIT);
@@ -110,7 +129,12 @@ fn vms_on_two_hosts_talk_over_vxlan_on_the_same_port_group_only() {
 
             let con_c = Console::default();
             let mut c = vm_on(
-                &kernel, &con_c, &sw2, &lab.host_ns(2), "dev", &tc, 0x53,
+                &kernel,
+                &con_c,
+                &sw2,
+                (&lab.host_ns(2), "dev"),
+                &tc,
+                0x53,
                 "net.ip=192.168.50.3 net.ping=192.168.50.1:3",
             );
             con_c.wait_for("NET-PING no ARP answer from 192.168.50.1", WAIT);

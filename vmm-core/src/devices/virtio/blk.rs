@@ -400,7 +400,11 @@ impl VirtioBlk {
     fn process_queue_with(&mut self, mut observe: impl FnMut(Completion)) -> Option<Fault> {
         self.stats.notifies += 1;
         let running = self.transport.is_running();
-        let Some(slot) = self.transport.queues.first_mut().filter(|q| running && q.queue.ready())
+        let Some(slot) = self
+            .transport
+            .queues
+            .first_mut()
+            .filter(|q| running && q.queue.ready())
         else {
             trace!("virtio-blk: notify while not running, ignored");
             return None;

@@ -26,7 +26,9 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::frame::{gather_tx, rx_header, scatter_rx, RxError, TxError, FRAME_MAX_BYTES, NET_HDR_LEN};
+use super::frame::{
+    gather_tx, rx_header, scatter_rx, RxError, TxError, FRAME_MAX_BYTES, NET_HDR_LEN,
+};
 use super::mmio::{
     Action, MmioTransport, INT_CONFIG, INT_VRING, STATUS_ALL, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
@@ -267,7 +269,8 @@ fn offered_features() -> u64 {
 fn config_space(mac: MacAddr) -> Vec<u8> {
     let mut c = vec![0u8; 8];
     c[..6].copy_from_slice(&mac.0);
-    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    let link_up = u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1);
+    c[6..8].copy_from_slice(&link_up.to_le_bytes());
     c
 }
 
@@ -333,7 +336,9 @@ impl VirtioNet {
             )));
         }
         if state.queues.iter().any(|q| q.ready) && state.status & STATUS_FEATURES_OK == 0 {
-            return Err(invalid("queue ready before feature negotiation".to_string()));
+            return Err(invalid(
+                "queue ready before feature negotiation".to_string(),
+            ));
         }
         let t = &mut net.transport;
         t.queues = vec![
@@ -466,7 +471,8 @@ impl VirtioNet {
             let head = chain.head_index();
             match gather_tx(chain, mem, &mut self.tx_buf) {
                 Ok(frame) => {
-                    let src = MacAddr([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
+                    let src =
+                        MacAddr([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
                     if src != self.mac && !self.config.policy.forged_transmits {
                         self.stats.tx_forged += 1;
                         debug!(%src, mac = %self.mac, "virtio-net: forged transmit dropped");
@@ -731,7 +737,11 @@ impl NetWorker {
         let stop_fd = stop.try_clone()?;
         let (name, kick, backend) = {
             let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-            (format!("net-{}", d.config.id), d.rx_kick.clone(), d.backend.clone())
+            (
+                format!("net-{}", d.config.id),
+                d.rx_kick.clone(),
+                d.backend.clone(),
+            )
         };
         let thread = std::thread::Builder::new()
             .name(name)

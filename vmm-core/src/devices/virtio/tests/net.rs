@@ -148,7 +148,10 @@ fn frames_go_out_and_come_in() {
     let inbound = frame(MAC, PEER, 300);
     n.backend.inject(&inbound);
     n.backend.inject(&frame(MacAddr::BROADCAST, PEER, 60));
-    assert!(!n.dev.process_rx(), "a buffer left: waits for frames, not buffers");
+    assert!(
+        !n.dev.process_rx(),
+        "a buffer left: waits for frames, not buffers"
+    );
     let (idx, elems) = n.used(0);
     assert_eq!(idx, 2);
     assert_eq!(elems[0], (0, (NET_HDR_LEN + 300) as u32));
@@ -174,8 +177,10 @@ fn forged_transmits_are_dropped_and_counted_unless_allowed() {
     assert_eq!(n.dev.stats().tx_forged, 1);
     assert_eq!(n.used(1).0, 1, "the chain is returned all the same");
 
-    let mut policy = NetPolicy::default();
-    policy.forged_transmits = true;
+    let policy = NetPolicy {
+        forged_transmits: true,
+        ..NetPolicy::default()
+    };
     let mut n = nic(policy);
     n.transmit(&frame(PEER, PEER, 60));
     assert_eq!(n.backend.take_sent().len(), 1);
@@ -191,8 +196,10 @@ fn frames_for_other_macs_are_filtered_unless_promiscuous() {
     assert_eq!(n.used(0).0, 0);
     assert_eq!(n.dev.stats().rx_filtered, 1);
 
-    let mut policy = NetPolicy::default();
-    policy.promiscuous = true;
+    let policy = NetPolicy {
+        promiscuous: true,
+        ..NetPolicy::default()
+    };
     let mut n = nic(policy);
     n.post_rx(1);
     n.backend.inject(&frame(PEER, PEER, 60));
@@ -209,8 +216,10 @@ fn mac_changes_are_refused_by_default() {
     assert_eq!(m, MAC.0);
     assert_eq!(n.dev.stats().mac_changes_rejected, 1);
 
-    let mut policy = NetPolicy::default();
-    policy.mac_changes = true;
+    let policy = NetPolicy {
+        mac_changes: true,
+        ..NetPolicy::default()
+    };
     let mut n = nic(policy);
     n.dev.mmio_write(0x100, &[2, 0, 0, 0]);
     assert_eq!(n.dev.mac().0[..4], [2, 0, 0, 0]);
@@ -230,7 +239,11 @@ fn hostile_transmit_chains_are_dropped_with_a_counter() {
     n.offer(1, 3);
     n.dev.mmio_write(0x50, &1u32.to_le_bytes());
     let s = n.dev.stats();
-    assert_eq!((s.tx_malformed, s.tx_oversized, s.tx_frames), (3, 1, 0), "{s:?}");
+    assert_eq!(
+        (s.tx_malformed, s.tx_oversized, s.tx_frames),
+        (3, 1, 0),
+        "{s:?}"
+    );
     assert_eq!(n.used(1).0, 4);
     assert_eq!(n.dev.device_status() & 0x40, 0, "no reset needed");
     // A read-only receive buffer.
@@ -260,9 +273,7 @@ fn a_transmit_flood_is_bounded_per_notify() {
             .write_obj(0u16, GuestAddress(RINGS[1].1 + 4 + 2 * u64::from(i)))
             .unwrap();
     }
-    n.mem
-        .write_obj(SIZE, GuestAddress(RINGS[1].1 + 2))
-        .unwrap();
+    n.mem.write_obj(SIZE, GuestAddress(RINGS[1].1 + 2)).unwrap();
     n.dev.mmio_write(0x50, &1u32.to_le_bytes());
     assert_eq!(n.backend.take_sent().len(), usize::from(SIZE));
     assert!(n.dev.stats().tx_frames <= FRAMES_PER_ROUND as u64);
@@ -308,7 +319,8 @@ fn state_round_trips_and_restore_announces() {
 
 #[test]
 fn fuzz_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/virtio_net_frames");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/virtio_net_frames");
     let (mut tx, mut rx) = (0, 0);
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let data = std::fs::read(e.path()).unwrap();
@@ -316,7 +328,10 @@ fn fuzz_corpus_replays() {
         tx += o.tx_handled;
         rx += o.rx_frames;
     }
-    assert!(tx > 0 && rx > 0, "the seeds reach both directions ({tx}, {rx})");
+    assert!(
+        tx > 0 && rx > 0,
+        "the seeds reach both directions ({tx}, {rx})"
+    );
 }
 
 proptest! {
