@@ -33,7 +33,7 @@ use super::mmio::{
     Action, MmioTransport, INT_CONFIG, INT_VRING, STATUS_ALL, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
 };
-use super::queue::QueueSlot;
+use super::queue::{GuestMem, QueueSlot};
 use super::state::VirtioQueueState;
 use super::VirtioError;
 use crate::devices::net::{MacAddr, NetBackend};
@@ -245,6 +245,11 @@ pub struct VirtioNet {
     enabled: bool,
     /// Send an announcement on the next enable (set by `from_state`).
     announce_pending: bool,
+    /// The receive thread stopped for want of buffers (or because the device was
+    /// not running) and waits for a kick. Read and written under the device's lock,
+    /// so a kick cannot be lost; when it is false the thread is polling the backend
+    /// and a kick would only wake it for nothing.
+    rx_starved: bool,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
 }
@@ -302,6 +307,7 @@ impl VirtioNet {
             stats: VirtioNetStats::default(),
             enabled: false,
             announce_pending: false,
+            rx_starved: true,
             tx_buf: Vec::with_capacity(NET_HDR_LEN + FRAME_MAX_BYTES),
             rx_buf: vec![0u8; NET_HDR_LEN + FRAME_MAX_BYTES + 1],
         })
@@ -420,6 +426,14 @@ impl VirtioNet {
                 self.announce_pending = false;
                 self.announce();
             }
+            self.kick_rx();
+        }
+    }
+
+    /// Wakes the receive thread if it waits for buffers or for the device to run.
+    fn kick_rx(&mut self) {
+        if self.rx_starved {
+            self.rx_starved = false;
             let _ = self.rx_kick.write(1);
         }
     }
@@ -504,12 +518,22 @@ impl VirtioNet {
             }
             used = true;
         }
-        if used {
+        if used && Self::wants_interrupt(&mut self.transport, TX_QUEUE, mem) {
             self.raise(INT_VRING);
         }
         if let Some(f) = fault {
             self.enter_needs_reset(&f);
         }
+    }
+
+    /// Whether the driver wants an interrupt for new used entries on `queue` (it may
+    /// suppress them with VIRTQ_AVAIL_F_NO_INTERRUPT, as polling drivers do: each
+    /// interrupt is an eventfd write and an injection for nothing).
+    fn wants_interrupt(transport: &mut MmioTransport, queue: usize, mem: &GuestMem) -> bool {
+        transport
+            .queues
+            .get_mut(queue)
+            .is_none_or(|q| q.queue.needs_notification(mem).unwrap_or(true))
     }
 
     /// Whether the receive thread should read the backend: the device runs, is
@@ -609,13 +633,14 @@ impl VirtioNet {
             }
             used = true;
         }
-        if used {
+        if used && Self::wants_interrupt(&mut self.transport, RX_QUEUE, &self.mem) {
             self.raise(INT_VRING);
         }
         if let Some(f) = fault {
             self.enter_needs_reset(&f);
             starved = true;
         }
+        self.rx_starved = starved;
         starved
     }
 
@@ -677,16 +702,14 @@ impl MmioDevice for VirtioNet {
                     self.config_space = config_space(self.mac);
                 }
             }
-            Action::Notify(0) => {
-                let _ = self.rx_kick.write(1);
-            }
+            Action::Notify(0) => self.kick_rx(),
             Action::Notify(1) => self.process_tx(),
             Action::Notify(queue) => trace!(queue, "virtio-net: notify for a missing queue"),
             Action::Fault(why) => self.enter_needs_reset(&Fault::Transport(why)),
         }
         // The driver finished setup: it may have posted buffers before DRIVER_OK.
         if self.transport.is_running() {
-            let _ = self.rx_kick.write(1);
+            self.kick_rx();
         }
     }
 }
