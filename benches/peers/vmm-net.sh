@@ -130,9 +130,14 @@ try:
                         sink.send(payload)
                     except OSError:
                         pass
-                time.sleep(0.05)
-                sink.send(b"END")
-                line = wait_line(logf, "NET-SINK", 5, mark)
+                # END may meet a full TAP queue: repeat it until the guest reports.
+                line = None
+                for _ in range(20):
+                    time.sleep(0.05)
+                    sink.send(b"END")
+                    line = wait_line(logf, "NET-SINK", 0.25, mark)
+                    if line:
+                        break
                 if line:
                     f = fields(line)
                     if f["us"] > 0:
