@@ -20,6 +20,8 @@ pub const MIN_MEMORY_MIB: u64 = 2;
 pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
 /// Most vCPUs a VM may have regardless of KVM (APIC ids stay below the broadcast id).
 pub const MAX_VCPUS: u32 = 254;
+/// Most virtio devices, disks and NICs together (GSIs 5..=23 on the IOAPIC).
+pub const VIRTIO_DEVICES_MAX: usize = 19;
 /// Longest kernel command line, in bytes, including what the VMM appends.
 pub const CMDLINE_MAX_BYTES: usize = 4096;
 
@@ -423,7 +425,7 @@ impl VmConfig {
                 return Err(bad(format!("NIC id {id:?} is used twice")));
             }
         }
-        if self.disks.len() + self.nets.len() > crate::wiring::VIRTIO_DEVICES_MAX {
+        if self.disks.len() + self.nets.len() > VIRTIO_DEVICES_MAX {
             return Err(Error::TooManyDevices(self.disks.len() + self.nets.len()));
         }
         if self.cmdline.len() > CMDLINE_MAX_BYTES / 2 {

@@ -37,8 +37,7 @@ use crate::vcpu::Control;
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// GSI of virtio-mmio device 0; device i uses `VIRTIO_GSI_BASE + i`.
 pub const VIRTIO_GSI_BASE: u32 = 5;
-/// Most virtio devices (GSIs 5..=23 on the IOAPIC).
-pub const VIRTIO_DEVICES_MAX: usize = 19;
+pub use crate::config::VIRTIO_DEVICES_MAX;
 const TSS_ADDR: usize = 0xfffb_d000;
 
 /// The KVM objects of a freshly created VM, before devices and boot.
