@@ -239,3 +239,20 @@ impl VmArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_specs_parse_and_bad_ones_say_what() {
+        let n = parse_net("tap0,mac=52:54:00:00:00:07").unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", MacAddr::local(7)));
+        // The derived MAC is stable and unicast.
+        let a = parse_net("tap1").unwrap();
+        assert_eq!(a.mac, parse_net("tap1").unwrap().mac);
+        assert!(!a.mac.is_multicast());
+        assert!(parse_net("tap0,mac=52:54").unwrap_err().contains("bad MAC"));
+        assert!(parse_net("tap0,speed=10").unwrap_err().contains("speed=10"));
+    }
+}
