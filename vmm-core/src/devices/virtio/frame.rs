@@ -37,6 +37,10 @@ pub enum TxError {
         /// Bytes in the chain.
         len: usize,
     },
+    /// The chain does not end: it loops, runs past the queue size, or names a
+    /// descriptor that cannot be read.
+    #[error("transmit chain does not end (a loop, or a bad next index)")]
+    Unterminated,
     /// A descriptor points outside guest memory.
     #[error("transmit descriptor at {addr:#x} ({len} bytes) is outside guest memory")]
     BadAddress {
@@ -62,6 +66,9 @@ pub enum RxError {
         /// Bytes needed.
         need: usize,
     },
+    /// The chain does not end (a loop, or a bad next index) before it holds the frame.
+    #[error("receive chain does not end")]
+    Unterminated,
     /// A descriptor points outside guest memory.
     #[error("receive descriptor at {addr:#x} ({len} bytes) is outside guest memory")]
     BadAddress {
@@ -89,8 +96,11 @@ where
     out.clear();
     let max = NET_HDR_LEN + FRAME_MAX_BYTES;
     // The iterator itself bounds the chain by the queue size and stops on a
-    // loop (virtio-queue's ttl), so this loop ends.
+    // loop (virtio-queue's ttl), so this loop ends; a chain it cut short ends on
+    // a descriptor that still says NEXT.
+    let mut open = false;
     for desc in chain {
+        open = desc.has_next();
         if desc.is_write_only() {
             return Err(TxError::WritableDescriptor);
         }
@@ -106,6 +116,9 @@ where
                 len: desc.len(),
             });
         }
+    }
+    if open {
+        return Err(TxError::Unterminated);
     }
     if out.len() < NET_HDR_LEN + FRAME_MIN_BYTES {
         return Err(TxError::TooShort { len: out.len() });
@@ -137,7 +150,9 @@ where
 {
     let need = packet.len();
     let mut have = 0usize;
+    let mut open = false;
     for desc in chain.clone() {
+        open = desc.has_next();
         if !desc.is_write_only() {
             return Err(RxError::ReadOnlyDescriptor);
         }
@@ -153,6 +168,9 @@ where
         }
     }
     if have < need {
+        if open {
+            return Err(RxError::Unterminated);
+        }
         return Err(RxError::TooSmall { have, need });
     }
     let mut rest = packet;
