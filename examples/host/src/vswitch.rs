@@ -199,6 +199,11 @@ impl Switch {
             let br = bridge_name(pg.vlan);
             if !self.exists(&br) {
                 self.ip(&["link", "add", &br, "type", "bridge"])?;
+                // A bridge without an address of its own takes its lowest port's,
+                // which changes as VMs come and go (a migration deletes the source's
+                // TAP): whoever talks to an IP on the bridge would then see its MAC
+                // change under it. A fixed one does not.
+                self.ip(&["link", "set", &br, "address", &self.bridge_mac(pg.vlan)])?;
             }
             self.ip(&["link", "set", &br, "up"])?;
             let (Some(uplink), Some(local)) = (&self.config.uplink, self.config.local_ip) else {
@@ -278,6 +283,17 @@ impl Switch {
             self.ip(&["link", "del", tap])?;
         }
         Ok(())
+    }
+
+    /// A locally administered MAC for a port group's bridge, stable for this switch
+    /// (derived from its namespace, backbone address and the VLAN ID).
+    fn bridge_mac(&self, vlan: u16) -> String {
+        let seed = format!("{:?}/{:?}/{vlan}", self.config.netns, self.config.local_ip);
+        let h = seed.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let b = h.to_be_bytes();
+        format!("02:76:70:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
     }
 
     fn exists(&self, link: &str) -> bool {

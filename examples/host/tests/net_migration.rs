@@ -185,6 +185,7 @@ fn the_network_follows_a_migrating_vm() {
     let mut mig = in_ns(&["migrate", "--json", "--to", &addr, "--control"]);
     mig.arg(&control).arg("--key-file").arg(&key);
     let done = run(&mut mig, Duration::from_secs(60));
+    let t_done = Instant::now();
     assert!(
         done.success(),
         "migrate: {done}\nsource:\n{}\ndestination:\n{}",
@@ -205,14 +206,28 @@ fn the_network_follows_a_migrating_vm() {
         dst.out.text(),
         dst.log.text()
     );
-    let gap_ms = replies
+    let (gap_ms, gap_at) = replies
         .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
-        .fold(0.0, f64::max);
+        .map(|w| ((w[1] - w[0]).as_secs_f64() * 1e3, w[0]))
+        .fold((0.0, t0), |a, b| if b.0 > a.0 { b } else { a });
+    let migrate_ms = (t_done - t0).as_secs_f64() * 1e3;
+    let gap_from_start_ms = if gap_at > t0 {
+        (gap_at - t0).as_secs_f64() * 1e3
+    } else {
+        -((t0 - gap_at).as_secs_f64() * 1e3)
+    };
+    println!(
+        "gap starts {gap_from_start_ms:.1} ms after `migrate` was started; `migrate` took {migrate_ms:.1} ms"
+    );
     println!(
         "net migration: reply gap {gap_ms:.1} ms, downtime {downtime_ms:.1} ms, {} replies",
         replies.len()
     );
+    for line in dst.log.text().lines() {
+        if line.contains("migrat") || line.contains("resum") || line.contains("announced") {
+            println!("destination: {line}");
+        }
+    }
     assert!(
         dst.log.text().contains("virtio-net: announced"),
         "destination log:\n{}",
