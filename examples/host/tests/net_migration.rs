@@ -197,6 +197,7 @@ fn the_network_follows_a_migrating_vm() {
     let replies = pinger.join().unwrap();
     let stats: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
     let downtime_ms = stats["downtime_ms"].as_f64().unwrap();
+    println!("migrate: {stats}");
     let after: Vec<&Instant> = replies.iter().filter(|t| **t > t0).collect();
     assert!(
         after.len() > 100,
