@@ -496,6 +496,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_nics_are_errors_naming_the_tap() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        std::fs::write(&kernel, [1u8; 16]).unwrap();
+        let mac = MacAddr::local(1);
+        let cases = [
+            (NetConfig::tap("a-name-far-too-long", mac), "TAP name"),
+            (NetConfig::tap("tap0", MacAddr::BROADCAST), "multicast"),
+        ];
+        for (nic, what) in cases {
+            let e = VmConfig::new(&kernel)
+                .net(nic.clone())
+                .validate()
+                .unwrap_err();
+            assert!(matches!(e, Error::Net { .. }), "{e}");
+            assert!(
+                e.to_string().contains(&nic.tap) && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        let twice = VmConfig::new(&kernel)
+            .net(NetConfig::tap("t1", mac))
+            .net(NetConfig {
+                id: Some("net0".into()),
+                ..NetConfig::tap("t2", MacAddr::local(2))
+            });
+        assert!(twice
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        let many = (0..20).fold(VmConfig::new(&kernel), |c, i| {
+            c.net(NetConfig::tap(format!("t{i}"), MacAddr::local(i)))
+        });
+        assert!(matches!(many.validate(), Err(Error::TooManyDevices(20))));
+    }
+
+    #[test]
     fn a_backend_disk_needs_no_file_and_stays_out_of_json() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("k");
