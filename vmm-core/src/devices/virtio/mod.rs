@@ -114,11 +114,14 @@ pub enum VirtioError {
         len: usize,
     },
     /// A saved state does not describe a device this build can restore.
-    #[error("invalid virtio-blk state: {reason}")]
+    #[error("invalid virtio device state: {reason}")]
     InvalidState {
         /// What is wrong with it.
         reason: String,
     },
+    /// The device's own eventfd could not be made.
+    #[error("create the device's eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
     /// A saved state names a disk size other than the backend's.
     #[error("virtio-blk state has {saved} sectors but the backend has {backend}")]
     CapacityMismatch {

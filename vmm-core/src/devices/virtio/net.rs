@@ -288,9 +288,7 @@ impl VirtioNet {
         mem: GuestMemoryMmap<AtomicBitmap>,
         irq: EventFd,
     ) -> Result<VirtioNet, VirtioError> {
-        let rx_kick = EventFd::new(EFD_NONBLOCK).map_err(|e| VirtioError::InvalidState {
-            reason: format!("create receive eventfd: {e}"),
-        })?;
+        let rx_kick = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         Ok(VirtioNet {
             config_space: config_space(config.mac),
             mac: config.mac,
