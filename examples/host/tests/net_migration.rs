@@ -161,6 +161,7 @@ fn the_network_follows_a_migrating_vm() {
             let s = UdpSocket::bind("10.95.0.1:0").unwrap();
             s.set_nonblocking(true).unwrap();
             let mut replies: Vec<Instant> = Vec::new();
+            let mut wall: Vec<std::time::SystemTime> = Vec::new();
             let mut buf = [0u8; 64];
             let mut next = Instant::now();
             // Bounded: the test stops it, or 120 s pass.
@@ -173,11 +174,12 @@ fn the_network_follows_a_migrating_vm() {
                 while let Ok((n, _)) = s.recv_from(&mut buf) {
                     if n > 0 {
                         replies.push(Instant::now());
+                        wall.push(std::time::SystemTime::now());
                     }
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
-            replies
+            (replies, wall)
         })
     };
     std::thread::sleep(Duration::from_millis(500));
@@ -194,7 +196,7 @@ fn the_network_follows_a_migrating_vm() {
     );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let replies = pinger.join().unwrap();
+    let (replies, wall) = pinger.join().unwrap();
     let stats: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
     let downtime_ms = stats["downtime_ms"].as_f64().unwrap();
     println!("migrate: {stats}");
@@ -220,6 +222,23 @@ fn the_network_follows_a_migrating_vm() {
     println!(
         "gap starts {gap_from_start_ms:.1} ms after `migrate` was started; `migrate` took {migrate_ms:.1} ms"
     );
+    if let Some(i) = replies.iter().position(|t| *t == gap_at) {
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        println!(
+            "gap from unix {:.6} to {:.6}",
+            unix(wall[i]),
+            wall.get(i + 1).map_or(0.0, |w| unix(*w))
+        );
+    }
+    for line in src.log.text().lines() {
+        if line.contains("paused") || line.contains("moved") {
+            println!("source: {line}");
+        }
+    }
     println!(
         "net migration: reply gap {gap_ms:.1} ms, downtime {downtime_ms:.1} ms, {} replies",
         replies.len()
