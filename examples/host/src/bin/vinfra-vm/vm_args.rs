@@ -33,9 +33,10 @@ pub struct VmArgs {
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
     /// A virtio-net NIC (repeatable): on a host TAP device (created if missing; needs
-    /// CAP_NET_ADMIN), `TAP[,mac=MAC]`, or on a port group of the host's switch
-    /// (`--switch`), `portgroup=NAME[,mac=MAC]`, through a TAP made for it and deleted
-    /// on exit. Without a MAC, one is derived from the TAP's name.
+    /// CAP_NET_ADMIN; bring it up and address it or bridge it yourself),
+    /// `TAP[,mac=MAC]`, or on a port group of the host's switch (`--switch`),
+    /// `portgroup=NAME[,mac=MAC]`, through a TAP made for it, up on the port group's
+    /// bridge, deleted on exit. Without a MAC, one is derived from the TAP's name.
     #[arg(long = "net", value_name = "TAP|portgroup=NAME[,mac=MAC]")]
     pub nets: Vec<String>,
     /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, peers),
