@@ -17,7 +17,7 @@ SRC="$ROOT/vmm-core/guests"
 KIT="$ROOT/target/guest-kit"
 GUESTS="$KIT/guests"
 LINUX="$KIT/linux"
-GUEST_NAMES=(ready workload disk evil)
+GUEST_NAMES=(ready workload disk evil net)
 
 say() { printf 'guest-kit: %s\n' "$*"; }
 die() { printf 'guest-kit: error: %s\n' "$*" >&2; exit 1; }

@@ -53,6 +53,108 @@ static void header(uint32_t type, uint64_t sector)
     dev.hdr->sector = sector;
 }
 
+/* ---- virtio-net attacks: a bare two-queue setup, hostile chains on each queue ---- */
+#define NQ 8
+static uint8_t net_mem[2][3 * 4096] __attribute__((aligned(4096), section(".noinit.net")));
+static uint64_t nbase;
+static struct vq_desc *nd[2];
+static struct vq_avail *na[2];
+static struct vq_used *nu[2];
+static uint16_t navail[2];
+
+static void nwr(uint32_t off, uint32_t v) { mmio_write32(nbase + off, v); }
+static uint32_t nrd(uint32_t off) { return mmio_read32(nbase + off); }
+
+static int net_setup(void)
+{
+    nwr(VMMIO_STATUS, 0);
+    nwr(VMMIO_STATUS, VSTAT_ACKNOWLEDGE | VSTAT_DRIVER);
+    nwr(VMMIO_DRIVER_FEATURES_SEL, 0);
+    nwr(VMMIO_DRIVER_FEATURES, 1u << 5);
+    nwr(VMMIO_DRIVER_FEATURES_SEL, 1);
+    nwr(VMMIO_DRIVER_FEATURES, 1);
+    nwr(VMMIO_STATUS, VSTAT_ACKNOWLEDGE | VSTAT_DRIVER | VSTAT_FEATURES_OK);
+    for (int q = 0; q < 2; q++) {
+        memset(net_mem[q], 0, sizeof net_mem[q]);
+        nd[q] = (struct vq_desc *)net_mem[q];
+        na[q] = (struct vq_avail *)(net_mem[q] + 4096);
+        nu[q] = (struct vq_used *)(net_mem[q] + 8192);
+        na[q]->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+        navail[q] = 0;
+        nwr(VMMIO_QUEUE_SEL, (uint32_t)q);
+        nwr(VMMIO_QUEUE_NUM, NQ);
+        nwr(VMMIO_QUEUE_DESC_LOW, (uint32_t)(uintptr_t)nd[q]);
+        nwr(VMMIO_QUEUE_DESC_HIGH, 0);
+        nwr(VMMIO_QUEUE_DRIVER_LOW, (uint32_t)(uintptr_t)na[q]);
+        nwr(VMMIO_QUEUE_DRIVER_HIGH, 0);
+        nwr(VMMIO_QUEUE_DEVICE_LOW, (uint32_t)(uintptr_t)nu[q]);
+        nwr(VMMIO_QUEUE_DEVICE_HIGH, 0);
+        nwr(VMMIO_QUEUE_READY, 1);
+    }
+    nwr(VMMIO_STATUS, VSTAT_ACKNOWLEDGE | VSTAT_DRIVER | VSTAT_FEATURES_OK | VSTAT_DRIVER_OK);
+    return (nrd(VMMIO_STATUS) & VSTAT_DRIVER_OK) ? 0 : -1;
+}
+
+/* Offers descriptor `head` on queue q, notifies, waits up to 100 ms for the used ring. */
+static void net_case(const char *name, int q, uint16_t head, uint64_t addr, uint32_t len, uint16_t flags,
+                     uint16_t next)
+{
+    if (net_setup()) {
+        printf("EVIL net_%s setup refused\n", name);
+        return;
+    }
+    nd[q][head % NQ].addr = addr;
+    nd[q][head % NQ].len = len;
+    nd[q][head % NQ].flags = flags;
+    nd[q][head % NQ].next = next;
+    na[q]->ring[0] = head;
+    mfence();
+    *(volatile uint16_t *)&na[q]->idx = ++navail[q];
+    mfence();
+    nwr(VMMIO_QUEUE_NOTIFY, (uint32_t)q);
+    uint64_t end = rdtsc() + tsc_ms_to_cycles(100);
+    while (*(volatile uint16_t *)&nu[q]->idx == 0 && rdtsc() < end)
+        cpu_relax();
+    printf("EVIL net_%s used=%u needs_reset=%u\n", name, *(volatile uint16_t *)&nu[q]->idx,
+           (nrd(VMMIO_STATUS) & VSTAT_NEEDS_RESET) ? 1 : 0);
+}
+
+static void evil_net(uint64_t b)
+{
+    nbase = b;
+    uint64_t frame = (uint64_t)(uintptr_t)buf;
+    memset(buf, 0, 128);
+    for (int i = 0; i < 6; i++)
+        buf[12 + i] = 0xff; /* broadcast destination after the 12-byte header */
+    for (int i = 0; i < 6; i++)
+        buf[18 + i] = mmio_read8(b + VMMIO_CONFIG + (uint32_t)i); /* our MAC as source */
+    net_case("tx_outside_ram", 1, 0, FAR_ADDR, 100, 0, 0);
+    net_case("tx_writable", 1, 0, frame, 100, VIRTQ_DESC_F_WRITE, 0);
+    net_case("tx_oversized", 1, 0, frame, sizeof buf, 0, 0);
+    net_case("tx_loop", 1, 0, frame, 100, VIRTQ_DESC_F_NEXT, 0);
+    net_case("tx_index_oob", 1, NQ + 3, frame, 100, 0, 0);
+    net_case("rx_outside_ram", 0, 0, FAR_ADDR, 2048, VIRTQ_DESC_F_WRITE, 0);
+    net_case("rx_read_only", 0, 0, frame, 2048, 0, 0);
+    /* A flood: the available index claims 60000 chains (a runaway index). */
+    if (!net_setup()) {
+        for (int i = 0; i < NQ; i++) {
+            nd[1][i].addr = frame;
+            nd[1][i].len = 74;
+            nd[1][i].flags = 0;
+            na[1]->ring[i] = 0;
+        }
+        mfence();
+        *(volatile uint16_t *)&na[1]->idx = 60000;
+        mfence();
+        for (int i = 0; i < 1000; i++)
+            nwr(VMMIO_QUEUE_NOTIFY, 1);
+        printf("EVIL net_tx_flood needs_reset=%u\n", (nrd(VMMIO_STATUS) & VSTAT_NEEDS_RESET) ? 1 : 0);
+    }
+    /* After all that, a plain frame goes out. */
+    net_case("recovery", 1, 0, frame, 12 + 60, 0, 0);
+    nwr(VMMIO_STATUS, 0);
+}
+
 int guest_main(void)
 {
     /* 1. unmapped guest-physical address in the MMIO hole */
@@ -127,6 +229,18 @@ int guest_main(void)
     r = blk_request(&dev, VIRTIO_BLK_T_IN, 0, buf, 512, 5000);
     report("recovery", r);
     virtio_reset(&dev);
+
+    /* 9. a virtio-net device, when there is one among the other entries */
+    for (int i = 1; i < 8; i++) {
+        uint64_t nb;
+        uint32_t nirq;
+        if (virtio_mmio_from_cmdline(i, &nb, &nirq) <= 0)
+            break;
+        if (mmio_read32(nb + VMMIO_MAGIC) == VIRTIO_MMIO_MAGIC && mmio_read32(nb + VMMIO_DEVICE_ID) == 1) {
+            evil_net(nb);
+            break;
+        }
+    }
     printf("EVIL-DONE\n");
     return EXIT_OK;
 }

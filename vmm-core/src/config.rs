@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpuid::CpuidMask;
 use crate::devices::block::BlockBackend;
+use crate::devices::net::{MacAddr, NetBackend, TAP_NAME_MAX};
 use crate::devices::serial::SharedWriter;
+use crate::devices::virtio::NetPolicy;
 use crate::error::{Error, Result};
 
 /// Smallest guest memory we accept: boot structures live below 1 MiB and the kernel
@@ -18,6 +20,8 @@ pub const MIN_MEMORY_MIB: u64 = 2;
 pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
 /// Most vCPUs a VM may have regardless of KVM (APIC ids stay below the broadcast id).
 pub const MAX_VCPUS: u32 = 254;
+/// Most virtio devices, disks and NICs together (GSIs 5..=23 on the IOAPIC).
+pub const VIRTIO_DEVICES_MAX: usize = 19;
 /// Longest kernel command line, in bytes, including what the VMM appends.
 pub const CMDLINE_MAX_BYTES: usize = 4096;
 
@@ -44,6 +48,9 @@ pub struct VmConfig {
     /// virtio-blk disks, device i at MMIO slot i.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks on the MMIO bus.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// Where the guest's serial console goes.
     #[serde(default)]
     pub serial_output: SerialOutput,
@@ -134,6 +141,77 @@ impl DiskConfig {
     }
 }
 
+/// One virtio-net NIC on a host TAP device.
+///
+/// ```
+/// use vinfra_vmm_core::NetConfig;
+///
+/// let n: NetConfig = serde_json::from_str(r#"{"tap":"vm1tap","mac":"52:54:00:00:00:01"}"#)?;
+/// assert_eq!(n.mac.to_string(), "52:54:00:00:00:01");
+/// assert!(!n.policy.forged_transmits);
+/// assert!(serde_json::from_str::<NetConfig>(r#"{"tap":"t","mac":"52:54"}"#).is_err());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NetConfig {
+    /// The host TAP interface the NIC is attached to (created when missing;
+    /// the host's virtual switch puts it on a port group's bridge).
+    pub tap: String,
+    /// The NIC's MAC address (a unicast one).
+    pub mac: MacAddr,
+    /// Instance name; defaults to `net<i>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Security policy (reject everything by default).
+    #[serde(default)]
+    pub policy: NetPolicy,
+    /// A backend supplied by the embedder instead of the TAP (which then only
+    /// names the NIC in errors). Not part of the JSON form.
+    #[serde(skip)]
+    pub backend: Option<SharedNetBackend>,
+}
+
+impl NetConfig {
+    /// A NIC on TAP `tap` with MAC `mac`.
+    pub fn tap(tap: impl Into<String>, mac: MacAddr) -> NetConfig {
+        NetConfig {
+            tap: tap.into(),
+            mac,
+            id: None,
+            policy: NetPolicy::default(),
+            backend: None,
+        }
+    }
+
+    /// A NIC on an embedder's backend; `name` names it in errors.
+    pub fn backend(name: impl Into<String>, mac: MacAddr, backend: Arc<dyn NetBackend>) -> Self {
+        NetConfig {
+            backend: Some(SharedNetBackend(backend)),
+            ..NetConfig::tap(name, mac)
+        }
+    }
+}
+
+/// A [`NetBackend`] shared with the VM; equal when it is the same object.
+#[derive(Clone)]
+pub struct SharedNetBackend(pub Arc<dyn NetBackend>);
+
+impl fmt::Debug for SharedNetBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedNetBackend").finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for SharedNetBackend {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedNetBackend {}
+
 /// Where the serial console's output goes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -181,6 +259,7 @@ impl VmConfig {
             initrd: None,
             cmdline: String::new(),
             disks: Vec::new(),
+            nets: Vec::new(),
             serial_output: SerialOutput::None,
             serial_input: SerialInputSource::None,
             page_sharing: false,
@@ -216,6 +295,12 @@ impl VmConfig {
     /// Adds a disk.
     pub fn disk(mut self, disk: DiskConfig) -> Self {
         self.disks.push(disk);
+        self
+    }
+
+    /// Adds a NIC.
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.nets.push(net);
         self
     }
 
@@ -319,6 +404,30 @@ impl VmConfig {
                 }
             }
         }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, n) in self.nets.iter().enumerate() {
+            let bad = |reason: String| Error::Net {
+                name: n.tap.clone(),
+                reason,
+            };
+            if n.backend.is_none()
+                && (n.tap.is_empty() || n.tap.len() > TAP_NAME_MAX || n.tap.contains(['/', ' ']))
+            {
+                return Err(bad(format!(
+                    "TAP name must be 1 to {TAP_NAME_MAX} characters without '/' or spaces"
+                )));
+            }
+            if n.mac.is_multicast() {
+                return Err(bad(format!("MAC {} is a multicast address", n.mac)));
+            }
+            let id = n.id.clone().unwrap_or_else(|| format!("net{i}"));
+            if !ids.insert(id.clone()) {
+                return Err(bad(format!("NIC id {id:?} is used twice")));
+            }
+        }
+        if self.disks.len() + self.nets.len() > VIRTIO_DEVICES_MAX {
+            return Err(Error::TooManyDevices(self.disks.len() + self.nets.len()));
+        }
         if self.cmdline.len() > CMDLINE_MAX_BYTES / 2 {
             return Err(Error::Cmdline(format!(
                 "{} bytes is longer than the {} allowed",
@@ -333,6 +442,7 @@ impl VmConfig {
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
             disks: self.disks.clone(),
+            nets: self.nets.clone(),
             serial_output: self.serial_output.clone(),
             serial_input: self.serial_input.clone(),
             page_sharing: self.page_sharing,
@@ -367,6 +477,8 @@ pub struct ValidConfig {
     pub cmdline: String,
     /// Disks.
     pub disks: Vec<DiskConfig>,
+    /// NICs.
+    pub nets: Vec<NetConfig>,
     /// Console sink.
     pub serial_output: SerialOutput,
     /// Console source.
@@ -382,6 +494,44 @@ pub struct ValidConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_nics_are_errors_naming_the_tap() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        std::fs::write(&kernel, [1u8; 16]).unwrap();
+        let mac = MacAddr::local(1);
+        let cases = [
+            (NetConfig::tap("a-name-far-too-long", mac), "TAP name"),
+            (NetConfig::tap("tap0", MacAddr::BROADCAST), "multicast"),
+        ];
+        for (nic, what) in cases {
+            let e = VmConfig::new(&kernel)
+                .net(nic.clone())
+                .validate()
+                .unwrap_err();
+            assert!(matches!(e, Error::Net { .. }), "{e}");
+            assert!(
+                e.to_string().contains(&nic.tap) && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        let twice = VmConfig::new(&kernel)
+            .net(NetConfig::tap("t1", mac))
+            .net(NetConfig {
+                id: Some("net0".into()),
+                ..NetConfig::tap("t2", MacAddr::local(2))
+            });
+        assert!(twice
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        let many = (0..20).fold(VmConfig::new(&kernel), |c, i| {
+            c.net(NetConfig::tap(format!("t{i}"), MacAddr::local(i)))
+        });
+        assert!(matches!(many.validate(), Err(Error::TooManyDevices(20))));
+    }
 
     #[test]
     fn a_backend_disk_needs_no_file_and_stays_out_of_json() {

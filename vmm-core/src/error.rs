@@ -118,6 +118,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A NIC could not be set up (bad config, TAP missing or not permitted).
+    #[error("network interface {name}: {reason}")]
+    Net {
+        /// The TAP (or backend) name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Two devices claim the same bus window (a VMM bug).
     #[error(transparent)]
     BusOverlap(#[from] crate::bus::Overlap),

@@ -1,9 +1,10 @@
 //! vinfra-vmm-core: run guests on KVM.
 //!
-//! A [`VmConfig`] names a kernel, memory, vCPUs, disks and where the console goes;
+//! A [`VmConfig`] names a kernel, memory, vCPUs, disks, NICs and where the console goes;
 //! [`Vm::create`] validates it, opens KVM, loads the kernel (PVH ELF, ELF vmlinux or
 //! bzImage) and wires the devices (COM1, the exit port `0xf4`, the i8042 reset line,
-//! virtio-blk over virtio-mmio); [`Vm::start`] runs one thread per vCPU. The lifecycle
+//! virtio-blk and virtio-net over virtio-mmio, NICs on host TAP devices);
+//! [`Vm::start`] runs one thread per vCPU. The lifecycle
 //! words are libvirt's: start, pause, resume, stop, and [`Vm::wait`] for the
 //! [`ExitReason`].
 //!
@@ -37,9 +38,11 @@
 //! use vinfra_vmm_core::VmConfig;
 //!
 //! let json = r#"{ "kernel": "guest.elf", "memory_mib": 64, "vcpus": 2,
-//!                 "disks": [ { "path": "disk.img", "read_only": true } ] }"#;
+//!                 "disks": [ { "path": "disk.img", "read_only": true } ],
+//!                 "nets": [ { "tap": "vm1tap", "mac": "52:54:00:00:00:01" } ] }"#;
 //! let config: VmConfig = serde_json::from_str(json).unwrap();
 //! assert_eq!(config.vcpus, 2);
+//! assert_eq!(config.nets[0].tap, "vm1tap");
 //! assert!(serde_json::from_str::<VmConfig>(r#"{ "kernel": "k", "memroy_mib": 1 }"#).is_err());
 //! ```
 //!
@@ -76,9 +79,11 @@ mod wiring;
 
 pub use boot::BootProtocol;
 pub use config::{
-    DiskConfig, SerialInputSource, SerialOutput, SharedBackend, ValidConfig, VmConfig,
+    DiskConfig, NetConfig, SerialInputSource, SerialOutput, SharedBackend, SharedNetBackend,
+    ValidConfig, VmConfig,
 };
 pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
+pub use devices::net::MacAddr;
 pub use devices::serial::SharedWriter;
 pub use dirty::DirtyBitmap;
 pub use error::{Error, MemoryError, Result, SnapshotMismatch};

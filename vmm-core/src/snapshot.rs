@@ -19,7 +19,7 @@ use crate::memory::GuestMemoryMmap;
 use crate::power::PowerState;
 use crate::state::{self, DeviceBlob, MemoryLayout, MemorySaveStats, VmState};
 use crate::vm::Vm;
-use crate::wiring::{SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND};
+use crate::wiring::{SERIAL_ID, SERIAL_KIND, VIRTIO_BLK_KIND, VIRTIO_NET_KIND};
 
 /// Name of the state blob inside a snapshot directory.
 pub const STATE_FILE: &str = "vm.state";
@@ -86,6 +86,13 @@ impl Vm {
             devices.push(
                 DeviceBlob::new(VIRTIO_BLK_KIND, &st.config.id, &st)
                     .map_err(Error::state("encode disk"))?,
+            );
+        }
+        for n in parts.nets {
+            let st = n.lock().unwrap_or_else(|e| e.into_inner()).state();
+            devices.push(
+                DeviceBlob::new(VIRTIO_NET_KIND, &st.config.id, &st)
+                    .map_err(Error::state("encode nic"))?,
             );
         }
         Ok(VmState {

@@ -12,7 +12,7 @@ use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
 use crate::cpuid::CpuidLeaf;
 use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::VirtioBlk;
+use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioNet};
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
@@ -39,6 +39,9 @@ pub struct Vm {
     ctl: Arc<Control>,
     serial: Arc<Mutex<SerialDevice>>,
     disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    nets: Vec<Arc<Mutex<VirtioNet>>>,
+    /// The NICs' receive threads (dropped, so stopped, with the VM).
+    net_workers: Vec<NetWorker>,
     pio: Arc<PioBus>,
     mmio: Arc<MmioBus>,
     boot_protocol: Option<BootProtocol>,
@@ -122,6 +125,11 @@ impl Vm {
     ) -> Result<Vm> {
         let bsp = base.vcpus.first().ok_or(Error::NoVcpus)?;
         let guest_cpuid = crate::kvm::vcpu_cpuid(bsp)?;
+        let mut net_workers = Vec::with_capacity(dev.nets.len());
+        for n in &dev.nets {
+            net_workers
+                .push(NetWorker::spawn(n.clone()).map_err(Error::io("spawn nic receive thread"))?);
+        }
         Ok(Vm {
             kvm: base.kvm,
             vm_fd: base.vm_fd,
@@ -135,6 +143,8 @@ impl Vm {
             ctl: dev.ctl,
             serial: dev.serial,
             disks: dev.disks,
+            nets: dev.nets,
+            net_workers,
             pio: Arc::new(dev.pio),
             mmio: Arc::new(dev.mmio),
             boot_protocol,
@@ -150,6 +160,7 @@ impl Vm {
     /// Starts one thread per vCPU.
     pub fn start(&mut self) -> Result<()> {
         self.spawn_vcpus(false)?;
+        self.set_nets_enabled(true);
         self.connect_serial_input()?;
         tracing::info!("vm started");
         Ok(())
@@ -234,6 +245,7 @@ impl Vm {
             state => return Err(Error::InvalidState { op: "pause", state }),
         }
         self.wait_parked()?;
+        self.set_nets_enabled(false);
         tracing::info!("vm paused");
         Ok(())
     }
@@ -260,9 +272,23 @@ impl Vm {
                 })
             }
         }
+        self.set_nets_enabled(true);
         self.ctl.resume();
         tracing::info!("vm resumed");
         Ok(())
+    }
+
+    /// Lets the NICs write guest memory (running) or stops them (paused), so
+    /// that a paused VM's memory and device state stay as captured.
+    fn set_nets_enabled(&self, on: bool) {
+        for n in &self.nets {
+            n.lock().unwrap_or_else(|e| e.into_inner()).set_enabled(on);
+        }
+    }
+
+    /// The VM's NICs (their stats, MACs), in configuration order.
+    pub fn nets(&self) -> &[Arc<Mutex<VirtioNet>>] {
+        &self.nets
     }
 
     /// Hard stop: vCPUs leave their loops wherever the guest is.
@@ -485,6 +511,7 @@ impl Vm {
             vcpus: &self.vcpus,
             serial: &self.serial,
             disks: &self.disks,
+            nets: &self.nets,
         }
     }
 }
@@ -499,6 +526,8 @@ impl Drop for Vm {
                 tracing::error!("vcpu threads did not stop; leaking them");
             }
         }
+        // The NICs' receive threads stop before guest memory goes away.
+        self.net_workers.clear();
         // A VM that never started (or whose vCPUs did not stop) may still have one.
         self.ctl.set_throttle(0);
         self.join_throttle();
@@ -521,4 +550,5 @@ pub(crate) struct VmParts<'a> {
     pub(crate) vcpus: &'a [Arc<Mutex<VcpuFd>>],
     pub(crate) serial: &'a Arc<Mutex<SerialDevice>>,
     pub(crate) disks: &'a [Arc<Mutex<VirtioBlk>>],
+    pub(crate) nets: &'a [Arc<Mutex<VirtioNet>>],
 }

@@ -18,10 +18,14 @@ use crate::devices::block::FileBackend;
 use crate::devices::exit::{
     ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
 };
+use crate::devices::net::{NetBackend, TapBackend};
 use crate::devices::serial::{
     ConsoleSink, SerialDevice, SerialSnapshot, COM1_BASE, COM1_GSI, COM1_LEN,
 };
-use crate::devices::virtio::{VirtioBlk, VirtioBlkConfig, VirtioBlkState, MMIO_WINDOW_SIZE};
+use crate::devices::virtio::{
+    VirtioBlk, VirtioBlkConfig, VirtioBlkState, VirtioNet, VirtioNetConfig, VirtioNetState,
+    MMIO_WINDOW_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
@@ -33,8 +37,7 @@ use crate::vcpu::Control;
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// GSI of virtio-mmio device 0; device i uses `VIRTIO_GSI_BASE + i`.
 pub const VIRTIO_GSI_BASE: u32 = 5;
-/// Most virtio devices (GSIs 5..=23 on the IOAPIC).
-pub const VIRTIO_DEVICES_MAX: usize = 19;
+pub use crate::config::VIRTIO_DEVICES_MAX;
 const TSS_ADDR: usize = 0xfffb_d000;
 
 /// The KVM objects of a freshly created VM, before devices and boot.
@@ -125,6 +128,7 @@ pub(crate) struct Devices {
     pub(crate) pio: PioBus,
     pub(crate) mmio: MmioBus,
     pub(crate) disks: Vec<Arc<Mutex<VirtioBlk>>>,
+    pub(crate) nets: Vec<Arc<Mutex<VirtioNet>>>,
     /// `virtio_mmio.device=` entries: only for PVH kernels (our test guests parse
     /// them); Linux kernels booted by the 64-bit protocol get the devices from ACPI.
     pub(crate) cmdline: Vec<String>,
@@ -176,13 +180,24 @@ pub(crate) fn build_devices(
     pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
     pio.insert(I8042_BASE, I8042_LEN, i8042)?;
-    let (mmio, disks, cmdline, virtio_mmio) = attach_disks(config, &base.vm_fd, memory, saved)?;
+    let (mut mmio, disks, mut cmdline, mut virtio_mmio) =
+        attach_disks(config, &base.vm_fd, memory, saved)?;
+    let nets = attach_nets(
+        config,
+        &base.vm_fd,
+        memory,
+        saved,
+        &mut mmio,
+        &mut cmdline,
+        &mut virtio_mmio,
+    )?;
     Ok(Devices {
         ctl,
         serial,
         pio,
         mmio,
         disks,
+        nets,
         cmdline,
         virtio_mmio,
     })
@@ -194,6 +209,8 @@ pub(crate) const SERIAL_KIND: &str = "serial";
 pub(crate) const SERIAL_ID: &str = "com1";
 /// Device blob kind of a virtio-blk disk (the id is the disk's id).
 pub(crate) const VIRTIO_BLK_KIND: &str = "virtio-blk";
+/// Device blob kind of a virtio-net NIC (the id is the NIC's id).
+pub(crate) const VIRTIO_NET_KIND: &str = "virtio-net";
 
 fn find_blob<'a>(blobs: &'a [DeviceBlob], kind: &str, id: &str) -> Option<&'a DeviceBlob> {
     blobs.iter().find(|b| b.kind == kind && b.id == id)
@@ -260,4 +277,65 @@ fn attach_disks(
         });
     }
     Ok((bus, devices, cmdline, described))
+}
+
+/// Puts the NICs on the bus after the disks: slot `disks + j` for NIC j.
+fn attach_nets(
+    config: &ValidConfig,
+    vm_fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    saved: Option<&[DeviceBlob]>,
+    bus: &mut MmioBus,
+    cmdline: &mut Vec<String>,
+    described: &mut Vec<VirtioMmioDevice>,
+) -> Result<Vec<Arc<Mutex<VirtioNet>>>> {
+    let first = config.disks.len();
+    if first + config.nets.len() > VIRTIO_DEVICES_MAX {
+        return Err(Error::TooManyDevices(first + config.nets.len()));
+    }
+    let mut nets = Vec::new();
+    for (j, n) in config.nets.iter().enumerate() {
+        let nerr = |reason: String| Error::Net {
+            name: n.tap.clone(),
+            reason,
+        };
+        let backend: Arc<dyn NetBackend> = match &n.backend {
+            Some(b) => b.0.clone(),
+            None => Arc::new(TapBackend::open(&n.tap).map_err(|e| nerr(e.to_string()))?),
+        };
+        let slot = first + j;
+        let gsi = VIRTIO_GSI_BASE + u32::try_from(slot).map_err(|_| Error::TooManyDevices(slot))?;
+        let base = VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE;
+        let id = n.id.clone().unwrap_or_else(|| format!("net{j}"));
+        let irq = irq_eventfd(vm_fd, gsi)?;
+        let dev = match saved.and_then(|s| find_blob(s, VIRTIO_NET_KIND, &id)) {
+            Some(blob) => {
+                let st: VirtioNetState = blob.decode().map_err(Error::state("decode nic state"))?;
+                if st.config.mac != n.mac {
+                    return Err(nerr(format!(
+                        "saved NIC has MAC {}, the configuration {}",
+                        st.config.mac, n.mac
+                    )));
+                }
+                VirtioNet::from_state(st, backend, memory.clone(), irq)
+            }
+            None => {
+                let mut c = VirtioNetConfig::new(id, n.mac);
+                c.policy = n.policy;
+                VirtioNet::new(c, backend, memory.clone(), irq)
+            }
+        }
+        .map_err(|e| nerr(e.to_string()))?;
+        let dev = Arc::new(Mutex::new(dev));
+        bus.insert(base, MMIO_WINDOW_SIZE, dev.clone())
+            .map_err(|e| nerr(e.to_string()))?;
+        nets.push(dev);
+        cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        described.push(VirtioMmioDevice {
+            base,
+            len: MMIO_WINDOW_SIZE,
+            gsi,
+        });
+    }
+    Ok(nets)
 }

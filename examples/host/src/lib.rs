@@ -15,7 +15,9 @@
 //! * [`exit_status`]: the exit statuses the binaries document in `--help`;
 //! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
 //!   and the control socket of `vinfra-vm migrate`;
-//! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag.
+//! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag;
+//! * [`vswitch`]: the host's virtual switch: a bridge per port group, carried between
+//!   hosts as VXLAN segments (VNI = VLAN ID), that VMs' NICs attach to.
 
 // Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
 #![deny(unsafe_code)]
@@ -30,5 +32,6 @@ pub mod migration;
 )]
 pub mod terminal;
 pub mod vmfs_disk;
+pub mod vswitch;
 
 pub use vmfs_disk::{MountedHost, VmfsDiskBackend, VmfsDiskError};

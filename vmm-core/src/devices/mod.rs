@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod exit;
+pub mod net;
 pub mod serial;
 pub mod virtio;
 

@@ -268,7 +268,7 @@ impl VirtioBlk {
         let transport = MmioTransport::new(
             VIRTIO_ID_BLOCK,
             offered_features(config.read_only),
-            QueueSlot::new()?,
+            vec![QueueSlot::new()?],
         );
         Ok(VirtioBlk {
             config_space: config_space(capacity_sectors),
@@ -317,7 +317,7 @@ impl VirtioBlk {
             ));
         }
         let t = &mut blk.transport;
-        t.queue = QueueSlot::from_state(&state.queue, &blk.mem)?;
+        t.queues = vec![QueueSlot::from_state(&state.queue, &blk.mem)?];
         t.device_features_sel = state.device_features_sel;
         t.driver_features_sel = state.driver_features_sel;
         t.driver_features = state.driver_features;
@@ -342,7 +342,7 @@ impl VirtioBlk {
             interrupt_status: t.interrupt_status,
             config_generation: t.config_generation,
             queue_sel: t.queue_sel,
-            queue: t.queue.state(),
+            queue: t.queues.first().map(QueueSlot::state).unwrap_or_default(),
             stats: self.stats,
         }
     }
@@ -352,8 +352,12 @@ impl VirtioBlk {
     /// no longer lie in the new memory puts the device in DEVICE_NEEDS_RESET.
     pub fn set_memory(&mut self, mem: GuestMemoryMmap<AtomicBitmap>) {
         self.mem = mem;
-        let queue = &self.transport.queue.queue;
-        if queue.ready() && !queue.is_valid(&self.mem) {
+        let broken = self
+            .transport
+            .queues
+            .iter()
+            .any(|q| q.queue.ready() && !q.queue.is_valid(&self.mem));
+        if broken {
             self.enter_needs_reset(&Fault::RingsOutsideMemory);
         }
     }
@@ -395,14 +399,20 @@ impl VirtioBlk {
     /// DEVICE_NEEDS_RESET, if it did.
     fn process_queue_with(&mut self, mut observe: impl FnMut(Completion)) -> Option<Fault> {
         self.stats.notifies += 1;
-        if !self.transport.is_running() || !self.transport.queue.queue.ready() {
+        let running = self.transport.is_running();
+        let Some(slot) = self
+            .transport
+            .queues
+            .first_mut()
+            .filter(|q| running && q.queue.ready())
+        else {
             trace!("virtio-blk: notify while not running, ignored");
             return None;
-        }
+        };
         let mut used = false;
         let mut fault = None;
         let mem = &self.mem;
-        let queue = &mut self.transport.queue.queue;
+        let queue = &mut slot.queue;
         let mut exec = Executor {
             backend: &*self.backend,
             read_only: self.config.read_only,

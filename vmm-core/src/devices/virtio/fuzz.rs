@@ -249,7 +249,7 @@ pub fn fuzz_process_request(data: &[u8]) -> FuzzOutcome {
 }
 
 /// Guest RAM contents as (guest address, bytes) per region.
-fn snapshot(mem: &GuestMemoryMmap<AtomicBitmap>) -> Vec<(u64, Vec<u8>)> {
+pub(crate) fn snapshot(mem: &GuestMemoryMmap<AtomicBitmap>) -> Vec<(u64, Vec<u8>)> {
     FUZZ_RAM
         .iter()
         .map(|(start, len)| {
@@ -261,7 +261,7 @@ fn snapshot(mem: &GuestMemoryMmap<AtomicBitmap>) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-fn changed<'a>(
+pub(crate) fn changed<'a>(
     before: &'a [(u64, Vec<u8>)],
     after: &'a [(u64, Vec<u8>)],
 ) -> impl Iterator<Item = (u64, (u8, u8))> + 'a {
@@ -280,7 +280,7 @@ fn region_bitmap(mem: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> Option<(&Atom
     Some((mmap.bitmap(), gpa - region.start_addr().0))
 }
 
-fn reset_bitmaps(mem: &GuestMemoryMmap<AtomicBitmap>) {
+pub(crate) fn reset_bitmaps(mem: &GuestMemoryMmap<AtomicBitmap>) {
     for (start, _) in FUZZ_RAM {
         if let Some((bitmap, _)) = region_bitmap(mem, start) {
             bitmap.reset();
@@ -288,7 +288,7 @@ fn reset_bitmaps(mem: &GuestMemoryMmap<AtomicBitmap>) {
     }
 }
 
-fn page_dirty(mem: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> bool {
+pub(crate) fn page_dirty(mem: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> bool {
     region_bitmap(mem, gpa).is_some_and(|(bitmap, offset)| {
         usize::try_from(offset).is_ok_and(|offset| bitmap.dirty_at(offset))
     })

@@ -82,11 +82,16 @@ pub(crate) struct MmioTransport {
     pub(crate) interrupt_status: u32,
     pub(crate) config_generation: u32,
     pub(crate) queue_sel: u32,
-    pub(crate) queue: QueueSlot,
+    /// The device's virtqueues, by index (virtio-blk: one; virtio-net: rx, tx).
+    pub(crate) queues: Vec<QueueSlot>,
 }
 
 impl MmioTransport {
-    pub(crate) fn new(device_id: u32, device_features: u64, queue: QueueSlot) -> MmioTransport {
+    pub(crate) fn new(
+        device_id: u32,
+        device_features: u64,
+        queues: Vec<QueueSlot>,
+    ) -> MmioTransport {
         MmioTransport {
             device_id,
             device_features,
@@ -97,7 +102,7 @@ impl MmioTransport {
             interrupt_status: 0,
             config_generation: 0,
             queue_sel: 0,
-            queue,
+            queues,
         }
     }
 
@@ -109,7 +114,9 @@ impl MmioTransport {
         self.status = 0;
         self.interrupt_status = 0;
         self.queue_sel = 0;
-        self.queue.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
     }
 
     /// Whether the driver finished initialisation and the device may run.
@@ -151,15 +158,15 @@ impl MmioTransport {
                 1 => high(self.device_features),
                 _ => 0,
             },
-            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected(u32::from(QUEUE_SIZE_MAX)),
-            VIRTIO_MMIO_QUEUE_NUM => self.selected(u32::from(self.queue.num)),
-            VIRTIO_MMIO_QUEUE_READY => self.selected(u32::from(self.queue.queue.ready())),
-            VIRTIO_MMIO_QUEUE_DESC_LOW => self.selected(low(self.queue.desc)),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.selected(high(self.queue.desc)),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.selected(low(self.queue.avail)),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.selected(high(self.queue.avail)),
-            VIRTIO_MMIO_QUEUE_USED_LOW => self.selected(low(self.queue.used)),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => self.selected(high(self.queue.used)),
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected(|_| u32::from(QUEUE_SIZE_MAX)),
+            VIRTIO_MMIO_QUEUE_NUM => self.selected(|q| u32::from(q.num)),
+            VIRTIO_MMIO_QUEUE_READY => self.selected(|q| u32::from(q.queue.ready())),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => self.selected(|q| low(q.desc)),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.selected(|q| high(q.desc)),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.selected(|q| low(q.avail)),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.selected(|q| high(q.avail)),
+            VIRTIO_MMIO_QUEUE_USED_LOW => self.selected(|q| low(q.used)),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => self.selected(|q| high(q.used)),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
             VIRTIO_MMIO_STATUS => self.status,
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
@@ -200,9 +207,9 @@ impl MmioTransport {
             VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
             VIRTIO_MMIO_QUEUE_NUM => {
-                if self.queue_setup_allowed("QueueNum") {
+                if let Some(q) = self.setup_slot("QueueNum") {
                     // Out-of-range values are kept and refused at QueueReady.
-                    self.queue.num = u16::try_from(value).unwrap_or(0);
+                    q.num = u16::try_from(value).unwrap_or(0);
                 }
             }
             VIRTIO_MMIO_QUEUE_DESC_LOW => self.set_queue_addr(|q| &mut q.desc, value, false),
@@ -223,14 +230,16 @@ impl MmioTransport {
         Action::None
     }
 
-    /// A register value of the selected queue (the device has queue 0 only;
-    /// other queues read as absent, QueueNumMax 0).
-    fn selected(&self, value: u32) -> u32 {
-        if self.queue_sel == 0 {
-            value
-        } else {
-            0
-        }
+    /// A register value of the selected queue; queues the device does not
+    /// have read as absent (QueueNumMax 0).
+    fn selected(&self, value: impl Fn(&QueueSlot) -> u32) -> u32 {
+        self.selected_slot().map_or(0, value)
+    }
+
+    fn selected_slot(&self) -> Option<&QueueSlot> {
+        usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| self.queues.get(i))
     }
 
     fn write_driver_features(&mut self, value: u32) {
@@ -254,31 +263,36 @@ impl MmioTransport {
         }
     }
 
-    /// Queue setup registers may change only for queue 0, before it is ready
-    /// and before the device was started.
-    fn queue_setup_allowed(&self, what: &str) -> bool {
-        if self.queue_sel != 0 {
+    /// The selected queue, if its setup registers may change: a queue the
+    /// device has, before it is ready and before the device was started.
+    fn setup_slot(&mut self, what: &str) -> Option<&mut QueueSlot> {
+        let started = self.status & STATUS_DRIVER_OK != 0;
+        let sel = self.queue_sel;
+        let Some(q) = usize::try_from(sel)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i))
+        else {
             debug!(
-                queue = self.queue_sel,
+                queue = sel,
                 what, "virtio-mmio: setup of a queue that does not exist"
             );
-            false
-        } else if self.queue.queue.ready() || self.status & STATUS_DRIVER_OK != 0 {
+            return None;
+        };
+        if q.queue.ready() || started {
             warn!(
                 what,
                 "virtio-mmio: queue setup changed while the queue runs, ignored"
             );
-            false
-        } else {
-            true
+            return None;
         }
+        Some(q)
     }
 
     fn set_queue_addr(&mut self, field: fn(&mut QueueSlot) -> &mut u64, value: u32, high: bool) {
-        if !self.queue_setup_allowed("queue address") {
+        let Some(q) = self.setup_slot("queue address") else {
             return;
-        }
-        let slot = field(&mut self.queue);
+        };
+        let slot = field(q);
         *slot = if high {
             (*slot & 0xffff_ffff) | (u64::from(value) << 32)
         } else {
@@ -287,23 +301,27 @@ impl MmioTransport {
     }
 
     fn write_queue_ready(&mut self, value: u32, mem: &GuestMem) -> Action {
-        if self.queue_sel != 0 {
-            return Action::None;
-        }
-        if value == 0 {
-            self.queue.queue.set_ready(false);
-            return Action::None;
-        }
-        if self.queue.queue.ready() {
-            return Action::None;
-        }
         let event_idx = self.acked_features() & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        match self.queue.activate(mem, event_idx) {
+        let sel = self.queue_sel;
+        let Some(q) = usize::try_from(sel)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i))
+        else {
+            return Action::None;
+        };
+        if value == 0 {
+            q.queue.set_ready(false);
+            return Action::None;
+        }
+        if q.queue.ready() {
+            return Action::None;
+        }
+        match q.activate(mem, event_idx) {
             Ok(()) => {
-                debug!(size = self.queue.num, "virtio-mmio: queue 0 ready");
+                debug!(queue = sel, size = q.num, "virtio-mmio: queue ready");
                 Action::None
             }
-            Err(reason) => Action::Fault(format!("queue 0 setup refused: {reason}")),
+            Err(reason) => Action::Fault(format!("queue {sel} setup refused: {reason}")),
         }
     }
 

@@ -1,8 +1,10 @@
 //! virtio devices over the virtio-mmio transport (version 2, "modern").
 //!
-//! One device for now: [`VirtioBlk`], a virtio-blk disk with one split
-//! virtqueue, backed by any [`BlockBackend`](crate::devices::block::BlockBackend).
-//! It implements [`MmioDevice`](crate::devices::MmioDevice): the VMM puts it on
+//! Two devices: [`VirtioBlk`], a virtio-blk disk with one split virtqueue,
+//! backed by any [`BlockBackend`](crate::devices::block::BlockBackend), and
+//! [`VirtioNet`], a NIC with a receive and a transmit queue, backed by any
+//! [`NetBackend`](crate::devices::net::NetBackend) (a host TAP in practice).
+//! Each implements [`MmioDevice`](crate::devices::MmioDevice): the VMM puts it on
 //! the MMIO bus in a window of [`MMIO_WINDOW_SIZE`] bytes and registers its
 //! interrupt [`EventFd`](vmm_sys_util::eventfd::EventFd) as a KVM irqfd.
 //!
@@ -11,6 +13,8 @@
 //! - `queue` — validating the driver's queue setup; queue state for snapshots.
 //! - `request` — parsing one descriptor chain into a block request and running it.
 //! - `blk` — the device: config space, notify handling, stats.
+//! - `frame` — gathering a transmit chain, scattering a received frame.
+//! - `net` — the NIC: config space, security policy, receive thread, state.
 //! - `state` — [`VirtioBlkState`], the serialisable device state.
 //! - `fuzz` — the fuzz harness and a bench driver, shared by the cargo-fuzz
 //!   target, a proptest and the benches (feature `test-utils`).
@@ -62,9 +66,13 @@
 //! ```
 
 mod blk;
+mod frame;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fuzz;
 mod mmio;
+mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod net_fuzz;
 mod queue;
 mod request;
 mod state;
@@ -72,6 +80,11 @@ mod state;
 mod tests;
 
 pub use blk::{VirtioBlk, VirtioBlkConfig, VirtioBlkStats};
+pub use frame::{RxError, TxError, FRAME_MAX_BYTES, FRAME_MIN_BYTES, NET_HDR_LEN};
+pub use net::{
+    rarp_announce, NetPolicy, NetWorker, VirtioNet, VirtioNetConfig, VirtioNetState,
+    VirtioNetStats, FRAMES_PER_ROUND, RX_QUEUE, TX_QUEUE,
+};
 pub use state::{VirtioBlkState, VirtioQueueState};
 
 /// Size of a virtio-mmio device's window on the MMIO bus.
@@ -101,11 +114,14 @@ pub enum VirtioError {
         len: usize,
     },
     /// A saved state does not describe a device this build can restore.
-    #[error("invalid virtio-blk state: {reason}")]
+    #[error("invalid virtio device state: {reason}")]
     InvalidState {
         /// What is wrong with it.
         reason: String,
     },
+    /// The device's own eventfd could not be made.
+    #[error("create the device's eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
     /// A saved state names a disk size other than the backend's.
     #[error("virtio-blk state has {saved} sectors but the backend has {backend}")]
     CapacityMismatch {

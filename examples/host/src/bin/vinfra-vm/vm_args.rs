@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use clap::Args;
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
+use vinfra_host::vswitch::{Switch, SwitchConfig};
 use vinfra_vmfs::MountOptions;
-use vinfra_vmm_core::{CpuidMask, DiskConfig, SerialInputSource, SerialOutput, VmConfig};
+use vinfra_vmm_core::{
+    CpuidMask, DiskConfig, MacAddr, NetConfig, SerialInputSource, SerialOutput, VmConfig,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
@@ -29,6 +32,17 @@ pub struct VmArgs {
     /// A virtio-blk disk in a file: PATH or PATH,ro (repeatable).
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
+    /// A virtio-net NIC (repeatable): on a host TAP device (created if missing; needs
+    /// CAP_NET_ADMIN; bring it up and address it or bridge it yourself),
+    /// `TAP[,mac=MAC]`, or on a port group of the host's switch (`--switch`),
+    /// `portgroup=NAME[,mac=MAC]`, through a TAP made for it, up on the port group's
+    /// bridge, deleted on exit. Without a MAC, one is derived from the TAP's name.
+    #[arg(long = "net", value_name = "TAP|portgroup=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+    /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, peers),
+    /// applied idempotently before the VM starts; needed by `--net portgroup=…`.
+    #[arg(long)]
+    pub switch: Option<PathBuf>,
     /// A JSON VmConfig; the flags above override its fields.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -61,6 +75,28 @@ pub struct Built {
     /// The mounted volume (heartbeat running), when there are vmfs disks.
     pub host: Option<MountedHost>,
     pub vmfs_disks: Vec<Arc<VmfsDiskBackend>>,
+    /// TAPs made on port groups, deleted when the VM's process is done with them.
+    #[allow(dead_code, reason = "held for its Drop, which deletes the TAPs")]
+    pub ports: SwitchPorts,
+}
+
+/// The TAPs `--net portgroup=…` made; dropping deletes them.
+#[derive(Default)]
+pub struct SwitchPorts {
+    switch: Option<Switch>,
+    taps: Vec<String>,
+}
+
+impl Drop for SwitchPorts {
+    fn drop(&mut self) {
+        if let Some(sw) = &self.switch {
+            for tap in &self.taps {
+                if let Err(e) = sw.delete_port(tap) {
+                    tracing::warn!(tap, error = %e, "delete port");
+                }
+            }
+        }
+    }
 }
 
 /// Whether the vmfs disks are opened (locked) now or left for a migration to take.
@@ -68,6 +104,27 @@ pub struct Built {
 pub enum DiskLocks {
     Take,
     Detached,
+}
+
+/// `TAP[,mac=MAC]` into a NIC.
+pub fn parse_net(spec: &str) -> Result<NetConfig, String> {
+    let mut parts = spec.split(',');
+    let tap = parts.next().unwrap_or_default();
+    let mut mac = None;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mac", m)) => mac = Some(m.parse::<MacAddr>().map_err(|e| e.to_string())?),
+            _ => return Err(format!("net option {opt:?} is not mac=MAC")),
+        }
+    }
+    // FNV-1a of the name: the same TAP gets the same MAC every run.
+    let derived = || {
+        let h = tap.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        MacAddr::local(h)
+    };
+    Ok(NetConfig::tap(tap, mac.unwrap_or_else(derived)))
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
@@ -112,6 +169,37 @@ impl VmArgs {
         for d in &a.disks {
             cfg.disks.push(parse_disk(d)?);
         }
+        let mut ports = SwitchPorts::default();
+        if let Some(p) = &a.switch {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))?;
+            let sc: SwitchConfig =
+                serde_json::from_str(&text).map_err(|e| format!("parse {}: {e}", p.display()))?;
+            let sw = sc.validate().map_err(|e| e.to_string())?;
+            sw.apply().map_err(|e| e.to_string())?;
+            ports.switch = Some(sw);
+        }
+        for (i, n) in a.nets.iter().enumerate() {
+            match n.strip_prefix("portgroup=") {
+                Some(rest) => {
+                    let (pg, opts) = rest.split_once(',').unwrap_or((rest, ""));
+                    let sw = ports
+                        .switch
+                        .as_ref()
+                        .ok_or("--net portgroup=… needs --switch")?;
+                    let tap = format!("vp{}n{i}", std::process::id() % 10_000_000);
+                    sw.create_port(pg, &tap).map_err(|e| e.to_string())?;
+                    ports.taps.push(tap.clone());
+                    let spec = if opts.is_empty() {
+                        tap
+                    } else {
+                        format!("{tap},{opts}")
+                    };
+                    cfg.nets.push(parse_net(&spec)?);
+                }
+                None => cfg.nets.push(parse_net(n)?),
+            }
+        }
         cfg.cpuid_hidden.extend(a.hide_cpuid);
         cfg.page_sharing |= a.page_sharing;
         cfg.serial_output = SerialOutput::Stdio;
@@ -148,6 +236,24 @@ impl VmArgs {
             config: cfg,
             host,
             vmfs_disks,
+            ports,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_specs_parse_and_bad_ones_say_what() {
+        let n = parse_net("tap0,mac=52:54:00:00:00:07").unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", MacAddr::local(7)));
+        // The derived MAC is stable and unicast.
+        let a = parse_net("tap1").unwrap();
+        assert_eq!(a.mac, parse_net("tap1").unwrap().mac);
+        assert!(!a.mac.is_multicast());
+        assert!(parse_net("tap0,mac=52:54").unwrap_err().contains("bad MAC"));
+        assert!(parse_net("tap0,speed=10").unwrap_err().contains("speed=10"));
     }
 }

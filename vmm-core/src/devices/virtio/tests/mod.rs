@@ -258,6 +258,7 @@ fn needs_reset(dev: &mut VirtioBlk) -> bool {
 }
 
 mod bad_input;
+mod net;
 mod properties;
 mod requests;
 mod state;

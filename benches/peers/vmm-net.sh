@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# virtio-net, ours (target/release/vinfra-vm) vs QEMU microvm (-netdev tap, user-space
+# virtio-net: no vhost here), with the same `net` test guest, on the same persistent TAP in
+# a network namespace this script makes and removes. RUNS runs each, alternating. Measured
+# from the namespace (the host side of the TAP):
+#   - UDP echo round trip: ECHOES sequential 64-byte requests to the guest's echo port;
+#     median and p99 in microseconds;
+#   - host -> guest: a burst of COUNT UDP datagrams of 64 and of 1400 bytes to the guest's
+#     sink port, then END; the guest counts what arrived and times it (first datagram to
+#     END, TSC): packets/s and MB/s received;
+#   - guest -> host: the guest sends COUNT datagrams (net.source) as fast as its queue
+#     allows; the host counts what arrived and times it (first to last): packets/s, MB/s.
+# Last lines: `<metric>: ours=<v> peer=<v> ratio=<ours/peer>` (medians over the runs).
+#
+# usage: benches/peers/vmm-net.sh   (as root; RUNS=3 ECHOES=1000 COUNT=5000; see lib.sh)
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RUNS="${RUNS:-3}"
+ECHOES="${ECHOES:-1000}"
+COUNT="${COUNT:-5000}"
+[[ "$(id -u)" == 0 ]] || die "needs root (network namespace, TAP)"
+command -v ip >/dev/null 2>&1 || die "ip not found: apt-get install -y iproute2"
+peers_need_qemu
+peers_kit
+peers_ours
+[[ -n "$OURS" ]] || die "our VMM is needed for this comparison"
+
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" >"$out" <<'PY'
+import ctypes, os, socket, statistics, subprocess, sys, time
+
+ours, qemu, elf, runs, echoes, count = sys.argv[1:4] + [int(x) for x in sys.argv[4:7]]
+ns, tap = f"vnbench{os.getpid()}", "vtbench0"
+host_ip, guest_ip, mac = "10.96.0.1", "10.96.0.2", "52:54:00:00:00:42"
+
+
+def sh(*a):
+    subprocess.run(a, check=True, stdin=subprocess.DEVNULL)
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+sh("ip", "netns", "add", ns)
+try:
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+    if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, 0x40000000) != 0:
+        sys.exit("setns failed")
+    # From here on this process and its children live in the namespace.
+    sh("ip", "link", "set", "lo", "up")
+    sh("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+    sh("ip", "addr", "add", f"{host_ip}/24", "dev", tap)
+    sh("ip", "link", "set", tap, "up")
+
+    def vmm(kind, cmdline):
+        if kind == "ours":
+            cmd = [ours, "run", "--kernel", elf, "--memory-mib", "16", "--vcpus", "1",
+                   "--cmdline", cmdline, "--net", f"{tap},mac={mac}"]
+        else:
+            cmd = [qemu, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host,-arch-capabilities",
+                   "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+                   "-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                   "-global", "virtio-mmio.force-legacy=false",
+                   "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                   "-device", f"virtio-net-device,netdev=n0,mac={mac}",
+                   "-kernel", elf, "-append", cmdline]
+        logf = open(f"/tmp/{ns}-{kind}.out", "w+")
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.DEVNULL)
+        return p, logf
+
+    def wait_line(logf, prefix, timeout, start=0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            logf.seek(start)
+            # Only whole lines: the VMM may be in the middle of writing one.
+            for line in logf.read().split("\n")[:-1]:
+                if line.startswith(prefix):
+                    return line
+            time.sleep(0.01)
+        return None
+
+    def stop(p, logf):
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        logf.close()
+
+    def fields(line):
+        return {k: float(v) for k, v in (w.split("=") for w in line.split()[1:])}
+
+    def one(kind):
+        r = {}
+        p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1")
+        try:
+            if not wait_line(logf, "NET-READY", 10):
+                log(f"{kind}: no NET-READY")
+                return r
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(0.5)
+            s.connect((guest_ip, 7))
+            rtts = []
+            for i in range(echoes + 50):
+                t0 = time.perf_counter_ns()
+                s.send(b"x" * 64)
+                try:
+                    s.recv(2048)
+                except socket.timeout:
+                    continue
+                if i >= 50:
+                    rtts.append((time.perf_counter_ns() - t0) / 1000)
+            if rtts:
+                rtts.sort()
+                r["udp_rtt_median_us"] = statistics.median(rtts)
+                r["udp_rtt_p99_us"] = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+            for size in (64, 1400):
+                logf.seek(0, 2)
+                mark = logf.tell()
+                sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sink.connect((guest_ip, 9))
+                payload = b"y" * size
+                for _ in range(count):
+                    try:
+                        sink.send(payload)
+                    except OSError:
+                        pass
+                # END may meet a full TAP queue: repeat it until the guest reports.
+                line = None
+                for _ in range(20):
+                    time.sleep(0.05)
+                    sink.send(b"END")
+                    line = wait_line(logf, "NET-SINK", 0.25, mark)
+                    if line:
+                        break
+                if line:
+                    f = fields(line)
+                    if f["us"] > 0:
+                        r[f"h2g_{size}_pps"] = f["packets"] / f["us"] * 1e6
+                        r[f"h2g_{size}_mb_s"] = f["bytes"] / f["us"]
+                    log(f"{kind} h2g {size}: {line}")
+        finally:
+            stop(p, logf)
+        for size in (64, 1400):
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.bind((host_ip, 9000))
+            rx.settimeout(2.0)
+            p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{count}:{size}")
+            got, nbytes, first, last = 0, 0, None, None
+            try:
+                while True:
+                    try:
+                        data = rx.recv(2048)
+                    except socket.timeout:
+                        break
+                    now = time.perf_counter()
+                    if data.startswith(b"END"):
+                        break
+                    first = first or now
+                    last = now
+                    got += 1
+                    nbytes += len(data)
+                line = wait_line(logf, "NET-SOURCE", 2)
+                log(f"{kind} g2h {size}: received {got} of {count}; guest: {line}")
+                if got > 1 and last > first:
+                    r[f"g2h_{size}_pps"] = got / (last - first)
+                    r[f"g2h_{size}_mb_s"] = nbytes / (last - first) / 1e6
+            finally:
+                stop(p, logf)
+                rx.close()
+        return r
+
+    results = {"ours": [], "peer": []}
+    for i in range(runs):
+        for kind in ("ours", "peer"):
+            r = one(kind)
+            log(f"run {i + 1} {kind}: " + " ".join(f"{k}={v:.1f}" for k, v in r.items()))
+            results[kind].append(r)
+    metrics = ["udp_rtt_median_us", "udp_rtt_p99_us"] + [
+        f"{d}_{s}_{u}" for d in ("h2g", "g2h") for s in (64, 1400) for u in ("pps", "mb_s")]
+    for m in metrics:
+        vals = {k: [r[m] for r in results[k] if m in r] for k in results}
+        med = {k: (statistics.median(v) if v else None) for k, v in vals.items()}
+        print(m, med["ours"] if med["ours"] is not None else "n/a",
+              med["peer"] if med["peer"] is not None else "n/a")
+finally:
+    subprocess.run(["ip", "netns", "del", ns], stdin=subprocess.DEVNULL)
+    for kind in ("ours", "peer"):
+        try:
+            os.unlink(f"/tmp/{ns}-{kind}.out")
+        except OSError:
+            pass
+PY
+while read -r metric o p; do
+    fmt() { [[ "$1" == n/a ]] && echo n/a || printf '%.2f' "$1"; }
+    report "$metric" "$(fmt "$o")" "$(fmt "$p")"
+done <"$out"
