@@ -28,7 +28,7 @@ pub enum Next {
     Switchover,
 }
 
-/// Rounds smaller than this do not update the bandwidth estimate (too short to time).
+/// Rounds smaller than this can only raise the bandwidth estimate (too short to time).
 const MIN_TIMED_BYTES: u64 = 1 << 20;
 /// First throttle step and each step after it, percent; and the ceiling (QEMU's defaults).
 const THROTTLE_INITIAL: u8 = 20;
@@ -102,9 +102,16 @@ impl Convergence {
     /// does.
     pub fn after_round(&mut self, f: RoundFigures) -> Next {
         let ms = f.ms.max(0.001);
-        if f.bytes >= MIN_TIMED_BYTES || self.bandwidth_bytes_per_ms.is_none() {
-            self.bandwidth_bytes_per_ms = Some(f.bytes as f64 / ms);
-        }
+        let rate = f.bytes as f64 / ms;
+        self.bandwidth_bytes_per_ms = Some(match self.bandwidth_bytes_per_ms {
+            // A short round's time is mostly fixed costs (the dirty log, a round 0 that
+            // scanned mostly zero pages): its rate is a lower bound on the link's, so it
+            // can raise the estimate but not lower it. Otherwise a small guest's slow
+            // round 0 left an estimate so low that a dozen dirty pages seemed not to fit
+            // the downtime, and the source throttled the guest round after round.
+            Some(bw) if f.bytes < MIN_TIMED_BYTES => bw.max(rate),
+            _ => rate,
+        });
         self.dirty_pages_per_ms = f.dirtied as f64 / ms;
         if self.expected_ms(f.dirtied) <= self.downtime_ms_max as f64
             || f.round + 1 >= self.rounds_max
@@ -208,6 +215,26 @@ mod tests {
             c.after_round(figures(0, 100_000_000, 100.0, 8000)),
             Next::Round { throttle: 0 }
         );
+    }
+
+    #[test]
+    fn a_slow_small_round_0_does_not_keep_a_few_dirty_pages_from_switching_over() {
+        let mut c = Convergence::new(30, 30, true);
+        // A small guest: round 0 sent 100 kB in 100 ms (mostly zero pages scanned).
+        assert_eq!(
+            c.after_round(figures(0, 100_000, 100.0, 200)),
+            Next::Round { throttle: 0 }
+        );
+        // 11 pages in half a millisecond: the link is far faster than round 0 said.
+        assert_eq!(
+            c.after_round(figures(1, 11 * PAGE_SIZE as u64, 0.5, 11)),
+            Next::Switchover
+        );
+        // A long round still sets the estimate, down as well as up.
+        let mut c = Convergence::new(30, 30, true);
+        c.after_round(figures(0, 100_000_000, 100.0, 1 << 20));
+        c.after_round(figures(1, 10_000_000, 100.0, 1 << 20));
+        assert_eq!(c.bandwidth_bytes_per_ms(), Some(100_000.0));
     }
 
     #[test]
