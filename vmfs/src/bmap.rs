@@ -148,6 +148,11 @@ impl IndBlocks {
         }
     }
 
+    /// Every pointer of loaded block `blk`, if it is loaded.
+    pub fn ptrs(&self, blk: u32) -> Option<&[u32]> {
+        self.map.get(&blk).map(|e| e.ptrs.as_slice())
+    }
+
     /// Forgets block `blk` (it was freed).
     pub fn remove(&mut self, blk: u32) {
         self.map.remove(&blk);
@@ -394,15 +399,20 @@ pub(crate) struct IndCache {
 }
 
 impl IndCache {
-    /// Every pointer of indirect block `blk` (loaded, decoded and checked once).
-    pub fn block(
-        &mut self,
+    /// Every pointer of indirect block `blk` (loaded, decoded and checked once). A block
+    /// in `over` (the file's deferred changes, not yet on the volume) comes from there.
+    pub fn block<'s>(
+        &'s mut self,
+        over: Option<&'s IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         blk: u32,
         ino: u32,
         level: u8,
-    ) -> Result<&[u32]> {
+    ) -> Result<&'s [u32]> {
+        if let Some(p) = over.and_then(|o| o.ptrs(blk)) {
+            return Ok(p);
+        }
         if !self.map.contains_key(&blk) {
             let (_, p) = read_indirect(dev, bs, blk, ino, level)?;
             if self.map.len() > 4096 {
@@ -464,10 +474,12 @@ impl RunCache {
     }
 
     /// `(physical block, blocks left in its run)` of file block `f`; a hole is block 0.
-    /// Indirect blocks come from `dev` (block size `bs`) through `ind` on a miss.
+    /// Indirect blocks come from `over` (deferred changes) or else from `dev` (block size
+    /// `bs`) through `ind` on a miss.
     pub fn lookup(
         &mut self,
         ind: &mut IndCache,
+        over: Option<&IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         ino: &Inode,
@@ -476,7 +488,7 @@ impl RunCache {
         if let Some(hit) = self.find(f) {
             return Ok(hit);
         }
-        self.fill(ind, dev, bs, ino, f)?;
+        self.fill(ind, over, dev, bs, ino, f)?;
         self.find(f)
             .ok_or_else(|| Error::corrupt("block map", format!("block {f} not mapped")))
     }
@@ -484,6 +496,7 @@ impl RunCache {
     fn fill(
         &mut self,
         ind: &mut IndCache,
+        over: Option<&IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         ino: &Inode,
@@ -515,7 +528,7 @@ impl RunCache {
                         break;
                     }
                     if level == 1 {
-                        let ptrs = ind.block(dev, bs, blk, ino.ino, 1)?;
+                        let ptrs = ind.block(over, dev, bs, blk, ino.ino, 1)?;
                         push_ptrs(&mut new, start, ptrs);
                         let got = ptrs.len() as u64;
                         if got < size {
@@ -530,7 +543,7 @@ impl RunCache {
                         break;
                     }
                     blk = ind
-                        .block(dev, bs, blk, ino.ino, level)?
+                        .block(over, dev, bs, blk, ino.ino, level)?
                         .get(i)
                         .copied()
                         .unwrap_or(0);
@@ -690,7 +703,7 @@ mod tests {
         }
         let (mut runs, mut cache) = (RunCache::default(), IndCache::default());
         for (k, &f) in files.iter().enumerate() {
-            let (p, _) = runs.lookup(&mut cache, &s.dev, bs, &ino, f).unwrap();
+            let (p, _) = runs.lookup(&mut cache, None, &s.dev, bs, &ino, f).unwrap();
             assert_eq!(p, 500 + k as u64);
         }
 

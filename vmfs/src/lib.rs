@@ -62,6 +62,7 @@ pub mod locks;
 // namespace and recovery, the `Volume` facade, virtual disks on top of it.
 pub mod bmap;
 mod file;
+mod gather;
 mod journal;
 mod mount;
 mod namespace;

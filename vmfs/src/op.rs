@@ -2,7 +2,7 @@
 //! commit as one journal transaction, and the allocation, block-map and directory logic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::MutexGuard;
+use std::sync::{MutexGuard, TryLockError};
 
 use crate::bmap::{self, IndBlocks, MapStore};
 use crate::device::BlockDevice;
@@ -11,6 +11,7 @@ use crate::format::{
     decode_dir, encode_dir, valid_name, ClusterBlock, DirEntry, Geometry, Inode, Kind, LockMode,
     INODES_PER_GROUP, SECTOR,
 };
+use crate::gather::Gathered;
 use crate::journal::{diff_records, JournalState};
 use crate::mount::{lock_mutex, Shared};
 
@@ -36,6 +37,11 @@ pub(crate) struct Op<'a> {
     cluster_orig: HashMap<u32, Vec<u8>>,
     freed: HashSet<u32>,
     committed: bool,
+    /// The transaction links data blocks written before it: flush them first, so that it
+    /// never becomes durable without them (a crash would expose stale data).
+    links_data: bool,
+    /// When the deferred changes it carries were started (see `gather`).
+    gathered_since: Option<u64>,
 }
 
 fn metadata_timeout(sh: &Shared) -> u64 {
@@ -45,9 +51,24 @@ fn metadata_timeout(sh: &Shared) -> u64 {
 impl<'a> Op<'a> {
     pub fn begin(sh: &'a Shared) -> Result<Op<'a>> {
         sh.check_lease()?;
-        let j = lock_mutex(&sh.meta);
+        Ok(Op::with(sh, lock_mutex(&sh.meta)))
+    }
+
+    /// Like [`Op::begin`], but `None` when another operation of this host is running (for
+    /// the heartbeat thread, which must never wait for one) or the lease is gone.
+    pub fn try_begin(sh: &'a Shared) -> Option<Op<'a>> {
+        sh.check_lease().ok()?;
+        let j = match sh.meta.try_lock() {
+            Ok(j) => j,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Op::with(sh, j))
+    }
+
+    fn with(sh: &'a Shared, j: MutexGuard<'a, JournalState>) -> Op<'a> {
         let geo = sh.geo();
-        Ok(Op {
+        Op {
             sh,
             j,
             geo,
@@ -60,13 +81,138 @@ impl<'a> Op<'a> {
             cluster_orig: HashMap::new(),
             freed: HashSet::new(),
             committed: false,
-        })
+            links_data: false,
+            gathered_since: None,
+        }
     }
+
+    /// This transaction links data blocks written before it (see `links_data`).
+    pub fn links_data(&mut self) {
+        self.links_data = true;
+    }
+
+    // ------------------------------------------------------------------ deferred allocation
+
+    /// Carries on with a file's parked change set (this operation must have none yet).
+    pub fn resume(&mut self, g: Gathered) {
+        debug_assert!(self.locks.is_empty() && self.recs.is_empty());
+        self.locks = g.locks;
+        self.recs = g.recs;
+        self.ind = g.ind;
+        self.clusters = g.clusters;
+        self.cluster_orig = g.cluster_orig;
+        self.gathered_since = Some(g.since_ms);
+        self.links_data = true;
+    }
+
+    /// Whether this operation carries a file's deferred changes.
+    pub fn carries_gathered(&self) -> bool {
+        self.gathered_since.is_some()
+    }
+
+    /// When the deferred changes this operation carries were started (`now` if none).
+    pub fn gathered_since(&self, now: u64) -> u64 {
+        self.gathered_since.unwrap_or(now)
+    }
+
+    /// Parks this operation's changes, uncommitted and with their locks, in a file (an
+    /// allocating write; no directory change or free can be parked).
+    pub fn suspend(mut self, now: u64) -> Gathered {
+        assert!(
+            self.dirs.values().all(|d| !d.dirty) && self.freed.is_empty(),
+            "only allocations are deferred"
+        );
+        let g = Gathered {
+            locks: std::mem::take(&mut self.locks),
+            recs: std::mem::take(&mut self.recs),
+            ind: std::mem::take(&mut self.ind),
+            clusters: std::mem::take(&mut self.clusters),
+            cluster_orig: std::mem::take(&mut self.cluster_orig),
+            since_ms: self.gathered_since(now),
+        };
+        self.committed = true;
+        g
+    }
+
+    /// Commits a parked change set as its own transaction and releases its locks. A
+    /// failure fences this host: the file's handle already showed those writes.
+    pub fn settle(&mut self, g: Gathered) -> Result<()> {
+        let mine = Gathered {
+            locks: std::mem::take(&mut self.locks),
+            recs: std::mem::take(&mut self.recs),
+            ind: std::mem::take(&mut self.ind),
+            clusters: std::mem::take(&mut self.clusters),
+            cluster_orig: std::mem::take(&mut self.cluster_orig),
+            since_ms: 0,
+        };
+        let links = std::mem::replace(&mut self.links_data, true);
+        let since = self.gathered_since.take();
+        self.locks = g.locks;
+        self.recs = g.recs;
+        self.ind = g.ind;
+        self.clusters = g.clusters;
+        self.cluster_orig = g.cluster_orig;
+        let r = self.commit_keep_locks().and_then(|()| {
+            for l in std::mem::take(&mut self.locks).into_iter().rev() {
+                self.sh.release(l)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = &r {
+            self.sh.poison(e);
+        }
+        self.locks = mine.locks;
+        self.recs = mine.recs;
+        self.ind = mine.ind;
+        self.clusters = mine.clusters;
+        self.cluster_orig = mine.cluster_orig;
+        self.links_data = links;
+        self.gathered_since = since;
+        r
+    }
+
+    /// Commits the parked change sets of this host's open files for which `pred` holds.
+    pub fn settle_gathered(&mut self, pred: &dyn Fn(&Gathered) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for g in self.sh.gatherers() {
+            if let Some(c) = g.take_if(pred) {
+                self.settle(c)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Commits what this operation carries now (deferred changes included) and releases
+    /// its cluster locks, keeping the rest: the journal needs room.
+    pub fn commit_now(&mut self) -> Result<()> {
+        self.commit_keep_locks()?;
+        self.gathered_since = None;
+        self.release_clusters()
+    }
+
+    /// Gives back blocks this operation allocated and has not linked (their data could not
+    /// be written).
+    pub fn unalloc(&mut self, blocks: &[u32]) {
+        for &b in blocks {
+            if let Some((c, i)) = self.geo.block_cluster(b) {
+                if let Some((cl, _)) = self.clusters.get_mut(&c) {
+                    cl.set(i, false);
+                }
+            }
+        }
+    }
+
 
     /// Takes a short-term exclusive metadata lock, waiting out a dead holder's lease.
     pub fn lock(&mut self, idx: u64, what: &str) -> Result<()> {
         if self.locks.contains(&idx) {
             return Ok(());
+        }
+        if lock_mutex(&self.sh.locks).held.contains_key(&idx) {
+            // Held by this host: perhaps for an open file's deferred allocations, which
+            // are committed now rather than waited for.
+            self.settle_gathered(&|g| g.holds(idx))?;
         }
         self.sh
             .acquire_wait(idx, LockMode::Exclusive, what, metadata_timeout(self.sh))?;
@@ -137,8 +283,15 @@ impl<'a> Op<'a> {
                 format!("number {ino} out of range"),
             ));
         }
-        if let Some(b) = self.recs.get(&self.geo.inode_at(ino)) {
+        let off = self.geo.inode_at(ino);
+        if let Some(b) = self.recs.get(&off) {
             return Inode::decode(b, ino);
+        }
+        // An open file of this host may have deferred its size and map changes.
+        for g in self.sh.gatherers() {
+            if let Some(b) = g.parked_record(off) {
+                return Inode::decode(&b, ino);
+            }
         }
         Inode::decode(&self.sh.read(self.geo.inode_at(ino), SECTOR)?, ino)
     }
@@ -258,6 +411,10 @@ impl<'a> Op<'a> {
             }
             if !out.is_empty() {
                 return Ok(out);
+            }
+            // Open files' deferred allocations hold clusters that may have room.
+            if self.settle_gathered(&|_| true)? > 0 {
+                continue;
             }
             if !self.j.freed.is_empty() {
                 // Blocks freed since the last checkpoint become usable after one.
@@ -475,6 +632,13 @@ impl<'a> Op<'a> {
         if recs.is_empty() {
             return Ok(());
         }
+        if std::mem::take(&mut self.links_data) {
+            if let Err(e) = self.sh.check_lease().and_then(|()| self.sh.dev.flush()) {
+                // The handle shows these blocks mapped; none of it may be undone now.
+                self.sh.poison(&e);
+                return Err(e);
+            }
+        }
         match self.sh.journal().commit(&mut self.j, recs) {
             Ok(()) => {
                 let freed = std::mem::take(&mut self.freed);
@@ -514,6 +678,29 @@ impl<'a> Op<'a> {
             self.sh.release(l)?;
         }
         Ok(())
+    }
+}
+
+/// Commits the deferred allocations of this host's open files that are a quarter lease
+/// old, unless an operation is running (called by the heartbeat): another host waiting
+/// for one of their cluster locks then waits at most that long for a writer gone quiet.
+pub(crate) fn settle_stale(sh: &Shared) {
+    let now = sh.now();
+    let stale = |since: u64| now >= since + sh.lease_ms / 4;
+    let any = sh
+        .gatherers()
+        .iter()
+        .any(|g| g.gathered_since().is_some_and(stale));
+    if !any {
+        return;
+    }
+    if let Some(mut op) = Op::try_begin(sh) {
+        if let Err(e) = op
+            .settle_gathered(&|g| stale(g.since_ms))
+            .and_then(|_| op.finish())
+        {
+            tracing::warn!(host = sh.host, "committing deferred allocations: {e}");
+        }
     }
 }
 
