@@ -274,8 +274,9 @@ impl File {
             if !holes.is_empty() {
                 let per_ind = ptrs_per_block(bs as usize) as u64;
                 let ind = (phys.len() as u64).div_ceil(per_ind) as usize + 3;
-                if op.carries_gathered() && op.room_blocks() < 12 + ind {
-                    // The journal needs room: commit what earlier calls deferred.
+                if op.carries_gathered() && op.room_blocks() < ind + 2 {
+                    // The journal needs room for this call's indirect blocks, a cluster
+                    // and the inode: commit what earlier calls deferred.
                     op.commit_now()?;
                 }
                 // Room left for cluster bitmaps once the indirect blocks are counted.

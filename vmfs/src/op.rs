@@ -203,7 +203,6 @@ impl<'a> Op<'a> {
         }
     }
 
-
     /// Takes a short-term exclusive metadata lock, waiting out a dead holder's lease.
     pub fn lock(&mut self, idx: u64, what: &str) -> Result<()> {
         if self.locks.contains(&idx) {
