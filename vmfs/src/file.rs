@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::bmap::{self, IndCache, RunCache};
 use crate::device::BlockDevice;
 use crate::error::{Error, ModeError, Result};
-use crate::format::{ptrs_per_block, Inode, LockMode};
+use crate::format::{ptrs_per_block, Inode, LockMode, SECTOR};
 use crate::gather::{Gathered, Gatherer};
 use crate::mount::{lock_mutex, Shared};
 use crate::op::Op;
@@ -272,15 +272,23 @@ impl File {
             let mut new_blocks = std::collections::HashSet::new();
             let mut got = Vec::new();
             if !holes.is_empty() {
+                // At most what this call adds to the transaction: the inode, the sectors
+                // of its pointers in at most `ind` indirect blocks (new indirect blocks go
+                // home with the data, not into the journal), and cluster bitmaps.
                 let per_ind = ptrs_per_block(bs as usize) as u64;
                 let ind = (phys.len() as u64).div_ceil(per_ind) as usize + 3;
-                if op.carries_gathered() && op.room_blocks() < ind + 2 {
-                    // The journal needs room for this call's indirect blocks, a cluster
-                    // and the inode: commit what earlier calls deferred.
+                let rec = SECTOR + 12;
+                let ptrs = (3 * ind + (phys.len() * 4).div_ceil(SECTOR)) * rec + rec;
+                let per_cluster = op.cluster_journal_bytes();
+                if op.carries_gathered()
+                    && op.pending_bytes() + ptrs + per_cluster > op.journal_cap()
+                {
+                    // The journal needs room: commit what earlier calls deferred.
                     op.commit_now()?;
                 }
-                // Room left for cluster bitmaps once the indirect blocks are counted.
-                let room = op.room_blocks().saturating_sub(9 + ind) / 2;
+                let room = op.journal_cap().saturating_sub(op.pending_bytes() + ptrs)
+                    / per_cluster.max(1)
+                    / 2;
                 got = match op.alloc(holes.len(), room.max(1)) {
                     Ok(g) => g,
                     Err(e) => return Err(self.park(op, e)),

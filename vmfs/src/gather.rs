@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::bmap::IndBlocks;
+use crate::bmap::{Changed, IndBlocks};
 use crate::format::ClusterBlock;
 
 /// One open file's change set, parked between write calls.
@@ -26,7 +26,7 @@ pub(crate) struct Gathered {
     /// Loaded indirect blocks, new and changed ones dirty.
     pub ind: IndBlocks,
     /// Loaded cluster blocks (changed: dirty) and their images on disk.
-    pub clusters: BTreeMap<u32, (ClusterBlock, bool)>,
+    pub clusters: BTreeMap<u32, (ClusterBlock, Changed)>,
     /// The cluster images on disk.
     pub cluster_orig: HashMap<u32, Vec<u8>>,
     /// When the first change was gathered (ms, this host's clock).

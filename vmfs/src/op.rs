@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{MutexGuard, TryLockError};
 
-use crate::bmap::{self, IndBlocks, MapStore};
+use crate::bmap::{self, Changed, IndBlocks, MapStore};
 use crate::device::BlockDevice;
 use crate::error::{Error, LockError, Result};
 use crate::format::{
@@ -33,7 +33,7 @@ pub(crate) struct Op<'a> {
     recs: BTreeMap<u64, Vec<u8>>,
     ind: IndBlocks,
     dirs: HashMap<u32, DirBlk>,
-    clusters: BTreeMap<u32, (ClusterBlock, bool)>,
+    clusters: BTreeMap<u32, (ClusterBlock, Changed)>,
     cluster_orig: HashMap<u32, Vec<u8>>,
     freed: HashSet<u32>,
     committed: bool,
@@ -196,8 +196,9 @@ impl<'a> Op<'a> {
     pub fn unalloc(&mut self, blocks: &[u32]) {
         for &b in blocks {
             if let Some((c, i)) = self.geo.block_cluster(b) {
-                if let Some((cl, _)) = self.clusters.get_mut(&c) {
+                if let Some((cl, ch)) = self.clusters.get_mut(&c) {
                     cl.set(i, false);
+                    ch.touch(cluster_byte(i), 1);
                 }
             }
         }
@@ -258,19 +259,30 @@ impl<'a> Op<'a> {
         self.recs.insert(off, bytes);
     }
 
-    /// Bytes the transaction would take now.
+    /// At most the bytes the transaction would take now (changed blocks count the
+    /// sectors that changed; new indirect blocks none when they go home before the commit).
     pub fn pending_bytes(&self) -> usize {
         let recs: usize = self.recs.values().map(|v| v.len() + 12).sum();
-        let dirty = self.ind.dirty_count()
-            + self.dirs.values().filter(|d| d.dirty).count()
-            + self.clusters.values().filter(|c| c.1).count();
-        recs + dirty * (self.bs + 12)
+        let dirs = self.dirs.values().filter(|d| d.dirty).count() * (self.bs + 12);
+        let clusters: usize = self.clusters.values().map(|c| c.1.journal_bytes()).sum();
+        recs + dirs + clusters + self.ind.journal_bytes(self.bs, self.links_data)
+    }
+
+    /// The most bytes one transaction may take.
+    pub fn journal_cap(&self) -> usize {
+        (self.geo.journal_blocks as usize - 1) * self.bs - 64
     }
 
     /// Blocks of room left in one transaction.
     pub fn room_blocks(&self) -> usize {
-        let cap = (self.geo.journal_blocks as usize - 1) * self.bs - 64;
-        cap.saturating_sub(self.pending_bytes()) / (self.bs + 12)
+        self.journal_cap().saturating_sub(self.pending_bytes()) / (self.bs + 12)
+    }
+
+    /// At most the journal bytes a change of one cluster's bitmap takes.
+    pub fn cluster_journal_bytes(&self) -> usize {
+        let mut c = Changed::default();
+        c.touch(0, cluster_byte(self.geo.bpc.saturating_sub(1)) + 1);
+        c.journal_bytes()
     }
 
     // ------------------------------------------------------------------ inodes
@@ -363,7 +375,7 @@ impl<'a> Op<'a> {
         }
         let b = self.sh.read(self.geo.cluster_at(c), self.bs)?;
         let cl = ClusterBlock::decode(&b, self.bs, c, self.geo.bpc)?;
-        self.clusters.insert(c, (cl, false));
+        self.clusters.insert(c, (cl, Changed::default()));
         self.cluster_orig.insert(c, b);
         Ok(())
     }
@@ -388,7 +400,7 @@ impl<'a> Op<'a> {
                     }
                     self.load_cluster(c)?;
                 }
-                let Some((cl, dirty)) = self.clusters.get_mut(&c) else {
+                let Some((cl, ch)) = self.clusters.get_mut(&c) else {
                     continue;
                 };
                 let mut took = false;
@@ -399,12 +411,12 @@ impl<'a> Op<'a> {
                     let b = (first + i as u64) as u32;
                     if !cl.is_set(i) && !self.freed.contains(&b) && !self.j.freed.contains(&b) {
                         cl.set(i, true);
+                        ch.touch(cluster_byte(i), 1);
                         out.push(b);
                         took = true;
                     }
                 }
                 if took {
-                    *dirty = true;
                     touched += 1;
                 }
             }
@@ -613,13 +625,13 @@ impl<'a> Op<'a> {
                 d.dirty = false;
             }
         }
-        for (c, (cl, dirty)) in self.clusters.iter_mut() {
-            if *dirty {
+        for (c, (cl, ch)) in self.clusters.iter_mut() {
+            if ch.is_dirty() {
                 let img = cl.encode(bs);
                 let orig = self.cluster_orig.get(c).map(Vec::as_slice);
                 diff_records(self.geo.cluster_at(*c), &img, orig, &mut self.recs);
                 self.cluster_orig.insert(*c, img);
-                *dirty = false;
+                ch.clear();
             }
         }
         Ok(std::mem::take(&mut self.recs).into_iter().collect())
@@ -627,6 +639,12 @@ impl<'a> Op<'a> {
 
     /// Commits what is pending as one transaction, keeping every lock.
     pub fn commit_keep_locks(&mut self) -> Result<()> {
+        if self.links_data {
+            // New indirect blocks go home now, with the data, before the flush below: like
+            // data blocks they are unreachable until the commit links them.
+            let (bs, dev) = (self.bs, self.sh.dev.as_ref());
+            self.ind.take_new(bs, |off, img| dev.write_at(img, off))?;
+        }
         let recs = self.collect()?;
         if recs.is_empty() {
             return Ok(());
@@ -680,6 +698,11 @@ impl<'a> Op<'a> {
     }
 }
 
+/// Byte of bit `i` in a cluster block image (the bitmap starts at byte 32).
+fn cluster_byte(i: u32) -> usize {
+    32 + i as usize / 8
+}
+
 /// Commits the deferred allocations of this host's open files that are a quarter lease
 /// old, unless an operation is running (called by the heartbeat): another host waiting
 /// for one of their cluster locks then waits at most that long for a writer gone quiet.
@@ -724,9 +747,9 @@ impl MapStore for Op<'_> {
             .ok_or_else(|| Error::corrupt("block map", format!("block {b} is not a data block")))?;
         self.lock(self.geo.cluster_lock(c), &format!("cluster {c}"))?;
         self.load_cluster(c)?;
-        if let Some((cl, dirty)) = self.clusters.get_mut(&c) {
+        if let Some((cl, ch)) = self.clusters.get_mut(&c) {
             cl.set(i, false);
-            *dirty = true;
+            ch.touch(cluster_byte(i), 1);
         }
         self.freed.insert(b);
         self.ind.remove(b);

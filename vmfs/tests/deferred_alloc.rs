@@ -291,3 +291,45 @@ fn other_hosts_see_deferred_writes_only_after_sync_and_local_frees_do_not_wait()
     let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
     assert!(r.is_clean(), "{:#?}", r.errors);
 }
+
+/// A long write without a sync, on a volume with a 3-block journal ring: the deferred
+/// change set would outgrow one transaction, so the write commits it when the journal
+/// needs room (and the volume stays consistent and complete).
+#[test]
+fn a_long_unsynced_write_commits_when_the_journal_needs_room() {
+    let dev = Arc::new(MemDevice::new(32 << 20));
+    Volume::mkfs(dev.as_ref(), &opts(4)).unwrap();
+    let counting = Arc::new(CountingDevice::new(dev.clone()));
+    let clock = Arc::new(ManualClock::new(0));
+    let a = Volume::mount(counting.clone(), 1, &MountOptions::default(), clock).unwrap();
+    let f = a.create("/f").unwrap();
+    let before = counting.counts()[3];
+    let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    for k in 0..128u64 {
+        f.write_at(&chunk, k * 65536).unwrap();
+    }
+    assert!(
+        counting.counts()[3] > before,
+        "8 MiB over 16 clusters do not fit one transaction of a 12 KiB ring"
+    );
+    f.close().unwrap();
+    a.unmount().unwrap();
+    let b = Volume::mount(
+        dev.clone(),
+        2,
+        &MountOptions::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .unwrap();
+    let f = b.open("/f", LockMode::SharedRead).unwrap();
+    assert_eq!(f.len(), 128 * 65536);
+    let mut back = vec![0u8; 65536];
+    for k in 0..128u64 {
+        f.read_at(&mut back, k * 65536).unwrap();
+        assert!(back == chunk, "chunk {k}");
+    }
+    drop(f);
+    b.unmount().unwrap();
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.errors);
+}
