@@ -421,7 +421,9 @@ impl File {
             let len = (bs - within).min(bend - p);
             let blk = phys[(f - f0) as usize];
             let r = (p - off) as usize..(p - off + len) as usize;
-            if new.contains(&blk) {
+            // A new block the write covers whole needs no zero padding: it goes straight
+            // from the caller's buffer, like an in-place write (no copy, no allocation).
+            if new.contains(&blk) && len < bs {
                 out.push(Seg::New(blk, within as usize, r));
             } else {
                 out.push(Seg::Place(blk as u64 * bs + within, r));
