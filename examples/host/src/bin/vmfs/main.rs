@@ -146,6 +146,10 @@ enum Cmd {
         /// see what a data offset inside a bigger image costs the page cache).
         #[arg(long, default_value_t = 0)]
         raw_offset_mib: u64,
+        /// Run both sides on the export of the NBD server listening on this Unix socket
+        /// (vmfs on the export, and the export's raw blocks), instead of on files in DIR.
+        #[arg(long)]
+        nbd: Option<PathBuf>,
     },
     /// Benchmark: uncontended lock acquire+release.
     #[command(hide = true)]
@@ -454,7 +458,16 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             target,
             block_size,
             raw_offset_mib,
-        } => bench::bench_io(&dir, mib, secs, &target, block_size, raw_offset_mib)?,
+            nbd,
+        } => bench::bench_io(
+            &dir,
+            mib,
+            secs,
+            &target,
+            block_size,
+            raw_offset_mib,
+            nbd.as_deref(),
+        )?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
         Cmd::BenchMeta { image, host, secs } => bench::bench_meta(&image, host, secs)?,
         Cmd::BenchFailover { image } => bench::bench_failover(&image)?,
