@@ -291,3 +291,103 @@ fn the_nbd_reply_fuzz_corpus_decodes_without_panicking() {
     }
     assert!(n >= 4, "{n} corpus files in {}", dir.display());
 }
+
+/// 64 hosts (every heartbeat slot) mount one volume over one NBD export — threads of this
+/// process sharing one `NbdDevice`, whose compare-and-write is atomic within it — and
+/// take turns on three lock files, each incrementing a counter under the lock and checking
+/// that nobody else wrote it meanwhile: a double holder would lose an update or see
+/// another's write. Then the counters equal the acquisitions and fsck is clean.
+#[test]
+fn sixty_four_hosts_share_a_volume_over_one_nbd_export() {
+    if !nbdkit_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = unix(dir.path(), "64.sock");
+    let _server = nbdkit(&addr, &["memory", "size=64M"]);
+    let dev = Arc::new(NbdDevice::connect(addr, opts(10_000)).unwrap());
+    let mut o = small_volume();
+    o.max_inodes = 512;
+    // Generous: 64 heartbeat threads share two cores with the rest of the test run.
+    o.lease_ms = 20_000;
+    o.interval_ms = 1000;
+    Volume::mkfs(dev.as_ref(), &o).unwrap();
+    let mount = |h: u32| {
+        Volume::mount(
+            dev.clone(),
+            h,
+            &MountOptions::default(),
+            Arc::new(MonotonicClock::new()),
+        )
+        .unwrap()
+    };
+    let v = mount(0);
+    v.mkdir("/locks").unwrap();
+    for j in 0..3 {
+        v.create(&format!("/locks/L{j}"))
+            .unwrap()
+            .write_at(&[0u8; 16], 0)
+            .unwrap();
+    }
+    v.unmount().unwrap();
+    let threads: Vec<_> = (0..64u32)
+        .map(|h| {
+            let v = mount(h);
+            std::thread::spawn(move || {
+                let _hb = v.spawn_heartbeat();
+                let mut acquired = [0u64; 3];
+                let mine = v.create(&format!("/h{h}")).unwrap();
+                mine.write_at(&h.to_le_bytes().repeat(1000), 0).unwrap();
+                mine.sync().unwrap();
+                drop(mine);
+                for k in 0..4u32 {
+                    let j = ((h + k) % 3) as usize;
+                    let f = v
+                        .open_wait(&format!("/locks/L{j}"), LockMode::Exclusive, 120_000)
+                        .unwrap();
+                    let mut rec = [0u8; 16];
+                    f.read_at(&mut rec, 0).unwrap();
+                    let count = u64::from_le_bytes(rec[8..].try_into().unwrap());
+                    let mut next = [0u8; 16];
+                    next[..8].copy_from_slice(&u64::from(h).to_le_bytes());
+                    next[8..].copy_from_slice(&(count + 1).to_le_bytes());
+                    f.write_at(&next, 0).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                    let mut again = [0u8; 16];
+                    f.read_at(&mut again, 0).unwrap();
+                    assert_eq!(again, next, "host {h}: L{j} written by another holder");
+                    f.sync().unwrap();
+                    f.close().unwrap();
+                    acquired[j] += 1;
+                }
+                drop(_hb);
+                v.unmount().unwrap();
+                acquired
+            })
+        })
+        .collect();
+    let mut sums = [0u64; 3];
+    for t in threads {
+        for (s, a) in sums.iter_mut().zip(t.join().unwrap()) {
+            *s += a;
+        }
+    }
+    assert_eq!(sums.iter().sum::<u64>(), 64 * 4);
+    let v = mount(5);
+    for (j, want) in sums.iter().enumerate() {
+        let f = v
+            .open(&format!("/locks/L{j}"), LockMode::SharedRead)
+            .unwrap();
+        let mut rec = [0u8; 16];
+        f.read_at(&mut rec, 0).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(rec[8..].try_into().unwrap()),
+            *want,
+            "L{j}"
+        );
+    }
+    assert_eq!(v.list("/").unwrap().len(), 65);
+    v.unmount().unwrap();
+    let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.errors);
+}
