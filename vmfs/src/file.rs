@@ -218,8 +218,10 @@ impl File {
     }
 
     /// Writes `data` at `off`. Blocks are allocated on first write (thin provisioning);
-    /// the write is durable once [`File::sync`] returns (a write that allocates is
-    /// durable when it returns).
+    /// the write — data, allocation and size — is durable once [`File::sync`] (or
+    /// `close`, for what allocated) returns. The allocations of a handle held
+    /// exclusively are deferred until then (see the README, "Deferred allocation"): other
+    /// hosts see the size and blocks only after that commit.
     pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
         if self.mode == LockMode::SharedRead {
             return Err(ModeError::ReadOnly {
@@ -367,6 +369,14 @@ impl File {
             lock_mutex(&self.st).gathered = Some(op.suspend(now));
         }
         e
+    }
+
+    /// Commits this handle's deferred allocations, if it has any (then true): its data
+    /// and the size and blocks its writes reached are durable. Unlike [`File::sync`] it
+    /// does not flush when there is nothing to commit (for callers that flush after
+    /// committing several files).
+    pub(crate) fn commit_deferred(&self) -> Result<bool> {
+        self.settle()
     }
 
     /// Commits this handle's deferred allocations, if it has any (then true).
