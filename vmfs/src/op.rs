@@ -145,6 +145,9 @@ impl<'a> Op<'a> {
             cluster_orig: std::mem::take(&mut self.cluster_orig),
             since_ms: 0,
         };
+        // This operation's own directory blocks and frees stay out of that transaction.
+        let dirs = std::mem::take(&mut self.dirs);
+        let freed = std::mem::take(&mut self.freed);
         let links = std::mem::replace(&mut self.links_data, true);
         let since = self.gathered_since.take();
         self.locks = g.locks;
@@ -166,6 +169,8 @@ impl<'a> Op<'a> {
         self.ind = mine.ind;
         self.clusters = mine.clusters;
         self.cluster_orig = mine.cluster_orig;
+        self.dirs = dirs;
+        self.freed = freed;
         self.links_data = links;
         self.gathered_since = since;
         r
