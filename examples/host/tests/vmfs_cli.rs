@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vinfra_testkit::{run, Finished};
@@ -144,8 +146,10 @@ fn failing_and_interrupted_commands_unmount() {
         fifo.to_str().unwrap(),
         "/d/big",
     ]));
+    let written = Arc::new(AtomicUsize::new(0));
     let producer = {
         let fifo = fifo.clone();
+        let written = written.clone();
         std::thread::spawn(move || {
             let mut w = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
             // Ends when the reader is gone (EPIPE).
@@ -153,16 +157,18 @@ fn failing_and_interrupted_commands_unmount() {
                 if std::io::Write::write_all(&mut w, &[7u8; 65536]).is_err() {
                     break;
                 }
+                written.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
     };
+    // Three 64 KiB chunks through a 64 KiB pipe: cp-in has read (and written) some.
     let t = std::time::Instant::now();
-    while !vmfs(&["info", img]).contains("host 2: mounted") {
-        assert!(t.elapsed() < Duration::from_secs(30), "cp-in never mounted");
-        std::thread::sleep(Duration::from_millis(50));
+    while written.load(Ordering::SeqCst) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(60), "cp-in never read");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(vmfs(&["info", img]).contains("host 2: mounted"));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

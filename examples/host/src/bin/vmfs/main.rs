@@ -203,6 +203,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn mount(m: &Mnt) -> Result<Mounted, Error> {
+    // From here on Ctrl-C and SIGTERM set a flag the commands look at, so that they
+    // unmount (commands that mount nothing keep the default: they just stop).
+    if let Err(e) = vinfra_host::terminal::install_stop_signals() {
+        eprintln!("vmfs: installing the stop signals: {e}");
+    }
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&m.image, false)?);
     let mut o = MountOptions::default();
     o.lease_ms = m.lease_ms;
@@ -267,10 +272,6 @@ fn main() -> ExitCode {
     // Errors only unless RUST_LOG asks for more: the answers go to stdout.
     vinfra_host::logging::init("error");
     let cli = Cli::parse();
-    // Ctrl-C and SIGTERM set a flag the commands look at, so that they unmount.
-    if let Err(e) = vinfra_host::terminal::install_stop_signals() {
-        eprintln!("vmfs: installing the stop signals: {e}");
-    }
     match run(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
