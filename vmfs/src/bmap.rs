@@ -79,7 +79,8 @@ fn read_indirect(
 ) -> Result<(Vec<u8>, Vec<u32>)> {
     let mut b = vec![0u8; bs];
     dev.read_at(&mut b, blk as u64 * bs as u64)?;
-    let ptrs = decode_indirect(&b, bs, ino, level)?;
+    let ptrs = decode_indirect(&b, bs, ino, level)
+        .map_err(|e| e.at(format_args!("indirect block {blk} of inode {ino}")))?;
     Ok((b, ptrs))
 }
 

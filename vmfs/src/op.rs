@@ -310,6 +310,7 @@ impl<'a> Op<'a> {
             }
         }
         Inode::decode(&self.sh.read(self.geo.inode_at(ino), SECTOR)?, ino)
+            .map_err(|e| e.at(format_args!("inode {ino}")))
     }
 
     pub fn set_inode(&mut self, ino: &Inode) {
@@ -507,7 +508,7 @@ impl<'a> Op<'a> {
             return Ok(());
         }
         let b = self.sh.read(p as u64 * self.bs as u64, self.bs)?;
-        let entries = decode_dir(&b, self.bs)?;
+        let entries = decode_dir(&b, self.bs).map_err(|e| e.at(format_args!("block {p}")))?;
         self.dirs.insert(
             p,
             DirBlk {
