@@ -346,15 +346,18 @@ impl File {
                 .map(|(i, &b)| (f0 + i as u64, b))
                 .collect();
             let now = sh.now();
-            if now < op.gathered_since(now) + sh.lease_ms / 4 {
+            let defer = now < op.gathered_since(now) + sh.lease_ms / 4;
+            // The handle shows the new blocks first: a commit that fails from here on
+            // fences the host (or has committed), so what it shows is never undone.
+            let mut st = lock_mutex(&self.st);
+            st.mapped(ino, mapped.into_iter());
+            if defer {
                 // Deferred: committed at sync, close, when the journal needs room, when
                 // another operation needs its cluster locks, or a quarter lease from now.
-                let mut st = lock_mutex(&self.st);
-                st.mapped(ino, mapped.into_iter());
                 st.gathered = Some(op.suspend(now));
             } else {
+                drop(st);
                 op.finish()?;
-                lock_mutex(&self.st).mapped(ino, mapped.into_iter());
             }
             pos = bend;
         }

@@ -649,9 +649,21 @@ impl<'a> Op<'a> {
             // New indirect blocks go home now, with the data, before the flush below: like
             // data blocks they are unreachable until the commit links them.
             let (bs, dev) = (self.bs, self.sh.dev.as_ref());
-            self.ind.take_new(bs, |off, img| dev.write_at(img, off))?;
+            if let Err(e) = self.ind.take_new(bs, |off, img| dev.write_at(img, off)) {
+                // A file's handle shows these blocks mapped; none of it may be undone.
+                self.sh.poison(&e);
+                return Err(e);
+            }
         }
-        let recs = self.collect()?;
+        let recs = match self.collect() {
+            Ok(r) => r,
+            Err(e) => {
+                if self.links_data {
+                    self.sh.poison(&e);
+                }
+                return Err(e);
+            }
+        };
         if recs.is_empty() {
             return Ok(());
         }
