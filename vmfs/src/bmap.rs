@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
-use crate::format::{decode_indirect, encode_indirect, ptrs_per_block, Inode, NDIRECT};
+use crate::format::{decode_indirect, encode_indirect, ptrs_per_block, Inode, NDIRECT, SECTOR};
 
 /// Indices from the top indirect block down (1 to 3 of them), without a heap allocation
 /// on the I/O path.
@@ -79,8 +79,46 @@ fn read_indirect(
 ) -> Result<(Vec<u8>, Vec<u32>)> {
     let mut b = vec![0u8; bs];
     dev.read_at(&mut b, blk as u64 * bs as u64)?;
-    let ptrs = decode_indirect(&b, bs, ino, level)?;
+    let ptrs = decode_indirect(&b, bs, ino, level)
+        .map_err(|e| e.at(format_args!("indirect block {blk} of inode {ino}")))?;
     Ok((b, ptrs))
+}
+
+/// The bytes of a loaded block image that changed since it was loaded (or last
+/// committed), so that the room a commit needs in the journal is known without diffing
+/// whole blocks: with 1 MiB blocks a changed pointer or bitmap bit costs a sector, not a
+/// block.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Changed(Option<(usize, usize)>);
+
+impl Changed {
+    /// Bytes `at..at + len` changed.
+    pub fn touch(&mut self, at: usize, len: usize) {
+        let end = at + len.max(1) - 1;
+        self.0 = Some(match self.0 {
+            None => (at, end),
+            Some((lo, hi)) => (lo.min(at), hi.max(end)),
+        });
+    }
+
+    /// Whether anything changed.
+    pub fn is_dirty(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Forgets the changes (committed).
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// At most the bytes `diff_records` turns the change into: the sectors it spans plus
+    /// the header sector (magic, count, crc), each as a record with a 12-byte header.
+    pub fn journal_bytes(&self) -> usize {
+        match self.0 {
+            None => 0,
+            Some((lo, hi)) => (2 + hi / SECTOR - lo / SECTOR) * (SECTOR + 12),
+        }
+    }
 }
 
 /// One indirect block loaded for a change of the map.
@@ -90,6 +128,8 @@ struct Ind {
     level: u8,
     ptrs: Vec<u32>,
     dirty: bool,
+    /// Which pointers changed (bytes of the encoded block).
+    changed: Changed,
     /// The image on disk (None: a new block, written whole).
     orig: Option<Vec<u8>>,
 }
@@ -122,6 +162,7 @@ impl IndBlocks {
                 level,
                 ptrs,
                 dirty: false,
+                changed: Changed::default(),
                 orig: Some(b),
             },
         );
@@ -142,10 +183,16 @@ impl IndBlocks {
             Some(e) => {
                 e.ptrs[i] = p;
                 e.dirty = true;
+                e.changed.touch(16 + 4 * i, 4);
                 e.ptrs.iter().all(|&x| x == 0)
             }
             None => false,
         }
+    }
+
+    /// Every pointer of loaded block `blk`, if it is loaded.
+    pub fn ptrs(&self, blk: u32) -> Option<&[u32]> {
+        self.map.get(&blk).map(|e| e.ptrs.as_slice())
     }
 
     /// Forgets block `blk` (it was freed).
@@ -158,11 +205,6 @@ impl IndBlocks {
         self.map.retain(|_, i| i.dirty);
     }
 
-    /// How many blocks are dirty.
-    pub fn dirty_count(&self) -> usize {
-        self.map.values().filter(|i| i.dirty).count()
-    }
-
     /// Hands every dirty block to `out` as (device offset, new image, image on disk) and
     /// marks it clean: the new image becomes the one on disk.
     pub fn take_dirty(&mut self, bs: usize, mut out: impl FnMut(u64, &[u8], Option<&[u8]>)) {
@@ -172,8 +214,44 @@ impl IndBlocks {
                 out(*b as u64 * bs as u64, &img, i.orig.as_deref());
                 i.orig = Some(img);
                 i.dirty = false;
+                i.changed.clear();
             }
         }
+    }
+
+    /// Hands every dirty block that is new (allocated by this change, so unreachable on
+    /// the volume until its commit) to `out` as (device offset, image) and marks it clean.
+    /// The caller writes them home before the commit, like new data blocks, so that the
+    /// journal does not carry whole blocks of mostly zeros.
+    pub fn take_new(
+        &mut self,
+        bs: usize,
+        mut out: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for (b, i) in self.map.iter_mut() {
+            if i.dirty && i.orig.is_none() {
+                let img = encode_indirect(bs, i.ino, i.level, &i.ptrs);
+                out(*b as u64 * bs as u64, &img)?;
+                i.orig = Some(img);
+                i.dirty = false;
+                i.changed.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// At most the journal bytes the dirty blocks take; `new_home` when new blocks go
+    /// home before the commit ([`IndBlocks::take_new`]) and take none.
+    pub fn journal_bytes(&self, bs: usize, new_home: bool) -> usize {
+        self.map
+            .values()
+            .filter(|i| i.dirty)
+            .map(|i| match (&i.orig, new_home) {
+                (None, true) => 0,
+                (None, false) => bs + 12,
+                (Some(_), _) => i.changed.journal_bytes(),
+            })
+            .sum()
     }
 }
 
@@ -207,6 +285,7 @@ fn new_ind(s: &mut (impl MapStore + ?Sized), ino: u32, level: u8) -> Result<u32>
             level,
             ptrs: vec![0; ptrs_per_block(bs)],
             dirty: true,
+            changed: Changed::default(),
             orig: None,
         },
     );
@@ -394,15 +473,20 @@ pub(crate) struct IndCache {
 }
 
 impl IndCache {
-    /// Every pointer of indirect block `blk` (loaded, decoded and checked once).
-    pub fn block(
-        &mut self,
+    /// Every pointer of indirect block `blk` (loaded, decoded and checked once). A block
+    /// in `over` (the file's deferred changes, not yet on the volume) comes from there.
+    pub fn block<'s>(
+        &'s mut self,
+        over: Option<&'s IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         blk: u32,
         ino: u32,
         level: u8,
-    ) -> Result<&[u32]> {
+    ) -> Result<&'s [u32]> {
+        if let Some(p) = over.and_then(|o| o.ptrs(blk)) {
+            return Ok(p);
+        }
         if !self.map.contains_key(&blk) {
             let (_, p) = read_indirect(dev, bs, blk, ino, level)?;
             if self.map.len() > 4096 {
@@ -464,10 +548,12 @@ impl RunCache {
     }
 
     /// `(physical block, blocks left in its run)` of file block `f`; a hole is block 0.
-    /// Indirect blocks come from `dev` (block size `bs`) through `ind` on a miss.
+    /// Indirect blocks come from `over` (deferred changes) or else from `dev` (block size
+    /// `bs`) through `ind` on a miss.
     pub fn lookup(
         &mut self,
         ind: &mut IndCache,
+        over: Option<&IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         ino: &Inode,
@@ -476,7 +562,7 @@ impl RunCache {
         if let Some(hit) = self.find(f) {
             return Ok(hit);
         }
-        self.fill(ind, dev, bs, ino, f)?;
+        self.fill(ind, over, dev, bs, ino, f)?;
         self.find(f)
             .ok_or_else(|| Error::corrupt("block map", format!("block {f} not mapped")))
     }
@@ -484,6 +570,7 @@ impl RunCache {
     fn fill(
         &mut self,
         ind: &mut IndCache,
+        over: Option<&IndBlocks>,
         dev: &dyn BlockDevice,
         bs: usize,
         ino: &Inode,
@@ -515,7 +602,7 @@ impl RunCache {
                         break;
                     }
                     if level == 1 {
-                        let ptrs = ind.block(dev, bs, blk, ino.ino, 1)?;
+                        let ptrs = ind.block(over, dev, bs, blk, ino.ino, 1)?;
                         push_ptrs(&mut new, start, ptrs);
                         let got = ptrs.len() as u64;
                         if got < size {
@@ -530,7 +617,7 @@ impl RunCache {
                         break;
                     }
                     blk = ind
-                        .block(dev, bs, blk, ino.ino, level)?
+                        .block(over, dev, bs, blk, ino.ino, level)?
                         .get(i)
                         .copied()
                         .unwrap_or(0);
@@ -684,13 +771,13 @@ mod tests {
             writes.push((off, img.to_vec()));
         });
         assert_eq!(writes.len(), 3);
-        assert_eq!(s.ind.dirty_count(), 0);
+        assert_eq!(s.ind.journal_bytes(bs, false), 0, "nothing dirty is left");
         for (off, img) in &writes {
             s.dev.write_at(img, *off).unwrap();
         }
         let (mut runs, mut cache) = (RunCache::default(), IndCache::default());
         for (k, &f) in files.iter().enumerate() {
-            let (p, _) = runs.lookup(&mut cache, &s.dev, bs, &ino, f).unwrap();
+            let (p, _) = runs.lookup(&mut cache, None, &s.dev, bs, &ino, f).unwrap();
             assert_eq!(p, 500 + k as u64);
         }
 

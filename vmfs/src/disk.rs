@@ -222,6 +222,8 @@ impl VirtualDisk {
         let ctk = vol.create(&desc.ctk)?;
         let stamps = vec![0u64; grains(capacity) as usize];
         ctk.write_at(&encode_ctk(&stamps, 1), 0)?;
+        // Its first write allocated: committed now, before the descriptor names it.
+        ctk.sync()?;
         let d = vol.create(path)?;
         d.write_at(&encode_descriptor(&desc)?, 0)?;
         d.sync()?;
@@ -370,6 +372,14 @@ impl VirtualDisk {
             self.ctk
                 .write_at(&encode_ctk(&self.stamps, self.epoch), 0)?;
             self.dirty = false;
+        }
+        // Writes that allocated (thin first writes, copied-up grains, a grown map) left
+        // their allocations deferred in each file's handle: commit them all.
+        if let Some(l) = self.layers.last() {
+            l.file.commit_deferred()?;
+            if let Some((mf, _)) = &l.map {
+                mf.commit_deferred()?;
+            }
         }
         self.ctk.sync()
     }

@@ -125,6 +125,18 @@ impl Error {
             detail: detail.into(),
         }
     }
+
+    /// Names where a structure that failed its checks lives (`inode 12`, `indirect block
+    /// 4711 of inode 12`): a reader of a damaged volume learns which file and block.
+    pub(crate) fn at(self, place: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Corrupt { what, detail } => Error::Corrupt {
+                what,
+                detail: format!("{detail} ({place})"),
+            },
+            e => e,
+        }
+    }
 }
 
 /// Why a lock is not ours, as this host judged it when it was refused.

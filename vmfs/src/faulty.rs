@@ -27,6 +27,10 @@ pub struct Faults {
     /// issued: that write and everything after it fails with an [`Error::Io`] whose source
     /// is [`Crashed`] (see [`is_crash`]).
     pub crash_at_write: Option<u64>,
+    /// The device "crashes" at this many flushes issued: that flush makes nothing durable
+    /// and fails, like everything after it (the window between a write and the flush
+    /// that should make it durable, which a crash at a write never lands in).
+    pub crash_at_flush: Option<u64>,
     /// A delay before every I/O.
     pub delay: Option<Duration>,
 }
@@ -51,6 +55,7 @@ struct State {
     pending: Vec<(u64, Vec<u8>)>,
     crashed: bool,
     writes_issued: u64,
+    flushes_issued: u64,
     stats: IoStats,
     faults: Faults,
 }
@@ -107,6 +112,7 @@ impl FaultyDevice {
                 pending: Vec::new(),
                 crashed: false,
                 writes_issued: 0,
+                flushes_issued: 0,
                 stats: IoStats::default(),
                 faults: Faults::default(),
             }),
@@ -137,6 +143,11 @@ impl FaultyDevice {
     /// Writes issued so far (compare-and-writes included).
     pub fn writes_issued(&self) -> u64 {
         self.st.lock().map(|s| s.writes_issued).unwrap_or(0)
+    }
+
+    /// Flushes issued so far.
+    pub fn flushes_issued(&self) -> u64 {
+        self.st.lock().map(|s| s.flushes_issued).unwrap_or(0)
     }
 
     /// The image after a crash now: durable bytes plus a seeded subset of the unflushed
@@ -245,6 +256,14 @@ impl BlockDevice for FaultyDevice {
     fn flush(&self) -> Result<()> {
         let mut s = self.lock()?;
         if s.crashed {
+            return Err(crashed("flush", 0));
+        }
+        s.flushes_issued += 1;
+        if s.faults
+            .crash_at_flush
+            .is_some_and(|n| s.flushes_issued >= n)
+        {
+            s.crashed = true;
             return Err(crashed("flush", 0));
         }
         s.stats.flushes += 1;

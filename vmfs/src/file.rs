@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use crate::bmap::{self, IndCache, RunCache};
 use crate::device::BlockDevice;
 use crate::error::{Error, ModeError, Result};
-use crate::format::{ptrs_per_block, Inode, LockMode};
+use crate::format::{ptrs_per_block, Inode, LockMode, SECTOR};
+use crate::gather::{Gathered, Gatherer};
 use crate::mount::{lock_mutex, Shared};
 use crate::op::Op;
 
@@ -20,7 +21,7 @@ pub struct File {
     bs: u64,
     mode: LockMode,
     path: String,
-    st: Mutex<State>,
+    st: Arc<Mutex<State>>,
     closed: AtomicBool,
 }
 
@@ -29,18 +30,28 @@ pub struct File {
 /// handle (of any host) out, and shared-read and multi-writer locks admit no handle that
 /// allocates, truncates or changes the size. So the cache is only ever cleared by this
 /// handle's own changes and never re-read from the volume.
+///
+/// `inode` and the map include this handle's deferred allocations (`gathered`), which are
+/// not on the volume yet: a lookup reads their indirect blocks from `gathered`.
 #[derive(Debug)]
 struct State {
     inode: Inode,
     runs: RunCache,
     ind: IndCache,
+    gathered: Option<Gathered>,
 }
 
 impl State {
     /// `(physical block, blocks left in its run)` of file block `f`; 0 is a hole.
     fn lookup(&mut self, dev: &dyn BlockDevice, bs: u64, f: u64) -> Result<(u64, u64)> {
-        let State { inode, runs, ind } = self;
-        runs.lookup(ind, dev, bs as usize, inode, f)
+        let State {
+            inode,
+            runs,
+            ind,
+            gathered,
+        } = self;
+        let over = gathered.as_ref().map(|g| &g.ind);
+        runs.lookup(ind, over, dev, bs as usize, inode, f)
     }
 
     /// This handle mapped new blocks `(file block, physical block)` (and may have added
@@ -80,18 +91,46 @@ enum Seg {
     New(u32, usize, std::ops::Range<usize>),
 }
 
+impl Gatherer for Mutex<State> {
+    fn take_if(&self, pred: &dyn Fn(&Gathered) -> bool) -> Option<Gathered> {
+        let mut st = lock_mutex(self);
+        if st.gathered.as_ref().is_some_and(pred) {
+            st.gathered.take()
+        } else {
+            None
+        }
+    }
+
+    fn gathered_since(&self) -> Option<u64> {
+        lock_mutex(self).gathered.as_ref().map(|g| g.since_ms)
+    }
+
+    fn parked_record(&self, off: u64) -> Option<Vec<u8>> {
+        lock_mutex(self)
+            .gathered
+            .as_ref()
+            .and_then(|g| g.recs.get(&off).cloned())
+    }
+}
+
 impl File {
     pub(crate) fn new(sh: Arc<Shared>, inode: Inode, mode: LockMode, path: &str) -> File {
+        let st = Arc::new(Mutex::new(State {
+            inode,
+            runs: RunCache::default(),
+            ind: IndCache::default(),
+            gathered: None,
+        }));
+        if mode == LockMode::Exclusive {
+            let dynst: Arc<dyn Gatherer> = st.clone();
+            sh.register_gatherer(Arc::downgrade(&dynst));
+        }
         File {
             bs: sh.bs() as u64,
             sh,
             mode,
             path: path.to_string(),
-            st: Mutex::new(State {
-                inode,
-                runs: RunCache::default(),
-                ind: IndCache::default(),
-            }),
+            st,
             closed: AtomicBool::new(false),
         }
     }
@@ -179,8 +218,10 @@ impl File {
     }
 
     /// Writes `data` at `off`. Blocks are allocated on first write (thin provisioning);
-    /// the write is durable once [`File::sync`] returns (a write that allocates is
-    /// durable when it returns).
+    /// the write — data, allocation and size — is durable once [`File::sync`] (or
+    /// `close`, for what allocated) returns. The allocations of a handle held
+    /// exclusively are deferred until then (see the README, "Deferred allocation"): other
+    /// hosts see the size and blocks only after that commit.
     pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
         if self.mode == LockMode::SharedRead {
             return Err(ModeError::ReadOnly {
@@ -218,16 +259,42 @@ impl File {
                 }
                 .into());
             }
+            // Allocating: under the host's metadata mutex, which serialises allocating
+            // writers (of this handle too), so the map and size are re-read under it.
             let mut op = Op::begin(sh)?;
+            ino = lock_mutex(&self.st).inode.clone();
+            phys = self.map_range(f0, f_end)?;
             self.zero_tail(&ino, pos)?;
+            // Carry on with the allocations earlier calls deferred (`ino` includes them).
+            if let Some(g) = lock_mutex(&self.st).gathered.take() {
+                op.resume(g);
+            }
+            op.links_data();
             let holes: Vec<usize> = (0..phys.len()).filter(|&i| phys[i] == 0).collect();
             let mut new_blocks = std::collections::HashSet::new();
+            let mut got = Vec::new();
             if !holes.is_empty() {
-                // Room left for cluster bitmaps once the indirect blocks are counted.
+                // At most what this call adds to the transaction: the inode, the sectors
+                // of its pointers in at most `ind` indirect blocks (new indirect blocks go
+                // home with the data, not into the journal), and cluster bitmaps.
                 let per_ind = ptrs_per_block(bs as usize) as u64;
                 let ind = (phys.len() as u64).div_ceil(per_ind) as usize + 3;
-                let room = op.room_blocks().saturating_sub(9 + ind) / 2;
-                let got = op.alloc(holes.len(), room.max(1))?;
+                let rec = SECTOR + 12;
+                let ptrs = (3 * ind + (phys.len() * 4).div_ceil(SECTOR)) * rec + rec;
+                let per_cluster = op.cluster_journal_bytes();
+                if op.carries_gathered()
+                    && op.pending_bytes() + ptrs + per_cluster > op.journal_cap()
+                {
+                    // The journal needs room: commit what earlier calls deferred.
+                    op.commit_now()?;
+                }
+                let room = op.journal_cap().saturating_sub(op.pending_bytes() + ptrs)
+                    / per_cluster.max(1)
+                    / 2;
+                got = match op.alloc(holes.len(), room.max(1)) {
+                    Ok(g) => g,
+                    Err(e) => return Err(self.park(op, e)),
+                };
                 if got.len() < holes.len() {
                     let first_missing = holes[got.len()];
                     bend = bend.min((f0 + first_missing as u64) * bs).max(pos);
@@ -239,29 +306,94 @@ impl File {
                     }
                     phys[i] = b;
                     new_blocks.insert(b);
-                    op.map_set(&mut ino, f0 + i as u64, b)?;
-                    ino.blocks += 1;
                 }
             }
             if bend <= pos {
-                return Err(Error::NoSpace);
+                op.unalloc(&got);
+                return Err(self.park(op, Error::NoSpace));
             }
             let used = ((bend - f0 * bs).div_ceil(bs)) as usize;
             phys.truncate(used);
             let sp = Span { f0, pos, bend, off };
-            self.write_new_and_old(&phys, &new_blocks, sp, data)?;
+            // The data goes into the new blocks before anything links them.
+            if let Err(e) = self.write_new_and_old(&phys, &new_blocks, sp, data) {
+                op.unalloc(&got);
+                return Err(self.park(op, e));
+            }
+            let linked = (|| {
+                for (i, b) in phys.iter().enumerate() {
+                    if new_blocks.contains(b) {
+                        op.map_set(&mut ino, f0 + i as u64, *b)?;
+                        ino.blocks += 1;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = linked {
+                // Half linked: the handle can no longer tell what its map is.
+                if op.carries_gathered() {
+                    sh.poison(&e);
+                }
+                return Err(e);
+            }
             ino.size = ino.size.max(bend);
             ino.change += 1;
             op.set_inode(&ino);
-            op.finish()?;
-            let mapped = phys
+            let mapped: Vec<(u64, u32)> = phys
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| new_blocks.contains(b));
-            lock_mutex(&self.st).mapped(ino, mapped.map(|(i, &b)| (f0 + i as u64, b)));
+                .filter(|(_, b)| new_blocks.contains(b))
+                .map(|(i, &b)| (f0 + i as u64, b))
+                .collect();
+            let now = sh.now();
+            let defer = now < op.gathered_since(now) + sh.lease_ms / 4;
+            // The handle shows the new blocks first: a commit that fails from here on
+            // fences the host (or has committed), so what it shows is never undone.
+            let mut st = lock_mutex(&self.st);
+            st.mapped(ino, mapped.into_iter());
+            if defer {
+                // Deferred: committed at sync, close, when the journal needs room, when
+                // another operation needs its cluster locks, or a quarter lease from now.
+                st.gathered = Some(op.suspend(now));
+            } else {
+                drop(st);
+                op.finish()?;
+            }
             pos = bend;
         }
         Ok(())
+    }
+
+    /// After a failed allocating write that changed nothing of the map: parks the
+    /// allocations of earlier calls again (or lets a fresh operation go); returns `e`.
+    fn park(&self, op: Op<'_>, e: Error) -> Error {
+        if op.carries_gathered() {
+            let now = self.sh.now();
+            lock_mutex(&self.st).gathered = Some(op.suspend(now));
+        }
+        e
+    }
+
+    /// Commits this handle's deferred allocations, if it has any (then true): its data
+    /// and the size and blocks its writes reached are durable. Unlike [`File::sync`] it
+    /// does not flush when there is nothing to commit (for callers that flush after
+    /// committing several files).
+    pub(crate) fn commit_deferred(&self) -> Result<bool> {
+        self.settle()
+    }
+
+    /// Commits this handle's deferred allocations, if it has any (then true).
+    fn settle(&self) -> Result<bool> {
+        if lock_mutex(&self.st).gathered.is_none() {
+            return Ok(false);
+        }
+        let mut op = Op::begin(&self.sh)?;
+        let Some(g) = lock_mutex(&self.st).gathered.take() else {
+            return Ok(false);
+        };
+        op.settle(g)?;
+        op.finish()?;
+        Ok(true)
     }
 
     /// Blocks one write call maps and allocates in one transaction: as many as their
@@ -302,7 +434,9 @@ impl File {
             let len = (bs - within).min(bend - p);
             let blk = phys[(f - f0) as usize];
             let r = (p - off) as usize..(p - off + len) as usize;
-            if new.contains(&blk) {
+            // A new block the write covers whole needs no zero padding: it goes straight
+            // from the caller's buffer, like an in-place write (no copy, no allocation).
+            if new.contains(&blk) && len < bs {
                 out.push(Seg::New(blk, within as usize, r));
             } else {
                 out.push(Seg::Place(blk as u64 * bs + within, r));
@@ -388,6 +522,9 @@ impl File {
             return Err(Error::TooLarge(len));
         }
         let mut op = Op::begin(sh)?;
+        if let Some(g) = lock_mutex(&self.st).gathered.take() {
+            op.resume(g);
+        }
         let mut ino = lock_mutex(&self.st).inode.clone();
         if len < ino.size {
             op.truncate(&mut ino, len)?;
@@ -402,23 +539,31 @@ impl File {
         Ok(())
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable: commits the allocations and size changes
+    /// deferred since the last sync (one transaction, two flushes) or else flushes.
     pub fn sync(&self) -> Result<()> {
         self.sh.check_lease()?;
+        if self.settle()? {
+            return Ok(());
+        }
         self.sh.dev.flush()
     }
 
-    /// Releases the lock now (reporting errors, unlike drop).
+    /// Commits what is deferred and releases the lock now (reporting errors, unlike drop).
     pub fn close(self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
+        let settled = self.settle();
         let idx = self.sh.geo().inode_lock(self.ino());
-        Ok(self.sh.release(idx)?)
+        let released = self.sh.release(idx);
+        settled?;
+        Ok(released?)
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.settle();
             let idx = self.sh.geo().inode_lock(self.ino());
             let _ = self.sh.release(idx);
         }

@@ -9,6 +9,12 @@
 //! locks (a whole lease). The crate README documents the on-disk format byte by byte, the
 //! assumptions about the medium and the failure model.
 //!
+//! Devices: [`FileDevice`] (an image file or a block device, ATS from an OFD lock),
+//! [`nbd::NbdDevice`] (an export of an NBD server such as `nbdkit` or `qemu-nbd`) and
+//! [`MemDevice`]. Writes that allocate into a file held exclusively are committed at
+//! [`File::sync`] or close (deferred allocation, see the README), not one transaction per
+//! write.
+//!
 //! Test support (the fault-injecting `faulty` device, a counting device and a manual
 //! clock, as in the example below) comes with the `test-utils` feature; [`MemDevice`] is a
 //! real in-memory device and always there.
@@ -57,11 +63,13 @@ pub mod fsck;
 pub mod lease;
 pub mod liveness;
 pub mod locks;
+pub mod nbd;
 // The layers, each using only those above it: format, block map, journal, mount (shared
 // state, lease, heartbeat, lock table) with the lock manager, operations, files,
 // namespace and recovery, the `Volume` facade, virtual disks on top of it.
 pub mod bmap;
 mod file;
+mod gather;
 mod journal;
 mod mount;
 mod namespace;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::device::{BlockDevice, Cas};
 use crate::error::{ConfigError, Error, ReadOnlyReason, Result, SlotState};
 use crate::format::{Geometry, HeartbeatSlot, LockMode, LockRecord, Superblock, MAX_HOSTS, SECTOR};
+use crate::gather::Gatherer;
 use crate::journal::{Journal, JournalState};
 use crate::lease::{Lease, LeaseAction, Verdict};
 use crate::liveness::Liveness;
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     pub unmounted: AtomicBool,
     /// Last committed transaction not yet checkpointed (0: none): lock releases name it.
     dirty_seq: AtomicU64,
+    /// Open files that may park deferred allocations (see `gather`).
+    pub gatherers: Mutex<Vec<Weak<dyn Gatherer>>>,
 }
 
 pub(crate) fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +169,21 @@ impl Shared {
         self.valid_until.store(0, Ordering::Release);
         lock_mutex(&self.lease).fence();
         self.report_fence();
+    }
+
+    /// Adds an open file that may park deferred allocations (dropped ones are pruned).
+    pub fn register_gatherer(&self, g: Weak<dyn Gatherer>) {
+        let mut v = lock_mutex(&self.gatherers);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(g);
+    }
+
+    /// The open files that may have parked deferred allocations.
+    pub fn gatherers(&self) -> Vec<Arc<dyn Gatherer>> {
+        lock_mutex(&self.gatherers)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     pub fn set_dirty_seq(&self, seq: u64) {
@@ -375,6 +393,7 @@ impl Shared {
             valid_until: AtomicU64::new(now + lease_ms / 2),
             unmounted: AtomicBool::new(false),
             dirty_seq: AtomicU64::new(0),
+            gatherers: Mutex::new(Vec::new()),
             clock,
         })
     }

@@ -2,15 +2,16 @@
 //! commit as one journal transaction, and the allocation, block-map and directory logic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::MutexGuard;
+use std::sync::{MutexGuard, TryLockError};
 
-use crate::bmap::{self, IndBlocks, MapStore};
+use crate::bmap::{self, Changed, IndBlocks, MapStore};
 use crate::device::BlockDevice;
 use crate::error::{Error, LockError, Result};
 use crate::format::{
     decode_dir, encode_dir, valid_name, ClusterBlock, DirEntry, Geometry, Inode, Kind, LockMode,
     INODES_PER_GROUP, SECTOR,
 };
+use crate::gather::Gathered;
 use crate::journal::{diff_records, JournalState};
 use crate::mount::{lock_mutex, Shared};
 
@@ -32,10 +33,15 @@ pub(crate) struct Op<'a> {
     recs: BTreeMap<u64, Vec<u8>>,
     ind: IndBlocks,
     dirs: HashMap<u32, DirBlk>,
-    clusters: BTreeMap<u32, (ClusterBlock, bool)>,
+    clusters: BTreeMap<u32, (ClusterBlock, Changed)>,
     cluster_orig: HashMap<u32, Vec<u8>>,
     freed: HashSet<u32>,
     committed: bool,
+    /// The transaction links data blocks written before it: flush them first, so that it
+    /// never becomes durable without them (a crash would expose stale data).
+    links_data: bool,
+    /// When the deferred changes it carries were started (see `gather`).
+    gathered_since: Option<u64>,
 }
 
 fn metadata_timeout(sh: &Shared) -> u64 {
@@ -45,9 +51,24 @@ fn metadata_timeout(sh: &Shared) -> u64 {
 impl<'a> Op<'a> {
     pub fn begin(sh: &'a Shared) -> Result<Op<'a>> {
         sh.check_lease()?;
-        let j = lock_mutex(&sh.meta);
+        Ok(Op::with(sh, lock_mutex(&sh.meta)))
+    }
+
+    /// Like [`Op::begin`], but `None` when another operation of this host is running (for
+    /// the heartbeat thread, which must never wait for one) or the lease is gone.
+    pub fn try_begin(sh: &'a Shared) -> Option<Op<'a>> {
+        sh.check_lease().ok()?;
+        let j = match sh.meta.try_lock() {
+            Ok(j) => j,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Op::with(sh, j))
+    }
+
+    fn with(sh: &'a Shared, j: MutexGuard<'a, JournalState>) -> Op<'a> {
         let geo = sh.geo();
-        Ok(Op {
+        Op {
             sh,
             j,
             geo,
@@ -60,13 +81,143 @@ impl<'a> Op<'a> {
             cluster_orig: HashMap::new(),
             freed: HashSet::new(),
             committed: false,
-        })
+            links_data: false,
+            gathered_since: None,
+        }
+    }
+
+    /// This transaction links data blocks written before it (see `links_data`).
+    pub fn links_data(&mut self) {
+        self.links_data = true;
+    }
+
+    // ------------------------------------------------------------------ deferred allocation
+
+    /// Carries on with a file's parked change set (this operation must have none yet).
+    pub fn resume(&mut self, g: Gathered) {
+        debug_assert!(self.locks.is_empty() && self.recs.is_empty());
+        self.locks = g.locks;
+        self.recs = g.recs;
+        self.ind = g.ind;
+        self.clusters = g.clusters;
+        self.cluster_orig = g.cluster_orig;
+        self.gathered_since = Some(g.since_ms);
+        self.links_data = true;
+    }
+
+    /// Whether this operation carries a file's deferred changes.
+    pub fn carries_gathered(&self) -> bool {
+        self.gathered_since.is_some()
+    }
+
+    /// When the deferred changes this operation carries were started (`now` if none).
+    pub fn gathered_since(&self, now: u64) -> u64 {
+        self.gathered_since.unwrap_or(now)
+    }
+
+    /// Parks this operation's changes, uncommitted and with their locks, in a file (an
+    /// allocating write; no directory change or free can be parked).
+    pub fn suspend(mut self, now: u64) -> Gathered {
+        assert!(
+            self.dirs.values().all(|d| !d.dirty) && self.freed.is_empty(),
+            "only allocations are deferred"
+        );
+        let g = Gathered {
+            locks: std::mem::take(&mut self.locks),
+            recs: std::mem::take(&mut self.recs),
+            ind: std::mem::take(&mut self.ind),
+            clusters: std::mem::take(&mut self.clusters),
+            cluster_orig: std::mem::take(&mut self.cluster_orig),
+            since_ms: self.gathered_since(now),
+        };
+        self.committed = true;
+        g
+    }
+
+    /// Commits a parked change set as its own transaction and releases its locks. A
+    /// failure fences this host: the file's handle already showed those writes.
+    pub fn settle(&mut self, g: Gathered) -> Result<()> {
+        let mine = Gathered {
+            locks: std::mem::take(&mut self.locks),
+            recs: std::mem::take(&mut self.recs),
+            ind: std::mem::take(&mut self.ind),
+            clusters: std::mem::take(&mut self.clusters),
+            cluster_orig: std::mem::take(&mut self.cluster_orig),
+            since_ms: 0,
+        };
+        // This operation's own directory blocks and frees stay out of that transaction.
+        let dirs = std::mem::take(&mut self.dirs);
+        let freed = std::mem::take(&mut self.freed);
+        let links = std::mem::replace(&mut self.links_data, true);
+        let since = self.gathered_since.take();
+        self.locks = g.locks;
+        self.recs = g.recs;
+        self.ind = g.ind;
+        self.clusters = g.clusters;
+        self.cluster_orig = g.cluster_orig;
+        let r = self.commit_keep_locks().and_then(|()| {
+            for l in std::mem::take(&mut self.locks).into_iter().rev() {
+                self.sh.release(l)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = &r {
+            self.sh.poison(e);
+        }
+        self.locks = mine.locks;
+        self.recs = mine.recs;
+        self.ind = mine.ind;
+        self.clusters = mine.clusters;
+        self.cluster_orig = mine.cluster_orig;
+        self.dirs = dirs;
+        self.freed = freed;
+        self.links_data = links;
+        self.gathered_since = since;
+        r
+    }
+
+    /// Commits the parked change sets of this host's open files for which `pred` holds.
+    pub fn settle_gathered(&mut self, pred: &dyn Fn(&Gathered) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for g in self.sh.gatherers() {
+            if let Some(c) = g.take_if(pred) {
+                self.settle(c)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Commits what this operation carries now (deferred changes included) and releases
+    /// its cluster locks, keeping the rest: the journal needs room.
+    pub fn commit_now(&mut self) -> Result<()> {
+        self.commit_keep_locks()?;
+        self.gathered_since = None;
+        self.release_clusters()
+    }
+
+    /// Gives back blocks this operation allocated and has not linked (their data could not
+    /// be written).
+    pub fn unalloc(&mut self, blocks: &[u32]) {
+        for &b in blocks {
+            if let Some((c, i)) = self.geo.block_cluster(b) {
+                if let Some((cl, ch)) = self.clusters.get_mut(&c) {
+                    cl.set(i, false);
+                    ch.touch(cluster_byte(i), 1);
+                }
+            }
+        }
     }
 
     /// Takes a short-term exclusive metadata lock, waiting out a dead holder's lease.
     pub fn lock(&mut self, idx: u64, what: &str) -> Result<()> {
         if self.locks.contains(&idx) {
             return Ok(());
+        }
+        if lock_mutex(&self.sh.locks).held.contains_key(&idx) {
+            // Held by this host: perhaps for an open file's deferred allocations, which
+            // are committed now rather than waited for.
+            self.settle_gathered(&|g| g.holds(idx))?;
         }
         self.sh
             .acquire_wait(idx, LockMode::Exclusive, what, metadata_timeout(self.sh))?;
@@ -113,19 +264,30 @@ impl<'a> Op<'a> {
         self.recs.insert(off, bytes);
     }
 
-    /// Bytes the transaction would take now.
+    /// At most the bytes the transaction would take now (changed blocks count the
+    /// sectors that changed; new indirect blocks none when they go home before the commit).
     pub fn pending_bytes(&self) -> usize {
         let recs: usize = self.recs.values().map(|v| v.len() + 12).sum();
-        let dirty = self.ind.dirty_count()
-            + self.dirs.values().filter(|d| d.dirty).count()
-            + self.clusters.values().filter(|c| c.1).count();
-        recs + dirty * (self.bs + 12)
+        let dirs = self.dirs.values().filter(|d| d.dirty).count() * (self.bs + 12);
+        let clusters: usize = self.clusters.values().map(|c| c.1.journal_bytes()).sum();
+        recs + dirs + clusters + self.ind.journal_bytes(self.bs, self.links_data)
+    }
+
+    /// The most bytes one transaction may take.
+    pub fn journal_cap(&self) -> usize {
+        (self.geo.journal_blocks as usize - 1) * self.bs - 64
     }
 
     /// Blocks of room left in one transaction.
     pub fn room_blocks(&self) -> usize {
-        let cap = (self.geo.journal_blocks as usize - 1) * self.bs - 64;
-        cap.saturating_sub(self.pending_bytes()) / (self.bs + 12)
+        self.journal_cap().saturating_sub(self.pending_bytes()) / (self.bs + 12)
+    }
+
+    /// At most the journal bytes a change of one cluster's bitmap takes.
+    pub fn cluster_journal_bytes(&self) -> usize {
+        let mut c = Changed::default();
+        c.touch(0, cluster_byte(self.geo.bpc.saturating_sub(1)) + 1);
+        c.journal_bytes()
     }
 
     // ------------------------------------------------------------------ inodes
@@ -137,10 +299,18 @@ impl<'a> Op<'a> {
                 format!("number {ino} out of range"),
             ));
         }
-        if let Some(b) = self.recs.get(&self.geo.inode_at(ino)) {
+        let off = self.geo.inode_at(ino);
+        if let Some(b) = self.recs.get(&off) {
             return Inode::decode(b, ino);
         }
+        // An open file of this host may have deferred its size and map changes.
+        for g in self.sh.gatherers() {
+            if let Some(b) = g.parked_record(off) {
+                return Inode::decode(&b, ino);
+            }
+        }
         Inode::decode(&self.sh.read(self.geo.inode_at(ino), SECTOR)?, ino)
+            .map_err(|e| e.at(format_args!("inode {ino}")))
     }
 
     pub fn set_inode(&mut self, ino: &Inode) {
@@ -211,7 +381,7 @@ impl<'a> Op<'a> {
         }
         let b = self.sh.read(self.geo.cluster_at(c), self.bs)?;
         let cl = ClusterBlock::decode(&b, self.bs, c, self.geo.bpc)?;
-        self.clusters.insert(c, (cl, false));
+        self.clusters.insert(c, (cl, Changed::default()));
         self.cluster_orig.insert(c, b);
         Ok(())
     }
@@ -236,7 +406,7 @@ impl<'a> Op<'a> {
                     }
                     self.load_cluster(c)?;
                 }
-                let Some((cl, dirty)) = self.clusters.get_mut(&c) else {
+                let Some((cl, ch)) = self.clusters.get_mut(&c) else {
                     continue;
                 };
                 let mut took = false;
@@ -247,17 +417,21 @@ impl<'a> Op<'a> {
                     let b = (first + i as u64) as u32;
                     if !cl.is_set(i) && !self.freed.contains(&b) && !self.j.freed.contains(&b) {
                         cl.set(i, true);
+                        ch.touch(cluster_byte(i), 1);
                         out.push(b);
                         took = true;
                     }
                 }
                 if took {
-                    *dirty = true;
                     touched += 1;
                 }
             }
             if !out.is_empty() {
                 return Ok(out);
+            }
+            // Open files' deferred allocations hold clusters that may have room.
+            if self.settle_gathered(&|_| true)? > 0 {
+                continue;
             }
             if !self.j.freed.is_empty() {
                 // Blocks freed since the last checkpoint become usable after one.
@@ -334,7 +508,7 @@ impl<'a> Op<'a> {
             return Ok(());
         }
         let b = self.sh.read(p as u64 * self.bs as u64, self.bs)?;
-        let entries = decode_dir(&b, self.bs)?;
+        let entries = decode_dir(&b, self.bs).map_err(|e| e.at(format_args!("block {p}")))?;
         self.dirs.insert(
             p,
             DirBlk {
@@ -457,13 +631,13 @@ impl<'a> Op<'a> {
                 d.dirty = false;
             }
         }
-        for (c, (cl, dirty)) in self.clusters.iter_mut() {
-            if *dirty {
+        for (c, (cl, ch)) in self.clusters.iter_mut() {
+            if ch.is_dirty() {
                 let img = cl.encode(bs);
                 let orig = self.cluster_orig.get(c).map(Vec::as_slice);
                 diff_records(self.geo.cluster_at(*c), &img, orig, &mut self.recs);
                 self.cluster_orig.insert(*c, img);
-                *dirty = false;
+                ch.clear();
             }
         }
         Ok(std::mem::take(&mut self.recs).into_iter().collect())
@@ -471,9 +645,34 @@ impl<'a> Op<'a> {
 
     /// Commits what is pending as one transaction, keeping every lock.
     pub fn commit_keep_locks(&mut self) -> Result<()> {
-        let recs = self.collect()?;
+        if self.links_data {
+            // New indirect blocks go home now, with the data, before the flush below: like
+            // data blocks they are unreachable until the commit links them.
+            let (bs, dev) = (self.bs, self.sh.dev.as_ref());
+            if let Err(e) = self.ind.take_new(bs, |off, img| dev.write_at(img, off)) {
+                // A file's handle shows these blocks mapped; none of it may be undone.
+                self.sh.poison(&e);
+                return Err(e);
+            }
+        }
+        let recs = match self.collect() {
+            Ok(r) => r,
+            Err(e) => {
+                if self.links_data {
+                    self.sh.poison(&e);
+                }
+                return Err(e);
+            }
+        };
         if recs.is_empty() {
             return Ok(());
+        }
+        if std::mem::take(&mut self.links_data) {
+            if let Err(e) = self.sh.check_lease().and_then(|()| self.sh.dev.flush()) {
+                // The handle shows these blocks mapped; none of it may be undone now.
+                self.sh.poison(&e);
+                return Err(e);
+            }
         }
         match self.sh.journal().commit(&mut self.j, recs) {
             Ok(()) => {
@@ -517,6 +716,34 @@ impl<'a> Op<'a> {
     }
 }
 
+/// Byte of bit `i` in a cluster block image (the bitmap starts at byte 32).
+fn cluster_byte(i: u32) -> usize {
+    32 + i as usize / 8
+}
+
+/// Commits the deferred allocations of this host's open files that are a quarter lease
+/// old, unless an operation is running (called by the heartbeat): another host waiting
+/// for one of their cluster locks then waits at most that long for a writer gone quiet.
+pub(crate) fn settle_stale(sh: &Shared) {
+    let now = sh.now();
+    let stale = |since: u64| now >= since + sh.lease_ms / 4;
+    let any = sh
+        .gatherers()
+        .iter()
+        .any(|g| g.gathered_since().is_some_and(stale));
+    if !any {
+        return;
+    }
+    if let Some(mut op) = Op::try_begin(sh) {
+        if let Err(e) = op
+            .settle_gathered(&|g| stale(g.since_ms))
+            .and_then(|_| op.finish())
+        {
+            tracing::warn!(host = sh.host, "committing deferred allocations: {e}");
+        }
+    }
+}
+
 impl MapStore for Op<'_> {
     fn bs(&self) -> usize {
         self.bs
@@ -538,9 +765,9 @@ impl MapStore for Op<'_> {
             .ok_or_else(|| Error::corrupt("block map", format!("block {b} is not a data block")))?;
         self.lock(self.geo.cluster_lock(c), &format!("cluster {c}"))?;
         self.load_cluster(c)?;
-        if let Some((cl, dirty)) = self.clusters.get_mut(&c) {
+        if let Some((cl, ch)) = self.clusters.get_mut(&c) {
             cl.set(i, false);
-            *dirty = true;
+            ch.touch(cluster_byte(i), 1);
         }
         self.freed.insert(b);
         self.ind.remove(b);

@@ -21,6 +21,7 @@ use crate::lease::{LeaseAction, Verdict};
 use crate::locks::{HeldLock, LockInfo};
 use crate::mount::{lock_mutex, Shared};
 use crate::namespace::{self, Stat};
+use crate::op::{self, Op};
 use crate::recover::{self, RecoveryStats};
 
 pub use crate::locks::{describe_lock, list_locks};
@@ -218,9 +219,12 @@ impl Volume {
         self.sh.dev.clone()
     }
 
-    /// Renews the heartbeat if due; fails with `Fenced` once the lease is lost.
+    /// Renews the heartbeat if due (fails with `Fenced` once the lease is lost), and
+    /// commits open files' deferred allocations that are a quarter lease old.
     pub fn tick(&self) -> Result<LeaseAction> {
-        self.sh.tick()
+        let action = self.sh.tick()?;
+        op::settle_stale(&self.sh);
+        Ok(action)
     }
 
     /// Whether this host may still act under its locks.
@@ -238,6 +242,7 @@ impl Volume {
                 if let Err(Error::Fenced { .. }) = sh.tick() {
                     break;
                 }
+                op::settle_stale(&sh);
                 sh.clock.sleep_ms((sh.interval_ms / 4).max(1));
             }
         });
@@ -299,9 +304,20 @@ impl Volume {
         Ok(())
     }
 
-    /// Checkpoints this host's journal: every committed metadata change is made durable
-    /// in place (committed changes are already durable through the journal).
+    /// Commits the allocations that open files deferred, then checkpoints this host's
+    /// journal: every committed metadata change is made durable in place (committed
+    /// changes are already durable through the journal).
     pub fn sync(&self) -> Result<()> {
+        if self
+            .sh
+            .gatherers()
+            .iter()
+            .any(|g| g.gathered_since().is_some())
+        {
+            let mut op = Op::begin(&self.sh)?;
+            op.settle_gathered(&|_| true)?;
+            op.finish()?;
+        }
         let mut j = lock_mutex(&self.sh.meta);
         self.sh.journal().checkpoint(&mut j)
     }

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vinfra_testkit::{run, Finished};
@@ -88,4 +90,113 @@ fn mkfs_copy_in_and_out_disks_snapshots_info_fsck_grow() {
     let out = run_vmfs(&["info", img]);
     assert!(!out.success() && !out.timed_out, "{out}");
     assert!(out.stderr.contains("corrupt superblock"), "{out}");
+}
+
+/// No host of `img` is mounted and no lock is held, as `vmfs info` reports it.
+fn assert_nothing_mounted(img: &str, after: &str) {
+    let info = vmfs(&["info", img]);
+    assert!(
+        !info.contains(": mounted") && !info.contains("held by"),
+        "after {after}: {info}"
+    );
+}
+
+/// Every way out of a command unmounts: a command that fails (`mkdir` of a directory
+/// that exists, `ls` of a missing path, `cp-in` of a missing file) and one stopped by
+/// Ctrl-C (SIGINT) in the middle of a copy, which also keeps what it copied.
+#[test]
+fn failing_and_interrupted_commands_unmount() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    vmfs(&["mkfs", img, "--size", "64M", "--max-inodes", "256"]);
+    vmfs(&["mkdir", img, "--host", "0", "/d"]);
+    let missing = dir.path().join("missing");
+    for args in [
+        vec!["mkdir", img, "--host", "0", "/d"],
+        vec!["ls", img, "--host", "3", "/missing"],
+        vec![
+            "cp-in",
+            img,
+            "--host",
+            "4",
+            missing.to_str().unwrap(),
+            "/d/x",
+        ],
+    ] {
+        let out = run_vmfs(&args);
+        assert!(
+            !out.success() && !out.timed_out,
+            "{args:?} should fail: {out}"
+        );
+        assert!(out.stderr.starts_with("vmfs: "), "{args:?}: {out}");
+        assert_nothing_mounted(img, &format!("{args:?}"));
+    }
+
+    // cp-in from a FIFO that a slow producer keeps open: the copy is under way when
+    // SIGINT arrives.
+    let fifo = dir.path().join("slow.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let child = vinfra_testkit::spawn(Command::new(BIN).args([
+        "cp-in",
+        img,
+        "--host",
+        "2",
+        fifo.to_str().unwrap(),
+        "/d/big",
+    ]));
+    let written = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let fifo = fifo.clone();
+        let written = written.clone();
+        std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            // Ends when the reader is gone (EPIPE).
+            for _ in 0..3000 {
+                if std::io::Write::write_all(&mut w, &[7u8; 65536]).is_err() {
+                    break;
+                }
+                written.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Three 64 KiB chunks through a 64 KiB pipe: cp-in has read (and written) some.
+    let t = std::time::Instant::now();
+    while written.load(Ordering::SeqCst) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(60), "cp-in never read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(vmfs(&["info", img]).contains("host 2: mounted"));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait(Duration::from_secs(60));
+    assert_eq!(out.code(), Some(130), "{out}");
+    assert!(out.stderr.contains("stopped"), "{out}");
+    producer.join().unwrap();
+    assert_nothing_mounted(img, "SIGINT");
+    let ls = vmfs(&["ls", img, "--host", "1", "/d"]);
+    let size: u64 = ls
+        .lines()
+        .find(|l| l.ends_with("\tbig"))
+        .and_then(|l| l.split('\t').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(size > 0, "{ls}");
+    let back = dir.path().join("big.out");
+    vmfs(&[
+        "cp-out",
+        img,
+        "--host",
+        "1",
+        "/d/big",
+        back.to_str().unwrap(),
+    ]);
+    let back = std::fs::read(&back).unwrap();
+    assert!(back.len() as u64 == size && back.iter().all(|&b| b == 7));
+    assert!(vmfs(&["fsck", img]).contains("clean"));
 }

@@ -47,6 +47,20 @@ impl Target for Raw {
     }
 }
 
+/// An NBD export's raw blocks (the peer of vmfs over the same export).
+struct NbdRaw(Arc<vinfra_vmfs::nbd::NbdDevice>);
+impl Target for NbdRaw {
+    fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error> {
+        self.0.write_at(b, off)
+    }
+    fn pread(&self, b: &mut [u8], off: u64) -> Result<(), Error> {
+        self.0.read_at(b, off)
+    }
+    fn sync(&self) -> Result<(), Error> {
+        self.0.flush()
+    }
+}
+
 struct Vm(vinfra_vmfs::File);
 impl Target for Vm {
     fn pwrite(&self, b: &[u8], off: u64) -> Result<(), Error> {
@@ -143,9 +157,21 @@ pub fn bench_io(
     target: &str,
     block_size: u32,
     raw_offset_mib: u64,
+    nbd: Option<&Path>,
 ) -> Result<(), Error> {
     let bytes = mib << 20;
-    let res = if target == "raw" {
+    let res = if let Some(sock) = nbd {
+        // Both sides on the export of an NBD server at `sock` (its only client).
+        let mut o = vinfra_vmfs::nbd::NbdOptions::default();
+        o.single_client = true;
+        let addr = vinfra_vmfs::nbd::NbdAddr::Unix(sock.to_path_buf());
+        let dev = Arc::new(vinfra_vmfs::nbd::NbdDevice::connect(addr, o)?);
+        if target == "raw" {
+            phases(&NbdRaw(dev), bytes, secs, 7)?
+        } else {
+            bench_vmfs(dev, bytes, secs, block_size)?
+        }
+    } else if target == "raw" {
         let p = dir.join("raw.img");
         let f = OpenOptions::new()
             .read(true)
@@ -164,24 +190,7 @@ pub fn bench_io(
         let p = dir.join("vmfs.img");
         // Sparse: room for data, 64 journals and the cluster table at any block size.
         let dev = FileDevice::create(&p, 2 * bytes + (512 << 20))?;
-        let mut o = MkfsOptions::default();
-        o.max_inodes = 1024;
-        o.block_size = block_size;
-        // Clusters of 32 MiB; journals of 256 KiB (at least 4 blocks).
-        o.blocks_per_cluster = ((32u64 << 20) / block_size as u64).max(1) as u32;
-        o.journal_blocks = ((256u32 << 10) / block_size).max(4);
-        Volume::mkfs(&dev, &o)?;
-        let v = Volume::mount(
-            Arc::new(dev),
-            0,
-            &MountOptions::default(),
-            Arc::new(MonotonicClock::new()),
-        )?;
-        let hb = v.spawn_heartbeat();
-        let f = v.create("/bench.flat")?;
-        let r = phases(&Vm(f), bytes, secs, 7)?;
-        drop(hb);
-        v.unmount()?;
+        let r = bench_vmfs(Arc::new(dev), bytes, secs, block_size)?;
         let _ = std::fs::remove_file(&p);
         r
     };
@@ -189,6 +198,34 @@ pub fn bench_io(
         println!("{target} {k} {val:.1}");
     }
     Ok(())
+}
+
+/// The I/O phases through a vmfs file on a fresh volume on `dev`.
+fn bench_vmfs(
+    dev: Arc<dyn BlockDevice>,
+    bytes: u64,
+    secs: f64,
+    block_size: u32,
+) -> Result<Vec<(String, f64)>, Error> {
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 1024;
+    o.block_size = block_size;
+    // Clusters of 32 MiB; journals of 256 KiB (at least 4 blocks).
+    o.blocks_per_cluster = ((32u64 << 20) / block_size as u64).max(1) as u32;
+    o.journal_blocks = ((256u32 << 10) / block_size).max(4);
+    Volume::mkfs(dev.as_ref(), &o)?;
+    let v = Volume::mount(
+        dev,
+        0,
+        &MountOptions::default(),
+        Arc::new(MonotonicClock::new()),
+    )?;
+    let hb = v.spawn_heartbeat();
+    let f = v.create("/bench.flat")?;
+    let r = phases(&Vm(f), bytes, secs, 7)?;
+    drop(hb);
+    v.unmount()?;
+    Ok(r)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {

@@ -146,6 +146,10 @@ enum Cmd {
         /// see what a data offset inside a bigger image costs the page cache).
         #[arg(long, default_value_t = 0)]
         raw_offset_mib: u64,
+        /// Run both sides on the export of the NBD server listening on this Unix socket
+        /// (vmfs on the export, and the export's raw blocks), instead of on files in DIR.
+        #[arg(long)]
+        nbd: Option<PathBuf>,
     },
     /// Benchmark: uncontended lock acquire+release.
     #[command(hide = true)]
@@ -198,14 +202,70 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?}"))
 }
 
-fn mount(m: &Mnt) -> Result<Volume, Error> {
+fn mount(m: &Mnt) -> Result<Mounted, Error> {
+    // From here on Ctrl-C and SIGTERM set a flag the commands look at, so that they
+    // unmount (commands that mount nothing keep the default: they just stop).
+    if let Err(e) = vinfra_host::terminal::install_stop_signals() {
+        eprintln!("vmfs: installing the stop signals: {e}");
+    }
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&m.image, false)?);
     let mut o = MountOptions::default();
     o.lease_ms = m.lease_ms;
     o.interval_ms = m.interval_ms;
     o.pid = std::process::id();
     o.name = format!("vmfs-cli-{}", m.host);
-    Volume::mount(dev, m.host, &o, Arc::new(MonotonicClock::new()))
+    let v = Volume::mount(dev, m.host, &o, Arc::new(MonotonicClock::new()))?;
+    Ok(Mounted(Some(v)))
+}
+
+/// A volume mounted by a command, unmounted on every way out of it: the end, an error
+/// returned with `?`, a panic, and a stop signal (SIGINT, SIGTERM: the long commands
+/// look at [`stopped`] between chunks of work and return). Otherwise a failed `vmfs
+/// mkdir` would leave its host "mounted, alive" in `vmfs info`, its journal lock held,
+/// until the lease ran out. Only a crash (kill -9) leaves the slot for recovery.
+struct Mounted(Option<Volume>);
+
+impl Mounted {
+    /// Unmounts now, reporting errors (dropping reports them on stderr).
+    fn unmount(mut self) -> Result<(), Error> {
+        match self.0.take() {
+            Some(v) => v.unmount(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::ops::Deref for Mounted {
+    type Target = Volume;
+    fn deref(&self) -> &Volume {
+        match &self.0 {
+            Some(v) => v,
+            None => unreachable!("only unmount and drop take the volume"),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            let host = v.host();
+            if let Err(e) = v.unmount() {
+                eprintln!("vmfs: unmounting host {host}: {e}");
+            }
+        }
+    }
+}
+
+/// Whether SIGINT or SIGTERM asked the command to stop.
+fn stopped() -> bool {
+    vinfra_host::terminal::stop_requested()
+}
+
+/// The exit status of a command stopped by a signal (as a shell reports SIGINT).
+const EXIT_STOPPED: u8 = 130;
+
+fn io_error(op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, offset, source }
 }
 
 fn main() -> ExitCode {
@@ -278,13 +338,27 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         Cmd::CpIn { m, src, dst } => {
             let v = mount(&m)?;
             let _hb = v.spawn_heartbeat();
-            let data = std::fs::read(&src).map_err(|e| Error::Io {
-                op: "read",
-                offset: 0,
-                source: e,
-            })?;
+            let mut input = std::fs::File::open(&src).map_err(io_error("open", 0))?;
             let f = v.create(&dst)?;
-            f.write_at(&data, 0)?;
+            let mut buf = vec![0u8; 8 << 20];
+            let mut off = 0u64;
+            loop {
+                if stopped() {
+                    // What was copied stays, durable: the volume is left consistent.
+                    f.sync()?;
+                    f.close()?;
+                    drop(_hb);
+                    v.unmount()?;
+                    eprintln!("vmfs: stopped; {dst} holds the first {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                let n = std::io::Read::read(&mut input, &mut buf).map_err(io_error("read", off))?;
+                if n == 0 {
+                    break;
+                }
+                f.write_at(&buf[..n], off)?;
+                off += n as u64;
+            }
             f.sync()?;
             f.close()?;
             drop(_hb);
@@ -302,6 +376,13 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             let mut off = 0;
             let mut buf = vec![0u8; 1 << 20];
             loop {
+                if stopped() {
+                    f.close()?;
+                    drop(_hb);
+                    v.unmount()?;
+                    eprintln!("vmfs: stopped after {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
                 let n = f.read_at(&mut buf, off)?;
                 if n == 0 {
                     break;
@@ -378,7 +459,16 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             target,
             block_size,
             raw_offset_mib,
-        } => bench::bench_io(&dir, mib, secs, &target, block_size, raw_offset_mib)?,
+            nbd,
+        } => bench::bench_io(
+            &dir,
+            mib,
+            secs,
+            &target,
+            block_size,
+            raw_offset_mib,
+            nbd.as_deref(),
+        )?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
         Cmd::BenchMeta { image, host, secs } => bench::bench_meta(&image, host, secs)?,
         Cmd::BenchFailover { image } => bench::bench_failover(&image)?,
@@ -477,7 +567,7 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
         println!("LOCKED");
         let _ = out.lock().flush();
         let mut i = 0u64;
-        while clock.now_ms() < deadline {
+        while clock.now_ms() < deadline && !stopped() {
             let (off, len) = writer_op(seed, i);
             f.write_at(&pattern(seed, i, len), off)?;
             f.sync()?;
@@ -500,7 +590,7 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
     let mut refused = 0u64;
     let mut ops = 0u64;
     let mut k = 0u64;
-    while clock.now_ms() < deadline {
+    while clock.now_ms() < deadline && !stopped() {
         ops += 1;
         k += 1;
         let pick: u32 = rng.random_range(0..10);
