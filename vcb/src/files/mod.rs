@@ -145,13 +145,13 @@ pub(crate) trait FsRead {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use vinfra_vcb::files::{EntryKind, GuestFs};
+/// use vinfra_vcb::files::GuestFs;
 /// use vinfra_vcb::{BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository};
 /// # let dir = tempfile::tempdir().unwrap();
 /// let repo = Repository::init(LocalDir::create(dir.path()).unwrap(), b"pw",
 ///     &InitOptions::default().kdf(KdfParams::INSECURE_FAST)).unwrap();
 /// // A disk that holds no filesystem: opening one says so, naming the backup and disk.
-/// let disk = MemDisk::new(1 << 20);
+/// let mut disk = MemDisk::new(1 << 20);
 /// let s = repo.backup(&BackupOptions::new("vm", 0), &[("d", &disk.snapshot())]).unwrap();
 /// let reader = Arc::new(repo.disk_reader(&s.id, "d").unwrap());
 /// let err = GuestFs::open(reader, None).unwrap_err();
