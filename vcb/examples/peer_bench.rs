@@ -116,7 +116,12 @@ fn main() {
     let tmp;
     let (work, old, new, files) = if args.len() >= 3 {
         let files = args[3..].to_vec();
-        (PathBuf::from(&args[0]), PathBuf::from(&args[1]), PathBuf::from(&args[2]), files)
+        (
+            PathBuf::from(&args[0]),
+            PathBuf::from(&args[1]),
+            PathBuf::from(&args[2]),
+            files,
+        )
     } else {
         tmp = tempfile::tempdir().unwrap();
         let (o, n) = synthetic(tmp.path());
@@ -129,7 +134,8 @@ fn main() {
     // The shared LUN: a vmfs volume on a file, mounted by the VM's host and the proxy.
     let lun_path = work.join("lun.vmfs");
     let _ = std::fs::remove_file(&lun_path);
-    let lun: Arc<FileDevice> = Arc::new(FileDevice::create(&lun_path, cap * 2 + (256 << 20)).unwrap());
+    let lun: Arc<FileDevice> =
+        Arc::new(FileDevice::create(&lun_path, cap * 2 + (256 << 20)).unwrap());
     let mut mk = MkfsOptions::default();
     mk.max_inodes = 256;
     Volume::mkfs(lun.as_ref(), &mk).unwrap();
@@ -140,12 +146,19 @@ fn main() {
     let t = Instant::now();
     let data = write_image(&mut disk, &old_f, None);
     disk.sync().unwrap();
-    println!("setup_write_s={:.2} data_bytes={data}", t.elapsed().as_secs_f64());
+    println!(
+        "setup_write_s={:.2} data_bytes={data}",
+        t.elapsed().as_secs_f64()
+    );
 
     let repo_dir = work.join("ours-repo");
     let _ = std::fs::remove_dir_all(&repo_dir);
-    let repo = Repository::init(LocalDir::create(&repo_dir).unwrap(), PASSWORD, &InitOptions::default())
-        .unwrap();
+    let repo = Repository::init(
+        LocalDir::create(&repo_dir).unwrap(),
+        PASSWORD,
+        &InitOptions::default(),
+    )
+    .unwrap();
 
     // Full.
     let info = prepare(&mut disk, None).unwrap();

@@ -11,6 +11,8 @@
 //! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
 //!   themselves: a vmfs virtual disk behind a vmm-core virtio-blk device, and
 //!   [`MountedHost`], a mounted volume with its heartbeat thread;
+//! * [`backup_control`]: the socket through which a backup proxy asks a VM's host to
+//!   freeze a disk and to consolidate it afterwards (`vmfs-vm --backup-control`);
 //! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
 //! * [`exit_status`]: the exit statuses the binaries document in `--help`;
 //! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
@@ -20,6 +22,7 @@
 // Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
 #![deny(unsafe_code)]
 
+pub mod backup_control;
 pub mod cluster;
 pub mod exit_status;
 pub mod logging;
