@@ -135,9 +135,14 @@ fn main() {
     let lun_path = work.join("lun.vmfs");
     let _ = std::fs::remove_file(&lun_path);
     let lun: Arc<FileDevice> =
-        Arc::new(FileDevice::create(&lun_path, cap * 2 + (256 << 20)).unwrap());
+        Arc::new(FileDevice::create(&lun_path, cap * 2 + (512 << 20)).unwrap());
+    // VMFS-5's 1 MiB file blocks (a 4 KiB-block file runs out of block pointers long
+    // before 2 GiB), 32 MiB clusters; changed-block tracking stays at 64 KiB grains.
     let mut mk = MkfsOptions::default();
-    mk.max_inodes = 256;
+    mk.max_inodes = 64; // the fewest: metadata grows with the block size
+    mk.block_size = 1 << 20;
+    mk.blocks_per_cluster = 32;
+    mk.journal_blocks = 4;
     Volume::mkfs(lun.as_ref(), &mk).unwrap();
     let clock = Arc::new(ManualClock::new(0));
     let esx = Volume::mount(lun.clone(), 1, &MountOptions::default(), clock.clone()).unwrap();
