@@ -211,6 +211,50 @@ fn a_running_vm_is_backed_up_from_another_process_full_then_incremental() {
         since = d.change_id;
         parent = Some(s.id);
     }
+
+    // The same through the command line, as an operator's proxy would: hooks around the
+    // snapshot, incremental from the library's backups (changed-block tracking goes on).
+    let before = acked.lock().unwrap().len();
+    let hooks = dir.path().join("hooks.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vinfra-vcb"))
+        .env("VCB_REPO", &repo_dir)
+        .env("VCB_PASSWORD", "pw")
+        .args([
+            "--json",
+            "backup",
+            "--vm",
+            "vm1",
+            "--time",
+            "2",
+            "--host-id",
+            "4",
+        ])
+        .arg("--vmfs-volume")
+        .arg(&lun)
+        .arg("--vmfs-disk")
+        .arg(format!("disk0={}", sock.display()))
+        .arg("--pre")
+        .arg(format!("echo pre >> {}", hooks.display()))
+        .arg("--post")
+        .arg(format!("echo post >> {}", hooks.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&hooks).unwrap(), "pre\npost\n");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["parent"], parent.unwrap().to_hex());
+    let read = v["disks"][0]["bytes_read"].as_u64().unwrap();
+    assert!(read > 0 && read <= 32 * 65536, "{v}");
+    let id = vinfra_vcb::Id::from_hex(v["id"].as_str().unwrap()).unwrap();
+    let mut restored = Vec::new();
+    repo.restore_disk(&id, "disk0", &mut restored).unwrap();
+    let acked_now = acked.lock().unwrap().clone();
+    check_writes(&restored, &acked_now, before, acked_now.len());
+
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     let status = vm.wait().unwrap();

@@ -100,8 +100,19 @@ enum Cmd {
         #[arg(long)]
         vm: String,
         /// A disk as NAME=PATH (a raw image or block device); repeat for more disks.
-        #[arg(long = "disk", required = true, value_parser = parse_disk)]
+        #[arg(long = "disk", value_parser = parse_disk, required_unless_present = "vmfs_disks")]
         disks: Vec<(String, PathBuf)>,
+        /// A disk of a running VM on a vmfs volume, as NAME=SOCKET: the backup control
+        /// socket of the VM's host (`vmfs-vm --backup-control`), which freezes the disk
+        /// and later consolidates it; needs --vmfs-volume and --host-id.
+        #[arg(long = "vmfs-disk", value_parser = parse_disk, requires = "vmfs_volume")]
+        vmfs_disks: Vec<(String, PathBuf)>,
+        /// The shared vmfs volume (image file) the VM's disks live on.
+        #[arg(long, requires = "host_id")]
+        vmfs_volume: Option<PathBuf>,
+        /// This proxy's host id on the volume (a heartbeat slot the VM's host does not use).
+        #[arg(long)]
+        host_id: Option<u32>,
         /// Read every grain (still storing only what is new).
         #[arg(long)]
         full: bool,
@@ -431,6 +442,107 @@ fn backup(
     result
 }
 
+/// The disks of a running VM on a vmfs volume, each with its host's control socket.
+struct HotDisks<'a> {
+    volume: &'a Path,
+    host_id: u32,
+    disks: &'a [(String, PathBuf)],
+}
+
+/// Hot backup: the pre hook, a snapshot of every disk by the VM's host, the post hook
+/// (the application may resume: the disks are frozen), the backup of the frozen layers
+/// read from this proxy's own mount, then consolidation — also after a failed backup.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the backup command's flags, passed on"
+)]
+fn backup_hot(
+    ctx: &Ctx,
+    repo: &Repository,
+    vm: &str,
+    hot: &HotDisks<'_>,
+    host: Option<&str>,
+    pre: Option<&str>,
+    post: Option<&str>,
+    time: u64,
+) -> Out {
+    use vinfra_host::backup_control::{request, Request};
+    use vinfra_vcb::vmfs::VmfsSnapshot;
+    let mut opts = vinfra_vmfs::MountOptions::default();
+    opts.pid = std::process::id();
+    opts.name = "vinfra-vcb".into();
+    let mounted = vinfra_host::vmfs_disk::MountedHost::mount(hot.volume, hot.host_id, &opts)
+        .map_err(|e| {
+            fail(format!(
+                "mount {} as host {}: {e}",
+                hot.volume.display(),
+                hot.host_id
+            ))
+        })?;
+    // Each disk's change id in the VM's latest backup: what changed-block tracking
+    // lists the changes since.
+    let latest = repo.snapshots()?.into_iter().rfind(|s| s.manifest.vm == vm);
+    if let Some(cmd) = pre {
+        hook("pre", cmd)?;
+    }
+    let mut frozen = Vec::new();
+    let mut failed = None;
+    for (name, sock) in hot.disks {
+        let since = latest
+            .as_ref()
+            .and_then(|s| s.manifest.disk(name))
+            .and_then(|d| d.change_id);
+        match request(sock, &Request::Snapshot { since }) {
+            Ok(r) => match r.info {
+                Some(info) => frozen.push((name.as_str(), sock, info)),
+                None => failed = Some(fail(format!("disk {name}: the VM's host sent no snapshot"))),
+            },
+            Err(e) => failed = Some(fail(format!("disk {name}: snapshot: {e}"))),
+        }
+        if failed.is_some() {
+            break;
+        }
+    }
+    let post_result = post.map(|cmd| hook("post", cmd));
+    let result = match failed {
+        Some(f) => Err(f),
+        None => (|| {
+            let mut sources = Vec::new();
+            for (name, _, info) in &frozen {
+                let s = VmfsSnapshot::open(mounted.volume(), info.clone())
+                    .map_err(|e| fail(format!("disk {name}: open the frozen layers: {e}")))?;
+                sources.push((*name, s));
+            }
+            let refs: Vec<(&str, &dyn DiskSource)> = sources
+                .iter()
+                .map(|(n, s)| (*n, s as &dyn DiskSource))
+                .collect();
+            let sp = ctx.spinner(&format!("backup {vm} (hot)"));
+            let opts = BackupOptions::new(vm, time).host(host.unwrap_or(&hostname()));
+            let snap = repo.backup(&opts, &refs)?;
+            sp.finish_and_clear();
+            Ok(snapshot_json(&snap))
+        })(),
+    };
+    // The frozen layers are closed (the sources dropped) before the VM's host folds
+    // its redo logs back.
+    let mut consolidate_err = None;
+    for (name, sock, _) in &frozen {
+        if let Err(e) = request(sock, &Request::Consolidate) {
+            consolidate_err = Some(fail(format!("disk {name}: consolidate: {e}")));
+        }
+    }
+    let _ = mounted.unmount();
+    let v = result?;
+    if let Some(Err(f)) = post_result {
+        return Err(f);
+    }
+    match consolidate_err {
+        Some(f) => Err(f),
+        None => Ok(v),
+    }
+}
+
 fn open_fs(repo: &Repository, a: &FsArgs) -> Result<GuestFs, Fail> {
     let snap = repo.find_snapshot(&a.snapshot)?;
     let disk = match &a.disk {
@@ -478,6 +590,9 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
         Cmd::Backup {
             vm,
             disks,
+            vmfs_disks,
+            vmfs_volume,
+            host_id,
             full,
             host,
             config,
@@ -486,6 +601,26 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
             time,
         } => {
             let repo = ctx.open()?;
+            if let (Some(volume), Some(host_id)) = (&vmfs_volume, host_id) {
+                if !disks.is_empty() {
+                    return Err(fail("give either --disk or --vmfs-disk, not both"));
+                }
+                let hot = HotDisks {
+                    volume,
+                    host_id,
+                    disks: &vmfs_disks,
+                };
+                return backup_hot(
+                    ctx,
+                    &repo,
+                    &vm,
+                    &hot,
+                    host.as_deref(),
+                    pre.as_deref(),
+                    post.as_deref(),
+                    time.unwrap_or_else(now_s),
+                );
+            }
             backup(
                 ctx,
                 &repo,
