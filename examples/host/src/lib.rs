@@ -3,8 +3,9 @@
 //! Binaries live in `src/bin/`: `vinfra-vm` runs one VM with its console on the
 //! terminal (the README's main job), `vinfra-drs` prints DRS decisions for a cluster
 //! JSON, `vmfs-vm` runs a VM on a virtual disk of a shared vmfs volume as one host of the
-//! cluster, and `vmfs` formats, inspects and uses a vmfs volume. The library part holds
-//! what they share:
+//! cluster, `vmfs` formats, inspects and uses a vmfs volume, and `vinfra-vcb` backs up
+//! disks (raw images, or a running VM's vmfs disks) and restores disks and files. The
+//! library part holds what they share:
 //!
 //! * [`cluster`]: the host as a member of an HA cluster (`vinfra-host run`): the agent of
 //!   `vinfra-ha` on UDP, probes and the volume, and the VMs it powers on;
