@@ -9,7 +9,26 @@ use libfuzzer_sys::fuzz_target;
 use vinfra_vcb::files::{EntryKind, FindQuery, GuestFs};
 use vinfra_vcb::MemDisk;
 
+/// libfuzzer-sys aborts on every panic; `GuestFs` turns a panic inside a filesystem crate
+/// (a registry dependency) into an error on purpose, so only panics in our own code stay
+/// fatal.
+fn abort_unless_in_a_dependency() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let theirs = info
+                .location()
+                .is_some_and(|l| l.file().contains("/registry/src/"));
+            if !theirs {
+                eprintln!("{info}");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    abort_unless_in_a_dependency();
     let mut disk = MemDisk::new(data.len().next_multiple_of(512).max(512));
     disk.write_at(data, 0);
     let Ok(mut fs) = GuestFs::open_source(Arc::new(disk.snapshot()), "fuzz", None) else {

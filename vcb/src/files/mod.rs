@@ -303,11 +303,11 @@ impl GuestFs {
         };
         let stash = Stash::default();
         let vol = Volume::new(disk, name.into(), chosen.offset, chosen.len, stash.clone());
-        let opened: FsResult<Box<dyn FsRead>> = match kind {
+        let opened: FsResult<Box<dyn FsRead>> = guarded(kind, || match kind {
             FsKind::Ext4 => ext4::Ext4Fs::open(vol).map(|f| Box::new(f) as Box<dyn FsRead>),
             FsKind::Fat => fat::FatFs::open(vol).map(|f| Box::new(f) as Box<dyn FsRead>),
             FsKind::Ntfs => ntfs::NtfsFs::open(vol).map(|f| Box::new(f) as Box<dyn FsRead>),
-        };
+        });
         let inner = opened.map_err(|e| to_error(&stash, kind, &location, "/", e))?;
         Ok(GuestFs {
             inner,
@@ -331,13 +331,15 @@ impl GuestFs {
     /// Metadata of one path.
     pub fn stat(&mut self, path: &str) -> Result<FileEntry> {
         let p = normalize(path)?;
-        self.inner.stat(&p).map_err(|e| self.error(&p, e))
+        let inner = &mut self.inner;
+        guarded(self.kind, || inner.stat(&p)).map_err(|e| self.error(&p, e))
     }
 
     /// The entries of a directory, sorted by name.
     pub fn list(&mut self, dir: &str) -> Result<Vec<FileEntry>> {
         let p = normalize(dir)?;
-        let mut v = self.inner.list(&p).map_err(|e| self.error(&p, e))?;
+        let inner = &mut self.inner;
+        let mut v = guarded(self.kind, || inner.list(&p)).map_err(|e| self.error(&p, e))?;
         v.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(v)
     }
@@ -378,13 +380,36 @@ impl GuestFs {
     /// Streams regular file `path` into `out`; returns its length.
     pub fn read_file(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let p = normalize(path)?;
-        self.inner.copy(&p, out).map_err(|e| self.error(&p, e))
+        let inner = &mut self.inner;
+        guarded(self.kind, || inner.copy(&p, out)).map_err(|e| self.error(&p, e))
     }
 
     /// The target of a symbolic link.
     pub fn link_target(&mut self, path: &str) -> Result<String> {
         let p = normalize(path)?;
-        self.inner.link_target(&p).map_err(|e| self.error(&p, e))
+        let inner = &mut self.inner;
+        guarded(self.kind, || inner.link_target(&p)).map_err(|e| self.error(&p, e))
+    }
+}
+
+/// Runs a call into a filesystem crate, turning a panic into an error. The crates are
+/// read-only and well kept, but not hardened against hostile images (fuzzing found
+/// fatfs subtracting with overflow on a bad cluster number); a backup's bytes are
+/// untrusted input and must never bring the process down.
+fn guarded<T>(kind: FsKind, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(FsError::Other(format!(
+                "the {} reader failed on damaged structures ({why})",
+                kind.name()
+            )))
+        }
     }
 }
 
