@@ -213,6 +213,43 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// No recognised filesystem where one was asked for.
+    #[error("{location}: no filesystem: {detail}")]
+    NoFilesystem {
+        /// The backup disk (and partition) looked at.
+        location: String,
+        /// What was found instead.
+        detail: String,
+    },
+    /// A path that does not exist in a guest filesystem.
+    #[error("{location}: {path}: no such file or directory")]
+    FileNotFound {
+        /// The backup disk and partition.
+        location: String,
+        /// The guest path.
+        path: String,
+    },
+    /// A guest filesystem could not be read (damaged or unsupported structures).
+    #[error("{fs} filesystem on {location}: {path}: {detail}")]
+    Filesystem {
+        /// ext4, fat or ntfs.
+        fs: &'static str,
+        /// The backup disk and partition.
+        location: String,
+        /// The guest path being read.
+        path: String,
+        /// What the filesystem reader reported.
+        detail: String,
+    },
+    /// Writing a restored file (or the tar stream) failed.
+    #[error("write {path}: {source}")]
+    FileWrite {
+        /// The file written.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A caller's argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

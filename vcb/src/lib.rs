@@ -38,6 +38,7 @@ mod codec;
 mod config;
 mod crypto;
 mod error;
+pub mod files;
 mod index;
 mod lock;
 mod manifest;

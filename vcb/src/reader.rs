@@ -24,7 +24,8 @@ struct Cache {
 }
 
 /// One disk of one backup, readable at any offset. Holds a shared lock, so a prune
-/// cannot move its chunks while it is open.
+/// cannot move its chunks while it is open, and its own handle on the repository, so it
+/// can be shared (`Arc`) with filesystem readers that want an owned, `'static` device.
 ///
 /// ```
 /// use std::io::{Read, Seek, SeekFrom};
@@ -47,8 +48,8 @@ struct Cache {
 /// assert_eq!(&rest, b"block");
 /// ```
 #[derive(Debug)]
-pub struct DiskReader<'r> {
-    repo: &'r Repository,
+pub struct DiskReader {
+    repo: Repository,
     snapshot: Id,
     disk: DiskManifest,
     index: Index,
@@ -58,7 +59,7 @@ pub struct DiskReader<'r> {
 
 impl Repository {
     /// Opens disk `disk` of backup `snapshot` for random access.
-    pub fn disk_reader(&self, snapshot: &Id, disk: &str) -> Result<DiskReader<'_>> {
+    pub fn disk_reader(&self, snapshot: &Id, disk: &str) -> Result<DiskReader> {
         let lock = self.lock(false)?;
         let s = self.snapshot(snapshot)?;
         let d = s
@@ -71,7 +72,7 @@ impl Repository {
             })?;
         let (index, _) = self.load_index()?;
         Ok(DiskReader {
-            repo: self,
+            repo: self.clone(),
             snapshot: *snapshot,
             disk: d,
             index,
@@ -81,10 +82,15 @@ impl Repository {
     }
 }
 
-impl DiskReader<'_> {
+impl DiskReader {
     /// The disk's capacity.
     pub fn capacity(&self) -> u64 {
         self.disk.capacity
+    }
+
+    /// The backup this disk belongs to.
+    pub fn snapshot_id(&self) -> &Id {
+        &self.snapshot
     }
 
     /// The disk's manifest entry.
@@ -155,7 +161,7 @@ impl DiskReader<'_> {
     }
 
     /// A `Read + Seek` view from offset 0 (for filesystem readers that want one).
-    pub fn cursor(&self) -> DiskCursor<'_, '_> {
+    pub fn cursor(&self) -> DiskCursor<'_> {
         DiskCursor {
             reader: self,
             pos: 0,
@@ -165,12 +171,12 @@ impl DiskReader<'_> {
 
 /// `Read + Seek` over a [`DiskReader`].
 #[derive(Debug)]
-pub struct DiskCursor<'a, 'r> {
-    reader: &'a DiskReader<'r>,
+pub struct DiskCursor<'a> {
+    reader: &'a DiskReader,
     pos: u64,
 }
 
-impl Read for DiskCursor<'_, '_> {
+impl Read for DiskCursor<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.reader.capacity().saturating_sub(self.pos);
         let n = (buf.len() as u64).min(left) as usize;
@@ -182,7 +188,7 @@ impl Read for DiskCursor<'_, '_> {
     }
 }
 
-impl Seek for DiskCursor<'_, '_> {
+impl Seek for DiskCursor<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(o) => Some(o),
@@ -196,7 +202,7 @@ impl Seek for DiskCursor<'_, '_> {
     }
 }
 
-impl DiskSource for DiskReader<'_> {
+impl DiskSource for DiskReader {
     fn capacity(&self) -> u64 {
         self.disk.capacity
     }

@@ -53,7 +53,10 @@ pub struct Snapshot {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
+///
+/// A clone is a cheap second handle (the storage is shared, the keys copied), for readers
+/// that outlive a borrow.
+#[derive(Debug, Clone)]
 pub struct Repository {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) config: Config,

@@ -3,14 +3,17 @@
 //! Binaries live in `src/bin/`: `vinfra-vm` runs one VM with its console on the
 //! terminal (the README's main job), `vinfra-drs` prints DRS decisions for a cluster
 //! JSON, `vmfs-vm` runs a VM on a virtual disk of a shared vmfs volume as one host of the
-//! cluster, and `vmfs` formats, inspects and uses a vmfs volume. The library part holds
-//! what they share:
+//! cluster, `vmfs` formats, inspects and uses a vmfs volume, and `vinfra-vcb` backs up
+//! disks (raw images, or a running VM's vmfs disks) and restores disks and files. The
+//! library part holds what they share:
 //!
 //! * [`cluster`]: the host as a member of an HA cluster (`vinfra-host run`): the agent of
 //!   `vinfra-ha` on UDP, probes and the volume, and the VMs it powers on;
 //! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
 //!   themselves: a vmfs virtual disk behind a vmm-core virtio-blk device, and
 //!   [`MountedHost`], a mounted volume with its heartbeat thread;
+//! * [`backup_control`]: the socket through which a backup proxy asks a VM's host to
+//!   freeze a disk and to consolidate it afterwards (`vmfs-vm --backup-control`);
 //! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
 //! * [`exit_status`]: the exit statuses the binaries document in `--help`;
 //! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
@@ -22,6 +25,7 @@
 // Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
 #![deny(unsafe_code)]
 
+pub mod backup_control;
 pub mod cluster;
 pub mod exit_status;
 pub mod logging;

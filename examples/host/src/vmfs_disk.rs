@@ -233,6 +233,19 @@ impl VmfsDiskBackend {
         Ok(())
     }
 
+    /// Runs `f` on the disk alone (no guest I/O meanwhile): a snapshot for a backup, a
+    /// consolidation after it. `Err` when the disk is released.
+    pub fn with_disk<T>(&self, f: impl FnOnce(&mut VirtualDisk) -> T) -> Result<T, String> {
+        let mut disk = self.disk.write().unwrap_or_else(PoisonError::into_inner);
+        match disk.as_mut() {
+            Some(d) => Ok(f(d)),
+            None => Err(format!(
+                "disk {} is released (not held by this host)",
+                self.path
+            )),
+        }
+    }
+
     /// Whether this backend holds the disk's lock.
     pub fn held(&self) -> bool {
         self.disk

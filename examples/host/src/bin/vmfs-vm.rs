@@ -18,7 +18,7 @@ use vinfra_host::logging;
 use vinfra_host::terminal::{install_stop_signals, stop_requested};
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
 use vinfra_vmfs::MountOptions;
-use vinfra_vmm_core::{DiskConfig, SerialOutput, Vm, VmConfig};
+use vinfra_vmm_core::{DiskConfig, SerialInputSource, SerialOutput, Vm, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +52,14 @@ struct Cli {
     /// Override the volume's heartbeat lease in ms (tests use short ones).
     #[arg(long)]
     lease_ms: Option<u32>,
+    /// Feed stdin to the guest's serial port (a test drives the workload guest's
+    /// commands through it); off by default, so a supervisor's stdin is left alone.
+    #[arg(long)]
+    console_input: bool,
+    /// Listen on this Unix socket for a backup proxy's snapshot and consolidate
+    /// requests (see `vinfra_host::backup_control`).
+    #[arg(long)]
+    backup_control: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -84,13 +92,21 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
         _ => VmfsDiskBackend::open(host.volume(), &disk_path)?,
     };
     let backend = Arc::new(backend);
+    if let Some(sock) = &cli.backup_control {
+        vinfra_host::backup_control::serve(sock, Arc::downgrade(&backend))?;
+    }
     install_stop_signals()?;
 
     let config = VmConfig::new(&cli.kernel)
         .memory_mib(cli.memory_mib)
         .cmdline(cli.cmdline.clone())
         .disk(DiskConfig::backend(&disk_path, backend.clone()))
-        .serial_output(SerialOutput::Stdio);
+        .serial_output(SerialOutput::Stdio)
+        .serial_input(if cli.console_input {
+            SerialInputSource::Stdio
+        } else {
+            SerialInputSource::None
+        });
     let mut vm = Vm::create(config)?;
     vm.start()?;
     // Bounded by the guest, a signal or fencing; each turn waits at most 100 ms.
