@@ -64,6 +64,7 @@ pub mod lease;
 pub mod liveness;
 pub mod locks;
 pub mod nbd;
+pub mod paxos;
 // The layers, each using only those above it: format, block map, journal, mount (shared
 // state, lease, heartbeat, lock table) with the lock manager, operations, files,
 // namespace and recovery, the `Volume` facade, virtual disks on top of it.
