@@ -38,7 +38,10 @@ fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
     let f = a.create("/vm.vmdk").unwrap();
     f.write_at(b"owned by a", 0).unwrap();
     f.sync().unwrap();
-    let msg = b.open("/vm.vmdk", LockMode::Exclusive).unwrap_err().to_string();
+    let msg = b
+        .open("/vm.vmdk", LockMode::Exclusive)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("locked by host 1, alive, heartbeat"), "{msg}");
     for _ in 0..30 {
         clock.advance(200);
@@ -48,8 +51,13 @@ fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
     }
     std::mem::forget(f); // a dies holding the lock
     let t0 = clock.now_ms();
-    let g = b.open_wait("/vm.vmdk", LockMode::Exclusive, 10_000).unwrap();
-    assert!(clock.now_ms() - t0 >= 2000, "broken only after a whole lease");
+    let g = b
+        .open_wait("/vm.vmdk", LockMode::Exclusive, 10_000)
+        .unwrap();
+    assert!(
+        clock.now_ms() - t0 >= 2000,
+        "broken only after a whole lease"
+    );
     let mut buf = [0u8; 10];
     g.read_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"owned by a");
@@ -58,7 +66,11 @@ fn a_live_owner_keeps_its_lock_and_a_dead_one_loses_it_after_the_lease() {
     b.unmount().unwrap();
     let dev = paxos::open_for_host(lun.clone(), 0, clock.clone()).unwrap();
     let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
-    assert!(r.errors.iter().all(|e| !e.to_string().contains("lock")), "{:#?}", r.errors);
+    assert!(
+        r.errors.iter().all(|e| !e.to_string().contains("lock")),
+        "{:#?}",
+        r.errors
+    );
 }
 
 #[test]
@@ -88,15 +100,32 @@ fn shared_readers_and_multi_writers_over_disk_paxos() {
 fn a_host_outside_the_paxos_hosts_and_a_bare_device_are_refused() {
     let (lun, clock) = setup(2);
     let e = paxos::open_for_host(lun.clone(), 2, clock.clone()).unwrap_err();
-    assert!(matches!(paxos::paxos_error(&e), Some(PaxosError::Host { host: 2, hosts: 2 })), "{e}");
+    assert!(
+        matches!(
+            paxos::paxos_error(&e),
+            Some(PaxosError::Host { host: 2, hosts: 2 })
+        ),
+        "{e}"
+    );
     let bare: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(1 << 20));
     let e = PaxosDevice::open(bare.clone(), 0, clock.clone()).unwrap_err();
-    assert!(matches!(paxos::paxos_error(&e), Some(PaxosError::NotFormatted)), "{e}");
+    assert!(
+        matches!(paxos::paxos_error(&e), Some(PaxosError::NotFormatted)),
+        "{e}"
+    );
     // A device without the area is used as it is (its own compare-and-write).
-    assert_eq!(paxos::open_for_host(bare, 0, clock).unwrap().len().unwrap(), 1 << 20);
+    assert_eq!(
+        paxos::open_for_host(bare, 0, clock).unwrap().len().unwrap(),
+        1 << 20
+    );
     let dev = paxos::open_for_host(lun, 0, Arc::new(ManualClock::new(0))).unwrap();
-    let e = dev.compare_and_write(dev.len().unwrap() - 512, &[0; 512], &[1; 512]).unwrap_err();
-    assert!(matches!(paxos::paxos_error(&e), Some(PaxosError::NotCovered { .. })), "{e}");
+    let e = dev
+        .compare_and_write(dev.len().unwrap() - 512, &[0; 512], &[1; 512])
+        .unwrap_err();
+    assert!(
+        matches!(paxos::paxos_error(&e), Some(PaxosError::NotCovered { .. })),
+        "{e}"
+    );
 }
 
 /// Real threads, one `PaxosDevice` each, racing for lock records through the lock layer:
@@ -141,6 +170,37 @@ fn hosts_on_threads_never_share_an_exclusive_lock() {
         })
         .collect();
     let per: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(per.iter().all(|&n| n > 0), "every host got the lock: {per:?}");
-    assert_eq!(taken.load(Ordering::SeqCst), per.iter().map(|&n| n as u64).sum::<u64>());
+    assert!(
+        per.iter().all(|&n| n > 0),
+        "every host got the lock: {per:?}"
+    );
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        per.iter().map(|&n| n as u64).sum::<u64>()
+    );
+}
+
+/// What one uncontended acquire+release costs over Disk Paxos (the README's figure): two
+/// compare-and-writes of 3 area reads, 4 writes and 3 flushes each, once the host knows
+/// the record's newest instance; the ATS path makes 2 I/Os (`tests/basic.rs`).
+#[test]
+fn uncontended_lock_acquire_and_release_io_counts() {
+    let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(48 << 20));
+    Volume::mkfs_without_ats(mem.clone(), &opts(), 4).unwrap();
+    let counting = Arc::new(vinfra_vmfs::CountingDevice::new(mem));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let dev = paxos::open_for_host(counting.clone(), 0, clock.clone()).unwrap();
+    let v = Volume::mount(dev, 0, &MountOptions::default(), clock).unwrap();
+    let idx = v.superblock_now().geo.inode_lock(100);
+    v.lock_index(idx, LockMode::Exclusive).unwrap();
+    v.unlock_index(idx).unwrap();
+    for _ in 0..5 {
+        let before = counting.counts();
+        v.lock_index(idx, LockMode::Exclusive).unwrap();
+        v.unlock_index(idx).unwrap();
+        let after = counting.counts();
+        let d: Vec<u64> = (0..4).map(|i| after[i] - before[i]).collect();
+        // (reads, writes, compare-and-writes, flushes)
+        assert_eq!(d, [6, 8, 0, 6], "{d:?}");
+    }
 }

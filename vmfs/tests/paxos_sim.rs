@@ -121,7 +121,11 @@ impl Sim {
     }
 
     fn holders(&self) -> Vec<u32> {
-        self.hosts.iter().filter(|h| h.alive && h.holding).map(|h| h.id).collect()
+        self.hosts
+            .iter()
+            .filter(|h| h.alive && h.holding)
+            .map(|h| h.id)
+            .collect()
     }
 
     /// The I/Os of one proposer action, in a random order where the device may reorder.
@@ -137,7 +141,10 @@ impl Sim {
                 }
                 v
             }
-            Action::WriteProposal(p) => vec![Io::Write(sector_of(host, 0), p.encode(host).unwrap().to_vec())],
+            Action::WriteProposal(p) => vec![Io::Write(
+                sector_of(host, 0),
+                p.encode(host).unwrap().to_vec(),
+            )],
             Action::WriteLearned(l, d) => vec![
                 Io::Write(sector_of(host, 1), l.encode(host).unwrap().to_vec()),
                 Io::Write(sector_of(host, 2), encode_decisions(host, d).to_vec()),
@@ -209,7 +216,10 @@ impl Sim {
         match (goal, out) {
             (Goal::Acquire, Ok(Outcome::Written)) => {
                 let others = self.holders();
-                assert!(others.is_empty(), "seed {seed}: host {id} acquired while {others:?} hold");
+                assert!(
+                    others.is_empty(),
+                    "seed {seed}: host {id} acquired while {others:?} hold"
+                );
                 if holder_of(&self.hosts[i].expected).is_some() {
                     self.broken += 1;
                 }
@@ -230,7 +240,10 @@ impl Sim {
                 h.sleep_until = self.now + self.rng.below(100);
             }
             (Goal::Release, Ok(Outcome::Mismatch(cur))) => {
-                panic!("seed {seed}: live holder {id} robbed: record now {:?}", holder_of(&cur))
+                panic!(
+                    "seed {seed}: live holder {id} robbed: record now {:?}",
+                    holder_of(&cur)
+                )
             }
             (_, Err(_)) => {
                 // Outcome unknown: the host fences itself, as vmfs does on a device error.
@@ -308,7 +321,11 @@ impl Sim {
         if let Action::WriteLearned(l, _) = &next {
             let d = (l.value.owner, l.value.nonce, l.value.bytes.clone());
             let prev = self.decided.entry(l.instance).or_insert_with(|| d.clone());
-            assert_eq!(*prev, d, "seed {}: instance {} decided twice", self.seed, l.instance);
+            assert_eq!(
+                *prev, d,
+                "seed {}: instance {} decided twice",
+                self.seed, l.instance
+            );
         }
         match next {
             Action::Done(out) => {
@@ -332,7 +349,11 @@ impl Sim {
             }
         }
         let holders = self.holders();
-        assert!(holders.len() <= 1, "seed {}: holders {holders:?}", self.seed);
+        assert!(
+            holders.len() <= 1,
+            "seed {}: holders {holders:?}",
+            self.seed
+        );
     }
 }
 

@@ -200,7 +200,10 @@ impl Proposer {
             self.own = own.proposal.clone();
             self.decisions = own.decisions.clone();
         }
-        self.seen = sectors.iter().flat_map(|s| s.decisions.iter().copied()).collect();
+        self.seen = sectors
+            .iter()
+            .flat_map(|s| s.decisions.iter().copied())
+            .collect();
         let before = self.known.as_ref().map(|(k, _)| *k);
         self.learn(sectors);
         match self.phase {
@@ -209,7 +212,10 @@ impl Proposer {
                 // Someone finished this instance (or a later one) meanwhile: start over
                 // from what is decided, which may be this proposer's own value.
                 let moved = self.known.as_ref().map(|(k, _)| *k) != before
-                    && self.known.as_ref().is_some_and(|(k, _)| *k >= self.instance);
+                    && self
+                        .known
+                        .as_ref()
+                        .is_some_and(|(k, _)| *k >= self.instance);
                 if moved {
                     self.phase = Phase::Learn;
                     return self.after_learn(sectors, None);
@@ -250,7 +256,10 @@ impl Proposer {
                         owner: v.owner,
                         nonce: v.nonce,
                     });
-                    let keep = self.decisions.len().saturating_sub(super::block::DECISIONS_MAX);
+                    let keep = self
+                        .decisions
+                        .len()
+                        .saturating_sub(super::block::DECISIONS_MAX);
                     self.decisions.drain(..keep);
                     Ok(Action::WriteLearned(
                         Learned {
@@ -275,7 +284,9 @@ impl Proposer {
         self.attempts += 1;
         self.phase = Phase::Waiting;
         // Spread retries by host and attempt so that two proposers stop colliding.
-        let ms = 1 + (self.host as u64 * 7 + self.attempts as u64 * 13) % (4 * self.attempts as u64).min(64);
+        let ms = 1
+            + (self.host as u64 * 7 + self.attempts as u64 * 13)
+                % (4 * self.attempts as u64).min(64);
         Action::Backoff { ms }
     }
 
@@ -447,7 +458,10 @@ mod tests {
         let mut p = Proposer::new(2, b"old", b"new", None);
         let mut sectors = vec![HostSectors::default(); 4];
         assert_eq!(p.start(), Action::Read { home: false });
-        assert_eq!(p.on_read(&sectors, None).unwrap(), Action::Read { home: true });
+        assert_eq!(
+            p.on_read(&sectors, None).unwrap(),
+            Action::Read { home: true }
+        );
         let Action::WriteProposal(w) = p.on_read(&sectors, Some(b"old")).unwrap() else {
             panic!()
         };

@@ -205,7 +205,10 @@ fn seal(b: &mut [u8; SECTOR]) {
 
 fn open<'a>(b: &'a [u8], magic: &[u8; 8], what: &'static str) -> Result<Option<&'a [u8]>> {
     if b.len() != SECTOR {
-        return Err(Error::corrupt(what, format!("{} bytes, need {SECTOR}", b.len())));
+        return Err(Error::corrupt(
+            what,
+            format!("{} bytes, need {SECTOR}", b.len()),
+        ));
     }
     if b.iter().all(|&x| x == 0) {
         return Ok(None);
@@ -230,12 +233,7 @@ fn open<'a>(b: &'a [u8], magic: &[u8; 8], what: &'static str) -> Result<Option<&
     Ok(Some(b))
 }
 
-fn encode_common(
-    magic: &[u8; 8],
-    host: u32,
-    instance: u64,
-    v: &Value,
-) -> Result<[u8; SECTOR]> {
+fn encode_common(magic: &[u8; 8], host: u32, instance: u64, v: &Value) -> Result<[u8; SECTOR]> {
     if !value_fits(&v.bytes) {
         return Err(Error::corrupt(
             "paxos value",
@@ -405,7 +403,11 @@ mod tests {
     #[test]
     fn decisions_keep_the_newest() {
         let list: Vec<_> = (0..40u64)
-            .map(|i| Decision { instance: i, owner: 2, nonce: i * 3 })
+            .map(|i| Decision {
+                instance: i,
+                owner: 2,
+                nonce: i * 3,
+            })
             .collect();
         let got = decode_decisions(&encode_decisions(1, &list)).unwrap();
         assert_eq!(got, list[40 - DECISIONS_MAX..]);
@@ -420,7 +422,10 @@ mod tests {
             bytes: vec![0xAB; SECTOR],
         };
         assert!(!value_fits(&v.bytes));
-        let l = Learned { instance: 1, value: v };
+        let l = Learned {
+            instance: 1,
+            value: v,
+        };
         assert!(matches!(l.encode(0), Err(Error::Corrupt { .. })));
     }
 

@@ -40,15 +40,17 @@ use crate::clock::Clock;
 use crate::device::{BlockDevice, Cas};
 use crate::error::{Error, Result};
 use ballot::{Action, HostSectors, Outcome, Proposer};
-use block::{Header, Learned, Proposal, Value, HOST_BYTES, SECTOR};
 use block::{decode_decisions, encode_decisions};
+use block::{Header, Learned, Proposal, Value, HOST_BYTES, SECTOR};
 
 /// Why a Disk Paxos device refused (the source of an [`Error::Io`]; see [`paxos_error`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PaxosError {
     /// A compare-and-write outside the covered sectors, or not one whole sector.
-    #[error("compare_and_write of {len} bytes at {offset} outside the Disk Paxos sectors [0, {cover})")]
+    #[error(
+        "compare_and_write of {len} bytes at {offset} outside the Disk Paxos sectors [0, {cover})"
+    )]
     NotCovered {
         /// Byte offset asked for.
         offset: u64,
@@ -95,7 +97,9 @@ fn paxos_io(op: &'static str, offset: u64, e: PaxosError) -> Error {
 /// The [`PaxosError`] inside an error, if it is one.
 pub fn paxos_error(e: &Error) -> Option<&PaxosError> {
     match e {
-        Error::Io { source, .. } => source.get_ref().and_then(|s| s.downcast_ref::<PaxosError>()),
+        Error::Io { source, .. } => source
+            .get_ref()
+            .and_then(|s| s.downcast_ref::<PaxosError>()),
         _ => None,
     }
 }
@@ -141,7 +145,14 @@ impl PaxosDevice {
     pub fn format(inner: &dyn BlockDevice, hosts: u32, cover: u64) -> Result<Header> {
         let max = crate::format::MAX_HOSTS;
         if hosts == 0 || hosts > max {
-            return Err(paxos_io("format", 0, PaxosError::Host { host: hosts, hosts: max }));
+            return Err(paxos_io(
+                "format",
+                0,
+                PaxosError::Host {
+                    host: hosts,
+                    hosts: max,
+                },
+            ));
         }
         let cover = cover.div_ceil(SECTOR as u64) * SECTOR as u64;
         let len = inner.len()?;
@@ -151,7 +162,14 @@ impl PaxosDevice {
             .map(|a| a / 4096 * 4096)
             .filter(|&a| a >= cover);
         let Some(area) = area else {
-            return Err(paxos_io("format", 0, PaxosError::TooSmall { len, need: need + cover }));
+            return Err(paxos_io(
+                "format",
+                0,
+                PaxosError::TooSmall {
+                    len,
+                    need: need + cover,
+                },
+            ));
         };
         let h = Header {
             hosts,
@@ -189,7 +207,10 @@ impl PaxosDevice {
         if let Some(h) = h {
             let end = h.area + Self::area_len(h.hosts, h.cover);
             if end > at {
-                return Err(Error::corrupt("paxos header", format!("areas end at {end}, past {at}")));
+                return Err(Error::corrupt(
+                    "paxos header",
+                    format!("areas end at {end}, past {at}"),
+                ));
             }
         }
         Ok(h)
@@ -328,7 +349,10 @@ impl PaxosDevice {
                 }
             };
         }
-        Err(Error::corrupt("paxos area", format!("no decision (sector {sector})")))
+        Err(Error::corrupt(
+            "paxos area",
+            format!("no decision (sector {sector})"),
+        ))
     }
 }
 
@@ -373,7 +397,11 @@ impl BlockDevice for PaxosDevice {
             return Err(paxos_io("compare_and_write", offset, e));
         }
         if !block::value_fits(new) {
-            return Err(paxos_io("compare_and_write", offset, PaxosError::ValueTooLarge(new.len())));
+            return Err(paxos_io(
+                "compare_and_write",
+                offset,
+                PaxosError::ValueTooLarge(new.len()),
+            ));
         }
         self.run(offset, expected, new)
     }
