@@ -204,3 +204,31 @@ fn uncontended_lock_acquire_and_release_io_counts() {
         assert_eq!(d, [6, 8, 0, 6], "{d:?}");
     }
 }
+
+/// The fuzz target's corpus (fuzz/corpus/vmfs_paxos) through the same decoders: the valid
+/// records in it decode and re-encode to themselves.
+#[test]
+fn the_paxos_fuzz_corpus_decodes_without_panicking() {
+    use vinfra_vmfs::paxos::block::{decode_decisions, Header, Learned, Proposal};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vmfs_paxos");
+    let (mut n, mut valid) = (0, 0);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let b = std::fs::read(e.unwrap().path()).unwrap();
+        n += 1;
+        if let Ok(Some(p)) = Proposal::decode(&b) {
+            assert_eq!(p.encode(2).unwrap().as_slice(), b.as_slice());
+            valid += 1;
+        }
+        if let Ok(Some(l)) = Learned::decode(&b) {
+            assert_eq!(l.encode(1).unwrap().as_slice(), b.as_slice());
+            valid += 1;
+        }
+        valid += usize::from(decode_decisions(&b).is_ok_and(|d| !d.is_empty()));
+        valid += usize::from(Header::decode(&b).is_ok_and(|h| h.is_some()));
+    }
+    assert!(
+        n >= 5 && valid >= 4,
+        "{n} corpus files, {valid} valid, in {}",
+        dir.display()
+    );
+}
