@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use vinfra_vmfs::paxos::ballot::{Action, HostSectors, Outcome, Proposer};
 use vinfra_vmfs::paxos::block::{
-    decode_decisions, encode_decisions, Decision, Learned, Proposal, Value, SECTOR,
+    decode_decisions, encode_decisions, Learned, Proposal, Value, SECTOR,
 };
 
 /// splitmix64: small, seeded, and the same everywhere.
@@ -59,6 +59,10 @@ enum Goal {
     Release,
 }
 
+/// A compare-and-write in flight: the proposer, its goal, the I/Os left of its current
+/// action, what that action's reads gathered, and whether it reads the home sector.
+type InFlight = (Proposer, Goal, Vec<Io>, HashMap<usize, Vec<u8>>, bool);
+
 struct Host {
     id: u32,
     gen: u32,
@@ -66,9 +70,7 @@ struct Host {
     down_until: u64,
     holding: bool,
     sleep_until: u64,
-    /// The compare-and-write in flight, its goal, the I/Os left of its current action, and
-    /// what the reads of that action gathered.
-    cas: Option<(Proposer, Goal, Vec<Io>, HashMap<usize, Vec<u8>>, bool)>,
+    cas: Option<InFlight>,
     expected: Vec<u8>,
     known: Option<(u64, Value)>,
     hold_left: u64,

@@ -419,6 +419,7 @@ mod tests {
                 },
             }),
             learned: None,
+            decisions: Vec::new(),
         }
     }
 
