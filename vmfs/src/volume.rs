@@ -118,7 +118,8 @@ impl Volume {
     /// use vinfra_vmfs::{MountOptions, Volume};
     ///
     /// let lun: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
-    /// let opts = MkfsOptions { max_inodes: 256, ..MkfsOptions::default() };
+    /// let mut opts = MkfsOptions::default();
+    /// opts.max_inodes = 256;
     /// Volume::mkfs_without_ats(lun.clone(), &opts, 2)?;
     /// let clock = Arc::new(MonotonicClock::new());
     /// let dev = paxos::open_for_host(lun, 1, clock.clone())?;

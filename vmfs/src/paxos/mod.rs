@@ -24,9 +24,12 @@
 //! let clock = Arc::new(MonotonicClock::new());
 //! let a = paxos::PaxosDevice::open(inner.clone(), 0, clock.clone())?;
 //! let b = paxos::PaxosDevice::open(inner, 1, clock)?;
-//! let (free, mine) = (vec![0u8; 512], vec![7u8; 512]);
+//! // Values are sector images that are mostly zeros, as vmfs's records are.
+//! let (free, mut mine, mut theirs) = (vec![0u8; 512], vec![0u8; 512], vec![0u8; 512]);
+//! mine[..4].copy_from_slice(b"mine");
+//! theirs[..6].copy_from_slice(b"theirs");
 //! assert_eq!(a.compare_and_write(512, &free, &mine)?, Cas::Written);
-//! assert_eq!(b.compare_and_write(512, &free, &[9u8; 512])?, Cas::Mismatch(mine));
+//! assert_eq!(b.compare_and_write(512, &free, &theirs)?, Cas::Mismatch(mine));
 //! # Ok::<(), vinfra_vmfs::Error>(())
 //! ```
 
