@@ -230,6 +230,11 @@ impl Volume {
         opts: &MountOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Volume> {
+        // A LUN made by `mkfs_without_ats`, mounted bare, would take its locks by the
+        // device's own compare-and-write while other hosts use Disk Paxos: refuse.
+        if let Ok(Some(_)) = crate::paxos::PaxosDevice::header(dev.as_ref()) {
+            return Err(ConfigError::NeedsDiskPaxos.into());
+        }
         let sh = Arc::new(Shared::claim(dev, host, opts, clock)?);
         let lease_ms = sh.lease_ms;
         let vol = Volume { sh };

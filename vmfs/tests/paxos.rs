@@ -115,8 +115,14 @@ fn a_host_outside_the_paxos_hosts_and_a_bare_device_are_refused() {
     );
     // A device without the area is used as it is (its own compare-and-write).
     assert_eq!(
-        paxos::open_for_host(bare, 0, clock).unwrap().len().unwrap(),
+        paxos::open_for_host(bare, 0, clock.clone()).unwrap().len().unwrap(),
         1 << 20
+    );
+    // Mounted bare, a Disk Paxos volume would mix two lock protocols: refused.
+    let e = Volume::mount(lun.clone(), 0, &MountOptions::default(), clock.clone()).unwrap_err();
+    assert!(
+        matches!(e, Error::Config(vinfra_vmfs::ConfigError::NeedsDiskPaxos)),
+        "{e}"
     );
     let dev = paxos::open_for_host(lun, 0, Arc::new(ManualClock::new(0))).unwrap();
     let e = dev
