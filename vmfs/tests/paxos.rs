@@ -115,7 +115,10 @@ fn a_host_outside_the_paxos_hosts_and_a_bare_device_are_refused() {
     );
     // A device without the area is used as it is (its own compare-and-write).
     assert_eq!(
-        paxos::open_for_host(bare, 0, clock.clone()).unwrap().len().unwrap(),
+        paxos::open_for_host(bare, 0, clock.clone())
+            .unwrap()
+            .len()
+            .unwrap(),
         1 << 20
     );
     // Mounted bare, a Disk Paxos volume would mix two lock protocols: refused.

@@ -90,6 +90,8 @@ pub struct Proposer {
     decisions: Vec<Decision>,
     /// What every host's decisions sector said at the last read.
     seen: Vec<Decision>,
+    /// Whether the value this instance builds on matched `expected`.
+    may_propose: bool,
 }
 
 /// The smallest ballot of `host` above `seen`.
@@ -150,6 +152,7 @@ impl Proposer {
             nonce_set: false,
             decisions: Vec::new(),
             seen: Vec::new(),
+            may_propose: false,
         }
     }
 
@@ -188,11 +191,17 @@ impl Proposer {
                 own.proposal.as_ref().map(|p| p.inp.clone()),
                 own.learned.as_ref().map(|l| l.value.clone()),
             ];
+            let from_decisions = own
+                .decisions
+                .iter()
+                .filter(|d| d.owner == self.host + 1)
+                .map(|d| d.nonce);
             let top = used
                 .iter()
                 .flatten()
                 .filter(|v| v.owner == self.host + 1)
                 .map(|v| v.nonce)
+                .chain(from_decisions)
                 .max()
                 .unwrap_or(0);
             self.mine.nonce = top + 1;
@@ -232,9 +241,13 @@ impl Proposer {
                     return Ok(self.abort());
                 }
                 if self.phase == Phase::One {
-                    let v = choose(self.instance, sectors)
-                        .cloned()
-                        .unwrap_or_else(|| self.mine.clone());
+                    let v = match choose(self.instance, sectors) {
+                        Some(v) => v.clone(),
+                        None if self.may_propose => self.mine.clone(),
+                        // The accepted value seen at Learn is gone, so the instance moved
+                        // on under us: never propose `new` from a value that mismatched.
+                        None => return Ok(self.abort()),
+                    };
                     let p = Proposal {
                         instance: self.instance,
                         mbal: self.ballot,
@@ -336,7 +349,8 @@ impl Proposer {
             return Ok(self.abort());
         }
         let accepted = choose(k, sectors).is_some();
-        if !accepted && current != self.expected {
+        self.may_propose = current == self.expected;
+        if !accepted && !self.may_propose {
             self.phase = Phase::Done;
             return Ok(Action::Done(Outcome::Mismatch(current)));
         }
