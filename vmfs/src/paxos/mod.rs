@@ -283,6 +283,22 @@ impl PaxosDevice {
         }
     }
 
+    /// A decider that died between its decision and its home write left the home sector
+    /// behind the decided value: a mismatch rewrites it, so that after any
+    /// compare-and-write of a sector its plain reads show the decided value.
+    fn repair_home(&self, offset: u64, cur: &[u8], st: &mut CasStats) -> Result<()> {
+        let mut home = vec![0u8; cur.len()];
+        self.inner.read_at(&mut home, offset)?;
+        st.reads += 1;
+        if home != cur {
+            self.inner.write_at(cur, offset)?;
+            self.inner.flush()?;
+            st.writes += 1;
+            st.flushes += 1;
+        }
+        Ok(())
+    }
+
     fn run(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
         let sector = offset / SECTOR as u64;
         let area = self.area_of(sector);
@@ -340,6 +356,11 @@ impl PaxosDevice {
                     if let Some(k) = p.known().cloned() {
                         if let Ok(mut m) = self.known.lock() {
                             m.insert(sector, k);
+                        }
+                    }
+                    if let (Outcome::Mismatch(cur), Some((k, _))) = (&outcome, p.known()) {
+                        if *k > 0 {
+                            self.repair_home(offset, cur, &mut st)?;
                         }
                     }
                     total.reads += st.reads;
