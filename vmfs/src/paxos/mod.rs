@@ -127,9 +127,16 @@ pub struct PaxosDevice {
     clock: Arc<dyn Clock>,
     /// Newest decided instance and value known per covered sector.
     known: Mutex<HashMap<u64, (u64, Value)>>,
-    /// One compare-and-write of this host at a time: it has one proposal sector per area.
-    turn: Mutex<CasStats>,
+    /// One compare-and-write of this host per covered sector at a time (it has one
+    /// proposal sector per area), striped so that a heartbeat renewal never waits for a
+    /// contended lock record of the same host unless they share a stripe.
+    turns: Vec<Mutex<()>>,
+    /// I/Os of every compare-and-write so far.
+    total: Mutex<CasStats>,
 }
+
+/// Stripes of the per-sector turn locks.
+const TURN_STRIPES: usize = 64;
 
 /// Where the header lives: the last sector of the inner device.
 fn header_at(len: u64) -> Option<u64> {
@@ -240,7 +247,8 @@ impl PaxosDevice {
             header,
             clock,
             known: Mutex::new(HashMap::new()),
-            turn: Mutex::new(CasStats::default()),
+            turns: (0..TURN_STRIPES).map(|_| Mutex::new(())).collect(),
+            total: Mutex::new(CasStats::default()),
         })
     }
 
@@ -251,7 +259,7 @@ impl PaxosDevice {
 
     /// I/Os of every compare-and-write so far, summed.
     pub fn stats(&self) -> CasStats {
-        self.turn.lock().map(|s| *s).unwrap_or_default()
+        self.total.lock().map(|s| *s).unwrap_or_default()
     }
 
     fn area_of(&self, sector: u64) -> u64 {
@@ -303,7 +311,10 @@ impl PaxosDevice {
         let sector = offset / SECTOR as u64;
         let area = self.area_of(sector);
         let mine = area + self.host as u64 * HOST_BYTES;
-        let mut total = self.turn.lock().map_err(|_| Self::lock_poisoned())?;
+        let stripe = (sector % TURN_STRIPES as u64) as usize;
+        let _turn = self.turns[stripe]
+            .lock()
+            .map_err(|_| Self::lock_poisoned())?;
         let hint = self
             .known
             .lock()
@@ -363,9 +374,11 @@ impl PaxosDevice {
                             self.repair_home(offset, cur, &mut st)?;
                         }
                     }
-                    total.reads += st.reads;
-                    total.writes += st.writes;
-                    total.flushes += st.flushes;
+                    if let Ok(mut total) = self.total.lock() {
+                        total.reads += st.reads;
+                        total.writes += st.writes;
+                        total.flushes += st.flushes;
+                    }
                     return Ok(match outcome {
                         Outcome::Written => Cas::Written,
                         Outcome::Mismatch(cur) => Cas::Mismatch(cur),
