@@ -231,7 +231,7 @@ fn volume_device(
     clock: Arc<MonotonicClock>,
 ) -> Result<Arc<dyn BlockDevice>, Error> {
     let file: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
-    Ok(vinfra_vmfs::paxos::open_for_host(file, host, clock)?)
+    vinfra_vmfs::paxos::open_for_host(file, host, clock)
 }
 
 /// A volume mounted by a command, unmounted on every way out of it: the end, an error
