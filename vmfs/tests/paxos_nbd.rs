@@ -106,8 +106,13 @@ fn child_host() {
         std::thread::sleep(Duration::from_secs(120));
         return;
     }
-    for _ in 0..ROUNDS {
+    let t0 = Instant::now();
+    for round in 0..ROUNDS {
         increment(&v, host, Duration::from_millis(3));
+        if round == 0 {
+            // The first lock of every survivor waits for host 4's lease and replay.
+            println!("FIRST_MS {}", t0.elapsed().as_millis());
+        }
     }
     v.unmount().unwrap();
 }
@@ -167,10 +172,27 @@ fn hosts_in_separate_processes_share_locks_over_nbd_with_disk_paxos() {
     let killed = Instant::now();
 
     let kids: Vec<Proc> = (1..4).map(|h| child(h, &sock, "count")).collect();
+    let mut first_ms = u64::MAX;
     for mut k in kids {
         let st = k.0.wait().unwrap();
         assert!(st.success(), "a host process failed: {st}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut k.0.stdout.take().unwrap(), &mut out).unwrap();
+        for l in out.lines() {
+            // The harness prints it after "test child_host ... " on the same line.
+            if let Some((_, ms)) = l.split_once("FIRST_MS ") {
+                let digits: String = ms.chars().take_while(char::is_ascii_digit).collect();
+                first_ms = first_ms.min(digits.parse().unwrap());
+            }
+        }
     }
+    // Failover: the first survivor's lock came a lease (3 s) plus replay after it
+    // started; the goal is lease + 1 s (generous here for a loaded machine).
+    eprintln!("failover over NBD with Disk Paxos: {first_ms} ms (lease 3000 ms)");
+    assert!(
+        (2900..6000).contains(&first_ms),
+        "failover took {first_ms} ms"
+    );
     // Host 4's lock was broken only after its lease (3 s of silence seen by a survivor).
     assert!(killed.elapsed() >= Duration::from_millis(3000));
 
