@@ -1,4 +1,5 @@
-//! criterion benches for the vmfs crate: lock acquire+release, metadata create+stat+delete,
+//! criterion benches for the vmfs crate: lock acquire+release (ATS and Disk Paxos, in
+//! memory and on a file), metadata create+stat+delete,
 //! 4 KiB in-place I/O on an in-memory device, and create+stat+delete on a file device
 //! (each transaction's commit is one `fdatasync`; more figures come from
 //! `benches/peers/vmfs-io.sh`).
@@ -29,15 +30,47 @@ fn mounted(dev: Arc<dyn BlockDevice>) -> Volume {
     .expect("mount")
 }
 
-fn locks(c: &mut Criterion) {
-    let v = volume();
+fn acquire_release(c: &mut Criterion, name: &str, v: &Volume) {
     let idx = v.superblock_now().geo.inode_lock(500);
-    c.bench_function("vmfs_lock_acquire_release", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             v.lock_index(idx, LockMode::Exclusive).expect("lock");
             v.unlock_index(idx).expect("unlock");
         })
     });
+}
+
+/// A volume made for a device without compare-and-write (Disk Paxos, 8 hosts), host 0.
+fn disk_paxos(lun: Arc<dyn BlockDevice>) -> Volume {
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 1024;
+    o.blocks_per_cluster = 1024;
+    Volume::mkfs_without_ats(lun.clone(), &o, 8).expect("mkfs");
+    let clock = Arc::new(ManualClock::new(0));
+    let dev = vinfra_vmfs::paxos::open_for_host(lun, 0, clock.clone()).expect("paxos device");
+    Volume::mount(dev, 0, &MountOptions::default(), clock).expect("mount")
+}
+
+fn locks(c: &mut Criterion) {
+    acquire_release(c, "vmfs_lock_acquire_release", &volume());
+    let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
+    acquire_release(c, "vmfs_lock_acquire_release_disk_paxos", &disk_paxos(mem));
+    // On a file: ATS is an OFD-locked read-compare-write (no flush); Disk Paxos flushes
+    // (fdatasync) three times per compare-and-write.
+    for paxos in [false, true] {
+        let path =
+            std::env::temp_dir().join(format!("vmfs-lock-{}-{paxos}.img", std::process::id()));
+        let dev: Arc<dyn BlockDevice> =
+            Arc::new(FileDevice::create(&path, 64 << 20).expect("image"));
+        let (name, v) = if paxos {
+            ("vmfs_lock_acquire_release_file_disk_paxos", disk_paxos(dev))
+        } else {
+            ("vmfs_lock_acquire_release_file", mounted(dev))
+        };
+        acquire_release(c, name, &v);
+        v.unmount().expect("unmount");
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 fn create_stat_delete(c: &mut Criterion, name: &str, v: &Volume) {

@@ -271,6 +271,10 @@ pub enum ConfigError {
     /// A block size that is not a power of two in 4 KiB ..= 1 MiB (for `Geometry::layout`).
     #[error("block size {0}")]
     BlockSize(u32),
+    /// A volume made for Disk Paxos mounted on the bare device: mount the device
+    /// `paxos::open_for_host` gives.
+    #[error("volume uses Disk Paxos locks: mount it through paxos::open_for_host")]
+    NeedsDiskPaxos,
     /// An inode count that is not a multiple of an inode group (for `Geometry::layout`).
     #[error("max inodes {0}")]
     MaxInodes(u32),

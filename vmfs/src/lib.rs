@@ -11,7 +11,9 @@
 //!
 //! Devices: [`FileDevice`] (an image file or a block device, ATS from an OFD lock),
 //! [`nbd::NbdDevice`] (an export of an NBD server such as `nbdkit` or `qemu-nbd`) and
-//! [`MemDevice`]. Writes that allocate into a file held exclusively are committed at
+//! [`MemDevice`]. Storage without compare-and-write gets it from Disk Paxos over plain
+//! sector reads and writes: [`Volume::mkfs_without_ats`] and [`paxos::open_for_host`]
+//! (the [`paxos`] module). Writes that allocate into a file held exclusively are committed at
 //! [`File::sync`] or close (deferred allocation, see the README), not one transaction per
 //! write.
 //!
@@ -64,6 +66,7 @@ pub mod lease;
 pub mod liveness;
 pub mod locks;
 pub mod nbd;
+pub mod paxos;
 // The layers, each using only those above it: format, block map, journal, mount (shared
 // state, lease, heartbeat, lock table) with the lock manager, operations, files,
 // namespace and recovery, the `Volume` facade, virtual disks on top of it.

@@ -102,7 +102,57 @@ pub struct HostInfo {
 impl Volume {
     /// Formats `dev`.
     pub fn mkfs(dev: &dyn BlockDevice, o: &MkfsOptions) -> Result<Superblock> {
-        let len = dev.len()?;
+        let geo = Self::plan(o, dev.len()?)?;
+        Self::mkfs_with(dev, o, geo)
+    }
+
+    /// Formats a volume for a device **without** an atomic compare-and-write: a Disk
+    /// Paxos area for `hosts` hosts (ids `0..hosts`) at the end of `inner`, covering the
+    /// heartbeat slots and lock records, and the volume in front of it. Each host then
+    /// mounts the device [`crate::paxos::open_for_host`] gives it. See the README,
+    /// "Locks without compare-and-write".
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vinfra_vmfs::{paxos, BlockDevice, MemDevice, MkfsOptions, MonotonicClock};
+    /// use vinfra_vmfs::{MountOptions, Volume};
+    ///
+    /// let lun: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
+    /// let mut opts = MkfsOptions::default();
+    /// opts.max_inodes = 256;
+    /// Volume::mkfs_without_ats(lun.clone(), &opts, 2)?;
+    /// let clock = Arc::new(MonotonicClock::new());
+    /// let dev = paxos::open_for_host(lun, 1, clock.clone())?;
+    /// let vol = Volume::mount(dev, 1, &MountOptions::default(), clock)?;
+    /// vol.mkdir("/vm1")?;
+    /// vol.unmount()?;
+    /// # Ok::<(), vinfra_vmfs::Error>(())
+    /// ```
+    pub fn mkfs_without_ats(
+        inner: Arc<dyn BlockDevice>,
+        o: &MkfsOptions,
+        hosts: u32,
+    ) -> Result<Superblock> {
+        // The layout on the whole device bounds the one on the smaller device in front of
+        // the areas (fewer clusters, never more lock records).
+        let full = Self::plan(o, inner.len()?)?;
+        let cover = full.lock_offset + full.n_locks() * SECTOR as u64;
+        let h = crate::paxos::PaxosDevice::format(inner.as_ref(), hosts, cover)?;
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::MonotonicClock::new());
+        let dev = crate::paxos::PaxosDevice::open(inner, 0, clock)?;
+        let geo = Self::plan(o, h.exposed)?;
+        let end = geo.lock_offset + geo.n_locks() * SECTOR as u64;
+        if end > h.cover {
+            return Err(Error::corrupt(
+                "paxos header",
+                format!("lock records end at {end}, past the covered {}", h.cover),
+            ));
+        }
+        Self::mkfs_with(&dev, o, geo)
+    }
+
+    /// The geometry `mkfs` lays out on a device of `len` bytes.
+    fn plan(o: &MkfsOptions, len: u64) -> Result<Geometry> {
         // Two passes: the cluster count decides the layout's size, which decides the count.
         let layout = |max_clusters| {
             Geometry::layout(
@@ -118,6 +168,10 @@ impl Volume {
         if o.max_clusters.is_none() {
             geo = layout((geo.n_clusters * 4).max(64))?;
         }
+        Ok(geo)
+    }
+
+    fn mkfs_with(dev: &dyn BlockDevice, o: &MkfsOptions, geo: Geometry) -> Result<Superblock> {
         if o.interval_ms == 0 || o.lease_ms < 2 * o.interval_ms {
             return Err(ConfigError::LeaseTooShort.into());
         }
@@ -176,6 +230,11 @@ impl Volume {
         opts: &MountOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Volume> {
+        // A LUN made by `mkfs_without_ats`, mounted bare, would take its locks by the
+        // device's own compare-and-write while other hosts use Disk Paxos: refuse.
+        if let Ok(Some(_)) = crate::paxos::PaxosDevice::header(dev.as_ref()) {
+            return Err(ConfigError::NeedsDiskPaxos.into());
+        }
         let sh = Arc::new(Shared::claim(dev, host, opts, clock)?);
         let lease_ms = sh.lease_ms;
         let vol = Volume { sh };

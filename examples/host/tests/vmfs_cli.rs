@@ -200,3 +200,39 @@ fn failing_and_interrupted_commands_unmount() {
     assert!(back.len() as u64 == size && back.iter().all(|&b| b == 7));
     assert!(vmfs(&["fsck", img]).contains("clean"));
 }
+
+/// `mkfs --disk-paxos`: a volume for storage without compare-and-write, found again by
+/// every command; hosts outside the Disk Paxos hosts and growing the image are refused.
+#[test]
+fn a_disk_paxos_volume_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    vmfs(&[
+        "mkfs",
+        img,
+        "--size",
+        "64M",
+        "--max-inodes",
+        "256",
+        "--disk-paxos",
+        "4",
+    ]);
+    vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
+    let src = dir.path().join("in.bin");
+    std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+    vmfs(&["cp-in", img, "--host", "3", src.to_str().unwrap(), "/vm1/f"]);
+    let ls = vmfs(&["ls", img, "--host", "2", "/vm1"]);
+    assert!(ls.contains("File\t100000\t"), "{ls}");
+    let out = run_vmfs(&["ls", img, "--host", "4", "/"]);
+    assert!(
+        !out.success() && out.stderr.contains("Disk Paxos hosts"),
+        "{out}"
+    );
+    let out = run_vmfs(&["grow", img, "--host", "1", "--size", "128M"]);
+    assert!(
+        !out.success() && out.stderr.contains("cannot be resized"),
+        "{out}"
+    );
+    assert!(vmfs(&["fsck", img]).contains("clean"));
+}

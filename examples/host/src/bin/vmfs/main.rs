@@ -61,6 +61,10 @@ enum Cmd {
         interval_ms: u32,
         #[arg(long, default_value = "")]
         label: String,
+        /// For storage without compare-and-write: Disk Paxos locks for this many hosts
+        /// (ids 0..N), in an area at the end of the image.
+        #[arg(long)]
+        disk_paxos: Option<u32>,
     },
     /// Superblock, hosts and their heartbeats, held locks.
     Info {
@@ -208,14 +212,26 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
     if let Err(e) = vinfra_host::terminal::install_stop_signals() {
         eprintln!("vmfs: installing the stop signals: {e}");
     }
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&m.image, false)?);
+    let clock = Arc::new(MonotonicClock::new());
+    let dev = volume_device(&m.image, m.host, clock.clone())?;
     let mut o = MountOptions::default();
     o.lease_ms = m.lease_ms;
     o.interval_ms = m.interval_ms;
     o.pid = std::process::id();
     o.name = format!("vmfs-cli-{}", m.host);
-    let v = Volume::mount(dev, m.host, &o, Arc::new(MonotonicClock::new()))?;
+    let v = Volume::mount(dev, m.host, &o, clock)?;
     Ok(Mounted(Some(v)))
+}
+
+/// The image as host `host` uses it: through Disk Paxos when it was made with
+/// `mkfs --disk-paxos` (detected), else the file and its own compare-and-write.
+fn volume_device(
+    image: &Path,
+    host: u32,
+    clock: Arc<MonotonicClock>,
+) -> Result<Arc<dyn BlockDevice>, Error> {
+    let file: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
+    vinfra_vmfs::paxos::open_for_host(file, host, clock)
 }
 
 /// A volume mounted by a command, unmounted on every way out of it: the end, an error
@@ -292,6 +308,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             lease_ms,
             interval_ms,
             label,
+            disk_paxos,
         } => {
             let dev = match size {
                 Some(s) => FileDevice::create(&image, s)?,
@@ -305,7 +322,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             o.interval_ms = interval_ms;
             o.label = label;
             o.uuid = *uuid::Uuid::new_v4().as_bytes();
-            let sb = Volume::mkfs(&dev, &o)?;
+            let sb = match disk_paxos {
+                Some(hosts) => Volume::mkfs_without_ats(Arc::new(dev), &o, hosts)?,
+                None => Volume::mkfs(&dev, &o)?,
+            };
             println!(
                 "formatted {}: uuid {}, {} clusters of {} blocks of {} bytes",
                 image.display(),
@@ -418,8 +438,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             v.unmount()?;
         }
         Cmd::Fsck { image, repair } => {
-            let dev = FileDevice::open(&image, false)?;
-            let r = vinfra_vmfs::fsck::check(&dev, repair)?;
+            let dev = volume_device(&image, 0, Arc::new(MonotonicClock::new()))?;
+            let r = vinfra_vmfs::fsck::check(dev.as_ref(), repair)?;
             for n in &r.notes {
                 println!("note: {n}");
             }
@@ -441,7 +461,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             }
         }
         Cmd::Grow { m, size } => {
-            let dev = FileDevice::open(&m.image, false)?;
+            // A Disk Paxos image keeps its areas at its end: its device refuses to grow.
+            let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
             let want = size;
             if dev.len()? < want {
                 dev.set_len(want)?;

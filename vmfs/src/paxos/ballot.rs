@@ -1,0 +1,510 @@
+//! One compare-and-write as Disk Paxos rounds, sans IO.
+//!
+//! A covered sector's history is a sequence of *instances*; instance `k` decides the
+//! sector's `k`-th value by single-disk Disk Paxos (Gafni and Lamport, with the disk
+//! holding one proposal sector per host). [`Proposer`] runs one compare-and-write: it
+//! learns the newest decided instance, and if the value matches `expected`, proposes
+//! `new` for the next instance. It never touches a device: it asks for reads of the
+//! area and writes of its own sectors ([`Action`]) and is fed the results, so the
+//! simulation in `tests/paxos_sim.rs` can interleave hosts sector by sector.
+
+use super::block::{Decision, Learned, Proposal, Value};
+use crate::error::{Error, Result};
+
+/// Ballots are `round × BALLOT_STRIDE + host + 1`: unique per host, never 0.
+pub const BALLOT_STRIDE: u64 = 64;
+/// Ballots one compare-and-write may start before it gives up (contention).
+pub const MAX_ATTEMPTS: u32 = 256;
+
+/// What one host's sectors of an area hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostSectors {
+    /// Its proposal sector.
+    pub proposal: Option<Proposal>,
+    /// Its learned sector.
+    pub learned: Option<Learned>,
+    /// Its decisions sector (newest last).
+    pub decisions: Vec<Decision>,
+}
+
+/// What the proposer wants done next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read every host's sectors of the area (and the home sector when `home`), then
+    /// call [`Proposer::on_read`].
+    Read {
+        /// Whether the home sector is needed (only while no instance is decided).
+        home: bool,
+    },
+    /// Write this host's proposal sector and flush, then call [`Proposer::on_written`].
+    WriteProposal(Proposal),
+    /// Write this host's learned and decisions sectors and the home sector (the decided
+    /// bytes), flush, then call [`Proposer::on_written`].
+    WriteLearned(Learned, Vec<Decision>),
+    /// Wait about this long (another host's ballot won), then call [`Proposer::on_written`].
+    Backoff {
+        /// Suggested wait.
+        ms: u64,
+    },
+    /// Finished.
+    Done(Outcome),
+}
+
+/// How a compare-and-write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `new` is the sector's value now.
+    Written,
+    /// The value did not match; it is returned.
+    Mismatch(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Learn,
+    One,
+    Two,
+    Decided,
+    Waiting,
+    Done,
+}
+
+/// One compare-and-write by `host` (see the module documentation).
+#[derive(Debug)]
+pub struct Proposer {
+    host: u32,
+    expected: Vec<u8>,
+    mine: Value,
+    /// The newest decided (instance, value) known: from the caller's cache or learned.
+    known: Option<(u64, Value)>,
+    phase: Phase,
+    instance: u64,
+    ballot: u64,
+    /// This host's proposal sector as last written.
+    own: Option<Proposal>,
+    /// The value chosen for the instance in phase 2.
+    chosen: Option<Value>,
+    attempts: u32,
+    nonce_set: bool,
+    /// This host's decisions sector as last read or written.
+    decisions: Vec<Decision>,
+    /// What every host's decisions sector said at the last read.
+    seen: Vec<Decision>,
+    /// Whether the value this instance builds on matched `expected`.
+    may_propose: bool,
+}
+
+/// The smallest ballot of `host` above `seen`.
+pub fn next_ballot(host: u32, seen: u64) -> u64 {
+    let round = seen / BALLOT_STRIDE + 1;
+    round * BALLOT_STRIDE + host as u64 + 1
+}
+
+/// Phase 1's rule: among proposals for `instance` with an accepted value, the one of the
+/// highest ballot; `None` when none is accepted (the proposer may then use its own).
+pub fn choose(instance: u64, sectors: &[HostSectors]) -> Option<&Value> {
+    sectors
+        .iter()
+        .filter_map(|s| s.proposal.as_ref())
+        .filter(|p| p.instance == instance && p.bal > 0)
+        .max_by_key(|p| p.bal)
+        .map(|p| &p.inp)
+}
+
+/// The highest `mbal` any host started for `instance`.
+pub fn max_mbal(instance: u64, sectors: &[HostSectors]) -> u64 {
+    sectors
+        .iter()
+        .filter_map(|s| s.proposal.as_ref())
+        .filter(|p| p.instance == instance)
+        .map(|p| p.mbal)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest decided instance any host has learned.
+pub fn newest_learned(sectors: &[HostSectors]) -> Option<&Learned> {
+    sectors
+        .iter()
+        .filter_map(|s| s.learned.as_ref())
+        .max_by_key(|l| l.instance)
+}
+
+impl Proposer {
+    /// A compare-and-write of `expected` → `new` by `host`; `known` is the newest decided
+    /// instance this host remembers (a hint: the area is read anyway).
+    pub fn new(host: u32, expected: &[u8], new: &[u8], known: Option<(u64, Value)>) -> Self {
+        Proposer {
+            host,
+            expected: expected.to_vec(),
+            mine: Value {
+                owner: host + 1,
+                nonce: 0,
+                bytes: new.to_vec(),
+            },
+            known,
+            phase: Phase::Learn,
+            instance: 0,
+            ballot: 0,
+            own: None,
+            chosen: None,
+            attempts: 0,
+            nonce_set: false,
+            decisions: Vec::new(),
+            seen: Vec::new(),
+            may_propose: false,
+        }
+    }
+
+    /// The first action.
+    pub fn start(&mut self) -> Action {
+        self.phase = Phase::Learn;
+        Action::Read { home: false }
+    }
+
+    /// The newest decided instance and value this proposer knows (for the caller's cache).
+    pub fn known(&self) -> Option<&(u64, Value)> {
+        self.known.as_ref()
+    }
+
+    fn learn(&mut self, sectors: &[HostSectors]) {
+        if let Some(l) = newest_learned(sectors) {
+            if self.known.as_ref().is_none_or(|(k, _)| l.instance > *k) {
+                self.known = Some((l.instance, l.value.clone()));
+            }
+        }
+    }
+
+    fn fail(&mut self, what: impl Into<String>) -> Error {
+        self.phase = Phase::Done;
+        Error::corrupt("paxos area", what)
+    }
+
+    /// Feeds the area just read (`sectors[h]` for each host `h`; `home`: the home
+    /// sector's bytes when asked for).
+    pub fn on_read(&mut self, sectors: &[HostSectors], home: Option<&[u8]>) -> Result<Action> {
+        let own = sectors.get(self.host as usize).cloned().unwrap_or_default();
+        if !self.nonce_set {
+            // A fresh nonce above any this host ever used, so that a value of an earlier
+            // compare-and-write (or incarnation) is never taken for this one's.
+            let used = [
+                own.proposal.as_ref().map(|p| p.inp.clone()),
+                own.learned.as_ref().map(|l| l.value.clone()),
+            ];
+            let from_decisions = own
+                .decisions
+                .iter()
+                .filter(|d| d.owner == self.host + 1)
+                .map(|d| d.nonce);
+            let top = used
+                .iter()
+                .flatten()
+                .filter(|v| v.owner == self.host + 1)
+                .map(|v| v.nonce)
+                .chain(from_decisions)
+                .max()
+                .unwrap_or(0);
+            self.mine.nonce = top + 1;
+            self.nonce_set = true;
+            self.own = own.proposal.clone();
+            self.decisions = own.decisions.clone();
+        }
+        self.seen = sectors
+            .iter()
+            .flat_map(|s| s.decisions.iter().copied())
+            .collect();
+        let before = self.known.as_ref().map(|(k, _)| *k);
+        self.learn(sectors);
+        match self.phase {
+            Phase::Learn => self.after_learn(sectors, home),
+            Phase::One | Phase::Two => {
+                // Someone finished this instance (or a later one) meanwhile: start over
+                // from what is decided, which may be this proposer's own value.
+                let moved = self.known.as_ref().map(|(k, _)| *k) != before
+                    && self
+                        .known
+                        .as_ref()
+                        .is_some_and(|(k, _)| *k >= self.instance);
+                if moved {
+                    self.phase = Phase::Learn;
+                    return self.after_learn(sectors, None);
+                }
+                let later = sectors
+                    .iter()
+                    .filter_map(|s| s.proposal.as_ref())
+                    .any(|p| p.instance > self.instance);
+                if later {
+                    // Its learned sector was read before it was written: read again.
+                    return Ok(self.abort());
+                }
+                if max_mbal(self.instance, sectors) > self.ballot {
+                    return Ok(self.abort());
+                }
+                if self.phase == Phase::One {
+                    let v = match choose(self.instance, sectors) {
+                        Some(v) => v.clone(),
+                        None if self.may_propose => self.mine.clone(),
+                        // The accepted value seen at Learn is gone, so the instance moved
+                        // on under us: never propose `new` from a value that mismatched.
+                        None => return Ok(self.abort()),
+                    };
+                    let p = Proposal {
+                        instance: self.instance,
+                        mbal: self.ballot,
+                        bal: self.ballot,
+                        inp: v.clone(),
+                    };
+                    self.chosen = Some(v);
+                    self.own = Some(p.clone());
+                    self.phase = Phase::Two;
+                    Ok(Action::WriteProposal(p))
+                } else {
+                    let Some(v) = self.chosen.clone() else {
+                        return Err(self.fail("phase 2 without a value"));
+                    };
+                    self.phase = Phase::Decided;
+                    self.known = Some((self.instance, v.clone()));
+                    self.decisions.push(Decision {
+                        instance: self.instance,
+                        owner: v.owner,
+                        nonce: v.nonce,
+                    });
+                    let keep = self
+                        .decisions
+                        .len()
+                        .saturating_sub(super::block::DECISIONS_MAX);
+                    self.decisions.drain(..keep);
+                    Ok(Action::WriteLearned(
+                        Learned {
+                            instance: self.instance,
+                            value: v,
+                        },
+                        self.decisions.clone(),
+                    ))
+                }
+            }
+            _ => Err(self.fail("read answered out of turn")),
+        }
+    }
+
+    fn proposed_accepted(&self) -> bool {
+        self.own.as_ref().is_some_and(|p| {
+            p.instance == self.instance && p.bal > 0 && p.inp.nonce == self.mine.nonce
+        })
+    }
+
+    fn abort(&mut self) -> Action {
+        self.attempts += 1;
+        self.phase = Phase::Waiting;
+        // Spread retries by host and attempt so that two proposers stop colliding.
+        let ms = 1
+            + (self.host as u64 * 7 + self.attempts as u64 * 13)
+                % (4 * self.attempts as u64).min(64);
+        Action::Backoff { ms }
+    }
+
+    fn after_learn(&mut self, sectors: &[HostSectors], home: Option<&[u8]>) -> Result<Action> {
+        let (base, current) = match &self.known {
+            Some((k, v)) => (*k, v.bytes.clone()),
+            None => match home {
+                Some(h) => (0, h.to_vec()),
+                None => {
+                    self.phase = Phase::Learn;
+                    return Ok(Action::Read { home: true });
+                }
+            },
+        };
+        // Did an earlier ballot of this very compare-and-write get decided?
+        if self.instance > 0 && self.instance <= base {
+            if let Some((k, v)) = &self.known {
+                if *k == self.instance && v.owner == self.mine.owner && v.nonce == self.mine.nonce {
+                    self.phase = Phase::Done;
+                    return Ok(Action::Done(Outcome::Written));
+                }
+            }
+            let record = self.seen.iter().find(|d| d.instance == self.instance);
+            if let Some(d) = record {
+                if d.owner == self.mine.owner && d.nonce == self.mine.nonce {
+                    self.phase = Phase::Done;
+                    return Ok(Action::Done(Outcome::Written));
+                }
+            } else if base > self.instance && self.proposed_accepted() {
+                // Our value may have been decided in an instance no host remembers.
+                return Err(self.fail(format!(
+                    "outcome of instance {} unknown (decided up to {base})",
+                    self.instance
+                )));
+            }
+            // Our instance was decided with another host's value: compare again.
+            self.instance = 0;
+        }
+        let k = base + 1;
+        let pending = sectors
+            .iter()
+            .filter_map(|s| s.proposal.as_ref())
+            .any(|p| p.instance > k);
+        if pending {
+            // A host proposes instance k + 1 only after its learned sector (or another
+            // host's) holds k: this read saw the proposal but not that learned sector.
+            return Ok(self.abort());
+        }
+        let accepted = choose(k, sectors).is_some();
+        self.may_propose = current == self.expected;
+        if !accepted && !self.may_propose {
+            self.phase = Phase::Done;
+            return Ok(Action::Done(Outcome::Mismatch(current)));
+        }
+        if self.attempts >= MAX_ATTEMPTS {
+            self.phase = Phase::Done;
+            return Err(Error::corrupt(
+                "paxos area",
+                format!("no decision after {MAX_ATTEMPTS} ballots (contention)"),
+            ));
+        }
+        self.instance = k;
+        let seen = max_mbal(k, sectors).max(self.own.as_ref().map_or(0, |p| {
+            if p.instance == k {
+                p.mbal
+            } else {
+                0
+            }
+        }));
+        self.ballot = next_ballot(self.host, seen);
+        // Phase 1 raises mbal only: an accepted (bal, inp) of this host stays.
+        let p = match &self.own {
+            Some(o) if o.instance == k && o.bal > 0 => Proposal {
+                mbal: self.ballot,
+                ..o.clone()
+            },
+            _ => Proposal {
+                instance: k,
+                mbal: self.ballot,
+                bal: 0,
+                inp: self.mine.clone(),
+            },
+        };
+        self.own = Some(p.clone());
+        self.phase = Phase::One;
+        Ok(Action::WriteProposal(p))
+    }
+
+    /// Feeds the completion of a write (or the end of a backoff).
+    pub fn on_written(&mut self) -> Result<Action> {
+        match self.phase {
+            Phase::One | Phase::Two => Ok(Action::Read { home: false }),
+            Phase::Waiting => {
+                self.phase = Phase::Learn;
+                Ok(Action::Read { home: false })
+            }
+            Phase::Decided => {
+                let Some((k, v)) = self.known.clone() else {
+                    return Err(self.fail("decided without a value"));
+                };
+                if v.owner == self.mine.owner && v.nonce == self.mine.nonce {
+                    self.phase = Phase::Done;
+                    return Ok(Action::Done(Outcome::Written));
+                }
+                // We completed another host's value: the sector moved on; compare again.
+                debug_assert_eq!(k, self.instance);
+                self.instance = 0;
+                self.phase = Phase::Learn;
+                Ok(Action::Read { home: false })
+            }
+            _ => Err(self.fail("write answered out of turn")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn prop(instance: u64, mbal: u64, bal: u64, owner: u32) -> HostSectors {
+        HostSectors {
+            proposal: Some(Proposal {
+                instance,
+                mbal,
+                bal,
+                inp: Value {
+                    owner,
+                    nonce: 1,
+                    bytes: vec![owner as u8; 8],
+                },
+            }),
+            learned: None,
+            decisions: Vec::new(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_new_ballot_is_above_what_was_seen_and_its_hosts_own(host in 0u32..64, seen in 0u64..1 << 40) {
+            let b = next_ballot(host, seen);
+            prop_assert!(b > seen);
+            prop_assert_eq!((b - 1) % BALLOT_STRIDE, host as u64);
+        }
+
+        #[test]
+        fn ballots_of_two_hosts_never_collide(a in 0u32..64, b in 0u32..64, s in 0u64..1 << 30, t in 0u64..1 << 30) {
+            prop_assume!(a != b);
+            prop_assert_ne!(next_ballot(a, s), next_ballot(b, t));
+        }
+
+        #[test]
+        fn phase_one_takes_the_highest_accepted_ballot_of_its_instance(
+            props in proptest::collection::vec((0u64..3, 0u64..1000, 0u64..1000, 1u32..9), 0..8)
+        ) {
+            let sectors: Vec<_> = props.iter().map(|&(i, m, b, o)| prop(i, m.max(b), b, o)).collect();
+            let want = props.iter().filter(|p| p.0 == 1 && p.2 > 0).map(|p| p.2).max();
+            let got = choose(1, &sectors);
+            match want {
+                None => prop_assert!(got.is_none()),
+                Some(bal) => {
+                    let g = got.unwrap();
+                    prop_assert!(props.iter().any(|p| p.0 == 1 && p.2 == bal && p.3 == g.owner));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_proposer_writes_in_two_rounds() {
+        let mut p = Proposer::new(2, b"old", b"new", None);
+        let mut sectors = vec![HostSectors::default(); 4];
+        assert_eq!(p.start(), Action::Read { home: false });
+        assert_eq!(
+            p.on_read(&sectors, None).unwrap(),
+            Action::Read { home: true }
+        );
+        let Action::WriteProposal(w) = p.on_read(&sectors, Some(b"old")).unwrap() else {
+            panic!()
+        };
+        assert_eq!((w.instance, w.bal), (1, 0));
+        sectors[2].proposal = Some(w);
+        assert_eq!(p.on_written().unwrap(), Action::Read { home: false });
+        let Action::WriteProposal(w) = p.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(w.bal, w.mbal);
+        sectors[2].proposal = Some(w);
+        p.on_written().unwrap();
+        let Action::WriteLearned(l, _) = p.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.value.bytes, b"new");
+        assert_eq!(p.on_written().unwrap(), Action::Done(Outcome::Written));
+    }
+
+    #[test]
+    fn a_mismatch_writes_nothing() {
+        let mut p = Proposer::new(0, b"old", b"new", None);
+        p.start();
+        let sectors = vec![HostSectors::default(); 2];
+        p.on_read(&sectors, None).unwrap();
+        assert_eq!(
+            p.on_read(&sectors, Some(b"cur")).unwrap(),
+            Action::Done(Outcome::Mismatch(b"cur".to_vec()))
+        );
+    }
+}
