@@ -495,3 +495,51 @@ mod tests {
         assert!(!eio.unwrap_err().breaks_connection());
     }
 }
+
+/// What a client session made of a server's bytes (see [`replay_server`]).
+#[derive(Debug)]
+pub struct Replay {
+    /// Whether the handshake succeeded.
+    pub handshake_ok: bool,
+    /// Whether the 700-byte read at offset 0 succeeded.
+    pub read_ok: bool,
+    /// What the read returned.
+    pub read: [u8; 700],
+}
+
+/// Plays a client session against a server whose every answer is `server_bytes` (what
+/// the client writes is dropped): the handshake for export `lun`, then a read, a write
+/// and a flush. The fuzz target `vmfs_nbd_reply` and the replay of its corpus in the
+/// tests both drive the decoders through this one session.
+///
+/// ```
+/// let r = vinfra_vmfs::nbd::proto::replay_server(b"not a server");
+/// assert!(!r.handshake_ok);
+/// ```
+pub fn replay_server(server_bytes: &[u8]) -> Replay {
+    struct Server<'a>(io::Cursor<&'a [u8]>);
+    impl Read for Server<'_> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Server<'_> {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut s = Server(io::Cursor::new(server_bytes));
+    let handshake_ok = handshake(&mut s, "lun", 0).is_ok();
+    let mut read = [0u8; 700];
+    let read_ok = exchange(&mut s, CMD_READ, 1, 0, &[], &mut read, 0).is_ok();
+    let _ = exchange(&mut s, CMD_WRITE, 2, 4096, &[7u8; 100], &mut [], 0);
+    let _ = exchange(&mut s, CMD_FLUSH, 3, 0, &[], &mut [], 0);
+    Replay {
+        handshake_ok,
+        read_ok,
+        read,
+    }
+}
