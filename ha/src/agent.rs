@@ -191,6 +191,11 @@ pub struct Agent {
     next_heartbeat_ms: u64,
     next_plan_ms: u64,
     unplaced: BTreeMap<String, String>,
+    /// VMs whose lock nobody held, with the first reading that said so and how many
+    /// readings in a row did: a lock in the middle of a hand-over (a live migration
+    /// releases it on the source a few ms before the destination takes it) looks free
+    /// to one reading, never to two that are an interval apart.
+    unowned: BTreeMap<String, (u64, u32)>,
     counters: Counters,
 }
 
@@ -230,6 +235,7 @@ impl Agent {
             next_heartbeat_ms: now_ms,
             next_plan_ms: now_ms,
             unplaced: BTreeMap::new(),
+            unowned: BTreeMap::new(),
             counters: Counters::default(),
             config,
         })
@@ -284,6 +290,7 @@ impl Agent {
                     }
                 }
                 self.vms = r.vms;
+                self.note_unowned(now_ms);
             }
             Event::DatastoreUnreadable => self.read_asked_ms = None,
             Event::OwnLease { valid } => self.lease_valid = valid,
@@ -367,6 +374,30 @@ impl Agent {
         }
         self.starting.insert(vm.to_string(), now_ms);
         out.push(Action::PowerOn { vm: vm.to_string() });
+    }
+
+    fn note_unowned(&mut self, now_ms: u64) {
+        let unowned: Vec<&str> = self
+            .vms
+            .iter()
+            .filter(|v| v.owner.is_none())
+            .map(|v| v.name.as_str())
+            .collect();
+        self.unowned.retain(|n, _| unowned.contains(&n.as_str()));
+        for n in unowned {
+            self.unowned
+                .entry(n.to_string())
+                .and_modify(|(_, seen)| *seen = seen.saturating_add(1))
+                .or_insert((now_ms, 1));
+        }
+    }
+
+    /// Whether a VM nobody holds has been seen so long enough to be placed (see
+    /// `unowned`).
+    fn surely_unowned(&self, vm: &str, now_ms: u64) -> bool {
+        self.unowned.get(vm).is_some_and(|&(since, seen)| {
+            seen >= 2 && now_ms.saturating_sub(since) >= self.config.heartbeat_interval_ms
+        })
     }
 
     fn datastore_fresh(&self, now_ms: u64) -> bool {
@@ -587,7 +618,7 @@ impl Agent {
             .iter()
             .filter(|v| v.desired_on && v.priority != RestartPriority::Disabled)
             .filter(|v| match v.owner {
-                None => true,
+                None => self.surely_unowned(&v.name, now_ms),
                 Some(h) => verdict(h) == Verdict::Failed,
             })
             .map(|v| v.name.as_str())
