@@ -16,6 +16,7 @@
 //!   freeze a disk and to consolidate it afterwards (`vmfs-vm --backup-control`);
 //! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
 //! * [`exit_status`]: the exit statuses the binaries document in `--help`;
+//! * [`host_stats`]: the host's capacity, load and page-sharing savings, from `/proc`;
 //! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
 //!   and the control socket of `vinfra-vm migrate`;
 //! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag;
@@ -28,6 +29,7 @@
 pub mod backup_control;
 pub mod cluster;
 pub mod exit_status;
+pub mod host_stats;
 pub mod logging;
 pub mod migration;
 #[allow(
