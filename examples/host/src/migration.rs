@@ -185,7 +185,7 @@ impl From<vinfra_vmm_core::PowerState> for RunState {
 }
 
 /// The answer to `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct VmStatus {

@@ -16,7 +16,7 @@ use vinfra_host::terminal::stop_requested;
 use vinfra_host::vmfs_disk::MountedHost;
 use vinfra_vmm_core::{ExitReason, SerialInput, Vm, VmConfig};
 
-use crate::control::Pending;
+use crate::control::{Pending, SharedStatus};
 use crate::migrate::{serve_migrate, Served};
 
 /// The guest's serial input, swapped for the new VM's on a reset.
@@ -88,6 +88,17 @@ pub struct Watch<'a> {
     /// What a reset boots again.
     pub config: VmConfig,
     pub input: SharedInput,
+    /// Refreshed each turn for the control threads' `status` answers.
+    pub status: SharedStatus,
+}
+
+fn status_of(vm: &Vm, c: &VmConfig) -> VmStatus {
+    VmStatus::new(
+        vm.power_state().into(),
+        c.vcpus,
+        c.memory_mib,
+        vm.dirty_log_enabled(),
+    )
 }
 
 /// What a control request did to the VM.
@@ -117,14 +128,7 @@ fn handle(vm: &mut Vm, w: &Watch<'_>, p: Pending) -> Result<Handled, String> {
     let mut stream: UnixStream = p.stream;
     match p.request {
         ControlRequest::Status => {
-            let c = &w.config;
-            let status = VmStatus::new(
-                vm.power_state().into(),
-                c.vcpus,
-                c.memory_mib,
-                vm.dirty_log_enabled(),
-            );
-            send_event(&mut stream, &ControlEvent::Status(status));
+            send_event(&mut stream, &ControlEvent::Status(status_of(vm, &w.config)));
             Ok(Handled::Running)
         }
         ControlRequest::PowerOff => {
@@ -177,6 +181,7 @@ pub fn watch(vm: &mut Vm, w: &mut Watch<'_>) -> Result<(ExitReason, StopCause), 
         {
             return Ok((vm.stop().map_err(|e| e.to_string())?, StopCause::Fenced));
         }
+        *w.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(status_of(vm, &w.config));
         let pending = w.control.as_ref().and_then(|rx| rx.try_recv().ok());
         if let Some(p) = pending {
             if let Handled::Ended(reason, cause) = handle(vm, w, p)? {

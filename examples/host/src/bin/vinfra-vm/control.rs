@@ -1,24 +1,28 @@
 //! The control socket, served on threads so that no client blocks the VM's watch loop:
 //! an accept thread, and one short thread per connection that reads the request line
-//! (a client that sends nothing is dropped after [`READ_TIMEOUT`]). `snapshot` and
-//! `consolidate` are answered there, on the vmfs disk alone; what needs the `Vm` itself
-//! (`status`, `power_off`, `reset`, `migrate`) is handed to the watch loop, which takes
-//! one request per turn (10 ms). The protocol is in `vinfra_host::migration`.
+//! (a client that sends nothing is dropped after [`READ_TIMEOUT`]). `status` (from the
+//! copy the watch loop refreshes each turn), `snapshot` and `consolidate` (on the vmfs
+//! disk alone) are answered there; what needs the `Vm` itself (`power_off`, `reset`,
+//! `migrate`) is handed to the watch loop, which takes one request per turn (10 ms).
+//! The protocol is in `vinfra_host::migration`.
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use vinfra_host::backup_control::{self, Request};
-use vinfra_host::migration::{read_request, send_event, ControlEvent, ControlRequest};
+use vinfra_host::migration::{read_request, send_event, ControlEvent, ControlRequest, VmStatus};
 use vinfra_host::vmfs_disk::VmfsDiskBackend;
 
 /// How long a connection may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections being read at once; more are refused (a bound on threads).
 const MAX_CONNECTIONS: usize = 32;
+
+/// The VM's status as the watch loop last saw it.
+pub type SharedStatus = Arc<Mutex<Option<VmStatus>>>;
 
 /// A request for the watch loop, with the connection to answer on.
 pub struct Pending {
@@ -32,6 +36,7 @@ pub struct Pending {
 pub fn serve(
     listener: UnixListener,
     disks: Vec<Weak<VmfsDiskBackend>>,
+    status: SharedStatus,
 ) -> Result<Receiver<Pending>, String> {
     listener
         .set_nonblocking(false)
@@ -57,10 +62,11 @@ pub fn serve(
                     continue;
                 }
                 let (tx, disks, open) = (tx.clone(), disks.clone(), open.clone());
+                let status = status.clone();
                 let spawned = std::thread::Builder::new()
                     .name("control-conn".into())
                     .spawn(move || {
-                        connection(stream, &disks, &tx);
+                        connection(stream, &disks, &status, &tx);
                         open.fetch_sub(1, Ordering::AcqRel);
                     });
                 if let Err(e) = spawned {
@@ -72,14 +78,25 @@ pub fn serve(
     Ok(rx)
 }
 
-fn connection(mut stream: UnixStream, disks: &[Weak<VmfsDiskBackend>], tx: &Sender<Pending>) {
+fn connection(
+    mut stream: UnixStream,
+    disks: &[Weak<VmfsDiskBackend>],
+    status: &SharedStatus,
+    tx: &Sender<Pending>,
+) {
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let request = match read_request(&stream) {
         Ok(r) => r,
         Err(e) => return send_event(&mut stream, &ControlEvent::failed(e)),
     };
     let _ = stream.set_read_timeout(None);
+    let known = *status.lock().unwrap_or_else(PoisonError::into_inner);
     match request {
+        ControlRequest::Status if known.is_some() => {
+            if let Some(s) = known {
+                send_event(&mut stream, &ControlEvent::Status(s));
+            }
+        }
         ControlRequest::Snapshot { disk, since } => {
             let answer = on_disk(disks, disk, Request::Snapshot { since }).and_then(|r| {
                 r.info

@@ -203,10 +203,12 @@ fn attach(
         .name("stdin".into())
         .spawn(move || forward_stdin(stdin_input, keys_tx))
         .map_err(|e| format!("spawn stdin thread: {e}"))?;
+    let status = control::SharedStatus::default();
     let requests = match control.listener.take() {
         Some(l) => Some(control::serve(
             l,
             built.vmfs_disks.iter().map(Arc::downgrade).collect(),
+            status.clone(),
         )?),
         None => None,
     };
@@ -222,6 +224,7 @@ fn attach(
         parent_fenced,
         config: built.config.clone(),
         input,
+        status,
     };
     let ended = watch(&mut vm, &mut w);
     drop(vm);
