@@ -1,14 +1,16 @@
 //! A VM in a child process of its own, as `vinfra-host run` runs it: a real `vinfra-vm run`
 //! on KVM with the workload guest, driven through [`VmProcess`]: the control requests
 //! (status, reset, snapshot and consolidate of a vmfs disk, power off), `--host-id auto`
-//! skipping a live slot, and the parent lease: a child whose host goes silent stops with
-//! 75 after half a lease, one whose host is gone (the pipe closes) stops at once.
+//! skipping a live slot, a live migration asked for on the control socket, and the parent
+//! lease: a child whose host goes silent stops with 75 after half a lease, one whose host
+//! is gone (the pipe closes) stops at once.
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use vinfra_host::migration::MigrateSettings;
 use vinfra_host::vm_process::{VmProcess, VmProcessError, VmSpec};
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
 use vinfra_testkit::{guest, kvm_or_skip};
@@ -192,4 +194,76 @@ fn a_vm_whose_host_is_gone_stops_at_once() {
     eprintln!("pipe closed -> exit {exit:?} after {:?}", t.elapsed());
     assert_eq!(exit.code, Some(75), "{exit:?}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_vm_process_migrates_through_its_control_socket() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(kernel) = guest("workload") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = VmSpec::new("mover", workload(&kernel), dir.path(), NO_LEASE_MS);
+    let (mut src, console) = spawn(&mut spec);
+    src.wait_ready(WAIT).unwrap();
+    line(&console, "HB ");
+    // The destination: `vinfra-vm incoming` with the same configuration.
+    let mut dst = Reaped(std::process::Command::new(VM_BIN)
+        .args(["incoming", "--listen", "127.0.0.1:0", "--plaintext", "--config"])
+        .arg(spec.config_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let dst = &mut dst.0;
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let stderr = dst.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("destination: {l}");
+            if let Some(a) = l.split("waiting for a migration on ").nth(1) {
+                let _ = addr_tx.send(a.trim().to_string());
+            }
+        }
+    });
+    let (dst_tx, dst_console) = mpsc::channel();
+    let stdout = dst.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = dst_tx.send(l);
+        }
+    });
+    let addr = addr_rx.recv_timeout(WAIT).unwrap();
+    let settings = MigrateSettings {
+        to: addr,
+        key_file: None,
+        plaintext: true,
+        downtime_ms: 50,
+        bandwidth_bytes_per_s: None,
+        time_limit_ms: 60_000,
+        auto_converge: true,
+    };
+    let mut progress = 0;
+    let stats = src.migrate(settings, |_| progress += 1).unwrap();
+    eprintln!("migrated: downtime {:.1} ms, {progress} progress events", stats.downtime_ms);
+    assert!(progress > 0);
+    let exit = src.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    // The guest goes on counting on the destination.
+    line(&dst_console, "HB ");
+}
+
+/// A child killed and reaped when the test ends, passed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
