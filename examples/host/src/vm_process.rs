@@ -22,8 +22,9 @@
 //! threads and the VMM's) and its resident memory. Nothing is asked of the child.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, PipeWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -221,9 +222,27 @@ pub struct VmProcess {
     name: String,
     child: Child,
     control: PathBuf,
-    lease: Option<PipeWriter>,
+    lease: Option<File>,
     stdin: Option<ChildStdin>,
     exit: Option<Exit>,
+}
+
+/// A pipe for the lease, both ends closed on exec (`tie_to_parent` lets the child's end
+/// through): `(read end, write end)`.
+#[allow(
+    unsafe_code,
+    reason = "pipe2(2) has no safe wrapper in std at this MSRV"
+)]
+fn lease_pipe() -> std::io::Result<(OwnedFd, File)> {
+    let mut fds: [libc::c_int; 2] = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-int array it is given, which
+    // lives for the call.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created both descriptors; nothing else owns or closes them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((read, File::from(write)))
 }
 
 /// Makes the write end of the lease pipe non-blocking: a child that stopped reading must
@@ -314,7 +333,7 @@ impl VmProcess {
         };
         // Both ends close on exec (std makes them so); the child's end is let through
         // by `tie_to_parent`, so siblings never hold each other's pipes.
-        let (reader, writer) = std::io::pipe().map_err(serr)?;
+        let (reader, writer) = lease_pipe().map_err(serr)?;
         set_nonblocking(writer.as_raw_fd()).map_err(serr)?;
         let control = spec.control_path();
         let mut cmd = Command::new(&binary);
@@ -484,7 +503,9 @@ impl VmProcess {
                         return Err(VmProcessError::Control {
                             vm: self.name.clone(),
                             request: "status",
-                            message: format!("the VM process ended ({exit:?}) before answering: {e}"),
+                            message: format!(
+                                "the VM process ended ({exit:?}) before answering: {e}"
+                            ),
                         });
                     }
                     std::thread::sleep(Duration::from_millis(10));
@@ -576,8 +597,13 @@ impl VmProcess {
         if let Some(e) = self.try_wait()? {
             return Ok(e);
         }
-        self.child.kill().map_err(|e| self.process_error("kill", e))?;
-        let status = self.child.wait().map_err(|e| self.process_error("wait", e))?;
+        self.child
+            .kill()
+            .map_err(|e| self.process_error("kill", e))?;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| self.process_error("wait", e))?;
         let exit = Exit::from(status);
         self.exit = Some(exit);
         Ok(exit)

@@ -210,20 +210,31 @@ fn a_vm_process_migrates_through_its_control_socket() {
     src.wait_ready(WAIT).unwrap();
     line(&console, "HB ");
     // The destination: `vinfra-vm incoming` with the same configuration.
-    let mut dst = Reaped(std::process::Command::new(VM_BIN)
-        .args(["incoming", "--listen", "127.0.0.1:0", "--plaintext", "--config"])
-        .arg(spec.config_path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap());
+    let mut dst = Reaped(
+        std::process::Command::new(VM_BIN)
+            .args([
+                "incoming",
+                "--listen",
+                "127.0.0.1:0",
+                "--plaintext",
+                "--config",
+            ])
+            .arg(spec.config_path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let dst = &mut dst.0;
     let (addr_tx, addr_rx) = mpsc::channel();
     let stderr = dst.stderr.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("destination: {l}");
             if let Some(a) = l.split("waiting for a migration on ").nth(1) {
                 let _ = addr_tx.send(a.trim().to_string());
@@ -234,7 +245,10 @@ fn a_vm_process_migrates_through_its_control_socket() {
     let stdout = dst.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = dst_tx.send(l);
         }
     });
@@ -250,7 +264,10 @@ fn a_vm_process_migrates_through_its_control_socket() {
     };
     let mut progress = 0;
     let stats = src.migrate(settings, |_| progress += 1).unwrap();
-    eprintln!("migrated: downtime {:.1} ms, {progress} progress events", stats.downtime_ms);
+    eprintln!(
+        "migrated: downtime {:.1} ms, {progress} progress events",
+        stats.downtime_ms
+    );
     assert!(progress > 0);
     let exit = src.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}");

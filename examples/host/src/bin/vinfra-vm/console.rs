@@ -147,13 +147,18 @@ fn handle(vm: &mut Vm, w: &Watch<'_>, p: Pending) -> Result<Handled, String> {
                 Err(format!("reset: {e}"))
             }
         },
-        ControlRequest::Migrate(settings) => match serve_migrate(vm, stream, settings, &w.served)? {
-            true => Ok(Handled::Ended(ExitReason::Stopped, StopCause::Migrated)),
-            false => Ok(Handled::Running),
-        },
+        ControlRequest::Migrate(settings) => {
+            match serve_migrate(vm, stream, settings, &w.served)? {
+                true => Ok(Handled::Ended(ExitReason::Stopped, StopCause::Migrated)),
+                false => Ok(Handled::Running),
+            }
+        }
         // The connection threads answer the rest.
         _ => {
-            send_event(&mut stream, &ControlEvent::failed("not a request for the VM loop"));
+            send_event(
+                &mut stream,
+                &ControlEvent::failed("not a request for the VM loop"),
+            );
             Ok(Handled::Running)
         }
     }
@@ -174,8 +179,7 @@ pub fn watch(vm: &mut Vm, w: &mut Watch<'_>) -> Result<(ExitReason, StopCause), 
             eprintln!("\r\nvinfra-vm: this host fenced itself (vmfs heartbeat lost)\r");
             return Ok((vm.stop().map_err(|e| e.to_string())?, StopCause::Fenced));
         }
-        if w
-            .parent_fenced
+        if w.parent_fenced
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Acquire))
         {

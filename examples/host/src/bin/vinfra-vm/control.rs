@@ -106,8 +106,7 @@ fn connection(
             send_event(&mut stream, &answer.unwrap_or_else(ControlEvent::failed));
         }
         ControlRequest::Consolidate { disk } => {
-            let answer =
-                on_disk(disks, disk, Request::Consolidate).map(|_| ControlEvent::Done(()));
+            let answer = on_disk(disks, disk, Request::Consolidate).map(|_| ControlEvent::Done(()));
             send_event(&mut stream, &answer.unwrap_or_else(ControlEvent::failed));
         }
         request => {

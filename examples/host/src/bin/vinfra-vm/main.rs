@@ -117,10 +117,7 @@ const PARENT_LEASE_MS: u64 = 10_000;
 
 impl ParentArgs {
     /// Starts the watchdog, if asked for.
-    fn watch(
-        &self,
-        built: &Built,
-    ) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, String> {
+    fn watch(&self, built: &Built) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, String> {
         let Some(fd) = self.parent_lease_fd else {
             return Ok(None);
         };
