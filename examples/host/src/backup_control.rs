@@ -14,6 +14,9 @@
 //!   {"ok":true}                  ◀───────
 //! ```
 //!
+//! `vinfra-vm --control` offers the same handshake per disk as its `snapshot` and
+//! `consolidate` requests ([`crate::migration`]), through [`answer`].
+//!
 //! Errors answer `{"ok":false,"error":"..."}`. The VM keeps running throughout: its
 //! writes go to the new redo log while the proxy reads the frozen layers; the disk's lock
 //! is held only for the moments of `prepare` and `consolidate`.
@@ -60,7 +63,9 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
-fn answer(disk: &VmfsDiskBackend, req: Request) -> Reply {
+/// Carries out `req` on `disk` (with the disk alone for the moment it takes): what this
+/// socket and `vinfra-vm`'s control socket (`snapshot`, `consolidate`) both answer.
+pub fn answer(disk: &VmfsDiskBackend, req: Request) -> Reply {
     let r = match req {
         Request::Snapshot { since } => disk
             .with_disk(|d| vinfra_vcb::vmfs::prepare(d, since))

@@ -22,10 +22,12 @@ pub const VINFRA_VM_HELP: &str = "\
 Exit status:
   V    the guest powered off, writing V (0-255) to the exit device (port 0xf4)
   0    the guest asked for a reboot (the VM is stopped, not rebooted), Ctrl-A x stopped
-       it, Ctrl-A s snapshotted it into --snapshot-dir and stopped it, or it moved to
-       another host (`vinfra-vm migrate`)
+       it, Ctrl-A s snapshotted it into --snapshot-dir and stopped it, it moved to
+       another host (`vinfra-vm migrate`), or `power_off` on the control socket
   1    a VMM error (bad flag or config, no usable /dev/kvm, a missing kernel...)
   70   the VM crashed (KVM internal error, triple fault, failed entry)
+  75   fenced: the vmfs heartbeat of --volume was not renewed for half a lease, or the
+       parent host's lease (--parent-lease-fd) went silent or closed: VM stopped
   143  SIGTERM or SIGINT (Ctrl-C) stopped the VM
 A guest may power off with 1, 70 or 143 too: the guest's code is passed on as it is.";
 
@@ -50,6 +52,9 @@ pub enum StopCause {
     Signal,
     /// The VM moved to another host by live migration.
     Migrated,
+    /// The host's volume lease lapsed (this process's own vmfs mount, or the parent
+    /// host's, `--parent-lease-fd`): the VM was stopped.
+    Fenced,
 }
 
 /// The exit status for how a VM run ended, and the line to print about it (without the
@@ -57,6 +62,10 @@ pub enum StopCause {
 pub fn outcome(result: Result<(ExitReason, StopCause), String>) -> (u8, Option<String>) {
     match result {
         Ok((_, StopCause::Migrated)) => (0, Some("the VM moved to another host".into())),
+        Ok((_, StopCause::Fenced)) => (
+            FENCED,
+            Some("fenced (the host's volume lease lapsed): the VM was stopped".into()),
+        ),
         Ok((ExitReason::Stopped, StopCause::Signal)) => {
             (SIGNALLED, Some("stopped by a signal".into()))
         }
@@ -106,5 +115,10 @@ mod tests {
             assert!(VMFS_VM_HELP.contains(&line), "{line:?} missing");
         }
         assert!(VMFS_VM_HELP.contains(&format!("  {FENCED} ")));
+        assert!(VINFRA_VM_HELP.contains(&format!("  {FENCED} ")));
+        assert_eq!(
+            status(Ok((ExitReason::Poweroff { code: 0 }, StopCause::Fenced))),
+            FENCED
+        );
     }
 }

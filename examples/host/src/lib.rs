@@ -20,10 +20,13 @@
 //! * [`migration`]: vmfs disks whose locks move with a migrating VM, the cluster key,
 //!   and the control socket of `vinfra-vm migrate`;
 //! * [`terminal`]: raw mode for the console and the SIGINT/SIGTERM stop flag;
+//! * [`vm_process`]: a VM in a child process of its own (`vinfra-vm run`), tied to its
+//!   host (dies with it, stops with its lease) and driven through its control socket;
 //! * [`vswitch`]: the host's virtual switch: a bridge per port group, carried between
 //!   hosts as VXLAN segments (VNI = VLAN ID), that VMs' NICs attach to.
 
-// Only `terminal` needs `unsafe` (libc calls on the terminal and signal handlers).
+// Only `terminal` (libc calls on the terminal and signal handlers) and `vm_process`
+// (pre_exec, prctl and fcntl, each allowed where it is used) need `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod backup_control;
@@ -37,6 +40,7 @@ pub mod migration;
     reason = "termios and signal(2) have no safe wrapper here"
 )]
 pub mod terminal;
+pub mod vm_process;
 pub mod vmfs_disk;
 pub mod vswitch;
 

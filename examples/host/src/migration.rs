@@ -1,9 +1,29 @@
 //! Live migration as the VM binary does it: vmfs disks whose locks move with the VM
-//! ([`VmfsHandover`]), the cluster key from a file, and the control socket through which
-//! `vinfra-vm migrate` asks a running `vinfra-vm run` to send its VM away (one JSON object
-//! per line each way: [`ControlRequest`], then [`ControlEvent`]s).
+//! ([`VmfsHandover`]), the cluster key from a file, and the control socket of a running
+//! `vinfra-vm run|incoming --control SOCK`, through which `vinfra-vm migrate` sends the VM
+//! away and the host process asks for its status, powers it off, resets it and freezes
+//! its vmfs disks for a backup.
+//!
+//! # The control socket
+//!
+//! A Unix socket; several connections at once; per connection one request line (JSON,
+//! a [`ControlRequest`]), then [`ControlEvent`] lines until a final one:
+//!
+//! | request | final answer |
+//! |---|---|
+//! | `{"migrate":{…}}` | `{"progress":…}`… then `{"migrated":…}` or `{"failed":…}` |
+//! | `"status"` | `{"status":{"state":"running","vcpus":1,"memory_mib":32,"dirty_log":true}}` |
+//! | `"power_off"` | `{"done":null}`, then the process exits 0 (a hard stop) |
+//! | `"reset"` | `{"done":null}`: the guest booted again in the same process |
+//! | `{"snapshot":{"disk":0,"since":7}}` | `{"snapshot":SnapshotInfo}` ([`crate::backup_control`]'s handshake on the VM's vmfs disk number `disk`) |
+//! | `{"consolidate":{"disk":0}}` | `{"done":null}` |
+//!
+//! Errors answer `{"failed":{"error":"…","in_doubt":false}}`. `status`, `power_off` and
+//! `reset` are answered within one turn of the VM's watch loop (10 ms), `snapshot` and
+//! `consolidate` on the connection's own thread; a `migrate` holds the watch loop until
+//! it ends, and requests that need the loop wait for it meanwhile.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,17 +129,92 @@ impl MigrateSettings {
     }
 }
 
-/// What `vinfra-vm migrate` sends on the control socket.
+/// A request on the control socket (the module's table).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum ControlRequest {
-    /// Send the VM to another host.
+    /// Send the VM to another host (`vinfra-vm migrate`).
     Migrate(MigrateSettings),
+    /// The VM's power state and size.
+    Status,
+    /// Stop the VM hard; the process exits 0.
+    PowerOff,
+    /// Boot the guest again in place.
+    Reset,
+    /// Freeze vmfs disk number `disk` for a backup ([`crate::backup_control`]).
+    Snapshot {
+        /// Index into the VM's `--vmfs-disk` list.
+        disk: usize,
+        /// The previous backup's change id of this disk, if any.
+        #[serde(default)]
+        since: Option<u64>,
+    },
+    /// Fold the redo log written since the snapshot back into vmfs disk number `disk`.
+    Consolidate {
+        /// Index into the VM's `--vmfs-disk` list.
+        disk: usize,
+    },
+}
+
+/// A VM's power state as the control socket reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunState {
+    /// vCPUs run guest code.
+    Running,
+    /// Every vCPU is parked (a migration's switchover, a snapshot).
+    Paused,
+    /// Stopped.
+    ShutOff,
+    /// Stopped by a crash.
+    Crashed,
+}
+
+impl From<vinfra_vmm_core::PowerState> for RunState {
+    fn from(s: vinfra_vmm_core::PowerState) -> Self {
+        use vinfra_vmm_core::PowerState as P;
+        match s {
+            P::Running => RunState::Running,
+            P::Paused => RunState::Paused,
+            P::Crashed => RunState::Crashed,
+            _ => RunState::ShutOff,
+        }
+    }
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VmStatus {
+    /// The power state.
+    pub state: RunState,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Whether KVM logs the guest's writes (a migration can start without stalling it).
+    pub dirty_log: bool,
+}
+
+impl VmStatus {
+    /// A VM's status.
+    pub fn new(state: RunState, vcpus: u32, memory_mib: u64, dirty_log: bool) -> Self {
+        Self {
+            state,
+            vcpus,
+            memory_mib,
+            dirty_log,
+        }
+    }
 }
 
 /// What the running VM answers on the control socket, one per line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ControlEvent {
     /// Where the migration is.
     Progress(Progress),
@@ -132,7 +227,31 @@ pub enum ControlEvent {
         /// The VM is paused here and must not be resumed (README of vmotion).
         in_doubt: bool,
     },
+    /// The answer to `status`.
+    Status(VmStatus),
+    /// A frozen disk, the answer to `snapshot`.
+    Snapshot(vinfra_vcb::vmfs::SnapshotInfo),
+    /// `power_off`, `reset` or `consolidate` done (`{"done":null}`).
+    Done(()),
 }
+
+impl ControlEvent {
+    /// A failure that leaves the VM as it was.
+    pub fn failed(error: impl Into<String>) -> Self {
+        ControlEvent::Failed {
+            error: error.into(),
+            in_doubt: false,
+        }
+    }
+
+    /// Whether more events follow this one.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, ControlEvent::Progress(_))
+    }
+}
+
+/// Longest request line read (a request is a few hundred bytes).
+const MAX_REQUEST: u64 = 64 << 10;
 
 /// Writes one event line; a client that went away is not an error for the VM.
 pub fn send_event(stream: &mut UnixStream, event: &ControlEvent) {
@@ -145,17 +264,28 @@ pub fn send_event(stream: &mut UnixStream, event: &ControlEvent) {
 /// Reads one request line from a control client.
 pub fn read_request(stream: &UnixStream) -> Result<ControlRequest, String> {
     let mut line = String::new();
-    BufReader::new(stream)
+    BufReader::new(Read::take(stream, MAX_REQUEST))
         .read_line(&mut line)
         .map_err(|e| format!("read the control request: {e}"))?;
     serde_json::from_str(&line).map_err(|e| format!("bad control request: {e}"))
 }
 
 /// Sends `request` to the VM process at `socket` and hands each event to `on_event` until
-/// the final one (`Migrated` or `Failed`), which it returns.
+/// the final one (anything but `Progress`), which it returns.
 pub fn request(
     socket: &Path,
     request: &ControlRequest,
+    on_event: impl FnMut(&ControlEvent),
+) -> Result<ControlEvent, String> {
+    request_within(socket, request, None, on_event)
+}
+
+/// [`request`], giving up when no line arrives for `timeout` (`None`: wait for ever, as a
+/// migration's client does).
+pub fn request_within(
+    socket: &Path,
+    request: &ControlRequest,
+    timeout: Option<Duration>,
     mut on_event: impl FnMut(&ControlEvent),
 ) -> Result<ControlEvent, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
@@ -164,6 +294,9 @@ pub fn request(
             socket.display()
         )
     })?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| format!("control socket: {e}"))?;
     let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     line.push(b'\n');
     stream
@@ -174,7 +307,7 @@ pub fn request(
         let event: ControlEvent =
             serde_json::from_str(&line).map_err(|e| format!("bad answer from the VM: {e}"))?;
         on_event(&event);
-        if !matches!(event, ControlEvent::Progress(_)) {
+        if event.is_final() {
             return Ok(event);
         }
     }

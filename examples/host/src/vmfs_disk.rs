@@ -65,6 +65,7 @@
 //! ```
 
 use std::io;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -377,6 +378,11 @@ impl BlockBackend for VmfsDiskBackend {
     }
 }
 
+/// The vmfs slots a VM process picks from with `--host-id auto`: above the cluster's host
+/// ids (1..16), below 63, the slot the admin commands (`vinfra-host vm create|list`)
+/// mount as.
+pub const AUTO_SLOTS: Range<u32> = 16..63;
+
 /// A volume mounted by this process as one host, with its heartbeat running.
 ///
 /// The heartbeat thread ticks with the real monotonic clock and stops when
@@ -402,6 +408,38 @@ impl MountedHost {
         let dev = Arc::new(FileDevice::open(volume, false).map_err(merr)?);
         let vol = Volume::mount(dev, host, opts, Arc::new(MonotonicClock::new())).map_err(merr)?;
         Ok(Self::from_volume(vol))
+    }
+
+    /// Mounts the volume in the first slot of `slots` that is free or dead, for a process
+    /// that needs a slot of its own but no particular one (a VM child of a host:
+    /// `vinfra-vm --host-id auto`, [`AUTO_SLOTS`]).
+    ///
+    /// Each slot is claimed by mount's compare-and-write with `take_over_slot` off: a live
+    /// slot, or one another process claimed first, answers `SlotBusy` and the next is
+    /// tried. A slot left by a killed process looks live until a mount has watched it for
+    /// a lease, so every busy slot is skipped; only when all are busy is the first one
+    /// waited for (mount takes a dead holder's slot over after its lease).
+    pub fn mount_any(volume: &Path, slots: Range<u32>, opts: &MountOptions) -> Result<Self> {
+        let mut quick = opts.clone();
+        quick.take_over_slot = false;
+        for host in slots.clone() {
+            match Self::mount(volume, host, &quick) {
+                Ok(m) => return Ok(m),
+                Err(VmfsDiskError::Mount {
+                    source: vinfra_vmfs::Error::SlotBusy { .. },
+                    ..
+                }) => tracing::debug!(host, "vmfs slot busy, trying the next"),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut patient = opts.clone();
+        patient.take_over_slot = true;
+        Self::mount(volume, slots.start, &patient)
+    }
+
+    /// This host's slot on the volume.
+    pub fn host_id(&self) -> u32 {
+        self.volume.host()
     }
 
     /// Starts the heartbeat of an already mounted volume.

@@ -596,6 +596,105 @@ fn forged_packets_change_nothing() {
     assert_eq!(c.runs_on("one"), Some(owner));
 }
 
+/// The pid of the process `host` started `vm` in, last.
+fn vm_pid(c: &Cluster, vm: &str, host: u32) -> u32 {
+    let e = c
+        .events()
+        .into_iter()
+        .filter(|e| e.is("vm_started") && e.vm() == vm && e.host == host)
+        .max_by_key(|e| e.v["ms"].as_u64().unwrap_or(0))
+        .unwrap();
+    u32::try_from(e.v["pid"].as_u64().unwrap()).unwrap()
+}
+
+/// Whether a process with this pid runs (a zombie waiting for its reaper does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rfind(')').map(|i| s[i + 1..].trim_start().to_string())?;
+            after.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+#[test]
+fn a_killed_vm_process_runs_again_and_a_killed_host_takes_its_vm_processes_along() {
+    let _one = serial();
+    let vms = [
+        ("p-1", "high", "leave-on"),
+        ("p-2", "high", "leave-on"),
+        ("p-3", "high", "leave-on"),
+    ];
+    let Some(mut c) = Cluster::start(2, &vms) else {
+        return;
+    };
+    // kill -9 of one VM's process: the host reports it, the VM runs again, the host and
+    // its other VMs go on.
+    let host = c.runs_on("p-1").unwrap();
+    let pid = vm_pid(&c, "p-1", host);
+    let others: Vec<&str> = ["p-2", "p-3"].into_iter().collect();
+    let before = c.mark();
+    let killed = Instant::now();
+    let done = run(
+        Command::new("kill").args(["-9", &pid.to_string()]),
+        Duration::from_secs(10),
+    );
+    assert!(done.success(), "{done}");
+    let exited = c.wait(Duration::from_secs(10), |e| {
+        e.is("vm_exited") && e.vm() == "p-1" && e.host == host
+    });
+    assert_eq!(exited.v["signal"], 9, "{:?}", exited.v);
+    let restarted = c.wait(Duration::from_secs(20), |e| {
+        e.is("vm_started") && e.vm() == "p-1" && e.v["ms"].as_u64() > exited.v["ms"].as_u64()
+    });
+    let beat = c.wait(Duration::from_secs(20), |e| {
+        e.is("console")
+            && e.vm() == "p-1"
+            && e.host == restarted.host
+            && e.v["ms"].as_u64() > restarted.v["ms"].as_u64()
+            && e.v["line"].as_str().is_some_and(|l| l.starts_with("HB "))
+    });
+    eprintln!(
+        "VM process killed -> vm_exited after {:?} on host {host}, running again on host {} \
+         (beating at {} ms)",
+        killed.elapsed(),
+        restarted.host,
+        beat.v["ms"]
+    );
+    assert_ne!(vm_pid(&c, "p-1", restarted.host), pid);
+    let after = c.since(&before);
+    let touched: Vec<&Ev> = after
+        .iter()
+        .filter(|e| {
+            (e.is("vm_exited") || e.is("vm_powered_off") || e.is("vm_started"))
+                && others.contains(&e.vm())
+        })
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}\n{}", c.logs());
+    assert!(c.proc(host).child.try_wait().unwrap().is_none());
+
+    // kill -9 of a host: its VM processes die with it, none is left behind.
+    let victim = c.runs_on("p-2").unwrap();
+    let theirs: Vec<u32> = vms
+        .iter()
+        .filter(|(n, ..)| c.runs_on(n) == Some(victim))
+        .map(|(n, ..)| vm_pid(&c, n, victim))
+        .collect();
+    assert!(theirs.iter().all(|p| alive(*p)), "{theirs:?}");
+    c.proc(victim).child.kill().unwrap();
+    let _ = c.proc(victim).child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while theirs.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "VM processes {theirs:?} outlived their host"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("host {victim} killed: its VM processes {theirs:?} are gone");
+}
+
 /// The benchmark behind `benches/peers/ha-failover.sh`: vmfs's default lease (8 s) and
 /// heartbeat (1 s), the agent's defaults, four hosts; KILLS times (default 5): kill -9 the
 /// host of the first high-priority VM, measure kill -> `failed` verdict and kill -> the

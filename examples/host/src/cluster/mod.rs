@@ -1,10 +1,14 @@
 //! A host as a member of the cluster: it mounts the shared vmfs volume, runs the HA
 //! agent ([`vinfra_ha::Agent`]) on real UDP sockets, timers and the volume, and runs the
-//! VMs the agent powers on ([`vms`]). `vinfra-host run` is this module's `run`.
+//! VMs the agent powers on ([`vms`]), each in a child process of its own
+//! ([`crate::vm_process`]). `vinfra-host run` is this module's `run`.
 //!
 //! The loop is single-threaded: the agent, the volume reads and the VM operations happen
-//! here; threads only receive datagrams, run probes and carry console lines, each handing
-//! an [`Inbound`] to the loop through one channel. Everything that happens is reported
+//! here (children are spawned from this thread, which lives as long as the host: their
+//! `PR_SET_PDEATHSIG` is tied to it); threads only receive datagrams, run probes and
+//! carry console lines, each handing an [`Inbound`] to the loop through one channel.
+//! Each tick the loop feeds every child its lease byte while the volume lease is valid,
+//! and reaps the children that ended (`vm_exited`, then `Event::VmStopped` for the agent). Everything that happens is reported
 //! as one JSON object per line on stdout ([`report`]), which the tests and the benchmark
 //! read.
 
@@ -61,6 +65,9 @@ pub struct HostOptions {
     pub volume: PathBuf,
     /// Fault injection: the volume's I/O fails while this file exists.
     pub storage_fault_file: Option<PathBuf>,
+    /// Where the VMs' configuration files and control sockets go; `None`:
+    /// `/tmp/vinfra-host-H-PID` (removed at the end).
+    pub run_dir: Option<PathBuf>,
 }
 
 /// Why `run` returned.
@@ -92,6 +99,14 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         .iter()
         .filter_map(|h| Some((h.id, h.addr.parse().ok()?)))
         .collect();
+    let (run_dir, own_run_dir) = match &opts.run_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("vinfra-host-{host}-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
     let volume = mount(&opts)?;
     let heartbeat = volume.spawn_heartbeat();
     report.event(
@@ -109,7 +124,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
     let mut host = Host {
         agent,
         datastore: VmfsDatastore::new(volume.clone()),
-        vms: Vms::new(volume.clone(), tx.clone()),
+        vms: Vms::new(volume.clone(), tx.clone(), run_dir.clone()),
         volume,
         socket,
         peers,
@@ -131,6 +146,9 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
                 serde_json::json!({"error": e.to_string()}),
             );
         }
+    }
+    if own_run_dir {
+        let _ = std::fs::remove_dir_all(&run_dir);
     }
     host.report
         .event("ended", serde_json::json!({"why": format!("{ended:?}")}));
@@ -212,12 +230,17 @@ impl Host {
                 continue;
             }
             next_tick += TICK;
-            for vm in self.vms.reap() {
-                self.report
-                    .event("vm_exited", serde_json::json!({"vm": vm}));
+            for (vm, exit) in self.vms.reap() {
+                self.report.event(
+                    "vm_exited",
+                    serde_json::json!({"vm": vm, "code": exit.code, "signal": exit.signal}),
+                );
                 self.feed(Event::VmStopped { vm });
             }
             let valid = self.volume.check_lease().is_ok();
+            if valid {
+                self.vms.feed_leases();
+            }
             self.feed(Event::OwnLease { valid });
             self.feed(Event::Tick);
             if !valid && self.vms.is_empty() {
@@ -284,7 +307,8 @@ impl Host {
                     self.refused.remove(&vm);
                     self.report.event(
                         "vm_started",
-                        serde_json::json!({"vm": vm, "boot_ms": t.elapsed().as_secs_f64() * 1000.0}),
+                        serde_json::json!({"vm": vm, "pid": self.vms.pid(&vm),
+                                           "spawn_ms": t.elapsed().as_secs_f64() * 1000.0}),
                     );
                 } else {
                     let why = format!("{outcome:?}");
@@ -299,9 +323,11 @@ impl Host {
                 self.feed(Event::PowerOnResult { vm, outcome });
             }
             Action::PowerOff { vm, why } => {
-                self.vms.power_off(&vm);
-                self.report
-                    .event("vm_powered_off", serde_json::json!({"vm": vm, "why": why}));
+                let exit = self.vms.power_off(&vm);
+                self.report.event(
+                    "vm_powered_off",
+                    serde_json::json!({"vm": vm, "why": why, "exit": exit}),
+                );
             }
             Action::ShutDown { vm, why } => {
                 // The test guests have no shutdown request; the agent powers them off

@@ -1,10 +1,11 @@
 //! What a host reports: one JSON object per line on stdout,
 //! `{"ms": <since start>, "host": <id>, "event": "<name>", ...fields}`.
 //!
-//! Events: `mounted`, `verdict` (`about`, `verdict`), `vm_started` (`vm`, `boot_ms`),
-//! `power_on_refused` (`vm`, `outcome`), `vm_powered_off` (`vm`, `why`),
-//! `vm_shutdown_asked`, `vm_reset`, `vm_exited`, `console` (`vm`, `line`), `unplaced`
-//! (`vm`, `reason`), `unmount_failed`, `ended` (`why`).
+//! Events: `mounted`, `verdict` (`about`, `verdict`), `vm_started` (`vm`, `pid` of its
+//! process, `spawn_ms`), `power_on_refused` (`vm`, `outcome`), `vm_powered_off` (`vm`,
+//! `why`, `exit`), `vm_shutdown_asked`, `vm_reset`, `vm_exited` (`vm`, its process's exit
+//! `code` or `signal`), `console` (`vm`, `line`), `unplaced` (`vm`, `reason`),
+//! `unmount_failed`, `ended` (`why`).
 
 use std::io::Write;
 use std::time::Instant;

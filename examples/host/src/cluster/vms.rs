@@ -1,17 +1,24 @@
-//! The VMs this host runs, in this process (a later step moves each into a child process
-//! of its own): power on behind the VM's exclusive lock on the volume, power off, reset,
-//! and the guest's console lines handed to the host loop.
+//! The VMs this host runs, each in a child process of its own (`vinfra-vm run`, through
+//! [`VmProcess`]): power on behind the VM's exclusive lock on the volume (taken here, in
+//! the host's slot, before the child starts, and released after it is gone), power off
+//! and reset through the child's control socket, the guest's console lines handed to the
+//! host loop, the lease fed to every child each tick, and children that ended reaped.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::path::PathBuf;
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 use vinfra_ha::datastore::{lock_path, read_json, vm_dir, write_json, VMS_DIR};
 use vinfra_ha::PowerOnOutcome;
 use vinfra_vmfs::{LockMode, Volume};
-use vinfra_vmm_core::{PowerState, SerialInputSource, SerialOutput, SharedWriter, Vm, VmConfig};
+use vinfra_vmm_core::VmConfig;
 
 use super::Inbound;
+use crate::vm_process::{Exit, ProcessStats, VmProcess, VmSpec};
+
+/// How long a powered-off child has to exit before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// `/vms/<name>/vm.json`: the VM's vmm-core configuration.
 pub fn definition_path(name: &str) -> String {
@@ -33,41 +40,10 @@ pub fn read_definition(volume: &Volume, name: &str) -> Result<VmConfig, String> 
     read_json(volume, &definition_path(name), 1 << 20).map_err(|e| e.to_string())
 }
 
-/// The guest's console, cut into lines for the host loop.
-struct LineSink {
-    vm: String,
-    buf: Vec<u8>,
-    tx: Sender<Inbound>,
-}
-
-impl Write for LineSink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        for &b in data {
-            if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.buf).trim_end().to_string();
-                self.buf.clear();
-                // The loop is gone when the host shuts down: the line has nowhere to go.
-                let _ = self.tx.send(Inbound::Console {
-                    vm: self.vm.clone(),
-                    line,
-                });
-            } else if self.buf.len() < 4096 {
-                self.buf.push(b);
-            }
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct RunningVm {
-    vm: Vm,
-    /// The VM's exclusive lock: held as long as the VM runs here.
+    process: VmProcess,
+    /// The VM's exclusive lock: held as long as the VM's process lives.
     lock: vinfra_vmfs::File,
-    config: VmConfig,
 }
 
 /// The VMs running on this host.
@@ -75,23 +51,27 @@ pub struct Vms {
     volume: Volume,
     running: BTreeMap<String, RunningVm>,
     tx: Sender<Inbound>,
+    run_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Vms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vms")
             .field("running", &self.running.keys().collect::<Vec<_>>())
+            .field("run_dir", &self.run_dir)
             .finish()
     }
 }
 
 impl Vms {
-    /// No VM yet; console lines go to `tx`.
-    pub fn new(volume: Volume, tx: Sender<Inbound>) -> Self {
+    /// No VM yet; console lines go to `tx`; each VM's configuration file and control
+    /// socket go to `run_dir`.
+    pub fn new(volume: Volume, tx: Sender<Inbound>, run_dir: PathBuf) -> Self {
         Self {
             volume,
             running: BTreeMap::new(),
             tx,
+            run_dir,
         }
     }
 
@@ -105,19 +85,37 @@ impl Vms {
         self.running.is_empty()
     }
 
-    fn boot(&self, name: &str, mut config: VmConfig) -> Result<Vm, String> {
-        config.serial_output = SerialOutput::Writer(SharedWriter::new(LineSink {
-            vm: name.to_string(),
-            buf: Vec::new(),
-            tx: self.tx.clone(),
-        }));
-        config.serial_input = SerialInputSource::None;
-        let mut vm = Vm::create(config).map_err(|e| format!("create: {e}"))?;
-        vm.start().map_err(|e| format!("start: {e}"))?;
-        Ok(vm)
+    /// The pid of a VM's process.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.running.get(name).map(|r| r.process.pid())
     }
 
-    /// Takes the VM's lock, then boots it.
+    /// CPU time and RSS of a VM's process.
+    pub fn stats(&self, name: &str) -> Option<ProcessStats> {
+        self.running.get(name)?.process.stats().ok()
+    }
+
+    /// The VM's process, for the requests this module does not make itself (migrate,
+    /// snapshot, console input).
+    pub fn process_mut(&mut self, name: &str) -> Option<&mut VmProcess> {
+        self.running.get_mut(name).map(|r| &mut r.process)
+    }
+
+    fn spawn(&self, name: &str, config: VmConfig) -> Result<VmProcess, String> {
+        let tx = self.tx.clone();
+        let vm = name.to_string();
+        let spec = VmSpec::new(name, config, &self.run_dir, self.volume.lease_ms());
+        VmProcess::spawn(&spec, move |line| {
+            // The loop is gone when the host shuts down: the line has nowhere to go.
+            let _ = tx.send(Inbound::Console {
+                vm: vm.clone(),
+                line,
+            });
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Takes the VM's lock, then starts its process.
     pub fn power_on(&mut self, name: &str) -> PowerOnOutcome {
         if self.running.contains_key(name) {
             return PowerOnOutcome::Started;
@@ -131,12 +129,12 @@ impl Vms {
             }
             Err(e) => return PowerOnOutcome::Failed(format!("lock {}: {e}", lock_path(name))),
         };
-        let started = read_definition(&self.volume, name)
-            .and_then(|config| Ok((self.boot(name, config.clone())?, config)));
+        let started =
+            read_definition(&self.volume, name).and_then(|config| self.spawn(name, config));
         match started {
-            Ok((vm, config)) => {
+            Ok(process) => {
                 self.running
-                    .insert(name.to_string(), RunningVm { vm, lock, config });
+                    .insert(name.to_string(), RunningVm { process, lock });
                 if let Some(h) = before.as_ref().and_then(|i| i.holders.first()) {
                     tracing::info!(
                         vm = name,
@@ -157,51 +155,59 @@ impl Vms {
         }
     }
 
-    /// Stops the VM and releases its lock (a fenced host cannot: its lock then waits
-    /// for whoever breaks it after the lease).
-    pub fn power_off(&mut self, name: &str) {
-        let Some(mut r) = self.running.remove(name) else {
-            return;
-        };
-        if let Err(e) = r.vm.stop() {
-            tracing::warn!(vm = name, "stop: {e}");
-        }
-        drop(r.vm);
+    fn release(name: &str, r: RunningVm) {
+        drop(r.process);
         if let Err(e) = r.lock.close() {
             tracing::info!(vm = name, "lock not released: {e}");
         }
     }
 
-    /// Stops the guest and boots it again, keeping the lock.
-    pub fn reset(&mut self, name: &str) -> Result<(), String> {
-        let Some(r) = self.running.get_mut(name) else {
-            return Err(format!("{name} does not run here"));
+    /// Stops the VM (`power_off` on its control socket, a kill if it does not answer),
+    /// waits for its process, then releases its lock (a fenced host cannot: its lock then
+    /// waits for whoever breaks it after the lease).
+    pub fn power_off(&mut self, name: &str) -> Option<Exit> {
+        let mut r = self.running.remove(name)?;
+        let exit = match r.process.stop(STOP_WAIT) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(vm = name, "stop: {e}");
+                None
+            }
         };
-        r.vm.stop().map_err(|e| format!("stop: {e}"))?;
-        let config = r.config.clone();
-        let vm = self.boot(name, config)?;
-        if let Some(r) = self.running.get_mut(name) {
-            r.vm = vm;
-        }
-        Ok(())
+        Self::release(name, r);
+        exit
     }
 
-    /// The VMs whose guest stopped by itself (halted, crashed) since the last call; their
-    /// locks are released.
-    pub fn reap(&mut self) -> Vec<String> {
-        let ended: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| {
-                matches!(
-                    r.vm.power_state(),
-                    PowerState::ShutOff | PowerState::Crashed
-                )
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in &ended {
-            self.power_off(n);
+    /// Boots the guest again inside its process, keeping the lock.
+    pub fn reset(&mut self, name: &str) -> Result<(), String> {
+        let Some(r) = self.running.get(name) else {
+            return Err(format!("{name} does not run here"));
+        };
+        r.process.reset().map_err(|e| e.to_string())
+    }
+
+    /// Tells every child that this host's lease is valid (each tick it is).
+    pub fn feed_leases(&mut self) {
+        for r in self.running.values_mut() {
+            r.process.feed_lease();
+        }
+    }
+
+    /// The VMs whose process ended since the last call (the guest powered off, it
+    /// crashed, it was killed), with how; their locks are released.
+    pub fn reap(&mut self) -> Vec<(String, Exit)> {
+        let mut ended = Vec::new();
+        for (name, r) in &mut self.running {
+            match r.process.try_wait() {
+                Ok(Some(exit)) => ended.push((name.clone(), exit)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(vm = name, "wait: {e}"),
+            }
+        }
+        for (name, _) in &ended {
+            if let Some(r) = self.running.remove(name) {
+                Self::release(name, r);
+            }
         }
         ended
     }

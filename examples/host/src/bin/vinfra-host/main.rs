@@ -1,6 +1,6 @@
 //! `vinfra-host`: one host of an HA cluster. `run` mounts the shared vmfs volume, runs the
 //! HA agent (UDP heartbeats, isolation probes, the volume's heartbeats and VM locks) and
-//! the VMs the cluster gives it; `vm create` and `vm list` manage the VM definitions on the
+//! the VMs the cluster gives it, each in a `vinfra-vm` child process; `vm create` and `vm list` manage the VM definitions on the
 //! volume, which any host can run.
 //!
 //! ```sh
@@ -63,6 +63,11 @@ struct RunArgs {
     /// Fault injection for drills and tests: the volume's I/O fails while FILE exists.
     #[arg(long, value_name = "FILE")]
     storage_fault_file: Option<PathBuf>,
+    /// Where the VMs' configuration files and control sockets go (each VM runs in a
+    /// `vinfra-vm` child; `$VINFRA_VM_BIN` names the binary, by default the one beside
+    /// this one). Default: /tmp/vinfra-host-ID-PID, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +218,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
         key,
         volume: a.volume.clone(),
         storage_fault_file: a.storage_fault_file.clone(),
+        run_dir: a.run_dir.clone(),
     })
 }
 

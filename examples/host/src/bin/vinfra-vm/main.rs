@@ -15,14 +15,24 @@
 //! `--key-file FILE` (the cluster key, from `vinfra-vm keygen`) or, explicitly,
 //! `--plaintext`. VM disks on a shared vmfs volume (`--volume --host-id --vmfs-disk`)
 //! hand their exclusive lock over at the switchover.
+//!
+//! Under a host process (`vinfra-host run` runs each VM as a child `vinfra-vm run`): the
+//! control socket also answers `status`, `power_off`, `reset`, and `snapshot` /
+//! `consolidate` of a vmfs disk for a backup (the protocol is in
+//! `vinfra_host::migration`); `--host-id auto` mounts the volume in a free slot of its
+//! own; `--parent-lease-fd FD` stops the VM (exit status 75) when the host's lease bytes
+//! stop coming for half a lease or the pipe closes ([`parent`]).
 
 mod console;
+mod control;
 mod migrate;
+mod parent;
 mod vm_args;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
@@ -75,7 +85,8 @@ struct RunArgs {
     /// Print how long create/restore, start/resume, pause and snapshot took on stderr.
     #[arg(long)]
     timings: bool,
-    /// Serve a control socket here, for `vinfra-vm migrate`.
+    /// Serve a control socket here, for `vinfra-vm migrate` and the host process
+    /// (status, power_off, reset, snapshot and consolidate of a vmfs disk).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// With --control, turn the guest's dirty log on only when a migration starts rather
@@ -83,6 +94,39 @@ struct RunArgs {
     /// that happens at start, not in the middle of a migration.
     #[arg(long, requires = "control")]
     late_dirty_log: bool,
+    #[command(flatten)]
+    parent: ParentArgs,
+}
+
+/// How a VM run by a host process stops with the host.
+#[derive(Args, Debug, Clone)]
+pub struct ParentArgs {
+    /// Read the parent host's lease on this inherited pipe: one byte each time the host
+    /// confirmed its volume lease. Silence for half the lease, or the pipe's end (the
+    /// host died), stops the VM with exit status 75.
+    #[arg(long, value_name = "FD")]
+    pub parent_lease_fd: Option<i32>,
+    /// The lease the parent's silence is measured against, in ms (default: --lease-ms,
+    /// else the mounted volume's lease, else 10000).
+    #[arg(long, requires = "parent_lease_fd")]
+    pub parent_lease_ms: Option<u64>,
+}
+
+/// The default lease for `--parent-lease-fd` without a volume or `--parent-lease-ms`.
+const PARENT_LEASE_MS: u64 = 10_000;
+
+impl ParentArgs {
+    /// Starts the watchdog, if asked for.
+    fn watch(&self, built: &Built) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, String> {
+        let Some(fd) = self.parent_lease_fd else {
+            return Ok(None);
+        };
+        let lease_ms = self
+            .parent_lease_ms
+            .or(built.host.as_ref().map(|h| h.volume().lease_ms()))
+            .unwrap_or(PARENT_LEASE_MS);
+        parent::watch(fd, lease_ms).map(Some)
+    }
 }
 
 /// A control socket that is removed again when the process ends.
@@ -126,6 +170,7 @@ impl Drop for ControlSocket {
 }
 
 /// Attaches the console to a running (or just resumed) VM until it ends.
+#[allow(clippy::too_many_arguments, reason = "one call site per subcommand")]
 fn attach(
     mut vm: Vm,
     built: &Built,
@@ -133,7 +178,9 @@ fn attach(
     snapshot_dir: Option<PathBuf>,
     timings: bool,
     early_dirty_log: bool,
+    parent: &ParentArgs,
 ) -> Result<(ExitReason, StopCause), String> {
+    let parent_fenced = parent.watch(built)?;
     install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
     let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
     if raw.is_some() {
@@ -147,20 +194,34 @@ fn attach(
             .map_err(|e| format!("enable the dirty log: {e}"))?;
     }
     let (keys_tx, keys_rx) = std::sync::mpsc::channel();
-    let input = vm.serial_input_handle();
+    let input = Arc::new(Mutex::new(vm.serial_input_handle()));
+    let stdin_input = input.clone();
     std::thread::Builder::new()
         .name("stdin".into())
-        .spawn(move || forward_stdin(input, keys_tx))
+        .spawn(move || forward_stdin(stdin_input, keys_tx))
         .map_err(|e| format!("spawn stdin thread: {e}"))?;
+    let status = control::SharedStatus::default();
+    let requests = match control.listener.take() {
+        Some(l) => Some(control::serve(
+            l,
+            built.vmfs_disks.iter().map(Arc::downgrade).collect(),
+            status.clone(),
+        )?),
+        None => None,
+    };
     let mut w = Watch {
         keys: keys_rx,
         snapshot_dir,
         timings,
         host: built.host.as_ref(),
-        control: control.listener.take(),
+        control: requests,
         served: Served {
             disks: built.vmfs_disks.clone(),
         },
+        parent_fenced,
+        config: built.config.clone(),
+        input,
+        status,
     };
     let ended = watch(&mut vm, &mut w);
     drop(vm);
@@ -207,6 +268,7 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
         snapshot_dir,
         timings,
         !args.late_dirty_log,
+        &args.parent,
     );
     close(built);
     ended
@@ -216,7 +278,15 @@ fn run_incoming(args: &IncomingArgs) -> Result<(ExitReason, StopCause), String> 
     let mut control = ControlSocket::bind(args.control.as_ref())?;
     let arrived = incoming(args)?;
     let _ = arrived.stats;
-    let ended = attach(arrived.vm, &arrived.built, &mut control, None, false, true);
+    let ended = attach(
+        arrived.vm,
+        &arrived.built,
+        &mut control,
+        None,
+        false,
+        true,
+        &args.parent,
+    );
     close(arrived.built);
     ended
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vinfra_host::migration::{
-    read_request, request, security, send_event, ControlEvent, ControlRequest, MigrateSettings,
-    VmfsHandover,
+    request, security, send_event, ControlEvent, ControlRequest, MigrateSettings, VmfsHandover,
 };
 use vinfra_host::vmfs_disk::VmfsDiskBackend;
 use vinfra_vmm_core::Vm;
@@ -73,22 +72,14 @@ impl Drop for ThreadNice {
     }
 }
 
-/// Serves one control connection. `Ok(true)`: the VM moved away (the caller exits).
+/// Serves a `migrate` request. `Ok(true)`: the VM moved away (the caller exits).
 /// `Ok(false)`: it runs here still. `Err`: it is in doubt and must not run here again.
-pub fn serve_control(vm: &mut Vm, mut stream: UnixStream, served: &Served) -> Result<bool, String> {
-    let ControlRequest::Migrate(settings) = match read_request(&stream) {
-        Ok(r) => r,
-        Err(e) => {
-            send_event(
-                &mut stream,
-                &ControlEvent::Failed {
-                    error: e,
-                    in_doubt: false,
-                },
-            );
-            return Ok(false);
-        }
-    };
+pub fn serve_migrate(
+    vm: &mut Vm,
+    mut stream: UnixStream,
+    settings: MigrateSettings,
+    served: &Served,
+) -> Result<bool, String> {
     let fail = |stream: &mut UnixStream, error: String| {
         eprintln!(
             "\r\nvinfra-vm: migration to {} failed: {error}; the VM runs here\r",
@@ -244,7 +235,7 @@ pub fn migrate_command(a: &MigrateArgs) -> Result<(), String> {
         } => Err(format!(
             "migration in doubt, the VM is paused on the source and must not run there: {error}"
         )),
-        ControlEvent::Progress(_) => Err("no answer".into()),
+        other => Err(format!("unexpected answer from the VM: {other:?}")),
     }
 }
 
@@ -262,9 +253,12 @@ pub struct IncomingArgs {
     /// Accept an unencrypted, unauthenticated migration (say so explicitly).
     #[arg(long)]
     pub plaintext: bool,
-    /// A control socket for migrating the VM on again once it runs here.
+    /// A control socket for migrating the VM on again once it runs here (and for the
+    /// host process's requests, as `run --control`).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    #[command(flatten)]
+    pub parent: crate::ParentArgs,
 }
 
 /// What `incoming` received.

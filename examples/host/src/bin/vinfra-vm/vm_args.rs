@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
+use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend, AUTO_SLOTS};
 use vinfra_host::vswitch::{Switch, SwitchConfig};
 use vinfra_vmfs::MountOptions;
 use vinfra_vmm_core::{
@@ -57,9 +57,10 @@ pub struct VmArgs {
     /// A shared vmfs volume (image file) to mount for `--vmfs-disk`.
     #[arg(long, requires = "host_id")]
     pub volume: Option<PathBuf>,
-    /// This host's id on the volume (0..64).
-    #[arg(long, requires = "volume")]
-    pub host_id: Option<u32>,
+    /// This host's id on the volume (0..64), or `auto`: the first slot in 16..63 that is
+    /// free or dead (a VM child of `vinfra-host run`, which holds its own slot).
+    #[arg(long, requires = "volume", value_name = "ID|auto")]
+    pub host_id: Option<HostId>,
     /// A virtio-blk disk on the volume, e.g. `/vm1/vm1.vmdk`, held with an exclusive lock
     /// (repeatable); live migration hands the lock to the destination.
     #[arg(long = "vmfs-disk", value_name = "PATH", requires = "volume")]
@@ -67,6 +68,26 @@ pub struct VmArgs {
     /// Override the volume's heartbeat lease in ms (tests use short ones).
     #[arg(long, requires = "volume")]
     pub lease_ms: Option<u32>,
+}
+
+/// `--host-id`: a slot, or the first free one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostId {
+    Slot(u32),
+    Auto,
+}
+
+impl std::str::FromStr for HostId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(HostId::Auto),
+            n => n
+                .parse()
+                .map(HostId::Slot)
+                .map_err(|_| format!("{s:?} is neither a slot number nor auto")),
+        }
+    }
 }
 
 /// A VM's configuration and the vmfs pieces that must outlive it.
@@ -211,7 +232,12 @@ impl VmArgs {
                 opts.lease_ms = a.lease_ms;
                 opts.pid = std::process::id();
                 opts.name = "vinfra-vm".into();
-                let host = MountedHost::mount(volume, host_id, &opts).map_err(|e| e.to_string())?;
+                let host = match host_id {
+                    HostId::Slot(id) => MountedHost::mount(volume, id, &opts),
+                    HostId::Auto => MountedHost::mount_any(volume, AUTO_SLOTS, &opts),
+                }
+                .map_err(|e| e.to_string())?;
+                tracing::info!(slot = host.host_id(), "mounted the volume");
                 let mut disks = Vec::new();
                 for path in &a.vmfs_disks {
                     let path = if path.starts_with('/') {
@@ -255,5 +281,12 @@ mod tests {
         assert!(!a.mac.is_multicast());
         assert!(parse_net("tap0,mac=52:54").unwrap_err().contains("bad MAC"));
         assert!(parse_net("tap0,speed=10").unwrap_err().contains("speed=10"));
+    }
+
+    #[test]
+    fn host_ids_are_numbers_or_auto() {
+        assert_eq!("auto".parse::<HostId>(), Ok(HostId::Auto));
+        assert_eq!("7".parse::<HostId>(), Ok(HostId::Slot(7)));
+        assert!("any".parse::<HostId>().unwrap_err().contains("auto"));
     }
 }
