@@ -172,7 +172,6 @@ impl ApiError {
 
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
@@ -180,7 +179,6 @@ pub struct ErrorBody {
 
 /// An error as the API reports it (in error bodies and in failed tasks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
     /// Stable machine-readable code (`vm_not_found`, `wrong_state`, …).
     pub code: String,

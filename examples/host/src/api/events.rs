@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct HostEvent {
     /// Its number: 1 for the host's first event, one more for each next.
     pub seq: u64,

@@ -33,7 +33,6 @@ pub enum TaskState {
 
 /// A task as `GET /tasks/ID` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TaskInfo {
     /// Its id.
     pub id: u64,

@@ -1,7 +1,9 @@
 //! The request and response bodies of the API (serde, with OpenAPI schemas), and their
-//! validation: a [`VmSpec`] or an operation's request reaches the
-//! [`HostService`](super::HostService) only after [`VmSpec::validate`] and friends
-//! accepted it, so the host never sees a name that is not a safe path component.
+//! validation. Request bodies refuse unknown fields (a typo is an error, not a setting
+//! silently ignored); answers accept them, so a client keeps working against a newer
+//! host. A [`VmSpec`] or an operation's request reaches the
+//! [`HostService`](super::HostService) only after [`VmSpec::validate`] or
+//! [`VmOp::validate`] accepted it, so the host never sees a name that is not a safe path component.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -309,7 +311,6 @@ impl Default for ResourceSpec {
 
 /// A VM as `GET /vms/NAME` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct VmInfo {
     /// Its definition.
@@ -339,7 +340,6 @@ impl VmInfo {
 
 /// What a running VM uses, measured by its host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VmStats {
     /// CPU used by its vCPU threads, percent of one core, over the last interval.
     pub cpu_percent: f64,
@@ -355,7 +355,6 @@ pub struct VmStats {
 
 /// `GET /host`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HostInfo {
     /// The host's id (its HA id and vmfs slot).
@@ -398,7 +397,6 @@ impl HostInfo {
 
 /// A host's capacity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct HostCapacity {
     /// Logical CPUs.
     pub cpus: u32,
@@ -408,7 +406,6 @@ pub struct HostCapacity {
 
 /// A host's load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct HostLoad {
     /// CPU used by the host and its VMs, percent of all its CPUs.
     pub cpu_percent: f64,
@@ -418,7 +415,6 @@ pub struct HostLoad {
 
 /// Page sharing (KSM) savings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct KsmSavings {
     /// Pages that share another page's frame.
     pub pages_sharing: u64,
@@ -428,7 +424,6 @@ pub struct KsmSavings {
 
 /// One host as an HA agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct HaPeer {
     /// The host's id.
     pub id: u32,
@@ -457,7 +452,6 @@ pub enum HaVerdict {
 
 /// How many VMs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VmCounts {
     /// Defined on the volume.
     pub defined: u32,
@@ -644,7 +638,6 @@ impl OpKind {
 
 /// `202` answer of an operation: the task that does it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TaskStarted {
     /// The task's id (`GET /tasks/ID`).
     pub task: u64,
@@ -660,7 +653,6 @@ pub struct IncomingRequest {
 
 /// The answer to `POST /incoming`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct IncomingReady {
     /// Where the source sends the VM (`IP:PORT` on this host's VMotion interface).
     pub address: String,
