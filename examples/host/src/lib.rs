@@ -7,6 +7,8 @@
 //! disks (raw images, or a running VM's vmfs disks) and restores disks and files. The
 //! library part holds what they share:
 //!
+//! * [`api`]: the host API (HTTP + JSON, the console as a WebSocket, OpenAPI) behind the
+//!   [`api::HostService`] trait the host implements, and the types `vinfra` reads;
 //! * [`cluster`]: the host as a member of an HA cluster (`vinfra-host run`): the agent of
 //!   `vinfra-ha` on UDP, probes and the volume, and the VMs it powers on;
 //! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
@@ -29,6 +31,7 @@
 // (pre_exec, prctl and fcntl, each allowed where it is used) need `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod backup_control;
 pub mod cluster;
 pub mod exit_status;

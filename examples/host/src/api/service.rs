@@ -1,0 +1,50 @@
+//! The seam between the API server and the host: the host implements [`HostService`];
+//! the server calls it from its blocking-thread pool (never from an async task), so an
+//! implementation may block briefly, e.g. on a reply channel to the host loop.
+
+use super::console::Console;
+use super::error::Result;
+use super::events::HostEvent;
+use super::tasks::TaskHandle;
+use super::types::{HostInfo, IncomingReady, IncomingRequest, VmInfo, VmOp, VmSpec};
+
+/// What a host does for its API.
+///
+/// Every input is validated before it gets here: VM names satisfy
+/// [`validate_name`](super::validate_name), a [`VmSpec`] and a [`VmOp`] passed their
+/// `validate`. Each refusal is an [`ApiError`](super::ApiError) variant (unknown VM 404,
+/// wrong state 409, impossible 422, …) and must leave everything as it was.
+pub trait HostService: Send + Sync + 'static {
+    /// `GET /host`.
+    fn host_info(&self) -> Result<HostInfo>;
+
+    /// `GET /vms`: every VM defined on the volume.
+    fn list_vms(&self) -> Result<Vec<VmInfo>>;
+
+    /// `GET /vms/NAME`.
+    fn vm(&self, name: &str) -> Result<VmInfo>;
+
+    /// `POST /vms`: defines a VM (shut off) on the volume and creates its disks.
+    fn create_vm(&self, spec: VmSpec) -> Result<VmInfo>;
+
+    /// `DELETE /vms/NAME`: only when it is off.
+    fn delete_vm(&self, name: &str) -> Result<()>;
+
+    /// `POST /vms/NAME/<op>`: checks now whether the operation can start (and returns the
+    /// refusal if not), then does the work in the background, reporting progress and the
+    /// result through `task`. Returning `Ok` means the work has started and owns `task`;
+    /// on `Err` the task is forgotten as if never made.
+    fn start_op(&self, name: &str, op: VmOp, task: TaskHandle) -> Result<()>;
+
+    /// `GET /vms/NAME/console`: a new viewer of a running VM's serial console (make one
+    /// with [`console_pair`](super::console_pair) and keep the other end).
+    fn console(&self, name: &str) -> Result<Console>;
+
+    /// `GET /events?after=SEQ`: events numbered above `after`, oldest first, at most
+    /// `limit` (an [`EventLog`](super::EventLog) answers exactly this).
+    fn events(&self, after: u64, limit: usize) -> Result<Vec<HostEvent>>;
+
+    /// `POST /incoming` (host to host): gets ready to receive a migrating VM and says
+    /// where to send it.
+    fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady>;
+}

@@ -1,0 +1,659 @@
+//! The request and response bodies of the API (serde, with OpenAPI schemas), and their
+//! validation. Request bodies refuse unknown fields (a typo is an error, not a setting
+//! silently ignored); answers accept them, so a client keeps working against a newer
+//! host. A [`VmSpec`] or an operation's request reaches the
+//! [`HostService`](super::HostService) only after [`VmSpec::validate`] or
+//! [`VmOp::validate`] accepted it, so the host never sees a name that is not a safe path component.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+
+/// Longest VM, snapshot or port group name.
+pub const NAME_LEN_MAX: usize = 63;
+/// Most disks one VM may have.
+pub const DISKS_MAX: usize = 16;
+/// Most NICs one VM may have.
+pub const NICS_MAX: usize = 8;
+/// Largest guest memory (1 TiB).
+pub const MEMORY_MIB_MAX: u32 = 1 << 20;
+/// Most vCPUs.
+pub const VCPUS_MAX: u32 = 64;
+/// Largest virtual disk (16 TiB).
+pub const DISK_MIB_MAX: u64 = 16 << 20;
+/// Longest kernel command line.
+pub const CMDLINE_LEN_MAX: usize = 4096;
+
+/// Checks a name that becomes a path component on the volume (`/vms/<name>/`): 1 to 63
+/// characters of `A-Z a-z 0-9 - _ .`, starting with a letter or digit.
+///
+/// ```
+/// use vinfra_host::api::validate_name;
+/// assert!(validate_name("web-1").is_ok());
+/// assert!(validate_name("../etc").is_err());
+/// assert!(validate_name("").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > NAME_LEN_MAX {
+        Err("a name has 1 to 63 characters")
+    } else if !first_ok {
+        Err("a name starts with a letter or a digit")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        Err("a name holds only letters, digits, '-', '_' and '.'")
+    } else {
+        Ok(())
+    }
+}
+
+fn field(field: impl Into<String>, why: impl Into<String>) -> ApiError {
+    ApiError::InvalidValue {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
+    validate_name(name).map_err(|why| field(path, why))
+}
+
+/// A VM's power state (libvirt's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PowerState {
+    /// Its process runs the guest.
+    Running,
+    /// Stopped in place (e.g. during a migration's switchover).
+    Paused,
+    /// Asked to shut down; not yet off.
+    ShuttingDown,
+    /// Off: no process.
+    ShutOff,
+    /// Its process died without being asked to.
+    Crashed,
+}
+
+impl std::fmt::Display for PowerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::ShuttingDown => "shutting down",
+            Self::ShutOff => "shut off",
+            Self::Crashed => "crashed",
+        })
+    }
+}
+
+/// What `POST /vms` creates: the VM's definition, kept on the volume in `/vms/<name>/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VmSpec {
+    /// The VM's name, unique in the cluster (a path component: see [`validate_name`]).
+    pub name: String,
+    /// The guest kernel (bzImage or ELF vmlinux), a path on the hosts.
+    pub kernel: String,
+    /// An initramfs, a path on the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// The kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Virtual disks, created blank on the volume.
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// Network cards, each on a port group of the virtual switch.
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    /// What HA does with it.
+    #[serde(default)]
+    pub ha: HaSpec,
+    /// What DRS gives it.
+    #[serde(default)]
+    pub resources: ResourceSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl VmSpec {
+    /// A spec with the given name, kernel and memory, and defaults for the rest.
+    #[must_use]
+    pub fn new(name: impl Into<String>, kernel: impl Into<String>, memory_mib: u32) -> Self {
+        Self {
+            name: name.into(),
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory_mib,
+            vcpus: 1,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            ha: HaSpec::default(),
+            resources: ResourceSpec::default(),
+        }
+    }
+
+    /// Checks every value (422 `invalid_value` naming the field otherwise).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_name("name", &self.name)?;
+        if self.kernel.trim().is_empty() {
+            return Err(field("kernel", "a kernel path is needed"));
+        }
+        if self.initrd.as_ref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(field("initrd", "an empty path"));
+        }
+        if self.cmdline.len() > CMDLINE_LEN_MAX {
+            return Err(field("cmdline", format!("over {CMDLINE_LEN_MAX} bytes")));
+        }
+        if !(1..=MEMORY_MIB_MAX).contains(&self.memory_mib) {
+            return Err(field("memory_mib", format!("1 to {MEMORY_MIB_MAX}")));
+        }
+        if !(1..=VCPUS_MAX).contains(&self.vcpus) {
+            return Err(field("vcpus", format!("1 to {VCPUS_MAX}")));
+        }
+        if self.disks.len() > DISKS_MAX {
+            return Err(field("disks", format!("at most {DISKS_MAX}")));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !(1..=DISK_MIB_MAX).contains(&d.size_mib) {
+                return Err(field(
+                    format!("disks[{i}].size_mib"),
+                    format!("1 to {DISK_MIB_MAX}"),
+                ));
+            }
+        }
+        if self.nics.len() > NICS_MAX {
+            return Err(field("nics", format!("at most {NICS_MAX}")));
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            check_name(&format!("nics[{i}].portgroup"), &n.portgroup)?;
+            if let Some(mac) = &n.mac {
+                validate_mac(mac).map_err(|why| field(format!("nics[{i}].mac"), why))?;
+            }
+        }
+        let r = &self.resources;
+        if r.shares == 0 || r.shares > 1_000_000 {
+            return Err(field("resources.shares", "1 to 1000000"));
+        }
+        if r.reservation_mib > u64::from(self.memory_mib) {
+            return Err(field(
+                "resources.reservation_mib",
+                "more than the VM's memory",
+            ));
+        }
+        if r.limit_mib.is_some_and(|l| l < r.reservation_mib) {
+            return Err(field("resources.limit_mib", "below the reservation"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a unicast MAC address written `52:54:00:12:34:56`.
+fn validate_mac(mac: &str) -> Result<(), &'static str> {
+    let octets: Vec<&str> = mac.split(':').collect();
+    let ok = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err("six hex octets separated by ':'");
+    }
+    match u8::from_str_radix(octets[0], 16) {
+        Ok(first) if first & 1 == 0 => Ok(()),
+        _ => Err("a multicast address cannot be a NIC's"),
+    }
+}
+
+/// A virtual disk to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Its size in MiB (thin: blocks are allocated when written).
+    pub size_mib: u64,
+}
+
+/// A network card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// The port group of the host's virtual switch it plugs into.
+    pub portgroup: String,
+    /// Its MAC address; the host picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// HA settings of a VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaSpec {
+    /// Order of restarts after a host failure.
+    #[serde(default)]
+    pub priority: RestartPriority,
+    /// What its host does with it when the host finds itself isolated.
+    #[serde(default)]
+    pub isolation_response: IsolationResponse,
+}
+
+/// HA restart priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPriority {
+    /// Never restarted by HA.
+    Disabled,
+    /// Restarted last.
+    Low,
+    /// The default.
+    #[default]
+    Medium,
+    /// Restarted first.
+    High,
+}
+
+/// What an isolated host does with the VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationResponse {
+    /// Keep it running while the host's volume lease holds.
+    #[default]
+    LeaveOn,
+    /// Power it off.
+    PowerOff,
+    /// Ask the guest to shut down, power off after the grace period.
+    ShutDown,
+}
+
+/// DRS resource settings of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// CPU reservation in MHz (0: none).
+    #[serde(default)]
+    pub cpu_mhz: u32,
+    /// Shares (500 low, 1000 normal, 2000 high).
+    #[serde(default = "normal_shares")]
+    pub shares: u32,
+    /// Memory reservation in MiB.
+    #[serde(default)]
+    pub reservation_mib: u64,
+    /// Memory limit in MiB (none: the VM's memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_mib: Option<u64>,
+}
+
+fn normal_shares() -> u32 {
+    1000
+}
+
+impl Default for ResourceSpec {
+    fn default() -> Self {
+        Self {
+            cpu_mhz: 0,
+            shares: normal_shares(),
+            reservation_mib: 0,
+            limit_mib: None,
+        }
+    }
+}
+
+/// A VM as `GET /vms/NAME` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[non_exhaustive]
+pub struct VmInfo {
+    /// Its definition.
+    pub spec: VmSpec,
+    /// Its power state.
+    pub state: PowerState,
+    /// The id of the host that runs it (none when off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u32>,
+    /// Measured statistics (only from the host that runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<VmStats>,
+}
+
+impl VmInfo {
+    /// A VM in `state`, with no host and no statistics.
+    #[must_use]
+    pub fn new(spec: VmSpec, state: PowerState) -> Self {
+        Self {
+            spec,
+            state,
+            host: None,
+            stats: None,
+        }
+    }
+}
+
+/// What a running VM uses, measured by its host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStats {
+    /// CPU used by its vCPU threads, percent of one core, over the last interval.
+    pub cpu_percent: f64,
+    /// Resident memory of its process in bytes.
+    pub rss_bytes: u64,
+    /// Bytes read from its disks.
+    pub disk_read_bytes: u64,
+    /// Bytes written to its disks.
+    pub disk_written_bytes: u64,
+    /// Bytes of console output.
+    pub console_bytes: u64,
+}
+
+/// `GET /host`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[non_exhaustive]
+pub struct HostInfo {
+    /// The host's id (its HA id and vmfs slot).
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// The software version.
+    pub version: String,
+    /// Time since the host process started.
+    pub uptime_ms: u64,
+    /// What it has.
+    pub capacity: HostCapacity,
+    /// What it uses.
+    pub load: HostLoad,
+    /// Memory that page sharing saves.
+    pub ksm: KsmSavings,
+    /// How this host's HA agent sees every host of the cluster, itself included.
+    pub ha: Vec<HaPeer>,
+    /// VM counts.
+    pub vms: VmCounts,
+}
+
+impl HostInfo {
+    /// A host with the given identity, zero load and no peers.
+    #[must_use]
+    pub fn new(id: u32, name: impl Into<String>, capacity: HostCapacity) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: 0,
+            capacity,
+            load: HostLoad::default(),
+            ksm: KsmSavings::default(),
+            ha: Vec::new(),
+            vms: VmCounts::default(),
+        }
+    }
+}
+
+/// A host's capacity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostCapacity {
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// A host's load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostLoad {
+    /// CPU used by the host and its VMs, percent of all its CPUs.
+    pub cpu_percent: f64,
+    /// Memory used by its VMs' processes (RSS) in MiB.
+    pub memory_used_mib: u64,
+}
+
+/// Page sharing (KSM) savings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KsmSavings {
+    /// Pages that share another page's frame.
+    pub pages_sharing: u64,
+    /// Bytes saved.
+    pub saved_bytes: u64,
+}
+
+/// One host as an HA agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HaPeer {
+    /// The host's id.
+    pub id: u32,
+    /// The verdict.
+    pub verdict: HaVerdict,
+}
+
+/// An HA verdict about a host (vinfra-ha's `Verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HaVerdict {
+    /// Heard on the network.
+    Alive,
+    /// Silent on the network; its datastore heartbeat moves.
+    Partitioned,
+    /// Silent on both channels: its VMs are restarted elsewhere.
+    Failed,
+    /// Silent, and the datastore cannot be read: nothing is done.
+    Unknown,
+    /// (This host) it hears no peer and reaches no isolation address.
+    Isolated,
+    /// (This host) its volume lease lapsed.
+    Fenced,
+}
+
+/// How many VMs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmCounts {
+    /// Defined on the volume.
+    pub defined: u32,
+    /// Running anywhere in the cluster.
+    pub running: u32,
+    /// Running on this host.
+    pub running_here: u32,
+}
+
+/// `POST /vms/NAME/migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The destination host, by id or name.
+    pub to: String,
+}
+
+/// `POST /vms/NAME/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name (the host names it when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /vms/NAME/revert`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The snapshot to go back to (the latest when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// `POST /vms/NAME/clone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// The new VM's name.
+    pub name: String,
+    /// A full copy of the disks; otherwise a linked clone on a snapshot of the source.
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// `POST /vms/NAME/backup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The backup repository (a path on the host).
+    pub repository: String,
+    /// Only the blocks changed since the VM's last backup to this repository.
+    #[serde(default)]
+    pub incremental: bool,
+}
+
+/// `POST /vms/NAME/restore`: NAME is the backed-up VM's name in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The backup repository (a path on the host).
+    pub repository: String,
+    /// The backup to restore (the latest of the VM when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The new VM's name (a new VM: it must not exist).
+    pub name: String,
+}
+
+/// A long operation on a VM: what `POST /vms/NAME/<op>` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VmOp {
+    /// Power on.
+    Start,
+    /// Hard power off.
+    Stop,
+    /// Reboot in place.
+    Reset,
+    /// Graceful shutdown through the guest.
+    Shutdown,
+    /// Live migration to another host.
+    Migrate(MigrateRequest),
+    /// Snapshot the disks.
+    Snapshot(SnapshotRequest),
+    /// Go back to a snapshot.
+    Revert(RevertRequest),
+    /// A new VM from this one.
+    Clone(CloneRequest),
+    /// Back up the disks (also while it runs).
+    Backup(BackupRequest),
+    /// A new VM from a backup.
+    Restore(RestoreRequest),
+}
+
+impl VmOp {
+    /// Which operation, without its arguments.
+    #[must_use]
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Self::Start => OpKind::Start,
+            Self::Stop => OpKind::Stop,
+            Self::Reset => OpKind::Reset,
+            Self::Shutdown => OpKind::Shutdown,
+            Self::Migrate(_) => OpKind::Migrate,
+            Self::Snapshot(_) => OpKind::Snapshot,
+            Self::Revert(_) => OpKind::Revert,
+            Self::Clone(_) => OpKind::Clone,
+            Self::Backup(_) => OpKind::Backup,
+            Self::Restore(_) => OpKind::Restore,
+        }
+    }
+
+    /// Checks the arguments (422 `invalid_value` naming the field otherwise).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Start | Self::Stop | Self::Reset | Self::Shutdown => Ok(()),
+            Self::Migrate(m) if m.to.trim().is_empty() => Err(field("to", "a host is needed")),
+            Self::Migrate(_) => Ok(()),
+            Self::Snapshot(s) => s.name.as_deref().map_or(Ok(()), |n| check_name("name", n)),
+            Self::Revert(r) => r
+                .snapshot
+                .as_deref()
+                .map_or(Ok(()), |n| check_name("snapshot", n)),
+            Self::Clone(c) => check_name("name", &c.name),
+            Self::Backup(b) if b.repository.trim().is_empty() => {
+                Err(field("repository", "a repository path is needed"))
+            }
+            Self::Backup(_) => Ok(()),
+            Self::Restore(r) if r.repository.trim().is_empty() => {
+                Err(field("repository", "a repository path is needed"))
+            }
+            Self::Restore(r) => check_name("name", &r.name),
+        }
+    }
+}
+
+/// Which operation a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OpKind {
+    /// Power on.
+    Start,
+    /// Hard power off.
+    Stop,
+    /// Reboot in place.
+    Reset,
+    /// Graceful shutdown.
+    Shutdown,
+    /// Live migration.
+    Migrate,
+    /// Disk snapshot.
+    Snapshot,
+    /// Back to a snapshot.
+    Revert,
+    /// Clone.
+    Clone,
+    /// Backup.
+    Backup,
+    /// Restore from a backup.
+    Restore,
+}
+
+impl OpKind {
+    /// The operation's name, as in its route.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Reset => "reset",
+            Self::Shutdown => "shutdown",
+            Self::Migrate => "migrate",
+            Self::Snapshot => "snapshot",
+            Self::Revert => "revert",
+            Self::Clone => "clone",
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+        }
+    }
+}
+
+/// `202` answer of an operation: the task that does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStarted {
+    /// The task's id (`GET /tasks/ID`).
+    pub task: u64,
+}
+
+/// `POST /incoming` (host to host): get ready to receive a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingRequest {
+    /// The VM that will come.
+    pub vm: String,
+}
+
+/// The answer to `POST /incoming`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IncomingReady {
+    /// Where the source sends the VM (`IP:PORT` on this host's VMotion interface).
+    pub address: String,
+}
