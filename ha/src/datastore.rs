@@ -239,6 +239,12 @@ mod vmfs_impl {
                     Some(LockMode::Exclusive) => info.holders.first().map(|h| h.host),
                     _ => None,
                 };
+                // A VM nobody holds is one a planner may start: its settings are read
+                // afresh, since a user who powers a VM off writes `desired_on: false`
+                // before releasing the lock, and a cached `true` would restart it.
+                if owner.is_none() {
+                    self.settings.remove(&name);
+                }
                 let settings = self.settings_of(&name)?;
                 vms.push(settings.record(&name, owner));
             }
