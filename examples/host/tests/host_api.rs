@@ -4,6 +4,9 @@
 //! small in-memory `HostService` that tests the HTTP layer, not a stand-in for the host:
 //! it keeps VMs in a map, runs operations on threads and echoes consoles.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is the test's.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -395,7 +398,9 @@ impl Setup {
     /// Starts an operation and waits for its task to end.
     fn run_op(&self, name: &str, op: &str, body: &str) -> TaskInfo {
         let started = self.ok("POST", &format!("/vms/{name}/{op}"), body, 202);
-        self.wait_task(started["task"].as_u64().unwrap(), |t| t.state != TaskState::Running)
+        self.wait_task(started["task"].as_u64().unwrap(), |t| {
+            t.state != TaskState::Running
+        })
     }
 
     fn task(&self, id: u64) -> TaskInfo {
@@ -417,7 +422,10 @@ impl Setup {
     fn vinfra(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_vinfra"))
             .args(args)
-            .env("VINFRA_HOST", format!("http://{}", self.server.local_addr()))
+            .env(
+                "VINFRA_HOST",
+                format!("http://{}", self.server.local_addr()),
+            )
             .env("VINFRA_KEY_FILE", &self.key_file)
             .stdin(Stdio::null())
             .output()
@@ -430,13 +438,19 @@ fn every_route_answers_its_happy_path() {
     let s = setup();
     s.create("web1");
     let vm: VmInfo = serde_json::from_value(s.ok("GET", "/vms/web1", "", 200)).unwrap();
-    assert_eq!((vm.spec.name.as_str(), vm.state), ("web1", PowerState::ShutOff));
+    assert_eq!(
+        (vm.spec.name.as_str(), vm.state),
+        ("web1", PowerState::ShutOff)
+    );
     assert_eq!(vm.spec.ha.priority, RestartPriority::High);
     assert_eq!(vm.spec.nics[0].mac.as_deref(), Some("52:54:00:00:00:01"));
     let list: Vec<VmInfo> = serde_json::from_value(s.ok("GET", "/vms", "", 200)).unwrap();
     assert_eq!(list.len(), 1);
     let host: HostInfo = serde_json::from_value(s.ok("GET", "/host", "", 200)).unwrap();
-    assert_eq!((host.id, host.name.as_str(), host.vms.defined), (1, "esx1", 1));
+    assert_eq!(
+        (host.id, host.name.as_str(), host.vms.defined),
+        (1, "esx1", 1)
+    );
     assert_eq!(host.ha.len(), 2);
 
     // Start takes no body, or `{}`.
@@ -469,7 +483,11 @@ fn every_route_answers_its_happy_path() {
     assert_eq!(s.run_op("web1", "shutdown", "").state, TaskState::Success);
     assert_eq!(s.run_op("web1", "start", "{}").state, TaskState::Success);
     assert_eq!(s.run_op("web1", "stop", "").state, TaskState::Success);
-    let restore = s.run_op("web1", "restore", r#"{"repository":"/backups","name":"web3"}"#);
+    let restore = s.run_op(
+        "web1",
+        "restore",
+        r#"{"repository":"/backups","name":"web3"}"#,
+    );
     assert_eq!(restore.result, Some(json!({"vm": "web3", "from": "web1"})));
     s.ok("GET", "/vms/web3", "", 200);
     s.run_op("web1", "start", "");
@@ -492,6 +510,9 @@ fn every_route_answers_its_happy_path() {
     s.ok("GET", "/vms/web2", "", 404);
 }
 
+/// method, path, body, token, status, code
+type Case<'a> = (&'a str, &'a str, String, Option<&'a str>, u16, &'a str);
+
 #[test]
 fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     let s = setup();
@@ -510,11 +531,14 @@ fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     }
     let before = s.host.snapshot();
     let tasks_before = s.ok("GET", "/tasks", "", 200);
-    let big = format!(r#"{{"name":"big","kernel":"{}","memory_mib":1}}"#, "k".repeat(BODY_LIMIT));
+    let big = format!(
+        r#"{{"name":"big","kernel":"{}","memory_mib":1}}"#,
+        "k".repeat(BODY_LIMIT)
+    );
     let good_token = s.token.as_str().to_string();
     let wrong_token = ApiToken::from_key_hex(&"22".repeat(32)).unwrap();
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, String, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/vms", "{not json".into(), Some(&good_token), 400, "malformed_request"),
         ("POST", "/vms", r#"{"name":"x","kernel":"k","memory_mib":32,"colour":"red"}"#.into(), Some(&good_token), 400, "malformed_request"),
         ("POST", "/vms", r#"{"name":"x","kernel":"k","memory_mib":-1}"#.into(), Some(&good_token), 400, "malformed_request"),
@@ -553,25 +577,44 @@ fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     ];
     for (method, path, body, token, status, code) in &cases {
         let (got, value) = s.send(method, path, body, *token);
-        let shown = if body.len() > 80 { "<big>" } else { body.as_str() };
+        let shown = if body.len() > 80 {
+            "<big>"
+        } else {
+            body.as_str()
+        };
         assert_eq!(got, *status, "{method} {path} {shown}: {value}");
         let error: ErrorBody = serde_json::from_value(value.clone())
             .unwrap_or_else(|e| panic!("{method} {path}: not an error body ({e}): {value}"));
         assert_eq!(error.error.code, *code, "{method} {path} {shown}: {value}");
         assert!(!error.error.message.is_empty());
-        assert_eq!(s.host.snapshot(), before, "{method} {path} {shown} changed the VMs");
+        assert_eq!(
+            s.host.snapshot(),
+            before,
+            "{method} {path} {shown} changed the VMs"
+        );
     }
     // Refused operations leave no task behind.
     assert_eq!(s.ok("GET", "/tasks", "", 200), tasks_before);
     let (_, value) = s.send("POST", "/incoming", r#"{"vm":"avx"}"#, Some(&good_token));
-    assert!(value["error"]["message"].as_str().unwrap().contains("avx512f"), "{value}");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("avx512f"),
+        "{value}"
+    );
 }
 
 #[test]
 fn a_task_shows_its_progress_then_its_result() {
     let s = setup();
     s.create("db1");
-    let started = s.ok("POST", "/vms/db1/backup", r#"{"repository":"/backups"}"#, 202);
+    let started = s.ok(
+        "POST",
+        "/vms/db1/backup",
+        r#"{"repository":"/backups"}"#,
+        202,
+    );
     let id = started["task"].as_u64().unwrap();
     let midway = s.wait_task(id, |t| t.progress == 0.5);
     assert_eq!(midway.state, TaskState::Running);
@@ -581,7 +624,10 @@ fn a_task_shows_its_progress_then_its_result() {
     let done = s.wait_task(id, |t| t.state != TaskState::Running);
     assert_eq!(done.state, TaskState::Success);
     assert_eq!(done.progress, 1.0);
-    assert_eq!(done.result, Some(json!({"repository": "/backups", "bytes": 4096})));
+    assert_eq!(
+        done.result,
+        Some(json!({"repository": "/backups", "bytes": 4096}))
+    );
 
     // A task whose work dropped its handle without a result has failed, not hung.
     let revert = s.run_op("db1", "revert", r#"{"snapshot":"s1"}"#);
@@ -589,29 +635,30 @@ fn a_task_shows_its_progress_then_its_result() {
     assert_eq!(revert.error.unwrap().code, "internal");
 }
 
+/// A console WebSocket, or the status and body of the handshake's refusal.
 fn connect_console(
     s: &Setup,
     name: &str,
     token: &str,
-) -> Result<
-    tungstenite::WebSocket<std::net::TcpStream>,
-    tungstenite::handshake::HandshakeError<
-        tungstenite::handshake::client::ClientHandshake<std::net::TcpStream>,
-    >,
-> {
+) -> Result<tungstenite::WebSocket<std::net::TcpStream>, (u16, Vec<u8>)> {
     let addr = s.server.local_addr();
     let mut request = format!("ws://{addr}/api/v1/vms/{name}/console")
         .into_client_request()
         .unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().unwrap(),
-    );
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
     let stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    tungstenite::client(request, stream).map(|(socket, _)| socket)
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err((r.status().as_u16(), r.body().clone().unwrap_or_default()))
+        }
+        Err(e) => panic!("console {name}: {e}"),
+    }
 }
 
 fn read_text(socket: &mut tungstenite::WebSocket<std::net::TcpStream>, until: &str) -> String {
@@ -635,7 +682,9 @@ fn the_console_websocket_carries_output_and_input() {
     assert_eq!(read_text(&mut socket, "login: \u{e9}"), "login: \u{e9}");
     socket.send(Message::Text("root\n".into())).unwrap();
     assert_eq!(read_text(&mut socket, "ROOT\n"), "ROOT\n");
-    socket.send(Message::Binary(b"binary".to_vec().into())).unwrap();
+    socket
+        .send(Message::Binary(b"binary".to_vec().into()))
+        .unwrap();
     read_text(&mut socket, "BINARY");
     // The guest's end closes: the viewer gets a close frame.
     socket.send(Message::Text("quit".into())).unwrap();
@@ -652,22 +701,18 @@ fn the_console_websocket_carries_output_and_input() {
     }
 
     // Refusals come back as the handshake's HTTP answer, with the JSON error.
-    for (name, token, status) in [
-        ("nosuch", s.token.as_str(), 404),
-        ("web1", "wrong", 401),
-    ] {
-        match connect_console(&s, name, token) {
-            Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                assert_eq!(r.status().as_u16(), status);
-                let body: ErrorBody = serde_json::from_slice(r.body().as_deref().unwrap()).unwrap();
-                assert!(!body.error.code.is_empty());
-            }
-            Err(e) => panic!("{name}: {e}"),
-            Ok(_) => panic!("{name}: a console with {token}"),
-        }
+    for (name, token, status) in [("nosuch", s.token.as_str(), 404), ("web1", "wrong", 401)] {
+        let (got, body) = connect_console(&s, name, token).map(|_| ()).unwrap_err();
+        assert_eq!(got, status);
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(!body.error.code.is_empty());
     }
     s.create("off1");
-    assert!(connect_console(&s, "off1", s.token.as_str()).is_err());
+    let (got, body) = connect_console(&s, "off1", s.token.as_str())
+        .map(|_| ())
+        .unwrap_err();
+    let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!((got, body.error.code.as_str()), (409, "wrong_state"));
 }
 
 #[test]
@@ -680,7 +725,11 @@ fn stop_closes_open_consoles_and_the_port() {
     let addr = s.server.local_addr();
     let began = Instant::now();
     s.server.stop();
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     let closed = loop {
         match socket.read() {
             Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
@@ -723,7 +772,12 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-    assert_eq!(documented, routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(
+        documented,
+        routes.len(),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
     for (method, path) in routes {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
         // Every documented route exists on the server: with a token, none is a 404 of
@@ -739,25 +793,49 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         doc["components"]["securitySchemes"]["token"]["scheme"],
         "bearer"
     );
-    for schema in ["VmSpec", "VmInfo", "HostInfo", "TaskInfo", "ErrorBody", "HostEvent"] {
+    for schema in [
+        "VmSpec",
+        "VmInfo",
+        "HostInfo",
+        "TaskInfo",
+        "ErrorBody",
+        "HostEvent",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
     // The document itself is open; nothing else is.
-    assert_eq!(paths["/api/v1/openapi.json"]["get"]["security"], json!([{}]));
+    assert_eq!(
+        paths["/api/v1/openapi.json"]["get"]["security"],
+        json!([{}])
+    );
 }
 
 #[test]
 fn vinfra_prints_json_tables_and_fails_with_exit_1() {
     let s = setup();
     let out = s.vinfra(&[
-        "vm", "create", "web1", "--kernel", "/guests/ready.elf", "--memory-mib", "48",
-        "--disk-mib", "8", "--nic", "vm-net=52:54:00:00:00:09", "--priority", "high",
-        "--isolation-response", "shut-down",
+        "vm",
+        "create",
+        "web1",
+        "--kernel",
+        "/guests/ready.elf",
+        "--memory-mib",
+        "48",
+        "--disk-mib",
+        "8",
+        "--nic",
+        "vm-net=52:54:00:00:00:09",
+        "--priority",
+        "high",
+        "--isolation-response",
+        "shut-down",
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "created web1 (shut off)\n");
-    let vm: VmInfo =
-        serde_json::from_value(s.ok("GET", "/vms/web1", "", 200)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "created web1 (shut off)\n"
+    );
+    let vm: VmInfo = serde_json::from_value(s.ok("GET", "/vms/web1", "", 200)).unwrap();
     assert_eq!(vm.spec.memory_mib, 48);
     assert_eq!(vm.spec.ha.isolation_response, IsolationResponse::ShutDown);
 
@@ -786,17 +864,25 @@ fn vinfra_prints_json_tables_and_fails_with_exit_1() {
     // Errors: the API's message, exit 1.
     let out = s.vinfra(&["vm", "start", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "vinfra: no VM named nosuch\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vinfra: no VM named nosuch\n"
+    );
     assert!(out.stdout.is_empty());
     let out = s.vinfra(&["vm", "delete", "web1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("vinfra: VM web1 is running"));
     let out = s.vinfra(&["vm", "migrate", "web1", "--to", "9"]);
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "vinfra: no host 9 in the cluster\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vinfra: no host 9 in the cluster\n"
+    );
     // A task that fails: exit 1 with its error.
     let out = s.vinfra(&["vm", "revert", "web1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed: the task ended without a result"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed: the task ended without a result")
+    );
     // A wrong key: 401, said so.
     std::fs::write(&s.key_file, "22".repeat(32)).unwrap();
     let out = s.vinfra(&["vm", "list"]);
@@ -817,7 +903,15 @@ fn vinfra_prints_json_tables_and_fails_with_exit_1() {
 fn vinfra_task_wait_follows_progress_to_the_result() {
     let s = setup();
     s.create("db1");
-    let out = s.vinfra(&["--json", "vm", "backup", "db1", "--repository", "/backups", "--no-wait"]);
+    let out = s.vinfra(&[
+        "--json",
+        "vm",
+        "backup",
+        "db1",
+        "--repository",
+        "/backups",
+        "--no-wait",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let started: TaskStarted = serde_json::from_slice(&out.stdout).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vinfra"))
@@ -871,8 +965,14 @@ fn vinfra_console_pipes_input_and_output() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("login: \u{e9}"), "{stdout}");
-    assert!(stdout.contains("HELLO\n") && stdout.contains("QUIT"), "{stdout}");
+    assert!(
+        stdout.contains("HELLO\n") && stdout.contains("QUIT"),
+        "{stdout}"
+    );
     let out = s.vinfra(&["vm", "console", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "vinfra: no VM named nosuch\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vinfra: no VM named nosuch\n"
+    );
 }

@@ -65,7 +65,8 @@ impl ApiToken {
         }
         let mut key = [0u8; 32];
         for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| KeyError::Format)?;
+            *byte =
+                u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| KeyError::Format)?;
         }
         Ok(Self::derive(&key))
     }
@@ -114,7 +115,11 @@ mod tests {
             token.as_str(),
             "711d73b592f261ea092fa7452d8fdcb3880a1871796bc85b6798ca79bbd54b67"
         );
-        assert_ne!(token.as_str(), "11".repeat(32), "the key itself never goes out");
+        assert_ne!(
+            token.as_str(),
+            "11".repeat(32),
+            "the key itself never goes out"
+        );
     }
 
     #[test]
@@ -131,8 +136,17 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused() {
-        for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33), &"é".repeat(32)] {
-            assert!(matches!(ApiToken::from_key_hex(bad), Err(KeyError::Format)), "{bad}");
+        for bad in [
+            "",
+            "ab",
+            &"zz".repeat(32),
+            &"ab".repeat(33),
+            &"é".repeat(32),
+        ] {
+            assert!(
+                matches!(ApiToken::from_key_hex(bad), Err(KeyError::Format)),
+                "{bad}"
+            );
         }
         let missing = ApiToken::from_key_file(std::path::Path::new("/nonexistent/key"));
         assert!(matches!(missing, Err(KeyError::Read { .. })));

@@ -39,7 +39,9 @@ pub enum ApiError {
         why: &'static str,
     },
     /// 401: no `Authorization: Bearer` header, or the wrong token.
-    #[error("missing or wrong API token (Authorization: Bearer <token derived from the cluster key>)")]
+    #[error(
+        "missing or wrong API token (Authorization: Bearer <token derived from the cluster key>)"
+    )]
     Unauthorized,
     /// 404: no VM of that name in the cluster.
     #[error("no VM named {0}")]

@@ -60,7 +60,9 @@ pub use console::{console_pair, Console, ConsoleClosed, GuestConsole};
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use events::{EventLog, HostEvent};
 pub use openapi::ApiDoc;
-pub use server::{serve, ServeError, ServerHandle, BODY_LIMIT, CONSOLE_QUEUE, EVENTS_LIMIT_MAX, PREFIX};
+pub use server::{
+    serve, ServeError, ServerHandle, BODY_LIMIT, CONSOLE_QUEUE, EVENTS_LIMIT_MAX, PREFIX,
+};
 pub use service::HostService;
 pub use tasks::{system_now_ms, NowMs, TaskHandle, TaskInfo, TaskState, TaskTable, FINISHED_KEPT};
 pub use types::*;

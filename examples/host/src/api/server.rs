@@ -190,7 +190,10 @@ pub(super) async fn create_vm(
 #[utoipa::path(get, path = "/api/v1/vms/{name}", tag = "vms",
     params(("name" = String, Path, description = "the VM")),
     responses((status = 200, body = VmInfo), (status = 404, body = super::ErrorBody)))]
-pub(super) async fn get_vm(State(st): State<AppState>, VmName(name): VmName) -> Result<Json<VmInfo>> {
+pub(super) async fn get_vm(
+    State(st): State<AppState>,
+    VmName(name): VmName,
+) -> Result<Json<VmInfo>> {
     call(&st, move |s| s.vm(&name)).await.map(Json)
 }
 
@@ -199,13 +202,20 @@ pub(super) async fn get_vm(State(st): State<AppState>, VmName(name): VmName) -> 
     params(("name" = String, Path, description = "the VM")),
     responses((status = 204), (status = 404, body = super::ErrorBody),
         (status = 409, description = "not off", body = super::ErrorBody)))]
-pub(super) async fn delete_vm(State(st): State<AppState>, VmName(name): VmName) -> Result<StatusCode> {
+pub(super) async fn delete_vm(
+    State(st): State<AppState>,
+    VmName(name): VmName,
+) -> Result<StatusCode> {
     call(&st, move |s| s.delete_vm(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Starts an operation as a task: listed only if the host accepts it.
-async fn start_op(st: &AppState, name: String, op: VmOp) -> Result<(StatusCode, Json<TaskStarted>)> {
+async fn start_op(
+    st: &AppState,
+    name: String,
+    op: VmOp,
+) -> Result<(StatusCode, Json<TaskStarted>)> {
     op.validate()?;
     let task = st.tasks.create(op.kind(), &name);
     let id = task.id();
@@ -255,16 +265,82 @@ macro_rules! op_route {
     };
 }
 
-op_route!(op_start, "/api/v1/vms/{name}/start", "Power on (here).", no_body, VmOp::Start);
-op_route!(op_stop, "/api/v1/vms/{name}/stop", "Hard power off.", no_body, VmOp::Stop);
-op_route!(op_reset, "/api/v1/vms/{name}/reset", "Reboot in place.", no_body, VmOp::Reset);
-op_route!(op_shutdown, "/api/v1/vms/{name}/shutdown", "Graceful shutdown.", no_body, VmOp::Shutdown);
-op_route!(op_migrate, "/api/v1/vms/{name}/migrate", "Live migration.", MigrateRequest, VmOp::Migrate, Body);
-op_route!(op_snapshot, "/api/v1/vms/{name}/snapshot", "Disk snapshot.", SnapshotRequest, VmOp::Snapshot, OptionalBody);
-op_route!(op_revert, "/api/v1/vms/{name}/revert", "Back to a snapshot.", RevertRequest, VmOp::Revert, OptionalBody);
-op_route!(op_clone, "/api/v1/vms/{name}/clone", "A new VM from this one.", CloneRequest, VmOp::Clone, Body);
-op_route!(op_backup, "/api/v1/vms/{name}/backup", "Back up the disks.", BackupRequest, VmOp::Backup, Body);
-op_route!(op_restore, "/api/v1/vms/{name}/restore", "A new VM from a backup of NAME.", RestoreRequest, VmOp::Restore, Body);
+op_route!(
+    op_start,
+    "/api/v1/vms/{name}/start",
+    "Power on (here).",
+    no_body,
+    VmOp::Start
+);
+op_route!(
+    op_stop,
+    "/api/v1/vms/{name}/stop",
+    "Hard power off.",
+    no_body,
+    VmOp::Stop
+);
+op_route!(
+    op_reset,
+    "/api/v1/vms/{name}/reset",
+    "Reboot in place.",
+    no_body,
+    VmOp::Reset
+);
+op_route!(
+    op_shutdown,
+    "/api/v1/vms/{name}/shutdown",
+    "Graceful shutdown.",
+    no_body,
+    VmOp::Shutdown
+);
+op_route!(
+    op_migrate,
+    "/api/v1/vms/{name}/migrate",
+    "Live migration.",
+    MigrateRequest,
+    VmOp::Migrate,
+    Body
+);
+op_route!(
+    op_snapshot,
+    "/api/v1/vms/{name}/snapshot",
+    "Disk snapshot.",
+    SnapshotRequest,
+    VmOp::Snapshot,
+    OptionalBody
+);
+op_route!(
+    op_revert,
+    "/api/v1/vms/{name}/revert",
+    "Back to a snapshot.",
+    RevertRequest,
+    VmOp::Revert,
+    OptionalBody
+);
+op_route!(
+    op_clone,
+    "/api/v1/vms/{name}/clone",
+    "A new VM from this one.",
+    CloneRequest,
+    VmOp::Clone,
+    Body
+);
+op_route!(
+    op_backup,
+    "/api/v1/vms/{name}/backup",
+    "Back up the disks.",
+    BackupRequest,
+    VmOp::Backup,
+    Body
+);
+op_route!(
+    op_restore,
+    "/api/v1/vms/{name}/restore",
+    "A new VM from a backup of NAME.",
+    RestoreRequest,
+    VmOp::Restore,
+    Body
+);
 
 /// `GET /tasks`
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
@@ -277,7 +353,10 @@ pub(super) async fn list_tasks(State(st): State<AppState>) -> Json<Vec<TaskInfo>
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
     params(("id" = u64, Path, description = "the task")),
     responses((status = 200, body = TaskInfo), (status = 404, body = super::ErrorBody)))]
-pub(super) async fn get_task(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskInfo>> {
+pub(super) async fn get_task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>> {
     id.parse::<u64>()
         .ok()
         .and_then(|n| st.tasks.get(n))
@@ -321,7 +400,9 @@ pub(super) async fn incoming(
         name: request.vm.clone(),
         why,
     })?;
-    call(&st, move |s| s.prepare_incoming(request)).await.map(Json)
+    call(&st, move |s| s.prepare_incoming(request))
+        .await
+        .map(Json)
 }
 
 /// `GET /vms/NAME/console`: WebSocket; text frames of guest output, text or binary frames
@@ -345,7 +426,11 @@ pub(super) async fn console(
         .on_upgrade(move |socket| pump_console(socket, console, stopping)))
 }
 
-async fn pump_console(mut socket: WebSocket, mut console: Console, mut stopping: watch::Receiver<bool>) {
+async fn pump_console(
+    mut socket: WebSocket,
+    mut console: Console,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut utf8 = Utf8Carry::default();
     loop {
         tokio::select! {
@@ -617,7 +702,10 @@ mod tests {
     #[test]
     fn invalid_bytes_become_replacement_characters() {
         let mut carry = Utf8Carry::default();
-        assert_eq!(carry.decode(&[b'x', 0xff, b'y', 0xc3, b'z']), "x\u{fffd}y\u{fffd}z");
+        assert_eq!(
+            carry.decode(&[b'x', 0xff, b'y', 0xc3, b'z']),
+            "x\u{fffd}y\u{fffd}z"
+        );
         assert_eq!(carry.decode(b""), "");
     }
 }

@@ -35,7 +35,10 @@ pub const CMDLINE_LEN_MAX: usize = 4096;
 /// assert!(validate_name("").is_err());
 /// ```
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
-    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > NAME_LEN_MAX {
         Err("a name has 1 to 63 characters")
     } else if !first_ok {

@@ -98,7 +98,11 @@ impl Client {
     }
 
     /// `POST path` with a JSON body.
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, CliError> {
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
         let response = self
             .agent
             .post(&self.url(path))

@@ -24,9 +24,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use vinfra_host::api::{
-    ApiToken, BackupRequest, CloneRequest, DiskSpec, HostEvent, HostInfo, MigrateRequest,
-    NicSpec, RestoreRequest, RevertRequest, SnapshotRequest, TaskInfo, TaskStarted, TaskState,
-    VmInfo, VmSpec,
+    ApiToken, BackupRequest, CloneRequest, DiskSpec, HostEvent, HostInfo, MigrateRequest, NicSpec,
+    RestoreRequest, RevertRequest, SnapshotRequest, TaskInfo, TaskStarted, TaskState, VmInfo,
+    VmSpec,
 };
 
 use crate::client::{CliError, Client};
@@ -344,9 +344,13 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
         VmCommand::Stop(op) => operation(cli, client, op, "stop", &serde_json::json!({})),
         VmCommand::Reset(op) => operation(cli, client, op, "reset", &serde_json::json!({})),
         VmCommand::Shutdown(op) => operation(cli, client, op, "shutdown", &serde_json::json!({})),
-        VmCommand::Migrate { op, to } => {
-            operation(cli, client, op, "migrate", &MigrateRequest { to: to.clone() })
-        }
+        VmCommand::Migrate { op, to } => operation(
+            cli,
+            client,
+            op,
+            "migrate",
+            &MigrateRequest { to: to.clone() },
+        ),
         VmCommand::Snapshot { op, snapshot_name } => operation(
             cli,
             client,
@@ -414,7 +418,11 @@ fn spec(args: &CreateArgs) -> Result<VmSpec, CliError> {
     spec.initrd.clone_from(&args.initrd);
     spec.cmdline.clone_from(&args.cmdline);
     spec.vcpus = args.vcpus;
-    spec.disks = args.disks.iter().map(|&size_mib| DiskSpec { size_mib }).collect();
+    spec.disks = args
+        .disks
+        .iter()
+        .map(|&size_mib| DiskSpec { size_mib })
+        .collect();
     spec.nics = args
         .nics
         .iter()
@@ -436,7 +444,8 @@ fn spec(args: &CreateArgs) -> Result<VmSpec, CliError> {
     spec.resources.reservation_mib = args.reservation_mib;
     spec.resources.limit_mib = args.limit_mib;
     // The host checks too; checking here says what is wrong before a round trip.
-    spec.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(spec)
 }
 

@@ -39,7 +39,10 @@ pub fn host(h: &HostInfo) {
     println!("host          {} (id {})", h.name, h.id);
     println!("version       {}", h.version);
     println!("uptime        {:.1} s", h.uptime_ms as f64 / 1000.0);
-    println!("capacity      {} CPUs, {} MiB", h.capacity.cpus, h.capacity.memory_mib);
+    println!(
+        "capacity      {} CPUs, {} MiB",
+        h.capacity.cpus, h.capacity.memory_mib
+    );
     println!(
         "load          {:.1} % CPU, {} MiB used",
         h.load.cpu_percent, h.load.memory_used_mib
@@ -53,11 +56,10 @@ pub fn host(h: &HostInfo) {
         "VMs           {} defined, {} running, {} here",
         h.vms.defined, h.vms.running, h.vms.running_here
     );
-    let ha: Vec<String> = h
-        .ha
-        .iter()
-        .map(|p| format!("{}: {}", p.id, json_word(&p.verdict)))
-        .collect();
+    let ha: Vec<String> =
+        h.ha.iter()
+            .map(|p| format!("{}: {}", p.id, json_word(&p.verdict)))
+            .collect();
     println!("HA            {}", ha.join(", "));
 }
 
@@ -87,7 +89,15 @@ pub fn vms(vms: &[VmInfo]) {
         })
         .collect();
     table(
-        &["NAME", "STATE", "HOST", "MEMORY_MIB", "VCPUS", "CPU_%", "RSS_MIB"],
+        &[
+            "NAME",
+            "STATE",
+            "HOST",
+            "MEMORY_MIB",
+            "VCPUS",
+            "CPU_%",
+            "RSS_MIB",
+        ],
         &rows,
     );
 }
@@ -96,7 +106,10 @@ pub fn vm(v: &VmInfo) {
     let s = &v.spec;
     println!("name        {}", s.name);
     println!("state       {}", json_word(&v.state));
-    println!("host        {}", v.host.map_or("-".into(), |h| h.to_string()));
+    println!(
+        "host        {}",
+        v.host.map_or("-".into(), |h| h.to_string())
+    );
     println!("kernel      {}", s.kernel);
     if let Some(initrd) = &s.initrd {
         println!("initrd      {initrd}");
@@ -205,7 +218,12 @@ impl TaskProgress {
         let position = (task.progress * 1000.0).round() as u64;
         if let Some(bar) = &self.bar {
             bar.set_position(position);
-            bar.set_message(format!("{} {}: {}", task.op.as_str(), task.vm, task.message));
+            bar.set_message(format!(
+                "{} {}: {}",
+                task.op.as_str(),
+                task.vm,
+                task.message
+            ));
         } else if !self.quiet {
             let line = format!(
                 "task {} ({} {}): {:>3.0}% {}",
@@ -231,12 +249,10 @@ impl TaskProgress {
         }
         let what = format!("task {} ({} {})", task.id, task.op.as_str(), task.vm);
         match task.state {
-            TaskState::Success => {
-                match &task.result {
-                    Some(r) if !r.is_null() => println!("{what}: success {r}"),
-                    _ => println!("{what}: success"),
-                }
-            }
+            TaskState::Success => match &task.result {
+                Some(r) if !r.is_null() => println!("{what}: success {r}"),
+                _ => println!("{what}: success"),
+            },
             TaskState::Error | TaskState::Running => {}
         }
     }
