@@ -976,3 +976,72 @@ fn vinfra_console_pipes_input_and_output() {
         "vinfra: no VM named nosuch\n"
     );
 }
+
+#[test]
+fn a_loop_bridge_serves_from_a_host_loop_and_a_silent_loop_is_503() {
+    let (tx, rx) = std::sync::mpsc::channel::<ApiCall>();
+    // The host loop: answers what it knows, leaves the rest unanswered.
+    let host_loop = std::thread::spawn(move || {
+        for call in rx {
+            match call {
+                ApiCall::ListVms(reply) => reply.send(Ok(vec![VmInfo::new(
+                    VmSpec::new("web1", "/k", 32),
+                    PowerState::ShutOff,
+                )])),
+                ApiCall::StartOp { task, reply, .. } => {
+                    reply.send(Ok(()));
+                    task.succeed(json!({"here": true}));
+                }
+                other => std::mem::forget(other),
+            }
+        }
+    });
+    let bridge = LoopBridge::new(
+        move |call| tx.send(call).is_ok(),
+        Duration::from_millis(300),
+    );
+    let token = ApiToken::from_key_hex(KEY_HEX).unwrap();
+    let server = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        token.clone(),
+        Arc::new(bridge),
+    )
+    .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        let mut r = agent
+            .get(format!("http://{}/api/v1{path}", server.local_addr()))
+            .header("Authorization", format!("Bearer {}", token.as_str()))
+            .call()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_json::<Value>().unwrap())
+    };
+    let (status, vms) = get("/vms");
+    assert_eq!(
+        (status, vms[0]["spec"]["name"].as_str()),
+        (200, Some("web1"))
+    );
+    let mut r = agent
+        .post(format!(
+            "http://{}/api/v1/vms/web1/start",
+            server.local_addr()
+        ))
+        .header("Authorization", format!("Bearer {}", token.as_str()))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.body_mut().read_json::<TaskStarted>().unwrap().task;
+    let (_, task) = get(&format!("/tasks/{id}"));
+    assert_eq!(task["result"], json!({"here": true}));
+    let (status, error) = get("/host");
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    server.stop();
+    host_loop.join().unwrap();
+}
