@@ -4,8 +4,8 @@
 //! terminal (the README's main job), `vinfra-drs` prints DRS decisions for a cluster
 //! JSON, `vmfs-vm` runs a VM on a virtual disk of a shared vmfs volume as one host of the
 //! cluster, `vmfs` formats, inspects and uses a vmfs volume, and `vinfra-vcb` backs up
-//! disks (raw images, or a running VM's vmfs disks) and restores disks and files. The
-//! library part holds what they share:
+//! disks (raw images, or a running VM's vmfs disks) and restores disks and files, and
+//! `vinfra` is the command line of a host's API. The library part holds what they share:
 //!
 //! * [`api`]: the host API (HTTP + JSON, the console as a WebSocket, OpenAPI) behind the
 //!   [`api::HostService`] trait the host implements, and the types `vinfra` reads;

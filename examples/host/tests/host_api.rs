@@ -4,6 +4,9 @@
 //! small in-memory `HostService` that tests the HTTP layer, not a stand-in for the host:
 //! it keeps VMs in a map, runs operations on threads and echoes consoles.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is the test's.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -507,6 +510,9 @@ fn every_route_answers_its_happy_path() {
     s.ok("GET", "/vms/web2", "", 404);
 }
 
+/// method, path, body, token, status, code
+type Case<'a> = (&'a str, &'a str, String, Option<&'a str>, u16, &'a str);
+
 #[test]
 fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     let s = setup();
@@ -532,7 +538,7 @@ fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     let good_token = s.token.as_str().to_string();
     let wrong_token = ApiToken::from_key_hex(&"22".repeat(32)).unwrap();
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, String, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/vms", "{not json".into(), Some(&good_token), 400, "malformed_request"),
         ("POST", "/vms", r#"{"name":"x","kernel":"k","memory_mib":32,"colour":"red"}"#.into(), Some(&good_token), 400, "malformed_request"),
         ("POST", "/vms", r#"{"name":"x","kernel":"k","memory_mib":-1}"#.into(), Some(&good_token), 400, "malformed_request"),
@@ -629,16 +635,12 @@ fn a_task_shows_its_progress_then_its_result() {
     assert_eq!(revert.error.unwrap().code, "internal");
 }
 
+/// A console WebSocket, or the status and body of the handshake's refusal.
 fn connect_console(
     s: &Setup,
     name: &str,
     token: &str,
-) -> Result<
-    tungstenite::WebSocket<std::net::TcpStream>,
-    tungstenite::handshake::HandshakeError<
-        tungstenite::handshake::client::ClientHandshake<std::net::TcpStream>,
-    >,
-> {
+) -> Result<tungstenite::WebSocket<std::net::TcpStream>, (u16, Vec<u8>)> {
     let addr = s.server.local_addr();
     let mut request = format!("ws://{addr}/api/v1/vms/{name}/console")
         .into_client_request()
@@ -650,7 +652,13 @@ fn connect_console(
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    tungstenite::client(request, stream).map(|(socket, _)| socket)
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err((r.status().as_u16(), r.body().clone().unwrap_or_default()))
+        }
+        Err(e) => panic!("console {name}: {e}"),
+    }
 }
 
 fn read_text(socket: &mut tungstenite::WebSocket<std::net::TcpStream>, until: &str) -> String {
@@ -694,18 +702,17 @@ fn the_console_websocket_carries_output_and_input() {
 
     // Refusals come back as the handshake's HTTP answer, with the JSON error.
     for (name, token, status) in [("nosuch", s.token.as_str(), 404), ("web1", "wrong", 401)] {
-        match connect_console(&s, name, token) {
-            Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                assert_eq!(r.status().as_u16(), status);
-                let body: ErrorBody = serde_json::from_slice(r.body().as_deref().unwrap()).unwrap();
-                assert!(!body.error.code.is_empty());
-            }
-            Err(e) => panic!("{name}: {e}"),
-            Ok(_) => panic!("{name}: a console with {token}"),
-        }
+        let (got, body) = connect_console(&s, name, token).map(|_| ()).unwrap_err();
+        assert_eq!(got, status);
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(!body.error.code.is_empty());
     }
     s.create("off1");
-    assert!(connect_console(&s, "off1", s.token.as_str()).is_err());
+    let (got, body) = connect_console(&s, "off1", s.token.as_str())
+        .map(|_| ())
+        .unwrap_err();
+    let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!((got, body.error.code.as_str()), (409, "wrong_state"));
 }
 
 #[test]
@@ -968,4 +975,73 @@ fn vinfra_console_pipes_input_and_output() {
         String::from_utf8_lossy(&out.stderr),
         "vinfra: no VM named nosuch\n"
     );
+}
+
+#[test]
+fn a_loop_bridge_serves_from_a_host_loop_and_a_silent_loop_is_503() {
+    let (tx, rx) = std::sync::mpsc::channel::<ApiCall>();
+    // The host loop: answers what it knows, leaves the rest unanswered.
+    let host_loop = std::thread::spawn(move || {
+        for call in rx {
+            match call {
+                ApiCall::ListVms(reply) => reply.send(Ok(vec![VmInfo::new(
+                    VmSpec::new("web1", "/k", 32),
+                    PowerState::ShutOff,
+                )])),
+                ApiCall::StartOp { task, reply, .. } => {
+                    reply.send(Ok(()));
+                    task.succeed(json!({"here": true}));
+                }
+                other => std::mem::forget(other),
+            }
+        }
+    });
+    let bridge = LoopBridge::new(
+        move |call| tx.send(call).is_ok(),
+        Duration::from_millis(300),
+    );
+    let token = ApiToken::from_key_hex(KEY_HEX).unwrap();
+    let server = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        token.clone(),
+        Arc::new(bridge),
+    )
+    .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        let mut r = agent
+            .get(format!("http://{}/api/v1{path}", server.local_addr()))
+            .header("Authorization", format!("Bearer {}", token.as_str()))
+            .call()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_json::<Value>().unwrap())
+    };
+    let (status, vms) = get("/vms");
+    assert_eq!(
+        (status, vms[0]["spec"]["name"].as_str()),
+        (200, Some("web1"))
+    );
+    let mut r = agent
+        .post(format!(
+            "http://{}/api/v1/vms/web1/start",
+            server.local_addr()
+        ))
+        .header("Authorization", format!("Bearer {}", token.as_str()))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.body_mut().read_json::<TaskStarted>().unwrap().task;
+    let (_, task) = get(&format!("/tasks/{id}"));
+    assert_eq!(task["result"], json!({"here": true}));
+    let (status, error) = get("/host");
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    server.stop();
+    host_loop.join().unwrap();
 }

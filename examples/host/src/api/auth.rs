@@ -101,3 +101,54 @@ impl ApiToken {
             .is_some_and(|t| self.matches(t.trim()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_rfc5869_hkdf_sha256_of_the_key() {
+        // Computed independently (Python's hmac, RFC 5869 with an empty salt): other
+        // clients (the management server) must derive the same token.
+        let token = ApiToken::from_key_hex(&"11".repeat(32)).unwrap();
+        assert_eq!(
+            token.as_str(),
+            "711d73b592f261ea092fa7452d8fdcb3880a1871796bc85b6798ca79bbd54b67"
+        );
+        assert_ne!(
+            token.as_str(),
+            "11".repeat(32),
+            "the key itself never goes out"
+        );
+    }
+
+    #[test]
+    fn only_the_right_bearer_header_authorizes() {
+        let token = ApiToken::from_key_hex(&"ab".repeat(32)).unwrap();
+        let header = format!("Bearer {}", token.as_str());
+        assert!(token.authorizes(Some(&header)));
+        assert!(!token.authorizes(None));
+        assert!(!token.authorizes(Some(token.as_str())));
+        assert!(!token.authorizes(Some(&format!("Basic {}", token.as_str()))));
+        assert!(!token.authorizes(Some(&header[..header.len() - 1])));
+        assert!(!token.authorizes(Some("Bearer ")));
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        for bad in [
+            "",
+            "ab",
+            &"zz".repeat(32),
+            &"ab".repeat(33),
+            &"é".repeat(32),
+        ] {
+            assert!(
+                matches!(ApiToken::from_key_hex(bad), Err(KeyError::Format)),
+                "{bad}"
+            );
+        }
+        let missing = ApiToken::from_key_file(std::path::Path::new("/nonexistent/key"));
+        assert!(matches!(missing, Err(KeyError::Read { .. })));
+    }
+}

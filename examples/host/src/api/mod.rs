@@ -2,8 +2,8 @@
 //! scripts (`vinfra`). The design is in examples/README.md ("Host API").
 //!
 //! The server runs axum on tokio threads of its own and never touches a VM: the host
-//! implements [`HostService`] (typically by sending each request with a reply channel to
-//! its loop), and long operations run as tasks that report through a [`TaskHandle`].
+//! implements [`HostService`] — or hands each call with a reply channel to its loop
+//! through a [`LoopBridge`] — and long operations run as tasks that report through a [`TaskHandle`].
 //! Every request but `GET /api/v1/openapi.json` carries `Authorization: Bearer TOKEN`,
 //! TOKEN being [`ApiToken`] of the cluster key; errors are
 //! `{"error":{"code":"…","message":"…"}}` with the statuses of [`ApiError::status`].
@@ -46,6 +46,7 @@
 //! ```
 
 mod auth;
+mod bridge;
 mod console;
 mod error;
 mod events;
@@ -56,6 +57,7 @@ mod tasks;
 mod types;
 
 pub use auth::{ApiToken, KeyError};
+pub use bridge::{ApiCall, LoopBridge, Reply};
 pub use console::{console_pair, Console, ConsoleClosed, GuestConsole};
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use events::{EventLog, HostEvent};

@@ -682,3 +682,30 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Carry;
+
+    #[test]
+    fn a_character_split_between_chunks_stays_whole() {
+        let mut carry = Utf8Carry::default();
+        let e_acute = "é".as_bytes();
+        assert_eq!(carry.decode(&[b'a', e_acute[0]]), "a");
+        assert_eq!(carry.decode(&[e_acute[1], b'b']), "éb");
+        let euro = "€".as_bytes();
+        assert_eq!(carry.decode(&euro[..1]), "");
+        assert_eq!(carry.decode(&euro[1..2]), "");
+        assert_eq!(carry.decode(&euro[2..]), "€");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let mut carry = Utf8Carry::default();
+        assert_eq!(
+            carry.decode(&[b'x', 0xff, b'y', 0xc3, b'z']),
+            "x\u{fffd}y\u{fffd}z"
+        );
+        assert_eq!(carry.decode(b""), "");
+    }
+}

@@ -301,3 +301,81 @@ impl Drop for TaskHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Arc<TaskTable> {
+        TaskTable::with_clock(Arc::new(|| 42))
+    }
+
+    #[test]
+    fn unpublished_and_discarded_tasks_are_never_listed() {
+        let t = table();
+        let task = t.create(OpKind::Start, "a");
+        let id = task.id();
+        assert!(t.get(id).is_none() && t.list().is_empty());
+        t.discard(id);
+        drop(task);
+        assert!(t.get(id).is_none() && t.list().is_empty());
+    }
+
+    #[test]
+    fn progress_is_clamped_and_only_while_running() {
+        let t = table();
+        let task = t.create(OpKind::Migrate, "a");
+        let id = task.id();
+        t.publish(id);
+        task.progress(7.0, "x".repeat(2000));
+        let info = t.get(id).unwrap();
+        assert_eq!(info.progress, 1.0);
+        assert_eq!(info.message.len(), MESSAGE_LEN_MAX);
+        task.progress(f64::NAN, "still");
+        assert_eq!(t.get(id).unwrap().progress, 1.0);
+        task.progress(-1.0, "");
+        assert_eq!(t.get(id).unwrap().progress, 0.0);
+        task.fail(&ApiError::UnknownHost("9".into()));
+        let info = t.get(id).unwrap();
+        assert_eq!(info.state, TaskState::Error);
+        assert_eq!(info.error.unwrap().code, "unknown_host");
+        assert_eq!(info.ended_ms, Some(42));
+    }
+
+    #[test]
+    fn a_dropped_handle_fails_its_task() {
+        let t = table();
+        let task = t.create(OpKind::Backup, "a");
+        let id = task.id();
+        t.publish(id);
+        std::thread::spawn(move || {
+            let _task = task;
+            panic!("the task thread dies");
+        })
+        .join()
+        .unwrap_err();
+        let info = t.get(id).unwrap();
+        assert_eq!(info.state, TaskState::Error);
+        assert_eq!(info.error.unwrap().code, "internal");
+    }
+
+    #[test]
+    fn finished_tasks_are_bounded_running_ones_kept() {
+        let t = table();
+        let running = t.create(OpKind::Backup, "long");
+        t.publish(running.id());
+        let mut first_done = None;
+        for i in 0..FINISHED_KEPT + 10 {
+            let task = t.create(OpKind::Start, &format!("vm{i}"));
+            t.publish(task.id());
+            first_done.get_or_insert(task.id());
+            task.succeed(serde_json::Value::Null);
+        }
+        let list = t.list();
+        assert_eq!(list.len(), FINISHED_KEPT + 1);
+        assert!(t.get(running.id()).is_some());
+        assert!(t.get(first_done.unwrap()).is_none());
+        let ids: Vec<u64> = list.iter().map(|i| i.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+}
