@@ -12,6 +12,7 @@
 //! as one JSON object per line on stdout ([`report`]), which the tests and the benchmark
 //! read.
 
+mod api_calls;
 pub mod probe;
 pub mod report;
 pub mod storage_fault;
@@ -52,6 +53,17 @@ pub enum Inbound {
         /// The line, without its end.
         line: String,
     },
+    /// A request of the host API.
+    Api(crate::api::ApiCall),
+}
+
+/// The host API's server settings.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Where it listens (port 0: any; the `api` event says which).
+    pub listen: SocketAddr,
+    /// The token clients present (derived from the cluster key).
+    pub token: crate::api::ApiToken,
 }
 
 /// How `run` is set up.
@@ -68,6 +80,8 @@ pub struct HostOptions {
     /// Where the VMs' configuration files and control sockets go; `None`:
     /// `/tmp/vinfra-host-H-PID` (removed at the end).
     pub run_dir: Option<PathBuf>,
+    /// The host API, if it is to be served.
+    pub api: Option<ApiOptions>,
 }
 
 /// Why `run` returned.
@@ -121,6 +135,24 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let agent =
         Agent::new(opts.config.clone(), &opts.key, incarnation, 0).map_err(|e| e.to_string())?;
+    // The API answers through the loop: a request waits at most this long for it.
+    let server = match &opts.api {
+        Some(a) => {
+            let tx = tx.clone();
+            let bridge = crate::api::LoopBridge::new(
+                move |call| tx.send(Inbound::Api(call)).is_ok(),
+                Duration::from_secs(10),
+            );
+            let server = crate::api::serve(a.listen, a.token.clone(), Arc::new(bridge))
+                .map_err(|e| format!("host API on {}: {e}", a.listen))?;
+            report.event(
+                "api",
+                serde_json::json!({"address": server.local_addr().to_string()}),
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let mut host = Host {
         agent,
         datastore: VmfsDatastore::new(volume.clone()),
@@ -134,9 +166,15 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         report,
         start,
         refused: std::collections::BTreeMap::new(),
+        consoles: api_calls::Consoles::new(),
+        meter: crate::host_stats::CpuMeter::new(),
+        cpu_seen: std::collections::BTreeMap::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
     let ended = host.run(&rx);
+    if let Some(server) = server {
+        server.stop();
+    }
     host.vms.stop_all();
     drop(heartbeat);
     if ended == Ended::Stopped {
@@ -207,6 +245,12 @@ struct Host {
     /// The last refusal reported per VM: the planner asks again every round, and the
     /// same refusal (a dead owner's lease running out) is reported once.
     refused: std::collections::BTreeMap<String, String>,
+    /// The API's console viewers, per VM.
+    consoles: api_calls::Consoles,
+    /// The host's CPU share between API readings.
+    meter: crate::host_stats::CpuMeter,
+    /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).
+    cpu_seen: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 impl Host {
@@ -241,6 +285,7 @@ impl Host {
             if valid {
                 self.vms.feed_leases();
             }
+            self.console_in();
             self.feed(Event::OwnLease { valid });
             self.feed(Event::Tick);
             if !valid && self.vms.is_empty() {
@@ -255,7 +300,9 @@ impl Host {
             Inbound::Probe { address, reachable } => {
                 self.feed(Event::Probe { address, reachable });
             }
+            Inbound::Api(call) => self.api(call),
             Inbound::Console { vm, line } => {
+                self.console_out(&vm, &line);
                 let beat = line.starts_with("HB ");
                 self.report
                     .event("console", serde_json::json!({"vm": vm, "line": line}));

@@ -8,19 +8,35 @@
 //! `unmount_failed`, `ended` (`why`).
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// The stdout reporter of one host.
+use crate::api::EventLog;
+
+/// How many events the API's `GET /events` can go back.
+const KEPT: usize = 4096;
+
+/// The stdout reporter of one host; every event also goes to the log the host API serves.
 #[derive(Debug, Clone)]
 pub struct Report {
     host: u32,
     start: Instant,
+    log: Arc<EventLog>,
 }
 
 impl Report {
     /// Reports for `host`, timed from `start`.
     pub fn new(host: u32, start: Instant) -> Self {
-        Self { host, start }
+        Self {
+            host,
+            start,
+            log: Arc::new(EventLog::new(KEPT)),
+        }
+    }
+
+    /// The numbered log of the events reported so far (the last few thousand).
+    pub fn log(&self) -> &EventLog {
+        &self.log
     }
 
     /// Writes one event line (whole, so lines of several threads never interleave).
@@ -30,6 +46,8 @@ impl Report {
             "host": self.host,
             "event": name,
         });
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.log.push(ms, name, fields.clone());
         if let (Some(o), serde_json::Value::Object(f)) = (obj.as_object_mut(), fields) {
             o.extend(f);
         }

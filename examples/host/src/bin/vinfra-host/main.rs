@@ -68,6 +68,11 @@ struct RunArgs {
     /// this one). Default: /tmp/vinfra-host-ID-PID, removed at the end.
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Serve the host API (HTTP + JSON, `vinfra` talks to it) on ADDR, e.g.
+    /// `127.0.0.1:8700` (port 0: any free one; the `api` event says which). Clients
+    /// authenticate with a token derived from the cluster key.
+    #[arg(long, value_name = "ADDR")]
+    api: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -219,6 +224,14 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
         volume: a.volume.clone(),
         storage_fault_file: a.storage_fault_file.clone(),
         run_dir: a.run_dir.clone(),
+        api: match a.api {
+            Some(listen) => Some(cluster::ApiOptions {
+                listen,
+                token: vinfra_host::api::ApiToken::from_key_file(&a.key_file)
+                    .map_err(|e| format!("{}: {e}", a.key_file.display()))?,
+            }),
+            None => None,
+        },
     })
 }
 

@@ -1,0 +1,447 @@
+//! The host loop's side of the host API ([`crate::api`]): each [`ApiCall`] the server's
+//! [`LoopBridge`](crate::api::LoopBridge) hands over is answered here, on the loop's
+//! thread, where the VM table, the VM locks and the agent live.
+//!
+//! Power operations change the VM's HA settings first (`desired_on`), then act, then
+//! feed the agent a fresh reading of the volume, so that neither this agent (from its
+//! last reading) nor a peer's planner (settings of unowned VMs are read afresh) undoes
+//! what the user asked for.
+
+use std::collections::BTreeMap;
+
+use vinfra_ha::datastore::{vm_dir, VmfsDatastore, VMS_DIR};
+use vinfra_ha::{Action, Event, HaSettings, PowerOnOutcome, Verdict};
+use vinfra_vmfs::Kind;
+use vinfra_vmm_core::VmConfig;
+
+use super::vms::{read_definition, write_definition};
+use super::Host;
+use crate::api::{
+    console_pair, ApiCall, ApiError, GuestConsole, HaPeer, HaSpec, HaVerdict, HostCapacity,
+    HostInfo, HostLoad, IsolationResponse, KsmSavings, PowerState, ResourceSpec, RestartPriority,
+    TaskHandle, VmCounts, VmInfo, VmOp, VmSpec, VmStats, CONSOLE_QUEUE,
+};
+
+/// The viewers of each VM's console.
+pub type Consoles = BTreeMap<String, Vec<GuestConsole>>;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn priority_to_ha(p: RestartPriority) -> vinfra_ha::RestartPriority {
+    match p {
+        RestartPriority::Disabled => vinfra_ha::RestartPriority::Disabled,
+        RestartPriority::Low => vinfra_ha::RestartPriority::Low,
+        RestartPriority::Medium => vinfra_ha::RestartPriority::Medium,
+        RestartPriority::High => vinfra_ha::RestartPriority::High,
+    }
+}
+
+fn priority_from_ha(p: vinfra_ha::RestartPriority) -> RestartPriority {
+    match p {
+        vinfra_ha::RestartPriority::Disabled => RestartPriority::Disabled,
+        vinfra_ha::RestartPriority::Low => RestartPriority::Low,
+        vinfra_ha::RestartPriority::High => RestartPriority::High,
+        _ => RestartPriority::Medium,
+    }
+}
+
+fn response_to_ha(r: IsolationResponse) -> vinfra_ha::IsolationResponse {
+    match r {
+        IsolationResponse::LeaveOn => vinfra_ha::IsolationResponse::LeaveOn,
+        IsolationResponse::PowerOff => vinfra_ha::IsolationResponse::PowerOff,
+        IsolationResponse::ShutDown => vinfra_ha::IsolationResponse::ShutDown,
+    }
+}
+
+fn response_from_ha(r: vinfra_ha::IsolationResponse) -> IsolationResponse {
+    match r {
+        vinfra_ha::IsolationResponse::PowerOff => IsolationResponse::PowerOff,
+        vinfra_ha::IsolationResponse::ShutDown => IsolationResponse::ShutDown,
+        vinfra_ha::IsolationResponse::LeaveOn => IsolationResponse::LeaveOn,
+    }
+}
+
+fn verdict(v: Verdict) -> HaVerdict {
+    match v {
+        Verdict::Alive => HaVerdict::Alive,
+        Verdict::Partitioned => HaVerdict::Partitioned,
+        Verdict::Failed => HaVerdict::Failed,
+        Verdict::Isolated => HaVerdict::Isolated,
+        Verdict::Fenced => HaVerdict::Fenced,
+        Verdict::Unknown => HaVerdict::Unknown,
+    }
+}
+
+/// The API's view of a definition and its settings.
+fn spec_of(name: &str, config: &VmConfig, s: &HaSettings) -> VmSpec {
+    let mut spec = VmSpec::new(
+        name,
+        config.kernel.display().to_string(),
+        u32::try_from(config.memory_mib).unwrap_or(u32::MAX),
+    );
+    spec.initrd = config.initrd.as_ref().map(|p| p.display().to_string());
+    spec.cmdline = config.cmdline.clone();
+    spec.vcpus = config.vcpus;
+    spec.ha = HaSpec {
+        priority: priority_from_ha(s.priority),
+        isolation_response: response_from_ha(s.isolation_response),
+    };
+    let mut resources = ResourceSpec::default();
+    resources.cpu_mhz = u32::try_from(s.cpu_mhz).unwrap_or(0);
+    spec.resources = resources;
+    spec
+}
+
+impl Host {
+    /// Answers one API call.
+    pub(super) fn api(&mut self, call: ApiCall) {
+        match call {
+            ApiCall::HostInfo(reply) => {
+                let _ = reply.send(self.host_info());
+            }
+            ApiCall::ListVms(reply) => {
+                let _ = reply.send(self.list_vms());
+            }
+            ApiCall::Vm { name, reply } => {
+                let _ = reply.send(self.vm_info(&name));
+            }
+            ApiCall::CreateVm { spec, reply } => {
+                let _ = reply.send(self.create_vm(&spec));
+            }
+            ApiCall::DeleteVm { name, reply } => {
+                let _ = reply.send(self.delete_vm(&name));
+            }
+            ApiCall::StartOp {
+                name,
+                op,
+                task,
+                reply,
+            } => {
+                let _ = reply.send(self.start_op(&name, op, task));
+            }
+            ApiCall::Console { name, reply } => {
+                let answer = if self.vms.pid(&name).is_some() {
+                    let (viewer, guest) = console_pair(CONSOLE_QUEUE);
+                    self.consoles.entry(name).or_default().push(guest);
+                    Ok(viewer)
+                } else {
+                    self.vm_info(&name).and_then(|vm| {
+                        Err(match vm.host {
+                            Some(h) => ApiError::RunningElsewhere {
+                                vm: name.clone(),
+                                host: format!("host{h}"),
+                            },
+                            None => ApiError::WrongState {
+                                vm: name.clone(),
+                                state: vm.state,
+                                needed: "it must be running here".into(),
+                            },
+                        })
+                    })
+                };
+                let _ = reply.send(answer);
+            }
+            ApiCall::Events {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.report.log().after(after, limit)));
+            }
+            ApiCall::PrepareIncoming { request, reply } => {
+                let _ = reply.send(Err(ApiError::Unsupported(format!(
+                    "receiving {} by live migration through the API is not wired yet",
+                    request.vm
+                ))));
+            }
+        }
+    }
+
+    /// Hands a console line to the VM's viewers (dropping those that left).
+    pub(super) fn console_out(&mut self, vm: &str, line: &str) {
+        if let Some(viewers) = self.consoles.get_mut(vm) {
+            let mut bytes = line.as_bytes().to_vec();
+            bytes.extend_from_slice(b"\r\n");
+            viewers.retain_mut(|v| v.send_output(&bytes).is_ok());
+        }
+    }
+
+    /// Carries what the viewers typed to their VMs; forgets the viewers of VMs that no
+    /// longer run here.
+    pub(super) fn console_in(&mut self) {
+        let mut gone = Vec::new();
+        for (vm, viewers) in &mut self.consoles {
+            let Some(process) = self.vms.process_mut(vm) else {
+                gone.push(vm.clone());
+                continue;
+            };
+            for v in viewers.iter_mut() {
+                while let Ok(Some(bytes)) = v.try_recv_input() {
+                    if let Err(e) = process.send_console(&bytes) {
+                        tracing::debug!(vm, "console input: {e}");
+                    }
+                }
+            }
+        }
+        for vm in gone {
+            self.consoles.remove(&vm);
+        }
+    }
+
+    fn host_info(&mut self) -> Result<HostInfo, ApiError> {
+        let sample = self.meter.sample().map_err(internal)?;
+        let mut info = HostInfo::new(
+            self.agent.host(),
+            format!("host{}", self.agent.host()),
+            HostCapacity {
+                cpus: sample.cpus,
+                memory_mib: sample.memory_mib,
+            },
+        );
+        info.uptime_ms = self.now_ms();
+        let mut load = HostLoad::default();
+        load.cpu_percent = sample.cpu_busy * 100.0;
+        load.memory_used_mib = sample.memory_used_mib;
+        info.load = load;
+        let mut ksm = KsmSavings::default();
+        ksm.saved_bytes = sample.ksm_saved_bytes;
+        ksm.pages_sharing = sample.ksm_saved_bytes / 4096;
+        info.ksm = ksm;
+        info.ha = self
+            .peers
+            .iter()
+            .map(|&(id, _)| HaPeer {
+                id,
+                verdict: verdict(self.agent.verdict(id).unwrap_or(Verdict::Unknown)),
+            })
+            .collect();
+        let inventory = self.agent.inventory();
+        let mut counts = VmCounts::default();
+        counts.defined = u32::try_from(inventory.len()).unwrap_or(u32::MAX);
+        counts.running =
+            u32::try_from(inventory.iter().filter(|v| v.owner.is_some()).count()).unwrap_or(0);
+        counts.running_here = u32::try_from(self.vms.names().len()).unwrap_or(u32::MAX);
+        info.vms = counts;
+        Ok(info)
+    }
+
+    fn names(&self) -> Result<Vec<String>, ApiError> {
+        if !self.volume.exists(VMS_DIR).map_err(internal)? {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .volume
+            .list(VMS_DIR)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|e| e.kind == Kind::Dir && e.name != "." && e.name != "..")
+            .map(|e| e.name)
+            .collect())
+    }
+
+    fn list_vms(&mut self) -> Result<Vec<VmInfo>, ApiError> {
+        self.names()?.iter().map(|n| self.vm_info(n)).collect()
+    }
+
+    fn vm_info(&mut self, name: &str) -> Result<VmInfo, ApiError> {
+        if !self.volume.exists(&vm_dir(name)).map_err(internal)? {
+            return Err(ApiError::VmNotFound(name.to_string()));
+        }
+        let settings = VmfsDatastore::read_settings(&self.volume, name).map_err(internal)?;
+        let config = read_definition(&self.volume, name).map_err(internal)?;
+        let owner = self
+            .volume
+            .lock_info(&vinfra_ha::datastore::lock_path(name))
+            .map_err(internal)?
+            .holders
+            .first()
+            .map(|h| h.host);
+        let here = self.vms.pid(name).is_some();
+        let state = if here || owner.is_some() {
+            PowerState::Running
+        } else {
+            PowerState::ShutOff
+        };
+        let mut info = VmInfo::new(spec_of(name, &config, &settings), state);
+        info.host = if here { Some(self.agent.host()) } else { owner };
+        if here {
+            info.stats = self.vm_stats(name);
+        }
+        Ok(info)
+    }
+
+    fn vm_stats(&mut self, name: &str) -> Option<VmStats> {
+        let now = self.now_ms();
+        let s = self.vms.stats(name)?;
+        let mut stats = VmStats::default();
+        stats.rss_bytes = s.rss_bytes;
+        // CPU % over the time since this VM's previous reading.
+        if let Some((t, cpu)) = self.cpu_seen.insert(name.to_string(), (now, s.cpu_ns)) {
+            let dt_ns = now.saturating_sub(t).saturating_mul(1_000_000);
+            if dt_ns > 0 {
+                #[allow(clippy::cast_precision_loss, reason = "a percentage")]
+                let pct = s.cpu_ns.saturating_sub(cpu) as f64 * 100.0 / dt_ns as f64;
+                stats.cpu_percent = pct;
+            }
+        }
+        Some(stats)
+    }
+
+    fn create_vm(&mut self, spec: &VmSpec) -> Result<VmInfo, ApiError> {
+        if self.volume.exists(&vm_dir(&spec.name)).map_err(internal)? {
+            return Err(ApiError::VmExists(spec.name.clone()));
+        }
+        if !spec.disks.is_empty() || !spec.nics.is_empty() {
+            return Err(ApiError::Unsupported(
+                "disks and NICs of VMs run by vinfra-host are not wired yet".into(),
+            ));
+        }
+        let mut config = VmConfig::new(std::path::PathBuf::from(&spec.kernel));
+        config.initrd = spec.initrd.clone().map(Into::into);
+        config.cmdline = spec.cmdline.clone();
+        config.memory_mib = u64::from(spec.memory_mib);
+        config.vcpus = spec.vcpus;
+        let settings = HaSettings {
+            desired_on: false,
+            priority: priority_to_ha(spec.ha.priority),
+            isolation_response: response_to_ha(spec.ha.isolation_response),
+            cpu_mhz: i64::from(spec.resources.cpu_mhz.max(1)),
+            mem_mb: i64::from(spec.memory_mib),
+        };
+        VmfsDatastore::write_settings(&self.volume, &spec.name, &settings).map_err(internal)?;
+        write_definition(&self.volume, &spec.name, &config).map_err(internal)?;
+        self.report
+            .event("vm_created", serde_json::json!({"vm": spec.name}));
+        self.vm_info(&spec.name)
+    }
+
+    fn delete_vm(&mut self, name: &str) -> Result<(), ApiError> {
+        let vm = self.vm_info(name)?;
+        if vm.state != PowerState::ShutOff {
+            return Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: vm.state,
+                needed: "it must be shut off".into(),
+            });
+        }
+        let dir = vm_dir(name);
+        for e in self.volume.list(&dir).map_err(internal)? {
+            if e.name != "." && e.name != ".." {
+                self.volume
+                    .delete(&format!("{dir}/{}", e.name))
+                    .map_err(internal)?;
+            }
+        }
+        self.volume.delete(&dir).map_err(internal)?;
+        self.report
+            .event("vm_deleted", serde_json::json!({"vm": name}));
+        self.refresh();
+        Ok(())
+    }
+
+    /// Writes `desired_on` into the VM's settings.
+    fn set_desired(&mut self, name: &str, on: bool) -> Result<(), ApiError> {
+        let mut s = VmfsDatastore::read_settings(&self.volume, name).map_err(internal)?;
+        if s.desired_on != on {
+            s.desired_on = on;
+            VmfsDatastore::write_settings(&self.volume, name, &s).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds the agent a reading taken now.
+    fn refresh(&mut self) {
+        self.act(Action::ReadDatastore);
+    }
+
+    fn start_op(&mut self, name: &str, op: VmOp, task: TaskHandle) -> Result<(), ApiError> {
+        let vm = self.vm_info(name)?;
+        let me = self.agent.host();
+        let elsewhere = vm.host.filter(|&h| h != me);
+        let wrong = |wanted: &'static str| ApiError::WrongState {
+            vm: name.to_string(),
+            state: vm.state,
+            needed: wanted.to_string(),
+        };
+        match op {
+            VmOp::Start => {
+                if let Some(host) = elsewhere {
+                    return Err(ApiError::RunningElsewhere {
+                        vm: name.to_string(),
+                        host: format!("host{host}"),
+                    });
+                }
+                if vm.state == PowerState::Running {
+                    return Err(wrong("it must be shut off"));
+                }
+                self.set_desired(name, true)?;
+                let t = std::time::Instant::now();
+                let outcome = self.vms.power_on(name);
+                let started = outcome == PowerOnOutcome::Started;
+                if started {
+                    self.report.event(
+                        "vm_started",
+                        serde_json::json!({"vm": name, "pid": self.vms.pid(name),
+                                           "spawn_ms": t.elapsed().as_secs_f64() * 1000.0,
+                                           "by": "api"}),
+                    );
+                }
+                self.feed(Event::PowerOnResult {
+                    vm: name.to_string(),
+                    outcome: outcome.clone(),
+                });
+                self.refresh();
+                if started {
+                    task.succeed(serde_json::json!({"pid": self.vms.pid(name), "host": me}));
+                    Ok(())
+                } else {
+                    // Leave it off as it was: HA must not go on trying.
+                    let _ = self.set_desired(name, false);
+                    match outcome {
+                        PowerOnOutcome::LockHeld { owner } => Err(ApiError::RunningElsewhere {
+                            vm: name.to_string(),
+                            host: format!("host{owner}"),
+                        }),
+                        other => Err(ApiError::Internal(format!("power on: {other:?}"))),
+                    }
+                }
+            }
+            VmOp::Stop | VmOp::Reset => {
+                if let Some(host) = elsewhere {
+                    return Err(ApiError::RunningElsewhere {
+                        vm: name.to_string(),
+                        host: format!("host{host}"),
+                    });
+                }
+                if self.vms.pid(name).is_none() {
+                    return Err(wrong("it must run on this host"));
+                }
+                if op == VmOp::Reset {
+                    self.vms.reset(name).map_err(ApiError::Internal)?;
+                    self.report
+                        .event("vm_reset", serde_json::json!({"vm": name, "why": "api"}));
+                    task.succeed(serde_json::json!({}));
+                    return Ok(());
+                }
+                self.set_desired(name, false)?;
+                let exit = self.vms.power_off(name);
+                self.report.event(
+                    "vm_powered_off",
+                    serde_json::json!({"vm": name, "why": "api", "exit": exit}),
+                );
+                self.feed(Event::VmStopped {
+                    vm: name.to_string(),
+                });
+                self.refresh();
+                task.succeed(serde_json::json!({"exit": exit}));
+                Ok(())
+            }
+            other => Err(ApiError::Unsupported(format!(
+                "{:?} through vinfra-host's API is not wired yet",
+                other.kind()
+            ))),
+        }
+    }
+}
