@@ -40,8 +40,9 @@ use crate::migration::{request_within, ControlEvent, ControlRequest, MigrateSett
 /// it elsewhere); by default it is the one beside the current executable.
 pub const VM_BIN_ENV: &str = "VINFRA_VM_BIN";
 
-/// How long a quick control request (`status`, `power_off`, `reset`) may take.
-pub const QUICK: Duration = Duration::from_secs(3);
+/// How long a quick control request (`status`, `power_off`, `reset`) may take: short,
+/// since the host loop that asks must go on feeding its other VMs' leases.
+pub const QUICK: Duration = Duration::from_secs(1);
 /// How long a disk request (`snapshot`, `consolidate`) may take.
 pub const DISK: Duration = Duration::from_secs(60);
 /// The longest console line passed on; the rest of a longer line is dropped.
