@@ -335,8 +335,9 @@ fn pump_console(out: impl Read, mut on_line: impl FnMut(String)) {
 
 impl VmProcess {
     /// Writes the VM's configuration into the run directory and starts `vinfra-vm run`
-    /// (or `incoming`, [`Start`]) with it; each line of the guest's console goes to `on_line` (on a thread of its
-    /// own). The control socket answers once the child has bound it, a few ms later
+    /// (or `incoming`, [`Start`]) with it; each line of the guest's console goes to
+    /// `on_line` (on a thread of its own). The control socket answers once the child has
+    /// bound it, a few ms later, and for `incoming` once the VM has arrived
     /// ([`VmProcess::wait_ready`]).
     pub fn spawn(spec: &VmSpec, on_line: impl FnMut(String) + Send + 'static) -> Result<Self> {
         let binary = vm_binary(spec.binary.as_deref())?;
