@@ -40,8 +40,9 @@ use crate::migration::{request_within, ControlEvent, ControlRequest, MigrateSett
 /// it elsewhere); by default it is the one beside the current executable.
 pub const VM_BIN_ENV: &str = "VINFRA_VM_BIN";
 
-/// How long a quick control request (`status`, `power_off`, `reset`) may take.
-pub const QUICK: Duration = Duration::from_secs(3);
+/// How long a quick control request (`status`, `power_off`, `reset`) may take: short,
+/// since the host loop that asks must go on feeding its other VMs' leases.
+pub const QUICK: Duration = Duration::from_secs(1);
 /// How long a disk request (`snapshot`, `consolidate`) may take.
 pub const DISK: Duration = Duration::from_secs(60);
 /// The longest console line passed on; the rest of a longer line is dropped.
@@ -116,10 +117,29 @@ pub enum VmProcessError {
 /// Result of this module.
 pub type Result<T, E = VmProcessError> = std::result::Result<T, E>;
 
+/// How the child gets its VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Start {
+    /// Boot it (`vinfra-vm run`).
+    Boot,
+    /// Wait for it to arrive by live migration (`vinfra-vm incoming --listen`); the
+    /// control socket answers once it runs here.
+    Incoming {
+        /// Where to listen, `host:port` (a port the caller chose: the address is what it
+        /// hands the source).
+        listen: String,
+        /// The cluster key file; `None`: plaintext, chosen explicitly.
+        key_file: Option<PathBuf>,
+    },
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct VmSpec {
+    /// Boot, or receive by live migration.
+    pub start: Start,
     /// The VM's name (files in the run directory are named after it).
     pub name: String,
     /// Its vmm-core configuration, written to `RUN/NAME.json` for `--config`.
@@ -147,6 +167,7 @@ impl VmSpec {
     /// A VM without vmfs disks, with the defaults above.
     pub fn new(name: &str, config: VmConfig, run_dir: &Path, lease_ms: u64) -> Self {
         Self {
+            start: Start::Boot,
             name: name.to_string(),
             config,
             run_dir: run_dir.to_path_buf(),
@@ -314,8 +335,9 @@ fn pump_console(out: impl Read, mut on_line: impl FnMut(String)) {
 
 impl VmProcess {
     /// Writes the VM's configuration into the run directory and starts `vinfra-vm run`
-    /// with it; each line of the guest's console goes to `on_line` (on a thread of its
-    /// own). The control socket answers once the child has bound it, a few ms later
+    /// (or `incoming`, [`Start`]) with it; each line of the guest's console goes to
+    /// `on_line` (on a thread of its own). The control socket answers once the child has
+    /// bound it, a few ms later, and for `incoming` once the VM has arrived
     /// ([`VmProcess::wait_ready`]).
     pub fn spawn(spec: &VmSpec, on_line: impl FnMut(String) + Send + 'static) -> Result<Self> {
         let binary = vm_binary(spec.binary.as_deref())?;
@@ -337,8 +359,19 @@ impl VmProcess {
         set_nonblocking(writer.as_raw_fd()).map_err(serr)?;
         let control = spec.control_path();
         let mut cmd = Command::new(&binary);
-        cmd.arg("run")
-            .arg("--config")
+        match &spec.start {
+            Start::Boot => {
+                cmd.arg("run");
+            }
+            Start::Incoming { listen, key_file } => {
+                cmd.arg("incoming").arg("--listen").arg(listen);
+                match key_file {
+                    Some(k) => cmd.arg("--key-file").arg(k),
+                    None => cmd.arg("--plaintext"),
+                };
+            }
+        }
+        cmd.arg("--config")
             .arg(&config_path)
             .arg("--control")
             .arg(&control)

@@ -695,6 +695,77 @@ fn a_killed_vm_process_runs_again_and_a_killed_host_takes_its_vm_processes_along
     eprintln!("host {victim} killed: its VM processes {theirs:?} are gone");
 }
 
+#[test]
+fn a_frozen_host_s_vm_processes_stop_before_a_peer_restarts_their_vms() {
+    let _one = serial();
+    let vms = [("f-1", "high", "leave-on")];
+    let Some(mut c) = Cluster::start(2, &vms) else {
+        return;
+    };
+    let host = c.runs_on("f-1").unwrap();
+    let pid = vm_pid(&c, "f-1", host);
+    let host_pid = c.proc(host).child.id().to_string();
+    // SIGSTOP: the host neither heartbeats nor feeds its children's lease pipes.
+    let done = run(
+        Command::new("kill").args(["-STOP", &host_pid]),
+        Duration::from_secs(10),
+    );
+    assert!(done.success(), "{done}");
+    let frozen = Instant::now();
+    let deadline = frozen + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the VM process outlived its host's lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = frozen.elapsed();
+    // The peer has not started it yet: it waits a whole lease after the last heartbeat.
+    assert_eq!(
+        c.count(|e| e.is("vm_started") && e.vm() == "f-1" && e.host != host),
+        0,
+        "{}",
+        c.logs()
+    );
+    let other = c.wait(Duration::from_secs(20), |e| {
+        e.is("vm_started") && e.vm() == "f-1" && e.host != host
+    });
+    eprintln!(
+        "host {host} frozen: its VM process stopped after {stopped:?}, host {} started the \
+         VM after {:?} (lease {LEASE_MS} ms)",
+        other.host,
+        frozen.elapsed()
+    );
+    assert!(
+        stopped < Duration::from_millis(LEASE_MS * 3 / 4),
+        "{stopped:?}"
+    );
+    // Thawed, the host finds its lease lapsed and its VM gone, and exits fenced.
+    let done = run(
+        Command::new("kill").args(["-CONT", &host_pid]),
+        Duration::from_secs(10),
+    );
+    assert!(done.success(), "{done}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = c.proc(host).child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {host} did not exit\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(75), "{}", c.logs());
+    let exited = c.wait(Duration::from_secs(1), |e| {
+        e.is("vm_exited") && e.vm() == "f-1" && e.host == host
+    });
+    assert_eq!(exited.v["code"], 75, "{:?}", exited.v);
+}
+
 /// The benchmark behind `benches/peers/ha-failover.sh`: vmfs's default lease (8 s) and
 /// heartbeat (1 s), the agent's defaults, four hosts; KILLS times (default 5): kill -9 the
 /// host of the first high-priority VM, measure kill -> `failed` verdict and kill -> the

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use vinfra_host::migration::MigrateSettings;
-use vinfra_host::vm_process::{VmProcess, VmProcessError, VmSpec};
+use vinfra_host::vm_process::{Start, VmProcess, VmProcessError, VmSpec};
 use vinfra_host::vmfs_disk::{MountedHost, VmfsDiskBackend};
 use vinfra_testkit::{guest, kvm_or_skip};
 use vinfra_vmfs::{FileDevice, MkfsOptions, MountOptions, Volume};
@@ -209,50 +209,23 @@ fn a_vm_process_migrates_through_its_control_socket() {
     let (mut src, console) = spawn(&mut spec);
     src.wait_ready(WAIT).unwrap();
     line(&console, "HB ");
-    // The destination: `vinfra-vm incoming` with the same configuration.
-    let mut dst = Reaped(
-        std::process::Command::new(VM_BIN)
-            .args([
-                "incoming",
-                "--listen",
-                "127.0.0.1:0",
-                "--plaintext",
-                "--config",
-            ])
-            .arg(spec.config_path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let dst = &mut dst.0;
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let stderr = dst.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("destination: {l}");
-            if let Some(a) = l.split("waiting for a migration on ").nth(1) {
-                let _ = addr_tx.send(a.trim().to_string());
-            }
-        }
-    });
-    let (dst_tx, dst_console) = mpsc::channel();
-    let stdout = dst.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = dst_tx.send(l);
-        }
-    });
-    let addr = addr_rx.recv_timeout(WAIT).unwrap();
+    // The destination: `vinfra-vm incoming` with the same configuration, on a port
+    // free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dst_spec = VmSpec::new("arrived", workload(&kernel), dir.path(), NO_LEASE_MS);
+    dst_spec.start = Start::Incoming {
+        listen: addr.clone(),
+        key_file: None,
+    };
+    let (mut dst, dst_console) = spawn(&mut dst_spec);
+    // Its control socket answers only once the VM runs there.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(dst.status().is_err());
     let settings = MigrateSettings {
         to: addr,
         key_file: None,
@@ -271,16 +244,14 @@ fn a_vm_process_migrates_through_its_control_socket() {
     assert!(progress > 0);
     let exit = src.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}");
-    // The guest goes on counting on the destination.
+    // The guest goes on counting on the destination, which answers as a VM process.
     line(&dst_console, "HB ");
-}
-
-/// A child killed and reaped when the test ends, passed or not.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let status = dst.wait_ready(WAIT).unwrap();
+    assert_eq!(
+        serde_json::to_value(status.state).unwrap(),
+        serde_json::json!("running")
+    );
+    dst.power_off().unwrap();
+    let exit = dst.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
 }

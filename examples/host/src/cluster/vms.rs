@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vinfra_ha::datastore::{lock_path, read_json, vm_dir, write_json, VMS_DIR};
 use vinfra_ha::PowerOnOutcome;
@@ -18,7 +18,7 @@ use super::Inbound;
 use crate::vm_process::{Exit, ProcessStats, VmProcess, VmSpec};
 
 /// How long a powered-off child has to exit before it is killed.
-const STOP_WAIT: Duration = Duration::from_secs(3);
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// `/vms/<name>/vm.json`: the VM's vmm-core configuration.
 pub fn definition_path(name: &str) -> String {
@@ -162,16 +162,36 @@ impl Vms {
         }
     }
 
-    /// Stops the VM (`power_off` on its control socket, a kill if it does not answer),
-    /// waits for its process, then releases its lock (a fenced host cannot: its lock then
-    /// waits for whoever breaks it after the lease).
+    /// Stops the VM (`power_off` on its control socket, a kill if it does not answer or
+    /// exit in time), waits for its process, then releases its lock (a fenced host
+    /// cannot: its lock then waits for whoever breaks it after the lease). The other
+    /// VMs' leases are fed meanwhile, while this host's is valid.
     pub fn power_off(&mut self, name: &str) -> Option<Exit> {
         let mut r = self.running.remove(name)?;
-        let exit = match r.process.stop(STOP_WAIT) {
-            Ok(e) => Some(e),
+        let deadline = match r.process.power_off() {
+            Ok(()) => Instant::now() + STOP_WAIT,
             Err(e) => {
-                tracing::warn!(vm = name, "stop: {e}");
-                None
+                tracing::info!(vm = name, "power_off: {e}; killing it");
+                Instant::now()
+            }
+        };
+        let exit = loop {
+            match r.process.try_wait() {
+                Ok(Some(e)) => break Some(e),
+                Ok(None) if Instant::now() < deadline => {
+                    if self.volume.check_lease().is_ok() {
+                        self.feed_leases();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    tracing::warn!(vm = name, "did not exit after power_off; killing it");
+                    break r.process.kill().ok();
+                }
+                Err(e) => {
+                    tracing::warn!(vm = name, "wait: {e}");
+                    break r.process.kill().ok();
+                }
             }
         };
         Self::release(name, r);

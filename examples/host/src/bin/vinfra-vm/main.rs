@@ -117,7 +117,10 @@ const PARENT_LEASE_MS: u64 = 10_000;
 
 impl ParentArgs {
     /// Starts the watchdog, if asked for.
-    fn watch(&self, built: &Built) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, String> {
+    pub(crate) fn watch(
+        &self,
+        built: &Built,
+    ) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, String> {
         let Some(fd) = self.parent_lease_fd else {
             return Ok(None);
         };
@@ -178,9 +181,8 @@ fn attach(
     snapshot_dir: Option<PathBuf>,
     timings: bool,
     early_dirty_log: bool,
-    parent: &ParentArgs,
+    parent_fenced: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<(ExitReason, StopCause), String> {
-    let parent_fenced = parent.watch(built)?;
     install_stop_signals().map_err(|e| format!("install signal handlers: {e}"))?;
     let raw = RawMode::enable(0).map_err(|e| format!("terminal raw mode: {e}"))?;
     if raw.is_some() {
@@ -235,6 +237,7 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
     let timings = args.timings;
     let mut control = ControlSocket::bind(args.control.as_ref())?;
     let built = args.vm.build(DiskLocks::Take)?;
+    let parent_fenced = args.parent.watch(&built)?;
     let t_build = Instant::now();
     let mut vm = match &restore {
         Some(dir) => Vm::restore(built.config.clone(), dir).map_err(|e| e.to_string())?,
@@ -268,7 +271,7 @@ fn run(mut args: RunArgs, t_main: Instant) -> Result<(ExitReason, StopCause), St
         snapshot_dir,
         timings,
         !args.late_dirty_log,
-        &args.parent,
+        parent_fenced,
     );
     close(built);
     ended
@@ -285,7 +288,7 @@ fn run_incoming(args: &IncomingArgs) -> Result<(ExitReason, StopCause), String> 
         None,
         false,
         true,
-        &args.parent,
+        arrived.parent_fenced,
     );
     close(arrived.built);
     ended

@@ -264,6 +264,9 @@ pub struct IncomingArgs {
 /// What `incoming` received.
 pub struct Arrived {
     pub vm: Vm,
+    /// The parent's lease watchdog, started before the wait: a host whose lease lapses
+    /// does not receive VMs.
+    pub parent_fenced: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     pub built: Built,
     pub stats: ReceiveStats,
 }
@@ -272,6 +275,7 @@ pub struct Arrived {
 pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
     let security = security(a.key_file.as_deref(), a.plaintext)?;
     let built = a.vm.build(DiskLocks::Detached)?;
+    let parent_fenced = a.parent.watch(&built)?;
     let listener =
         TcpListener::bind(&a.listen).map_err(|e| format!("listen on {}: {e}", a.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -288,5 +292,10 @@ pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
         serde_json::to_string(&stats).unwrap_or_default()
     );
     let vm = arriving.into_vm().ok_or("the VM was not restored")?;
-    Ok(Arrived { vm, built, stats })
+    Ok(Arrived {
+        vm,
+        parent_fenced,
+        built,
+        stats,
+    })
 }
