@@ -88,9 +88,10 @@ fn spec_of(name: &str, config: &VmConfig, s: &HaSettings) -> VmSpec {
         priority: priority_from_ha(s.priority),
         isolation_response: response_from_ha(s.isolation_response),
     };
-    let mut resources = ResourceSpec::default();
-    resources.cpu_mhz = u32::try_from(s.cpu_mhz).unwrap_or(0);
-    spec.resources = resources;
+    spec.resources = ResourceSpec {
+        cpu_mhz: u32::try_from(s.cpu_mhz).unwrap_or(0),
+        ..ResourceSpec::default()
+    };
     spec
 }
 
@@ -99,19 +100,19 @@ impl Host {
     pub(super) fn api(&mut self, call: ApiCall) {
         match call {
             ApiCall::HostInfo(reply) => {
-                let _ = reply.send(self.host_info());
+                reply.send(self.host_info());
             }
             ApiCall::ListVms(reply) => {
-                let _ = reply.send(self.list_vms());
+                reply.send(self.list_vms());
             }
             ApiCall::Vm { name, reply } => {
-                let _ = reply.send(self.vm_info(&name));
+                reply.send(self.vm_info(&name));
             }
             ApiCall::CreateVm { spec, reply } => {
-                let _ = reply.send(self.create_vm(&spec));
+                reply.send(self.create_vm(&spec));
             }
             ApiCall::DeleteVm { name, reply } => {
-                let _ = reply.send(self.delete_vm(&name));
+                reply.send(self.delete_vm(&name));
             }
             ApiCall::StartOp {
                 name,
@@ -119,7 +120,7 @@ impl Host {
                 task,
                 reply,
             } => {
-                let _ = reply.send(self.start_op(&name, op, task));
+                reply.send(self.start_op(&name, op, task));
             }
             ApiCall::Console { name, reply } => {
                 let answer = if self.vms.pid(&name).is_some() {
@@ -131,7 +132,7 @@ impl Host {
                         Err(match vm.host {
                             Some(h) => ApiError::RunningElsewhere {
                                 vm: name.clone(),
-                                host: format!("host{h}"),
+                                host: h.to_string(),
                             },
                             None => ApiError::WrongState {
                                 vm: name.clone(),
@@ -141,17 +142,17 @@ impl Host {
                         })
                     })
                 };
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
             ApiCall::Events {
                 after,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(Ok(self.report.log().after(after, limit)));
+                reply.send(Ok(self.report.log().after(after, limit)));
             }
             ApiCall::PrepareIncoming { request, reply } => {
-                let _ = reply.send(Err(ApiError::Unsupported(format!(
+                reply.send(Err(ApiError::Unsupported(format!(
                     "receiving {} by live migration through the API is not wired yet",
                     request.vm
                 ))));
@@ -201,14 +202,14 @@ impl Host {
             },
         );
         info.uptime_ms = self.now_ms();
-        let mut load = HostLoad::default();
-        load.cpu_percent = sample.cpu_busy * 100.0;
-        load.memory_used_mib = sample.memory_used_mib;
-        info.load = load;
-        let mut ksm = KsmSavings::default();
-        ksm.saved_bytes = sample.ksm_saved_bytes;
-        ksm.pages_sharing = sample.ksm_saved_bytes / 4096;
-        info.ksm = ksm;
+        info.load = HostLoad {
+            cpu_percent: sample.cpu_busy * 100.0,
+            memory_used_mib: sample.memory_used_mib,
+        };
+        info.ksm = KsmSavings {
+            saved_bytes: sample.ksm_saved_bytes,
+            pages_sharing: sample.ksm_saved_bytes / 4096,
+        };
         info.ha = self
             .peers
             .iter()
@@ -218,12 +219,12 @@ impl Host {
             })
             .collect();
         let inventory = self.agent.inventory();
-        let mut counts = VmCounts::default();
-        counts.defined = u32::try_from(inventory.len()).unwrap_or(u32::MAX);
-        counts.running =
-            u32::try_from(inventory.iter().filter(|v| v.owner.is_some()).count()).unwrap_or(0);
-        counts.running_here = u32::try_from(self.vms.names().len()).unwrap_or(u32::MAX);
-        info.vms = counts;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        info.vms = VmCounts {
+            defined: count(inventory.len()),
+            running: count(inventory.iter().filter(|v| v.owner.is_some()).count()),
+            running_here: count(self.vms.names().len()),
+        };
         Ok(info)
     }
 
@@ -275,8 +276,10 @@ impl Host {
     fn vm_stats(&mut self, name: &str) -> Option<VmStats> {
         let now = self.now_ms();
         let s = self.vms.stats(name)?;
-        let mut stats = VmStats::default();
-        stats.rss_bytes = s.rss_bytes;
+        let mut stats = VmStats {
+            rss_bytes: s.rss_bytes,
+            ..VmStats::default()
+        };
         // CPU % over the time since this VM's previous reading.
         if let Some((t, cpu)) = self.cpu_seen.insert(name.to_string(), (now, s.cpu_ns)) {
             let dt_ns = now.saturating_sub(t).saturating_mul(1_000_000);
@@ -370,7 +373,7 @@ impl Host {
                 if let Some(host) = elsewhere {
                     return Err(ApiError::RunningElsewhere {
                         vm: name.to_string(),
-                        host: format!("host{host}"),
+                        host: host.to_string(),
                     });
                 }
                 if vm.state == PowerState::Running {
@@ -402,7 +405,7 @@ impl Host {
                     match outcome {
                         PowerOnOutcome::LockHeld { owner } => Err(ApiError::RunningElsewhere {
                             vm: name.to_string(),
-                            host: format!("host{owner}"),
+                            host: owner.to_string(),
                         }),
                         other => Err(ApiError::Internal(format!("power on: {other:?}"))),
                     }
@@ -412,7 +415,7 @@ impl Host {
                 if let Some(host) = elsewhere {
                     return Err(ApiError::RunningElsewhere {
                         vm: name.to_string(),
-                        host: format!("host{host}"),
+                        host: host.to_string(),
                     });
                 }
                 if self.vms.pid(name).is_none() {
@@ -431,10 +434,12 @@ impl Host {
                     "vm_powered_off",
                     serde_json::json!({"vm": name, "why": "api", "exit": exit}),
                 );
+                // The reading first: fed `VmStopped` with its last reading (this host
+                // owns it, it should run), the agent would start it again at once.
+                self.refresh();
                 self.feed(Event::VmStopped {
                     vm: name.to_string(),
                 });
-                self.refresh();
                 task.succeed(serde_json::json!({"exit": exit}));
                 Ok(())
             }

@@ -35,6 +35,8 @@ use crate::state::{HostRecord, Lab};
 
 /// The HA heartbeat port of every host (each host has its own address).
 const HA_PORT: u16 = 8804;
+/// The host API's port on every host.
+const API_PORT: u16 = 8700;
 /// The vmfs slot `status` mounts the volume as (hosts use 1..=16).
 const ADMIN_SLOT: u32 = 15;
 
@@ -243,6 +245,10 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
                 .arg(&volume)
                 .arg("--key-file")
                 .arg(&key_file)
+                .arg("--api")
+                .arg(format!("{}:{API_PORT}", net.host_ip(h)))
+                .arg("--run-dir")
+                .arg(dir.join(format!("host{h}.run")))
                 .stdin(Stdio::null())
                 .stdout(file(format!("host{h}.events"))?)
                 .stderr(file(format!("host{h}.log"))?);
@@ -256,6 +262,7 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
             id: h,
             pid: child.id(),
             addr: net.host_ip(h),
+            api: format!("http://{}:{API_PORT}", net.host_ip(h)),
             namespace: net.namespace(h),
         });
         lab.save(&dir)?;
@@ -274,14 +281,21 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
         a.vms,
         dir.display()
     );
-    println!("{:<6} {:<8} {:<16} namespace", "host", "pid", "address");
+    println!("{:<6} {:<8} {:<26} namespace", "host", "pid", "API");
     for h in &lab.hosts {
         println!(
-            "{:<6} {:<8} {:<16} {}",
+            "{:<6} {:<8} {:<26} {}",
             h.id,
             h.pid,
-            h.addr,
+            h.api,
             h.namespace.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(first) = lab.hosts.first() {
+        println!(
+            "try: vinfra --host {} --key-file {} vm list",
+            first.api,
+            key_file.display()
         );
     }
     if a.foreground {
@@ -347,14 +361,14 @@ fn down(dir: &Path) -> Result<(), String> {
 
 fn status(dir: &Path) -> Result<(), String> {
     let lab = Lab::load(dir)?;
-    println!("{:<6} {:<8} {:<16} state", "host", "pid", "address");
+    println!("{:<6} {:<8} {:<26} state", "host", "pid", "API");
     for h in &lab.hosts {
         let state = if state::is_host(h.pid) {
             "running"
         } else {
             "stopped"
         };
-        println!("{:<6} {:<8} {:<16} {state}", h.id, h.pid, h.addr);
+        println!("{:<6} {:<8} {:<26} {state}", h.id, h.pid, h.api);
     }
     let volume = mount(&lab.volume, ADMIN_SLOT, "vinfra-lab status")?;
     let reading = VmfsDatastore::new(volume.clone()).read();

@@ -17,8 +17,10 @@ pub struct HostRecord {
     pub id: u32,
     /// Its process (in its namespace, `ip netns exec` exec'd it: the same pid).
     pub pid: u32,
-    /// Its address (HA heartbeats; the API when it has one).
+    /// Its address (HA heartbeats).
     pub addr: String,
+    /// Its API's URL.
+    pub api: String,
     /// Its network namespace.
     pub namespace: Option<String>,
 }
