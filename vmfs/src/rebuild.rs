@@ -400,6 +400,9 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
         }
         let mut progress = false;
         for &o in &orphans {
+            if seen.contains(&o) {
+                continue; // reached through a directory put back before it
+            }
             let Some(i) = r.inodes.get(&o).cloned() else {
                 continue;
             };
@@ -424,6 +427,9 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
                 seen.insert(o);
                 queue.push_back(o);
                 progress = true;
+                // Walk it now: its own entries are checked before an orphan that names
+                // it as parent is put back into it (and would then look linked twice).
+                walk_from(&mut r, &mut seen, &mut queue);
             }
         }
         walk_from(&mut r, &mut seen, &mut queue);
@@ -471,6 +477,9 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
         let mut tops = tops;
         tops.sort_unstable();
         for o in tops {
+            if seen.contains(&o) {
+                continue;
+            }
             let Some(mut i) = r.inodes.get(&o).cloned() else {
                 continue;
             };
@@ -512,8 +521,8 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
             ));
             seen.insert(o);
             queue.push_back(o);
+            walk_from(&mut r, &mut seen, &mut queue);
         }
-        walk_from(&mut r, &mut seen, &mut queue);
     }
     // Inodes left unreachable (a full /lost+found) keep their blocks; write everything.
     for (d, blocks) in &r.dirs {
