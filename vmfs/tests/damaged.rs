@@ -357,3 +357,38 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
         assert!(lost > 0 && put_back > 0 && quarantined > 0 && sb_restored > 0);
     }
 }
+
+#[test]
+fn a_crashed_hosts_journal_is_replayed_in_memory_by_the_read_only_mount() {
+    let dev = Arc::new(MemDevice::new(32 << 20));
+    let mut o = MkfsOptions::default();
+    o.max_inodes = 256;
+    Volume::mkfs(dev.as_ref(), &o).unwrap();
+    let v = mount(&dev, 1);
+    let f = v.create("/committed").unwrap();
+    f.write_at(b"in the journal", 0).unwrap();
+    f.close().unwrap();
+    let ino = v.stat("/committed").unwrap().ino;
+    // Host 1 dies: its slot still shows it mounted, its last transactions are only in
+    // its journal (the in-place writes of the inode and the root directory are lost).
+    std::mem::forget(v);
+    let g = Volume::superblock(dev.as_ref()).unwrap().geo;
+    dev.write_at(&[0u8; SECTOR], g.inode_at(ino)).unwrap();
+    let before = dev.snapshot();
+
+    let ro = ReadOnlyVolume::mount(dev.clone()).unwrap();
+    let notes = ro.notes().join("\n");
+    assert!(notes.contains("host 1 shows mounted"), "{notes}");
+    assert!(notes.contains("journal of host 1"), "{notes}");
+    let f = ro.open("/committed").unwrap();
+    let mut b = vec![0u8; f.len() as usize];
+    f.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, b"in the journal");
+    drop(ro);
+    assert!(dev.snapshot() == before, "the read-only mount wrote to the device");
+
+    // Damage beyond the safe repairs while host 1's slot shows mounted: repair refuses.
+    dev.write_at(&[0xff; 8], g.inode_at(1) + 60).unwrap();
+    let e = fsck::check(dev.as_ref(), true).unwrap_err();
+    assert!(matches!(e, Error::InUse { ref hosts } if hosts == &[1]), "{e}");
+}
