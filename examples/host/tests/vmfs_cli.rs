@@ -236,3 +236,64 @@ fn a_disk_paxos_volume_from_the_command_line() {
     );
     assert!(vmfs(&["fsck", img]).contains("clean"));
 }
+
+#[test]
+fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    let local = |name: &str, len: usize, k: u8| {
+        let p = dir.path().join(name);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ k).collect();
+        std::fs::write(&p, &data).unwrap();
+        (p.to_str().unwrap().to_string(), data)
+    };
+    let (disk, disk_data) = local("disk", 300 << 10, 1);
+    let (top, top_data) = local("top", 5000, 2);
+    vmfs(&["mkfs", img, "--size", "64M", "--max-inodes", "256"]);
+    vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
+    vmfs(&["cp-in", img, "--host", "1", &disk, "/vm1/disk"]);
+    vmfs(&["cp-in", img, "--host", "1", &top, "/top"]);
+    let dev = vinfra_vmfs::FileDevice::open(std::path::Path::new(img), false).unwrap();
+    let g = vinfra_vmfs::Volume::superblock(&dev).unwrap().geo;
+    let ro = vinfra_vmfs::ReadOnlyVolume::mount(Arc::new(dev)).unwrap();
+    let vm1 = ro.stat("/vm1").unwrap().ino;
+    drop(ro);
+    // The primary superblock and /vm1's inode are damaged.
+    let mut raw = std::fs::read(img).unwrap();
+    raw[40] ^= 0xff;
+    raw[g.inode_at(vm1) as usize + 20] ^= 0xff;
+    std::fs::write(img, &raw).unwrap();
+
+    let out = run_vmfs(&["ls", img, "--host", "1", "/"]);
+    assert!(!out.success() && out.stderr.contains("corrupt superblock"), "{out}");
+    let out = run_vmfs(&["ls", img, "--read-only", "/"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("top") && out.stdout.contains("vm1"), "{out}");
+    assert!(out.stderr.contains("backup copy"), "{out}");
+    assert!(out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    let copied = dir.path().join("copied");
+    let copied_s = copied.to_str().unwrap();
+    vmfs(&["cp-out", img, "--read-only", "/top", copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == top_data);
+    let out = run_vmfs(&["cp-out", img, "--read-only", "/vm1/disk", copied_s]);
+    assert!(!out.success() && out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
+
+    let out = run_vmfs(&["fsck", img]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    let out = run_vmfs(&["fsck", img, "--repair"]);
+    assert!(out.success(), "{out}");
+    for want in [
+        "repaired: primary superblock restored from its backup",
+        &format!("quarantined: inode {vm1} cleared"),
+        "/lost+found/disk",
+        "clean",
+    ] {
+        assert!(out.stdout.contains(want), "{want}: {out}");
+    }
+    vmfs(&["cp-out", img, "--host", "1", "/lost+found/disk", copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == disk_data);
+    assert!(vmfs(&["fsck", img]).contains("clean"));
+    assert_nothing_mounted(img, "repair");
+}

@@ -16,7 +16,7 @@ mod bench;
 use rand::{Rng, SeedableRng};
 use vinfra_vmfs::{
     disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
-    MonotonicClock, MountOptions, Volume,
+    MonotonicClock, MountOptions, ReadOnlyVolume, Volume,
 };
 
 #[derive(Parser, Debug)]
@@ -79,6 +79,10 @@ enum Cmd {
         m: Mnt,
         #[arg(default_value = "/")]
         path: String,
+        /// Read a damaged volume without mounting it: no heartbeat, no lock, nothing
+        /// written; journals replayed in memory, damaged entries reported.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Create a directory.
     Mkdir {
@@ -105,6 +109,10 @@ enum Cmd {
         m: Mnt,
         src: String,
         dst: PathBuf,
+        /// Copy off a damaged volume without mounting it (see `ls --read-only`); a
+        /// damaged part of the file is an error naming its inode and block.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Create a thin virtual disk (descriptor + flat extent).
     Mkdisk {
@@ -223,6 +231,18 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
     Ok(Mounted(Some(v)))
 }
 
+/// The volume opened for `--read-only` salvage: nothing is written to it; what the
+/// opening found (a superblock taken from its backup, journals replayed in memory, hosts
+/// that show mounted) goes to stderr.
+fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
+    let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+    let ro = ReadOnlyVolume::mount(dev)?;
+    for n in ro.notes() {
+        eprintln!("vmfs: note: {n}");
+    }
+    Ok(ro)
+}
+
 /// The image as host `host` uses it: through Disk Paxos when it was made with
 /// `mkfs --disk-paxos` (detected), else the file and its own compare-and-write.
 fn volume_device(
@@ -336,7 +356,52 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             );
         }
         Cmd::Info { image, observe_ms } => info(&image, observe_ms)?,
-        Cmd::Ls { m, path } => {
+        Cmd::Ls {
+            m,
+            path,
+            read_only: true,
+        } => {
+            let ro = read_only(&m)?;
+            let l = ro.list(&path)?;
+            for e in &l.entries {
+                let p = format!("{}/{}", path.trim_end_matches('/'), e.name);
+                match ro.stat(&p) {
+                    Ok(st) => println!("{:?}\t{}\t{}\t{}", e.kind, st.size, st.blocks, e.name),
+                    Err(err) => {
+                        println!("{:?}\t?\t?\t{}", e.kind, e.name);
+                        eprintln!("vmfs: damaged: {err}");
+                    }
+                }
+            }
+            for d in &l.damaged {
+                eprintln!("vmfs: damaged: {d}");
+            }
+        }
+        Cmd::CpOut {
+            m,
+            src,
+            dst,
+            read_only: true,
+        } => {
+            let ro = read_only(&m)?;
+            let f = ro.open(&src)?;
+            let mut out = std::fs::File::create(&dst).map_err(io_error("create", 0))?;
+            let mut off = 0;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                if stopped() {
+                    eprintln!("vmfs: stopped after {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                let n = f.read_at(&mut buf, off)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(io_error("write", off))?;
+                off += n as u64;
+            }
+        }
+        Cmd::Ls { m, path, .. } => {
             let v = mount(&m)?;
             for e in v.list(&path)? {
                 let p = format!("{}/{}", path.trim_end_matches('/'), e.name);
@@ -384,7 +449,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             drop(_hb);
             v.unmount()?;
         }
-        Cmd::CpOut { m, src, dst } => {
+        Cmd::CpOut { m, src, dst, .. } => {
             let v = mount(&m)?;
             let _hb = v.spawn_heartbeat();
             let f = v.open(&src, LockMode::SharedRead)?;
@@ -445,6 +510,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             }
             for n in &r.repaired {
                 println!("repaired: {n}");
+            }
+            for n in &r.quarantined {
+                println!("quarantined: {n}");
             }
             for e in &r.errors {
                 println!("error: {e}");
