@@ -521,3 +521,74 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
     }
     Ok(w.r)
 }
+
+/// Frees the heartbeat slots of hosts that show mounted but are dead, so that a repair
+/// that needs every host unmounted ([`Error::InUse`]) can run after a crash. Watches every
+/// slot that shows a host mounted for a whole lease of `clock` (the volume's, plus one
+/// heartbeat interval); a slot whose generation and counter did not change is freed by
+/// compare-and-write from the bytes observed, so a host that renews meanwhile keeps it.
+/// Returns the hosts freed. Their journals and locks are then what `check` with `repair`
+/// replays and frees, as a survivor's recovery would.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vinfra_vmfs::{fsck, ManualClock, MemDevice, MkfsOptions, MountOptions, Volume};
+///
+/// let lun = Arc::new(MemDevice::new(32 << 20));
+/// let mut o = MkfsOptions::default();
+/// (o.lease_ms, o.interval_ms) = (200, 50);
+/// Volume::mkfs(lun.as_ref(), &o)?;
+/// let clock = Arc::new(ManualClock::new(0));
+/// let v = Volume::mount(lun.clone(), 3, &MountOptions::default(), clock.clone())?;
+/// std::mem::forget(v); // host 3 dies mounted
+/// // (The manual clock's sleep advances it: the lease passes at once.)
+/// assert_eq!(fsck::release_dead_hosts(lun.as_ref(), clock.as_ref())?, vec![3]);
+/// assert!(fsck::check(lun.as_ref(), true)?.is_clean());
+/// # Ok::<(), vinfra_vmfs::Error>(())
+/// ```
+pub fn release_dead_hosts(dev: &dyn BlockDevice, clock: &dyn crate::clock::Clock) -> Result<Vec<u32>> {
+    let (sb, _) = crate::volume::Volume::superblock_or_backup(dev)?;
+    let g = sb.geo;
+    let lease_ms = sb.lease_ms as u64 + sb.interval_ms as u64;
+    let mut lv = crate::liveness::Liveness::new(lease_ms, MAX_HOSTS as usize);
+    let mut first: Vec<Option<Vec<u8>>> = vec![None; MAX_HOSTS as usize];
+    let start = clock.now_ms();
+    for h in 0..MAX_HOSTS {
+        let raw = read(dev, g.hb_at(h), SECTOR)?;
+        if let Ok(s) = HeartbeatSlot::decode(&raw, h) {
+            if s.live {
+                lv.observe(h, &s, start);
+                first[h as usize] = Some(raw);
+            }
+        }
+    }
+    if first.iter().all(Option::is_none) {
+        return Ok(Vec::new());
+    }
+    // Bounded: the wait is one lease of the clock, looked at every interval.
+    let step = (sb.interval_ms as u64).max(1);
+    while clock.now_ms().saturating_sub(start) < lease_ms {
+        clock.sleep_ms(step);
+    }
+    let now = clock.now_ms();
+    let mut freed = Vec::new();
+    for h in 0..MAX_HOSTS {
+        let Some(seen) = &first[h as usize] else {
+            continue;
+        };
+        let raw = read(dev, g.hb_at(h), SECTOR)?;
+        let Ok(s) = HeartbeatSlot::decode(&raw, h) else {
+            continue;
+        };
+        if !matches!(lv.observe(h, &s, now), crate::lease::Verdict::Dead { .. }) || &raw != seen {
+            continue;
+        }
+        let mut free = s.clone();
+        free.live = false;
+        if let Cas::Written = dev.compare_and_write(g.hb_at(h), &raw, &free.encode())? {
+            tracing::info!(host = h, "dead host's slot freed for repair");
+            freed.push(h);
+        }
+    }
+    Ok(freed)
+}

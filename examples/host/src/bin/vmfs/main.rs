@@ -131,8 +131,13 @@ enum Cmd {
     /// Check the volume (quiesce it first); --repair fixes what is safe.
     Fsck {
         image: PathBuf,
+        /// Rebuild what is damaged, quarantine what cannot be (needs no host mounted).
         #[arg(long)]
         repair: bool,
+        /// Before repairing, watch the hosts that show mounted for a lease and free the
+        /// slots of those that stay silent (crashed hosts), as a survivor's recovery would.
+        #[arg(long, requires = "repair")]
+        release_dead: bool,
     },
     /// Grow the volume to --size (the image is enlarged first).
     Grow {
@@ -502,8 +507,18 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             drop(d);
             v.unmount()?;
         }
-        Cmd::Fsck { image, repair } => {
-            let dev = volume_device(&image, 0, Arc::new(MonotonicClock::new()))?;
+        Cmd::Fsck {
+            image,
+            repair,
+            release_dead,
+        } => {
+            let clock = Arc::new(MonotonicClock::new());
+            let dev = volume_device(&image, 0, clock.clone())?;
+            if release_dead {
+                for h in vinfra_vmfs::fsck::release_dead_hosts(dev.as_ref(), clock.as_ref())? {
+                    println!("released: host {h} (silent for a lease)");
+                }
+            }
             let r = vinfra_vmfs::fsck::check(dev.as_ref(), repair)?;
             for n in &r.notes {
                 println!("note: {n}");
