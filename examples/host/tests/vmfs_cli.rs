@@ -297,3 +297,40 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     assert!(vmfs(&["fsck", img]).contains("clean"));
     assert_nothing_mounted(img, "repair");
 }
+
+#[test]
+fn repair_waits_out_a_crashed_host_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    vmfs(&[
+        "mkfs", img, "--size", "32M", "--max-inodes", "256", "--lease-ms", "1000",
+        "--interval-ms", "250",
+    ]);
+    vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
+    vmfs(&["mkdir", img, "--host", "1", "/other"]);
+    vmfs(&["mkdir", img, "--host", "1", "/other/kept"]);
+    // Host 3 dies mounted (this process stops using it without unmounting), after a
+    // change that is only in its journal's committed transactions and in place.
+    let dev = Arc::new(vinfra_vmfs::FileDevice::open(std::path::Path::new(img), false).unwrap());
+    let clock = Arc::new(vinfra_vmfs::MonotonicClock::new());
+    let v = vinfra_vmfs::Volume::mount(dev.clone(), 3, &Default::default(), clock).unwrap();
+    v.mkdir("/vm1/by-host-3").unwrap();
+    let ino = v.stat("/other").unwrap().ino;
+    std::mem::forget(v);
+    let g = vinfra_vmfs::Volume::superblock(dev.as_ref()).unwrap().geo;
+    let mut raw = std::fs::read(img).unwrap();
+    raw[g.inode_at(ino) as usize + 20] ^= 0xff;
+    std::fs::write(img, &raw).unwrap();
+
+    let out = run_vmfs(&["fsck", img, "--repair"]);
+    assert!(!out.success() && out.stderr.contains("in use: hosts [3]"), "{out}");
+    let out = run_vmfs(&["fsck", img, "--repair", "--release-dead"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("released: host 3"), "{out}");
+    assert!(out.stdout.contains("replayed the journal of host 3"), "{out}");
+    assert!(out.stdout.contains("lost+found/kept"), "{out}");
+    assert!(vmfs(&["fsck", img]).contains("clean"));
+    assert!(vmfs(&["ls", img, "--host", "1", "/lost+found"]).contains("kept"));
+    assert!(vmfs(&["ls", img, "--host", "1", "/vm1"]).contains("by-host-3"));
+}
