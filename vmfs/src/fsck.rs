@@ -546,7 +546,10 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
 /// assert!(fsck::check(lun.as_ref(), true)?.is_clean());
 /// # Ok::<(), vinfra_vmfs::Error>(())
 /// ```
-pub fn release_dead_hosts(dev: &dyn BlockDevice, clock: &dyn crate::clock::Clock) -> Result<Vec<u32>> {
+pub fn release_dead_hosts(
+    dev: &dyn BlockDevice,
+    clock: &dyn crate::clock::Clock,
+) -> Result<Vec<u32>> {
     let (sb, _) = crate::volume::Volume::superblock_or_backup(dev)?;
     let g = sb.geo;
     let lease_ms = sb.lease_ms as u64 + sb.interval_ms as u64;

@@ -189,7 +189,10 @@ impl ReadOnlyVolume {
     /// Inode `ino`, checked.
     pub fn inode(&self, ino: u32) -> Result<Inode> {
         if ino == 0 || ino >= self.geo().max_inodes {
-            return Err(Error::corrupt("inode", format!("number {ino} out of range")));
+            return Err(Error::corrupt(
+                "inode",
+                format!("number {ino} out of range"),
+            ));
         }
         let raw = self.read(self.geo().inode_at(ino), SECTOR)?;
         Inode::decode(&raw, ino).map_err(|e| e.at(format_args!("inode {ino}")))
@@ -339,7 +342,13 @@ impl Mapper {
         Ok(blk)
     }
 
-    fn indirect(&self, vol: &ReadOnlyVolume, ino: u32, blk: u32, level: u8) -> Result<Arc<Vec<u32>>> {
+    fn indirect(
+        &self,
+        vol: &ReadOnlyVolume,
+        ino: u32,
+        blk: u32,
+        level: u8,
+    ) -> Result<Arc<Vec<u32>>> {
         let mut m = self.ind.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = m.get(&blk) {
             return Ok(p.clone());

@@ -97,8 +97,15 @@ impl Rebuild<'_> {
         for root in 0..3 {
             let top = ino.indirect[root];
             if top != 0 {
-                let keep =
-                    self.walk_indirect(ino.ino, top, (root + 1) as u8, base, &mut data, &mut count, &mut cut)?;
+                let keep = self.walk_indirect(
+                    ino.ino,
+                    top,
+                    (root + 1) as u8,
+                    base,
+                    &mut data,
+                    &mut count,
+                    &mut cut,
+                )?;
                 if !keep {
                     ino.indirect[root] = 0;
                 }
@@ -121,7 +128,10 @@ impl Rebuild<'_> {
     }
 
     /// Walks one indirect block; false when its pointer must be cut.
-    #[allow(clippy::too_many_arguments, reason = "one recursive walk's running state")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one recursive walk's running state"
+    )]
     fn walk_indirect(
         &mut self,
         ino: u32,
@@ -145,8 +155,8 @@ impl Rebuild<'_> {
         *count += 1;
         let span = (ptrs_per_block(self.bs) as u64).pow(level as u32 - 1);
         let mut changed = false;
-        for i in 0..ptrs.len() {
-            let c = ptrs[i];
+        for (i, slot) in ptrs.iter_mut().enumerate() {
+            let c = *slot;
             if c == 0 {
                 continue;
             }
@@ -164,7 +174,7 @@ impl Rebuild<'_> {
                 self.walk_indirect(ino, c, level - 1, fb, data, count, cut)?
             };
             if !keep {
-                ptrs[i] = 0;
+                *slot = 0;
                 changed = true;
             }
         }
@@ -224,9 +234,10 @@ impl Rebuild<'_> {
     }
 
     fn has(&self, d: u32, name: &str) -> bool {
-        self.dirs
-            .get(&d)
-            .is_some_and(|bs| bs.iter().any(|(_, es, _)| es.iter().any(|e| e.name == name)))
+        self.dirs.get(&d).is_some_and(|bs| {
+            bs.iter()
+                .any(|(_, es, _)| es.iter().any(|e| e.name == name))
+        })
     }
 }
 
@@ -305,7 +316,11 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
             while next < fb.min(nblocks) {
                 let hole = next;
                 next += 1;
-                let fresh = if hole < NDIRECT as u64 { r.alloc(d) } else { None };
+                let fresh = if hole < NDIRECT as u64 {
+                    r.alloc(d)
+                } else {
+                    None
+                };
                 let Some(nb) = fresh else {
                     r.out
                         .quarantined
@@ -438,7 +453,11 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
         }
         // No back reference helps: the orphans whose parent is not itself an orphan
         // directory go to /lost+found (the others follow with them).
-        let orphan_set: HashSet<u32> = orphans.iter().copied().filter(|o| !seen.contains(o)).collect();
+        let orphan_set: HashSet<u32> = orphans
+            .iter()
+            .copied()
+            .filter(|o| !seen.contains(o))
+            .collect();
         let tops: Vec<u32> = orphan_set
             .iter()
             .copied()
@@ -467,9 +486,9 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
                     x
                 }
                 None => {
-                    r.out
-                        .quarantined
-                        .push("no room for /lost+found: unreachable inodes left as they are".into());
+                    r.out.quarantined.push(
+                        "no room for /lost+found: unreachable inodes left as they are".into(),
+                    );
                     break;
                 }
             },
@@ -517,7 +536,11 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
             r.dirty.insert(o);
             r.out.quarantined.push(format!(
                 "inode {o} ({}) moved to /{LOST_FOUND}/{name}",
-                if i.kind == Kind::Dir { "directory" } else { "file" }
+                if i.kind == Kind::Dir {
+                    "directory"
+                } else {
+                    "file"
+                }
             ));
             seen.insert(o);
             queue.push_back(o);
@@ -600,6 +623,8 @@ fn make_lost_found(r: &mut Rebuild<'_>, seen: &mut HashSet<u32>) -> Result<Optio
         return Ok(None);
     }
     seen.insert(ino);
-    r.out.rebuilt.push(format!("made /{LOST_FOUND} (inode {ino})"));
+    r.out
+        .rebuilt
+        .push(format!("made /{LOST_FOUND} (inode {ino})"));
     Ok(Some(ino))
 }

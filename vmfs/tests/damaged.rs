@@ -1,7 +1,7 @@
 //! Reads of a damaged volume: a structure that fails its checks is a typed
 //! `Error::Corrupt` that names where it lives (the inode, the block), and what is intact
 //! still reads.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -109,7 +109,11 @@ fn sectors_of_block(b: u32, bs: u64) -> impl Iterator<Item = u64> {
 }
 
 /// The blocks of `ino` as the test sees them from the format: (indirect, data).
-fn blocks_of(dev: &MemDevice, g: &vinfra_vmfs::format::Geometry, ino: &Inode) -> (Vec<u32>, Vec<u32>) {
+fn blocks_of(
+    dev: &MemDevice,
+    g: &vinfra_vmfs::format::Geometry,
+    ino: &Inode,
+) -> (Vec<u32>, Vec<u32>) {
     let bs = g.block_size as usize;
     let mut data: Vec<u32> = ino.direct.iter().copied().filter(|&b| b != 0).collect();
     let mut ind = Vec::new();
@@ -151,7 +155,11 @@ fn populate(dev: &Arc<MemDevice>, seed: u64, rng: &mut Rng) -> Vec<Written> {
     }
     let mut paths = Vec::new();
     for i in 0..18 {
-        let dir = if i % 6 == 5 { "" } else { dirs[rng.below(dirs.len() as u64) as usize] };
+        let dir = if i % 6 == 5 {
+            ""
+        } else {
+            dirs[rng.below(dirs.len() as u64) as usize]
+        };
         let len = match rng.below(4) {
             0 => rng.below(600) as usize,
             1 => rng.below(20 << 10) as usize,
@@ -178,7 +186,14 @@ fn populate(dev: &Arc<MemDevice>, seed: u64, rng: &mut Rng) -> Vec<Written> {
         let ino = v.stat(&path).unwrap().ino;
         let mut ancestors = Vec::new();
         let mut at = String::new();
-        for c in path.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>().split_last().unwrap().1 {
+        for c in path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
             at = format!("{at}/{c}");
             ancestors.push(v.stat(&at).unwrap().ino);
         }
@@ -222,7 +237,9 @@ fn metadata_targets(dev: &MemDevice) -> Vec<u64> {
     for ino in 1..g.max_inodes {
         let mut s = vec![0u8; SECTOR];
         dev.read_at(&mut s, g.inode_at(ino)).unwrap();
-        let Ok(i) = Inode::decode(&s, ino) else { continue };
+        let Ok(i) = Inode::decode(&s, ino) else {
+            continue;
+        };
         if i.kind == Kind::Free {
             continue;
         }
@@ -308,20 +325,44 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
                 (false, Ok(_)) => panic!("seed {seed}: damaged {} read without error", w.path),
             }
             if let Err(e) = ro.open(&w.path) {
-                assert!(matches!(e, Error::Corrupt { .. }), "seed {seed}: {}: {e}", w.path);
+                assert!(
+                    matches!(e, Error::Corrupt { .. }),
+                    "seed {seed}: {}: {e}",
+                    w.path
+                );
             }
         }
         drop(ro);
-        assert!(dev.snapshot() == before, "seed {seed}: the read-only mount wrote");
+        assert!(
+            dev.snapshot() == before,
+            "seed {seed}: the read-only mount wrote"
+        );
 
         // Repair, then every intact file is on the volume: at its own path when its
         // directories' inodes are intact (back references), else under /lost+found.
         let r = fsck::check(dev.as_ref(), true).unwrap();
         lost += files.iter().filter(|w| !intact(w)).count();
-        put_back += r.repaired.iter().filter(|x| x.contains("back reference)")).count();
-        quarantined += r.quarantined.iter().filter(|x| x.contains("lost+found")).count();
-        sb_restored += r.repaired.iter().filter(|x| x.contains("restored from its backup")).count();
-        assert!(r.is_clean(), "seed {seed}: after repair {:?}\n{:?}", r.errors, r.repaired);
+        put_back += r
+            .repaired
+            .iter()
+            .filter(|x| x.contains("back reference)"))
+            .count();
+        quarantined += r
+            .quarantined
+            .iter()
+            .filter(|x| x.contains("lost+found"))
+            .count();
+        sb_restored += r
+            .repaired
+            .iter()
+            .filter(|x| x.contains("restored from its backup"))
+            .count();
+        assert!(
+            r.is_clean(),
+            "seed {seed}: after repair {:?}\n{:?}",
+            r.errors,
+            r.repaired
+        );
         let again = fsck::check(dev.as_ref(), false).unwrap();
         assert!(again.is_clean(), "seed {seed}: {:?}", again.errors);
         let ro = ReadOnlyVolume::mount(dev.clone()).unwrap();
@@ -329,13 +370,30 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
         tree(&ro, "", &mut found);
         let v = mount(&dev, 2);
         for w in files.iter().filter(|w| intact(w)) {
-            let at = found.iter().find(|(i, _)| *i == w.ino).map(|(_, p)| p.clone());
-            let at = at.unwrap_or_else(|| panic!("seed {seed}: {} lost; {:?}", w.path, r.quarantined));
-            let dirs_ok = w.ancestors.iter().all(|&d| !damaged.contains(&vinfra_vmfs::Volume::superblock(dev.as_ref()).unwrap().geo.inode_at(d)));
+            let at = found
+                .iter()
+                .find(|(i, _)| *i == w.ino)
+                .map(|(_, p)| p.clone());
+            let at =
+                at.unwrap_or_else(|| panic!("seed {seed}: {} lost; {:?}", w.path, r.quarantined));
+            let dirs_ok = w.ancestors.iter().all(|&d| {
+                !damaged.contains(
+                    &vinfra_vmfs::Volume::superblock(dev.as_ref())
+                        .unwrap()
+                        .geo
+                        .inode_at(d),
+                )
+            });
             if dirs_ok {
-                assert_eq!(at, w.path, "seed {seed}: not put back by its back reference");
+                assert_eq!(
+                    at, w.path,
+                    "seed {seed}: not put back by its back reference"
+                );
             } else {
-                assert!(at.starts_with("/lost+found/") || at == w.path, "seed {seed}: {at}");
+                assert!(
+                    at.starts_with("/lost+found/") || at == w.path,
+                    "seed {seed}: {at}"
+                );
             }
             let f = v.open(&at, LockMode::SharedRead).unwrap();
             let mut b = vec![0u8; w.data.len()];
@@ -351,7 +409,9 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
         let last = fsck::check(dev.as_ref(), false).unwrap();
         assert!(last.is_clean(), "seed {seed}: {:?}", last.errors);
     });
-    eprintln!("lost {lost}, put back {put_back}, quarantined {quarantined}, superblocks {sb_restored}");
+    eprintln!(
+        "lost {lost}, put back {put_back}, quarantined {quarantined}, superblocks {sb_restored}"
+    );
     if many {
         // The seeds reach every kind of recovery, or the test proves less than it says.
         assert!(lost > 0 && put_back > 0 && quarantined > 0 && sb_restored > 0);
@@ -385,10 +445,16 @@ fn a_crashed_hosts_journal_is_replayed_in_memory_by_the_read_only_mount() {
     f.read_at(&mut b, 0).unwrap();
     assert_eq!(b, b"in the journal");
     drop(ro);
-    assert!(dev.snapshot() == before, "the read-only mount wrote to the device");
+    assert!(
+        dev.snapshot() == before,
+        "the read-only mount wrote to the device"
+    );
 
     // Damage beyond the safe repairs while host 1's slot shows mounted: repair refuses.
     dev.write_at(&[0xff; 8], g.inode_at(1) + 60).unwrap();
     let e = fsck::check(dev.as_ref(), true).unwrap_err();
-    assert!(matches!(e, Error::InUse { ref hosts } if hosts == &[1]), "{e}");
+    assert!(
+        matches!(e, Error::InUse { ref hosts } if hosts == &[1]),
+        "{e}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The `vmfs` command line, end to end on an image file.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -266,10 +266,16 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     std::fs::write(img, &raw).unwrap();
 
     let out = run_vmfs(&["ls", img, "--host", "1", "/"]);
-    assert!(!out.success() && out.stderr.contains("corrupt superblock"), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains("corrupt superblock"),
+        "{out}"
+    );
     let out = run_vmfs(&["ls", img, "--read-only", "/"]);
     assert!(out.success(), "{out}");
-    assert!(out.stdout.contains("top") && out.stdout.contains("vm1"), "{out}");
+    assert!(
+        out.stdout.contains("top") && out.stdout.contains("vm1"),
+        "{out}"
+    );
     assert!(out.stderr.contains("backup copy"), "{out}");
     assert!(out.stderr.contains(&format!("inode {vm1}")), "{out}");
     let copied = dir.path().join("copied");
@@ -277,7 +283,10 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     vmfs(&["cp-out", img, "--read-only", "/top", copied_s]);
     assert!(std::fs::read(&copied).unwrap() == top_data);
     let out = run_vmfs(&["cp-out", img, "--read-only", "/vm1/disk", copied_s]);
-    assert!(!out.success() && out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains(&format!("inode {vm1}")),
+        "{out}"
+    );
     assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
 
     let out = run_vmfs(&["fsck", img]);
@@ -304,8 +313,16 @@ fn repair_waits_out_a_crashed_host_only_when_asked() {
     let img = dir.path().join("lun.img");
     let img = img.to_str().unwrap();
     vmfs(&[
-        "mkfs", img, "--size", "32M", "--max-inodes", "256", "--lease-ms", "1000",
-        "--interval-ms", "250",
+        "mkfs",
+        img,
+        "--size",
+        "32M",
+        "--max-inodes",
+        "256",
+        "--lease-ms",
+        "1000",
+        "--interval-ms",
+        "250",
     ]);
     vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
     vmfs(&["mkdir", img, "--host", "1", "/other"]);
@@ -324,11 +341,17 @@ fn repair_waits_out_a_crashed_host_only_when_asked() {
     std::fs::write(img, &raw).unwrap();
 
     let out = run_vmfs(&["fsck", img, "--repair"]);
-    assert!(!out.success() && out.stderr.contains("in use: hosts [3]"), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains("in use: hosts [3]"),
+        "{out}"
+    );
     let out = run_vmfs(&["fsck", img, "--repair", "--release-dead"]);
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("released: host 3"), "{out}");
-    assert!(out.stdout.contains("replayed the journal of host 3"), "{out}");
+    assert!(
+        out.stdout.contains("replayed the journal of host 3"),
+        "{out}"
+    );
     assert!(out.stdout.contains("lost+found/kept"), "{out}");
     assert!(vmfs(&["fsck", img]).contains("clean"));
     assert!(vmfs(&["ls", img, "--host", "1", "/lost+found"]).contains("kept"));
