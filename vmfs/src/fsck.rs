@@ -262,6 +262,10 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
             sb_errors.push("backup superblock damaged or stale".to_string());
         }
     }
+    let mut sb_notes = Vec::new();
+    if !repair && backup.iter().all(|&x| x == 0) {
+        sb_notes.push("no backup superblock (made before backups; --repair writes one)".to_string());
+    }
     let bs = g.block_size as usize;
     let mut w = Walk {
         dev,
@@ -270,6 +274,7 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
         r: Report {
             errors: sb_errors,
             repaired: sb_repaired,
+            notes: sb_notes,
             ..Report::default()
         },
     };

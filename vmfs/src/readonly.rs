@@ -203,7 +203,8 @@ impl ReadOnlyVolume {
         let bs = self.geo().block_size as u64;
         let mut out = Listing::default();
         let map = Mapper::default();
-        for fb in 0..d.size.div_ceil(bs) {
+        // Bounded by the volume: a size that says more blocks than it has is damage.
+        for fb in 0..d.size.div_ceil(bs).min(self.geo().data_blocks()) {
             let b = match map.lookup(self, d, fb) {
                 Ok(0) => continue,
                 Ok(b) => b,

@@ -309,7 +309,8 @@ pub(crate) fn rebuild(dev: &dyn BlockDevice, g: Geometry) -> Result<Outcome> {
     for (d, mut data, size) in dir_data {
         data.sort_unstable();
         let mut blocks = Vec::new();
-        let nblocks = size.div_ceil(bs as u64);
+        // Bounded by the volume: a size that says more blocks than it has is damage.
+        let nblocks = size.div_ceil(bs as u64).min(g.data_blocks());
         let mut next = 0u64;
         for (fb, b) in data.into_iter().chain(std::iter::once((nblocks, 0))) {
             // A cut pointer left a hole: a direct one gets a fresh empty block.
