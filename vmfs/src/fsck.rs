@@ -223,6 +223,35 @@ pub fn check(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
     Ok(r)
 }
 
+/// Raises host `h`'s journal floor past every transaction in its ring (header and journal
+/// lock record), so that no later replay applies the ones that lie past a damaged one out
+/// of order over newer changes (another host settling a dirty mark would otherwise raise
+/// the floor to just before them).
+fn abandon_after_gap(
+    dev: &dyn BlockDevice,
+    g: &Geometry,
+    h: u32,
+    p: &crate::journal::Pending,
+) -> Result<()> {
+    dev.flush()?;
+    let at = g.lock_at(h as u64);
+    let raw = read(dev, at, SECTOR)?;
+    if let Ok(mut rec) = LockRecord::decode(&raw, h as u64) {
+        if rec.applied_seq < p.max_seq {
+            rec.applied_seq = p.max_seq;
+            rec.seq += 1;
+            // A mismatch means a host took the lock meanwhile: fsck runs offline, so this
+            // is an error of the caller's, and the header below still holds the floor.
+            let _ = dev.compare_and_write(at, &raw, &rec.encode())?;
+        }
+    }
+    dev.write_at(
+        &crate::format::encode_journal_header(h, p.max_seq, p.head),
+        g.journal_at(h),
+    )?;
+    dev.flush()
+}
+
 /// Hosts whose heartbeat slot shows them mounted.
 fn mounted_hosts(dev: &dyn BlockDevice) -> Result<Vec<u32>> {
     let (sb, _) = crate::volume::Volume::superblock_or_backup(dev)?;
@@ -264,7 +293,8 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
     }
     let mut sb_notes = Vec::new();
     if !repair && backup.iter().all(|&x| x == 0) {
-        sb_notes.push("no backup superblock (made before backups; --repair writes one)".to_string());
+        sb_notes
+            .push("no backup superblock (made before backups; --repair writes one)".to_string());
     }
     let bs = g.block_size as usize;
     let mut w = Walk {
@@ -314,29 +344,60 @@ fn check_once(dev: &dyn BlockDevice, repair: bool) -> Result<Report> {
             w.r.errors.push(format!("journal header of host {h}: {e}"));
         }
         let p = crate::journal::scan(dev, &g, h)?;
-        let Some((_, last)) = p.txns.last() else {
-            continue;
-        };
+        // Valid transactions past the unbroken run mean one of the run was damaged:
+        // they cannot be replayed in order.
+        let run_end = p.txns.last().map_or(p.floor, |(_, t)| t.seq);
+        let cut = p.max_seq > run_end;
         let mounted = slots
             .get(h as usize)
             .and_then(|s| s.as_ref())
             .is_some_and(|s| s.live);
         if mounted {
             // A mounted host checkpoints lazily: its committed transactions are its own.
-            w.r.notes.push(format!(
-                "journal of mounted host {h}: transactions to {} not yet checkpointed",
-                last.seq
-            ));
-        } else if repair {
-            crate::journal::apply(dev, &g, h, &p)?;
-            w.r.repaired
-                .push(format!("replayed the journal of host {h}"));
+            if let Some((_, last)) = p.txns.last() {
+                w.r.notes.push(format!(
+                    "journal of mounted host {h}: transactions to {} not yet checkpointed",
+                    last.seq
+                ));
+            }
+            if cut {
+                w.r.notes.push(format!(
+                    "journal of mounted host {h}: transactions to {} lie past a damaged one",
+                    p.max_seq
+                ));
+            }
+            continue;
+        }
+        if repair {
+            if !p.txns.is_empty() {
+                crate::journal::apply(dev, &g, h, &p)?;
+                w.r.repaired
+                    .push(format!("replayed the journal of host {h}"));
+            }
+            if cut {
+                abandon_after_gap(dev, &g, h, &p)?;
+                w.r.repaired.push(format!(
+                    "journal of host {h}: transactions {}..={} past a damaged one abandoned \
+                     (their in-place writes stay as they are)",
+                    run_end + 1,
+                    p.max_seq
+                ));
+            }
         } else {
-            w.r.unreplayed.push(h);
-            w.r.errors.push(format!(
-                "journal of host {h} holds unreplayed transaction {}",
-                last.seq
-            ));
+            if let Some((_, last)) = p.txns.last() {
+                w.r.unreplayed.push(h);
+                w.r.errors.push(format!(
+                    "journal of host {h} holds unreplayed transaction {}",
+                    last.seq
+                ));
+            }
+            if cut {
+                w.r.errors.push(format!(
+                    "journal of host {h}: transaction {} damaged, {} more past it cannot be replayed",
+                    run_end + 1,
+                    p.max_seq - run_end - 1
+                ));
+            }
         }
     }
     // Locks.

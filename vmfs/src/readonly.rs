@@ -144,6 +144,14 @@ impl ReadOnlyVolume {
                 ));
                 continue;
             }
+            let run_end = p.txns.last().map_or(p.floor, |(_, t)| t.seq);
+            if p.max_seq > run_end {
+                notes.push(format!(
+                    "journal of host {h}: transaction {} damaged, those to {} not replayed",
+                    run_end + 1,
+                    p.max_seq
+                ));
+            }
             if let (Some((_, a)), Some((_, b))) = (p.txns.first(), p.txns.last()) {
                 notes.push(format!(
                     "journal of host {h}: transactions {} to {} replayed in memory",
