@@ -289,6 +289,61 @@ impl ReadOnlyVolume {
         })
     }
 
+    /// Every inode in use, or that fails its checks (free ones are left out), in inode
+    /// order: what can be copied off when no path reaches it (see [`Self::back_path`]).
+    pub fn inodes(&self) -> Result<Vec<(u32, Result<Inode>)>> {
+        let g = self.geo();
+        let mut out = Vec::new();
+        let mut first = 0u32;
+        while first < g.max_inodes {
+            let n = 256u32.min(g.max_inodes - first);
+            let raw = self.read(g.inode_at(first), n as usize * SECTOR)?;
+            for k in 0..n {
+                let ino = first + k;
+                let s = &raw[k as usize * SECTOR..(k as usize + 1) * SECTOR];
+                match Inode::decode(s, ino) {
+                    _ if ino == 0 => {}
+                    Ok(i) if i.kind == Kind::Free => {}
+                    r => out.push((ino, r.map_err(|e| e.at(format_args!("inode {ino}"))))),
+                }
+            }
+            first += n;
+        }
+        Ok(out)
+    }
+
+    /// The path the back references of `ino` spell (each inode's `parent` and `name` up to
+    /// the root). Where the chain breaks — an inode that fails its checks, is free or has
+    /// no name — the path starts with that inode's number: `#7/disk` is "disk" in
+    /// directory inode 7, which cannot be read. A hint, not a lookup: the directory
+    /// entries may disagree.
+    pub fn back_path(&self, ino: u32) -> String {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        // Bounded: a chain longer than the inode table is a loop.
+        for _ in 0..self.geo().max_inodes {
+            if at == 1 {
+                parts.push(String::new());
+                break;
+            }
+            match self.inode(at) {
+                Ok(i) if i.kind != Kind::Free && !i.name.is_empty() => {
+                    parts.push(i.name);
+                    at = i.parent;
+                }
+                _ => {
+                    parts.push(format!("#{at}"));
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        match parts.as_slice() {
+            [root] if root.is_empty() => "/".to_string(),
+            _ => parts.join("/"),
+        }
+    }
+
     /// Opens inode `ino` as a file (for one found by fsck but not reachable by a path).
     pub fn open_inode(&self, ino: u32) -> Result<ReadOnlyFile<'_>> {
         let i = self.inode(ino)?;

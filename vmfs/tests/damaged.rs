@@ -345,6 +345,13 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
                 let _ = ro.open(&w.path);
                 continue;
             }
+            let dirs_intact = w
+                .ancestors
+                .iter()
+                .all(|&d| !damaged.contains(&g.inode_at(d)));
+            if intact(w) && dirs_intact {
+                assert_eq!(ro.back_path(w.ino), w.path, "seed {seed}: back references");
+            }
             match (intact(w), by_ino) {
                 (true, Ok(b)) => assert!(b == w.data, "seed {seed}: {} reads wrong", w.path),
                 (true, Err(e)) => panic!("seed {seed}: intact {} unreadable: {e}", w.path),

@@ -289,6 +289,21 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     );
     assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
 
+    // The file below the damaged directory, found by inode and copied off before repair.
+    let out = run_vmfs(&["ls", img, "--read-only", "--inodes"]);
+    assert!(out.success(), "{out}");
+    let under = format!("\t#{vm1}/disk");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.ends_with(&under))
+        .unwrap_or_else(|| panic!("no back-reference path: {out}"));
+    assert!(out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    let ino = line.split('\t').next().unwrap();
+    vmfs(&["cp-out", img, "--read-only", ino, copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == disk_data);
+    assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
+
     let out = run_vmfs(&["fsck", img]);
     assert_eq!(out.code(), Some(2), "{out}");
     let out = run_vmfs(&["fsck", img, "--repair"]);

@@ -83,6 +83,11 @@ enum Cmd {
         /// written; journals replayed in memory, damaged entries reported.
         #[arg(long)]
         read_only: bool,
+        /// With --read-only: list every inode in use (number, kind, size, the path its
+        /// back references spell), for files no path reaches; copy one with `cp-out
+        /// --read-only '#INO'`.
+        #[arg(long, requires = "read_only")]
+        inodes: bool,
     },
     /// Create a directory.
     Mkdir {
@@ -110,7 +115,8 @@ enum Cmd {
         src: String,
         dst: PathBuf,
         /// Copy off a damaged volume without mounting it (see `ls --read-only`); a
-        /// damaged part of the file is an error naming its inode and block.
+        /// damaged part of the file is an error naming its inode and block. SRC `#N`
+        /// names inode N.
         #[arg(long)]
         read_only: bool,
     },
@@ -363,8 +369,23 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         Cmd::Info { image, observe_ms } => info(&image, observe_ms)?,
         Cmd::Ls {
             m,
+            read_only: true,
+            inodes: true,
+            ..
+        } => {
+            let ro = read_only(&m)?;
+            for (ino, r) in ro.inodes()? {
+                match r {
+                    Ok(i) => println!("#{ino}\t{:?}\t{}\t{}", i.kind, i.size, ro.back_path(ino)),
+                    Err(e) => eprintln!("vmfs: damaged: {e}"),
+                }
+            }
+        }
+        Cmd::Ls {
+            m,
             path,
             read_only: true,
+            ..
         } => {
             let ro = read_only(&m)?;
             let l = ro.list(&path)?;
@@ -389,7 +410,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             read_only: true,
         } => {
             let ro = read_only(&m)?;
-            let f = ro.open(&src)?;
+            let f = match src.strip_prefix('#').map(str::parse::<u32>) {
+                Some(Ok(ino)) => ro.open_inode(ino)?,
+                _ => ro.open(&src)?,
+            };
             let mut out = std::fs::File::create(&dst).map_err(io_error("create", 0))?;
             let mut off = 0;
             let mut buf = vec![0u8; 1 << 20];
