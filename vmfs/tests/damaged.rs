@@ -514,3 +514,52 @@ fn a_crashed_hosts_journal_is_replayed_in_memory_by_the_read_only_mount() {
         "{e}"
     );
 }
+
+#[test]
+fn heavy_damage_never_panics_and_a_repair_that_succeeds_leaves_a_clean_volume() {
+    for_each_seed(seeds(1000..1024), |seed| {
+        let mut rng = Rng(seed);
+        let dev = Arc::new(MemDevice::new(24 << 20));
+        let mut o = MkfsOptions::default();
+        o.max_inodes = 128;
+        o.journal_blocks = 4;
+        Volume::mkfs(dev.as_ref(), &o).unwrap();
+        let files = populate(&dev, seed, &mut rng, seed % 2 == 1);
+        let g = Volume::superblock(dev.as_ref()).unwrap().geo;
+        // 40 sectors anywhere in the metadata regions, plus the metadata targets.
+        let targets = metadata_targets(&dev);
+        for k in 0..60 {
+            let at = if k % 3 == 0 {
+                targets[rng.below(targets.len() as u64) as usize]
+            } else {
+                rng.below(g.data_offset / SECTOR as u64) * SECTOR as u64
+            };
+            let junk: Vec<u8> = (0..SECTOR).map(|_| rng.next() as u8).collect();
+            dev.write_at(&junk, at).unwrap();
+        }
+        // Whatever is left: the read-only mount and its reads answer, typed.
+        if let Ok(ro) = ReadOnlyVolume::mount(dev.clone()) {
+            let _ = ro.list("/");
+            for w in &files {
+                let _ = ro
+                    .open(&w.path)
+                    .and_then(|f| f.read_at(&mut [0u8; 4096], 0));
+                let _ = ro.back_path(w.ino);
+            }
+            let _ = ro.inodes();
+        }
+        let clock = ManualClock::new(0);
+        let _ = fsck::release_dead_hosts(dev.as_ref(), &clock);
+        match fsck::check(dev.as_ref(), true) {
+            Ok(r) if r.is_clean() => {
+                let v = mount(&dev, 2);
+                v.create("/after").unwrap().write_at(b"x", 0).unwrap();
+                v.unmount().unwrap();
+                let again = fsck::check(dev.as_ref(), false).unwrap();
+                assert!(again.is_clean(), "seed {seed}: {:?}", again.errors);
+            }
+            Ok(r) => eprintln!("seed {seed}: left damaged: {:?}", r.errors),
+            Err(e) => eprintln!("seed {seed}: refused: {e}"),
+        }
+    });
+}
