@@ -229,7 +229,9 @@ fn populate(dev: &Arc<MemDevice>, seed: u64, rng: &mut Rng, crash: bool) -> Vec<
 fn metadata_targets(dev: &MemDevice) -> Vec<u64> {
     let g = Volume::superblock(dev).unwrap().geo;
     let bs = g.block_size as u64;
-    let mut t = vec![0];
+    // Each superblock copy as often as a few inodes.
+    let mut t = vec![0; 6];
+    t.extend([SB_BACKUP_AT; 6]);
     for h in [0, 1, 2] {
         t.push(g.hb_at(h));
         t.push(g.journal_at(h));
@@ -285,6 +287,7 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
     // Over all seeds: files lost with their own sectors, files put back by their back
     // reference, files quarantined in /lost+found, superblocks restored from the backup.
     let (mut lost, mut put_back, mut quarantined, mut sb_restored) = (0, 0, 0, 0);
+    let mut backup_rewritten = 0;
     let mut uncertain_seeds = 0;
     let all = seeds(0..120);
     let many = all.len() > 1;
@@ -302,7 +305,9 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
         let mut damaged = BTreeSet::new();
         for _ in 0..1 + rng.below(5) {
             let at = targets[rng.below(targets.len() as u64) as usize];
-            if at == SB_BACKUP_AT || (at == 0 && damaged.contains(&SB_BACKUP_AT)) {
+            if (at == SB_BACKUP_AT && damaged.contains(&0))
+                || (at == 0 && damaged.contains(&SB_BACKUP_AT))
+            {
                 continue; // one superblock copy must survive
             }
             let junk: Vec<u8> = if rng.below(2) == 0 {
@@ -402,6 +407,11 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
             .iter()
             .filter(|x| x.contains("lost+found"))
             .count();
+        backup_rewritten += r
+            .repaired
+            .iter()
+            .filter(|x| x.contains("backup superblock written"))
+            .count();
         sb_restored += r
             .repaired
             .iter()
@@ -466,11 +476,12 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
     });
     eprintln!(
         "lost {lost}, put back {put_back}, quarantined {quarantined}, superblocks \
-         {sb_restored}, seeds with a crashed host's journal cut {uncertain_seeds}"
+         {sb_restored}, backups rewritten {backup_rewritten}, seeds with a crashed host's journal cut {uncertain_seeds}"
     );
     if many {
         // The seeds reach every kind of recovery, or the test proves less than it says.
         assert!(lost > 0 && put_back > 0 && quarantined > 0 && sb_restored > 0);
+        assert!(backup_rewritten > 0);
     }
 }
 
