@@ -98,6 +98,6 @@ pub use lease::{Lease, LeaseAction, Verdict};
 pub use liveness::Liveness;
 pub use locks::{Holder, LockInfo};
 pub use namespace::Stat;
-pub use readonly::{Listing, ReadOnlyFile, ReadOnlyVolume};
+pub use readonly::{Listing, ReadOnlyDisk, ReadOnlyFile, ReadOnlyVolume};
 pub use recover::RecoveryStats;
 pub use volume::{HeartbeatThread, MkfsOptions, MountOptions, Volume, VolumeEvent};

@@ -483,3 +483,112 @@ impl ReadOnlyFile<'_> {
         Ok(n)
     }
 }
+
+/// A virtual disk ([`crate::disk`]) of a [`ReadOnlyVolume`]: its snapshot chain read
+/// through, as a VM would see it, or as of an earlier layer (a snapshot's point in time).
+#[derive(Debug)]
+pub struct ReadOnlyDisk<'a> {
+    capacity: u64,
+    chain: Vec<String>,
+    /// Base extent first; each delta with its grain map; a layer that could not be
+    /// opened keeps its error's words, so that the layers below it still read.
+    layers: Vec<std::result::Result<(ReadOnlyFile<'a>, Option<Vec<u8>>), String>>,
+}
+
+/// Reads all of `f`, refusing one longer than `max` bytes (a damaged size).
+fn read_small(f: &ReadOnlyFile<'_>, max: u64, what: &'static str) -> Result<Vec<u8>> {
+    if f.len() > max {
+        return Err(Error::corrupt(what, format!("{} bytes", f.len())));
+    }
+    let mut b = vec![0u8; f.len() as usize];
+    let n = f.read_at(&mut b, 0)?;
+    b.truncate(n);
+    Ok(b)
+}
+
+impl ReadOnlyVolume {
+    /// Opens the virtual disk whose descriptor is `path` (`d.vmdk`): the descriptor, every
+    /// layer of its chain and their grain maps, each checked. A damaged descriptor is the
+    /// error; a damaged layer is the error of a read that reaches it, while the layers
+    /// below it (earlier snapshots) still read with [`ReadOnlyDisk::read_at_layer`].
+    pub fn open_disk(&self, path: &str) -> Result<ReadOnlyDisk<'_>> {
+        use crate::disk::{decode_descriptor, decode_map, GRAIN};
+        let desc = decode_descriptor(&read_small(&self.open(path)?, 1 << 21, "disk descriptor")?)?;
+        let grains = desc.capacity.div_ceil(GRAIN);
+        let mut layers = Vec::new();
+        for (i, name) in desc.chain.iter().enumerate() {
+            let layer = self.open(name).and_then(|file| {
+                if i == 0 {
+                    return Ok((file, None));
+                }
+                let mf = self.open(&format!("{name}.map"))?;
+                let raw = read_small(&mf, 64 + grains.div_ceil(8), "grain map")?;
+                Ok((file, Some(decode_map(&raw, grains)?)))
+            });
+            layers.push(layer.map_err(|e| e.to_string()));
+        }
+        Ok(ReadOnlyDisk {
+            capacity: desc.capacity,
+            chain: desc.chain,
+            layers,
+        })
+    }
+}
+
+impl ReadOnlyDisk<'_> {
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The extents, base first, top (the running state) last.
+    pub fn chain(&self) -> &[String] {
+        &self.chain
+    }
+
+    /// Reads at `off` as the disk is now (every layer).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.read_at_layer(buf, off, self.layers.len())
+    }
+
+    /// Reads at `off` through the first `layers` layers only: `1` is the base extent
+    /// alone, the state when the first snapshot was taken.
+    pub fn read_at_layer(&self, buf: &mut [u8], off: u64, layers: usize) -> Result<()> {
+        use crate::disk::GRAIN;
+        let end = off.saturating_add(buf.len() as u64);
+        if end > self.capacity {
+            return Err(Error::TooLarge(end));
+        }
+        let below = layers.min(self.layers.len());
+        let mut pos = 0;
+        while pos < buf.len() {
+            let o = off + pos as u64;
+            let n = ((GRAIN - o % GRAIN) as usize).min(buf.len() - pos);
+            let g = o / GRAIN;
+            let piece = &mut buf[pos..pos + n];
+            let mut layer = None;
+            for (i, l) in self.layers[..below].iter().enumerate().rev() {
+                let (f, map) = l.as_ref().map_err(|e| {
+                    Error::corrupt("disk layer", format!("{} (layer {i}): {e}", self.chain[i]))
+                })?;
+                let has = map.as_ref().is_none_or(|bits| {
+                    bits.get(g as usize / 8)
+                        .is_some_and(|b| b & (1 << (g % 8)) != 0)
+                });
+                if has {
+                    layer = Some(f);
+                    break;
+                }
+            }
+            match layer {
+                Some(f) => {
+                    let k = f.read_at(piece, o)?;
+                    piece[k..].fill(0);
+                }
+                None => piece.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+}
