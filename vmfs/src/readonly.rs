@@ -484,6 +484,9 @@ impl ReadOnlyFile<'_> {
     }
 }
 
+/// One layer of a disk: its extent and, for a delta, its grain map.
+type DiskLayer<'a> = (ReadOnlyFile<'a>, Option<Vec<u8>>);
+
 /// A virtual disk ([`crate::disk`]) of a [`ReadOnlyVolume`]: its snapshot chain read
 /// through, as a VM would see it, or as of an earlier layer (a snapshot's point in time).
 #[derive(Debug)]
@@ -492,7 +495,7 @@ pub struct ReadOnlyDisk<'a> {
     chain: Vec<String>,
     /// Base extent first; each delta with its grain map; a layer that could not be
     /// opened keeps its error's words, so that the layers below it still read.
-    layers: Vec<std::result::Result<(ReadOnlyFile<'a>, Option<Vec<u8>>), String>>,
+    layers: Vec<std::result::Result<DiskLayer<'a>, String>>,
 }
 
 /// Reads all of `f`, refusing one longer than `max` bytes (a damaged size).
