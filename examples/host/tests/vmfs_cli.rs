@@ -254,6 +254,8 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
     vmfs(&["cp-in", img, "--host", "1", &disk, "/vm1/disk"]);
     vmfs(&["cp-in", img, "--host", "1", &top, "/top"]);
+    vmfs(&["mkdisk", img, "--host", "1", "/d.vmdk", "--size", "2M"]);
+    vmfs(&["snapshot", img, "--host", "1", "/d.vmdk"]);
     let dev = vinfra_vmfs::FileDevice::open(std::path::Path::new(img), false).unwrap();
     let g = vinfra_vmfs::Volume::superblock(&dev).unwrap().geo;
     let ro = vinfra_vmfs::ReadOnlyVolume::mount(Arc::new(dev)).unwrap();
@@ -302,6 +304,13 @@ fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
     let ino = line.split('\t').next().unwrap();
     vmfs(&["cp-out", img, "--read-only", ino, copied_s]);
     assert!(std::fs::read(&copied).unwrap() == disk_data);
+    // A virtual disk, through its chain and as of its base.
+    for layers in [None, Some("1")] {
+        let mut args = vec!["cp-out", img, "--read-only", "--disk", "/d.vmdk", copied_s];
+        args.extend(layers.iter().flat_map(|l| ["--layers", *l]));
+        vmfs(&args);
+        assert!(std::fs::read(&copied).unwrap() == vec![0u8; 2 << 20]);
+    }
     assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
 
     let out = run_vmfs(&["fsck", img]);

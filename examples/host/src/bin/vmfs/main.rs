@@ -119,6 +119,14 @@ enum Cmd {
         /// names inode N.
         #[arg(long)]
         read_only: bool,
+        /// With --read-only: SRC is a virtual disk's descriptor (`d.vmdk`); copy the disk
+        /// as its snapshot chain reads (a raw image of its capacity).
+        #[arg(long, requires = "read_only")]
+        disk: bool,
+        /// With --disk: read only the first N layers (1: the base, the state at the
+        /// first snapshot).
+        #[arg(long, requires = "disk")]
+        layers: Option<usize>,
     },
     /// Create a thin virtual disk (descriptor + flat extent).
     Mkdisk {
@@ -408,6 +416,32 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             src,
             dst,
             read_only: true,
+            disk: true,
+            layers,
+        } => {
+            let ro = read_only(&m)?;
+            let d = ro.open_disk(&src)?;
+            let layers = layers.unwrap_or(d.chain().len());
+            let mut out = std::fs::File::create(&dst).map_err(io_error("create", 0))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < d.capacity() {
+                if stopped() {
+                    eprintln!("vmfs: stopped after {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                let n = (d.capacity() - off).min(buf.len() as u64) as usize;
+                d.read_at_layer(&mut buf[..n], off, layers)?;
+                out.write_all(&buf[..n]).map_err(io_error("write", off))?;
+                off += n as u64;
+            }
+        }
+        Cmd::CpOut {
+            m,
+            src,
+            dst,
+            read_only: true,
+            ..
         } => {
             let ro = read_only(&m)?;
             let f = match src.strip_prefix('#').map(str::parse::<u32>) {
