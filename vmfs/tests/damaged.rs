@@ -9,8 +9,8 @@ use std::sync::Arc;
 use vinfra_testkit::{for_each_seed, seeds};
 use vinfra_vmfs::format::{decode_indirect, Inode, SB_BACKUP_AT, SECTOR};
 use vinfra_vmfs::{
-    fsck, BlockDevice, Error, Kind, LockMode, ManualClock, MemDevice, MkfsOptions, MountOptions,
-    ReadOnlyVolume, Volume,
+    fsck, BlockDevice, Error, Faults, FaultyDevice, Kind, LockMode, ManualClock, MemDevice,
+    MkfsOptions, MountOptions, ReadOnlyVolume, Volume,
 };
 
 fn mount(dev: &Arc<MemDevice>, host: u32) -> Volume {
@@ -270,6 +270,32 @@ fn metadata_targets(dev: &MemDevice) -> Vec<u64> {
     t
 }
 
+/// Overwrites 1–5 of `targets` (never both superblock copies) with random bytes or one
+/// flipped bit; returns the sectors hit.
+fn damage(dev: &MemDevice, targets: &[u64], rng: &mut Rng) -> BTreeSet<u64> {
+    let mut damaged = BTreeSet::new();
+    for _ in 0..1 + rng.below(5) {
+        let at = targets[rng.below(targets.len() as u64) as usize];
+        if (at == SB_BACKUP_AT && damaged.contains(&0))
+            || (at == 0 && damaged.contains(&SB_BACKUP_AT))
+        {
+            continue; // one superblock copy must survive
+        }
+        let junk: Vec<u8> = if rng.below(2) == 0 {
+            (0..SECTOR).map(|_| rng.next() as u8).collect()
+        } else {
+            let mut s = vec![0u8; SECTOR];
+            dev.read_at(&mut s, at).unwrap();
+            let k = rng.below(SECTOR as u64) as usize;
+            s[k] ^= 1 << rng.below(8);
+            s
+        };
+        dev.write_at(&junk, at).unwrap();
+        damaged.insert(at);
+    }
+    damaged
+}
+
 fn tree(ro: &ReadOnlyVolume, dir: &str, out: &mut Vec<(u32, String)>) {
     let l = ro.list(if dir.is_empty() { "/" } else { dir }).unwrap();
     assert!(l.damaged.is_empty(), "{dir}: {:?}", l.damaged);
@@ -302,26 +328,7 @@ fn random_metadata_damage_is_repaired_and_every_intact_file_reads_back() {
         let files = populate(&dev, seed, &mut rng, crash);
         let g = Volume::superblock(dev.as_ref()).unwrap().geo;
         let targets = metadata_targets(&dev);
-        let mut damaged = BTreeSet::new();
-        for _ in 0..1 + rng.below(5) {
-            let at = targets[rng.below(targets.len() as u64) as usize];
-            if (at == SB_BACKUP_AT && damaged.contains(&0))
-                || (at == 0 && damaged.contains(&SB_BACKUP_AT))
-            {
-                continue; // one superblock copy must survive
-            }
-            let junk: Vec<u8> = if rng.below(2) == 0 {
-                (0..SECTOR).map(|_| rng.next() as u8).collect()
-            } else {
-                let mut s = vec![0u8; SECTOR];
-                dev.read_at(&mut s, at).unwrap();
-                let k = rng.below(SECTOR as u64) as usize;
-                s[k] ^= 1 << rng.below(8);
-                s
-            };
-            dev.write_at(&junk, at).unwrap();
-            damaged.insert(at);
-        }
+        let damaged = damage(dev.as_ref(), &targets, &mut rng);
         let intact = |w: &Written| w.own.iter().all(|s| !damaged.contains(s));
         // A crashed host's damaged journal (a transaction in its ring, or both copies of
         // its floor) cuts its replay short: recovery, like mount's, then goes back to an
@@ -571,6 +578,62 @@ fn heavy_damage_never_panics_and_a_repair_that_succeeds_leaves_a_clean_volume() 
             }
             Ok(r) => eprintln!("seed {seed}: left damaged: {:?}", r.errors),
             Err(e) => eprintln!("seed {seed}: refused: {e}"),
+        }
+    });
+}
+
+#[test]
+fn a_repair_that_crashes_is_finished_by_the_next_one() {
+    for_each_seed(seeds(2000..2016), |seed| {
+        let mut rng = Rng(seed);
+        let dev = Arc::new(MemDevice::new(24 << 20));
+        let mut o = MkfsOptions::default();
+        o.max_inodes = 128;
+        o.journal_blocks = 4;
+        Volume::mkfs(dev.as_ref(), &o).unwrap();
+        let files = populate(&dev, seed, &mut rng, false);
+        let targets = metadata_targets(&dev);
+        let damaged = damage(dev.as_ref(), &targets, &mut rng);
+        let image = dev.snapshot();
+        // How many writes a whole repair makes, then a crash at one of them.
+        let dry = FaultyDevice::from_bytes(image.clone());
+        fsck::check(&dry, true).unwrap();
+        let writes = dry.writes_issued();
+        let at = 1 + rng.below(writes.max(1));
+        let faulty = FaultyDevice::from_bytes(image);
+        faulty.set_faults(Faults {
+            crash_at_write: Some(at),
+            ..Faults::default()
+        });
+        let r = fsck::check(&faulty, true);
+        assert!(
+            r.as_ref().is_err_and(vinfra_vmfs::faulty::is_crash) || at > writes,
+            "seed {seed}: crash at write {at} of {writes}: {r:?}"
+        );
+        // What survived the crash (unflushed writes dropped or torn by seed): the next
+        // repair finishes the job, and every intact file is there.
+        let dev = Arc::new(MemDevice::from_bytes(faulty.crash_image(seed)));
+        let r = fsck::check(dev.as_ref(), true).unwrap();
+        assert!(
+            r.is_clean(),
+            "seed {seed}: crash at {at}/{writes}: {:?}",
+            r.errors
+        );
+        let ro = ReadOnlyVolume::mount(dev.clone()).unwrap();
+        let mut found = Vec::new();
+        tree(&ro, "", &mut found);
+        for w in files
+            .iter()
+            .filter(|w| w.own.iter().all(|s| !damaged.contains(s)))
+        {
+            let (_, at_path) = found
+                .iter()
+                .find(|(i, _)| *i == w.ino)
+                .unwrap_or_else(|| panic!("seed {seed}: {} lost", w.path));
+            let f = ro.open(at_path).unwrap();
+            let mut b = vec![0u8; w.data.len()];
+            f.read_at(&mut b, 0).unwrap();
+            assert!(b == w.data, "seed {seed}: {at_path} reads wrong");
         }
     });
 }
