@@ -113,6 +113,12 @@ pub enum Error {
     /// A metadata transaction does not fit in the journal.
     #[error("transaction of {0} bytes does not fit in the journal")]
     TxnTooLarge(usize),
+    /// An offline operation (`fsck` repair) needs the volume unmounted by every host.
+    #[error("volume in use: hosts {hosts:?} show mounted; unmount them, or recover them from another host, before repairing")]
+    InUse {
+        /// The hosts whose heartbeat slot shows them mounted.
+        hosts: Vec<u32>,
+    },
     /// The volume is mounted read-only.
     #[error("volume is read-only: {0}")]
     ReadOnly(ReadOnlyReason),

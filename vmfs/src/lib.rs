@@ -67,6 +67,8 @@ pub mod liveness;
 pub mod locks;
 pub mod nbd;
 pub mod paxos;
+pub mod readonly;
+pub mod rebuild;
 // The layers, each using only those above it: format, block map, journal, mount (shared
 // state, lease, heartbeat, lock table) with the lock manager, operations, files,
 // namespace and recovery, the `Volume` facade, virtual disks on top of it.
@@ -96,5 +98,6 @@ pub use lease::{Lease, LeaseAction, Verdict};
 pub use liveness::Liveness;
 pub use locks::{Holder, LockInfo};
 pub use namespace::Stat;
+pub use readonly::{Listing, ReadOnlyDisk, ReadOnlyFile, ReadOnlyVolume};
 pub use recover::RecoveryStats;
 pub use volume::{HeartbeatThread, MkfsOptions, MountOptions, Volume, VolumeEvent};

@@ -111,7 +111,8 @@ fn make(sh: &Arc<Shared>, path: &str, kind: Kind) -> Result<Option<File>> {
     if op.dir_find(&parent, &name)?.is_some() {
         return Err(Error::Exists(path.to_string()));
     }
-    let ino = op.alloc_inode(kind, parent.ino)?;
+    let mut ino = op.alloc_inode(kind, parent.ino)?;
+    ino.name = name.clone();
     let lk = op.geo.inode_lock(ino.ino);
     if kind == Kind::File {
         op.lock_now(lk, path)?;
@@ -277,6 +278,7 @@ pub(crate) fn rename(sh: &Arc<Shared>, from: &str, to: &str) -> Result<()> {
             op.set_inode(&dst);
         }
         ino.parent = dst.ino;
+        ino.name = tname.clone();
         ino.change += 1;
         op.set_inode(&ino);
         op.finish()

@@ -210,6 +210,7 @@ impl Volume {
         };
         dev.flush()?;
         dev.write_at(&sb.encode(), 0)?;
+        dev.write_at(&sb.encode(), crate::format::SB_BACKUP_AT)?;
         dev.flush()?;
         tracing::info!(clusters = geo.n_clusters, "volume formatted");
         Ok(sb)
@@ -220,6 +221,38 @@ impl Volume {
         let mut b = vec![0u8; SECTOR];
         dev.read_at(&mut b, 0)?;
         Superblock::decode(&b)
+    }
+
+    /// Reads the superblock, falling back to its backup copy
+    /// ([`crate::format::SB_BACKUP_AT`]) when the primary fails its checks; says which copy
+    /// it used. For readers of a damaged volume ([`crate::ReadOnlyVolume`], fsck):
+    /// [`Volume::mount`] itself trusts only the primary, which `fsck --repair` restores.
+    ///
+    /// ```
+    /// use vinfra_vmfs::{BlockDevice, MemDevice, MkfsOptions, Volume};
+    ///
+    /// let lun = MemDevice::new(32 << 20);
+    /// Volume::mkfs(&lun, &MkfsOptions::default())?;
+    /// lun.write_at(&[0xff; 16], 0)?; // the primary is damaged
+    /// let (sb, from_backup) = Volume::superblock_or_backup(&lun)?;
+    /// assert!(from_backup);
+    /// assert_eq!(sb.geo.block_size, 4096);
+    /// # Ok::<(), vinfra_vmfs::Error>(())
+    /// ```
+    pub fn superblock_or_backup(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
+        let primary = Self::superblock(dev);
+        let e = match primary {
+            Ok(sb) => return Ok((sb, false)),
+            Err(e @ (Error::Io { .. } | Error::OutOfBounds { .. })) => return Err(e),
+            Err(e) => e,
+        };
+        let mut b = vec![0u8; SECTOR];
+        dev.read_at(&mut b, crate::format::SB_BACKUP_AT)?;
+        match Superblock::decode(&b) {
+            Ok(sb) => Ok((sb, true)),
+            // The primary's complaint is the one to show: an old volume has no backup.
+            Err(_) => Err(e),
+        }
     }
 
     /// Mounts as host `host` (0..64): claims its heartbeat slot by ATS, takes its journal
@@ -407,6 +440,7 @@ impl Volume {
             sb.geo.n_clusters = upto;
             sb.geo.total_blocks = len / g.block_size as u64;
             op.put(0, sb.encode().to_vec());
+            op.put(crate::format::SB_BACKUP_AT, sb.encode().to_vec());
             op.commit_keep_locks()?;
             c = upto;
         }

@@ -161,3 +161,52 @@ fn synced_disk_writes_survive_a_crash() {
         assert!(r.is_clean(), "seed {seed}: {:#?}", r.errors);
     }
 }
+
+#[test]
+fn a_disk_and_its_snapshots_read_from_a_read_only_mount() {
+    let dev = Arc::new(vinfra_vmfs::MemDevice::new(64 << 20));
+    let mut o = vinfra_vmfs::MkfsOptions::default();
+    o.max_inodes = 256;
+    vinfra_vmfs::Volume::mkfs(dev.as_ref(), &o).unwrap();
+    let clock = Arc::new(vinfra_vmfs::ManualClock::new(0));
+    let v = vinfra_vmfs::Volume::mount(dev.clone(), 1, &Default::default(), clock).unwrap();
+    let mut d = VirtualDisk::create(&v, "/vm.vmdk", 4 << 20).unwrap();
+    d.write_at(&[1u8; 100_000], 0).unwrap();
+    d.snapshot().unwrap();
+    d.write_at(&[2u8; 1000], 70_000).unwrap();
+    d.sync().unwrap();
+    drop(d);
+    v.unmount().unwrap();
+
+    let dev_ro = dev.clone();
+    let ro = vinfra_vmfs::ReadOnlyVolume::mount(dev).unwrap();
+    let d = ro.open_disk("/vm.vmdk").unwrap();
+    assert_eq!(d.chain().len(), 2);
+    let mut now = vec![0u8; 200_000];
+    d.read_at(&mut now, 0).unwrap();
+    let mut want = vec![0u8; 200_000];
+    want[..100_000].fill(1);
+    want[70_000..71_000].fill(2);
+    assert!(now == want, "the disk as the VM sees it");
+    let mut base = vec![0u8; 200_000];
+    d.read_at_layer(&mut base, 0, 1).unwrap();
+    want[70_000..71_000].fill(1);
+    assert!(base == want, "the base: the state at the snapshot");
+    let delta = ro
+        .stat(&format!("/{}", d.chain()[1].trim_start_matches('/')))
+        .unwrap()
+        .ino;
+    drop(d);
+    drop(ro);
+
+    // The delta's inode damaged: the disk as it is now fails naming it, the base reads.
+    let g = Volume::superblock(dev_ro.as_ref()).unwrap().geo;
+    vinfra_vmfs::BlockDevice::write_at(dev_ro.as_ref(), &[0xff; 4], g.inode_at(delta) + 16)
+        .unwrap();
+    let ro = vinfra_vmfs::ReadOnlyVolume::mount(dev_ro.clone()).unwrap();
+    let d = ro.open_disk("/vm.vmdk").unwrap();
+    let e = d.read_at(&mut now, 0).unwrap_err();
+    assert!(e.to_string().contains(&format!("inode {delta}")), "{e}");
+    d.read_at_layer(&mut base, 0, 1).unwrap();
+    assert!(base == want, "the base still reads");
+}

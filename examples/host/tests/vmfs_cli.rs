@@ -1,5 +1,5 @@
 //! The `vmfs` command line, end to end on an image file.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -235,4 +235,149 @@ fn a_disk_paxos_volume_from_the_command_line() {
         "{out}"
     );
     assert!(vmfs(&["fsck", img]).contains("clean"));
+}
+
+#[test]
+fn a_damaged_volume_is_copied_off_read_only_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    let local = |name: &str, len: usize, k: u8| {
+        let p = dir.path().join(name);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ k).collect();
+        std::fs::write(&p, &data).unwrap();
+        (p.to_str().unwrap().to_string(), data)
+    };
+    let (disk, disk_data) = local("disk", 300 << 10, 1);
+    let (top, top_data) = local("top", 5000, 2);
+    vmfs(&["mkfs", img, "--size", "64M", "--max-inodes", "256"]);
+    vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
+    vmfs(&["cp-in", img, "--host", "1", &disk, "/vm1/disk"]);
+    vmfs(&["cp-in", img, "--host", "1", &top, "/top"]);
+    vmfs(&["mkdisk", img, "--host", "1", "/d.vmdk", "--size", "2M"]);
+    vmfs(&["snapshot", img, "--host", "1", "/d.vmdk"]);
+    let dev = vinfra_vmfs::FileDevice::open(std::path::Path::new(img), false).unwrap();
+    let g = vinfra_vmfs::Volume::superblock(&dev).unwrap().geo;
+    let ro = vinfra_vmfs::ReadOnlyVolume::mount(Arc::new(dev)).unwrap();
+    let vm1 = ro.stat("/vm1").unwrap().ino;
+    drop(ro);
+    // The primary superblock and /vm1's inode are damaged.
+    let mut raw = std::fs::read(img).unwrap();
+    raw[40] ^= 0xff;
+    raw[g.inode_at(vm1) as usize + 20] ^= 0xff;
+    std::fs::write(img, &raw).unwrap();
+
+    let out = run_vmfs(&["ls", img, "--host", "1", "/"]);
+    assert!(
+        !out.success() && out.stderr.contains("corrupt superblock"),
+        "{out}"
+    );
+    let out = run_vmfs(&["ls", img, "--read-only", "/"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("top") && out.stdout.contains("vm1"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("backup copy"), "{out}");
+    assert!(out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    let copied = dir.path().join("copied");
+    let copied_s = copied.to_str().unwrap();
+    vmfs(&["cp-out", img, "--read-only", "/top", copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == top_data);
+    let out = run_vmfs(&["cp-out", img, "--read-only", "/vm1/disk", copied_s]);
+    assert!(
+        !out.success() && out.stderr.contains(&format!("inode {vm1}")),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
+
+    // The file below the damaged directory, found by inode and copied off before repair.
+    let out = run_vmfs(&["ls", img, "--read-only", "--inodes"]);
+    assert!(out.success(), "{out}");
+    let under = format!("\t#{vm1}/disk");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.ends_with(&under))
+        .unwrap_or_else(|| panic!("no back-reference path: {out}"));
+    assert!(out.stderr.contains(&format!("inode {vm1}")), "{out}");
+    let ino = line.split('\t').next().unwrap();
+    vmfs(&["cp-out", img, "--read-only", ino, copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == disk_data);
+    // A virtual disk, through its chain and as of its base.
+    for layers in [None, Some("1")] {
+        let mut args = vec!["cp-out", img, "--read-only", "--disk", "/d.vmdk", copied_s];
+        args.extend(layers.iter().flat_map(|l| ["--layers", *l]));
+        vmfs(&args);
+        assert!(std::fs::read(&copied).unwrap() == vec![0u8; 2 << 20]);
+    }
+    assert_eq!(std::fs::read(img).unwrap(), raw, "read-only commands wrote");
+
+    let out = run_vmfs(&["fsck", img]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    let out = run_vmfs(&["fsck", img, "--repair"]);
+    assert!(out.success(), "{out}");
+    for want in [
+        "repaired: primary superblock restored from its backup",
+        &format!("quarantined: inode {vm1} cleared"),
+        "/lost+found/disk",
+        "clean",
+    ] {
+        assert!(out.stdout.contains(want), "{want}: {out}");
+    }
+    vmfs(&["cp-out", img, "--host", "1", "/lost+found/disk", copied_s]);
+    assert!(std::fs::read(&copied).unwrap() == disk_data);
+    assert!(vmfs(&["fsck", img]).contains("clean"));
+    assert_nothing_mounted(img, "repair");
+}
+
+#[test]
+fn repair_waits_out_a_crashed_host_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun.img");
+    let img = img.to_str().unwrap();
+    vmfs(&[
+        "mkfs",
+        img,
+        "--size",
+        "32M",
+        "--max-inodes",
+        "256",
+        "--lease-ms",
+        "1000",
+        "--interval-ms",
+        "250",
+    ]);
+    vmfs(&["mkdir", img, "--host", "1", "/vm1"]);
+    vmfs(&["mkdir", img, "--host", "1", "/other"]);
+    vmfs(&["mkdir", img, "--host", "1", "/other/kept"]);
+    // Host 3 dies mounted (this process stops using it without unmounting), after a
+    // change that is only in its journal's committed transactions and in place.
+    let dev = Arc::new(vinfra_vmfs::FileDevice::open(std::path::Path::new(img), false).unwrap());
+    let clock = Arc::new(vinfra_vmfs::MonotonicClock::new());
+    let v = vinfra_vmfs::Volume::mount(dev.clone(), 3, &Default::default(), clock).unwrap();
+    v.mkdir("/vm1/by-host-3").unwrap();
+    let ino = v.stat("/other").unwrap().ino;
+    std::mem::forget(v);
+    let g = vinfra_vmfs::Volume::superblock(dev.as_ref()).unwrap().geo;
+    let mut raw = std::fs::read(img).unwrap();
+    raw[g.inode_at(ino) as usize + 20] ^= 0xff;
+    std::fs::write(img, &raw).unwrap();
+
+    let out = run_vmfs(&["fsck", img, "--repair"]);
+    assert!(
+        !out.success() && out.stderr.contains("in use: hosts [3]"),
+        "{out}"
+    );
+    let out = run_vmfs(&["fsck", img, "--repair", "--release-dead"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("released: host 3"), "{out}");
+    assert!(
+        out.stdout.contains("replayed the journal of host 3"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("lost+found/kept"), "{out}");
+    assert!(vmfs(&["fsck", img]).contains("clean"));
+    assert!(vmfs(&["ls", img, "--host", "1", "/lost+found"]).contains("kept"));
+    assert!(vmfs(&["ls", img, "--host", "1", "/vm1"]).contains("by-host-3"));
 }

@@ -3,7 +3,10 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{assert_layout, open_sector, seal_sector, Layout, Versioned, SECTOR, VERSION16};
+use super::{
+    assert_layout, open_sector, seal_sector, valid_name, Layout, Versioned, NAME_MAX, SECTOR,
+    VERSION16,
+};
 use crate::error::{Error, Result};
 
 /// Inode kinds.
@@ -62,6 +65,11 @@ pub struct Inode {
     pub direct: [u32; NDIRECT],
     /// Single, double, triple indirect.
     pub indirect: [u32; 3],
+    /// Back reference: the name this inode has in its `parent` directory, empty when
+    /// unknown (the root; inodes written before back references). A hint for
+    /// `fsck --repair`, which puts an inode whose directory entry was lost back under this
+    /// name; the directory entry stays authoritative.
+    pub name: String,
 }
 
 /// An inode's bytes.
@@ -83,7 +91,11 @@ pub(super) struct InodeLayout {
     pub(super) direct: [U32; NDIRECT],
     /// Single, double, triple indirect.
     pub(super) indirect: [U32; 3],
-    pub(super) _reserved: [u8; 400],
+    /// Length of the back-reference name; 0: none.
+    pub(super) name_len: u8,
+    /// The back-reference name, UTF-8, zero padded.
+    pub(super) name: [u8; NAME_MAX],
+    pub(super) _reserved: [u8; 144],
     pub(super) crc: U32,
 }
 assert_layout!(InodeLayout, size SECTOR);
@@ -125,6 +137,7 @@ impl Inode {
             change: 0,
             direct: [0; NDIRECT],
             indirect: [0; 3],
+            name: String::new(),
         }
     }
 
@@ -140,6 +153,11 @@ impl Inode {
         r.change.set(self.change);
         r.direct = self.direct.map(U32::new);
         r.indirect = self.indirect.map(U32::new);
+        // A name that is not a valid one (a caller's bug) is left out rather than cut.
+        if valid_name(&self.name) {
+            r.name_len = self.name.len() as u8;
+            r.name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        }
         seal_sector(&r)
     }
 
@@ -156,6 +174,11 @@ impl Inode {
                 format!("number {} at slot {ino}", r.ino.get()),
             ));
         }
+        let n = r.name_len as usize;
+        let name = match r.name.get(..n).map(std::str::from_utf8) {
+            Some(Ok(x)) if n == 0 || valid_name(x) => x.to_string(),
+            _ => return Err(Error::corrupt(W, "back-reference name")),
+        };
         Ok(Inode {
             kind,
             ino,
@@ -167,6 +190,7 @@ impl Inode {
             change: r.change.get(),
             direct: r.direct.map(|p| p.get()),
             indirect: r.indirect.map(|p| p.get()),
+            name,
         })
     }
 }

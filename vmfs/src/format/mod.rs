@@ -33,7 +33,7 @@ pub use journal::{
 };
 pub use lock::{LockMode, LockRecord};
 pub use seal::{seal, RecordKind};
-pub use superblock::{Geometry, Superblock, SB_MAGIC};
+pub use superblock::{Geometry, Superblock, SB_BACKUP_AT, SB_MAGIC};
 
 /// Sector size: heartbeat slots, lock records, inodes and headers are one sector each.
 pub const SECTOR: usize = 512;

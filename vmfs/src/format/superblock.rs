@@ -199,6 +199,12 @@ pub struct Superblock {
 /// Superblock magic.
 pub const SB_MAGIC: &[u8; 8] = b"VMFSVNF1";
 
+/// Byte offset of the backup copy of the superblock: the last sector of the first 4 KiB,
+/// inside the superblock's own block whatever the block size (at least 4 KiB), so that it
+/// can be found without knowing the geometry the damaged primary would have told. `mkfs`
+/// and `grow` write it with the primary; volumes made before it have zeros there.
+pub const SB_BACKUP_AT: u64 = 4096 - SECTOR as u64;
+
 /// The root directory's inode number, recorded in the superblock.
 pub(super) const ROOT_INO: u32 = 1;
 

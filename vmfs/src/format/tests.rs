@@ -211,7 +211,7 @@ fn layouts() -> Vec<(&'static str, Fields, Option<&'static str>)> {
         (
             "inode",
             fields!(InodeLayout: magic, version, kind, _pad, ino, generation, size, blocks,
-                parent, flags, change, direct, indirect, _reserved, crc),
+                parent, flags, change, direct, indirect, name_len, name, _reserved, crc),
             None,
         ),
         (

@@ -16,7 +16,7 @@ mod bench;
 use rand::{Rng, SeedableRng};
 use vinfra_vmfs::{
     disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
-    MonotonicClock, MountOptions, Volume,
+    MonotonicClock, MountOptions, ReadOnlyVolume, Volume,
 };
 
 #[derive(Parser, Debug)]
@@ -79,6 +79,15 @@ enum Cmd {
         m: Mnt,
         #[arg(default_value = "/")]
         path: String,
+        /// Read a damaged volume without mounting it: no heartbeat, no lock, nothing
+        /// written; journals replayed in memory, damaged entries reported.
+        #[arg(long)]
+        read_only: bool,
+        /// With --read-only: list every inode in use (number, kind, size, the path its
+        /// back references spell), for files no path reaches; copy one with `cp-out
+        /// --read-only '#INO'`.
+        #[arg(long, requires = "read_only")]
+        inodes: bool,
     },
     /// Create a directory.
     Mkdir {
@@ -105,6 +114,19 @@ enum Cmd {
         m: Mnt,
         src: String,
         dst: PathBuf,
+        /// Copy off a damaged volume without mounting it (see `ls --read-only`); a
+        /// damaged part of the file is an error naming its inode and block. SRC `#N`
+        /// names inode N.
+        #[arg(long)]
+        read_only: bool,
+        /// With --read-only: SRC is a virtual disk's descriptor (`d.vmdk`); copy the disk
+        /// as its snapshot chain reads (a raw image of its capacity).
+        #[arg(long, requires = "read_only")]
+        disk: bool,
+        /// With --disk: read only the first N layers (1: the base, the state at the
+        /// first snapshot).
+        #[arg(long, requires = "disk")]
+        layers: Option<usize>,
     },
     /// Create a thin virtual disk (descriptor + flat extent).
     Mkdisk {
@@ -123,8 +145,13 @@ enum Cmd {
     /// Check the volume (quiesce it first); --repair fixes what is safe.
     Fsck {
         image: PathBuf,
+        /// Rebuild what is damaged, quarantine what cannot be (needs no host mounted).
         #[arg(long)]
         repair: bool,
+        /// Before repairing, watch the hosts that show mounted for a lease and free the
+        /// slots of those that stay silent (crashed hosts), as a survivor's recovery would.
+        #[arg(long, requires = "repair")]
+        release_dead: bool,
     },
     /// Grow the volume to --size (the image is enlarged first).
     Grow {
@@ -221,6 +248,18 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
     o.name = format!("vmfs-cli-{}", m.host);
     let v = Volume::mount(dev, m.host, &o, clock)?;
     Ok(Mounted(Some(v)))
+}
+
+/// The volume opened for `--read-only` salvage: nothing is written to it; what the
+/// opening found (a superblock taken from its backup, journals replayed in memory, hosts
+/// that show mounted) goes to stderr.
+fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
+    let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+    let ro = ReadOnlyVolume::mount(dev)?;
+    for n in ro.notes() {
+        eprintln!("vmfs: note: {n}");
+    }
+    Ok(ro)
 }
 
 /// The image as host `host` uses it: through Disk Paxos when it was made with
@@ -336,7 +375,96 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             );
         }
         Cmd::Info { image, observe_ms } => info(&image, observe_ms)?,
-        Cmd::Ls { m, path } => {
+        Cmd::Ls {
+            m,
+            read_only: true,
+            inodes: true,
+            ..
+        } => {
+            let ro = read_only(&m)?;
+            for (ino, r) in ro.inodes()? {
+                match r {
+                    Ok(i) => println!("#{ino}\t{:?}\t{}\t{}", i.kind, i.size, ro.back_path(ino)),
+                    Err(e) => eprintln!("vmfs: damaged: {e}"),
+                }
+            }
+        }
+        Cmd::Ls {
+            m,
+            path,
+            read_only: true,
+            ..
+        } => {
+            let ro = read_only(&m)?;
+            let l = ro.list(&path)?;
+            for e in &l.entries {
+                let p = format!("{}/{}", path.trim_end_matches('/'), e.name);
+                match ro.stat(&p) {
+                    Ok(st) => println!("{:?}\t{}\t{}\t{}", e.kind, st.size, st.blocks, e.name),
+                    Err(err) => {
+                        println!("{:?}\t?\t?\t{}", e.kind, e.name);
+                        eprintln!("vmfs: damaged: {err}");
+                    }
+                }
+            }
+            for d in &l.damaged {
+                eprintln!("vmfs: damaged: {d}");
+            }
+        }
+        Cmd::CpOut {
+            m,
+            src,
+            dst,
+            read_only: true,
+            disk: true,
+            layers,
+        } => {
+            let ro = read_only(&m)?;
+            let d = ro.open_disk(&src)?;
+            let layers = layers.unwrap_or(d.chain().len());
+            let mut out = std::fs::File::create(&dst).map_err(io_error("create", 0))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < d.capacity() {
+                if stopped() {
+                    eprintln!("vmfs: stopped after {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                let n = (d.capacity() - off).min(buf.len() as u64) as usize;
+                d.read_at_layer(&mut buf[..n], off, layers)?;
+                out.write_all(&buf[..n]).map_err(io_error("write", off))?;
+                off += n as u64;
+            }
+        }
+        Cmd::CpOut {
+            m,
+            src,
+            dst,
+            read_only: true,
+            ..
+        } => {
+            let ro = read_only(&m)?;
+            let f = match src.strip_prefix('#').map(str::parse::<u32>) {
+                Some(Ok(ino)) => ro.open_inode(ino)?,
+                _ => ro.open(&src)?,
+            };
+            let mut out = std::fs::File::create(&dst).map_err(io_error("create", 0))?;
+            let mut off = 0;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                if stopped() {
+                    eprintln!("vmfs: stopped after {off} bytes");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                let n = f.read_at(&mut buf, off)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(io_error("write", off))?;
+                off += n as u64;
+            }
+        }
+        Cmd::Ls { m, path, .. } => {
             let v = mount(&m)?;
             for e in v.list(&path)? {
                 let p = format!("{}/{}", path.trim_end_matches('/'), e.name);
@@ -384,7 +512,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             drop(_hb);
             v.unmount()?;
         }
-        Cmd::CpOut { m, src, dst } => {
+        Cmd::CpOut { m, src, dst, .. } => {
             let v = mount(&m)?;
             let _hb = v.spawn_heartbeat();
             let f = v.open(&src, LockMode::SharedRead)?;
@@ -437,14 +565,27 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             drop(d);
             v.unmount()?;
         }
-        Cmd::Fsck { image, repair } => {
-            let dev = volume_device(&image, 0, Arc::new(MonotonicClock::new()))?;
+        Cmd::Fsck {
+            image,
+            repair,
+            release_dead,
+        } => {
+            let clock = Arc::new(MonotonicClock::new());
+            let dev = volume_device(&image, 0, clock.clone())?;
+            if release_dead {
+                for h in vinfra_vmfs::fsck::release_dead_hosts(dev.as_ref(), clock.as_ref())? {
+                    println!("released: host {h} (silent for a lease)");
+                }
+            }
             let r = vinfra_vmfs::fsck::check(dev.as_ref(), repair)?;
             for n in &r.notes {
                 println!("note: {n}");
             }
             for n in &r.repaired {
                 println!("repaired: {n}");
+            }
+            for n in &r.quarantined {
+                println!("quarantined: {n}");
             }
             for e in &r.errors {
                 println!("error: {e}");
