@@ -152,10 +152,7 @@ impl Host {
                 reply.send(Ok(self.report.log().after(after, limit)));
             }
             ApiCall::PrepareIncoming { request, reply } => {
-                reply.send(Err(ApiError::Unsupported(format!(
-                    "receiving {} by live migration through the API is not wired yet",
-                    request.vm
-                ))));
+                reply.send(self.prepare_incoming(&request));
             }
         }
     }
@@ -246,7 +243,7 @@ impl Host {
         self.names()?.iter().map(|n| self.vm_info(n)).collect()
     }
 
-    fn vm_info(&mut self, name: &str) -> Result<VmInfo, ApiError> {
+    pub(super) fn vm_info(&mut self, name: &str) -> Result<VmInfo, ApiError> {
         if !self.volume.exists(&vm_dir(name)).map_err(internal)? {
             return Err(ApiError::VmNotFound(name.to_string()));
         }
@@ -355,7 +352,7 @@ impl Host {
     }
 
     /// Feeds the agent a reading taken now.
-    fn refresh(&mut self) {
+    pub(super) fn refresh(&mut self) {
         self.act(Action::ReadDatastore);
     }
 
@@ -442,6 +439,15 @@ impl Host {
                 });
                 task.succeed(serde_json::json!({"exit": exit}));
                 Ok(())
+            }
+            VmOp::Migrate(req) => {
+                if let Some(host) = elsewhere {
+                    return Err(ApiError::RunningElsewhere {
+                        vm: name.to_string(),
+                        host: host.to_string(),
+                    });
+                }
+                self.start_migration(name, &req, task)
             }
             other => Err(ApiError::Unsupported(format!(
                 "{:?} through vinfra-host's API is not wired yet",

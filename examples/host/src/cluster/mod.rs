@@ -13,6 +13,7 @@
 //! read.
 
 mod api_calls;
+mod migrate;
 pub mod probe;
 pub mod report;
 pub mod storage_fault;
@@ -55,6 +56,13 @@ pub enum Inbound {
     },
     /// A request of the host API.
     Api(crate::api::ApiCall),
+    /// A migration's sending thread is done.
+    Migrated {
+        /// The VM.
+        vm: String,
+        /// How it went.
+        outcome: migrate::Outcome,
+    },
 }
 
 /// The host API's server settings.
@@ -82,6 +90,9 @@ pub struct HostOptions {
     pub run_dir: Option<PathBuf>,
     /// The host API, if it is to be served.
     pub api: Option<ApiOptions>,
+    /// The cluster key's file, which VM processes read to encrypt live migrations
+    /// (`None`: they migrate in plaintext).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Why `run` returned.
@@ -167,6 +178,8 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         start,
         refused: std::collections::BTreeMap::new(),
         consoles: api_calls::Consoles::new(),
+        api: opts.api.clone(),
+        key_file: opts.key_file.clone(),
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
     };
@@ -247,6 +260,10 @@ struct Host {
     refused: std::collections::BTreeMap<String, String>,
     /// The API's console viewers, per VM.
     consoles: api_calls::Consoles,
+    /// The API's settings (peers' APIs share its port).
+    api: Option<ApiOptions>,
+    /// The cluster key's file, for live migrations.
+    key_file: Option<PathBuf>,
     /// The host's CPU share between API readings.
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).
@@ -286,6 +303,7 @@ impl Host {
                 self.vms.feed_leases();
             }
             self.console_in();
+            self.arrivals();
             self.feed(Event::OwnLease { valid });
             self.feed(Event::Tick);
             if !valid && self.vms.is_empty() {
@@ -301,6 +319,7 @@ impl Host {
                 self.feed(Event::Probe { address, reachable });
             }
             Inbound::Api(call) => self.api(call),
+            Inbound::Migrated { vm, outcome } => self.migration_ended(&vm, &outcome),
             Inbound::Console { vm, line } => {
                 self.console_out(&vm, &line);
                 let beat = line.starts_with("HB ");

@@ -15,7 +15,7 @@ use vinfra_vmfs::{LockMode, Volume};
 use vinfra_vmm_core::VmConfig;
 
 use super::Inbound;
-use crate::vm_process::{Exit, ProcessStats, VmProcess, VmSpec};
+use crate::vm_process::{Exit, ProcessStats, Start, VmProcess, VmSpec};
 
 /// How long a powered-off child has to exit before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -46,10 +46,31 @@ struct RunningVm {
     lock: vinfra_vmfs::File,
 }
 
+/// A VM arriving by live migration: its `vinfra-vm incoming` child, not yet holding the
+/// VM's lock (the source releases it once the VM runs here).
+struct ArrivingVm {
+    process: VmProcess,
+    /// Given up (the child killed) past this.
+    deadline: std::time::Instant,
+}
+
+/// What became of an arriving VM.
+#[derive(Debug)]
+pub enum Arrival {
+    /// It runs here and this host holds its lock.
+    Arrived,
+    /// The migration failed or never came: the child is gone.
+    Failed(String),
+}
+
 /// The VMs running on this host.
 pub struct Vms {
     volume: Volume,
     running: BTreeMap<String, RunningVm>,
+    /// VMs being sent away: their children end by themselves when the VM has moved,
+    /// which [`Vms::reap`] must not take for a crash.
+    leaving: std::collections::BTreeSet<String>,
+    arriving: BTreeMap<String, ArrivingVm>,
     tx: Sender<Inbound>,
     run_dir: PathBuf,
 }
@@ -70,6 +91,8 @@ impl Vms {
         Self {
             volume,
             running: BTreeMap::new(),
+            leaving: std::collections::BTreeSet::new(),
+            arriving: BTreeMap::new(),
             tx,
             run_dir,
         }
@@ -102,9 +125,14 @@ impl Vms {
     }
 
     fn spawn(&self, name: &str, config: VmConfig) -> Result<VmProcess, String> {
+        self.spawn_as(name, config, Start::Boot)
+    }
+
+    fn spawn_as(&self, name: &str, config: VmConfig, start: Start) -> Result<VmProcess, String> {
         let tx = self.tx.clone();
         let vm = name.to_string();
-        let spec = VmSpec::new(name, config, &self.run_dir, self.volume.lease_ms());
+        let mut spec = VmSpec::new(name, config, &self.run_dir, self.volume.lease_ms());
+        spec.start = start;
         VmProcess::spawn(&spec, move |line| {
             // The loop is gone when the host shuts down: the line has nowhere to go.
             let _ = tx.send(Inbound::Console {
@@ -211,6 +239,9 @@ impl Vms {
         for r in self.running.values_mut() {
             r.process.feed_lease();
         }
+        for a in self.arriving.values_mut() {
+            a.process.feed_lease();
+        }
     }
 
     /// The VMs whose process ended since the last call (the guest powered off, it
@@ -218,6 +249,9 @@ impl Vms {
     pub fn reap(&mut self) -> Vec<(String, Exit)> {
         let mut ended = Vec::new();
         for (name, r) in &mut self.running {
+            if self.leaving.contains(name) {
+                continue;
+            }
             match r.process.try_wait() {
                 Ok(Some(exit)) => ended.push((name.clone(), exit)),
                 Ok(None) => {}
@@ -232,10 +266,124 @@ impl Vms {
         ended
     }
 
-    /// Stops every VM.
+    /// Stops every VM (arriving ones too).
     pub fn stop_all(&mut self) {
         for n in self.names() {
             self.power_off(&n);
         }
+        for (_, mut a) in std::mem::take(&mut self.arriving) {
+            let _ = a.process.kill();
+        }
+    }
+
+    /// Whether the VM is on its way in or out.
+    pub fn migrating(&self, name: &str) -> bool {
+        self.leaving.contains(name) || self.arriving.contains_key(name)
+    }
+
+    /// Marks a running VM as being sent away; its control socket, for the sender.
+    pub fn leave(&mut self, name: &str) -> Option<PathBuf> {
+        let path = self.running.get(name)?.process.control_path().to_path_buf();
+        self.leaving.insert(name.to_string());
+        Some(path)
+    }
+
+    /// The sender's verdict on a VM marked by [`Vms::leave`]. Moved (or in doubt: it
+    /// must never run here again): its process is waited for (killed if it lingers) and
+    /// its lock released. Failed but not in doubt: it runs here on.
+    pub fn left(&mut self, name: &str, moved_or_in_doubt: bool) -> Option<Exit> {
+        self.leaving.remove(name);
+        if !moved_or_in_doubt {
+            return None;
+        }
+        let mut r = self.running.remove(name)?;
+        let exit = match r.process.wait_timeout(STOP_WAIT) {
+            Ok(Some(e)) => Some(e),
+            _ => r.process.kill().ok(),
+        };
+        Self::release(name, r);
+        exit
+    }
+
+    /// Starts `vinfra-vm incoming --listen LISTEN` for a VM defined on the volume, which
+    /// must run nowhere on this host.
+    pub fn arrive(
+        &mut self,
+        name: &str,
+        listen: &str,
+        key_file: Option<PathBuf>,
+        patience: Duration,
+    ) -> Result<(), String> {
+        if self.running.contains_key(name) || self.arriving.contains_key(name) {
+            return Err(format!("{name} already runs here"));
+        }
+        let config = read_definition(&self.volume, name)?;
+        let start = Start::Incoming {
+            listen: listen.to_string(),
+            key_file,
+        };
+        let process = self.spawn_as(name, config, start)?;
+        self.arriving.insert(
+            name.to_string(),
+            ArrivingVm {
+                process,
+                deadline: std::time::Instant::now() + patience,
+            },
+        );
+        Ok(())
+    }
+
+    /// Looks at the arriving VMs (each tick): one that runs here takes its lock as soon
+    /// as the source has released it; one whose child ended, or that never came, is
+    /// given up.
+    pub fn arrivals(&mut self) -> Vec<(String, Arrival)> {
+        let mut done = Vec::new();
+        let mut locked = Vec::new();
+        for (name, a) in &mut self.arriving {
+            match a.process.try_wait() {
+                Ok(Some(exit)) => {
+                    let why = format!("its process ended ({exit:?})");
+                    done.push((name.clone(), Arrival::Failed(why)));
+                    continue;
+                }
+                Err(e) => {
+                    done.push((name.clone(), Arrival::Failed(e.to_string())));
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            if std::time::Instant::now() > a.deadline {
+                let _ = a.process.kill();
+                let why = "it did not arrive in time".to_string();
+                done.push((name.clone(), Arrival::Failed(why)));
+                continue;
+            }
+            // The control socket answers once the VM runs here.
+            if a.process.status().is_err() {
+                continue;
+            }
+            match self.volume.open(&lock_path(name), LockMode::Exclusive) {
+                Ok(lock) => locked.push((name.clone(), lock)),
+                // The source has not released it yet: next tick.
+                Err(vinfra_vmfs::Error::Locked { .. }) => {}
+                Err(e) => tracing::warn!(vm = name, "take the lock of an arrived VM: {e}"),
+            }
+        }
+        for (name, _) in &done {
+            self.arriving.remove(name);
+        }
+        for (name, lock) in locked {
+            if let Some(a) = self.arriving.remove(&name) {
+                self.running.insert(
+                    name.clone(),
+                    RunningVm {
+                        process: a.process,
+                        lock,
+                    },
+                );
+                done.push((name, Arrival::Arrived));
+            }
+        }
+        done
     }
 }

@@ -232,6 +232,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
             }),
             None => None,
         },
+        key_file: Some(a.key_file.clone()),
     })
 }
 

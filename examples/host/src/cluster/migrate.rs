@@ -1,0 +1,296 @@
+//! Live migration between hosts through their APIs (examples/README.md, "Migration between
+//! hosts"). The source host's task thread asks the destination's API for an address
+//! (`POST /incoming`: the destination starts `vinfra-vm incoming` there), then asks its
+//! own VM process to send the VM ([`crate::migration`]'s control request), turning the
+//! progress events into the task's progress; the loop hears the outcome
+//! ([`Inbound::Migrated`]) and releases the VM's lock, which the destination takes as
+//! soon as the VM runs there ([`Vms::arrivals`](super::vms::Vms::arrivals)).
+//!
+//! A peer's API is found at its HA address with this host's API port: every host of a
+//! cluster serves its API on the same port.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use vinfra_ha::Event;
+
+use super::vms::Arrival;
+use super::{Host, Inbound};
+use crate::api::{ApiError, ApiToken, IncomingReady, IncomingRequest, MigrateRequest, TaskHandle};
+use crate::migration::{request, ControlEvent, ControlRequest, MigrateSettings};
+
+/// How long a destination waits for a VM it was told to expect.
+const ARRIVAL_PATIENCE: Duration = Duration::from_secs(120);
+/// The downtime a migration aims at.
+const DOWNTIME_MS: u64 = 300;
+/// A migration that has not converged by then is abandoned (the VM runs on here).
+const TIME_LIMIT_MS: u64 = 60_000;
+
+/// What the sending thread tells the loop.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The VM runs on the destination.
+    Moved,
+    /// It failed; `in_doubt`: the VM is paused here and must never run here again.
+    Failed {
+        /// Why.
+        error: String,
+        /// See above.
+        in_doubt: bool,
+    },
+}
+
+/// What a migration's sending thread needs.
+struct Sender_ {
+    vm: String,
+    control: PathBuf,
+    peer_api: String,
+    token: ApiToken,
+    key_file: Option<PathBuf>,
+    tx: Sender<Inbound>,
+}
+
+impl Host {
+    /// The host `to` names: an id (`2`) or a name (`host2`).
+    fn peer(&self, to: &str) -> Option<(u32, SocketAddr)> {
+        let id: u32 = to.strip_prefix("host").unwrap_or(to).parse().ok()?;
+        self.peers.iter().find(|(h, _)| *h == id).copied()
+    }
+
+    /// `POST /vms/NAME/migrate`: checks, then sends the VM on a thread of its own.
+    pub(super) fn start_migration(
+        &mut self,
+        name: &str,
+        req: &MigrateRequest,
+        task: TaskHandle,
+    ) -> Result<(), ApiError> {
+        let me = self.agent.host();
+        let Some((to, ha_addr)) = self.peer(&req.to) else {
+            return Err(ApiError::UnknownHost(req.to.clone()));
+        };
+        if to == me {
+            return Err(ApiError::InvalidValue {
+                field: "to".into(),
+                why: format!("{name} runs on host {me} already"),
+            });
+        }
+        if self.agent.verdict(to) != Some(vinfra_ha::Verdict::Alive) {
+            return Err(ApiError::InvalidValue {
+                field: "to".into(),
+                why: format!("host {to} is not alive as HA sees it"),
+            });
+        }
+        let Some(api) = &self.api else {
+            return Err(ApiError::Unsupported("this host serves no API port".into()));
+        };
+        if self.vms.migrating(name) {
+            return Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: crate::api::PowerState::Running,
+                needed: "it is being migrated already".into(),
+            });
+        }
+        let Some(control) = self.vms.leave(name) else {
+            return Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: crate::api::PowerState::ShutOff,
+                needed: "it must run on this host".into(),
+            });
+        };
+        let sender = Sender_ {
+            vm: name.to_string(),
+            control,
+            peer_api: format!("http://{}:{}", ha_addr.ip(), api.listen.port()),
+            token: api.token.clone(),
+            key_file: self.key_file.clone(),
+            tx: self.tx.clone(),
+        };
+        self.report.event(
+            "migration_started",
+            serde_json::json!({"vm": name, "to": to}),
+        );
+        std::thread::Builder::new()
+            .name(format!("migrate-{name}"))
+            .spawn(move || sender.run(task))
+            .map(drop)
+            .map_err(|e| {
+                self.vms.left(name, false);
+                ApiError::Internal(format!("spawn the migration thread: {e}"))
+            })
+    }
+
+    /// The sender's verdict reached the loop.
+    pub(super) fn migration_ended(&mut self, vm: &str, outcome: &Outcome) {
+        let (moved_or_doubt, event) = match outcome {
+            Outcome::Moved => (true, serde_json::json!({"vm": vm, "moved": true})),
+            Outcome::Failed { error, in_doubt } => (
+                *in_doubt,
+                serde_json::json!({"vm": vm, "moved": false, "error": error, "in_doubt": in_doubt}),
+            ),
+        };
+        let exit = self.vms.left(vm, moved_or_doubt);
+        self.report.event("migration_ended", event);
+        if moved_or_doubt {
+            // As for a stop: the reading first, so that the agent does not start the VM
+            // again from its last one (this host owned it, it should run).
+            self.refresh();
+            self.feed(Event::VmStopped { vm: vm.to_string() });
+            tracing::info!(vm, ?exit, "the VM left this host");
+        }
+    }
+
+    /// `POST /incoming`: starts `vinfra-vm incoming` on a free port of this host's
+    /// address and says where.
+    pub(super) fn prepare_incoming(
+        &mut self,
+        request: &IncomingRequest,
+    ) -> Result<IncomingReady, ApiError> {
+        let vm = self.vm_info(&request.vm)?;
+        if self.vms.pid(&request.vm).is_some() || self.vms.migrating(&request.vm) {
+            return Err(ApiError::WrongState {
+                vm: request.vm.clone(),
+                state: vm.state,
+                needed: "it must not run on the destination".into(),
+            });
+        }
+        let me = self.agent.host();
+        let ip: IpAddr = self
+            .peers
+            .iter()
+            .find(|(h, _)| *h == me)
+            .map_or(IpAddr::from([127, 0, 0, 1]), |(_, a)| a.ip());
+        // A free port now; the child binds it a few ms later.
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| ApiError::Internal(format!("a port on {ip}: {e}")))?
+            .port();
+        let address = SocketAddr::new(ip, port).to_string();
+        self.vms
+            .arrive(
+                &request.vm,
+                &address,
+                self.key_file.clone(),
+                ARRIVAL_PATIENCE,
+            )
+            .map_err(ApiError::Internal)?;
+        self.report.event(
+            "migration_incoming",
+            serde_json::json!({"vm": request.vm, "address": address}),
+        );
+        Ok(IncomingReady { address })
+    }
+
+    /// Each tick: VMs that arrived take their place (HA tracks them from now on).
+    pub(super) fn arrivals(&mut self) {
+        for (vm, arrival) in self.vms.arrivals() {
+            match arrival {
+                Arrival::Arrived => {
+                    self.report.event(
+                        "vm_arrived",
+                        serde_json::json!({"vm": vm, "pid": self.vms.pid(&vm)}),
+                    );
+                    self.feed(Event::PowerOnResult {
+                        vm: vm.clone(),
+                        outcome: vinfra_ha::PowerOnOutcome::Started,
+                    });
+                    self.refresh();
+                }
+                Arrival::Failed(why) => {
+                    self.report.event(
+                        "migration_incoming_failed",
+                        serde_json::json!({"vm": vm, "why": why}),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Sender_ {
+    fn run(self, task: TaskHandle) {
+        let outcome = self.send(&task);
+        match &outcome {
+            Ok(stats) => task.succeed(stats.clone()),
+            Err((error, _)) => task.fail(&ApiError::Internal(error.clone())),
+        }
+        let outcome = match outcome {
+            Ok(_) => Outcome::Moved,
+            Err((error, in_doubt)) => Outcome::Failed { error, in_doubt },
+        };
+        // The loop is gone when the host shuts down; the VM stopped with it.
+        let _ = self.tx.send(Inbound::Migrated {
+            vm: self.vm,
+            outcome,
+        });
+    }
+
+    /// The whole migration: `Ok` with the statistics, or the error and whether the VM is
+    /// in doubt.
+    fn send(&self, task: &TaskHandle) -> Result<serde_json::Value, (String, bool)> {
+        task.progress(0.0, "asking the destination");
+        let ready = self.prepare().map_err(|e| (e, false))?;
+        task.progress(0.02, format!("sending to {}", ready.address));
+        let settings = MigrateSettings {
+            to: ready.address.clone(),
+            key_file: self.key_file.clone(),
+            plaintext: self.key_file.is_none(),
+            downtime_ms: DOWNTIME_MS,
+            bandwidth_bytes_per_s: None,
+            time_limit_ms: TIME_LIMIT_MS,
+            auto_converge: true,
+        };
+        let last = request(&self.control, &ControlRequest::Migrate(settings), |e| {
+            if let ControlEvent::Progress(p) = e {
+                #[allow(clippy::cast_precision_loss, reason = "a fraction for a bar")]
+                let done = if p.pages_total == 0 {
+                    0.0
+                } else {
+                    1.0 - p.pages_left as f64 / p.pages_total as f64
+                };
+                task.progress(
+                    0.02 + 0.96 * done.clamp(0.0, 1.0),
+                    format!("round {}, {} pages left", p.round, p.pages_left),
+                );
+            }
+        })
+        .map_err(|e| (e, false))?;
+        match last {
+            ControlEvent::Migrated(stats) => {
+                Ok(serde_json::to_value(&stats).unwrap_or(serde_json::Value::Null))
+            }
+            ControlEvent::Failed { error, in_doubt } => Err((error, in_doubt)),
+            other => Err((format!("unexpected answer {other:?}"), false)),
+        }
+    }
+
+    /// `POST /incoming` on the destination.
+    fn prepare(&self) -> Result<IncomingReady, String> {
+        let url = format!("{}/api/v1/incoming", self.peer_api);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let body = serde_json::to_string(&IncomingRequest {
+            vm: self.vm.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        let mut response = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.token.as_str()))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{url}: {e}"))?;
+        if status != 200 {
+            return Err(format!("the destination refused ({status}): {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{url}: {e}: {text}"))
+    }
+}
