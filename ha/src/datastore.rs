@@ -187,6 +187,12 @@ mod vmfs_impl {
             write_json(volume, &settings_path(name), s)
         }
 
+        /// Forgets what was read of a VM's settings, so that the next reading reads them
+        /// again (after this host wrote them).
+        pub fn forget(&mut self, name: &str) {
+            self.settings.remove(name);
+        }
+
         /// Reads one VM's settings.
         pub fn read_settings(volume: &Volume, name: &str) -> Result<HaSettings, DatastoreError> {
             read_json(volume, &settings_path(name), 64 * 1024)

@@ -17,7 +17,11 @@ use vinfra_testkit::{guest, kvm_or_skip, run, skip};
 
 const LAB: &str = env!("CARGO_BIN_EXE_vinfra-lab");
 
+/// One lab at a time: their guests' vCPUs spin, and two cores are all there is.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Lab {
+    _one: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     kernel: PathBuf,
     token: ApiToken,
@@ -49,6 +53,9 @@ impl Lab {
         if !root {
             skip("network namespaces need root: the lab runs on loopback");
         }
+        let one = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let id = (20 + std::process::id() % 200).to_string();
         let up = run(
@@ -77,6 +84,7 @@ impl Lab {
             .build()
             .into();
         let lab = Lab {
+            _one: one,
             dir,
             kernel,
             token,
@@ -131,14 +139,22 @@ impl Lab {
     }
 
     fn create(&self, host: u32, name: &str) {
-        let spec = json!({"name": name, "kernel": self.kernel, "memory_mib": 16,
-                          "cmdline": "workload.mib=1", "ha": {"priority": "high"}});
+        self.create_with(host, name, "workload.mib=1");
+    }
+
+    fn create_with(&self, host: u32, name: &str, cmdline: &str) {
+        let spec = json!({"name": name, "kernel": self.kernel, "memory_mib": 32,
+                          "cmdline": cmdline, "ha": {"priority": "high"}});
         self.ok(host, "POST", "/vms", &spec.to_string(), 201);
     }
 
     /// Runs an operation to its end; returns the finished task.
     fn op(&self, host: u32, name: &str, op: &str) -> Value {
-        let t = self.ok(host, "POST", &format!("/vms/{name}/{op}"), "{}", 202);
+        self.op_with(host, name, op, "{}")
+    }
+
+    fn op_with(&self, host: u32, name: &str, op: &str, body: &str) -> Value {
+        let t = self.ok(host, "POST", &format!("/vms/{name}/{op}"), body, 202);
         let id = t["task"].as_u64().unwrap();
         let mut last = Value::Null;
         self.wait(&format!("task {id} ({op} {name})"), || {
@@ -172,6 +188,20 @@ impl Lab {
                     .is_some_and(|l| l.starts_with("HB "))
             })
             .count()
+    }
+
+    /// The guest's heartbeat numbers (`HB n`) as `host` saw them.
+    fn beat_numbers(&self, host: u32, vm: &str) -> Vec<u64> {
+        self.events(host, "console", vm)
+            .iter()
+            .filter_map(|e| {
+                e["data"]["line"]
+                    .as_str()?
+                    .strip_prefix("HB ")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
     }
 
     fn pid(&self, host: u32, vm: &str) -> u32 {
@@ -307,4 +337,57 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
         .map(|&h| lab.events(h, "vm_started", "web").len())
         .sum();
     assert_eq!(starts, 1, "web started more than once");
+}
+
+#[test]
+fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
+    let Some(lab) = Lab::up(3) else {
+        return;
+    };
+    // 8 MiB touched at 16 MiB/s: every pre-copy round finds pages dirtied again.
+    lab.create_with(1, "mover", "workload.mib=8 workload.rate=16");
+    assert_eq!(lab.op(1, "mover", "start")["state"], "success");
+    lab.wait("mover's heartbeats", || lab.beats(1, "mover") >= 2);
+    let pid = lab.pid(1, "mover");
+
+    // Refusals first: nothing moves.
+    let (s, e) = lab.send(1, "POST", "/vms/mover/migrate", r#"{"to": "9"}"#, true);
+    assert_eq!(s, 422, "{e}");
+    let (s, e) = lab.send(1, "POST", "/vms/mover/migrate", r#"{"to": "host1"}"#, true);
+    assert_eq!(s, 422, "{e}");
+    let (s, e) = lab.send(2, "POST", "/vms/mover/migrate", r#"{"to": "3"}"#, true);
+    assert_eq!(s, 409, "{e}");
+    let (s, e) = lab.send(3, "POST", "/incoming", r#"{"vm": "nosuch"}"#, true);
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(lab.vm(2, "mover")["host"], 1);
+
+    let t = lab.op_with(1, "mover", "migrate", r#"{"to": "host3"}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    let downtime = t["result"]["downtime_ms"].as_f64().unwrap();
+    assert!(downtime < 1000.0, "downtime {downtime} ms");
+    assert_eq!(lab.vm(2, "mover")["host"], 3);
+    // The guest goes on where it was: its heartbeat counter continues on host 3, and
+    // host 3 never booted it.
+    let before = *lab.beat_numbers(1, "mover").last().unwrap();
+    lab.wait("mover's heartbeats on host 3", || {
+        lab.beat_numbers(3, "mover").len() >= 2
+    });
+    let after = lab.beat_numbers(3, "mover");
+    assert!(after[0] > before, "restarted? {before} then {after:?}");
+    assert!(lab.events(3, "vm_started", "mover").is_empty());
+    assert_eq!(lab.events(3, "vm_arrived", "mover").len(), 1);
+    lab.wait("the source's process gone", || !alive(pid));
+    // Nobody restarts it anywhere (its lock moved with it).
+    std::thread::sleep(Duration::from_secs(2));
+    for h in 1..=3 {
+        assert!(lab.events(h, "vm_started", "mover").len() <= usize::from(h == 1));
+    }
+
+    // And back.
+    let t = lab.op_with(3, "mover", "migrate", r#"{"to": "1"}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    assert_eq!(lab.vm(2, "mover")["host"], 1);
+    lab.wait("mover's heartbeats back on host 1", || {
+        lab.beat_numbers(1, "mover").last() > after.last()
+    });
 }

@@ -348,6 +348,9 @@ impl Host {
             s.desired_on = on;
             VmfsDatastore::write_settings(&self.volume, name, &s).map_err(internal)?;
         }
+        // The next reading must see it: the agent restarts a crashed VM of its own only
+        // when its reading says the VM should run.
+        self.datastore.forget(name);
         Ok(())
     }
 
