@@ -365,7 +365,8 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     assert_eq!(t["state"], "success", "{t}");
     let downtime = t["result"]["downtime_ms"].as_f64().unwrap();
     assert!(downtime < 1000.0, "downtime {downtime} ms");
-    assert_eq!(lab.vm(2, "mover")["host"], 3);
+    // The lock follows within a tick or two of the task's end.
+    lab.wait("the lock on host 3", || lab.vm(2, "mover")["host"] == 3);
     // The guest goes on where it was: its heartbeat counter continues on host 3, and
     // host 3 never booted it.
     let before = *lab.beat_numbers(1, "mover").last().unwrap();
@@ -386,7 +387,7 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     // And back.
     let t = lab.op_with(3, "mover", "migrate", r#"{"to": "1"}"#);
     assert_eq!(t["state"], "success", "{t}");
-    assert_eq!(lab.vm(2, "mover")["host"], 1);
+    lab.wait("the lock back on host 1", || lab.vm(2, "mover")["host"] == 1);
     lab.wait("mover's heartbeats back on host 1", || {
         lab.beat_numbers(1, "mover").last() > after.last()
     });
