@@ -196,6 +196,8 @@ pub struct Agent {
     /// releases it on the source a few ms before the destination takes it) looks free
     /// to one reading, never to two that are an interval apart.
     unowned: BTreeMap<String, (u64, u32)>,
+    /// Hosts in maintenance mode, as last read: never restart or placement targets.
+    maintenance: BTreeSet<u32>,
     counters: Counters,
 }
 
@@ -236,6 +238,7 @@ impl Agent {
             next_plan_ms: now_ms,
             unplaced: BTreeMap::new(),
             unowned: BTreeMap::new(),
+            maintenance: BTreeSet::new(),
             counters: Counters::default(),
             config,
         })
@@ -290,6 +293,7 @@ impl Agent {
                     }
                 }
                 self.vms = r.vms;
+                self.maintenance = r.maintenance.into_iter().collect();
                 self.note_unowned(now_ms);
             }
             Event::DatastoreUnreadable => self.read_asked_ms = None,
@@ -634,6 +638,7 @@ impl Agent {
                     .filter(|p| p.verdict == Verdict::Alive && p.lease_valid && !p.isolated)
                     .map(|p| p.id),
             )
+            .filter(|h| !self.maintenance.contains(h))
             .collect();
         // Restarts are never refused by admission control (as in VMware HA); a power-on of
         // a VM that no host holds is, when it would eat the failover reserve.

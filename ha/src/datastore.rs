@@ -12,6 +12,9 @@ use crate::inventory::{IsolationResponse, Reading, RestartPriority, VmRecord};
 /// Where the VM directories are.
 pub const VMS_DIR: &str = "/vms";
 
+/// `/maintenance`: one empty file per host in maintenance mode, named by its id.
+pub const MAINTENANCE_DIR: &str = "/maintenance";
+
 /// `/vms/<name>`.
 pub fn vm_dir(name: &str) -> String {
     format!("{VMS_DIR}/{name}")
@@ -92,7 +95,9 @@ mod vmfs_impl {
 
     use vinfra_vmfs::{Kind, LockMode, Volume};
 
-    use super::{lock_path, settings_path, Datastore, DatastoreError, HaSettings, VMS_DIR};
+    use super::{
+        lock_path, settings_path, Datastore, DatastoreError, HaSettings, MAINTENANCE_DIR, VMS_DIR,
+    };
     use crate::inventory::{Reading, SlotReading};
 
     /// How long a VM's `ha.json` is trusted before it is read again: opening a file
@@ -107,6 +112,10 @@ mod vmfs_impl {
         }
     }
 
+    /// How long a read or write of a JSON file waits for another host's hold on it (a
+    /// read or write of a few hundred bytes: milliseconds), rather than failing.
+    const LOCK_WAIT_MS: u64 = 2000;
+
     /// Writes `value` as JSON to the file `path` of the volume (created, or replaced
     /// under its exclusive lock), durably.
     pub fn write_json<T: serde::Serialize>(
@@ -115,7 +124,9 @@ mod vmfs_impl {
         value: &T,
     ) -> Result<(), DatastoreError> {
         let f = if volume.exists(path).map_err(err(path))? {
-            volume.open(path, LockMode::Exclusive).map_err(err(path))?
+            volume
+                .open_wait(path, LockMode::Exclusive, LOCK_WAIT_MS)
+                .map_err(err(path))?
         } else {
             volume.create(path).map_err(err(path))?
         };
@@ -136,7 +147,9 @@ mod vmfs_impl {
         path: &str,
         limit: usize,
     ) -> Result<T, DatastoreError> {
-        let f = volume.open(path, LockMode::SharedRead).map_err(err(path))?;
+        let f = volume
+            .open_wait(path, LockMode::SharedRead, LOCK_WAIT_MS)
+            .map_err(err(path))?;
         let len = usize::try_from(f.len()).unwrap_or(usize::MAX).min(limit);
         let mut buf = vec![0; len];
         let n = f.read_at(&mut buf, 0).map_err(err(path))?;
@@ -185,6 +198,47 @@ mod vmfs_impl {
                     .map_err(err(&lock))?;
             }
             write_json(volume, &settings_path(name), s)
+        }
+
+        /// Puts `host` in maintenance mode or takes it out (`/maintenance/<host>`): a host
+        /// in maintenance is no target of HA's restarts and placements.
+        pub fn set_maintenance(volume: &Volume, host: u32, on: bool) -> Result<(), DatastoreError> {
+            if !volume
+                .exists(MAINTENANCE_DIR)
+                .map_err(err(MAINTENANCE_DIR))?
+            {
+                volume
+                    .mkdir(MAINTENANCE_DIR)
+                    .map_err(err(MAINTENANCE_DIR))?;
+            }
+            let path = format!("{MAINTENANCE_DIR}/{host}");
+            let there = volume.exists(&path).map_err(err(&path))?;
+            if on && !there {
+                volume
+                    .create(&path)
+                    .map_err(err(&path))?
+                    .close()
+                    .map_err(err(&path))?;
+            } else if !on && there {
+                volume.delete(&path).map_err(err(&path))?;
+            }
+            Ok(())
+        }
+
+        /// The hosts in maintenance mode.
+        pub fn maintenance(volume: &Volume) -> Result<Vec<u32>, DatastoreError> {
+            if !volume
+                .exists(MAINTENANCE_DIR)
+                .map_err(err(MAINTENANCE_DIR))?
+            {
+                return Ok(Vec::new());
+            }
+            Ok(volume
+                .list(MAINTENANCE_DIR)
+                .map_err(err(MAINTENANCE_DIR))?
+                .into_iter()
+                .filter_map(|e| e.name.parse().ok())
+                .collect())
         }
 
         /// Forgets what was read of a VM's settings, so that the next reading reads them
@@ -254,7 +308,12 @@ mod vmfs_impl {
                 let settings = self.settings_of(&name)?;
                 vms.push(settings.record(&name, owner));
             }
-            Ok(Reading { slots, vms })
+            let maintenance = Self::maintenance(&self.volume)?;
+            Ok(Reading {
+                slots,
+                vms,
+                maintenance,
+            })
         }
     }
 }

@@ -57,4 +57,8 @@ pub struct Reading {
     pub slots: Vec<SlotReading>,
     /// The VMs.
     pub vms: Vec<VmRecord>,
+    /// Hosts in maintenance mode: they keep what they run (until it is moved off) but
+    /// are no target of restarts or placements.
+    #[serde(default)]
+    pub maintenance: Vec<u32>,
 }

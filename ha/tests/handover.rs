@@ -24,7 +24,7 @@ fn agent() -> Agent {
     Agent::new(config, &ClusterKey::from_bytes([7; 32]), 1, 0).unwrap()
 }
 
-fn reading(owner: Option<u32>, counter: u64) -> Reading {
+fn reading(owner: Option<u32>, counter: u64, maintenance: &[u32]) -> Reading {
     Reading {
         slots: (1..=2)
             .map(|host| SlotReading {
@@ -43,6 +43,7 @@ fn reading(owner: Option<u32>, counter: u64) -> Reading {
             cpu_mhz: 500,
             mem_mb: 32,
         }],
+        maintenance: maintenance.to_vec(),
     }
 }
 
@@ -50,6 +51,15 @@ fn reading(owner: Option<u32>, counter: u64) -> Reading {
 /// with `owner(now)` as the VM's lock owner and every isolation probe with "reachable";
 /// returns how many power-ons it asked for.
 fn run(agent: &mut Agent, ms: u64, owner: impl Fn(u64) -> Option<u32>) -> usize {
+    run_with(agent, ms, owner, &[])
+}
+
+fn run_with(
+    agent: &mut Agent,
+    ms: u64,
+    owner: impl Fn(u64) -> Option<u32>,
+    maintenance: &[u32],
+) -> usize {
     let mut starts = 0;
     let mut counter = 0;
     for now in (0..ms).step_by(50) {
@@ -59,7 +69,7 @@ fn run(agent: &mut Agent, ms: u64, owner: impl Fn(u64) -> Option<u32>) -> usize 
                 match a {
                     Action::ReadDatastore => {
                         counter += 1;
-                        events.push(Event::Datastore(reading(owner(now), counter)));
+                        events.push(Event::Datastore(reading(owner(now), counter, maintenance)));
                     }
                     Action::Probe { address } => events.push(Event::Probe {
                         address,
@@ -95,4 +105,12 @@ fn a_vm_nobody_holds_over_two_readings_is_started() {
     let mut a = agent();
     let starts = run(&mut a, 6000, |_| None);
     assert!(starts >= 1, "never started");
+}
+
+#[test]
+fn a_host_in_maintenance_is_no_target_of_placements() {
+    let mut a = agent();
+    assert_eq!(run_with(&mut a, 6000, |_| None, &[1]), 0);
+    let mut a = agent();
+    assert!(run_with(&mut a, 6000, |_| None, &[2]) >= 1);
 }

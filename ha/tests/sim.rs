@@ -239,6 +239,7 @@ impl World {
                     ..v.clone()
                 })
                 .collect(),
+            maintenance: Vec::new(),
         }
     }
 

@@ -768,6 +768,7 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         ("get", "/api/v1/tasks/{id}"),
         ("get", "/api/v1/events"),
         ("post", "/api/v1/incoming"),
+        ("post", "/api/v1/host/maintenance"),
         ("get", "/api/v1/openapi.json"),
     ];
     let paths = doc["paths"].as_object().unwrap();

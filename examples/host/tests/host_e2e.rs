@@ -57,12 +57,11 @@ impl Lab {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
-        let id = (20 + std::process::id() % 200).to_string();
         let up = run(
             Command::new(LAB)
                 .arg("--dir")
                 .arg(dir.path().join("lab"))
-                .args(["up", "--vms", "0", "--id", &id, "--hosts"])
+                .args(["up", "--vms", "0", "--hosts"])
                 .arg(hosts.to_string()),
             Duration::from_secs(60),
         );
@@ -387,8 +386,108 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     // And back.
     let t = lab.op_with(3, "mover", "migrate", r#"{"to": "1"}"#);
     assert_eq!(t["state"], "success", "{t}");
-    lab.wait("the lock back on host 1", || lab.vm(2, "mover")["host"] == 1);
+    lab.wait("the lock back on host 1", || {
+        lab.vm(2, "mover")["host"] == 1
+    });
     lab.wait("mover's heartbeats back on host 1", || {
         lab.beat_numbers(1, "mover").last() > after.last()
     });
+}
+
+#[test]
+fn a_host_in_maintenance_is_emptied_by_live_migration_and_ha_places_nothing_on_it() {
+    let Some(lab) = Lab::up(3) else {
+        return;
+    };
+    let vms = ["m1", "m2", "m3", "m4"];
+    for vm in vms {
+        lab.create(1, vm);
+        assert_eq!(lab.op(1, vm, "start")["state"], "success");
+    }
+    lab.wait("every guest beating", || {
+        vms.iter().all(|vm| lab.beats(1, vm) >= 1)
+    });
+
+    let t = lab.ok(1, "POST", "/host/maintenance", r#"{"enter": true}"#, 202);
+    let id = t["task"].as_u64().unwrap();
+    let mut task = Value::Null;
+    lab.wait("maintenance entered", || {
+        task = lab.ok(1, "GET", &format!("/tasks/{id}"), "", 200);
+        task["state"] != "running"
+    });
+    assert_eq!(task["state"], "success", "{task}");
+    assert_eq!(
+        task["result"]["moved"].as_array().unwrap().len(),
+        4,
+        "{task}"
+    );
+    let info = lab.ok(1, "GET", "/host", "", 200);
+    assert!(
+        info["maintenance"] == true && info["vms"]["running_here"] == 0,
+        "{info}"
+    );
+    for vm in vms {
+        lab.wait(&format!("{vm} on another host"), || {
+            let v = lab.vm(2, vm);
+            v["host"] == 2 || v["host"] == 3
+        });
+        assert!(
+            lab.events(1, "vm_started", vm).len() == 1,
+            "{vm} booted again"
+        );
+    }
+    // It takes nothing now: a start here, or a VM sent here, is refused.
+    lab.create(1, "late");
+    let (s, e) = lab.send(1, "POST", "/vms/late/start", "{}", true);
+    assert_eq!(s, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maintenance"),
+        "{e}"
+    );
+    let (s, e) = lab.send(2, "POST", "/vms/m1/migrate", r#"{"to": "1"}"#, true);
+    let refused = s == 409
+        || (s == 202 && {
+            let id = e["task"].as_u64().unwrap();
+            let mut t = Value::Null;
+            lab.wait("the refused migration's task", || {
+                t = lab.ok(2, "GET", &format!("/tasks/{id}"), "", 200);
+                t["state"] != "running"
+            });
+            t["state"] == "error"
+        });
+    let m1_host = lab.vm(3, "m1")["host"].clone();
+    assert!(refused && m1_host != 1, "{s} {e} {m1_host}");
+
+    // HA places nothing on it either: host 2 dies, its VMs go to host 3 only.
+    let on2: Vec<&str> = vms
+        .iter()
+        .copied()
+        .filter(|vm| lab.vm(3, vm)["host"] == 2)
+        .collect();
+    kill9(lab.host_pid(2));
+    for vm in &on2 {
+        lab.wait(&format!("{vm} restarted on host 3"), || {
+            lab.vm(3, vm)["host"] == 3
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for vm in vms {
+        assert_eq!(lab.vm(3, vm)["host"], 3, "{vm}");
+        assert_eq!(
+            lab.events(1, "vm_started", vm).len(),
+            1,
+            "{vm} restarted on host 1"
+        );
+    }
+
+    // Out of maintenance, it takes VMs again.
+    let t = lab.ok(1, "POST", "/host/maintenance", r#"{"enter": false}"#, 202);
+    assert!(t["task"].is_u64());
+    lab.wait("maintenance left", || {
+        lab.ok(1, "GET", "/host", "", 200)["maintenance"] == false
+    });
+    assert_eq!(lab.op(1, "late", "start")["state"], "success");
 }

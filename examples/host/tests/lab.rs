@@ -24,9 +24,12 @@ fn is_root() -> bool {
     })
 }
 
-/// A lab number of this test process's own, so that concurrent runs do not collide.
-fn lab_id(n: u32) -> String {
-    (50 + (std::process::id() * 2 + n) % 200).to_string()
+/// The lab number `up` chose (the first free one).
+fn lab_id(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("lab.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let net = v["net"].as_object().unwrap();
+    net.values().next().unwrap()["id"].to_string()
 }
 
 fn lab(dir: &Path, args: &[&str]) -> vinfra_testkit::Finished {
@@ -108,9 +111,9 @@ fn a_three_host_lab_comes_up_runs_every_vm_and_goes_down_cleanly() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let id = lab_id(0);
-    let up = lab(&dir, &["up", "--hosts", "3", "--vms", "3", "--id", &id]);
+    let up = lab(&dir, &["up", "--hosts", "3", "--vms", "3"]);
     assert!(up.success(), "{up}");
+    let id = lab_id(&dir);
     assert!(up.stdout.contains("3 hosts"), "{up}");
     let hosts = pids(&dir);
     assert_eq!(hosts.len(), 3);
@@ -122,7 +125,7 @@ fn a_three_host_lab_comes_up_runs_every_vm_and_goes_down_cleanly() {
     let status = wait_all_placed(&dir, 3);
     assert_eq!(status.matches("running").count(), 3, "{status}");
     // A second `up` on the same folder is refused, and changes nothing.
-    let again = lab(&dir, &["up", "--hosts", "1", "--vms", "0", "--id", &id]);
+    let again = lab(&dir, &["up", "--hosts", "1", "--vms", "0"]);
     assert!(!again.success() && again.stderr.contains("down"), "{again}");
     assert!(hosts.iter().all(|&p| alive(p)));
 
@@ -156,7 +159,6 @@ fn ctrl_c_of_a_foreground_lab_brings_it_down() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let id = lab_id(1);
     let mut child = Command::new(LAB)
         .arg("--dir")
         .arg(&dir)
@@ -168,8 +170,6 @@ fn ctrl_c_of_a_foreground_lab_brings_it_down() {
             "1",
             "--loopback",
             "--foreground",
-            "--id",
-            &id,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -91,6 +91,15 @@ pub enum ApiCall {
         /// The answer.
         reply: Reply<IncomingReady>,
     },
+    /// [`HostService::maintenance`].
+    Maintenance {
+        /// Enter (`true`) or leave.
+        enter: bool,
+        /// The task the work reports through.
+        task: TaskHandle,
+        /// The answer.
+        reply: Reply<()>,
+    },
 }
 
 /// The function that hands a call to the loop; `false` when the loop has gone.
@@ -217,6 +226,10 @@ impl HostService for LoopBridge {
 
     fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady> {
         self.ask(|reply| ApiCall::PrepareIncoming { request, reply })
+    }
+
+    fn maintenance(&self, enter: bool, task: TaskHandle) -> Result<()> {
+        self.ask(|reply| ApiCall::Maintenance { enter, task, reply })
     }
 }
 

@@ -23,7 +23,7 @@ use super::server;
         server::op_start, server::op_stop, server::op_reset, server::op_shutdown,
         server::op_migrate, server::op_snapshot, server::op_revert, server::op_clone,
         server::op_backup, server::op_restore, server::console, server::list_tasks,
-        server::get_task, server::events, server::incoming, openapi_json,
+        server::get_task, server::events, server::incoming, server::maintenance, openapi_json,
     ),
     modifiers(&BearerToken),
     security(("token" = [])),

@@ -32,8 +32,8 @@ use super::service::HostService;
 use super::tasks::{TaskInfo, TaskTable};
 use super::types::{
     validate_name, BackupRequest, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
-    MigrateRequest, RestoreRequest, RevertRequest, SnapshotRequest, TaskStarted, VmInfo, VmOp,
-    VmSpec,
+    MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, SnapshotRequest,
+    TaskStarted, VmInfo, VmOp, VmSpec,
 };
 
 /// Where every route lives.
@@ -387,6 +387,30 @@ pub(super) async fn events(
     call(&st, move |s| s.events(after, limit)).await.map(Json)
 }
 
+/// `POST /host/maintenance`
+#[utoipa::path(post, path = "/api/v1/host/maintenance", tag = "host",
+    request_body = MaintenanceRequest,
+    responses((status = 202, body = TaskStarted),
+        (status = 409, description = "wrong state", body = super::ErrorBody),
+        (status = 422, description = "impossible", body = super::ErrorBody)))]
+pub(super) async fn maintenance(
+    State(st): State<AppState>,
+    Body(request): Body<MaintenanceRequest>,
+) -> Result<(StatusCode, Json<TaskStarted>)> {
+    let task = st.tasks.create(OpKind::Maintenance, "");
+    let id = task.id();
+    match call(&st, move |s| s.maintenance(request.enter, task)).await {
+        Ok(()) => {
+            st.tasks.publish(id);
+            Ok((StatusCode::ACCEPTED, Json(TaskStarted { task: id })))
+        }
+        Err(e) => {
+            st.tasks.discard(id);
+            Err(e)
+        }
+    }
+}
+
 /// `POST /incoming` (host to host)
 #[utoipa::path(post, path = "/api/v1/incoming", tag = "host", request_body = IncomingRequest,
     responses((status = 200, body = IncomingReady), (status = 404, body = super::ErrorBody),
@@ -517,6 +541,7 @@ impl Utf8Carry {
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/host", get(host))
+        .route("/api/v1/host/maintenance", post(maintenance))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
         .route("/api/v1/vms/{name}/start", post(op_start))

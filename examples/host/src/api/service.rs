@@ -3,6 +3,7 @@
 //! implementation may block briefly, e.g. on a reply channel to the host loop.
 
 use super::console::Console;
+use super::error::ApiError;
 use super::error::Result;
 use super::events::HostEvent;
 use super::tasks::TaskHandle;
@@ -47,4 +48,14 @@ pub trait HostService: Send + Sync + 'static {
     /// `POST /incoming` (host to host): gets ready to receive a migrating VM and says
     /// where to send it.
     fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady>;
+
+    /// `POST /host/maintenance`: as [`HostService::start_op`], for the host itself:
+    /// entering moves its VMs off (a task), leaving takes effect at once. A host that
+    /// has no maintenance mode refuses (the default).
+    fn maintenance(&self, enter: bool, task: TaskHandle) -> Result<()> {
+        let _ = (enter, task);
+        Err(ApiError::Unsupported(
+            "this host has no maintenance mode".into(),
+        ))
+    }
 }

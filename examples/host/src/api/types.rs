@@ -378,6 +378,9 @@ pub struct HostInfo {
     pub ha: Vec<HaPeer>,
     /// VM counts.
     pub vms: VmCounts,
+    /// In maintenance mode: it takes no new VMs and HA places nothing on it.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 impl HostInfo {
@@ -394,6 +397,7 @@ impl HostInfo {
             ksm: KsmSavings::default(),
             ha: Vec::new(),
             vms: VmCounts::default(),
+            maintenance: false,
         }
     }
 }
@@ -618,6 +622,8 @@ pub enum OpKind {
     Backup,
     /// Restore from a backup.
     Restore,
+    /// The host enters or leaves maintenance mode.
+    Maintenance,
 }
 
 impl OpKind {
@@ -635,6 +641,7 @@ impl OpKind {
             Self::Clone => "clone",
             Self::Backup => "backup",
             Self::Restore => "restore",
+            Self::Maintenance => "maintenance",
         }
     }
 }
@@ -644,6 +651,15 @@ impl OpKind {
 pub struct TaskStarted {
     /// The task's id (`GET /tasks/ID`).
     pub task: u64,
+}
+
+/// `POST /host/maintenance`: enter maintenance mode (the host's VMs are moved off by live
+/// migration, it takes no new ones and HA places nothing on it) or leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// `true` to enter, `false` to leave.
+    pub enter: bool,
 }
 
 /// `POST /incoming` (host to host): get ready to receive a VM.

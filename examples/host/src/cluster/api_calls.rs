@@ -154,6 +154,9 @@ impl Host {
             ApiCall::PrepareIncoming { request, reply } => {
                 reply.send(self.prepare_incoming(&request));
             }
+            ApiCall::Maintenance { enter, task, reply } => {
+                reply.send(self.maintenance(enter, task));
+            }
         }
     }
 
@@ -217,6 +220,7 @@ impl Host {
             .collect();
         let inventory = self.agent.inventory();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        info.maintenance = self.maintenance;
         info.vms = VmCounts {
             defined: count(inventory.len()),
             running: count(inventory.iter().filter(|v| v.owner.is_some()).count()),
@@ -379,6 +383,7 @@ impl Host {
                 if vm.state == PowerState::Running {
                     return Err(wrong("it must be shut off"));
                 }
+                self.refuse_in_maintenance()?;
                 self.set_desired(name, true)?;
                 let t = std::time::Instant::now();
                 let outcome = self.vms.power_on(name);

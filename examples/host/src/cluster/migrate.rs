@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use vinfra_ha::datastore::VmfsDatastore;
 use vinfra_ha::Event;
 
 use super::vms::Arrival;
@@ -148,6 +149,7 @@ impl Host {
         request: &IncomingRequest,
     ) -> Result<IncomingReady, ApiError> {
         let vm = self.vm_info(&request.vm)?;
+        self.refuse_in_maintenance()?;
         if self.vms.pid(&request.vm).is_some() || self.vms.migrating(&request.vm) {
             return Err(ApiError::WrongState {
                 vm: request.vm.clone(),
@@ -206,6 +208,152 @@ impl Host {
             }
         }
     }
+}
+
+impl Host {
+    /// 409 while this host is in maintenance mode.
+    pub(super) fn refuse_in_maintenance(&self) -> Result<(), ApiError> {
+        if self.maintenance {
+            return Err(ApiError::WrongState {
+                vm: String::new(),
+                state: crate::api::PowerState::ShutOff,
+                needed: format!(
+                    "host {} is in maintenance mode and takes no VM",
+                    self.agent.host()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `POST /host/maintenance`. Entering marks the host on the volume (HA places
+    /// nothing here from the next reading on), then a thread moves each VM to another
+    /// live host, one at a time, through this host's own API; leaving takes effect at
+    /// once.
+    pub(super) fn maintenance(&mut self, enter: bool, task: TaskHandle) -> Result<(), ApiError> {
+        let me = self.agent.host();
+        let internal = |e: vinfra_ha::datastore::DatastoreError| ApiError::Internal(e.to_string());
+        if !enter {
+            VmfsDatastore::set_maintenance(&self.volume, me, false).map_err(internal)?;
+            self.maintenance = false;
+            self.refresh();
+            self.report
+                .event("maintenance", serde_json::json!({"enter": false}));
+            task.succeed(serde_json::json!({"maintenance": false}));
+            return Ok(());
+        }
+        let Some(api) = self.api.clone() else {
+            return Err(ApiError::Unsupported("this host serves no API port".into()));
+        };
+        let away = VmfsDatastore::maintenance(&self.volume).map_err(internal)?;
+        let targets: Vec<u32> = self
+            .peers
+            .iter()
+            .map(|&(h, _)| h)
+            .filter(|&h| h != me && !away.contains(&h))
+            .filter(|&h| self.agent.verdict(h) == Some(vinfra_ha::Verdict::Alive))
+            .collect();
+        let vms: Vec<String> = self
+            .vms
+            .names()
+            .into_iter()
+            .filter(|v| !self.vms.migrating(v))
+            .collect();
+        if !vms.is_empty() && targets.is_empty() {
+            return Err(ApiError::WrongState {
+                vm: String::new(),
+                state: crate::api::PowerState::Running,
+                needed: format!(
+                    "{} VMs run here and no other live host can take them",
+                    vms.len()
+                ),
+            });
+        }
+        VmfsDatastore::set_maintenance(&self.volume, me, true).map_err(internal)?;
+        self.maintenance = true;
+        self.refresh();
+        self.report.event(
+            "maintenance",
+            serde_json::json!({"enter": true, "vms": vms, "targets": targets}),
+        );
+        let own_api = format!("http://{}", api.listen);
+        let token = api.token;
+        std::thread::Builder::new()
+            .name("maintenance".into())
+            .spawn(move || evacuate(&own_api, &token, &vms, &targets, task))
+            .map(drop)
+            .map_err(|e| ApiError::Internal(format!("spawn the evacuation thread: {e}")))
+    }
+}
+
+/// Moves `vms` off this host (its API at `api`), spreading them over `targets` in turn,
+/// one migration at a time.
+fn evacuate(api: &str, token: &ApiToken, vms: &[String], targets: &[u32], task: TaskHandle) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let auth = format!("Bearer {}", token.as_str());
+    let started = std::time::Instant::now();
+    let mut moved = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let to = targets[i % targets.len()];
+        #[allow(clippy::cast_precision_loss, reason = "a fraction for a bar")]
+        task.progress(
+            i as f64 / vms.len() as f64,
+            format!("moving {vm} to host {to}"),
+        );
+        let result = (|| -> Result<(), String> {
+            let url = format!("{api}/api/v1/vms/{vm}/migrate");
+            let mut r = agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(serde_json::json!({"to": to.to_string()}).to_string())
+                .map_err(|e| format!("{url}: {e}"))?;
+            let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+            let started: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+            let Some(id) = started["task"].as_u64() else {
+                return Err(format!("refused: {text}"));
+            };
+            let deadline =
+                std::time::Instant::now() + Duration::from_millis(TIME_LIMIT_MS + 30_000);
+            loop {
+                let url = format!("{api}/api/v1/tasks/{id}");
+                let mut r = agent
+                    .get(&url)
+                    .header("Authorization", &auth)
+                    .call()
+                    .map_err(|e| format!("{url}: {e}"))?;
+                let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+                let t: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+                match t["state"].as_str() {
+                    Some("success") => return Ok(()),
+                    Some("error") => return Err(t["error"]["message"].to_string()),
+                    _ if std::time::Instant::now() > deadline => {
+                        return Err("the migration did not end in time".into())
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })();
+        if let Err(e) = result {
+            task.fail(&ApiError::Internal(format!(
+                "moving {vm} to host {to}: {e} (moved so far: {moved:?}; the host stays in \
+                 maintenance mode)"
+            )));
+            return;
+        }
+        moved.push(serde_json::json!({"vm": vm, "to": to}));
+    }
+    task.succeed(serde_json::json!({
+        "maintenance": true,
+        "moved": moved,
+        "total_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }));
 }
 
 impl Sender_ {

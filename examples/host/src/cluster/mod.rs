@@ -164,6 +164,9 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         }
         None => None,
     };
+    let in_maintenance = VmfsDatastore::maintenance(&volume)
+        .map_err(|e| e.to_string())?
+        .contains(&host);
     let mut host = Host {
         agent,
         datastore: VmfsDatastore::new(volume.clone()),
@@ -180,6 +183,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         consoles: api_calls::Consoles::new(),
         api: opts.api.clone(),
         key_file: opts.key_file.clone(),
+        maintenance: in_maintenance,
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
     };
@@ -264,6 +268,8 @@ struct Host {
     api: Option<ApiOptions>,
     /// The cluster key's file, for live migrations.
     key_file: Option<PathBuf>,
+    /// In maintenance mode (`/maintenance/<id>` on the volume).
+    maintenance: bool,
     /// The host's CPU share between API readings.
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).

@@ -86,8 +86,9 @@ struct UpArgs {
     lease_ms: u32,
     /// The lab's number (0 to 255), so that several labs can run side by side: it names
     /// the bridge (`vlabN`), the namespaces (`vlabN-hH`) and the subnet (10.77.N.0/24).
-    #[arg(long, default_value_t = 0)]
-    id: u8,
+    /// Default: the first one free.
+    #[arg(long)]
+    id: Option<u8>,
     /// Loopback addresses even as root (no namespaces).
     #[arg(long)]
     loopback: bool,
@@ -195,13 +196,24 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let net = if net::is_root() && !a.loopback {
-        Net::Namespaces { id: a.id }
-    } else {
-        Net::Loopback { id: a.id }
+    let loopback = a.loopback || !net::is_root();
+    let net = match a.id {
+        Some(id) => {
+            let net = if loopback {
+                Net::Loopback { id }
+            } else {
+                Net::Namespaces { id }
+            };
+            net.build(a.hosts)?;
+            net
+        }
+        None => Net::build_free(loopback, 0, a.hosts)?,
     };
     let volume = dir.join("cluster.vmfs");
-    make_volume(&volume, a, &kernel)?;
+    if let Err(e) = make_volume(&volume, a, &kernel) {
+        net.remove(a.hosts);
+        return Err(e);
+    }
     let key: [u8; 32] = rand::random();
     let key_file = dir.join("cluster.key");
     std::fs::write(
@@ -217,7 +229,6 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
         planned_hosts: a.hosts,
     };
     lab.save(&dir)?;
-    net.build(a.hosts)?;
     let hosts: Vec<serde_json::Value> = (1..=a.hosts)
         .map(|h| {
             serde_json::json!({"id": h, "addr": format!("{}:{HA_PORT}", net.host_ip(h)),

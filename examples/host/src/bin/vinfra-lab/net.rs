@@ -23,6 +23,13 @@ pub enum Net {
     },
 }
 
+/// What one `build` made, to undo on failure.
+#[derive(Debug, Default)]
+struct Made {
+    bridge: bool,
+    namespaces: Vec<String>,
+}
+
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
@@ -87,22 +94,55 @@ impl Net {
         }
     }
 
-    /// Makes the bridge and the namespaces of `hosts` hosts. On an error, what was made
-    /// is removed again.
+    /// Makes the bridge and the namespaces of `hosts` hosts. On an error, what this call
+    /// made is removed again (and only that: a bridge that existed is another lab's).
     pub fn build(&self, hosts: u32) -> Result<(), String> {
         let Net::Namespaces { .. } = self else {
             return Ok(());
         };
-        let made = self.try_build(hosts);
-        if made.is_err() {
-            self.remove(hosts);
+        let mut made = Made::default();
+        let built = self.try_build(hosts, &mut made);
+        if built.is_err() {
+            for ns in &made.namespaces {
+                let _ = ip(&["netns", "del", ns]);
+            }
+            if made.bridge {
+                let _ = ip(&["link", "del", &self.bridge()]);
+            }
         }
-        made
+        built
     }
 
-    fn try_build(&self, hosts: u32) -> Result<(), String> {
+    /// A lab network on the first free lab number from `from` (a number whose bridge or
+    /// ports exist belongs to another lab).
+    pub fn build_free(loopback: bool, from: u8, hosts: u32) -> Result<Net, String> {
+        let mut last = String::new();
+        for id in from..=u8::MAX {
+            let net = if loopback {
+                Net::Loopback { id }
+            } else {
+                Net::Namespaces { id }
+            };
+            if loopback {
+                // Free when its first host's API port can be bound.
+                if std::net::TcpListener::bind((net.host_ip(1).as_str(), 8700)).is_ok() {
+                    return Ok(net);
+                }
+                continue;
+            }
+            match net.build(hosts) {
+                Ok(()) => return Ok(net),
+                Err(e) if e.contains("File exists") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(format!("no free lab number from {from} (last: {last})"))
+    }
+
+    fn try_build(&self, hosts: u32, made: &mut Made) -> Result<(), String> {
         let br = self.bridge();
         ip(&["link", "add", &br, "type", "bridge"])?;
+        made.bridge = true;
         ip(&["addr", "add", &format!("{}/24", self.gateway()), "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for h in 1..=hosts {
@@ -111,6 +151,7 @@ impl Net {
             };
             let port = format!("{br}p{h}");
             ip(&["netns", "add", &ns])?;
+            made.namespaces.push(ns.clone());
             ip(&[
                 "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;

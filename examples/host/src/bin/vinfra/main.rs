@@ -75,6 +75,16 @@ enum Command {
 enum HostCommand {
     /// Identity, capacity, load, page sharing, HA view, VM counts.
     Status,
+    /// Enter maintenance mode (every VM is moved to the other hosts by live migration;
+    /// the host then takes no VM) or, with `--exit`, leave it.
+    Maintenance {
+        /// Leave maintenance mode.
+        #[arg(long)]
+        exit: bool,
+        /// Print the task's id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +277,22 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             } else {
                 show::host(&info);
                 Ok(())
+            }
+        }
+        Command::Host(HostCommand::Maintenance { exit, no_wait }) => {
+            let started: TaskStarted = client.post(
+                "/host/maintenance",
+                &vinfra_host::api::MaintenanceRequest { enter: !exit },
+            )?;
+            if *no_wait {
+                if cli.json {
+                    print_json(&started)
+                } else {
+                    println!("task {}", started.task);
+                    Ok(())
+                }
+            } else {
+                wait(&client, cli.json, started.task)
             }
         }
         Command::Events { after } => {
