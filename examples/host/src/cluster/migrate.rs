@@ -17,7 +17,7 @@ use std::time::Duration;
 use vinfra_ha::datastore::VmfsDatastore;
 use vinfra_ha::Event;
 
-use super::vms::Arrival;
+use super::vms::{read_definition, Arrival};
 use super::{Host, Inbound};
 use crate::api::{ApiError, ApiToken, IncomingReady, IncomingRequest, MigrateRequest, TaskHandle};
 use crate::migration::{request, ControlEvent, ControlRequest, MigrateSettings};
@@ -51,6 +51,33 @@ struct Sender_ {
     token: ApiToken,
     key_file: Option<PathBuf>,
     tx: Sender<Inbound>,
+    /// The destination's answer to `POST /incoming`.
+    ready: Option<IncomingReady>,
+}
+
+/// A destination's refusal of `POST /incoming`.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    message: String,
+}
+
+impl Refusal {
+    /// The source's answer: the destination's 409 and 422 are the request's 422 (it
+    /// cannot go there), the rest a failure to ask.
+    fn for_destination(self, to: u32) -> ApiError {
+        match self.status {
+            409 | 422 => ApiError::InvalidValue {
+                field: "to".into(),
+                why: format!("host {to} refuses the VM: {}", self.message),
+            },
+            404 => ApiError::InvalidValue {
+                field: "to".into(),
+                why: format!("host {to} does not know the VM: {}", self.message),
+            },
+            _ => ApiError::Internal(format!("host {to}: {}", self.message)),
+        }
+    }
 }
 
 impl Host {
@@ -93,21 +120,31 @@ impl Host {
                 needed: "it is being migrated already".into(),
             });
         }
-        let Some(control) = self.vms.leave(name) else {
+        if self.vms.pid(name).is_none() {
             return Err(ApiError::WrongState {
                 vm: name.to_string(),
                 state: crate::api::PowerState::ShutOff,
                 needed: "it must run on this host".into(),
             });
-        };
-        let sender = Sender_ {
+        }
+        let mut sender = Sender_ {
             vm: name.to_string(),
-            control,
+            control: PathBuf::new(),
             peer_api: format!("http://{}:{}", ha_addr.ip(), api.listen.port()),
             token: api.token.clone(),
             key_file: self.key_file.clone(),
             tx: self.tx.clone(),
+            ready: None,
         };
+        // The destination is asked now, so that its refusal (a VM running there, its
+        // maintenance mode, CPU features it lacks) is this request's answer and nothing
+        // moves. It answers from its own loop in milliseconds.
+        let ready = sender.prepare().map_err(|e| e.for_destination(to))?;
+        sender.ready = Some(ready);
+        let Some(control) = self.vms.leave(name) else {
+            return Err(ApiError::Internal(format!("{name} stopped meanwhile")));
+        };
+        sender.control = control;
         self.report.event(
             "migration_started",
             serde_json::json!({"vm": name, "to": to}),
@@ -150,6 +187,28 @@ impl Host {
     ) -> Result<IncomingReady, ApiError> {
         let vm = self.vm_info(&request.vm)?;
         self.refuse_in_maintenance()?;
+        // CPU features (as EVC): the VM's guest sees every bit its definition does not
+        // hide; this host lacks the bits of `--hide-cpuid`.
+        let config = read_definition(&self.volume, &request.vm).map_err(ApiError::Internal)?;
+        let missing: Vec<String> = self
+            .cpuid_missing
+            .iter()
+            .filter(|m| {
+                !config.cpuid_hidden.iter().any(|h| {
+                    h.function == m.function
+                        && h.index == m.index
+                        && h.register == m.register
+                        && h.mask & m.mask == m.mask
+                })
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::CpuIncompatible {
+                vm: request.vm.clone(),
+                missing,
+            });
+        }
         if self.vms.pid(&request.vm).is_some() || self.vms.migrating(&request.vm) {
             return Err(ApiError::WrongState {
                 vm: request.vm.clone(),
@@ -169,11 +228,18 @@ impl Host {
             .map_err(|e| ApiError::Internal(format!("a port on {ip}: {e}")))?
             .port();
         let address = SocketAddr::new(ip, port).to_string();
+        // The incoming child refuses, in vmotion's own check, a VM shown these bits.
+        let hide: Vec<std::ffi::OsString> = self
+            .cpuid_missing
+            .iter()
+            .flat_map(|m| ["--hide-cpuid".into(), m.to_string().into()])
+            .collect();
         self.vms
             .arrive(
                 &request.vm,
                 &address,
                 self.key_file.clone(),
+                hide,
                 ARRIVAL_PATIENCE,
             )
             .map_err(ApiError::Internal)?;
@@ -377,8 +443,9 @@ impl Sender_ {
     /// The whole migration: `Ok` with the statistics, or the error and whether the VM is
     /// in doubt.
     fn send(&self, task: &TaskHandle) -> Result<serde_json::Value, (String, bool)> {
-        task.progress(0.0, "asking the destination");
-        let ready = self.prepare().map_err(|e| (e, false))?;
+        let Some(ready) = &self.ready else {
+            return Err(("the destination was never asked".into(), false));
+        };
         task.progress(0.02, format!("sending to {}", ready.address));
         let settings = MigrateSettings {
             to: ready.address.clone(),
@@ -414,31 +481,34 @@ impl Sender_ {
     }
 
     /// `POST /incoming` on the destination.
-    fn prepare(&self) -> Result<IncomingReady, String> {
+    fn prepare(&self) -> Result<IncomingReady, Refusal> {
         let url = format!("{}/api/v1/incoming", self.peer_api);
+        let failed = |message: String| Refusal { status: 0, message };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
+            .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
         let body = serde_json::to_string(&IncomingRequest {
             vm: self.vm.clone(),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
         let mut response = agent
             .post(&url)
             .header("Authorization", &format!("Bearer {}", self.token.as_str()))
             .header("Content-Type", "application/json")
             .send(body)
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| failed(format!("{url}: {e}")))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| failed(format!("{url}: {e}")))?;
         if status != 200 {
-            return Err(format!("the destination refused ({status}): {text}"));
+            let message = serde_json::from_str::<crate::api::ErrorBody>(&text)
+                .map_or(text, |b| b.error.message);
+            return Err(Refusal { status, message });
         }
-        serde_json::from_str(&text).map_err(|e| format!("{url}: {e}: {text}"))
+        serde_json::from_str(&text).map_err(|e| failed(format!("{url}: {e}: {text}")))
     }
 }

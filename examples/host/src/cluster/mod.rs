@@ -93,6 +93,9 @@ pub struct HostOptions {
     /// The cluster key's file, which VM processes read to encrypt live migrations
     /// (`None`: they migrate in plaintext).
     pub key_file: Option<PathBuf>,
+    /// CPUID bits this host does not offer to VMs that arrive by live migration (as
+    /// EVC): a VM whose guest may see them is refused.
+    pub cpuid_missing: Vec<vinfra_vmm_core::CpuidMask>,
 }
 
 /// Why `run` returned.
@@ -184,6 +187,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         api: opts.api.clone(),
         key_file: opts.key_file.clone(),
         maintenance: in_maintenance,
+        cpuid_missing: opts.cpuid_missing.clone(),
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
     };
@@ -270,6 +274,8 @@ struct Host {
     key_file: Option<PathBuf>,
     /// In maintenance mode (`/maintenance/<id>` on the volume).
     maintenance: bool,
+    /// CPUID bits this host lacks (see [`HostOptions::cpuid_missing`]).
+    cpuid_missing: Vec<vinfra_vmm_core::CpuidMask>,
     /// The host's CPU share between API readings.
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).

@@ -129,10 +129,21 @@ impl Vms {
     }
 
     fn spawn_as(&self, name: &str, config: VmConfig, start: Start) -> Result<VmProcess, String> {
+        self.spawn_with(name, config, start, Vec::new())
+    }
+
+    fn spawn_with(
+        &self,
+        name: &str,
+        config: VmConfig,
+        start: Start,
+        extra_args: Vec<std::ffi::OsString>,
+    ) -> Result<VmProcess, String> {
         let tx = self.tx.clone();
         let vm = name.to_string();
         let mut spec = VmSpec::new(name, config, &self.run_dir, self.volume.lease_ms());
         spec.start = start;
+        spec.extra_args.extend(extra_args);
         VmProcess::spawn(&spec, move |line| {
             // The loop is gone when the host shuts down: the line has nowhere to go.
             let _ = tx.send(Inbound::Console {
@@ -312,6 +323,7 @@ impl Vms {
         name: &str,
         listen: &str,
         key_file: Option<PathBuf>,
+        extra_args: Vec<std::ffi::OsString>,
         patience: Duration,
     ) -> Result<(), String> {
         if self.running.contains_key(name) || self.arriving.contains_key(name) {
@@ -322,7 +334,7 @@ impl Vms {
             listen: listen.to_string(),
             key_file,
         };
-        let process = self.spawn_as(name, config, start)?;
+        let process = self.spawn_with(name, config, start, extra_args)?;
         self.arriving.insert(
             name.to_string(),
             ArrivingVm {

@@ -73,6 +73,11 @@ struct RunArgs {
     /// authenticate with a token derived from the cluster key.
     #[arg(long, value_name = "ADDR")]
     api: Option<std::net::SocketAddr>,
+    /// CPUID bits this host does not offer to VMs that arrive by live migration, e.g.
+    /// `7.0.ebx:0x20` (repeatable; as EVC did): a VM whose guest may see them is refused
+    /// before anything moves.
+    #[arg(long = "hide-cpuid", value_name = "LEAF.SUB.REG:MASK")]
+    hide_cpuid: Vec<vinfra_vmm_core::CpuidMask>,
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +238,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
             None => None,
         },
         key_file: Some(a.key_file.clone()),
+        cpuid_missing: a.hide_cpuid.clone(),
     })
 }
 

@@ -89,6 +89,10 @@ struct UpArgs {
     /// Default: the first one free.
     #[arg(long)]
     id: Option<u8>,
+    /// One more `vinfra-host run` argument for host H, `H:ARG` (repeatable), e.g.
+    /// `3:--hide-cpuid=7.0.ebx:0x20` for a host that lacks a CPU feature.
+    #[arg(long = "host-arg", value_name = "H:ARG")]
+    host_args: Vec<String>,
     /// Loopback addresses even as root (no namespaces).
     #[arg(long)]
     loopback: bool,
@@ -190,6 +194,16 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
         ));
     }
     let host_bin = host_binary()?;
+    if let Some(bad) = a.host_args.iter().find(|x| {
+        x.split_once(':')
+            .and_then(|(h, _)| h.parse::<u32>().ok())
+            .is_none_or(|h| h == 0 || h > a.hosts)
+    }) {
+        return Err(format!(
+            "--host-arg {bad}: not H:ARG with H a host (1..={})",
+            a.hosts
+        ));
+    }
     let kernel = match &a.kernel {
         Some(k) => std::fs::canonicalize(k).map_err(|e| format!("{}: {e}", k.display()))?,
         None => default_kernel()?,
@@ -260,6 +274,10 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
                 .arg(format!("{}:{API_PORT}", net.host_ip(h)))
                 .arg("--run-dir")
                 .arg(dir.join(format!("host{h}.run")))
+                .args(a.host_args.iter().filter_map(|x| {
+                    let (host, arg) = x.split_once(':')?;
+                    (host.parse() == Ok(h)).then_some(arg)
+                }))
                 .stdin(Stdio::null())
                 .stdout(file(format!("host{h}.events"))?)
                 .stderr(file(format!("host{h}.log"))?);
