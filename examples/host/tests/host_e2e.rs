@@ -49,12 +49,7 @@ impl Lab {
             return None;
         }
         let kernel = guest("workload")?;
-        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                == Some("0")
-        });
+        let root = vinfra_testkit::is_root();
         if !root {
             skip("network namespaces need root: the lab runs on loopback");
         }

@@ -8,21 +8,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vinfra_testkit::{guest, kvm_or_skip, run, skip};
+use vinfra_testkit::{guest, is_root, kvm_or_skip, run, skip};
 
 const LAB: &str = env!("CARGO_BIN_EXE_vinfra-lab");
 
 /// One lab at a time: their guests' vCPUs spin, and two cores are all there is.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    })
-}
 
 /// The lab number `up` chose (the first free one).
 fn lab_id(dir: &Path) -> String {

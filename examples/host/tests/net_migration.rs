@@ -77,12 +77,7 @@ fn the_network_follows_a_migrating_vm() {
     if !kvm_or_skip() {
         return;
     }
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
+    let root = vinfra_testkit::is_root();
     if !root {
         skip("network namespaces and TAPs need root");
         return;

@@ -73,6 +73,6 @@ mod seed;
 pub use console::{Console, ConsoleWriter};
 pub use guest::{guest, guest_dir, linux_kit, workspace_root, LinuxKit};
 pub use netlab::NetLab;
-pub use prereq::{in_ci, kvm_or_skip, skip, skip_allowed_in_ci, tool_or_skip};
+pub use prereq::{in_ci, is_root, kvm_or_skip, skip, skip_allowed_in_ci, tool_or_skip};
 pub use process::{isolated, isolated_env, run, spawn, test_in_child, Finished, Running};
 pub use seed::{for_each_seed, replay_command, seeds};

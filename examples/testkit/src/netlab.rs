@@ -47,12 +47,7 @@ impl NetLab {
     #[track_caller]
     pub fn new(hosts: u32) -> Option<Self> {
         // Root, from /proc/self/status's Uid line (effective uid, the third field).
-        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                == Some("0")
-        });
+        let root = crate::prereq::is_root();
         if !root {
             skip("network namespaces need root");
             return None;

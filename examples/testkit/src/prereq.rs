@@ -9,6 +9,17 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
+/// True when this process runs as root (effective uid 0, from `/proc/self/status`):
+/// network namespaces, bridges and TAPs need it.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
 /// Reports a missing prerequisite: prints `SKIP: <why>` so the calling test can return,
 /// or, under CI ([`in_ci`]), panics with the same words.
 ///

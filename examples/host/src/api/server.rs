@@ -29,7 +29,7 @@ use super::error::{ApiError, Result};
 use super::events::HostEvent;
 use super::openapi::openapi_json;
 use super::service::HostService;
-use super::tasks::{TaskInfo, TaskTable};
+use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
     validate_name, BackupRequest, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
     MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, SnapshotRequest,
@@ -217,9 +217,22 @@ async fn start_op(
     op: VmOp,
 ) -> Result<(StatusCode, Json<TaskStarted>)> {
     op.validate()?;
-    let task = st.tasks.create(op.kind(), &name);
+    let kind = op.kind();
+    let vm = name.clone();
+    start_task(st, kind, &vm, move |s, task| s.start_op(&name, op, task)).await
+}
+
+/// Makes a task, hands it to the host through `start`, and publishes it if the host took
+/// it (`202` with its id) or forgets it if the host refused (the refusal).
+async fn start_task(
+    st: &AppState,
+    kind: OpKind,
+    vm: &str,
+    start: impl FnOnce(&dyn HostService, TaskHandle) -> Result<()> + Send + 'static,
+) -> Result<(StatusCode, Json<TaskStarted>)> {
+    let task = st.tasks.create(kind, vm);
     let id = task.id();
-    match call(st, move |s| s.start_op(&name, op, task)).await {
+    match call(st, move |s| start(s, task)).await {
         Ok(()) => {
             st.tasks.publish(id);
             Ok((StatusCode::ACCEPTED, Json(TaskStarted { task: id })))
@@ -397,18 +410,10 @@ pub(super) async fn maintenance(
     State(st): State<AppState>,
     Body(request): Body<MaintenanceRequest>,
 ) -> Result<(StatusCode, Json<TaskStarted>)> {
-    let task = st.tasks.create(OpKind::Maintenance, "");
-    let id = task.id();
-    match call(&st, move |s| s.maintenance(request.enter, task)).await {
-        Ok(()) => {
-            st.tasks.publish(id);
-            Ok((StatusCode::ACCEPTED, Json(TaskStarted { task: id })))
-        }
-        Err(e) => {
-            st.tasks.discard(id);
-            Err(e)
-        }
-    }
+    start_task(&st, OpKind::Maintenance, "", move |s, task| {
+        s.maintenance(request.enter, task)
+    })
+    .await
 }
 
 /// `POST /incoming` (host to host)

@@ -284,16 +284,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 "/host/maintenance",
                 &vinfra_host::api::MaintenanceRequest { enter: !exit },
             )?;
-            if *no_wait {
-                if cli.json {
-                    print_json(&started)
-                } else {
-                    println!("task {}", started.task);
-                    Ok(())
-                }
-            } else {
-                wait(&client, cli.json, started.task)
-            }
+            follow(cli, &client, started, *no_wait)
         }
         Command::Events { after } => {
             let events: Vec<HostEvent> = client.get(&format!("/events?after={after}"))?;
@@ -483,15 +474,19 @@ fn operation<B: serde::Serialize>(
     body: &B,
 ) -> Result<(), CliError> {
     let started: TaskStarted = client.post(&format!("/vms/{}/{verb}", op.name), body)?;
-    if op.no_wait {
-        if cli.json {
-            print_json(&started)
-        } else {
-            println!("task {}", started.task);
-            Ok(())
-        }
+    follow(cli, client, started, op.no_wait)
+}
+
+/// Follows a started task to its end, or (`no_wait`) prints its id.
+fn follow(cli: &Cli, client: &Client, started: TaskStarted, no_wait: bool) -> Result<(), CliError> {
+    if !no_wait {
+        return wait(client, cli.json, started.task);
+    }
+    if cli.json {
+        print_json(&started)
     } else {
-        wait(client, cli.json, started.task)
+        println!("task {}", started.task);
+        Ok(())
     }
 }
 
