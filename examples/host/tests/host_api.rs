@@ -722,7 +722,6 @@ fn stop_closes_open_consoles_and_the_port() {
     s.run_op("web1", "start", "");
     let mut socket = connect_console(&s, "web1", s.token.as_str()).unwrap();
     read_text(&mut socket, "login");
-    let addr = s.server.local_addr();
     let began = Instant::now();
     s.server.stop();
     assert!(
@@ -738,7 +737,8 @@ fn stop_closes_open_consoles_and_the_port() {
         }
     };
     assert_eq!(closed, Some(1001));
-    assert!(std::net::TcpStream::connect(addr).is_err());
+    // The port itself is not probed: the tests run in parallel, and another test's
+    // server may be given the port this one just freed.
 }
 
 #[test]
