@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 use rand::{Rng, SeedableRng};
+use vinfra_vmfs::nbd::{NbdAddr, NbdDevice, NbdOptions};
 use vinfra_vmfs::{
     disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
     MonotonicClock, MountOptions, ReadOnlyVolume, Volume,
@@ -28,8 +29,13 @@ struct Cli {
 
 #[derive(clap::Args, Debug)]
 struct Mnt {
-    /// The volume image (or block device).
+    /// The volume image (or block device), or an NBD export: `nbd://IP:PORT`,
+    /// `nbd+unix:///SOCKET` (made with `mkfs --disk-paxos`: NBD has no compare-and-write).
     image: PathBuf,
+    /// Limit on each NBD request (keep it under half the lease, so that a host cut off
+    /// from the server fences itself with no request of its still in flight).
+    #[arg(long, default_value_t = NBD_TIMEOUT_MS)]
+    nbd_timeout_ms: u64,
     /// Host id (heartbeat slot, 0..64).
     #[arg(long, default_value_t = 0)]
     host: u32,
@@ -43,7 +49,8 @@ struct Mnt {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Format an image (created with --size if it does not exist).
+    /// Format an image (created with --size if it does not exist) or an NBD export
+    /// (`nbd://IP:PORT`, `nbd+unix:///SOCKET`; with --disk-paxos).
     Mkfs {
         image: PathBuf,
         /// Size, e.g. 256M, 4G.
@@ -240,7 +247,7 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
         eprintln!("vmfs: installing the stop signals: {e}");
     }
     let clock = Arc::new(MonotonicClock::new());
-    let dev = volume_device(&m.image, m.host, clock.clone())?;
+    let dev = volume_device(&m.image, m.host, clock.clone(), m.nbd_timeout_ms)?;
     let mut o = MountOptions::default();
     o.lease_ms = m.lease_ms;
     o.interval_ms = m.interval_ms;
@@ -254,7 +261,12 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
 /// opening found (a superblock taken from its backup, journals replayed in memory, hosts
 /// that show mounted) goes to stderr.
 fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
-    let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+    let dev = volume_device(
+        &m.image,
+        m.host,
+        Arc::new(MonotonicClock::new()),
+        m.nbd_timeout_ms,
+    )?;
     let ro = ReadOnlyVolume::mount(dev)?;
     for n in ro.notes() {
         eprintln!("vmfs: note: {n}");
@@ -262,15 +274,36 @@ fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
     Ok(ro)
 }
 
+/// The default limit on an NBD request: under half the default lease (8 s).
+pub(crate) const NBD_TIMEOUT_MS: u64 = 2000;
+
+/// The image file, or the NBD export when `image` is an NBD address.
+pub(crate) fn raw_device(image: &Path, nbd_timeout_ms: u64) -> Result<Arc<dyn BlockDevice>, Error> {
+    match image.to_str().and_then(NbdAddr::parse) {
+        Some(Ok(addr)) => {
+            let mut o = NbdOptions::default();
+            o.timeout_ms = nbd_timeout_ms;
+            Ok(Arc::new(NbdDevice::connect(addr, o)?))
+        }
+        Some(Err(e)) => Err(Error::Io {
+            op: "parse address",
+            offset: 0,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        }),
+        None => Ok(Arc::new(FileDevice::open(image, false)?)),
+    }
+}
+
 /// The image as host `host` uses it: through Disk Paxos when it was made with
-/// `mkfs --disk-paxos` (detected), else the file and its own compare-and-write.
+/// `mkfs --disk-paxos` (detected; the only way on NBD), else the file and its own
+/// compare-and-write.
 fn volume_device(
     image: &Path,
     host: u32,
     clock: Arc<MonotonicClock>,
+    nbd_timeout_ms: u64,
 ) -> Result<Arc<dyn BlockDevice>, Error> {
-    let file: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
-    vinfra_vmfs::paxos::open_for_host(file, host, clock)
+    vinfra_vmfs::paxos::open_for_host(raw_device(image, nbd_timeout_ms)?, host, clock)
 }
 
 /// A volume mounted by a command, unmounted on every way out of it: the end, an error
@@ -349,9 +382,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             label,
             disk_paxos,
         } => {
-            let dev = match size {
-                Some(s) => FileDevice::create(&image, s)?,
-                None => FileDevice::open(&image, false)?,
+            let dev: Arc<dyn BlockDevice> = match size {
+                Some(s) => Arc::new(FileDevice::create(&image, s)?),
+                None => raw_device(&image, NBD_TIMEOUT_MS)?,
             };
             let mut o = MkfsOptions::default();
             o.block_size = block_size;
@@ -362,8 +395,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             o.label = label;
             o.uuid = *uuid::Uuid::new_v4().as_bytes();
             let sb = match disk_paxos {
-                Some(hosts) => Volume::mkfs_without_ats(Arc::new(dev), &o, hosts)?,
-                None => Volume::mkfs(&dev, &o)?,
+                Some(hosts) => Volume::mkfs_without_ats(dev, &o, hosts)?,
+                None => Volume::mkfs(dev.as_ref(), &o)?,
             };
             println!(
                 "formatted {}: uuid {}, {} clusters of {} blocks of {} bytes",
@@ -571,7 +604,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             release_dead,
         } => {
             let clock = Arc::new(MonotonicClock::new());
-            let dev = volume_device(&image, 0, clock.clone())?;
+            let dev = volume_device(&image, 0, clock.clone(), NBD_TIMEOUT_MS)?;
             if release_dead {
                 for h in vinfra_vmfs::fsck::release_dead_hosts(dev.as_ref(), clock.as_ref())? {
                     println!("released: host {h} (silent for a lease)");
@@ -603,7 +636,12 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         }
         Cmd::Grow { m, size } => {
             // A Disk Paxos image keeps its areas at its end: its device refuses to grow.
-            let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+            let dev = volume_device(
+                &m.image,
+                m.host,
+                Arc::new(MonotonicClock::new()),
+                m.nbd_timeout_ms,
+            )?;
             let want = size;
             if dev.len()? < want {
                 dev.set_len(want)?;
