@@ -787,6 +787,10 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     let mut acquired = vec![0u64; locks as usize];
+    // When each lock was first taken (ms after the start; 0: never): a partition test
+    // compares it with the moment the host that held it went silent.
+    let mut first_ms = vec![0u64; locks as usize];
+    let started_ms = clock.now_ms();
     let mut refused = 0u64;
     let mut ops = 0u64;
     let mut k = 0u64;
@@ -839,6 +843,9 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
                     }
                     f.sync()?;
                     f.close()?;
+                    if acquired[j as usize] == 0 {
+                        first_ms[j as usize] = (clock.now_ms() - started_ms).max(1);
+                    }
                     acquired[j as usize] += 1;
                 }
                 Err(Error::Locked { .. }) => refused += 1,
@@ -848,7 +855,9 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
     }
     drop(hb);
     v.unmount()?;
-    println!("{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?}}}");
+    println!(
+        "{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?},\"first_ms\":{first_ms:?}}}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
