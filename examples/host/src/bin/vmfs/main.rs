@@ -766,31 +766,36 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
         let f = v.create(&format!("{mine}/data"))?;
         println!("LOCKED");
         let _ = out.lock().flush();
-        let mut i = 0u64;
-        while clock.now_ms() < deadline && !stopped() {
-            let (off, len) = writer_op(seed, i);
-            f.write_at(&pattern(seed, i, len), off)?;
-            f.sync()?;
-            println!("ACK {i}");
-            let _ = out.lock().flush();
-            if i % 4 == 0 {
-                let p = format!("{mine}/t{}", i % 16);
-                if v.exists(&p)? {
-                    v.delete(&p)?;
-                } else {
-                    v.create(&p)?.write_at(&pattern(seed, i, 5000), 0)?;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        return std::thread::scope(|s| {
+            // Says the moment this host fences itself (a partition test checks that it
+            // comes before any other host takes its lock). After a failed write it goes on
+            // watching (the heartbeat may still be renewing), for at most two leases.
+            let until = deadline + 2 * v.lease_ms();
+            let (v, clock, done) = (&v, &clock, &done);
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && clock.now_ms() < until {
+                    if let Err(Error::Fenced { .. }) = v.check_lease() {
+                        println!("FENCED {}", unix_ms());
+                        let _ = std::io::stdout().lock().flush();
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
+            });
+            let r = writer_loop(&v, &f, &mine, seed, deadline, &clock);
+            if r.is_ok() {
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            i += 1;
-        }
-        drop(hb);
-        return Ok(ExitCode::SUCCESS);
+            drop(hb);
+            r
+        });
     }
     let mut acquired = vec![0u64; locks as usize];
-    // When each lock was first taken (ms after the start; 0: never): a partition test
-    // compares it with the moment the host that held it went silent.
-    let mut first_ms = vec![0u64; locks as usize];
-    let started_ms = clock.now_ms();
+    // When each lock was first taken (wall clock, ms since the epoch; 0: never): a
+    // partition test compares it with the moment the host that held it fenced itself,
+    // reported by another process on the same machine.
+    let mut first_unix_ms = vec![0u64; locks as usize];
     let mut refused = 0u64;
     let mut ops = 0u64;
     let mut k = 0u64;
@@ -844,7 +849,7 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
                     f.sync()?;
                     f.close()?;
                     if acquired[j as usize] == 0 {
-                        first_ms[j as usize] = (clock.now_ms() - started_ms).max(1);
+                        first_unix_ms[j as usize] = unix_ms();
                     }
                     acquired[j as usize] += 1;
                 }
@@ -856,7 +861,7 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
     drop(hb);
     v.unmount()?;
     println!(
-        "{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?},\"first_ms\":{first_ms:?}}}"
+        "{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?},\"first_unix_ms\":{first_unix_ms:?}}}"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -868,4 +873,43 @@ fn writer_op(seed: u64, i: u64) -> (u64, usize) {
         r.random_range(0..(8u64 << 20)),
         r.random_range(1..65_536usize),
     )
+}
+
+/// The writer of `stress --mode writer`: a write and a sync per step under the lock it
+/// holds, each acknowledged on stdout once durable.
+fn writer_loop(
+    v: &Volume,
+    f: &vinfra_vmfs::File,
+    mine: &str,
+    seed: u64,
+    deadline: u64,
+    clock: &MonotonicClock,
+) -> Result<ExitCode, Error> {
+    let out = std::io::stdout();
+    let mut i = 0u64;
+    while clock.now_ms() < deadline && !stopped() {
+        let (off, len) = writer_op(seed, i);
+        f.write_at(&pattern(seed, i, len), off)?;
+        f.sync()?;
+        println!("ACK {i}");
+        let _ = out.lock().flush();
+        if i % 4 == 0 {
+            let p = format!("{mine}/t{}", i % 16);
+            if v.exists(&p)? {
+                v.delete(&p)?;
+            } else {
+                v.create(&p)?.write_at(&pattern(seed, i, 5000), 0)?;
+            }
+        }
+        i += 1;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The wall clock in ms since the epoch: the one clock that processes in different
+/// network namespaces of one machine share with a test (only the test helpers print it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
