@@ -49,12 +49,7 @@ fn nbdkit(mut cmd: Command, img: &Path, listen: &[&str]) -> Proc {
 
 /// `vmfs mkfs --disk-paxos` through the server at `addr` (run by `cmd`), proving it
 /// answers; retried while it starts.
-fn mkfs_over_nbd(
-    mut cmd: impl FnMut() -> Command,
-    addr: &str,
-    lease_ms: u32,
-    interval_ms: u32,
-) {
+fn mkfs_over_nbd(mut cmd: impl FnMut() -> Command, addr: &str, lease_ms: u32, interval_ms: u32) {
     let t = Instant::now();
     loop {
         let done = run(
@@ -196,7 +191,11 @@ fn host_processes_share_one_export(hosts: u32, secs: u64, lease_ms: u32, interva
     // journal locks): ask for work done, not for a rate.
     assert!(total_ops > 0, "the hosts did work");
     assert!(sums.iter().sum::<u64>() > 0, "locks were taken");
-    assert_eq!(lock_counters(&img, locks), sums, "lost updates: two holders");
+    assert_eq!(
+        lock_counters(&img, locks),
+        sums,
+        "lost updates: two holders"
+    );
     let v = mount_image(&img, 63);
     assert!(v.list("/shared").unwrap().is_empty());
     v.unmount().unwrap();
@@ -382,7 +381,11 @@ fn a_host_cut_off_from_the_nbd_server_fences_itself_and_the_others_take_over() {
         after_cut(takeover)
     );
     // L0's counter counts only hosts 2 and 3 (the writer never writes that file).
-    assert_eq!(lock_counters(&img, locks), sums, "lost updates: two holders");
+    assert_eq!(
+        lock_counters(&img, locks),
+        sums,
+        "lost updates: two holders"
+    );
 
     // Every write host 1 acknowledged is there (its journal was replayed by the host
     // that broke its locks); only the one in flight may be partial.
@@ -426,7 +429,11 @@ fn a_host_cut_off_from_the_nbd_server_fences_itself_and_the_others_take_over() {
     assert!(back.success(), "host 1 mounting again: {back}");
     assert!(back.stdout.contains("data"), "{back}");
     // Nothing host 1 had queued before its cut reached the server once its link was back.
-    assert_eq!(lock_counters(&img, locks), sums, "L0 changed after the link came back");
+    assert_eq!(
+        lock_counters(&img, locks),
+        sums,
+        "L0 changed after the link came back"
+    );
     fsck_clean(&img);
 }
 
