@@ -211,7 +211,7 @@ fn eight_host_processes_share_one_nbd_export() {
 /// a lease long enough that a host starved of CPU for a while does not fence itself.
 #[test]
 fn sixty_four_host_processes_share_one_nbd_export() {
-    host_processes_share_one_export(64, 6, 30_000, 1000);
+    host_processes_share_one_export(64, 4, 30_000, 1000);
 }
 
 /// Same as the CLI's writer (src/bin/vmfs/main.rs).
