@@ -684,8 +684,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
 }
 
 fn info(image: &Path, observe_ms: u64) -> Result<(), Error> {
-    let dev = FileDevice::open(image, false)?;
-    let sb = Volume::superblock(&dev)?;
+    // Plain reads only: the volume's sectors read the same through Disk Paxos or not.
+    let dev = raw_device(image, NBD_TIMEOUT_MS)?;
+    let dev = dev.as_ref();
+    let sb = Volume::superblock(dev)?;
     let g = sb.geo;
     println!(
         "volume {} label {:?}: block {} B, {} of max {} clusters x {} blocks, {} inodes, lease {} ms, interval {} ms",
@@ -729,7 +731,7 @@ fn info(image: &Path, observe_ms: u64) -> Result<(), Error> {
     for l in read_slots(&mut lv)? {
         println!("{l}");
     }
-    for l in vinfra_vmfs::volume::list_locks(&dev, &g)? {
+    for l in vinfra_vmfs::volume::list_locks(dev, &g)? {
         println!(
             "lock {} ({}): {:?} held by {:?}",
             l.record.index,
@@ -783,7 +785,7 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             });
-            let r = writer_loop(&v, &f, &mine, seed, deadline, &clock);
+            let r = writer_loop(v, &f, &mine, seed, deadline, clock);
             if r.is_ok() {
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
             }
