@@ -68,6 +68,34 @@ impl std::fmt::Display for NbdAddr {
     }
 }
 
+/// Why a string is not an NBD address (see [`NbdAddr::parse`]).
+#[derive(Debug, thiserror::Error)]
+#[error("not an NBD address (nbd://HOST:PORT or nbd+unix:///SOCKET): {0:?}")]
+pub struct BadNbdAddr(pub String);
+
+impl NbdAddr {
+    /// `nbd://IP:PORT` (TCP) or `nbd+unix:///path` (a Unix socket), as [`Display`]
+    /// writes them; `None` when `s` does not start with either scheme, so a caller can
+    /// fall back to a file path.
+    ///
+    /// [`Display`]: std::fmt::Display
+    pub fn parse(s: &str) -> Option<Result<NbdAddr, BadNbdAddr>> {
+        if let Some(p) = s.strip_prefix("nbd+unix://") {
+            if p.is_empty() {
+                return Some(Err(BadNbdAddr(s.to_string())));
+            }
+            return Some(Ok(NbdAddr::Unix(PathBuf::from(p))));
+        }
+        let rest = s.strip_prefix("nbd://")?;
+        Some(
+            rest.trim_end_matches('/')
+                .parse::<SocketAddr>()
+                .map(NbdAddr::Tcp)
+                .map_err(|_| BadNbdAddr(s.to_string())),
+        )
+    }
+}
+
 /// How to talk to the server.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -182,6 +210,20 @@ impl NbdDevice {
                 let s = TcpStream::connect_timeout(a, t).map_err(io("connect"))?;
                 // Small requests (lock records, heartbeats) must not wait for Nagle.
                 s.set_nodelay(true).map_err(io("connect"))?;
+                // A connection dropped after a timeout (or closed by a fenced host that
+                // exits) is reset, its unsent requests discarded: otherwise the kernel
+                // goes on retransmitting them, and a write queued before the host fenced
+                // itself could reach the server once its link is back, after another host
+                // has taken its locks over.
+                nix::sys::socket::setsockopt(
+                    &s,
+                    nix::sys::socket::sockopt::Linger,
+                    &nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                )
+                .map_err(|e| io("connect")(io::Error::from(e)))?;
                 s.set_read_timeout(Some(t)).map_err(io("connect"))?;
                 s.set_write_timeout(Some(t)).map_err(io("connect"))?;
                 Stream::Tcp(s)
@@ -334,5 +376,23 @@ impl Drop for NbdDevice {
             let _ = proto::exchange(&mut c.s, CMD_DISC, 0, 0, &[], &mut [], 0);
         }
         *g = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_as_display_writes_them() {
+        for a in [
+            NbdAddr::Tcp("10.1.2.3:10809".parse().unwrap()),
+            NbdAddr::Unix("/tmp/lun.sock".into()),
+        ] {
+            assert_eq!(NbdAddr::parse(&a.to_string()).unwrap().unwrap(), a);
+        }
+        assert!(NbdAddr::parse("/tmp/lun.img").is_none());
+        assert!(NbdAddr::parse("nbd://nohost").unwrap().is_err());
+        assert!(NbdAddr::parse("nbd+unix://").unwrap().is_err());
     }
 }

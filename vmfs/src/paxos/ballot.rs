@@ -92,6 +92,11 @@ pub struct Proposer {
     seen: Vec<Decision>,
     /// Whether the value this instance builds on matched `expected`.
     may_propose: bool,
+    /// This host's learned sector as last read or written.
+    own_learned: Option<Learned>,
+    /// This host's sectors as its previous compare-and-write of the sector left them (the
+    /// caller's cache, see [`Proposer::with_own`]).
+    cached_own: Option<HostSectors>,
 }
 
 /// The smallest ballot of `host` above `seen`.
@@ -153,13 +158,76 @@ impl Proposer {
             decisions: Vec::new(),
             seen: Vec::new(),
             may_propose: false,
+            own_learned: None,
+            cached_own: None,
         }
+    }
+
+    /// This host's own sectors of the area as its previous compare-and-write of the same
+    /// sector left them ([`Proposer::own_sectors`] at its end; `None` after an error or a
+    /// restart: only this host writes them, so they are what the area holds). With them,
+    /// and a cached decided value equal to `expected`, [`Proposer::start`] skips the first
+    /// area read and goes straight to phase 1 of the next instance: the phase-1 read that
+    /// follows sees whatever the cache missed (a later instance learned, a value accepted
+    /// for this one, a higher ballot) and falls back to the full path.
+    pub fn with_own(mut self, own: Option<HostSectors>) -> Self {
+        self.cached_own = own;
+        self
+    }
+
+    /// This host's sectors of the area once this compare-and-write is done (every write it
+    /// asked for completed): what the caller passes to the next one's
+    /// [`Proposer::with_own`].
+    pub fn own_sectors(&self) -> Option<HostSectors> {
+        (self.phase == Phase::Done && self.nonce_set).then(|| HostSectors {
+            proposal: self.own.clone(),
+            learned: self.own_learned.clone(),
+            decisions: self.decisions.clone(),
+        })
     }
 
     /// The first action.
     pub fn start(&mut self) -> Action {
         self.phase = Phase::Learn;
+        if let (Some(own), Some((k, v))) = (self.cached_own.take(), self.known.clone()) {
+            // Only from a decided value that matches (a stale cache must never answer a
+            // mismatch) and with no proposal of ours for a later instance to carry over.
+            let settled = own.proposal.as_ref().is_none_or(|p| p.instance <= k);
+            if v.bytes == self.expected && settled {
+                self.take_own(&own);
+                self.may_propose = true;
+                return self.phase_one(k + 1, &[]);
+            }
+        }
         Action::Read { home: false }
+    }
+
+    /// Takes this host's own sectors (read, or cached) as the base of its writes, and a
+    /// nonce above any it ever used, so that a value of an earlier compare-and-write (or
+    /// incarnation) is never taken for this one's.
+    fn take_own(&mut self, own: &HostSectors) {
+        let used = [
+            own.proposal.as_ref().map(|p| p.inp.clone()),
+            own.learned.as_ref().map(|l| l.value.clone()),
+        ];
+        let from_decisions = own
+            .decisions
+            .iter()
+            .filter(|d| d.owner == self.host + 1)
+            .map(|d| d.nonce);
+        let top = used
+            .iter()
+            .flatten()
+            .filter(|v| v.owner == self.host + 1)
+            .map(|v| v.nonce)
+            .chain(from_decisions)
+            .max()
+            .unwrap_or(0);
+        self.mine.nonce = top + 1;
+        self.nonce_set = true;
+        self.own = own.proposal.clone();
+        self.own_learned = own.learned.clone();
+        self.decisions = own.decisions.clone();
     }
 
     /// The newest decided instance and value this proposer knows (for the caller's cache).
@@ -185,29 +253,7 @@ impl Proposer {
     pub fn on_read(&mut self, sectors: &[HostSectors], home: Option<&[u8]>) -> Result<Action> {
         let own = sectors.get(self.host as usize).cloned().unwrap_or_default();
         if !self.nonce_set {
-            // A fresh nonce above any this host ever used, so that a value of an earlier
-            // compare-and-write (or incarnation) is never taken for this one's.
-            let used = [
-                own.proposal.as_ref().map(|p| p.inp.clone()),
-                own.learned.as_ref().map(|l| l.value.clone()),
-            ];
-            let from_decisions = own
-                .decisions
-                .iter()
-                .filter(|d| d.owner == self.host + 1)
-                .map(|d| d.nonce);
-            let top = used
-                .iter()
-                .flatten()
-                .filter(|v| v.owner == self.host + 1)
-                .map(|v| v.nonce)
-                .chain(from_decisions)
-                .max()
-                .unwrap_or(0);
-            self.mine.nonce = top + 1;
-            self.nonce_set = true;
-            self.own = own.proposal.clone();
-            self.decisions = own.decisions.clone();
+            self.take_own(&own);
         }
         self.seen = sectors
             .iter()
@@ -274,13 +320,12 @@ impl Proposer {
                         .len()
                         .saturating_sub(super::block::DECISIONS_MAX);
                     self.decisions.drain(..keep);
-                    Ok(Action::WriteLearned(
-                        Learned {
-                            instance: self.instance,
-                            value: v,
-                        },
-                        self.decisions.clone(),
-                    ))
+                    let l = Learned {
+                        instance: self.instance,
+                        value: v,
+                    };
+                    self.own_learned = Some(l.clone());
+                    Ok(Action::WriteLearned(l, self.decisions.clone()))
                 }
             }
             _ => Err(self.fail("read answered out of turn")),
@@ -361,6 +406,11 @@ impl Proposer {
                 format!("no decision after {MAX_ATTEMPTS} ballots (contention)"),
             ));
         }
+        Ok(self.phase_one(k, sectors))
+    }
+
+    /// Phase 1 of instance `k`: a ballot above every one seen for it.
+    fn phase_one(&mut self, k: u64, sectors: &[HostSectors]) -> Action {
         self.instance = k;
         let seen = max_mbal(k, sectors).max(self.own.as_ref().map_or(0, |p| {
             if p.instance == k {
@@ -385,7 +435,7 @@ impl Proposer {
         };
         self.own = Some(p.clone());
         self.phase = Phase::One;
-        Ok(Action::WriteProposal(p))
+        Action::WriteProposal(p)
     }
 
     /// Feeds the completion of a write (or the end of a backoff).

@@ -127,6 +127,10 @@ pub struct PaxosDevice {
     clock: Arc<dyn Clock>,
     /// Newest decided instance and value known per covered sector.
     known: Mutex<HashMap<u64, (u64, Value)>>,
+    /// This host's own sectors of each covered sector's area, as its last
+    /// compare-and-write there left them (taken out while one runs, put back only when it
+    /// ends without an error, so that an interrupted one leaves no stale entry).
+    own: Mutex<HashMap<u64, HostSectors>>,
     /// One compare-and-write of this host per covered sector at a time (it has one
     /// proposal sector per area), striped so that a heartbeat renewal never waits for a
     /// contended lock record of the same host unless they share a stripe.
@@ -247,6 +251,7 @@ impl PaxosDevice {
             header,
             clock,
             known: Mutex::new(HashMap::new()),
+            own: Mutex::new(HashMap::new()),
             turns: (0..TURN_STRIPES).map(|_| Mutex::new(())).collect(),
             total: Mutex::new(CasStats::default()),
         })
@@ -321,7 +326,12 @@ impl PaxosDevice {
             .map_err(|_| Self::lock_poisoned())?
             .get(&sector)
             .cloned();
-        let mut p = Proposer::new(self.host, expected, new, hint);
+        let own = self
+            .own
+            .lock()
+            .map_err(|_| Self::lock_poisoned())?
+            .remove(&sector);
+        let mut p = Proposer::new(self.host, expected, new, hint).with_own(own);
         let mut st = CasStats::default();
         let mut action = p.start();
         // Bounded: the proposer gives up after MAX_ATTEMPTS ballots; each takes < 8 steps.
@@ -367,6 +377,11 @@ impl PaxosDevice {
                     if let Some(k) = p.known().cloned() {
                         if let Ok(mut m) = self.known.lock() {
                             m.insert(sector, k);
+                        }
+                    }
+                    if let Some(o) = p.own_sectors() {
+                        if let Ok(mut m) = self.own.lock() {
+                            m.insert(sector, o);
                         }
                     }
                     if let (Outcome::Mismatch(cur), Some((k, _))) = (&outcome, p.known()) {

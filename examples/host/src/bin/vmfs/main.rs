@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 use rand::{Rng, SeedableRng};
+use vinfra_vmfs::nbd::{NbdAddr, NbdDevice, NbdOptions};
 use vinfra_vmfs::{
     disk::VirtualDisk, BlockDevice, Clock, Error, FileDevice, LockMode, MkfsOptions,
     MonotonicClock, MountOptions, ReadOnlyVolume, Volume,
@@ -28,8 +29,13 @@ struct Cli {
 
 #[derive(clap::Args, Debug)]
 struct Mnt {
-    /// The volume image (or block device).
+    /// The volume image (or block device), or an NBD export: `nbd://IP:PORT`,
+    /// `nbd+unix:///SOCKET` (made with `mkfs --disk-paxos`: NBD has no compare-and-write).
     image: PathBuf,
+    /// Limit on each NBD request (keep it under half the lease, so that a host cut off
+    /// from the server fences itself with no request of its still in flight).
+    #[arg(long, default_value_t = NBD_TIMEOUT_MS)]
+    nbd_timeout_ms: u64,
     /// Host id (heartbeat slot, 0..64).
     #[arg(long, default_value_t = 0)]
     host: u32,
@@ -43,7 +49,8 @@ struct Mnt {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Format an image (created with --size if it does not exist).
+    /// Format an image (created with --size if it does not exist) or an NBD export
+    /// (`nbd://IP:PORT`, `nbd+unix:///SOCKET`; with --disk-paxos).
     Mkfs {
         image: PathBuf,
         /// Size, e.g. 256M, 4G.
@@ -240,7 +247,7 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
         eprintln!("vmfs: installing the stop signals: {e}");
     }
     let clock = Arc::new(MonotonicClock::new());
-    let dev = volume_device(&m.image, m.host, clock.clone())?;
+    let dev = volume_device(&m.image, m.host, clock.clone(), m.nbd_timeout_ms)?;
     let mut o = MountOptions::default();
     o.lease_ms = m.lease_ms;
     o.interval_ms = m.interval_ms;
@@ -254,7 +261,12 @@ fn mount(m: &Mnt) -> Result<Mounted, Error> {
 /// opening found (a superblock taken from its backup, journals replayed in memory, hosts
 /// that show mounted) goes to stderr.
 fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
-    let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+    let dev = volume_device(
+        &m.image,
+        m.host,
+        Arc::new(MonotonicClock::new()),
+        m.nbd_timeout_ms,
+    )?;
     let ro = ReadOnlyVolume::mount(dev)?;
     for n in ro.notes() {
         eprintln!("vmfs: note: {n}");
@@ -262,15 +274,36 @@ fn read_only(m: &Mnt) -> Result<ReadOnlyVolume, Error> {
     Ok(ro)
 }
 
+/// The default limit on an NBD request: under half the default lease (8 s).
+pub(crate) const NBD_TIMEOUT_MS: u64 = 2000;
+
+/// The image file, or the NBD export when `image` is an NBD address.
+pub(crate) fn raw_device(image: &Path, nbd_timeout_ms: u64) -> Result<Arc<dyn BlockDevice>, Error> {
+    match image.to_str().and_then(NbdAddr::parse) {
+        Some(Ok(addr)) => {
+            let mut o = NbdOptions::default();
+            o.timeout_ms = nbd_timeout_ms;
+            Ok(Arc::new(NbdDevice::connect(addr, o)?))
+        }
+        Some(Err(e)) => Err(Error::Io {
+            op: "parse address",
+            offset: 0,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        }),
+        None => Ok(Arc::new(FileDevice::open(image, false)?)),
+    }
+}
+
 /// The image as host `host` uses it: through Disk Paxos when it was made with
-/// `mkfs --disk-paxos` (detected), else the file and its own compare-and-write.
+/// `mkfs --disk-paxos` (detected; the only way on NBD), else the file and its own
+/// compare-and-write.
 fn volume_device(
     image: &Path,
     host: u32,
     clock: Arc<MonotonicClock>,
+    nbd_timeout_ms: u64,
 ) -> Result<Arc<dyn BlockDevice>, Error> {
-    let file: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false)?);
-    vinfra_vmfs::paxos::open_for_host(file, host, clock)
+    vinfra_vmfs::paxos::open_for_host(raw_device(image, nbd_timeout_ms)?, host, clock)
 }
 
 /// A volume mounted by a command, unmounted on every way out of it: the end, an error
@@ -349,9 +382,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             label,
             disk_paxos,
         } => {
-            let dev = match size {
-                Some(s) => FileDevice::create(&image, s)?,
-                None => FileDevice::open(&image, false)?,
+            let dev: Arc<dyn BlockDevice> = match size {
+                Some(s) => Arc::new(FileDevice::create(&image, s)?),
+                None => raw_device(&image, NBD_TIMEOUT_MS)?,
             };
             let mut o = MkfsOptions::default();
             o.block_size = block_size;
@@ -362,8 +395,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             o.label = label;
             o.uuid = *uuid::Uuid::new_v4().as_bytes();
             let sb = match disk_paxos {
-                Some(hosts) => Volume::mkfs_without_ats(Arc::new(dev), &o, hosts)?,
-                None => Volume::mkfs(&dev, &o)?,
+                Some(hosts) => Volume::mkfs_without_ats(dev, &o, hosts)?,
+                None => Volume::mkfs(dev.as_ref(), &o)?,
             };
             println!(
                 "formatted {}: uuid {}, {} clusters of {} blocks of {} bytes",
@@ -571,7 +604,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             release_dead,
         } => {
             let clock = Arc::new(MonotonicClock::new());
-            let dev = volume_device(&image, 0, clock.clone())?;
+            let dev = volume_device(&image, 0, clock.clone(), NBD_TIMEOUT_MS)?;
             if release_dead {
                 for h in vinfra_vmfs::fsck::release_dead_hosts(dev.as_ref(), clock.as_ref())? {
                     println!("released: host {h} (silent for a lease)");
@@ -603,7 +636,12 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         }
         Cmd::Grow { m, size } => {
             // A Disk Paxos image keeps its areas at its end: its device refuses to grow.
-            let dev = volume_device(&m.image, m.host, Arc::new(MonotonicClock::new()))?;
+            let dev = volume_device(
+                &m.image,
+                m.host,
+                Arc::new(MonotonicClock::new()),
+                m.nbd_timeout_ms,
+            )?;
             let want = size;
             if dev.len()? < want {
                 dev.set_len(want)?;
@@ -646,8 +684,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
 }
 
 fn info(image: &Path, observe_ms: u64) -> Result<(), Error> {
-    let dev = FileDevice::open(image, false)?;
-    let sb = Volume::superblock(&dev)?;
+    // Plain reads only: the volume's sectors read the same through Disk Paxos or not.
+    let dev = raw_device(image, NBD_TIMEOUT_MS)?;
+    let dev = dev.as_ref();
+    let sb = Volume::superblock(dev)?;
     let g = sb.geo;
     println!(
         "volume {} label {:?}: block {} B, {} of max {} clusters x {} blocks, {} inodes, lease {} ms, interval {} ms",
@@ -691,7 +731,7 @@ fn info(image: &Path, observe_ms: u64) -> Result<(), Error> {
     for l in read_slots(&mut lv)? {
         println!("{l}");
     }
-    for l in vinfra_vmfs::volume::list_locks(&dev, &g)? {
+    for l in vinfra_vmfs::volume::list_locks(dev, &g)? {
         println!(
             "lock {} ({}): {:?} held by {:?}",
             l.record.index,
@@ -728,27 +768,36 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
         let f = v.create(&format!("{mine}/data"))?;
         println!("LOCKED");
         let _ = out.lock().flush();
-        let mut i = 0u64;
-        while clock.now_ms() < deadline && !stopped() {
-            let (off, len) = writer_op(seed, i);
-            f.write_at(&pattern(seed, i, len), off)?;
-            f.sync()?;
-            println!("ACK {i}");
-            let _ = out.lock().flush();
-            if i % 4 == 0 {
-                let p = format!("{mine}/t{}", i % 16);
-                if v.exists(&p)? {
-                    v.delete(&p)?;
-                } else {
-                    v.create(&p)?.write_at(&pattern(seed, i, 5000), 0)?;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        return std::thread::scope(|s| {
+            // Says the moment this host fences itself (a partition test checks that it
+            // comes before any other host takes its lock). After a failed write it goes on
+            // watching (the heartbeat may still be renewing), for at most two leases.
+            let until = deadline + 2 * v.lease_ms();
+            let (v, clock, done) = (&v, &clock, &done);
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && clock.now_ms() < until {
+                    if let Err(Error::Fenced { .. }) = v.check_lease() {
+                        println!("FENCED {}", unix_ms());
+                        let _ = std::io::stdout().lock().flush();
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
+            });
+            let r = writer_loop(v, &f, &mine, seed, deadline, clock);
+            if r.is_ok() {
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            i += 1;
-        }
-        drop(hb);
-        return Ok(ExitCode::SUCCESS);
+            drop(hb);
+            r
+        });
     }
     let mut acquired = vec![0u64; locks as usize];
+    // When each lock was first taken (wall clock, ms since the epoch; 0: never): a
+    // partition test compares it with the moment the host that held it fenced itself,
+    // reported by another process on the same machine.
+    let mut first_unix_ms = vec![0u64; locks as usize];
     let mut refused = 0u64;
     let mut ops = 0u64;
     let mut k = 0u64;
@@ -801,6 +850,9 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
                     }
                     f.sync()?;
                     f.close()?;
+                    if acquired[j as usize] == 0 {
+                        first_unix_ms[j as usize] = unix_ms();
+                    }
                     acquired[j as usize] += 1;
                 }
                 Err(Error::Locked { .. }) => refused += 1,
@@ -810,7 +862,9 @@ fn stress(m: &Mnt, mode: &str, secs: u64, seed: u64, locks: u32) -> Result<ExitC
     }
     drop(hb);
     v.unmount()?;
-    println!("{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?}}}");
+    println!(
+        "{{\"host\":{h},\"ops\":{ops},\"refused\":{refused},\"acquired\":{acquired:?},\"first_unix_ms\":{first_unix_ms:?}}}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -821,4 +875,43 @@ fn writer_op(seed: u64, i: u64) -> (u64, usize) {
         r.random_range(0..(8u64 << 20)),
         r.random_range(1..65_536usize),
     )
+}
+
+/// The writer of `stress --mode writer`: a write and a sync per step under the lock it
+/// holds, each acknowledged on stdout once durable.
+fn writer_loop(
+    v: &Volume,
+    f: &vinfra_vmfs::File,
+    mine: &str,
+    seed: u64,
+    deadline: u64,
+    clock: &MonotonicClock,
+) -> Result<ExitCode, Error> {
+    let out = std::io::stdout();
+    let mut i = 0u64;
+    while clock.now_ms() < deadline && !stopped() {
+        let (off, len) = writer_op(seed, i);
+        f.write_at(&pattern(seed, i, len), off)?;
+        f.sync()?;
+        println!("ACK {i}");
+        let _ = out.lock().flush();
+        if i % 4 == 0 {
+            let p = format!("{mine}/t{}", i % 16);
+            if v.exists(&p)? {
+                v.delete(&p)?;
+            } else {
+                v.create(&p)?.write_at(&pattern(seed, i, 5000), 0)?;
+            }
+        }
+        i += 1;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The wall clock in ms since the epoch: the one clock that processes in different
+/// network namespaces of one machine share with a test (only the test helpers print it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
