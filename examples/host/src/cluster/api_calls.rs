@@ -396,11 +396,13 @@ impl Host {
                                            "by": "api"}),
                     );
                 }
+                // No fresh reading here: the agent's last one (unowned, or not desired)
+                // can only keep it from starting the VM again, and the guest's first
+                // console lines wait while this loop reads the volume.
                 self.feed(Event::PowerOnResult {
                     vm: name.to_string(),
                     outcome: outcome.clone(),
                 });
-                self.refresh();
                 if started {
                     task.succeed(serde_json::json!({"pid": self.vms.pid(name), "host": me}));
                     Ok(())

@@ -72,6 +72,27 @@ impl Drop for ThreadNice {
     }
 }
 
+/// How long a refused connection to the destination is tried again: a destination host
+/// answers its API as soon as it has started `vinfra-vm incoming`, which binds its port a
+/// few ms later (more on a loaded host).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Connects to the destination, again while it refuses (not listening yet).
+fn connect_patiently(to: &str) -> std::io::Result<TcpStream> {
+    let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+    loop {
+        match TcpStream::connect(to) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Serves a `migrate` request. `Ok(true)`: the VM moved away (the caller exits).
 /// `Ok(false)`: it runs here still. `Err`: it is in doubt and must not run here again.
 pub fn serve_migrate(
@@ -98,7 +119,7 @@ pub fn serve_migrate(
         Ok(o) => o,
         Err(e) => return fail(&mut stream, e),
     };
-    let tcp = match TcpStream::connect(&settings.to) {
+    let tcp = match connect_patiently(&settings.to) {
         Ok(t) => t,
         Err(e) => return fail(&mut stream, format!("connect to {}: {e}", settings.to)),
     };
