@@ -246,7 +246,7 @@ impl Host {
         self.names()?.iter().map(|n| self.vm_info(n)).collect()
     }
 
-    fn vm_info(&mut self, name: &str) -> Result<VmInfo, ApiError> {
+    pub(super) fn vm_info(&mut self, name: &str) -> Result<VmInfo, ApiError> {
         if !self.volume.exists(&vm_dir(name)).map_err(internal)? {
             return Err(ApiError::VmNotFound(name.to_string()));
         }
@@ -265,7 +265,11 @@ impl Host {
         } else {
             PowerState::ShutOff
         };
-        let mut info = VmInfo::new(spec_of(name, &config, &settings), state);
+        let mut spec = spec_of(name, &config, &settings);
+        let devices = super::devices::read(&self.volume, name)?;
+        spec.disks = devices.disk_specs();
+        spec.nics = devices.nic_specs();
+        let mut info = VmInfo::new(spec, state);
         info.host = if here { Some(self.agent.host()) } else { owner };
         if here {
             info.stats = self.vm_stats(name);
@@ -296,11 +300,6 @@ impl Host {
         if self.volume.exists(&vm_dir(&spec.name)).map_err(internal)? {
             return Err(ApiError::VmExists(spec.name.clone()));
         }
-        if !spec.disks.is_empty() || !spec.nics.is_empty() {
-            return Err(ApiError::Unsupported(
-                "disks and NICs of VMs run by vinfra-host are not wired yet".into(),
-            ));
-        }
         let mut config = VmConfig::new(std::path::PathBuf::from(&spec.kernel));
         config.initrd = spec.initrd.clone().map(Into::into);
         config.cmdline = spec.cmdline.clone();
@@ -315,6 +314,7 @@ impl Host {
         };
         VmfsDatastore::write_settings(&self.volume, &spec.name, &settings).map_err(internal)?;
         write_definition(&self.volume, &spec.name, &config).map_err(internal)?;
+        self.create_devices(spec)?;
         self.report
             .event("vm_created", serde_json::json!({"vm": spec.name}));
         self.vm_info(&spec.name)
@@ -329,6 +329,7 @@ impl Host {
                 needed: "it must be shut off".into(),
             });
         }
+        self.no_linked_clones(name)?;
         let dir = vm_dir(name);
         for e in self.volume.list(&dir).map_err(internal)? {
             if e.name != "." && e.name != ".." {
@@ -355,7 +356,7 @@ impl Host {
     }
 
     /// Feeds the agent a reading taken now.
-    fn refresh(&mut self) {
+    pub(super) fn refresh(&mut self) {
         self.act(Action::ReadDatastore);
     }
 
@@ -379,6 +380,7 @@ impl Host {
                 if vm.state == PowerState::Running {
                     return Err(wrong("it must be shut off"));
                 }
+                self.check_port_groups(name)?;
                 self.set_desired(name, true)?;
                 let t = std::time::Instant::now();
                 let outcome = self.vms.power_on(name);
@@ -443,6 +445,10 @@ impl Host {
                 task.succeed(serde_json::json!({"exit": exit}));
                 Ok(())
             }
+            // Disk operations: cluster/vm_ops.rs.
+            VmOp::Snapshot(req) => self.snapshot_vm(name, &req, task),
+            VmOp::Revert(req) => self.revert_vm(name, &req, task),
+            VmOp::Clone(req) => self.clone_vm(name, &req, task),
             other => Err(ApiError::Unsupported(format!(
                 "{:?} through vinfra-host's API is not wired yet",
                 other.kind()

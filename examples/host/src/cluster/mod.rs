@@ -13,6 +13,9 @@
 //! read.
 
 mod api_calls;
+pub mod devices;
+mod nics;
+mod vm_ops;
 pub mod probe;
 pub mod report;
 pub mod storage_fault;
@@ -82,6 +85,9 @@ pub struct HostOptions {
     pub run_dir: Option<PathBuf>,
     /// The host API, if it is to be served.
     pub api: Option<ApiOptions>,
+    /// The host's virtual switch (a JSON `SwitchConfig`), applied at start; VMs' NICs
+    /// plug into its port groups.
+    pub switch: Option<PathBuf>,
 }
 
 /// Why `run` returned.
@@ -121,6 +127,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         ),
     };
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    let port_groups = nics::apply_switch(opts.switch.as_deref())?;
     let volume = mount(&opts)?;
     let heartbeat = volume.spawn_heartbeat();
     report.event(
@@ -156,7 +163,16 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
     let mut host = Host {
         agent,
         datastore: VmfsDatastore::new(volume.clone()),
-        vms: Vms::new(volume.clone(), tx.clone(), run_dir.clone()),
+        vms: Vms::new(
+            volume.clone(),
+            tx.clone(),
+            run_dir.clone(),
+            devices::ChildEnv {
+                volume: opts.volume.clone(),
+                switch: opts.switch.clone(),
+            },
+        ),
+        port_groups,
         volume,
         socket,
         peers,
@@ -251,6 +267,8 @@ struct Host {
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).
     cpu_seen: std::collections::BTreeMap<String, (u64, u64)>,
+    /// The port groups of this host's switch (none without `--switch`).
+    port_groups: Vec<String>,
 }
 
 impl Host {

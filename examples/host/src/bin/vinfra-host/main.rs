@@ -73,6 +73,10 @@ struct RunArgs {
     /// authenticate with a token derived from the cluster key.
     #[arg(long, value_name = "ADDR")]
     api: Option<std::net::SocketAddr>,
+    /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, VXLAN
+    /// peers), applied idempotently at start; VMs' NICs plug into its port groups.
+    #[arg(long, value_name = "FILE")]
+    switch: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +236,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
             }),
             None => None,
         },
+        switch: a.switch.clone(),
     })
 }
 
