@@ -85,7 +85,9 @@ impl Devices {
     pub fn disk_specs(&self) -> Vec<DiskSpec> {
         self.disks
             .iter()
-            .map(|d| DiskSpec { size_mib: d.size_mib })
+            .map(|d| DiskSpec {
+                size_mib: d.size_mib,
+            })
             .collect()
     }
 

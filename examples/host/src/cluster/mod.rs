@@ -15,10 +15,10 @@
 mod api_calls;
 pub mod devices;
 mod nics;
-mod vm_ops;
 pub mod probe;
 pub mod report;
 pub mod storage_fault;
+mod vm_ops;
 pub mod vms;
 
 use std::net::{SocketAddr, UdpSocket};

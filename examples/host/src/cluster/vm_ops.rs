@@ -16,9 +16,7 @@ use vinfra_vmfs::LockMode;
 use super::devices::{self, Devices, DiskRecord, LinkedBase, SnapshotRecord};
 use super::vms::{read_definition, write_definition};
 use super::Host;
-use crate::api::{
-    ApiError, CloneRequest, PowerState, RevertRequest, SnapshotRequest, TaskHandle,
-};
+use crate::api::{ApiError, CloneRequest, PowerState, RevertRequest, SnapshotRequest, TaskHandle};
 
 /// Bytes a full clone copies between two lease feeds.
 const COPY_CHUNK: usize = 1 << 20;
@@ -108,8 +106,8 @@ impl Host {
             frozen
         } else if vm.state == PowerState::ShutOff {
             for d in &dev.disks {
-                let mut disk =
-                    VirtualDisk::open(&self.volume, &d.path).map_err(|e| disk_err(&d.path, "open", e))?;
+                let mut disk = VirtualDisk::open(&self.volume, &d.path)
+                    .map_err(|e| disk_err(&d.path, "open", e))?;
                 disk.snapshot()
                     .map_err(|e| disk_err(&d.path, "snapshot", e))?;
             }
@@ -170,8 +168,8 @@ impl Host {
             }
         }
         for d in &dev.disks {
-            let mut disk =
-                VirtualDisk::open(&self.volume, &d.path).map_err(|e| disk_err(&d.path, "open", e))?;
+            let mut disk = VirtualDisk::open(&self.volume, &d.path)
+                .map_err(|e| disk_err(&d.path, "open", e))?;
             while disk.chain().len() > target.layers {
                 disk.revert().map_err(|e| disk_err(&d.path, "revert", e))?;
             }
@@ -238,16 +236,28 @@ impl Host {
 
     /// The clone's NICs: the source's port groups, MACs of its own.
     fn cloned_nics(new: &str, source: &Devices) -> Vec<devices::NicRecord> {
-        devices::nic_records(new, &source.nic_specs().into_iter().map(|mut n| {
-            n.mac = None;
-            n
-        }).collect::<Vec<_>>())
+        devices::nic_records(
+            new,
+            &source
+                .nic_specs()
+                .into_iter()
+                .map(|mut n| {
+                    n.mac = None;
+                    n
+                })
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Snapshots the source's disks (`clone-NEW`), then gives the clone disks whose chain
     /// is the source's frozen layers under a redo log of its own, with the source's
     /// changed-block stamps (a backup of the clone must see the source's data).
-    fn linked_copy(&mut self, name: &str, new: &str, source: &Devices) -> Result<Devices, ApiError> {
+    fn linked_copy(
+        &mut self,
+        name: &str,
+        new: &str,
+        source: &Devices,
+    ) -> Result<Devices, ApiError> {
         let mut dev = Devices {
             nics: Self::cloned_nics(new, source),
             layers: 1,
@@ -261,8 +271,8 @@ impl Host {
         let frozen = src.layers;
         let mut chains = Vec::new();
         for d in &src.disks {
-            let mut disk =
-                VirtualDisk::open(&self.volume, &d.path).map_err(|e| disk_err(&d.path, "open", e))?;
+            let mut disk = VirtualDisk::open(&self.volume, &d.path)
+                .map_err(|e| disk_err(&d.path, "open", e))?;
             disk.snapshot()
                 .map_err(|e| disk_err(&d.path, "snapshot", e))?;
             chains.push(disk.chain()[..frozen].to_vec());
@@ -280,7 +290,8 @@ impl Host {
             // the clone's; its flat extent is then swapped for the source's layers.
             let mut disk = VirtualDisk::create(&self.volume, &path, capacity)
                 .map_err(|e| disk_err(&path, "create", e))?;
-            disk.snapshot().map_err(|e| disk_err(&path, "snapshot", e))?;
+            disk.snapshot()
+                .map_err(|e| disk_err(&path, "snapshot", e))?;
             let own = disk.chain().to_vec();
             drop(disk);
             let f = self
@@ -288,15 +299,22 @@ impl Host {
                 .open(&path, LockMode::Exclusive)
                 .map_err(|e| disk_err(&path, "open", e))?;
             let mut buf = vec![0u8; usize::try_from(f.len()).unwrap_or(0).min(1 << 20)];
-            let n = f.read_at(&mut buf, 0).map_err(|e| disk_err(&path, "read", e))?;
-            let mut desc = decode_descriptor(&buf[..n]).map_err(|e| disk_err(&path, "decode", e))?;
+            let n = f
+                .read_at(&mut buf, 0)
+                .map_err(|e| disk_err(&path, "read", e))?;
+            let mut desc =
+                decode_descriptor(&buf[..n]).map_err(|e| disk_err(&path, "decode", e))?;
             desc.chain = chain.into_iter().chain(own.last().cloned()).collect();
             let bytes = encode_descriptor(&desc).map_err(|e| disk_err(&path, "encode", e))?;
             f.set_len(0).map_err(|e| disk_err(&path, "write", e))?;
-            f.write_at(&bytes, 0).map_err(|e| disk_err(&path, "write", e))?;
+            f.write_at(&bytes, 0)
+                .map_err(|e| disk_err(&path, "write", e))?;
             f.sync().map_err(|e| disk_err(&path, "sync", e))?;
             drop(f);
-            self.copy_file(&format!("{}-ctk", d.path.trim_end_matches(".vmdk")), &desc.ctk)?;
+            self.copy_file(
+                &format!("{}-ctk", d.path.trim_end_matches(".vmdk")),
+                &desc.ctk,
+            )?;
             if let Some(flat) = own.first() {
                 self.volume
                     .delete(flat)
@@ -323,7 +341,9 @@ impl Host {
             .open(from, LockMode::SharedRead)
             .map_err(|e| disk_err(from, "open", e))?;
         let mut buf = vec![0u8; usize::try_from(src.len()).unwrap_or(0)];
-        let n = src.read_at(&mut buf, 0).map_err(|e| disk_err(from, "read", e))?;
+        let n = src
+            .read_at(&mut buf, 0)
+            .map_err(|e| disk_err(from, "read", e))?;
         drop(src);
         let dst = self
             .volume
@@ -337,7 +357,12 @@ impl Host {
 
     /// Full copies of the source's disks as their chains read now (zero chunks left
     /// unwritten: the copies are thin).
-    fn full_copy(&mut self, new: &str, source: &Devices, task: &TaskHandle) -> Result<Devices, ApiError> {
+    fn full_copy(
+        &mut self,
+        new: &str,
+        source: &Devices,
+        task: &TaskHandle,
+    ) -> Result<Devices, ApiError> {
         let mut dev = Devices {
             nics: Self::cloned_nics(new, source),
             layers: 1,
@@ -348,14 +373,15 @@ impl Host {
         let mut buf = vec![0u8; COPY_CHUNK];
         for (i, d) in source.disks.iter().enumerate() {
             let path = devices::disk_path(new, i);
-            let from =
-                VirtualDisk::open(&self.volume, &d.path).map_err(|e| disk_err(&d.path, "open", e))?;
+            let from = VirtualDisk::open(&self.volume, &d.path)
+                .map_err(|e| disk_err(&d.path, "open", e))?;
             let capacity = from.capacity();
             let mut to = VirtualDisk::create(&self.volume, &path, capacity)
                 .map_err(|e| disk_err(&path, "create", e))?;
             let mut off = 0u64;
             while off < capacity {
-                let n = usize::try_from((capacity - off).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
+                let n =
+                    usize::try_from((capacity - off).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
                 from.read_at(&mut buf[..n], off)
                     .map_err(|e| disk_err(&d.path, "read", e))?;
                 if buf[..n].iter().any(|&b| b != 0) {
@@ -369,7 +395,10 @@ impl Host {
                     self.vms.feed_leases();
                 }
                 #[allow(clippy::cast_precision_loss, reason = "a fraction")]
-                task.progress(done as f64 / total.max(1) as f64, format!("copying disk {i}"));
+                task.progress(
+                    done as f64 / total.max(1) as f64,
+                    format!("copying disk {i}"),
+                );
             }
             to.sync().map_err(|e| disk_err(&path, "sync", e))?;
             dev.disks.push(DiskRecord {
