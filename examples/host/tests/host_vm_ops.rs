@@ -39,7 +39,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn up(hosts: u32, guest_name: &str) -> Option<Lab> {
+    /// `lab` tells apart the labs of the tests of this binary, which run side by side.
+    fn up(hosts: u32, guest_name: &str, lab: u32) -> Option<Lab> {
         if !kvm_or_skip() {
             return None;
         }
@@ -54,7 +55,7 @@ impl Lab {
             skip("network namespaces need root: the lab runs on loopback");
         }
         let dir = tempfile::tempdir().unwrap();
-        let id = (20 + std::process::id() % 200).to_string();
+        let id = (20 + (std::process::id() % 100) * 2 + lab).to_string();
         let up = run(
             Command::new(LAB)
                 .arg("--dir")
@@ -117,7 +118,7 @@ impl Lab {
         };
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     fn ok(&self, host: u32, method: &str, path: &str, body: &str, want: u16) -> Value {
@@ -192,6 +193,7 @@ fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T
     mo.pid = std::process::id();
     mo.name = "host_vm_ops".into();
     let volume = Volume::mount(dev, TEST_SLOT, &mo, Arc::new(MonotonicClock::new())).unwrap();
+    let heartbeat = volume.spawn_heartbeat();
     let out = {
         // A child that just exited may hold its disk's locks a moment longer.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -208,6 +210,7 @@ fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T
         disk.sync().unwrap();
         out
     };
+    drop(heartbeat);
     volume.unmount().unwrap();
     out
 }
@@ -285,7 +288,7 @@ impl Lab {
 
 #[test]
 fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
-    let Some(lab) = Lab::up(2, "disk") else {
+    let Some(lab) = Lab::up(2, "disk", 0) else {
         return;
     };
     // A VM with a 4 MiB thin disk; GET lists it.
@@ -380,14 +383,14 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
     // The reverted VM boots again on its snapshot.
     lab.boot_disk_guest(2, "tpl");
 
-    // A NIC on a port group host 1 lacks: refused, naming it; GET shows its MAC.
-    lab.create(1, "nic", json!({"nics": [{"portgroup": "vm-net"}]}));
+    // A NIC on a port group host 1 lacks (it has vm-net only): refused, naming it; GET shows its MAC.
+    lab.create(1, "nic", json!({"nics": [{"portgroup": "dmz"}]}));
     let v = lab.vm(1, "nic");
     let mac = v["spec"]["nics"][0]["mac"].as_str().unwrap().to_string();
     assert!(mac.starts_with("02:") && mac.len() == 17, "{v}");
     let (s, e) = lab.send(1, "POST", "/vms/nic/start", "{}", true);
     assert!(
-        s == 422 && e["error"]["message"].as_str().unwrap().contains("vm-net"),
+        s == 422 && e["error"]["message"].as_str().unwrap().contains("\"dmz\""),
         "{s} {e}"
     );
     assert_eq!(lab.vm(2, "nic")["state"], "shut_off");
@@ -397,4 +400,70 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
         lab.ok(1, "DELETE", &format!("/vms/{vm}"), "", 204);
     }
     assert_eq!(lab.ok(2, "GET", "/vms", "", 200), json!([]));
+}
+
+/// The line of `vm`'s console on `host` that starts with `prefix`, once it is there.
+fn console_line(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
+    let mut line = String::new();
+    lab.wait(&format!("{prefix} from {vm}"), || {
+        if let Some(e) = lab.events(host, "console", vm).iter().find(|e| {
+            e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with(prefix))
+        }) {
+            line = e["data"]["line"].as_str().unwrap().to_string();
+        }
+        !line.is_empty()
+    });
+    line
+}
+
+#[test]
+fn vms_on_two_hosts_talk_on_the_vm_port_group() {
+    let Some(lab) = Lab::up(2, "net", 1) else {
+        return;
+    };
+    // Each host's switch has vm-net on a VXLAN to the other (vinfra-lab as root).
+    lab.create(
+        1,
+        "echo",
+        json!({"nics": [{"portgroup": "vm-net"}], "cmdline": "net.ip=192.168.77.2"}),
+    );
+    lab.create(
+        1,
+        "pinger",
+        json!({"nics": [{"portgroup": "vm-net", "mac": "02:00:00:77:00:01"}],
+               "cmdline": "net.ip=192.168.77.1 net.ping=192.168.77.2:5"}),
+    );
+    lab.succeeds(2, "echo", "start", json!({}));
+    let ready = console_line(&lab, 2, "echo", "NET-READY");
+    let mac = lab.vm(1, "echo")["spec"]["nics"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ready.contains(&format!("mac={mac}")),
+        "{ready} (GET: {mac})"
+    );
+    lab.succeeds(1, "pinger", "start", json!({}));
+    let ready = console_line(&lab, 1, "pinger", "NET-READY");
+    assert!(ready.contains("mac=02:00:00:77:00:01"), "{ready}");
+    let ping = console_line(&lab, 1, "pinger", "NET-PING ");
+    assert_eq!(
+        ping, "NET-PING sent=5 received=5",
+        "pinger on host 1 to echo on host 2"
+    );
+    assert!(
+        lab.events(2, "console", "echo")
+            .iter()
+            .any(|e| e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("NET-RX icmp echo from 192.168.77.1"))),
+        "echo saw no ping"
+    );
+    lab.succeeds(2, "echo", "stop", json!({}));
+    lab.succeeds(1, "pinger", "stop", json!({}));
+    for vm in ["echo", "pinger"] {
+        lab.ok(2, "DELETE", &format!("/vms/{vm}"), "", 204);
+    }
 }
