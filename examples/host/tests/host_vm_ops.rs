@@ -118,7 +118,10 @@ impl Lab {
         };
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     fn ok(&self, host: u32, method: &str, path: &str, body: &str, want: u16) -> Value {
@@ -466,4 +469,39 @@ fn vms_on_two_hosts_talk_on_the_vm_port_group() {
     for vm in ["echo", "pinger"] {
         lab.ok(2, "DELETE", &format!("/vms/{vm}"), "", 204);
     }
+}
+
+#[test]
+fn a_running_vm_is_snapshotted_through_its_process() {
+    let Some(lab) = Lab::up(1, "workload", 2) else {
+        return;
+    };
+    lab.create(
+        1,
+        "w",
+        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
+    );
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+    // The child holds the disk: it takes the snapshot, and the VM runs on.
+    let t = lab.succeeds(1, "w", "snapshot", json!({"name": "hot"}));
+    assert_eq!(t["result"]["layers"], 2, "{t}");
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+    // What needs the VM off says so.
+    for (op, body) in [("revert", json!({})), ("clone", json!({"name": "w2"}))] {
+        let (s, e) = lab.send(1, "POST", &format!("/vms/w/{op}"), &body.to_string(), true);
+        assert!(
+            s == 409 && e["error"]["code"] == "wrong_state",
+            "{op}: {s} {e}"
+        );
+    }
+    lab.succeeds(1, "w", "stop", json!({}));
+    let t = lab.succeeds(1, "w", "revert", json!({"snapshot": "hot"}));
+    assert_eq!(t["result"]["snapshot"], "hot", "{t}");
+    with_disk(&lab, "w", |d| {
+        assert_eq!(d.chain().len(), 2, "{:?}", d.chain())
+    });
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.succeeds(1, "w", "stop", json!({}));
+    lab.ok(1, "DELETE", "/vms/w", "", 204);
 }
