@@ -329,7 +329,7 @@ impl Host {
                 needed: "it must be shut off".into(),
             });
         }
-        self.no_linked_clones(name)?;
+        self.check_deletable(name)?;
         let dir = vm_dir(name);
         for e in self.volume.list(&dir).map_err(internal)? {
             if e.name != "." && e.name != ".." {
@@ -361,6 +361,10 @@ impl Host {
     }
 
     fn start_op(&mut self, name: &str, op: VmOp, task: TaskHandle) -> Result<(), ApiError> {
+        // NAME is the backed-up VM's, which need not exist any more (cluster/backup.rs).
+        if let VmOp::Restore(req) = &op {
+            return self.restore_vm(name, req, task);
+        }
         let vm = self.vm_info(name)?;
         let me = self.agent.host();
         let elsewhere = vm.host.filter(|&h| h != me);
@@ -449,6 +453,8 @@ impl Host {
             VmOp::Snapshot(req) => self.snapshot_vm(name, &req, task),
             VmOp::Revert(req) => self.revert_vm(name, &req, task),
             VmOp::Clone(req) => self.clone_vm(name, &req, task),
+            // Backups: cluster/backup.rs.
+            VmOp::Backup(req) => self.backup_vm(name, &req, task),
             other => Err(ApiError::Unsupported(format!(
                 "{:?} through vinfra-host's API is not wired yet",
                 other.kind()

@@ -13,6 +13,7 @@
 //! read.
 
 mod api_calls;
+pub mod backup;
 pub mod devices;
 mod nics;
 pub mod probe;
@@ -88,6 +89,9 @@ pub struct HostOptions {
     /// The host's virtual switch (a JSON `SwitchConfig`), applied at start; VMs' NICs
     /// plug into its port groups.
     pub switch: Option<PathBuf>,
+    /// The password of the vcb repositories the API's `backup` and `restore` use
+    /// ([`backup::repository_password`] of the cluster key).
+    pub vcb_password: Vec<u8>,
 }
 
 /// Why `run` returned.
@@ -173,6 +177,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
             },
         ),
         port_groups,
+        vcb_password: opts.vcb_password.clone(),
         volume,
         socket,
         peers,
@@ -269,6 +274,8 @@ struct Host {
     cpu_seen: std::collections::BTreeMap<String, (u64, u64)>,
     /// The port groups of this host's switch (none without `--switch`).
     port_groups: Vec<String>,
+    /// The vcb repositories' password.
+    vcb_password: Vec<u8>,
 }
 
 impl Host {

@@ -47,15 +47,39 @@ impl Host {
         }
     }
 
-    /// Refuses to delete a VM whose disks linked clones read.
-    pub(super) fn no_linked_clones(&self, name: &str) -> Result<(), ApiError> {
+    /// Refuses to delete a VM whose disks linked clones read, or one of whose files is
+    /// still locked (the slot of a VM process that ended holds its locks until a mount
+    /// has watched it for a lease): nothing is deleted then.
+    pub(super) fn check_deletable(&self, name: &str) -> Result<(), ApiError> {
+        let refuse = |needed: String| ApiError::WrongState {
+            vm: name.to_string(),
+            state: PowerState::ShutOff,
+            needed,
+        };
         let clones = devices::linked_clones(&self.volume, name)?;
         if let Some((clone, _)) = clones.first() {
-            return Err(ApiError::WrongState {
-                vm: name.to_string(),
-                state: PowerState::ShutOff,
-                needed: format!("linked clone {clone} reads its disks (delete it first)"),
-            });
+            return Err(refuse(format!(
+                "linked clone {clone} reads its disks (delete it first)"
+            )));
+        }
+        let dir = vm_dir(name);
+        for e in self.volume.list(&dir).map_err(internal)? {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let path = format!("{dir}/{}", e.name);
+            let info = self.volume.lock_info(&path).map_err(internal)?;
+            // A dead or stale holder's lock is broken by the delete itself.
+            let live = info
+                .holders
+                .iter()
+                .find(|h| !h.stale && matches!(h.verdict, vinfra_vmfs::Verdict::Alive { .. }));
+            if let Some(h) = live {
+                return Err(refuse(format!(
+                    "{path} is still locked by vmfs slot {} (a VM process that ended less                      than a lease ago; try again)",
+                    h.host
+                )));
+            }
         }
         Ok(())
     }
@@ -410,7 +434,7 @@ impl Host {
     }
 
     /// Removes a VM directory made by a failed operation (best effort: it is reported).
-    fn remove_dir(&mut self, name: &str) {
+    pub(super) fn remove_dir(&mut self, name: &str) {
         let dir = vm_dir(name);
         let entries = match self.volume.list(&dir) {
             Ok(e) => e,

@@ -237,6 +237,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
             None => None,
         },
         switch: a.switch.clone(),
+        vcb_password: cluster::backup::password_from_key_file(&a.key_file)?,
     })
 }
 
