@@ -49,7 +49,8 @@ pub fn password_from_key_file(path: &Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let hex = text.trim();
     let mut key = [0u8; 32];
-    if hex.len() != 64 {
+    // ASCII first: the byte slicing below must not split a character.
+    if hex.len() != 64 || !hex.is_ascii() {
         return Err(format!("{}: not 64 hex digits", path.display()));
     }
     for (i, b) in key.iter_mut().enumerate() {
@@ -291,5 +292,39 @@ impl Host {
         self.refresh();
         task.succeed(serde_json::json!({"vm": new, "backup": snap.id.to_hex(), "state": PowerState::ShutOff}));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_hkdf_of_the_key_apart_from_the_api_token() {
+        let key = [7u8; 32];
+        let p = repository_password(&key);
+        assert_eq!(p, repository_password(&key));
+        assert_eq!(p.len(), 64);
+        assert_ne!(p, repository_password(&[8u8; 32]));
+        // Another info than the API token's: a token seen on the wire opens no backup.
+        let token = crate::api::ApiToken::derive(&key);
+        assert_ne!(p, token.as_str().as_bytes());
+    }
+
+    #[test]
+    fn key_files_are_64_hex_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, format!("{}\n", "07".repeat(32))).unwrap();
+        assert_eq!(
+            password_from_key_file(&f).unwrap(),
+            repository_password(&[7u8; 32])
+        );
+        std::fs::write(&f, "07").unwrap();
+        assert!(password_from_key_file(&f).is_err());
+        std::fs::write(&f, "zz".repeat(32)).unwrap();
+        assert!(password_from_key_file(&f).is_err());
+        std::fs::write(&f, "é".repeat(32)).unwrap();
+        assert!(password_from_key_file(&f).is_err());
     }
 }
