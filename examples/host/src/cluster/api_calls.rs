@@ -266,7 +266,11 @@ impl Host {
         } else {
             PowerState::ShutOff
         };
-        let mut info = VmInfo::new(spec_of(name, &config, &settings), state);
+        let mut spec = spec_of(name, &config, &settings);
+        let devices = super::devices::read(&self.volume, name)?;
+        spec.disks = devices.disk_specs();
+        spec.nics = devices.nic_specs();
+        let mut info = VmInfo::new(spec, state);
         info.host = if here { Some(self.agent.host()) } else { owner };
         if here {
             info.stats = self.vm_stats(name);
@@ -297,11 +301,6 @@ impl Host {
         if self.volume.exists(&vm_dir(&spec.name)).map_err(internal)? {
             return Err(ApiError::VmExists(spec.name.clone()));
         }
-        if !spec.disks.is_empty() || !spec.nics.is_empty() {
-            return Err(ApiError::Unsupported(
-                "disks and NICs of VMs run by vinfra-host are not wired yet".into(),
-            ));
-        }
         let mut config = VmConfig::new(std::path::PathBuf::from(&spec.kernel));
         config.initrd = spec.initrd.clone().map(Into::into);
         config.cmdline = spec.cmdline.clone();
@@ -316,6 +315,7 @@ impl Host {
         };
         VmfsDatastore::write_settings(&self.volume, &spec.name, &settings).map_err(internal)?;
         write_definition(&self.volume, &spec.name, &config).map_err(internal)?;
+        self.create_devices(spec)?;
         self.report
             .event("vm_created", serde_json::json!({"vm": spec.name}));
         self.vm_info(&spec.name)
@@ -330,6 +330,7 @@ impl Host {
                 needed: "it must be shut off".into(),
             });
         }
+        self.check_deletable(name)?;
         let dir = vm_dir(name);
         for e in self.volume.list(&dir).map_err(internal)? {
             if e.name != "." && e.name != ".." {
@@ -364,6 +365,10 @@ impl Host {
     }
 
     fn start_op(&mut self, name: &str, op: VmOp, task: TaskHandle) -> Result<(), ApiError> {
+        // NAME is the backed-up VM's, which need not exist any more (cluster/backup.rs).
+        if let VmOp::Restore(req) = &op {
+            return self.restore_vm(name, req, task);
+        }
         let vm = self.vm_info(name)?;
         let me = self.agent.host();
         let elsewhere = vm.host.filter(|&h| h != me);
@@ -384,6 +389,7 @@ impl Host {
                     return Err(wrong("it must be shut off"));
                 }
                 self.refuse_in_maintenance()?;
+                self.check_port_groups(name)?;
                 self.set_desired(name, true)?;
                 let t = std::time::Instant::now();
                 let outcome = self.vms.power_on(name);
@@ -459,6 +465,12 @@ impl Host {
                 }
                 self.start_migration(name, &req, task)
             }
+            // Disk operations: cluster/vm_ops.rs.
+            VmOp::Snapshot(req) => self.snapshot_vm(name, &req, task),
+            VmOp::Revert(req) => self.revert_vm(name, &req, task),
+            VmOp::Clone(req) => self.clone_vm(name, &req, task),
+            // Backups: cluster/backup.rs.
+            VmOp::Backup(req) => self.backup_vm(name, &req, task),
             other => Err(ApiError::Unsupported(format!(
                 "{:?} through vinfra-host's API is not wired yet",
                 other.kind()

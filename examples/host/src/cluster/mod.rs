@@ -13,10 +13,14 @@
 //! read.
 
 mod api_calls;
+pub mod backup;
+pub mod devices;
 mod migrate;
+mod nics;
 pub mod probe;
 pub mod report;
 pub mod storage_fault;
+mod vm_ops;
 pub mod vms;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -96,6 +100,12 @@ pub struct HostOptions {
     /// CPUID bits this host does not offer to VMs that arrive by live migration (as
     /// EVC): a VM whose guest may see them is refused.
     pub cpuid_missing: Vec<vinfra_vmm_core::CpuidMask>,
+    /// The host's virtual switch (a JSON `SwitchConfig`), applied at start; VMs' NICs
+    /// plug into its port groups.
+    pub switch: Option<PathBuf>,
+    /// The password of the vcb repositories the API's `backup` and `restore` use
+    /// ([`backup::repository_password`] of the cluster key).
+    pub vcb_password: Vec<u8>,
 }
 
 /// Why `run` returned.
@@ -135,6 +145,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         ),
     };
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    let port_groups = nics::apply_switch(opts.switch.as_deref())?;
     let volume = mount(&opts)?;
     let heartbeat = volume.spawn_heartbeat();
     report.event(
@@ -173,7 +184,17 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
     let mut host = Host {
         agent,
         datastore: VmfsDatastore::new(volume.clone()),
-        vms: Vms::new(volume.clone(), tx.clone(), run_dir.clone()),
+        vms: Vms::new(
+            volume.clone(),
+            tx.clone(),
+            run_dir.clone(),
+            devices::ChildEnv {
+                volume: opts.volume.clone(),
+                switch: opts.switch.clone(),
+            },
+        ),
+        port_groups,
+        vcb_password: opts.vcb_password.clone(),
         volume,
         socket,
         peers,
@@ -280,6 +301,10 @@ struct Host {
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).
     cpu_seen: std::collections::BTreeMap<String, (u64, u64)>,
+    /// The port groups of this host's switch (none without `--switch`).
+    port_groups: Vec<String>,
+    /// The vcb repositories' password.
+    vcb_password: Vec<u8>,
 }
 
 impl Host {

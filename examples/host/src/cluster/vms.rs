@@ -14,6 +14,7 @@ use vinfra_ha::PowerOnOutcome;
 use vinfra_vmfs::{LockMode, Volume};
 use vinfra_vmm_core::VmConfig;
 
+use super::devices::ChildEnv;
 use super::Inbound;
 use crate::vm_process::{Exit, ProcessStats, Start, VmProcess, VmSpec};
 
@@ -73,6 +74,8 @@ pub struct Vms {
     arriving: BTreeMap<String, ArrivingVm>,
     tx: Sender<Inbound>,
     run_dir: PathBuf,
+    /// What children with disks or NICs are given (cluster/devices.rs).
+    env: ChildEnv,
 }
 
 impl std::fmt::Debug for Vms {
@@ -86,8 +89,8 @@ impl std::fmt::Debug for Vms {
 
 impl Vms {
     /// No VM yet; console lines go to `tx`; each VM's configuration file and control
-    /// socket go to `run_dir`.
-    pub fn new(volume: Volume, tx: Sender<Inbound>, run_dir: PathBuf) -> Self {
+    /// socket go to `run_dir`; `env` says where children find the volume and switch.
+    pub fn new(volume: Volume, tx: Sender<Inbound>, run_dir: PathBuf, env: ChildEnv) -> Self {
         Self {
             volume,
             running: BTreeMap::new(),
@@ -95,6 +98,7 @@ impl Vms {
             arriving: BTreeMap::new(),
             tx,
             run_dir,
+            env,
         }
     }
 
@@ -144,6 +148,7 @@ impl Vms {
         let mut spec = VmSpec::new(name, config, &self.run_dir, self.volume.lease_ms());
         spec.start = start;
         spec.extra_args.extend(extra_args);
+        super::devices::prepare_child(&self.volume, name, &self.env, &mut spec)?;
         VmProcess::spawn(&spec, move |line| {
             // The loop is gone when the host shuts down: the line has nowhere to go.
             let _ = tx.send(Inbound::Console {

@@ -78,6 +78,10 @@ struct RunArgs {
     /// before anything moves.
     #[arg(long = "hide-cpuid", value_name = "LEAF.SUB.REG:MASK")]
     hide_cpuid: Vec<vinfra_vmm_core::CpuidMask>,
+    /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, VXLAN
+    /// peers), applied idempotently at start; VMs' NICs plug into its port groups.
+    #[arg(long, value_name = "FILE")]
+    switch: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +243,8 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
         },
         key_file: Some(a.key_file.clone()),
         cpuid_missing: a.hide_cpuid.clone(),
+        switch: a.switch.clone(),
+        vcb_password: cluster::backup::password_from_key_file(&a.key_file)?,
     })
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use vinfra_ha::datastore::{Datastore, VmfsDatastore};
 use vinfra_ha::{HaSettings, IsolationResponse, RestartPriority};
+use vinfra_host::vswitch::{PortGroup, SwitchConfig};
 use vinfra_host::{cluster, logging, terminal};
 use vinfra_vmfs::{FileDevice, MkfsOptions, MonotonicClock, MountOptions, Volume};
 use vinfra_vmm_core::VmConfig;
@@ -141,6 +142,36 @@ fn default_kernel() -> Result<PathBuf, String> {
         "no test guest at {} (run scripts/guest-kit.sh --guests-only, or give --kernel)",
         tried.join(" or ")
     ))
+}
+
+/// The VM port group every host's switch has: VMs on it talk across hosts.
+pub const VM_PORT_GROUP: &str = "vm-net";
+/// Its VLAN ID (and VXLAN network identifier).
+const VM_VLAN: u16 = 100;
+
+/// As root, host `h`'s switch (`hostH.switch.json`): the port group `vm-net` on a VXLAN
+/// over its veth to the backbone, flooding to the other hosts; none on loopback.
+fn write_switch(dir: &Path, net: &Net, h: u32, hosts: u32) -> Result<Option<PathBuf>, String> {
+    if net.namespace(h).is_none() {
+        return Ok(None);
+    }
+    let ip = |h: u32| -> Result<std::net::Ipv4Addr, String> {
+        net.host_ip(h)
+            .parse()
+            .map_err(|e| format!("{}: {e}", net.host_ip(h)))
+    };
+    let peers = (1..=hosts)
+        .filter(|&p| p != h)
+        .map(ip)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = SwitchConfig::local(vec![PortGroup::new(VM_PORT_GROUP, VM_VLAN)]);
+    config.uplink = Some("eth0".into());
+    config.local_ip = Some(ip(h)?);
+    config.peers = peers;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    let file = dir.join(format!("host{h}.switch.json"));
+    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(Some(file))
 }
 
 fn mount(volume: &Path, slot: u32, name: &str) -> Result<Volume, String> {
@@ -261,6 +292,7 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
         let file = |name: String| {
             std::fs::File::create(dir.join(&name)).map_err(|e| format!("{name}: {e}"))
         };
+        let switch = write_switch(&dir, &net, h, a.hosts)?;
         let child = {
             let mut c = net.command(h, &host_bin);
             c.arg("run")
@@ -278,6 +310,11 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
                     let (host, arg) = x.split_once(':')?;
                     (host.parse() == Ok(h)).then_some(arg)
                 }))
+                .args(
+                    switch
+                        .iter()
+                        .flat_map(|f| [std::ffi::OsStr::new("--switch"), f.as_os_str()]),
+                )
                 .stdin(Stdio::null())
                 .stdout(file(format!("host{h}.events"))?)
                 .stderr(file(format!("host{h}.log"))?);

@@ -1,0 +1,330 @@
+//! `backup` and `restore` through the host API, with the vcb crate: a VM's disks are
+//! frozen (by its child through the control socket while it runs here, by this host
+//! when it is off), read from the frozen layers through this host's own mount, stored in
+//! a vcb repository (a folder on the host, made on first use), then consolidated. The
+//! backup carries the VM's definition and devices, so that `restore` brings it back as
+//! a new VM, shut off, with its disks at `/vms/NEW/diskI.vmdk`.
+//!
+//! The repository's password is derived from the cluster key (HKDF-SHA256, info
+//! `"vinfra vcb repository v1"`): every host of the cluster opens the repositories the
+//! others write. The work runs on the host loop (a task thread is what large disks
+//! want; the test disks take milliseconds).
+
+use std::path::Path;
+
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use vinfra_ha::datastore::{vm_dir, VmfsDatastore};
+use vinfra_vcb::vmfs::{prepare, restore_vm, VmfsSnapshot};
+use vinfra_vcb::{BackupOptions, DiskSource, Id, InitOptions, LocalDir, Repository};
+use vinfra_vmfs::disk::VirtualDisk;
+use vinfra_vmm_core::VmConfig;
+
+use super::devices::{self, Devices, DiskRecord};
+use super::vms::{read_definition, write_definition};
+use super::Host;
+use crate::api::{ApiError, BackupRequest, PowerState, RestoreRequest, TaskHandle};
+
+const INFO: &[u8] = b"vinfra vcb repository v1";
+
+/// The repository password of a cluster: HKDF-SHA256 of its key, hex.
+pub fn repository_password(key: &[u8; 32]) -> Vec<u8> {
+    let mut okm = [0u8; 32];
+    // 32 bytes is far under HKDF-SHA256's limit (255 × 32): expand cannot fail.
+    if Hkdf::<Sha256>::new(None, key)
+        .expand(INFO, &mut okm)
+        .is_err()
+    {
+        unreachable!("HKDF-SHA256 expands to 32 bytes");
+    }
+    okm.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// [`repository_password`] of the key in a cluster key file (64 hex digits).
+pub fn password_from_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    let mut key = [0u8; 32];
+    // ASCII first: the byte slicing below must not split a character.
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(format!("{}: not 64 hex digits", path.display()));
+    }
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{}: not 64 hex digits", path.display()))?;
+    }
+    Ok(repository_password(&key))
+}
+
+/// What a backup carries besides the disks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackedUpVm {
+    config: VmConfig,
+    devices: Devices,
+    settings: vinfra_ha::HaSettings,
+}
+
+fn vcb_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(format!("{what}: {e}"))
+}
+
+fn open_repository(dir: &str, password: &[u8], create: bool) -> Result<Repository, ApiError> {
+    let path = Path::new(dir);
+    let has_config = path.join("config").exists();
+    if !has_config && !create {
+        return Err(ApiError::InvalidValue {
+            field: "repository".into(),
+            why: format!("no backup repository at {dir}"),
+        });
+    }
+    std::fs::create_dir_all(path).map_err(|e| vcb_err(dir, e))?;
+    let storage = LocalDir::open(path).map_err(|e| vcb_err(dir, e))?;
+    if has_config {
+        Repository::open(storage, password).map_err(|e| vcb_err(&format!("open {dir}"), e))
+    } else {
+        Repository::init(storage, password, &InitOptions::default())
+            .map_err(|e| vcb_err(&format!("create {dir}"), e))
+    }
+}
+
+impl Host {
+    /// `POST /vms/NAME/backup`: every disk, frozen, stored in the repository.
+    pub(super) fn backup_vm(
+        &mut self,
+        name: &str,
+        req: &BackupRequest,
+        task: TaskHandle,
+    ) -> Result<(), ApiError> {
+        let vm = self.vm_info(name)?;
+        if let Some(h) = vm.host.filter(|&h| h != self.agent.host()) {
+            return Err(ApiError::RunningElsewhere {
+                vm: name.to_string(),
+                host: h.to_string(),
+            });
+        }
+        let dev = devices::read(&self.volume, name)?;
+        if dev.disks.is_empty() {
+            return Err(ApiError::Unsupported(format!(
+                "VM {name} has no disk to back up"
+            )));
+        }
+        let carried = BackedUpVm {
+            config: read_definition(&self.volume, name).map_err(ApiError::Internal)?,
+            devices: dev.clone(),
+            settings: VmfsDatastore::read_settings(&self.volume, name)
+                .map_err(|e| vcb_err("settings", e))?,
+        };
+        let config = serde_json::to_vec(&carried).map_err(|e| vcb_err("encode", e))?;
+        let repo = open_repository(&req.repository, &self.vcb_password, true)?;
+        let running = self.vms.pid(name).is_some();
+        // Frozen: by the child, or here on the disks opened for it.
+        let mut infos = Vec::new();
+        let mut open_disks = Vec::new();
+        let mut failed = None;
+        for (i, d) in dev.disks.iter().enumerate() {
+            let frozen = if running {
+                match self.vms.process_mut(name) {
+                    Some(p) => p
+                        .snapshot(i, None)
+                        .map_err(|e| vcb_err(&format!("snapshot disk {i}"), e)),
+                    None => Err(ApiError::Internal(format!(
+                        "{name} stopped during its backup"
+                    ))),
+                }
+            } else {
+                VirtualDisk::open(&self.volume, &d.path)
+                    .and_then(|mut disk| {
+                        let info = prepare(&mut disk, None)?;
+                        open_disks.push(disk);
+                        Ok(info)
+                    })
+                    .map_err(|e| vcb_err(&format!("snapshot {}", d.path), e))
+            };
+            match frozen {
+                Ok(info) => infos.push(info),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        task.progress(0.1, "disks frozen");
+        let result = match failed {
+            Some(e) => Err(e),
+            None => (|| {
+                let mut sources = Vec::new();
+                for (i, info) in infos.iter().enumerate() {
+                    let s = VmfsSnapshot::open(&self.volume, info.clone())
+                        .map_err(|e| vcb_err(&format!("open the frozen layers of disk {i}"), e))?;
+                    sources.push((format!("disk{i}"), s));
+                }
+                let refs: Vec<(&str, &dyn DiskSource)> = sources
+                    .iter()
+                    .map(|(n, s)| (n.as_str(), s as &dyn DiskSource))
+                    .collect();
+                let time = crate::api::system_now_ms() / 1000;
+                let opts = BackupOptions::new(name, time)
+                    .host(&format!("host{}", self.agent.host()))
+                    .config(config.clone());
+                repo.backup(&opts, &refs).map_err(|e| vcb_err("backup", e))
+            })(),
+        };
+        // The frozen layers are closed (the sources dropped) before the redo logs fold
+        // back: also after a failed backup.
+        let mut folded = Ok(());
+        for i in 0..infos.len() {
+            let r = if running {
+                match self.vms.process_mut(name) {
+                    Some(p) => p
+                        .consolidate(i)
+                        .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e)),
+                    None => Ok(()),
+                }
+            } else {
+                match open_disks.get_mut(i) {
+                    Some(d) => d
+                        .consolidate()
+                        .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e)),
+                    None => Ok(()),
+                }
+            };
+            if r.is_err() && folded.is_ok() {
+                folded = r;
+            }
+        }
+        drop(open_disks);
+        let snap = result?;
+        folded?;
+        self.report.event(
+            "vm_backed_up",
+            serde_json::json!({"vm": name, "backup": snap.id.to_hex(), "running": running}),
+        );
+        task.succeed(serde_json::json!({"backup": snap.id.to_hex(), "repository": req.repository}));
+        Ok(())
+    }
+
+    /// `POST /vms/NAME/restore`: backup of NAME (the latest, or the one named) brought
+    /// back as the new VM `req.name`, shut off.
+    pub(super) fn restore_vm(
+        &mut self,
+        name: &str,
+        req: &RestoreRequest,
+        task: TaskHandle,
+    ) -> Result<(), ApiError> {
+        let new = req.name.as_str();
+        if self
+            .volume
+            .exists(&vm_dir(new))
+            .map_err(|e| vcb_err("volume", e))?
+        {
+            return Err(ApiError::VmExists(new.to_string()));
+        }
+        let repo = open_repository(&req.repository, &self.vcb_password, false)?;
+        let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+        let snap = match &req.backup {
+            Some(b) => {
+                let id = Id::from_hex(b).ok_or_else(|| ApiError::InvalidValue {
+                    field: "backup".into(),
+                    why: "not a backup id (hex)".into(),
+                })?;
+                snaps
+                    .into_iter()
+                    .find(|s| s.id == id && s.manifest.vm == name)
+            }
+            None => snaps.into_iter().rfind(|s| s.manifest.vm == name),
+        }
+        .ok_or_else(|| ApiError::InvalidValue {
+            field: "backup".into(),
+            why: format!("no backup of VM {name} in {}", req.repository),
+        })?;
+        let carried: BackedUpVm = serde_json::from_slice(&snap.manifest.config)
+            .map_err(|e| vcb_err("the backup's VM definition", e))?;
+        let mut settings = carried.settings.clone();
+        settings.desired_on = false;
+        VmfsDatastore::write_settings(&self.volume, new, &settings)
+            .map_err(|e| vcb_err("settings", e))?;
+        let restored = (|| {
+            write_definition(&self.volume, new, &carried.config).map_err(ApiError::Internal)?;
+            let vm = restore_vm(&repo, &snap.id, &self.volume, &vm_dir(new))
+                .map_err(|e| vcb_err("restore", e))?;
+            drop(vm.disks);
+            let specs = carried.devices.nic_specs();
+            let nics = devices::nic_records(
+                new,
+                &specs
+                    .into_iter()
+                    .map(|mut n| {
+                        n.mac = None;
+                        n
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let dev = Devices {
+                disks: carried
+                    .devices
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| DiskRecord {
+                        path: devices::disk_path(new, i),
+                        size_mib: d.size_mib,
+                    })
+                    .collect(),
+                nics,
+                layers: 1,
+                ..Devices::default()
+            };
+            devices::write(&self.volume, new, &dev)
+        })();
+        if let Err(e) = restored {
+            self.remove_dir(new);
+            return Err(e);
+        }
+        self.report.event(
+            "vm_restored",
+            serde_json::json!({"vm": new, "from": name, "backup": snap.id.to_hex()}),
+        );
+        self.refresh();
+        task.succeed(serde_json::json!({"vm": new, "backup": snap.id.to_hex(), "state": PowerState::ShutOff}));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_hkdf_of_the_key_apart_from_the_api_token() {
+        let key = [7u8; 32];
+        let p = repository_password(&key);
+        assert_eq!(p, repository_password(&key));
+        assert_eq!(p.len(), 64);
+        assert_ne!(p, repository_password(&[8u8; 32]));
+        // Another info than the API token's: a token seen on the wire opens no backup.
+        let token = crate::api::ApiToken::derive(&key);
+        assert_ne!(p, token.as_str().as_bytes());
+    }
+
+    #[test]
+    fn key_files_are_64_hex_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, format!("{}\n", "07".repeat(32))).unwrap();
+        assert_eq!(
+            password_from_key_file(&f).unwrap(),
+            repository_password(&[7u8; 32])
+        );
+        std::fs::write(&f, "07").unwrap();
+        assert!(password_from_key_file(&f).is_err());
+        std::fs::write(&f, "zz".repeat(32)).unwrap();
+        assert!(password_from_key_file(&f).is_err());
+        std::fs::write(&f, "é".repeat(32)).unwrap();
+        assert!(password_from_key_file(&f).is_err());
+    }
+}

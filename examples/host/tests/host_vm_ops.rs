@@ -1,0 +1,575 @@
+//! The reference host's disk operations end to end, through its API, on a `vinfra-lab`
+//! cluster of real `vinfra-host` processes (each VM a `vinfra-vm` child on KVM): a VM
+//! made with a thin vmfs disk, its disk filled with the `disk` guest's host pattern,
+//! snapshotted, cloned linked and full; the source and both clones boot on two hosts and
+//! each guest checks the pattern; the clones' writes stay their own; a revert discards
+//! what was written after the snapshot, and neither a revert nor a delete may pull
+//! layers from under a linked clone. A VM with a NIC on a port group the host lacks is
+//! refused with the port group's name. VMs with NICs on the lab's `vm-net` port group
+//! ping each other across hosts. A running VM is snapshotted and backed up through its
+//! process, and the backup restored as a new VM that boots.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vinfra_host::api::ApiToken;
+use vinfra_testkit::{guest, kvm_or_skip, run, skip};
+use vinfra_vmfs::disk::VirtualDisk;
+use vinfra_vmfs::{FileDevice, MonotonicClock, MountOptions, Volume};
+
+const LAB: &str = env!("CARGO_BIN_EXE_vinfra-lab");
+
+struct Lab {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    token: ApiToken,
+    apis: Vec<String>,
+    agent: ureq::Agent,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = run(
+            Command::new(LAB).arg("--dir").arg(self.path()).arg("down"),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+impl Lab {
+    /// `lab` tells apart the labs of the tests of this binary, which run side by side.
+    fn up(hosts: u32, guest_name: &str, lab: u32) -> Option<Lab> {
+        if !kvm_or_skip() {
+            return None;
+        }
+        let kernel = guest(guest_name)?;
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0")
+        });
+        if !root {
+            skip("network namespaces need root: the lab runs on loopback");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let id = (20 + (std::process::id() % 100) * 2 + lab).to_string();
+        let up = run(
+            Command::new(LAB)
+                .arg("--dir")
+                .arg(dir.path().join("lab"))
+                .args(["up", "--vms", "0", "--id", &id, "--hosts"])
+                .arg(hosts.to_string()),
+            Duration::from_secs(60),
+        );
+        assert!(up.success(), "{up}");
+        let record: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("lab/lab.json")).unwrap(),
+        )
+        .unwrap();
+        let apis = record["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["api"].as_str().unwrap().to_string())
+            .collect();
+        let token = ApiToken::from_key_file(&dir.path().join("lab/cluster.key")).unwrap();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let lab = Lab {
+            dir,
+            kernel,
+            token,
+            apis,
+            agent,
+        };
+        // Every host answers its API.
+        for h in 1..=hosts {
+            lab.wait(&format!("host {h}'s API"), || {
+                lab.send(h, "GET", "/host", "", true).0 == 200
+            });
+        }
+        Some(lab)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("lab")
+    }
+
+    fn send(&self, host: u32, method: &str, path: &str, body: &str, auth: bool) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.apis[host as usize - 1]);
+        let mut request = ureq::http::Request::builder().method(method).uri(url);
+        if auth {
+            request = request.header("Authorization", format!("Bearer {}", self.token.as_str()));
+        }
+        if !body.is_empty() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let Ok(mut response) = self
+            .agent
+            .run(request.body(body.as_bytes().to_vec()).unwrap())
+        else {
+            return (0, Value::Null);
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn ok(&self, host: u32, method: &str, path: &str, body: &str, want: u16) -> Value {
+        let (status, v) = self.send(host, method, path, body, true);
+        assert_eq!(status, want, "{method} {path} {body} on host {host}: {v}");
+        v
+    }
+
+    fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs an operation to its end; returns the finished task.
+    fn op(&self, host: u32, name: &str, op: &str, body: Value) -> Value {
+        let t = self.ok(
+            host,
+            "POST",
+            &format!("/vms/{name}/{op}"),
+            &body.to_string(),
+            202,
+        );
+        let id = t["task"].as_u64().unwrap();
+        let mut last = Value::Null;
+        self.wait(&format!("task {id} ({op} {name})"), || {
+            last = self.ok(host, "GET", &format!("/tasks/{id}"), "", 200);
+            last["state"] != "running"
+        });
+        last
+    }
+
+    fn vm(&self, host: u32, name: &str) -> Value {
+        self.ok(host, "GET", &format!("/vms/{name}"), "", 200)
+    }
+
+    /// Events of `host` with this name and VM.
+    fn events(&self, host: u32, event: &str, vm: &str) -> Vec<Value> {
+        let all = self.ok(host, "GET", "/events?after=0&limit=4096", "", 200);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == event && e["data"]["vm"] == vm)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The test's vmfs slot (hosts use 1..=N, the lab 15, VM children 16..63).
+const TEST_SLOT: u32 = 14;
+/// Sectors of the disk guest's host pattern (its default).
+const SECTORS: u64 = 64;
+
+fn host_word(s: u64, j: u64) -> u32 {
+    #[allow(clippy::cast_possible_truncation, reason = "the pattern wraps in u32")]
+    let s32 = s as u32;
+    #[allow(clippy::cast_possible_truncation, reason = "j < 128")]
+    let j32 = j as u32;
+    0x5eed_0000 ^ s32.wrapping_mul(0x9e37_79b1) ^ j32
+}
+
+/// Runs `f` on a VM's disk `0` through a mount of the lab's volume of the test's own.
+fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T {
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path().join("lab.json")).unwrap())
+            .unwrap();
+    let path = PathBuf::from(record["volume"].as_str().unwrap());
+    let dev = Arc::new(FileDevice::open(&path, false).unwrap());
+    let mut mo = MountOptions::default();
+    mo.pid = std::process::id();
+    mo.name = "host_vm_ops".into();
+    let volume = Volume::mount(dev, TEST_SLOT, &mo, Arc::new(MonotonicClock::new())).unwrap();
+    let heartbeat = volume.spawn_heartbeat();
+    let out = {
+        // A child that just exited may hold its disk's locks a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut disk = loop {
+            match VirtualDisk::open(&volume, &format!("/vms/{vm}/disk0.vmdk")) {
+                Ok(d) => break d,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "open {vm}'s disk: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        let out = f(&mut disk);
+        disk.sync().unwrap();
+        out
+    };
+    drop(heartbeat);
+    volume.unmount().unwrap();
+    out
+}
+
+/// The first word of each sector of `range` as the disk reads now.
+fn first_words(disk: &VirtualDisk, range: std::ops::Range<u64>) -> Vec<u32> {
+    range
+        .map(|s| {
+            let mut b = [0u8; 4];
+            disk.read_at(&mut b, s * 512).unwrap();
+            u32::from_le_bytes(b)
+        })
+        .collect()
+}
+
+impl Lab {
+    fn create(&self, host: u32, name: &str, extra: Value) {
+        let mut spec = json!({"name": name, "kernel": self.kernel, "memory_mib": 16,
+                              "ha": {"priority": "disabled"}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        self.ok(host, "POST", "/vms", &spec.to_string(), 201);
+    }
+
+    fn succeeds(&self, host: u32, name: &str, op: &str, body: Value) -> Value {
+        let t = self.op(host, name, op, body.clone());
+        assert_eq!(t["state"], "success", "{op} {name} {body}: {t}");
+        t
+    }
+
+    fn console_has(&self, host: u32, vm: &str, prefix: &str) -> bool {
+        self.events(host, "console", vm).iter().any(|e| {
+            e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with(prefix))
+        })
+    }
+
+    /// Deletes a VM that is off; a disk lock its ended process left (for up to a lease)
+    /// is waited out.
+    fn delete(&self, host: u32, vm: &str) {
+        self.wait(&format!("{vm} deleted"), || {
+            let (s, e) = self.send(host, "DELETE", &format!("/vms/{vm}"), "", true);
+            assert!(
+                s == 204
+                    || (s == 409
+                        && e["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("still locked")),
+                "DELETE {vm}: {s} {e}"
+            );
+            s == 204
+        });
+    }
+
+    /// Whether no host runs a VM process.
+    fn quiet(&self) -> bool {
+        (1..=u32::try_from(self.apis.len()).unwrap())
+            .all(|h| self.ok(h, "GET", "/host", "", 200)["vms"]["running_here"] == 0)
+    }
+
+    /// Starts a `disk` guest VM and waits for its verdict and its exit.
+    fn boot_disk_guest(&self, host: u32, vm: &str) {
+        self.succeeds(host, vm, "start", json!({}));
+        self.wait(&format!("{vm}'s disk check"), || {
+            self.console_has(host, vm, "DISK-OK") || self.console_has(host, vm, "DISK-FAIL")
+        });
+        let lines: Vec<Value> = self.events(host, "console", vm);
+        assert!(
+            self.console_has(host, vm, "DISK-OK"),
+            "{vm} on host {host}: {lines:?}"
+        );
+        // The guest powers off after its check, and HA's VM monitoring starts it again
+        // (a process exit 0 may as well be a migration's end) until it gives up: a stop
+        // through the API at a moment it runs, or no VM process on any host for 3 s, leaves
+        // it off.
+        let mut quiet_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{vm} never stopped: {}",
+                self.vm(1, vm)
+            );
+            // Between an exit and the restart the VM looks off for a moment: only a stop
+            // that succeeded counts.
+            let (s, t) = self.send(host, "POST", &format!("/vms/{vm}/stop"), "{}", true);
+            if s == 202 {
+                let id = t["task"].as_u64().unwrap();
+                let mut state = Value::Null;
+                self.wait("stop task", || {
+                    state = self.ok(host, "GET", &format!("/tasks/{id}"), "", 200)["state"].clone();
+                    state != "running"
+                });
+                if state == "success" {
+                    std::thread::sleep(Duration::from_millis(500));
+                    assert_eq!(self.vm(1, vm)["state"], "shut_off", "{vm} after its stop");
+                    break;
+                }
+            }
+            if !self.quiet() {
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
+    let Some(lab) = Lab::up(2, "disk", 0) else {
+        return;
+    };
+    // A VM with a 4 MiB thin disk; GET lists it.
+    lab.create(1, "tpl", json!({"disks": [{"size_mib": 4}]}));
+    let v = lab.vm(2, "tpl");
+    assert_eq!(v["spec"]["disks"], json!([{"size_mib": 4}]), "{v}");
+    // The host pattern the guest checks, written through vmfs.
+    with_disk(&lab, "tpl", |d| {
+        assert_eq!(d.capacity(), 4 << 20);
+        for s in 0..SECTORS {
+            let sector: Vec<u8> = (0..128)
+                .flat_map(|j| host_word(s, j).to_le_bytes())
+                .collect();
+            d.write_at(&sector, s * 512).unwrap();
+        }
+    });
+    lab.succeeds(1, "tpl", "snapshot", json!({"name": "s1"}));
+    let (s, e) = lab.send(
+        1,
+        "POST",
+        "/vms/tpl/snapshot",
+        &json!({"name": "s1"}).to_string(),
+        true,
+    );
+    assert_eq!(s, 422, "a second snapshot s1: {e}");
+
+    // A linked clone (on a new snapshot of tpl) and a full one, asked of host 2.
+    let t = lab.succeeds(2, "tpl", "clone", json!({"name": "lc"}));
+    assert_eq!(t["result"]["base"], "clone-lc", "{t}");
+    lab.succeeds(2, "tpl", "clone", json!({"name": "fc", "full": true}));
+    for vm in ["lc", "fc"] {
+        let v = lab.vm(1, vm);
+        assert_eq!(v["state"], "shut_off", "{v}");
+        assert_eq!(v["spec"]["disks"], json!([{"size_mib": 4}]), "{v}");
+    }
+    let (s, e) = lab.send(
+        2,
+        "POST",
+        "/vms/tpl/clone",
+        &json!({"name": "lc"}).to_string(),
+        true,
+    );
+    assert!(s == 409 && e["error"]["code"] == "vm_exists", "{s} {e}");
+
+    // All three boot, on both hosts; each guest finds the pattern and writes its own.
+    lab.boot_disk_guest(1, "tpl");
+    lab.boot_disk_guest(2, "lc");
+    lab.boot_disk_guest(1, "fc");
+    let guest_first = |s: u64| !host_word(s, 0);
+    let written: Vec<u32> = (SECTORS..2 * SECTORS).map(guest_first).collect();
+    for vm in ["tpl", "lc", "fc"] {
+        with_disk(&lab, vm, |d| {
+            assert_eq!(first_words(d, SECTORS..2 * SECTORS), written, "{vm}");
+            assert_eq!(first_words(d, 0..2)[0], host_word(0, 0), "{vm}");
+        });
+    }
+
+    // Neither a revert below the clone's base nor a delete takes layers from lc.
+    let (s, e) = lab.send(
+        1,
+        "POST",
+        "/vms/tpl/revert",
+        &json!({"snapshot": "s1"}).to_string(),
+        true,
+    );
+    assert!(
+        s == 409
+            && e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("linked clone lc"),
+        "{s} {e}"
+    );
+    let (s, e) = lab.send(2, "DELETE", "/vms/tpl", "", true);
+    assert!(
+        s == 409
+            && e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("linked clone lc"),
+        "{s} {e}"
+    );
+    // Revert to the clone's snapshot: tpl's boot's writes are gone, lc keeps its own.
+    lab.succeeds(2, "tpl", "revert", json!({}));
+    with_disk(&lab, "tpl", |d| {
+        assert_eq!(first_words(d, SECTORS..2 * SECTORS), vec![0; 64]);
+        assert_eq!(first_words(d, 0..1), vec![host_word(0, 0)]);
+    });
+    with_disk(&lab, "lc", |d| {
+        assert_eq!(first_words(d, SECTORS..2 * SECTORS), written);
+    });
+    // The reverted VM boots again on its snapshot.
+    lab.boot_disk_guest(2, "tpl");
+
+    // A NIC on a port group host 1 lacks (it has vm-net only): refused, naming it; GET shows its MAC.
+    lab.create(1, "nic", json!({"nics": [{"portgroup": "dmz"}]}));
+    let v = lab.vm(1, "nic");
+    let mac = v["spec"]["nics"][0]["mac"].as_str().unwrap().to_string();
+    assert!(mac.starts_with("02:") && mac.len() == 17, "{v}");
+    let (s, e) = lab.send(1, "POST", "/vms/nic/start", "{}", true);
+    assert!(
+        s == 422 && e["error"]["message"].as_str().unwrap().contains("\"dmz\""),
+        "{s} {e}"
+    );
+    assert_eq!(lab.vm(2, "nic")["state"], "shut_off");
+
+    // Deleting the clone first frees the source.
+    for vm in ["lc", "fc", "tpl", "nic"] {
+        lab.delete(1, vm);
+    }
+    assert_eq!(lab.ok(2, "GET", "/vms", "", 200), json!([]));
+}
+
+/// The line of `vm`'s console on `host` that starts with `prefix`, once it is there.
+fn console_line(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
+    let mut line = String::new();
+    lab.wait(&format!("{prefix} from {vm}"), || {
+        if let Some(e) = lab.events(host, "console", vm).iter().find(|e| {
+            e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with(prefix))
+        }) {
+            line = e["data"]["line"].as_str().unwrap().to_string();
+        }
+        !line.is_empty()
+    });
+    line
+}
+
+#[test]
+fn vms_on_two_hosts_talk_on_the_vm_port_group() {
+    let Some(lab) = Lab::up(2, "net", 1) else {
+        return;
+    };
+    // Each host's switch has vm-net on a VXLAN to the other (vinfra-lab as root).
+    lab.create(
+        1,
+        "echo",
+        json!({"nics": [{"portgroup": "vm-net"}], "cmdline": "net.ip=192.168.77.2"}),
+    );
+    lab.create(
+        1,
+        "pinger",
+        json!({"nics": [{"portgroup": "vm-net", "mac": "02:00:00:77:00:01"}],
+               "cmdline": "net.ip=192.168.77.1 net.ping=192.168.77.2:5"}),
+    );
+    lab.succeeds(2, "echo", "start", json!({}));
+    let ready = console_line(&lab, 2, "echo", "NET-READY");
+    let mac = lab.vm(1, "echo")["spec"]["nics"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ready.contains(&format!("mac={mac}")),
+        "{ready} (GET: {mac})"
+    );
+    lab.succeeds(1, "pinger", "start", json!({}));
+    let ready = console_line(&lab, 1, "pinger", "NET-READY");
+    assert!(ready.contains("mac=02:00:00:77:00:01"), "{ready}");
+    let ping = console_line(&lab, 1, "pinger", "NET-PING ");
+    assert_eq!(
+        ping, "NET-PING sent=5 received=5",
+        "pinger on host 1 to echo on host 2"
+    );
+    assert!(
+        lab.events(2, "console", "echo")
+            .iter()
+            .any(|e| e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("NET-RX icmp echo from 192.168.77.1"))),
+        "echo saw no ping"
+    );
+    lab.succeeds(2, "echo", "stop", json!({}));
+    lab.succeeds(1, "pinger", "stop", json!({}));
+    for vm in ["echo", "pinger"] {
+        lab.delete(2, vm);
+    }
+}
+
+#[test]
+fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
+    let Some(lab) = Lab::up(1, "workload", 2) else {
+        return;
+    };
+    lab.create(
+        1,
+        "w",
+        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
+    );
+    let marker = 0xabcd_1234u32.to_le_bytes();
+    with_disk(&lab, "w", |d| d.write_at(&marker, 100 * 512).unwrap());
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+
+    // A backup of the running VM, restored as a new VM that boots.
+    let repo = lab.dir.path().join("backups").display().to_string();
+    let t = lab.succeeds(1, "w", "backup", json!({"repository": repo}));
+    assert!(t["result"]["backup"].is_string(), "{t}");
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+    lab.succeeds(1, "w", "restore", json!({"repository": repo, "name": "wr"}));
+    let v = lab.vm(1, "wr");
+    assert_eq!(v["state"], "shut_off", "{v}");
+    assert_eq!(v["spec"]["disks"], json!([{"size_mib": 2}]), "{v}");
+    let (s, e) = lab.send(
+        1,
+        "POST",
+        "/vms/w/restore",
+        &json!({"repository": repo, "name": "wr"}).to_string(),
+        true,
+    );
+    assert!(s == 409 && e["error"]["code"] == "vm_exists", "{s} {e}");
+    with_disk(&lab, "wr", |d| {
+        let mut b = [0u8; 4];
+        d.read_at(&mut b, 100 * 512).unwrap();
+        assert_eq!(b, marker);
+    });
+    lab.succeeds(1, "wr", "start", json!({}));
+    lab.wait("wr ready", || lab.console_has(1, "wr", "VINFRA-READY"));
+    lab.succeeds(1, "wr", "stop", json!({}));
+    lab.delete(1, "wr");
+    // The child holds the disk: it takes the snapshot, and the VM runs on.
+    let t = lab.succeeds(1, "w", "snapshot", json!({"name": "hot"}));
+    assert_eq!(t["result"]["layers"], 2, "{t}");
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+    // What needs the VM off says so.
+    for (op, body) in [("revert", json!({})), ("clone", json!({"name": "w2"}))] {
+        let (s, e) = lab.send(1, "POST", &format!("/vms/w/{op}"), &body.to_string(), true);
+        assert!(
+            s == 409 && e["error"]["code"] == "wrong_state",
+            "{op}: {s} {e}"
+        );
+    }
+    lab.succeeds(1, "w", "stop", json!({}));
+    let t = lab.succeeds(1, "w", "revert", json!({"snapshot": "hot"}));
+    assert_eq!(t["result"]["snapshot"], "hot", "{t}");
+    with_disk(&lab, "w", |d| {
+        assert_eq!(d.chain().len(), 2, "{:?}", d.chain())
+    });
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.succeeds(1, "w", "stop", json!({}));
+    lab.delete(1, "w");
+}
