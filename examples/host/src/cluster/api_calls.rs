@@ -388,7 +388,7 @@ impl Host {
                 if vm.state == PowerState::Running {
                     return Err(wrong("it must be shut off"));
                 }
-                self.refuse_in_maintenance()?;
+                self.refuse_in_maintenance(name, vm.state)?;
                 self.check_port_groups(name)?;
                 self.set_desired(name, true)?;
                 let t = std::time::Instant::now();

@@ -186,7 +186,7 @@ impl Host {
         request: &IncomingRequest,
     ) -> Result<IncomingReady, ApiError> {
         let vm = self.vm_info(&request.vm)?;
-        self.refuse_in_maintenance()?;
+        self.refuse_in_maintenance(&request.vm, vm.state)?;
         // CPU features (as EVC): the VM's guest sees every bit its definition does not
         // hide; this host lacks the bits of `--hide-cpuid`.
         let config = read_definition(&self.volume, &request.vm).map_err(ApiError::Internal)?;
@@ -277,12 +277,16 @@ impl Host {
 }
 
 impl Host {
-    /// 409 while this host is in maintenance mode.
-    pub(super) fn refuse_in_maintenance(&self) -> Result<(), ApiError> {
+    /// 409 while this host is in maintenance mode (for `vm`, now `state`).
+    pub(super) fn refuse_in_maintenance(
+        &self,
+        vm: &str,
+        state: crate::api::PowerState,
+    ) -> Result<(), ApiError> {
         if self.maintenance {
             return Err(ApiError::WrongState {
-                vm: String::new(),
-                state: crate::api::PowerState::ShutOff,
+                vm: vm.to_string(),
+                state,
                 needed: format!(
                     "host {} is in maintenance mode and takes no VM",
                     self.agent.host()
