@@ -7,135 +7,21 @@
 //! why and change nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vinfra_host::api::ApiToken;
-use vinfra_testkit::{guest, kvm_or_skip, run, skip};
 
-const LAB: &str = env!("CARGO_BIN_EXE_vinfra-lab");
-
-/// One lab at a time: their guests' vCPUs spin, and two cores are all there is.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Lab {
-    _one: std::sync::MutexGuard<'static, ()>,
-    dir: tempfile::TempDir,
-    kernel: PathBuf,
-    token: ApiToken,
-    apis: Vec<String>,
-    agent: ureq::Agent,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = run(
-            Command::new(LAB).arg("--dir").arg(self.path()).arg("down"),
-            Duration::from_secs(30),
-        );
-    }
-}
+mod support;
+use support::Lab;
 
 impl Lab {
     fn up(hosts: u32) -> Option<Lab> {
-        Self::up_with(hosts, &[])
+        Self::up_guest(hosts, "workload", &[])
     }
 
-    /// With more `vinfra-lab up` arguments.
     fn up_with(hosts: u32, more: &[&str]) -> Option<Lab> {
-        if !kvm_or_skip() {
-            return None;
-        }
-        let kernel = guest("workload")?;
-        let root = vinfra_testkit::is_root();
-        if !root {
-            skip("network namespaces need root: the lab runs on loopback");
-        }
-        let one = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = tempfile::tempdir().unwrap();
-        let up = run(
-            Command::new(LAB)
-                .arg("--dir")
-                .arg(dir.path().join("lab"))
-                .args(["up", "--vms", "0", "--hosts"])
-                .arg(hosts.to_string())
-                .args(more),
-            Duration::from_secs(60),
-        );
-        assert!(up.success(), "{up}");
-        let record: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("lab/lab.json")).unwrap(),
-        )
-        .unwrap();
-        let apis = record["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["api"].as_str().unwrap().to_string())
-            .collect();
-        let token = ApiToken::from_key_file(&dir.path().join("lab/cluster.key")).unwrap();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into();
-        let lab = Lab {
-            _one: one,
-            dir,
-            kernel,
-            token,
-            apis,
-            agent,
-        };
-        // Every host answers its API.
-        for h in 1..=hosts {
-            lab.wait(&format!("host {h}'s API"), || {
-                lab.send(h, "GET", "/host", "", true).0 == 200
-            });
-        }
-        Some(lab)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("lab")
-    }
-
-    fn send(&self, host: u32, method: &str, path: &str, body: &str, auth: bool) -> (u16, Value) {
-        let url = format!("{}/api/v1{path}", self.apis[host as usize - 1]);
-        let mut request = ureq::http::Request::builder().method(method).uri(url);
-        if auth {
-            request = request.header("Authorization", format!("Bearer {}", self.token.as_str()));
-        }
-        if !body.is_empty() {
-            request = request.header("Content-Type", "application/json");
-        }
-        let Ok(mut response) = self
-            .agent
-            .run(request.body(body.as_bytes().to_vec()).unwrap())
-        else {
-            return (0, Value::Null);
-        };
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn ok(&self, host: u32, method: &str, path: &str, body: &str, want: u16) -> Value {
-        let (status, v) = self.send(host, method, path, body, true);
-        assert_eq!(status, want, "{method} {path} {body} on host {host}: {v}");
-        v
-    }
-
-    fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        Self::up_guest(hosts, "workload", more)
     }
 
     fn create(&self, host: u32, name: &str) {
@@ -153,41 +39,9 @@ impl Lab {
         self.op_with(host, name, op, "{}")
     }
 
-    fn op_with(&self, host: u32, name: &str, op: &str, body: &str) -> Value {
-        let t = self.ok(host, "POST", &format!("/vms/{name}/{op}"), body, 202);
-        let id = t["task"].as_u64().unwrap();
-        let mut last = Value::Null;
-        self.wait(&format!("task {id} ({op} {name})"), || {
-            last = self.ok(host, "GET", &format!("/tasks/{id}"), "", 200);
-            last["state"] != "running"
-        });
-        last
-    }
-
-    fn vm(&self, host: u32, name: &str) -> Value {
-        self.ok(host, "GET", &format!("/vms/{name}"), "", 200)
-    }
-
-    /// Events of `host` with this name and VM.
-    fn events(&self, host: u32, event: &str, vm: &str) -> Vec<Value> {
-        let all = self.ok(host, "GET", "/events?after=0&limit=4096", "", 200);
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == event && e["data"]["vm"] == vm)
-            .cloned()
-            .collect()
-    }
-
+    /// How many guest heartbeats (`HB n`) `host` saw.
     fn beats(&self, host: u32, vm: &str) -> usize {
-        self.events(host, "console", vm)
-            .iter()
-            .filter(|e| {
-                e["data"]["line"]
-                    .as_str()
-                    .is_some_and(|l| l.starts_with("HB "))
-            })
-            .count()
+        self.beat_numbers(host, vm).len()
     }
 
     /// The guest's heartbeat numbers (`HB n`) as `host` saw them.

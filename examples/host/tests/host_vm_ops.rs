@@ -11,168 +11,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vinfra_host::api::ApiToken;
-use vinfra_testkit::{guest, kvm_or_skip, run, skip};
 use vinfra_vmfs::disk::VirtualDisk;
 use vinfra_vmfs::{FileDevice, MonotonicClock, MountOptions, Volume};
 
-const LAB: &str = env!("CARGO_BIN_EXE_vinfra-lab");
-
-struct Lab {
-    dir: tempfile::TempDir,
-    kernel: PathBuf,
-    token: ApiToken,
-    apis: Vec<String>,
-    agent: ureq::Agent,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = run(
-            Command::new(LAB).arg("--dir").arg(self.path()).arg("down"),
-            Duration::from_secs(30),
-        );
-    }
-}
-
-impl Lab {
-    /// `lab` tells apart the labs of the tests of this binary, which run side by side.
-    fn up(hosts: u32, guest_name: &str, lab: u32) -> Option<Lab> {
-        if !kvm_or_skip() {
-            return None;
-        }
-        let kernel = guest(guest_name)?;
-        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                == Some("0")
-        });
-        if !root {
-            skip("network namespaces need root: the lab runs on loopback");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let id = (20 + (std::process::id() % 100) * 2 + lab).to_string();
-        let up = run(
-            Command::new(LAB)
-                .arg("--dir")
-                .arg(dir.path().join("lab"))
-                .args(["up", "--vms", "0", "--id", &id, "--hosts"])
-                .arg(hosts.to_string()),
-            Duration::from_secs(60),
-        );
-        assert!(up.success(), "{up}");
-        let record: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("lab/lab.json")).unwrap(),
-        )
-        .unwrap();
-        let apis = record["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["api"].as_str().unwrap().to_string())
-            .collect();
-        let token = ApiToken::from_key_file(&dir.path().join("lab/cluster.key")).unwrap();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into();
-        let lab = Lab {
-            dir,
-            kernel,
-            token,
-            apis,
-            agent,
-        };
-        // Every host answers its API.
-        for h in 1..=hosts {
-            lab.wait(&format!("host {h}'s API"), || {
-                lab.send(h, "GET", "/host", "", true).0 == 200
-            });
-        }
-        Some(lab)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("lab")
-    }
-
-    fn send(&self, host: u32, method: &str, path: &str, body: &str, auth: bool) -> (u16, Value) {
-        let url = format!("{}/api/v1{path}", self.apis[host as usize - 1]);
-        let mut request = ureq::http::Request::builder().method(method).uri(url);
-        if auth {
-            request = request.header("Authorization", format!("Bearer {}", self.token.as_str()));
-        }
-        if !body.is_empty() {
-            request = request.header("Content-Type", "application/json");
-        }
-        let Ok(mut response) = self
-            .agent
-            .run(request.body(body.as_bytes().to_vec()).unwrap())
-        else {
-            return (0, Value::Null);
-        };
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn ok(&self, host: u32, method: &str, path: &str, body: &str, want: u16) -> Value {
-        let (status, v) = self.send(host, method, path, body, true);
-        assert_eq!(status, want, "{method} {path} {body} on host {host}: {v}");
-        v
-    }
-
-    fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Runs an operation to its end; returns the finished task.
-    fn op(&self, host: u32, name: &str, op: &str, body: Value) -> Value {
-        let t = self.ok(
-            host,
-            "POST",
-            &format!("/vms/{name}/{op}"),
-            &body.to_string(),
-            202,
-        );
-        let id = t["task"].as_u64().unwrap();
-        let mut last = Value::Null;
-        self.wait(&format!("task {id} ({op} {name})"), || {
-            last = self.ok(host, "GET", &format!("/tasks/{id}"), "", 200);
-            last["state"] != "running"
-        });
-        last
-    }
-
-    fn vm(&self, host: u32, name: &str) -> Value {
-        self.ok(host, "GET", &format!("/vms/{name}"), "", 200)
-    }
-
-    /// Events of `host` with this name and VM.
-    fn events(&self, host: u32, event: &str, vm: &str) -> Vec<Value> {
-        let all = self.ok(host, "GET", "/events?after=0&limit=4096", "", 200);
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == event && e["data"]["vm"] == vm)
-            .cloned()
-            .collect()
-    }
-}
+mod support;
+use support::Lab;
 
 /// The test's vmfs slot (hosts use 1..=N, the lab 15, VM children 16..63).
 const TEST_SLOT: u32 = 14;
@@ -242,7 +89,7 @@ impl Lab {
     }
 
     fn succeeds(&self, host: u32, name: &str, op: &str, body: Value) -> Value {
-        let t = self.op(host, name, op, body.clone());
+        let t = self.op_with(host, name, op, &body.to_string());
         assert_eq!(t["state"], "success", "{op} {name} {body}: {t}");
         t
     }
@@ -330,7 +177,7 @@ impl Lab {
 
 #[test]
 fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
-    let Some(lab) = Lab::up(2, "disk", 0) else {
+    let Some(lab) = Lab::up_guest(2, "disk", &[]) else {
         return;
     };
     // A VM with a 4 MiB thin disk; GET lists it.
@@ -462,7 +309,7 @@ fn console_line(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
 
 #[test]
 fn vms_on_two_hosts_talk_on_the_vm_port_group() {
-    let Some(lab) = Lab::up(2, "net", 1) else {
+    let Some(lab) = Lab::up_guest(2, "net", &[]) else {
         return;
     };
     // Each host's switch has vm-net on a VXLAN to the other (vinfra-lab as root).
@@ -512,7 +359,7 @@ fn vms_on_two_hosts_talk_on_the_vm_port_group() {
 
 #[test]
 fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
-    let Some(lab) = Lab::up(1, "workload", 2) else {
+    let Some(lab) = Lab::up_guest(1, "workload", &[]) else {
         return;
     };
     lab.create(
