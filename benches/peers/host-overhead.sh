@@ -8,7 +8,9 @@
 #     log, vs bare `vinfra-vm run` from spawn to VINFRA-READY on its console (peer);
 #     medians of RUNS;
 #   - maintenance: a host running 4 VMs of 64 MiB emptied by live migration (the task's
-#     total time).
+#     total time);
+#   - clones: 10 linked clones of a template with a disk, made and started through the
+#     API, until every guest printed VINFRA-READY.
 # Last lines: `<metric>: ours=<v> peer=<v> ratio=<ours/peer>` (or `ours=<v>` alone).
 #
 # usage: benches/peers/host-overhead.sh   (as root for namespaces; RUNS=5 IDLE_S=10)
@@ -145,6 +147,31 @@ try:
             p.wait()
     print(f"start to READY ms: ours {sorted(ours)} bare {sorted(peer)}", file=sys.stderr)
 
+    # 10 linked clones of a template with a disk, booted (on host 2).
+    api(2, "POST", "/vms", {"name": "tpl", "kernel": kernel, "memory_mib": 16,
+                             "cmdline": "workload.mib=1", "disks": [{"size_mib": 8}]})
+    events = api(2, "GET", "/events?after=0&limit=4096")
+    seq = events[-1]["seq"] if events else 0
+    t0 = time.time()
+    for i in range(10):
+        t = wait_task(2, api(2, "POST", "/vms/tpl/clone", {"name": f"c{i}", "full": False})["task"])
+        if t["state"] != "success":
+            raise SystemExit(f"clone failed: {t}")
+    for i in range(10):
+        wait_task(2, api(2, "POST", f"/vms/c{i}/start", {})["task"])
+    ready = set()
+    while len(ready) < 10 and time.time() < t0 + 60:
+        for e in api(2, "GET", f"/events?after={seq}&limit=4096"):
+            seq = e["seq"]
+            if e["event"] == "console" and "VINFRA-READY" in e["data"].get("line", ""):
+                ready.add(e["data"]["vm"])
+        time.sleep(0.005)
+    clones_ms = (time.time() - t0) * 1000
+    if len(ready) < 10:
+        raise SystemExit(f"only {sorted(ready)} booted")
+    for i in range(10):
+        wait_task(2, api(2, "POST", f"/vms/c{i}/stop", {})["task"])
+
     # Maintenance: 4 VMs of 64 MiB on host 1, emptied.
     for i in range(4):
         api(1, "POST", "/vms", {"name": f"m{i}", "kernel": kernel, "memory_mib": 64,
@@ -164,6 +191,7 @@ try:
     print(f"start_to_ready_ms: ours={med(ours):.1f} peer={med(peer):.1f} "
           f"ratio={med(ours) / med(peer):.2f}")
     print(f"maintenance_4x64mib_ms: ours={maint_ms}")
+    print(f"linked_clone_and_boot_10_ms: ours={clones_ms:.0f}")
 finally:
     subprocess.run([f"{bin_dir}/vinfra-lab", "--dir", lab, "down"], capture_output=True)
 PY

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! `vinfra-vm --control` offers the same handshake per disk as its `snapshot` and
-//! `consolidate` requests ([`crate::migration`]), through [`answer`].
+//! `consolidate` requests (`migration`'s control socket), through [`answer`].
 //!
 //! Errors answer `{"ok":false,"error":"..."}`. The VM keeps running throughout: its
 //! writes go to the new redo log while the proxy reads the frozen layers; the disk's lock

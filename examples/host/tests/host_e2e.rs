@@ -166,6 +166,29 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     }
     drop(ws);
 
+    // A guest that powers itself off stays off: HA does not start it again.
+    lab.create(3, "quitter");
+    assert_eq!(lab.op(3, "quitter", "start")["state"], "success");
+    let url = lab.apis[2].replace("http://", "ws://") + "/api/v1/vms/quitter/console";
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", lab.token.as_str()).parse().unwrap(),
+    );
+    let (mut ws, _) = tungstenite::connect(request).unwrap();
+    ws.send(tungstenite::Message::text("exit 0\n")).unwrap();
+    drop(ws);
+    lab.wait("quitter's power-off", || {
+        lab.events(3, "vm_exited", "quitter")
+            .iter()
+            .any(|e| e["data"]["code"] == 0)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.vm(1, "quitter")["state"], "shut_off");
+    for h in 1..=3 {
+        assert!(lab.events(h, "vm_started", "quitter").len() <= usize::from(h == 3));
+    }
+
     // Stop through the API: it stays off (no HA restart anywhere).
     let t = lab.op(2, "db", "stop");
     assert_eq!(t["state"], "success", "{t}");

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::types::PowerState;
+use super::power::PowerState;
 
 /// `Result` with the API's error.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -51,6 +51,7 @@ mod console;
 mod error;
 mod events;
 mod openapi;
+mod power;
 mod server;
 mod service;
 mod tasks;
@@ -61,7 +62,7 @@ pub use bridge::{ApiCall, LoopBridge, Reply};
 pub use console::{console_pair, Console, ConsoleClosed, GuestConsole};
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use events::{EventLog, HostEvent};
-pub use openapi::ApiDoc;
+pub use server::ApiDoc;
 pub use server::{
     serve, ServeError, ServerHandle, BODY_LIMIT, CONSOLE_QUEUE, EVENTS_LIMIT_MAX, PREFIX,
 };

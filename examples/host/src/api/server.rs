@@ -22,12 +22,13 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
+use utoipa::OpenApi;
 
 use super::auth::ApiToken;
 use super::console::Console;
 use super::error::{ApiError, Result};
 use super::events::HostEvent;
-use super::openapi::openapi_json;
+use super::openapi::BearerToken;
 use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
@@ -711,6 +712,36 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
             tracing::warn!("host API stopped with requests still open");
         }
     }
+}
+
+/// The document's generator.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "vinfra host API",
+        description = "One vinfra host: its VMs, their long operations as tasks, their \
+            consoles, and its event log. Every route but this document needs \
+            `Authorization: Bearer TOKEN`, TOKEN being the hex of HKDF-SHA256 of the \
+            cluster key with info \"vinfra host api v1\". Errors are \
+            {\"error\":{\"code\":…,\"message\":…}}."
+    ),
+    paths(
+        host, list_vms, create_vm, get_vm, delete_vm,
+        op_start, op_stop, op_reset, op_shutdown,
+        op_migrate, op_snapshot, op_revert, op_clone,
+        op_backup, op_restore, console, list_tasks,
+        get_task, events, incoming, maintenance, openapi_json,
+    ),
+    modifiers(&BearerToken),
+    security(("token" = [])),
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`: this document (no token needed).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "host", security(()),
+    responses((status = 200, description = "the OpenAPI 3 document", content_type = "application/json")))]
+pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 #[cfg(test)]

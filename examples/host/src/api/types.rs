@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+pub use super::power::PowerState;
 
 /// Longest VM, snapshot or port group name.
 pub const NAME_LEN_MAX: usize = 63;
@@ -62,35 +63,6 @@ fn field(field: impl Into<String>, why: impl Into<String>) -> ApiError {
 
 fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|why| field(path, why))
-}
-
-/// A VM's power state (libvirt's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum PowerState {
-    /// Its process runs the guest.
-    Running,
-    /// Stopped in place (e.g. during a migration's switchover).
-    Paused,
-    /// Asked to shut down; not yet off.
-    ShuttingDown,
-    /// Off: no process.
-    ShutOff,
-    /// Its process died without being asked to.
-    Crashed,
-}
-
-impl std::fmt::Display for PowerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::ShuttingDown => "shutting down",
-            Self::ShutOff => "shut off",
-            Self::Crashed => "crashed",
-        })
-    }
 }
 
 /// What `POST /vms` creates: the VM's definition, kept on the volume in `/vms/<name>/`.

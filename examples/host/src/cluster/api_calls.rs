@@ -347,7 +347,7 @@ impl Host {
     }
 
     /// Writes `desired_on` into the VM's settings.
-    fn set_desired(&mut self, name: &str, on: bool) -> Result<(), ApiError> {
+    pub(super) fn set_desired(&mut self, name: &str, on: bool) -> Result<(), ApiError> {
         let mut s = VmfsDatastore::read_settings(&self.volume, name).map_err(internal)?;
         if s.desired_on != on {
             s.desired_on = on;

@@ -333,6 +333,15 @@ impl Host {
                     "vm_exited",
                     serde_json::json!({"vm": vm, "code": exit.code, "signal": exit.signal}),
                 );
+                // A guest that powered itself off (status 0) is off, as the user had
+                // powered it off: HA must not start it again. A crash, a kill or a
+                // fence (any other end) is for HA to restart.
+                if exit.code == Some(0) {
+                    if let Err(e) = self.set_desired(&vm, false) {
+                        tracing::warn!(vm, "record the guest's power-off: {e}");
+                    }
+                    self.refresh();
+                }
                 self.feed(Event::VmStopped { vm });
             }
             let valid = self.volume.check_lease().is_ok();
