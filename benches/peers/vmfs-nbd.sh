@@ -9,8 +9,8 @@
 # counted at the device under the lock protocol): compare-and-write on an image file (the
 # ATS path), Disk Paxos on an image file, Disk Paxos over NBD (TCP on loopback and a Unix
 # socket), with Disk Paxos areas for LOCK_HOSTS hosts (default 8).
-# Not done: the same against sanlock (no sanlock package in this machine's package lists);
-# failover over NBD is measured by vmfs/tests/paxos_nbd.rs.
+# Against sanlock: benches/peers/vmfs-sanlock.sh. Failover over NBD is measured by
+# vmfs/tests/paxos_nbd.rs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${1:-256}
