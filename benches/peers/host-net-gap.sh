@@ -82,7 +82,14 @@ try:
     while time.time() < end and not done:
         time.sleep(1)
         seqs, done = [], False
-        for e in api(3, "GET", "/events?after=0&limit=4096"):
+        events, after = [], 0
+        while True:
+            page = api(3, "GET", f"/events?after={after}")
+            if not page:
+                break
+            events += page
+            after = page[-1]["seq"]
+        for e in events:
             line = e["data"].get("line", "") if e["event"] == "console" else ""
             m = re.match(r"NET-PING-REPLY from \S+ seq=(\d+)", line)
             if m:
@@ -99,8 +106,10 @@ try:
         if s > prev + 1:
             runs.append((prev + 1, s - prev - 1))
         prev = s
-    print(f"replies {len(got)} of {count}; missing runs (first seq, length): {runs}",
-          file=sys.stderr)
+    where = {h: api(h, "GET", "/vms/target")["host"] for h in (1, 3)}
+    print(f"replies {len(got)} of {count} (seq {got[0]}..{got[-1]}); missing runs (first "
+          f"seq, length): {runs}; migration at seq ~{(t_mig - t_ping) / 0.1:.0f}, kill at "
+          f"~{(t_kill - t_ping) / 0.1:.0f}; the target runs on {where}", file=sys.stderr)
     mig_seq = (t_mig - t_ping) / 0.1
     kill_seq = (t_kill - t_ping) / 0.1
     near = lambda at: max([n for (s, n) in runs if abs(s - at) < 60] or [0])

@@ -72,6 +72,16 @@ try:
             text = r.read()
             return json.loads(text) if text else None
 
+    def all_events(host):
+        # The API answers at most 1000 events at a time.
+        events, after = [], 0
+        while True:
+            page = api(host, "GET", f"/events?after={after}")
+            if not page:
+                return events
+            events += page
+            after = page[-1]["seq"]
+
     def wait_task(host, tid, limit=120):
         end = time.time() + limit
         while time.time() < end:
@@ -107,7 +117,7 @@ try:
     ours, peer, vm_rss = [], [], []
     seq = 0
     for r in range(runs):
-        events = api(1, "GET", f"/events?after={seq}&limit=4096")
+        events = all_events(1)
         seq = events[-1]["seq"] if events else seq
         t0 = time.time()
         started = api(1, "POST", "/vms/b/start", {})
@@ -123,7 +133,7 @@ try:
         wait_task(1, started["task"])
         time.sleep(0.5)
         pid = api(1, "GET", "/vms/b")
-        child = [e for e in api(1, "GET", "/events?after=0&limit=4096")
+        child = [e for e in all_events(1)
                  if e["event"] == "vm_started" and e["data"].get("vm") == "b"][-1]["data"]["pid"]
         vm_rss.append(rss_kb(child) / 1024)
         wait_task(1, api(1, "POST", "/vms/b/stop", {})["task"])
@@ -150,7 +160,7 @@ try:
     # 10 linked clones of a template with a disk, booted (on host 2).
     api(2, "POST", "/vms", {"name": "tpl", "kernel": kernel, "memory_mib": 16,
                              "cmdline": "workload.mib=1", "disks": [{"size_mib": 8}]})
-    events = api(2, "GET", "/events?after=0&limit=4096")
+    events = all_events(2)
     seq = events[-1]["seq"] if events else 0
     t0 = time.time()
     for i in range(10):

@@ -169,14 +169,23 @@ impl Lab {
         self.ok(host, "GET", &format!("/vms/{name}"), "", 200)
     }
 
-    /// Events of `host` with this name and VM.
+    /// Events of `host` with this name and VM (read page by page: the API answers at most
+    /// 1000 at a time).
     pub fn events(&self, host: u32, event: &str, vm: &str) -> Vec<Value> {
-        let all = self.ok(host, "GET", "/events?after=0&limit=4096", "", 200);
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == event && e["data"]["vm"] == vm)
-            .cloned()
-            .collect()
+        let mut found = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.ok(host, "GET", &format!("/events?after={after}"), "", 200);
+            let page = page.as_array().unwrap();
+            let Some(last) = page.last() else {
+                return found;
+            };
+            after = last["seq"].as_u64().unwrap();
+            found.extend(
+                page.iter()
+                    .filter(|e| e["event"] == event && e["data"]["vm"] == vm)
+                    .cloned(),
+            );
+        }
     }
 }
