@@ -4,6 +4,7 @@
 //! over the limit, a bad path or query, an unknown route or method).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +56,25 @@ pub(super) struct AppState {
     token: Arc<ApiToken>,
     /// Becomes true when the server stops: open consoles close.
     stopping: watch::Receiver<bool>,
+    /// Open consoles: the server waits for them to have sent their close frame before
+    /// its runtime ends (upgraded connections are not axum's graceful shutdown's).
+    consoles: Arc<AtomicUsize>,
+}
+
+/// One open console, counted in [`AppState::consoles`] while it lives.
+struct ConsoleOpen(Arc<AtomicUsize>);
+
+impl ConsoleOpen {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for ConsoleOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Runs a call of the service on the blocking pool: the host may block on its loop.
@@ -451,9 +471,14 @@ pub(super) async fn console(
     })?;
     let console = call(&st, move |s| s.console(&name)).await?;
     let stopping = st.stopping.clone();
+    // Counted from now: a stop that comes before the upgrade completes still waits.
+    let open = ConsoleOpen::new(&st.consoles);
     Ok(upgrade
         .max_message_size(BODY_LIMIT)
-        .on_upgrade(move |socket| pump_console(socket, console, stopping)))
+        .on_upgrade(move |socket| async move {
+            pump_console(socket, console, stopping).await;
+            drop(open);
+        }))
 }
 
 async fn pump_console(
@@ -664,16 +689,26 @@ pub fn serve(
         .map_err(ServeError::Threads)?;
     let tasks = TaskTable::new();
     let (stop, stopping) = watch::channel(false);
+    let consoles = Arc::new(AtomicUsize::new(0));
     let state = AppState {
         service,
         tasks: Arc::clone(&tasks),
         token: Arc::new(token),
         stopping: stopping.clone(),
+        consoles: Arc::clone(&consoles),
     };
     let thread = std::thread::Builder::new()
         .name("vinfra-api".into())
         .spawn(move || {
-            runtime.block_on(run(listener, router(state), stopping));
+            runtime.block_on(async move {
+                run(listener, router(state), stopping).await;
+                // The consoles got the stop too: let them send their close frames.
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while consoles.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
             runtime.shutdown_timeout(Duration::from_secs(1));
         })
         .map_err(ServeError::Threads)?;
