@@ -169,6 +169,7 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     // A guest that powers itself off stays off: HA does not start it again.
     lab.create(3, "quitter");
     assert_eq!(lab.op(3, "quitter", "start")["state"], "success");
+    lab.wait("quitter's heartbeat", || lab.beats(3, "quitter") >= 1);
     let url = lab.apis[2].replace("http://", "ws://") + "/api/v1/vms/quitter/console";
     let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
     request.headers_mut().insert(
@@ -177,12 +178,13 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     );
     let (mut ws, _) = tungstenite::connect(request).unwrap();
     ws.send(tungstenite::Message::text("exit 0\n")).unwrap();
-    drop(ws);
+    // The viewer stays until the guest is gone: its input is read on the host's tick.
     lab.wait("quitter's power-off", || {
         lab.events(3, "vm_exited", "quitter")
             .iter()
             .any(|e| e["data"]["code"] == 0)
     });
+    drop(ws);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(lab.vm(1, "quitter")["state"], "shut_off");
     for h in 1..=3 {
