@@ -278,6 +278,18 @@ impl Host {
         Ok(info)
     }
 
+    /// The VM, or 409 when another host runs it (that host is the one to ask).
+    pub(super) fn vm_not_elsewhere(&mut self, name: &str) -> Result<VmInfo, ApiError> {
+        let vm = self.vm_info(name)?;
+        match vm.host.filter(|&h| h != self.agent.host()) {
+            Some(h) => Err(ApiError::RunningElsewhere {
+                vm: name.to_string(),
+                host: h.to_string(),
+            }),
+            None => Ok(vm),
+        }
+    }
+
     fn vm_stats(&mut self, name: &str) -> Option<VmStats> {
         let now = self.now_ms();
         let s = self.vms.stats(name)?;

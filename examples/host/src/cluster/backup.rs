@@ -100,13 +100,7 @@ impl Host {
         req: &BackupRequest,
         task: TaskHandle,
     ) -> Result<(), ApiError> {
-        let vm = self.vm_info(name)?;
-        if let Some(h) = vm.host.filter(|&h| h != self.agent.host()) {
-            return Err(ApiError::RunningElsewhere {
-                vm: name.to_string(),
-                host: h.to_string(),
-            });
-        }
+        self.vm_not_elsewhere(name)?;
         let dev = devices::read(&self.volume, name)?;
         if dev.disks.is_empty() {
             return Err(ApiError::Unsupported(format!(

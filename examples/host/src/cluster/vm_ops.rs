@@ -91,13 +91,7 @@ impl Host {
         req: &SnapshotRequest,
         task: TaskHandle,
     ) -> Result<(), ApiError> {
-        let vm = self.vm_info(name)?;
-        if let Some(h) = vm.host.filter(|&h| h != self.agent.host()) {
-            return Err(ApiError::RunningElsewhere {
-                vm: name.to_string(),
-                host: h.to_string(),
-            });
-        }
+        let vm = self.vm_not_elsewhere(name)?;
         let mut dev = devices::read(&self.volume, name)?;
         if dev.disks.is_empty() {
             return Err(ApiError::Unsupported(format!(
