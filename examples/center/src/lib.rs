@@ -1,0 +1,1 @@
+//! The vinfra management server (Virtual Center); see README.md.

@@ -1,0 +1,3 @@
+//! `vinfra-center`: the management server.
+
+fn main() {}
