@@ -11,6 +11,9 @@ use rand::{Rng, SeedableRng};
 use vinfra_testkit::{for_each_seed, run, seeds, spawn, Running};
 use vinfra_vmfs::{BlockDevice, FileDevice, LockMode, MonotonicClock, MountOptions, Volume};
 
+mod vmfs_stress;
+use vmfs_stress::{check_acknowledged_writes, lock_counters, summary};
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmfs");
 
 fn mkfs(img: &Path, lease_ms: u32, interval_ms: u32) {
@@ -49,12 +52,7 @@ fn mount(img: &Path, host: u32) -> Volume {
 
 fn prepare(img: &Path, locks: u32) {
     let v = mount(img, 63);
-    v.mkdir("/shared").unwrap();
-    v.mkdir("/locks").unwrap();
-    for j in 0..locks {
-        let f = v.create(&format!("/locks/L{j}")).unwrap();
-        f.write_at(&[0u8; 16], 0).unwrap();
-    }
+    vmfs_stress::prepare(&v, locks);
     v.unmount().unwrap();
 }
 
@@ -94,11 +92,10 @@ fn host_processes_share_one_volume(hosts: u32, secs: u64, lease_ms: u32, interva
             out.stderr
         );
         assert!(out.success(), "host failed: {out}");
-        let line = out.stdout.lines().last().unwrap();
-        let j: serde_json::Value = serde_json::from_str(line).unwrap();
-        total_ops += j["ops"].as_u64().unwrap();
-        for (k, a) in j["acquired"].as_array().unwrap().iter().enumerate() {
-            sums[k] += a.as_u64().unwrap();
+        let s = summary(&out.stdout);
+        total_ops += s.ops;
+        for (k, a) in s.acquired.iter().enumerate() {
+            sums[k] += a;
         }
     }
     println!("{hosts} hosts: {total_ops} operations, lock acquisitions {sums:?}");
@@ -106,15 +103,7 @@ fn host_processes_share_one_volume(hosts: u32, secs: u64, lease_ms: u32, interva
     // Every acquisition incremented the counter under the lock: a lost update would mean
     // two holders at once.
     let v = mount(&img, 63);
-    for j in 0..locks {
-        let f = v
-            .open(&format!("/locks/L{j}"), LockMode::SharedRead)
-            .unwrap();
-        let mut rec = [0u8; 16];
-        f.read_at(&mut rec, 0).unwrap();
-        let count = u64::from_le_bytes(rec[8..].try_into().unwrap());
-        assert_eq!(count, sums[j as usize], "lock L{j}");
-    }
+    assert_eq!(lock_counters(&v, locks), sums, "lost updates: two holders");
     assert!(v.list("/shared").unwrap().is_empty());
     v.unmount().unwrap();
     fsck_clean(&img);
@@ -130,20 +119,6 @@ fn eight_host_processes_share_one_volume() {
 #[test]
 fn sixty_four_host_processes_share_one_volume() {
     host_processes_share_one_volume(64, 3, 30_000, 1000);
-}
-
-/// Same as the CLI's writer (src/bin/vmfs/main.rs).
-fn pattern(seed: u64, i: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| ((seed * 31 + i * 7 + j as u64) % 251) as u8)
-        .collect()
-}
-fn writer_op(seed: u64, i: u64) -> (u64, usize) {
-    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (i << 20));
-    (
-        r.random_range(0..(8u64 << 20)),
-        r.random_range(1..65_536usize),
-    )
 }
 
 #[test]
@@ -209,30 +184,9 @@ fn kill_9_of_a_host_then_failover_replays_and_keeps_acknowledged_writes() {
         assert!(st.lease_wait_ms >= 1500, "{st:?}");
         v.open("/locks/L0", LockMode::Exclusive).unwrap();
         // Every acknowledged write reads back; only the one in flight may be partial.
-        let f = v
-            .open(&format!("/h{host}/data"), LockMode::SharedRead)
-            .unwrap();
-        let mut model = vec![0u8; (8 << 20) + 65_536];
-        let mut end = 0u64;
         let n = acked.map_or(0, |a| a + 1);
-        for i in 0..n {
-            let (off, len) = writer_op(seed, i);
-            model[off as usize..off as usize + len].copy_from_slice(&pattern(seed, i, len));
-            end = end.max(off + len as u64);
-        }
-        assert!(f.len() >= end, "size {} < acknowledged end {end}", f.len());
-        let (fo, fl) = writer_op(seed, n);
-        let inflight = pattern(seed, n, fl);
-        let mut back = vec![0u8; f.len() as usize];
-        f.read_at(&mut back, 0).unwrap();
-        for (k, &b) in back.iter().enumerate() {
-            let k64 = k as u64;
-            let ok = b == model[k]
-                || (k64 >= fo && k64 < fo + fl as u64 && b == inflight[(k64 - fo) as usize]);
-            assert!(ok, "seed {seed}: byte {k} is {b}, acked {}", model[k]);
-        }
+        check_acknowledged_writes(&v, host, seed, n);
         println!("seed {seed}: {n} acknowledged writes verified");
-        drop(f);
         drop(_hb);
         v.unmount().unwrap();
         fsck_clean(&img);

@@ -11,9 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::{Rng, SeedableRng};
 use vinfra_testkit::{run, spawn, tool_or_skip, NetLab, Running};
-use vinfra_vmfs::{paxos, BlockDevice, FileDevice, LockMode, MonotonicClock, MountOptions, Volume};
+use vinfra_vmfs::{paxos, BlockDevice, FileDevice, MonotonicClock, MountOptions, Volume};
+
+mod vmfs_stress;
+use vmfs_stress::{check_acknowledged_writes, summary};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmfs");
 /// Disk Paxos areas for every heartbeat slot.
@@ -81,12 +83,7 @@ fn mount_image(img: &Path, host: u32) -> Volume {
 
 fn prepare(img: &Path, locks: u32) {
     let v = mount_image(img, 63);
-    v.mkdir("/shared").unwrap();
-    v.mkdir("/locks").unwrap();
-    for j in 0..locks {
-        let f = v.create(&format!("/locks/L{j}")).unwrap();
-        f.write_at(&[0u8; 16], 0).unwrap();
-    }
+    vmfs_stress::prepare(&v, locks);
     v.unmount().unwrap();
 }
 
@@ -100,42 +97,9 @@ fn fsck_clean(img: &Path) {
 /// The counter each lock's file holds: one increment per acquisition.
 fn lock_counters(img: &Path, locks: u32) -> Vec<u64> {
     let v = mount_image(img, 63);
-    let out = (0..locks)
-        .map(|j| {
-            let f = v
-                .open(&format!("/locks/L{j}"), LockMode::SharedRead)
-                .unwrap();
-            let mut rec = [0u8; 16];
-            f.read_at(&mut rec, 0).unwrap();
-            u64::from_le_bytes(rec[8..].try_into().unwrap())
-        })
-        .collect();
+    let out = vmfs_stress::lock_counters(&v, locks);
     v.unmount().unwrap();
     out
-}
-
-/// A stress host's summary line.
-struct Summary {
-    ops: u64,
-    acquired: Vec<u64>,
-    first_unix_ms: Vec<u64>,
-}
-
-fn summary(stdout: &str) -> Summary {
-    let line = stdout.lines().last().unwrap();
-    let j: serde_json::Value = serde_json::from_str(line).unwrap();
-    let list = |k: &str| -> Vec<u64> {
-        j[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_u64().unwrap())
-            .collect()
-    };
-    Summary {
-        ops: j["ops"].as_u64().unwrap(),
-        acquired: list("acquired"),
-        first_unix_ms: list("first_unix_ms"),
-    }
 }
 
 /// `hosts` `vmfs stress` processes (hosts 0..hosts), each with its own connection to one
@@ -212,20 +176,6 @@ fn eight_host_processes_share_one_nbd_export() {
 #[test]
 fn sixty_four_host_processes_share_one_nbd_export() {
     host_processes_share_one_export(64, 4, 30_000, 1000);
-}
-
-/// Same as the CLI's writer (src/bin/vmfs/main.rs).
-fn pattern(seed: u64, i: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| ((seed * 31 + i * 7 + j as u64) % 251) as u8)
-        .collect()
-}
-fn writer_op(seed: u64, i: u64) -> (u64, usize) {
-    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (i << 20));
-    (
-        r.random_range(0..(8u64 << 20)),
-        r.random_range(1..65_536usize),
-    )
 }
 
 /// Hosts 1–3 in their own network namespaces reach nbdkit (in the switch's namespace)
@@ -393,27 +343,7 @@ fn a_host_cut_off_from_the_nbd_server_fences_itself_and_the_others_take_over() {
     let hb = v.spawn_heartbeat();
     // Its file's lock is still host 1's: this host breaks it after watching a lease.
     v.recover_host(1, 20_000).unwrap();
-    let f = v.open("/h1/data", LockMode::SharedRead).unwrap();
-    let n = last_ack + 1;
-    let mut model = vec![0u8; (8 << 20) + 65_536];
-    let mut end = 0u64;
-    for i in 0..n {
-        let (off, len) = writer_op(seed, i);
-        model[off as usize..off as usize + len].copy_from_slice(&pattern(seed, i, len));
-        end = end.max(off + len as u64);
-    }
-    assert!(f.len() >= end, "size {} < acknowledged end {end}", f.len());
-    let (fo, fl) = writer_op(seed, n);
-    let inflight = pattern(seed, n, fl);
-    let mut back = vec![0u8; f.len() as usize];
-    f.read_at(&mut back, 0).unwrap();
-    for (k, &b) in back.iter().enumerate() {
-        let k64 = k as u64;
-        let ok = b == model[k]
-            || (k64 >= fo && k64 < fo + fl as u64 && b == inflight[(k64 - fo) as usize]);
-        assert!(ok, "byte {k} is {b}, acknowledged {}", model[k]);
-    }
-    drop(f);
+    check_acknowledged_writes(&v, 1, seed, last_ack + 1);
     drop(hb);
     v.unmount().unwrap();
     fsck_clean(&img);
