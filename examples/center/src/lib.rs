@@ -1,1 +1,2 @@
 //! The vinfra management server (Virtual Center); see README.md.
+pub mod drs;
