@@ -6,5 +6,6 @@
 //! together; the `vinfra-center` binary is a command line around it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod model;
 pub mod store;
