@@ -9,3 +9,4 @@
 pub mod auth;
 pub mod model;
 pub mod store;
+pub mod tls;
