@@ -10,6 +10,7 @@ mod inventory;
 mod metrics;
 pub mod openapi;
 mod session;
+mod users;
 mod vm;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
                 .get(session::whoami)
                 .delete(session::logout),
         )
+        .route("/api/vinfra/users", get(users::list).post(users::add))
         .route("/api/vcenter/datacenter", get(inventory::datacenters))
         .route("/api/vcenter/cluster", get(inventory::clusters))
         .route(
@@ -218,6 +220,13 @@ fn serde_urlencoded_like<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
 
 /// The field serde names in its message (``unknown field `x` `` and the like).
 fn named_field(message: &str) -> Option<String> {
+    // Only these messages name a field; others (``unknown variant `x` ``) name a value.
+    if !["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| message.contains(p))
+    {
+        return None;
+    }
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(message[start..start + len].to_string())
@@ -238,5 +247,6 @@ mod tests {
             Some("host")
         );
         assert_eq!(named_field("expected value at line 1"), None);
+        assert_eq!(named_field("unknown variant `root`, expected `a`"), None);
     }
 }

@@ -34,6 +34,8 @@ impl Modify for SessionAuth {
         super::session::login,
         super::session::whoami,
         super::session::logout,
+        super::users::list,
+        super::users::add,
         super::inventory::datacenters,
         super::inventory::clusters,
         super::inventory::cluster,
