@@ -284,6 +284,11 @@ impl Lab {
 
     /// `GET /api/v1{path}` of host `h` (1-based), straight from the host.
     pub fn host_get(&self, h: u32, path: &str) -> Value {
+        self.host_try_get(h, path).unwrap()
+    }
+
+    /// As [`Lab::host_get`], the host's error as text.
+    pub fn host_try_get(&self, h: u32, path: &str) -> Result<Value, String> {
         let record: Value =
             serde_json::from_str(&std::fs::read_to_string(self.path().join("lab.json")).unwrap())
                 .unwrap();
@@ -294,7 +299,7 @@ impl Lab {
         let token =
             vinfra_host::api::ApiToken::from_key_file(&self.path().join("cluster.key")).unwrap();
         let client = vinfra_host::api::client::Client::new(&api, token).unwrap();
-        client.get(path).unwrap()
+        client.get(path).map_err(|e| e.to_string())
     }
 }
 
