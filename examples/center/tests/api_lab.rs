@@ -210,6 +210,57 @@ fn the_center_runs_a_lab() {
     assert_eq!(task["host"], "esx-2", "{task}");
     assert_eq!(lab.host_get(1, "/vms/web")["state"], "shut_off");
 
+    // A linked clone, passed through to the host.
+    op(
+        &center,
+        &admin,
+        "/api/vcenter/vm/web?action=clone",
+        r#"{"name": "web-2"}"#,
+    );
+    assert_eq!(lab.host_get(2, "/vms/web-2")["state"], "shut_off");
+    center.wait("the center sees web-2", 10, || {
+        center.call(&ro, "GET", "/api/vcenter/vm/web-2", "").0 == 200
+    });
+    let (s, e) = center.call(
+        &admin,
+        "POST",
+        "/api/vcenter/vm/web?action=clone",
+        r#"{"name": "web-2"}"#,
+    );
+    assert!((400..500).contains(&s), "{e}");
+
+    // Maintenance mode of a host, as a task.
+    op(
+        &center,
+        &admin,
+        "/api/vcenter/host/esx-3?action=enter-maintenance",
+        "",
+    );
+    assert_eq!(lab.host_get(3, "/host")["maintenance"], true);
+    center.wait("esx-3 in maintenance", 10, || {
+        center.ok(&ro, "GET", "/api/vcenter/host/esx-3", "", 200)["state"] == "maintenance"
+    });
+    let (s, e) = center.call(
+        &admin,
+        "POST",
+        "/api/vcenter/vm/web/power?action=start&host=esx-3",
+        "",
+    );
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (422, Some("host")),
+        "{e}"
+    );
+    op(
+        &center,
+        &admin,
+        "/api/vcenter/host/esx-3?action=exit-maintenance",
+        "",
+    );
+    center.wait("esx-3 out of maintenance", 10, || {
+        center.ok(&ro, "GET", "/api/vcenter/host/esx-3", "", 200)["state"] == "connected"
+    });
+
     // Statistics were sampled.
     let samples = center.ok(
         &ro,
@@ -227,7 +278,18 @@ fn the_center_runs_a_lab() {
         .iter()
         .map(|t| t["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["vm.stop", "vm.relocate", "vm.start"], "{tasks}");
+    assert_eq!(
+        kinds,
+        [
+            "host.exit_maintenance",
+            "host.enter_maintenance",
+            "vm.clone",
+            "vm.stop",
+            "vm.relocate",
+            "vm.start"
+        ],
+        "{tasks}"
+    );
     let events = center.ok(&ro, "GET", "/api/vinfra/events?limit=1000", "", 200);
     let events = events.as_array().unwrap();
     assert!(events
@@ -269,6 +331,7 @@ fn the_center_runs_a_lab() {
     });
 
     // Delete: gone from the hosts too.
+    center.ok(&admin, "DELETE", "/api/vcenter/vm/web-2", "", 204);
     center.ok(&admin, "DELETE", "/api/vcenter/vm/web", "", 204);
     assert!(lab.host_try_get(1, "/vms/web").is_err());
     assert_eq!(
