@@ -104,7 +104,7 @@ impl Center {
         self.first_password.as_deref()
     }
 
-    /// Stops serving (open connections get [`DRAIN`] to finish), polling and following
+    /// Stops serving (open connections get 2 s to finish), polling and following
     /// tasks; running tasks stay recorded as running and are followed again at the next
     /// start.
     pub fn stop(mut self) {

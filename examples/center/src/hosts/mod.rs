@@ -1,4 +1,4 @@
-//! The hosts the center manages: one poller thread per host ([`sync`]), and the clients
+//! The hosts the center manages: one poller thread per host (`sync`), and the clients
 //! the API's handlers use to act on a host. Hosts are named in the inventory (`esx-1`);
 //! the hosts' own API knows them by id, which their reports give.
 
