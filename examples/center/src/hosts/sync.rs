@@ -121,6 +121,8 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
         net_bytes: 0.0,
     }];
 
+    // Rows written after this (a create, a task's read-back) are newer than the list.
+    let asked_ms = (ctx.clock)();
     let vms: Vec<VmInfo> = ctx.client.get("/vms")?;
     let names = names_by_id(ctx.store.as_ref())?;
     let known: HashMap<String, crate::model::Vm> = ctx
@@ -151,9 +153,9 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
                 }
             }
         }
-        records.push(vm_record(vm, &names, now_ms));
+        records.push(vm_record(vm, &names, asked_ms));
     }
-    ctx.store.sync_vms(&records)?;
+    ctx.store.sync_vms(&records, asked_ms)?;
     ctx.store.add_samples(&samples)?;
 
     let mut cursor = cursor;

@@ -109,10 +109,12 @@ pub trait Store: Send + Sync {
     fn vms(&self) -> Result<Vec<Vm>>;
     /// One VM.
     fn vm(&self, name: &str) -> Result<Option<Vm>>;
-    /// Replaces the hosts' view of the VMs (the cluster's whole list, as one host reports
-    /// it): rows for VMs not in it are removed, center-only columns of the others kept.
-    fn sync_vms(&self, vms: &[Vm]) -> Result<()>;
-    /// Adds or replaces one VM's hosts' view (after a create).
+    /// Replaces the hosts' view of the VMs with the cluster's whole list as one host
+    /// reported it when asked at `asked_ms` (each VM's `seen_ms`): rows for VMs not in it
+    /// are removed, center-only columns of the others kept. A row written after
+    /// `asked_ms` (a create, a task's read-back) is newer than the list and left alone.
+    fn sync_vms(&self, vms: &[Vm], asked_ms: u64) -> Result<()>;
+    /// Adds or replaces one VM's hosts' view (after a create), unless the row is newer.
     fn put_vm(&self, vm: &Vm) -> Result<()>;
     /// Removes a VM; false if there was none.
     fn delete_vm(&self, name: &str) -> Result<bool>;

@@ -412,7 +412,7 @@ impl Store for SqliteStore {
         raw.map(vm_of).transpose()
     }
 
-    fn sync_vms(&self, vms: &[Vm]) -> Result<()> {
+    fn sync_vms(&self, vms: &[Vm], asked_ms: u64) -> Result<()> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS reported (name TEXT PRIMARY KEY); DELETE FROM reported;")?;
@@ -424,8 +424,8 @@ impl Store for SqliteStore {
             )?;
         }
         tx.execute(
-            "DELETE FROM vm WHERE name NOT IN (SELECT name FROM reported)",
-            [],
+            "DELETE FROM vm WHERE name NOT IN (SELECT name FROM reported) AND seen_ms < ?1",
+            [U64(asked_ms)],
         )?;
         tx.commit()?;
         Ok(())
@@ -679,7 +679,8 @@ fn upsert_vm(conn: &Connection, vm: &Vm) -> Result<()> {
     // The hosts' columns only: the resource pool is the center's.
     conn.execute(
         "INSERT INTO vm (name, info, host, seen_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET info = ?2, host = ?3, seen_ms = ?4",
+         ON CONFLICT (name) DO UPDATE SET info = ?2, host = ?3, seen_ms = ?4
+         WHERE seen_ms <= ?4",
         params![
             vm.name,
             to_json("vm.info", &vm.info)?,

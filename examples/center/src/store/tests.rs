@@ -228,3 +228,43 @@ proptest! {
         }
     }
 }
+
+fn vm(name: &str, seen_ms: u64, host: Option<&str>) -> Vm {
+    Vm {
+        name: name.into(),
+        info: vinfra_host::api::VmInfo::new(
+            vinfra_host::api::VmSpec::new(name, "/k", 16),
+            vinfra_host::api::PowerState::ShutOff,
+        ),
+        host: host.map(str::to_string),
+        resource_pool: None,
+        seen_ms,
+    }
+}
+
+#[test]
+fn a_vm_list_older_than_a_row_does_not_undo_it() {
+    let store = SqliteStore::in_memory().unwrap();
+    store.sync_vms(&[vm("a", 10, None)], 10).unwrap();
+    // Created at 20 through the API; a host's list asked for at 15 does not know it.
+    store.put_vm(&vm("b", 20, None)).unwrap();
+    store.sync_vms(&[vm("a", 15, Some("esx-1"))], 15).unwrap();
+    let names: Vec<String> = store.vms().unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    // Read back at 30 on esx-2; a list asked for at 25 says esx-1: the newer row stays.
+    store.put_vm(&vm("a", 30, Some("esx-2"))).unwrap();
+    store
+        .sync_vms(&[vm("a", 25, Some("esx-1")), vm("b", 25, None)], 25)
+        .unwrap();
+    assert_eq!(
+        store.vm("a").unwrap().unwrap().host.as_deref(),
+        Some("esx-2")
+    );
+    // A later list wins, and removes what it does not name.
+    store.sync_vms(&[vm("a", 40, Some("esx-1"))], 40).unwrap();
+    assert_eq!(
+        store.vm("a").unwrap().unwrap().host.as_deref(),
+        Some("esx-1")
+    );
+    assert!(store.vm("b").unwrap().is_none());
+}
