@@ -282,6 +282,14 @@ impl Lab {
         self.dir.path().join("lab")
     }
 
+    /// The process id of host `h` (1-based), as the lab recorded it.
+    pub fn host_pid(&self, h: u32) -> u32 {
+        let record: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.path().join("lab.json")).unwrap())
+                .unwrap();
+        u32::try_from(record["hosts"][h as usize - 1]["pid"].as_u64().unwrap()).unwrap()
+    }
+
     /// `GET /api/v1{path}` of host `h` (1-based), straight from the host.
     pub fn host_get(&self, h: u32, path: &str) -> Value {
         self.host_try_get(h, path).unwrap()
