@@ -1,6 +1,7 @@
 //! The center against a host API served in this process by a fake host (no KVM, no
 //! root: runs anywhere): a host task that outlives a restart of the center is followed
-//! again by the new process and recorded once it ends, without being started twice.
+//! again by the new process and recorded once it ends, without being started twice; when
+//! the host goes away its VM keeps its last known state, marked stale.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -119,5 +120,23 @@ fn a_task_running_across_a_restart_is_followed_to_its_end() {
         .filter(|e| e["kind"] == "task.succeeded" && e["data"]["task"] == id)
         .collect();
     assert_eq!(ended.len(), 1, "{events}");
+
+    // The only host goes away: its VM keeps its last known state, marked stale.
+    assert_eq!(
+        center.ok(&admin, "GET", "/api/vcenter/vm/slow", "", 200)["stale"],
+        false
+    );
     server.stop();
+    center.wait("slow stale", 20, || {
+        center.ok(&admin, "GET", "/api/vcenter/vm/slow", "", 200)["stale"] == true
+    });
+    let vm = center.ok(&admin, "GET", "/api/vcenter/vm/slow", "", 200);
+    assert_eq!(
+        (vm["info"]["state"].as_str(), vm["host"].as_str()),
+        (Some("running"), Some("fake-1")),
+        "{vm}"
+    );
+    center.wait("fake-1 not responding", 20, || {
+        center.ok(&admin, "GET", "/api/vcenter/host/fake-1", "", 200)["state"] == "not_responding"
+    });
 }

@@ -54,8 +54,8 @@ impl Center {
         if insecure {
             cmd.arg("--insecure-http");
         }
-        if std::env::var_os("VINFRA_LOG").is_none() {
-            cmd.env("VINFRA_LOG", "error");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "error");
         }
         let mut child = cmd
             .stdin(Stdio::null())
