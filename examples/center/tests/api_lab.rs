@@ -296,6 +296,25 @@ fn the_center_runs_a_lab() {
     assert!(events
         .iter()
         .any(|e| e["kind"] == "vm.relocate" && e["user"] == "admin"));
+    // One VM's events and tasks.
+    let of_web = center.ok(
+        &ro,
+        "GET",
+        "/api/vinfra/events?target=web&limit=1000",
+        "",
+        200,
+    );
+    assert!(
+        of_web
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"] == "web"),
+        "{of_web}"
+    );
+    assert!(of_web.as_array().unwrap().len() >= 6, "{of_web}");
+    let web_tasks = center.ok(&ro, "GET", "/api/cis/tasks?target=web", "", 200);
+    assert_eq!(web_tasks.as_array().unwrap().len(), 4, "{web_tasks}");
     assert!(
         events
             .iter()
