@@ -10,182 +10,82 @@
 //! the VMM's own), capped at its configured size.
 //!
 //! ```
-//! use vinfra_center::drs::{cluster_spec, recommendations, DrsSettings, HostView};
+//! use vinfra_center::drs::{cluster_spec, recommendations};
+//! use vinfra_center::model::{ClusterSettings, Host, HostState, Vm};
 //! use vinfra_host::api::{HostCapacity, HostInfo, PowerState, VmInfo, VmSpec};
 //!
-//! let mut a = HostInfo::new(1, "esx-1", HostCapacity { cpus: 2, memory_mib: 1024 });
-//! let b = HostInfo::new(2, "esx-2", HostCapacity { cpus: 2, memory_mib: 1024 });
-//! a.maintenance = false;
-//! let hosts = [HostView::connected(&a), HostView::connected(&b)];
-//! let mut vms = Vec::new();
-//! for n in 0..4 {
-//!     let mut vm = VmInfo::new(VmSpec::new(format!("vm-{n}"), "/guest.elf", 128), PowerState::Running);
-//!     vm.host = Some(1); // all four on esx-1
-//!     vms.push(vm);
-//! }
-//! let spec = cluster_spec(&hosts, &vms, &DrsSettings::default());
+//! let host = |id, name: &str| Host {
+//!     name: name.into(),
+//!     address: String::new(),
+//!     state: HostState::Connected,
+//!     report: Some(HostInfo::new(id, name, HostCapacity { cpus: 2, memory_mib: 1024 })),
+//!     event_cursor: 0,
+//!     seen_ms: 0,
+//! };
+//! let hosts = [host(1, "esx-1"), host(2, "esx-2")];
+//! let vms: Vec<Vm> = (0..4)
+//!     .map(|n| {
+//!         let mut info = VmInfo::new(VmSpec::new(format!("vm-{n}"), "/g.elf", 128), PowerState::Running);
+//!         info.host = Some(1); // all four on esx-1
+//!         Vm { name: format!("vm-{n}"), info, host: Some("esx-1".into()), resource_pool: None, seen_ms: 0 }
+//!     })
+//!     .collect();
+//! let spec = cluster_spec(&hosts, &vms, &ClusterSettings::default().drs);
 //! let plan = recommendations(spec)?;
-//! assert!(plan.recommendations.iter().all(|r| r.from == "esx-1" && r.to == "esx-2"));
 //! assert!(!plan.recommendations.is_empty());
+//! assert!(plan.recommendations.iter().all(|r| r.from == "esx-1" && r.to == "esx-2"));
 //! # Ok::<(), vinfra_drs::Error>(())
 //! ```
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use vinfra_drs::{
     Allocation, AutomationLevel, BalancePlan, Cluster, ClusterSpec, EvacuationPlan, HostPower,
     HostSpec, PlacementPlan, Settings, Shares, VmSpec as DrsVm,
 };
-use vinfra_host::api::{HostInfo, PowerState, RestartPriority, VmInfo};
+use vinfra_host::api::{PowerState, RestartPriority};
+
+use crate::model::{DrsAutomation, DrsSettings, Host, HostState, Vm};
 
 /// What one logical CPU counts for, in drs's MHz.
 pub const MHZ_PER_CPU: i64 = 1000;
 
 const MIB: u64 = 1 << 20;
 
-/// How the center runs DRS for a cluster (stored with the cluster, `PATCH`ed by
-/// administrators).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DrsSettings {
-    /// Whether DRS runs at all for the cluster.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Manual (placements and migrations are recommendations), partially automated
-    /// (placement automatic) or fully automated (migrations applied up to the
-    /// threshold's priority).
-    #[serde(default)]
-    pub automation: Automation,
-    /// 1 (mandatory moves only) … 5 (aggressive), VMware's migration threshold.
-    #[serde(default = "three")]
-    pub migration_threshold: u8,
-    /// How often a balancing pass runs (vCenter's default: every 5 minutes).
-    #[serde(default = "five_minutes")]
-    pub interval_s: u32,
-}
-
-fn yes() -> bool {
-    true
-}
-fn three() -> u8 {
-    3
-}
-fn five_minutes() -> u32 {
-    300
-}
-
-impl Default for DrsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            automation: Automation::default(),
-            migration_threshold: three(),
-            interval_s: five_minutes(),
-        }
-    }
-}
-
-/// Why settings were refused (the field and what it must be).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {why}")]
-pub struct SettingsError {
-    /// The field, as in the JSON.
-    pub field: &'static str,
-    /// What it must be.
-    pub why: &'static str,
-}
-
-impl DrsSettings {
-    /// Checks the values.
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        if !(1..=5).contains(&self.migration_threshold) {
-            return Err(SettingsError {
-                field: "migration_threshold",
-                why: "must be 1 (conservative) to 5 (aggressive)",
-            });
-        }
-        if !(10..=86_400).contains(&self.interval_s) {
-            return Err(SettingsError {
-                field: "interval_s",
-                why: "must be 10 s to one day",
-            });
-        }
-        Ok(())
-    }
-}
-
-/// DRS automation level (vinfra-drs's `AutomationLevel`, in the API's words).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Automation {
-    /// Placements and migrations are recommendations a person applies.
-    Manual,
-    /// Placement of power-ons is automatic; migrations are recommendations.
-    PartiallyAutomated,
-    /// Placement and migrations are automatic.
-    #[default]
-    FullyAutomated,
-}
-
-impl From<Automation> for AutomationLevel {
-    fn from(a: Automation) -> Self {
-        match a {
-            Automation::Manual => Self::Manual,
-            Automation::PartiallyAutomated => Self::PartiallyAutomated,
-            Automation::FullyAutomated => Self::FullyAutomated,
-        }
-    }
-}
-
-/// A host as the center knows it.
-#[derive(Debug, Clone, Copy)]
-pub struct HostView<'a> {
-    /// Its last report.
-    pub info: &'a HostInfo,
-    /// Whether it answers: a host that does not is given no VM and none is moved to it.
-    pub connected: bool,
-}
-
-impl<'a> HostView<'a> {
-    /// A host that answers.
-    #[must_use]
-    pub fn connected(info: &'a HostInfo) -> Self {
-        Self {
-            info,
-            connected: true,
-        }
-    }
-}
-
-/// The cluster as drs sees it: every host (those that do not answer as powered off),
-/// every VM with its measured demand, placed on the host that runs it.
+/// The cluster as drs sees it: every host that has reported (those that do not answer
+/// now as powered off, those in maintenance mode as such), every VM with its measured
+/// demand, placed on the host that runs it.
 #[must_use]
-pub fn cluster_spec(hosts: &[HostView<'_>], vms: &[VmInfo], settings: &DrsSettings) -> ClusterSpec {
-    let drs_hosts = hosts.iter().map(host_spec).collect();
+pub fn cluster_spec(hosts: &[Host], vms: &[Vm], settings: &DrsSettings) -> ClusterSpec {
+    let drs_hosts = hosts.iter().filter_map(host_spec).collect();
     let drs_vms = vms.iter().map(|vm| vm_spec(vm, hosts)).collect();
     let mut spec = ClusterSpec::new(drs_hosts, drs_vms);
     let mut drs_settings = Settings::default();
-    drs_settings.automation = settings.automation.into();
-    drs_settings.migration_threshold = settings.migration_threshold;
+    drs_settings.automation = match settings.automation {
+        DrsAutomation::Manual => AutomationLevel::Manual,
+        DrsAutomation::PartiallyAutomated => AutomationLevel::PartiallyAutomated,
+        DrsAutomation::FullyAutomated => AutomationLevel::FullyAutomated,
+    };
+    drs_settings.migration_threshold = settings.threshold;
     spec.settings = drs_settings;
     spec
 }
 
-fn host_spec(h: &HostView<'_>) -> HostSpec {
-    let c = &h.info.capacity;
+fn host_spec(h: &Host) -> Option<HostSpec> {
+    let report = h.report.as_ref()?;
+    let c = &report.capacity;
     let mut spec = HostSpec::new(
-        h.info.name.clone(),
+        h.name.clone(),
         i64::from(c.cpus.max(1)) * MHZ_PER_CPU,
         i64::try_from(c.memory_mib.max(1)).unwrap_or(i64::MAX),
     );
-    spec.maintenance = h.info.maintenance;
-    if !h.connected {
+    spec.maintenance = report.maintenance || h.state == HostState::Maintenance;
+    if h.state == HostState::NotResponding {
         spec.power = HostPower::Off;
     }
-    spec
+    Some(spec)
 }
 
-fn vm_spec(vm: &VmInfo, hosts: &[HostView<'_>]) -> DrsVm {
+fn vm_spec(record: &Vm, hosts: &[Host]) -> DrsVm {
+    let vm = &record.info;
     let s = &vm.spec;
     let mem_mb = i64::from(s.memory_mib.max(1));
     let mut d = DrsVm::new(
@@ -195,11 +95,11 @@ fn vm_spec(vm: &VmInfo, hosts: &[HostView<'_>]) -> DrsVm {
     );
     let running = matches!(vm.state, PowerState::Running | PowerState::Paused);
     d.powered_on = running;
-    d.host = vm
+    // Only on a host drs knows (one that has reported).
+    d.host = record
         .host
-        .filter(|_| running)
-        .and_then(|id| hosts.iter().find(|h| h.info.id == id))
-        .map(|h| h.info.name.clone());
+        .clone()
+        .filter(|h| running && hosts.iter().any(|k| &k.name == h && k.report.is_some()));
     if let Some(stats) = &vm.stats {
         // Percent of one core -> MHz; never above the configured size (so the cast
         // below cannot truncate: the value is clamped to it first).
@@ -260,21 +160,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use vinfra_host::api::{HostCapacity, VmSpec, VmStats};
+    use crate::model::ClusterSettings;
+    use vinfra_host::api::{HostCapacity, HostInfo, VmInfo, VmSpec, VmStats};
 
-    fn host(id: u32, name: &str) -> HostInfo {
-        HostInfo::new(
-            id,
-            name,
-            HostCapacity {
-                cpus: 2,
-                memory_mib: 2048,
-            },
-        )
+    fn host(id: u32, name: &str) -> Host {
+        Host {
+            name: name.into(),
+            address: String::new(),
+            state: HostState::Connected,
+            report: Some(HostInfo::new(
+                id,
+                name,
+                HostCapacity {
+                    cpus: 2,
+                    memory_mib: 2048,
+                },
+            )),
+            event_cursor: 0,
+            seen_ms: 0,
+        }
     }
 
-    fn vm(name: &str, on: Option<u32>, cpu_percent: f64) -> VmInfo {
-        let mut vm = VmInfo::new(
+    fn vm(name: &str, on: Option<&str>, cpu_percent: f64) -> Vm {
+        let mut info = VmInfo::new(
             VmSpec::new(name, "/g/workload.elf", 256),
             if on.is_some() {
                 PowerState::Running
@@ -282,23 +190,34 @@ mod tests {
                 PowerState::ShutOff
             },
         );
-        vm.host = on;
-        vm.stats = Some(VmStats {
+        info.stats = Some(VmStats {
             cpu_percent,
             rss_bytes: 100 * MIB,
             ..VmStats::default()
         });
-        vm
+        Vm {
+            name: name.into(),
+            info,
+            host: on.map(Into::into),
+            resource_pool: None,
+            seen_ms: 0,
+        }
+    }
+
+    fn drs(threshold: u8) -> DrsSettings {
+        DrsSettings {
+            threshold,
+            ..ClusterSettings::default().drs
+        }
     }
 
     #[test]
     fn measured_demand_and_placement_are_what_the_hosts_report() {
-        let (a, b) = (host(1, "esx-1"), host(2, "esx-2"));
-        let hosts = [HostView::connected(&a), HostView::connected(&b)];
+        let hosts = [host(1, "esx-1"), host(2, "esx-2")];
         let spec = cluster_spec(
             &hosts,
-            &[vm("x", Some(2), 50.0), vm("y", None, 0.0)],
-            &DrsSettings::default(),
+            &[vm("x", Some("esx-2"), 50.0), vm("y", None, 0.0)],
+            &drs(3),
         );
         assert_eq!(spec.hosts[0].cpu_mhz, 2 * MHZ_PER_CPU);
         assert_eq!(spec.hosts[1].mem_mb, 2048);
@@ -314,42 +233,29 @@ mod tests {
 
     #[test]
     fn a_host_that_does_not_answer_gets_nothing() {
-        let (a, b) = (host(1, "esx-1"), host(2, "esx-2"));
-        let hosts = [
-            HostView::connected(&a),
-            HostView {
-                info: &b,
-                connected: false,
-            },
-        ];
-        let vms: Vec<_> = (0..4)
-            .map(|n| vm(&format!("v{n}"), Some(1), 90.0))
+        let mut b = host(2, "esx-2");
+        b.state = HostState::NotResponding;
+        let hosts = [host(1, "esx-1"), b];
+        let mut vms: Vec<_> = (0..4)
+            .map(|n| vm(&format!("v{n}"), Some("esx-1"), 90.0))
             .collect();
-        let settings = DrsSettings {
-            migration_threshold: 5,
-            ..DrsSettings::default()
-        };
-        let plan = recommendations(cluster_spec(&hosts, &vms, &settings)).unwrap();
+        let plan = recommendations(cluster_spec(&hosts, &vms, &drs(5))).unwrap();
         assert!(
             plan.recommendations.iter().all(|r| r.to != "esx-2"),
             "{plan:?}"
         );
-        let mut new = vm("new", None, 0.0);
-        new.state = PowerState::ShutOff;
-        let mut all = vms.clone();
-        all.push(new);
-        let p = placement(cluster_spec(&hosts, &all, &settings), "new").unwrap();
+        vms.push(vm("new", None, 0.0));
+        let p = placement(cluster_spec(&hosts, &vms, &drs(5)), "new").unwrap();
         assert_eq!(p.placements[0].host.as_deref(), Some("esx-1"));
     }
 
     #[test]
     fn an_imbalanced_cluster_gets_migrations_to_the_idle_host() {
-        let (a, b) = (host(1, "esx-1"), host(2, "esx-2"));
-        let hosts = [HostView::connected(&a), HostView::connected(&b)];
+        let hosts = [host(1, "esx-1"), host(2, "esx-2")];
         let vms: Vec<_> = (0..4)
-            .map(|n| vm(&format!("v{n}"), Some(1), 40.0))
+            .map(|n| vm(&format!("v{n}"), Some("esx-1"), 40.0))
             .collect();
-        let plan = recommendations(cluster_spec(&hosts, &vms, &DrsSettings::default())).unwrap();
+        let plan = recommendations(cluster_spec(&hosts, &vms, &drs(3))).unwrap();
         assert!(!plan.recommendations.is_empty());
         assert!(plan
             .recommendations
@@ -360,24 +266,12 @@ mod tests {
 
     #[test]
     fn evacuation_moves_every_vm_off() {
-        let (a, b) = (host(1, "esx-1"), host(2, "esx-2"));
-        let hosts = [HostView::connected(&a), HostView::connected(&b)];
+        let hosts = [host(1, "esx-1"), host(2, "esx-2")];
         let vms: Vec<_> = (0..3)
-            .map(|n| vm(&format!("v{n}"), Some(1), 10.0))
+            .map(|n| vm(&format!("v{n}"), Some("esx-1"), 10.0))
             .collect();
-        let plan =
-            evacuation(cluster_spec(&hosts, &vms, &DrsSettings::default()), "esx-1").unwrap();
+        let plan = evacuation(cluster_spec(&hosts, &vms, &drs(3)), "esx-1").unwrap();
         assert!(plan.complete(), "{plan:?}");
         assert_eq!(plan.moves.len(), 3);
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        let mut s = DrsSettings::default();
-        assert!(s.validate().is_ok());
-        s.migration_threshold = 6;
-        assert_eq!(s.validate().unwrap_err().field, "migration_threshold");
-        let bad: Result<DrsSettings, _> = serde_json::from_str(r#"{"threshold": 3}"#);
-        assert!(bad.is_err(), "unknown keys are refused");
     }
 }

@@ -182,6 +182,7 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         secure_cookies: settings.tls.is_some(),
         poll_ms: settings.poll_ms,
     };
+    let drs_state = state.clone();
     let app = api::router(state).merge(crate::web::router(&settings.web_dir));
     let io = |what: &str| {
         let what = what.to_string();
@@ -196,6 +197,8 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         .enable_all()
         .build()
         .map_err(io("tokio runtime"))?;
+    // DRS automation runs on the API's runtime: it ends with it.
+    runtime.spawn(api::drs::automation(drs_state));
     let handle = Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let (served, scheme) = {

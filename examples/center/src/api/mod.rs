@@ -5,6 +5,7 @@
 
 mod activity;
 mod console;
+pub mod drs;
 pub mod error;
 mod inventory;
 mod metrics;
@@ -85,6 +86,11 @@ pub fn router(state: AppState) -> Router {
             "/api/vcenter/cluster/{cluster}",
             get(inventory::cluster).patch(inventory::patch_cluster),
         )
+        .route(
+            "/api/vcenter/cluster/{cluster}/drs/recommendations",
+            get(drs::recommendations_of).post(drs::apply),
+        )
+        .route("/api/vcenter/cluster/{cluster}/drs", post(drs::run))
         .route(
             "/api/vcenter/host",
             get(inventory::hosts).post(inventory::add_host),

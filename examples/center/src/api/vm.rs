@@ -100,7 +100,7 @@ pub async fn list(
     Ok(Json(vms))
 }
 
-fn find_vm(state: &AppState, name: &str) -> ApiResult<Vm> {
+pub(super) fn find_vm(state: &AppState, name: &str) -> ApiResult<Vm> {
     state
         .store
         .vm(name)?
@@ -242,7 +242,7 @@ pub struct PowerQuery {
 }
 
 /// The host that runs `vm` (its client), or any usable host when it runs nowhere.
-fn running_host(state: &AppState, vm: &Vm) -> ApiResult<(Host, Arc<Client>)> {
+pub(super) fn running_host(state: &AppState, vm: &Vm) -> ApiResult<(Host, Arc<Client>)> {
     match &vm.host {
         Some(h) => pick_host(state, Some(h), "host").map_err(|_| {
             ApiError::conflict(format!(
@@ -322,7 +322,13 @@ pub async fn power(
     }
     let vm = find_vm(&state, &name)?;
     let target = if op == "start" {
-        pick_host(&state, q.host.as_deref(), "host")?
+        // No host named: DRS's initial placement (the host with the most free memory
+        // when drs finds none).
+        let placed = match q.host {
+            Some(_) => None,
+            None => super::drs::initial_placement(&state, &name)?,
+        };
+        pick_host(&state, q.host.as_deref().or(placed.as_deref()), "host")?
     } else {
         running_host(&state, &vm)?
     };
@@ -423,14 +429,27 @@ pub async fn action(
         .await;
     }
     let JsonBody(relocate) = parse::<Relocate>(&bytes)?;
+    relocate_vm(&state, &who, &vm, source, &relocate.host).await
+}
+
+/// Live-migrates `vm` (running on `source`) to host `to`: a center task that follows the
+/// source host's migration task. DRS applies its recommendations through this too.
+pub(super) async fn relocate_vm(
+    state: &AppState,
+    who: &Principal,
+    vm: &Vm,
+    source: (Host, Arc<Client>),
+    to: &str,
+) -> ApiResult<Response> {
+    let name = &vm.name;
     if vm.info.state != PowerState::Running || vm.host.is_none() {
         return Err(ApiError::conflict(format!(
             "VM {name} is {}: only a running VM is relocated (live migration)",
             vm.info.state
         )));
     }
-    let dest = find_host(&state, &relocate.host)
-        .map_err(|_| ApiError::field("host", format!("host: no host {}", relocate.host)))?;
+    let dest =
+        find_host(state, to).map_err(|_| ApiError::field("host", format!("host: no host {to}")))?;
     if Some(&dest.name) == vm.host.as_ref() {
         return Err(ApiError::field(
             "host",
@@ -456,9 +475,9 @@ pub async fn action(
     })
     .map_err(|e| ApiError::internal(e.to_string()))?;
     start_task(
-        &state,
-        &who,
-        &name,
+        state,
+        who,
+        name,
         "vm.relocate",
         source,
         "migrate",
