@@ -37,6 +37,7 @@ mod backup;
 mod codec;
 mod config;
 mod crypto;
+mod direct_io;
 mod error;
 pub mod files;
 mod index;
@@ -82,8 +83,8 @@ pub mod format {
 
 pub use backup::{BackupOptions, Parent};
 pub use codec::Id;
-pub use config::{Encryption, InitOptions, DEFAULT_CHUNK_SIZE};
-pub use crypto::KdfParams;
+pub use config::{InitOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
+pub use crypto::{Encryption, KdfParams};
 pub use error::{Error, LockHolder, Object, Result};
 pub use manifest::{DiskManifest, DiskStats, GrainMap, Manifest};
 pub use prune::{PruneStats, RepairStats};

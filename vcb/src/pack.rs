@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 
 use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
-use crate::crypto::{Keys, SEAL_OVERHEAD};
+use crate::crypto::Encryption;
+use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
 use crate::record::{self, FORMAT_VERSION, TRAILER};
 
@@ -191,7 +192,13 @@ pub(crate) struct PackWriter {
 
 impl PackWriter {
     pub(crate) fn new(encrypted: bool) -> PackWriter {
-        let mut buf = Vec::with_capacity(PACK_TARGET + (1 << 20));
+        PackWriter::with_buffer(encrypted, Vec::with_capacity(PACK_TARGET + (1 << 20)))
+    }
+
+    /// A pack filled in `buf` (cleared): a written pack's buffer, reused so that every
+    /// pack does not fault in fresh memory.
+    pub(crate) fn with_buffer(encrypted: bool, mut buf: Vec<u8>) -> PackWriter {
+        buf.clear();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         buf.extend_from_slice(&u16::from(encrypted).to_le_bytes());
@@ -283,7 +290,7 @@ pub(crate) fn decode_pack(keys: &Keys, name: &str, b: &[u8]) -> Result<Vec<BlobE
     let body = record::decode(TRAILER, Some(keys), name, &b[start..end])?;
     let entries = decode_table_d(&body).map_err(|e| e.at(Object::PackTrailer, name))?;
     for e in &entries {
-        check_entry(e, start, keys.encrypted()).map_err(|d| Error::corrupt(o, name, d))?;
+        check_entry(e, start, keys.seal_overhead()).map_err(|d| Error::corrupt(o, name, d))?;
     }
     Ok(entries)
 }
@@ -292,7 +299,7 @@ pub(crate) fn decode_pack(keys: &Keys, name: &str, b: &[u8]) -> Result<Vec<BlobE
 pub(crate) fn check_entry(
     e: &BlobEntry,
     blob_end: usize,
-    encrypted: bool,
+    seal_overhead: usize,
 ) -> std::result::Result<(), String> {
     let end = u64::from(e.offset) + u64::from(e.stored_len);
     if (e.offset as usize) < PACK_HEADER || end > blob_end as u64 {
@@ -303,7 +310,7 @@ pub(crate) fn check_entry(
             e.stored_len
         ));
     }
-    if encrypted && (e.stored_len as usize) < SEAL_OVERHEAD {
+    if (e.stored_len as usize) < seal_overhead {
         return Err(format!("blob {} shorter than its seal", e.id.short()));
     }
     Ok(())
@@ -316,7 +323,11 @@ pub(crate) fn check_entry(
 /// assert!(vinfra_vcb::format::decode_pack_unencrypted(b"VCBP").is_err());
 /// ```
 pub fn decode_pack_unencrypted(b: &[u8]) -> Result<Vec<BlobEntry>> {
-    decode_pack(&Keys::derive(&[0; 16], &[0; 32], false), "(input)", b)
+    decode_pack(
+        &Keys::derive(&[0; 16], &[0; 32], Encryption::None),
+        "(input)",
+        b,
+    )
 }
 
 #[cfg(test)]
@@ -325,9 +336,13 @@ mod tests {
 
     #[test]
     fn pack_round_trips_and_chunks_check_their_ids() {
-        for enc in [false, true] {
+        for enc in [
+            Encryption::None,
+            Encryption::XChaCha20Poly1305,
+            Encryption::Aes256Gcm,
+        ] {
             let k = Keys::derive(&[1; 16], &[2; 32], enc);
-            let mut p = PackWriter::new(enc);
+            let mut p = PackWriter::new(k.encrypted());
             let a = vec![1u8; 5000];
             let b: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
             for raw in [&a, &b] {
