@@ -116,18 +116,26 @@ thread_local! {
     /// compressing the chunk.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// Compressed bytes of the chunk being sealed on this thread.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// Compresses `raw` into `out`, returning the compressed length if that saves at least
+/// a byte; `None` when it does not or zstd fails. The room given is one byte less than
+/// the input, so zstd gives up on incompressible data instead of writing it all out.
+fn compress_into(raw: &[u8], level: i32, out: &mut Vec<u8>) -> Option<usize> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
-        match c.as_mut() {
-            Some((_, z)) => z.compress(raw),
-            None => unreachable!("set above"),
+        let (_, z) = c.as_mut()?;
+        let room = raw.len().checked_sub(1)?;
+        if out.len() < room {
+            // Kept for the next chunks: sized once per thread, not per chunk.
+            out.resize(room, 0);
         }
+        z.compress_to_buffer(raw, &mut out[..room]).ok()
     })
 }
 
@@ -146,16 +154,23 @@ fn decompress(b: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 
 /// Compresses (when that saves space) and seals one chunk.
 pub(crate) fn seal_chunk(keys: &Keys, id: Id, raw: &[u8], zstd_level: i32) -> SealedChunk {
-    let (plain, zstd) = match compress(raw, zstd_level) {
-        Ok(c) if c.len() < raw.len() => (c, true),
-        _ => (raw.to_vec(), false),
-    };
-    SealedChunk {
-        id,
-        stored: keys.seal(&id.0, &plain),
-        raw_len: raw.len() as u32,
-        zstd,
-    }
+    // The compressed bytes go to a buffer each thread keeps, and are sealed from there
+    // straight into the one allocation the chunk keeps.
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let n = compress_into(raw, zstd_level, &mut s);
+        let plain: &[u8] = match n {
+            Some(n) => &s[..n],
+            None => raw,
+        };
+        let zstd = n.is_some();
+        SealedChunk {
+            id,
+            stored: keys.seal(&id.0, plain),
+            raw_len: raw.len() as u32,
+            zstd,
+        }
+    })
 }
 
 /// Opens one stored blob and checks it against its id.
