@@ -2,7 +2,9 @@
 //! each damaged chunk reported with the backups it affects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -100,7 +102,9 @@ impl VerifyReport {
 type PackCheck = (u64, Vec<(Error, Vec<Id>)>);
 
 /// Packs read ahead of the one being checked (16 MiB each).
-const READ_AHEAD: usize = 2;
+const READ_AHEAD: usize = 3;
+/// Threads reading packs.
+const READERS: usize = 3;
 
 impl Repository {
     /// Checks the repository (see [`VerifyLevel`]). Damage is reported in the report;
@@ -246,30 +250,43 @@ impl Repository {
         Ok((0, out))
     }
 
-    /// Reads every pack on a thread of its own, a few ahead, while the packs already
-    /// read are checked on rayon's pool (the chunks of one pack in parallel): reading
-    /// overlaps the CPU work, and read buffers are reused rather than faulted in anew.
+    /// Reads the packs on reader threads of their own (several, so that the storage
+    /// has more than one read in flight: a virtual or network disk answers one stream
+    /// well below its bandwidth), a few packs ahead, while the packs already read are
+    /// checked on rayon's pool (the chunks of one pack in parallel): reading overlaps
+    /// the CPU work, and read buffers are reused rather than faulted in anew.
     fn read_packs(&self, packs: &[(Id, Vec<BlobEntry>)], level: VerifyLevel) -> Vec<PackCheck> {
+        let next = AtomicUsize::new(0);
+        let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+        let take = || spare.lock().unwrap_or_else(PoisonError::into_inner).pop();
         std::thread::scope(|sc| {
             let (tx, rx) = sync_channel::<(usize, std::io::Result<Vec<u8>>)>(READ_AHEAD);
-            let (back_tx, back_rx) = sync_channel::<Vec<u8>>(READ_AHEAD + 2);
-            sc.spawn(move || {
-                for (i, (pack, _)) in packs.iter().enumerate() {
-                    let mut buf = back_rx.try_recv().unwrap_or_default();
+            for _ in 0..READERS.min(packs.len()) {
+                let tx = tx.clone();
+                let (next, take) = (&next, &take);
+                sc.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack, _)) = packs.get(i) else {
+                        break;
+                    };
+                    let mut buf = take().unwrap_or_default();
                     let r = self.storage.read_into(&pack_name(pack), &mut buf);
                     if tx.send((i, r.map(|()| buf))).is_err() {
                         break;
                     }
-                }
-            });
+                });
+            }
+            drop(tx);
             let mut out = Vec::with_capacity(packs.len());
             for (i, r) in rx {
                 let (pack, blobs) = &packs[i];
                 match r {
                     Ok(bytes) => {
                         out.push(self.check_pack_bytes(pack, blobs, &bytes, level));
-                        // Full or gone: the buffer is dropped.
-                        let _ = back_tx.try_send(bytes);
+                        let mut s = spare.lock().unwrap_or_else(PoisonError::into_inner);
+                        if s.len() < READ_AHEAD + READERS {
+                            s.push(bytes);
+                        }
                     }
                     Err(e) => out.push((
                         0,
