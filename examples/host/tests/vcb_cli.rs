@@ -295,6 +295,11 @@ fn kill_9_of_a_backup_and_of_a_prune_loses_nothing_committed() {
         "--kdf-passes",
         "1",
         "--no-encryption",
+        // A slower compressor than the default, so that the backup below still runs
+        // when the test, on a loaded machine, sees its first pack and kills it (at the
+        // default fast level a backup could commit in between).
+        "--zstd-level",
+        "5",
     ]);
     // A 96 MiB image of incompressible data: several 16 MiB packs per backup, so a kill
     // lands between packs.
@@ -363,7 +368,12 @@ fn schedule_daemon_runs_a_due_job_and_stops_on_sigterm() {
     let cli = Cli {
         repo: work.path().join("repo"),
     };
-    cli.ok(&["init", "--kdf-memory-kib", "64", "--kdf-passes", "1"]);
+    // The compression level is a repository setting: 0 is no zstd level, -5 a fast one.
+    let kdf = ["--kdf-memory-kib", "64", "--kdf-passes", "1"];
+    let (code, _, err) = cli.run(&[&["init", "--zstd-level", "0"][..], &kdf].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("zstd level 0"), "{err}");
+    cli.ok(&[&["init", "--zstd-level", "-5"][..], &kdf].concat());
     let img = work.path().join("disk.img");
     std::fs::write(&img, bytes(3, 1 << 20)).unwrap();
     let sched = work.path().join("schedule.json");

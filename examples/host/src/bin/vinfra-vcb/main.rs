@@ -93,6 +93,9 @@ enum Cmd {
         /// argon2id passes (default 3).
         #[arg(long, default_value_t = 3)]
         kdf_passes: u32,
+        /// zstd level of the chunks: 1..=19, or -7..=-1 for zstd's fast levels.
+        #[arg(long, default_value_t = vinfra_vcb::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+        zstd_level: i8,
     },
     /// Back up disk images of a VM (incremental from its latest backup).
     Backup {
@@ -580,9 +583,12 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
             no_encryption,
             kdf_memory_kib,
             kdf_passes,
+            zstd_level,
         } => {
             let dir = ctx.repo_dir()?;
-            let mut o = InitOptions::default().kdf(KdfParams::new(kdf_memory_kib, kdf_passes, 1));
+            let mut o = InitOptions::default()
+                .kdf(KdfParams::new(kdf_memory_kib, kdf_passes, 1))
+                .zstd_level(zstd_level);
             if no_encryption {
                 o = o.encryption(Encryption::None);
             }
