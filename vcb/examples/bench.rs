@@ -9,7 +9,8 @@
 //! which compress unlike the synthetic data); its non-zero grains count as allocated.
 //! Environment: `VCB_ZSTD_LEVEL` (default: the repository default), `VCB_ENCRYPTION`
 //! (`aes`, the default, `xchacha` or `none`), to compare settings; `VCB_BENCH_FULL_ONLY`
-//! stops after the full backup (for a profiler).
+//! stops after the full backup (for a profiler); `VCB_BENCH_COLD` drops the repository
+//! from the page cache before each verify (python3), so verify reads from the disk.
 #![allow(
     clippy::unwrap_used,
     clippy::cast_possible_truncation,
@@ -120,6 +121,9 @@ fn main() {
     assert!(std::fs::read(&out).unwrap() == disk.as_bytes());
 
     for level in [VerifyLevel::ReadData, VerifyLevel::ReadPacks] {
+        if std::env::var_os("VCB_BENCH_COLD").is_some() {
+            evict(dir.path());
+        }
         let (r, sv, csv) = timed(|| repo.verify(level).unwrap());
         assert!(r.is_ok());
         println!(
@@ -157,6 +161,18 @@ fn synthetic(cap: usize, rng: &mut rand_chacha::ChaCha8Rng) -> (MemDisk, u64) {
         used += 65536;
     }
     (disk, used)
+}
+
+/// Drops the repository's files from the page cache (`posix_fadvise(DONTNEED)`, through
+/// python3 to keep this example free of `unsafe`), so verify reads them from the disk.
+fn evict(dir: &std::path::Path) {
+    let script = "import os,sys\nfor r,_,fs in os.walk(sys.argv[1]):\n for f in fs:\n  fd=os.open(os.path.join(r,f),os.O_RDONLY); os.fdatasync(fd); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)";
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "evicting the page cache failed");
 }
 
 /// Runs `f`: its result, wall seconds and CPU seconds (user + system, all threads, from
