@@ -255,41 +255,50 @@ impl Keys {
 
     /// Opens a sealed blob; `None` when authentication fails.
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_into(aad, sealed, &mut out).then_some(out)
+    }
+
+    /// Opens a sealed blob into `out` (replacing its contents, reusing its capacity);
+    /// `false` when authentication fails.
+    pub(crate) fn open_into(&self, aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
         let Some(c) = &self.data else {
-            return Some(sealed.to_vec());
+            out.extend_from_slice(sealed);
+            return true;
         };
         let nl = c.nonce_len();
         if sealed.len() < nl + TAG_LEN {
-            return None;
+            return false;
         }
         let (nonce, rest) = sealed.split_at(nl);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
+        out.extend_from_slice(ct);
         match c {
             Cipher::AesGcm(k) => {
                 let mut n = [0u8; 12];
                 n.copy_from_slice(nonce);
-                let t = ring::aead::Tag::try_from(tag).ok()?;
+                let Ok(t) = ring::aead::Tag::try_from(tag) else {
+                    return false;
+                };
                 k.open_in_place_separate_tag(
                     Nonce::assume_unique_for_key(n),
                     Aad::from(aad),
                     t,
-                    &mut buf,
+                    out,
                     0..,
                 )
-                .ok()?;
+                .is_ok()
             }
-            Cipher::XChaCha(k) => {
-                k.decrypt_in_place_detached(
+            Cipher::XChaCha(k) => k
+                .decrypt_in_place_detached(
                     XNonce::from_slice(nonce),
                     aad,
-                    &mut buf,
+                    out,
                     chacha20poly1305::Tag::from_slice(tag),
                 )
-                .ok()?;
-            }
+                .is_ok(),
         }
-        Some(buf)
     }
 }
 

@@ -118,6 +118,9 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     /// Compressed bytes of the chunk being sealed on this thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The opened (plaintext) and decompressed bytes of the chunk verify is checking on
+    /// this thread: kept, so that checking allocates nothing per chunk.
+    static CHECK_SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Compresses `raw` into `out`, returning the compressed length if that saves at least
@@ -170,6 +173,63 @@ pub(crate) fn seal_chunk(keys: &Keys, id: Id, raw: &[u8], zstd_level: i32) -> Se
             raw_len: raw.len() as u32,
             zstd,
         }
+    })
+}
+
+/// Decompresses a frame into `out` (cleared), at most `capacity` bytes.
+fn decompress_into(b: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        out.clear();
+        out.reserve(capacity);
+        match d.as_mut() {
+            // Writes into the spare capacity: a frame larger than `capacity` fails.
+            Some(z) => z.decompress_to_buffer(b, out).map(|_| ()),
+            None => unreachable!("set above"),
+        }
+    })
+}
+
+/// Checks one stored blob as [`open_chunk`] does — authenticated, decompressed, the
+/// right length, hashing to its id — without keeping the chunk: the buffers are the
+/// thread's own, reused from chunk to chunk (verify).
+pub(crate) fn check_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -> Result<()> {
+    let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
+    CHECK_SCRATCH.with(|s| {
+        let (plain, raw) = &mut *s.borrow_mut();
+        let plain: &[u8] = if keys.encrypted() {
+            if !keys.open_into(&e.id.0, stored, plain) {
+                return Err(Error::corrupt(
+                    Object::Chunk,
+                    &name(),
+                    "authentication failed",
+                ));
+            }
+            plain
+        } else {
+            stored
+        };
+        let raw: &[u8] = if e.zstd {
+            decompress_into(plain, e.raw_len as usize, raw)
+                .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))?;
+            raw
+        } else {
+            plain
+        };
+        if raw.len() != e.raw_len as usize {
+            return Err(Error::corrupt(
+                Object::Chunk,
+                &name(),
+                format!("{} bytes, want {}", raw.len(), e.raw_len),
+            ));
+        }
+        if keys.id(raw) != e.id {
+            return Err(Error::corrupt(Object::Chunk, &name(), "hash mismatch"));
+        }
+        Ok(())
     })
 }
 
@@ -370,6 +430,15 @@ mod tests {
             for (e, raw) in entries.iter().zip([&a, &b]) {
                 let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
                 assert_eq!(&open_chunk(&k, e, s, &id).unwrap(), raw);
+                check_chunk(&k, e, s, &id).unwrap();
+                // A flipped byte fails both ways, and a wrong length too.
+                let mut bad = s.to_vec();
+                bad[s.len() / 2] ^= 1;
+                assert!(open_chunk(&k, e, &bad, &id).is_err());
+                assert!(check_chunk(&k, e, &bad, &id).is_err());
+                let mut short = *e;
+                short.raw_len -= 1;
+                assert!(check_chunk(&k, &short, s, &id).is_err());
             }
             let e = decode_pack(&k, "p", &bytes[..bytes.len() - 3]).unwrap_err();
             assert!(matches!(e, Error::Truncated { .. }), "{e}");
