@@ -10,8 +10,8 @@
 # records them, and backs up again (incremental). restic (defaults) and borg (lz4,
 # repokey encryption, as ours and restic encrypt) back up the same image file twice,
 # before and after the change. Then each restores the whole image and verifies every
-# byte of its repository (ours: verify ReadData; restic check --read-data; borg check
-# --verify-data). Single files: ours restores them straight out of image backups (ext4
+# byte of its repository (ours: verify ReadData, and ReadPacks — every pack's keyed hash;
+# restic check --read-data; borg check --verify-data). Single files: ours restores them straight out of image backups (ext4
 # from the incremental; FAT32 and NTFS images built here); the peers have no such thing,
 # so their figure is what a whole-image restore costs (before any mount).
 #
@@ -144,6 +144,8 @@ for round in $(seq 1 "$ROUNDS"); do
     keep ours_full_s "$(get full_s)"; keep ours_incr_s "$(get incr_s)"
     keep ours_added "$(get incr_added_bytes)"; keep ours_restore_s "$(get restore_s)"
     keep ours_verify_s "$(get verify_s)"; keep ours_verify_bytes "$(get verify_bytes)" max
+    keep ours_verify_packs_s "$(get verify_packs_s)"
+    keep ours_full_cpu_s "$(get full_cpu_s)"; keep ours_verify_cpu_s "$(get verify_cpu_s)"
     for fs in ext4 fat ntfs; do keep "ours_file_$fs" "$(get "file_restore_${fs}_s")"; done
     rm -rf "$WORK/ours-repo" "$WORK/lun.vmfs" "$WORK"/ours-file-*
 
@@ -187,7 +189,7 @@ line() { # metric ours peer
 }
 {
     echo "image ${img_bytes} bytes, $((used_kib / 1024)) MiB used, $((written / 1048576)) MiB changed; rounds $ROUNDS"
-    echo "ours:   full ${R[ours_full_s]} s, incr ${R[ours_incr_s]} s (+${R[ours_added]} B), restore ${R[ours_restore_s]} s, verify ${R[ours_verify_s]} s (${R[ours_verify_bytes]} B)"
+    echo "ours:   full ${R[ours_full_s]} s (${R[ours_full_cpu_s]} CPU s), incr ${R[ours_incr_s]} s (+${R[ours_added]} B), restore ${R[ours_restore_s]} s, verify ${R[ours_verify_s]} s (${R[ours_verify_cpu_s]} CPU s; ${R[ours_verify_bytes]} B), verify --read-packs ${R[ours_verify_packs_s]} s"
     echo "restic: full ${R[restic_full_s]} s, incr ${R[restic_incr_s]} s (+${R[restic_added]} B), restore ${R[restic_restore_s]} s, check --read-data ${R[restic_verify_s]} s (${R[restic_repo_bytes]} B)"
     echo "borg:   full ${R[borg_full_s]} s, incr ${R[borg_incr_s]} s (+${R[borg_added]} B), restore ${R[borg_restore_s]} s, check --verify-data ${R[borg_verify_s]} s (${R[borg_repo_bytes]} B)"
     echo "incremental time as a share of the full: ours $(awk -v a="${R[ours_incr_s]}" -v b="${R[ours_full_s]}" 'BEGIN { printf "%.1f", 100 * a / b }') %"
@@ -200,6 +202,7 @@ line() { # metric ours peer
     line restore_MBps_vs_restic "$(mbps "$img_bytes" "${R[ours_restore_s]}")" "$(mbps "$img_bytes" "${R[restic_restore_s]}")"
     line verify_MBps_vs_restic "$(mbps "${R[ours_verify_bytes]}" "${R[ours_verify_s]}")" "$(mbps "${R[restic_repo_bytes]}" "${R[restic_verify_s]}")"
     line verify_MBps_vs_borg "$(mbps "${R[ours_verify_bytes]}" "${R[ours_verify_s]}")" "$(mbps "${R[borg_repo_bytes]}" "${R[borg_verify_s]}")"
+    line verify_read_packs_MBps_vs_borg "$(mbps "${R[ours_verify_bytes]}" "${R[ours_verify_packs_s]}")" "$(mbps "${R[borg_repo_bytes]}" "${R[borg_verify_s]}")"
     for fs in ext4 fat ntfs; do
         line "single_file_restore_${fs}_s_vs_restic_full_restore" "${R[ours_file_$fs]}" "${R[restic_restore_s]}"
     done

@@ -3,6 +3,14 @@
 //!
 //! `cargo run --release -p vinfra-vcb --example bench -- [MiB (default 256; 32 in a
 //! debug build, as the test script runs every example)]`
+//!
+//! `... --example bench -- --image PATH`: the same steps on a raw disk image read into
+//! memory (e.g. an ext4 image built with `mke2fs -d` from /usr/lib: real binaries,
+//! which compress unlike the synthetic data); its non-zero grains count as allocated.
+//! Environment: `VCB_ZSTD_LEVEL` (default: the repository default), `VCB_ENCRYPTION`
+//! (`aes`, the default, `xchacha` or `none`), to compare settings; `VCB_BENCH_FULL_ONLY`
+//! stops after the full backup (for a profiler); `VCB_BENCH_COLD` drops the repository
+//! from the page cache before each verify (python3), so verify reads from the disk.
 #![allow(
     clippy::unwrap_used,
     clippy::cast_possible_truncation,
@@ -13,7 +21,7 @@ use std::time::Instant;
 
 use rand::{Rng, RngCore, SeedableRng};
 use vinfra_vcb::{
-    BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository, VerifyLevel,
+    BackupOptions, Encryption, InitOptions, KdfParams, LocalDir, MemDisk, Repository, VerifyLevel,
 };
 
 fn mb_s(bytes: u64, secs: f64) -> f64 {
@@ -22,48 +30,44 @@ fn mb_s(bytes: u64, secs: f64) -> f64 {
 
 fn main() {
     let default_mib = if cfg!(debug_assertions) { 32 } else { 256 };
-    let mib: usize = std::env::args()
-        .nth(1)
-        .map_or(default_mib, |a| a.parse().unwrap());
-    let cap = mib << 20;
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    // A quarter of the grains hold data: half random (incompressible), half text-like.
-    let mut disk = MemDisk::new(cap);
-    let words: Vec<&[u8]> = vec![
-        b"vinfra ", b"backup ", b"grain ", b"chunk ", b"the ", b"of ", b"disk\n",
-    ];
+    let (mut disk, used) = match args.as_slice() {
+        [flag, path] if flag == "--image" => {
+            let disk = MemDisk::from_vec(std::fs::read(path).unwrap());
+            let used = disk
+                .as_bytes()
+                .chunks(65536)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .count() as u64
+                * 65536;
+            (disk, used)
+        }
+        _ => {
+            let mib = args.first().map_or(default_mib, |a| a.parse().unwrap());
+            synthetic(mib << 20, &mut rng)
+        }
+    };
+    let cap = disk.as_bytes().len();
+    let mib = cap >> 20;
     let grains = cap / 65536;
-    let mut used = 0u64;
-    for g in 0..grains {
-        if rng.random_range(0..4) != 0 {
-            continue;
-        }
-        let mut buf = vec![0u8; 65536];
-        if rng.random_bool(0.5) {
-            rng.fill_bytes(&mut buf);
-        } else {
-            let mut pos = 0;
-            while pos < buf.len() {
-                let w = words[rng.random_range(0..words.len())];
-                let n = w.len().min(buf.len() - pos);
-                buf[pos..pos + n].copy_from_slice(&w[..n]);
-                pos += n;
-            }
-        }
-        disk.write_at(&buf, g * 65536);
-        used += 65536;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::init(
-        LocalDir::create(dir.path()).unwrap(),
-        b"pw",
-        &InitOptions::default().kdf(KdfParams::INSECURE_FAST),
-    )
-    .unwrap();
+    let mut init = InitOptions::default().kdf(KdfParams::INSECURE_FAST);
+    if let Ok(l) = std::env::var("VCB_ZSTD_LEVEL") {
+        init = init.zstd_level(l.parse().unwrap());
+    }
+    match std::env::var("VCB_ENCRYPTION").as_deref() {
+        Ok("xchacha") => init = init.encryption(Encryption::XChaCha20Poly1305),
+        Ok("none") => init = init.encryption(Encryption::None),
+        _ => {}
+    }
+    let repo = Repository::init(LocalDir::create(dir.path()).unwrap(), b"pw", &init).unwrap();
     println!(
-        "image: {mib} MiB, {} MiB of data, rayon threads: {}",
+        "image: {mib} MiB, {} MiB of data, rayon threads: {}, zstd level {}, {:?}",
         used >> 20,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        init.zstd_level,
+        init.encryption
     );
 
     let frozen = disk.snapshot();
@@ -79,6 +83,9 @@ fn main() {
         st.bytes_new >> 20
     );
 
+    if std::env::var_os("VCB_BENCH_FULL_ONLY").is_some() {
+        return;
+    }
     // 5 % of the grains rewritten: half with new random data, half with their old bytes.
     let n = grains / 20;
     for i in 0..n {
@@ -113,12 +120,59 @@ fn main() {
     );
     assert!(std::fs::read(&out).unwrap() == disk.as_bytes());
 
-    let (r, sv, csv) = timed(|| repo.verify(VerifyLevel::ReadData).unwrap());
-    assert!(r.is_ok());
-    println!(
-        "verify (read data): {sv:.2} s ({csv:.2} CPU s), {:.0} MiB/s of packs",
-        mb_s(r.bytes_read, sv)
-    );
+    for level in [VerifyLevel::ReadData, VerifyLevel::ReadPacks] {
+        if std::env::var_os("VCB_BENCH_COLD").is_some() {
+            evict(dir.path());
+        }
+        let (r, sv, csv) = timed(|| repo.verify(level).unwrap());
+        assert!(r.is_ok());
+        println!(
+            "verify ({level:?}): {sv:.2} s ({csv:.2} CPU s), {:.0} MiB/s of packs",
+            mb_s(r.bytes_read, sv)
+        );
+    }
+}
+
+/// A quarter of the grains hold data: half random (incompressible), half text-like.
+fn synthetic(cap: usize, rng: &mut rand_chacha::ChaCha8Rng) -> (MemDisk, u64) {
+    let mut disk = MemDisk::new(cap);
+    let grains = cap / 65536;
+    let words: Vec<&[u8]> = vec![
+        b"vinfra ", b"backup ", b"grain ", b"chunk ", b"the ", b"of ", b"disk\n",
+    ];
+    let mut used = 0u64;
+    for g in 0..grains {
+        if rng.random_range(0..4) != 0 {
+            continue;
+        }
+        let mut buf = vec![0u8; 65536];
+        if rng.random_bool(0.5) {
+            rng.fill_bytes(&mut buf);
+        } else {
+            let mut pos = 0;
+            while pos < buf.len() {
+                let w = words[rng.random_range(0..words.len())];
+                let n = w.len().min(buf.len() - pos);
+                buf[pos..pos + n].copy_from_slice(&w[..n]);
+                pos += n;
+            }
+        }
+        disk.write_at(&buf, g * 65536);
+        used += 65536;
+    }
+    (disk, used)
+}
+
+/// Drops the repository's files from the page cache (`posix_fadvise(DONTNEED)`, through
+/// python3 to keep this example free of `unsafe`), so verify reads them from the disk.
+fn evict(dir: &std::path::Path) {
+    let script = "import os,sys\nfor r,_,fs in os.walk(sys.argv[1]):\n for f in fs:\n  fd=os.open(os.path.join(r,f),os.O_RDONLY); os.fdatasync(fd); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)";
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "evicting the page cache failed");
 }
 
 /// Runs `f`: its result, wall seconds and CPU seconds (user + system, all threads, from
@@ -135,7 +189,20 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
             .collect();
         (f[0] + f[1]) as f64 / 100.0
     };
-    let (t, c) = (Instant::now(), cpu());
+    // Minor page faults (fresh memory touched): with VCB_BENCH_FAULTS, printed per step.
+    let faults = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        rest.split_whitespace()
+            .nth(7)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let (t, c, pf) = (Instant::now(), cpu(), faults());
     let r = f();
+    if std::env::var_os("VCB_BENCH_FAULTS").is_some() {
+        println!("  ({} minor page faults)", faults() - pf);
+    }
     (r, t.elapsed().as_secs_f64(), cpu() - c)
 }

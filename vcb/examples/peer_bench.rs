@@ -87,6 +87,20 @@ fn write_image(disk: &mut VirtualDisk, img: &std::fs::File, prev: Option<&std::f
     written
 }
 
+/// CPU seconds of this process so far (user + system, every thread), from /proc: the
+/// steadier figure on a shared machine.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0] + f[1]) as f64 / 100.0
+}
+
 fn synthetic(work: &Path) -> (PathBuf, PathBuf) {
     let mut d = MemDisk::new(16 << 20);
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -168,11 +182,12 @@ fn main() {
     // Full.
     let info = prepare(&mut disk, None).unwrap();
     let snap = VmfsSnapshot::open(&proxy, info).unwrap();
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_s());
     let full = repo
         .backup(&BackupOptions::new("vm", 1), &[("disk0", &snap)])
         .unwrap();
     let full_s = t.elapsed().as_secs_f64();
+    println!("full_cpu_s={:.2}", cpu_s() - c);
     let change_id = full.manifest.disks[0].change_id;
     drop(snap);
     disk.consolidate().unwrap();
@@ -220,13 +235,22 @@ fn main() {
     };
     assert!(same, "the restored image differs from NEW");
     std::fs::remove_file(&out).unwrap();
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_s());
     let v = repo.verify(VerifyLevel::ReadData).unwrap();
     assert!(v.is_ok(), "{:?}", v.problems);
     println!(
-        "verify_s={:.3} verify_bytes={}",
+        "verify_s={:.3} verify_cpu_s={:.2} verify_bytes={}",
         t.elapsed().as_secs_f64(),
+        cpu_s() - c,
         v.bytes_read
+    );
+    let (t, c) = (Instant::now(), cpu_s());
+    let v = repo.verify(VerifyLevel::ReadPacks).unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    println!(
+        "verify_packs_s={:.3} verify_packs_cpu_s={:.2}",
+        t.elapsed().as_secs_f64(),
+        cpu_s() - c
     );
     drop(repo);
     drop(disk);

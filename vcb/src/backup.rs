@@ -8,7 +8,7 @@
 //! bytes), as an existing chunk if the index has it (dedup), or stored as a new chunk.
 
 use std::collections::HashSet;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use rayon::prelude::*;
 
@@ -95,6 +95,8 @@ struct Writer<'r> {
     stored: HashSet<Id>,
     written: Vec<IndexPack>,
     to_disk: SyncSender<(String, Vec<u8>)>,
+    /// Buffers of packs written, for the next packs.
+    recycled: Receiver<Vec<u8>>,
 }
 
 impl Writer<'_> {
@@ -114,7 +116,11 @@ impl Writer<'_> {
             return Ok(());
         }
         let enc = self.repo.keys.encrypted();
-        let pack = std::mem::replace(&mut self.pack, PackWriter::new(enc));
+        let next = match self.recycled.try_recv() {
+            Ok(buf) => PackWriter::with_buffer(enc, buf),
+            Err(_) => PackWriter::new(enc),
+        };
+        let pack = std::mem::replace(&mut self.pack, next);
         let (id, bytes, blobs) = pack.finish(&self.repo.keys);
         tracing::debug!(pack = %id.short(), bytes = bytes.len(), blobs = blobs.len(), "pack sealed");
         self.to_disk
@@ -175,9 +181,12 @@ impl Repository {
         // Packs are written (and synced) on their own thread while the next one fills.
         let (out, written) = std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
+            let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let writer = sc.spawn(move || -> Result<()> {
                 for (name, bytes) in rx {
                     self.write(&name, &bytes)?;
+                    // Full (the filler has enough) or gone: the buffer is dropped.
+                    let _ = back_tx.try_send(bytes);
                 }
                 Ok(())
             });
@@ -187,6 +196,7 @@ impl Repository {
                 stored: HashSet::new(),
                 written: Vec::new(),
                 to_disk: tx,
+                recycled: back_rx,
             };
             let r = (|| {
                 let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! The `config` key file: format parameters and the wrapped master secret.
 
 use crate::codec::{Reader, Writer};
+pub use crate::crypto::Encryption;
 use crate::crypto::{self, KdfParams, Keys};
 use crate::error::{Error, Object, Result};
 use crate::record::{self, CONFIG};
@@ -8,16 +9,6 @@ use crate::record::{self, CONFIG};
 /// The chunk size used unless [`InitOptions`] says otherwise: vmfs's CBT grain.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
 const BODY_LEN: usize = 140;
-
-/// How blobs are protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Encryption {
-    /// No encryption (ids are still keyed). For benchmarks and debugging.
-    None,
-    /// XChaCha20-Poly1305, the key wrapped under argon2id of the password (the default).
-    XChaCha20Poly1305,
-}
 
 /// Parameters of a new repository.
 ///
@@ -35,17 +26,30 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// Chunk size: a power of two, 4 KiB..=4 MiB (default 64 KiB, the CBT grain).
     pub chunk_size: u32,
-    /// zstd level, 1..=19 (default 3).
-    pub zstd_level: u8,
+    /// zstd level: 1..=19, or -7..=-1 for zstd's fast levels (default -3: on a disk
+    /// image of binaries, a full backup takes about 0.72 x the CPU time it takes at
+    /// level 3 and stores 1.33 x its bytes, about lz4's speed and better than lz4's
+    /// ratio; still zstd frames, so every reader reads them).
+    pub zstd_level: i8,
+}
+
+/// The zstd level of new repositories (see [`InitOptions::zstd_level`]).
+pub const DEFAULT_ZSTD_LEVEL: i8 = -3;
+
+fn check_zstd_level(l: i8) -> std::result::Result<(), String> {
+    if l == 0 || !(-7..=19).contains(&l) {
+        return Err(format!("zstd level {l}: not in -7..=-1 or 1..=19"));
+    }
+    Ok(())
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
-            encryption: Encryption::XChaCha20Poly1305,
+            encryption: Encryption::Aes256Gcm,
             kdf: KdfParams::DEFAULT,
             chunk_size: DEFAULT_CHUNK_SIZE,
-            zstd_level: 3,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
         }
     }
 }
@@ -66,6 +70,11 @@ impl InitOptions {
         self.chunk_size = n;
         self
     }
+    /// With this zstd level.
+    pub fn zstd_level(mut self, l: i8) -> Self {
+        self.zstd_level = l;
+        self
+    }
 }
 
 /// The decoded config.
@@ -74,7 +83,7 @@ pub(crate) struct Config {
     pub(crate) repo_id: [u8; 16],
     pub(crate) chunk_size: u32,
     pub(crate) encryption: Encryption,
-    pub(crate) zstd_level: u8,
+    pub(crate) zstd_level: i8,
     pub(crate) kdf: KdfParams,
     pub(crate) salt: [u8; 32],
     pub(crate) nonce: [u8; 24],
@@ -94,9 +103,7 @@ impl Config {
     /// A new config and its keys; the only place the crate draws random bytes.
     pub(crate) fn create(password: &[u8], o: &InitOptions) -> Result<(Config, Keys)> {
         check_chunk_size(o.chunk_size).map_err(Error::Invalid)?;
-        if !(1..=19).contains(&o.zstd_level) {
-            return Err(Error::Invalid(format!("zstd level {}", o.zstd_level)));
-        }
+        check_zstd_level(o.zstd_level).map_err(Error::Invalid)?;
         o.kdf.check().map_err(Error::Invalid)?;
         let mut rnd = [0u8; 16 + 32 + 32 + 24];
         getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
@@ -117,12 +124,14 @@ impl Config {
         c.nonce.copy_from_slice(&rnd[80..104]);
         match o.encryption {
             Encryption::None => c.wrapped[..32].copy_from_slice(&secret),
-            Encryption::XChaCha20Poly1305 => {
+            // The master secret is wrapped with XChaCha20-Poly1305 whatever cipher seals
+            // the blobs: 32 bytes, once per open; the config's layout stays one.
+            Encryption::XChaCha20Poly1305 | Encryption::Aes256Gcm => {
                 let kek = crypto::kek(password, &c.salt, &c.kdf).map_err(Error::Invalid)?;
                 c.wrapped = crypto::wrap(&kek, &c.nonce, &c.repo_id, &secret);
             }
         }
-        let keys = Keys::derive(&c.repo_id, &secret, o.encryption != Encryption::None);
+        let keys = Keys::derive(&c.repo_id, &secret, o.encryption);
         Ok((c, keys))
     }
 
@@ -134,29 +143,22 @@ impl Config {
                 s.copy_from_slice(&self.wrapped[..32]);
                 s
             }
-            Encryption::XChaCha20Poly1305 => {
+            Encryption::XChaCha20Poly1305 | Encryption::Aes256Gcm => {
                 let kek = crypto::kek(password, &self.salt, &self.kdf)
                     .map_err(|e| Error::corrupt(Object::Config, "config", e))?;
                 crypto::unwrap(&kek, &self.nonce, &self.repo_id, &self.wrapped)
                     .ok_or(Error::WrongPassword)?
             }
         };
-        Ok(Keys::derive(
-            &self.repo_id,
-            &secret,
-            self.encryption != Encryption::None,
-        ))
+        Ok(Keys::derive(&self.repo_id, &secret, self.encryption))
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(&self.repo_id);
         w.u32(self.chunk_size);
-        w.u8(match self.encryption {
-            Encryption::None => 0,
-            Encryption::XChaCha20Poly1305 => 1,
-        });
-        w.u8(self.zstd_level);
+        w.u8(self.encryption.tag());
+        w.bytes(&self.zstd_level.to_le_bytes());
         w.u16(0);
         w.u32(self.kdf.memory_kib);
         w.u32(self.kdf.passes);
@@ -197,12 +199,11 @@ impl Config {
         c.encryption = match r.u8("encryption").map_err(e)? {
             0 => Encryption::None,
             1 => Encryption::XChaCha20Poly1305,
+            2 => Encryption::Aes256Gcm,
             x => return Err(bad(format!("unknown encryption {x}"))),
         };
-        c.zstd_level = r.u8("zstd level").map_err(e)?;
-        if !(1..=19).contains(&c.zstd_level) {
-            return Err(bad(format!("zstd level {}", c.zstd_level)));
-        }
+        c.zstd_level = i8::from_le_bytes([r.u8("zstd level").map_err(e)?]);
+        check_zstd_level(c.zstd_level).map_err(bad)?;
         r.u16("reserved").map_err(e)?;
         c.kdf = KdfParams::new(
             r.u32("argon2 memory").map_err(e)?,
@@ -225,15 +226,30 @@ mod tests {
 
     #[test]
     fn config_round_trips_and_checks_the_password() {
+        for enc in [Encryption::Aes256Gcm, Encryption::XChaCha20Poly1305] {
+            let o = InitOptions::default()
+                .kdf(KdfParams::INSECURE_FAST)
+                .encryption(enc);
+            let (c, k) = Config::create(b"pw", &o).unwrap();
+            let d = Config::decode(&c.encode()).unwrap();
+            assert_eq!(d, c);
+            let u = d.unlock(b"pw").unwrap();
+            assert_eq!(u.id(b"x"), k.id(b"x"));
+            assert_eq!(k.open(b"a", &u.seal(b"a", b"blob")).unwrap(), b"blob");
+            assert!(matches!(d.unlock(b"px"), Err(Error::WrongPassword)));
+        }
         let o = InitOptions::default().kdf(KdfParams::INSECURE_FAST);
-        let (c, k) = Config::create(b"pw", &o).unwrap();
-        let d = Config::decode(&c.encode()).unwrap();
-        assert_eq!(d, c);
-        assert_eq!(d.unlock(b"pw").unwrap().id(b"x"), k.id(b"x"));
-        assert!(matches!(d.unlock(b"px"), Err(Error::WrongPassword)));
         let o = o.encryption(Encryption::None);
         let (c, k) = Config::create(b"", &o).unwrap();
         let d = Config::decode(&c.encode()).unwrap();
         assert_eq!(d.unlock(b"anything").unwrap().id(b"x"), k.id(b"x"));
+        // zstd's fast levels are stored as a signed byte; 0 and out of range refused.
+        for l in [-7, -1, 1, 19] {
+            let (c, _) = Config::create(b"", &o.clone().zstd_level(l)).unwrap();
+            assert_eq!(Config::decode(&c.encode()).unwrap().zstd_level, l);
+        }
+        for l in [-8, 0, 20] {
+            assert!(Config::create(b"", &o.clone().zstd_level(l)).is_err());
+        }
     }
 }

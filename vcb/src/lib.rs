@@ -37,11 +37,13 @@ mod backup;
 mod codec;
 mod config;
 mod crypto;
+mod direct_io;
 mod error;
 pub mod files;
 mod index;
 mod lock;
 mod manifest;
+mod overlay;
 mod pack;
 pub mod partition;
 mod prune;
@@ -82,10 +84,11 @@ pub mod format {
 
 pub use backup::{BackupOptions, Parent};
 pub use codec::Id;
-pub use config::{Encryption, InitOptions, DEFAULT_CHUNK_SIZE};
-pub use crypto::KdfParams;
+pub use config::{InitOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
+pub use crypto::{Encryption, KdfParams};
 pub use error::{Error, LockHolder, Object, Result};
 pub use manifest::{DiskManifest, DiskStats, GrainMap, Manifest};
+pub use overlay::BackupOverlay;
 pub use prune::{PruneStats, RepairStats};
 pub use reader::{DiskCursor, DiskReader};
 pub use repo::{Repository, Snapshot};

@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 
 use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
-use crate::crypto::{Keys, SEAL_OVERHEAD};
+use crate::crypto::Encryption;
+use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
 use crate::record::{self, FORMAT_VERSION, TRAILER};
 
@@ -115,18 +116,29 @@ thread_local! {
     /// compressing the chunk.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// Compressed bytes of the chunk being sealed on this thread.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The opened (plaintext) and decompressed bytes of the chunk verify is checking on
+    /// this thread: kept, so that checking allocates nothing per chunk.
+    static CHECK_SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// Compresses `raw` into `out`, returning the compressed length if that saves at least
+/// a byte; `None` when it does not or zstd fails. The room given is one byte less than
+/// the input, so zstd gives up on incompressible data instead of writing it all out.
+fn compress_into(raw: &[u8], level: i32, out: &mut Vec<u8>) -> Option<usize> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
-        match c.as_mut() {
-            Some((_, z)) => z.compress(raw),
-            None => unreachable!("set above"),
+        let (_, z) = c.as_mut()?;
+        let room = raw.len().checked_sub(1)?;
+        if out.len() < room {
+            // Kept for the next chunks: sized once per thread, not per chunk.
+            out.resize(room, 0);
         }
+        z.compress_to_buffer(raw, &mut out[..room]).ok()
     })
 }
 
@@ -145,16 +157,80 @@ fn decompress(b: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 
 /// Compresses (when that saves space) and seals one chunk.
 pub(crate) fn seal_chunk(keys: &Keys, id: Id, raw: &[u8], zstd_level: i32) -> SealedChunk {
-    let (plain, zstd) = match compress(raw, zstd_level) {
-        Ok(c) if c.len() < raw.len() => (c, true),
-        _ => (raw.to_vec(), false),
-    };
-    SealedChunk {
-        id,
-        stored: keys.seal(&id.0, &plain),
-        raw_len: raw.len() as u32,
-        zstd,
-    }
+    // The compressed bytes go to a buffer each thread keeps, and are sealed from there
+    // straight into the one allocation the chunk keeps.
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let n = compress_into(raw, zstd_level, &mut s);
+        let plain: &[u8] = match n {
+            Some(n) => &s[..n],
+            None => raw,
+        };
+        let zstd = n.is_some();
+        SealedChunk {
+            id,
+            stored: keys.seal(&id.0, plain),
+            raw_len: raw.len() as u32,
+            zstd,
+        }
+    })
+}
+
+/// Decompresses a frame into `out` (cleared), at most `capacity` bytes.
+fn decompress_into(b: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        out.clear();
+        out.reserve(capacity);
+        match d.as_mut() {
+            // Writes into the spare capacity: a frame larger than `capacity` fails.
+            Some(z) => z.decompress_to_buffer(b, out).map(|_| ()),
+            None => unreachable!("set above"),
+        }
+    })
+}
+
+/// Checks one stored blob as [`open_chunk`] does — authenticated, decompressed, the
+/// right length, hashing to its id — without keeping the chunk: the buffers are the
+/// thread's own, reused from chunk to chunk (verify).
+pub(crate) fn check_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -> Result<()> {
+    let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
+    CHECK_SCRATCH.with(|s| {
+        let (plain, raw) = &mut *s.borrow_mut();
+        let plain: &[u8] = if keys.encrypted() {
+            if !keys.open_into(&e.id.0, stored, plain) {
+                return Err(Error::corrupt(
+                    Object::Chunk,
+                    &name(),
+                    "authentication failed",
+                ));
+            }
+            plain
+        } else {
+            stored
+        };
+        let raw: &[u8] = if e.zstd {
+            decompress_into(plain, e.raw_len as usize, raw)
+                .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))?;
+            raw
+        } else {
+            plain
+        };
+        if raw.len() != e.raw_len as usize {
+            return Err(Error::corrupt(
+                Object::Chunk,
+                &name(),
+                format!("{} bytes, want {}", raw.len(), e.raw_len),
+            ));
+        }
+        if keys.id(raw) != e.id {
+            return Err(Error::corrupt(Object::Chunk, &name(), "hash mismatch"));
+        }
+        Ok(())
+    })
 }
 
 /// Opens one stored blob and checks it against its id.
@@ -191,7 +267,13 @@ pub(crate) struct PackWriter {
 
 impl PackWriter {
     pub(crate) fn new(encrypted: bool) -> PackWriter {
-        let mut buf = Vec::with_capacity(PACK_TARGET + (1 << 20));
+        PackWriter::with_buffer(encrypted, Vec::with_capacity(PACK_TARGET + (1 << 20)))
+    }
+
+    /// A pack filled in `buf` (cleared): a written pack's buffer, reused so that every
+    /// pack does not fault in fresh memory.
+    pub(crate) fn with_buffer(encrypted: bool, mut buf: Vec<u8>) -> PackWriter {
+        buf.clear();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         buf.extend_from_slice(&u16::from(encrypted).to_le_bytes());
@@ -283,7 +365,7 @@ pub(crate) fn decode_pack(keys: &Keys, name: &str, b: &[u8]) -> Result<Vec<BlobE
     let body = record::decode(TRAILER, Some(keys), name, &b[start..end])?;
     let entries = decode_table_d(&body).map_err(|e| e.at(Object::PackTrailer, name))?;
     for e in &entries {
-        check_entry(e, start, keys.encrypted()).map_err(|d| Error::corrupt(o, name, d))?;
+        check_entry(e, start, keys.seal_overhead()).map_err(|d| Error::corrupt(o, name, d))?;
     }
     Ok(entries)
 }
@@ -292,7 +374,7 @@ pub(crate) fn decode_pack(keys: &Keys, name: &str, b: &[u8]) -> Result<Vec<BlobE
 pub(crate) fn check_entry(
     e: &BlobEntry,
     blob_end: usize,
-    encrypted: bool,
+    seal_overhead: usize,
 ) -> std::result::Result<(), String> {
     let end = u64::from(e.offset) + u64::from(e.stored_len);
     if (e.offset as usize) < PACK_HEADER || end > blob_end as u64 {
@@ -303,7 +385,7 @@ pub(crate) fn check_entry(
             e.stored_len
         ));
     }
-    if encrypted && (e.stored_len as usize) < SEAL_OVERHEAD {
+    if (e.stored_len as usize) < seal_overhead {
         return Err(format!("blob {} shorter than its seal", e.id.short()));
     }
     Ok(())
@@ -316,7 +398,11 @@ pub(crate) fn check_entry(
 /// assert!(vinfra_vcb::format::decode_pack_unencrypted(b"VCBP").is_err());
 /// ```
 pub fn decode_pack_unencrypted(b: &[u8]) -> Result<Vec<BlobEntry>> {
-    decode_pack(&Keys::derive(&[0; 16], &[0; 32], false), "(input)", b)
+    decode_pack(
+        &Keys::derive(&[0; 16], &[0; 32], Encryption::None),
+        "(input)",
+        b,
+    )
 }
 
 #[cfg(test)]
@@ -325,9 +411,13 @@ mod tests {
 
     #[test]
     fn pack_round_trips_and_chunks_check_their_ids() {
-        for enc in [false, true] {
+        for enc in [
+            Encryption::None,
+            Encryption::XChaCha20Poly1305,
+            Encryption::Aes256Gcm,
+        ] {
             let k = Keys::derive(&[1; 16], &[2; 32], enc);
-            let mut p = PackWriter::new(enc);
+            let mut p = PackWriter::new(k.encrypted());
             let a = vec![1u8; 5000];
             let b: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
             for raw in [&a, &b] {
@@ -340,6 +430,15 @@ mod tests {
             for (e, raw) in entries.iter().zip([&a, &b]) {
                 let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
                 assert_eq!(&open_chunk(&k, e, s, &id).unwrap(), raw);
+                check_chunk(&k, e, s, &id).unwrap();
+                // A flipped byte fails both ways, and a wrong length too.
+                let mut bad = s.to_vec();
+                bad[s.len() / 2] ^= 1;
+                assert!(open_chunk(&k, e, &bad, &id).is_err());
+                assert!(check_chunk(&k, e, &bad, &id).is_err());
+                let mut short = *e;
+                short.raw_len -= 1;
+                assert!(check_chunk(&k, &short, s, &id).is_err());
             }
             let e = decode_pack(&k, "p", &bytes[..bytes.len() - 3]).unwrap_err();
             assert!(matches!(e, Error::Truncated { .. }), "{e}");

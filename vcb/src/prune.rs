@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::index::IndexPack;
-use crate::pack::{open_chunk, pack_name, BlobEntry, PackWriter};
+use crate::pack::{check_chunk, pack_name, BlobEntry, PackWriter};
 use crate::repo::Repository;
 
 /// Figures of a prune.
@@ -151,7 +151,7 @@ impl Repository {
             // is, with its live entries, for verify to keep reporting.
             let intact = blobs
                 .iter()
-                .all(|b| blob(b).is_some_and(|s| open_chunk(&self.keys, b, s, &pack).is_ok()));
+                .all(|b| blob(b).is_some_and(|s| check_chunk(&self.keys, b, s, &pack).is_ok()));
             if !intact {
                 tracing::warn!(pack = %name, "damaged pack kept by prune");
                 blobs.sort_by_key(|e| e.offset);

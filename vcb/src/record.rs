@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_and_names_damage() {
-        let k = Keys::derive(&[1; 16], &[2; 32], true);
+        let k = Keys::derive(&[1; 16], &[2; 32], crate::crypto::Encryption::Aes256Gcm);
         let body = vec![7u8; 1000];
         let r = encode(INDEX, Some(&k), &body, Some(3));
         assert_eq!(decode(INDEX, Some(&k), "index/x", &r).unwrap(), body);

@@ -10,10 +10,18 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::direct_io::DirectWriter;
+
 /// A repository's backing store.
 pub trait Storage: Send + Sync + Debug {
     /// The whole file `name`.
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// The whole file `name` into `buf` (replacing its contents; a store may reuse its
+    /// capacity).
+    fn read_into(&self, name: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+        *buf = self.read(name)?;
+        Ok(())
+    }
     /// `len` bytes of `name` from `offset`; `UnexpectedEof` when the file is shorter.
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// The length of `name`.
@@ -47,6 +55,7 @@ pub trait Storage: Send + Sync + Debug {
 pub struct LocalDir {
     root: PathBuf,
     tmp_seq: AtomicU64,
+    direct: DirectWriter,
 }
 
 const DIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
@@ -62,6 +71,7 @@ impl LocalDir {
         Ok(LocalDir {
             root,
             tmp_seq: AtomicU64::new(0),
+            direct: DirectWriter::default(),
         })
     }
 
@@ -80,6 +90,7 @@ impl LocalDir {
         Ok(LocalDir {
             root,
             tmp_seq: AtomicU64::new(0),
+            direct: DirectWriter::default(),
         })
     }
 
@@ -109,6 +120,10 @@ impl LocalDir {
             .root
             .join("tmp")
             .join(format!("{}-{}", std::process::id(), n));
+        // Packs go around the page cache (module `direct_io`); small files through it.
+        if self.direct.write(&tmp, data, durable)? {
+            return Ok(tmp);
+        }
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
         if durable {
@@ -125,6 +140,21 @@ fn sync_dir(p: &Path) -> io::Result<()> {
 impl Storage for LocalDir {
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         fs::read(self.path(name)?)
+    }
+
+    fn read_into(&self, name: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+        let mut f = fs::File::open(self.path(name)?)?;
+        let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+        buf.clear();
+        // Reuses the buffer's pages: no fresh memory to fault in per file.
+        buf.resize(len, 0);
+        f.read_exact(buf)?;
+        // A file that grew since its size was taken (nothing in a repository does).
+        let mut probe = [0u8; 1];
+        if f.read(&mut probe)? != 0 {
+            return Err(io::Error::other(format!("{name} changed while read")));
+        }
+        Ok(())
     }
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {

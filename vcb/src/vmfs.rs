@@ -148,12 +148,19 @@ impl DiskSource for VmfsSnapshot {
                 "read past the disk",
             ));
         }
+        // The topmost layer holding each grain; consecutive grains served by the same
+        // layer (all of them, for a disk without redo logs) are read with one call.
+        let layer_of = |g: u64| self.layers.iter().rposition(|l| l.has(g));
         let mut pos = 0;
         while pos < buf.len() {
             let o = offset + pos as u64;
-            let n = ((GRAIN - o % GRAIN) as usize).min(buf.len() - pos);
+            let layer = layer_of(o / GRAIN);
+            let mut n = ((GRAIN - o % GRAIN) as usize).min(buf.len() - pos);
+            while pos + n < buf.len() && layer_of((o + n as u64) / GRAIN) == layer {
+                n = (n + GRAIN as usize).min(buf.len() - pos);
+            }
             let piece = &mut buf[pos..pos + n];
-            match self.layers.iter().rev().find(|l| l.has(o / GRAIN)) {
+            match layer.map(|i| &self.layers[i]) {
                 Some(l) => {
                     let got = l.file.read_at(piece, o).map_err(io::Error::other)?;
                     piece[got..].fill(0);

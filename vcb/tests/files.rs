@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use vinfra_testkit::tool_or_skip;
 use vinfra_vcb::files::{EntryKind, FindQuery, FsKind, GuestFs};
-use vinfra_vcb::{BackupOptions, Error, MemDisk, Repository};
+use vinfra_vcb::{
+    BackupOptions, Encryption, Error, InitOptions, KdfParams, LocalDir, MemDisk, Repository,
+    VerifyLevel,
+};
 
 const MIB: usize = 1 << 20;
 /// Where the first partition starts on the partitioned disks (sector 2048).
@@ -385,4 +388,57 @@ fn a_damaged_chunk_under_a_file_names_the_chunk_not_the_filesystem() {
     let repo = common::open(repo_dir.path());
     let err = GuestFs::open(Arc::new(repo.disk_reader(&s.id, "disk0").unwrap()), None).unwrap_err();
     assert!(matches!(err, Error::ChunkMissing { .. }), "{err}");
+}
+
+/// verify names the guest file a damaged chunk belongs to: a byte flipped inside the
+/// stored data of `big.bin` on an ext4 partition (an unencrypted repository, so that the
+/// test can find the file's bytes in a pack; the noise does not compress, so it is
+/// stored as it is).
+#[test]
+fn verify_names_the_guest_file_a_damaged_chunk_belongs_to() {
+    if !tools_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let o = InitOptions::default()
+        .kdf(KdfParams::INSECURE_FAST)
+        .encryption(Encryption::None);
+    let repo = Repository::init(LocalDir::create(repo_dir.path()).unwrap(), b"pw", &o).unwrap();
+    let files = tree(4);
+    let img = ext4_image(work.path(), &files, 16 * MIB);
+    let mut disk = mbr_disk(&[(0x83, &img)]);
+    let s = repo
+        .backup(&BackupOptions::new("vm", 1), &[("disk0", &disk.snapshot())])
+        .unwrap();
+    let needle = &files["big.bin"][150_000..150_064];
+    let mut flipped = false;
+    for p in common::files(repo_dir.path(), "data") {
+        let path = repo_dir.path().join(&p);
+        let mut b = std::fs::read(&path).unwrap();
+        if let Some(at) = b.windows(needle.len()).position(|w| w == needle) {
+            b[at + 10] ^= 0x40;
+            std::fs::write(&path, b).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "big.bin's bytes not found in any pack");
+    for level in [VerifyLevel::ReadPacks, VerifyLevel::ReadData] {
+        let r = repo.verify(level).unwrap();
+        assert_eq!(r.problems.len(), 1, "{level:?}: {:?}", r.problems);
+        let p = &r.problems[0];
+        assert!(p.error.to_string().contains("hash mismatch"), "{}", p.error);
+        assert_eq!(p.affected.len(), 1);
+        let a = &p.affected[0];
+        assert_eq!(a.snapshot, s.id);
+        assert_eq!(a.disk, "disk0");
+        let names: Vec<_> = a
+            .files
+            .iter()
+            .map(|f| (f.partition, f.path.clone()))
+            .collect();
+        assert_eq!(names, vec![(1, Some("/big.bin".to_string()))], "{level:?}");
+    }
+    // Structure does not read data, so it names no files (and finds nothing here).
+    assert!(repo.verify(VerifyLevel::Structure).unwrap().is_ok());
 }

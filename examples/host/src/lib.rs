@@ -14,6 +14,8 @@
 //! * [`vmfs_disk`]: the adapter between sibling crates that depend on no sibling
 //!   themselves: a vmfs virtual disk behind a vmm-core virtio-blk device, and
 //!   [`MountedHost`], a mounted volume with its heartbeat thread;
+//! * [`backup_disk`]: a disk of a `vinfra-vcb` backup as a VM's block device, writes in
+//!   a local overlay (start a VM straight from a backup);
 //! * [`backup_control`]: the socket through which a backup proxy asks a VM's host to
 //!   freeze a disk and to consolidate it afterwards (`vmfs-vm --backup-control`);
 //! * [`logging`]: the `tracing` subscriber every binary installs (stderr, `RUST_LOG`);
@@ -33,6 +35,7 @@
 
 pub mod api;
 pub mod backup_control;
+pub mod backup_disk;
 pub mod cluster;
 pub mod exit_status;
 pub mod host_stats;

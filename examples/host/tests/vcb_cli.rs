@@ -190,6 +190,15 @@ fn the_backup_tool_backs_up_finds_and_restores_files_and_reports_by_exit_status(
     let problem = &v["problems"][0];
     assert!(problem["error"].as_str().unwrap().contains("chunk"), "{v}");
     assert!(!problem["affected"].as_array().unwrap().is_empty(), "{v}");
+    // The damaged grain is named in guest terms too: the files (or the filesystem's own
+    // structures, `path: null`) in it.
+    let files = problem["affected"][0]["files"].as_array().unwrap();
+    assert!(!files.is_empty(), "{v}");
+    assert!(files.iter().all(|f| f["partition"] == 0), "{v}");
+    // --read-packs finds the same damage from the pack's keyed hash.
+    let (code, v2, err) = cli.run(&["verify", "--read-packs"]);
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(v2["problems"], v["problems"]);
     b[100] ^= 0xff;
     std::fs::write(&pack, &b).unwrap();
 
@@ -286,6 +295,11 @@ fn kill_9_of_a_backup_and_of_a_prune_loses_nothing_committed() {
         "--kdf-passes",
         "1",
         "--no-encryption",
+        // A slower compressor than the default, so that the backup below still runs
+        // when the test, on a loaded machine, sees its first pack and kills it (at the
+        // default fast level a backup could commit in between).
+        "--zstd-level",
+        "5",
     ]);
     // A 96 MiB image of incompressible data: several 16 MiB packs per backup, so a kill
     // lands between packs.
@@ -342,4 +356,84 @@ fn kill_9_of_a_backup_and_of_a_prune_loses_nothing_committed() {
     );
     cli.ok(&["restore", &id2, "--to", r.to_str().unwrap()]);
     assert!(std::fs::read(&r).unwrap() == data);
+}
+
+/// The long-running mode: `schedule --daemon` (its clock started 3 s before a minute
+/// boundary with `--now`, so an every-minute job is due at once) runs the due job, then
+/// sleeps towards the next minute and stops cleanly on SIGTERM: exit 0, its JSON lists
+/// the job, the state file records it, and the backup is in the repository.
+#[test]
+fn schedule_daemon_runs_a_due_job_and_stops_on_sigterm() {
+    let work = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        repo: work.path().join("repo"),
+    };
+    // The compression level is a repository setting: 0 is no zstd level, -5 a fast one.
+    let kdf = ["--kdf-memory-kib", "64", "--kdf-passes", "1"];
+    let (code, _, err) = cli.run(&[&["init", "--zstd-level", "0"][..], &kdf].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("zstd level 0"), "{err}");
+    cli.ok(&[&["init", "--zstd-level", "-5"][..], &kdf].concat());
+    let img = work.path().join("disk.img");
+    std::fs::write(&img, bytes(3, 1 << 20)).unwrap();
+    let sched = work.path().join("schedule.json");
+    let state = work.path().join("state.json");
+    std::fs::write(
+        &sched,
+        serde_json::json!({
+            "state": state,
+            "jobs": [{ "name": "often", "cron": "* * * * *", "vm": "web",
+                       "disks": { "disk0": img } }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // 1700000040 is a minute boundary: the job is due 3 s after the daemon starts.
+    let args = [
+        "schedule",
+        "--config",
+        sched.to_str().unwrap(),
+        "--daemon",
+        "--now",
+        "1700000037",
+    ];
+    let daemon = vinfra_testkit::spawn(&mut cli.cmd(&args));
+    let t = Instant::now();
+    let ran = loop {
+        let s = std::fs::read_to_string(&state).unwrap_or_default();
+        let v: Value = serde_json::from_str(&s).unwrap_or(Value::Null);
+        if let Some(ok) = first_job_ok(&v) {
+            break ok;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "job never ran: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ran, "the job failed");
+    // Asleep now until the next minute: SIGTERM ends it well before.
+    let term = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let done = daemon.wait(Duration::from_secs(20));
+    assert!(!done.timed_out, "the daemon ignored SIGTERM: {done}");
+    assert!(
+        term.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        term.elapsed()
+    );
+    assert_eq!(done.code(), Some(0), "{done}");
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(v["stopped"], true, "{v}");
+    assert_eq!(v["ran"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["ran"][0]["job"], "often", "{v}");
+    assert_eq!(v["ran"][0]["ok"], true, "{v}");
+    assert_eq!(cli.ok(&["list"]).as_array().unwrap().len(), 1);
+}
+
+/// Whether the first job of a saved schedule state (`{"jobs": [{"last": [time, ok]}]}`)
+/// has finished, and how; `None` before it has.
+fn first_job_ok(state: &Value) -> Option<bool> {
+    state["jobs"][0]["last"][1].as_bool()
 }

@@ -11,6 +11,7 @@
 //! Paths are absolute and `/`-separated on every filesystem (`/Windows/win.ini`); FAT and
 //! NTFS compare names without case, as their guests do.
 
+pub(crate) mod damage;
 mod export;
 mod ext4;
 mod fat;
@@ -27,6 +28,7 @@ use crate::reader::DiskReader;
 use crate::source::DiskSource;
 use volume::{Stash, Volume};
 
+pub use damage::AffectedFile;
 pub use export::FileRestoreStats;
 pub use find::FindQuery;
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -93,6 +93,9 @@ enum Cmd {
         /// argon2id passes (default 3).
         #[arg(long, default_value_t = 3)]
         kdf_passes: u32,
+        /// zstd level of the chunks: 1..=19, or -7..=-1 for zstd's fast levels.
+        #[arg(long, default_value_t = vinfra_vcb::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+        zstd_level: i8,
     },
     /// Back up disk images of a VM (incremental from its latest backup).
     Backup {
@@ -191,10 +194,14 @@ enum Cmd {
         #[arg(long)]
         tar: Option<PathBuf>,
     },
-    /// Check the repository; with --read-data re-read and re-hash every chunk.
+    /// Check the repository; with --read-packs re-read every pack and check its keyed
+    /// hash (any damaged byte), with --read-data also decrypt and re-hash every chunk.
+    /// Damage is reported with the backups, disk offsets and guest files it affects.
     Verify {
         #[arg(long)]
         read_data: bool,
+        #[arg(long, conflicts_with = "read_data")]
+        read_packs: bool,
     },
     /// Forget backups by id, or by a retention policy (per VM).
     Forget {
@@ -576,9 +583,12 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
             no_encryption,
             kdf_memory_kib,
             kdf_passes,
+            zstd_level,
         } => {
             let dir = ctx.repo_dir()?;
-            let mut o = InitOptions::default().kdf(KdfParams::new(kdf_memory_kib, kdf_passes, 1));
+            let mut o = InitOptions::default()
+                .kdf(KdfParams::new(kdf_memory_kib, kdf_passes, 1))
+                .zstd_level(zstd_level);
             if no_encryption {
                 o = o.encryption(Encryption::None);
             }
@@ -723,10 +733,15 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
                        "bytes": st.bytes, "skipped": st.skipped }),
             )
         }
-        Cmd::Verify { read_data } => {
+        Cmd::Verify {
+            read_data,
+            read_packs,
+        } => {
             let repo = ctx.open()?;
             let level = if read_data {
                 VerifyLevel::ReadData
+            } else if read_packs {
+                VerifyLevel::ReadPacks
             } else {
                 VerifyLevel::Structure
             };
@@ -741,6 +756,9 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
                         "error": p.error.to_string(),
                         "affected": p.affected.iter().map(|a| json!({
                             "snapshot": a.snapshot.to_hex(), "disk": a.disk, "offset": a.offset,
+                            "files": a.files.iter().map(|f| json!({
+                                "partition": f.partition, "path": f.path,
+                            })).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
                     })
                 })
@@ -833,7 +851,21 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Out {
 /// recorded in the state and reported; the others still run.
 fn run_schedule(ctx: &Ctx, config: &Path, daemon: bool, now: Option<u64>) -> Out {
     let file = schedule::ScheduleFile::load(config).map_err(fail)?;
-    let clock = || now.unwrap_or_else(now_s);
+    // `--now` with `--daemon`: a clock that starts there and runs in real time (for
+    // tests: a job due in seconds rather than at the next real minute).
+    let started = Instant::now();
+    let clock = || match now {
+        Some(t) if daemon => t + started.elapsed().as_secs(),
+        Some(t) => t,
+        None => now_s(),
+    };
+    if daemon {
+        // SIGTERM or SIGINT: the jobs already due finish (a backup killed half-way is
+        // safe, but finishing it keeps its work), no later one starts, the state is
+        // saved, exit 0.
+        vinfra_host::terminal::install_stop_signals()
+            .map_err(|e| fail(format!("signal handlers: {e}")))?;
+    }
     let mut sched = Scheduler::new(
         &file.job_configs(),
         &file.load_state().map_err(fail)?,
@@ -842,6 +874,7 @@ fn run_schedule(ctx: &Ctx, config: &Path, daemon: bool, now: Option<u64>) -> Out
     let repo = ctx.open()?;
     let mut ran = Vec::new();
     let mut failed = 0;
+    let stopping = || daemon && vinfra_host::terminal::stop_requested();
     loop {
         for action in sched.poll(clock()) {
             let Action::Run(name) = action else { continue };
@@ -887,14 +920,21 @@ fn run_schedule(ctx: &Ctx, config: &Path, daemon: bool, now: Option<u64>) -> Out
             }
         }
         file.save_state(sched.state()).map_err(fail)?;
-        if !daemon {
+        if !daemon || stopping() {
             break;
         }
         let wake = sched.next_wakeup().unwrap_or(u64::MAX);
-        let wait = wake.saturating_sub(clock()).clamp(1, 60);
-        std::thread::sleep(Duration::from_secs(wait));
+        let wait = Duration::from_secs(wake.saturating_sub(clock()).clamp(1, 60));
+        // In short naps, so that a stop signal is answered within a tenth of a second.
+        let asleep = Instant::now();
+        while asleep.elapsed() < wait && !stopping() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if stopping() {
+            break;
+        }
     }
-    let v = json!({ "ran": ran });
+    let v = json!({ "ran": ran, "stopped": stopping() });
     if failed > 0 {
         print_out(ctx, &v);
         return Err(fail(format!("{failed} job(s) failed")));
