@@ -1,0 +1,12 @@
+// What every view gets from the shell.
+
+import type { EventLog } from "./live/events";
+import type { LoadedInventory } from "./live/inventory";
+
+export interface ViewContext {
+  inventory: LoadedInventory;
+  events: EventLog;
+  tab: string;
+  /** Read tasks and the inventory again now (after starting an action). */
+  refresh: () => void;
+}

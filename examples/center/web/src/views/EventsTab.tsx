@@ -1,0 +1,48 @@
+// The event log (live through the stream): all of it, or the events about one object.
+
+import { Empty } from "../components/Card";
+import { dash, dateTime, words } from "../format";
+import type { EventLog } from "../live/events";
+
+export function EventsTab({ events, target, targets }: { events: EventLog; target?: string; targets?: string[] }) {
+  const names = targets ?? (target ? [target] : undefined);
+  const shown = names ? events.events.filter((e) => (e.target && names.includes(e.target)) || names.some((n) => e.message.includes(n))) : events.events;
+  return (
+    <div class="events-tab" data-testid="events">
+      <div class="events-head muted">
+        {shown.length} event{shown.length === 1 ? "" : "s"}
+        {events.state === "live" ? " · updating live" : events.state === "polling" ? " · refreshed every few seconds" : ""}
+      </div>
+      {shown.length === 0 ? (
+        <Empty>No events yet.</Empty>
+      ) : (
+        <table class="grid">
+          <thead>
+            <tr>
+              <th style={{ width: "150px" }}>Time</th>
+              <th style={{ width: "80px" }}>Severity</th>
+              <th>Description</th>
+              <th>Type</th>
+              <th>Target</th>
+              <th>User</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shown.slice(0, 200).map((e) => (
+              <tr key={e.id} data-event={e.kind}>
+                <td>{dateTime(e.time)}</td>
+                <td>
+                  <span class={`sev sev-${e.severity}`}>{words(e.severity)}</span>
+                </td>
+                <td>{e.message}</td>
+                <td class="muted">{e.kind}</td>
+                <td>{e.target ?? dash}</td>
+                <td>{e.user ?? dash}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </div>
+  );
+}
