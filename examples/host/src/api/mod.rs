@@ -47,6 +47,7 @@
 
 mod auth;
 mod bridge;
+pub mod client;
 mod console;
 mod error;
 mod events;

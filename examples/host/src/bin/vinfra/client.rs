@@ -1,24 +1,18 @@
-//! The HTTP client of the host API: a blocking ureq agent, the bearer token, and the
-//! API's JSON errors turned into [`CliError::Api`].
+//! The command's errors; the HTTP client itself is the host library's
+//! ([`vinfra_host::api::client`]).
 
-use std::time::Duration;
+use vinfra_host::api::client::ClientError;
+use vinfra_host::api::ErrorDetail;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use vinfra_host::api::{ApiToken, ErrorBody, ErrorDetail};
+pub use vinfra_host::api::client::{api_error, Client};
 
 /// Why a command failed (printed as `vinfra: <message>`).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The host answered with an error.
-    #[error("{}", .detail.message)]
-    Api {
-        /// The HTTP status.
-        status: u16,
-        /// The API's error.
-        detail: ErrorDetail,
-    },
-    /// The host could not be reached or answered something that is not the API.
+    /// The host answered with an error, could not be reached, or its address is wrong.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Something local failed (printing, the console's socket).
     #[error("{0}")]
     Transport(String),
     /// The command line or its files.
@@ -36,134 +30,4 @@ pub enum CliError {
         /// Why.
         detail: ErrorDetail,
     },
-}
-
-/// A client of one host's API.
-pub struct Client {
-    /// `http://HOST:PORT`, without a trailing slash.
-    base: String,
-    token: ApiToken,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    /// A client of the API at `url` (`http://host:port`, or just `host:port`).
-    pub fn new(url: &str, token: ApiToken) -> Result<Self, CliError> {
-        let url = url.trim().trim_end_matches('/');
-        let base = if url.starts_with("http://") {
-            url.to_string()
-        } else if url.contains("://") {
-            return Err(CliError::Usage(format!(
-                "{url}: the host API is plain http:// (TLS is not supported)"
-            )));
-        } else {
-            format!("http://{url}")
-        };
-        let agent = ureq::Agent::config_builder()
-            // 4xx and 5xx carry the API's JSON error: read them, do not fail on them.
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Ok(Self { base, token, agent })
-    }
-
-    /// `HOST:PORT`, for the console's own connection.
-    pub fn authority(&self) -> &str {
-        let rest = self.base.trim_start_matches("http://");
-        rest.split('/').next().unwrap_or(rest)
-    }
-
-    /// The bearer token.
-    pub fn token(&self) -> &ApiToken {
-        &self.token
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.base)
-    }
-
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.token.as_str())
-    }
-
-    /// `GET path`.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let response = self
-            .agent
-            .get(&self.url(path))
-            .header("Authorization", &self.bearer())
-            .call();
-        self.read(path, response)
-    }
-
-    /// `POST path` with a JSON body.
-    pub fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, CliError> {
-        let response = self
-            .agent
-            .post(&self.url(path))
-            .header("Authorization", &self.bearer())
-            .send_json(body);
-        self.read(path, response)
-    }
-
-    /// `DELETE path`.
-    pub fn delete(&self, path: &str) -> Result<(), CliError> {
-        let response = self
-            .agent
-            .delete(&self.url(path))
-            .header("Authorization", &self.bearer())
-            .call();
-        let mut response = response.map_err(|e| self.transport(e))?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        Err(api_error(status, &text))
-    }
-
-    fn transport(&self, e: ureq::Error) -> CliError {
-        CliError::Transport(format!("{}: {e}", self.base))
-    }
-
-    fn read<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, CliError> {
-        let mut response = response.map_err(|e| self.transport(e))?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| self.transport(e))?;
-        if !response.status().is_success() {
-            return Err(api_error(status, &text));
-        }
-        serde_json::from_str(&text).map_err(|e| {
-            CliError::Transport(format!("{}{path}: not an API answer: {e}", self.base))
-        })
-    }
-}
-
-/// The API's error body, or a stand-in when the answer is not one (a proxy's page).
-pub fn api_error(status: u16, text: &str) -> CliError {
-    match serde_json::from_str::<ErrorBody>(text) {
-        Ok(body) => CliError::Api {
-            status,
-            detail: body.error,
-        },
-        Err(_) => CliError::Api {
-            status,
-            detail: ErrorDetail {
-                code: "http".into(),
-                message: format!("HTTP {status}: {}", text.trim()),
-            },
-        },
-    }
 }

@@ -37,7 +37,7 @@ pub fn attach(client: &Client, name: &str) -> Result<(), CliError> {
         Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
             let status = response.status().as_u16();
             let body = response.into_body().unwrap_or_default();
-            return Err(api_error(status, &String::from_utf8_lossy(&body)));
+            return Err(api_error(status, &String::from_utf8_lossy(&body)).into());
         }
         Err(e) => return Err(io(&url, &e)),
     };

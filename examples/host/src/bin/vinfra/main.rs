@@ -257,7 +257,7 @@ fn client(cli: &Cli) -> Result<Client, CliError> {
         CliError::Usage("no cluster key: give --key-file FILE or set VINFRA_KEY_FILE".into())
     })?;
     let token = ApiToken::from_key_file(key_file).map_err(|e| CliError::Usage(e.to_string()))?;
-    Client::new(host, token)
+    Ok(Client::new(host, token)?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {

@@ -1,0 +1,176 @@
+//! A blocking client of one host's API (ureq): the bearer token, and the API's JSON
+//! errors turned into [`ClientError::Api`]. Used by `vinfra` and by the management
+//! server's pollers.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::auth::ApiToken;
+use super::error::{ErrorBody, ErrorDetail};
+
+/// How long one request may take by default (a migration's start answers at once; only a
+/// host that hangs takes this long).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a call of the host API failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The host answered with an error.
+    #[error("{}", .detail.message)]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The API's error.
+        detail: ErrorDetail,
+    },
+    /// The host could not be reached or answered something that is not the API.
+    #[error("{0}")]
+    Transport(String),
+    /// The address given is not one of the host API's.
+    #[error("{0}")]
+    Url(String),
+}
+
+/// A client of one host's API.
+#[derive(Debug)]
+pub struct Client {
+    /// `http://HOST:PORT`, without a trailing slash.
+    base: String,
+    token: ApiToken,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the API at `url` (`http://host:port`, or just `host:port`), with
+    /// [`DEFAULT_TIMEOUT`].
+    pub fn new(url: &str, token: ApiToken) -> Result<Self, ClientError> {
+        Self::with_timeout(url, token, DEFAULT_TIMEOUT)
+    }
+
+    /// As [`Client::new`], each request limited to `timeout`.
+    pub fn with_timeout(
+        url: &str,
+        token: ApiToken,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let url = url.trim().trim_end_matches('/');
+        let base = if url.starts_with("http://") {
+            url.to_string()
+        } else if url.contains("://") {
+            return Err(ClientError::Url(format!(
+                "{url}: the host API is plain http:// (TLS is not supported)"
+            )));
+        } else {
+            format!("http://{url}")
+        };
+        let agent = ureq::Agent::config_builder()
+            // 4xx and 5xx carry the API's JSON error: read them, do not fail on them.
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Ok(Self { base, token, agent })
+    }
+
+    /// `HOST:PORT`, for the console's own connection.
+    pub fn authority(&self) -> &str {
+        let rest = self.base.trim_start_matches("http://");
+        rest.split('/').next().unwrap_or(rest)
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token.as_str())
+    }
+
+    /// `GET path` (below `/api/v1`).
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .get(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .call();
+        self.read(path, response)
+    }
+
+    /// `POST path` (below `/api/v1`) with a JSON body.
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .send_json(body);
+        self.read(path, response)
+    }
+
+    /// `DELETE path` (below `/api/v1`).
+    pub fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let response = self
+            .agent
+            .delete(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .call();
+        let mut response = response.map_err(|e| self.transport(e))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Err(api_error(status, &text))
+    }
+
+    fn transport(&self, e: ureq::Error) -> ClientError {
+        ClientError::Transport(format!("{}: {e}", self.base))
+    }
+
+    fn read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut response = response.map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(api_error(status, &text));
+        }
+        serde_json::from_str(&text).map_err(|e| {
+            ClientError::Transport(format!("{}{path}: not an API answer: {e}", self.base))
+        })
+    }
+}
+
+/// The API's error body, or a stand-in when the answer is not one (a proxy's page).
+pub fn api_error(status: u16, text: &str) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(body) => ClientError::Api {
+            status,
+            detail: body.error,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            detail: ErrorDetail {
+                code: "http".into(),
+                message: format!("HTTP {status}: {}", text.trim()),
+            },
+        },
+    }
+}
