@@ -1,0 +1,227 @@
+//! The web console in a real headless browser (Debian's chromium + chromedriver, over
+//! WebDriver with fantoccini) against a real `vinfra-center` over HTTPS managing a lab of
+//! 3 hosts and 6 test-guest VMs: log in, see the inventory, migrate a VM from its page
+//! and see the task finish and the VM's host change, open its console and see the guest's
+//! `HB <n>` lines. Screenshots go to `target/browser-screenshots/`; the console's first
+//! paint and time to interactive are printed.
+//!
+//! Needs `web/dist` (`cd examples/center/web && npm ci && npm run build`; scripts/test.sh
+//! does it), KVM, root and the guest kit: without them it skips, and fails under CI=true.
+
+#![allow(clippy::unwrap_used)]
+
+mod browser_support;
+
+use std::time::Duration;
+
+use browser_support::datacentre::Datacentre;
+use browser_support::{
+    browser_or_skip, click, js, screenshot, timings, wait_css, wait_js, Driver, Result, WAIT,
+};
+use fantoccini::{Client, Locator};
+use vinfra_testkit::skip;
+
+const HOSTS: u32 = 3;
+const VMS: u32 = 6;
+/// A live migration of a small test guest takes well under a second; the rest is polling.
+const MIGRATION: Duration = Duration::from_secs(90);
+
+fn web_dist_or_skip() -> bool {
+    let index = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist/index.html");
+    if index.exists() {
+        return true;
+    }
+    skip(format_args!(
+        "{} is missing: cd examples/center/web && npm ci && npm run build",
+        index.display()
+    ));
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the center's server is being built (issue 14): runs once its API answers"]
+async fn log_in_migrate_a_vm_and_watch_its_console() {
+    if !web_dist_or_skip() || !browser_or_skip() {
+        return;
+    }
+    let Some(dc) = tokio::task::spawn_blocking(|| Datacentre::up(HOSTS, VMS))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let driver = Driver::start(dc.dir.path());
+    let client = driver.session().await;
+    let outcome = scenario(&client, &dc).await;
+    if outcome.is_err() {
+        let _ = screenshot(&client, "failure").await;
+    }
+    // Close the session before judging, so chromium ends however the scenario went.
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(e) = outcome {
+        panic!(
+            "{e}\n--- center log (last 4000 bytes) ---\n{}",
+            tail(&dc.center_log(), 4000)
+        );
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+async fn scenario(c: &Client, dc: &Datacentre) -> Result {
+    // Log in.
+    c.goto(&dc.url).await.map_err(err("open the console"))?;
+    wait_css(c, "[data-testid=login-form]", WAIT).await?;
+    screenshot(c, "01-login").await?;
+    let form = c
+        .form(Locator::Css("[data-testid=login-form]"))
+        .await
+        .map_err(err("login form"))?;
+    form.set_by_name("user", &dc.user)
+        .await
+        .map_err(err("user field"))?;
+    form.set_by_name("password", &dc.password)
+        .await
+        .map_err(err("password field"))?;
+    click(c, "[data-testid=login-submit]").await?;
+    wait_css(c, "[data-testid=inventory-tree]", WAIT).await?;
+
+    // The inventory: 3 hosts and 6 VMs, all running.
+    let counts = wait_js(
+        c,
+        "3 hosts and 6 running VMs in the tree",
+        &format!(
+            "const hosts = document.querySelectorAll('.tree [data-kind=host]').length;
+             const vms = [...document.querySelectorAll('.tree [data-kind=vm]')];
+             const running = vms.filter(v => v.dataset.power === 'running' && v.dataset.host).length;
+             return hosts === {HOSTS} && vms.length === {VMS} && running === {VMS} ? {{hosts, vms: vms.length}} : null;"
+        ),
+        Duration::from_secs(90),
+    )
+    .await?;
+    println!("inventory: {counts}");
+
+    // First paint and time to interactive: a fresh load of the console, logged in.
+    c.goto(&dc.url).await.map_err(err("reload the console"))?;
+    wait_css(c, ".tree [data-kind=vm]", WAIT).await?;
+    let t = timings(c).await?;
+    println!(
+        "console load (ms since navigation start): first paint {}, first contentful paint {}, \
+         DOM interactive {}, inventory on screen (interactive) {}",
+        t["first_paint_ms"],
+        t["first_contentful_paint_ms"],
+        t["dom_interactive_ms"],
+        t["inventory_ready_ms"]
+    );
+    screenshot(c, "02-inventory").await?;
+
+    // Open a VM.
+    let vm = js(
+        c,
+        "return document.querySelector('.tree [data-kind=vm]').dataset.name;",
+    )
+    .await?;
+    let vm = vm.as_str().ok_or("no VM name in the tree")?.to_string();
+    click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
+    let from = wait_js(
+        c,
+        "the VM's page with its host",
+        &format!("const v = document.querySelector('[data-testid=vm-view][data-vm=\"{vm}\"]'); return v && v.dataset.host ? v.dataset.host : null;"),
+        WAIT,
+    )
+    .await?;
+    let from = from.as_str().unwrap_or_default().to_string();
+    println!("{vm} runs on {from}");
+    screenshot(c, "03-vm-summary").await?;
+
+    // Migrate it from its page to the first other host the dialog offers.
+    click(c, "[data-action=migrate]").await?;
+    wait_css(c, "[data-testid=dialog] input[name=target]:checked", WAIT).await?;
+    let to = js(
+        c,
+        "return document.querySelector('[data-testid=dialog] input[name=target]:checked').value;",
+    )
+    .await?;
+    let to = to
+        .as_str()
+        .ok_or("no destination host offered")?
+        .to_string();
+    if to == from {
+        return Err(format!("the dialog offered the VM's own host {from}"));
+    }
+    screenshot(c, "04-migrate-dialog").await?;
+    click(c, "[data-testid=dialog-submit]").await?;
+    // The dialog closes when the server accepted the task (or shows the error).
+    wait_js(
+        c,
+        "the migrate dialog to close",
+        "const e = document.querySelector('[data-testid=dialog-error]'); if (e) return 'error: ' + e.textContent; return document.querySelector('[data-testid=dialog]') ? null : 'closed';",
+        WAIT,
+    )
+    .await
+    .and_then(|v| if v == "closed" { Ok(()) } else { Err(format!("migrate: {v}")) })?;
+    println!("migrating {vm} from {from} to {to}");
+
+    // The task in Recent tasks ends in success, and the VM's page shows its new host.
+    let task = wait_js(
+        c,
+        "the migration task to finish",
+        &format!(
+            "const rows = [...document.querySelectorAll('[data-testid=recent-tasks] tr[data-task]')]
+               .filter(r => r.dataset.target === '{vm}' && /relocate|migrat/i.test(r.dataset.kind));
+             const done = rows.find(r => r.dataset.state === 'success' || r.dataset.state === 'error');
+             return done ? {{state: done.dataset.state, text: done.textContent}} : null;"
+        ),
+        MIGRATION,
+    )
+    .await?;
+    if task["state"] != "success" {
+        return Err(format!("the migration task failed: {}", task["text"]));
+    }
+    wait_js(
+        c,
+        "the VM's host to change",
+        &format!("const v = document.querySelector('[data-testid=vm-view]'); return v && v.dataset.host === '{to}';"),
+        WAIT,
+    )
+    .await?;
+    wait_js(
+        c,
+        "the tree to show the VM under its new host",
+        &format!("const n = document.querySelector('.tree [data-kind=vm][data-name=\"{vm}\"]'); return n && n.dataset.host === '{to}';"),
+        WAIT,
+    )
+    .await?;
+    screenshot(c, "05-after-migration").await?;
+
+    // Its console shows the guest's heartbeat lines.
+    click(c, "[data-tab=console]").await?;
+    wait_js(
+        c,
+        "the console to connect",
+        "const t = document.querySelector('[data-testid=console]'); return t && t.dataset.state === 'open';",
+        WAIT,
+    )
+    .await?;
+    let line = wait_js(
+        c,
+        "an HB line in the console",
+        "const rows = document.querySelector('.xterm-rows'); const m = rows && rows.textContent.match(/HB \\d+/); return m ? m[0] : null;",
+        WAIT,
+    )
+    .await?;
+    println!("console of {vm}: {line}");
+    screenshot(c, "06-console").await?;
+    Ok(())
+}
