@@ -7,7 +7,7 @@ const watch = process.argv.includes("--watch");
 const options = {
   entryPoints: { app: "src/main.tsx" },
   bundle: true,
-  format: "esm",
+  format: "iife",
   target: "es2022",
   outdir: "dist",
   minify: !watch,

@@ -20,6 +20,11 @@ export interface EventLog {
   generation: number;
 }
 
+/** A guest's console output line, which the hosts report as an event of its own. */
+export function isConsoleLine(e: CenterEvent): boolean {
+  return e.kind === "console" || e.kind === "vm_console";
+}
+
 function merge(old: CenterEvent[], fresh: CenterEvent[]): CenterEvent[] {
   const seen = new Set(old.map((e) => e.id));
   const added = fresh.filter((e) => !seen.has(e.id));
@@ -44,7 +49,8 @@ export function useEventLog(enabled: boolean): EventLog {
       if (fresh.length === 0 || closed) return;
       lastId.current = fresh[fresh.length - 1].id;
       setEvents((old) => merge(old, fresh));
-      setGeneration((g) => g + 1);
+      // Guest console lines (the hosts report each one) change nothing in the inventory.
+      if (fresh.some((e) => !isConsoleLine(e))) setGeneration((g) => g + 1);
     };
     const readPage = async () => {
       const after = lastId.current && /^\d+$/.test(lastId.current) ? `?after=${lastId.current}` : "";

@@ -4,6 +4,7 @@ import { Card, Props } from "../components/Card";
 import { DatacenterIcon } from "../components/Icons";
 import { Tabs } from "../components/Tabs";
 import type { ViewContext } from "../context";
+import { isConsoleLine } from "../live/events";
 import { href } from "../route";
 import { EventsTab } from "./EventsTab";
 import { ObjectHeader } from "./ObjectHeader";
@@ -67,7 +68,7 @@ export function DatacenterView({ name, ctx }: { name: string; ctx: ViewContext }
               )}
             </Card>
             <Card title="Latest events" class="wide">
-              <Props rows={ctx.events.events.slice(0, 6).map((e) => [e.time?.toLocaleTimeString() ?? "", e.message] as [string, string])} />
+              <Props rows={ctx.events.events.filter((e) => !isConsoleLine(e)).slice(0, 8).map((e) => [e.time?.toLocaleTimeString() ?? "", e.message] as [string, string])} />
             </Card>
           </div>
         )}

@@ -1,17 +1,24 @@
 // The event log (live through the stream): all of it, or the events about one object.
 
+import { useState } from "preact/hooks";
 import { Empty } from "../components/Card";
 import { dash, dateTime, words } from "../format";
-import type { EventLog } from "../live/events";
+import { isConsoleLine, type EventLog } from "../live/events";
 
 export function EventsTab({ events, target, targets }: { events: EventLog; target?: string; targets?: string[] }) {
+  const [consoleLines, setConsoleLines] = useState(false);
   const names = targets ?? (target ? [target] : undefined);
-  const shown = names ? events.events.filter((e) => (e.target && names.includes(e.target)) || names.some((n) => e.message.includes(n))) : events.events;
+  const about = names ? events.events.filter((e) => (e.target && names.includes(e.target)) || names.some((n) => e.message.includes(n))) : events.events;
+  const shown = consoleLines ? about : about.filter((e) => !isConsoleLine(e));
   return (
     <div class="events-tab" data-testid="events">
       <div class="events-head muted">
         {shown.length} event{shown.length === 1 ? "" : "s"}
         {events.state === "live" ? " · updating live" : events.state === "polling" ? " · refreshed every few seconds" : ""}
+        <label class="check inline">
+          <input type="checkbox" checked={consoleLines} onChange={(e) => setConsoleLines((e.target as HTMLInputElement).checked)} />
+          Show guest console lines
+        </label>
       </div>
       {shown.length === 0 ? (
         <Empty>No events yet.</Empty>

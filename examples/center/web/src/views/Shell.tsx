@@ -24,6 +24,7 @@ import { VmView } from "./VmView";
 const INVENTORY_POLL_MS = 3000;
 const TASK_POLL_MS = 1500;
 const TASKS_SHOWN = 50;
+const EVENT_REFRESH_MS = 1000;
 
 export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
   const route = useRoute();
@@ -44,9 +45,16 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
     }
   }, [inventory.data]);
 
+  // A burst of events (a host's VMs restarted by HA) reads the inventory once, not once each.
+  const lastEventRead = useRef(0);
   useEffect(() => {
-    inventory.refresh();
-    tasks.refresh();
+    const wait = Math.max(0, lastEventRead.current + EVENT_REFRESH_MS - Date.now());
+    const timer = setTimeout(() => {
+      lastEventRead.current = Date.now();
+      inventory.refresh();
+      tasks.refresh();
+    }, wait);
+    return () => clearTimeout(timer);
   }, [events.generation]);
 
   const refresh = useCallback(() => {
