@@ -79,9 +79,11 @@ function hostState(v: unknown, maintenance: unknown): HostState {
 
 export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
   const o = obj(v);
-  const spec = obj(o.spec ?? o.definition);
-  const stats = obj(o.stats ?? o.last_stats);
-  const rawHost = o.host ?? o.host_name;
+  // The center's record wraps what the hosts report (`info`: spec, state, stats).
+  const info = obj(o.info);
+  const spec = obj(o.spec ?? info.spec ?? o.definition);
+  const stats = obj(o.stats ?? info.stats ?? o.last_stats);
+  const rawHost = o.host ?? o.host_name ?? info.host;
   const host = typeof rawHost === "number" ? (hostNames.get(String(rawHost)) ?? `host ${rawHost}`) : str(rawHost);
   const disks: Disk[] = arr(o.disks ?? spec.disks).map((d, i) => {
     const dd = obj(d);
@@ -91,13 +93,13 @@ export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
     const nn = obj(n);
     return { label: str(nn.label, nn.name) ?? `nic ${i}`, portgroup: str(nn.portgroup, nn.network), mac: str(nn.mac) };
   });
-  const snapshots: Snapshot[] = arr(o.snapshots).map((s) =>
+  const snapshots: Snapshot[] = arr(o.snapshots ?? info.snapshots).map((s) =>
     typeof s === "string" ? { name: s } : { name: str(obj(s).name) ?? "?", time: str(obj(s).time, obj(s).created) },
   );
   const rss = num(stats.rss_bytes);
   return {
     name: str(o.name, spec.name, o.vm) ?? "?",
-    power: powerState(o.power_state ?? o.state),
+    power: powerState(o.power_state ?? o.state ?? info.state),
     host,
     stale: o.stale === true,
     vcpus: num(o.cpu_count, o.vcpus, spec.vcpus),
@@ -159,9 +161,11 @@ export function hostIds(hosts: unknown[]): Map<string, string> {
 
 export function cluster(v: unknown): Cluster {
   const o = obj(v);
-  const drs = obj(o.drs);
-  const ha = obj(o.ha);
-  const admission = ha.admission ?? ha.admission_control;
+  const settings = obj(o.settings);
+  const drs = obj(o.drs ?? settings.drs);
+  const ha = obj(o.ha ?? settings.ha);
+  const rawAdmission = ha.admission ?? ha.admission_control;
+  const admission = typeof rawAdmission === "boolean" ? (rawAdmission ? "turned on" : "turned off") : rawAdmission;
   return {
     name: str(o.name, o.cluster) ?? "?",
     datacenter: str(o.datacenter),
@@ -206,7 +210,7 @@ export function task(v: unknown): Task {
     progress: progress !== undefined && progress > 1 ? progress / 100 : progress,
     message: str(o.message, o.description),
     error: errorText(o.error),
-    started: date(o.started ?? o.start_time ?? o.started_ms ?? o.created),
+    started: date(o.started_ms ?? o.started ?? o.start_time ?? o.created),
     ended: date(o.ended ?? o.end_time ?? o.ended_ms),
   };
 }
@@ -217,7 +221,7 @@ export function event(v: unknown): CenterEvent {
   const kind = str(o.kind, o.event, o.type) ?? "event";
   return {
     id: str(o.id, o.seq) ?? `${kind}-${str(o.time, o.ms) ?? ""}`,
-    time: date(o.time ?? o.ms ?? o.created),
+    time: date(o.time_ms ?? o.time ?? o.ms ?? o.created),
     severity: str(o.severity, o.level) ?? "info",
     kind,
     target: str(o.target, o.vm, data.vm, o.host, data.host),
@@ -256,13 +260,15 @@ export function stats(v: unknown): StatPoint[] {
       const p = obj(s);
       const rss = num(p.rss_bytes);
       return {
-        time: (date(p.time ?? p.ms ?? p.t)?.getTime() ?? 0) / 1000,
+        time: (date(p.time_ms ?? p.time ?? p.ms ?? p.t)?.getTime() ?? 0) / 1000,
         cpuPercent: num(p.cpu_percent, p.cpu),
         memoryMib: num(p.memory_mib, p.memory_used_mib, p.mem_mib) ?? (rss !== undefined ? rss / 1048576 : undefined),
         diskReadBytes: num(p.disk_read_bytes),
         diskWrittenBytes: num(p.disk_written_bytes),
         netRxBytes: num(p.net_rx_bytes),
         netTxBytes: num(p.net_tx_bytes),
+        diskBytes: num(p.disk_bytes),
+        netBytes: num(p.net_bytes),
       };
     })
     .filter((p) => p.time > 0)

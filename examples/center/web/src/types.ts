@@ -114,6 +114,9 @@ export interface StatPoint {
   diskWrittenBytes?: number;
   netRxBytes?: number;
   netTxBytes?: number;
+  /** Disk and network bytes in the period, both directions (the center's roll-ups). */
+  diskBytes?: number;
+  netBytes?: number;
 }
 
 export interface Me {

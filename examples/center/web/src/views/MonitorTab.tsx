@@ -30,10 +30,12 @@ export function MonitorTab({ kind, name }: { kind: "host" | "vm"; name: string }
   const disk = [
     { label: "Read", color: BLUE, values: col((p) => p.diskReadBytes) },
     { label: "Written", color: ORANGE, values: col((p) => p.diskWrittenBytes) },
+    { label: "Read + written", color: BLUE, values: col((p) => p.diskBytes) },
   ].filter((s) => has(s.values));
   const net = [
     { label: "Received", color: BLUE, values: col((p) => p.netRxBytes) },
     { label: "Sent", color: ORANGE, values: col((p) => p.netTxBytes) },
+    { label: "Received + sent", color: BLUE, values: col((p) => p.netBytes) },
   ].filter((s) => has(s.values));
   const cpu = col((p) => p.cpuPercent);
   const memory = col((p) => p.memoryMib);
