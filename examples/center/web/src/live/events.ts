@@ -1,14 +1,19 @@
-// The event log, live: the last events from `GET /api/vinfra/events`, then every new one
-// from the Server-Sent Events stream (`EventSource` sends the session cookie). When the
-// stream is not available the log is read every few seconds instead.
+// The event log, live: the Server-Sent Events stream `GET /api/vinfra/events/stream`
+// (events named `vinfra`, the stored ones first, then each new one; `EventSource` sends
+// the session cookie and resumes with Last-Event-ID). When the stream does not open, the
+// log is read page by page from `GET /api/vinfra/events?after=` every few seconds instead.
 
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { get } from "../api";
 import { event as readEvent, list } from "../normalize";
 import type { CenterEvent } from "../types";
 
+/** Events kept in the browser (newest first). */
 const KEEP = 500;
 const FALLBACK_POLL_MS = 5000;
+/** Arrivals are shown in batches: a backlog of thousands must not render thousands of times. */
+const FLUSH_MS = 250;
+const PAGES_PER_POLL = 20;
 const STREAM = "/api/vinfra/events/stream";
 
 export type StreamState = "connecting" | "live" | "polling" | "offline";
@@ -16,7 +21,7 @@ export type StreamState = "connecting" | "live" | "polling" | "offline";
 export interface EventLog {
   events: CenterEvent[];
   state: StreamState;
-  /** Bumped on every new event: views that show derived state reload on it. */
+  /** Bumped when events other than guest console lines arrive: views reload on it. */
   generation: number;
 }
 
@@ -29,7 +34,6 @@ function merge(old: CenterEvent[], fresh: CenterEvent[]): CenterEvent[] {
   const seen = new Set(old.map((e) => e.id));
   const added = fresh.filter((e) => !seen.has(e.id));
   if (added.length === 0) return old;
-  // Newest first, as the events tab lists them.
   return [...added.reverse(), ...old].slice(0, KEEP);
 }
 
@@ -37,64 +41,80 @@ export function useEventLog(enabled: boolean): EventLog {
   const [events, setEvents] = useState<CenterEvent[]>([]);
   const [state, setState] = useState<StreamState>("connecting");
   const [generation, setGeneration] = useState(0);
-  const lastId = useRef<string | undefined>(undefined);
 
   useEffect(() => {
     if (!enabled) return;
     let closed = false;
     let source: EventSource | undefined;
     let poller: ReturnType<typeof setInterval> | undefined;
+    let pending: CenterEvent[] = [];
+    let lastId = 0;
 
-    const add = (fresh: CenterEvent[]) => {
-      if (fresh.length === 0 || closed) return;
-      lastId.current = fresh[fresh.length - 1].id;
+    const flush = () => {
+      if (pending.length === 0 || closed) return;
+      const fresh = pending.slice(-KEEP);
+      pending = [];
       setEvents((old) => merge(old, fresh));
-      // Guest console lines (the hosts report each one) change nothing in the inventory.
+      // Guest console lines change nothing in the inventory.
       if (fresh.some((e) => !isConsoleLine(e))) setGeneration((g) => g + 1);
     };
-    const readPage = async () => {
-      const after = lastId.current && /^\d+$/.test(lastId.current) ? `?after=${lastId.current}` : "";
-      const page = list(await get(`/api/vinfra/events${after}`), "events").map(readEvent);
-      add(page.slice(-KEEP));
+    const flusher = setInterval(flush, FLUSH_MS);
+    const take = (e: CenterEvent) => {
+      const id = Number(e.id);
+      if (Number.isFinite(id)) lastId = Math.max(lastId, id);
+      pending.push(e);
+    };
+
+    const readPages = async () => {
+      for (let i = 0; i < PAGES_PER_POLL; i += 1) {
+        const page = list(await get(`/api/vinfra/events?after=${lastId}`), "events").map(readEvent);
+        const before = lastId;
+        page.forEach(take);
+        if (page.length === 0 || lastId === before) break;
+      }
+      setState("polling");
     };
     const startPolling = () => {
       if (poller || closed) return;
       setState("polling");
-      poller = setInterval(() => readPage().catch(() => setState("offline")), FALLBACK_POLL_MS);
+      const poll = () => readPages().catch(() => setState("offline"));
+      void poll();
+      poller = setInterval(poll, FALLBACK_POLL_MS);
     };
 
-    readPage()
-      .catch(() => undefined)
-      .finally(() => {
-        if (closed) return;
-        if (typeof EventSource === "undefined") return startPolling();
-        source = new EventSource(STREAM);
-        let opened = false;
-        source.onopen = () => {
-          opened = true;
-          setState("live");
-        };
-        source.onmessage = (m: MessageEvent<string>) => {
-          try {
-            add([readEvent(JSON.parse(m.data))]);
-          } catch {
-            // A keep-alive or a line the console does not know: nothing to show.
-          }
-        };
-        source.onerror = () => {
-          if (!opened) {
-            // The stream route is missing or refused: read the log instead.
-            source?.close();
-            startPolling();
-          } else {
-            setState("connecting"); // EventSource reconnects by itself.
-          }
-        };
-      });
+    if (typeof EventSource === "undefined") {
+      startPolling();
+    } else {
+      source = new EventSource(STREAM);
+      let opened = false;
+      const onEvent = (m: MessageEvent<string>) => {
+        try {
+          take(readEvent(JSON.parse(m.data)));
+        } catch {
+          // A line the console cannot read: nothing to show.
+        }
+      };
+      source.addEventListener("vinfra", onEvent as EventListener);
+      source.onmessage = onEvent;
+      source.onopen = () => {
+        opened = true;
+        setState("live");
+      };
+      source.onerror = () => {
+        if (!opened) {
+          // The stream is missing or refused: read the log instead.
+          source?.close();
+          startPolling();
+        } else {
+          setState("connecting"); // EventSource reconnects by itself.
+        }
+      };
+    }
 
     return () => {
       closed = true;
       source?.close();
+      clearInterval(flusher);
       if (poller) clearInterval(poller);
     };
   }, [enabled]);
