@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use vinfra_testkit::{guest, is_root, kvm_or_skip, run, skip};
 
 /// The center binary of this package.
@@ -87,19 +86,6 @@ impl Datacentre {
             password: "browser-test-password".into(),
         };
         assert!(up.success(), "vinfra-lab up: {up}");
-        let record: Value =
-            serde_json::from_str(&std::fs::read_to_string(lab.join("lab.json")).unwrap()).unwrap();
-        let apis: Vec<String> = record["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                let api = h["api"].as_str().unwrap();
-                api.trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string()
-            })
-            .collect();
 
         let password_file = dc.dir.path().join("admin-password");
         std::fs::write(&password_file, &dc.password).unwrap();
@@ -111,15 +97,13 @@ impl Datacentre {
             .arg(dc.dir.path().join("center"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--key-file")
-            .arg(lab.join("cluster.key"))
+            // The lab's hosts (esx-1…) and its cluster key.
+            .arg("--lab")
+            .arg(&lab)
             .arg("--admin-password-file")
             .arg(&password_file)
             .arg("--web-dir")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist"));
-        for (i, api) in apis.iter().enumerate() {
-            center.arg("--host").arg(format!("esx-{}={api}", i + 1));
-        }
         dc.center = Some(
             center
                 .stdin(Stdio::null())
