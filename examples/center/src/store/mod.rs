@@ -1,0 +1,165 @@
+//! What the rest of the center needs from a database: the [`Store`] trait, and its one
+//! implementation today, [`SqliteStore`] (rusqlite, the bundled SQLite, WAL). A
+//! distributed store can come later behind the same trait.
+//!
+//! Calls are synchronous and short (one statement or one transaction); async callers
+//! run them inline, a few hundred microseconds on a local file.
+
+mod migrations;
+mod sqlite;
+
+pub use migrations::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+
+use crate::model::{
+    Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, StatSample, Task,
+    User, Vm,
+};
+use vinfra_host::api::HostInfo;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A JSON column does not hold what it should.
+    #[error("database column {column}: {source}")]
+    Json {
+        /// The column.
+        column: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A text column holds a value this binary does not know.
+    #[error("database column {column}: unknown value {value:?}")]
+    Value {
+        /// The column.
+        column: &'static str,
+        /// What it holds.
+        value: String,
+    },
+    /// The database was made by a newer center.
+    #[error("database schema version {found} is newer than this binary's {supported}: use a newer vinfra-center")]
+    TooNew {
+        /// The database's version.
+        found: i64,
+        /// This binary's.
+        supported: i64,
+    },
+    /// A row with this key exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// The lock around the connection was poisoned by a panic.
+    #[error("database connection poisoned")]
+    Poisoned,
+}
+
+/// The store's result.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A task's change of state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdate {
+    /// Running, or how it ended.
+    pub state: crate::model::TaskState,
+    /// 0.0 to 1.0.
+    pub progress: f64,
+    /// The last progress message.
+    pub message: String,
+    /// What it produced.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<vinfra_host::api::ErrorDetail>,
+    /// The host task it follows, once started.
+    pub host_task: Option<u64>,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+}
+
+/// What the center keeps (see README.md, "Inventory and store").
+pub trait Store: Send + Sync {
+    /// Every datacentre.
+    fn datacenters(&self) -> Result<Vec<Datacenter>>;
+    /// Every cluster.
+    fn clusters(&self) -> Result<Vec<Cluster>>;
+    /// Replaces a cluster's settings; false if there is no such cluster.
+    fn set_cluster_settings(&self, cluster: &str, settings: &ClusterSettings) -> Result<bool>;
+
+    /// Every host, by name.
+    fn hosts(&self) -> Result<Vec<Host>>;
+    /// One host.
+    fn host(&self, name: &str) -> Result<Option<Host>>;
+    /// Adds a host (not yet seen: `not_responding`); [`StoreError::Exists`] if named so.
+    fn add_host(&self, name: &str, address: &str) -> Result<()>;
+    /// Removes a host; false if there was none.
+    fn delete_host(&self, name: &str) -> Result<bool>;
+    /// Records a poll's answer: state, report, when.
+    fn host_seen(&self, name: &str, state: HostState, report: &HostInfo, now_ms: u64)
+        -> Result<()>;
+    /// Sets a host's state only (a missed poll).
+    fn set_host_state(&self, name: &str, state: HostState) -> Result<()>;
+    /// Copies a host's events into the log and moves its cursor, in one transaction
+    /// (a restart neither loses nor repeats them). Returns the recorded events.
+    fn host_events(&self, host: &str, cursor: u64, events: &[NewEvent]) -> Result<Vec<Event>>;
+
+    /// Every VM, by name.
+    fn vms(&self) -> Result<Vec<Vm>>;
+    /// One VM.
+    fn vm(&self, name: &str) -> Result<Option<Vm>>;
+    /// Replaces the hosts' view of the VMs with the cluster's whole list as one host
+    /// reported it when asked at `asked_ms` (each VM's `seen_ms`): rows for VMs not in it
+    /// are removed, center-only columns of the others kept. A row written after
+    /// `asked_ms` (a create, a task's read-back) is newer than the list and left alone.
+    fn sync_vms(&self, vms: &[Vm], asked_ms: u64) -> Result<()>;
+    /// Adds or replaces one VM's hosts' view (after a create), unless the row is newer.
+    fn put_vm(&self, vm: &Vm) -> Result<()>;
+    /// Removes a VM; false if there was none.
+    fn delete_vm(&self, name: &str) -> Result<bool>;
+
+    /// Adds a user; [`StoreError::Exists`] if named so.
+    fn add_user(&self, user: &User) -> Result<()>;
+    /// One user.
+    fn user(&self, name: &str) -> Result<Option<User>>;
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<User>>;
+    /// Changes a user's role; false if there is no such user.
+    fn set_role(&self, name: &str, role: Role) -> Result<bool>;
+
+    /// Records a session (the SHA-256 of its token, hex).
+    fn add_session(&self, token_hash: &str, user: &str, expires_ms: u64) -> Result<()>;
+    /// A session's user and expiry.
+    fn session(&self, token_hash: &str) -> Result<Option<(String, u64)>>;
+    /// Ends a session.
+    fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// Removes the sessions expired at `now_ms`; how many.
+    fn expire_sessions(&self, now_ms: u64) -> Result<usize>;
+
+    /// Records a new task (its `id` is ignored); returns it with its id.
+    fn add_task(&self, task: &Task) -> Result<Task>;
+    /// Updates a running task.
+    fn update_task(&self, id: u64, update: &TaskUpdate) -> Result<()>;
+    /// One task.
+    fn task(&self, id: u64) -> Result<Option<Task>>;
+    /// The latest `limit` tasks, newest first.
+    fn tasks(&self, limit: usize) -> Result<Vec<Task>>;
+
+    /// Appends an event; returns it with its id.
+    fn add_event(&self, event: &NewEvent) -> Result<Event>;
+    /// Up to `limit` events after id `after`, oldest first.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// Adds level-0 samples (a sample already there for the same entity and period is
+    /// replaced).
+    fn add_samples(&self, samples: &[StatSample]) -> Result<()>;
+    /// Rolls up every period closed at `now_ms` into the next level and deletes what is
+    /// past its level's retention, in one transaction.
+    fn roll_up(&self, now_ms: u64) -> Result<()>;
+    /// An entity's samples of `level` from `since_ms` on, oldest first.
+    fn samples(&self, entity: &str, level: u8, since_ms: u64) -> Result<Vec<StatSample>>;
+}
+
+#[cfg(test)]
+mod tests;
