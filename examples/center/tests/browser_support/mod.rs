@@ -142,11 +142,25 @@ impl Driver {
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        ClientBuilder::new(connector)
+        let client = ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&self.url)
             .await
-            .unwrap_or_else(|e| panic!("no chromium session from chromedriver: {e}"))
+            .unwrap_or_else(|e| panic!("no chromium session from chromedriver: {e}"));
+        // --window-size is the window's; make the page itself 1280x800.
+        if let Ok(Value::Array(frame)) = client
+            .execute(
+                "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];",
+                vec![],
+            )
+            .await
+        {
+            let extra = |i: usize| frame.get(i).and_then(Value::as_u64).unwrap_or(0);
+            let width = u32::try_from(1280 + extra(0)).unwrap_or(1280);
+            let height = u32::try_from(800 + extra(1)).unwrap_or(800);
+            let _ = client.set_window_size(width, height).await;
+        }
+        client
     }
 }
 
