@@ -216,5 +216,35 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     .await?;
     println!("console of {vm}: {line}");
     screenshot(c, "06-console").await?;
+
+    // The other views render with the live data: the host it moved to, the cluster, the
+    // VM's charts and the event log.
+    click(c, &format!(".tree [data-kind=host][data-name='{to}']")).await?;
+    wait_js(
+        c,
+        "the host's page listing the VM",
+        &format!("const v = document.querySelector('[data-testid=host-view][data-host=\"{to}\"]'); return v && v.textContent.includes('{vm}');"),
+        WAIT,
+    )
+    .await?;
+    screenshot(c, "07-host-summary").await?;
+    click(c, ".tree [data-kind=cluster]").await?;
+    wait_css(c, "[data-testid=cluster-view]", WAIT).await?;
+    screenshot(c, "08-cluster-summary").await?;
+    click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
+    click(c, "[data-tab=monitor]").await?;
+    wait_css(c, "[data-testid=monitor]", WAIT).await?;
+    // Charts need samples (20 s each): wait a little for one, then show what there is.
+    let _ = wait_js(
+        c,
+        "a chart",
+        "return document.querySelector('.chart') !== null;",
+        Duration::from_secs(25),
+    )
+    .await;
+    screenshot(c, "09-vm-monitor").await?;
+    click(c, "[data-tab=events]").await?;
+    wait_css(c, "[data-testid=events] tr[data-event]", WAIT).await?;
+    screenshot(c, "10-vm-events").await?;
     Ok(())
 }

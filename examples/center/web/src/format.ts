@@ -39,7 +39,7 @@ export function duration(ms: number | undefined): string {
 
 export function time(d: Date | undefined): string {
   if (!d) return dash;
-  return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 }
 
 export function dateTime(d: Date | undefined): string {
@@ -50,4 +50,26 @@ export function dateTime(d: Date | undefined): string {
 export function words(s: string): string {
   const w = s.replace(/[_-]+/g, " ").trim();
   return w.charAt(0).toUpperCase() + w.slice(1);
+}
+
+/** Task kinds as vSphere names them ("vm.relocate" → "Migrate virtual machine"). */
+const TASK_LABELS: Record<string, string> = {
+  "vm.start": "Power on virtual machine",
+  "vm.stop": "Power off virtual machine",
+  "vm.reset": "Reset virtual machine",
+  "vm.shutdown": "Shut down guest",
+  "vm.relocate": "Migrate virtual machine",
+  "vm.snapshot": "Take snapshot",
+  "vm.revert": "Revert to snapshot",
+  "vm.clone": "Clone virtual machine",
+  "vm.backup": "Back up virtual machine",
+  "vm.restore": "Restore virtual machine",
+  "vm.create": "Create virtual machine",
+  "vm.delete": "Delete virtual machine",
+  "host.enter_maintenance": "Enter maintenance mode",
+  "host.exit_maintenance": "Exit maintenance mode",
+};
+
+export function taskLabel(kind: string): string {
+  return TASK_LABELS[kind] ?? words(kind.replace(/\./g, " "));
 }

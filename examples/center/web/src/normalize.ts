@@ -36,13 +36,16 @@ export function list(v: unknown, ...keys: string[]): unknown[] {
   return [];
 }
 
+/** Times before this are not wall-clock times (a host's ms since its start): unknown. */
+const PLAUSIBLE_MS = Date.UTC(2001, 0, 1);
+
+/** A wall-clock time: ms since the epoch (the center's `*_ms`) or an ISO string. */
 function date(v: unknown): Date | undefined {
-  if (typeof v === "number") return new Date(v < 1e11 ? v * 1000 : v);
-  if (typeof v === "string" && v) {
-    const d = new Date(v);
-    return Number.isNaN(d.getTime()) ? undefined : d;
-  }
-  return undefined;
+  let d: Date | undefined;
+  if (typeof v === "number") d = new Date(v);
+  else if (typeof v === "string" && v) d = new Date(v);
+  if (!d || Number.isNaN(d.getTime()) || d.getTime() < PLAUSIBLE_MS) return undefined;
+  return d;
 }
 
 export function powerState(v: unknown): PowerState {

@@ -30,7 +30,7 @@ export function Chart({ title, unit, times, series, format }: { title: string; u
         { stroke: "#5b6b7c", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dde3ea" } },
         { stroke: "#5b6b7c", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dde3ea" }, size: 64, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v))) },
       ],
-      series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.6, fill: `${s.color}1a`, points: { show: false }, value: (_u: uPlot, v: number | null) => (v === null ? "—" : fmt(v)) }))],
+      series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.6, fill: `${s.color}1a`, value: (_u: uPlot, v: number | null) => (v === null ? "—" : fmt(v)) }))],
     };
     const u = new uPlot(opts, [times, ...series.map((s) => s.values)] as uPlot.AlignedData, el);
     plot.current = u;

@@ -2,7 +2,7 @@
 // and times; it can be folded away.
 
 import { useState } from "preact/hooks";
-import { dash, time, words } from "../format";
+import { dash, taskLabel, time } from "../format";
 import type { Task } from "../types";
 
 const STATE_LABEL: Record<Task["state"], string> = {
@@ -47,7 +47,7 @@ export function TaskPanel({ tasks, error }: { tasks: Task[]; error?: string }) {
               )}
               {tasks.map((t) => (
                 <tr key={t.id} data-task={t.id} data-state={t.state} data-kind={t.kind} data-target={t.target}>
-                  <td>{words(t.kind)}</td>
+                  <td>{taskLabel(t.kind)}</td>
                   <td>{t.target || dash}</td>
                   <td>
                     <TaskStatus task={t} />

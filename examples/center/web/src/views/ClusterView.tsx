@@ -58,7 +58,7 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
               <Meter label="CPU" used={cpuUsed} total={cpus || undefined} usedText={cpus ? percent((cpuUsed / cpus) * 100) : dash} totalText={cpus ? `${cpus} CPUs` : undefined} />
               <Meter label="Memory" used={memoryUsed} total={memory || undefined} usedText={mib(memoryUsed)} totalText={memory ? mib(memory) : undefined} />
             </Card>
-            <Card title="vSphere DRS">
+            <Card title="DRS">
               {detail.error && !cluster && <ErrorNote message={detail.error} />}
               <Props
                 rows={[
@@ -67,10 +67,9 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
                 ]}
               />
             </Card>
-            <Card title="vSphere HA">
+            <Card title="HA">
               <Props
                 rows={[
-                  ["HA", cluster?.haEnabled === undefined ? dash : cluster.haEnabled ? "Turned on" : "Turned off"],
                   ["Admission control", cluster?.haAdmission ? words(cluster.haAdmission) : dash],
                   ["Host failures tolerated", cluster?.haFailuresTolerated ?? dash],
                 ]}

@@ -26,7 +26,7 @@ export function ConsoleTab({ vm }: { vm: Vm }) {
       cursorBlink: true,
       fontFamily: "ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace",
       fontSize: 13,
-      rows: 30,
+      rows: 22,
       scrollback: 5000,
       theme: { background: "#0f1720", foreground: "#d7e0ea", cursor: "#7fb8ff" },
     });

@@ -5,6 +5,7 @@ import { DatacenterIcon } from "../components/Icons";
 import { Tabs } from "../components/Tabs";
 import type { ViewContext } from "../context";
 import { isConsoleLine } from "../live/events";
+import { time } from "../format";
 import { href } from "../route";
 import { EventsTab } from "./EventsTab";
 import { ObjectHeader } from "./ObjectHeader";
@@ -68,7 +69,7 @@ export function DatacenterView({ name, ctx }: { name: string; ctx: ViewContext }
               )}
             </Card>
             <Card title="Latest events" class="wide">
-              <Props rows={ctx.events.events.filter((e) => !isConsoleLine(e)).slice(0, 8).map((e) => [e.time?.toLocaleTimeString() ?? "", e.message] as [string, string])} />
+              <Props rows={ctx.events.events.filter((e) => !isConsoleLine(e)).slice(0, 8).map((e) => [time(e.time), e.message] as [string, string])} />
             </Card>
           </div>
         )}

@@ -47,7 +47,7 @@ export function HostSummary({ host, vms }: { host: Host; vms: Vm[] }) {
           </div>
         </div>
       </Card>
-      <Card title="vSphere HA view from this host">
+      <Card title="HA: how this host sees the cluster">
         {host.ha.length === 0 ? (
           <Empty>No HA verdicts reported.</Empty>
         ) : (

@@ -54,7 +54,12 @@ export function MonitorTab({ kind, name }: { kind: "host" | "vm"; name: string }
       </div>
       <ErrorNote message={data.error && `Statistics cannot be read: ${data.error}`} />
       {!data.error && !data.loading && points.length === 0 && <Empty>No samples yet in this window: the first come after a poll interval.</Empty>}
-      {points.length > 0 && (
+      {points.length === 1 && (
+        <Empty>
+          One sample so far (CPU {points[0].cpuPercent?.toFixed(1) ?? "—"} %, memory {points[0].memoryMib?.toFixed(0) ?? "—"} MiB): the chart starts with the next one (every 20 s).
+        </Empty>
+      )}
+      {points.length > 1 && (
         <div class="chart-grid">
           {has(cpu) && <Chart title="CPU" unit="%" times={times} series={[{ label: "CPU", color: BLUE, values: cpu }]} format={(v) => `${v.toFixed(0)} %`} />}
           {has(memory) && <Chart title="Memory" unit="MiB" times={times} series={[{ label: "Memory", color: GREEN, values: memory }]} format={(v) => `${v.toFixed(0)}`} />}
