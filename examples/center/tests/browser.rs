@@ -234,12 +234,12 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
     click(c, "[data-tab=monitor]").await?;
     wait_css(c, "[data-testid=monitor]", WAIT).await?;
-    // Charts need samples (20 s each): wait a little for one, then show what there is.
+    // Charts need two samples (20 s apart): wait for them, then show what there is.
     let _ = wait_js(
         c,
         "a chart",
         "return document.querySelector('.chart') !== null;",
-        Duration::from_secs(25),
+        Duration::from_secs(45),
     )
     .await;
     screenshot(c, "09-vm-monitor").await?;

@@ -11,7 +11,7 @@ export interface Series {
 
 const HEIGHT = 200;
 
-export function Chart({ title, unit, times, series, format }: { title: string; unit: string; times: number[]; series: Series[]; format?: (v: number) => string }) {
+export function Chart({ title, unit, times, series, format, floor = 1 }: { title: string; unit: string; times: number[]; series: Series[]; format?: (v: number) => string; floor?: number }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const shape = series.map((s) => s.label).join("|");
@@ -25,7 +25,7 @@ export function Chart({ title, unit, times, series, format }: { title: string; u
       height: HEIGHT,
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
+      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(max * 1.1, floor)] } },
       axes: [
         { stroke: "#5b6b7c", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dde3ea" } },
         { stroke: "#5b6b7c", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dde3ea" }, size: 64, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v))) },

@@ -61,10 +61,10 @@ export function MonitorTab({ kind, name }: { kind: "host" | "vm"; name: string }
       )}
       {points.length > 1 && (
         <div class="chart-grid">
-          {has(cpu) && <Chart title="CPU" unit="%" times={times} series={[{ label: "CPU", color: BLUE, values: cpu }]} format={(v) => `${v.toFixed(0)} %`} />}
+          {has(cpu) && <Chart title="CPU" unit="%" times={times} series={[{ label: "CPU", color: BLUE, values: cpu }]} format={(v) => `${v.toFixed(v < 10 ? 1 : 0)} %`} />}
           {has(memory) && <Chart title="Memory" unit="MiB" times={times} series={[{ label: "Memory", color: GREEN, values: memory }]} format={(v) => `${v.toFixed(0)}`} />}
-          {disk.length > 0 && <Chart title="Disk" unit="bytes" times={times} series={disk} format={bytes} />}
-          {net.length > 0 && <Chart title="Network" unit="bytes" times={times} series={net} format={bytes} />}
+          {disk.length > 0 && <Chart title="Disk" unit="bytes" times={times} series={disk} format={bytes} floor={4096} />}
+          {net.length > 0 && <Chart title="Network" unit="bytes" times={times} series={net} format={bytes} floor={4096} />}
         </div>
       )}
     </div>
