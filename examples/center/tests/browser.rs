@@ -76,13 +76,23 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     c.goto(&dc.url).await.map_err(err("open the console"))?;
     wait_css(c, "[data-testid=login-form]", WAIT).await?;
     screenshot(c, "01-login").await?;
-    // Typed as keys: the page's inputs keep their state from input events.
+    // Typed as keys: the page's inputs keep their state from input events. A wrong
+    // password first: the server's refusal shows as a readable message.
     let user = wait_css(c, "input[name=user]", WAIT).await?;
     user.clear().await.map_err(err("clear the user field"))?;
     user.send_keys(&dc.user)
         .await
         .map_err(err("type the user"))?;
     let password = wait_css(c, "input[name=password]", WAIT).await?;
+    password
+        .send_keys("not-the-password")
+        .await
+        .map_err(err("type a wrong password"))?;
+    click(c, "[data-testid=login-submit]").await?;
+    let refused = wait_css(c, "[data-testid=login-error]", WAIT).await?;
+    let refused = refused.text().await.map_err(err("login error"))?;
+    println!("wrong password: {refused}");
+    password.clear().await.map_err(err("clear the password"))?;
     password
         .send_keys(&dc.password)
         .await
@@ -246,5 +256,34 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     click(c, "[data-tab=events]").await?;
     wait_css(c, "[data-testid=events] tr[data-event]", WAIT).await?;
     screenshot(c, "10-vm-events").await?;
+
+    // An action the server refuses: the dialog stays open with the server's message.
+    click(c, "[data-action=clone]").await?;
+    let name = wait_css(c, "[data-testid=dialog] input", WAIT).await?;
+    name.clear().await.map_err(err("clear the clone's name"))?;
+    let taken = if vm == "vm-2" { "vm-3" } else { "vm-2" };
+    name.send_keys(taken)
+        .await
+        .map_err(err("type the clone's name"))?;
+    click(c, "[data-testid=dialog-submit]").await?;
+    let refusal = wait_js(
+        c,
+        "the clone's refusal in the dialog",
+        "const e = document.querySelector('[data-testid=dialog-error]'); if (e) return e.textContent; return document.querySelector('[data-testid=dialog]') ? null : 'CLOSED';",
+        WAIT,
+    )
+    .await?;
+    if refusal == "CLOSED" {
+        return Err(format!("a clone named {taken} (taken) was accepted"));
+    }
+    println!("clone as {taken}: {refusal}");
+    screenshot(c, "11-dialog-error").await?;
+    click(c, "[data-testid=dialog] button.button:not(.primary)").await?;
+
+    // Log out: back to the login page, and the session is gone.
+    click(c, "[data-testid=logout]").await?;
+    wait_css(c, "[data-testid=login-form]", WAIT).await?;
+    c.goto(&dc.url).await.map_err(err("reload after logout"))?;
+    wait_css(c, "[data-testid=login-form]", WAIT).await?;
     Ok(())
 }
