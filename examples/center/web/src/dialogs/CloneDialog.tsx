@@ -5,7 +5,7 @@ import { cloneVm } from "../actions";
 import { Dialog, Field } from "../components/Dialog";
 import { notify } from "../components/Toasts";
 
-export function CloneDialog({ vm, onClose, onStarted }: { vm: string; onClose: () => void; onStarted: () => void }) {
+export function CloneDialog({ vm, running, onClose, onStarted }: { vm: string; running: boolean; onClose: () => void; onStarted: () => void }) {
   const [name, setName] = useState(`${vm}-clone`);
   const [full, setFull] = useState(false);
   return (
@@ -27,6 +27,7 @@ export function CloneDialog({ vm, onClose, onStarted }: { vm: string; onClose: (
         <input type="checkbox" checked={full} onChange={(e) => setFull((e.target as HTMLInputElement).checked)} />
         Full clone (copy the disks instead of linking to them)
       </label>
+      {running && <div class="info-note">The hosts clone a VM that is shut off: shut {vm} down first.</div>}
     </Dialog>
   );
 }

@@ -139,7 +139,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       {open?.kind === "power" && <PowerDialog vm={vm.name} action={open.action} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "migrate" && <MigrateDialog vm={vm} hosts={ctx.inventory.hosts} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "snapshot" && <SnapshotDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
-      {open?.kind === "clone" && <CloneDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
+      {open?.kind === "clone" && <CloneDialog vm={vm.name} running={on} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "backup" && <BackupDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
     </div>
   );
