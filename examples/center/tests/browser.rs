@@ -241,6 +241,27 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     click(c, ".tree [data-kind=cluster]").await?;
     wait_css(c, "[data-testid=cluster-view]", WAIT).await?;
     screenshot(c, "08-cluster-summary").await?;
+    // The administrator changes the DRS threshold: saved, and the summary shows it.
+    click(c, "[data-action=cluster-settings]").await?;
+    wait_css(c, "[data-testid=dialog] input[type=range]", WAIT).await?;
+    js(
+        c,
+        "const r = document.querySelector('[data-testid=dialog] input[type=range]');
+         r.value = '4'; r.dispatchEvent(new Event('input', {bubbles: true})); return true;",
+    )
+    .await?;
+    screenshot(c, "12-cluster-settings").await?;
+    click(c, "[data-testid=dialog-submit]").await?;
+    wait_js(
+        c,
+        "the new DRS threshold on the cluster's page",
+        "const e = document.querySelector('[data-testid=dialog-error]'); if (e) return 'error: ' + e.textContent;
+         const d = document.querySelector('[data-prop=\"Migration threshold\"]');
+         return !document.querySelector('[data-testid=dialog]') && d && d.textContent.trim() === '4' ? 'saved' : null;",
+        WAIT,
+    )
+    .await
+    .and_then(|v| if v == "saved" { Ok(()) } else { Err(format!("cluster settings: {v}")) })?;
     click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
     click(c, "[data-tab=monitor]").await?;
     wait_css(c, "[data-testid=monitor]", WAIT).await?;

@@ -177,6 +177,7 @@ export function cluster(v: unknown): Cluster {
     haEnabled: bool(ha.enabled),
     haFailuresTolerated: num(ha.failures_tolerated, ha.host_failures, obj(admission).failures_tolerated),
     haAdmission: str(admission, obj(admission).policy),
+    haAdmissionControl: bool(rawAdmission),
     raw: o,
   };
 }

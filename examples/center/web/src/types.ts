@@ -74,6 +74,7 @@ export interface Cluster {
   haEnabled?: boolean;
   haFailuresTolerated?: number;
   haAdmission?: string;
+  haAdmissionControl?: boolean;
   raw: Record<string, unknown>;
 }
 

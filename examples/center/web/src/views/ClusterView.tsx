@@ -1,6 +1,7 @@
 // A cluster: its resources in total, DRS and HA settings, the place for DRS
 // recommendations, its hosts and VMs; Summary and Events tabs.
 
+import { useState } from "preact/hooks";
 import { enc, get } from "../api";
 import { Card, Empty, ErrorNote, Props } from "../components/Card";
 import { ClusterIcon, HostBadge, HostIcon, PowerBadge, VmIcon } from "../components/Icons";
@@ -11,6 +12,7 @@ import { dash, mib, percent, words } from "../format";
 import { usePoll } from "../live/poll";
 import { cluster as readCluster } from "../normalize";
 import { href } from "../route";
+import { ClusterSettingsDialog } from "../dialogs/ClusterSettingsDialog";
 import { DrsRecommendations } from "./DrsRecommendations";
 import { EventsTab } from "./EventsTab";
 import { HOST_STATE_LABEL } from "./HostView";
@@ -30,6 +32,7 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
   const memoryUsed = hosts.reduce((s, h) => s + (h.memoryUsedMib ?? 0), 0);
   const sel = { kind: "cluster", name } as const;
   const tab = ["summary", "events"].includes(ctx.tab) ? ctx.tab : "summary";
+  const [editing, setEditing] = useState(false);
 
   return (
     <div class="object-view" data-testid="cluster-view">
@@ -41,6 +44,11 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
           <span class="muted">
             {hosts.length} hosts · {running} of {vms.length} VMs running
           </span>
+        }
+        actions={
+          <button class="button" onClick={() => setEditing(true)} disabled={!cluster} data-action="cluster-settings">
+            Edit settings
+          </button>
         }
       />
       <Tabs
@@ -151,6 +159,17 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
           </div>
         )}
       </div>
+      {editing && cluster && (
+        <ClusterSettingsDialog
+          cluster={cluster}
+          hostCount={hosts.length}
+          onClose={() => setEditing(false)}
+          onSaved={() => {
+            detail.refresh();
+            ctx.refresh();
+          }}
+        />
+      )}
     </div>
   );
 }
