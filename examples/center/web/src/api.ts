@@ -25,10 +25,6 @@ export function setUnauthorizedHandler(handler: () => void): void {
   onUnauthorized = handler;
 }
 
-export function sessionToken(): string | null {
-  return token;
-}
-
 function setToken(value: string | null): void {
   token = value;
   if (value === null) sessionStorage.removeItem(TOKEN_KEY);

@@ -7,6 +7,9 @@ export interface ViewContext {
   inventory: LoadedInventory;
   events: EventLog;
   tab: string;
+  /** The user's role allows operations (power, migrate…) / settings. */
+  canOperate: boolean;
+  isAdmin: boolean;
   /** Read tasks and the inventory again now (after starting an action). */
   refresh: () => void;
 }

@@ -96,7 +96,8 @@ export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
     const nn = obj(n);
     return { label: str(nn.label, nn.name) ?? `nic ${i}`, portgroup: str(nn.portgroup, nn.network), mac: str(nn.mac) };
   });
-  const snapshots: Snapshot[] = arr(o.snapshots ?? info.snapshots).map((s) =>
+  const rawSnapshots = o.snapshots ?? info.snapshots;
+  const snapshots: Snapshot[] | undefined = rawSnapshots === undefined ? undefined : arr(rawSnapshots).map((s) =>
     typeof s === "string" ? { name: s } : { name: str(obj(s).name) ?? "?", time: str(obj(s).time, obj(s).created) },
   );
   const rss = num(stats.rss_bytes);

@@ -38,7 +38,8 @@ export interface Vm {
   memoryUsedMib?: number;
   disks: Disk[];
   nics: Nic[];
-  snapshots: Snapshot[];
+  /** Absent when the center does not report them. */
+  snapshots?: Snapshot[];
   haPriority?: string;
   pool?: string;
 }

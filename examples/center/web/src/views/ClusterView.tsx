@@ -38,6 +38,7 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
     <div class="object-view" data-testid="cluster-view">
       <ObjectHeader
         kind="Cluster"
+        locked={ctx.isAdmin ? undefined : "Only administrators change cluster settings"}
         title={name}
         icon={<span class="node-icon big"><ClusterIcon /></span>}
         status={

@@ -46,6 +46,7 @@ export function HostView({ name, ctx }: { name: string; ctx: ViewContext }) {
     <div class="object-view" data-testid="host-view" data-host={host.name} data-state={host.state}>
       <ObjectHeader
         kind="Host"
+        locked={ctx.canOperate ? undefined : "Your role (read-only) cannot change hosts"}
         title={host.name}
         icon={
           <span class="node-icon big">

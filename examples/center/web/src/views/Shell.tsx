@@ -67,7 +67,16 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
   if (!inv) {
     main = inventory.error ? <ErrorNote message={inventory.error} /> : <p class="muted pad">Loading the inventory…</p>;
   } else {
-    const ctx: ViewContext = { inventory: inv, events, tab: route.tab, refresh };
+    // Without a known role the buttons stay on: the server decides and says why.
+    const role = me?.role;
+    const ctx: ViewContext = {
+      inventory: inv,
+      events,
+      tab: route.tab,
+      refresh,
+      canOperate: role !== "read_only",
+      isAdmin: role === undefined || role === "administrator",
+    };
     const s = route.selection;
     const dc = inv.datacenters[0]?.name ?? "datacenter";
     main =

@@ -7,7 +7,8 @@ import { href } from "../route";
 import type { Vm } from "../types";
 import { POWER_LABEL } from "./VmView";
 
-export function VmSummary({ vm }: { vm: Vm }) {
+/** `onRevert` is absent when the user's role may not act. */
+export function VmSummary({ vm, onRevert }: { vm: Vm; onRevert?: () => void }) {
   // The hosts measure CPU in percent of one core; a VM can use up to 100 % per vCPU.
   const cpuMax = (vm.vcpus ?? 1) * 100;
   return (
@@ -80,8 +81,17 @@ export function VmSummary({ vm }: { vm: Vm }) {
           </table>
         )}
       </Card>
-      <Card title="Snapshots">
-        {vm.snapshots.length === 0 ? (
+      <Card
+        title="Snapshots"
+        actions={
+          <button class="button small" onClick={onRevert} disabled={!onRevert || vm.power !== "shut_off"} title={vm.power !== "shut_off" ? "Shut the VM off to revert it" : undefined} data-action="revert">
+            Revert to latest
+          </button>
+        }
+      >
+        {vm.snapshots === undefined ? (
+          <Empty>Take a snapshot from the toolbar; this center does not list them yet.</Empty>
+        ) : vm.snapshots.length === 0 ? (
           <Empty>No snapshots.</Empty>
         ) : (
           <ul class="plain-list">

@@ -13,6 +13,7 @@ import { BackupDialog } from "../dialogs/BackupDialog";
 import { CloneDialog } from "../dialogs/CloneDialog";
 import { MigrateDialog } from "../dialogs/MigrateDialog";
 import { PowerDialog } from "../dialogs/PowerDialog";
+import { RevertDialog } from "../dialogs/RevertDialog";
 import { SnapshotDialog } from "../dialogs/SnapshotDialog";
 import { usePoll } from "../live/poll";
 import { vm as readVm } from "../normalize";
@@ -24,7 +25,7 @@ import { MonitorTab } from "./MonitorTab";
 import { ObjectHeader } from "./ObjectHeader";
 import { VmSummary } from "./VmSummary";
 
-type Open = { kind: "power"; action: PowerAction } | { kind: "migrate" } | { kind: "snapshot" } | { kind: "clone" } | { kind: "backup" } | null;
+type Open = { kind: "power"; action: PowerAction } | { kind: "migrate" } | { kind: "snapshot" } | { kind: "revert" } | { kind: "clone" } | { kind: "backup" } | null;
 
 export const POWER_LABEL: Record<Vm["power"], string> = {
   running: "Powered on",
@@ -64,6 +65,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
     <div class="object-view" data-testid="vm-view" data-vm={vm.name} data-power={vm.power} data-host={vm.host ?? ""}>
       <ObjectHeader
         kind="Virtual machine"
+        locked={ctx.canOperate ? undefined : "Your role (read-only) cannot change VMs"}
         title={vm.name}
         icon={
           <span class="node-icon big">
@@ -131,7 +133,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       />
       {detail.error && detail.data === undefined && <ErrorNote message={`Showing the inventory's copy: ${detail.error}`} />}
       <div class="tab-body">
-        {tab === "summary" && <VmSummary vm={vm} />}
+        {tab === "summary" && <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined} />}
         {tab === "monitor" && <MonitorTab kind="vm" name={vm.name} />}
         {tab === "console" && <ConsoleTab vm={vm} />}
         {tab === "events" && <EventsTab events={ctx.events} target={vm.name} />}
@@ -139,6 +141,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       {open?.kind === "power" && <PowerDialog vm={vm.name} action={open.action} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "migrate" && <MigrateDialog vm={vm} hosts={ctx.inventory.hosts} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "snapshot" && <SnapshotDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
+      {open?.kind === "revert" && <RevertDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "clone" && <CloneDialog vm={vm.name} running={on} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "backup" && <BackupDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
     </div>
