@@ -243,6 +243,13 @@ mod tests {
     }
 
     #[test]
+    fn the_dummy_hash_is_a_real_one() {
+        // Unknown users must cost a whole verification, not a parse error.
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(!verify_password(DUMMY_HASH, "anything"));
+    }
+
+    #[test]
     fn hashes_are_argon2id_and_verify() {
         let h = hash_password("correct horse").unwrap();
         assert!(h.starts_with("$argon2id$"), "{h}");

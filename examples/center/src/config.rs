@@ -181,3 +181,73 @@ impl Args {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(more: &[&str]) -> Args {
+        let mut all = vec!["vinfra-center"];
+        all.extend_from_slice(more);
+        Args::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn a_labs_record_gives_its_hosts_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("lab.json"),
+            r#"{"net": "loopback", "hosts": [{"id": 1, "pid": 5, "addr": "127.0.0.1", "api": "http://127.0.0.1:8701", "namespace": null},
+                {"id": 2, "pid": 6, "addr": "127.0.0.2", "api": "http://127.0.0.2:8700", "namespace": null}],
+                "volume": "/v", "planned_hosts": 2}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("cluster.key"), "42".repeat(32)).unwrap();
+        let lab = dir.path().display().to_string();
+        let s = args(&["--lab", &lab, "--host", "esx-9=127.0.0.9:7000"])
+            .settings()
+            .unwrap();
+        assert_eq!(
+            s.hosts,
+            [
+                ("esx-1".to_string(), "http://127.0.0.1:8701".to_string()),
+                ("esx-2".to_string(), "http://127.0.0.2:8700".to_string()),
+                ("esx-9".to_string(), "127.0.0.9:7000".to_string()),
+            ]
+        );
+        assert!(matches!(s.tls, Some(CertSource::SelfSigned(_))));
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "42".repeat(32)).unwrap();
+        let key = key.display().to_string();
+        assert!(matches!(args(&[]).settings(), Err(ConfigError::NoKey)));
+        for host in [
+            "esx-1",
+            "esx-1=ftp://x",
+            "../x=127.0.0.1:1",
+            "esx-1=127.0.0.1:0",
+        ] {
+            let r = args(&["--key-file", &key, "--host", host]).settings();
+            assert!(matches!(r, Err(ConfigError::Host(_))), "{host}: {r:?}");
+        }
+        let r = args(&["--key-file", &key, "--poll-ms", "5"]).settings();
+        assert!(matches!(r, Err(ConfigError::PollMs(5))));
+        assert!(Args::try_parse_from([
+            "vinfra-center",
+            "--insecure-http",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k"
+        ])
+        .is_err());
+        let s = args(&["--key-file", &key, "--insecure-http"])
+            .settings()
+            .unwrap();
+        assert!(s.tls.is_none());
+    }
+}

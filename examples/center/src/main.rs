@@ -10,13 +10,8 @@ use vinfra_center::{auth, clock, server};
 use vinfra_host::terminal::{install_stop_signals, stop_requested};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VINFRA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs to stderr, filtered by RUST_LOG (warnings by default), as the host's binaries.
+    vinfra_host::logging::init("warn");
     let args = Args::parse();
     let settings = match args.settings() {
         Ok(s) => s,

@@ -180,6 +180,7 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         hosts: hosts.clone(),
         clock,
         secure_cookies: settings.tls.is_some(),
+        poll_ms: settings.poll_ms,
     };
     let app = api::router(state).merge(crate::web::router(&settings.web_dir));
     let io = |what: &str| {

@@ -3,7 +3,8 @@
 //! through the center's proxy, relocated by live migration (the hosts' own view
 //! changes), stopped and deleted, all through the center's API; a read-only user cannot
 //! power it off; refused requests change nothing; a restart of the center keeps its
-//! tasks and events and finds the hosts again; a host is removed and added back.
+//! tasks and events and finds the hosts again; a host is removed and added back; a host
+//! that dies becomes `not_responding`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -295,6 +296,25 @@ fn the_center_runs_a_lab() {
     assert!(events
         .iter()
         .any(|e| e["kind"] == "vm.relocate" && e["user"] == "admin"));
+    // One VM's events and tasks.
+    let of_web = center.ok(
+        &ro,
+        "GET",
+        "/api/vinfra/events?target=web&limit=1000",
+        "",
+        200,
+    );
+    assert!(
+        of_web
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"] == "web"),
+        "{of_web}"
+    );
+    assert!(of_web.as_array().unwrap().len() >= 6, "{of_web}");
+    let web_tasks = center.ok(&ro, "GET", "/api/cis/tasks?target=web", "", 200);
+    assert_eq!(web_tasks.as_array().unwrap().len(), 4, "{web_tasks}");
     assert!(
         events
             .iter()
@@ -338,4 +358,27 @@ fn the_center_runs_a_lab() {
         center.ok(&admin, "GET", "/api/vcenter/vm", "", 200),
         json!([])
     );
+
+    // A host that dies is not_responding after 3 missed polls, with a warning event.
+    let pid = lab.host_pid(3);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    center.wait("esx-3 not responding", 20, || {
+        center.ok(&admin, "GET", "/api/vcenter/host/esx-3", "", 200)["state"] == "not_responding"
+    });
+    let events = center.ok(&admin, "GET", "/api/vinfra/events?limit=1000", "", 200);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "host.not_responding"
+                && e["target"] == "esx-3"
+                && e["severity"] == "warning"),
+        "{events}"
+    );
+    assert_eq!(hosts_connected(&center, &admin), 2);
 }

@@ -417,3 +417,34 @@ fn a_restart_keeps_users_sessions_settings_and_events() {
     let users = center.ok(&admin, "GET", "/api/vinfra/users", "", 200);
     assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
 }
+
+#[test]
+fn a_built_console_is_served_with_index_html_for_its_own_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("dist");
+    std::fs::create_dir_all(web.join("assets")).unwrap();
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>console</title>",
+    )
+    .unwrap();
+    std::fs::write(web.join("assets/app.js"), "console.log(1)").unwrap();
+    let center = Center::start(dir.path(), &["--web-dir".into(), web.display().to_string()]);
+    let (s, page) = center.send("GET", "/", &[], "");
+    assert_eq!(
+        (s, page.as_str()),
+        (200, Some("<!doctype html><title>console</title>"))
+    );
+    let (s, js) = center.send("GET", "/assets/app.js", &[], "");
+    assert_eq!((s, js.as_str()), (200, Some("console.log(1)")));
+    // A route of the console itself (reloaded in the browser) is its page.
+    let (s, page) = center.send("GET", "/vm/web", &[], "");
+    assert_eq!(
+        (s, page.as_str()),
+        (200, Some("<!doctype html><title>console</title>"))
+    );
+    // The API's unknown paths stay JSON errors.
+    let (s, e) = center.send("GET", "/api/nope", &[], "");
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(e["error"]["kind"], "not_found");
+}

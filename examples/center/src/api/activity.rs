@@ -25,19 +25,24 @@ pub const PAGE_MAX: usize = 1000;
 pub struct TaskQuery {
     /// How many (newest first), at most 1000; 100 by default.
     pub limit: Option<usize>,
+    /// Only the tasks acting on this VM or host.
+    pub target: Option<String>,
 }
 
 /// `GET /api/cis/tasks`: the latest tasks, newest first.
-#[utoipa::path(get, path = "/api/cis/tasks", tag = "activity", params(("limit" = Option<usize>, Query)),
+#[utoipa::path(get, path = "/api/cis/tasks", tag = "activity", params(("limit" = Option<usize>, Query), ("target" = Option<String>, Query)),
     responses((status = 200, body = [Task])))]
 pub async fn tasks(
     State(state): State<AppState>,
     _who: Principal,
     QueryArgs(q): QueryArgs<TaskQuery>,
 ) -> ApiResult<Json<Vec<Task>>> {
-    Ok(Json(
-        state.store.tasks(q.limit.unwrap_or(100).min(PAGE_MAX))?,
-    ))
+    Ok(Json(match &q.target {
+        Some(target) => state
+            .store
+            .tasks_of(target, q.limit.unwrap_or(100).min(PAGE_MAX))?,
+        None => state.store.tasks(q.limit.unwrap_or(100).min(PAGE_MAX))?,
+    }))
 }
 
 /// `GET /api/cis/tasks/{task}`.
@@ -67,21 +72,24 @@ pub struct EventQuery {
     pub after: Option<u64>,
     /// How many, at most 1000; 100 by default.
     pub limit: Option<usize>,
+    /// Only the events about this VM, host or user.
+    pub target: Option<String>,
 }
 
 /// `GET /api/vinfra/events?after=ID`: events oldest first.
 #[utoipa::path(get, path = "/api/vinfra/events", tag = "activity",
-    params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query), ("target" = Option<String>, Query)),
     responses((status = 200, body = [Event])))]
 pub async fn events(
     State(state): State<AppState>,
     _who: Principal,
     QueryArgs(q): QueryArgs<EventQuery>,
 ) -> ApiResult<Json<Vec<Event>>> {
-    Ok(Json(state.store.events_after(
-        q.after.unwrap_or(0),
-        q.limit.unwrap_or(100).min(PAGE_MAX),
-    )?))
+    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(100).min(PAGE_MAX));
+    Ok(Json(match &q.target {
+        Some(target) => state.store.events_of(target, after, limit)?,
+        None => state.store.events_after(after, limit)?,
+    }))
 }
 
 /// The SSE body: what a feeding task sends.
@@ -104,11 +112,11 @@ fn sse(event: &Event) -> SseEvent {
         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
 }
 
-/// `GET /api/vinfra/events/stream[?after=ID]`: the events after `after` (or the
+/// `GET /api/vinfra/events/stream[?after=ID&target=NAME]`: the events after `after` (or the
 /// `Last-Event-ID` a reconnecting browser sends), then live, as Server-Sent Events
 /// named `vinfra` whose data is an event's JSON.
 #[utoipa::path(get, path = "/api/vinfra/events/stream", tag = "activity",
-    params(("after" = Option<u64>, Query)),
+    params(("after" = Option<u64>, Query), ("target" = Option<String>, Query)),
     responses((status = 200, description = "text/event-stream of events", content_type = "text/event-stream")))]
 pub async fn event_stream(
     State(state): State<AppState>,
@@ -124,7 +132,7 @@ pub async fn event_stream(
     // Subscribed before the backlog is read: nothing falls between the two.
     let live = state.events.subscribe();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(feed(state, after, live, tx));
+    tokio::spawn(feed(state, after, q.target, live, tx));
     Sse::new(ChannelStream(rx)).keep_alive(KeepAlive::default())
 }
 
@@ -133,10 +141,14 @@ pub async fn event_stream(
 async fn backlog(
     state: &AppState,
     mut last: u64,
+    target: Option<&str>,
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Option<u64> {
     for _ in 0..10 {
-        let page = state.store.events_after(last, PAGE_MAX).ok()?;
+        let page = match target {
+            Some(t) => state.store.events_of(t, last, PAGE_MAX).ok()?,
+            None => state.store.events_after(last, PAGE_MAX).ok()?,
+        };
         for e in &page {
             tx.send(Ok(sse(e))).await.ok()?;
             last = e.id;
@@ -151,17 +163,19 @@ async fn backlog(
 async fn feed(
     state: AppState,
     after: u64,
+    target: Option<String>,
     mut live: broadcast::Receiver<Event>,
     tx: mpsc::Sender<Result<SseEvent, Infallible>>,
 ) {
-    let Some(mut last) = backlog(&state, after, &tx).await else {
+    let target = target.as_deref();
+    let Some(mut last) = backlog(&state, after, target, &tx).await else {
         return;
     };
     loop {
         tokio::select! {
             () = tx.closed() => return,
             received = live.recv() => match received {
-                Ok(e) if e.id <= last => {}
+                Ok(e) if e.id <= last || target.is_some_and(|t| e.event.target != t) => {}
                 Ok(e) => {
                     last = e.id;
                     if tx.send(Ok(sse(&e))).await.is_err() {
@@ -169,10 +183,12 @@ async fn feed(
                     }
                 }
                 // Fell behind: read what was missed from the store.
-                Err(broadcast::error::RecvError::Lagged(_)) => match backlog(&state, last, &tx).await {
-                    Some(l) => last = l,
-                    None => return,
-                },
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match backlog(&state, last, target, &tx).await {
+                        Some(l) => last = l,
+                        None => return,
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Whether the session cookie is marked `Secure` (served over HTTPS).
     pub secure_cookies: bool,
+    /// The hosts' poll interval (a VM no host reported for 3 polls is stale).
+    pub poll_ms: u64,
 }
 
 impl std::fmt::Debug for AppState {

@@ -25,6 +25,25 @@ use crate::hosts::{names_by_id, usable, vm_record};
 use crate::model::{Host, Role, Vm};
 use crate::tasks::TaskStart;
 
+/// A VM as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmView {
+    /// The inventory's record.
+    #[serde(flatten)]
+    pub vm: Vm,
+    /// No host has reported it for 3 polls (every host is down or unreachable): its
+    /// state is the last known one.
+    pub stale: bool,
+}
+
+impl VmView {
+    fn of(state: &AppState, vm: Vm) -> Self {
+        let stale = state.now_ms().saturating_sub(vm.seen_ms)
+            > u64::from(crate::hosts::MISSED_POLLS_MAX) * state.poll_ms;
+        Self { vm, stale }
+    }
+}
+
 /// The filters of `GET /api/vcenter/vm`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,12 +57,12 @@ pub struct VmFilter {
 /// `GET /api/vcenter/vm[?host=&power_state=]`.
 #[utoipa::path(get, path = "/api/vcenter/vm", tag = "vm",
     params(("host" = Option<String>, Query), ("power_state" = Option<String>, Query)),
-    responses((status = 200, body = [Vm]), (status = 400, body = super::ErrorBody)))]
+    responses((status = 200, body = [VmView]), (status = 400, body = super::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     _who: Principal,
     QueryArgs(f): QueryArgs<VmFilter>,
-) -> ApiResult<Json<Vec<Vm>>> {
+) -> ApiResult<Json<Vec<VmView>>> {
     let power: Option<PowerState> = f
         .power_state
         .as_deref()
@@ -62,6 +81,7 @@ pub async fn list(
         .into_iter()
         .filter(|v| f.host.as_ref().is_none_or(|h| v.host.as_ref() == Some(h)))
         .filter(|v| power.is_none_or(|p| v.info.state == p))
+        .map(|v| VmView::of(&state, v))
         .collect();
     Ok(Json(vms))
 }
@@ -75,13 +95,14 @@ fn find_vm(state: &AppState, name: &str) -> ApiResult<Vm> {
 
 /// `GET /api/vcenter/vm/{vm}`: its definition, power state, host and statistics.
 #[utoipa::path(get, path = "/api/vcenter/vm/{vm}", tag = "vm", params(("vm" = String, Path)),
-    responses((status = 200, body = Vm), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = VmView), (status = 404, body = super::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     _who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vm>> {
-    Ok(Json(find_vm(&state, &name)?))
+) -> ApiResult<Json<VmView>> {
+    let vm = find_vm(&state, &name)?;
+    Ok(Json(VmView::of(&state, vm)))
 }
 
 /// `POST /api/vcenter/vm`: a VM to define (shut off).
@@ -135,7 +156,7 @@ fn pick_host(state: &AppState, named: Option<&str>, field: &str) -> ApiResult<(H
 
 /// `POST /api/vcenter/vm` (operator): defines the VM through a host.
 #[utoipa::path(post, path = "/api/vcenter/vm", tag = "vm", request_body = CreateVm,
-    responses((status = 201, body = Vm), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 201, body = VmView), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     who: Principal,
@@ -163,7 +184,7 @@ pub async fn create(
         format!("{} created VM {} through {}", who.name, vm.name, host.name),
         serde_json::json!({ "host": host.name, "memory_mib": req.spec.memory_mib }),
     )?;
-    Ok((StatusCode::CREATED, Json(vm)).into_response())
+    Ok((StatusCode::CREATED, Json(VmView::of(&state, vm))).into_response())
 }
 
 /// `DELETE /api/vcenter/vm/{vm}` (operator): deletes a shut-off VM and its disks.

@@ -17,6 +17,8 @@ use crate::store::Store;
 
 /// Pages of events read per poll at most (a host far ahead catches up over polls).
 const EVENT_PAGES_MAX: usize = 10;
+/// Host events not copied into the center's log.
+const SKIPPED_EVENTS: [&str; 1] = ["console"];
 /// How often the stop flag is looked at while waiting for the next poll.
 const STOP_SLICE: Duration = Duration::from_millis(50);
 
@@ -158,13 +160,20 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
     ctx.store.sync_vms(&records, asked_ms)?;
     ctx.store.add_samples(&samples)?;
 
+    // Hosts time their events from their own start: the center's clock at that start.
+    let host_start_ms = now_ms.saturating_sub(info.uptime_ms);
     let mut cursor = cursor;
     for _ in 0..EVENT_PAGES_MAX {
         let page: Vec<HostEvent> = ctx.client.get(&format!("/events?after={cursor}"))?;
         let Some(last) = page.last() else { break };
         cursor = last.seq;
         let full = page.len() >= EVENTS_LIMIT_MAX;
-        let new: Vec<NewEvent> = page.iter().map(|e| copied(&ctx.name, e)).collect();
+        // A guest's console lines are output, not events: the console shows them.
+        let new: Vec<NewEvent> = page
+            .iter()
+            .filter(|e| !SKIPPED_EVENTS.contains(&e.event.as_str()))
+            .map(|e| copied(&ctx.name, e, host_start_ms))
+            .collect();
         let recorded = ctx.store.host_events(&ctx.name, cursor, &new)?;
         ctx.events.announce(recorded);
         if !full {
@@ -177,8 +186,9 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
     Ok(())
 }
 
-/// A host's event as the center logs it.
-fn copied(host: &str, e: &HostEvent) -> NewEvent {
+/// A host's event as the center logs it (`host_start_ms`: when the host started, by the
+/// center's clock; the host's `ms` counts from there).
+fn copied(host: &str, e: &HostEvent, host_start_ms: u64) -> NewEvent {
     let target = e
         .data
         .get("vm")
@@ -190,16 +200,23 @@ fn copied(host: &str, e: &HostEvent) -> NewEvent {
         .any(|w| e.event.contains(w))
     {
         Severity::Error
-    } else if ["dead", "isolat", "lost", "not_responding"]
-        .iter()
-        .any(|w| e.event.contains(w))
+    } else if [
+        "dead",
+        "isolat",
+        "lost",
+        "not_responding",
+        "refused",
+        "unplaced",
+    ]
+    .iter()
+    .any(|w| e.event.contains(w))
     {
         Severity::Warning
     } else {
         Severity::Info
     };
     NewEvent {
-        time_ms: e.ms,
+        time_ms: host_start_ms.saturating_add(e.ms),
         severity,
         kind: e.event.clone(),
         target: target.clone(),
@@ -207,5 +224,43 @@ fn copied(host: &str, e: &HostEvent) -> NewEvent {
         host: Some(host.to_string()),
         message: format!("{host}: {} {target}", e.event.replace('_', " ")),
         data: e.data.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copied;
+    use crate::model::Severity;
+    use vinfra_host::api::HostEvent;
+
+    fn event(name: &str, data: serde_json::Value) -> HostEvent {
+        HostEvent {
+            seq: 7,
+            ms: 1500,
+            event: name.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn host_events_are_timed_by_the_center_and_named_after_their_vm() {
+        let e = copied(
+            "esx-1",
+            &event("vm_started", serde_json::json!({"vm": "web"})),
+            1_000_000,
+        );
+        assert_eq!(e.time_ms, 1_001_500);
+        assert_eq!(e.target, "web");
+        assert_eq!(e.host.as_deref(), Some("esx-1"));
+        assert_eq!(e.user, None);
+        assert_eq!(e.severity, Severity::Info);
+        let e = copied(
+            "esx-1",
+            &event("migration_failed", serde_json::json!({})),
+            0,
+        );
+        assert_eq!((e.severity, e.target.as_str()), (Severity::Error, "esx-1"));
+        let e = copied("esx-2", &event("peer_dead", serde_json::json!({})), 0);
+        assert_eq!(e.severity, Severity::Warning);
     }
 }

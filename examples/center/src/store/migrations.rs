@@ -9,7 +9,7 @@ use crate::model::{ClusterSettings, DEFAULT_CLUSTER, DEFAULT_DATACENTER};
 /// The schema this binary writes.
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-const STEPS: [&str; 1] = [
+const STEPS: [&str; 2] = [
     // 1: the first inventory.
     "CREATE TABLE datacenter (name TEXT PRIMARY KEY) STRICT;
     CREATE TABLE cluster (
@@ -91,6 +91,9 @@ const STEPS: [&str; 1] = [
         net_bytes REAL NOT NULL,
         PRIMARY KEY (entity, level, time_ms)
     ) STRICT, WITHOUT ROWID;",
+    // 2: what one VM's or host's page asks for.
+    "CREATE INDEX event_target ON event (target, id);
+    CREATE INDEX task_target ON task (target, id);",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]: each missing step in a transaction of its

@@ -145,11 +145,15 @@ pub trait Store: Send + Sync {
     fn task(&self, id: u64) -> Result<Option<Task>>;
     /// The latest `limit` tasks, newest first.
     fn tasks(&self, limit: usize) -> Result<Vec<Task>>;
+    /// The latest `limit` tasks acting on `target`, newest first.
+    fn tasks_of(&self, target: &str, limit: usize) -> Result<Vec<Task>>;
 
     /// Appends an event; returns it with its id.
     fn add_event(&self, event: &NewEvent) -> Result<Event>;
     /// Up to `limit` events after id `after`, oldest first.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    /// As [`Store::events_after`], only the events about `target` (a VM, host or user).
+    fn events_of(&self, target: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
 
     /// Adds level-0 samples (a sample already there for the same entity and period is
     /// replaced).

@@ -589,6 +589,24 @@ impl Store for SqliteStore {
         collect(rows, task_of)
     }
 
+    fn events_of(&self, target: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {EVENT_COLUMNS} FROM event WHERE id > ?1 AND target = ?2 ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![U64(after), target, U64(limit as u64)], raw_event)?;
+        collect(rows, event_of)
+    }
+
+    fn tasks_of(&self, target: &str, limit: usize) -> Result<Vec<Task>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM task WHERE target = ?1 ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![target, U64(limit as u64)], raw_task)?;
+        collect(rows, task_of)
+    }
+
     fn add_event(&self, event: &NewEvent) -> Result<Event> {
         insert_event(&*self.conn()?, event)
     }

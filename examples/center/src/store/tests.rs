@@ -156,6 +156,10 @@ fn tasks_and_host_events_round_trip() {
         .unwrap();
     assert_eq!(recorded.len(), 2);
     assert_eq!(store.host("esx-1").unwrap().unwrap().event_cursor, 42);
+    assert_eq!(store.events_of("vm-1", 0, 10).unwrap().len(), 2);
+    assert!(store.events_of("vm-2", 0, 10).unwrap().is_empty());
+    assert_eq!(store.tasks_of("vm-1", 10).unwrap().len(), 1);
+    assert!(store.tasks_of("vm-2", 10).unwrap().is_empty());
     let after = store.events_after(recorded[0].id, 10).unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].event.kind, "y");
@@ -267,4 +271,34 @@ fn a_vm_list_older_than_a_row_does_not_undo_it() {
         Some("esx-1")
     );
     assert!(store.vm("b").unwrap().is_none());
+}
+
+#[test]
+fn an_older_database_is_migrated_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.add_user(&user("ann")).unwrap();
+    }
+    // Back to version 1: the second step's indexes undone.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP INDEX event_target; DROP INDEX task_target; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.user("ann").unwrap().is_some());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('event_target', 'task_target')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 2);
 }

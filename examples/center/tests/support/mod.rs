@@ -54,8 +54,8 @@ impl Center {
         if insecure {
             cmd.arg("--insecure-http");
         }
-        if std::env::var_os("VINFRA_LOG").is_none() {
-            cmd.env("VINFRA_LOG", "error");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "error");
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -280,6 +280,14 @@ impl Lab {
     /// The lab's folder (`--lab` of the center).
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("lab")
+    }
+
+    /// The process id of host `h` (1-based), as the lab recorded it.
+    pub fn host_pid(&self, h: u32) -> u32 {
+        let record: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.path().join("lab.json")).unwrap())
+                .unwrap();
+        u32::try_from(record["hosts"][h as usize - 1]["pid"].as_u64().unwrap()).unwrap()
     }
 
     /// `GET /api/v1{path}` of host `h` (1-based), straight from the host.
