@@ -306,5 +306,37 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     wait_css(c, "[data-testid=login-form]", WAIT).await?;
     c.goto(&dc.url).await.map_err(err("reload after logout"))?;
     wait_css(c, "[data-testid=login-form]", WAIT).await?;
+
+    // A read-only user sees the VM with its actions disabled, the reason on them.
+    tokio::task::block_in_place(|| {
+        let admin = dc.center.admin();
+        dc.center.ok(
+            &admin,
+            "POST",
+            "/api/vinfra/users",
+            r#"{"name": "viewer", "role": "read_only", "password": "viewer-password"}"#,
+            201,
+        );
+    });
+    let user = wait_css(c, "input[name=user]", WAIT).await?;
+    user.clear().await.map_err(err("clear the user field"))?;
+    user.send_keys("viewer")
+        .await
+        .map_err(err("type the user"))?;
+    let password = wait_css(c, "input[name=password]", WAIT).await?;
+    password
+        .send_keys("viewer-password")
+        .await
+        .map_err(err("type the password"))?;
+    click(c, "[data-testid=login-submit]").await?;
+    click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
+    wait_js(
+        c,
+        "the VM's actions disabled for a read-only user",
+        "const f = document.querySelector('[data-testid=vm-view] fieldset.toolbar'); return f && f.disabled;",
+        WAIT,
+    )
+    .await?;
+    screenshot(c, "13-read-only").await?;
     Ok(())
 }
