@@ -32,7 +32,7 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
   const inventory = usePoll(loadInventory, INVENTORY_POLL_MS, "inventory");
   const tasks = usePoll(async () => {
     const all = list(await get("/api/cis/tasks"), "tasks").map(readTask);
-    const order = (t: { started?: Date; id: string }) => t.started?.getTime() ?? Number(t.id) ?? 0;
+    const order = (t: { started?: Date; id: string }) => t.started?.getTime() ?? (Number(t.id) || 0);
     return all.sort((a, b) => order(b) - order(a)).slice(0, TASKS_SHOWN);
   }, TASK_POLL_MS, "tasks");
 
