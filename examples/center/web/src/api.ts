@@ -102,7 +102,8 @@ export const patch = <T = unknown>(path: string, body?: unknown) => request<T>("
 
 /** `POST /api/session` with Basic auth; keeps the token it answers. */
 export async function login(user: string, password: string): Promise<void> {
-  const basic = btoa(unescape(encodeURIComponent(`${user}:${password}`)));
+  // btoa takes Latin-1: encode as UTF-8 bytes first so any password works.
+  const basic = btoa(String.fromCharCode(...new TextEncoder().encode(`${user}:${password}`)));
   const response = await send("POST", "/api/session", undefined, { Authorization: `Basic ${basic}` });
   if (response.status === 401) throw new ApiError("wrong user name or password", 401);
   if (!response.ok) throw await errorFrom(response);
