@@ -184,7 +184,8 @@ pub struct Vm {
     pub host: Option<String>,
     /// Its resource pool (center only).
     pub resource_pool: Option<String>,
-    /// When a host last reported it (ms since the Unix epoch).
+    /// When the hosts' view of it last changed (ms since the Unix epoch; a report that
+    /// changes nothing does not rewrite the row).
     pub seen_ms: u64,
 }
 

@@ -31,17 +31,30 @@ pub struct VmView {
     /// The inventory's record.
     #[serde(flatten)]
     pub vm: Vm,
-    /// No host has reported it for 3 polls (every host is down or unreachable): its
-    /// state is the last known one.
+    /// No host has answered for 3 polls (every host is down or unreachable): its state
+    /// is the last known one.
     pub stale: bool,
 }
 
 impl VmView {
-    fn of(state: &AppState, vm: Vm) -> Self {
-        let stale = state.now_ms().saturating_sub(vm.seen_ms)
+    /// `fresh_ms`: the last time any host answered (see [`fresh_ms`]).
+    fn of(state: &AppState, vm: Vm, fresh_ms: u64) -> Self {
+        let stale = state.now_ms().saturating_sub(fresh_ms)
             > u64::from(crate::hosts::MISSED_POLLS_MAX) * state.poll_ms;
         Self { vm, stale }
     }
+}
+
+/// The last time any host answered a poll: every host reports every VM of the cluster,
+/// so the VMs are as fresh as the freshest host.
+fn fresh_ms(state: &AppState) -> ApiResult<u64> {
+    Ok(state
+        .store
+        .hosts()?
+        .iter()
+        .map(|h| h.seen_ms)
+        .max()
+        .unwrap_or(0))
 }
 
 /// The filters of `GET /api/vcenter/vm`.
@@ -75,13 +88,14 @@ pub async fn list(
             })
         })
         .transpose()?;
+    let fresh = fresh_ms(&state)?;
     let vms = state
         .store
         .vms()?
         .into_iter()
         .filter(|v| f.host.as_ref().is_none_or(|h| v.host.as_ref() == Some(h)))
         .filter(|v| power.is_none_or(|p| v.info.state == p))
-        .map(|v| VmView::of(&state, v))
+        .map(|v| VmView::of(&state, v, fresh))
         .collect();
     Ok(Json(vms))
 }
@@ -102,7 +116,7 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> ApiResult<Json<VmView>> {
     let vm = find_vm(&state, &name)?;
-    Ok(Json(VmView::of(&state, vm)))
+    Ok(Json(VmView::of(&state, vm, fresh_ms(&state)?)))
 }
 
 /// `POST /api/vcenter/vm`: a VM to define (shut off).
@@ -184,7 +198,11 @@ pub async fn create(
         format!("{} created VM {} through {}", who.name, vm.name, host.name),
         serde_json::json!({ "host": host.name, "memory_mib": req.spec.memory_mib }),
     )?;
-    Ok((StatusCode::CREATED, Json(VmView::of(&state, vm))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(VmView::of(&state, vm, fresh_ms(&state)?)),
+    )
+        .into_response())
 }
 
 /// `DELETE /api/vcenter/vm/{vm}` (operator): deletes a shut-off VM and its disks.

@@ -694,11 +694,13 @@ impl Store for SqliteStore {
 }
 
 fn upsert_vm(conn: &Connection, vm: &Vm) -> Result<()> {
-    // The hosts' columns only: the resource pool is the center's.
+    // The hosts' columns only: the resource pool is the center's. A row that would not
+    // change is not written: every host reports every VM of the cluster at every poll,
+    // and most of them changed nothing.
     conn.execute(
         "INSERT INTO vm (name, info, host, seen_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET info = ?2, host = ?3, seen_ms = ?4
-         WHERE seen_ms <= ?4",
+         WHERE seen_ms <= ?4 AND (info IS NOT ?2 OR host IS NOT ?3)",
         params![
             vm.name,
             to_json("vm.info", &vm.info)?,
