@@ -37,7 +37,8 @@ function merge(old: CenterEvent[], fresh: CenterEvent[]): CenterEvent[] {
   return [...added.reverse(), ...old].slice(0, KEEP);
 }
 
-export function useEventLog(enabled: boolean): EventLog {
+/** The whole log, or one object's events (`target`: a VM's or host's name). */
+export function useEventLog(enabled: boolean, target?: string): EventLog {
   const [events, setEvents] = useState<CenterEvent[]>([]);
   const [state, setState] = useState<StreamState>("connecting");
   const [generation, setGeneration] = useState(0);
@@ -49,6 +50,7 @@ export function useEventLog(enabled: boolean): EventLog {
     let poller: ReturnType<typeof setInterval> | undefined;
     let pending: CenterEvent[] = [];
     let lastId = 0;
+    const only = target ? `&target=${encodeURIComponent(target)}` : "";
 
     const flush = () => {
       if (pending.length === 0 || closed) return;
@@ -67,7 +69,7 @@ export function useEventLog(enabled: boolean): EventLog {
 
     const readPages = async () => {
       for (let i = 0; i < PAGES_PER_POLL; i += 1) {
-        const page = list(await get(`/api/vinfra/events?after=${lastId}`), "events").map(readEvent);
+        const page = list(await get(`/api/vinfra/events?after=${lastId}${only}`), "events").map(readEvent);
         const before = lastId;
         page.forEach(take);
         if (page.length === 0 || lastId === before) break;
@@ -85,7 +87,7 @@ export function useEventLog(enabled: boolean): EventLog {
     if (typeof EventSource === "undefined") {
       startPolling();
     } else {
-      source = new EventSource(STREAM);
+      source = new EventSource(`${STREAM}${target ? `?target=${encodeURIComponent(target)}` : ""}`);
       let opened = false;
       const onEvent = (m: MessageEvent<string>) => {
         try {
@@ -117,7 +119,7 @@ export function useEventLog(enabled: boolean): EventLog {
       clearInterval(flusher);
       if (poller) clearInterval(poller);
     };
-  }, [enabled]);
+  }, [enabled, target]);
 
   return { events, state, generation };
 }

@@ -1,24 +1,19 @@
 // The event log (live through the stream): all of it, or the events about one object.
 
-import { useState } from "preact/hooks";
 import { Empty } from "../components/Card";
 import { dash, dateTime, words } from "../format";
-import { isConsoleLine, type EventLog } from "../live/events";
+import { isConsoleLine, useEventLog, type EventLog } from "../live/events";
 
 export function EventsTab({ events, target, targets }: { events: EventLog; target?: string; targets?: string[] }) {
-  const [consoleLines, setConsoleLines] = useState(false);
   const names = targets ?? (target ? [target] : undefined);
   const about = names ? events.events.filter((e) => (e.target && names.includes(e.target)) || names.some((n) => e.message.includes(n))) : events.events;
-  const shown = consoleLines ? about : about.filter((e) => !isConsoleLine(e));
+  // Guest console lines belong in the Console tab (the center no longer logs them).
+  const shown = about.filter((e) => !isConsoleLine(e));
   return (
     <div class="events-tab" data-testid="events">
       <div class="events-head muted">
         {shown.length} event{shown.length === 1 ? "" : "s"}
         {events.state === "live" ? " · updating live" : events.state === "polling" ? " · refreshed every few seconds" : ""}
-        <label class="check inline">
-          <input type="checkbox" checked={consoleLines} onChange={(e) => setConsoleLines((e.target as HTMLInputElement).checked)} />
-          Show guest console lines
-        </label>
       </div>
       {shown.length === 0 ? (
         <Empty>No events yet.</Empty>
@@ -52,4 +47,11 @@ export function EventsTab({ events, target, targets }: { events: EventLog; targe
       )}
     </div>
   );
+}
+
+/** One object's events from its own stream (`?target=`): its whole history, not only what
+ * the shared log still holds. */
+export function TargetEvents({ target }: { target: string }) {
+  const log = useEventLog(true, target);
+  return <EventsTab events={log} target={target} />;
 }

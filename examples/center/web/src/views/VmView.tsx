@@ -20,7 +20,7 @@ import { vm as readVm } from "../normalize";
 import { href } from "../route";
 import type { Vm } from "../types";
 import { ConsoleTab } from "./ConsoleTab";
-import { EventsTab } from "./EventsTab";
+import { TargetEvents } from "./EventsTab";
 import { MonitorTab } from "./MonitorTab";
 import { ObjectHeader } from "./ObjectHeader";
 import { VmSummary } from "./VmSummary";
@@ -136,7 +136,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
         {tab === "summary" && <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined} />}
         {tab === "monitor" && <MonitorTab kind="vm" name={vm.name} />}
         {tab === "console" && <ConsoleTab vm={vm} />}
-        {tab === "events" && <EventsTab events={ctx.events} target={vm.name} />}
+        {tab === "events" && <TargetEvents target={vm.name} />}
       </div>
       {open?.kind === "power" && <PowerDialog vm={vm.name} action={open.action} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "migrate" && <MigrateDialog vm={vm} hosts={ctx.inventory.hosts} onClose={() => setOpen(null)} onStarted={started} />}
