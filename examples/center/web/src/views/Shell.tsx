@@ -36,6 +36,12 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
     return all.sort((a, b) => order(b) - order(a)).slice(0, TASKS_SHOWN);
   }, TASK_POLL_MS, "tasks");
 
+  // The tab's title names the selected object, as the browser's history and tabs show it.
+  useEffect(() => {
+    const s = route.selection;
+    document.title = s.kind === "none" ? "vinfra Center" : `${s.name} · vinfra Center`;
+  }, [route.selection]);
+
   const marked = useRef(false);
   useEffect(() => {
     // "Interactive": the first inventory is on screen. The browser test reads this mark.
