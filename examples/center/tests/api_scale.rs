@@ -72,8 +72,9 @@ impl HostService for Idle {
 
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
-    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
-    (at(0.5), at(0.99))
+    // The sample at or below the percentile (nearest rank, rounded down).
+    let at = |per_cent: usize| ms[(ms.len() - 1) * per_cent / 100];
+    (at(50), at(99))
 }
 
 #[test]
