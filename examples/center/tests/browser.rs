@@ -2,8 +2,9 @@
 //! WebDriver with fantoccini) against a real `vinfra-center` over HTTPS managing a lab of
 //! 3 hosts and 6 test-guest VMs: log in, see the inventory, migrate a VM from its page
 //! and see the task finish and the VM's host change, open its console and see the guest's
-//! `HB <n>` lines. Screenshots go to `target/browser-screenshots/`; the console's first
-//! paint and time to interactive are printed.
+//! `HB <n>` lines; and kill a host, see it marked, a survivor's HA verdict and its VMs
+//! running again elsewhere. Screenshots go to `target/browser-screenshots/`; the console's
+//! first paint and time to interactive are printed.
 //!
 //! Needs `web/dist` (`cd examples/center/web && npm ci && npm run build`; scripts/test.sh
 //! does it), KVM, root and the guest kit: without them it skips, and fails under CI=true.
@@ -13,6 +14,8 @@
 mod browser_support;
 mod support;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use browser_support::datacentre::Datacentre;
@@ -20,6 +23,7 @@ use browser_support::{
     browser_or_skip, click, js, screenshot, timings, wait_css, wait_js, Driver, Result, WAIT,
 };
 use fantoccini::Client;
+use serde_json::Value;
 use vinfra_testkit::skip;
 
 const HOSTS: u32 = 3;
@@ -39,8 +43,18 @@ fn web_dist_or_skip() -> bool {
     false
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_in_migrate_a_vm_and_watch_its_console() {
+/// A scenario run in the browser against a datacentre.
+type Scenario =
+    for<'a> fn(&'a Client, &'a Datacentre) -> Pin<Box<dyn Future<Output = Result> + 'a>>;
+
+/// One browser test at a time: each runs a lab whose guests spin, and two cores are all
+/// there is.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Brings a datacentre up, runs `scenario` in a fresh headless chromium, closes the
+/// browser and brings everything down (by PID), then fails with the scenario's error.
+async fn in_browser(name: &str, scenario: Scenario) {
+    let _one = ONE_AT_A_TIME.lock().await;
     if !web_dist_or_skip() || !browser_or_skip() {
         return;
     }
@@ -55,7 +69,7 @@ async fn log_in_migrate_a_vm_and_watch_its_console() {
     let client = driver.session().await;
     let outcome = scenario(&client, &dc).await;
     if outcome.is_err() {
-        let _ = screenshot(&client, "failure").await;
+        let _ = screenshot(&client, &format!("failure-{name}")).await;
     }
     // Close the session before judging, so chromium ends however the scenario went.
     let _ = client.close().await;
@@ -67,6 +81,119 @@ async fn log_in_migrate_a_vm_and_watch_its_console() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_in_migrate_a_vm_and_watch_its_console() {
+    in_browser("migrate", |c, dc| Box::pin(scenario(c, dc))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_turns_red_and_ha_restarts_its_vms() {
+    in_browser("ha", |c, dc| Box::pin(host_failure(c, dc))).await;
+}
+
+/// Logs in from the login page by typing (the page's inputs keep their state from input
+/// events).
+async fn log_in(c: &Client, user: &str, password: &str) -> Result {
+    let field = wait_css(c, "input[name=user]", WAIT).await?;
+    field.clear().await.map_err(err("clear the user field"))?;
+    field.send_keys(user).await.map_err(err("type the user"))?;
+    let field = wait_css(c, "input[name=password]", WAIT).await?;
+    field.clear().await.map_err(err("clear the password"))?;
+    field
+        .send_keys(password)
+        .await
+        .map_err(err("type the password"))?;
+    click(c, "[data-testid=login-submit]").await
+}
+
+/// Waits for the tree to show every host and every VM running on a host that is not
+/// `except`; returns the counts.
+async fn all_running(c: &Client, except: &str, limit: Duration) -> Result<Value> {
+    wait_js(
+        c,
+        &format!("{HOSTS} hosts and {VMS} running VMs in the tree (none on {except:?})"),
+        &format!(
+            "const hosts = document.querySelectorAll('.tree [data-kind=host]').length;
+             const vms = [...document.querySelectorAll('.tree [data-kind=vm]')];
+             const running = vms.filter(v => v.dataset.power === 'running' && v.dataset.host && v.dataset.host !== '{except}').length;
+             return hosts === {HOSTS} && vms.length === {VMS} && running === {VMS} ? {{hosts, vms: vms.length}} : null;"
+        ),
+        limit,
+    )
+    .await
+}
+
+async fn host_failure(c: &Client, dc: &Datacentre) -> Result {
+    c.goto(&dc.url).await.map_err(err("open the console"))?;
+    log_in(c, &dc.user, &dc.password).await?;
+    all_running(c, "", Duration::from_secs(90)).await?;
+
+    // The host that runs the most VMs dies (SIGKILL, by the PID the lab recorded).
+    let victim = js(
+        c,
+        "const n = {};
+         document.querySelectorAll('.tree [data-kind=vm]').forEach(v => n[v.dataset.host] = (n[v.dataset.host] || 0) + 1);
+         return Object.entries(n).sort((a, b) => b[1] - a[1])[0][0];",
+    )
+    .await?;
+    let victim = victim.as_str().ok_or("no host runs a VM")?.to_string();
+    let id: u32 = victim
+        .trim_start_matches("esx-")
+        .parse()
+        .map_err(|e| format!("host name {victim}: {e}"))?;
+    let pid = dc.lab.host_pid(id);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("kill {pid}: {e}"))?;
+    if !killed.success() {
+        return Err(format!("kill -KILL {pid} ({victim}) failed"));
+    }
+    println!("killed {victim} (pid {pid})");
+
+    // The tree marks it, and its page says it does not respond.
+    wait_css(
+        c,
+        &format!(".tree [data-kind=host][data-name='{victim}'][data-state=not_responding]"),
+        WAIT,
+    )
+    .await?;
+    click(c, &format!(".tree [data-kind=host][data-name='{victim}']")).await?;
+    wait_css(
+        c,
+        "[data-testid=host-view][data-state=not_responding]",
+        WAIT,
+    )
+    .await?;
+    screenshot(c, "14-host-down").await?;
+
+    // A survivor's HA agent judges it failed, and its VMs run again on the survivors.
+    let survivor = js(
+        c,
+        &format!("return [...document.querySelectorAll('.tree [data-kind=host]')].map(h => h.dataset.name).find(n => n !== '{victim}');"),
+    )
+    .await?;
+    let survivor = survivor.as_str().ok_or("no surviving host")?.to_string();
+    click(
+        c,
+        &format!(".tree [data-kind=host][data-name='{survivor}']"),
+    )
+    .await?;
+    wait_css(
+        c,
+        &format!("[data-testid=host-view] [data-ha-host='{victim}'][data-verdict=failed]"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    screenshot(c, "15-ha-verdict").await?;
+    let restarted = all_running(c, &victim, Duration::from_secs(120)).await?;
+    println!("after {victim} died: {restarted}");
+    click(c, ".tree [data-kind=cluster]").await?;
+    wait_css(c, "[data-testid=cluster-view]", WAIT).await?;
+    screenshot(c, "16-ha-restarted").await?;
+    Ok(())
+}
+
 fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -76,43 +203,16 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     c.goto(&dc.url).await.map_err(err("open the console"))?;
     wait_css(c, "[data-testid=login-form]", WAIT).await?;
     screenshot(c, "01-login").await?;
-    // Typed as keys: the page's inputs keep their state from input events. A wrong
-    // password first: the server's refusal shows as a readable message.
-    let user = wait_css(c, "input[name=user]", WAIT).await?;
-    user.clear().await.map_err(err("clear the user field"))?;
-    user.send_keys(&dc.user)
-        .await
-        .map_err(err("type the user"))?;
-    let password = wait_css(c, "input[name=password]", WAIT).await?;
-    password
-        .send_keys("not-the-password")
-        .await
-        .map_err(err("type a wrong password"))?;
-    click(c, "[data-testid=login-submit]").await?;
+    // A wrong password first: the server's refusal shows as a readable message.
+    log_in(c, &dc.user, "not-the-password").await?;
     let refused = wait_css(c, "[data-testid=login-error]", WAIT).await?;
     let refused = refused.text().await.map_err(err("login error"))?;
     println!("wrong password: {refused}");
-    password.clear().await.map_err(err("clear the password"))?;
-    password
-        .send_keys(&dc.password)
-        .await
-        .map_err(err("type the password"))?;
-    click(c, "[data-testid=login-submit]").await?;
+    log_in(c, &dc.user, &dc.password).await?;
     wait_css(c, "[data-testid=inventory-tree]", WAIT).await?;
 
     // The inventory: 3 hosts and 6 VMs, all running.
-    let counts = wait_js(
-        c,
-        "3 hosts and 6 running VMs in the tree",
-        &format!(
-            "const hosts = document.querySelectorAll('.tree [data-kind=host]').length;
-             const vms = [...document.querySelectorAll('.tree [data-kind=vm]')];
-             const running = vms.filter(v => v.dataset.power === 'running' && v.dataset.host).length;
-             return hosts === {HOSTS} && vms.length === {VMS} && running === {VMS} ? {{hosts, vms: vms.length}} : null;"
-        ),
-        Duration::from_secs(90),
-    )
-    .await?;
+    let counts = all_running(c, "", Duration::from_secs(90)).await?;
     println!("inventory: {counts}");
 
     // First paint and time to interactive: a fresh load of the console, logged in.
@@ -318,17 +418,7 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
             201,
         );
     });
-    let user = wait_css(c, "input[name=user]", WAIT).await?;
-    user.clear().await.map_err(err("clear the user field"))?;
-    user.send_keys("viewer")
-        .await
-        .map_err(err("type the user"))?;
-    let password = wait_css(c, "input[name=password]", WAIT).await?;
-    password
-        .send_keys("viewer-password")
-        .await
-        .map_err(err("type the password"))?;
-    click(c, "[data-testid=login-submit]").await?;
+    log_in(c, "viewer", "viewer-password").await?;
     click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
     wait_js(
         c,

@@ -21,6 +21,11 @@ const VERDICT_HELP: Record<string, string> = {
 export function HostSummary({ host, vms }: { host: Host; vms: Vm[] }) {
   return (
     <div class="summary-grid">
+      {host.state === "not_responding" && (
+        <div class="error-note wide-note" role="status">
+          {host.name} does not answer the center: what follows is its last report. HA restarts its VMs on the other hosts once they judge it failed.
+        </div>
+      )}
       <Card title="Host details">
         <Props
           rows={[
