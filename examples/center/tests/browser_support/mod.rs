@@ -33,6 +33,16 @@ pub fn browser_or_skip() -> bool {
         )
 }
 
+/// The `chromium` that [`browser_or_skip`] found on `PATH` (Debian: /usr/bin/chromium).
+fn chromium_path() -> String {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("chromium"))
+        .find(|p| p.is_file())
+        .map_or_else(|| "/usr/bin/chromium".into(), |p| p.display().to_string())
+}
+
 /// A free TCP port on loopback (bound and released: the caller binds it next).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -128,7 +138,7 @@ impl Driver {
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
-                "binary": "/usr/bin/chromium",
+                "binary": chromium_path(),
                 "args": [
                     "--headless=new",
                     "--no-sandbox",
