@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, the module import-cycle check, the whole test
-# suite, the crates' cargo examples, docs, and a short run of every fuzz target.
+# The test command: formatting, the web console's build, lints, the module import-cycle
+# check, the whole test suite, the crates' cargo examples, docs, and a short run of every
+# fuzz target.
 # Tests that need /dev/kvm or root check for it and print "SKIP: <why>" where it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+# The center serves web/dist; its browser tests need it built (node 20 + npm).
+step "web console: npm ci && npm run build (examples/center/web)"
+(cd examples/center/web && npm ci --no-audit --no-fund && npm run build)
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

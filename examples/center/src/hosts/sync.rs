@@ -31,16 +31,26 @@ pub(super) struct PollCtx {
     pub poll_ms: u64,
 }
 
+/// What the last poll saw, so that an unchanged list is not written again.
+#[derive(Default)]
+struct Seen {
+    vms: Option<Vec<VmInfo>>,
+    names: HashMap<u32, String>,
+}
+
 pub(super) fn run(ctx: PollCtx, stop: &AtomicBool) {
     let mut missed = 0u32;
+    let mut seen = Seen::default();
     while !stop.load(Ordering::Relaxed) {
-        match poll(&ctx) {
+        match poll(&ctx, &mut seen) {
             Ok(()) => missed = 0,
             Err(e) => {
                 missed = missed.saturating_add(1);
                 tracing::debug!(host = %ctx.name, missed, "poll failed: {e}");
                 if missed == MISSED_POLLS_MAX {
                     not_responding(&ctx, &e);
+                    // Whatever it says when it is back is news.
+                    seen = Seen::default();
                 }
             }
         }
@@ -81,7 +91,7 @@ fn not_responding(ctx: &PollCtx, why: &PollError) {
     }
 }
 
-fn poll(ctx: &PollCtx) -> Result<(), PollError> {
+fn poll(ctx: &PollCtx, seen: &mut Seen) -> Result<(), PollError> {
     let info: HostInfo = ctx.client.get("/host")?;
     let now_ms = (ctx.clock)();
     let Some(before) = ctx.store.host(&ctx.name)? else {
@@ -127,16 +137,8 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
     let asked_ms = (ctx.clock)();
     let vms: Vec<VmInfo> = ctx.client.get("/vms")?;
     let names = names_by_id(ctx.store.as_ref())?;
-    let known: HashMap<String, crate::model::Vm> = ctx
-        .store
-        .vms()?
-        .into_iter()
-        .map(|v| (v.name.clone(), v))
-        .collect();
-    let mut records = Vec::with_capacity(vms.len());
-    for mut vm in vms {
-        let runs_here = vm.host == Some(info.id);
-        if let (Some(stats), true) = (&vm.stats, runs_here) {
+    for vm in &vms {
+        if let (Some(stats), true) = (&vm.stats, vm.host == Some(info.id)) {
             samples.push(StatSample {
                 entity: format!("vm/{}", vm.spec.name),
                 level: 0,
@@ -147,17 +149,14 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
                 net_bytes: stats.console_bytes as f64,
             });
         }
-        // Only the host that runs a VM measures it: keep what that host said.
-        if vm.stats.is_none() && !runs_here {
-            if let Some(old) = known.get(&vm.spec.name) {
-                if old.info.host == vm.host {
-                    vm.stats.clone_from(&old.info.stats);
-                }
-            }
-        }
-        records.push(vm_record(vm, &names, asked_ms));
     }
-    ctx.store.sync_vms(&records, asked_ms)?;
+    // Every host reports every VM of the cluster at every poll, and mostly nothing
+    // changed: only a list that differs from this host's last one is written.
+    if seen.vms.as_ref() != Some(&vms) || seen.names != names {
+        sync_vms(ctx, &vms, &names, info.id, asked_ms)?;
+        seen.vms = Some(vms);
+        seen.names = names;
+    }
     ctx.store.add_samples(&samples)?;
 
     // Hosts time their events from their own start: the center's clock at that start.
@@ -184,6 +183,38 @@ fn poll(ctx: &PollCtx) -> Result<(), PollError> {
         ctx.store.host_events(&ctx.name, 0, &[])?;
     }
     Ok(())
+}
+
+/// Writes a host's list of the cluster's VMs.
+fn sync_vms(
+    ctx: &PollCtx,
+    vms: &[VmInfo],
+    names: &HashMap<u32, String>,
+    host_id: u32,
+    asked_ms: u64,
+) -> Result<(), PollError> {
+    let known: HashMap<String, crate::model::Vm> = ctx
+        .store
+        .vms()?
+        .into_iter()
+        .map(|v| (v.name.clone(), v))
+        .collect();
+    let records: Vec<_> = vms
+        .iter()
+        .map(|vm| {
+            let mut vm = vm.clone();
+            // Only the host that runs a VM measures it: keep what that host said.
+            if vm.stats.is_none() && vm.host != Some(host_id) {
+                if let Some(old) = known.get(&vm.spec.name) {
+                    if old.info.host == vm.host {
+                        vm.stats.clone_from(&old.info.stats);
+                    }
+                }
+            }
+            vm_record(vm, names, asked_ms)
+        })
+        .collect();
+    Ok(ctx.store.sync_vms(&records, asked_ms)?)
 }
 
 /// A host's event as the center logs it (`host_start_ms`: when the host started, by the

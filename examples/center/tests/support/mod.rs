@@ -44,7 +44,7 @@ impl Center {
         let mut cmd = Command::new(CENTER);
         cmd.arg("--state-dir")
             .arg(state.join("center"))
-            .args(["--listen", "127.0.0.1:0", "--poll-ms", "300"])
+            .args(["--listen", "127.0.0.1:0"])
             .arg("--admin-password-file")
             .arg(&pw)
             .args(more);
@@ -53,6 +53,10 @@ impl Center {
         }
         if insecure {
             cmd.arg("--insecure-http");
+        }
+        // Fast polls make fast tests, unless the test chose.
+        if !more.iter().any(|a| a == "--poll-ms") {
+            cmd.args(["--poll-ms", "300"]);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "error");
@@ -98,6 +102,11 @@ impl Center {
             agent,
             stdout: rx,
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stops it with SIGTERM and waits (up to 10 s) for it to exit; its exit status.

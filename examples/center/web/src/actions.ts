@@ -1,0 +1,21 @@
+// The operations the console starts: each answers `202 {"task": id}` and the task then
+// shows in the Recent tasks panel.
+
+import { enc, patch, post, taskId } from "./api";
+
+export type PowerAction = "start" | "stop" | "reset" | "shutdown";
+
+const started = async (answer: Promise<unknown>): Promise<string | undefined> => taskId(await answer);
+
+export const powerVm = (vm: string, action: PowerAction) => started(post(`/api/vcenter/vm/${enc(vm)}/power?action=${action}`));
+export const relocateVm = (vm: string, host: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=relocate`, { host }));
+export const snapshotVm = (vm: string, name?: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=snapshot`, name ? { name } : {}));
+export const revertVm = (vm: string, snapshot?: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=revert`, snapshot ? { snapshot } : {}));
+export const cloneVm = (vm: string, name: string, full: boolean) => started(post(`/api/vcenter/vm/${enc(vm)}?action=clone`, { name, full }));
+export const backupVm = (vm: string, repository: string, incremental: boolean) =>
+  started(post(`/api/vcenter/vm/${enc(vm)}?action=backup`, { repository, incremental }));
+/** `PATCH /api/vcenter/cluster/{cluster}` (administrators; answers at once, no task). */
+export const setClusterSettings = (cluster: string, settings: { drs: { automation: string; threshold: number }; ha: { admission_control: boolean; failures_tolerated: number } }) =>
+  patch(`/api/vcenter/cluster/${enc(cluster)}`, settings);
+export const maintenance = (host: string, enter: boolean) =>
+  started(post(`/api/vcenter/host/${enc(host)}?action=${enter ? "enter-maintenance" : "exit-maintenance"}`));
