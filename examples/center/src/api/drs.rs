@@ -1,7 +1,7 @@
 //! DRS through the API: a cluster's recommendations (a balancing pass over what the
 //! hosts report now), applying one, running a pass on demand, the automation that
-//! applies a fully automated cluster's recommendations every few minutes, and the
-//! initial placement of power-ons.
+//! applies a fully automated cluster's recommendations every few minutes. (The initial
+//! placement of power-ons is in `vm`.)
 //!
 //! A recommendation is named by what it does (`{vm, to}`), not by a number: applying it
 //! again, or after the cluster changed, is checked against the inventory as it is then
@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::vm::{find_vm, relocate_vm, running_host};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
 use crate::auth::Principal;
-use crate::drs::{cluster_spec, placement, recommendations};
+use crate::drs::{cluster_spec, recommendations};
 use crate::model::{Cluster, DrsAutomation, Role, TaskState, Vm};
 
 /// How often a fully automated cluster is balanced (vCenter's default: 5 minutes).
@@ -294,18 +294,4 @@ pub async fn automation(state: AppState) {
             }
         }
     }
-}
-
-/// Where DRS starts `vm` when the user names no host: the placement of a partially or
-/// fully automated cluster, the recommendation of a manual one (the event says so);
-/// none when drs finds no host.
-pub(super) fn initial_placement(state: &AppState, vm: &str) -> ApiResult<Option<String>> {
-    let Some(c) = state.store.clusters()?.into_iter().next() else {
-        return Ok(None);
-    };
-    let hosts = state.store.hosts()?;
-    let vms = state.store.vms()?;
-    let plan = placement(cluster_spec(&hosts, &vms, &c.settings.drs), vm)
-        .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
-    Ok(plan.placements.into_iter().find_map(|p| p.host))
 }

@@ -326,7 +326,7 @@ pub async fn power(
         // when drs finds none).
         let placed = match q.host {
             Some(_) => None,
-            None => super::drs::initial_placement(&state, &name)?,
+            None => initial_placement(&state, &name)?,
         };
         pick_host(&state, q.host.as_deref().or(placed.as_deref()), "host")?
     } else {
@@ -485,4 +485,17 @@ pub(super) async fn relocate_vm(
         message,
     )
     .await
+}
+
+/// Where DRS starts `vm` when the user names no host (at every automation level: a
+/// start with no host named accepts DRS's placement); none when drs finds no host.
+fn initial_placement(state: &AppState, vm: &str) -> ApiResult<Option<String>> {
+    let Some(c) = state.store.clusters()?.into_iter().next() else {
+        return Ok(None);
+    };
+    let hosts = state.store.hosts()?;
+    let vms = state.store.vms()?;
+    let plan = crate::drs::placement(crate::drs::cluster_spec(&hosts, &vms, &c.settings.drs), vm)
+        .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
+    Ok(plan.placements.into_iter().find_map(|p| p.host))
 }
