@@ -11,6 +11,7 @@ use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
 use crate::cpuid::CpuidLeaf;
+use crate::devices::acpi_power::AcpiPower;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioNet};
 use crate::error::{Error, Result};
@@ -38,6 +39,7 @@ pub struct Vm {
     started: bool,
     ctl: Arc<Control>,
     serial: Arc<Mutex<SerialDevice>>,
+    power: Arc<Mutex<AcpiPower>>,
     disks: Vec<Arc<Mutex<VirtioBlk>>>,
     nets: Vec<Arc<Mutex<VirtioNet>>>,
     /// The NICs' receive threads (dropped, so stopped, with the VM).
@@ -142,6 +144,7 @@ impl Vm {
             started: false,
             ctl: dev.ctl,
             serial: dev.serial,
+            power: dev.power,
             disks: dev.disks,
             nets: dev.nets,
             net_workers,
@@ -414,6 +417,16 @@ impl Vm {
                 tracing::error!("the vcpu throttle thread panicked");
             }
         }
+    }
+
+    /// Presses the ACPI power button (QEMU's `system_powerdown`): the guest is asked to
+    /// shut down and power off; whether and when it does is up to the guest.
+    pub fn press_power_button(&self) -> Result<()> {
+        self.power
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_power_button()
+            .map_err(Error::io("raise the power button interrupt"))
     }
 
     /// The current power state.

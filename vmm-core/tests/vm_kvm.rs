@@ -257,6 +257,39 @@ fn workload_reboot_and_host_stop() {
     });
 }
 
+/// The ACPI power button (the host's graceful shutdown): the workload guest notices
+/// the press, prints SHUTDOWN and powers off through the ACPI sleep control register.
+#[test]
+fn workload_powers_off_on_the_acpi_power_button() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "workload_powers_off_on_the_acpi_power_button",
+        CHILD,
+        || {
+            let Some(k) = guest("workload") else { return };
+            let con = Console::default();
+            let mut vm = Vm::create(config(k, &con).cmdline("workload.mib=1")).unwrap();
+            vm.start().unwrap();
+            con.wait_for("VINFRA-READY", T);
+            assert!(!con.text().contains("SHUTDOWN"));
+            vm.press_power_button().unwrap();
+            assert_eq!(
+                vm.wait_timeout(T),
+                Some(ExitReason::Poweroff { code: 0 }),
+                "console:\n{}",
+                con.text()
+            );
+            assert!(
+                con.text().contains("SHUTDOWN\n"),
+                "console:\n{}",
+                con.text()
+            );
+        },
+    );
+}
+
 /// Sends `command` and waits for the line `answer` after it (heartbeats may come in
 /// between).
 #[track_caller]
