@@ -12,8 +12,8 @@ use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
 use crate::cpuid::CpuidLeaf;
 use crate::devices::acpi_power::AcpiPower;
-use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioNet};
+use crate::devices::serial::{ConsoleStats, SerialDevice};
+use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioBlkStats, VirtioNet};
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
@@ -417,6 +417,22 @@ impl Vm {
                 tracing::error!("the vcpu throttle thread panicked");
             }
         }
+    }
+
+    /// Each disk's I/O counters, in configuration order.
+    pub fn disk_stats(&self) -> Vec<VirtioBlkStats> {
+        self.disks
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).stats())
+            .collect()
+    }
+
+    /// The serial console's byte counts.
+    pub fn console_stats(&self) -> ConsoleStats {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats()
     }
 
     /// Presses the ACPI power button (QEMU's `system_powerdown`): the guest is asked to

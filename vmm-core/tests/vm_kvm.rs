@@ -330,6 +330,27 @@ fn workload_writes_and_reads_disk_sectors() {
         );
         ask(&vm, &con, "ping 7", "PONG 7");
         assert!(!con.text().contains("ERR disk"), "console:\n{}", con.text());
+        // The counters the host reports per VM (issue 13): two sector reads, one write.
+        let d = vm.disk_stats();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].reads, d[0].writes), (2, 1), "{d:?}");
+        assert_eq!((d[0].bytes_read, d[0].bytes_written), (1024, 512), "{d:?}");
+        let before = con.text().len() as u64;
+        let c = vm.console_stats();
+        let after = con.text().len() as u64;
+        let sent = [
+            "dwrite 5 305419896\n",
+            "dread 5\n",
+            "dread 6\n",
+            "dread 2048\n",
+            "ping 7\n",
+        ];
+        assert_eq!(c.in_bytes, sent.iter().map(|s| s.len() as u64).sum::<u64>());
+        // A heartbeat may be printed meanwhile.
+        assert!(
+            (before..=after).contains(&c.out_bytes),
+            "{c:?} {before} {after}"
+        );
         let data = std::fs::read(&img).unwrap();
         for (j, w) in data[5 * 512..6 * 512].chunks_exact(4).enumerate() {
             assert_eq!(w, 305_419_896u32.to_le_bytes(), "sector 5 word {j}");
