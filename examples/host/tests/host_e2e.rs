@@ -1,8 +1,9 @@
 //! The reference host end to end, through its API: a `vinfra-lab` cluster of real
 //! `vinfra-host` processes (network namespaces as root), each VM a `vinfra-vm` child on
 //! KVM running the `workload` test guest. VMs are created, started, watched on their
-//! console and stopped through the API; a VM whose process is killed runs again; a VM
-//! powered off through the API is not restarted by HA; a killed host's VMs run again on
+//! console and stopped (hard, or gracefully through the guest's ACPI power button)
+//! through the API; a VM whose process is killed runs again; a VM powered off through
+//! the API is not restarted by HA; a killed host's VMs run again on
 //! the others, each exactly once; bad requests are refused with a JSON error that says
 //! why and change nothing.
 #![allow(clippy::unwrap_used)]
@@ -165,6 +166,10 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
         }
     }
     drop(ws);
+    // The console's bytes, counted by the VM's process, in db's statistics.
+    let st = &lab.vm(2, "db")["stats"];
+    assert_eq!(st["console_in_bytes"], 6, "{st}");
+    assert!(st["console_bytes"].as_u64() > Some(30), "{st}");
 
     // A guest that powers itself off stays off: HA does not start it again.
     lab.create(3, "quitter");
@@ -178,17 +183,33 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     );
     let (mut ws, _) = tungstenite::connect(request).unwrap();
     ws.send(tungstenite::Message::text("exit 0\n")).unwrap();
-    // The viewer stays until the guest is gone: its input is read on the host's tick.
+    // The viewer leaves at once: what it typed still reaches the guest.
+    drop(ws);
     lab.wait("quitter's power-off", || {
         lab.events(3, "vm_exited", "quitter")
             .iter()
             .any(|e| e["data"]["code"] == 0)
     });
-    drop(ws);
+
+    // Graceful shutdown through the guest (its ACPI power button, `vinfra vm shutdown`):
+    // the workload guest says SHUTDOWN and powers off; it stays off too.
+    lab.create(3, "polite");
+    assert_eq!(lab.op(3, "polite", "start")["state"], "success");
+    lab.wait("polite's heartbeat", || lab.beats(3, "polite") >= 1);
+    let t = lab.op_with(3, "polite", "shutdown", r#"{"timeout_ms": 20000}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    assert_eq!(t["result"]["exit"]["code"], 0, "{t}");
+    let lines = lab.events(3, "console", "polite");
+    assert!(
+        lines.iter().any(|e| e["data"]["line"] == "SHUTDOWN"),
+        "{lines:?}"
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(lab.vm(1, "quitter")["state"], "shut_off");
-    for h in 1..=3 {
-        assert!(lab.events(h, "vm_started", "quitter").len() <= usize::from(h == 3));
+    for vm in ["quitter", "polite"] {
+        assert_eq!(lab.vm(1, vm)["state"], "shut_off", "{vm}");
+        for h in 1..=3 {
+            assert!(lab.events(h, "vm_started", vm).len() <= usize::from(h == 3));
+        }
     }
 
     // Stop through the API: it stays off (no HA restart anywhere).

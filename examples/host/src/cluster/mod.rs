@@ -14,11 +14,13 @@
 
 mod api_calls;
 pub mod backup;
+mod consoles;
 pub mod devices;
 mod migrate;
 mod nics;
 pub mod probe;
 pub mod report;
+mod shutdown;
 pub mod storage_fault;
 mod vm_ops;
 pub mod vms;
@@ -204,13 +206,14 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         report,
         start,
         refused: std::collections::BTreeMap::new(),
-        consoles: api_calls::Consoles::new(),
+        consoles: consoles::Consoles::new(),
         api: opts.api.clone(),
         key_file: opts.key_file.clone(),
         maintenance: in_maintenance,
         cpuid_missing: opts.cpuid_missing.clone(),
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
+        shutdowns: shutdown::Shutdowns::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
     let ended = host.run(&rx);
@@ -288,7 +291,7 @@ struct Host {
     /// same refusal (a dead owner's lease running out) is reported once.
     refused: std::collections::BTreeMap<String, String>,
     /// The API's console viewers, per VM.
-    consoles: api_calls::Consoles,
+    consoles: consoles::Consoles,
     /// The API's settings (peers' APIs share its port).
     api: Option<ApiOptions>,
     /// The cluster key's file, for live migrations.
@@ -305,6 +308,8 @@ struct Host {
     port_groups: Vec<String>,
     /// The vcb repositories' password.
     vcb_password: Vec<u8>,
+    /// Graceful shutdowns waiting for their guests.
+    shutdowns: shutdown::Shutdowns,
 }
 
 impl Host {
@@ -342,8 +347,10 @@ impl Host {
                     }
                     self.refresh();
                 }
+                self.shutdown_ended(&vm, &exit);
                 self.feed(Event::VmStopped { vm });
             }
+            self.shutdown_overdue();
             let valid = self.volume.check_lease().is_ok();
             if valid {
                 self.vms.feed_leases();
@@ -442,11 +449,12 @@ impl Host {
                 );
             }
             Action::ShutDown { vm, why } => {
-                // The test guests have no shutdown request; the agent powers them off
-                // when the grace period ends.
+                // The guest's ACPI power button; a guest that ignores it is powered off
+                // by the agent when the grace period ends.
+                let error = self.vms.press_power_button(&vm).err();
                 self.report.event(
                     "vm_shutdown_asked",
-                    serde_json::json!({"vm": vm, "why": why}),
+                    serde_json::json!({"vm": vm, "why": why, "error": error}),
                 );
             }
             Action::Reset { vm, why } => {

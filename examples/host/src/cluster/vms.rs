@@ -250,6 +250,14 @@ impl Vms {
         r.process.reset().map_err(|e| e.to_string())
     }
 
+    /// Presses the VM's ACPI power button (a graceful shutdown's request).
+    pub fn press_power_button(&self, name: &str) -> Result<(), String> {
+        let Some(r) = self.running.get(name) else {
+            return Err(format!("{name} does not run here"));
+        };
+        r.process.press_power_button().map_err(|e| e.to_string())
+    }
+
     /// Tells every child that this host's lease is valid (each tick it is).
     pub fn feed_leases(&mut self) {
         for r in self.running.values_mut() {
