@@ -300,6 +300,86 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     lab.wait("mover's heartbeats back on host 1", || {
         lab.beat_numbers(1, "mover").last() > after.last()
     });
+    lab.ok(1, "POST", "/vms/mover/stop", "{}", 202);
+
+    // The network follows a moving VM (the lab's vm-net port group, VXLAN between the
+    // hosts): a `net` guest on host 1 answers a pinger on host 2 (one echo every 100 ms)
+    // throughout its live migration to host 3, but for the switchover.
+    let net = vinfra_testkit::guest("net").unwrap();
+    for (host, vm, cmdline) in [
+        (1, "target", "net.ip=192.168.77.2".to_string()),
+        (
+            2,
+            "pinger",
+            format!("net.ip=192.168.77.1 net.ping=192.168.77.2:{PINGS}"),
+        ),
+    ] {
+        let spec = json!({"name": vm, "kernel": net, "memory_mib": 16, "cmdline": cmdline,
+                          "nics": [{"portgroup": "vm-net"}]});
+        lab.ok(host, "POST", "/vms", &spec.to_string(), 201);
+        assert_eq!(lab.op(host, vm, "start")["state"], "success");
+    }
+    lab.wait("the first reply", || !replies(&lab).is_empty());
+    let t = lab.op_with(1, "target", "migrate", r#"{"to": "3"}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    let mut last = String::new();
+    lab.wait("the pinger's tally", || {
+        last = console_tail(&lab, 2, "pinger", "NET-PING sent=");
+        !last.is_empty()
+    });
+    let at = replies(&lab);
+    let silence = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        silence < 1000 && at.len() + 10 >= PINGS as usize,
+        "{last}; longest silence {silence} ms; migration {t}"
+    );
+
+    // A guest that ignores the ACPI power button (the net guest): the graceful shutdown
+    // times out and says why, the VM runs on; with force_after it is stopped hard.
+    let t = lab.op_with(3, "target", "shutdown", r#"{"timeout_ms": 1000}"#);
+    assert!(
+        t["state"] == "error" && t["error"]["code"] == "guest_timeout",
+        "{t}"
+    );
+    assert_eq!(lab.vm(3, "target")["state"], "running");
+    let t = lab.op_with(
+        3,
+        "target",
+        "shutdown",
+        r#"{"timeout_ms": 500, "force_after": true}"#,
+    );
+    assert!(
+        t["state"] == "success" && t["result"]["forced"] == true,
+        "{t}"
+    );
+    assert_eq!(lab.vm(1, "target")["state"], "shut_off");
+}
+
+/// How many echoes the pinger sends (100 ms apart).
+const PINGS: u64 = 60;
+
+/// When (host 2's clock, ms) the pinger printed each reply.
+fn replies(lab: &Lab) -> Vec<u64> {
+    lab.events(2, "console", "pinger")
+        .iter()
+        .filter(|e| {
+            e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("NET-PING-REPLY"))
+        })
+        .map(|e| e["ms"].as_u64().unwrap())
+        .collect()
+}
+
+/// The last console line of `vm` on `host` that starts with `prefix` (empty if none).
+fn console_tail(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
+    lab.events(host, "console", vm)
+        .iter()
+        .filter_map(|e| e["data"]["line"].as_str())
+        .filter(|l| l.starts_with(prefix))
+        .last()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -396,4 +476,33 @@ fn a_host_in_maintenance_is_emptied_by_live_migration_and_ha_places_nothing_on_i
         lab.ok(1, "GET", "/host", "", 200)["maintenance"] == false
     });
     assert_eq!(lab.op(1, "late", "start")["state"], "success");
+
+    // Maintenance, then the host stopped (SIGTERM): it ends cleanly (`ended` Stopped,
+    // which is exit status 0) and no VM is restarted anywhere.
+    let t = lab.ok(1, "POST", "/host/maintenance", r#"{"enter": true}"#, 202);
+    let t = lab.task(1, t["task"].as_u64().unwrap());
+    assert_eq!(t["state"], "success", "{t}");
+    lab.wait("late on host 3", || lab.vm(3, "late")["host"] == 3);
+    let host1 = lab.host_pid(1);
+    let term = Command::new("kill")
+        .args(["-TERM", &host1.to_string()])
+        .status();
+    assert!(term.unwrap().success());
+    lab.wait("host 1 gone", || !alive(host1));
+    let events = std::fs::read_to_string(lab.path().join("host1.events")).unwrap();
+    let last = events.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(r#""event":"ended""#) && last.contains(r#""why":"Stopped""#),
+        "{last}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for vm in vms.iter().chain(&["late"]) {
+        assert_eq!(lab.vm(3, vm)["host"], 3, "{vm}");
+        let restarts = lab.events(3, "vm_started", vm).len();
+        assert_eq!(
+            restarts,
+            usize::from(on2.contains(vm)),
+            "{vm} started on host 3"
+        );
+    }
 }
