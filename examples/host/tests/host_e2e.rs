@@ -330,7 +330,7 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     let at = replies(&lab);
     let silence = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(
-        silence < 1000 && at.len() + 10 >= PINGS as usize,
+        silence < 1000 && at.len() + 10 >= PINGS,
         "{last}; longest silence {silence} ms; migration {t}"
     );
 
@@ -356,7 +356,7 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
 }
 
 /// How many echoes the pinger sends (100 ms apart).
-const PINGS: u64 = 60;
+const PINGS: usize = 60;
 
 /// When (host 2's clock, ms) the pinger printed each reply.
 fn replies(lab: &Lab) -> Vec<u64> {
@@ -376,8 +376,7 @@ fn console_tail(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
     lab.events(host, "console", vm)
         .iter()
         .filter_map(|e| e["data"]["line"].as_str())
-        .filter(|l| l.starts_with(prefix))
-        .last()
+        .rfind(|l| l.starts_with(prefix))
         .unwrap_or_default()
         .to_string()
 }
