@@ -2,7 +2,8 @@
 //! [`LoopBridge`](crate::api::LoopBridge) hands over is answered here, on the loop's
 //! thread, where the VM table, the VM locks and the agent live.
 //!
-//! Power operations change the VM's HA settings first (`desired_on`), then act, then
+//! Power operations change the VM's HA settings first (`desired_on`; a start right after
+//! its child is spawned under the VM's lock, so as not to delay the guest), then act, then
 //! feed the agent a fresh reading of the volume, so that neither this agent (from its
 //! last reading) nor a peer's planner (settings of unowned VMs are read afresh) undoes
 //! what the user asked for.
@@ -387,6 +388,7 @@ impl Host {
         if let VmOp::Restore(req) = &op {
             return self.restore_vm(name, req, task);
         }
+        let t_op = std::time::Instant::now();
         let vm = self.vm_info(name)?;
         let me = self.agent.host();
         let elsewhere = vm.host.filter(|&h| h != me);
@@ -408,15 +410,33 @@ impl Host {
                 }
                 self.refuse_in_maintenance(name, vm.state)?;
                 self.check_port_groups(name)?;
-                self.set_desired(name, true)?;
+                let checks_ms = t_op.elapsed().as_secs_f64() * 1000.0;
                 let t = std::time::Instant::now();
                 let outcome = self.vms.power_on(name);
                 let started = outcome == PowerOnOutcome::Started;
+                let spawn_ms = t.elapsed().as_secs_f64() * 1000.0;
                 if started {
+                    // `desired_on` is written once the child runs (under the VM's lock,
+                    // taken by power_on): its fdatasync on the volume then overlaps the
+                    // guest's boot instead of delaying it. Nothing reads it meanwhile
+                    // that could act: a peer sees the VM's lock held, and this agent
+                    // hears of the VM only below.
+                    let t = std::time::Instant::now();
+                    if let Err(e) = self.set_desired(name, true) {
+                        let exit = self.vms.power_off(name);
+                        self.report.event(
+                            "vm_powered_off",
+                            serde_json::json!({"vm": name, "why": "start failed", "exit": exit}),
+                        );
+                        return Err(e);
+                    }
                     self.report.event(
                         "vm_started",
                         serde_json::json!({"vm": name, "pid": self.vms.pid(name),
-                                           "spawn_ms": t.elapsed().as_secs_f64() * 1000.0,
+                                           "spawn_ms": spawn_ms,
+                                           "checks_ms": checks_ms,
+                                           "times": self.vms.last_start(),
+                                           "desired_ms": t.elapsed().as_secs_f64() * 1000.0,
                                            "by": "api"}),
                     );
                 }
