@@ -898,6 +898,20 @@ fn vinfra_prints_json_tables_and_fails_with_exit_1() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("esx1 (id 1)"));
     let out = s.vinfra(&["task", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("start  web1  success  100%"));
+    // Shutdown's flags reach the host (the fake answers what it was asked).
+    let out = s.vinfra(&[
+        "--json",
+        "vm",
+        "shutdown",
+        "web1",
+        "--timeout-ms",
+        "5000",
+        "--force-after",
+    ]);
+    let task: TaskInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task.result, Some(json!([5000, true])), "{out:?}");
+    let out = s.vinfra(&["--json", "vm", "start", "web1"]);
+    assert!(out.status.success(), "{out:?}");
 
     // Errors: the API's message, exit 1.
     let out = s.vinfra(&["vm", "start", "nosuch"]);
