@@ -168,7 +168,13 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     drop(ws);
     // The console's bytes, counted by the VM's process, in db's statistics.
     let st = &lab.vm(2, "db")["stats"];
-    assert_eq!(st["console_in_bytes"], 6, "{st}");
+    assert_eq!(
+        st["console_in_bytes"],
+        6,
+        "{st} {:?} {:?}",
+        lab.events(2, "vm_started", "db"),
+        lab.events(2, "vm_exited", "db")
+    );
     assert!(st["console_bytes"].as_u64() > Some(30), "{st}");
 
     // A guest that powers itself off stays off: HA does not start it again.
@@ -319,7 +325,7 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
         lab.ok(host, "POST", "/vms", &spec.to_string(), 201);
         assert_eq!(lab.op(host, vm, "start")["state"], "success");
     }
-    lab.wait("the first reply", || !replies(&lab).is_empty());
+    lab.wait("the first replies", || replies(&lab).len() >= 5);
     let t = lab.op_with(1, "target", "migrate", r#"{"to": "3"}"#);
     assert_eq!(t["state"], "success", "{t}");
     let mut last = String::new();
@@ -331,7 +337,11 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     let silence = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(
         silence < 1000 && at.len() + 10 >= PINGS,
-        "{last}; longest silence {silence} ms; migration {t}"
+        "{last}; longest silence {silence} ms; migration {t}; starts {:?} {:?}; exits {:?} {:?}",
+        lab.events(2, "vm_started", "pinger"),
+        lab.events(1, "vm_started", "target"),
+        lab.events(2, "vm_exited", "pinger"),
+        lab.events(3, "vm_exited", "target"),
     );
 
     // A guest that ignores the ACPI power button (the net guest): the graceful shutdown
