@@ -13,12 +13,12 @@
  * only a broken device waits this long, and then one heartbeat is skipped, not burst. */
 #define DISK_TIMEOUT_MS 1000
 #define SECTOR_WORDS 128
-/* The VMM's ACPI power device (ABI.md): sleep control, sleep status, GED event status.
- * Unassigned ports read 0xff (QEMU, or a VMM without it), so the button counts only where
- * the sleep status port reads 0. */
+/* The VMM's ACPI power device (ABI.md): sleep control, sleep status, GED event status,
+ * signature. Unassigned ports read 0xff (QEMU microvm, or a VMM without it) and a PC's VGA
+ * decodes these ports, so the button counts only where the signature reads 'V'. */
 #define ACPI_SLEEP_CONTROL 0x3c0
-#define ACPI_SLEEP_STATUS 0x3c1
 #define ACPI_GED_STATUS 0x3c2
+#define ACPI_SIGNATURE 0x3c3
 #define GED_POWER_BUTTON 0x01
 #define SLP_TYP_S5 (5u << 2)
 #define SLP_EN (1u << 5)
@@ -271,7 +271,7 @@ int guest_main(void)
     uint64_t hz = tsc_khz() * 1000;
     poll_cycles = SERIAL_POLL_US * hz / 1000000;
     button_cycles = BUTTON_POLL_MS * hz / 1000;
-    have_power_button = inb(ACPI_SLEEP_STATUS) == 0;
+    have_power_button = inb(ACPI_SIGNATURE) == 'V';
     uint32_t irq;
     int found = virtio_mmio_from_cmdline(0, &disk_base, &irq);
     if (found < 0)

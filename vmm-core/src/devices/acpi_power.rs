@@ -8,6 +8,7 @@
 //! | `0x3c0` | sleep control: a write with `SLP_EN` (bit 5) and `SLP_TYP` (bits 2–4) 5 powers off |
 //! | `0x3c1` | sleep status: reads 0 (the machine never sleeps, it only powers off) |
 //! | `0x3c2` | GED event status: bit 0 power button; a write of 1 clears it |
+//! | `0x3c3` | reads [`SIGNATURE`] (`'V'`), so that a guest can tell the device is there |
 //!
 //! A press sets bit 0 and raises GSI [`GED_GSI`] (edge): an ACPI OS runs the GED's
 //! `_EVT`, which notifies `\_SB.PWRB` (`PNP0C0C`) with `0x80` (Linux: `KEY_POWER`, then
@@ -31,6 +32,11 @@ pub const SLEEP_CONTROL_OFFSET: u16 = 0;
 pub const SLEEP_STATUS_OFFSET: u16 = 1;
 /// Offset of the GED event status register.
 pub const GED_STATUS_OFFSET: u16 = 2;
+/// Offset of the signature byte.
+pub const SIGNATURE_OFFSET: u16 = 3;
+/// What the signature byte reads: `'V'`. A port nobody decodes reads `0xff`, and where
+/// these ports are VGA's (a PC machine in QEMU) they read other things.
+pub const SIGNATURE: u8 = b'V';
 /// GED event status bit: the power button was pressed.
 pub const GED_POWER_BUTTON: u8 = 1;
 /// The GED's interrupt: ISA IRQ 3 (COM2's, which this machine does not have), a pin
@@ -82,10 +88,12 @@ impl fmt::Debug for AcpiPower {
 impl PioDevice for AcpiPower {
     fn pio_read(&mut self, offset: u16, data: &mut [u8]) {
         data.fill(0);
-        if offset == GED_STATUS_OFFSET {
-            if let Some(b) = data.first_mut() {
-                *b = self.ged_status;
-            }
+        if let Some(b) = data.first_mut() {
+            *b = match offset {
+                GED_STATUS_OFFSET => self.ged_status,
+                SIGNATURE_OFFSET => SIGNATURE,
+                _ => 0,
+            };
         }
     }
 
@@ -121,6 +129,8 @@ mod tests {
     fn power_button_sets_status_raises_the_irq_and_is_cleared_by_the_guest() {
         let (mut d, _) = device();
         let mut b = [0xffu8];
+        d.pio_read(SIGNATURE_OFFSET, &mut b);
+        assert_eq!(b[0], b'V');
         d.pio_read(GED_STATUS_OFFSET, &mut b);
         assert_eq!(b[0], 0);
         assert!(d.irq.read().is_err(), "no interrupt before a press");
