@@ -480,6 +480,7 @@ impl Host {
                     return Ok(());
                 }
                 self.set_desired(name, false)?;
+                self.ha_shutdowns.remove(name);
                 let exit = self.vms.power_off(name);
                 self.report.event(
                     "vm_powered_off",

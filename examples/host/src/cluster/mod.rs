@@ -214,6 +214,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
         shutdowns: shutdown::Shutdowns::new(),
+        ha_shutdowns: std::collections::BTreeSet::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
     let ended = host.run(&rx);
@@ -310,6 +311,9 @@ struct Host {
     vcb_password: Vec<u8>,
     /// Graceful shutdowns waiting for their guests.
     shutdowns: shutdown::Shutdowns,
+    /// VMs whose power button the HA agent pressed (isolation response "shut down"):
+    /// their guest's power-off is HA's, for the other hosts to restart, not the user's.
+    ha_shutdowns: std::collections::BTreeSet<String>,
 }
 
 impl Host {
@@ -340,8 +344,10 @@ impl Host {
                 );
                 // A guest that powered itself off (status 0) is off, as the user had
                 // powered it off: HA must not start it again. A crash, a kill or a
-                // fence (any other end) is for HA to restart.
-                if exit.code == Some(0) {
+                // fence (any other end) is for HA to restart, and so is a guest that
+                // shut down because HA pressed its power button (isolation response).
+                let by_ha = self.ha_shutdowns.remove(&vm);
+                if exit.code == Some(0) && !by_ha {
                     if let Err(e) = self.set_desired(&vm, false) {
                         tracing::warn!(vm, "record the guest's power-off: {e}");
                     }
@@ -420,6 +426,7 @@ impl Host {
                 }
             }
             Action::PowerOn { vm } => {
+                self.ha_shutdowns.remove(&vm);
                 let t = Instant::now();
                 let outcome = self.vms.power_on(&vm);
                 if outcome == PowerOnOutcome::Started {
@@ -442,6 +449,7 @@ impl Host {
                 self.feed(Event::PowerOnResult { vm, outcome });
             }
             Action::PowerOff { vm, why } => {
+                self.ha_shutdowns.remove(&vm);
                 let exit = self.vms.power_off(&vm);
                 self.report.event(
                     "vm_powered_off",
@@ -452,6 +460,9 @@ impl Host {
                 // The guest's ACPI power button; a guest that ignores it is powered off
                 // by the agent when the grace period ends.
                 let error = self.vms.press_power_button(&vm).err();
+                if error.is_none() {
+                    self.ha_shutdowns.insert(vm.clone());
+                }
                 self.report.event(
                     "vm_shutdown_asked",
                     serde_json::json!({"vm": vm, "why": why, "error": error}),
