@@ -274,6 +274,19 @@ fn workload_powers_off_on_the_acpi_power_button() {
             vm.start().unwrap();
             con.wait_for("VINFRA-READY", T);
             assert!(!con.text().contains("SHUTDOWN"));
+            // A short wait on a running VM keeps to its timeout (a watch loop turns on it).
+            let best = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    assert_eq!(vm.wait_timeout(Duration::from_millis(10)), None);
+                    t.elapsed()
+                })
+                .min()
+                .unwrap();
+            assert!(
+                best < Duration::from_millis(30),
+                "wait_timeout(10 ms) took {best:?}"
+            );
             vm.press_power_button().unwrap();
             assert_eq!(
                 vm.wait_timeout(T),

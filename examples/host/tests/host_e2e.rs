@@ -166,9 +166,9 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
         }
     }
     drop(ws);
-    // The console's bytes, counted by the VM's process, in db's statistics. (The first
-    // reading right after the exchange was seen stale in this test, by a second or so:
-    // README, "Not done"; so this waits for them.)
+    // The console's bytes, counted by the VM's process, in db's statistics (its status
+    // copy is refreshed each 10 ms turn of its watch loop: a reading right after the
+    // exchange may miss it by a turn).
     let mut st = Value::Null;
     lab.wait("db's console counts", || {
         st = lab.vm(2, "db")["stats"].clone();
