@@ -283,7 +283,8 @@ fn the_power_button_shuts_the_workload_down_and_status_counts_its_io() {
     let io = loop {
         // The status copy is refreshed each turn of the watch loop (10 ms).
         let io = vm.status().unwrap().io;
-        if io.disk_writes >= 1 || Instant::now() > end {
+        // The line seen on the console may be newer than the copy.
+        if (io.disk_writes >= 1 && io.console_out_bytes >= 24) || Instant::now() > end {
             break io;
         }
         std::thread::sleep(Duration::from_millis(20));
