@@ -345,7 +345,16 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
 
     // A guest that ignores the ACPI power button (the net guest): the graceful shutdown
     // times out and says why, the VM runs on; with force_after it is stopped hard.
-    let t = lab.op_with(3, "target", "shutdown", r#"{"timeout_ms": 1000}"#);
+    let t = lab.ok(
+        3,
+        "POST",
+        "/vms/target/shutdown",
+        r#"{"timeout_ms": 1000}"#,
+        202,
+    );
+    let (s, e) = lab.send(3, "POST", "/vms/target/shutdown", "", true);
+    assert!(s == 409 && e["error"]["code"] == "wrong_state", "{s} {e}");
+    let t = lab.task(3, t["task"].as_u64().unwrap());
     assert!(
         t["state"] == "error" && t["error"]["code"] == "guest_timeout",
         "{t}"

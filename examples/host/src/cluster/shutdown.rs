@@ -37,9 +37,11 @@ impl Host {
         task: TaskHandle,
     ) -> Result<(), ApiError> {
         if self.shutdowns.contains_key(name) {
-            return Err(ApiError::Unsupported(format!(
-                "a shutdown of {name} is already in progress"
-            )));
+            return Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: crate::api::PowerState::Running,
+                needed: "a shutdown of it is already in progress".into(),
+            });
         }
         self.vms
             .press_power_button(name)
