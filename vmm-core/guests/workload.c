@@ -13,6 +13,16 @@
  * only a broken device waits this long, and then one heartbeat is skipped, not burst. */
 #define DISK_TIMEOUT_MS 1000
 #define SECTOR_WORDS 128
+/* The VMM's ACPI power device (ABI.md): sleep control, sleep status, GED event status,
+ * signature. Unassigned ports read 0xff (QEMU microvm, or a VMM without it) and a PC's VGA
+ * decodes these ports, so the button counts only where the signature reads 'V'. */
+#define ACPI_SLEEP_CONTROL 0x3c0
+#define ACPI_GED_STATUS 0x3c2
+#define ACPI_SIGNATURE 0x3c3
+#define GED_POWER_BUTTON 0x01
+#define SLP_TYP_S5 (5u << 2)
+#define SLP_EN (1u << 5)
+#define BUTTON_POLL_MS 10 /* most time between two looks at the power button */
 
 /* State lives in guest memory so it survives snapshot/restore and migration. */
 static uint64_t heartbeat;
@@ -27,6 +37,9 @@ static uint32_t line_len;
 static int line_overflow;
 static uint64_t poll_cycles; /* SERIAL_POLL_US in TSC cycles */
 static uint64_t next_poll;   /* TSC value from which the dirtying loop polls the serial port */
+static int have_power_button;
+static uint64_t button_cycles; /* BUTTON_POLL_MS in TSC cycles */
+static uint64_t next_button;
 /* The disk: driver state in .bss and the sector buffer in .noinit, both guest memory, so a
  * snapshot or a migration carries them (the device's queue state travels with the VMM). */
 static struct virtio_dev dev;
@@ -197,6 +210,22 @@ static void command(const char *l)
     }
 }
 
+/* The ACPI power button (the host's graceful shutdown): acknowledges the press, says
+ * SHUTDOWN and powers off through the ACPI sleep control register (S5), as an ACPI OS
+ * does; should that not end the VM, through the exit device. */
+static void poll_power_button(uint64_t now)
+{
+    if (!have_power_button || now < next_button)
+        return;
+    next_button = now + button_cycles;
+    if (!(inb(ACPI_GED_STATUS) & GED_POWER_BUTTON))
+        return;
+    outb(ACPI_GED_STATUS, GED_POWER_BUTTON);
+    serial_write("SHUTDOWN\n", 9);
+    outb(ACPI_SLEEP_CONTROL, (uint8_t)(SLP_TYP_S5 | SLP_EN));
+    guest_exit(0);
+}
+
 static void poll_serial(void)
 {
     /* Drain what is waiting, bounded so a flood cannot starve the heartbeat. */
@@ -241,6 +270,8 @@ int guest_main(void)
     debug = cmdline_get("vinfra.debug", dbg, sizeof dbg) && dbg[0] == '1';
     uint64_t hz = tsc_khz() * 1000;
     poll_cycles = SERIAL_POLL_US * hz / 1000000;
+    button_cycles = BUTTON_POLL_MS * hz / 1000;
+    have_power_button = inb(ACPI_SIGNATURE) == 'V';
     uint32_t irq;
     int found = virtio_mmio_from_cmdline(0, &disk_base, &irq);
     if (found < 0)
@@ -311,6 +342,7 @@ int guest_main(void)
         }
         poll_serial();
         next_poll = rdtsc() + poll_cycles;
+        poll_power_button(now);
         if (!busy) {
             uint64_t until = now + IDLE_POLL_US * hz / 1000000;
             while (rdtsc() < until)

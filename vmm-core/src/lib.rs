@@ -84,7 +84,7 @@ pub use config::{
 };
 pub use cpuid::{CpuidLeaf, CpuidMask, CpuidRegister};
 pub use devices::net::MacAddr;
-pub use devices::serial::SharedWriter;
+pub use devices::serial::{ConsoleStats, SharedWriter};
 pub use dirty::DirtyBitmap;
 pub use error::{Error, MemoryError, Result, SnapshotMismatch};
 pub use incoming::IncomingVm;

@@ -206,6 +206,10 @@ impl Control {
             } else {
                 Duration::from_millis(50)
             };
+            // Never past the caller's deadline: a 10 ms wait must not take 50.
+            let step = deadline.map_or(step, |d| {
+                step.min(d.saturating_duration_since(Instant::now()))
+            });
             g = self
                 .cv
                 .wait_timeout(g, step)

@@ -11,8 +11,9 @@ use crate::boot::{self, cpu_setup, BootProtocol, EntryMode};
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialInputSource, ValidConfig, VmConfig};
 use crate::cpuid::CpuidLeaf;
-use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioNet};
+use crate::devices::acpi_power::AcpiPower;
+use crate::devices::serial::{ConsoleStats, SerialDevice};
+use crate::devices::virtio::{NetWorker, VirtioBlk, VirtioBlkStats, VirtioNet};
 use crate::error::{Error, Result};
 use crate::kvm;
 use crate::memory::{self, GuestMemoryMmap};
@@ -38,6 +39,7 @@ pub struct Vm {
     started: bool,
     ctl: Arc<Control>,
     serial: Arc<Mutex<SerialDevice>>,
+    power: Arc<Mutex<AcpiPower>>,
     disks: Vec<Arc<Mutex<VirtioBlk>>>,
     nets: Vec<Arc<Mutex<VirtioNet>>>,
     /// The NICs' receive threads (dropped, so stopped, with the VM).
@@ -142,6 +144,7 @@ impl Vm {
             started: false,
             ctl: dev.ctl,
             serial: dev.serial,
+            power: dev.power,
             disks: dev.disks,
             nets: dev.nets,
             net_workers,
@@ -414,6 +417,32 @@ impl Vm {
                 tracing::error!("the vcpu throttle thread panicked");
             }
         }
+    }
+
+    /// Each disk's I/O counters, in configuration order.
+    pub fn disk_stats(&self) -> Vec<VirtioBlkStats> {
+        self.disks
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).stats())
+            .collect()
+    }
+
+    /// The serial console's byte counts.
+    pub fn console_stats(&self) -> ConsoleStats {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats()
+    }
+
+    /// Presses the ACPI power button (QEMU's `system_powerdown`): the guest is asked to
+    /// shut down and power off; whether and when it does is up to the guest.
+    pub fn press_power_button(&self) -> Result<()> {
+        self.power
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_power_button()
+            .map_err(Error::io("raise the power button interrupt"))
     }
 
     /// The current power state.

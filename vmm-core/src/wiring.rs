@@ -14,6 +14,7 @@ use crate::acpi::{AcpiConfig, VirtioMmioDevice};
 use crate::boot::cpu_setup;
 use crate::bus::{MmioBus, PioBus};
 use crate::config::{SerialOutput, ValidConfig};
+use crate::devices::acpi_power::{AcpiPower, ACPI_POWER_LEN, ACPI_POWER_PORT, GED_GSI};
 use crate::devices::block::FileBackend;
 use crate::devices::exit::{
     ExitDevice, ExitHandler, GuestExit, EXIT_PORT, EXIT_PORT_LEN, I8042, I8042_BASE, I8042_LEN,
@@ -125,6 +126,8 @@ fn irq_eventfd(vm_fd: &VmFd, gsi: u32) -> Result<EventFd> {
 pub(crate) struct Devices {
     pub(crate) ctl: Arc<Control>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    /// The sleep registers and the power button.
+    pub(crate) power: Arc<Mutex<AcpiPower>>,
     pub(crate) pio: PioBus,
     pub(crate) mmio: MmioBus,
     pub(crate) disks: Vec<Arc<Mutex<VirtioBlk>>>,
@@ -178,8 +181,15 @@ pub(crate) fn build_devices(
     pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     let exit_dev = Arc::new(Mutex::new(ExitDevice::new(on_exit.clone())));
     pio.insert(EXIT_PORT, EXIT_PORT_LEN, exit_dev)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(on_exit)));
+    let i8042 = Arc::new(Mutex::new(I8042::new(on_exit.clone())));
     pio.insert(I8042_BASE, I8042_LEN, i8042)?;
+    // A press pending at a snapshot or migration is not carried: the guest acts on
+    // presses within milliseconds, and the host asks again if it has not powered off.
+    let power = Arc::new(Mutex::new(AcpiPower::new(
+        on_exit,
+        irq_eventfd(&base.vm_fd, GED_GSI)?,
+    )));
+    pio.insert(ACPI_POWER_PORT, ACPI_POWER_LEN, power.clone())?;
     let (mut mmio, disks, mut cmdline, mut virtio_mmio) =
         attach_disks(config, &base.vm_fd, memory, saved)?;
     let nets = attach_nets(
@@ -194,6 +204,7 @@ pub(crate) fn build_devices(
     Ok(Devices {
         ctl,
         serial,
+        power,
         pio,
         mmio,
         disks,

@@ -264,6 +264,16 @@ fn iasl_disassembles_the_dsdt_with_the_devices() {
     );
     assert!(flat.contains("IO (Decode16, 0x03F8, // Range Minimum 0x03F8, // Range Maximum 0x01, // Alignment 0x08, // Length )"), "{dsl}");
     assert!(flat.contains("Exclusive, ,, ) { 0x00000004, }"), "{dsl}");
+    // The power button: a GED on GSI 3 whose _EVT notifies PWRB, and \_S5 for power-off.
+    for want in [
+        "Name (\\_S5, Package (0x01) // _S5_: S5 System State { 0x05 })",
+        "Device (GED) { Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+        "Exclusive, ,, ) { 0x00000003, }",
+        "Method (_EVT, 1, NotSerialized) // _EVT: Event { Notify (\\_SB.PWRB, 0x80)",
+        "Device (PWRB) { Name (_HID, EisaId (\"PNP0C0C\")",
+    ] {
+        assert!(flat.contains(want), "want {want:?} in\n{dsl}");
+    }
 }
 
 #[test]
@@ -305,6 +315,16 @@ fn iasl_decodes_the_madt_fadt_and_xsdt() {
     let x_dsdt = format!("[08Ch 0140 8] DSDT Address : {dsdt_addr}");
     assert!(flat.contains(&x_dsdt), "{fadt}");
     assert!(flat.contains("Reset Register Supported (V2) : 1"), "{fadt}");
+    // The sleep control and status registers, byte ports 0x3c0 and 0x3c1 (power-off).
+    for (off, port) in [("0244", "03C0"), ("0256", "03C1")] {
+        let at = flat.find(&format!("{off} 12]")).expect("sleep register");
+        let gas = &flat[at..at + 400];
+        assert!(gas.contains("Space ID : 01 [SystemIO]"), "{fadt}");
+        assert!(
+            gas.contains(&format!("Address : 000000000000{port}")),
+            "{fadt}"
+        );
+    }
 
     let (xsdt, log) = disassemble(dir.path(), "xsdt", table(&t, b"XSDT"));
     println!("{xsdt}");

@@ -257,6 +257,52 @@ fn workload_reboot_and_host_stop() {
     });
 }
 
+/// The ACPI power button (the host's graceful shutdown): the workload guest notices
+/// the press, prints SHUTDOWN and powers off through the ACPI sleep control register.
+#[test]
+fn workload_powers_off_on_the_acpi_power_button() {
+    if !kvm_or_skip() {
+        return;
+    }
+    isolated(
+        "workload_powers_off_on_the_acpi_power_button",
+        CHILD,
+        || {
+            let Some(k) = guest("workload") else { return };
+            let con = Console::default();
+            let mut vm = Vm::create(config(k, &con).cmdline("workload.mib=1")).unwrap();
+            vm.start().unwrap();
+            con.wait_for("VINFRA-READY", T);
+            assert!(!con.text().contains("SHUTDOWN"));
+            // A short wait on a running VM keeps to its timeout (a watch loop turns on it).
+            let best = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    assert_eq!(vm.wait_timeout(Duration::from_millis(10)), None);
+                    t.elapsed()
+                })
+                .min()
+                .unwrap();
+            assert!(
+                best < Duration::from_millis(30),
+                "wait_timeout(10 ms) took {best:?}"
+            );
+            vm.press_power_button().unwrap();
+            assert_eq!(
+                vm.wait_timeout(T),
+                Some(ExitReason::Poweroff { code: 0 }),
+                "console:\n{}",
+                con.text()
+            );
+            assert!(
+                con.text().contains("SHUTDOWN\n"),
+                "console:\n{}",
+                con.text()
+            );
+        },
+    );
+}
+
 /// Sends `command` and waits for the line `answer` after it (heartbeats may come in
 /// between).
 #[track_caller]
@@ -297,6 +343,27 @@ fn workload_writes_and_reads_disk_sectors() {
         );
         ask(&vm, &con, "ping 7", "PONG 7");
         assert!(!con.text().contains("ERR disk"), "console:\n{}", con.text());
+        // The counters the host reports per VM (issue 13): two sector reads, one write.
+        let d = vm.disk_stats();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].reads, d[0].writes), (2, 1), "{d:?}");
+        assert_eq!((d[0].bytes_read, d[0].bytes_written), (1024, 512), "{d:?}");
+        let before = con.text().len() as u64;
+        let c = vm.console_stats();
+        let after = con.text().len() as u64;
+        let sent = [
+            "dwrite 5 305419896\n",
+            "dread 5\n",
+            "dread 6\n",
+            "dread 2048\n",
+            "ping 7\n",
+        ];
+        assert_eq!(c.in_bytes, sent.iter().map(|s| s.len() as u64).sum::<u64>());
+        // A heartbeat may be printed meanwhile.
+        assert!(
+            (before..=after).contains(&c.out_bytes),
+            "{c:?} {before} {after}"
+        );
         let data = std::fs::read(&img).unwrap();
         for (j, w) in data[5 * 512..6 * 512].chunks_exact(4).enumerate() {
             assert_eq!(w, 305_419_896u32.to_le_bytes(), "sector 5 word {j}");

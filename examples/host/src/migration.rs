@@ -12,9 +12,10 @@
 //! | request | final answer |
 //! |---|---|
 //! | `{"migrate":{…}}` | `{"progress":…}`… then `{"migrated":…}` or `{"failed":…}` |
-//! | `"status"` | `{"status":{"state":"running","vcpus":1,"memory_mib":32,"dirty_log":true}}` |
+//! | `"status"` | `{"status":{"state":"running","vcpus":1,"memory_mib":32,"dirty_log":true,"io":{…}}}` ([`VmIo`]) |
 //! | `"power_off"` | `{"done":null}`, then the process exits 0 (a hard stop) |
 //! | `"reset"` | `{"done":null}`: the guest booted again in the same process |
+//! | `"power_button"` | `{"done":null}`: the ACPI power button pressed (a guest that supports it shuts down, powers off and the process exits 0) |
 //! | `{"snapshot":{"disk":0,"since":7}}` | `{"snapshot":SnapshotInfo}` ([`crate::backup_control`]'s handshake on the VM's vmfs disk number `disk`) |
 //! | `{"consolidate":{"disk":0}}` | `{"done":null}` |
 //!
@@ -142,6 +143,8 @@ pub enum ControlRequest {
     PowerOff,
     /// Boot the guest again in place.
     Reset,
+    /// Press the ACPI power button (graceful shutdown, if the guest supports it).
+    PowerButton,
     /// Freeze vmfs disk number `disk` for a backup ([`crate::backup_control`]).
     Snapshot {
         /// Index into the VM's `--vmfs-disk` list.
@@ -197,17 +200,69 @@ pub struct VmStatus {
     pub memory_mib: u64,
     /// Whether KVM logs the guest's writes (a migration can start without stalling it).
     pub dirty_log: bool,
+    /// Disk and console I/O since this process started the VM.
+    #[serde(default)]
+    pub io: VmIo,
 }
 
 impl VmStatus {
-    /// A VM's status.
+    /// A VM's status, without I/O counts.
     pub fn new(state: RunState, vcpus: u32, memory_mib: u64, dirty_log: bool) -> Self {
         Self {
             state,
             vcpus,
             memory_mib,
             dirty_log,
+            io: VmIo::default(),
         }
+    }
+
+    /// With these I/O counts.
+    #[must_use]
+    pub fn with_io(mut self, io: VmIo) -> Self {
+        self.io = io;
+        self
+    }
+}
+
+/// A VM's disk and console I/O as its process counts it (all its virtio-blk disks
+/// together; the console is COM1), since the process started the VM: a VM that arrived
+/// by live migration counts from its arrival.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VmIo {
+    /// Read requests completed.
+    pub disk_reads: u64,
+    /// Write requests completed.
+    pub disk_writes: u64,
+    /// Flushes completed.
+    pub disk_flushes: u64,
+    /// Bytes read from the disks.
+    pub disk_read_bytes: u64,
+    /// Bytes written to the disks.
+    pub disk_written_bytes: u64,
+    /// Console bytes sent to the guest.
+    pub console_in_bytes: u64,
+    /// Console bytes the guest wrote.
+    pub console_out_bytes: u64,
+}
+
+impl VmIo {
+    /// The counts of `vm`'s devices.
+    pub fn of(vm: &vinfra_vmm_core::Vm) -> Self {
+        let mut io = VmIo::default();
+        for d in vm.disk_stats() {
+            io.disk_reads += d.reads;
+            io.disk_writes += d.writes;
+            io.disk_flushes += d.flushes;
+            io.disk_read_bytes += d.bytes_read;
+            io.disk_written_bytes += d.bytes_written;
+        }
+        let c = vm.console_stats();
+        io.console_in_bytes = c.in_bytes;
+        io.console_out_bytes = c.out_bytes;
+        io
     }
 }
 
@@ -231,7 +286,7 @@ pub enum ControlEvent {
     Status(VmStatus),
     /// A frozen disk, the answer to `snapshot`.
     Snapshot(vinfra_vcb::vmfs::SnapshotInfo),
-    /// `power_off`, `reset` or `consolidate` done (`{"done":null}`).
+    /// `power_off`, `reset`, `power_button` or `consolidate` done (`{"done":null}`).
     Done(()),
 }
 

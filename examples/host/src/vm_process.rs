@@ -557,6 +557,12 @@ impl VmProcess {
         self.done("reset", &ControlRequest::Reset, QUICK)
     }
 
+    /// Presses the guest's ACPI power button; the guest may then shut down and power off
+    /// (the process exits 0), or ignore it.
+    pub fn press_power_button(&self) -> Result<()> {
+        self.done("power_button", &ControlRequest::PowerButton, QUICK)
+    }
+
     /// Sends the VM to another host; each progress event goes to `on_progress`. On
     /// success the child exits 0.
     pub fn migrate(

@@ -194,7 +194,7 @@ impl HostService for FakeHost {
         }
         match &op {
             VmOp::Start => need(vm.state == PowerState::ShutOff, "it must be shut off")?,
-            VmOp::Stop | VmOp::Reset | VmOp::Shutdown => need(running, "it must be running")?,
+            VmOp::Stop | VmOp::Reset | VmOp::Shutdown(_) => need(running, "it must be running")?,
             VmOp::Migrate(m) => {
                 need(running, "it must be running")?;
                 if m.to != "2" {
@@ -211,10 +211,14 @@ impl HostService for FakeHost {
                 vm.host = Some(1);
                 task.succeed(json!({"boot_ms": 12}));
             }
-            VmOp::Stop | VmOp::Shutdown => {
+            VmOp::Stop | VmOp::Shutdown(_) => {
                 vm.state = PowerState::ShutOff;
                 vm.host = None;
-                task.succeed(Value::Null);
+                // A shutdown says what it was asked (its body's defaults filled in).
+                task.succeed(match op {
+                    VmOp::Shutdown(r) => json!([r.timeout_ms(), r.force_after]),
+                    _ => Value::Null,
+                });
             }
             VmOp::Reset => task.succeed(Value::Null),
             VmOp::Migrate(_) => {
@@ -480,7 +484,17 @@ fn every_route_answers_its_happy_path() {
         s.run_op("web1", "snapshot", r#"{"name":"before"}"#).result,
         Some(json!({"snapshot": "before"}))
     );
-    assert_eq!(s.run_op("web1", "shutdown", "").state, TaskState::Success);
+    assert_eq!(
+        s.run_op("web1", "shutdown", "").result,
+        Some(json!([30000, false]))
+    );
+    assert_eq!(s.run_op("web1", "start", "{}").state, TaskState::Success);
+    let t = s.run_op(
+        "web1",
+        "shutdown",
+        r#"{"timeout_ms":5000,"force_after":true}"#,
+    );
+    assert_eq!(t.result, Some(json!([5000, true])));
     assert_eq!(s.run_op("web1", "start", "{}").state, TaskState::Success);
     assert_eq!(s.run_op("web1", "stop", "").state, TaskState::Success);
     let restore = s.run_op(
@@ -495,7 +509,7 @@ fn every_route_answers_its_happy_path() {
     assert_eq!(migrate.result, Some(json!({"downtime_ms": 3})));
 
     let tasks: Vec<TaskInfo> = serde_json::from_value(s.ok("GET", "/tasks", "", 200)).unwrap();
-    assert_eq!(tasks.len(), 13, "{tasks:?}");
+    assert_eq!(tasks.len(), 15, "{tasks:?}");
     assert!(tasks.windows(2).all(|w| w[0].id < w[1].id));
 
     let ready = s.ok("POST", "/incoming", r#"{"vm":"web2"}"#, 200);
@@ -572,6 +586,9 @@ fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
         ("POST", "/vms", r#"{"name":"x","kernel":"k","memory_mib":32,"resources":{"reservation_mib":64}}"#.into(), Some(&good_token), 422, "invalid_value"),
         ("POST", "/vms/web1/clone", r#"{"name":"a/b"}"#.into(), Some(&good_token), 422, "invalid_value"),
         ("POST", "/vms/web1/migrate", r#"{"to":"9"}"#.into(), Some(&good_token), 422, "unknown_host"),
+        ("POST", "/vms/web1/shutdown", r#"{"timeout_ms":0}"#.into(), Some(&good_token), 422, "invalid_value"),
+        ("POST", "/vms/web1/shutdown", r#"{"timeout_ms":3600001}"#.into(), Some(&good_token), 422, "invalid_value"),
+        ("POST", "/vms/web1/shutdown", r#"{"force":true}"#.into(), Some(&good_token), 400, "malformed_request"),
         ("POST", "/incoming", r#"{"vm":"avx"}"#.into(), Some(&good_token), 422, "cpu_incompatible"),
         ("GET", "/vms/web1/console", String::new(), Some(&good_token), 400, "malformed_request"),
     ];
@@ -804,6 +821,26 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
+    // The shutdown's body and the per-VM I/O counters (issue 13).
+    let schemas = &doc["components"]["schemas"];
+    for field in ["timeout_ms", "force_after"] {
+        assert!(
+            schemas["ShutdownRequest"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
+    for field in [
+        "disk_reads",
+        "disk_writes",
+        "disk_read_bytes",
+        "console_in_bytes",
+        "console_bytes",
+    ] {
+        assert!(
+            schemas["VmStats"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
     // The document itself is open; nothing else is.
     assert_eq!(
         paths["/api/v1/openapi.json"]["get"]["security"],
@@ -861,6 +898,20 @@ fn vinfra_prints_json_tables_and_fails_with_exit_1() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("esx1 (id 1)"));
     let out = s.vinfra(&["task", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("start  web1  success  100%"));
+    // Shutdown's flags reach the host (the fake answers what it was asked).
+    let out = s.vinfra(&[
+        "--json",
+        "vm",
+        "shutdown",
+        "web1",
+        "--timeout-ms",
+        "5000",
+        "--force-after",
+    ]);
+    let task: TaskInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task.result, Some(json!([5000, true])), "{out:?}");
+    let out = s.vinfra(&["--json", "vm", "start", "web1"]);
+    assert!(out.status.success(), "{out:?}");
 
     // Errors: the API's message, exit 1.
     let out = s.vinfra(&["vm", "start", "nosuch"]);

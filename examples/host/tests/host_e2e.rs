@@ -1,8 +1,9 @@
 //! The reference host end to end, through its API: a `vinfra-lab` cluster of real
 //! `vinfra-host` processes (network namespaces as root), each VM a `vinfra-vm` child on
 //! KVM running the `workload` test guest. VMs are created, started, watched on their
-//! console and stopped through the API; a VM whose process is killed runs again; a VM
-//! powered off through the API is not restarted by HA; a killed host's VMs run again on
+//! console and stopped (hard, or gracefully through the guest's ACPI power button)
+//! through the API; a VM whose process is killed runs again; a VM powered off through
+//! the API is not restarted by HA; a killed host's VMs run again on
 //! the others, each exactly once; bad requests are refused with a JSON error that says
 //! why and change nothing.
 #![allow(clippy::unwrap_used)]
@@ -165,6 +166,15 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
         }
     }
     drop(ws);
+    // The console's bytes, counted by the VM's process, in db's statistics (its status
+    // copy is refreshed each 10 ms turn of its watch loop: a reading right after the
+    // exchange may miss it by a turn).
+    let mut st = Value::Null;
+    lab.wait("db's console counts", || {
+        st = lab.vm(2, "db")["stats"].clone();
+        st["console_in_bytes"] == 6
+    });
+    assert!(st["console_bytes"].as_u64() > Some(30), "{st}");
 
     // A guest that powers itself off stays off: HA does not start it again.
     lab.create(3, "quitter");
@@ -178,17 +188,33 @@ fn vms_are_run_through_the_api_and_ha_restarts_what_was_killed() {
     );
     let (mut ws, _) = tungstenite::connect(request).unwrap();
     ws.send(tungstenite::Message::text("exit 0\n")).unwrap();
-    // The viewer stays until the guest is gone: its input is read on the host's tick.
+    // The viewer leaves at once: what it typed still reaches the guest.
+    drop(ws);
     lab.wait("quitter's power-off", || {
         lab.events(3, "vm_exited", "quitter")
             .iter()
             .any(|e| e["data"]["code"] == 0)
     });
-    drop(ws);
+
+    // Graceful shutdown through the guest (its ACPI power button, `vinfra vm shutdown`):
+    // the workload guest says SHUTDOWN and powers off; it stays off too.
+    lab.create(3, "polite");
+    assert_eq!(lab.op(3, "polite", "start")["state"], "success");
+    lab.wait("polite's heartbeat", || lab.beats(3, "polite") >= 1);
+    let t = lab.op_with(3, "polite", "shutdown", r#"{"timeout_ms": 20000}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    assert_eq!(t["result"]["exit"]["code"], 0, "{t}");
+    let lines = lab.events(3, "console", "polite");
+    assert!(
+        lines.iter().any(|e| e["data"]["line"] == "SHUTDOWN"),
+        "{lines:?}"
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(lab.vm(1, "quitter")["state"], "shut_off");
-    for h in 1..=3 {
-        assert!(lab.events(h, "vm_started", "quitter").len() <= usize::from(h == 3));
+    for vm in ["quitter", "polite"] {
+        assert_eq!(lab.vm(1, vm)["state"], "shut_off", "{vm}");
+        for h in 1..=3 {
+            assert!(lab.events(h, "vm_started", vm).len() <= usize::from(h == 3));
+        }
     }
 
     // Stop through the API: it stays off (no HA restart anywhere).
@@ -279,6 +305,98 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     lab.wait("mover's heartbeats back on host 1", || {
         lab.beat_numbers(1, "mover").last() > after.last()
     });
+    lab.ok(1, "POST", "/vms/mover/stop", "{}", 202);
+
+    // The network follows a moving VM (the lab's vm-net port group, VXLAN between the
+    // hosts): a `net` guest on host 1 answers a pinger on host 2 (one echo every 100 ms)
+    // throughout its live migration to host 3, but for the switchover.
+    let net = vinfra_testkit::guest("net").unwrap();
+    for (host, vm, cmdline) in [
+        (1, "target", "net.ip=192.168.77.2".to_string()),
+        (
+            2,
+            "pinger",
+            format!("net.ip=192.168.77.1 net.ping=192.168.77.2:{PINGS}"),
+        ),
+    ] {
+        let spec = json!({"name": vm, "kernel": net, "memory_mib": 16, "cmdline": cmdline,
+                          "nics": [{"portgroup": "vm-net"}]});
+        lab.ok(host, "POST", "/vms", &spec.to_string(), 201);
+        assert_eq!(lab.op(host, vm, "start")["state"], "success");
+    }
+    lab.wait("the first replies", || replies(&lab).len() >= 5);
+    let t = lab.op_with(1, "target", "migrate", r#"{"to": "3"}"#);
+    assert_eq!(t["state"], "success", "{t}");
+    let mut last = String::new();
+    lab.wait("the pinger's tally", || {
+        last = console_tail(&lab, 2, "pinger", "NET-PING sent=");
+        !last.is_empty()
+    });
+    let at = replies(&lab);
+    let silence = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        silence < 1000 && at.len() + 10 >= PINGS,
+        "{last}; longest silence {silence} ms; migration {t}; starts {:?} {:?}; exits {:?} {:?}",
+        lab.events(2, "vm_started", "pinger"),
+        lab.events(1, "vm_started", "target"),
+        lab.events(2, "vm_exited", "pinger"),
+        lab.events(3, "vm_exited", "target"),
+    );
+
+    // A guest that ignores the ACPI power button (the net guest): the graceful shutdown
+    // times out and says why, the VM runs on; with force_after it is stopped hard.
+    let t = lab.ok(
+        3,
+        "POST",
+        "/vms/target/shutdown",
+        r#"{"timeout_ms": 1000}"#,
+        202,
+    );
+    let (s, e) = lab.send(3, "POST", "/vms/target/shutdown", "", true);
+    assert!(s == 409 && e["error"]["code"] == "wrong_state", "{s} {e}");
+    let t = lab.task(3, t["task"].as_u64().unwrap());
+    assert!(
+        t["state"] == "error" && t["error"]["code"] == "guest_timeout",
+        "{t}"
+    );
+    assert_eq!(lab.vm(3, "target")["state"], "running");
+    let t = lab.op_with(
+        3,
+        "target",
+        "shutdown",
+        r#"{"timeout_ms": 500, "force_after": true}"#,
+    );
+    assert!(
+        t["state"] == "success" && t["result"]["forced"] == true,
+        "{t}"
+    );
+    assert_eq!(lab.vm(1, "target")["state"], "shut_off");
+}
+
+/// How many echoes the pinger sends (100 ms apart).
+const PINGS: usize = 60;
+
+/// When (host 2's clock, ms) the pinger printed each reply.
+fn replies(lab: &Lab) -> Vec<u64> {
+    lab.events(2, "console", "pinger")
+        .iter()
+        .filter(|e| {
+            e["data"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("NET-PING-REPLY"))
+        })
+        .map(|e| e["ms"].as_u64().unwrap())
+        .collect()
+}
+
+/// The last console line of `vm` on `host` that starts with `prefix` (empty if none).
+fn console_tail(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
+    lab.events(host, "console", vm)
+        .iter()
+        .filter_map(|e| e["data"]["line"].as_str())
+        .rfind(|l| l.starts_with(prefix))
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -375,4 +493,33 @@ fn a_host_in_maintenance_is_emptied_by_live_migration_and_ha_places_nothing_on_i
         lab.ok(1, "GET", "/host", "", 200)["maintenance"] == false
     });
     assert_eq!(lab.op(1, "late", "start")["state"], "success");
+
+    // Maintenance, then the host stopped (SIGTERM): it ends cleanly (`ended` Stopped,
+    // which is exit status 0) and no VM is restarted anywhere.
+    let t = lab.ok(1, "POST", "/host/maintenance", r#"{"enter": true}"#, 202);
+    let t = lab.task(1, t["task"].as_u64().unwrap());
+    assert_eq!(t["state"], "success", "{t}");
+    lab.wait("late on host 3", || lab.vm(3, "late")["host"] == 3);
+    let host1 = lab.host_pid(1);
+    let term = Command::new("kill")
+        .args(["-TERM", &host1.to_string()])
+        .status();
+    assert!(term.unwrap().success());
+    lab.wait("host 1 gone", || !alive(host1));
+    let events = std::fs::read_to_string(lab.path().join("host1.events")).unwrap();
+    let last = events.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(r#""event":"ended""#) && last.contains(r#""why":"Stopped""#),
+        "{last}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for vm in vms.iter().chain(&["late"]) {
+        assert_eq!(lab.vm(3, vm)["host"], 3, "{vm}");
+        let restarts = lab.events(3, "vm_started", vm).len();
+        assert_eq!(
+            restarts,
+            usize::from(on2.contains(vm)),
+            "{vm} started on host 3"
+        );
+    }
 }

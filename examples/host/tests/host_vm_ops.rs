@@ -372,6 +372,28 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     lab.succeeds(1, "w", "start", json!({}));
     lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
 
+    // The VM's disk and console I/O, as its process counts them (issue 13's statistics).
+    let typed = "dwrite 3 7\ndread 3\n";
+    lab.type_in(1, "w", typed);
+    lab.wait("w's disk answers", || lab.console_has(1, "w", "DREAD 3 7"));
+    // The counts are the VM process's copy, refreshed every 10 ms: the console line may
+    // be newer.
+    let mut st = Value::Null;
+    lab.wait("w's I/O counts", || {
+        st = lab.vm(1, "w")["stats"].clone();
+        st["disk_reads"].as_u64() >= Some(1) && st["console_bytes"].as_u64() > Some(30)
+    });
+    assert!(st["disk_writes"].as_u64() >= Some(1), "{st}");
+    assert!(st["disk_reads"].as_u64() >= Some(1), "{st}");
+    assert!(st["disk_written_bytes"].as_u64() >= Some(512), "{st}");
+    assert!(st["disk_read_bytes"].as_u64() >= Some(512), "{st}");
+    assert_eq!(
+        st["console_in_bytes"].as_u64(),
+        Some(typed.len() as u64),
+        "{st}"
+    );
+    assert!(st["console_bytes"].as_u64() > Some(30), "{st}");
+
     // A backup of the running VM, restored as a new VM that boots.
     let repo = lab.dir.path().join("backups").display().to_string();
     let t = lab.succeeds(1, "w", "backup", json!({"repository": repo}));

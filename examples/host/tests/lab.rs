@@ -49,6 +49,35 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// The `vinfra-vm` children of `hosts`.
+fn vm_pids(hosts: &[u32]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let exe = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid.is_some_and(|p| hosts.contains(&p))
+            && exe
+                .split(|&b| b == 0)
+                .next()
+                .is_some_and(|e| e.ends_with(b"vinfra-vm"))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 fn netns_list() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -120,10 +149,14 @@ fn a_three_host_lab_comes_up_runs_every_vm_and_goes_down_cleanly() {
     assert!(!again.success() && again.stderr.contains("down"), "{again}");
     assert!(hosts.iter().all(|&p| alive(p)));
 
+    // The VM processes (`vinfra-vm`, children of the hosts), which down waits for too.
+    let vms = vm_pids(&hosts);
+    assert_eq!(vms.len(), 3, "{vms:?}");
     let down = lab(&dir, &["down"]);
     assert!(down.success(), "{down}");
     assert!(down.stdout.contains("3 hosts stopped"), "{down}");
     assert!(hosts.iter().all(|&p| !alive(p)), "a host outlived down");
+    assert!(vms.iter().all(|&p| !alive(p)), "a VM process outlived down");
     assert!(!netns_list().contains(&format!("vlab{id}-")));
     let link = Command::new("ip")
         .args(["link", "show", &format!("vlab{id}")])

@@ -255,3 +255,46 @@ fn a_vm_process_migrates_through_its_control_socket() {
     let exit = dst.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}");
 }
+
+/// Graceful shutdown and the I/O counters through the control socket: `status` counts
+/// the console bytes both ways and the disk requests; `power_button` makes the workload
+/// guest say SHUTDOWN and power off (the process exits 0).
+#[test]
+fn the_power_button_shuts_the_workload_down_and_status_counts_its_io() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(kernel) = guest("workload") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut config = workload(&kernel);
+    config.disks.push(vinfra_vmm_core::DiskConfig::new(&disk));
+    let mut spec = VmSpec::new("polite", config, dir.path(), NO_LEASE_MS);
+    let (mut vm, console) = spawn(&mut spec);
+    vm.wait_ready(WAIT).unwrap();
+    line(&console, "VINFRA-READY");
+    let typed = b"dwrite 2 9\n";
+    vm.send_console(typed).unwrap();
+    line(&console, "DWROTE 2 9");
+    let end = Instant::now() + WAIT;
+    let io = loop {
+        // The status copy is refreshed each turn of the watch loop (10 ms).
+        let io = vm.status().unwrap().io;
+        // The line seen on the console may be newer than the copy.
+        if (io.disk_writes >= 1 && io.console_out_bytes >= 24) || Instant::now() > end {
+            break io;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(io.console_in_bytes, typed.len() as u64, "{io:?}");
+    assert!(io.console_out_bytes >= 24, "{io:?}");
+    assert_eq!((io.disk_writes, io.disk_written_bytes), (1, 512), "{io:?}");
+
+    vm.press_power_button().unwrap();
+    line(&console, "SHUTDOWN");
+    let exit = vm.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+}

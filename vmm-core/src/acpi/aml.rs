@@ -1,5 +1,6 @@
 //! A tiny AML encoder: just what the DSDT needs to describe fixed devices
-//! (`Scope`, `Device`, `Name` with integers, strings, EISA ids and resource templates).
+//! (`Scope`, `Device`, `Name` with integers, strings, EISA ids, packages and resource
+//! templates) and the power button's one method (`Method`, `Notify`).
 //!
 //! Encodings follow the ACPI specification, chapter 20 (AML grammar) and section 6.4
 //! (resource descriptors).
@@ -16,6 +17,11 @@ const SCOPE_OP: u8 = 0x10;
 const BUFFER_OP: u8 = 0x11;
 const EXT_OP_PREFIX: u8 = 0x5b;
 const DEVICE_OP: u8 = 0x82;
+const PACKAGE_OP: u8 = 0x12;
+const METHOD_OP: u8 = 0x14;
+const NOTIFY_OP: u8 = 0x86;
+const DUAL_NAME_PREFIX: u8 = 0x2e;
+const MULTI_NAME_PREFIX: u8 = 0x2f;
 const ROOT_CHAR: u8 = b'\\';
 
 /// Appends the encoding of a package length covering `content` bytes (the length counts
@@ -58,7 +64,8 @@ fn name_seg(name: &str) -> [u8; 4] {
     seg
 }
 
-/// A name string: `\` for a root-relative name, then one segment.
+/// A name string: `\\` for a root-relative name, then its segments (`\\_SB_.PWRB`:
+/// a dual-name prefix for two, a multi-name prefix and a count for more).
 fn name_string(out: &mut Vec<u8>, name: &str) {
     let (root, rest) = match name.strip_prefix('\\') {
         Some(r) => (true, r),
@@ -67,7 +74,18 @@ fn name_string(out: &mut Vec<u8>, name: &str) {
     if root {
         out.push(ROOT_CHAR);
     }
-    out.extend_from_slice(&name_seg(rest));
+    let segs: Vec<&str> = rest.split('.').collect();
+    match segs.len() {
+        1 => {}
+        2 => out.push(DUAL_NAME_PREFIX),
+        n => {
+            out.push(MULTI_NAME_PREFIX);
+            out.push(low_byte(n));
+        }
+    }
+    for s in segs {
+        out.extend_from_slice(&name_seg(s));
+    }
 }
 
 /// An AML integer in its shortest encoding.
@@ -136,6 +154,34 @@ pub fn device(name: &str, body: &[Vec<u8>]) -> Vec<u8> {
     body.iter().for_each(|t| content.extend_from_slice(t));
     let mut o = vec![EXT_OP_PREFIX, DEVICE_OP];
     with_pkg_length(&mut o, &content);
+    o
+}
+
+/// `Package() { elements }`; each element is an already encoded data object.
+pub fn package(elements: &[Vec<u8>]) -> Vec<u8> {
+    let mut content = vec![low_byte(elements.len())];
+    elements.iter().for_each(|e| content.extend_from_slice(e));
+    let mut o = vec![PACKAGE_OP];
+    with_pkg_length(&mut o, &content);
+    o
+}
+
+/// `Method(name, args, NotSerialized) { body }`.
+pub fn method(name: &str, args: u8, body: &[Vec<u8>]) -> Vec<u8> {
+    let mut content = Vec::new();
+    name_string(&mut content, name);
+    content.push(args & 0b111);
+    body.iter().for_each(|t| content.extend_from_slice(t));
+    let mut o = vec![METHOD_OP];
+    with_pkg_length(&mut o, &content);
+    o
+}
+
+/// `Notify(target, value)`: `target` a name string (`\\_SB_.PWRB`).
+pub fn notify(target: &str, value: u64) -> Vec<u8> {
+    let mut o = vec![NOTIFY_OP];
+    name_string(&mut o, target);
+    o.extend_from_slice(&integer(value));
     o
 }
 
@@ -278,5 +324,20 @@ mod tests {
         );
         let s = scope("\\_SB", &[]);
         assert_eq!(s, [0x10, 6, b'\\', b'_', b'S', b'B', b'_']);
+    }
+
+    #[test]
+    fn method_notify_and_package() {
+        // Method (_EVT, 1, NotSerialized) { Notify (\_SB.PWRB, 0x80) }, as iasl emits it.
+        let m = method("_EVT", 1, &[notify("\\_SB_.PWRB", 0x80)]);
+        let mut want = vec![0x14, 19, b'_', b'E', b'V', b'T', 1, 0x86, b'\\', 0x2e];
+        want.extend_from_slice(b"_SB_PWRB");
+        want.extend_from_slice(&[0x0a, 0x80]);
+        assert_eq!(m, want);
+        assert_eq!(package(&[integer(5)]), [0x12, 4, 1, 0x0a, 5]);
+        let mut three = Vec::new();
+        name_string(&mut three, "\\_SB_.PCI0.ISA_");
+        assert_eq!(&three[..3], &[b'\\', 0x2f, 3]);
+        assert_eq!(three.len(), 15);
     }
 }

@@ -5,7 +5,9 @@
 //! `VIRTIO_MMIO_CMDLINE_DEVICES` (Debian's cloud kernel) find virtio-mmio devices only
 //! through ACPI (`LNRO0005`, as QEMU microvm and Firecracker describe them), and without
 //! a MADT they see one CPU. The machine is described as hardware-reduced ACPI (no PM
-//! timer, no SCI, no FACS), like Firecracker and Cloud Hypervisor do for microVMs.
+//! timer, no SCI, no FACS), like Firecracker and Cloud Hypervisor do for microVMs; its
+//! power button is a Generic Event Device and it powers off through the FADT's sleep
+//! control register and `\_S5` (`devices::acpi_power`), as Cloud Hypervisor does.
 //!
 //! Layout (guest-physical, inside the `0xE0000`–`0xFFFFF` BIOS area that the memory map
 //! already reports reserved, so the guest never reuses it):
@@ -29,8 +31,9 @@ pub mod tables;
 
 use vm_memory::{Bytes, GuestAddress};
 
-pub use tables::{Uart, VirtioMmioDevice};
+pub use tables::{PowerDevice, Uart, VirtioMmioDevice};
 
+use crate::devices::acpi_power::{ACPI_POWER_PORT, GED_GSI};
 use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN};
 use crate::error::{MemoryError, Result};
 use crate::memory::GuestMemoryMmap;
@@ -58,6 +61,8 @@ pub struct AcpiConfig {
     pub uart: Option<Uart>,
     /// virtio-mmio devices, in order (`_UID` = index).
     pub virtio_mmio: Vec<VirtioMmioDevice>,
+    /// The sleep registers and the power button (GED), if any.
+    pub power: Option<PowerDevice>,
 }
 
 impl AcpiConfig {
@@ -71,6 +76,10 @@ impl AcpiConfig {
                 gsi: COM1_GSI,
             }),
             virtio_mmio: Vec::new(),
+            power: Some(PowerDevice {
+                port: ACPI_POWER_PORT,
+                gsi: GED_GSI,
+            }),
         }
     }
 
@@ -123,9 +132,9 @@ pub fn build(cfg: &AcpiConfig) -> Result<AcpiTables> {
         next = align_up(at + bytes.len() as u64);
         at
     };
-    let dsdt = tables::dsdt(cfg.uart, &cfg.virtio_mmio);
+    let dsdt = tables::dsdt(cfg.uart, &cfg.virtio_mmio, cfg.power);
     let dsdt_at = place(&dsdt);
-    let fadt = tables::fadt(dsdt_at);
+    let fadt = tables::fadt(dsdt_at, cfg.power);
     let fadt_at = place(&fadt);
     let madt = tables::madt(cfg.vcpus);
     let madt_at = place(&madt);

@@ -5,6 +5,7 @@
 
 use super::aml::{self, Resource};
 use super::{IOAPIC_ADDR, LAPIC_ADDR};
+use crate::devices::acpi_power::S5_SLEEP_TYPE;
 
 /// OEM id in every header.
 pub const OEM_ID: [u8; 6] = *b"VINFRA";
@@ -106,8 +107,28 @@ pub const RESET_VALUE: u8 = 0xfe;
 const GAS_SYSTEM_IO: u8 = 1;
 const GAS_ACCESS_BYTE: u8 = 1;
 
-/// FADT revision 6.5, hardware-reduced, pointing at the DSDT by its 64-bit field.
-pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
+/// The power device (`devices::acpi_power`) as the tables describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowerDevice {
+    /// Its first port: sleep control, then sleep status, then the GED status.
+    pub port: u16,
+    /// The GED's interrupt (GSI, edge-triggered).
+    pub gsi: u32,
+}
+
+/// Writes a generic address structure for one byte-wide I/O port at `b[at..at + 12]`.
+fn gas_io_byte(b: &mut [u8], at: usize, port: u64) {
+    b[at] = GAS_SYSTEM_IO;
+    b[at + 1] = 8; // register bit width
+    b[at + 2] = 0; // bit offset
+    b[at + 3] = GAS_ACCESS_BYTE;
+    b[at + 4..at + 12].copy_from_slice(&port.to_le_bytes());
+}
+
+/// FADT revision 6.5, hardware-reduced, pointing at the DSDT by its 64-bit field; with
+/// `power`, its sleep control and status registers (how a hardware-reduced OS enters
+/// `\_S5`).
+pub fn fadt(dsdt_addr: u64, power: Option<PowerDevice>) -> Vec<u8> {
     let mut b = vec![0u8; FADT_LEN - HEADER_LEN];
     let at = |off: usize| off - HEADER_LEN;
     // FIRMWARE_CTRL, DSDT (32-bit), SCI_INT, SMI_CMD, PM blocks: all 0 (hardware-reduced).
@@ -115,12 +136,12 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let flags = FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP | FADT_PWR_BUTTON | FADT_SLP_BUTTON;
     b[at(112)..at(116)].copy_from_slice(&flags.to_le_bytes());
     // RESET_REG: generic address structure, then RESET_VALUE.
-    b[at(116)] = GAS_SYSTEM_IO;
-    b[at(117)] = 8; // register bit width
-    b[at(118)] = 0; // bit offset
-    b[at(119)] = GAS_ACCESS_BYTE;
-    b[at(120)..at(128)].copy_from_slice(&RESET_PORT.to_le_bytes());
+    gas_io_byte(&mut b, at(116), RESET_PORT);
     b[at(128)] = RESET_VALUE;
+    if let Some(p) = power {
+        gas_io_byte(&mut b, at(244), u64::from(p.port)); // SLEEP_CONTROL_REG
+        gas_io_byte(&mut b, at(256), u64::from(p.port) + 1); // SLEEP_STATUS_REG
+    }
     b[at(131)] = 5; // FADT minor version (6.5)
     b[at(140)..at(148)].copy_from_slice(&dsdt_addr.to_le_bytes()); // X_DSDT
     b[at(268)..at(276)].copy_from_slice(b"VINFRAVM"); // hypervisor vendor identity
@@ -182,9 +203,15 @@ pub struct Uart {
     pub gsi: u32,
 }
 
-/// DSDT (revision 2: 64-bit integers) with `\_SB.COM1` (`PNP0501`) and one
-/// `\_SB.VRnn` (`LNRO0005`, the id Linux's virtio_mmio driver matches) per device.
-pub fn dsdt(uart: Option<Uart>, virtio: &[VirtioMmioDevice]) -> Vec<u8> {
+/// DSDT (revision 2: 64-bit integers) with `\_SB.COM1` (`PNP0501`), one
+/// `\_SB.VRnn` (`LNRO0005`, the id Linux's virtio_mmio driver matches) per device and,
+/// with `power`, `\_S5` and the power button: `\_SB.GED_` (`ACPI0013`, whose `_EVT`
+/// notifies `\_SB.PWRB`, `PNP0C0C`, with 0x80, "button pressed").
+pub fn dsdt(
+    uart: Option<Uart>,
+    virtio: &[VirtioMmioDevice],
+    power: Option<PowerDevice>,
+) -> Vec<u8> {
     let mut devices = Vec::new();
     if let Some(u) = uart {
         devices.push(aml::device(
@@ -227,6 +254,33 @@ pub fn dsdt(uart: Option<Uart>, virtio: &[VirtioMmioDevice]) -> Vec<u8> {
         ));
     }
     let mut t = Sdt::new(b"DSDT", 2);
+    if let Some(p) = power {
+        // Package {SLP_TYPa}: a hardware-reduced OS writes it to the sleep control register.
+        t.put(&aml::name(
+            "\\_S5",
+            &aml::package(&[aml::integer(u64::from(S5_SLEEP_TYPE))]),
+        ));
+        devices.push(aml::device(
+            "GED_",
+            &[
+                aml::name("_HID", &aml::string("ACPI0013")),
+                aml::name("_UID", &aml::integer(0)),
+                aml::name(
+                    "_CRS",
+                    &aml::resource_template(&[Resource::EdgeInterrupt { gsi: p.gsi }]),
+                ),
+                // One event only, so _EVT need not read the status register.
+                aml::method("_EVT", 1, &[aml::notify("\\_SB_.PWRB", 0x80)]),
+            ],
+        ));
+        devices.push(aml::device(
+            "PWRB",
+            &[
+                aml::name("_HID", &aml::eisa_id("PNP0C0C")),
+                aml::name("_UID", &aml::integer(0)),
+            ],
+        ));
+    }
     t.put(&aml::scope("\\_SB_", &devices));
     t.finish()
 }
@@ -234,6 +288,11 @@ pub fn dsdt(uart: Option<Uart>, virtio: &[VirtioMmioDevice]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POWER: PowerDevice = PowerDevice {
+        port: 0x3c0,
+        gsi: 3,
+    };
 
     fn len_of(t: &[u8]) -> usize {
         u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize
@@ -253,10 +312,11 @@ mod tests {
         };
         for t in [
             xsdt(&[0xe0100, 0xe0200]),
-            fadt(0xe0040),
+            fadt(0xe0040, None),
+            fadt(0xe0040, Some(POWER)),
             madt(3),
-            dsdt(Some(uart), &dev),
-            dsdt(None, &[]),
+            dsdt(Some(uart), &dev, Some(POWER)),
+            dsdt(None, &[], None),
         ] {
             assert_eq!(sum(&t), 0, "{:?}", &t[..4]);
             assert_eq!(len_of(&t), t.len(), "{:?}", &t[..4]);
@@ -294,8 +354,9 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_and_points_at_the_dsdt() {
-        let f = fadt(0xe0040);
+        let f = fadt(0xe0040, Some(POWER));
         assert_eq!(f.len(), FADT_LEN);
+        assert_eq!((f[244], f[248], f[256], f[260]), (1, 0xc0, 1, 0xc1));
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
         assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
         assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0xe0040);

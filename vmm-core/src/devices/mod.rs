@@ -4,6 +4,7 @@
 //! loop) does the address decoding. Devices are driven from vCPU threads, so
 //! they must be `Send`; the bus serialises access with a lock per device.
 
+pub mod acpi_power;
 pub mod block;
 pub mod exit;
 pub mod net;

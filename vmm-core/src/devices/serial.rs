@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -148,11 +149,33 @@ impl From<SerialSnapshot> for SerialState {
     }
 }
 
+/// Bytes through the console since the device was made (not carried by a snapshot or a
+/// migration: they count this process's share).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsoleStats {
+    /// Input bytes accepted for the guest to read.
+    pub in_bytes: u64,
+    /// Bytes the guest wrote to the transmit register.
+    pub out_bytes: u64,
+    /// Input bytes dropped because the queue was full.
+    pub dropped_bytes: u64,
+}
+
+/// Line control register offset and its divisor-latch bit: with it set, offset 0 is the
+/// divisor's low byte, not the transmit register.
+const LCR_OFFSET: u16 = 3;
+const LCR_DLAB: u8 = 0x80;
+
 /// The serial port device.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, ConsoleSink>,
     pending: VecDeque<u8>,
     dropped: u64,
+    in_bytes: u64,
+    out_bytes: u64,
+    dlab: bool,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -171,6 +194,9 @@ impl SerialDevice {
             uart: Serial::new(EventFdTrigger(irq), sink),
             pending: VecDeque::new(),
             dropped: 0,
+            in_bytes: 0,
+            out_bytes: 0,
+            dlab: false,
         }
     }
 
@@ -182,6 +208,9 @@ impl SerialDevice {
             uart,
             pending: VecDeque::new(),
             dropped: 0,
+            in_bytes: 0,
+            out_bytes: 0,
+            dlab: state.line_control & LCR_DLAB != 0,
         })
     }
 
@@ -195,12 +224,22 @@ impl SerialDevice {
         let room = INPUT_QUEUE_MAX_BYTES.saturating_sub(self.pending.len());
         let n = bytes.len().min(room);
         self.pending.extend(&bytes[..n]);
+        self.in_bytes += n as u64;
         if n < bytes.len() {
             self.dropped += (bytes.len() - n) as u64;
             tracing::warn!(dropped = bytes.len() - n, "serial input queue full");
         }
         self.pump();
         n
+    }
+
+    /// The console's byte counts.
+    pub fn stats(&self) -> ConsoleStats {
+        ConsoleStats {
+            in_bytes: self.in_bytes,
+            out_bytes: self.out_bytes,
+            dropped_bytes: self.dropped,
+        }
     }
 
     /// Moves queued input into the UART FIFO as far as it has room.
@@ -229,6 +268,11 @@ impl PioDevice for SerialDevice {
 
     fn pio_write(&mut self, offset: u16, data: &[u8]) {
         if let Some(&b) = data.first() {
+            match offset {
+                0 if !self.dlab => self.out_bytes += 1,
+                LCR_OFFSET => self.dlab = b & LCR_DLAB != 0,
+                _ => {}
+            }
             if let Err(e) = self.uart.write(u8::try_from(offset).unwrap_or(u8::MAX), b) {
                 tracing::debug!(error = ?e, "serial write");
             }
@@ -262,6 +306,11 @@ mod tests {
             s.pio_write(0, &[*b]);
         }
         assert_eq!(&*buf.0.lock().unwrap(), b"hi\n");
+        // Divisor writes (DLAB set) are not output.
+        s.pio_write(3, &[0x80]);
+        s.pio_write(0, &[1]);
+        s.pio_write(3, &[0x03]);
+        assert_eq!(s.stats().out_bytes, 3);
         let input: Vec<u8> = (0..200u8).collect();
         assert_eq!(s.feed(&input), 200);
         let mut got = Vec::new();
@@ -276,5 +325,6 @@ mod tests {
             got.push(rbr[0]);
         }
         assert_eq!(got, input);
+        assert_eq!(s.stats().in_bytes, 200);
     }
 }

@@ -110,6 +110,15 @@ pub enum ApiError {
     /// without a shutdown path).
     #[error("{0}")]
     Unsupported(String),
+    /// 504 (a failed task's error): the guest did not power off within the graceful
+    /// shutdown's wait after its ACPI power button was pressed.
+    #[error("VM {vm}: the guest did not power off within {timeout_ms} ms of its ACPI power button being pressed (a guest without ACPI power-button support ignores it); it still runs: stop it to power it off hard, or ask for force_after")]
+    GuestTimeout {
+        /// The VM.
+        vm: String,
+        /// How long the host waited.
+        timeout_ms: u64,
+    },
     /// 503: the host is shutting down or its loop does not answer.
     #[error("host unavailable: {0}")]
     Unavailable(String),
@@ -134,6 +143,7 @@ impl ApiError {
             | Self::CpuIncompatible { .. }
             | Self::Unsupported(_) => 422,
             Self::Unavailable(_) => 503,
+            Self::GuestTimeout { .. } => 504,
             Self::Internal(_) => 500,
         }
     }
@@ -158,6 +168,7 @@ impl ApiError {
             Self::CpuIncompatible { .. } => "cpu_incompatible",
             Self::Unsupported(_) => "unsupported",
             Self::Unavailable(_) => "unavailable",
+            Self::GuestTimeout { .. } => "guest_timeout",
             Self::Internal(_) => "internal",
         }
     }

@@ -34,8 +34,8 @@ use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
     validate_name, BackupRequest, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
-    MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, SnapshotRequest,
-    TaskStarted, VmInfo, VmOp, VmSpec,
+    MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, ShutdownRequest,
+    SnapshotRequest, TaskStarted, VmInfo, VmOp, VmSpec,
 };
 
 /// Where every route lives.
@@ -323,9 +323,10 @@ op_route!(
 op_route!(
     op_shutdown,
     "/api/v1/vms/{name}/shutdown",
-    "Graceful shutdown.",
-    no_body,
-    VmOp::Shutdown
+    "Graceful shutdown: the guest's ACPI power button, then a wait for it to power off.",
+    ShutdownRequest,
+    VmOp::Shutdown,
+    OptionalBody
 );
 op_route!(
     op_migrate,

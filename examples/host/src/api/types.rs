@@ -320,12 +320,25 @@ pub struct VmStats {
     pub cpu_percent: f64,
     /// Resident memory of its process in bytes.
     pub rss_bytes: u64,
-    /// Bytes read from its disks.
+    /// Bytes read from its disks (all of them; since its process started the VM, as
+    /// every I/O count here: a VM that arrived by live migration counts from then).
     pub disk_read_bytes: u64,
     /// Bytes written to its disks.
     pub disk_written_bytes: u64,
-    /// Bytes of console output.
+    /// Bytes of console output (what the guest wrote).
     pub console_bytes: u64,
+    /// Disk read requests completed.
+    #[serde(default)]
+    pub disk_reads: u64,
+    /// Disk write requests completed.
+    #[serde(default)]
+    pub disk_writes: u64,
+    /// Disk flushes completed.
+    #[serde(default)]
+    pub disk_flushes: u64,
+    /// Bytes of console input (sent to the guest).
+    #[serde(default)]
+    pub console_in_bytes: u64,
 }
 
 /// `GET /host`.
@@ -501,6 +514,33 @@ pub struct RestoreRequest {
     pub name: String,
 }
 
+/// How long a graceful shutdown waits for the guest when the request does not say.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The longest wait a shutdown may ask for (an hour).
+pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// `POST /vms/NAME/shutdown` (the body may be empty): the guest's ACPI power button is
+/// pressed and the task waits for the guest to power off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    /// How long to wait for the guest to power off (default 30 000, at most 3 600 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// When the guest has not powered off in time, stop it hard (as `stop`) instead of
+    /// failing the task.
+    #[serde(default)]
+    pub force_after: bool,
+}
+
+impl ShutdownRequest {
+    /// The wait, with the default filled in.
+    #[must_use]
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(SHUTDOWN_TIMEOUT_MS_DEFAULT)
+    }
+}
+
 /// A long operation on a VM: what `POST /vms/NAME/<op>` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -511,8 +551,8 @@ pub enum VmOp {
     Stop,
     /// Reboot in place.
     Reset,
-    /// Graceful shutdown through the guest.
-    Shutdown,
+    /// Graceful shutdown through the guest (its ACPI power button).
+    Shutdown(ShutdownRequest),
     /// Live migration to another host.
     Migrate(MigrateRequest),
     /// Snapshot the disks.
@@ -535,7 +575,7 @@ impl VmOp {
             Self::Start => OpKind::Start,
             Self::Stop => OpKind::Stop,
             Self::Reset => OpKind::Reset,
-            Self::Shutdown => OpKind::Shutdown,
+            Self::Shutdown(_) => OpKind::Shutdown,
             Self::Migrate(_) => OpKind::Migrate,
             Self::Snapshot(_) => OpKind::Snapshot,
             Self::Revert(_) => OpKind::Revert,
@@ -548,7 +588,16 @@ impl VmOp {
     /// Checks the arguments (422 `invalid_value` naming the field otherwise).
     pub fn validate(&self) -> Result<(), ApiError> {
         match self {
-            Self::Start | Self::Stop | Self::Reset | Self::Shutdown => Ok(()),
+            Self::Start | Self::Stop | Self::Reset => Ok(()),
+            Self::Shutdown(r)
+                if r.timeout_ms() == 0 || r.timeout_ms() > SHUTDOWN_TIMEOUT_MS_MAX =>
+            {
+                Err(field(
+                    "timeout_ms",
+                    format!("from 1 to {SHUTDOWN_TIMEOUT_MS_MAX}"),
+                ))
+            }
+            Self::Shutdown(_) => Ok(()),
             Self::Migrate(m) if m.to.trim().is_empty() => Err(field("to", "a host is needed")),
             Self::Migrate(_) => Ok(()),
             Self::Snapshot(s) => s.name.as_deref().map_or(Ok(()), |n| check_name("name", n)),

@@ -2,12 +2,11 @@
 //! [`LoopBridge`](crate::api::LoopBridge) hands over is answered here, on the loop's
 //! thread, where the VM table, the VM locks and the agent live.
 //!
-//! Power operations change the VM's HA settings first (`desired_on`), then act, then
+//! Power operations change the VM's HA settings first (`desired_on`; a start right after
+//! its child is spawned under the VM's lock, so as not to delay the guest), then act, then
 //! feed the agent a fresh reading of the volume, so that neither this agent (from its
 //! last reading) nor a peer's planner (settings of unowned VMs are read afresh) undoes
 //! what the user asked for.
-
-use std::collections::BTreeMap;
 
 use vinfra_ha::datastore::{vm_dir, VmfsDatastore, VMS_DIR};
 use vinfra_ha::{Action, Event, HaSettings, PowerOnOutcome, Verdict};
@@ -17,13 +16,10 @@ use vinfra_vmm_core::VmConfig;
 use super::vms::{read_definition, write_definition};
 use super::Host;
 use crate::api::{
-    console_pair, ApiCall, ApiError, GuestConsole, HaPeer, HaSpec, HaVerdict, HostCapacity,
-    HostInfo, HostLoad, IsolationResponse, KsmSavings, PowerState, ResourceSpec, RestartPriority,
-    TaskHandle, VmCounts, VmInfo, VmOp, VmSpec, VmStats, CONSOLE_QUEUE,
+    console_pair, ApiCall, ApiError, HaPeer, HaSpec, HaVerdict, HostCapacity, HostInfo, HostLoad,
+    IsolationResponse, KsmSavings, PowerState, ResourceSpec, RestartPriority, TaskHandle, VmCounts,
+    VmInfo, VmOp, VmSpec, VmStats, CONSOLE_QUEUE,
 };
-
-/// The viewers of each VM's console.
-pub type Consoles = BTreeMap<String, Vec<GuestConsole>>;
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
@@ -125,7 +121,7 @@ impl Host {
             ApiCall::Console { name, reply } => {
                 let answer = if self.vms.pid(&name).is_some() {
                     let (viewer, guest) = console_pair(CONSOLE_QUEUE);
-                    self.consoles.entry(name).or_default().push(guest);
+                    self.consoles.add(name, guest);
                     Ok(viewer)
                 } else {
                     self.vm_info(&name).and_then(|vm| {
@@ -162,33 +158,28 @@ impl Host {
 
     /// Hands a console line to the VM's viewers (dropping those that left).
     pub(super) fn console_out(&mut self, vm: &str, line: &str) {
-        if let Some(viewers) = self.consoles.get_mut(vm) {
-            let mut bytes = line.as_bytes().to_vec();
-            bytes.extend_from_slice(b"\r\n");
-            viewers.retain_mut(|v| v.send_output(&bytes).is_ok());
-        }
+        let vms = &mut self.vms;
+        self.consoles.output(vm, line, |bytes| {
+            if let Some(p) = vms.process_mut(vm) {
+                if let Err(e) = p.send_console(bytes) {
+                    tracing::debug!(vm, "console input: {e}");
+                }
+            }
+        });
     }
 
     /// Carries what the viewers typed to their VMs; forgets the viewers of VMs that no
     /// longer run here.
     pub(super) fn console_in(&mut self) {
-        let mut gone = Vec::new();
-        for (vm, viewers) in &mut self.consoles {
-            let Some(process) = self.vms.process_mut(vm) else {
-                gone.push(vm.clone());
-                continue;
-            };
-            for v in viewers.iter_mut() {
-                while let Ok(Some(bytes)) = v.try_recv_input() {
-                    if let Err(e) = process.send_console(&bytes) {
-                        tracing::debug!(vm, "console input: {e}");
-                    }
+        let vms = &mut self.vms;
+        self.consoles.keep_only(|vm| vms.pid(vm).is_some());
+        self.consoles.input(|vm, bytes| {
+            if let Some(p) = vms.process_mut(vm) {
+                if let Err(e) = p.send_console(bytes) {
+                    tracing::debug!(vm, "console input: {e}");
                 }
             }
-        }
-        for vm in gone {
-            self.consoles.remove(&vm);
-        }
+        });
     }
 
     fn host_info(&mut self) -> Result<HostInfo, ApiError> {
@@ -297,6 +288,22 @@ impl Host {
             rss_bytes: s.rss_bytes,
             ..VmStats::default()
         };
+        // I/O as the VM's process counts it (its control socket, about a millisecond);
+        // a process that does not answer leaves them 0.
+        match self.vms.process_mut(name).map(|p| p.status()) {
+            Some(Ok(st)) => {
+                let io = st.io;
+                stats.disk_reads = io.disk_reads;
+                stats.disk_writes = io.disk_writes;
+                stats.disk_flushes = io.disk_flushes;
+                stats.disk_read_bytes = io.disk_read_bytes;
+                stats.disk_written_bytes = io.disk_written_bytes;
+                stats.console_in_bytes = io.console_in_bytes;
+                stats.console_bytes = io.console_out_bytes;
+            }
+            Some(Err(e)) => tracing::debug!(vm = name, "status for the I/O counts: {e}"),
+            None => {}
+        }
         // CPU % over the time since this VM's previous reading.
         if let Some((t, cpu)) = self.cpu_seen.insert(name.to_string(), (now, s.cpu_ns)) {
             let dt_ns = now.saturating_sub(t).saturating_mul(1_000_000);
@@ -381,6 +388,7 @@ impl Host {
         if let VmOp::Restore(req) = &op {
             return self.restore_vm(name, req, task);
         }
+        let t_op = std::time::Instant::now();
         let vm = self.vm_info(name)?;
         let me = self.agent.host();
         let elsewhere = vm.host.filter(|&h| h != me);
@@ -402,15 +410,33 @@ impl Host {
                 }
                 self.refuse_in_maintenance(name, vm.state)?;
                 self.check_port_groups(name)?;
-                self.set_desired(name, true)?;
+                let checks_ms = t_op.elapsed().as_secs_f64() * 1000.0;
                 let t = std::time::Instant::now();
                 let outcome = self.vms.power_on(name);
                 let started = outcome == PowerOnOutcome::Started;
+                let spawn_ms = t.elapsed().as_secs_f64() * 1000.0;
                 if started {
+                    // `desired_on` is written once the child runs (under the VM's lock,
+                    // taken by power_on): its fdatasync on the volume then overlaps the
+                    // guest's boot instead of delaying it. Nothing reads it meanwhile
+                    // that could act: a peer sees the VM's lock held, and this agent
+                    // hears of the VM only below.
+                    let t = std::time::Instant::now();
+                    if let Err(e) = self.set_desired(name, true) {
+                        let exit = self.vms.power_off(name);
+                        self.report.event(
+                            "vm_powered_off",
+                            serde_json::json!({"vm": name, "why": "start failed", "exit": exit}),
+                        );
+                        return Err(e);
+                    }
                     self.report.event(
                         "vm_started",
                         serde_json::json!({"vm": name, "pid": self.vms.pid(name),
-                                           "spawn_ms": t.elapsed().as_secs_f64() * 1000.0,
+                                           "spawn_ms": spawn_ms,
+                                           "checks_ms": checks_ms,
+                                           "times": self.vms.last_start(),
+                                           "desired_ms": t.elapsed().as_secs_f64() * 1000.0,
                                            "by": "api"}),
                     );
                 }
@@ -454,6 +480,7 @@ impl Host {
                     return Ok(());
                 }
                 self.set_desired(name, false)?;
+                self.ha_shutdowns.remove(name);
                 let exit = self.vms.power_off(name);
                 self.report.event(
                     "vm_powered_off",
@@ -467,6 +494,18 @@ impl Host {
                 });
                 task.succeed(serde_json::json!({"exit": exit}));
                 Ok(())
+            }
+            VmOp::Shutdown(req) => {
+                if let Some(host) = elsewhere {
+                    return Err(ApiError::RunningElsewhere {
+                        vm: name.to_string(),
+                        host: host.to_string(),
+                    });
+                }
+                if self.vms.pid(name).is_none() || self.vms.migrating(name) {
+                    return Err(wrong("it must run on this host"));
+                }
+                self.start_shutdown(name, req, task)
             }
             VmOp::Migrate(req) => {
                 if let Some(host) = elsewhere {

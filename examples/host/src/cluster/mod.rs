@@ -14,11 +14,13 @@
 
 mod api_calls;
 pub mod backup;
+mod consoles;
 pub mod devices;
 mod migrate;
 mod nics;
 pub mod probe;
 pub mod report;
+mod shutdown;
 pub mod storage_fault;
 mod vm_ops;
 pub mod vms;
@@ -204,13 +206,15 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         report,
         start,
         refused: std::collections::BTreeMap::new(),
-        consoles: api_calls::Consoles::new(),
+        consoles: consoles::Consoles::new(),
         api: opts.api.clone(),
         key_file: opts.key_file.clone(),
         maintenance: in_maintenance,
         cpuid_missing: opts.cpuid_missing.clone(),
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
+        shutdowns: shutdown::Shutdowns::new(),
+        ha_shutdowns: std::collections::BTreeSet::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
     let ended = host.run(&rx);
@@ -288,7 +292,7 @@ struct Host {
     /// same refusal (a dead owner's lease running out) is reported once.
     refused: std::collections::BTreeMap<String, String>,
     /// The API's console viewers, per VM.
-    consoles: api_calls::Consoles,
+    consoles: consoles::Consoles,
     /// The API's settings (peers' APIs share its port).
     api: Option<ApiOptions>,
     /// The cluster key's file, for live migrations.
@@ -305,6 +309,11 @@ struct Host {
     port_groups: Vec<String>,
     /// The vcb repositories' password.
     vcb_password: Vec<u8>,
+    /// Graceful shutdowns waiting for their guests.
+    shutdowns: shutdown::Shutdowns,
+    /// VMs whose power button the HA agent pressed (isolation response "shut down"):
+    /// their guest's power-off is HA's, for the other hosts to restart, not the user's.
+    ha_shutdowns: std::collections::BTreeSet<String>,
 }
 
 impl Host {
@@ -335,15 +344,19 @@ impl Host {
                 );
                 // A guest that powered itself off (status 0) is off, as the user had
                 // powered it off: HA must not start it again. A crash, a kill or a
-                // fence (any other end) is for HA to restart.
-                if exit.code == Some(0) {
+                // fence (any other end) is for HA to restart, and so is a guest that
+                // shut down because HA pressed its power button (isolation response).
+                let by_ha = self.ha_shutdowns.remove(&vm);
+                if exit.code == Some(0) && !by_ha {
                     if let Err(e) = self.set_desired(&vm, false) {
                         tracing::warn!(vm, "record the guest's power-off: {e}");
                     }
                     self.refresh();
                 }
+                self.shutdown_ended(&vm, &exit);
                 self.feed(Event::VmStopped { vm });
             }
+            self.shutdown_overdue();
             let valid = self.volume.check_lease().is_ok();
             if valid {
                 self.vms.feed_leases();
@@ -413,6 +426,7 @@ impl Host {
                 }
             }
             Action::PowerOn { vm } => {
+                self.ha_shutdowns.remove(&vm);
                 let t = Instant::now();
                 let outcome = self.vms.power_on(&vm);
                 if outcome == PowerOnOutcome::Started {
@@ -435,6 +449,7 @@ impl Host {
                 self.feed(Event::PowerOnResult { vm, outcome });
             }
             Action::PowerOff { vm, why } => {
+                self.ha_shutdowns.remove(&vm);
                 let exit = self.vms.power_off(&vm);
                 self.report.event(
                     "vm_powered_off",
@@ -442,11 +457,15 @@ impl Host {
                 );
             }
             Action::ShutDown { vm, why } => {
-                // The test guests have no shutdown request; the agent powers them off
-                // when the grace period ends.
+                // The guest's ACPI power button; a guest that ignores it is powered off
+                // by the agent when the grace period ends.
+                let error = self.vms.press_power_button(&vm).err();
+                if error.is_none() {
+                    self.ha_shutdowns.insert(vm.clone());
+                }
                 self.report.event(
                     "vm_shutdown_asked",
-                    serde_json::json!({"vm": vm, "why": why}),
+                    serde_json::json!({"vm": vm, "why": why, "error": error}),
                 );
             }
             Action::Reset { vm, why } => {

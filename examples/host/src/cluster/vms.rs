@@ -76,6 +76,21 @@ pub struct Vms {
     run_dir: PathBuf,
     /// What children with disks or NICs are given (cluster/devices.rs).
     env: ChildEnv,
+    /// Where the last power-on's time went, for `vm_started`.
+    last_start: StartTimes,
+}
+
+/// Where a power-on's time went (ms): the VM's lock, reading its definition, and
+/// starting the child (its devices read, its files written, fork, exec, its console
+/// thread).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StartTimes {
+    /// Taking the VM's lock on the volume.
+    pub lock_ms: f64,
+    /// Reading its definition.
+    pub read_ms: f64,
+    /// Starting its process.
+    pub exec_ms: f64,
 }
 
 impl std::fmt::Debug for Vms {
@@ -99,7 +114,13 @@ impl Vms {
             tx,
             run_dir,
             env,
+            last_start: StartTimes::default(),
         }
+    }
+
+    /// Where the last [`Vms::power_on`]'s time went.
+    pub fn last_start(&self) -> StartTimes {
+        self.last_start
     }
 
     /// Names of the running VMs.
@@ -165,6 +186,7 @@ impl Vms {
             return PowerOnOutcome::Started;
         }
         // Whom the lock is taken from, for the record (a dead host's, after its lease).
+        let t = Instant::now();
         let before = self.volume.lock_info(&lock_path(name)).ok();
         let lock = match self.volume.open(&lock_path(name), LockMode::Exclusive) {
             Ok(f) => f,
@@ -173,8 +195,16 @@ impl Vms {
             }
             Err(e) => return PowerOnOutcome::Failed(format!("lock {}: {e}", lock_path(name))),
         };
-        let started =
-            read_definition(&self.volume, name).and_then(|config| self.spawn(name, config));
+        self.last_start = StartTimes {
+            lock_ms: t.elapsed().as_secs_f64() * 1000.0,
+            ..StartTimes::default()
+        };
+        let t = Instant::now();
+        let config = read_definition(&self.volume, name);
+        self.last_start.read_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let started = config.and_then(|config| self.spawn(name, config));
+        self.last_start.exec_ms = t.elapsed().as_secs_f64() * 1000.0;
         match started {
             Ok(process) => {
                 self.running
@@ -248,6 +278,14 @@ impl Vms {
             return Err(format!("{name} does not run here"));
         };
         r.process.reset().map_err(|e| e.to_string())
+    }
+
+    /// Presses the VM's ACPI power button (a graceful shutdown's request).
+    pub fn press_power_button(&self, name: &str) -> Result<(), String> {
+        let Some(r) = self.running.get(name) else {
+            return Err(format!("{name} does not run here"));
+        };
+        r.process.press_power_button().map_err(|e| e.to_string())
     }
 
     /// Tells every child that this host's lease is valid (each tick it is).

@@ -164,6 +164,21 @@ impl Lab {
         last
     }
 
+    /// Types `text` on `vm`'s console through `host`'s API (a WebSocket) and leaves at
+    /// once: the host still delivers it.
+    pub fn type_in(&self, host: u32, vm: &str, text: &str) {
+        let url = self.apis[host as usize - 1].replace("http://", "ws://")
+            + &format!("/api/v1/vms/{vm}/console");
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token.as_str()).parse().unwrap(),
+        );
+        let (mut ws, _) = tungstenite::connect(request).unwrap();
+        ws.send(tungstenite::Message::text(text)).unwrap();
+        ws.flush().unwrap();
+    }
+
     /// `GET /vms/NAME` of `host`.
     pub fn vm(&self, host: u32, name: &str) -> Value {
         self.ok(host, "GET", &format!("/vms/{name}"), "", 200)

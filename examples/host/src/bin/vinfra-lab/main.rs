@@ -400,6 +400,9 @@ fn follow(dir: &Path, lab: &Lab) -> Result<(), String> {
 fn down(dir: &Path) -> Result<(), String> {
     let lab = Lab::load(dir)?;
     let alive: Vec<&HostRecord> = lab.hosts.iter().filter(|h| state::is_host(h.pid)).collect();
+    // The VM processes too: a host that stops takes its VMs with it (PR_SET_PDEATHSIG)
+    // only a moment after it is gone, and their TAPs stay in the namespaces until then.
+    let vms = state::vm_processes(dir);
     for h in &alive {
         state::signal(h.pid, libc::SIGTERM);
     }
@@ -414,6 +417,7 @@ fn down(dir: &Path) -> Result<(), String> {
         );
         state::signal(h.pid, libc::SIGKILL);
     }
+    wait_for_vms(&vms);
     lab.net.remove(lab.planned_hosts);
     std::fs::remove_file(dir.join(state::FILE))
         .map_err(|e| format!("{}: {e}", dir.join(state::FILE).display()))?;
@@ -423,6 +427,24 @@ fn down(dir: &Path) -> Result<(), String> {
         dir.display()
     );
     Ok(())
+}
+
+/// Waits (5 s at most) for the lab's VM processes to end once their hosts are gone;
+/// kills those that have not (they are the lab's, checked by pid and start time).
+fn wait_for_vms(vms: &[state::VmProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vms.iter().any(state::VmProcess::alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = vms.iter().filter(|v| v.alive()).collect();
+    for v in &left {
+        eprintln!("vinfra-lab: VM process {} outlived its host: killed", v.pid);
+        state::signal(v.pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while left.iter().any(|v| v.alive()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn status(dir: &Path) -> Result<(), String> {

@@ -78,7 +78,62 @@ fn is_zombie(pid: u32) -> bool {
     })
 }
 
-/// Sends `sig` to `pid` (only ever a PID that [`is_host`] just confirmed).
+/// A VM process of this lab's hosts: its pid and start time (clock ticks since boot),
+/// so that a pid reused since is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmProcess {
+    /// Its pid.
+    pub pid: u32,
+    start: u64,
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command come state (field 3) ... starttime (field 22).
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// The `vinfra-vm` processes of the hosts of the lab in `dir`: their control socket is
+/// in a host's run directory there (`DIR/hostH.run/NAME.sock`), which also finds those
+/// of a host that died before `down`.
+pub fn vm_processes(dir: &std::path::Path) -> Vec<VmProcess> {
+    let prefix = dir.join("host");
+    let prefix = prefix.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let mut args = c.split(|&b| b == 0);
+                args.next().is_some_and(|exe| exe.ends_with(b"vinfra-vm"))
+                    && args.any(|a| a.starts_with(prefix) && a.windows(5).any(|w| w == b".run/"))
+            })
+        })
+        .filter_map(|pid| {
+            Some(VmProcess {
+                pid,
+                start: start_time(pid)?,
+            })
+        })
+        .collect()
+}
+
+impl VmProcess {
+    /// Whether it still runs (not gone, not a zombie, not another process on its pid).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// Sends `sig` to `pid` (only ever a PID that [`is_host`] or [`VmProcess::alive`] just
+/// confirmed).
 pub fn signal(pid: u32, sig: i32) {
     let Ok(pid) = i32::try_from(pid) else {
         return;

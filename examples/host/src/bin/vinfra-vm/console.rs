@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vinfra_host::exit_status::StopCause;
-use vinfra_host::migration::{send_event, ControlEvent, ControlRequest, VmStatus};
+use vinfra_host::migration::{send_event, ControlEvent, ControlRequest, VmIo, VmStatus};
 use vinfra_host::terminal::stop_requested;
 use vinfra_host::vmfs_disk::MountedHost;
 use vinfra_vmm_core::{ExitReason, SerialInput, Vm, VmConfig};
@@ -99,6 +99,7 @@ fn status_of(vm: &Vm, c: &VmConfig) -> VmStatus {
         c.memory_mib,
         vm.dirty_log_enabled(),
     )
+    .with_io(VmIo::of(vm))
 }
 
 /// What a control request did to the VM.
@@ -136,6 +137,16 @@ fn handle(vm: &mut Vm, w: &Watch<'_>, p: Pending) -> Result<Handled, String> {
             eprintln!("\r\nvinfra-vm: powered off through the control socket\r");
             send_event(&mut stream, &ControlEvent::Done(()));
             Ok(Handled::Ended(reason, StopCause::Console))
+        }
+        ControlRequest::PowerButton => {
+            match vm.press_power_button() {
+                Ok(()) => send_event(&mut stream, &ControlEvent::Done(())),
+                Err(e) => send_event(
+                    &mut stream,
+                    &ControlEvent::failed(format!("power button: {e}")),
+                ),
+            }
+            Ok(Handled::Running)
         }
         ControlRequest::Reset => match reset(vm, w) {
             Ok(()) => {

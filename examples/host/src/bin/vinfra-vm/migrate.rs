@@ -292,6 +292,37 @@ pub struct Arrived {
     pub stats: ReceiveStats,
 }
 
+/// When the NICs announce their MACs again after the one RARP each sends on resume (ms
+/// after it), as QEMU's self-announce repeats it: one lost frame (a bridge port not
+/// forwarding yet, a busy tunnel) must not leave the VM unreachable until the switches'
+/// tables age out.
+const ANNOUNCE_AGAIN_MS: [u64; 4] = [50, 150, 300, 500];
+
+/// Repeats the NICs' announcements on a thread of their own.
+fn announce_again(vm: &vinfra_vmm_core::Vm) {
+    let nets = vm.nets().to_vec();
+    if nets.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            let mut slept = 0;
+            for at in ANNOUNCE_AGAIN_MS {
+                std::thread::sleep(std::time::Duration::from_millis(at - slept));
+                slept = at;
+                for n in &nets {
+                    n.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .announce();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "announce thread");
+    }
+}
+
 /// Waits for one migration and returns the running VM.
 pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
     let security = security(a.key_file.as_deref(), a.plaintext)?;
@@ -313,6 +344,7 @@ pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
         serde_json::to_string(&stats).unwrap_or_default()
     );
     let vm = arriving.into_vm().ok_or("the VM was not restored")?;
+    announce_again(&vm);
     Ok(Arrived {
         vm,
         parent_fenced,

@@ -25,8 +25,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use vinfra_host::api::{
     ApiToken, BackupRequest, CloneRequest, DiskSpec, HostEvent, HostInfo, MigrateRequest, NicSpec,
-    RestoreRequest, RevertRequest, SnapshotRequest, TaskInfo, TaskStarted, TaskState, VmInfo,
-    VmSpec,
+    RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskInfo, TaskStarted,
+    TaskState, VmInfo, VmSpec,
 };
 
 use crate::client::{CliError, Client};
@@ -103,8 +103,17 @@ enum VmCommand {
     Stop(OpArgs),
     /// Reboot in place.
     Reset(OpArgs),
-    /// Ask the guest to shut down.
-    Shutdown(OpArgs),
+    /// Ask the guest to shut down (its ACPI power button) and wait for it to power off.
+    Shutdown {
+        #[command(flatten)]
+        op: OpArgs,
+        /// How long the host waits for the guest to power off (default 30000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Stop it hard when the guest has not powered off in time.
+        #[arg(long)]
+        force_after: bool,
+    },
     /// Move a running VM to another host (VMotion).
     Migrate {
         #[command(flatten)]
@@ -360,7 +369,17 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
         VmCommand::Start(op) => operation(cli, client, op, "start", &serde_json::json!({})),
         VmCommand::Stop(op) => operation(cli, client, op, "stop", &serde_json::json!({})),
         VmCommand::Reset(op) => operation(cli, client, op, "reset", &serde_json::json!({})),
-        VmCommand::Shutdown(op) => operation(cli, client, op, "shutdown", &serde_json::json!({})),
+        VmCommand::Shutdown {
+            op,
+            timeout_ms,
+            force_after,
+        } => {
+            let req = ShutdownRequest {
+                timeout_ms: *timeout_ms,
+                force_after: *force_after,
+            };
+            operation(cli, client, op, "shutdown", &req)
+        }
         VmCommand::Migrate { op, to } => operation(
             cli,
             client,

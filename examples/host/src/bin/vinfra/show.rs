@@ -141,11 +141,16 @@ pub fn vm(v: &VmInfo) {
     );
     if let Some(st) = &v.stats {
         println!(
-            "stats       {:.1} % CPU, {} MiB RSS, disk {} read {} written, console {} bytes",
+            "stats       {:.1} % CPU, {} MiB RSS, disk {} reads ({} bytes) {} writes ({} bytes) \
+             {} flushes, console {} bytes in {} out",
             st.cpu_percent,
             mib(st.rss_bytes),
+            st.disk_reads,
             st.disk_read_bytes,
+            st.disk_writes,
             st.disk_written_bytes,
+            st.disk_flushes,
+            st.console_in_bytes,
             st.console_bytes
         );
     }
