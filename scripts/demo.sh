@@ -80,7 +80,8 @@ password="$(head -c 12 /dev/urandom | base64 | tr -d '/+=' | head -c 16)"
 printf '%s\n' "$password" > "$STATE/admin-password"
 chmod 600 "$STATE/admin-password"
 say "starting vinfra-center on https://$LISTEN"
-"$BIN/vinfra-center" --state-dir "$STATE/center" --listen "$LISTEN" --lab "$STATE/lab" \
+# Its own session: a Ctrl-C on the terminal reaches this script, which stops it in order.
+setsid "$BIN/vinfra-center" --state-dir "$STATE/center" --listen "$LISTEN" --lab "$STATE/lab" \
     --admin-password-file "$STATE/admin-password" --web-dir "$ROOT/examples/center/web/dist" \
     > "$STATE/center.out" 2> "$STATE/center.log" &
 CENTER_PID=$!
