@@ -43,7 +43,7 @@ use crate::client::{CliError, Client};
     version,
     about = "Talk to a vinfra host's API or the management server's: hosts, VMs and their operations, tasks, DRS",
     after_help = "Exit status: 0 success, 1 error (the API's message is printed as `vinfra: <message>`), 2 bad arguments.\n\
-                  Which API: --host (a host's), else --server (the center's), else the session of `vinfra login`."
+                  Which API: --server (the center's), else --host (a host's), else the session of `vinfra login`."
 )]
 pub(crate) struct Cli {
     /// The host's API (http://HOST:PORT).
