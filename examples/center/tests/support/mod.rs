@@ -236,8 +236,8 @@ pub fn basic(user: &str, password: &str) -> String {
 }
 
 /// The workspace's build folder of this test (`target/debug`), where cargo put the
-/// `vinfra-lab` and `vinfra-host` binaries (`cargo build -p vinfra-host --bins`).
-fn bin_dir() -> PathBuf {
+/// `vinfra-lab`, `vinfra-host` and `vinfra` binaries (`cargo build -p vinfra-host --bins`).
+pub fn bin_dir() -> PathBuf {
     // target/debug/deps/api_x-HASH → target/debug
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()

@@ -12,6 +12,9 @@ pub enum CliError {
     /// The host answered with an error, could not be reached, or its address is wrong.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The management server answered with an error or could not be reached.
+    #[error(transparent)]
+    Center(#[from] crate::center::client::CenterError),
     /// Something local failed (printing, the console's socket).
     #[error("{0}")]
     Transport(String),
@@ -23,8 +26,8 @@ pub enum CliError {
     TaskFailed {
         /// The task.
         id: u64,
-        /// Its operation.
-        op: &'static str,
+        /// Its operation (`migrate`, or the center's `vm.relocate`).
+        op: String,
         /// Its VM.
         vm: String,
         /// Why.

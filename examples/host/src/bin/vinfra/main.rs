@@ -1,4 +1,5 @@
-//! `vinfra`: the command line of a vinfra host's API (`vinfra-host run`).
+//! `vinfra`: the command line of a vinfra host's API (`vinfra-host run`) and of the
+//! management server's (`vinfra-center`, with `--server` or after `vinfra login`).
 //!
 //! ```text
 //! export VINFRA_HOST=http://127.0.0.1:7401 VINFRA_KEY_FILE=cluster.key
@@ -8,11 +9,16 @@
 //! vinfra --json vm list             # for scripts
 //! vinfra vm migrate web1 --to 2
 //! vinfra vm console web1            # Ctrl-] leaves
+//!
+//! vinfra login --server https://127.0.0.1:8443 --ca-cert /tmp/center/tls/cert.pem
+//! vinfra vm migrate web-1 --to esx-2   # through the center, with the stored session
+//! vinfra logout
 //! ```
 //!
 //! Exit status: 0 success, 1 any error (printed as `vinfra: <message>`), a task that
 //! ended in error included.
 
+mod center;
 mod client;
 mod console;
 mod show;
@@ -35,13 +41,25 @@ use crate::client::{CliError, Client};
 #[command(
     name = "vinfra",
     version,
-    about = "Talk to a vinfra host's API: host status, VMs and their operations, tasks, consoles",
-    after_help = "Exit status: 0 success, 1 error (the API's message is printed as `vinfra: <message>`)."
+    about = "Talk to a vinfra host's API or the management server's: hosts, VMs and their operations, tasks, DRS",
+    after_help = "Exit status: 0 success, 1 error (the API's message is printed as `vinfra: <message>`), 2 bad arguments.\n\
+                  Which API: --server (the center's), else --host (a host's), else the session of `vinfra login`."
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// The host's API (http://HOST:PORT).
     #[arg(long, env = "VINFRA_HOST", global = true)]
     host: Option<String>,
+    /// The management server (https://HOST:PORT); the token is the stored session's
+    /// (`vinfra login`).
+    #[arg(long, env = "VINFRA_SERVER", global = true)]
+    server: Option<String>,
+    /// Trust the server's certificate through this CA certificate (PEM; the center's
+    /// self-signed one is `<state-dir>/tls/cert.pem`).
+    #[arg(long, global = true, conflicts_with = "insecure")]
+    ca_cert: Option<PathBuf>,
+    /// Do not check the server's certificate at all (prints a warning).
+    #[arg(long, global = true)]
+    insecure: bool,
     /// The cluster key file (64 hex digits): the API token is derived from it.
     #[arg(long, env = "VINFRA_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
@@ -53,7 +71,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// The host itself.
     #[command(subcommand)]
     Host(HostCommand),
@@ -63,18 +81,30 @@ enum Command {
     /// Long operations.
     #[command(subcommand)]
     Task(TaskCommand),
-    /// The host's event log.
+    /// The host's event log (the center's, through the center).
     Events {
         /// Only events numbered above this.
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Log in to the management server and store the session (mode 0600).
+    Login(center::LoginArgs),
+    /// End the stored session and remove it.
+    Logout,
+    /// DRS of a cluster (through the management server).
+    #[command(subcommand)]
+    Drs(center::DrsCommand),
 }
 
 #[derive(Debug, Subcommand)]
-enum HostCommand {
+pub(crate) enum HostCommand {
+    /// The center's hosts (through the management server).
+    List,
     /// Identity, capacity, load, page sharing, HA view, VM counts.
-    Status,
+    Status {
+        /// Through the management server: this host only (all of them otherwise).
+        name: Option<String>,
+    },
     /// Enter maintenance mode (every VM is moved to the other hosts by live migration;
     /// the host then takes no VM) or, with `--exit`, leave it.
     Maintenance {
@@ -88,7 +118,7 @@ enum HostCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum VmCommand {
+pub(crate) enum VmCommand {
     /// Every VM of the cluster.
     List,
     /// One VM: definition, state, where it runs, statistics.
@@ -178,16 +208,16 @@ enum VmCommand {
 }
 
 #[derive(Debug, Args)]
-struct OpArgs {
+pub(crate) struct OpArgs {
     /// The VM.
-    name: String,
+    pub(crate) name: String,
     /// Print the task's id and return instead of following it.
     #[arg(long)]
-    no_wait: bool,
+    pub(crate) no_wait: bool,
 }
 
 #[derive(Debug, Args)]
-struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// The VM's name.
     name: String,
     /// The guest kernel (a path on the hosts).
@@ -232,7 +262,7 @@ struct CreateArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// The host's tasks (running, and the last finished ones).
     List,
     /// One task.
@@ -269,7 +299,7 @@ fn client(cli: &Cli) -> Result<Client, CliError> {
     Ok(Client::new(host, token)?)
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Transport(format!("print JSON: {e}")))?;
     println!("{text}");
@@ -277,9 +307,22 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Login(args) => return center::login(cli, args),
+        Command::Logout => return center::logout(),
+        _ => {}
+    }
+    // An explicit server wins; a host given (flag or VINFRA_HOST) keeps the host mode
+    // exactly as before `--server` existed; the stored session comes last.
+    if cli.server.is_some() || (cli.host.is_none() && center::session_stored()) {
+        return center::run(cli);
+    }
     let client = client(cli)?;
     match &cli.command {
-        Command::Host(HostCommand::Status) => {
+        Command::Login(_) | Command::Logout => Ok(()),
+        Command::Drs(_) | Command::Host(HostCommand::List) => Err(center::only()),
+        Command::Host(HostCommand::Status { name: Some(_) }) => Err(center::only()),
+        Command::Host(HostCommand::Status { name: None }) => {
             let info: HostInfo = client.get("/host")?;
             if cli.json {
                 print_json(&info)
@@ -449,7 +492,7 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
     }
 }
 
-fn spec(args: &CreateArgs) -> Result<VmSpec, CliError> {
+pub(crate) fn spec(args: &CreateArgs) -> Result<VmSpec, CliError> {
     let mut spec = VmSpec::new(&args.name, &args.kernel, args.memory_mib);
     spec.initrd.clone_from(&args.initrd);
     spec.cmdline.clone_from(&args.cmdline);
@@ -510,7 +553,7 @@ fn follow(cli: &Cli, client: &Client, started: TaskStarted, no_wait: bool) -> Re
 }
 
 /// How often a followed task is asked about.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// Follows a task to its end: a progress bar on a terminal, a line per change of its
 /// message otherwise, nothing but the final JSON with `--json`.
@@ -531,7 +574,7 @@ fn wait(client: &Client, json: bool, id: u64) -> Result<(), CliError> {
     match (task.state, task.error) {
         (TaskState::Error, Some(detail)) => Err(CliError::TaskFailed {
             id,
-            op: task.op.as_str(),
+            op: task.op.as_str().to_string(),
             vm: task.vm,
             detail,
         }),

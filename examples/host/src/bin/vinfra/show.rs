@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vinfra_host::api::{HostEvent, HostInfo, TaskInfo, TaskState, VmInfo};
 
 /// Prints rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -31,7 +31,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn mib(bytes: u64) -> String {
+/// Bytes as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
 }
 
@@ -64,7 +65,7 @@ pub fn host(h: &HostInfo) {
 }
 
 /// A snake_case enum as its JSON word.
-fn json_word<T: serde::Serialize>(value: &T) -> String {
+pub fn json_word<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "?".into(),
@@ -215,28 +216,27 @@ impl TaskProgress {
     }
 
     pub fn update(&mut self, task: &TaskInfo) {
+        let what = format!("{} {}", task.op.as_str(), task.vm);
+        self.step(task.progress, &what, &task.message);
+    }
+
+    /// A running task's progress (0 to 1), what it does (`migrate web1`) and its message;
+    /// the host's and the management server's tasks both come through here.
+    pub fn step(&mut self, progress: f64, what: &str, message: &str) {
         #[allow(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
-            reason = "progress is clamped to 0..=1 by the host API"
+            reason = "progress is clamped to 0..=1 here"
         )]
-        let position = (task.progress * 1000.0).round() as u64;
+        let position = (progress.clamp(0.0, 1.0) * 1000.0).round() as u64;
         if let Some(bar) = &self.bar {
             bar.set_position(position);
-            bar.set_message(format!(
-                "{} {}: {}",
-                task.op.as_str(),
-                task.vm,
-                task.message
-            ));
+            bar.set_message(format!("{what}: {message}"));
         } else if !self.quiet {
             let line = format!(
-                "task {} ({} {}): {:>3.0}% {}",
+                "task {} ({what}): {:>3.0}% {message}",
                 self.id,
-                task.op.as_str(),
-                task.vm,
-                task.progress * 100.0,
-                task.message
+                progress * 100.0,
             );
             if self.last_line.as_ref() != Some(&line) {
                 eprintln!("{line}");
@@ -246,19 +246,28 @@ impl TaskProgress {
     }
 
     pub fn finish(&mut self, task: &TaskInfo) {
+        let what = format!("{} {}", task.op.as_str(), task.vm);
+        let result = match task.state {
+            TaskState::Success => Some(task.result.as_ref()),
+            TaskState::Error | TaskState::Running => None,
+        };
+        self.done(&what, result);
+    }
+
+    /// The task ended: `result` is `Some` (its result, if any) when it succeeded; a
+    /// failure is said by the caller's error.
+    pub fn done(&mut self, what: &str, result: Option<Option<&serde_json::Value>>) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
         if self.quiet {
             return;
         }
-        let what = format!("task {} ({} {})", task.id, task.op.as_str(), task.vm);
-        match task.state {
-            TaskState::Success => match &task.result {
-                Some(r) if !r.is_null() => println!("{what}: success {r}"),
-                _ => println!("{what}: success"),
-            },
-            TaskState::Error | TaskState::Running => {}
+        let what = format!("task {} ({what})", self.id);
+        match result {
+            Some(Some(r)) if !r.is_null() => println!("{what}: success {r}"),
+            Some(_) => println!("{what}: success"),
+            None => {}
         }
     }
 }
