@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use vinfra_host::terminal::RawMode;
 
@@ -138,7 +139,10 @@ pub fn login(
     password: &str,
 ) -> Result<(Session, PathBuf), CenterError> {
     let client = CenterClient::new(server, &trust, None)?;
-    let basic = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
     let created: SessionCreated = super::client::typed(client.send(
         "POST",
         "/api/session",
@@ -172,48 +176,4 @@ pub fn logout() -> Result<bool, CenterError> {
     std::fs::remove_file(&path)
         .map_err(|e| CenterError::Setup(format!("{}: {e}", path.display())))?;
     Ok(true)
-}
-
-/// Standard base64 with padding (RFC 4648), for HTTP Basic: too small a need for a
-/// dependency.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-            ("admin:admin-password-1", "YWRtaW46YWRtaW4tcGFzc3dvcmQtMQ=="),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
-        }
-    }
 }
