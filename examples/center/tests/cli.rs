@@ -143,14 +143,22 @@ fn vinfra_talks_to_the_center() {
     assert!(out.contains("created web-1"), "{out}");
     let out = ok(cfg, &["vm", "start", "web-1"]);
     assert!(out.contains("vm.start web-1): success"), "{out}");
-    let list: Value = serde_json::from_str(&ok(cfg, &["--json", "vm", "list"])).unwrap();
-    let web = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "web-1")
-        .unwrap_or_else(|| panic!("web-1 not in {list}"))
-        .clone();
+    // The center reads the VM back when the task ends; its list follows the hosts' polls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let web = loop {
+        let list: Value = serde_json::from_str(&ok(cfg, &["--json", "vm", "list"])).unwrap();
+        let web = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "web-1")
+            .unwrap_or_else(|| panic!("web-1 not in {list}"))
+            .clone();
+        if web["info"]["state"] == "running" || std::time::Instant::now() > deadline {
+            break web;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(web["info"]["state"], "running", "{web}");
     let from = web["host"].as_str().unwrap().to_string();
 
