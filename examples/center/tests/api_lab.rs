@@ -16,24 +16,6 @@ use serde_json::{json, Value};
 use support::{Center, Lab};
 use tungstenite::client::IntoClientRequest;
 
-fn hosts_connected(center: &Center, token: &str) -> usize {
-    center
-        .ok(token, "GET", "/api/vcenter/host", "", 200)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["state"] == "connected")
-        .count()
-}
-
-/// Runs an operation to its end through the center; the finished task.
-fn op(center: &Center, token: &str, path: &str, body: &str) -> Value {
-    let started = center.ok(token, "POST", path, body, 202);
-    let task = center.task(token, started["task"].as_u64().unwrap());
-    assert_eq!(task["state"], "succeeded", "{path}: {task}");
-    task
-}
-
 /// Reads the VM's console through the center until `pattern` shows (10 s at most).
 fn console_shows(center: &Center, token: &str, vm: &str, pattern: &str) -> bool {
     let addr = center.url.trim_start_matches("http://").to_string();
@@ -76,7 +58,7 @@ fn the_center_runs_a_lab() {
     let mut center = Center::start(dir.path(), &lab_arg);
     let admin = center.admin();
     center.wait("3 connected hosts", 30, || {
-        hosts_connected(&center, &admin) == 3
+        center.hosts_connected(&admin) == 3
     });
     let names: Vec<Value> = center
         .ok(&admin, "GET", "/api/vcenter/host", "", 200)
@@ -119,8 +101,7 @@ fn the_center_runs_a_lab() {
     assert_eq!(s, 409, "{e}");
 
     // Start on esx-1.
-    op(
-        &center,
+    center.op(
         &admin,
         "/api/vcenter/vm/web/power?action=start&host=esx-1",
         "",
@@ -191,8 +172,7 @@ fn the_center_runs_a_lab() {
     assert_eq!(lab.host_get(1, "/vms/web")["host"], 1);
 
     // Relocate to esx-2: the hosts' own view changes.
-    let task = op(
-        &center,
+    let task = center.op(
         &admin,
         "/api/vcenter/vm/web?action=relocate",
         r#"{"host": "esx-2"}"#,
@@ -207,13 +187,12 @@ fn the_center_runs_a_lab() {
     });
 
     // Stop (on esx-2, where it now runs).
-    let task = op(&center, &admin, "/api/vcenter/vm/web/power?action=stop", "");
+    let task = center.op(&admin, "/api/vcenter/vm/web/power?action=stop", "");
     assert_eq!(task["host"], "esx-2", "{task}");
     assert_eq!(lab.host_get(1, "/vms/web")["state"], "shut_off");
 
     // A linked clone, passed through to the host.
-    op(
-        &center,
+    center.op(
         &admin,
         "/api/vcenter/vm/web?action=clone",
         r#"{"name": "web-2"}"#,
@@ -231,8 +210,7 @@ fn the_center_runs_a_lab() {
     assert!((400..500).contains(&s), "{e}");
 
     // Maintenance mode of a host, as a task.
-    op(
-        &center,
+    center.op(
         &admin,
         "/api/vcenter/host/esx-3?action=enter-maintenance",
         "",
@@ -252,8 +230,7 @@ fn the_center_runs_a_lab() {
         (422, Some("host")),
         "{e}"
     );
-    op(
-        &center,
+    center.op(
         &admin,
         "/api/vcenter/host/esx-3?action=exit-maintenance",
         "",
@@ -330,7 +307,7 @@ fn the_center_runs_a_lab() {
     let after = center.ok(&admin, "GET", "/api/vinfra/events?limit=1000", "", 200);
     assert_eq!(after.as_array().unwrap()[..events.len()], events[..]);
     center.wait("3 connected hosts again", 30, || {
-        hosts_connected(&center, &admin) == 3
+        center.hosts_connected(&admin) == 3
     });
 
     // A host removed from the inventory and added back by its address.
@@ -347,7 +324,7 @@ fn the_center_runs_a_lab() {
     let (s, e) = center.call(&admin, "POST", "/api/vcenter/host", &add);
     assert_eq!(s, 409, "{e}");
     center.wait("esx-3 connected again", 30, || {
-        hosts_connected(&center, &admin) == 3
+        center.hosts_connected(&admin) == 3
     });
 
     // Delete: gone from the hosts too.
@@ -380,5 +357,5 @@ fn the_center_runs_a_lab() {
                 && e["severity"] == "warning"),
         "{events}"
     );
-    assert_eq!(hosts_connected(&center, &admin), 2);
+    assert_eq!(center.hosts_connected(&admin), 2);
 }

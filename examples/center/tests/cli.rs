@@ -72,16 +72,7 @@ fn vinfra_talks_to_the_center() {
     let center = Center::start_with(dir.path(), false, &lab_arg);
     assert!(center.url.starts_with("https://"), "{}", center.url);
     let admin = center.admin();
-    center.wait("3 connected hosts", 30, || {
-        center
-            .ok(&admin, "GET", "/api/vcenter/host", "", 200)
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["state"] == "connected")
-            .count()
-            == 3
-    });
+    center.wait_hosts(&admin, 3);
     let url = center.url.as_str();
     let cert = dir.path().join("center/tls/cert.pem");
     let cert = cert.to_str().unwrap();

@@ -7,16 +7,8 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::{Center, Lab};
-
-/// Runs an operation to its end through the center; the finished task.
-fn op(center: &Center, token: &str, path: &str) -> Value {
-    let started = center.ok(token, "POST", path, "", 202);
-    let task = center.task(token, started["task"].as_u64().unwrap());
-    assert_eq!(task["state"], "succeeded", "{path}: {task}");
-    task
-}
 
 fn hosts_of(center: &Center, token: &str) -> Vec<(String, String)> {
     center
@@ -42,16 +34,7 @@ fn drs_balances_a_lab_and_places_power_ons() {
     let lab_arg = ["--lab".to_string(), lab.path().display().to_string()];
     let center = Center::start(dir.path(), &lab_arg);
     let admin = center.admin();
-    center.wait("3 connected hosts", 30, || {
-        center
-            .ok(&admin, "GET", "/api/vcenter/host", "", 200)
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["state"] == "connected")
-            .count()
-            == 3
-    });
+    center.wait_hosts(&admin, 3);
     // Four VMs whose guests dirty memory all the time (busy vCPUs), all on esx-1.
     let names = ["d1", "d2", "d3", "d4"];
     for name in names {
@@ -64,10 +47,10 @@ fn drs_balances_a_lab_and_places_power_ons() {
             &json!({"spec": spec, "host": "esx-1"}).to_string(),
             201,
         );
-        op(
-            &center,
+        center.op(
             &admin,
             &format!("/api/vcenter/vm/{name}/power?action=start&host=esx-1"),
+            "",
         );
     }
     // The center sees them running on esx-1 with measured CPU.
@@ -239,7 +222,7 @@ fn drs_balances_a_lab_and_places_power_ons() {
             .unwrap()
             .to_string()
     };
-    op(&center, &admin, "/api/vcenter/vm/placed/power?action=start");
+    center.op(&admin, "/api/vcenter/vm/placed/power?action=start", "");
     center.wait("placed runs", 10, || {
         let v = center.ok(&admin, "GET", "/api/vcenter/vm/placed", "", 200);
         v["info"]["state"] == "running"

@@ -216,6 +216,32 @@ impl Center {
         });
         last
     }
+
+    /// Runs an operation to its end (a `202 {task}` answer, then the task succeeding);
+    /// the finished task.
+    pub fn op(&self, token: &str, path: &str, body: &str) -> Value {
+        let started = self.ok(token, "POST", path, body, 202);
+        let task = self.task(token, started["task"].as_u64().unwrap());
+        assert_eq!(task["state"], "succeeded", "{path}: {task}");
+        task
+    }
+
+    /// How many hosts the center has connected.
+    pub fn hosts_connected(&self, token: &str) -> usize {
+        self.ok(token, "GET", "/api/vcenter/host", "", 200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["state"] == "connected")
+            .count()
+    }
+
+    /// Waits (30 s at most) until `hosts` hosts are connected.
+    pub fn wait_hosts(&self, token: &str, hosts: usize) {
+        self.wait(&format!("{hosts} connected hosts"), 30, || {
+            self.hosts_connected(token) == hosts
+        });
+    }
 }
 
 impl Drop for Center {
