@@ -119,15 +119,16 @@ export function DrsRecommendations({ cluster, automation, threshold, ctx }: { cl
     }
   }, POLL_MS, `drs:${cluster}`);
   // A migration that ended, or anything the event log says, changes the pass.
-  useEffect(() => recs.refresh(), [ctx.tasksEnded, ctx.events.generation]);
+  useEffect(() => recs.refresh(), [ctx.tasksEnded, ctx.events.generation, automation, threshold]);
   const [applying, setApplying] = useState<string | undefined>(undefined);
   const [running, setRunning] = useState(false);
   const [failure, setFailure] = useState<string | undefined>(undefined);
   const [lastRun, setLastRun] = useState<string | undefined>(undefined);
   const pass = recs.data;
   const readOnly = ctx.canOperate ? undefined : "Your role (read-only) cannot apply DRS recommendations";
-  const level = automation ?? pass?.automation;
-  const thresh = threshold ?? pass?.threshold;
+  // The pass is read more often than the cluster (and again when its settings change).
+  const level = pass?.automation ?? automation;
+  const thresh = pass?.threshold ?? threshold;
 
   const apply = async (r: DrsRecommendation) => {
     setApplying(r.vm);
