@@ -2,7 +2,8 @@
 //! WebDriver with fantoccini) against a real `vinfra-center` over HTTPS managing a lab of
 //! 3 hosts and 6 test-guest VMs: log in, see the inventory, migrate a VM from its page
 //! and see the task finish and the VM's host change, open its console and see the guest's
-//! `HB <n>` lines; and kill a host, see it marked, a survivor's HA verdict and its VMs
+//! `HB <n>` lines; unbalance the cluster with busy guests, see DRS recommend a migration,
+//! apply it and see it done; and kill a host, see it marked, a survivor's HA verdict and its VMs
 //! running again elsewhere. Screenshots go to `target/browser-screenshots/`; the console's
 //! first paint and time to interactive are printed.
 //!
@@ -194,6 +195,128 @@ async fn host_failure(c: &Client, dc: &Datacentre) -> Result {
     Ok(())
 }
 
+/// Busy guests started on `host` through the API unbalance the cluster; the cluster's DRS
+/// card recommends a migration, Apply starts it, and the VM's task ends with it on the
+/// recommended host. The busy guests are stopped again afterwards.
+async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
+    let busy = ["busy-1", "busy-2", "busy-3"];
+    tokio::task::block_in_place(|| {
+        let admin = dc.center.admin();
+        // Threshold 5 (any improvement): its target is no imbalance at all, so how loaded
+        // the shared cores leave the idle guests cannot hide the busy ones' imbalance.
+        dc.center.ok(
+            &admin,
+            "PATCH",
+            "/api/vcenter/cluster/cluster-1",
+            r#"{"drs": {"automation": "manual", "threshold": 5}}"#,
+            200,
+        );
+        for name in busy {
+            let spec = serde_json::json!({"name": name, "kernel": dc.lab.kernel, "memory_mib": 32,
+                                          "cmdline": "workload.mib=4 workload.rate=64"});
+            dc.center.ok(
+                &admin,
+                "POST",
+                "/api/vcenter/vm",
+                &serde_json::json!({"spec": spec, "host": host}).to_string(),
+                201,
+            );
+            let path = format!("/api/vcenter/vm/{name}/power?action=start&host={host}");
+            let started = dc.center.ok(&admin, "POST", &path, "", 202);
+            let task = dc.center.task(&admin, started["task"].as_u64().unwrap());
+            assert_eq!(task["state"], "succeeded", "{path}: {task}");
+        }
+    });
+    println!("started {busy:?} on {host}");
+    // The card reads the pass every few seconds: a recommendation once the hosts report
+    // the busy guests' CPU.
+    let rec = wait_js(
+        c,
+        "a DRS recommendation on the cluster's page",
+        "const busy = [...document.querySelectorAll('.tree [data-kind=vm][data-name^=busy-]')].filter(v => v.dataset.power === 'running');
+         const r = document.querySelector('[data-testid=drs-recommendations] tr[data-drs-vm]');
+         return r && busy.length === 3 ? {vm: r.dataset.drsVm, from: r.dataset.from, to: r.dataset.to, priority: r.dataset.priority,
+                     imbalance: document.querySelector('[data-testid=drs-imbalance]').textContent} : null;",
+        Duration::from_secs(90),
+    )
+    .await?;
+    println!("DRS recommends: {rec}");
+    let (rec_vm, rec_from, rec_to) = (
+        rec["vm"].as_str().unwrap_or_default().to_string(),
+        rec["from"].as_str().unwrap_or_default().to_string(),
+        rec["to"].as_str().unwrap_or_default().to_string(),
+    );
+    if rec_from != host
+        || rec_to == host
+        || !(1..=5).contains(
+            &rec["priority"]
+                .as_str()
+                .and_then(|p| p.parse::<u8>().ok())
+                .unwrap_or(0),
+        )
+    {
+        return Err(format!(
+            "an odd recommendation with {busy:?} on {host}: {rec}"
+        ));
+    }
+    screenshot(c, "17-drs-recommendations").await?;
+    // The relocate tasks there were before, so the new one is told apart.
+    let before = js(
+        c,
+        "return [...document.querySelectorAll('[data-testid=recent-tasks] tr[data-task]')].map(r => r.dataset.task);",
+    )
+    .await?;
+    click(
+        c,
+        &format!(
+            "[data-testid=drs-recommendations] tr[data-drs-vm='{rec_vm}'] [data-action=drs-apply]"
+        ),
+    )
+    .await?;
+    let task = wait_js(
+        c,
+        "the DRS migration task to finish",
+        &format!(
+            "const before = {before};
+             const rows = [...document.querySelectorAll('[data-testid=recent-tasks] tr[data-task]')]
+               .filter(r => !before.includes(r.dataset.task) && r.dataset.target === '{rec_vm}' && /relocate|migrat/i.test(r.dataset.kind));
+             const done = rows.find(r => r.dataset.state === 'success' || r.dataset.state === 'error');
+             return done ? {{state: done.dataset.state, text: done.textContent}} : null;"
+        ),
+        MIGRATION,
+    )
+    .await?;
+    if task["state"] != "success" {
+        return Err(format!("the DRS migration failed: {}", task["text"]));
+    }
+    wait_js(
+        c,
+        "the tree to show the VM on the recommended host",
+        &format!("const n = document.querySelector('.tree [data-kind=vm][data-name=\"{rec_vm}\"]'); return n && n.dataset.host === '{rec_to}';"),
+        WAIT,
+    )
+    .await?;
+    // The card read the pass again: the applied recommendation is gone.
+    wait_js(
+        c,
+        "the applied recommendation to leave the card",
+        &format!("return !document.querySelector('[data-testid=drs-recommendations] tr[data-drs-vm=\"{rec_vm}\"][data-to=\"{rec_to}\"]');"),
+        WAIT,
+    )
+    .await?;
+    println!("DRS moved {rec_vm} from {rec_from} to {rec_to}");
+    screenshot(c, "18-drs-applied").await?;
+    tokio::task::block_in_place(|| {
+        let admin = dc.center.admin();
+        for name in busy {
+            let path = format!("/api/vcenter/vm/{name}/power?action=stop");
+            let started = dc.center.ok(&admin, "POST", &path, "", 202);
+            dc.center.task(&admin, started["task"].as_u64().unwrap());
+        }
+    });
+    Ok(())
+}
+
 fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -362,6 +485,7 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     )
     .await
     .and_then(|v| if v == "saved" { Ok(()) } else { Err(format!("cluster settings: {v}")) })?;
+    drs(c, dc, &to).await?;
     click(c, &format!(".tree [data-kind=vm][data-name='{vm}']")).await?;
     click(c, "[data-tab=monitor]").await?;
     wait_css(c, "[data-testid=monitor]", WAIT).await?;
@@ -428,5 +552,14 @@ async fn scenario(c: &Client, dc: &Datacentre) -> Result {
     )
     .await?;
     screenshot(c, "13-read-only").await?;
+    // Nor can it run DRS.
+    click(c, ".tree [data-kind=cluster]").await?;
+    wait_js(
+        c,
+        "Run DRS now disabled for a read-only user",
+        "const b = document.querySelector('[data-action=drs-run]'); return b && b.disabled;",
+        WAIT,
+    )
+    .await?;
     Ok(())
 }

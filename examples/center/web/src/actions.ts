@@ -7,7 +7,9 @@ export type PowerAction = "start" | "stop" | "reset" | "shutdown";
 
 const started = async (answer: Promise<unknown>): Promise<string | undefined> => taskId(await answer);
 
-export const powerVm = (vm: string, action: PowerAction) => started(post(`/api/vcenter/vm/${enc(vm)}/power?action=${action}`));
+/** `host`: where a start runs; none lets DRS place it. */
+export const powerVm = (vm: string, action: PowerAction, host?: string) =>
+  started(post(`/api/vcenter/vm/${enc(vm)}/power?action=${action}${host ? `&host=${enc(host)}` : ""}`));
 export const relocateVm = (vm: string, host: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=relocate`, { host }));
 export const snapshotVm = (vm: string, name?: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=snapshot`, name ? { name } : {}));
 export const revertVm = (vm: string, snapshot?: string) => started(post(`/api/vcenter/vm/${enc(vm)}?action=revert`, snapshot ? { snapshot } : {}));
@@ -19,3 +21,8 @@ export const setClusterSettings = (cluster: string, settings: { drs: { automatio
   patch(`/api/vcenter/cluster/${enc(cluster)}`, settings);
 export const maintenance = (host: string, enter: boolean) =>
   started(post(`/api/vcenter/host/${enc(host)}?action=${enter ? "enter-maintenance" : "exit-maintenance"}`));
+/** Applies one DRS recommendation (operators): a `vm.relocate` task. */
+export const applyDrs = (cluster: string, vm: string, to: string) =>
+  started(post(`/api/vcenter/cluster/${enc(cluster)}/drs/recommendations?action=apply`, { vm, to }));
+/** A DRS pass now (operators); answers the pass, `applied` the migrations it started. */
+export const runDrs = (cluster: string) => post(`/api/vcenter/cluster/${enc(cluster)}/drs?action=run`);

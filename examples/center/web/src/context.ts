@@ -10,6 +10,8 @@ export interface ViewContext {
   /** The user's role allows operations (power, migrate…) / settings. */
   canOperate: boolean;
   isAdmin: boolean;
+  /** Changes when a task ends (views that show what tasks change read again on it). */
+  tasksEnded: string;
   /** Read tasks and the inventory again now (after starting an action). */
   refresh: () => void;
 }

@@ -1,5 +1,5 @@
-// A cluster: its resources in total, DRS and HA settings, the place for DRS
-// recommendations, its hosts and VMs; Summary and Events tabs.
+// A cluster: its resources in total, HA settings, the DRS card (settings, balance,
+// recommendations to apply), its hosts and VMs; Summary and Events tabs.
 
 import { useState } from "preact/hooks";
 import { enc, get } from "../api";
@@ -67,16 +67,8 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
               <Meter label="CPU" used={cpuUsed} total={cpus || undefined} usedText={cpus ? percent((cpuUsed / cpus) * 100) : dash} totalText={cpus ? `${cpus} CPUs` : undefined} />
               <Meter label="Memory" used={memoryUsed} total={memory || undefined} usedText={mib(memoryUsed)} totalText={memory ? mib(memory) : undefined} />
             </Card>
-            <Card title="DRS">
-              {detail.error && !cluster && <ErrorNote message={detail.error} />}
-              <Props
-                rows={[
-                  ["Automation level", cluster?.drsAutomation ? words(cluster.drsAutomation) : dash],
-                  ["Migration threshold", cluster?.drsThreshold ?? dash],
-                ]}
-              />
-            </Card>
             <Card title="HA">
+              {detail.error && !cluster && <ErrorNote message={detail.error} />}
               <Props
                 rows={[
                   ["Admission control", cluster?.haAdmission ? words(cluster.haAdmission) : dash],
@@ -84,7 +76,7 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
                 ]}
               />
             </Card>
-            <DrsRecommendations cluster={name} />
+            <DrsRecommendations cluster={name} automation={cluster?.drsAutomation} threshold={cluster?.drsThreshold} ctx={ctx} />
             <Card title={`Hosts (${hosts.length})`}>
               {hosts.length === 0 ? (
                 <Empty>No hosts.</Empty>

@@ -68,6 +68,7 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
     tasks.refresh();
   }, []);
 
+  const tasksEnded = (tasks.data ?? []).filter((t) => t.state !== "running" && t.state !== "queued").map((t) => t.id).join(",");
   const inv = inventory.data;
   let main;
   if (!inv) {
@@ -77,6 +78,7 @@ export function Shell({ me, onLogout }: { me?: Me; onLogout: () => void }) {
     const role = me?.role;
     const ctx: ViewContext = {
       inventory: inv,
+      tasksEnded,
       events,
       tab: route.tab,
       refresh,

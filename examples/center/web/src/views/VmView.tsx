@@ -138,7 +138,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
         {tab === "console" && <ConsoleTab vm={vm} />}
         {tab === "events" && <TargetEvents target={vm.name} />}
       </div>
-      {open?.kind === "power" && <PowerDialog vm={vm.name} action={open.action} onClose={() => setOpen(null)} onStarted={started} />}
+      {open?.kind === "power" && <PowerDialog vm={vm.name} action={open.action} hosts={ctx.inventory.hosts} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "migrate" && <MigrateDialog vm={vm} hosts={ctx.inventory.hosts} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "snapshot" && <SnapshotDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "revert" && <RevertDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
