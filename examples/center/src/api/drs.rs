@@ -16,6 +16,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::inventory::find_cluster;
 use super::vm::{find_vm, relocate_vm, running_host};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
 use crate::auth::Principal;
@@ -72,15 +73,6 @@ pub struct DrsPass {
     /// VMs left out because a task of theirs is still running.
     #[serde(default)]
     pub busy: Vec<String>,
-}
-
-fn cluster(state: &AppState, name: &str) -> ApiResult<Cluster> {
-    state
-        .store
-        .clusters()?
-        .into_iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("no cluster {name}")))
 }
 
 /// Whether a task of `vm` is still running (a migration in flight is never asked for
@@ -145,7 +137,7 @@ pub async fn recommendations_of(
     _who: Principal,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DrsPass>> {
-    let c = cluster(&state, &name)?;
+    let c = find_cluster(&state, &name)?;
     Ok(Json(pass(&state, &c)?))
 }
 
@@ -187,7 +179,7 @@ pub async fn apply(
             format!("action: {:?} is not apply", q.action),
         ));
     }
-    cluster(&state, &name)?;
+    find_cluster(&state, &name)?;
     let vm = find_vm(&state, &req.vm)?;
     if busy(&state, &vm.name)? {
         return Err(ApiError::conflict(format!(
@@ -221,7 +213,7 @@ pub async fn run(
             format!("action: {:?} is not run", q.action),
         ));
     }
-    let c = cluster(&state, &name)?;
+    let c = find_cluster(&state, &name)?;
     Ok(Json(run_pass(&state, &c, &who.name).await?))
 }
 

@@ -93,7 +93,7 @@ pub async fn clusters(
     ))
 }
 
-fn find_cluster(state: &AppState, name: &str) -> ApiResult<Cluster> {
+pub(super) fn find_cluster(state: &AppState, name: &str) -> ApiResult<Cluster> {
     state
         .store
         .clusters()?
