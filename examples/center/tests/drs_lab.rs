@@ -39,7 +39,7 @@ fn drs_balances_a_lab_and_places_power_ons() {
     let names = ["d1", "d2", "d3", "d4"];
     for name in names {
         let spec = json!({"name": name, "kernel": lab.kernel, "memory_mib": 32,
-                          "cmdline": "workload.mib=4 workload.rate=64"});
+                          "cmdline": "workload.mib=4 workload.rate=16"});
         center.ok(
             &admin,
             "POST",
@@ -203,7 +203,16 @@ fn drs_balances_a_lab_and_places_power_ons() {
         assert_eq!(seen["host"].as_u64(), Some(id), "{name}: {seen}");
     }
 
-    // A start with no host named goes where DRS puts it: not on the busiest host.
+    // A start with no host named goes where DRS puts it: not on the busiest host. (A VM
+    // that just moved has no statistics until its new host has measured it, and drs
+    // takes its configured size as its demand meanwhile: wait for the measurements.)
+    center.wait("every VM measured where it runs now", 15, || {
+        let vms = center.ok(&admin, "GET", "/api/vcenter/vm", "", 200);
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["info"]["stats"]["cpu_percent"].as_f64().unwrap_or(0.0) > 1.0)
+    });
     let spec = json!({"name": "placed", "kernel": lab.kernel, "memory_mib": 32,
                       "cmdline": "workload.mib=1"});
     center.ok(
