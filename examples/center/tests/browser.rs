@@ -213,7 +213,7 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
         );
         for name in busy {
             let spec = serde_json::json!({"name": name, "kernel": dc.lab.kernel, "memory_mib": 32,
-                                          "cmdline": "workload.mib=4 workload.rate=64"});
+                                          "cmdline": "workload.mib=4 workload.rate=16"});
             dc.center.ok(
                 &admin,
                 "POST",
