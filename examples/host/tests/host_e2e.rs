@@ -277,6 +277,11 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     assert_eq!(t["state"], "success", "{t}");
     let downtime = t["result"]["downtime_ms"].as_f64().unwrap();
     assert!(downtime < 1000.0, "downtime {downtime} ms");
+    // The task ends once the source no longer counts the VM as its own: asked right
+    // away, host 1 does not say it runs it (it once did, until its loop heard the
+    // migration thread's verdict, and a center following the task saw the old host).
+    let seen = lab.vm(1, "mover");
+    assert_ne!(seen["host"], 1, "{seen}");
     // The lock follows within a tick or two of the task's end.
     lab.wait("the lock on host 3", || lab.vm(2, "mover")["host"] == 3);
     // The guest goes on where it was: its heartbeat counter continues on host 3, and

@@ -223,9 +223,18 @@ fn a_vm_process_migrates_through_its_control_socket() {
         key_file: None,
     };
     let (mut dst, dst_console) = spawn(&mut dst_spec);
-    // Its control socket answers only once the VM runs there.
+    // Its control socket answers only once the VM runs there, and says so at once: the
+    // host's loop asks each arriving VM every tick (a socket bound but not yet served
+    // once held each question for the whole 1 s timeout, so the loop fed no lease for
+    // seconds and the children took their host for dead).
     std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
     assert!(dst.status().is_err());
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
     let settings = MigrateSettings {
         to: addr,
         key_file: None,

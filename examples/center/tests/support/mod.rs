@@ -348,6 +348,18 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the hosts said, beside the failed assertion: the folder goes with us.
+            for h in 1.. {
+                let Ok(log) = std::fs::read_to_string(self.path().join(format!("host{h}.log")))
+                else {
+                    break;
+                };
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                eprintln!("---- host{h}.log (last 60 lines) ----\n{tail}");
+            }
+        }
         let _ = run(
             Command::new(&self.lab)
                 .arg("--dir")

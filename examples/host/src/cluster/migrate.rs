@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
 use vinfra_ha::datastore::VmfsDatastore;
@@ -32,8 +32,8 @@ const TIME_LIMIT_MS: u64 = 60_000;
 /// What the sending thread tells the loop.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The VM runs on the destination.
-    Moved,
+    /// The VM runs on the destination; the migration's statistics.
+    Moved(serde_json::Value),
     /// It failed; `in_doubt`: the VM is paused here and must never run here again.
     Failed {
         /// Why.
@@ -41,6 +41,16 @@ pub enum Outcome {
         /// See above.
         in_doubt: bool,
     },
+}
+
+impl Outcome {
+    /// Ends the migration's task with this outcome.
+    fn finish(&self, task: TaskHandle) {
+        match self {
+            Self::Moved(stats) => task.succeed(stats.clone()),
+            Self::Failed { error, .. } => task.fail(&ApiError::Internal(error.clone())),
+        }
+    }
 }
 
 /// What a migration's sending thread needs.
@@ -139,7 +149,10 @@ impl Host {
         // The destination is asked now, so that its refusal (a VM running there, its
         // maintenance mode, CPU features it lacks) is this request's answer and nothing
         // moves. It answers from its own loop in milliseconds.
-        let ready = sender.prepare().map_err(|e| e.for_destination(to))?;
+        let ready = self
+            .vms
+            .feed_while(|| sender.prepare())
+            .map_err(|e| e.for_destination(to))?;
         sender.ready = Some(ready);
         let Some(control) = self.vms.leave(name) else {
             return Err(ApiError::Internal(format!("{name} stopped meanwhile")));
@@ -159,10 +172,12 @@ impl Host {
             })
     }
 
-    /// The sender's verdict reached the loop.
-    pub(super) fn migration_ended(&mut self, vm: &str, outcome: &Outcome) {
+    /// The sender's verdict reached the loop. The task ends only now, once this host
+    /// no longer counts the VM as its own: a client that sees the relocation done and
+    /// asks this host gets the VM's new place, never the old one.
+    pub(super) fn migration_ended(&mut self, vm: &str, outcome: &Outcome, task: TaskHandle) {
         let (moved_or_doubt, event) = match outcome {
-            Outcome::Moved => (true, serde_json::json!({"vm": vm, "moved": true})),
+            Outcome::Moved(_) => (true, serde_json::json!({"vm": vm, "moved": true})),
             Outcome::Failed { error, in_doubt } => (
                 *in_doubt,
                 serde_json::json!({"vm": vm, "moved": false, "error": error, "in_doubt": in_doubt}),
@@ -177,6 +192,7 @@ impl Host {
             self.feed(Event::VmStopped { vm: vm.to_string() });
             tracing::info!(vm, ?exit, "the VM left this host");
         }
+        outcome.finish(task);
     }
 
     /// `POST /incoming`: starts `vinfra-vm incoming` on a free port of this host's
@@ -428,20 +444,21 @@ fn evacuate(api: &str, token: &ApiToken, vms: &[String], targets: &[u32], task: 
 
 impl Sender_ {
     fn run(self, task: TaskHandle) {
-        let outcome = self.send(&task);
-        match &outcome {
-            Ok(stats) => task.succeed(stats.clone()),
-            Err((error, _)) => task.fail(&ApiError::Internal(error.clone())),
-        }
-        let outcome = match outcome {
-            Ok(_) => Outcome::Moved,
+        let outcome = match self.send(&task) {
+            Ok(stats) => Outcome::Moved(stats),
             Err((error, in_doubt)) => Outcome::Failed { error, in_doubt },
         };
-        // The loop is gone when the host shuts down; the VM stopped with it.
-        let _ = self.tx.send(Inbound::Migrated {
-            vm: self.vm,
-            outcome,
-        });
+        // The loop ends the task once the VM is no longer this host's. The loop is gone
+        // when the host shuts down (the VM stopped with it): the task ends here then.
+        if let Err(mpsc::SendError(Inbound::Migrated { outcome, task, .. })) =
+            self.tx.send(Inbound::Migrated {
+                vm: self.vm,
+                outcome,
+                task,
+            })
+        {
+            outcome.finish(task);
+        }
     }
 
     /// The whole migration: `Ok` with the statistics, or the error and whether the VM is

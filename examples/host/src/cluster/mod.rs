@@ -68,6 +68,8 @@ pub enum Inbound {
         vm: String,
         /// How it went.
         outcome: migrate::Outcome,
+        /// The migration's task, which the loop ends.
+        task: crate::api::TaskHandle,
     },
 }
 
@@ -378,7 +380,9 @@ impl Host {
                 self.feed(Event::Probe { address, reachable });
             }
             Inbound::Api(call) => self.api(call),
-            Inbound::Migrated { vm, outcome } => self.migration_ended(&vm, &outcome),
+            Inbound::Migrated { vm, outcome, task } => {
+                self.migration_ended(&vm, &outcome, task);
+            }
             Inbound::Console { vm, line } => {
                 self.console_out(&vm, &line);
                 let beat = line.starts_with("HB ");

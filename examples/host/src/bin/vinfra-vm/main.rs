@@ -133,9 +133,16 @@ impl ParentArgs {
 }
 
 /// A control socket that is removed again when the process ends.
+///
+/// It is bound under a temporary name (`PATH.starting`) and renamed to its path only
+/// once it is served, when the VM runs: a client that connected to a socket nobody
+/// accepts on would wait for its whole read timeout (the host's loop asks arriving VMs
+/// each tick whether they run yet, for seconds while the memory comes in), whereas a
+/// missing path is an immediate answer.
 struct ControlSocket {
     listener: Option<UnixListener>,
-    path: Option<PathBuf>,
+    /// Where clients find it, and the name it has until then.
+    path: Option<(PathBuf, PathBuf)>,
 }
 
 impl ControlSocket {
@@ -146,28 +153,43 @@ impl ControlSocket {
                 path: None,
             });
         };
-        // A socket file left by a killed process would refuse the bind.
-        if std::fs::symlink_metadata(path)
-            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-        {
-            let _ = std::fs::remove_file(path);
+        let mut starting = path.clone().into_os_string();
+        starting.push(".starting");
+        let starting = PathBuf::from(starting);
+        // A socket file left by a killed process would refuse the bind, or answer no one.
+        for p in [path, &starting] {
+            if std::fs::symlink_metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(p);
+            }
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(&starting)
+            .map_err(|e| format!("control socket {}: {e}", starting.display()))?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+            .map_err(|e| format!("control socket {}: {e}", starting.display()))?;
         Ok(Self {
             listener: Some(listener),
-            path: Some(path.clone()),
+            path: Some((path.clone(), starting)),
         })
+    }
+
+    /// Gives the socket, now served, its path.
+    fn publish(&self) -> Result<(), String> {
+        match &self.path {
+            Some((path, starting)) => std::fs::rename(starting, path)
+                .map_err(|e| format!("control socket {}: {e}", path.display())),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
+        if let Some((path, starting)) = &self.path {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(starting);
         }
     }
 }
@@ -211,6 +233,7 @@ fn attach(
         )?),
         None => None,
     };
+    control.publish()?;
     let mut w = Watch {
         keys: keys_rx,
         snapshot_dir,
