@@ -2,6 +2,7 @@
 //! follows it to its end on a thread of its own and records the result; a center that
 //! restarts picks the running ones up again.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,32 +62,62 @@ impl Tasks {
         }
     }
 
-    /// Records a task that follows host task `host_task` and starts following it; the
-    /// VM `refresh` (if any) is read back from the host when it ends.
-    pub fn follow_new(
+    /// Records a task, asks its host to start the operation (`ask` answers the host
+    /// task's id), then follows the host task; the VM `refresh` (if any) is read back
+    /// from the host when it ends. The outer error is the store's, the inner the host's
+    /// refusal, after which the task is removed again (the refusal is the request's
+    /// answer).
+    ///
+    /// The task is recorded before the host is asked (write-ahead): a center that dies
+    /// while the host is being asked, or before it recorded the answer, finds the task
+    /// on its next start without a host task and looks for it among the host's
+    /// ([`Tasks::resume`]), so an operation started (a migration of a DRS pass, say) is
+    /// never lost from the record, and none is asked for twice.
+    pub fn start<E>(
         &self,
         start: &TaskStart<'_>,
         client: Arc<Client>,
-        host_task: u64,
         refresh: Option<String>,
-    ) -> Result<Task> {
-        let task = self.store.add_task(&Task {
+        ask: impl FnOnce(&Client) -> std::result::Result<u64, E>,
+    ) -> Result<std::result::Result<Task, E>> {
+        let mut task = self.store.add_task(&Task {
             id: 0,
             kind: start.kind.to_string(),
             target: start.target.to_string(),
             user: start.user.to_string(),
             state: TaskState::Running,
             progress: 0.0,
-            message: String::new(),
+            message: format!("asking {}", start.host),
             result: None,
             error: None,
             host: Some(start.host.to_string()),
-            host_task: Some(host_task),
+            host_task: None,
             started_ms: (self.clock)(),
             ended_ms: None,
         })?;
+        let host_task = match ask(&client) {
+            Ok(id) => id,
+            Err(e) => {
+                self.store.delete_task(task.id)?;
+                return Ok(Err(e));
+            }
+        };
+        self.store.update_task(
+            task.id,
+            &TaskUpdate {
+                state: TaskState::Running,
+                progress: 0.0,
+                message: String::new(),
+                result: None,
+                error: None,
+                host_task: Some(host_task),
+                ended_ms: None,
+            },
+        )?;
+        task.message = String::new();
+        task.host_task = Some(host_task);
         self.spawn_follower(task.clone(), client, host_task, refresh);
-        Ok(task)
+        Ok(Ok(task))
     }
 
     fn spawn_follower(
@@ -168,11 +199,13 @@ impl Tasks {
             host_task: None,
             ended_ms: Some(now_ms),
         };
-        if let Err(e) = self.store.update_task(task.id, &update) {
-            tracing::error!(task = task.id, "recording the end of the task: {e}");
-        }
+        // The VM first: whoever sees the task end sees its outcome in the inventory (a
+        // DRS pass right after a migration must not find the VM on its old host).
         if let Some(vm) = refresh {
             self.refresh_vm(client, vm, now_ms);
+        }
+        if let Err(e) = self.store.update_task(task.id, &update) {
+            tracing::error!(task = task.id, "recording the end of the task: {e}");
         }
         let (severity, message) = match &error {
             None => (
@@ -235,34 +268,69 @@ impl Tasks {
     }
 
     /// At start: follows again every task left running by the last run whose host is in
-    /// the pool; fails the others.
+    /// the pool; one recorded before its host answered is looked for among the host's
+    /// tasks; the others fail.
     pub fn resume(&self, hosts: &HostPool) -> Result<()> {
-        for task in self.store.tasks(1000)? {
+        let tasks = self.store.tasks(1000)?;
+        // Host tasks that a center task follows already: never claimed twice.
+        let mut claimed: HashSet<(String, u64)> = tasks
+            .iter()
+            .filter_map(|t| Some((t.host.clone()?, t.host_task?)))
+            .collect();
+        for task in tasks {
             if task.state != TaskState::Running {
                 continue;
             }
             let client = task.host.as_deref().and_then(|h| hosts.client(h));
-            match (client, task.host_task) {
+            let refresh = task.kind.starts_with("vm.").then(|| task.target.clone());
+            let why = match (client, task.host_task) {
                 (Some(client), Some(host_task)) => {
-                    let refresh = task.kind.starts_with("vm.").then(|| task.target.clone());
                     self.spawn_follower(task, client, host_task, refresh);
+                    continue;
                 }
-                _ => self.store.update_task(
-                    task.id,
-                    &TaskUpdate {
-                        state: TaskState::Failed,
-                        progress: task.progress,
-                        message: "the center restarted and cannot follow it".into(),
-                        result: None,
-                        error: Some(detail(
-                            "abandoned",
-                            "the center restarted and cannot follow it",
-                        )),
-                        host_task: None,
-                        ended_ms: Some((self.clock)()),
-                    },
-                )?,
-            }
+                (Some(client), None) => match find_host_task(&client, &task, &claimed) {
+                    Ok(Some(host_task)) => {
+                        let host = task.host.clone().unwrap_or_default();
+                        claimed.insert((host, host_task));
+                        self.store.update_task(
+                            task.id,
+                            &TaskUpdate {
+                                state: TaskState::Running,
+                                progress: task.progress,
+                                message: String::new(),
+                                result: None,
+                                error: None,
+                                host_task: Some(host_task),
+                                ended_ms: None,
+                            },
+                        )?;
+                        self.spawn_follower(task, client, host_task, refresh);
+                        continue;
+                    }
+                    Ok(None) => detail(
+                        "not_started",
+                        "the center stopped before the host accepted it; the host never \
+                         started it",
+                    ),
+                    Err(e) => detail(
+                        "abandoned",
+                        &format!("the center restarted and cannot ask the host about it: {e}"),
+                    ),
+                },
+                _ => detail("abandoned", "the center restarted and cannot follow it"),
+            };
+            self.store.update_task(
+                task.id,
+                &TaskUpdate {
+                    state: TaskState::Failed,
+                    progress: task.progress,
+                    message: why.message.clone(),
+                    result: None,
+                    error: Some(why),
+                    host_task: None,
+                    ended_ms: Some((self.clock)()),
+                },
+            )?;
         }
         Ok(())
     }
@@ -271,6 +339,39 @@ impl Tasks {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The host's operation a center task of `kind` asked for (`vm.relocate` is a
+/// migration, `host.enter_maintenance` the host's maintenance task).
+fn host_op(kind: &str) -> Option<&str> {
+    match kind {
+        "vm.relocate" => Some("migrate"),
+        "host.enter_maintenance" | "host.exit_maintenance" => Some("maintenance"),
+        k => k.strip_prefix("vm."),
+    }
+}
+
+/// The host task that `task` (recorded before its host answered) started: the same
+/// operation on the same target, started since (with a second's slack), and followed by
+/// no other center task; the earliest such.
+fn find_host_task(
+    client: &Client,
+    task: &Task,
+    claimed: &HashSet<(String, u64)>,
+) -> std::result::Result<Option<u64>, String> {
+    let host = task.host.clone().unwrap_or_default();
+    let op = host_op(&task.kind);
+    let listed: Vec<TaskInfo> = client.get("/tasks").map_err(|e| e.to_string())?;
+    Ok(listed
+        .into_iter()
+        .filter(|h| {
+            Some(h.op.as_str()) == op
+                && (h.vm == task.target || task.kind.starts_with("host."))
+                && h.started_ms + 1000 >= task.started_ms
+                && !claimed.contains(&(host.clone(), h.id))
+        })
+        .min_by_key(|h| h.started_ms)
+        .map(|h| h.id))
 }
 
 fn detail(code: &str, message: &str) -> ErrorDetail {

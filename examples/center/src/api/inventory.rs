@@ -313,25 +313,25 @@ pub async fn host_action(
         .hosts
         .client(&name)
         .ok_or_else(|| ApiError::conflict(format!("host {name} is not polled")))?;
-    let c = client.clone();
-    let started: TaskStarted =
-        blocking(move || c.post("/host/maintenance", &MaintenanceRequest { enter })).await??;
     let kind = if enter {
         "host.enter_maintenance"
     } else {
         "host.exit_maintenance"
     };
-    let task = state.tasks.follow_new(
-        &TaskStart {
+    let (tasks, host, user) = (state.tasks.clone(), name.clone(), who.name.clone());
+    let task = blocking(move || {
+        let start = TaskStart {
             kind,
-            target: &name,
-            user: &who.name,
-            host: &name,
-        },
-        client,
-        started.task,
-        None,
-    )?;
+            target: &host,
+            user: &user,
+            host: &host,
+        };
+        tasks.start(&start, client, None, |c| {
+            c.post::<_, TaskStarted>("/host/maintenance", &MaintenanceRequest { enter })
+                .map(|s| s.task)
+        })
+    })
+    .await???;
     state.events.action(
         state.now_ms(),
         &who.name,

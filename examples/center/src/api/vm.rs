@@ -269,20 +269,26 @@ async fn start_task(
     body: serde_json::Value,
     message: String,
 ) -> ApiResult<Response> {
-    let c = client.clone();
     let path = format!("/vms/{vm}/{op}");
-    let started: TaskStarted = blocking(move || c.post(&path, &body)).await??;
-    let task = state.tasks.follow_new(
-        &TaskStart {
-            kind,
-            target: vm,
-            user: &who.name,
-            host: &host.name,
-        },
-        client,
-        started.task,
-        Some(vm.to_string()),
-    )?;
+    let (tasks, kind_, vm_, user, host_name) = (
+        state.tasks.clone(),
+        kind.to_string(),
+        vm.to_string(),
+        who.name.clone(),
+        host.name.clone(),
+    );
+    let task = blocking(move || {
+        let start = TaskStart {
+            kind: &kind_,
+            target: &vm_,
+            user: &user,
+            host: &host_name,
+        };
+        tasks.start(&start, client, Some(vm_.clone()), |c| {
+            c.post::<_, TaskStarted>(&path, &body).map(|s| s.task)
+        })
+    })
+    .await???;
     state.events.action(
         state.now_ms(),
         &who.name,

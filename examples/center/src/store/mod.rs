@@ -141,6 +141,8 @@ pub trait Store: Send + Sync {
     fn add_task(&self, task: &Task) -> Result<Task>;
     /// Updates a running task.
     fn update_task(&self, id: u64, update: &TaskUpdate) -> Result<()>;
+    /// Removes a task (one recorded ahead of a request its host refused).
+    fn delete_task(&self, id: u64) -> Result<()>;
     /// One task.
     fn task(&self, id: u64) -> Result<Option<Task>>;
     /// The latest `limit` tasks, newest first.

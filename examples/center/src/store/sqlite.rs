@@ -568,6 +568,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn delete_task(&self, id: u64) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM task WHERE id = ?1", [U64(id)])?;
+        Ok(())
+    }
+
     fn task(&self, id: u64) -> Result<Option<Task>> {
         let raw = self
             .conn()?

@@ -160,6 +160,9 @@ fn tasks_and_host_events_round_trip() {
     assert!(store.events_of("vm-2", 0, 10).unwrap().is_empty());
     assert_eq!(store.tasks_of("vm-1", 10).unwrap().len(), 1);
     assert!(store.tasks_of("vm-2", 10).unwrap().is_empty());
+    store.delete_task(task.id).unwrap();
+    assert!(store.task(task.id).unwrap().is_none());
+    assert!(store.tasks_of("vm-1", 10).unwrap().is_empty());
     let after = store.events_after(recorded[0].id, 10).unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].event.kind, "y");

@@ -245,6 +245,10 @@ async fn start_op(
 
 /// Makes a task, hands it to the host through `start`, and publishes it if the host took
 /// it (`202` with its id) or forgets it if the host refused (the refusal).
+///
+/// Published from the blocking call itself, not after it: a client that goes away while
+/// the host starts the operation drops this handler, and the operation it started must
+/// still be listed (a management server that died meanwhile looks for it there).
 async fn start_task(
     st: &AppState,
     kind: OpKind,
@@ -253,16 +257,17 @@ async fn start_task(
 ) -> Result<(StatusCode, Json<TaskStarted>)> {
     let task = st.tasks.create(kind, vm);
     let id = task.id();
-    match call(st, move |s| start(s, task)).await {
-        Ok(()) => {
-            st.tasks.publish(id);
-            Ok((StatusCode::ACCEPTED, Json(TaskStarted { task: id })))
+    let tasks = Arc::clone(&st.tasks);
+    call(st, move |s| {
+        let started = start(s, task);
+        match &started {
+            Ok(()) => tasks.publish(id),
+            Err(_) => tasks.discard(id),
         }
-        Err(e) => {
-            st.tasks.discard(id);
-            Err(e)
-        }
-    }
+        started
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(TaskStarted { task: id })))
 }
 
 /// Handlers of the operations: one route each, so the OpenAPI document lists each body.
