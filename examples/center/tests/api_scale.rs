@@ -10,65 +10,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::idle::idle_hosts;
 use support::Center;
-use vinfra_host::api::{
-    serve, ApiError, ApiToken, Console, HostCapacity, HostEvent, HostInfo, HostService,
-    IncomingReady, IncomingRequest, PowerState, Result, TaskHandle, VmInfo, VmOp, VmSpec,
-};
 
 const HOSTS: u32 = 32;
 const VMS: usize = 1000;
 const REQUESTS: usize = 200;
-
-/// A host of a cluster whose volume holds `vms`.
-struct Idle {
-    id: u32,
-    vms: Arc<Vec<VmInfo>>,
-}
-
-impl HostService for Idle {
-    fn host_info(&self) -> Result<HostInfo> {
-        Ok(HostInfo::new(
-            self.id,
-            format!("host{}", self.id),
-            HostCapacity {
-                cpus: 32,
-                memory_mib: 262_144,
-            },
-        ))
-    }
-    fn list_vms(&self) -> Result<Vec<VmInfo>> {
-        Ok(self.vms.as_ref().clone())
-    }
-    fn vm(&self, name: &str) -> Result<VmInfo> {
-        self.vms
-            .iter()
-            .find(|v| v.spec.name == name)
-            .cloned()
-            .ok_or_else(|| ApiError::VmNotFound(name.into()))
-    }
-    fn create_vm(&self, _: VmSpec) -> Result<VmInfo> {
-        Err(ApiError::Unsupported("bench".into()))
-    }
-    fn delete_vm(&self, _: &str) -> Result<()> {
-        Err(ApiError::Unsupported("bench".into()))
-    }
-    fn start_op(&self, _: &str, _: VmOp, _: TaskHandle) -> Result<()> {
-        Err(ApiError::Unsupported("bench".into()))
-    }
-    fn console(&self, name: &str) -> Result<Console> {
-        Err(ApiError::VmNotFound(name.into()))
-    }
-    fn events(&self, _: u64, _: usize) -> Result<Vec<HostEvent>> {
-        Ok(Vec::new())
-    }
-    fn prepare_incoming(&self, r: IncomingRequest) -> Result<IncomingReady> {
-        Err(ApiError::VmNotFound(r.vm))
-    }
-}
 
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
@@ -80,31 +29,9 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
 #[test]
 #[ignore = "a benchmark: run it with --ignored --nocapture"]
 fn api_latency_with_32_hosts_and_1000_vms() {
-    let vms: Arc<Vec<VmInfo>> = Arc::new(
-        (1..=VMS)
-            .map(|i| {
-                VmInfo::new(
-                    VmSpec::new(format!("vm-{i}"), "/guests/workload.elf", 64),
-                    PowerState::ShutOff,
-                )
-            })
-            .collect(),
-    );
-    let token = ApiToken::from_key_hex(&"42".repeat(32)).unwrap();
-    let servers: Vec<_> = (1..=HOSTS)
-        .map(|id| {
-            let host = Arc::new(Idle {
-                id,
-                vms: vms.clone(),
-            });
-            serve("127.0.0.1:0".parse().unwrap(), token.clone(), host).unwrap()
-        })
-        .collect();
+    let (servers, hosts) = idle_hosts(HOSTS, VMS);
     let mut args = vec!["--poll-ms".to_string(), "2000".to_string()];
-    for (i, s) in servers.iter().enumerate() {
-        args.push("--host".into());
-        args.push(format!("esx-{}=http://{}", i + 1, s.local_addr()));
-    }
+    args.extend(hosts);
     let dir = tempfile::tempdir().unwrap();
     let center = Center::start(dir.path(), &args);
     let admin = center.admin();

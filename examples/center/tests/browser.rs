@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use browser_support::datacentre::Datacentre;
 use browser_support::{
-    browser_or_skip, click, js, screenshot, timings, wait_css, wait_js, Driver, Result, WAIT,
+    browser_or_skip, click, err, js, log_in, screenshot, timings, wait_css, wait_js, Driver,
+    Result, WAIT,
 };
 use fantoccini::Client;
 use serde_json::Value;
@@ -90,21 +91,6 @@ async fn log_in_migrate_a_vm_and_watch_its_console() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_host_turns_red_and_ha_restarts_its_vms() {
     in_browser("ha", |c, dc| Box::pin(host_failure(c, dc))).await;
-}
-
-/// Logs in from the login page by typing (the page's inputs keep their state from input
-/// events).
-async fn log_in(c: &Client, user: &str, password: &str) -> Result {
-    let field = wait_css(c, "input[name=user]", WAIT).await?;
-    field.clear().await.map_err(err("clear the user field"))?;
-    field.send_keys(user).await.map_err(err("type the user"))?;
-    let field = wait_css(c, "input[name=password]", WAIT).await?;
-    field.clear().await.map_err(err("clear the password"))?;
-    field
-        .send_keys(password)
-        .await
-        .map_err(err("type the password"))?;
-    click(c, "[data-testid=login-submit]").await
 }
 
 /// Waits for the tree to show every host and every VM running on a host that is not
@@ -315,10 +301,6 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
         }
     });
     Ok(())
-}
-
-fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
-    move |e| format!("{what}: {e}")
 }
 
 async fn scenario(c: &Client, dc: &Datacentre) -> Result {

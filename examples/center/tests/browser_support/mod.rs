@@ -285,3 +285,23 @@ pub async fn timings(c: &Client) -> Result<Value> {
     )
     .await
 }
+
+/// Logs in from the login page by typing (the page's inputs keep their state from input
+/// events).
+pub async fn log_in(c: &Client, user: &str, password: &str) -> Result {
+    let field = wait_css(c, "input[name=user]", WAIT).await?;
+    field.clear().await.map_err(err("clear the user field"))?;
+    field.send_keys(user).await.map_err(err("type the user"))?;
+    let field = wait_css(c, "input[name=password]", WAIT).await?;
+    field.clear().await.map_err(err("clear the password"))?;
+    field
+        .send_keys(password)
+        .await
+        .map_err(err("type the password"))?;
+    click(c, "[data-testid=login-submit]").await
+}
+
+/// A WebDriver error as a step's message.
+pub fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}

@@ -13,6 +13,8 @@ use base64::Engine;
 use serde_json::Value;
 use vinfra_testkit::{guest, in_ci, is_root, kvm_or_skip, run, skip};
 
+pub mod idle;
+
 pub const CENTER: &str = env!("CARGO_BIN_EXE_vinfra-center");
 /// The first user's password in every test.
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
