@@ -2,7 +2,8 @@
 //! a `vinfra-lab` of 3 hosts: `vinfra login` with the admin's password file and the
 //! center's self-signed certificate as `--ca-cert` (a login that does not trust it is
 //! refused), then the stored session: `host list`, `vm create`, `vm start`, `--json vm
-//! list`, `vm migrate --to` (the VM's host changes), a wrong password and a read-only
+//! list`, `vm migrate --to` (the VM's host changes), `vm console` (the guest's lines
+//! through the center's WebSocket over TLS; Ctrl-] leaves), a wrong password and a read-only
 //! user refused with the center's message and exit status 1, `logout`. Root, KVM and the
 //! guest kit as for `api_lab` (a skip without them, a failure under `CI=true`); the
 //! binaries come from `cargo build -p vinfra-host --bins`.
@@ -12,7 +13,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -59,6 +60,60 @@ fn refused(config: &Path, args: &[&str], want: &str) {
 /// `vinfra --json vm show NAME`.
 fn vm(config: &Path, name: &str) -> Value {
     serde_json::from_str(&ok(config, &["--json", "vm", "show", name])).unwrap()
+}
+
+/// `vinfra vm console NAME` through the stored session until an `HB ` line, then Ctrl-].
+fn console_shows_heartbeats(config: &Path, name: &str) {
+    use std::io::{Read, Write};
+    let mut child = Command::new(bin_dir().join("vinfra"))
+        .args(["vm", "console", name])
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("VINFRA_HOST")
+        .env_remove("VINFRA_KEY_FILE")
+        .env_remove("VINFRA_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("HB ") {
+                let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+                return;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(20));
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&[0x1d]);
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("vinfra vm console {name} did not leave on Ctrl-]");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let seen = seen.unwrap_or_else(|_| panic!("no console output of {name} within 20 s: {stderr}"));
+    assert!(seen.contains("HB "), "{seen} {stderr}");
+    assert!(status.success(), "{status:?}: {stderr}");
 }
 
 #[test]
@@ -169,6 +224,9 @@ fn vinfra_talks_to_the_center() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Its console through the center (wss, the stored --ca-cert): the guest's heartbeat
+    // lines come out; Ctrl-] on stdin leaves, exit 0.
+    console_shows_heartbeats(cfg, "web-1");
     // A move to where it runs is the center's 422, its message printed.
     refused(
         cfg,

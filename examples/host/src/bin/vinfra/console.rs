@@ -19,8 +19,9 @@ use crate::client::{api_error, CliError, Client};
 /// `Ctrl-]`.
 const ESCAPE: u8 = 0x1d;
 /// How long a read of the socket waits before stdin is looked at again.
-const READ_SLICE: Duration = Duration::from_millis(30);
+pub const READ_SLICE: Duration = Duration::from_millis(30);
 
+/// The console of VM `name` on the host `client` talks to.
 pub fn attach(client: &Client, name: &str) -> Result<(), CliError> {
     let io = |what: &str, e: &dyn std::fmt::Display| CliError::Transport(format!("{what}: {e}"));
     let url = format!("ws://{}/api/v1/vms/{name}/console", client.authority());
@@ -45,6 +46,17 @@ pub fn attach(client: &Client, name: &str) -> Result<(), CliError> {
         .get_ref()
         .set_read_timeout(Some(READ_SLICE))
         .map_err(|e| io("socket", &e))?;
+    session(&mut socket, name)
+}
+
+/// The console session on an open WebSocket (plain or TLS) whose reads time out after
+/// [`READ_SLICE`]: guest output to stdout, stdin to the guest, until `Ctrl-]`, a stop
+/// signal or the other side's close.
+pub fn session<S: Read + Write>(
+    socket: &mut tungstenite::WebSocket<S>,
+    name: &str,
+) -> Result<(), CliError> {
+    let io = |what: &str, e: &dyn std::fmt::Display| CliError::Transport(format!("{what}: {e}"));
     install_stop_signals().map_err(|e| io("signals", &e))?;
     let raw = RawMode::enable(0).map_err(|e| io("terminal", &e))?;
     if raw.is_some() {

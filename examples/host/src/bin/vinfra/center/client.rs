@@ -69,6 +69,7 @@ pub struct CenterClient {
     /// `https://HOST:PORT`, without a trailing slash.
     base: String,
     token: Option<String>,
+    trust: Trust,
     agent: ureq::Agent,
 }
 
@@ -116,7 +117,22 @@ impl CenterClient {
             .tls_config(tls(trust)?)
             .build()
             .into();
-        Ok(Self { base, token, agent })
+        Ok(Self {
+            base,
+            token,
+            trust: trust.clone(),
+            agent,
+        })
+    }
+
+    /// The session token (none before login).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// How the server's certificate is checked.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// The server's address.
@@ -215,7 +231,7 @@ pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, CenterE
 }
 
 /// The center's error body, or a stand-in when the answer is not one (a proxy's page).
-fn api_error(status: u16, text: &str) -> CenterError {
+pub(super) fn api_error(status: u16, text: &str) -> CenterError {
     match serde_json::from_str::<ErrorBody>(text) {
         Ok(body) => CenterError::Api {
             status,

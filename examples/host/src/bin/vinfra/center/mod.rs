@@ -4,6 +4,7 @@
 //! center task, followed to its end as the host's tasks are.
 
 pub mod client;
+mod console;
 mod session;
 mod show;
 
@@ -295,9 +296,7 @@ fn run_vm(cli: &Cli, c: &CenterClient, command: &VmCommand) -> Result<(), CliErr
                 name: new_name.clone(),
             }))?,
         ),
-        VmCommand::Console { .. } => Err(CliError::Usage(
-            "the console is not yet offered through the center: give --host".into(),
-        )),
+        VmCommand::Console { name } => console::attach(c, name),
     }
 }
 
