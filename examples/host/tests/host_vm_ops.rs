@@ -34,11 +34,10 @@ fn host_word(s: u64, j: u64) -> u32 {
     0x5eed_0000 ^ s32.wrapping_mul(0x9e37_79b1) ^ j32
 }
 
-/// Runs `f` on a VM's disk `0` through a mount of the lab's volume of the test's own.
-fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T {
+/// Runs `f` with a mount of the lab (in `lab_dir`)'s volume of the test's own.
+fn with_volume<T>(lab_dir: &std::path::Path, f: impl FnOnce(&Volume) -> T) -> T {
     let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.path().join("lab.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(lab_dir.join("lab.json")).unwrap()).unwrap();
     let path = PathBuf::from(record["volume"].as_str().unwrap());
     let dev = Arc::new(FileDevice::open(&path, false).unwrap());
     let mut mo = MountOptions::default();
@@ -46,11 +45,19 @@ fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T
     mo.name = "host_vm_ops".into();
     let volume = Volume::mount(dev, TEST_SLOT, &mo, Arc::new(MonotonicClock::new())).unwrap();
     let heartbeat = volume.spawn_heartbeat();
-    let out = {
+    let out = f(&volume);
+    drop(heartbeat);
+    volume.unmount().unwrap();
+    out
+}
+
+/// Runs `f` on a VM's disk `0` through a mount of the lab's volume of the test's own.
+fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T {
+    with_volume(&lab.path(), |volume| {
         // A child that just exited may hold its disk's locks a moment longer.
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut disk = loop {
-            match VirtualDisk::open(&volume, &format!("/vms/{vm}/disk0.vmdk")) {
+            match VirtualDisk::open(volume, &format!("/vms/{vm}/disk0.vmdk")) {
                 Ok(d) => break d,
                 Err(e) => {
                     assert!(Instant::now() < deadline, "open {vm}'s disk: {e}");
@@ -61,10 +68,7 @@ fn with_disk<T>(lab: &Lab, vm: &str, f: impl FnOnce(&mut VirtualDisk) -> T) -> T
         let out = f(&mut disk);
         disk.sync().unwrap();
         out
-    };
-    drop(heartbeat);
-    volume.unmount().unwrap();
-    out
+    })
 }
 
 /// The first word of each sector of `range` as the disk reads now.
@@ -440,5 +444,33 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     });
     lab.succeeds(1, "w", "start", json!({}));
     lab.succeeds(1, "w", "stop", json!({}));
+    // Peers' HA readings hold the VM's ha.json for moments (shared reads) while the delete
+    // comes: the delete waits them out (it once failed the request with "locked").
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (lab_dir, stop) = (lab.path(), stop.clone());
+        std::thread::spawn(move || {
+            with_volume(&lab_dir, |volume| {
+                let mut held = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match volume.open("/vms/w/ha.json", vinfra_vmfs::LockMode::SharedRead) {
+                        Ok(f) => {
+                            held += 1;
+                            std::thread::sleep(Duration::from_millis(200));
+                            f.close().unwrap();
+                        }
+                        Err(vinfra_vmfs::Error::Locked { .. }) => {}
+                        // Gone (or going): the delete went through.
+                        Err(_) => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                held
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
     lab.delete(1, "w");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(reader.join().unwrap() > 0);
 }

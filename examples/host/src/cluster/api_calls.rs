@@ -91,6 +91,10 @@ fn spec_of(name: &str, config: &VmConfig, s: &HaSettings) -> VmSpec {
     spec
 }
 
+/// How long a delete waits for a peer's momentary hold on a file of the VM (an HA
+/// reading of its settings: milliseconds).
+const DELETE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Host {
     /// Answers one API call.
     pub(super) fn api(&mut self, call: ApiCall) {
@@ -353,9 +357,7 @@ impl Host {
         let dir = vm_dir(name);
         for e in self.volume.list(&dir).map_err(internal)? {
             if e.name != "." && e.name != ".." {
-                self.volume
-                    .delete(&format!("{dir}/{}", e.name))
-                    .map_err(internal)?;
+                self.delete_file(&format!("{dir}/{}", e.name))?;
             }
         }
         self.volume.delete(&dir).map_err(internal)?;
@@ -363,6 +365,24 @@ impl Host {
             .event("vm_deleted", serde_json::json!({"vm": name}));
         self.refresh();
         Ok(())
+    }
+
+    /// Deletes a file of a VM that runs nowhere. Every host's HA reading opens a VM's
+    /// `ha.json` for a moment (a shared read), so a delete that meets such a lock tries
+    /// again for a while (the VMs' leases fed meanwhile) instead of failing the request.
+    fn delete_file(&mut self, path: &str) -> Result<(), ApiError> {
+        let deadline = std::time::Instant::now() + DELETE_PATIENCE;
+        loop {
+            match self.volume.delete(path) {
+                Err(vinfra_vmfs::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    if self.volume.check_lease().is_ok() {
+                        self.vms.feed_leases();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                done => return done.map_err(internal),
+            }
+        }
     }
 
     /// Writes `desired_on` into the VM's settings.
