@@ -45,6 +45,11 @@ use vinfra_host::api::{PowerState, RestartPriority};
 
 use crate::model::{DrsAutomation, DrsSettings, Host, HostState, Vm};
 
+mod policy;
+pub use policy::{
+    check_pool_tree, cluster_capacity, cluster_spec_with_policy, PolicySpec, PoolTreeError,
+};
+
 /// What one logical CPU counts for, in drs's MHz.
 pub const MHZ_PER_CPU: i64 = 1000;
 
