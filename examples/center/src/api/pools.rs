@@ -151,11 +151,9 @@ pub async fn create(
         .map_err(|why| ApiError::field("name", format!("name: {why}")))?;
     let pools = state.store.resource_pools()?;
     if pools.iter().any(|p| p.name == req.name) {
-        return Err(ApiError::conflict(format!(
-            "resource pool {} exists already",
-            req.name
-        ))
-        .naming("name"));
+        return Err(
+            ApiError::conflict(format!("resource pool {} exists already", req.name)).naming("name"),
+        );
     }
     let parent_cluster = match &req.parent {
         Some(parent) => Some(
@@ -202,9 +200,7 @@ pub async fn create(
 }
 
 /// Some(value) when the field is present, even as `null` (a patch that clears it).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -393,12 +389,18 @@ pub async fn action(
     let target = add.then_some(name.as_str());
     if !state.store.set_vm_pool(&req.vms, target)? {
         // A VM went away between the check and the write: nothing changed.
-        return Err(ApiError::conflict("a VM left the inventory meanwhile: try again"));
+        return Err(ApiError::conflict(
+            "a VM left the inventory meanwhile: try again",
+        ));
     }
     let (kind, message) = if add {
         (
             "resource_pool.vms_added",
-            format!("{} moved {} into resource pool {name}", who.name, req.vms.join(", ")),
+            format!(
+                "{} moved {} into resource pool {name}",
+                who.name,
+                req.vms.join(", ")
+            ),
         )
     } else {
         (
@@ -495,7 +497,10 @@ fn check(
             .collect();
         if with_change {
             if let (Some(o), None) = (old, new) {
-                for child in tree.iter_mut().filter(|c| c.parent.as_ref() == Some(&o.name)) {
+                for child in tree
+                    .iter_mut()
+                    .filter(|c| c.parent.as_ref() == Some(&o.name))
+                {
                     child.parent.clone_from(&o.parent);
                 }
             }

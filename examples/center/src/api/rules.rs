@@ -69,9 +69,23 @@ pub async fn get(
 pub struct RuleCreate {
     /// Its name (unique in the inventory).
     pub name: String,
-    /// The rule.
-    #[serde(flatten)]
-    pub definition: RuleDefinition,
+    /// What it asks.
+    pub kind: RuleKind,
+    /// Whether DRS honours it now.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The VMs it binds (at least two for affinity and anti-affinity).
+    pub vms: Vec<String>,
+    /// VM-host rules: the host group.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// VM-host rules: how it binds.
+    #[serde(default)]
+    pub mode: Option<VmHostMode>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /api/vcenter/cluster/{cluster}/rules` (operator): a new rule.
@@ -90,14 +104,18 @@ pub async fn create(
     vinfra_host::api::validate_name(&req.name)
         .map_err(|why| ApiError::field("name", format!("name: {why}")))?;
     if state.store.rule(&req.name)?.is_some() {
-        return Err(
-            ApiError::conflict(format!("rule {} exists already", req.name)).naming("name"),
-        );
+        return Err(ApiError::conflict(format!("rule {} exists already", req.name)).naming("name"));
     }
     let rule = Rule {
         name: req.name,
         cluster,
-        definition: req.definition,
+        definition: RuleDefinition {
+            kind: req.kind,
+            enabled: req.enabled,
+            vms: req.vms,
+            hosts: req.hosts,
+            mode: req.mode,
+        },
     };
     check(&state, &c, None, &rule)?;
     state.store.add_rule(&rule)?;
@@ -106,7 +124,13 @@ pub async fn create(
         &who.name,
         "rule.created",
         &rule.name,
-        format!("{} created rule {} in {}: {}", who.name, rule.name, c.name, describe(&rule)),
+        format!(
+            "{} created rule {} in {}: {}",
+            who.name,
+            rule.name,
+            c.name,
+            describe(&rule)
+        ),
         serde_json::to_value(&rule).unwrap_or_default(),
     )?;
     Ok((StatusCode::CREATED, Json(rule)).into_response())
@@ -177,7 +201,12 @@ pub async fn patch(
         &who.name,
         "rule.reconfigured",
         &name,
-        format!("{} changed rule {name} in {}: {}", who.name, c.name, describe(&rule)),
+        format!(
+            "{} changed rule {name} in {}: {}",
+            who.name,
+            c.name,
+            describe(&rule)
+        ),
         serde_json::to_value(&rule).unwrap_or_default(),
     )?;
     Ok(Json(rule))
@@ -256,7 +285,10 @@ fn check(state: &AppState, c: &Cluster, old: Option<&Rule>, rule: &Rule) -> ApiR
             if d.vms.len() < 2 {
                 return Err(ApiError::field(
                     "vms",
-                    format!("vms: an affinity or anti-affinity rule names at least 2 VMs, not {}", d.vms.len()),
+                    format!(
+                        "vms: an affinity or anti-affinity rule names at least 2 VMs, not {}",
+                        d.vms.len()
+                    ),
                 ));
             }
             if !d.hosts.is_empty() {

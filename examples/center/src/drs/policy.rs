@@ -354,9 +354,16 @@ mod tests {
     #[test]
     fn placement_keeps_affinity_and_anti_affinity() {
         let hosts = [host(1, "esx-1"), host(2, "esx-2")];
-        let vms = [vm("a", Some("esx-1")), vm("b", Some("esx-2")), vm("c", None)];
+        let vms = [
+            vm("a", Some("esx-1")),
+            vm("b", Some("esx-2")),
+            vm("c", None),
+        ];
         let settings = ClusterSettings::default().drs;
-        for (kind, want) in [(RuleKind::AntiAffinity, "esx-2"), (RuleKind::Affinity, "esx-1")] {
+        for (kind, want) in [
+            (RuleKind::AntiAffinity, "esx-2"),
+            (RuleKind::Affinity, "esx-1"),
+        ] {
             let p = cluster_spec_with_policy(
                 &hosts,
                 &vms,
@@ -390,7 +397,11 @@ mod tests {
         assert_eq!(p.spec.rules.len(), 1, "{:?}", p.spec.rules);
         assert_eq!(p.spec.rules[0].id(), "apart");
         assert_eq!(p.ignored.len(), 2, "{:?}", p.ignored);
-        assert!(p.ignored[0].starts_with("rule gone ignored"), "{:?}", p.ignored);
+        assert!(
+            p.ignored[0].starts_with("rule gone ignored"),
+            "{:?}",
+            p.ignored
+        );
         assert!(p.ignored[1].contains("contradictory"), "{:?}", p.ignored);
         Cluster::new(p.spec).unwrap();
     }
@@ -427,9 +438,15 @@ mod tests {
         let e = check_pool_tree(&[pool("a", None, 4001, true)], cap).unwrap_err();
         assert_eq!((e.pool, e.field), (None, "cpu_allocation"));
         // An expandable parent passes its children's need up; a fixed one refuses it.
-        let tree = [pool("a", None, 1000, true), pool("b", Some("a"), 3000, true)];
+        let tree = [
+            pool("a", None, 1000, true),
+            pool("b", Some("a"), 3000, true),
+        ];
         check_pool_tree(&tree, cap).unwrap();
-        let tree = [pool("a", None, 1000, false), pool("b", Some("a"), 3000, true)];
+        let tree = [
+            pool("a", None, 1000, false),
+            pool("b", Some("a"), 3000, true),
+        ];
         let e = check_pool_tree(&tree, cap).unwrap_err();
         assert_eq!(e.pool.as_deref(), Some("a"));
         let tree = [

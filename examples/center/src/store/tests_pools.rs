@@ -45,7 +45,10 @@ fn pools_round_trip_and_deleting_one_moves_its_children_to_its_parent() {
     let mut other = pool("y", None);
     other.cluster = "nowhere".into();
     assert!(store.add_resource_pool(&other).is_err());
-    assert_eq!(store.resource_pool("web").unwrap().unwrap(), pool("web", Some("prod")));
+    assert_eq!(
+        store.resource_pool("web").unwrap().unwrap(),
+        pool("web", Some("prod"))
+    );
 
     let mut changed = pool("web", None);
     changed.memory_allocation.reservation = 64;
@@ -53,27 +56,50 @@ fn pools_round_trip_and_deleting_one_moves_its_children_to_its_parent() {
     assert!(store.update_resource_pool(&changed).unwrap());
     assert_eq!(store.resource_pool("web").unwrap().unwrap(), changed);
     assert!(!store.update_resource_pool(&pool("none", None)).unwrap());
-    store.update_resource_pool(&pool("web", Some("prod"))).unwrap();
+    store
+        .update_resource_pool(&pool("web", Some("prod")))
+        .unwrap();
     store.add_resource_pool(&pool("db", Some("web"))).unwrap();
 
     store.put_vm(&vm("a")).unwrap();
     store.put_vm(&vm("b")).unwrap();
-    assert!(store.set_vm_pool(&["a".into(), "b".into()], Some("web")).unwrap());
+    assert!(store
+        .set_vm_pool(&["a".into(), "b".into()], Some("web"))
+        .unwrap());
     // All or none: an unknown VM changes nothing.
     assert!(!store.set_vm_pool(&["a".into(), "zz".into()], None).unwrap());
-    assert_eq!(store.vm("a").unwrap().unwrap().resource_pool.as_deref(), Some("web"));
+    assert_eq!(
+        store.vm("a").unwrap().unwrap().resource_pool.as_deref(),
+        Some("web")
+    );
     // A host's report keeps the center's column.
     store.sync_vms(&[vm("a"), vm("b")], 5).unwrap();
-    assert_eq!(store.vm("b").unwrap().unwrap().resource_pool.as_deref(), Some("web"));
+    assert_eq!(
+        store.vm("b").unwrap().unwrap().resource_pool.as_deref(),
+        Some("web")
+    );
 
     assert!(store.delete_resource_pool("web").unwrap());
     assert!(!store.delete_resource_pool("web").unwrap());
-    assert_eq!(store.vm("a").unwrap().unwrap().resource_pool.as_deref(), Some("prod"));
     assert_eq!(
-        store.resource_pool("db").unwrap().unwrap().parent.as_deref(),
+        store.vm("a").unwrap().unwrap().resource_pool.as_deref(),
         Some("prod")
     );
-    let names: Vec<String> = store.resource_pools().unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(
+        store
+            .resource_pool("db")
+            .unwrap()
+            .unwrap()
+            .parent
+            .as_deref(),
+        Some("prod")
+    );
+    let names: Vec<String> = store
+        .resource_pools()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert_eq!(names, ["db", "prod"]);
     assert!(store.delete_resource_pool("prod").unwrap());
     assert_eq!(store.vm("b").unwrap().unwrap().resource_pool, None);

@@ -145,7 +145,11 @@ pub(super) fn delete_resource_pool(conn: &mut Connection, name: &str) -> Result<
     Ok(true)
 }
 
-pub(super) fn set_vm_pool(conn: &mut Connection, vms: &[String], pool: Option<&str>) -> Result<bool> {
+pub(super) fn set_vm_pool(
+    conn: &mut Connection,
+    vms: &[String],
+    pool: Option<&str>,
+) -> Result<bool> {
     let tx = conn.transaction()?;
     for vm in vms {
         let n = tx.execute(
