@@ -28,7 +28,7 @@ impl HostService for FakeHost {
     fn host_info(&self) -> Result<HostInfo> {
         Ok(HostInfo::new(
             self.id,
-            &format!("fake{}", self.id),
+            format!("fake{}", self.id),
             HostCapacity {
                 cpus: 2,
                 memory_mib: 4096,

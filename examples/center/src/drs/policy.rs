@@ -188,7 +188,7 @@ pub fn check_pool_tree(pools: &[ResourcePool], capacity: [u64; 2]) -> Result<(),
                 p.memory_allocation.clone()
             }
         };
-        let top = need(pools, None, r, field, unit, &alloc, 0)?;
+        let top = need(pools, None, field, unit, &alloc, 0)?;
         if top > capacity[r] {
             return Err(PoolTreeError {
                 pool: None,
@@ -207,7 +207,6 @@ pub fn check_pool_tree(pools: &[ResourcePool], capacity: [u64; 2]) -> Result<(),
 fn need(
     pools: &[ResourcePool],
     parent: Option<&str>,
-    r: usize,
     field: &'static str,
     unit: &str,
     alloc: &dyn Fn(&ResourcePool) -> PoolAllocation,
@@ -231,7 +230,7 @@ fn need(
                 a.reservation, p.name
             )));
         }
-        let children = need(pools, Some(&p.name), r, field, unit, alloc, depth + 1)?;
+        let children = need(pools, Some(&p.name), field, unit, alloc, depth + 1)?;
         if let Some(limit) = a.limit.filter(|l| children > *l) {
             return Err(fail(format!(
                 "{field}.limit: the child pools of {} reserve {children} {unit}, above its limit {limit} {unit}",
