@@ -20,7 +20,7 @@ use super::inventory::find_cluster;
 use super::vm::{find_vm, relocate_vm, running_host};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
 use crate::auth::Principal;
-use crate::drs::{cluster_spec_with_policy, recommendations, PolicySpec};
+use crate::drs::{inventory_spec, recommendations};
 use crate::model::{Cluster, DrsAutomation, Role, TaskState, Vm};
 
 /// How often a fully automated cluster is balanced (vCenter's default: 5 minutes).
@@ -86,36 +86,10 @@ fn busy(state: &AppState, vm: &str) -> ApiResult<bool> {
         .any(|t| t.state == TaskState::Running))
 }
 
-/// The cluster as drs sees it now: the hosts' view with the cluster's resource pools
-/// and rules.
-pub(super) fn cluster_input(state: &AppState, c: &Cluster) -> ApiResult<PolicySpec> {
-    let hosts = state.store.hosts()?;
-    let vms = state.store.vms()?;
-    let pools: Vec<_> = state
-        .store
-        .resource_pools()?
-        .into_iter()
-        .filter(|p| p.cluster == c.name)
-        .collect();
-    let rules: Vec<_> = state
-        .store
-        .rules()?
-        .into_iter()
-        .filter(|r| r.cluster == c.name)
-        .collect();
-    Ok(cluster_spec_with_policy(
-        &hosts,
-        &vms,
-        &c.settings.drs,
-        &pools,
-        &rules,
-    ))
-}
-
 /// The pass over the inventory as it is now.
 fn pass(state: &AppState, c: &Cluster) -> ApiResult<DrsPass> {
     let settings = &c.settings.drs;
-    let input = cluster_input(state, c)?;
+    let input = inventory_spec(state.store.as_ref(), c)?;
     let plan = recommendations(input.spec).map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
     let mut busy_vms = Vec::new();
     let mut recs = Vec::new();

@@ -494,7 +494,7 @@ fn initial_placement(state: &AppState, vm: &str) -> ApiResult<Option<String>> {
         return Ok(None);
     };
     // With the cluster's pools and rules: an anti-affinity partner's host is refused.
-    let input = super::drs::cluster_input(state, &c)?;
+    let input = crate::drs::inventory_spec(state.store.as_ref(), &c)?;
     let plan = crate::drs::placement(input.spec, vm)
         .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
     Ok(plan.placements.into_iter().find_map(|p| p.host))

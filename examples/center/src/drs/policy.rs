@@ -15,9 +15,10 @@ use vinfra_drs::{Allocation, Cluster, ClusterSpec, PoolSpec, RuleSpec, VmHostMod
 
 use super::{cluster_spec, shares, MHZ_PER_CPU};
 use crate::model::{
-    DrsSettings, Host, HostState, PoolAllocation, ResourcePool, Rule, RuleKind, Vm,
-    VmHostMode as Mode,
+    Cluster as CenterCluster, DrsSettings, Host, HostState, PoolAllocation, ResourcePool, Rule,
+    RuleKind, Vm, VmHostMode as Mode,
 };
+use crate::store::Store;
 
 /// The cluster as DRS sees it with its pools and rules, and the rules it had to leave
 /// out (with why).
@@ -75,6 +76,24 @@ pub fn cluster_spec_with_policy(
         }
     }
     PolicySpec { spec, ignored }
+}
+
+/// [`cluster_spec_with_policy`] over the inventory as `store` holds it now: every host
+/// and VM, the pools and rules of cluster `c`.
+pub fn inventory_spec(store: &dyn Store, c: &CenterCluster) -> crate::store::Result<PolicySpec> {
+    let hosts = store.hosts()?;
+    let vms = store.vms()?;
+    let mut pools = store.resource_pools()?;
+    pools.retain(|p| p.cluster == c.name);
+    let mut rules = store.rules()?;
+    rules.retain(|r| r.cluster == c.name);
+    Ok(cluster_spec_with_policy(
+        &hosts,
+        &vms,
+        &c.settings.drs,
+        &pools,
+        &rules,
+    ))
 }
 
 fn allocation(a: &PoolAllocation) -> Allocation {
