@@ -382,19 +382,19 @@ pub struct PoolAllocation {
     pub limit: Option<u64>,
     /// Weight under contention among its siblings: 500 low, 1000 normal, 2000 high, or
     /// any number.
-    #[serde(default = "normal_shares")]
+    #[serde(default = "pool_shares_normal")]
     pub shares: u32,
     /// Whether the children may borrow unreserved capacity from the pool's parent when
     /// their reservations outgrow the pool's (vSphere's expandable reservation).
-    #[serde(default = "yes")]
+    #[serde(default = "on_by_default")]
     pub expandable_reservation: bool,
 }
 
-fn normal_shares() -> u32 {
+fn pool_shares_normal() -> u32 {
     1000
 }
 
-fn yes() -> bool {
+fn on_by_default() -> bool {
     true
 }
 
@@ -403,7 +403,7 @@ impl Default for PoolAllocation {
         Self {
             reservation: 0,
             limit: None,
-            shares: normal_shares(),
+            shares: pool_shares_normal(),
             expandable_reservation: true,
         }
     }
@@ -458,7 +458,7 @@ pub struct RuleDefinition {
     /// What it asks.
     pub kind: RuleKind,
     /// Whether DRS honours it now.
-    #[serde(default = "yes")]
+    #[serde(default = "on_by_default")]
     pub enabled: bool,
     /// The VMs it binds (at least two for affinity and anti-affinity).
     pub vms: Vec<String>,
