@@ -2,6 +2,8 @@
 //! report (their capacity and load, the VMs' definitions and measured statistics), and
 //! the three questions the center asks it: where a VM should start, which migrations
 //! would balance the cluster, and how a host is emptied for maintenance.
+//! [`cluster_spec_with_policy`] (and [`inventory_spec`], the same from the store) adds
+//! what only the center knows: the cluster's resource pools and DRS rules.
 //!
 //! Units. The hosts report CPUs and CPU use in percent of one core; drs counts MHz. The
 //! center counts one logical CPU as [`MHZ_PER_CPU`] MHz, so a VM's CPU reservation in
@@ -44,6 +46,12 @@ use vinfra_drs::{
 use vinfra_host::api::{PowerState, RestartPriority};
 
 use crate::model::{DrsAutomation, DrsSettings, Host, HostState, Vm};
+
+mod policy;
+pub use policy::{
+    check_pool_tree, cluster_capacity, cluster_spec_with_policy, inventory_spec, PolicySpec,
+    PoolTreeError,
+};
 
 /// What one logical CPU counts for, in drs's MHz.
 pub const MHZ_PER_CPU: i64 = 1000;

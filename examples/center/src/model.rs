@@ -368,3 +368,116 @@ pub struct StatSample {
     /// Network (console) bytes (cumulative counter as reported).
     pub net_bytes: f64,
 }
+
+/// One resource of a resource pool: CPU in MHz (one logical CPU counts 1000, as DRS
+/// counts it), memory in MiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolAllocation {
+    /// Guaranteed to the pool's VMs and child pools together.
+    #[serde(default)]
+    pub reservation: u64,
+    /// At most this much, none = unlimited (at least the reservation).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Weight under contention among its siblings: 500 low, 1000 normal, 2000 high, or
+    /// any number.
+    #[serde(default = "pool_shares_normal")]
+    pub shares: u32,
+    /// Whether the children may borrow unreserved capacity from the pool's parent when
+    /// their reservations outgrow the pool's (vSphere's expandable reservation).
+    #[serde(default = "on_by_default")]
+    pub expandable_reservation: bool,
+}
+
+fn pool_shares_normal() -> u32 {
+    1000
+}
+
+fn on_by_default() -> bool {
+    true
+}
+
+impl Default for PoolAllocation {
+    fn default() -> Self {
+        Self {
+            reservation: 0,
+            limit: None,
+            shares: pool_shares_normal(),
+            expandable_reservation: true,
+        }
+    }
+}
+
+/// A resource pool: a node of a cluster's tree of reservations, limits and shares (the
+/// cluster itself is the root). Center only: hosts know nothing of pools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResourcePool {
+    /// Its name (unique in the inventory).
+    pub name: String,
+    /// The cluster it divides.
+    pub cluster: String,
+    /// Its parent pool; none = the cluster's root.
+    pub parent: Option<String>,
+    /// CPU (MHz).
+    pub cpu_allocation: PoolAllocation,
+    /// Memory (MiB).
+    pub memory_allocation: PoolAllocation,
+}
+
+/// What a DRS rule asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// Keep the VMs together on one host.
+    Affinity,
+    /// Keep the VMs on different hosts.
+    AntiAffinity,
+    /// Bind the VMs to (or away from) a group of hosts.
+    VmHost,
+}
+
+/// How a VM-host rule binds (hard `must`, soft `should`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmHostMode {
+    /// Only on these hosts.
+    MustRunOn,
+    /// Preferably on these hosts.
+    ShouldRunOn,
+    /// Never on these hosts.
+    MustNotRunOn,
+    /// Preferably not on these hosts.
+    ShouldNotRunOn,
+}
+
+/// A DRS rule's definition (stored as JSON in its row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDefinition {
+    /// What it asks.
+    pub kind: RuleKind,
+    /// Whether DRS honours it now.
+    #[serde(default = "on_by_default")]
+    pub enabled: bool,
+    /// The VMs it binds (at least two for affinity and anti-affinity).
+    pub vms: Vec<String>,
+    /// VM-host rules: the host group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// VM-host rules: how it binds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<VmHostMode>,
+}
+
+/// A DRS rule of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rule {
+    /// Its name (unique in the inventory).
+    pub name: String,
+    /// The cluster whose DRS honours it.
+    pub cluster: String,
+    /// What it asks.
+    #[serde(flatten)]
+    pub definition: RuleDefinition,
+}

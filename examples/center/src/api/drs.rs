@@ -20,7 +20,7 @@ use super::inventory::find_cluster;
 use super::vm::{find_vm, relocate_vm, running_host};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
 use crate::auth::Principal;
-use crate::drs::{cluster_spec, recommendations};
+use crate::drs::{inventory_spec, recommendations};
 use crate::model::{Cluster, DrsAutomation, Role, TaskState, Vm};
 
 /// How often a fully automated cluster is balanced (vCenter's default: 5 minutes).
@@ -65,7 +65,8 @@ pub struct DrsPass {
     pub target: f64,
     /// The migrations, in order.
     pub recommendations: Vec<DrsRecommendation>,
-    /// Rules no migration can repair, and why.
+    /// Rules no migration can repair, and why; rules left out of the pass (a member
+    /// gone, a contradiction), and why.
     pub unresolved: Vec<String>,
     /// Migrations this pass started (a run of a fully automated cluster).
     #[serde(default)]
@@ -87,11 +88,9 @@ fn busy(state: &AppState, vm: &str) -> ApiResult<bool> {
 
 /// The pass over the inventory as it is now.
 fn pass(state: &AppState, c: &Cluster) -> ApiResult<DrsPass> {
-    let hosts = state.store.hosts()?;
-    let vms = state.store.vms()?;
     let settings = &c.settings.drs;
-    let plan = recommendations(cluster_spec(&hosts, &vms, settings))
-        .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
+    let input = inventory_spec(state.store.as_ref(), c)?;
+    let plan = recommendations(input.spec).map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
     let mut busy_vms = Vec::new();
     let mut recs = Vec::new();
     for r in plan.recommendations {
@@ -121,6 +120,7 @@ fn pass(state: &AppState, c: &Cluster) -> ApiResult<DrsPass> {
             .unresolved
             .into_iter()
             .map(|u| format!("{}: {}", u.vm, u.reason))
+            .chain(input.ignored)
             .collect(),
         applied: Vec::new(),
         busy: busy_vms,

@@ -79,6 +79,13 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// The same error, naming the request field at fault (a 409 about one field).
+    #[must_use]
+    pub fn naming(mut self, field: &str) -> Self {
+        self.info.field = Some(field.to_string());
+        self
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

@@ -10,6 +10,8 @@ pub mod error;
 mod inventory;
 mod metrics;
 pub mod openapi;
+mod pools;
+mod rules;
 mod session;
 mod users;
 mod vm;
@@ -91,6 +93,25 @@ pub fn router(state: AppState) -> Router {
             get(drs::recommendations_of).post(drs::apply),
         )
         .route("/api/vcenter/cluster/{cluster}/drs", post(drs::run))
+        .route(
+            "/api/vcenter/cluster/{cluster}/rules",
+            get(rules::list).post(rules::create),
+        )
+        .route(
+            "/api/vcenter/cluster/{cluster}/rules/{rule}",
+            get(rules::get).patch(rules::patch).delete(rules::delete),
+        )
+        .route(
+            "/api/vcenter/resource-pool",
+            get(pools::list).post(pools::create),
+        )
+        .route(
+            "/api/vcenter/resource-pool/{pool}",
+            get(pools::get)
+                .patch(pools::patch)
+                .delete(pools::delete)
+                .post(pools::action),
+        )
         .route(
             "/api/vcenter/host",
             get(inventory::hosts).post(inventory::add_host),

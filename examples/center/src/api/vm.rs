@@ -499,9 +499,9 @@ fn initial_placement(state: &AppState, vm: &str) -> ApiResult<Option<String>> {
     let Some(c) = state.store.clusters()?.into_iter().next() else {
         return Ok(None);
     };
-    let hosts = state.store.hosts()?;
-    let vms = state.store.vms()?;
-    let plan = crate::drs::placement(crate::drs::cluster_spec(&hosts, &vms, &c.settings.drs), vm)
+    // With the cluster's pools and rules: an anti-affinity partner's host is refused.
+    let input = crate::drs::inventory_spec(state.store.as_ref(), &c)?;
+    let plan = crate::drs::placement(input.spec, vm)
         .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
     Ok(plan.placements.into_iter().find_map(|p| p.host))
 }

@@ -9,7 +9,7 @@ use crate::model::{ClusterSettings, DEFAULT_CLUSTER, DEFAULT_DATACENTER};
 /// The schema this binary writes.
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-const STEPS: [&str; 2] = [
+const STEPS: [&str; 3] = [
     // 1: the first inventory.
     "CREATE TABLE datacenter (name TEXT PRIMARY KEY) STRICT;
     CREATE TABLE cluster (
@@ -94,6 +94,15 @@ const STEPS: [&str; 2] = [
     // 2: what one VM's or host's page asks for.
     "CREATE INDEX event_target ON event (target, id);
     CREATE INDEX task_target ON task (target, id);",
+    // 3: resource pools as a tree with both resources (the first table's `shares`,
+    // `reservation_mib` and `limit_mib` are memory's); rules keep their JSON definition.
+    "ALTER TABLE resource_pool ADD COLUMN parent TEXT REFERENCES resource_pool(name);
+    ALTER TABLE resource_pool ADD COLUMN cpu_shares INTEGER NOT NULL DEFAULT 1000;
+    ALTER TABLE resource_pool ADD COLUMN cpu_reservation_mhz INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE resource_pool ADD COLUMN cpu_limit_mhz INTEGER;
+    ALTER TABLE resource_pool ADD COLUMN cpu_expandable INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE resource_pool ADD COLUMN memory_expandable INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX vm_resource_pool ON vm (resource_pool);",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]: each missing step in a transaction of its

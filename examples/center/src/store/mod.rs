@@ -15,6 +15,7 @@ use crate::model::{
     Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, StatSample, Task,
     User, Vm,
 };
+use crate::model::{ResourcePool, Rule};
 use vinfra_host::api::HostInfo;
 
 /// Why a store call failed.
@@ -119,6 +120,32 @@ pub trait Store: Send + Sync {
     /// Removes a VM; false if there was none.
     fn delete_vm(&self, name: &str) -> Result<bool>;
 
+    /// Every resource pool, by name.
+    fn resource_pools(&self) -> Result<Vec<ResourcePool>>;
+    /// One resource pool.
+    fn resource_pool(&self, name: &str) -> Result<Option<ResourcePool>>;
+    /// Adds a pool; [`StoreError::Exists`] if one is named so.
+    fn add_resource_pool(&self, pool: &ResourcePool) -> Result<()>;
+    /// Replaces a pool's parent and allocations (found by name); false if there is none.
+    fn update_resource_pool(&self, pool: &ResourcePool) -> Result<bool>;
+    /// Removes a pool; its VMs and child pools move to its parent in the same
+    /// transaction (as vSphere does). False if there was none.
+    fn delete_resource_pool(&self, name: &str) -> Result<bool>;
+    /// Puts these VMs into `pool` (none: the cluster's root), all or none; false (and
+    /// nothing changed) if one of them is not in the inventory.
+    fn set_vm_pool(&self, vms: &[String], pool: Option<&str>) -> Result<bool>;
+
+    /// Every DRS rule, by name.
+    fn rules(&self) -> Result<Vec<Rule>>;
+    /// One rule.
+    fn rule(&self, name: &str) -> Result<Option<Rule>>;
+    /// Adds a rule; [`StoreError::Exists`] if one is named so.
+    fn add_rule(&self, rule: &Rule) -> Result<()>;
+    /// Replaces a rule's definition (found by name); false if there is none.
+    fn update_rule(&self, rule: &Rule) -> Result<bool>;
+    /// Removes a rule; false if there was none.
+    fn delete_rule(&self, name: &str) -> Result<bool>;
+
     /// Adds a user; [`StoreError::Exists`] if named so.
     fn add_user(&self, user: &User) -> Result<()>;
     /// One user.
@@ -169,3 +196,5 @@ pub trait Store: Send + Sync {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pools;

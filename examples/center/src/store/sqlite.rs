@@ -16,6 +16,10 @@ use crate::model::{
     Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, Severity,
     StatSample, Task, TaskState, User, Vm, STAT_LEVELS,
 };
+use crate::model::{ResourcePool, Rule};
+
+/// Resource pools and rules (what only the center knows that DRS honours).
+mod policy;
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -440,6 +444,50 @@ impl Store for SqliteStore {
             .conn()?
             .execute("DELETE FROM vm WHERE name = ?1", [name])?
             == 1)
+    }
+
+    fn resource_pools(&self) -> Result<Vec<ResourcePool>> {
+        policy::resource_pools(&*self.conn()?)
+    }
+
+    fn resource_pool(&self, name: &str) -> Result<Option<ResourcePool>> {
+        policy::resource_pool(&*self.conn()?, name)
+    }
+
+    fn add_resource_pool(&self, pool: &ResourcePool) -> Result<()> {
+        policy::add_resource_pool(&*self.conn()?, pool)
+    }
+
+    fn update_resource_pool(&self, pool: &ResourcePool) -> Result<bool> {
+        policy::update_resource_pool(&*self.conn()?, pool)
+    }
+
+    fn delete_resource_pool(&self, name: &str) -> Result<bool> {
+        policy::delete_resource_pool(&mut *self.conn()?, name)
+    }
+
+    fn set_vm_pool(&self, vms: &[String], pool: Option<&str>) -> Result<bool> {
+        policy::set_vm_pool(&mut *self.conn()?, vms, pool)
+    }
+
+    fn rules(&self) -> Result<Vec<Rule>> {
+        policy::rules(&*self.conn()?)
+    }
+
+    fn rule(&self, name: &str) -> Result<Option<Rule>> {
+        policy::rule(&*self.conn()?, name)
+    }
+
+    fn add_rule(&self, rule: &Rule) -> Result<()> {
+        policy::add_rule(&*self.conn()?, rule)
+    }
+
+    fn update_rule(&self, rule: &Rule) -> Result<bool> {
+        policy::update_rule(&*self.conn()?, rule)
+    }
+
+    fn delete_rule(&self, name: &str) -> Result<bool> {
+        policy::delete_rule(&*self.conn()?, name)
     }
 
     fn add_user(&self, user: &User) -> Result<()> {

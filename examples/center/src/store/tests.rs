@@ -284,10 +284,22 @@ fn an_older_database_is_migrated_keeping_its_rows() {
         let store = SqliteStore::open(&path).unwrap();
         store.add_user(&user("ann")).unwrap();
     }
-    // Back to version 1: the second step's indexes undone.
+    // Back to version 1: the second step's indexes and the third step's columns undone
+    // (the pool table is empty; foreign keys are off on this connection).
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP INDEX event_target; DROP INDEX task_target; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP INDEX event_target; DROP INDEX task_target; DROP INDEX vm_resource_pool;
+         DROP TABLE resource_pool;
+         CREATE TABLE resource_pool (
+            name TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL REFERENCES cluster(name),
+            shares INTEGER NOT NULL,
+            reservation_mib INTEGER NOT NULL,
+            limit_mib INTEGER
+         ) STRICT;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     assert!(store.user("ann").unwrap().is_some());

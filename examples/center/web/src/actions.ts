@@ -1,7 +1,7 @@
 // The operations the console starts: each answers `202 {"task": id}` and the task then
 // shows in the Recent tasks panel.
 
-import { enc, patch, post, taskId } from "./api";
+import { del, enc, patch, post, taskId } from "./api";
 
 export type PowerAction = "start" | "stop" | "reset" | "shutdown";
 
@@ -26,3 +26,38 @@ export const applyDrs = (cluster: string, vm: string, to: string) =>
   started(post(`/api/vcenter/cluster/${enc(cluster)}/drs/recommendations?action=apply`, { vm, to }));
 /** A DRS pass now (operators); answers the pass, `applied` the migrations it started. */
 export const runDrs = (cluster: string) => post(`/api/vcenter/cluster/${enc(cluster)}/drs?action=run`);
+
+// Resource pools and DRS rules (operators; answer at once, no task).
+
+/** One resource of a pool as the server takes it (CPU MHz, memory MiB). */
+export interface PoolAllocationBody {
+  reservation: number;
+  limit: number | null;
+  shares: number;
+  expandable_reservation: boolean;
+}
+
+export interface PoolBody {
+  parent: string | null;
+  cpu_allocation: PoolAllocationBody;
+  memory_allocation: PoolAllocationBody;
+}
+
+export const createPool = (cluster: string, name: string, body: PoolBody) => post(`/api/vcenter/resource-pool`, { name, cluster, ...body });
+export const updatePool = (pool: string, body: PoolBody) => patch(`/api/vcenter/resource-pool/${enc(pool)}`, body);
+export const deletePool = (pool: string) => del(`/api/vcenter/resource-pool/${enc(pool)}`);
+/** Moves VMs into the pool (`add_vms`) or out of it to the cluster's root (`remove_vms`). */
+export const movePoolVms = (pool: string, action: "add_vms" | "remove_vms", vms: string[]) =>
+  post(`/api/vcenter/resource-pool/${enc(pool)}?action=${action}`, { vms });
+
+export interface RuleBody {
+  kind: string;
+  enabled: boolean;
+  vms: string[];
+  hosts?: string[];
+  mode?: string;
+}
+
+export const createRule = (cluster: string, name: string, body: RuleBody) => post(`/api/vcenter/cluster/${enc(cluster)}/rules`, { name, ...body });
+export const updateRule = (cluster: string, rule: string, body: RuleBody) => patch(`/api/vcenter/cluster/${enc(cluster)}/rules/${enc(rule)}`, body);
+export const deleteRule = (cluster: string, rule: string) => del(`/api/vcenter/cluster/${enc(cluster)}/rules/${enc(rule)}`);

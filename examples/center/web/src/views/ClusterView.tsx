@@ -17,6 +17,8 @@ import { DrsRecommendations } from "./DrsRecommendations";
 import { EventsTab } from "./EventsTab";
 import { HOST_STATE_LABEL } from "./HostView";
 import { ObjectHeader } from "./ObjectHeader";
+import { PoolsCard } from "./PoolsCard";
+import { RulesCard } from "./RulesCard";
 import { POWER_LABEL } from "./VmView";
 
 export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
@@ -77,6 +79,8 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
               />
             </Card>
             <DrsRecommendations cluster={name} automation={cluster?.drsAutomation} threshold={cluster?.drsThreshold} ctx={ctx} />
+            <RulesCard cluster={name} vms={vms.map((v) => v.name)} hosts={hosts.map((h) => h.name)} ctx={ctx} />
+            <PoolsCard cluster={name} vms={vms} ctx={ctx} />
             <Card title={`Hosts (${hosts.length})`}>
               {hosts.length === 0 ? (
                 <Empty>No hosts.</Empty>
