@@ -427,7 +427,15 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     // The child holds the disk: it takes the snapshot, and the VM runs on.
     let t = lab.succeeds(1, "w", "snapshot", json!({"name": "hot"}));
     assert_eq!(t["result"]["layers"], 2, "{t}");
-    assert_eq!(lab.vm(1, "w")["state"], "running");
+    let v = lab.vm(1, "w");
+    assert_eq!(v["state"], "running");
+    // The VM lists its snapshots, with when they were taken.
+    let listed = v["snapshots"].clone();
+    assert_eq!(listed[0]["name"], "hot", "{v}");
+    assert!(
+        listed[0]["taken_ms"].as_u64() > Some(1_700_000_000_000),
+        "{v}"
+    );
     // What needs the VM off says so.
     for (op, body) in [("revert", json!({})), ("clone", json!({"name": "w2"}))] {
         let (s, e) = lab.send(1, "POST", &format!("/vms/w/{op}"), &body.to_string(), true);

@@ -298,10 +298,13 @@ pub struct VmInfo {
     /// Measured statistics (only from the host that runs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<VmStats>,
+    /// Its snapshots, oldest first (what `revert` may go back to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotInfo>,
 }
 
 impl VmInfo {
-    /// A VM in `state`, with no host and no statistics.
+    /// A VM in `state`, with no host, no statistics and no snapshot.
     #[must_use]
     pub fn new(spec: VmSpec, state: PowerState) -> Self {
         Self {
@@ -309,8 +312,20 @@ impl VmInfo {
             state,
             host: None,
             stats: None,
+            snapshots: Vec::new(),
         }
     }
+}
+
+/// One snapshot of a VM's disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    /// Its name.
+    pub name: String,
+    /// When it was taken, ms since the Unix epoch (unknown for snapshots recorded before
+    /// the time was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_ms: Option<u64>,
 }
 
 /// What a running VM uses, measured by its host.

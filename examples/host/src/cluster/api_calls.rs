@@ -17,8 +17,8 @@ use super::vms::{read_definition, write_definition};
 use super::Host;
 use crate::api::{
     console_pair, ApiCall, ApiError, HaPeer, HaSpec, HaVerdict, HostCapacity, HostInfo, HostLoad,
-    IsolationResponse, KsmSavings, PowerState, ResourceSpec, RestartPriority, TaskHandle, VmCounts,
-    VmInfo, VmOp, VmSpec, VmStats, CONSOLE_QUEUE,
+    IsolationResponse, KsmSavings, PowerState, ResourceSpec, RestartPriority, SnapshotInfo,
+    TaskHandle, VmCounts, VmInfo, VmOp, VmSpec, VmStats, CONSOLE_QUEUE,
 };
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -266,6 +266,14 @@ impl Host {
         spec.disks = devices.disk_specs();
         spec.nics = devices.nic_specs();
         let mut info = VmInfo::new(spec, state);
+        info.snapshots = devices
+            .snapshots
+            .iter()
+            .map(|s| SnapshotInfo {
+                name: s.name.clone(),
+                taken_ms: s.taken_ms,
+            })
+            .collect();
         info.host = if here { Some(self.agent.host()) } else { owner };
         if here {
             info.stats = self.vm_stats(name);

@@ -45,6 +45,9 @@ pub struct SnapshotRecord {
     pub name: String,
     /// How many layers each disk had when it was taken (the frozen ones).
     pub layers: usize,
+    /// When it was taken, ms since the Unix epoch (absent in records made before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_ms: Option<u64>,
 }
 
 /// What a linked clone reads of its source.

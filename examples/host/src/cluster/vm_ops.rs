@@ -140,6 +140,7 @@ impl Host {
         dev.snapshots.push(SnapshotRecord {
             name: snap.clone(),
             layers: frozen,
+            taken_ms: Some(crate::api::system_now_ms()),
         });
         dev.layers = frozen + 1;
         devices::write(&self.volume, name, &dev)?;
@@ -298,6 +299,7 @@ impl Host {
         src.snapshots.push(SnapshotRecord {
             name: snap.clone(),
             layers: frozen,
+            taken_ms: Some(crate::api::system_now_ms()),
         });
         src.layers = frozen + 1;
         devices::write(&self.volume, name, &src)?;
