@@ -9,7 +9,7 @@ use crate::model::{ClusterSettings, DEFAULT_CLUSTER, DEFAULT_DATACENTER};
 /// The schema this binary writes.
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-const STEPS: [&str; 2] = [
+const STEPS: [&str; 3] = [
     // 1: the first inventory.
     "CREATE TABLE datacenter (name TEXT PRIMARY KEY) STRICT;
     CREATE TABLE cluster (
@@ -94,6 +94,19 @@ const STEPS: [&str; 2] = [
     // 2: what one VM's or host's page asks for.
     "CREATE INDEX event_target ON event (target, id);
     CREATE INDEX task_target ON task (target, id);",
+    // 3: backup jobs (their runs are center tasks; `last_result` is JSON).
+    "CREATE TABLE IF NOT EXISTS backup_job (
+        name TEXT PRIMARY KEY,
+        vms TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        keep_last INTEGER NOT NULL,
+        incremental INTEGER NOT NULL,
+        enabled INTEGER NOT NULL,
+        last_run_ms INTEGER,
+        next_run_ms INTEGER,
+        last_result TEXT
+    ) STRICT;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]: each missing step in a transaction of its
