@@ -1,7 +1,7 @@
 // The operations the console starts: each answers `202 {"task": id}` and the task then
 // shows in the Recent tasks panel.
 
-import { enc, patch, post, taskId } from "./api";
+import { del, enc, patch, post, taskId } from "./api";
 
 export type PowerAction = "start" | "stop" | "reset" | "shutdown";
 
@@ -26,3 +26,21 @@ export const applyDrs = (cluster: string, vm: string, to: string) =>
   started(post(`/api/vcenter/cluster/${enc(cluster)}/drs/recommendations?action=apply`, { vm, to }));
 /** A DRS pass now (operators); answers the pass, `applied` the migrations it started. */
 export const runDrs = (cluster: string) => post(`/api/vcenter/cluster/${enc(cluster)}/drs?action=run`);
+/** A new VM `name` from backup `backup` of `vm` (the latest when none is named). */
+export const restoreVm = (vm: string, repository: string, name: string, backup?: string) =>
+  started(post(`/api/vcenter/vm/${enc(vm)}?action=restore`, backup ? { repository, name, backup } : { repository, name }));
+/** A backup job's definition as `POST /api/vinfra/backup/job` takes it. */
+export interface BackupJobInput {
+  name: string;
+  vms: string[];
+  repository: string;
+  schedule: string;
+  keep_last: number;
+  incremental: boolean;
+  enabled: boolean;
+}
+export const createBackupJob = (job: BackupJobInput) => post(`/api/vinfra/backup/job`, job);
+export const changeBackupJob = (name: string, job: Omit<BackupJobInput, "name">) => patch(`/api/vinfra/backup/job/${enc(name)}`, job);
+export const deleteBackupJob = (name: string) => del(`/api/vinfra/backup/job/${enc(name)}`);
+/** Runs a job now (operators): answers `{job, tasks, refused}`. */
+export const runBackupJob = (name: string) => post<{ tasks?: unknown[]; refused?: unknown[] }>(`/api/vinfra/backup/job/${enc(name)}?action=run`);

@@ -99,6 +99,7 @@ export async function request<T = unknown>(method: string, path: string, body?: 
 export const get = <T = unknown>(path: string) => request<T>("GET", path);
 export const post = <T = unknown>(path: string, body?: unknown) => request<T>("POST", path, body);
 export const patch = <T = unknown>(path: string, body?: unknown) => request<T>("PATCH", path, body);
+export const del = <T = unknown>(path: string) => request<T>("DELETE", path);
 
 /** `POST /api/session` with Basic auth; keeps the token it answers. */
 export async function login(user: string, password: string): Promise<void> {
