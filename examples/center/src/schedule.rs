@@ -106,7 +106,9 @@ impl FromStr for Schedule {
                 let (h, m) = rest
                     .split_once(':')
                     .ok_or_else(|| bad(format!("{rest:?} is not HH:MM")))?;
-                let h: u32 = h.parse().map_err(|_| bad(format!("{h:?} is not an hour")))?;
+                let h: u32 = h
+                    .parse()
+                    .map_err(|_| bad(format!("{h:?} is not an hour")))?;
                 let m: u32 = m
                     .parse()
                     .map_err(|_| bad(format!("{m:?} is not a minute")))?;

@@ -42,7 +42,10 @@ impl BackupHost {
     fn store(&self, a: &Asked) -> String {
         let mut repos = self.repos.lock().unwrap();
         let list = repos.entry(a.repository.clone()).or_default();
-        let id = format!("{:064x}", list.len() + 1 + 1000 * self.asked.lock().unwrap().len());
+        let id = format!(
+            "{:064x}",
+            list.len() + 1 + 1000 * self.asked.lock().unwrap().len()
+        );
         list.push(BackupInfo {
             id: id.clone(),
             vm: a.vm.clone(),
@@ -202,7 +205,13 @@ fn add_user(center: &Center, admin: &str, name: &str, role: &str) -> String {
 fn run_ended(center: &Center, token: &str, job: &str) -> Value {
     let mut last = Value::Null;
     center.wait(&format!("a run of {job} to end"), 30, || {
-        last = center.ok(token, "GET", &format!("/api/vinfra/backup/job/{job}"), "", 200);
+        last = center.ok(
+            token,
+            "GET",
+            &format!("/api/vinfra/backup/job/{job}"),
+            "",
+            200,
+        );
         last["running"] == false
             && last["last_result"]["state"]
                 .as_str()
@@ -230,16 +239,56 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
 
     // Bad input names its field; nothing is made.
     for (body, status, field) in [
-        (r#"{"name": "j", "vms": ["a"], "repository": "/r"}"#, 400, "schedule"),
-        (r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "colour": 1}"#, 400, "colour"),
-        (r#"{"name": "../j", "vms": ["a"], "repository": "/r", "schedule": "every 1h"}"#, 422, "name"),
-        (r#"{"name": "j", "vms": [], "repository": "/r", "schedule": "every 1h"}"#, 422, "vms"),
-        (r#"{"name": "j", "vms": ["a", "nope"], "repository": "/r", "schedule": "every 1h"}"#, 422, "vms[1]"),
-        (r#"{"name": "j", "vms": ["a", "a"], "repository": "/r", "schedule": "every 1h"}"#, 422, "vms[1]"),
-        (r#"{"name": "j", "vms": ["a"], "repository": "relative", "schedule": "every 1h"}"#, 422, "repository"),
-        (r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "weekly"}"#, 422, "schedule"),
-        (r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 0h"}"#, 422, "schedule"),
-        (r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "keep_last": -1}"#, 400, ""),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r"}"#,
+            400,
+            "schedule",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "colour": 1}"#,
+            400,
+            "colour",
+        ),
+        (
+            r#"{"name": "../j", "vms": ["a"], "repository": "/r", "schedule": "every 1h"}"#,
+            422,
+            "name",
+        ),
+        (
+            r#"{"name": "j", "vms": [], "repository": "/r", "schedule": "every 1h"}"#,
+            422,
+            "vms",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a", "nope"], "repository": "/r", "schedule": "every 1h"}"#,
+            422,
+            "vms[1]",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a", "a"], "repository": "/r", "schedule": "every 1h"}"#,
+            422,
+            "vms[1]",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "relative", "schedule": "every 1h"}"#,
+            422,
+            "repository",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "weekly"}"#,
+            422,
+            "schedule",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 0h"}"#,
+            422,
+            "schedule",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "keep_last": -1}"#,
+            400,
+            "",
+        ),
     ] {
         let e = center.ok(&op, "POST", "/api/vinfra/backup/job", body, status);
         if !field.is_empty() {
@@ -262,20 +311,45 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
     assert_eq!(dup["error"]["kind"], "conflict");
 
     // Run now: read_only may not; an operator's run backs up both VMs, then retention.
-    center.ok(&ro, "POST", "/api/vinfra/backup/job/nightly?action=run", "", 403);
-    let bad = center.ok(&op, "POST", "/api/vinfra/backup/job/nightly?action=go", "", 422);
+    center.ok(
+        &ro,
+        "POST",
+        "/api/vinfra/backup/job/nightly?action=run",
+        "",
+        403,
+    );
+    let bad = center.ok(
+        &op,
+        "POST",
+        "/api/vinfra/backup/job/nightly?action=go",
+        "",
+        422,
+    );
     assert_eq!(bad["error"]["field"], "action");
     for _ in 0..3 {
-        let run = center.ok(&op, "POST", "/api/vinfra/backup/job/nightly?action=run", "", 202);
+        let run = center.ok(
+            &op,
+            "POST",
+            "/api/vinfra/backup/job/nightly?action=run",
+            "",
+            202,
+        );
         assert_eq!(run["tasks"].as_array().unwrap().len(), 2, "{run}");
         for id in run["tasks"].as_array().unwrap() {
             let task = center.task(&op, id.as_u64().unwrap());
             assert_eq!(task["state"], "succeeded", "{task}");
-            assert_eq!((&task["kind"], &task["user"]), (&"vm.backup".into(), &"op".into()));
+            assert_eq!(
+                (&task["kind"], &task["user"]),
+                (&"vm.backup".into(), &"op".into())
+            );
         }
         let done = run_ended(&center, &op, "nightly");
         assert_eq!(done["last_result"]["state"], "succeeded", "{done}");
-        assert_eq!(done["next_run_ms"].as_u64(), Some(next), "a run now keeps the slot");
+        assert_eq!(
+            done["next_run_ms"].as_u64(),
+            Some(next),
+            "a run now keeps the slot"
+        );
     }
     let asked = host.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 6);
@@ -307,17 +381,43 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
     );
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert!(list.iter().all(|b| b["vm"] == "a" && b["bytes_new"] == 4096));
-    let e = center.ok(&ro, "GET", "/api/vinfra/backup/backups?repository=/none", "", 422);
+    assert!(list
+        .iter()
+        .all(|b| b["vm"] == "a" && b["bytes_new"] == 4096));
+    let e = center.ok(
+        &ro,
+        "GET",
+        "/api/vinfra/backup/backups?repository=/none",
+        "",
+        422,
+    );
     assert_eq!(e["error"]["field"], "repository", "{e}");
-    let e = center.ok(&ro, "GET", "/api/vinfra/backup/backups?repository=rel", "", 422);
+    let e = center.ok(
+        &ro,
+        "GET",
+        "/api/vinfra/backup/backups?repository=rel",
+        "",
+        422,
+    );
     assert_eq!(e["error"]["field"], "repository", "{e}");
     let e = center.ok(&ro, "GET", "/api/vinfra/backup/backups", "", 400);
     assert_eq!(e["error"]["field"], "repository", "{e}");
 
     // Changes: read_only may not; bad input changes nothing; disabling clears the slot.
-    center.ok(&ro, "PATCH", "/api/vinfra/backup/job/nightly", r#"{"keep_last": 1}"#, 403);
-    let e = center.ok(&op, "PATCH", "/api/vinfra/backup/job/nightly", r#"{"schedule": "hourly"}"#, 422);
+    center.ok(
+        &ro,
+        "PATCH",
+        "/api/vinfra/backup/job/nightly",
+        r#"{"keep_last": 1}"#,
+        403,
+    );
+    let e = center.ok(
+        &op,
+        "PATCH",
+        "/api/vinfra/backup/job/nightly",
+        r#"{"schedule": "hourly"}"#,
+        422,
+    );
     assert_eq!(e["error"]["field"], "schedule");
     let changed = center.ok(
         &op,
@@ -330,7 +430,10 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
     assert_eq!(changed["schedule"], "every 12h");
     assert!(changed["next_run_ms"].is_null(), "{changed}");
     assert_eq!(changed["keep_last"], 2);
-    assert_eq!(changed["last_result"]["state"], "succeeded", "the last run stays");
+    assert_eq!(
+        changed["last_result"]["state"], "succeeded",
+        "the last run stays"
+    );
     center.ok(&op, "PATCH", "/api/vinfra/backup/job/none", "{}", 404);
 
     // The log says who did what.
@@ -342,8 +445,17 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
         .filter(|e| e["target"] == "nightly")
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "backup.job_started").count(), 3);
-    assert_eq!(kinds.iter().filter(|k| **k == "backup.job_succeeded").count(), 3);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "backup.job_started").count(),
+        3
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "backup.job_succeeded")
+            .count(),
+        3
+    );
     assert!(kinds.contains(&"backup.job_created") && kinds.contains(&"backup.job_changed"));
 
     // Delete: read_only may not; then it is gone (its backups stay).
@@ -371,7 +483,10 @@ fn the_scheduler_runs_due_jobs_keeps_n_and_never_overlaps_a_run() {
     center.wait("3 scheduled backups of a", 30, || host.asked_of("a") >= 3);
     let job = run_ended(&center, &admin, "often");
     assert_eq!(job["last_result"]["state"], "succeeded", "{job}");
-    assert!(job["next_run_ms"].as_u64() > job["last_run_ms"].as_u64(), "{job}");
+    assert!(
+        job["next_run_ms"].as_u64() > job["last_run_ms"].as_u64(),
+        "{job}"
+    );
     center.wait("the retention", 10, || {
         host.backups_of("/backups/often", "a") == 2
     });
@@ -385,21 +500,40 @@ fn the_scheduler_runs_due_jobs_keeps_n_and_never_overlaps_a_run() {
 
     // A run that does not end: no second one starts, slots are skipped, run now is 409.
     host.hold.store(true, Ordering::SeqCst);
-    center.wait("a held backup", 10, || !host.held.lock().unwrap().is_empty());
+    center.wait("a held backup", 10, || {
+        !host.held.lock().unwrap().is_empty()
+    });
     let asked = host.asked_of("a");
     let busy = center.ok(&admin, "GET", "/api/vinfra/backup/job/often", "", 200);
     assert_eq!(busy["running"], true, "{busy}");
     assert_eq!(busy["last_result"]["state"], "running", "{busy}");
-    let e = center.ok(&admin, "POST", "/api/vinfra/backup/job/often?action=run", "", 409);
+    let e = center.ok(
+        &admin,
+        "POST",
+        "/api/vinfra/backup/job/often?action=run",
+        "",
+        409,
+    );
     assert_eq!(e["error"]["kind"], "conflict");
     center.wait("a skipped slot", 10, || {
-        center.ok(&admin, "GET", "/api/vinfra/events?target=often&limit=1000", "", 200)
+        center
+            .ok(
+                &admin,
+                "GET",
+                "/api/vinfra/events?target=often&limit=1000",
+                "",
+                200,
+            )
             .as_array()
             .unwrap()
             .iter()
             .any(|e| e["kind"] == "backup.job_skipped" && e["user"] == "scheduler")
     });
-    assert_eq!(host.asked_of("a"), asked, "nothing started while the run goes on");
+    assert_eq!(
+        host.asked_of("a"),
+        asked,
+        "nothing started while the run goes on"
+    );
     host.hold.store(false, Ordering::SeqCst);
     host.release();
     center.wait("the held run to end and the next to come", 20, || {
@@ -407,14 +541,23 @@ fn the_scheduler_runs_due_jobs_keeps_n_and_never_overlaps_a_run() {
     });
 
     // Disabled: the scheduler leaves it alone, also across a restart.
-    center.ok(&admin, "PATCH", "/api/vinfra/backup/job/often", r#"{"enabled": false}"#, 200);
+    center.ok(
+        &admin,
+        "PATCH",
+        "/api/vinfra/backup/job/often",
+        r#"{"enabled": false}"#,
+        200,
+    );
     run_ended(&center, &admin, "often");
     let asked = host.asked_of("a");
     assert!(center.stop().unwrap().success());
-    let center = Center::start(&center.state, &[
-        "--host".to_string(),
-        format!("fake-1=http://{}", server.local_addr()),
-    ]);
+    let center = Center::start(
+        &center.state,
+        &[
+            "--host".to_string(),
+            format!("fake-1=http://{}", server.local_addr()),
+        ],
+    );
     let admin = center.admin();
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(host.asked_of("a"), asked);

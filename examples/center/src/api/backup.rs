@@ -100,7 +100,10 @@ fn check(state: &AppState, job: &BackupJob) -> ApiResult<Schedule> {
             return Err(ApiError::field(&field, format!("{field}: {vm} twice")));
         }
         if state.store.vm(vm)?.is_none() {
-            return Err(ApiError::field(&field, format!("{field}: no VM named {vm}")));
+            return Err(ApiError::field(
+                &field,
+                format!("{field}: no VM named {vm}"),
+            ));
         }
     }
     let r = &job.repository;

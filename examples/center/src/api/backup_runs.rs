@@ -154,7 +154,16 @@ pub(super) async fn start_run(
     };
     let (state, job) = (state.clone(), job.clone());
     tokio::spawn(async move {
-        finish_run(&state, &job, who.name, started_ms, next_run_ms, result, refused).await;
+        finish_run(
+            &state,
+            &job,
+            who.name,
+            started_ms,
+            next_run_ms,
+            result,
+            refused,
+        )
+        .await;
         drop(claim);
     });
     Ok(started)
@@ -256,7 +265,10 @@ async fn forget(state: &AppState, job: &BackupJob, task: &Task) -> ApiResult<For
         .host
         .as_deref()
         .and_then(|h| state.hosts.client(h))
-        .map_or_else(|| super::vm::pick_host(state, None, "host").map(|h| h.1), Ok)?;
+        .map_or_else(
+            || super::vm::pick_host(state, None, "host").map(|h| h.1),
+            Ok,
+        )?;
     let request = ForgetRequest {
         repository: job.repository.clone(),
         vm: task.target.clone(),

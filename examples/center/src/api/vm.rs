@@ -131,7 +131,11 @@ pub struct CreateVm {
 }
 
 /// A usable host named by the request (field `field`), or the one with the most free memory.
-pub(super) fn pick_host(state: &AppState, named: Option<&str>, field: &str) -> ApiResult<(Host, Arc<Client>)> {
+pub(super) fn pick_host(
+    state: &AppState,
+    named: Option<&str>,
+    field: &str,
+) -> ApiResult<(Host, Arc<Client>)> {
     let host = match named {
         Some(name) => {
             let host = state

@@ -12,8 +12,8 @@ pub use migrations::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
 use crate::model::{
-    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, StatSample, Task,
-    User, Vm,
+    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState,
+    NewEvent, Role, StatSample, Task, User, Vm,
 };
 use vinfra_host::api::HostInfo;
 

@@ -13,8 +13,8 @@ use vinfra_host::api::{ErrorDetail, HostInfo};
 use super::migrations::migrate;
 use super::{Result, Store, StoreError, TaskUpdate};
 use crate::model::{
-    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, Severity,
-    StatSample, Task, TaskState, User, Vm, STAT_LEVELS,
+    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState,
+    NewEvent, Role, Severity, StatSample, Task, TaskState, User, Vm, STAT_LEVELS,
 };
 
 /// The SQLite store.

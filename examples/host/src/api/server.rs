@@ -33,9 +33,10 @@ use super::openapi::BearerToken;
 use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
-    validate_name, BackupInfo, BackupRequest, BackupsQuery, ForgetRequest, ForgetResult, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
-    MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, ShutdownRequest,
-    SnapshotRequest, TaskStarted, VmInfo, VmOp, VmSpec,
+    validate_name, BackupInfo, BackupRequest, BackupsQuery, CloneRequest, ForgetRequest,
+    ForgetResult, HostInfo, IncomingReady, IncomingRequest, MaintenanceRequest, MigrateRequest,
+    OpKind, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskStarted, VmInfo,
+    VmOp, VmSpec,
 };
 
 /// Where every route lives.
