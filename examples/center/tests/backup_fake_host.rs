@@ -563,5 +563,41 @@ fn the_scheduler_runs_due_jobs_keeps_n_and_never_overlaps_a_run() {
     assert_eq!(host.asked_of("a"), asked);
     let job = center.ok(&admin, "GET", "/api/vinfra/backup/job/often", "", 200);
     assert_eq!(job["enabled"], false, "{job}");
+
+    // A run the center stops in the middle of: failed at the next start, its task
+    // followed to its end all the same.
+    host.hold.store(true, Ordering::SeqCst);
+    let run = center.ok(
+        &admin,
+        "POST",
+        "/api/vinfra/backup/job/often?action=run",
+        "",
+        202,
+    );
+    let task = run["tasks"][0].as_u64().unwrap();
+    center.wait("the held backup", 10, || {
+        !host.held.lock().unwrap().is_empty()
+    });
+    let mut center = center;
+    assert!(center.stop().unwrap().success());
+    let center = Center::start(
+        &center.state,
+        &[
+            "--host".to_string(),
+            format!("fake-1=http://{}", server.local_addr()),
+        ],
+    );
+    let admin = center.admin();
+    let job = run_ended(&center, &admin, "often");
+    assert_eq!(job["last_result"]["state"], "failed", "{job}");
+    assert!(
+        job["last_result"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the center stopped"),
+        "{job}"
+    );
+    host.release();
+    assert_eq!(center.task(&admin, task)["state"], "succeeded");
     server.stop();
 }
