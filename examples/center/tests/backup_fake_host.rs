@@ -458,6 +458,33 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
     );
     assert!(kinds.contains(&"backup.job_created") && kinds.contains(&"backup.job_changed"));
 
+    // The VM's own backup action takes the same path as the jobs.
+    let one = center.op(
+        &op,
+        "/api/vcenter/vm/a?action=backup",
+        r#"{"repository": "/backups/one"}"#,
+    );
+    assert_eq!(
+        (&one["kind"], &one["user"]),
+        (&"vm.backup".into(), &"op".into())
+    );
+    assert_eq!(host.backups_of("/backups/one", "a"), 1);
+    let e = center.ok(
+        &op,
+        "POST",
+        "/api/vcenter/vm/a?action=backup",
+        r#"{"repo": "/x"}"#,
+        400,
+    );
+    assert_eq!(e["error"]["field"], "repo", "{e}");
+    center.ok(
+        &ro,
+        "POST",
+        "/api/vcenter/vm/a?action=backup",
+        r#"{"repository": "/x"}"#,
+        403,
+    );
+
     // Delete: read_only may not; then it is gone (its backups stay).
     center.ok(&ro, "DELETE", "/api/vinfra/backup/job/nightly", "", 403);
     center.ok(&op, "DELETE", "/api/vinfra/backup/job/nightly", "", 204);
