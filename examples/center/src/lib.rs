@@ -48,6 +48,7 @@ pub mod drs;
 pub mod events;
 pub mod hosts;
 pub mod model;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod tasks;

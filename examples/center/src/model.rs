@@ -250,6 +250,46 @@ pub struct Task {
     pub ended_ms: Option<u64>,
 }
 
+/// A backup job (VCB's jobs, kept by the center): which VMs, to which repository, when,
+/// and how many backups of each VM to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupJob {
+    /// Its name (the key).
+    pub name: String,
+    /// The VMs it backs up, by name.
+    pub vms: Vec<String>,
+    /// The vcb repository: a path on the hosts (shared by them for restores anywhere).
+    pub repository: String,
+    /// When it runs, in its canonical form (`every 6h`, `daily 02:00`; see
+    /// [`crate::schedule`]).
+    pub schedule: String,
+    /// How many backups of each VM stay in the repository after a run (0: all).
+    pub keep_last: u32,
+    /// Only the blocks changed since each VM's last backup (a full read otherwise).
+    pub incremental: bool,
+    /// Whether the scheduler runs it (a disabled job still runs when asked).
+    pub enabled: bool,
+    /// When its last run started (ms since the Unix epoch).
+    pub last_run_ms: Option<u64>,
+    /// When the scheduler runs it next (none while disabled).
+    pub next_run_ms: Option<u64>,
+    /// How its last run went.
+    pub last_result: Option<BackupJobResult>,
+}
+
+/// How a backup job's run went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupJobResult {
+    /// `running`, `succeeded` (every VM backed up, retention applied) or `failed`.
+    pub state: TaskState,
+    /// A sentence for people (which VMs failed, and why).
+    pub message: String,
+    /// The center tasks of the run, one per VM whose backup started.
+    pub tasks: Vec<u64>,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+}
+
 /// An event's severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

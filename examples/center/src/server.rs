@@ -181,8 +181,10 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         clock,
         secure_cookies: settings.tls.is_some(),
         poll_ms: settings.poll_ms,
+        backup_runs: api::backup_runs::BackupRuns::default(),
     };
     let drs_state = state.clone();
+    let backup_state = state.clone();
     let app = api::router(state).merge(crate::web::router(&settings.web_dir));
     let io = |what: &str| {
         let what = what.to_string();
@@ -199,6 +201,8 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         .map_err(io("tokio runtime"))?;
     // DRS automation runs on the API's runtime: it ends with it.
     runtime.spawn(api::drs::automation(drs_state));
+    // So does the backup scheduler.
+    runtime.spawn(api::backup_runs::scheduler(backup_state));
     let handle = Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let (served, scheme) = {

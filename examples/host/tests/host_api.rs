@@ -786,6 +786,8 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         ("get", "/api/v1/events"),
         ("post", "/api/v1/incoming"),
         ("post", "/api/v1/host/maintenance"),
+        ("get", "/api/v1/backups"),
+        ("post", "/api/v1/backups/forget"),
         ("get", "/api/v1/openapi.json"),
     ];
     let paths = doc["paths"].as_object().unwrap();
@@ -1104,4 +1106,49 @@ fn a_loop_bridge_serves_from_a_host_loop_and_a_silent_loop_is_503() {
     );
     server.stop();
     host_loop.join().unwrap();
+}
+
+#[test]
+fn the_backup_routes_check_their_input_before_the_host_sees_it() {
+    let s = setup();
+    // Bad input names its field (422) or is unreadable (400); this fake keeps no backups.
+    let e = s.ok("GET", "/backups?repository=relative", "", 422);
+    assert_eq!(e["error"]["code"], "invalid_value");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("repository"),
+        "{e}"
+    );
+    let e = s.ok("GET", "/backups?repository=/r&vm=../x", "", 422);
+    assert!(
+        e["error"]["message"].as_str().unwrap().starts_with("vm"),
+        "{e}"
+    );
+    s.ok("GET", "/backups", "", 400);
+    s.ok("GET", "/backups?repository=/r&colour=1", "", 400);
+    let e = s.ok("GET", "/backups?repository=/r&vm=web1", "", 422);
+    assert_eq!(e["error"]["code"], "unsupported", "{e}");
+    let e = s.ok(
+        "POST",
+        "/backups/forget",
+        r#"{"repository": "/r", "vm": "web1", "keep_last": 0}"#,
+        422,
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("keep_last"),
+        "{e}"
+    );
+    s.ok("POST", "/backups/forget", r#"{"repository": "/r"}"#, 400);
+    let e = s.ok(
+        "POST",
+        "/backups/forget",
+        r#"{"repository": "/r", "vm": "web1", "keep_last": 2}"#,
+        422,
+    );
+    assert_eq!(e["error"]["code"], "unsupported", "{e}");
 }

@@ -4,6 +4,8 @@
 //! records an event with the caller's name.
 
 mod activity;
+pub mod backup;
+pub mod backup_runs;
 mod console;
 pub mod drs;
 pub mod error;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// The hosts' poll interval (a VM no host reported for 3 polls is stale).
     pub poll_ms: u64,
+    /// The backup jobs whose run is in progress.
+    pub backup_runs: backup_runs::BackupRuns,
 }
 
 impl std::fmt::Debug for AppState {
@@ -134,6 +138,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vinfra/events", get(activity::events))
         .route("/api/vinfra/events/stream", get(activity::event_stream))
         .route("/api/vinfra/stats/{kind}/{name}", get(activity::stats))
+        .route(
+            "/api/vinfra/backup/job",
+            get(backup::list).post(backup::create),
+        )
+        .route(
+            "/api/vinfra/backup/job/{job}",
+            get(backup::get)
+                .patch(backup::patch)
+                .delete(backup::delete)
+                .post(backup::action),
+        )
+        .route("/api/vinfra/backup/backups", get(backup::backups))
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
         // Unknown API paths are JSON errors; other paths are the web console's.

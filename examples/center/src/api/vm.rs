@@ -131,7 +131,11 @@ pub struct CreateVm {
 }
 
 /// A usable host named by the request (field `field`), or the one with the most free memory.
-fn pick_host(state: &AppState, named: Option<&str>, field: &str) -> ApiResult<(Host, Arc<Client>)> {
+pub(super) fn pick_host(
+    state: &AppState,
+    named: Option<&str>,
+    field: &str,
+) -> ApiResult<(Host, Arc<Client>)> {
     let host = match named {
         Some(name) => {
             let host = state
@@ -269,6 +273,25 @@ async fn start_task(
     body: serde_json::Value,
     message: String,
 ) -> ApiResult<Response> {
+    let task = start_host_task(state, who, vm, kind, (host, client), op, body, message).await?;
+    Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response())
+}
+
+/// As [`start_task`]; the center task's id.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per route, all named"
+)]
+async fn start_host_task(
+    state: &AppState,
+    who: &Principal,
+    vm: &str,
+    kind: &str,
+    (host, client): (Host, Arc<Client>),
+    op: &str,
+    body: serde_json::Value,
+    message: String,
+) -> ApiResult<u64> {
     let path = format!("/vms/{vm}/{op}");
     let (tasks, kind_, vm_, user, host_name) = (
         state.tasks.clone(),
@@ -297,7 +320,36 @@ async fn start_task(
         message,
         serde_json::json!({ "task": task.id, "host": host.name }),
     )?;
-    Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task: task.id })).into_response())
+    Ok(task.id)
+}
+
+/// Starts a backup of VM `name` on the host that runs it (any connected host when it
+/// is off): a `vm.backup` center task, its id. The VM action and the backup jobs both
+/// come here.
+pub(super) async fn start_backup(
+    state: &AppState,
+    who: &Principal,
+    name: &str,
+    req: &BackupRequest,
+) -> ApiResult<u64> {
+    let vm = find_vm(state, name)?;
+    let source = running_host(state, &vm)?;
+    let body = serde_json::to_value(req).map_err(|e| ApiError::internal(e.to_string()))?;
+    let message = format!(
+        "{} asked to back up VM {name} to {}",
+        who.name, req.repository
+    );
+    start_host_task(
+        state,
+        who,
+        name,
+        "vm.backup",
+        source,
+        "backup",
+        body,
+        message,
+    )
+    .await
 }
 
 /// `POST /api/vcenter/vm/{vm}/power?action=start|stop|reset|shutdown` (operator).
@@ -402,12 +454,16 @@ pub async fn action(
 ) -> ApiResult<Response> {
     who.require(Role::Operator)?;
     let op = q.action.as_str();
+    if op == "backup" {
+        let JsonBody(req) = parse::<BackupRequest>(&bytes)?;
+        let task = start_backup(&state, &who, &name, &req).await?;
+        return Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response());
+    }
     let payload = match op {
         "relocate" => None,
         "snapshot" => Some(body::<SnapshotRequest>(&bytes)?),
         "revert" => Some(body::<RevertRequest>(&bytes)?),
         "clone" => Some(body::<CloneRequest>(&bytes)?),
-        "backup" => Some(body::<BackupRequest>(&bytes)?),
         "restore" => Some(body::<RestoreRequest>(&bytes)?),
         other => {
             return Err(ApiError::field(

@@ -9,7 +9,7 @@ use crate::model::{ClusterSettings, DEFAULT_CLUSTER, DEFAULT_DATACENTER};
 /// The schema this binary writes.
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-const STEPS: [&str; 3] = [
+const STEPS: [&str; 4] = [
     // 1: the first inventory.
     "CREATE TABLE datacenter (name TEXT PRIMARY KEY) STRICT;
     CREATE TABLE cluster (
@@ -103,6 +103,19 @@ const STEPS: [&str; 3] = [
     ALTER TABLE resource_pool ADD COLUMN cpu_expandable INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE resource_pool ADD COLUMN memory_expandable INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX vm_resource_pool ON vm (resource_pool);",
+    // 4: backup jobs (their runs are center tasks; `last_result` is JSON).
+    "CREATE TABLE backup_job (
+        name TEXT PRIMARY KEY,
+        vms TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        keep_last INTEGER NOT NULL,
+        incremental INTEGER NOT NULL,
+        enabled INTEGER NOT NULL,
+        last_run_ms INTEGER,
+        next_run_ms INTEGER,
+        last_result TEXT
+    ) STRICT;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]: each missing step in a transaction of its

@@ -12,8 +12,8 @@ pub use migrations::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
 use crate::model::{
-    Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, StatSample, Task,
-    User, Vm,
+    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState,
+    NewEvent, Role, StatSample, Task, User, Vm,
 };
 use crate::model::{ResourcePool, Rule};
 use vinfra_host::api::HostInfo;
@@ -192,6 +192,28 @@ pub trait Store: Send + Sync {
     fn roll_up(&self, now_ms: u64) -> Result<()>;
     /// An entity's samples of `level` from `since_ms` on, oldest first.
     fn samples(&self, entity: &str, level: u8, since_ms: u64) -> Result<Vec<StatSample>>;
+
+    /// Every backup job, by name.
+    fn backup_jobs(&self) -> Result<Vec<BackupJob>>;
+    /// One backup job.
+    fn backup_job(&self, name: &str) -> Result<Option<BackupJob>>;
+    /// Adds a backup job; [`StoreError::Exists`] if named so.
+    fn add_backup_job(&self, job: &BackupJob) -> Result<()>;
+    /// Replaces a job's definition (VMs, repository, schedule, retention, incremental,
+    /// enabled) and its next run, leaving its last run alone; false if there is none.
+    fn update_backup_job(&self, job: &BackupJob) -> Result<bool>;
+    /// Records a run of a job: when it started, the next slot and how it went (the
+    /// scheduler writes the next slot before it starts a run, so that a restart does
+    /// not run the same slot twice); false if there is no such job.
+    fn record_backup_run(
+        &self,
+        name: &str,
+        last_run_ms: Option<u64>,
+        next_run_ms: Option<u64>,
+        result: &BackupJobResult,
+    ) -> Result<bool>;
+    /// Removes a backup job (its backups stay in the repository); false if there was none.
+    fn delete_backup_job(&self, name: &str) -> Result<bool>;
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use vinfra_host::api::{ErrorDetail, HostInfo};
 use super::migrations::migrate;
 use super::{Result, Store, StoreError, TaskUpdate};
 use crate::model::{
-    Cluster, ClusterSettings, Datacenter, Event, Host, HostState, NewEvent, Role, Severity,
-    StatSample, Task, TaskState, User, Vm, STAT_LEVELS,
+    BackupJob, BackupJobResult, Cluster, ClusterSettings, Datacenter, Event, Host, HostState,
+    NewEvent, Role, Severity, StatSample, Task, TaskState, User, Vm, STAT_LEVELS,
 };
 use crate::model::{ResourcePool, Rule};
 
@@ -271,6 +271,53 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<Event> {
     Ok(Event {
         id,
         event: e.clone(),
+    })
+}
+
+const BACKUP_JOB_COLUMNS: &str = "name, vms, repository, schedule, keep_last, incremental, \
+                                  enabled, last_run_ms, next_run_ms, last_result";
+
+#[allow(clippy::type_complexity, reason = "one row, read raw")]
+type RawBackupJob = (
+    String,
+    String,
+    String,
+    String,
+    u32,
+    bool,
+    bool,
+    Option<U64>,
+    Option<U64>,
+    Option<String>,
+);
+
+fn raw_backup_job(r: &Row<'_>) -> rusqlite::Result<RawBackupJob> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn backup_job_of(raw: RawBackupJob) -> Result<BackupJob> {
+    Ok(BackupJob {
+        name: raw.0,
+        vms: from_json("backup_job.vms", &raw.1)?,
+        repository: raw.2,
+        schedule: raw.3,
+        keep_last: raw.4,
+        incremental: raw.5,
+        enabled: raw.6,
+        last_run_ms: raw.7.map(|v| v.0),
+        next_run_ms: raw.8.map(|v| v.0),
+        last_result: opt_json::<BackupJobResult>("backup_job.last_result", raw.9)?,
     })
 }
 
@@ -744,6 +791,99 @@ impl Store for SqliteStore {
             })
         })?;
         collect(rows, Ok)
+    }
+
+    fn backup_jobs(&self) -> Result<Vec<BackupJob>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BACKUP_JOB_COLUMNS} FROM backup_job ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], raw_backup_job)?;
+        collect(rows, backup_job_of)
+    }
+
+    fn backup_job(&self, name: &str) -> Result<Option<BackupJob>> {
+        let raw = self
+            .conn()?
+            .query_row(
+                &format!("SELECT {BACKUP_JOB_COLUMNS} FROM backup_job WHERE name = ?1"),
+                [name],
+                raw_backup_job,
+            )
+            .optional()?;
+        raw.map(backup_job_of).transpose()
+    }
+
+    fn add_backup_job(&self, job: &BackupJob) -> Result<()> {
+        let n = self.conn()?.execute(
+            &format!(
+                "INSERT INTO backup_job ({BACKUP_JOB_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING"
+            ),
+            params![
+                job.name,
+                to_json("backup_job.vms", &job.vms)?,
+                job.repository,
+                job.schedule,
+                job.keep_last,
+                job.incremental,
+                job.enabled,
+                job.last_run_ms.map(U64),
+                job.next_run_ms.map(U64),
+                job.last_result
+                    .as_ref()
+                    .map(|r| to_json("backup_job.last_result", r))
+                    .transpose()?
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Exists(format!("backup job {}", job.name)));
+        }
+        Ok(())
+    }
+
+    fn update_backup_job(&self, job: &BackupJob) -> Result<bool> {
+        Ok(self.conn()?.execute(
+            "UPDATE backup_job SET vms = ?2, repository = ?3, schedule = ?4, keep_last = ?5,
+                                   incremental = ?6, enabled = ?7, next_run_ms = ?8
+             WHERE name = ?1",
+            params![
+                job.name,
+                to_json("backup_job.vms", &job.vms)?,
+                job.repository,
+                job.schedule,
+                job.keep_last,
+                job.incremental,
+                job.enabled,
+                job.next_run_ms.map(U64)
+            ],
+        )? == 1)
+    }
+
+    fn record_backup_run(
+        &self,
+        name: &str,
+        last_run_ms: Option<u64>,
+        next_run_ms: Option<u64>,
+        result: &BackupJobResult,
+    ) -> Result<bool> {
+        Ok(self.conn()?.execute(
+            "UPDATE backup_job SET last_run_ms = ?2, next_run_ms = ?3, last_result = ?4
+             WHERE name = ?1",
+            params![
+                name,
+                last_run_ms.map(U64),
+                next_run_ms.map(U64),
+                to_json("backup_job.last_result", result)?
+            ],
+        )? == 1)
+    }
+
+    fn delete_backup_job(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn()?
+            .execute("DELETE FROM backup_job WHERE name = ?1", [name])?
+            == 1)
     }
 }
 

@@ -284,11 +284,13 @@ fn an_older_database_is_migrated_keeping_its_rows() {
         let store = SqliteStore::open(&path).unwrap();
         store.add_user(&user("ann")).unwrap();
     }
-    // Back to version 1: the second step's indexes and the third step's columns undone
-    // (the pool table is empty; foreign keys are off on this connection).
+    // Back to version 1: the second step's indexes, the third step's columns and the
+    // fourth's table undone (the pool table is empty; foreign keys are off on this
+    // connection).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP INDEX event_target; DROP INDEX task_target; DROP INDEX vm_resource_pool;
+         DROP TABLE backup_job;
          DROP TABLE resource_pool;
          CREATE TABLE resource_pool (
             name TEXT PRIMARY KEY,
@@ -316,4 +318,79 @@ fn an_older_database_is_migrated_keeping_its_rows() {
         )
         .unwrap();
     assert_eq!(indexes, 2);
+}
+
+fn backup_job(name: &str) -> crate::model::BackupJob {
+    crate::model::BackupJob {
+        name: name.into(),
+        vms: vec!["web-1".into(), "db-1".into()],
+        repository: "/backups/main".into(),
+        schedule: "every 6h".into(),
+        keep_last: 3,
+        incremental: true,
+        enabled: true,
+        last_run_ms: None,
+        next_run_ms: Some(21_600_000),
+        last_result: None,
+    }
+}
+
+#[test]
+fn backup_jobs_round_trip_and_keep_their_runs_apart_from_their_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.backup_jobs().unwrap().is_empty());
+    store.add_backup_job(&backup_job("nightly")).unwrap();
+    store.add_backup_job(&backup_job("hourly")).unwrap();
+    assert!(matches!(
+        store.add_backup_job(&backup_job("nightly")),
+        Err(StoreError::Exists(_))
+    ));
+    let names: Vec<_> = store
+        .backup_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(names, ["hourly", "nightly"]);
+    assert_eq!(
+        store.backup_job("nightly").unwrap().unwrap(),
+        backup_job("nightly")
+    );
+    assert!(store.backup_job("none").unwrap().is_none());
+
+    // A run: the next slot first, then the outcome.
+    let running = crate::model::BackupJobResult {
+        state: TaskState::Running,
+        message: "started".into(),
+        tasks: vec![7, 8],
+        ended_ms: None,
+    };
+    assert!(store
+        .record_backup_run("nightly", Some(100), Some(43_200_000), &running)
+        .unwrap());
+    assert!(!store
+        .record_backup_run("none", Some(100), None, &running)
+        .unwrap());
+    // A definition change keeps the run.
+    let mut changed = backup_job("nightly");
+    changed.vms = vec!["web-1".into()];
+    changed.keep_last = 5;
+    changed.enabled = false;
+    changed.next_run_ms = None;
+    assert!(store.update_backup_job(&changed).unwrap());
+    assert!(!store.update_backup_job(&backup_job("none")).unwrap());
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let job = store.backup_job("nightly").unwrap().unwrap();
+    assert_eq!(job.vms, ["web-1"]);
+    assert_eq!((job.keep_last, job.enabled), (5, false));
+    assert_eq!(job.last_run_ms, Some(100));
+    assert_eq!(job.next_run_ms, None);
+    assert_eq!(job.last_result, Some(running));
+    assert!(store.delete_backup_job("nightly").unwrap());
+    assert!(!store.delete_backup_job("nightly").unwrap());
+    assert_eq!(store.backup_jobs().unwrap().len(), 1);
 }

@@ -61,3 +61,21 @@ export interface RuleBody {
 export const createRule = (cluster: string, name: string, body: RuleBody) => post(`/api/vcenter/cluster/${enc(cluster)}/rules`, { name, ...body });
 export const updateRule = (cluster: string, rule: string, body: RuleBody) => patch(`/api/vcenter/cluster/${enc(cluster)}/rules/${enc(rule)}`, body);
 export const deleteRule = (cluster: string, rule: string) => del(`/api/vcenter/cluster/${enc(cluster)}/rules/${enc(rule)}`);
+/** A new VM `name` from backup `backup` of `vm` (the latest when none is named). */
+export const restoreVm = (vm: string, repository: string, name: string, backup?: string) =>
+  started(post(`/api/vcenter/vm/${enc(vm)}?action=restore`, backup ? { repository, name, backup } : { repository, name }));
+/** A backup job's definition as `POST /api/vinfra/backup/job` takes it. */
+export interface BackupJobInput {
+  name: string;
+  vms: string[];
+  repository: string;
+  schedule: string;
+  keep_last: number;
+  incremental: boolean;
+  enabled: boolean;
+}
+export const createBackupJob = (job: BackupJobInput) => post(`/api/vinfra/backup/job`, job);
+export const changeBackupJob = (name: string, job: Omit<BackupJobInput, "name">) => patch(`/api/vinfra/backup/job/${enc(name)}`, job);
+export const deleteBackupJob = (name: string) => del(`/api/vinfra/backup/job/${enc(name)}`);
+/** Runs a job now (operators): answers `{job, tasks, refused}`. */
+export const runBackupJob = (name: string) => post<{ tasks?: unknown[]; refused?: unknown[] }>(`/api/vinfra/backup/job/${enc(name)}?action=run`);

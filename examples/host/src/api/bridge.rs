@@ -14,7 +14,10 @@ use super::error::{ApiError, Result};
 use super::events::HostEvent;
 use super::service::HostService;
 use super::tasks::TaskHandle;
-use super::types::{HostInfo, IncomingReady, IncomingRequest, VmInfo, VmOp, VmSpec};
+use super::types::{
+    BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
+    IncomingRequest, VmInfo, VmOp, VmSpec,
+};
 
 /// Where the host loop answers one call.
 #[derive(Debug)]
@@ -99,6 +102,20 @@ pub enum ApiCall {
         task: TaskHandle,
         /// The answer.
         reply: Reply<()>,
+    },
+    /// [`HostService::backups`].
+    Backups {
+        /// The validated query.
+        query: BackupsQuery,
+        /// The answer.
+        reply: Reply<Vec<BackupInfo>>,
+    },
+    /// [`HostService::forget_backups`].
+    ForgetBackups {
+        /// The validated request.
+        request: ForgetRequest,
+        /// The answer.
+        reply: Reply<ForgetResult>,
     },
 }
 
@@ -230,6 +247,14 @@ impl HostService for LoopBridge {
 
     fn maintenance(&self, enter: bool, task: TaskHandle) -> Result<()> {
         self.ask(|reply| ApiCall::Maintenance { enter, task, reply })
+    }
+
+    fn backups(&self, query: BackupsQuery) -> Result<Vec<BackupInfo>> {
+        self.ask(|reply| ApiCall::Backups { query, reply })
+    }
+
+    fn forget_backups(&self, request: ForgetRequest) -> Result<ForgetResult> {
+        self.ask(|reply| ApiCall::ForgetBackups { request, reply })
     }
 }
 

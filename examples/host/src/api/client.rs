@@ -104,6 +104,22 @@ impl Client {
         self.read(path, response)
     }
 
+    /// `GET path?query` (below `/api/v1`): the query's pairs are encoded here (a
+    /// repository path holds `/` and may hold spaces).
+    pub fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .get(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .query_pairs(query.iter().copied())
+            .call();
+        self.read(path, response)
+    }
+
     /// `POST path` (below `/api/v1`) with a JSON body.
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,

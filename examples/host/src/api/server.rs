@@ -33,9 +33,10 @@ use super::openapi::BearerToken;
 use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
-    validate_name, BackupRequest, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
-    MaintenanceRequest, MigrateRequest, OpKind, RestoreRequest, RevertRequest, ShutdownRequest,
-    SnapshotRequest, TaskStarted, VmInfo, VmOp, VmSpec,
+    validate_name, BackupInfo, BackupRequest, BackupsQuery, CloneRequest, ForgetRequest,
+    ForgetResult, HostInfo, IncomingReady, IncomingRequest, MaintenanceRequest, MigrateRequest,
+    OpKind, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskStarted, VmInfo,
+    VmOp, VmSpec,
 };
 
 /// Where every route lives.
@@ -443,6 +444,36 @@ pub(super) async fn maintenance(
     .await
 }
 
+/// `GET /backups?repository=PATH[&vm=NAME]`: the backups in a repository (oldest first),
+/// to choose one to restore.
+#[utoipa::path(get, path = "/api/v1/backups", tag = "backups", params(BackupsQuery),
+    responses((status = 200, body = Vec<BackupInfo>), (status = 400, body = super::ErrorBody),
+        (status = 422, description = "no repository there", body = super::ErrorBody)))]
+pub(super) async fn backups(
+    State(st): State<AppState>,
+    query: std::result::Result<Query<BackupsQuery>, QueryRejection>,
+) -> Result<Json<Vec<BackupInfo>>> {
+    let Query(q) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
+    q.validate()?;
+    call(&st, move |s| s.backups(q)).await.map(Json)
+}
+
+/// `POST /backups/forget`: keeps a VM's newest `keep_last` backups, forgets the older
+/// ones and prunes their data (vcb's forget and prune, under the repository's lock).
+#[utoipa::path(post, path = "/api/v1/backups/forget", tag = "backups",
+    request_body = ForgetRequest,
+    responses((status = 200, body = ForgetResult), (status = 400, body = super::ErrorBody),
+        (status = 422, description = "impossible", body = super::ErrorBody)))]
+pub(super) async fn forget_backups(
+    State(st): State<AppState>,
+    Body(request): Body<ForgetRequest>,
+) -> Result<Json<ForgetResult>> {
+    request.validate()?;
+    call(&st, move |s| s.forget_backups(request))
+        .await
+        .map(Json)
+}
+
 /// `POST /incoming` (host to host)
 #[utoipa::path(post, path = "/api/v1/incoming", tag = "host", request_body = IncomingRequest,
     responses((status = 200, body = IncomingReady), (status = 404, body = super::ErrorBody),
@@ -596,6 +627,8 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/events", get(events))
         .route("/api/v1/incoming", post(incoming))
+        .route("/api/v1/backups", get(backups))
+        .route("/api/v1/backups/forget", post(forget_backups))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The one route without a token: how to talk to the rest.
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -771,7 +804,8 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         op_start, op_stop, op_reset, op_shutdown,
         op_migrate, op_snapshot, op_revert, op_clone,
         op_backup, op_restore, console, list_tasks,
-        get_task, events, incoming, maintenance, openapi_json,
+        get_task, events, incoming, maintenance, backups, forget_backups,
+        openapi_json,
     ),
     modifiers(&BearerToken),
     security(("token" = [])),

@@ -7,7 +7,10 @@ use super::error::ApiError;
 use super::error::Result;
 use super::events::HostEvent;
 use super::tasks::TaskHandle;
-use super::types::{HostInfo, IncomingReady, IncomingRequest, VmInfo, VmOp, VmSpec};
+use super::types::{
+    BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
+    IncomingRequest, VmInfo, VmOp, VmSpec,
+};
 
 /// What a host does for its API.
 ///
@@ -57,5 +60,19 @@ pub trait HostService: Send + Sync + 'static {
         Err(ApiError::Unsupported(
             "this host has no maintenance mode".into(),
         ))
+    }
+
+    /// `GET /backups?repository=PATH[&vm=NAME]`: the backups in a repository, oldest
+    /// first. A host without backups refuses (the default).
+    fn backups(&self, query: BackupsQuery) -> Result<Vec<BackupInfo>> {
+        let _ = query;
+        Err(ApiError::Unsupported("this host keeps no backups".into()))
+    }
+
+    /// `POST /backups/forget`: keeps a VM's newest backups, forgets the others and
+    /// prunes the repository. A host without backups refuses (the default).
+    fn forget_backups(&self, request: ForgetRequest) -> Result<ForgetResult> {
+        let _ = request;
+        Err(ApiError::Unsupported("this host keeps no backups".into()))
     }
 }

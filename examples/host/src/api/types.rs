@@ -712,3 +712,95 @@ pub struct IncomingReady {
     /// Where the source sends the VM (`IP:PORT` on this host's VMotion interface).
     pub address: String,
 }
+
+/// The query of `GET /backups`: the backups in a repository, of one VM or of all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsQuery {
+    /// The backup repository (a path on the host).
+    pub repository: String,
+    /// Only this VM's backups (its name when it was backed up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+impl BackupsQuery {
+    /// Checks the arguments (422 `invalid_value` naming the field otherwise).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_repository(&self.repository)?;
+        self.vm.as_deref().map_or(Ok(()), |n| check_name("vm", n))
+    }
+}
+
+/// One backup in a repository, as `GET /backups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupInfo {
+    /// The backup's id (hex): what `POST /vms/NAME/restore` takes as `backup`.
+    pub id: String,
+    /// The VM backed up.
+    pub vm: String,
+    /// When, in seconds since the epoch.
+    pub time_unix_s: u64,
+    /// The host that made it (`hostN`).
+    pub host: String,
+    /// The backup it was incremental from (none: a full read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its disks' names.
+    pub disks: Vec<String>,
+    /// The disks' capacity, in bytes.
+    pub bytes: u64,
+    /// Bytes read from the disks when it was made.
+    pub bytes_read: u64,
+    /// Bytes it added to the repository (after deduplication, compression and sealing).
+    pub bytes_new: u64,
+}
+
+/// `POST /backups/forget`: keep a VM's newest `keep_last` backups in a repository,
+/// forget the older ones and prune their data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest {
+    /// The backup repository (a path on the host).
+    pub repository: String,
+    /// The VM whose backups are thinned (the others' are left alone).
+    pub vm: String,
+    /// How many of its newest backups stay (at least 1).
+    pub keep_last: u32,
+}
+
+impl ForgetRequest {
+    /// Checks the arguments (422 `invalid_value` naming the field otherwise).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_repository(&self.repository)?;
+        check_name("vm", &self.vm)?;
+        if self.keep_last == 0 {
+            return Err(field(
+                "keep_last",
+                "at least 1: forgetting every backup is not retention",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer to `POST /backups/forget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForgetResult {
+    /// The VM's backups kept (ids, newest first).
+    pub kept: Vec<String>,
+    /// The ones forgotten.
+    pub forgotten: Vec<String>,
+    /// Bytes the prune deleted from the repository.
+    pub bytes_deleted: u64,
+}
+
+fn check_repository(repository: &str) -> Result<(), ApiError> {
+    if repository.trim().is_empty() {
+        return Err(field("repository", "a repository path is needed"));
+    }
+    if !repository.starts_with('/') || repository.contains('\0') {
+        return Err(field("repository", "an absolute path on the host"));
+    }
+    Ok(())
+}

@@ -157,6 +157,12 @@ impl Host {
             ApiCall::Maintenance { enter, task, reply } => {
                 reply.send(self.maintenance(enter, task));
             }
+            ApiCall::Backups { query, reply } => {
+                reply.send(self.list_backups(&query));
+            }
+            ApiCall::ForgetBackups { request, reply } => {
+                reply.send(self.forget_backups(&request));
+            }
         }
     }
 

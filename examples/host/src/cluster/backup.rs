@@ -17,14 +17,19 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use vinfra_ha::datastore::{vm_dir, VmfsDatastore};
 use vinfra_vcb::vmfs::{prepare, restore_vm, VmfsSnapshot};
-use vinfra_vcb::{BackupOptions, DiskSource, Id, InitOptions, LocalDir, Repository};
+use vinfra_vcb::{
+    BackupOptions, DiskSource, Id, InitOptions, LocalDir, Parent, Repository, Snapshot,
+};
 use vinfra_vmfs::disk::VirtualDisk;
 use vinfra_vmm_core::VmConfig;
 
 use super::devices::{self, Devices, DiskRecord};
 use super::vms::{read_definition, write_definition};
 use super::Host;
-use crate::api::{ApiError, BackupRequest, PowerState, RestoreRequest, TaskHandle};
+use crate::api::{
+    ApiError, BackupInfo, BackupRequest, BackupsQuery, ForgetRequest, ForgetResult, PowerState,
+    RestoreRequest, TaskHandle,
+};
 
 const INFO: &[u8] = b"vinfra vcb repository v1";
 
@@ -162,9 +167,13 @@ impl Host {
                     .map(|(n, s)| (n.as_str(), s as &dyn DiskSource))
                     .collect();
                 let time = crate::api::system_now_ms() / 1000;
-                let opts = BackupOptions::new(name, time)
+                let mut opts = BackupOptions::new(name, time)
                     .host(&format!("host{}", self.agent.host()))
                     .config(config.clone());
+                if !req.incremental {
+                    // A full read (still storing only what the repository lacks).
+                    opts = opts.parent(Parent::None);
+                }
                 repo.backup(&opts, &refs).map_err(|e| vcb_err("backup", e))
             })(),
         };
@@ -286,6 +295,70 @@ impl Host {
         self.refresh();
         task.succeed(serde_json::json!({"vm": new, "backup": snap.id.to_hex(), "state": PowerState::ShutOff}));
         Ok(())
+    }
+}
+
+/// The API's view of a backup.
+fn backup_info(s: &Snapshot) -> BackupInfo {
+    let m = &s.manifest;
+    BackupInfo {
+        id: s.id.to_hex(),
+        vm: m.vm.clone(),
+        time_unix_s: m.time_unix_s,
+        host: m.host.clone(),
+        parent: m.parent.map(|p| p.to_hex()),
+        disks: m.disks.iter().map(|d| d.name.clone()).collect(),
+        bytes: m.disks.iter().map(|d| d.capacity).sum(),
+        bytes_read: m.disks.iter().map(|d| d.stats.bytes_read).sum(),
+        bytes_new: m.disks.iter().map(|d| d.stats.bytes_new).sum(),
+    }
+}
+
+/// `vm`'s backups of `snaps`, newest first.
+fn newest_first<'a>(snaps: &'a [Snapshot], vm: &str) -> Vec<&'a Snapshot> {
+    let mut mine: Vec<&Snapshot> = snaps.iter().filter(|s| s.manifest.vm == vm).collect();
+    mine.sort_by_key(|s| std::cmp::Reverse((s.manifest.time_unix_s, s.id)));
+    mine
+}
+
+impl Host {
+    /// `GET /backups`: a repository's backups (one VM's or all), oldest first.
+    pub(super) fn list_backups(&self, q: &BackupsQuery) -> Result<Vec<BackupInfo>, ApiError> {
+        let repo = open_repository(&q.repository, &self.vcb_password, false)?;
+        let mut snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+        snaps.sort_by_key(|s| (s.manifest.time_unix_s, s.id));
+        Ok(snaps
+            .iter()
+            .filter(|s| q.vm.as_ref().is_none_or(|vm| &s.manifest.vm == vm))
+            .map(backup_info)
+            .collect())
+    }
+
+    /// `POST /backups/forget`: keeps the VM's newest `keep_last` backups, forgets the
+    /// rest (vcb's `forget`) and prunes what no backup uses any more (vcb's `prune`),
+    /// each under the repository's exclusive lock. Runs on the loop, as backups do, so
+    /// this host never prunes under its own backup.
+    pub(super) fn forget_backups(&mut self, r: &ForgetRequest) -> Result<ForgetResult, ApiError> {
+        let repo = open_repository(&r.repository, &self.vcb_password, false)?;
+        let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+        let mine = newest_first(&snaps, &r.vm);
+        let (kept, old) = mine.split_at(mine.len().min(r.keep_last as usize));
+        let forget: Vec<Id> = old.iter().map(|s| s.id).collect();
+        let mut bytes_deleted = 0;
+        if !forget.is_empty() {
+            repo.forget(&forget).map_err(|e| vcb_err("forget", e))?;
+            bytes_deleted = repo.prune().map_err(|e| vcb_err("prune", e))?.bytes_deleted;
+            self.report.event(
+                "backups_forgotten",
+                serde_json::json!({"vm": r.vm, "repository": r.repository,
+                    "forgotten": forget.len(), "kept": kept.len()}),
+            );
+        }
+        Ok(ForgetResult {
+            kept: kept.iter().map(|s| s.id.to_hex()).collect(),
+            forgotten: forget.iter().map(Id::to_hex).collect(),
+            bytes_deleted,
+        })
     }
 }
 

@@ -7,6 +7,7 @@ import type { ViewContext } from "../context";
 import { isConsoleLine } from "../live/events";
 import { time } from "../format";
 import { href } from "../route";
+import { BackupJobsCard } from "./BackupJobsCard";
 import { EventsTab } from "./EventsTab";
 import { ObjectHeader } from "./ObjectHeader";
 
@@ -68,6 +69,7 @@ export function DatacenterView({ name, ctx }: { name: string; ctx: ViewContext }
                 </ul>
               )}
             </Card>
+            <BackupJobsCard ctx={ctx} />
             <Card title="Latest events" class="wide">
               <Props rows={ctx.events.events.filter((e) => !isConsoleLine(e)).slice(0, 8).map((e) => [time(e.time), e.message] as [string, string])} />
             </Card>

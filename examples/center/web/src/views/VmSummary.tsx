@@ -1,5 +1,6 @@
 // A VM's Summary tab: state and placement, CPU and memory use, disks, NICs, snapshots.
 
+import type { ComponentChildren } from "preact";
 import { Card, Empty, Props } from "../components/Card";
 import { Meter } from "../components/Meter";
 import { dash, mib, percent, words } from "../format";
@@ -7,8 +8,8 @@ import { href } from "../route";
 import type { Vm } from "../types";
 import { POWER_LABEL } from "./VmView";
 
-/** `onRevert` is absent when the user's role may not act. */
-export function VmSummary({ vm, onRevert }: { vm: Vm; onRevert?: () => void }) {
+/** `onRevert` is absent when the user's role may not act; `children`: more cards. */
+export function VmSummary({ vm, onRevert, children }: { vm: Vm; onRevert?: () => void; children?: ComponentChildren }) {
   // The hosts measure CPU in percent of one core; a VM can use up to 100 % per vCPU.
   const cpuMax = (vm.vcpus ?? 1) * 100;
   return (
@@ -103,6 +104,7 @@ export function VmSummary({ vm, onRevert }: { vm: Vm; onRevert?: () => void }) {
           </ul>
         )}
       </Card>
+      {children}
     </div>
   );
 }

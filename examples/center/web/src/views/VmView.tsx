@@ -21,6 +21,7 @@ import { href } from "../route";
 import type { Vm } from "../types";
 import { ConsoleTab } from "./ConsoleTab";
 import { TargetEvents } from "./EventsTab";
+import { VmBackups } from "./VmBackups";
 import { MonitorTab } from "./MonitorTab";
 import { ObjectHeader } from "./ObjectHeader";
 import { VmSummary } from "./VmSummary";
@@ -133,7 +134,11 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       />
       {detail.error && detail.data === undefined && <ErrorNote message={`Showing the inventory's copy: ${detail.error}`} />}
       <div class="tab-body">
-        {tab === "summary" && <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined} />}
+        {tab === "summary" && (
+          <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined}>
+            <VmBackups vm={vm.name} ctx={ctx} onStarted={started} />
+          </VmSummary>
+        )}
         {tab === "monitor" && <MonitorTab kind="vm" name={vm.name} />}
         {tab === "console" && <ConsoleTab vm={vm} />}
         {tab === "events" && <TargetEvents target={vm.name} />}
