@@ -201,6 +201,9 @@ fn the_center_runs_a_lab() {
     center.wait("the center sees web-2", 10, || {
         center.call(&ro, "GET", "/api/vcenter/vm/web-2", "").0 == 200
     });
+    // web (diskless) has no snapshot, and its summary says so (the hosts list them).
+    let web = center.ok(&ro, "GET", "/api/vcenter/vm/web", "", 200);
+    assert_eq!(web["info"]["snapshots"], serde_json::json!([]), "{web}");
     let (s, e) = center.call(
         &admin,
         "POST",

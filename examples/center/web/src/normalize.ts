@@ -7,6 +7,7 @@ import type {
   CenterEvent, Cluster, Datacenter, Disk, HaVerdict, Host, HostState, Nic, PowerState,
   Snapshot, StatPoint, Task, TaskState, Vm,
 } from "./types";
+import { dateTime } from "./format";
 
 type Obj = Record<string, unknown>;
 
@@ -80,6 +81,12 @@ function hostState(v: unknown, maintenance: unknown): HostState {
   return "unknown";
 }
 
+/** A snapshot as the hosts list it (`name`, `taken_ms`). */
+function snapshot(s: Obj): Snapshot {
+  const taken = num(s.taken_ms);
+  return { name: str(s.name) ?? "?", time: str(s.time, s.created) ?? (taken !== undefined ? dateTime(new Date(taken)) : undefined) };
+}
+
 export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
   const o = obj(v);
   // The center's record wraps what the hosts report (`info`: spec, state, stats).
@@ -98,7 +105,7 @@ export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
   });
   const rawSnapshots = o.snapshots ?? info.snapshots;
   const snapshots: Snapshot[] | undefined = rawSnapshots === undefined ? undefined : arr(rawSnapshots).map((s) =>
-    typeof s === "string" ? { name: s } : { name: str(obj(s).name) ?? "?", time: str(obj(s).time, obj(s).created) },
+    typeof s === "string" ? { name: s } : snapshot(obj(s)),
   );
   const rss = num(stats.rss_bytes);
   return {

@@ -299,7 +299,7 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<VmStats>,
     /// Its snapshots, oldest first (what `revert` may go back to).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub snapshots: Vec<SnapshotInfo>,
 }
 
