@@ -14,7 +14,7 @@ use super::error::{ApiError, Result};
 use super::events::HostEvent;
 use super::service::HostService;
 use super::tasks::TaskHandle;
-use super::types::{HostInfo, IncomingReady, IncomingRequest, VmInfo, VmOp, VmSpec};
+use super::types::{HostInfo, IncomingReady, IncomingRequest, VmInfo, VmOp, VmPatch, VmSpec};
 
 /// Where the host loop answers one call.
 #[derive(Debug)]
@@ -90,6 +90,15 @@ pub enum ApiCall {
         request: IncomingRequest,
         /// The answer.
         reply: Reply<IncomingReady>,
+    },
+    /// [`HostService::patch_vm`].
+    PatchVm {
+        /// The VM.
+        name: String,
+        /// What to change (not empty).
+        patch: VmPatch,
+        /// The answer.
+        reply: Reply<VmInfo>,
     },
     /// [`HostService::maintenance`].
     Maintenance {
@@ -226,6 +235,14 @@ impl HostService for LoopBridge {
 
     fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady> {
         self.ask(|reply| ApiCall::PrepareIncoming { request, reply })
+    }
+
+    fn patch_vm(&self, name: &str, patch: VmPatch) -> Result<VmInfo> {
+        self.ask(|reply| ApiCall::PatchVm {
+            name: name.to_string(),
+            patch,
+            reply,
+        })
     }
 
     fn maintenance(&self, enter: bool, task: TaskHandle) -> Result<()> {

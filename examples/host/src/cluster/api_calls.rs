@@ -25,7 +25,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-fn priority_to_ha(p: RestartPriority) -> vinfra_ha::RestartPriority {
+pub(super) fn priority_to_ha(p: RestartPriority) -> vinfra_ha::RestartPriority {
     match p {
         RestartPriority::Disabled => vinfra_ha::RestartPriority::Disabled,
         RestartPriority::Low => vinfra_ha::RestartPriority::Low,
@@ -43,7 +43,7 @@ fn priority_from_ha(p: vinfra_ha::RestartPriority) -> RestartPriority {
     }
 }
 
-fn response_to_ha(r: IsolationResponse) -> vinfra_ha::IsolationResponse {
+pub(super) fn response_to_ha(r: IsolationResponse) -> vinfra_ha::IsolationResponse {
     match r {
         IsolationResponse::LeaveOn => vinfra_ha::IsolationResponse::LeaveOn,
         IsolationResponse::PowerOff => vinfra_ha::IsolationResponse::PowerOff,
@@ -149,6 +149,9 @@ impl Host {
             }
             ApiCall::PrepareIncoming { request, reply } => {
                 reply.send(self.prepare_incoming(&request));
+            }
+            ApiCall::PatchVm { name, patch, reply } => {
+                reply.send(self.patch_vm(&name, &patch));
             }
             ApiCall::Maintenance { enter, task, reply } => {
                 reply.send(self.maintenance(enter, task));
