@@ -7,6 +7,7 @@ mod activity;
 mod console;
 pub mod drs;
 pub mod error;
+pub mod ha;
 mod inventory;
 mod metrics;
 pub mod openapi;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             get(drs::recommendations_of).post(drs::apply),
         )
         .route("/api/vcenter/cluster/{cluster}/drs", post(drs::run))
+        .route("/api/vcenter/cluster/{cluster}/ha", get(ha::status))
         .route(
             "/api/vcenter/host",
             get(inventory::hosts).post(inventory::add_host),
@@ -104,7 +106,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vcenter/vm", get(vm::list).post(vm::create))
         .route(
             "/api/vcenter/vm/{vm}",
-            get(vm::get).delete(vm::delete).post(vm::action),
+            get(vm::get)
+                .delete(vm::delete)
+                .post(vm::action)
+                .patch(ha::patch_vm),
         )
         .route("/api/vcenter/vm/{vm}/power", post(vm::power))
         .route("/api/vcenter/vm/{vm}/console", get(console::console))

@@ -54,6 +54,8 @@ impl Modify for SessionAuth {
         super::drs::recommendations_of,
         super::drs::apply,
         super::drs::run,
+        super::ha::status,
+        super::ha::patch_vm,
         super::console::console,
         super::activity::tasks,
         super::activity::task,

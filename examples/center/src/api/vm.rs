@@ -38,7 +38,7 @@ pub struct VmView {
 
 impl VmView {
     /// `fresh_ms`: the last time any host answered (see [`fresh_ms`]).
-    fn of(state: &AppState, vm: Vm, fresh_ms: u64) -> Self {
+    pub(super) fn of(state: &AppState, vm: Vm, fresh_ms: u64) -> Self {
         let stale = state.now_ms().saturating_sub(fresh_ms)
             > u64::from(crate::hosts::MISSED_POLLS_MAX) * state.poll_ms;
         Self { vm, stale }
@@ -47,7 +47,7 @@ impl VmView {
 
 /// The last time any host answered a poll: every host reports every VM of the cluster,
 /// so the VMs are as fresh as the freshest host.
-fn fresh_ms(state: &AppState) -> ApiResult<u64> {
+pub(super) fn fresh_ms(state: &AppState) -> ApiResult<u64> {
     Ok(state
         .store
         .hosts()?
@@ -322,6 +322,8 @@ pub async fn power(
     }
     let vm = find_vm(&state, &name)?;
     let target = if op == "start" {
+        // HA admission control first: a refused power-on is placed nowhere.
+        super::ha::admit_power_on(&state, &who, &name)?;
         // No host named: DRS's initial placement (the host with the most free memory
         // when drs finds none).
         let placed = match q.host {
