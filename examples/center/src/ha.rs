@@ -432,7 +432,9 @@ mod tests {
         let hosts = hosts();
         let vms = vec![vm("a", Some("esx-1"), 1024), vm("b", None, 4096)];
         let c = cluster(|ha| ha.policy = HaPolicy::Percentage);
-        let why = admit(&hosts, &vms, &c.settings, "b").unwrap_err().to_string();
+        let why = admit(&hosts, &vms, &c.settings, "b")
+            .unwrap_err()
+            .to_string();
         assert!(why.contains("% of memory unreserved"), "{why}");
         assert!(why.contains("keeps 25 % and 25 % free"), "{why}");
         let s = status(&c, &hosts, &vms, 0).unwrap();
@@ -449,10 +451,7 @@ mod tests {
                     id: 1,
                     verdict: HaVerdict::Alive,
                 },
-                HaPeer {
-                    id: 3,
-                    verdict: v3,
-                },
+                HaPeer { id: 3, verdict: v3 },
             ]
         };
         hosts[0].report.as_mut().unwrap().ha = peers(HaVerdict::Failed);

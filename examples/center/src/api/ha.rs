@@ -156,10 +156,7 @@ fn parse_patch(bytes: &Bytes) -> ApiResult<VmPatch> {
             } else {
                 "high, medium, low or disabled"
             };
-            return Err(bad(
-                &field,
-                format!("{field}: {value} is not {expected}"),
-            ));
+            return Err(bad(&field, format!("{field}: {value} is not {expected}")));
         }
     }
     let patch: VmPatch = serde_json::from_value(v).map_err(|e| {
@@ -187,7 +184,10 @@ mod tests {
 
     #[test]
     fn bad_patches_name_their_field() {
-        assert_eq!(field(r#"{"ha": {"priority": "urgent"}}"#).unwrap(), "ha.priority");
+        assert_eq!(
+            field(r#"{"ha": {"priority": "urgent"}}"#).unwrap(),
+            "ha.priority"
+        );
         assert_eq!(
             field(r#"{"ha": {"restart_priority": 3}}"#).unwrap(),
             "ha.restart_priority"

@@ -237,7 +237,11 @@ pub struct VmPatch {
 #[serde(deny_unknown_fields)]
 pub struct HaPatch {
     /// New restart priority (`restart_priority` is accepted too, vSphere's word).
-    #[serde(default, alias = "restart_priority", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "restart_priority",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<RestartPriority>,
     /// New isolation response.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,7 +71,13 @@ mod tests {
         let mut opts = MkfsOptions::default();
         opts.max_inodes = 64;
         Volume::mkfs(dev.as_ref(), &opts).unwrap();
-        Volume::mount(dev, 1, &MountOptions::default(), Arc::new(ManualClock::new(0))).unwrap()
+        Volume::mount(
+            dev,
+            1,
+            &MountOptions::default(),
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap()
     }
 
     fn settings() -> HaSettings {
