@@ -455,6 +455,10 @@ fn restart_priority_is_patched_through_a_host_by_operators_only() {
         (&json!("disabled"), &json!("shut_down")),
         "{vm}"
     );
+    let (_, doc) = c.send("GET", "/api/openapi.json", &[], "");
+    assert!(doc["paths"]["/api/vcenter/vm/{vm}"]["patch"].is_object());
+    assert!(doc["paths"]["/api/vcenter/cluster/{cluster}/ha"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["HaStatus"].is_object());
     let events = c.ok(&f.admin, "GET", "/api/vinfra/events?target=web-1", "", 200);
     assert!(
         events
