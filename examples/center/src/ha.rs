@@ -53,6 +53,9 @@ use vinfra_host::api::{HaVerdict, PowerState};
 use crate::drs::cluster_spec;
 use crate::model::{self, ClusterSettings, HaPolicy, Host, HostState, Vm};
 
+/// The API's error kind for a power-on that admission control refuses.
+pub const ADMISSION_REFUSED: &str = "ha_admission_refused";
+
 /// Why a power-on is not admitted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,10 +1,9 @@
 //! HA policy routes: the cluster's failover capacity with the hosts' verdicts, a VM's
 //! restart priority and isolation response (pushed to the hosts, which keep them on the
-//! shared volume), and the admission check every power-on passes ([`admit_power_on`]).
+//! shared volume). The admission check of power-ons is `vm::admit_power_on`.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 use vinfra_host::api::{IsolationResponse, RestartPriority, VmInfo, VmPatch};
@@ -13,11 +12,8 @@ use super::inventory::find_cluster;
 use super::vm::{find_vm, fresh_ms, running_host, VmView};
 use super::{blocking, ApiError, ApiResult, AppState};
 use crate::auth::Principal;
-use crate::ha::{AdmissionError, HaStatus};
+use crate::ha::HaStatus;
 use crate::model::Role;
-
-/// The error kind of a power-on that HA admission control refuses.
-pub const ADMISSION_REFUSED: &str = "ha_admission_refused";
 
 /// `GET /api/vcenter/cluster/{cluster}/ha`: failover capacity now (failures tolerated,
 /// slots, reserved percentages), admission control, each host's HA verdicts.
@@ -35,32 +31,6 @@ pub async fn status(
     crate::ha::status(&cluster, &hosts, &vms, state.now_ms())
         .map(Json)
         .map_err(|e| ApiError::conflict(format!("drs: {e}")))
-}
-
-/// HA admission control for a power-on of `vm` (the hosts' cluster is the inventory's
-/// first): 409 `ha_admission_refused` with the reason when it would break the policy.
-pub(super) fn admit_power_on(state: &AppState, who: &Principal, vm: &str) -> ApiResult<()> {
-    let Some(cluster) = state.store.clusters()?.into_iter().next() else {
-        return Ok(());
-    };
-    let hosts = state.store.hosts()?;
-    let vms = state.store.vms()?;
-    match crate::ha::admit(&hosts, &vms, &cluster.settings, vm) {
-        Ok(()) => Ok(()),
-        Err(AdmissionError::Refused(why)) => {
-            // In the log too: a refusal is what an administrator looks for later.
-            state.events.action(
-                state.now_ms(),
-                &who.name,
-                "vm.power_on_refused",
-                vm,
-                why.clone(),
-                serde_json::json!({ "cluster": cluster.name }),
-            )?;
-            Err(ApiError::new(StatusCode::CONFLICT, ADMISSION_REFUSED, why))
-        }
-        Err(e) => Err(ApiError::conflict(e.to_string())),
-    }
 }
 
 /// `PATCH /api/vcenter/vm/{vm}` (operator): `{"ha": {"priority": "high",

@@ -323,7 +323,7 @@ pub async fn power(
     let vm = find_vm(&state, &name)?;
     let target = if op == "start" {
         // HA admission control first: a refused power-on is placed nowhere.
-        super::ha::admit_power_on(&state, &who, &name)?;
+        admit_power_on(&state, &who, &name)?;
         // No host named: DRS's initial placement (the host with the most free memory
         // when drs finds none).
         let placed = match q.host {
@@ -487,6 +487,36 @@ pub(super) async fn relocate_vm(
         message,
     )
     .await
+}
+
+/// HA admission control for a power-on of `vm` (the hosts' cluster is the inventory's
+/// first): 409 `ha_admission_refused` with the reason when it would break the policy.
+fn admit_power_on(state: &AppState, who: &Principal, vm: &str) -> ApiResult<()> {
+    let Some(cluster) = state.store.clusters()?.into_iter().next() else {
+        return Ok(());
+    };
+    let hosts = state.store.hosts()?;
+    let vms = state.store.vms()?;
+    match crate::ha::admit(&hosts, &vms, &cluster.settings, vm) {
+        Ok(()) => Ok(()),
+        Err(crate::ha::AdmissionError::Refused(why)) => {
+            // In the log too: a refusal is what an administrator looks for later.
+            state.events.action(
+                state.now_ms(),
+                &who.name,
+                "vm.power_on_refused",
+                vm,
+                why.clone(),
+                serde_json::json!({ "cluster": cluster.name }),
+            )?;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                crate::ha::ADMISSION_REFUSED,
+                why,
+            ))
+        }
+        Err(e) => Err(ApiError::conflict(e.to_string())),
+    }
 }
 
 /// Where DRS starts `vm` when the user names no host (at every automation level: a
