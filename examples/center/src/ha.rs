@@ -150,8 +150,10 @@ pub struct HostHa {
     pub verdict: Option<HaVerdict>,
     /// Each answering host's verdict about it (itself included).
     pub views: Vec<HaView>,
-    /// Time since it last answered the center's poll, ms (none if it never did). The
-    /// hosts do not report their agents' heartbeat times.
+    /// Time since an answering peer's agent last heard its network heartbeat, ms, as
+    /// of that peer's last report (the freshest of the views; none when no peer says).
+    pub heard_ms_ago: Option<u64>,
+    /// Time since it last answered the center's poll, ms (none if it never did).
     pub seen_ms_ago: Option<u64>,
 }
 
@@ -162,6 +164,8 @@ pub struct HaView {
     pub by: String,
     /// Its verdict.
     pub verdict: HaVerdict,
+    /// Time since that agent last heard the host's heartbeat, ms (none about itself).
+    pub heard_ms_ago: Option<u64>,
 }
 
 /// Whether `vm` (shut off) may power on under the cluster's HA policy. A VM that runs
@@ -326,6 +330,7 @@ fn host_ha(h: &Host, hosts: &[Host], now_ms: u64) -> HostHa {
             Some(HaView {
                 by: by.name.clone(),
                 verdict: peer.verdict,
+                heard_ms_ago: peer.heard_ms_ago,
             })
         })
         .collect();
@@ -333,6 +338,7 @@ fn host_ha(h: &Host, hosts: &[Host], now_ms: u64) -> HostHa {
         name: h.name.clone(),
         state: h.state,
         verdict: views.iter().map(|v| v.verdict).max_by_key(|&v| gravity(v)),
+        heard_ms_ago: views.iter().filter_map(|v| v.heard_ms_ago).min(),
         views,
         seen_ms_ago: (h.seen_ms > 0).then(|| now_ms.saturating_sub(h.seen_ms)),
     }
@@ -453,8 +459,13 @@ mod tests {
                 HaPeer {
                     id: 1,
                     verdict: HaVerdict::Alive,
+                    heard_ms_ago: None,
                 },
-                HaPeer { id: 3, verdict: v3 },
+                HaPeer {
+                    id: 3,
+                    verdict: v3,
+                    heard_ms_ago: Some(if v3 == HaVerdict::Failed { 9000 } else { 300 }),
+                },
             ]
         };
         hosts[0].report.as_mut().unwrap().ha = peers(HaVerdict::Failed);
@@ -466,6 +477,7 @@ mod tests {
         assert_eq!(h3.verdict, Some(HaVerdict::Failed));
         assert_eq!(h3.views.len(), 2, "not its own stale view: {h3:?}");
         assert_eq!(h3.seen_ms_ago, Some(2000));
+        assert_eq!(h3.heard_ms_ago, Some(300), "the freshest answering view");
         assert_eq!(s.hosts[1].verdict, None);
     }
 }

@@ -109,10 +109,12 @@ impl HostService for FakeHost {
             HaPeer {
                 id: 1,
                 verdict: HaVerdict::Alive,
+                heard_ms_ago: None,
             },
             HaPeer {
                 id: 2,
                 verdict: HaVerdict::Alive,
+                heard_ms_ago: Some(120),
             },
         ];
         let vms = self.vms.lock().unwrap();

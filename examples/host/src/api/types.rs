@@ -456,6 +456,10 @@ pub struct HaPeer {
     pub id: u32,
     /// The verdict.
     pub verdict: HaVerdict,
+    /// Time since this host's agent last heard the host's network heartbeat, ms (since
+    /// the agent started when it has heard none yet); absent for the host itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<u64>,
 }
 
 /// An HA verdict about a host (vinfra-ha's `Verdict`).

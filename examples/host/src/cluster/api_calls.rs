@@ -204,12 +204,14 @@ impl Host {
             saved_bytes: sample.ksm_saved_bytes,
             pages_sharing: sample.ksm_saved_bytes / 4096,
         };
+        let now = self.now_ms();
         info.ha = self
             .peers
             .iter()
             .map(|&(id, _)| HaPeer {
                 id,
                 verdict: verdict(self.agent.verdict(id).unwrap_or(Verdict::Unknown)),
+                heard_ms_ago: self.agent.heard_ms(id).map(|t| now.saturating_sub(t)),
             })
             .collect();
         let inventory = self.agent.inventory();

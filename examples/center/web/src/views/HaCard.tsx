@@ -17,6 +17,7 @@ export interface HaHost {
   state: string;
   verdict?: string;
   views: { by: string; verdict: string }[];
+  heardMsAgo?: number;
   seenMsAgo?: number;
 }
 
@@ -63,11 +64,15 @@ export function readHa(v: unknown): HaStatus {
         state: str(x.state) ?? "not_responding",
         verdict: str(x.verdict),
         views: arr(x.views).map((w) => ({ by: str(obj(w).by) ?? "?", verdict: str(obj(w).verdict) ?? "unknown" })),
+        heardMsAgo: num(x.heard_ms_ago),
         seenMsAgo: num(x.seen_ms_ago),
       };
     }),
   };
 }
+
+/** Heartbeats come every 250 ms: under a second in ms. */
+const ago = (ms: number | undefined) => (ms === undefined ? dash : ms < 1000 ? `${Math.round(ms)} ms ago` : `${duration(ms)} ago`);
 
 function Capacity({ ha }: { ha: HaStatus }) {
   if (ha.policy === "percentage") {
@@ -145,6 +150,7 @@ export function HaCard({ cluster, ctx }: { cluster: string; ctx: ViewContext }) 
                   <th>Host</th>
                   <th>HA verdict</th>
                   <th>Seen by</th>
+                  <th class="num">Last heartbeat</th>
                   <th class="num">Last answer</th>
                 </tr>
               </thead>
@@ -156,7 +162,8 @@ export function HaCard({ cluster, ctx }: { cluster: string; ctx: ViewContext }) 
                     </td>
                     <td>{h.verdict ? <span class={`chip verdict-${h.verdict}`}>{words(h.verdict)}</span> : dash}</td>
                     <td class="muted">{h.views.length ? h.views.map((v) => `${v.by}: ${words(v.verdict)}`).join(", ") : dash}</td>
-                    <td class="num">{h.seenMsAgo !== undefined ? `${duration(h.seenMsAgo)} ago` : dash}</td>
+                    <td class="num">{ago(h.heardMsAgo)}</td>
+                    <td class="num">{ago(h.seenMsAgo)}</td>
                   </tr>
                 ))}
               </tbody>
