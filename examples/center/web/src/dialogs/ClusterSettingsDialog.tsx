@@ -61,10 +61,10 @@ export function ClusterSettingsDialog({ cluster, hostCount, onClose, onSaved }: 
       <Field label="Host failures the cluster tolerates" hint={`At most ${Math.max(1, hostCount - 1)} with ${hostCount} hosts.`}>
         <input type="number" min={0} max={Math.max(1, hostCount - 1)} value={failures} onInput={(e) => setFailures(Number((e.target as HTMLInputElement).value))} />
       </Field>
-      <Field label="HA admission policy">
+      <Field label="HA admission policy" hint={policy === "slots" ? "Every running VM keeps a slot after the host failures above." : "Reservations leave these shares of the cluster free for failover."}>
         <select value={policy} onChange={(e) => setPolicy((e.target as HTMLSelectElement).value)} data-field="ha-policy">
-          <option value="slots">Host failures: every running VM keeps a slot after the failures above</option>
-          <option value="percentage">Percentage of cluster resources kept free for failover</option>
+          <option value="slots">Host failures (slots)</option>
+          <option value="percentage">Percentage of cluster resources</option>
         </select>
       </Field>
       {policy === "percentage" && (
