@@ -262,6 +262,13 @@ impl Agent {
         self.peers.get(&host).map(|p| p.verdict)
     }
 
+    /// When this agent last accepted a network heartbeat of peer `host` (ms of the
+    /// agent's clock; its start until the first one arrives); None for itself and for
+    /// hosts it does not know.
+    pub fn heard_ms(&self, host: u32) -> Option<u64> {
+        self.peers.get(&host).map(|p| p.heard_ms)
+    }
+
     /// The VMs this agent runs (as far as it knows).
     pub fn running(&self) -> impl Iterator<Item = &str> {
         self.running.keys().map(String::as_str)

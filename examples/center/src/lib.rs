@@ -2,7 +2,7 @@
 //!
 //! One process that manages a cluster of `vinfra-host`s: it keeps the inventory in
 //! SQLite ([`store`]), polls every host's API ([`hosts`]), follows the hosts' tasks
-//! ([`tasks`]), logs every action ([`events`]), asks DRS ([`drs`]), and serves a REST API ([`api`]) and the
+//! ([`tasks`]), logs every action ([`events`]), asks DRS ([`drs`]), holds the HA policy ([`ha`]), and serves a REST API ([`api`]) and the
 //! web console ([`web`]) over HTTPS ([`tls`]). [`server::start`] puts the pieces
 //! together; the `vinfra-center` binary is a command line ([`config`]) around it.
 //!
@@ -46,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod drs;
 pub mod events;
+pub mod ha;
 pub mod hosts;
 pub mod model;
 pub mod schedule;

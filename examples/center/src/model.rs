@@ -80,6 +80,19 @@ pub struct DrsSettings {
     pub threshold: u8,
 }
 
+/// How HA admission control measures the failover capacity (VI3's two policies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HaPolicy {
+    /// The running VMs must each find a slot (the largest reservation) on the hosts left
+    /// after `failures_tolerated` hosts fail (the ones with the most slots).
+    #[default]
+    Slots,
+    /// The running VMs' reservations must leave `cpu_failover_percent` and
+    /// `memory_failover_percent` of the cluster's capacity free.
+    Percentage,
+}
+
 /// A cluster's HA settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +101,21 @@ pub struct HaSettings {
     pub admission_control: bool,
     /// Host failures the cluster must tolerate (admission control).
     pub failures_tolerated: u32,
+    /// How the failover capacity is measured (`slots` when absent: settings stored
+    /// before the policy existed read as they behaved).
+    #[serde(default)]
+    pub policy: HaPolicy,
+    /// The percentage policy's CPU kept free for failover, 0 to 100.
+    #[serde(default = "failover_percent")]
+    pub cpu_failover_percent: u8,
+    /// The percentage policy's memory kept free for failover, 0 to 100.
+    #[serde(default = "failover_percent")]
+    pub memory_failover_percent: u8,
+}
+
+/// VMware's default for the percentage policy.
+fn failover_percent() -> u8 {
+    25
 }
 
 /// A cluster's settings (stored as JSON in its row).
@@ -110,6 +138,9 @@ impl Default for ClusterSettings {
             ha: HaSettings {
                 admission_control: true,
                 failures_tolerated: 1,
+                policy: HaPolicy::Slots,
+                cpu_failover_percent: failover_percent(),
+                memory_failover_percent: failover_percent(),
             },
         }
     }

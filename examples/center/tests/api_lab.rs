@@ -129,6 +129,39 @@ fn the_center_runs_a_lab() {
         "no heartbeat on the console"
     );
 
+    // Its HA restart priority, changed through the center while it runs: the hosts
+    // rewrite its settings on the volume, and every host reads them back; a running VM
+    // keeps running. The failover capacity counts it.
+    let vm = center.ok(
+        &admin,
+        "PATCH",
+        "/api/vcenter/vm/web",
+        r#"{"ha": {"priority": "high", "isolation_response": "power_off"}}"#,
+        200,
+    );
+    assert_eq!(vm["info"]["spec"]["ha"]["priority"], "high", "{vm}");
+    let seen = lab.host_get(3, "/vms/web");
+    assert_eq!(
+        (
+            seen["spec"]["ha"]["priority"].as_str(),
+            seen["spec"]["ha"]["isolation_response"].as_str(),
+            seen["state"].as_str()
+        ),
+        (Some("high"), Some("power_off"), Some("running")),
+        "{seen}"
+    );
+    let ha = center.ok(&ro, "GET", "/api/vcenter/cluster/cluster-1/ha", "", 200);
+    assert_eq!(ha["slots"]["used"], 1, "{ha}");
+    assert_eq!(ha["hosts"].as_array().unwrap().len(), 3, "{ha}");
+    assert!(
+        ha["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["verdict"] == "alive"),
+        "{ha}"
+    );
+
     // read_only cannot power it off; it keeps running.
     let (s, e) = center.call(&ro, "POST", "/api/vcenter/vm/web/power?action=stop", "");
     assert_eq!(s, 403, "{e}");

@@ -109,10 +109,12 @@ impl HostService for FakeHost {
             HaPeer {
                 id: 1,
                 verdict: HaVerdict::Alive,
+                heard_ms_ago: None,
             },
             HaPeer {
                 id: 2,
                 verdict: HaVerdict::Alive,
+                heard_ms_ago: Some(120),
             },
         ];
         let vms = self.vms.lock().unwrap();
@@ -758,6 +760,36 @@ fn stop_closes_open_consoles_and_the_port() {
     // server may be given the port this one just freed.
 }
 
+/// `PATCH /vms/NAME` reads its body before the host sees it: an empty patch names `ha`,
+/// a wrong value is malformed, and a host without the method refuses (the trait's
+/// default: this fake keeps no settings); the cluster host's rewrite of the settings on
+/// the volume is tested in `cluster::vm_settings`.
+#[test]
+fn patch_vm_checks_its_body_and_defaults_to_unsupported() {
+    let s = setup();
+    s.create("web1");
+    let (status, e) = s.call("PATCH", "/vms/web1", r#"{"ha": {}}"#);
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_value")),
+        "{e}"
+    );
+    let (status, e) = s.call("PATCH", "/vms/web1", r#"{"ha": {"priority": "urgent"}}"#);
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = s.call("PATCH", "/vms/web1", r#"{"memory_mib": 64}"#);
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = s.call(
+        "PATCH",
+        "/vms/web1",
+        r#"{"ha": {"restart_priority": "low", "isolation_response": "power_off"}}"#,
+    );
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("unsupported")),
+        "{e}"
+    );
+}
+
 #[test]
 fn openapi_json_needs_no_token_and_lists_every_route() {
     let s = setup();
@@ -770,6 +802,7 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         ("post", "/api/v1/vms"),
         ("get", "/api/v1/vms/{name}"),
         ("delete", "/api/v1/vms/{name}"),
+        ("patch", "/api/v1/vms/{name}"),
         ("post", "/api/v1/vms/{name}/start"),
         ("post", "/api/v1/vms/{name}/stop"),
         ("post", "/api/v1/vms/{name}/reset"),

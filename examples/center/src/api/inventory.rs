@@ -160,6 +160,17 @@ pub async fn patch_cluster(
                 ),
             ));
         }
+        for (field, percent) in [
+            ("ha.cpu_failover_percent", ha.cpu_failover_percent),
+            ("ha.memory_failover_percent", ha.memory_failover_percent),
+        ] {
+            if percent > 100 {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field}: a percentage, 0 to 100 (not {percent})"),
+                ));
+            }
+        }
         settings.ha = ha;
     }
     state.store.set_cluster_settings(&name, &settings)?;

@@ -9,6 +9,7 @@ pub mod backup_runs;
 mod console;
 pub mod drs;
 pub mod error;
+pub mod ha;
 mod inventory;
 mod metrics;
 pub mod openapi;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
             get(drs::recommendations_of).post(drs::apply),
         )
         .route("/api/vcenter/cluster/{cluster}/drs", post(drs::run))
+        .route("/api/vcenter/cluster/{cluster}/ha", get(ha::status))
         .route(
             "/api/vcenter/cluster/{cluster}/rules",
             get(rules::list).post(rules::create),
@@ -129,7 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vcenter/vm", get(vm::list).post(vm::create))
         .route(
             "/api/vcenter/vm/{vm}",
-            get(vm::get).delete(vm::delete).post(vm::action),
+            get(vm::get)
+                .delete(vm::delete)
+                .post(vm::action)
+                .patch(ha::patch_vm),
         )
         .route("/api/vcenter/vm/{vm}/power", post(vm::power))
         .route("/api/vcenter/vm/{vm}/console", get(console::console))

@@ -65,6 +65,8 @@ impl Modify for SessionAuth {
         super::pools::patch,
         super::pools::delete,
         super::pools::action,
+        super::ha::status,
+        super::ha::patch_vm,
         super::console::console,
         super::activity::tasks,
         super::activity::task,

@@ -38,7 +38,7 @@ pub struct VmView {
 
 impl VmView {
     /// `fresh_ms`: the last time any host answered (see [`fresh_ms`]).
-    fn of(state: &AppState, vm: Vm, fresh_ms: u64) -> Self {
+    pub(super) fn of(state: &AppState, vm: Vm, fresh_ms: u64) -> Self {
         let stale = state.now_ms().saturating_sub(fresh_ms)
             > u64::from(crate::hosts::MISSED_POLLS_MAX) * state.poll_ms;
         Self { vm, stale }
@@ -47,7 +47,7 @@ impl VmView {
 
 /// The last time any host answered a poll: every host reports every VM of the cluster,
 /// so the VMs are as fresh as the freshest host.
-fn fresh_ms(state: &AppState) -> ApiResult<u64> {
+pub(super) fn fresh_ms(state: &AppState) -> ApiResult<u64> {
     Ok(state
         .store
         .hosts()?
@@ -380,6 +380,8 @@ pub async fn power(
     }
     let vm = find_vm(&state, &name)?;
     let target = if op == "start" {
+        // HA admission control first: a refused power-on is placed nowhere.
+        admit_power_on(&state, &who, &name)?;
         // No host named: DRS's initial placement (the host with the most free memory
         // when drs finds none).
         let placed = match q.host {
@@ -547,6 +549,36 @@ pub(super) async fn relocate_vm(
         message,
     )
     .await
+}
+
+/// HA admission control for a power-on of `vm` (the hosts' cluster is the inventory's
+/// first): 409 `ha_admission_refused` with the reason when it would break the policy.
+fn admit_power_on(state: &AppState, who: &Principal, vm: &str) -> ApiResult<()> {
+    let Some(cluster) = state.store.clusters()?.into_iter().next() else {
+        return Ok(());
+    };
+    let hosts = state.store.hosts()?;
+    let vms = state.store.vms()?;
+    match crate::ha::admit(&hosts, &vms, &cluster.settings, vm) {
+        Ok(()) => Ok(()),
+        Err(crate::ha::AdmissionError::Refused(why)) => {
+            // In the log too: a refusal is what an administrator looks for later.
+            state.events.action(
+                state.now_ms(),
+                &who.name,
+                "vm.power_on_refused",
+                vm,
+                why.clone(),
+                serde_json::json!({ "cluster": cluster.name }),
+            )?;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                crate::ha::ADMISSION_REFUSED,
+                why,
+            ))
+        }
+        Err(e) => Err(ApiError::conflict(e.to_string())),
+    }
 }
 
 /// Where DRS starts `vm` when the user names no host (at every automation level: a

@@ -17,8 +17,15 @@ export const cloneVm = (vm: string, name: string, full: boolean) => started(post
 export const backupVm = (vm: string, repository: string, incremental: boolean) =>
   started(post(`/api/vcenter/vm/${enc(vm)}?action=backup`, { repository, incremental }));
 /** `PATCH /api/vcenter/cluster/{cluster}` (administrators; answers at once, no task). */
-export const setClusterSettings = (cluster: string, settings: { drs: { automation: string; threshold: number }; ha: { admission_control: boolean; failures_tolerated: number } }) =>
-  patch(`/api/vcenter/cluster/${enc(cluster)}`, settings);
+export const setClusterSettings = (
+  cluster: string,
+  settings: {
+    drs: { automation: string; threshold: number };
+    ha: { admission_control: boolean; failures_tolerated: number; policy?: string; cpu_failover_percent?: number; memory_failover_percent?: number };
+  },
+) => patch(`/api/vcenter/cluster/${enc(cluster)}`, settings);
+/** `PATCH /api/vcenter/vm/{vm}` (operators): HA restart priority and isolation response, kept by the hosts. */
+export const setVmHa = (vm: string, ha: { priority: string; isolation_response: string }) => patch(`/api/vcenter/vm/${enc(vm)}`, { ha });
 export const maintenance = (host: string, enter: boolean) =>
   started(post(`/api/vcenter/host/${enc(host)}?action=${enter ? "enter-maintenance" : "exit-maintenance"}`));
 /** Applies one DRS recommendation (operators): a `vm.relocate` task. */

@@ -121,6 +121,7 @@ export function vm(v: unknown, hostNames: Map<string, string> = new Map()): Vm {
     nics,
     snapshots,
     haPriority: str(obj(spec.ha).priority),
+    haIsolationResponse: str(obj(spec.ha).isolation_response),
     pool: str(o.resource_pool, o.pool),
   };
 }
@@ -186,6 +187,9 @@ export function cluster(v: unknown): Cluster {
     haFailuresTolerated: num(ha.failures_tolerated, ha.host_failures, obj(admission).failures_tolerated),
     haAdmission: str(admission, obj(admission).policy),
     haAdmissionControl: bool(rawAdmission),
+    haPolicy: str(ha.policy),
+    haCpuFailoverPercent: num(ha.cpu_failover_percent),
+    haMemoryFailoverPercent: num(ha.memory_failover_percent),
     raw: o,
   };
 }

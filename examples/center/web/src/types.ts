@@ -41,6 +41,7 @@ export interface Vm {
   /** Absent when the center does not report them. */
   snapshots?: Snapshot[];
   haPriority?: string;
+  haIsolationResponse?: string;
   pool?: string;
 }
 
@@ -76,6 +77,10 @@ export interface Cluster {
   haFailuresTolerated?: number;
   haAdmission?: string;
   haAdmissionControl?: boolean;
+  /** HA admission policy: `slots` or `percentage`. */
+  haPolicy?: string;
+  haCpuFailoverPercent?: number;
+  haMemoryFailoverPercent?: number;
   raw: Record<string, unknown>;
 }
 

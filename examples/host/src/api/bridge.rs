@@ -16,7 +16,7 @@ use super::service::HostService;
 use super::tasks::TaskHandle;
 use super::types::{
     BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
-    IncomingRequest, VmInfo, VmOp, VmSpec,
+    IncomingRequest, VmInfo, VmOp, VmPatch, VmSpec,
 };
 
 /// Where the host loop answers one call.
@@ -93,6 +93,15 @@ pub enum ApiCall {
         request: IncomingRequest,
         /// The answer.
         reply: Reply<IncomingReady>,
+    },
+    /// [`HostService::patch_vm`].
+    PatchVm {
+        /// The VM.
+        name: String,
+        /// What to change (not empty).
+        patch: VmPatch,
+        /// The answer.
+        reply: Reply<VmInfo>,
     },
     /// [`HostService::maintenance`].
     Maintenance {
@@ -243,6 +252,14 @@ impl HostService for LoopBridge {
 
     fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady> {
         self.ask(|reply| ApiCall::PrepareIncoming { request, reply })
+    }
+
+    fn patch_vm(&self, name: &str, patch: VmPatch) -> Result<VmInfo> {
+        self.ask(|reply| ApiCall::PatchVm {
+            name: name.to_string(),
+            patch,
+            reply,
+        })
     }
 
     fn maintenance(&self, enter: bool, task: TaskHandle) -> Result<()> {

@@ -134,6 +134,20 @@ impl Client {
         self.read(path, response)
     }
 
+    /// `PATCH path` (below `/api/v1`) with a JSON body.
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .patch(&self.url(path))
+            .header("Authorization", &self.bearer())
+            .send_json(body);
+        self.read(path, response)
+    }
+
     /// `DELETE path` (below `/api/v1`).
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
         let response = self

@@ -36,7 +36,7 @@ use super::types::{
     validate_name, BackupInfo, BackupRequest, BackupsQuery, CloneRequest, ForgetRequest,
     ForgetResult, HostInfo, IncomingReady, IncomingRequest, MaintenanceRequest, MigrateRequest,
     OpKind, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskStarted, VmInfo,
-    VmOp, VmSpec,
+    VmOp, VmPatch, VmSpec,
 };
 
 /// Where every route lives.
@@ -230,6 +230,27 @@ pub(super) async fn delete_vm(
 ) -> Result<StatusCode> {
     call(&st, move |s| s.delete_vm(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /vms/NAME`: changes the VM's HA settings (restart priority, isolation
+/// response) on the volume, whether it runs or not.
+#[utoipa::path(patch, path = "/api/v1/vms/{name}", tag = "vms", request_body = VmPatch,
+    params(("name" = String, Path, description = "the VM")),
+    responses((status = 200, body = VmInfo), (status = 400, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+        (status = 422, description = "nothing to change", body = super::ErrorBody)))]
+pub(super) async fn patch_vm(
+    State(st): State<AppState>,
+    VmName(name): VmName,
+    Body(patch): Body<VmPatch>,
+) -> Result<Json<VmInfo>> {
+    if patch.is_empty() {
+        return Err(ApiError::InvalidValue {
+            field: "ha".into(),
+            why: "nothing to change: give ha.priority or ha.isolation_response".into(),
+        });
+    }
+    call(&st, move |s| s.patch_vm(&name, patch)).await.map(Json)
 }
 
 /// Starts an operation as a task: listed only if the host accepts it.
@@ -611,7 +632,10 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/host", get(host))
         .route("/api/v1/host/maintenance", post(maintenance))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
-        .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route(
+            "/api/v1/vms/{name}",
+            get(get_vm).delete(delete_vm).patch(patch_vm),
+        )
         .route("/api/v1/vms/{name}/start", post(op_start))
         .route("/api/v1/vms/{name}/stop", post(op_stop))
         .route("/api/v1/vms/{name}/reset", post(op_reset))
@@ -800,7 +824,7 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
             {\"error\":{\"code\":…,\"message\":…}}."
     ),
     paths(
-        host, list_vms, create_vm, get_vm, delete_vm,
+        host, list_vms, create_vm, get_vm, delete_vm, patch_vm,
         op_start, op_stop, op_reset, op_shutdown,
         op_migrate, op_snapshot, op_revert, op_clone,
         op_backup, op_restore, console, list_tasks,

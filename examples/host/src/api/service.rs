@@ -9,7 +9,7 @@ use super::events::HostEvent;
 use super::tasks::TaskHandle;
 use super::types::{
     BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
-    IncomingRequest, VmInfo, VmOp, VmSpec,
+    IncomingRequest, VmInfo, VmOp, VmPatch, VmSpec,
 };
 
 /// What a host does for its API.
@@ -51,6 +51,17 @@ pub trait HostService: Send + Sync + 'static {
     /// `POST /incoming` (host to host): gets ready to receive a migrating VM and says
     /// where to send it.
     fn prepare_incoming(&self, request: IncomingRequest) -> Result<IncomingReady>;
+
+    /// `PATCH /vms/NAME`: rewrites the VM's settings (its HA restart priority and
+    /// isolation response) on the volume, running or not; the HA agents read them at
+    /// their next failover. The patch is not empty. A host that keeps no such settings
+    /// refuses (the default).
+    fn patch_vm(&self, name: &str, patch: VmPatch) -> Result<VmInfo> {
+        let _ = (name, patch);
+        Err(ApiError::Unsupported(
+            "this host cannot change a VM's settings".into(),
+        ))
+    }
 
     /// `POST /host/maintenance`: as [`HostService::start_op`], for the host itself:
     /// entering moves its VMs off (a task), leaving takes effect at once. A host that

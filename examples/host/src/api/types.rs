@@ -223,6 +223,41 @@ pub struct HaSpec {
     pub isolation_response: IsolationResponse,
 }
 
+/// `PATCH /vms/NAME`: the settings to change; what is absent stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    /// New HA settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaPatch>,
+}
+
+/// The HA settings a [`VmPatch`] changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaPatch {
+    /// New restart priority (`restart_priority` is accepted too, vSphere's word).
+    #[serde(
+        default,
+        alias = "restart_priority",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub priority: Option<RestartPriority>,
+    /// New isolation response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_response: Option<IsolationResponse>,
+}
+
+impl VmPatch {
+    /// Whether it changes nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ha
+            .as_ref()
+            .is_none_or(|h| h.priority.is_none() && h.isolation_response.is_none())
+    }
+}
+
 /// HA restart priority.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -436,6 +471,10 @@ pub struct HaPeer {
     pub id: u32,
     /// The verdict.
     pub verdict: HaVerdict,
+    /// Time since this host's agent last heard the host's network heartbeat, ms (since
+    /// the agent started when it has heard none yet); absent for the host itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<u64>,
 }
 
 /// An HA verdict about a host (vinfra-ha's `Verdict`).

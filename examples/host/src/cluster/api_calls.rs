@@ -25,7 +25,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-fn priority_to_ha(p: RestartPriority) -> vinfra_ha::RestartPriority {
+pub(super) fn priority_to_ha(p: RestartPriority) -> vinfra_ha::RestartPriority {
     match p {
         RestartPriority::Disabled => vinfra_ha::RestartPriority::Disabled,
         RestartPriority::Low => vinfra_ha::RestartPriority::Low,
@@ -43,7 +43,7 @@ fn priority_from_ha(p: vinfra_ha::RestartPriority) -> RestartPriority {
     }
 }
 
-fn response_to_ha(r: IsolationResponse) -> vinfra_ha::IsolationResponse {
+pub(super) fn response_to_ha(r: IsolationResponse) -> vinfra_ha::IsolationResponse {
     match r {
         IsolationResponse::LeaveOn => vinfra_ha::IsolationResponse::LeaveOn,
         IsolationResponse::PowerOff => vinfra_ha::IsolationResponse::PowerOff,
@@ -154,6 +154,9 @@ impl Host {
             ApiCall::PrepareIncoming { request, reply } => {
                 reply.send(self.prepare_incoming(&request));
             }
+            ApiCall::PatchVm { name, patch, reply } => {
+                reply.send(self.patch_vm(&name, &patch));
+            }
             ApiCall::Maintenance { enter, task, reply } => {
                 reply.send(self.maintenance(enter, task));
             }
@@ -211,12 +214,14 @@ impl Host {
             saved_bytes: sample.ksm_saved_bytes,
             pages_sharing: sample.ksm_saved_bytes / 4096,
         };
+        let now = self.now_ms();
         info.ha = self
             .peers
             .iter()
             .map(|&(id, _)| HaPeer {
                 id,
                 verdict: verdict(self.agent.verdict(id).unwrap_or(Verdict::Unknown)),
+                heard_ms_ago: self.agent.heard_ms(id).map(|t| now.saturating_sub(t)),
             })
             .collect();
         let inventory = self.agent.inventory();

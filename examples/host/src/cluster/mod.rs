@@ -23,6 +23,7 @@ pub mod report;
 mod shutdown;
 pub mod storage_fault;
 mod vm_ops;
+mod vm_settings;
 pub mod vms;
 
 use std::net::{SocketAddr, UdpSocket};

@@ -1,4 +1,5 @@
-// Edits a cluster's DRS automation and threshold and its HA admission control
+// Edits a cluster's DRS automation and threshold and its HA admission control (on or
+// off, failures to tolerate, the slot or percentage policy)
 // (administrators; the server names the field it refuses).
 
 import { useState } from "preact/hooks";
@@ -18,6 +19,9 @@ export function ClusterSettingsDialog({ cluster, hostCount, onClose, onSaved }: 
   const [threshold, setThreshold] = useState(cluster.drsThreshold ?? 3);
   const [admission, setAdmission] = useState(cluster.haAdmissionControl ?? true);
   const [failures, setFailures] = useState(cluster.haFailuresTolerated ?? 1);
+  const [policy, setPolicy] = useState(cluster.haPolicy ?? "slots");
+  const [cpuPercent, setCpuPercent] = useState(cluster.haCpuFailoverPercent ?? 25);
+  const [memoryPercent, setMemoryPercent] = useState(cluster.haMemoryFailoverPercent ?? 25);
   return (
     <Dialog
       title={`Settings of ${cluster.name}`}
@@ -26,7 +30,13 @@ export function ClusterSettingsDialog({ cluster, hostCount, onClose, onSaved }: 
       onSubmit={async () => {
         await setClusterSettings(cluster.name, {
           drs: { automation, threshold },
-          ha: { admission_control: admission, failures_tolerated: failures },
+          ha: {
+            admission_control: admission,
+            failures_tolerated: failures,
+            policy,
+            cpu_failover_percent: cpuPercent,
+            memory_failover_percent: memoryPercent,
+          },
         });
         notify(`Settings of ${cluster.name} saved`);
         onSaved();
@@ -51,6 +61,22 @@ export function ClusterSettingsDialog({ cluster, hostCount, onClose, onSaved }: 
       <Field label="Host failures the cluster tolerates" hint={`At most ${Math.max(1, hostCount - 1)} with ${hostCount} hosts.`}>
         <input type="number" min={0} max={Math.max(1, hostCount - 1)} value={failures} onInput={(e) => setFailures(Number((e.target as HTMLInputElement).value))} />
       </Field>
+      <Field label="HA admission policy" hint={policy === "slots" ? "Every running VM keeps a slot after the host failures above." : "Reservations leave these shares of the cluster free for failover."}>
+        <select value={policy} onChange={(e) => setPolicy((e.target as HTMLSelectElement).value)} data-field="ha-policy">
+          <option value="slots">Host failures (slots)</option>
+          <option value="percentage">Percentage of cluster resources</option>
+        </select>
+      </Field>
+      {policy === "percentage" && (
+        <>
+          <Field label="CPU kept free for failover (%)">
+            <input type="number" min={0} max={100} value={cpuPercent} onInput={(e) => setCpuPercent(Number((e.target as HTMLInputElement).value))} />
+          </Field>
+          <Field label="Memory kept free for failover (%)">
+            <input type="number" min={0} max={100} value={memoryPercent} onInput={(e) => setMemoryPercent(Number((e.target as HTMLInputElement).value))} />
+          </Field>
+        </>
+      )}
     </Dialog>
   );
 }

@@ -1,20 +1,22 @@
-// A cluster: its resources in total, HA settings, the DRS card (settings, balance,
+// A cluster: its resources in total, the HA card (admission control, failover capacity,
+// the hosts' verdicts), the DRS card (settings, balance,
 // recommendations to apply), its hosts and VMs; Summary and Events tabs.
 
 import { useState } from "preact/hooks";
 import { enc, get } from "../api";
-import { Card, Empty, ErrorNote, Props } from "../components/Card";
+import { Card, Empty, ErrorNote } from "../components/Card";
 import { ClusterIcon, HostBadge, HostIcon, PowerBadge, VmIcon } from "../components/Icons";
 import { Meter } from "../components/Meter";
 import { Tabs } from "../components/Tabs";
 import type { ViewContext } from "../context";
-import { dash, mib, percent, words } from "../format";
+import { dash, mib, percent } from "../format";
 import { usePoll } from "../live/poll";
 import { cluster as readCluster } from "../normalize";
 import { href } from "../route";
 import { ClusterSettingsDialog } from "../dialogs/ClusterSettingsDialog";
 import { DrsRecommendations } from "./DrsRecommendations";
 import { EventsTab } from "./EventsTab";
+import { HaCard } from "./HaCard";
 import { HOST_STATE_LABEL } from "./HostView";
 import { ObjectHeader } from "./ObjectHeader";
 import { PoolsCard } from "./PoolsCard";
@@ -69,15 +71,8 @@ export function ClusterView({ name, ctx }: { name: string; ctx: ViewContext }) {
               <Meter label="CPU" used={cpuUsed} total={cpus || undefined} usedText={cpus ? percent((cpuUsed / cpus) * 100) : dash} totalText={cpus ? `${cpus} CPUs` : undefined} />
               <Meter label="Memory" used={memoryUsed} total={memory || undefined} usedText={mib(memoryUsed)} totalText={memory ? mib(memory) : undefined} />
             </Card>
-            <Card title="HA">
-              {detail.error && !cluster && <ErrorNote message={detail.error} />}
-              <Props
-                rows={[
-                  ["Admission control", cluster?.haAdmission ? words(cluster.haAdmission) : dash],
-                  ["Host failures tolerated", cluster?.haFailuresTolerated ?? dash],
-                ]}
-              />
-            </Card>
+            {detail.error && !cluster && <ErrorNote message={detail.error} />}
+            <HaCard cluster={name} ctx={ctx} />
             <DrsRecommendations cluster={name} automation={cluster?.drsAutomation} threshold={cluster?.drsThreshold} ctx={ctx} />
             <RulesCard cluster={name} vms={vms.map((v) => v.name)} hosts={hosts.map((h) => h.name)} ctx={ctx} />
             <PoolsCard cluster={name} vms={vms} ctx={ctx} />

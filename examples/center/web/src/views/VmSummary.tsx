@@ -8,8 +8,8 @@ import { href } from "../route";
 import type { Vm } from "../types";
 import { POWER_LABEL } from "./VmView";
 
-/** `onRevert` is absent when the user's role may not act; `children`: more cards. */
-export function VmSummary({ vm, onRevert, children }: { vm: Vm; onRevert?: () => void; children?: ComponentChildren }) {
+/** `onRevert` and `onEditHa` are absent when the user's role may not act; `children`: more cards. */
+export function VmSummary({ vm, onRevert, onEditHa, children }: { vm: Vm; onRevert?: () => void; onEditHa?: () => void; children?: ComponentChildren }) {
   // The hosts measure CPU in percent of one core; a VM can use up to 100 % per vCPU.
   const cpuMax = (vm.vcpus ?? 1) * 100;
   return (
@@ -21,8 +21,22 @@ export function VmSummary({ vm, onRevert, children }: { vm: Vm; onRevert?: () =>
             ["Host", vm.host ? <a href={href({ kind: "host", name: vm.host })} data-testid="vm-host">{vm.host}</a> : <span data-testid="vm-host">{dash}</span>],
             ["vCPUs", vm.vcpus ?? dash],
             ["Memory", mib(vm.memoryMib)],
-            ["HA restart priority", vm.haPriority ? words(vm.haPriority) : dash],
             ["Resource pool", vm.pool ?? dash],
+          ]}
+        />
+      </Card>
+      <Card
+        title="HA"
+        actions={
+          <button class="button small" onClick={onEditHa} disabled={!onEditHa} title={onEditHa ? undefined : "Your role (read-only) cannot change VMs"} data-action="edit-ha">
+            Edit
+          </button>
+        }
+      >
+        <Props
+          rows={[
+            ["Restart priority", <span data-testid="vm-ha-priority">{vm.haPriority ? words(vm.haPriority) : dash}</span>],
+            ["Isolation response", vm.haIsolationResponse ? words(vm.haIsolationResponse) : dash],
           ]}
         />
       </Card>

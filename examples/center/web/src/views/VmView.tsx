@@ -15,6 +15,7 @@ import { MigrateDialog } from "../dialogs/MigrateDialog";
 import { PowerDialog } from "../dialogs/PowerDialog";
 import { RevertDialog } from "../dialogs/RevertDialog";
 import { SnapshotDialog } from "../dialogs/SnapshotDialog";
+import { VmHaDialog } from "../dialogs/VmHaDialog";
 import { usePoll } from "../live/poll";
 import { vm as readVm } from "../normalize";
 import { href } from "../route";
@@ -26,7 +27,7 @@ import { MonitorTab } from "./MonitorTab";
 import { ObjectHeader } from "./ObjectHeader";
 import { VmSummary } from "./VmSummary";
 
-type Open = { kind: "power"; action: PowerAction } | { kind: "migrate" } | { kind: "snapshot" } | { kind: "revert" } | { kind: "clone" } | { kind: "backup" } | null;
+type Open = { kind: "power"; action: PowerAction } | { kind: "migrate" } | { kind: "snapshot" } | { kind: "revert" } | { kind: "clone" } | { kind: "backup" } | { kind: "ha" } | null;
 
 export const POWER_LABEL: Record<Vm["power"], string> = {
   running: "Powered on",
@@ -135,7 +136,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       {detail.error && detail.data === undefined && <ErrorNote message={`Showing the inventory's copy: ${detail.error}`} />}
       <div class="tab-body">
         {tab === "summary" && (
-          <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined}>
+          <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined} onEditHa={ctx.canOperate ? () => setOpen({ kind: "ha" }) : undefined}>
             <VmBackups vm={vm.name} ctx={ctx} onStarted={started} />
           </VmSummary>
         )}
@@ -148,6 +149,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       {open?.kind === "snapshot" && <SnapshotDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "revert" && <RevertDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
       {open?.kind === "clone" && <CloneDialog vm={vm.name} running={on} onClose={() => setOpen(null)} onStarted={started} />}
+      {open?.kind === "ha" && <VmHaDialog vm={vm} onClose={() => setOpen(null)} onSaved={started} />}
       {open?.kind === "backup" && <BackupDialog vm={vm.name} onClose={() => setOpen(null)} onStarted={started} />}
     </div>
   );
