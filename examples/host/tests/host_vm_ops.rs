@@ -185,9 +185,16 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
         return;
     };
     // A VM with a 4 MiB thin disk; GET lists it.
-    lab.create(1, "tpl", json!({"disks": [{"size_mib": 4}]}));
+    // Its resource settings (what DRS and HA admission read) are kept as given.
+    let resources = json!({"cpu_mhz": 500, "shares": 2000, "reservation_mib": 3, "limit_mib": 8});
+    lab.create(
+        1,
+        "tpl",
+        json!({"disks": [{"size_mib": 4}], "resources": resources}),
+    );
     let v = lab.vm(2, "tpl");
     assert_eq!(v["spec"]["disks"], json!([{"size_mib": 4}]), "{v}");
+    assert_eq!(v["spec"]["resources"], resources, "{v}");
     // The host pattern the guest checks, written through vmfs.
     with_disk(&lab, "tpl", |d| {
         assert_eq!(d.capacity(), 4 << 20);
@@ -213,6 +220,7 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
     assert_eq!(t["result"]["base"], "clone-lc", "{t}");
     lab.succeeds(2, "tpl", "clone", json!({"name": "fc", "full": true}));
     for vm in ["lc", "fc"] {
+        assert_eq!(lab.vm(1, vm)["spec"]["resources"], resources, "{vm}");
         let v = lab.vm(1, vm);
         assert_eq!(v["state"], "shut_off", "{v}");
         assert_eq!(v["spec"]["disks"], json!([{"size_mib": 4}]), "{v}");

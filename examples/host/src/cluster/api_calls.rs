@@ -276,6 +276,9 @@ impl Host {
         let devices = super::devices::read(&self.volume, name)?;
         spec.disks = devices.disk_specs();
         spec.nics = devices.nic_specs();
+        if let Some(r) = &devices.resources {
+            spec.resources = r.clone();
+        }
         let mut info = VmInfo::new(spec, state);
         info.snapshots = devices
             .snapshots

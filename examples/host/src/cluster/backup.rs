@@ -280,6 +280,7 @@ impl Host {
                     .collect(),
                 nics,
                 layers: 1,
+                resources: carried.devices.resources.clone(),
                 ..Devices::default()
             };
             devices::write(&self.volume, new, &dev)

@@ -14,7 +14,7 @@ use vinfra_ha::datastore::{read_json, vm_dir, write_json, VMS_DIR};
 use vinfra_vmfs::disk::VirtualDisk;
 use vinfra_vmfs::Volume;
 
-use crate::api::{ApiError, DiskSpec, NicSpec};
+use crate::api::{ApiError, DiskSpec, NicSpec, ResourceSpec};
 use crate::vm_process::VmSpec;
 
 /// One virtual disk.
@@ -81,6 +81,10 @@ pub struct Devices {
     /// For a linked clone: its source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<LinkedBase>,
+    /// What DRS and HA admission give it (reservation, shares, limit), as created:
+    /// `ha.json` keeps only what the HA agents place by. Absent in records made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceSpec>,
 }
 
 impl Devices {
@@ -172,10 +176,12 @@ pub fn create(
     name: &str,
     disks: &[DiskSpec],
     nics: Vec<NicRecord>,
+    resources: &ResourceSpec,
 ) -> Result<Devices, ApiError> {
     let mut devices = Devices {
         nics,
         layers: 1,
+        resources: Some(resources.clone()),
         ..Devices::default()
     };
     for (i, d) in disks.iter().enumerate() {

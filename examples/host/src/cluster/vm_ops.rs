@@ -280,6 +280,7 @@ impl Host {
         let mut dev = Devices {
             nics: Self::cloned_nics(new, source),
             layers: 1,
+            resources: source.resources.clone(),
             ..Devices::default()
         };
         if source.disks.is_empty() {
@@ -386,6 +387,7 @@ impl Host {
         let mut dev = Devices {
             nics: Self::cloned_nics(new, source),
             layers: 1,
+            resources: source.resources.clone(),
             ..Devices::default()
         };
         let total: u64 = source.disks.iter().map(|d| d.size_mib << 20).sum();
@@ -457,7 +459,9 @@ impl Host {
     /// both recorded; on failure the new VM is removed again.
     pub(super) fn create_devices(&mut self, spec: &crate::api::VmSpec) -> Result<(), ApiError> {
         let nics = devices::nic_records(&spec.name, &spec.nics);
-        if let Err(e) = devices::create(&self.volume, &spec.name, &spec.disks, nics) {
+        if let Err(e) =
+            devices::create(&self.volume, &spec.name, &spec.disks, nics, &spec.resources)
+        {
             self.remove_dir(&spec.name);
             return Err(e);
         }
