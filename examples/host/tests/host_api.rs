@@ -924,6 +924,24 @@ fn vinfra_prints_json_tables_and_fails_with_exit_1() {
     let host: HostInfo = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(host.name, "esx1");
 
+    // A reader that goes away before the output (`| head -0`) ends it quietly: no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vinfra"))
+        .args(["--json", "vm", "list"])
+        .env("VINFRA_HOST", format!("http://{}", s.server.local_addr()))
+        .env("VINFRA_KEY_FILE", &s.key_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(101), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{out:?}"
+    );
+
     let out = s.vinfra(&["vm", "list"]);
     let table = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = table.lines().collect();

@@ -278,6 +278,14 @@ fn snake<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`vinfra vm list | head -1`) ends the program quietly, as
+    // with other Unix tools, instead of a panic in `println!` (Rust ignores SIGPIPE). The
+    // sockets are unaffected: the standard library sends with MSG_NOSIGNAL.
+    // SAFETY: `signal` with the default disposition, before any thread is started; no
+    // handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
