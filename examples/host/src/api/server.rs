@@ -79,7 +79,7 @@ impl Drop for ConsoleOpen {
 }
 
 /// Runs a call of the service on the blocking pool: the host may block on its loop.
-async fn call<T: Send + 'static>(
+pub(super) async fn call<T: Send + 'static>(
     st: &AppState,
     f: impl FnOnce(&dyn HostService) -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -653,6 +653,8 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/incoming", post(incoming))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/backups/forget", post(forget_backups))
+        .route("/api/v1/backups/files", get(super::files::backup_files))
+        .route("/api/v1/backups/file", get(super::files::backup_file))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The one route without a token: how to talk to the rest.
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -829,6 +831,7 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         op_migrate, op_snapshot, op_revert, op_clone,
         op_backup, op_restore, console, list_tasks,
         get_task, events, incoming, maintenance, backups, forget_backups,
+        super::files::backup_files, super::files::backup_file,
         openapi_json,
     ),
     modifiers(&BearerToken),
