@@ -247,7 +247,10 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
     let (status, headers, body) = fetch(&center, &op, &url("file", "/docs", "&format=tar"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["content-type"], "application/x-tar");
-    assert!(headers["content-disposition"].contains("docs.tar"), "{headers:?}");
+    assert!(
+        headers["content-disposition"].contains("docs.tar"),
+        "{headers:?}"
+    );
     assert!(body.starts_with(b"docs"), "{:?}", &body[..16]);
     assert_eq!(body.len() % 512, 0);
     // Downloads are recorded.
@@ -270,16 +273,30 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
         (url("files", "/", "&format=tar"), "format"),
         (url("files", "/", "").replace("disk=0", "disk=2"), "disk"),
         (url("files", "/", "&partition=3"), "partition"),
-        (url("files", "/", "").replace(&id, "deadbeefdeadbeef"), "backup"),
+        (
+            url("files", "/", "").replace(&id, "deadbeefdeadbeef"),
+            "backup",
+        ),
         (url("files", "/", "").replace(&id, "xyz"), "backup"),
-        (url("files", "/", "").replace(&repo, "relative"), "repository"),
-        (url("files", "/", "").replace(&repo, "/elsewhere"), "repository"),
+        (
+            url("files", "/", "").replace(&repo, "relative"),
+            "repository",
+        ),
+        (
+            url("files", "/", "").replace(&repo, "/elsewhere"),
+            "repository",
+        ),
     ] {
         let (s, e) = center.call(&op, "GET", &path, "");
         assert_eq!(s, 422, "{path}: {e}");
         assert_eq!(e["error"]["field"], field, "{path}: {e}");
     }
-    let (s, e) = center.call(&op, "GET", &format!("{}&color=red", url("files", "/", "")), "");
+    let (s, e) = center.call(
+        &op,
+        "GET",
+        &format!("{}&color=red", url("files", "/", "")),
+        "",
+    );
     assert_eq!(s, 400, "{e}");
     drop(center);
     server.stop();

@@ -13,8 +13,8 @@ use vinfra_vcb::files::{volumes, EntryKind, FileEntry, GuestFs, VolumeInfo};
 use vinfra_vcb::{DiskReader, Error, Repository, Snapshot};
 
 use crate::api::{
-    body_channel, ApiError, BackupDir, BackupFileEntry, BackupFileQuery, FileDownload,
-    FileFormat, FileKind, FILES_LIST_MAX,
+    body_channel, ApiError, BackupDir, BackupFileEntry, BackupFileQuery, FileDownload, FileFormat,
+    FileKind, FILES_LIST_MAX,
 };
 
 /// The name of an entry's kind, as the command line's `--json` and the API write it.
@@ -126,11 +126,16 @@ struct Opened {
 }
 
 fn open(repo: &Repository, q: &BackupFileQuery) -> Result<Opened, ApiError> {
-    let snap = repo.find_snapshot(&q.backup.to_ascii_lowercase()).map_err(api_error)?;
+    let snap = repo
+        .find_snapshot(&q.backup.to_ascii_lowercase())
+        .map_err(api_error)?;
     if let Some(vm) = q.vm.as_ref().filter(|vm| **vm != snap.manifest.vm) {
         return Err(ApiError::InvalidValue {
             field: "backup".into(),
-            why: format!("backup {} is of VM {}, not {vm}", q.backup, snap.manifest.vm),
+            why: format!(
+                "backup {} is of VM {}, not {vm}",
+                q.backup, snap.manifest.vm
+            ),
         });
     }
     let disks = &snap.manifest.disks;
@@ -239,10 +244,7 @@ pub fn download(
     let (mut writer, body) = body_channel();
     answer(Ok(FileDownload::new(name, tar, length, body)));
     let written = if tar {
-        opened
-            .fs
-            .write_tar(&entry.path, &mut writer)
-            .map(|_| ())
+        opened.fs.write_tar(&entry.path, &mut writer).map(|_| ())
     } else {
         opened.fs.read_file(&entry.path, &mut writer).map(|_| ())
     };

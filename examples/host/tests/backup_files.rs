@@ -86,7 +86,11 @@ fn write_disk(lab_dir: &Path, vm: &str, data: &[u8]) {
 }
 
 /// `GET path?query` on host 1, the raw answer: status, headers we check, body bytes.
-fn fetch(lab: &Lab, path: &str, query: &[(&str, &str)]) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+fn fetch(
+    lab: &Lab,
+    path: &str,
+    query: &[(&str, &str)],
+) -> (u16, BTreeMap<String, String>, Vec<u8>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -107,10 +111,7 @@ fn fetch(lab: &Lab, path: &str, query: &[(&str, &str)]) -> (u16, BTreeMap<String
         })
         .collect();
     let mut body = Vec::new();
-    r.body_mut()
-        .as_reader()
-        .read_to_end(&mut body)
-        .unwrap();
+    r.body_mut().as_reader().read_to_end(&mut body).unwrap();
     (r.status().as_u16(), headers, body)
 }
 
@@ -200,7 +201,10 @@ fn guest_files_are_listed_and_downloaded_out_of_a_backup() {
     let (status, headers, body) = fetch(&lab, "/backups/file", &tq);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["content-type"], "application/x-tar");
-    assert!(headers["content-disposition"].contains("docs.tar"), "{headers:?}");
+    assert!(
+        headers["content-disposition"].contains("docs.tar"),
+        "{headers:?}"
+    );
     let mut got = BTreeMap::new();
     let mut archive = tar::Archive::new(&body[..]);
     for e in archive.entries().unwrap() {
@@ -229,13 +233,21 @@ fn guest_files_are_listed_and_downloaded_out_of_a_backup() {
         "backup",
     );
     refused(with_pair(&base, "disk", "3"), "/backups/files", "disk");
-    refused(with_pair(&base, "partition", "2"), "/backups/files", "partition");
+    refused(
+        with_pair(&base, "partition", "2"),
+        "/backups/files",
+        "partition",
+    );
     refused(q("/nope"), "/backups/files", "path");
     refused(q("/etc/../etc"), "/backups/files", "path");
     refused(q("/etc/hosts"), "/backups/files", "path");
     refused(q("/docs"), "/backups/file", "path");
     refused(q("/nope"), "/backups/file", "path");
-    refused(with_pair(&base, "format", "tar"), "/backups/files", "format");
+    refused(
+        with_pair(&base, "format", "tar"),
+        "/backups/files",
+        "format",
+    );
     refused(with_pair(&base, "vm", "other"), "/backups/files", "backup");
     let mut norepo = q("/");
     norepo[0] = ("repository", "/no/such/repository");

@@ -211,7 +211,10 @@ pub async fn file(
     };
     set(header::CONTENT_TYPE, download.content_type);
     set(header::CONTENT_DISPOSITION, download.disposition);
-    set(header::CONTENT_LENGTH, download.length.map(|n| n.to_string()));
+    set(
+        header::CONTENT_LENGTH,
+        download.length.map(|n| n.to_string()),
+    );
     set(header::CACHE_CONTROL, Some("no-store".into()));
     Ok(r)
 }

@@ -189,7 +189,9 @@ impl IntoResponse for FileDownload {
     }
 }
 
-fn query(q: std::result::Result<Query<BackupFileQuery>, QueryRejection>) -> Result<BackupFileQuery> {
+fn query(
+    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
+) -> Result<BackupFileQuery> {
     let Query(q) = q.map_err(|e| ApiError::Malformed(e.body_text()))?;
     q.validate()?;
     Ok(q)

@@ -6,8 +6,8 @@ use super::console::Console;
 use super::error::ApiError;
 use super::error::Result;
 use super::events::HostEvent;
-use super::tasks::TaskHandle;
 use super::files::{BackupDir, BackupFileQuery, FileDownload};
+use super::tasks::TaskHandle;
 use super::types::{
     BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
     IncomingRequest, VmInfo, VmOp, VmPatch, VmSpec,

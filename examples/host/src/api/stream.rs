@@ -69,7 +69,9 @@ impl BodyWriter {
     pub fn fail(self, why: impl std::fmt::Display) {
         tracing::warn!("streamed body failed: {why}");
         // Nobody listening is no error of ours.
-        let _ = self.tx.blocking_send(Err(io::Error::other(why.to_string())));
+        let _ = self
+            .tx
+            .blocking_send(Err(io::Error::other(why.to_string())));
     }
 }
 
@@ -160,7 +162,9 @@ mod tests {
         assert_eq!(got.len(), BODY_CHUNK + 10);
 
         let (w, mut s) = body_channel();
-        std::thread::spawn(move || w.fail("damaged")).join().unwrap();
+        std::thread::spawn(move || w.fail("damaged"))
+            .join()
+            .unwrap();
         assert!(s.0.blocking_recv().unwrap().is_err());
     }
 
