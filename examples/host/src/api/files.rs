@@ -1,4 +1,5 @@
-//! Single files out of image backups: `GET /backups/files` lists a directory of the guest
+//! Single files out of image backups, the types of their routes (the handlers are in
+//! `server.rs`, beside the others): `GET /backups/files` lists a directory of the guest
 //! filesystem on a disk of a backup, `GET /backups/file` downloads a file (or a
 //! directory as a tar stream), read straight from the repository's chunks (vcb's
 //! `files` module) without restoring the disk.
@@ -6,16 +7,12 @@
 //! The download is streamed ([`super::stream`]): the host's [`FileDownload`] carries the
 //! receiving end of a body its own thread writes, so no file is ever held whole.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, Result};
-use super::server::{call, AppState};
+use super::error::Result;
 use super::stream::{content_disposition, BodyStream};
 use super::types::{check_name, check_repository, field};
 
@@ -189,52 +186,10 @@ impl IntoResponse for FileDownload {
     }
 }
 
-fn query(
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<BackupFileQuery> {
-    let Query(q) = q.map_err(|e| ApiError::Malformed(e.body_text()))?;
-    q.validate()?;
-    Ok(q)
-}
-
-/// `GET /backups/files?repository=&backup=&disk=&path=`: a directory of the guest
-/// filesystem on a disk of a backup, read from the repository.
-#[utoipa::path(get, path = "/api/v1/backups/files", tag = "backups", params(BackupFileQuery),
-    responses((status = 200, body = BackupDir), (status = 400, body = super::ErrorBody),
-        (status = 422, description = "no such repository, backup, disk, partition or path; \
-            no filesystem recognised; not a directory (the field is named)",
-            body = super::ErrorBody)))]
-pub(super) async fn backup_files(
-    State(st): State<AppState>,
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<Json<BackupDir>> {
-    let q = query(q)?;
-    if q.format.is_some() {
-        return Err(field("format", "only GET /backups/file takes a format"));
-    }
-    call(&st, move |s| s.backup_files(q)).await.map(Json)
-}
-
-/// `GET /backups/file?repository=&backup=&disk=&path=[&format=tar]`: a guest file's
-/// bytes (`Content-Disposition: attachment`), or with `format=tar` a file or a whole
-/// directory as a tar stream; streamed as it is read from the repository.
-#[utoipa::path(get, path = "/api/v1/backups/file", tag = "backups", params(BackupFileQuery),
-    responses((status = 200, description = "the file, or a tar stream",
-            content_type = "application/octet-stream"),
-        (status = 400, body = super::ErrorBody),
-        (status = 422, description = "no such repository, backup, disk, partition or path; \
-            a directory without format=tar (the field is named)", body = super::ErrorBody)))]
-pub(super) async fn backup_file(
-    State(st): State<AppState>,
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<FileDownload> {
-    let q = query(q)?;
-    call(&st, move |s| s.backup_file(q)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ApiError;
 
     fn q(path: &str) -> BackupFileQuery {
         BackupFileQuery {

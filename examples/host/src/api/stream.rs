@@ -104,7 +104,6 @@ impl futures_core::Stream for BodyStream {
 
 impl BodyStream {
     /// The body axum sends.
-    #[must_use]
     pub fn into_body(self) -> axum::body::Body {
         axum::body::Body::from_stream(self)
     }
