@@ -298,6 +298,12 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
         "",
     );
     assert_eq!(s, 400, "{e}");
+    // Both routes are in the OpenAPI document.
+    let (s, doc) = center.send("GET", "/api/openapi.json", &[], "");
+    assert_eq!(s, 200);
+    for route in ["/api/vinfra/backup/files", "/api/vinfra/backup/file"] {
+        assert!(doc["paths"][route]["get"].is_object(), "{route}");
+    }
     drop(center);
     server.stop();
 }
