@@ -5,9 +5,11 @@
 //! is backed up, then browsed and downloaded through `/api/vinfra/backup/files` and
 //! `/api/vinfra/backup/file`. read_only browses but may not download; an operator
 //! downloads a file byte for byte and a folder as tar, recorded as an event; bad input
-//! is 422 naming the field.
+//! is 422 naming the field. In headless chromium, the VM's Backups card browses the
+//! backup and a file's download link is fetched by the page.
 #![allow(clippy::unwrap_used)]
 
+mod browser_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -20,9 +22,9 @@ use std::time::Duration;
 use serde_json::Value;
 use support::Center;
 use vinfra_host::api::{
-    serve, ApiError, ApiToken, BackupDir, BackupFileQuery, Console, FileDownload, HostCapacity,
-    HostEvent, HostInfo, HostService, IncomingReady, IncomingRequest, PowerState, Result,
-    TaskHandle, VmInfo, VmOp, VmSpec,
+    serve, ApiError, ApiToken, BackupDir, BackupFileQuery, BackupInfo, BackupsQuery, Console,
+    FileDownload, HostCapacity, HostEvent, HostInfo, HostService, IncomingReady, IncomingRequest,
+    PowerState, Result, TaskHandle, VmInfo, VmOp, VmSpec,
 };
 use vinfra_testkit::tool_or_skip;
 use vinfra_vcb::{BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository};
@@ -86,6 +88,26 @@ impl HostService for FilesHost {
     }
     fn prepare_incoming(&self, r: IncomingRequest) -> Result<IncomingReady> {
         Err(ApiError::VmNotFound(r.vm))
+    }
+    fn backups(&self, q: BackupsQuery) -> Result<Vec<BackupInfo>> {
+        let repo = Repository::open(LocalDir::open(&self.repository).unwrap(), PASSWORD).unwrap();
+        let _ = q;
+        Ok(repo
+            .snapshots()
+            .unwrap()
+            .iter()
+            .map(|s| BackupInfo {
+                id: s.id.to_hex(),
+                vm: s.manifest.vm.clone(),
+                time_unix_s: s.manifest.time_unix_s,
+                host: "host1".into(),
+                parent: None,
+                disks: s.manifest.disks.iter().map(|d| d.name.clone()).collect(),
+                bytes: 4 << 20,
+                bytes_read: 4 << 20,
+                bytes_new: 4 << 20,
+            })
+            .collect())
     }
     fn backup_files(&self, q: BackupFileQuery) -> Result<BackupDir> {
         vinfra_host::guest_files::list_dir(&self.open(&q)?, &q)
@@ -306,4 +328,124 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
     }
     drop(center);
     server.stop();
+}
+
+fn web_dist_or_skip() -> bool {
+    let index = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist/index.html");
+    if index.exists() {
+        return true;
+    }
+    vinfra_testkit::skip(format_args!(
+        "{} is missing: cd examples/center/web && npm ci && npm run build",
+        index.display()
+    ));
+    false
+}
+
+/// The VM's Backups card in headless chromium: *Browse files* on the backup, the root
+/// listed folders first, a folder opened by a click (the breadcrumb follows), a file's
+/// download link fetched by the page with its session cookie, byte for byte.
+/// Screenshot `22-backup-files`. Needs `web/dist`, chromium and chromedriver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_browses_a_backup_and_downloads_a_file() {
+    use browser_support::{
+        browser_or_skip, click, log_in, screenshot, wait_css, wait_js, Driver, WAIT,
+    };
+    if !web_dist_or_skip() || !browser_or_skip() {
+        return;
+    }
+    if !tool_or_skip("mke2fs", &["-V"], "apt-get install e2fsprogs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = tree();
+    let path = dir.path().to_path_buf();
+    let (server, center, repo) = tokio::task::spawn_blocking(move || {
+        backed_up(&path, &tree());
+        let repo = path.join("repo");
+        let host = Arc::new(FilesHost {
+            repository: repo.clone(),
+        });
+        let token = ApiToken::from_key_hex(&"42".repeat(32)).unwrap();
+        let server = serve("127.0.0.1:0".parse().unwrap(), token, host).unwrap();
+        let args = [
+            "--host".to_string(),
+            format!("fake-1=http://{}", server.local_addr()),
+        ];
+        let center = Center::start(&path.join("state"), &args);
+        let admin = center.admin();
+        center.wait("fake-1 connected and its VM", 20, || {
+            center.call(&admin, "GET", "/api/vcenter/vm/a", "").1["host"] == "fake-1"
+        });
+        (server, center, repo.display().to_string())
+    })
+    .await
+    .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let driver = Driver::start(logs.path());
+    let c = driver.session().await;
+    let expected = String::from_utf8(files["docs/readme.md"].clone()).unwrap();
+    let outcome: browser_support::Result = async {
+        let url = &center.url;
+        c.goto(url).await.map_err(|e| format!("open: {e}"))?;
+        log_in(&c, "admin", support::ADMIN_PASSWORD).await?;
+        wait_css(&c, ".tree", WAIT).await?;
+        c.goto(&format!("{url}/#/vm/a"))
+            .await
+            .map_err(|e| format!("open the VM: {e}"))?;
+        let field = wait_css(&c, "form.inline-form input[placeholder='another path']", WAIT).await?;
+        field.send_keys(&repo).await.map_err(|e| format!("type: {e}"))?;
+        click(&c, "form.inline-form button[type=submit]").await?;
+        click(&c, "[data-testid=vm-backups] [data-action=browse-files]").await?;
+        wait_js(
+            &c,
+            "the root listed, folders first",
+            "const rows = [...document.querySelectorAll('[data-testid=backup-file-list] tr[data-entry]')];
+             const names = rows.map(r => r.dataset.entry).join(',');
+             return names === 'docs,etc,lost+found,big.bin' ? names : null;",
+            WAIT,
+        )
+        .await?;
+        click(&c, "[data-testid=backup-file-list] tr[data-entry=docs] button.crumb").await?;
+        wait_js(
+            &c,
+            "docs opened",
+            "const r = document.querySelector('[data-testid=backup-file-list] tr[data-entry=\"readme.md\"]');
+             const crumbs = document.querySelector('[data-testid=crumbs]').textContent;
+             return r && crumbs.includes('docs') ? crumbs : null;",
+            WAIT,
+        )
+        .await?;
+        screenshot(&c, "22-backup-files").await?;
+        let got = wait_js(
+            &c,
+            "the file fetched through its link",
+            "const a = document.querySelector('tr[data-entry=\"readme.md\"] a[data-action=download]');
+             if (!a) return null;
+             if (!window.__got) { window.__got = 'pending';
+               fetch(a.href, {credentials: 'same-origin'}).then(r => r.text()).then(t => window.__got = t); }
+             return window.__got === 'pending' ? null : window.__got;",
+            WAIT,
+        )
+        .await?;
+        if got.as_str() != Some(expected.as_str()) {
+            return Err(format!("downloaded {} bytes, not the file", got.as_str().map_or(0, str::len)));
+        }
+        Ok(())
+    }
+    .await;
+    if outcome.is_err() {
+        let _ = screenshot(&c, "failure-backup-files").await;
+    }
+    let _ = c.close().await;
+    drop(driver);
+    tokio::task::spawn_blocking(move || {
+        drop(center);
+        server.stop();
+    })
+    .await
+    .unwrap();
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
 }

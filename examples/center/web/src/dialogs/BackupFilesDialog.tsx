@@ -6,6 +6,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { enc, get } from "../api";
 import { Empty, ErrorNote } from "../components/Card";
+import { FileIcon, FolderIcon } from "../components/Icons";
 import { bytes, dash, dateTime } from "../format";
 import type { Backup } from "../views/backupJobs";
 
@@ -142,6 +143,7 @@ export function BackupFilesDialog({
             <span class="muted">Partition</span>
             <input
               class="narrow"
+              style={{ width: "72px", flex: "0 0 72px" }}
               placeholder="auto"
               value={partition}
               data-field="partition"
@@ -185,12 +187,13 @@ export function BackupFilesDialog({
                     <tr key={e.name} data-entry={e.name} data-kind={e.kind}>
                       <td>
                         {e.kind === "dir" ? (
-                          <button type="button" class="crumb" onClick={() => setPath(join(listing.path, e.name))}>
-                            📁 {e.name}
+                          <button type="button" class="crumb file-name" onClick={() => setPath(join(listing.path, e.name))}>
+                            <FolderIcon /> {e.name}
                           </button>
                         ) : (
-                          <span>
-                            {e.kind === "symlink" ? "↪" : "📄"} {e.name}
+                          <span class="file-name">
+                            <FileIcon title={e.kind === "symlink" ? "symbolic link" : undefined} /> {e.name}
+                            {e.kind === "symlink" && <span class="muted"> (link)</span>}
                           </span>
                         )}
                       </td>
