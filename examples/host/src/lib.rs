@@ -38,6 +38,7 @@ pub mod backup_control;
 pub mod backup_disk;
 pub mod cluster;
 pub mod exit_status;
+pub mod guest_files;
 pub mod host_stats;
 pub mod logging;
 pub mod migration;

@@ -821,6 +821,8 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         ("post", "/api/v1/host/maintenance"),
         ("get", "/api/v1/backups"),
         ("post", "/api/v1/backups/forget"),
+        ("get", "/api/v1/backups/files"),
+        ("get", "/api/v1/backups/file"),
         ("get", "/api/v1/openapi.json"),
     ];
     let paths = doc["paths"].as_object().unwrap();
@@ -853,6 +855,8 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         "TaskInfo",
         "ErrorBody",
         "HostEvent",
+        "BackupDir",
+        "BackupFileEntry",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }

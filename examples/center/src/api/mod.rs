@@ -5,6 +5,7 @@
 
 mod activity;
 pub mod backup;
+pub mod backup_files;
 pub mod backup_runs;
 mod console;
 pub mod drs;
@@ -155,6 +156,8 @@ pub fn router(state: AppState) -> Router {
                 .post(backup::action),
         )
         .route("/api/vinfra/backup/backups", get(backup::backups))
+        .route("/api/vinfra/backup/files", get(backup_files::files))
+        .route("/api/vinfra/backup/file", get(backup_files::file))
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
         // Unknown API paths are JSON errors; other paths are the web console's.

@@ -81,6 +81,8 @@ impl Modify for SessionAuth {
         super::backup::delete,
         super::backup::action,
         super::backup::backups,
+        super::backup_files::files,
+        super::backup_files::file,
         document,
     ),
     modifiers(&SessionAuth),

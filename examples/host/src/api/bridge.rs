@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::console::Console;
 use super::error::{ApiError, Result};
 use super::events::HostEvent;
+use super::files::{BackupDir, BackupFileQuery, FileDownload};
 use super::service::HostService;
 use super::tasks::TaskHandle;
 use super::types::{
@@ -125,6 +126,20 @@ pub enum ApiCall {
         request: ForgetRequest,
         /// The answer.
         reply: Reply<ForgetResult>,
+    },
+    /// [`HostService::backup_files`].
+    BackupFiles {
+        /// The validated query.
+        query: BackupFileQuery,
+        /// The answer.
+        reply: Reply<BackupDir>,
+    },
+    /// [`HostService::backup_file`].
+    BackupFile {
+        /// The validated query.
+        query: BackupFileQuery,
+        /// The answer.
+        reply: Reply<FileDownload>,
     },
 }
 
@@ -272,6 +287,14 @@ impl HostService for LoopBridge {
 
     fn forget_backups(&self, request: ForgetRequest) -> Result<ForgetResult> {
         self.ask(|reply| ApiCall::ForgetBackups { request, reply })
+    }
+
+    fn backup_files(&self, query: BackupFileQuery) -> Result<BackupDir> {
+        self.ask(|reply| ApiCall::BackupFiles { query, reply })
+    }
+
+    fn backup_file(&self, query: BackupFileQuery) -> Result<FileDownload> {
+        self.ask(|reply| ApiCall::BackupFile { query, reply })
     }
 }
 

@@ -13,6 +13,33 @@ use super::error::{ErrorBody, ErrorDetail};
 /// How long one request may take by default (a migration's start answers at once; only a
 /// host that hangs takes this long).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one download ([`Client::get_stream`]) may take in all: a bound for a host
+/// that stalls midway, far above what a large guest file needs.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A streamed answer of [`Client::get_stream`]: the headers a proxy passes on, and the
+/// body to read as it comes.
+#[non_exhaustive]
+pub struct Download {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Content-Disposition`.
+    pub disposition: Option<String>,
+    /// `Content-Length`, when the host knew it.
+    pub length: Option<u64>,
+    /// The body, read from the connection as it is read here.
+    pub body: Box<dyn std::io::Read + Send>,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("content_type", &self.content_type)
+            .field("disposition", &self.disposition)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a call of the host API failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +145,44 @@ impl Client {
             .query_pairs(query.iter().copied())
             .call();
         self.read(path, response)
+    }
+
+    /// `GET path?query` (below `/api/v1`) whose answer is not JSON but a body to stream
+    /// (a guest file out of a backup): its headers once they come, the body to read
+    /// (bounded by [`DOWNLOAD_TIMEOUT`] in all, not by the client's own timeout). An
+    /// error answer is read whole, as the API's error.
+    pub fn get_stream(&self, path: &str, query: &[(&str, &str)]) -> Result<Download, ClientError> {
+        let response = self
+            .agent
+            .get(&self.url(path))
+            .config()
+            .timeout_global(Some(DOWNLOAD_TIMEOUT))
+            .build()
+            .header("Authorization", &self.bearer())
+            .query_pairs(query.iter().copied())
+            .call();
+        let mut response = response.map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header("content-type");
+        let disposition = header("content-disposition");
+        let length = header("content-length").and_then(|v| v.parse().ok());
+        Ok(Download {
+            content_type,
+            disposition,
+            length,
+            body: Box::new(response.into_body().into_reader()),
+        })
     }
 
     /// `POST path` (below `/api/v1`) with a JSON body.

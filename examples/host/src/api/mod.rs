@@ -51,10 +51,12 @@ pub mod client;
 mod console;
 mod error;
 mod events;
+mod files;
 mod openapi;
 mod power;
 mod server;
 mod service;
+mod stream;
 mod tasks;
 mod types;
 
@@ -63,10 +65,17 @@ pub use bridge::{ApiCall, LoopBridge, Reply};
 pub use console::{console_pair, Console, ConsoleClosed, GuestConsole};
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use events::{EventLog, HostEvent};
+pub use files::{
+    BackupDir, BackupFileEntry, BackupFileQuery, FileDownload, FileFormat, FileKind,
+    FILES_LIST_MAX, GUEST_PATH_MAX,
+};
 pub use server::ApiDoc;
 pub use server::{
     serve, ServeError, ServerHandle, BODY_LIMIT, CONSOLE_QUEUE, EVENTS_LIMIT_MAX, PREFIX,
 };
 pub use service::HostService;
+pub use stream::{
+    body_channel, content_disposition, BodyStream, BodyWriter, BODY_CHUNK, BODY_QUEUE,
+};
 pub use tasks::{system_now_ms, NowMs, TaskHandle, TaskInfo, TaskState, TaskTable, FINISHED_KEPT};
 pub use types::*;

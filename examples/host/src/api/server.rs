@@ -29,6 +29,7 @@ use super::auth::ApiToken;
 use super::console::Console;
 use super::error::{ApiError, Result};
 use super::events::HostEvent;
+use super::files::{BackupDir, BackupFileQuery, FileDownload};
 use super::openapi::BearerToken;
 use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
@@ -495,6 +496,53 @@ pub(super) async fn forget_backups(
         .map(Json)
 }
 
+/// A file query read and checked.
+fn file_query(
+    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
+) -> Result<BackupFileQuery> {
+    let Query(q) = q.map_err(|e| ApiError::Malformed(e.body_text()))?;
+    q.validate()?;
+    Ok(q)
+}
+
+/// `GET /backups/files?repository=&backup=&disk=&path=`: a directory of the guest
+/// filesystem on a disk of a backup, read from the repository.
+#[utoipa::path(get, path = "/api/v1/backups/files", tag = "backups", params(BackupFileQuery),
+    responses((status = 200, body = BackupDir), (status = 400, body = super::ErrorBody),
+        (status = 422, description = "no such repository, backup, disk, partition or path; \
+            no filesystem recognised; not a directory (the field is named)",
+            body = super::ErrorBody)))]
+pub(super) async fn backup_files(
+    State(st): State<AppState>,
+    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
+) -> Result<Json<BackupDir>> {
+    let q = file_query(q)?;
+    if q.format.is_some() {
+        return Err(ApiError::InvalidValue {
+            field: "format".into(),
+            why: "only GET /backups/file takes a format".into(),
+        });
+    }
+    call(&st, move |s| s.backup_files(q)).await.map(Json)
+}
+
+/// `GET /backups/file?repository=&backup=&disk=&path=[&format=tar]`: a guest file's
+/// bytes (`Content-Disposition: attachment`), or with `format=tar` a file or a whole
+/// directory as a tar stream; streamed as it is read from the repository.
+#[utoipa::path(get, path = "/api/v1/backups/file", tag = "backups", params(BackupFileQuery),
+    responses((status = 200, description = "the file, or a tar stream",
+            content_type = "application/octet-stream"),
+        (status = 400, body = super::ErrorBody),
+        (status = 422, description = "no such repository, backup, disk, partition or path; \
+            a directory without format=tar (the field is named)", body = super::ErrorBody)))]
+pub(super) async fn backup_file(
+    State(st): State<AppState>,
+    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
+) -> Result<FileDownload> {
+    let q = file_query(q)?;
+    call(&st, move |s| s.backup_file(q)).await
+}
+
 /// `POST /incoming` (host to host)
 #[utoipa::path(post, path = "/api/v1/incoming", tag = "host", request_body = IncomingRequest,
     responses((status = 200, body = IncomingReady), (status = 404, body = super::ErrorBody),
@@ -653,6 +701,8 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/incoming", post(incoming))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/backups/forget", post(forget_backups))
+        .route("/api/v1/backups/files", get(backup_files))
+        .route("/api/v1/backups/file", get(backup_file))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The one route without a token: how to talk to the rest.
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -829,6 +879,7 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         op_migrate, op_snapshot, op_revert, op_clone,
         op_backup, op_restore, console, list_tasks,
         get_task, events, incoming, maintenance, backups, forget_backups,
+        backup_files, backup_file,
         openapi_json,
     ),
     modifiers(&BearerToken),

@@ -6,6 +6,7 @@ use super::console::Console;
 use super::error::ApiError;
 use super::error::Result;
 use super::events::HostEvent;
+use super::files::{BackupDir, BackupFileQuery, FileDownload};
 use super::tasks::TaskHandle;
 use super::types::{
     BackupInfo, BackupsQuery, ForgetRequest, ForgetResult, HostInfo, IncomingReady,
@@ -84,6 +85,21 @@ pub trait HostService: Send + Sync + 'static {
     /// prunes the repository. A host without backups refuses (the default).
     fn forget_backups(&self, request: ForgetRequest) -> Result<ForgetResult> {
         let _ = request;
+        Err(ApiError::Unsupported("this host keeps no backups".into()))
+    }
+
+    /// `GET /backups/files`: a directory of the guest filesystem on a disk of a backup
+    /// (the query is validated). A host without backups refuses (the default).
+    fn backup_files(&self, query: BackupFileQuery) -> Result<BackupDir> {
+        let _ = query;
+        Err(ApiError::Unsupported("this host keeps no backups".into()))
+    }
+
+    /// `GET /backups/file`: a guest file (or with `format=tar` a tree) out of a backup,
+    /// once the path is found: the body is written by the host's own thread while the
+    /// server sends it. A host without backups refuses (the default).
+    fn backup_file(&self, query: BackupFileQuery) -> Result<FileDownload> {
+        let _ = query;
         Err(ApiError::Unsupported("this host keeps no backups".into()))
     }
 }

@@ -54,14 +54,14 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
-fn field(field: impl Into<String>, why: impl Into<String>) -> ApiError {
+pub(super) fn field(field: impl Into<String>, why: impl Into<String>) -> ApiError {
     ApiError::InvalidValue {
         field: field.into(),
         why: why.into(),
     }
 }
 
-fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|why| field(path, why))
 }
 
@@ -834,7 +834,7 @@ pub struct ForgetResult {
     pub bytes_deleted: u64,
 }
 
-fn check_repository(repository: &str) -> Result<(), ApiError> {
+pub(super) fn check_repository(repository: &str) -> Result<(), ApiError> {
     if repository.trim().is_empty() {
         return Err(field("repository", "a repository path is needed"));
     }

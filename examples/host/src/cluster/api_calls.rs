@@ -166,6 +166,9 @@ impl Host {
             ApiCall::ForgetBackups { request, reply } => {
                 reply.send(self.forget_backups(&request));
             }
+            // On threads of their own: cluster/backup_files.rs.
+            ApiCall::BackupFiles { query, reply } => self.backup_files(query, reply),
+            ApiCall::BackupFile { query, reply } => self.backup_file(query, reply),
         }
     }
 

@@ -78,7 +78,11 @@ fn vcb_err(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("{what}: {e}"))
 }
 
-fn open_repository(dir: &str, password: &[u8], create: bool) -> Result<Repository, ApiError> {
+pub(super) fn open_repository(
+    dir: &str,
+    password: &[u8],
+    create: bool,
+) -> Result<Repository, ApiError> {
     let path = Path::new(dir);
     let has_config = path.join("config").exists();
     if !has_config && !create {

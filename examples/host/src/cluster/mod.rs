@@ -14,6 +14,7 @@
 
 mod api_calls;
 pub mod backup;
+mod backup_files;
 mod consoles;
 pub mod devices;
 mod migrate;

@@ -21,6 +21,18 @@ export const DatacenterIcon = (p: Props) =>
     p,
   );
 
+export const FolderIcon = (p: Props) =>
+  svg(<path d="M1.5 4.5v8h13v-7H7.5L6 4H2z" fill="none" stroke="currentColor" stroke-width="1.3" stroke-linejoin="round" />, p);
+
+export const FileIcon = (p: Props) =>
+  svg(
+    <g fill="none" stroke="currentColor" stroke-width="1.3" stroke-linejoin="round">
+      <path d="M3.5 1.5h6l3 3v10h-9z" />
+      <path d="M9.5 1.5v3h3" />
+    </g>,
+    p,
+  );
+
 export const ClusterIcon = (p: Props) =>
   svg(
     <g fill="none" stroke="currentColor" stroke-width="1.3">

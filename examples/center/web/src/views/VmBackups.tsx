@@ -1,10 +1,12 @@
 // A VM's Backups card: its backups in a repository (those of the jobs that back it up,
-// or one typed in), newest first, each with "Restore as new VM".
+// or one typed in), newest first, each with "Browse files" (single files out of the
+// backup) and "Restore as new VM".
 
 import { useEffect, useState } from "preact/hooks";
 import { enc, get } from "../api";
 import { Card, Empty, ErrorNote } from "../components/Card";
 import type { ViewContext } from "../context";
+import { BackupFilesDialog } from "../dialogs/BackupFilesDialog";
 import { RestoreDialog } from "../dialogs/RestoreDialog";
 import { bytes, dash, dateTime } from "../format";
 import { usePoll } from "../live/poll";
@@ -23,6 +25,7 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
   );
   useEffect(() => backups.refresh(), [ctx.tasksEnded, repo]);
   const [restoring, setRestoring] = useState<Backup | null>(null);
+  const [browsing, setBrowsing] = useState<Backup | null>(null);
   const readOnly = ctx.canOperate ? undefined : "Your role (read-only) cannot restore VMs";
   return (
     <Card title="Backups" class="wide">
@@ -76,6 +79,9 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
                     <td class="num">{bytes(b.bytes)}</td>
                     <td class="num">{bytes(b.bytesNew)}</td>
                     <td class="row-actions">
+                      <button class="button small" onClick={() => setBrowsing(b)} data-action="browse-files">
+                        Browse files
+                      </button>
                       <button class="button small" disabled={!!readOnly} title={readOnly} onClick={() => setRestoring(b)} data-action="restore">
                         Restore as new VM
                       </button>
@@ -87,6 +93,7 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
           )}
         </>
       )}
+      {browsing && repo && <BackupFilesDialog vm={vm} repository={repo} backup={browsing} canDownload={ctx.canOperate} onClose={() => setBrowsing(null)} />}
       {restoring && repo && <RestoreDialog vm={vm} repository={repo} backup={restoring} onClose={() => setRestoring(null)} onStarted={onStarted} />}
     </Card>
   );

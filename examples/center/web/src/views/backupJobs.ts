@@ -24,6 +24,8 @@ export interface Backup {
   bytes?: number;
   bytesNew?: number;
   incremental: boolean;
+  /** Its disks' names, in the order `disk=N` counts them. */
+  disks: string[];
 }
 
 const str = (v: unknown) => (typeof v === "string" ? v : undefined);
@@ -71,6 +73,7 @@ export function readBackups(v: unknown): Backup[] {
         bytes: num(o.bytes),
         bytesNew: num(o.bytes_new),
         incremental: typeof o.parent === "string",
+        disks: (Array.isArray(o.disks) ? o.disks : []).map(String),
       },
     ];
   });

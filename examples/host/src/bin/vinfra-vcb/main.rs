@@ -8,13 +8,12 @@ mod source;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
-use vinfra_vcb::files::{EntryKind, FileEntry, FindQuery, GuestFs};
+use vinfra_vcb::files::{FileEntry, FindQuery, GuestFs};
 use vinfra_vcb::{
     Action, BackupOptions, DiskSource, Encryption, Error, InitOptions, KdfParams, LocalDir, Parent,
     Repository, Retention, Scheduler, Snapshot, VerifyLevel,
@@ -387,12 +386,7 @@ fn snapshot_json(s: &Snapshot) -> Value {
 }
 
 fn entry_json(e: &FileEntry) -> Value {
-    let kind = match e.kind {
-        EntryKind::File => "file",
-        EntryKind::Dir => "dir",
-        EntryKind::Symlink => "symlink",
-        _ => "other",
-    };
+    let kind = vinfra_host::guest_files::kind_name(e.kind);
     json!({ "path": e.path, "kind": kind, "size": e.size, "modified": e.modified_s, "mode": e.mode })
 }
 
@@ -561,8 +555,12 @@ fn open_fs(repo: &Repository, a: &FsArgs) -> Result<GuestFs, Fail> {
             .map(|d| d.name.clone())
             .ok_or_else(|| fail("the backup has no disks"))?,
     };
-    let reader = Arc::new(repo.disk_reader(&snap.id, &disk)?);
-    Ok(GuestFs::open(reader, a.partition)?)
+    Ok(vinfra_host::guest_files::open_guest_fs(
+        repo,
+        &snap,
+        &disk,
+        a.partition,
+    )?)
 }
 
 fn only_disk(snap: &Snapshot, disk: Option<&String>) -> Result<String, Fail> {
