@@ -132,9 +132,13 @@ cat <<EOF
   Log in as:    admin / $password
 
   Things to try: open a VM and watch its console; migrate it to another host;
-  put a host into maintenance mode; run DRS from the cluster page; kill a host
-  (kill -9 a vinfra-host process: \`$BIN/vinfra-lab --dir $STATE/lab status\`)
-  and watch HA restart its VMs; snapshot or back up a VM.
+  put a host into maintenance mode; run DRS from the cluster page, add a rule or
+  a resource pool there; kill a host (kill -9 a vinfra-host process:
+  \`$BIN/vinfra-lab --dir $STATE/lab status\`) and watch HA restart its VMs; raise
+  the host failures HA must tolerate (Edit settings) and see a power-on refused;
+  snapshot a VM; make a backup job on the datacenter page, then browse a backup's
+  files or restore it as a new VM. From a shell:
+  $BIN/vinfra login --server https://$LISTEN --ca-cert $STATE/center/tls/cert.pem
 
   Ctrl-C stops everything.
 EOF
