@@ -7,7 +7,8 @@
 //! layers from under a linked clone. A VM with a NIC on a port group the host lacks is
 //! refused with the port group's name. VMs with NICs on the lab's `vm-net` port group
 //! ping each other across hosts. A running VM is snapshotted and backed up through its
-//! process, and the backup restored as a new VM that boots.
+//! process, and the backup restored as a new VM that boots; one of its disks is written
+//! back into it (off) from the backup.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -304,6 +305,16 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
 }
 
 /// The line of `vm`'s console on `host` that starts with `prefix`, once it is there.
+/// Asserts that `op` on VM `w` with `body` is refused with 422 naming `field`.
+fn refused_on(lab: &Lab, op: &str, body: &Value, field: &str) {
+    let (s, e) = lab.send(1, "POST", &format!("/vms/w/{op}"), &body.to_string(), true);
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        s == 422 && message.starts_with(&format!("{field}:")),
+        "{op} {body}: {s} {e}"
+    );
+}
+
 fn console_line(lab: &Lab, host: u32, vm: &str, prefix: &str) -> String {
     let mut line = String::new();
     lab.wait(&format!("{prefix} from {vm}"), || {
@@ -432,6 +443,22 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     lab.wait("wr ready", || lab.console_has(1, "wr", "VINFRA-READY"));
     lab.succeeds(1, "wr", "stop", json!({}));
     lab.delete(1, "wr");
+    // Disks that are not the VM's are named as such; a disk goes back only into a VM
+    // that is off.
+    for (op, body, field) in [
+        ("backup", json!({"repository": repo, "disks": [3]}), "disks"),
+        ("backup", json!({"repository": repo, "disks": []}), "disks"),
+    ] {
+        refused_on(&lab, op, &body, field);
+    }
+    let (s, e) = lab.send(
+        1,
+        "POST",
+        "/vms/w/restore-disk",
+        &json!({"repository": repo, "disk": 0}).to_string(),
+        true,
+    );
+    assert!(s == 409 && e["error"]["code"] == "wrong_state", "{s} {e}");
     // The child holds the disk: it takes the snapshot, and the VM runs on.
     let t = lab.succeeds(1, "w", "snapshot", json!({"name": "hot"}));
     assert_eq!(t["result"]["layers"], 2, "{t}");
@@ -453,6 +480,42 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
         );
     }
     lab.succeeds(1, "w", "stop", json!({}));
+    // Disk 0 written back from the backup: the marker the backup holds returns, and a
+    // grain the backup holds as zero reads zero again; the VM's snapshot stays.
+    let bad = 0xdead_beefu32.to_le_bytes();
+    with_disk(&lab, "w", |d| {
+        d.write_at(&bad, 100 * 512).unwrap();
+        d.write_at(&bad, 2000 * 512).unwrap();
+    });
+    for (body, field) in [
+        (json!({"repository": repo, "disk": 1}), "disk"),
+        (
+            json!({"repository": repo, "disk": 0, "backup": "00"}),
+            "backup",
+        ),
+    ] {
+        refused_on(&lab, "restore-disk", &body, field);
+    }
+    let t = lab.succeeds(
+        1,
+        "w",
+        "restore-disk",
+        json!({"repository": repo, "disk": 0}),
+    );
+    assert_eq!(t["result"]["zeroed_bytes"], 65536, "{t}");
+    assert!(t["result"]["written_bytes"].as_u64() > Some(0), "{t}");
+    with_disk(&lab, "w", |d| {
+        let mut b = [0u8; 4];
+        d.read_at(&mut b, 100 * 512).unwrap();
+        assert_eq!(b, marker);
+        d.read_at(&mut b, 2000 * 512).unwrap();
+        assert_eq!(b, [0; 4]);
+        assert_eq!(d.chain().len(), 2, "{:?}", d.chain());
+    });
+    assert!(
+        !lab.events(1, "vm_disk_restored", "w").is_empty(),
+        "no vm_disk_restored event"
+    );
     let t = lab.succeeds(1, "w", "revert", json!({"snapshot": "hot"}));
     assert_eq!(t["result"]["snapshot"], "hot", "{t}");
     with_disk(&lab, "w", |d| {

@@ -36,8 +36,8 @@ use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
     validate_name, BackupInfo, BackupRequest, BackupsQuery, CloneRequest, ForgetRequest,
     ForgetResult, HostInfo, IncomingReady, IncomingRequest, MaintenanceRequest, MigrateRequest,
-    OpKind, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskStarted, VmInfo,
-    VmOp, VmPatch, VmSpec,
+    OpKind, RestoreDiskRequest, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest,
+    TaskStarted, VmInfo, VmOp, VmPatch, VmSpec,
 };
 
 /// Where every route lives.
@@ -404,6 +404,14 @@ op_route!(
     VmOp::Restore,
     Body
 );
+op_route!(
+    op_restore_disk,
+    "/api/v1/vms/{name}/restore-disk",
+    "One disk of a backup of NAME written back into NAME's disk of that index (VM off).",
+    RestoreDiskRequest,
+    VmOp::RestoreDisk,
+    Body
+);
 
 /// `GET /tasks`
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
@@ -694,6 +702,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/vms/{name}/clone", post(op_clone))
         .route("/api/v1/vms/{name}/backup", post(op_backup))
         .route("/api/v1/vms/{name}/restore", post(op_restore))
+        .route("/api/v1/vms/{name}/restore-disk", post(op_restore_disk))
         .route("/api/v1/vms/{name}/console", get(console))
         .route("/api/v1/tasks", get(list_tasks))
         .route("/api/v1/tasks/{id}", get(get_task))
@@ -877,7 +886,7 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         host, list_vms, create_vm, get_vm, delete_vm, patch_vm,
         op_start, op_stop, op_reset, op_shutdown,
         op_migrate, op_snapshot, op_revert, op_clone,
-        op_backup, op_restore, console, list_tasks,
+        op_backup, op_restore, op_restore_disk, console, list_tasks,
         get_task, events, incoming, maintenance, backups, forget_backups,
         backup_files, backup_file,
         openapi_json,

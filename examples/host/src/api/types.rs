@@ -553,6 +553,10 @@ pub struct BackupRequest {
     /// Only the blocks changed since the VM's last backup to this repository.
     #[serde(default)]
     pub incremental: bool,
+    /// Which of the VM's disks, by index (all when absent). A backup of some disks is
+    /// restored as a VM with those disks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<u32>>,
 }
 
 /// `POST /vms/NAME/restore`: NAME is the backed-up VM's name in the repository.
@@ -566,6 +570,21 @@ pub struct RestoreRequest {
     pub backup: Option<String>,
     /// The new VM's name (a new VM: it must not exist).
     pub name: String,
+}
+
+/// `POST /vms/NAME/restore-disk`: one disk of a backup of NAME written back into NAME's
+/// disk of the same index, with the VM off. The disk's other snapshots stay: a revert to
+/// the latest one undoes the restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreDiskRequest {
+    /// The backup repository (a path on the host).
+    pub repository: String,
+    /// The backup to restore from (the VM's latest that holds the disk when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The disk, by index in the VM's definition (the backup's `diskI`).
+    pub disk: u32,
 }
 
 /// How long a graceful shutdown waits for the guest when the request does not say.
@@ -619,6 +638,8 @@ pub enum VmOp {
     Backup(BackupRequest),
     /// A new VM from a backup.
     Restore(RestoreRequest),
+    /// One disk of a backup written back into the VM.
+    RestoreDisk(RestoreDiskRequest),
 }
 
 impl VmOp {
@@ -636,6 +657,7 @@ impl VmOp {
             Self::Clone(_) => OpKind::Clone,
             Self::Backup(_) => OpKind::Backup,
             Self::Restore(_) => OpKind::Restore,
+            Self::RestoreDisk(_) => OpKind::RestoreDisk,
         }
     }
 
@@ -663,11 +685,18 @@ impl VmOp {
             Self::Backup(b) if b.repository.trim().is_empty() => {
                 Err(field("repository", "a repository path is needed"))
             }
+            Self::Backup(b) if b.disks.as_ref().is_some_and(Vec::is_empty) => {
+                Err(field("disks", "at least one disk, or none named for all"))
+            }
             Self::Backup(_) => Ok(()),
             Self::Restore(r) if r.repository.trim().is_empty() => {
                 Err(field("repository", "a repository path is needed"))
             }
             Self::Restore(r) => check_name("name", &r.name),
+            Self::RestoreDisk(r) if r.repository.trim().is_empty() => {
+                Err(field("repository", "a repository path is needed"))
+            }
+            Self::RestoreDisk(_) => Ok(()),
         }
     }
 }
@@ -697,6 +726,9 @@ pub enum OpKind {
     Backup,
     /// Restore from a backup.
     Restore,
+    /// One disk restored from a backup into its VM.
+    #[serde(rename = "restore-disk")]
+    RestoreDisk,
     /// The host enters or leaves maintenance mode.
     Maintenance,
 }
@@ -716,6 +748,7 @@ impl OpKind {
             Self::Clone => "clone",
             Self::Backup => "backup",
             Self::Restore => "restore",
+            Self::RestoreDisk => "restore-disk",
             Self::Maintenance => "maintenance",
         }
     }

@@ -567,6 +567,7 @@ impl Host {
             VmOp::Clone(req) => self.clone_vm(name, &req, task),
             // Backups: cluster/backup.rs.
             VmOp::Backup(req) => self.backup_vm(name, &req, task),
+            VmOp::RestoreDisk(req) => self.restore_disk(name, &req, task),
             other => Err(ApiError::Unsupported(format!(
                 "{:?} through vinfra-host's API is not wired yet",
                 other.kind()

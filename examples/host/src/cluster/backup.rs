@@ -74,7 +74,7 @@ struct BackedUpVm {
     settings: vinfra_ha::HaSettings,
 }
 
-fn vcb_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+pub(super) fn vcb_err(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("{what}: {e}"))
 }
 
@@ -116,6 +116,7 @@ impl Host {
                 "VM {name} has no disk to back up"
             )));
         }
+        let chosen = chosen_disks(dev.disks.len(), req.disks.as_deref(), name)?;
         let carried = BackedUpVm {
             config: read_definition(&self.volume, name).map_err(ApiError::Internal)?,
             devices: dev.clone(),
@@ -129,7 +130,8 @@ impl Host {
         let mut infos = Vec::new();
         let mut open_disks = Vec::new();
         let mut failed = None;
-        for (i, d) in dev.disks.iter().enumerate() {
+        for &i in &chosen {
+            let d = &dev.disks[i];
             let frozen = if running {
                 match self.vms.process_mut(name) {
                     Some(p) => p
@@ -149,7 +151,7 @@ impl Host {
                     .map_err(|e| vcb_err(&format!("snapshot {}", d.path), e))
             };
             match frozen {
-                Ok(info) => infos.push(info),
+                Ok(info) => infos.push((i, info)),
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -161,7 +163,7 @@ impl Host {
             Some(e) => Err(e),
             None => (|| {
                 let mut sources = Vec::new();
-                for (i, info) in infos.iter().enumerate() {
+                for (i, info) in &infos {
                     let s = VmfsSnapshot::open(&self.volume, info.clone())
                         .map_err(|e| vcb_err(&format!("open the frozen layers of disk {i}"), e))?;
                     sources.push((format!("disk{i}"), s));
@@ -184,7 +186,7 @@ impl Host {
         // The frozen layers are closed (the sources dropped) before the redo logs fold
         // back: also after a failed backup.
         let mut folded = Ok(());
-        for i in 0..infos.len() {
+        for (k, &(i, _)) in infos.iter().enumerate() {
             let r = if running {
                 match self.vms.process_mut(name) {
                     Some(p) => p
@@ -193,7 +195,7 @@ impl Host {
                     None => Ok(()),
                 }
             } else {
-                match open_disks.get_mut(i) {
+                match open_disks.get_mut(k) {
                     Some(d) => d
                         .consolidate()
                         .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e)),
@@ -232,23 +234,7 @@ impl Host {
             return Err(ApiError::VmExists(new.to_string()));
         }
         let repo = open_repository(&req.repository, &self.vcb_password, false)?;
-        let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
-        let snap = match &req.backup {
-            Some(b) => {
-                let id = Id::from_hex(b).ok_or_else(|| ApiError::InvalidValue {
-                    field: "backup".into(),
-                    why: "not a backup id (hex)".into(),
-                })?;
-                snaps
-                    .into_iter()
-                    .find(|s| s.id == id && s.manifest.vm == name)
-            }
-            None => snaps.into_iter().rfind(|s| s.manifest.vm == name),
-        }
-        .ok_or_else(|| ApiError::InvalidValue {
-            field: "backup".into(),
-            why: format!("no backup of VM {name} in {}", req.repository),
-        })?;
+        let snap = find_backup(&repo, name, req.backup.as_deref(), None, &req.repository)?;
         let carried: BackedUpVm = serde_json::from_slice(&snap.manifest.config)
             .map_err(|e| vcb_err("the backup's VM definition", e))?;
         let mut settings = carried.settings.clone();
@@ -259,6 +245,24 @@ impl Host {
             write_definition(&self.volume, new, &carried.config).map_err(ApiError::Internal)?;
             let vm = restore_vm(&repo, &snap.id, &self.volume, &vm_dir(new))
                 .map_err(|e| vcb_err("restore", e))?;
+            // The disks the backup holds (all, or those its request named), in order,
+            // each where restore_vm put it and with its size from the definition.
+            let disks = vm
+                .disks
+                .iter()
+                .map(|(disk, _)| {
+                    let size_mib = disk
+                        .strip_prefix("disk")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| carried.devices.disks.get(i))
+                        .map(|d| d.size_mib)
+                        .ok_or_else(|| vcb_err("restore", format!("unknown disk {disk}")))?;
+                    Ok(DiskRecord {
+                        path: format!("{}/{disk}.vmdk", vm_dir(new)),
+                        size_mib,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
             drop(vm.disks);
             let specs = carried.devices.nic_specs();
             let nics = devices::nic_records(
@@ -272,16 +276,7 @@ impl Host {
                     .collect::<Vec<_>>(),
             );
             let dev = Devices {
-                disks: carried
-                    .devices
-                    .disks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| DiskRecord {
-                        path: devices::disk_path(new, i),
-                        size_mib: d.size_mib,
-                    })
-                    .collect(),
+                disks,
                 nics,
                 layers: 1,
                 resources: carried.devices.resources.clone(),
@@ -301,6 +296,62 @@ impl Host {
         task.succeed(serde_json::json!({"vm": new, "backup": snap.id.to_hex(), "state": PowerState::ShutOff}));
         Ok(())
     }
+}
+
+/// The indexes of the disks a backup takes: `wanted` (checked against the VM's `count`
+/// disks, duplicates dropped) or all.
+fn chosen_disks(count: usize, wanted: Option<&[u32]>, vm: &str) -> Result<Vec<usize>, ApiError> {
+    let Some(wanted) = wanted else {
+        return Ok((0..count).collect());
+    };
+    let mut chosen = Vec::new();
+    for &w in wanted {
+        let i = usize::try_from(w).unwrap_or(usize::MAX);
+        if i >= count {
+            return Err(ApiError::InvalidValue {
+                field: "disks".into(),
+                why: format!("VM {vm} has {count} disk(s): no disk {w}"),
+            });
+        }
+        if !chosen.contains(&i) {
+            chosen.push(i);
+        }
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+/// Backup `backup` (hex id) of VM `vm` in `repo`, or when none is named the latest of the
+/// VM (holding disk `disk` when one is named); 422 naming `backup` otherwise.
+pub(super) fn find_backup(
+    repo: &Repository,
+    vm: &str,
+    backup: Option<&str>,
+    disk: Option<&str>,
+    repository: &str,
+) -> Result<Snapshot, ApiError> {
+    let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+    let snap = match backup {
+        Some(b) => {
+            let id = Id::from_hex(b).ok_or_else(|| ApiError::InvalidValue {
+                field: "backup".into(),
+                why: "not a backup id (hex)".into(),
+            })?;
+            snaps
+                .into_iter()
+                .find(|s| s.id == id && s.manifest.vm == vm)
+        }
+        None => snaps
+            .into_iter()
+            .rfind(|s| s.manifest.vm == vm && disk.is_none_or(|d| s.manifest.disk(d).is_some())),
+    };
+    snap.ok_or_else(|| ApiError::InvalidValue {
+        field: "backup".into(),
+        why: match (backup, disk) {
+            (None, Some(d)) => format!("no backup of VM {vm}'s {d} in {repository}"),
+            _ => format!("no backup of VM {vm} in {repository}"),
+        },
+    })
 }
 
 /// The API's view of a backup.

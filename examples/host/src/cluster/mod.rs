@@ -21,6 +21,7 @@ mod migrate;
 mod nics;
 pub mod probe;
 pub mod report;
+mod restore_disk;
 mod shutdown;
 pub mod storage_fault;
 mod vm_ops;

@@ -31,7 +31,7 @@ fn disk_err(path: &str, what: &str, e: impl std::fmt::Display) -> ApiError {
 
 impl Host {
     /// Refuses unless the VM is off everywhere.
-    fn must_be_off(&mut self, name: &str) -> Result<(), ApiError> {
+    pub(super) fn must_be_off(&mut self, name: &str) -> Result<(), ApiError> {
         let vm = self.vm_info(name)?;
         match vm.host {
             Some(h) if h != self.agent.host() => Err(ApiError::RunningElsewhere {

@@ -31,8 +31,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use vinfra_host::api::{
     ApiToken, BackupRequest, CloneRequest, DiskSpec, HostEvent, HostInfo, MigrateRequest, NicSpec,
-    RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskInfo, TaskStarted,
-    TaskState, VmInfo, VmSpec,
+    RestoreDiskRequest, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest, TaskInfo,
+    TaskStarted, TaskState, VmInfo, VmSpec,
 };
 
 use crate::client::{CliError, Client};
@@ -188,6 +188,9 @@ pub(crate) enum VmCommand {
         /// Only the blocks changed since the last backup.
         #[arg(long)]
         incremental: bool,
+        /// Only this disk (by index; repeat for more; all by default).
+        #[arg(long = "disk")]
+        disks: Vec<u32>,
     },
     /// A new VM from a backup of NAME.
     Restore {
@@ -202,6 +205,20 @@ pub(crate) enum VmCommand {
         /// The new VM's name.
         #[arg(long = "as")]
         new_name: String,
+    },
+    /// Write one disk of a backup of NAME back into NAME (the VM must be off).
+    RestoreDisk {
+        #[command(flatten)]
+        op: OpArgs,
+        /// The repository (a path on the host).
+        #[arg(long)]
+        repository: String,
+        /// The backup (the latest that holds the disk by default).
+        #[arg(long)]
+        backup: Option<String>,
+        /// The disk, by index.
+        #[arg(long)]
+        disk: u32,
     },
     /// Attach to the serial console (Ctrl-] leaves).
     Console { name: String },
@@ -470,15 +487,13 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
             op,
             repository,
             incremental,
+            disks,
         } => operation(
             cli,
             client,
             op,
             "backup",
-            &BackupRequest {
-                repository: repository.clone(),
-                incremental: *incremental,
-            },
+            &backup_request(repository, *incremental, disks),
         ),
         VmCommand::Restore {
             op,
@@ -496,7 +511,32 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
                 name: new_name.clone(),
             },
         ),
+        VmCommand::RestoreDisk {
+            op,
+            repository,
+            backup,
+            disk,
+        } => operation(
+            cli,
+            client,
+            op,
+            "restore-disk",
+            &RestoreDiskRequest {
+                repository: repository.clone(),
+                backup: backup.clone(),
+                disk: *disk,
+            },
+        ),
         VmCommand::Console { name } => console::attach(client, name),
+    }
+}
+
+/// The body of a backup: `--disk` given or not (all disks).
+pub(crate) fn backup_request(repository: &str, incremental: bool, disks: &[u32]) -> BackupRequest {
+    BackupRequest {
+        repository: repository.to_string(),
+        incremental,
+        disks: (!disks.is_empty()).then(|| disks.to_vec()),
     }
 }
 

@@ -274,12 +274,28 @@ fn run_vm(cli: &Cli, c: &CenterClient, command: &VmCommand) -> Result<(), CliErr
             op,
             repository,
             incremental,
+            disks,
         } => action(
             op,
             "backup",
-            body(serde_json::to_value(vinfra_host::api::BackupRequest {
+            body(serde_json::to_value(crate::backup_request(
+                repository,
+                *incremental,
+                disks,
+            )))?,
+        ),
+        VmCommand::RestoreDisk {
+            op,
+            repository,
+            backup,
+            disk,
+        } => action(
+            op,
+            "restore-disk",
+            body(serde_json::to_value(vinfra_host::api::RestoreDiskRequest {
                 repository: repository.clone(),
-                incremental: *incremental,
+                backup: backup.clone(),
+                disk: *disk,
             }))?,
         ),
         VmCommand::Restore {
