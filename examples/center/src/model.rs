@@ -298,6 +298,9 @@ pub struct BackupJob {
     pub keep_last: u32,
     /// Only the blocks changed since each VM's last backup (a full read otherwise).
     pub incremental: bool,
+    /// Which disks of each VM, by index in its definition (empty: all of them).
+    #[serde(default)]
+    pub disks: Vec<u32>,
     /// Whether the scheduler runs it (a disabled job still runs when asked).
     pub enabled: bool,
     /// When its last run started (ms since the Unix epoch).

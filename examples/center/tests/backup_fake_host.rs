@@ -2,7 +2,8 @@
 //! the backups asked of it and keeps a pretend repository (no KVM, no root: runs
 //! anywhere): the job routes, roles and bad input; runs now and by the scheduler (a job
 //! every 2 s), retention through `POST /api/v1/backups/forget`, no second run while one
-//! is in progress, and the backups listed for a restore.
+//! is in progress, the backups listed for a restore, jobs of some disks only, and one
+//! disk written back into its VM.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -16,7 +17,7 @@ use support::Center;
 use vinfra_host::api::{
     serve, ApiError, ApiToken, BackupInfo, BackupsQuery, Console, ForgetRequest, ForgetResult,
     HostCapacity, HostEvent, HostInfo, HostService, IncomingReady, IncomingRequest, PowerState,
-    Result, ServerHandle, TaskHandle, VmInfo, VmOp, VmSpec,
+    RestoreDiskRequest, Result, ServerHandle, TaskHandle, VmInfo, VmOp, VmSpec,
 };
 
 /// A backup the fake host was asked for.
@@ -25,6 +26,7 @@ struct Asked {
     vm: String,
     repository: String,
     incremental: bool,
+    disks: Option<Vec<u32>>,
 }
 
 /// A host with VMs `a` and `b` running; backups end at once unless `hold` is set.
@@ -34,6 +36,8 @@ struct BackupHost {
     /// Repository → its backups, oldest first.
     repos: Mutex<BTreeMap<String, Vec<BackupInfo>>>,
     forgets: Mutex<Vec<ForgetRequest>>,
+    /// Disks written back: the VM and the request.
+    restored: Mutex<Vec<(String, RestoreDiskRequest)>>,
     hold: AtomicBool,
     held: Mutex<Vec<(TaskHandle, Asked)>>,
 }
@@ -115,13 +119,23 @@ impl HostService for BackupHost {
     }
     fn start_op(&self, name: &str, op: VmOp, task: TaskHandle) -> Result<()> {
         self.vm(name)?;
-        let VmOp::Backup(req) = op else {
-            return Err(ApiError::Unsupported("fake: backups only".into()));
+        let req = match op {
+            VmOp::Backup(req) => req,
+            VmOp::RestoreDisk(req) => {
+                self.restored
+                    .lock()
+                    .unwrap()
+                    .push((name.into(), req.clone()));
+                task.succeed(serde_json::json!({"vm": name, "disk": req.disk}));
+                return Ok(());
+            }
+            _ => return Err(ApiError::Unsupported("fake: backups only".into())),
         };
         let a = Asked {
             vm: name.into(),
             repository: req.repository,
             incremental: req.incremental,
+            disks: req.disks,
         };
         self.asked.lock().unwrap().push(a.clone());
         if self.hold.load(Ordering::SeqCst) {
@@ -289,6 +303,16 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
             400,
             "",
         ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "disks": [0, 0]}"#,
+            422,
+            "disks[1]",
+        ),
+        (
+            r#"{"name": "j", "vms": ["a"], "repository": "/r", "schedule": "every 1h", "disks": [64]}"#,
+            422,
+            "disks[0]",
+        ),
     ] {
         let e = center.ok(&op, "POST", "/api/vinfra/backup/job", body, status);
         if !field.is_empty() {
@@ -355,7 +379,7 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
     assert_eq!(asked.len(), 6);
     assert!(asked
         .iter()
-        .all(|a| a.repository == "/backups/main" && a.incremental));
+        .all(|a| a.repository == "/backups/main" && a.incremental && a.disks.is_none()));
     // keep_last 2: the third run's retention forgot each VM's oldest.
     assert_eq!(host.backups_of("/backups/main", "a"), 2);
     assert_eq!(host.backups_of("/backups/main", "b"), 2);
@@ -423,10 +447,11 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
         &op,
         "PATCH",
         "/api/vinfra/backup/job/nightly",
-        r#"{"vms": ["b"], "enabled": false, "schedule": "every 12h"}"#,
+        r#"{"vms": ["b"], "enabled": false, "schedule": "every 12h", "disks": [1, 0]}"#,
         200,
     );
     assert_eq!(changed["vms"], serde_json::json!(["b"]));
+    assert_eq!(changed["disks"], serde_json::json!([1, 0]));
     assert_eq!(changed["schedule"], "every 12h");
     assert!(changed["next_run_ms"].is_null(), "{changed}");
     assert_eq!(changed["keep_last"], 2);
@@ -484,6 +509,46 @@ fn jobs_are_made_checked_run_now_and_list_their_backups() {
         r#"{"repository": "/x"}"#,
         403,
     );
+
+    // A run of a job of some disks asks the host for those.
+    center.ok(
+        &op,
+        "POST",
+        "/api/vinfra/backup/job/nightly?action=run",
+        "",
+        202,
+    );
+    run_ended(&center, &op, "nightly");
+    let last = host.asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.vm.as_str(), last.disks), ("b", Some(vec![1, 0])));
+
+    // One disk written back into its VM: a task on its host; read_only may not; the
+    // body's fields are checked by the center (the VM's state by its host).
+    let restore = r#"{"repository": "/backups/main", "disk": 1}"#;
+    center.ok(
+        &ro,
+        "POST",
+        "/api/vcenter/vm/a?action=restore-disk",
+        restore,
+        403,
+    );
+    let e = center.ok(
+        &op,
+        "POST",
+        "/api/vcenter/vm/a?action=restore-disk",
+        r#"{"repository": "/backups/main"}"#,
+        400,
+    );
+    assert_eq!(e["error"]["field"], "disk", "{e}");
+    let t = center.op(&op, "/api/vcenter/vm/a?action=restore-disk", restore);
+    assert_eq!(
+        (&t["kind"], &t["user"], &t["state"]),
+        (&"vm.restore-disk".into(), &"op".into(), &"succeeded".into()),
+        "{t}"
+    );
+    let restored = host.restored.lock().unwrap().clone();
+    assert_eq!(restored.len(), 1);
+    assert_eq!((restored[0].0.as_str(), restored[0].1.disk), ("a", 1));
 
     // Delete: read_only may not; then it is gone (its backups stay).
     center.ok(&ro, "DELETE", "/api/vinfra/backup/job/nightly", "", 403);

@@ -6,7 +6,8 @@
 //! `/api/vinfra/backup/file`. read_only browses but may not download; an operator
 //! downloads a file byte for byte and a folder as tar, recorded as an event; bad input
 //! is 422 naming the field. In headless chromium, the VM's Backups card browses the
-//! backup and a file's download link is fetched by the page.
+//! backup and a file's download link is fetched by the page, and "Restore disk" writes
+//! the backup's disk back into the (shut off) VM through its host.
 #![allow(clippy::unwrap_used)]
 
 mod browser_support;
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -24,16 +25,18 @@ use support::Center;
 use vinfra_host::api::{
     serve, ApiError, ApiToken, BackupDir, BackupFileQuery, BackupInfo, BackupsQuery, Console,
     FileDownload, HostCapacity, HostEvent, HostInfo, HostService, IncomingReady, IncomingRequest,
-    PowerState, Result, TaskHandle, VmInfo, VmOp, VmSpec,
+    PowerState, RestoreDiskRequest, Result, TaskHandle, VmInfo, VmOp, VmSpec,
 };
 use vinfra_testkit::tool_or_skip;
 use vinfra_vcb::{BackupOptions, InitOptions, KdfParams, LocalDir, MemDisk, Repository};
 
 const PASSWORD: &[u8] = b"fake host repository";
 
-/// A host with VM `a` running, whose backups are in a real repository.
+/// A host with VM `a` shut off, whose backups are in a real repository.
 struct FilesHost {
     repository: PathBuf,
+    /// The disks written back (`restore-disk` asked of it).
+    restored: Mutex<Vec<RestoreDiskRequest>>,
 }
 
 impl FilesHost {
@@ -67,7 +70,7 @@ impl HostService for FilesHost {
         if name != "a" {
             return Err(ApiError::VmNotFound(name.into()));
         }
-        let mut info = VmInfo::new(VmSpec::new(name, "/k", 16), PowerState::Running);
+        let mut info = VmInfo::new(VmSpec::new(name, "/k", 16), PowerState::ShutOff);
         info.host = Some(1);
         Ok(info)
     }
@@ -77,8 +80,14 @@ impl HostService for FilesHost {
     fn delete_vm(&self, _: &str) -> Result<()> {
         Err(ApiError::Unsupported("fake".into()))
     }
-    fn start_op(&self, _: &str, _: VmOp, _: TaskHandle) -> Result<()> {
-        Err(ApiError::Unsupported("fake".into()))
+    fn start_op(&self, name: &str, op: VmOp, task: TaskHandle) -> Result<()> {
+        self.vm(name)?;
+        let VmOp::RestoreDisk(req) = op else {
+            return Err(ApiError::Unsupported("fake".into()));
+        };
+        self.restored.lock().unwrap().push(req.clone());
+        task.succeed(serde_json::json!({"vm": name, "disk": req.disk}));
+        Ok(())
     }
     fn console(&self, name: &str) -> Result<Console> {
         Err(ApiError::VmNotFound(name.into()))
@@ -218,6 +227,7 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
     let repo = dir.path().join("repo");
     let host = Arc::new(FilesHost {
         repository: repo.clone(),
+        restored: Mutex::default(),
     });
     let token = ApiToken::from_key_hex(&"42".repeat(32)).unwrap();
     let server = serve("127.0.0.1:0".parse().unwrap(), token, host).unwrap();
@@ -360,14 +370,15 @@ async fn the_console_browses_a_backup_and_downloads_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let files = tree();
     let path = dir.path().to_path_buf();
-    let (server, center, repo) = tokio::task::spawn_blocking(move || {
+    let (server, center, repo, host) = tokio::task::spawn_blocking(move || {
         backed_up(&path, &tree());
         let repo = path.join("repo");
         let host = Arc::new(FilesHost {
             repository: repo.clone(),
+            restored: Mutex::default(),
         });
         let token = ApiToken::from_key_hex(&"42".repeat(32)).unwrap();
-        let server = serve("127.0.0.1:0".parse().unwrap(), token, host).unwrap();
+        let server = serve("127.0.0.1:0".parse().unwrap(), token, host.clone()).unwrap();
         let args = [
             "--host".to_string(),
             format!("fake-1=http://{}", server.local_addr()),
@@ -377,7 +388,7 @@ async fn the_console_browses_a_backup_and_downloads_a_file() {
         center.wait("fake-1 connected and its VM", 20, || {
             center.call(&admin, "GET", "/api/vcenter/vm/a", "").1["host"] == "fake-1"
         });
-        (server, center, repo.display().to_string())
+        (server, center, repo.display().to_string(), host)
     })
     .await
     .unwrap();
@@ -430,6 +441,34 @@ async fn the_console_browses_a_backup_and_downloads_a_file() {
         .await?;
         if got.as_str() != Some(expected.as_str()) {
             return Err(format!("downloaded {} bytes, not the file", got.as_str().map_or(0, str::len)));
+        }
+        // Its disk written back into the VM (off): the dialog warns, the host is asked.
+        click(&c, "[data-testid=dialog] [aria-label=Close], .modal-backdrop [aria-label=Close]").await?;
+        click(&c, "[data-testid=vm-backups] [data-action=restore-disk]").await?;
+        wait_css(&c, "[data-testid=restore-disk-warning]", WAIT).await?;
+        screenshot(&c, "23-restore-disk").await?;
+        click(&c, "[data-testid=dialog-submit]").await?;
+        wait_js(
+            &c,
+            "the restore-disk dialog to close",
+            "const e = document.querySelector('[data-testid=dialog-error]'); if (e) return 'error: ' + e.textContent; return document.querySelector('[data-testid=restore-disk-warning]') ? null : 'closed';",
+            WAIT,
+        )
+        .await
+        .and_then(|v| if v.as_str() == Some("closed") { Ok(()) } else { Err(format!("restore-disk: {v}")) })?;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let asked = host.restored.lock().unwrap().clone();
+            if let Some(r) = asked.first() {
+                if (r.disk, r.repository.as_str()) != (0, repo.as_str()) {
+                    return Err(format!("the host was asked {r:?}"));
+                }
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("the host was never asked to restore the disk".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
     }

@@ -813,6 +813,7 @@ fn openapi_json_needs_no_token_and_lists_every_route() {
         ("post", "/api/v1/vms/{name}/clone"),
         ("post", "/api/v1/vms/{name}/backup"),
         ("post", "/api/v1/vms/{name}/restore"),
+        ("post", "/api/v1/vms/{name}/restore-disk"),
         ("get", "/api/v1/vms/{name}/console"),
         ("get", "/api/v1/tasks"),
         ("get", "/api/v1/tasks/{id}"),

@@ -23,6 +23,8 @@ use crate::schedule::Schedule;
 pub const JOB_VMS_MAX: usize = 256;
 /// The most backups of a VM a job keeps.
 pub const KEEP_LAST_MAX: u32 = 10_000;
+/// A disk index a job may name is below this (a VM's devices hold far fewer).
+pub const DISK_INDEX_MAX: u32 = 64;
 
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -57,6 +59,10 @@ pub struct BackupJobSpec {
     /// Only the blocks changed since each VM's last backup.
     #[serde(default)]
     pub incremental: bool,
+    /// Which disks of each VM, by index (empty, the default: all). A VM without one of
+    /// them fails its backup in the run, with the reason.
+    #[serde(default)]
+    pub disks: Vec<u32>,
     /// Whether the scheduler runs it (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -80,6 +86,8 @@ pub struct BackupJobPatch {
     pub keep_last: Option<u32>,
     /// Incremental backups.
     pub incremental: Option<bool>,
+    /// Which disks (empty: all).
+    pub disks: Option<Vec<u32>>,
     /// Whether the scheduler runs it.
     pub enabled: Option<bool>,
 }
@@ -112,6 +120,19 @@ fn check(state: &AppState, job: &BackupJob) -> ApiResult<Schedule> {
             "repository",
             "repository: an absolute path on the hosts",
         ));
+    }
+    let mut disks = BTreeSet::new();
+    for (i, d) in job.disks.iter().enumerate() {
+        let field = format!("disks[{i}]");
+        if *d >= DISK_INDEX_MAX {
+            return Err(ApiError::field(
+                &field,
+                format!("{field}: a disk index below {DISK_INDEX_MAX}"),
+            ));
+        }
+        if !disks.insert(d) {
+            return Err(ApiError::field(&field, format!("{field}: disk {d} twice")));
+        }
     }
     if job.keep_last > KEEP_LAST_MAX {
         return Err(ApiError::field(
@@ -173,6 +194,7 @@ pub async fn create(
         schedule: spec.schedule,
         keep_last: spec.keep_last,
         incremental: spec.incremental,
+        disks: spec.disks,
         enabled: spec.enabled,
         last_run_ms: None,
         next_run_ms: None,
@@ -229,6 +251,9 @@ pub async fn patch(
     }
     if let Some(i) = p.incremental {
         job.incremental = i;
+    }
+    if let Some(d) = p.disks {
+        job.disks = d;
     }
     if let Some(e) = p.enabled {
         job.enabled = e;

@@ -136,6 +136,7 @@ pub(super) async fn start_run(
     let request = BackupRequest {
         repository: job.repository.clone(),
         incremental: job.incremental,
+        disks: (!job.disks.is_empty()).then(|| job.disks.clone()),
     };
     let mut refused = Vec::new();
     for vm in &job.vms {
@@ -359,6 +360,7 @@ mod tests {
             schedule: "every 10s".into(),
             keep_last: 2,
             incremental: false,
+            disks: Vec::new(),
             enabled,
             last_run_ms: None,
             next_run_ms: next,

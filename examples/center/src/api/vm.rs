@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use vinfra_host::api::client::Client;
 use vinfra_host::api::{
-    BackupRequest, CloneRequest, MigrateRequest, PowerState, RestoreRequest, RevertRequest,
-    SnapshotRequest, TaskStarted, VmInfo, VmSpec,
+    BackupRequest, CloneRequest, MigrateRequest, PowerState, RestoreDiskRequest, RestoreRequest,
+    RevertRequest, SnapshotRequest, TaskStarted, VmInfo, VmSpec,
 };
 
 use super::inventory::{find_host, TaskAccepted};
@@ -442,8 +442,9 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<JsonBody<T>> {
     })
 }
 
-/// `POST /api/vcenter/vm/{vm}?action=relocate|snapshot|revert|clone|backup|restore`
-/// (operator). Bodies: `{"host": "esx-2"}` for relocate, the host API's otherwise.
+/// `POST /api/vcenter/vm/{vm}?action=relocate|snapshot|revert|clone|backup|restore|restore-disk`
+/// (operator). Bodies: `{"host": "esx-2"}` for relocate, the host API's otherwise
+/// (`restore-disk`: `{"repository", "backup"?, "disk"}`, the VM off).
 #[utoipa::path(post, path = "/api/vcenter/vm/{vm}", tag = "vm",
     params(("vm" = String, Path), ("action" = String, Query)), request_body = Relocate,
     responses((status = 202, body = TaskAccepted), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
@@ -467,11 +468,13 @@ pub async fn action(
         "revert" => Some(body::<RevertRequest>(&bytes)?),
         "clone" => Some(body::<CloneRequest>(&bytes)?),
         "restore" => Some(body::<RestoreRequest>(&bytes)?),
+        "restore-disk" => Some(body::<RestoreDiskRequest>(&bytes)?),
         other => {
             return Err(ApiError::field(
                 "action",
                 format!(
-                    "action: {other:?} is not relocate, snapshot, revert, clone, backup or restore"
+                    "action: {other:?} is not relocate, snapshot, revert, clone, backup, \
+                     restore or restore-disk"
                 ),
             ))
         }

@@ -9,7 +9,7 @@ use crate::model::{ClusterSettings, DEFAULT_CLUSTER, DEFAULT_DATACENTER};
 /// The schema this binary writes.
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-const STEPS: [&str; 4] = [
+const STEPS: [&str; 5] = [
     // 1: the first inventory.
     "CREATE TABLE datacenter (name TEXT PRIMARY KEY) STRICT;
     CREATE TABLE cluster (
@@ -116,6 +116,8 @@ const STEPS: [&str; 4] = [
         next_run_ms INTEGER,
         last_result TEXT
     ) STRICT;",
+    // 5: which disks a backup job takes (a JSON array of indexes; empty: all).
+    "ALTER TABLE backup_job ADD COLUMN disks TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]: each missing step in a transaction of its

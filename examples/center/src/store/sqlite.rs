@@ -275,7 +275,7 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<Event> {
 }
 
 const BACKUP_JOB_COLUMNS: &str = "name, vms, repository, schedule, keep_last, incremental, \
-                                  enabled, last_run_ms, next_run_ms, last_result";
+                                  enabled, last_run_ms, next_run_ms, last_result, disks";
 
 #[allow(clippy::type_complexity, reason = "one row, read raw")]
 type RawBackupJob = (
@@ -289,6 +289,7 @@ type RawBackupJob = (
     Option<U64>,
     Option<U64>,
     Option<String>,
+    String,
 );
 
 fn raw_backup_job(r: &Row<'_>) -> rusqlite::Result<RawBackupJob> {
@@ -303,6 +304,7 @@ fn raw_backup_job(r: &Row<'_>) -> rusqlite::Result<RawBackupJob> {
         r.get(7)?,
         r.get(8)?,
         r.get(9)?,
+        r.get(10)?,
     ))
 }
 
@@ -318,6 +320,7 @@ fn backup_job_of(raw: RawBackupJob) -> Result<BackupJob> {
         last_run_ms: raw.7.map(|v| v.0),
         next_run_ms: raw.8.map(|v| v.0),
         last_result: opt_json::<BackupJobResult>("backup_job.last_result", raw.9)?,
+        disks: from_json("backup_job.disks", &raw.10)?,
     })
 }
 
@@ -818,7 +821,7 @@ impl Store for SqliteStore {
         let n = self.conn()?.execute(
             &format!(
                 "INSERT INTO backup_job ({BACKUP_JOB_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING"
             ),
             params![
                 job.name,
@@ -833,7 +836,8 @@ impl Store for SqliteStore {
                 job.last_result
                     .as_ref()
                     .map(|r| to_json("backup_job.last_result", r))
-                    .transpose()?
+                    .transpose()?,
+                to_json("backup_job.disks", &job.disks)?
             ],
         )?;
         if n == 0 {
@@ -845,7 +849,7 @@ impl Store for SqliteStore {
     fn update_backup_job(&self, job: &BackupJob) -> Result<bool> {
         Ok(self.conn()?.execute(
             "UPDATE backup_job SET vms = ?2, repository = ?3, schedule = ?4, keep_last = ?5,
-                                   incremental = ?6, enabled = ?7, next_run_ms = ?8
+                                   incremental = ?6, enabled = ?7, next_run_ms = ?8, disks = ?9
              WHERE name = ?1",
             params![
                 job.name,
@@ -855,7 +859,8 @@ impl Store for SqliteStore {
                 job.keep_last,
                 job.incremental,
                 job.enabled,
-                job.next_run_ms.map(U64)
+                job.next_run_ms.map(U64),
+                to_json("backup_job.disks", &job.disks)?
             ],
         )? == 1)
     }

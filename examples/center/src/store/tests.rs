@@ -328,6 +328,7 @@ fn backup_job(name: &str) -> crate::model::BackupJob {
         schedule: "every 6h".into(),
         keep_last: 3,
         incremental: true,
+        disks: vec![0],
         enabled: true,
         last_run_ms: None,
         next_run_ms: Some(21_600_000),
@@ -378,6 +379,7 @@ fn backup_jobs_round_trip_and_keep_their_runs_apart_from_their_definition() {
     changed.vms = vec!["web-1".into()];
     changed.keep_last = 5;
     changed.enabled = false;
+    changed.disks = vec![1, 2];
     changed.next_run_ms = None;
     assert!(store.update_backup_job(&changed).unwrap());
     assert!(!store.update_backup_job(&backup_job("none")).unwrap());
@@ -387,6 +389,7 @@ fn backup_jobs_round_trip_and_keep_their_runs_apart_from_their_definition() {
     let job = store.backup_job("nightly").unwrap().unwrap();
     assert_eq!(job.vms, ["web-1"]);
     assert_eq!((job.keep_last, job.enabled), (5, false));
+    assert_eq!(job.disks, [1, 2]);
     assert_eq!(job.last_run_ms, Some(100));
     assert_eq!(job.next_run_ms, None);
     assert_eq!(job.last_result, Some(running));

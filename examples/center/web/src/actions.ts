@@ -71,6 +71,9 @@ export const deleteRule = (cluster: string, rule: string) => del(`/api/vcenter/c
 /** A new VM `name` from backup `backup` of `vm` (the latest when none is named). */
 export const restoreVm = (vm: string, repository: string, name: string, backup?: string) =>
   started(post(`/api/vcenter/vm/${enc(vm)}?action=restore`, backup ? { repository, name, backup } : { repository, name }));
+/** Disk `disk` of `vm` written back from backup `backup` (the VM must be off). */
+export const restoreDisk = (vm: string, repository: string, disk: number, backup: string) =>
+  started(post(`/api/vcenter/vm/${enc(vm)}?action=restore-disk`, { repository, disk, backup }));
 /** A backup job's definition as `POST /api/vinfra/backup/job` takes it. */
 export interface BackupJobInput {
   name: string;
@@ -79,6 +82,8 @@ export interface BackupJobInput {
   schedule: string;
   keep_last: number;
   incremental: boolean;
+  /** Disk indexes of each VM; empty: all. */
+  disks: number[];
   enabled: boolean;
 }
 export const createBackupJob = (job: BackupJobInput) => post(`/api/vinfra/backup/job`, job);

@@ -1,5 +1,6 @@
-// Makes a backup job or changes one: which VMs, the repository, the schedule, how many
-// backups of each VM to keep, incremental or full, enabled.
+// Makes a backup job or changes one: which VMs and which of their disks, the
+// repository, the schedule, how many backups of each VM to keep, incremental or full,
+// enabled.
 
 import { useState } from "preact/hooks";
 import { changeBackupJob, createBackupJob } from "../actions";
@@ -10,6 +11,15 @@ import type { BackupJob } from "../views/backupJobs";
 const value = (e: Event) => (e.target as HTMLInputElement).value;
 const checked = (e: Event) => (e.target as HTMLInputElement).checked;
 
+/** "all" (or nothing): every disk, `[]`; "0, 2": those indexes; anything else: undefined. */
+export function parseDisks(text: string): number[] | undefined {
+  const t = text.trim().toLowerCase();
+  if (t === "" || t === "all") return [];
+  const parts = t.split(/[\s,]+/).filter((p) => p !== "");
+  const disks = parts.map((p) => (/^\d{1,2}$/.test(p) ? Number(p) : NaN));
+  return disks.every((d) => Number.isInteger(d)) ? disks : undefined;
+}
+
 /** `job` absent: a new one. */
 export function BackupJobDialog({ job, vms, onClose, onDone }: { job?: BackupJob; vms: string[]; onClose: () => void; onDone: () => void }) {
   const [name, setName] = useState(job?.name ?? "");
@@ -19,6 +29,8 @@ export function BackupJobDialog({ job, vms, onClose, onDone }: { job?: BackupJob
   const [keepLast, setKeepLast] = useState(String(job?.keepLast ?? 7));
   const [incremental, setIncremental] = useState(job?.incremental ?? true);
   const [enabled, setEnabled] = useState(job?.enabled ?? true);
+  const [diskText, setDiskText] = useState(job && job.disks.length > 0 ? job.disks.join(", ") : "all");
+  const disks = parseDisks(diskText);
   // VMs of the job that left the inventory stay listed, so that saving keeps them visible.
   const all = [...new Set([...vms, ...chosen])].sort();
   const toggle = (vm: string, on: boolean) => setChosen(on ? [...chosen, vm] : chosen.filter((v) => v !== vm));
@@ -26,10 +38,10 @@ export function BackupJobDialog({ job, vms, onClose, onDone }: { job?: BackupJob
     <Dialog
       title={job ? `Edit backup job ${job.name}` : "New backup job"}
       submitLabel={job ? "Save" : "Create"}
-      canSubmit={name.trim() !== "" && chosen.length > 0 && repository.trim() !== "" && schedule.trim() !== ""}
+      canSubmit={name.trim() !== "" && chosen.length > 0 && repository.trim() !== "" && schedule.trim() !== "" && disks !== undefined}
       onClose={onClose}
       onSubmit={async () => {
-        const body = { vms: chosen, repository: repository.trim(), schedule: schedule.trim(), keep_last: Number(keepLast), incremental, enabled };
+        const body = { vms: chosen, disks: disks ?? [], repository: repository.trim(), schedule: schedule.trim(), keep_last: Number(keepLast), incremental, enabled };
         if (job) await changeBackupJob(job.name, body);
         else await createBackupJob({ name: name.trim(), ...body });
         notify(job ? `Backup job ${job.name} saved` : `Backup job ${name.trim()} created`);
@@ -51,6 +63,9 @@ export function BackupJobDialog({ job, vms, onClose, onDone }: { job?: BackupJob
             </label>
           ))}
         </div>
+      </Field>
+      <Field label="Disks" hint={'"all", or the disks\' numbers as in each VM\'s Disks ("0" for the system disk only; "0, 2").'}>
+        <input value={diskText} onInput={(e) => setDiskText(value(e))} data-field="disks" aria-invalid={disks === undefined} />
       </Field>
       <Field label="Repository" hint="An absolute path on the hosts (shared, so that any host restores).">
         <input value={repository} onInput={(e) => setRepository(value(e))} required data-field="repository" />

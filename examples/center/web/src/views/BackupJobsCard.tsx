@@ -76,6 +76,7 @@ export function BackupJobsCard({ ctx }: { ctx: ViewContext }) {
               <tr key={j.name} data-job={j.name}>
                 <td>
                   <strong>{j.name}</strong> {j.incremental ? <span class="muted">incremental</span> : <span class="muted">full</span>}
+                  {j.disks.length > 0 && <div class="muted small-text">disk{j.disks.length > 1 ? "s" : ""} {j.disks.join(", ")}</div>}
                 </td>
                 <td>
                   {j.vms.map((vm, i) => (

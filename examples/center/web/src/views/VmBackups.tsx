@@ -1,6 +1,7 @@
 // A VM's Backups card: its backups in a repository (those of the jobs that back it up,
 // or one typed in), newest first, each with "Browse files" (single files out of the
-// backup) and "Restore as new VM".
+// backup), "Restore disk" (one disk written back into this VM, off) and "Restore as new
+// VM".
 
 import { useEffect, useState } from "preact/hooks";
 import { enc, get } from "../api";
@@ -8,11 +9,25 @@ import { Card, Empty, ErrorNote } from "../components/Card";
 import type { ViewContext } from "../context";
 import { BackupFilesDialog } from "../dialogs/BackupFilesDialog";
 import { RestoreDialog } from "../dialogs/RestoreDialog";
+import { RestoreDiskDialog } from "../dialogs/RestoreDiskDialog";
 import { bytes, dash, dateTime } from "../format";
 import { usePoll } from "../live/poll";
 import { type Backup, readBackups, readJobs } from "./backupJobs";
 
-export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext; onStarted: () => void }) {
+/** `poweredOff`: whether a disk may be written back now; `hasSnapshots`: whether a revert can undo that. */
+export function VmBackups({
+  vm,
+  ctx,
+  onStarted,
+  poweredOff,
+  hasSnapshots,
+}: {
+  vm: string;
+  ctx: ViewContext;
+  onStarted: () => void;
+  poweredOff: boolean;
+  hasSnapshots: boolean;
+}) {
   const jobs = usePoll(async () => readJobs(await get("/api/vinfra/backup/job")), 30_000, `vm-backup-jobs:${vm}`);
   const repositories = [...new Set((jobs.data ?? []).filter((j) => j.vms.includes(vm)).map((j) => j.repository))];
   const [typed, setTyped] = useState("");
@@ -26,7 +41,9 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
   useEffect(() => backups.refresh(), [ctx.tasksEnded, repo]);
   const [restoring, setRestoring] = useState<Backup | null>(null);
   const [browsing, setBrowsing] = useState<Backup | null>(null);
+  const [restoringDisk, setRestoringDisk] = useState<Backup | null>(null);
   const readOnly = ctx.canOperate ? undefined : "Your role (read-only) cannot restore VMs";
+  const diskRefused = readOnly ?? (poweredOff ? undefined : "Power the VM off to write a disk back into it");
   return (
     <Card title="Backups" class="wide">
       <form
@@ -82,6 +99,9 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
                       <button class="button small" onClick={() => setBrowsing(b)} data-action="browse-files">
                         Browse files
                       </button>
+                      <button class="button small" disabled={!!diskRefused} title={diskRefused} onClick={() => setRestoringDisk(b)} data-action="restore-disk">
+                        Restore disk
+                      </button>
                       <button class="button small" disabled={!!readOnly} title={readOnly} onClick={() => setRestoring(b)} data-action="restore">
                         Restore as new VM
                       </button>
@@ -94,6 +114,9 @@ export function VmBackups({ vm, ctx, onStarted }: { vm: string; ctx: ViewContext
         </>
       )}
       {browsing && repo && <BackupFilesDialog vm={vm} repository={repo} backup={browsing} canDownload={ctx.canOperate} onClose={() => setBrowsing(null)} />}
+      {restoringDisk && repo && (
+        <RestoreDiskDialog vm={vm} repository={repo} backup={restoringDisk} hasSnapshots={hasSnapshots} onClose={() => setRestoringDisk(null)} onStarted={onStarted} />
+      )}
       {restoring && repo && <RestoreDialog vm={vm} repository={repo} backup={restoring} onClose={() => setRestoring(null)} onStarted={onStarted} />}
     </Card>
   );

@@ -137,7 +137,7 @@ export function VmView({ name, ctx }: { name: string; ctx: ViewContext }) {
       <div class="tab-body">
         {tab === "summary" && (
           <VmSummary vm={vm} onRevert={ctx.canOperate ? () => setOpen({ kind: "revert" }) : undefined} onEditHa={ctx.canOperate ? () => setOpen({ kind: "ha" }) : undefined}>
-            <VmBackups vm={vm.name} ctx={ctx} onStarted={started} />
+            <VmBackups vm={vm.name} ctx={ctx} onStarted={started} poweredOff={vm.power === "shut_off"} hasSnapshots={(vm.snapshots ?? []).length > 0} />
           </VmSummary>
         )}
         {tab === "monitor" && <MonitorTab kind="vm" name={vm.name} />}

@@ -8,6 +8,8 @@ export interface BackupJob {
   schedule: string;
   keepLast: number;
   incremental: boolean;
+  /** Disk indexes; empty: all. */
+  disks: number[];
   enabled: boolean;
   running: boolean;
   lastRun?: Date;
@@ -47,6 +49,7 @@ export function readJobs(v: unknown): BackupJob[] {
         schedule: str(o.schedule) ?? "",
         keepLast: num(o.keep_last) ?? 0,
         incremental: o.incremental === true,
+        disks: (Array.isArray(o.disks) ? o.disks : []).filter((d): d is number => typeof d === "number"),
         enabled: o.enabled !== false,
         running: o.running === true,
         lastRun: ms(o.last_run_ms),
