@@ -1,7 +1,8 @@
 //! A backup job through a real `vinfra-lab` of 2 hosts (network namespaces, as root; the
 //! workload guest on KVM): a running VM with a disk is backed up three times by a job
 //! that keeps 2, through the hosts' vcb role; the repository then lists 2 backups of it
-//! (the retention forgot and pruned the oldest), and the newest comes back as a new VM.
+//! (the retention forgot and pruned the oldest), the newest comes back as a new VM, and
+//! its disk is written back into the VM once it is off.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -80,4 +81,17 @@ fn a_job_backs_a_lab_vm_up_keeps_two_and_one_is_restored() {
     });
     let restored = center.ok(&admin, "GET", "/api/vcenter/vm/bk-restored", "", 200);
     assert_eq!(restored["info"]["state"], "shut_off", "{restored}");
+
+    // The disk goes back into the VM itself only once it is off.
+    let body = json!({"repository": repository, "backup": newest, "disk": 0}).to_string();
+    let (s, e) = center.call(
+        &admin,
+        "POST",
+        "/api/vcenter/vm/bk?action=restore-disk",
+        &body,
+    );
+    assert_eq!(s, 409, "{e}");
+    center.op(&admin, "/api/vcenter/vm/bk/power?action=stop", "");
+    let done = center.op(&admin, "/api/vcenter/vm/bk?action=restore-disk", &body);
+    assert_eq!(done["kind"], "vm.restore-disk", "{done}");
 }
