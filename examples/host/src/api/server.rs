@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -26,18 +24,15 @@ use tokio::sync::watch;
 use utoipa::OpenApi;
 
 use super::auth::ApiToken;
-use super::console::Console;
 use super::error::{ApiError, Result};
 use super::events::HostEvent;
-use super::files::{BackupDir, BackupFileQuery, FileDownload};
 use super::openapi::BearerToken;
 use super::service::HostService;
 use super::tasks::{TaskHandle, TaskInfo, TaskTable};
 use super::types::{
-    validate_name, BackupInfo, BackupRequest, BackupsQuery, CloneRequest, ForgetRequest,
-    ForgetResult, HostInfo, IncomingReady, IncomingRequest, MaintenanceRequest, MigrateRequest,
-    OpKind, RestoreDiskRequest, RestoreRequest, RevertRequest, ShutdownRequest, SnapshotRequest,
-    TaskStarted, VmInfo, VmOp, VmPatch, VmSpec,
+    validate_name, BackupRequest, CloneRequest, HostInfo, IncomingReady, IncomingRequest,
+    MaintenanceRequest, MigrateRequest, OpKind, RestoreDiskRequest, RestoreRequest, RevertRequest,
+    ShutdownRequest, SnapshotRequest, TaskStarted, VmInfo, VmOp, VmPatch, VmSpec,
 };
 
 /// Where every route lives.
@@ -51,6 +46,12 @@ pub const CONSOLE_QUEUE: usize = 256;
 /// How long `stop` lets open requests finish before it closes them.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+mod backup_routes;
+mod console_ws;
+
+use backup_routes::{backup_file, backup_files, backups, forget_backups};
+use console_ws::console;
+
 #[derive(Clone)]
 pub(super) struct AppState {
     service: Arc<dyn HostService>,
@@ -61,22 +62,6 @@ pub(super) struct AppState {
     /// Open consoles: the server waits for them to have sent their close frame before
     /// its runtime ends (upgraded connections are not axum's graceful shutdown's).
     consoles: Arc<AtomicUsize>,
-}
-
-/// One open console, counted in [`AppState::consoles`] while it lives.
-struct ConsoleOpen(Arc<AtomicUsize>);
-
-impl ConsoleOpen {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for ConsoleOpen {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Runs a call of the service on the blocking pool: the host may block on its loop.
@@ -474,83 +459,6 @@ pub(super) async fn maintenance(
     .await
 }
 
-/// `GET /backups?repository=PATH[&vm=NAME]`: the backups in a repository (oldest first),
-/// to choose one to restore.
-#[utoipa::path(get, path = "/api/v1/backups", tag = "backups", params(BackupsQuery),
-    responses((status = 200, body = Vec<BackupInfo>), (status = 400, body = super::ErrorBody),
-        (status = 422, description = "no repository there", body = super::ErrorBody)))]
-pub(super) async fn backups(
-    State(st): State<AppState>,
-    query: std::result::Result<Query<BackupsQuery>, QueryRejection>,
-) -> Result<Json<Vec<BackupInfo>>> {
-    let Query(q) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
-    q.validate()?;
-    call(&st, move |s| s.backups(q)).await.map(Json)
-}
-
-/// `POST /backups/forget`: keeps a VM's newest `keep_last` backups, forgets the older
-/// ones and prunes their data (vcb's forget and prune, under the repository's lock).
-#[utoipa::path(post, path = "/api/v1/backups/forget", tag = "backups",
-    request_body = ForgetRequest,
-    responses((status = 200, body = ForgetResult), (status = 400, body = super::ErrorBody),
-        (status = 422, description = "impossible", body = super::ErrorBody)))]
-pub(super) async fn forget_backups(
-    State(st): State<AppState>,
-    Body(request): Body<ForgetRequest>,
-) -> Result<Json<ForgetResult>> {
-    request.validate()?;
-    call(&st, move |s| s.forget_backups(request))
-        .await
-        .map(Json)
-}
-
-/// A file query read and checked.
-fn file_query(
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<BackupFileQuery> {
-    let Query(q) = q.map_err(|e| ApiError::Malformed(e.body_text()))?;
-    q.validate()?;
-    Ok(q)
-}
-
-/// `GET /backups/files?repository=&backup=&disk=&path=`: a directory of the guest
-/// filesystem on a disk of a backup, read from the repository.
-#[utoipa::path(get, path = "/api/v1/backups/files", tag = "backups", params(BackupFileQuery),
-    responses((status = 200, body = BackupDir), (status = 400, body = super::ErrorBody),
-        (status = 422, description = "no such repository, backup, disk, partition or path; \
-            no filesystem recognised; not a directory (the field is named)",
-            body = super::ErrorBody)))]
-pub(super) async fn backup_files(
-    State(st): State<AppState>,
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<Json<BackupDir>> {
-    let q = file_query(q)?;
-    if q.format.is_some() {
-        return Err(ApiError::InvalidValue {
-            field: "format".into(),
-            why: "only GET /backups/file takes a format".into(),
-        });
-    }
-    call(&st, move |s| s.backup_files(q)).await.map(Json)
-}
-
-/// `GET /backups/file?repository=&backup=&disk=&path=[&format=tar]`: a guest file's
-/// bytes (`Content-Disposition: attachment`), or with `format=tar` a file or a whole
-/// directory as a tar stream; streamed as it is read from the repository.
-#[utoipa::path(get, path = "/api/v1/backups/file", tag = "backups", params(BackupFileQuery),
-    responses((status = 200, description = "the file, or a tar stream",
-            content_type = "application/octet-stream"),
-        (status = 400, body = super::ErrorBody),
-        (status = 422, description = "no such repository, backup, disk, partition or path; \
-            a directory without format=tar (the field is named)", body = super::ErrorBody)))]
-pub(super) async fn backup_file(
-    State(st): State<AppState>,
-    q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
-) -> Result<FileDownload> {
-    let q = file_query(q)?;
-    call(&st, move |s| s.backup_file(q)).await
-}
-
 /// `POST /incoming` (host to host)
 #[utoipa::path(post, path = "/api/v1/incoming", tag = "host", request_body = IncomingRequest,
     responses((status = 200, body = IncomingReady), (status = 404, body = super::ErrorBody),
@@ -567,120 +475,6 @@ pub(super) async fn incoming(
     call(&st, move |s| s.prepare_incoming(request))
         .await
         .map(Json)
-}
-
-/// `GET /vms/NAME/console`: WebSocket; text frames of guest output, text or binary frames
-/// to the guest's serial input.
-#[utoipa::path(get, path = "/api/v1/vms/{name}/console", tag = "vms",
-    params(("name" = String, Path, description = "the VM")),
-    responses((status = 101, description = "WebSocket"), (status = 400, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 409, description = "not running here", body = super::ErrorBody)))]
-pub(super) async fn console(
-    State(st): State<AppState>,
-    VmName(name): VmName,
-    upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response> {
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::Malformed(format!("the console is a WebSocket: {}", e.body_text()))
-    })?;
-    let console = call(&st, move |s| s.console(&name)).await?;
-    let stopping = st.stopping.clone();
-    // Counted from now: a stop that comes before the upgrade completes still waits.
-    let open = ConsoleOpen::new(&st.consoles);
-    Ok(upgrade
-        .max_message_size(BODY_LIMIT)
-        .on_upgrade(move |socket| async move {
-            pump_console(socket, console, stopping).await;
-            drop(open);
-        }))
-}
-
-async fn pump_console(
-    mut socket: WebSocket,
-    mut console: Console,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut utf8 = Utf8Carry::default();
-    loop {
-        tokio::select! {
-            output = console.recv_output() => {
-                let Some(bytes) = output else {
-                    let _ = socket.send(close(1000, "the console closed")).await;
-                    return;
-                };
-                let lost = console.take_lost();
-                let mut text = String::new();
-                if lost > 0 {
-                    text = format!("\r\n[vinfra: {lost} bytes of console output lost]\r\n");
-                }
-                text.push_str(&utf8.decode(&bytes));
-                if !text.is_empty() && socket.send(Message::Text(text.into())).await.is_err() {
-                    return;
-                }
-            }
-            message = socket.recv() => {
-                let input = match message {
-                    Some(Ok(Message::Text(t))) => t.as_str().as_bytes().to_vec(),
-                    Some(Ok(Message::Binary(b))) => b.to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                };
-                if console.send_input(input).await.is_err() {
-                    let _ = socket.send(close(1000, "the console closed")).await;
-                    return;
-                }
-            }
-            _ = stopping.changed() => {
-                let _ = socket.send(close(1001, "the host API is stopping")).await;
-                return;
-            }
-        }
-    }
-}
-
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
-}
-
-/// Turns chunks of bytes into text frames without splitting a character that straddles
-/// two chunks; invalid bytes become U+FFFD.
-#[derive(Debug, Default)]
-pub(super) struct Utf8Carry {
-    pending: Vec<u8>,
-}
-
-impl Utf8Carry {
-    pub(super) fn decode(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
-                    match e.error_len() {
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            self.pending.drain(..valid + bad);
-                        }
-                        None => {
-                            // An incomplete character at the end: wait for its rest.
-                            self.pending.drain(..valid);
-                            return out;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 fn router(state: AppState) -> Router {
@@ -886,9 +680,9 @@ async fn run(listener: std::net::TcpListener, app: Router, stopping: watch::Rece
         host, list_vms, create_vm, get_vm, delete_vm, patch_vm,
         op_start, op_stop, op_reset, op_shutdown,
         op_migrate, op_snapshot, op_revert, op_clone,
-        op_backup, op_restore, op_restore_disk, console, list_tasks,
-        get_task, events, incoming, maintenance, backups, forget_backups,
-        backup_files, backup_file,
+        op_backup, op_restore, op_restore_disk, console_ws::console, list_tasks,
+        get_task, events, incoming, maintenance, backup_routes::backups,
+        backup_routes::forget_backups, backup_routes::backup_files, backup_routes::backup_file,
         openapi_json,
     ),
     modifiers(&BearerToken),
@@ -901,31 +695,4 @@ pub struct ApiDoc;
     responses((status = 200, description = "the OpenAPI 3 document", content_type = "application/json")))]
 pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Utf8Carry;
-
-    #[test]
-    fn a_character_split_between_chunks_stays_whole() {
-        let mut carry = Utf8Carry::default();
-        let e_acute = "é".as_bytes();
-        assert_eq!(carry.decode(&[b'a', e_acute[0]]), "a");
-        assert_eq!(carry.decode(&[e_acute[1], b'b']), "éb");
-        let euro = "€".as_bytes();
-        assert_eq!(carry.decode(&euro[..1]), "");
-        assert_eq!(carry.decode(&euro[1..2]), "");
-        assert_eq!(carry.decode(&euro[2..]), "€");
-    }
-
-    #[test]
-    fn invalid_bytes_become_replacement_characters() {
-        let mut carry = Utf8Carry::default();
-        assert_eq!(
-            carry.decode(&[b'x', 0xff, b'y', 0xc3, b'z']),
-            "x\u{fffd}y\u{fffd}z"
-        );
-        assert_eq!(carry.decode(b""), "");
-    }
 }
