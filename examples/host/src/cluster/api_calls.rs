@@ -400,9 +400,7 @@ impl Host {
         loop {
             match self.volume.delete(path) {
                 Err(vinfra_vmfs::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    if self.volume.check_lease().is_ok() {
-                        self.vms.feed_leases();
-                    }
+                    self.vms.keep_alive();
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 done => return done.map_err(internal),

@@ -20,6 +20,9 @@ use crate::api::{ApiError, RestoreDiskRequest, TaskHandle};
 
 /// How often (in grains written or checked) the task's progress is updated.
 const PROGRESS_EVERY: u64 = 64;
+/// How often (in grains) the VMs running here hear that the lease holds (1 MiB of
+/// 64 KiB grains: a few milliseconds of work).
+const KEEP_ALIVE_EVERY: u64 = 16;
 
 fn disk_field(why: String) -> ApiError {
     ApiError::InvalidValue {
@@ -74,7 +77,16 @@ impl Host {
         disk.snapshot()
             .map_err(|e| vcb_err(&format!("snapshot {}", target.path), e))?;
         task.progress(0.0, "restoring");
-        let written = write_back(&repo, &snap.id, (&disk_name, grain), &mut disk, &task);
+        // The loop is busy here: the VMs it runs must still hear the lease.
+        let vms = &mut self.vms;
+        let written = write_back(
+            &repo,
+            &snap.id,
+            (&disk_name, grain),
+            &mut disk,
+            &task,
+            &mut || vms.keep_alive(),
+        );
         let finished = match written {
             Ok(stats) => disk
                 .sync()
@@ -125,6 +137,7 @@ fn write_back(
     (disk_name, grain): (&str, u64),
     disk: &mut VirtualDisk,
     task: &TaskHandle,
+    keep_alive: &mut dyn FnMut(),
 ) -> Result<Written, ApiError> {
     let capacity = disk.capacity().max(1);
     let mut out = Written::default();
@@ -159,6 +172,9 @@ fn write_back(
             }
         }
         grains += 1;
+        if grains % KEEP_ALIVE_EVERY == 0 {
+            keep_alive();
+        }
         if grains % PROGRESS_EVERY == 0 {
             #[allow(clippy::cast_precision_loss, reason = "a fraction for people")]
             let done = off as f64 / capacity as f64;

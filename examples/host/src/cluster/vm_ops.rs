@@ -413,9 +413,7 @@ impl Host {
                 off += n as u64;
                 done += n as u64;
                 // The loop is busy here: the children must still hear the lease.
-                if self.volume.check_lease().is_ok() {
-                    self.vms.feed_leases();
-                }
+                self.vms.keep_alive();
                 #[allow(clippy::cast_precision_loss, reason = "a fraction")]
                 task.progress(
                     done as f64 / total.max(1) as f64,

@@ -253,9 +253,7 @@ impl Vms {
             match r.process.try_wait() {
                 Ok(Some(e)) => break Some(e),
                 Ok(None) if Instant::now() < deadline => {
-                    if self.volume.check_lease().is_ok() {
-                        self.feed_leases();
-                    }
+                    self.keep_alive();
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(None) => {
@@ -280,9 +278,7 @@ impl Vms {
         std::thread::scope(|s| {
             let worker = s.spawn(work);
             while !worker.is_finished() {
-                if self.volume.check_lease().is_ok() {
-                    self.feed_leases();
-                }
+                self.keep_alive();
                 std::thread::sleep(Duration::from_millis(10));
             }
             match worker.join() {
@@ -306,6 +302,15 @@ impl Vms {
             return Err(format!("{name} does not run here"));
         };
         r.process.press_power_button().map_err(|e| e.to_string())
+    }
+
+    /// Feeds the children's leases if this host's own is valid: what the loop does every
+    /// few milliseconds while one long call keeps it from its tick, so that its VMs do
+    /// not take the silence for a lapsed lease (they stop after half of one).
+    pub fn keep_alive(&mut self) {
+        if self.volume.check_lease().is_ok() {
+            self.feed_leases();
+        }
     }
 
     /// Tells every child that this host's lease is valid (each tick it is).
