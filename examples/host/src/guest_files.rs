@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use vinfra_vcb::files::{volumes, EntryKind, FileEntry, GuestFs, VolumeInfo};
+use vinfra_vcb::files::{volumes, EntryKind, FileEntry, FindQuery, GuestFs, VolumeInfo};
 use vinfra_vcb::{DiskReader, Error, Repository, Snapshot};
 
 use crate::api::{
@@ -179,12 +179,43 @@ pub fn list_dir(repo: &Repository, q: &BackupFileQuery) -> Result<BackupDir, Api
             why: format!("{} is a {}, not a directory", dir.path, kind_name(dir.kind)),
         });
     }
-    let mut entries: Vec<FileEntry> = fs.list(&dir.path).map_err(api_error)?;
+    // Each entry's name: its name in the directory, or for a search its path below it.
+    let (mut entries, named): (Vec<FileEntry>, fn(&FileEntry, &str) -> String) = match &q.find {
+        None => (fs.list(&dir.path).map_err(api_error)?, |e, _| {
+            e.name().to_string()
+        }),
+        Some(glob) => {
+            let query = FindQuery::new()
+                .name(glob)
+                .map_err(|e| ApiError::InvalidValue {
+                    field: "find".into(),
+                    why: e.to_string(),
+                })?;
+            let mut hits = fs.find(&dir.path, &query).map_err(api_error)?;
+            hits.retain(|e| e.path != dir.path);
+            (hits, |e, under| {
+                e.path
+                    .strip_prefix(under)
+                    .unwrap_or(&e.path)
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+        }
+    };
     entries.sort_by(|a, b| {
-        (a.kind != EntryKind::Dir, a.name()).cmp(&(b.kind != EntryKind::Dir, b.name()))
+        (a.kind != EntryKind::Dir, &a.path).cmp(&(b.kind != EntryKind::Dir, &b.path))
     });
     let truncated = entries.len() > FILES_LIST_MAX;
     entries.truncate(FILES_LIST_MAX);
+    let entries = entries
+        .iter()
+        .map(|e| BackupFileEntry {
+            name: named(e, &dir.path),
+            kind: api_kind(e.kind),
+            size: e.size,
+            mtime_unix_s: e.modified_s,
+        })
+        .collect();
     Ok(BackupDir {
         backup: snap.id.to_hex(),
         vm: snap.manifest.vm.clone(),
@@ -192,15 +223,7 @@ pub fn list_dir(repo: &Repository, q: &BackupFileQuery) -> Result<BackupDir, Api
         partition,
         fs: fs.kind().name().to_string(),
         path: dir.path,
-        entries: entries
-            .iter()
-            .map(|e| BackupFileEntry {
-                name: e.name().to_string(),
-                kind: api_kind(e.kind),
-                size: e.size,
-                mtime_unix_s: e.modified_s,
-            })
-            .collect(),
+        entries,
         truncated,
     })
 }

@@ -181,6 +181,40 @@ fn guest_files_are_listed_and_downloaded_out_of_a_backup() {
     assert_eq!(deep["entries"][0]["name"], "notes.conf", "{deep}");
     assert_eq!(deep["entries"][0]["size"], 12, "{deep}");
 
+    // A search: the matches anywhere under the path, named by their path below it,
+    // without case; a pattern with a `/` matches the path.
+    let names = |v: &Value| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let found = json_of(&fetch(
+        &lab,
+        "/backups/files",
+        &with_pair(&q("/"), "find", "*.CONF"),
+    ));
+    assert_eq!(names(&found), ["docs/deep/notes.conf"], "{found}");
+    assert_eq!(found["entries"][0]["size"], 12, "{found}");
+    let found = json_of(&fetch(
+        &lab,
+        "/backups/files",
+        &with_pair(&q("/docs"), "find", "*"),
+    ));
+    assert_eq!(
+        names(&found),
+        ["deep", "deep/notes.conf", "readme.md"],
+        "{found}"
+    );
+    let found = json_of(&fetch(
+        &lab,
+        "/backups/files",
+        &with_pair(&q("/"), "find", "/etc/h*"),
+    ));
+    assert_eq!(names(&found), ["etc/hosts"], "{found}");
+
     // Files, byte for byte, as attachments with their length.
     for (path, name) in [("/etc/hosts", "etc/hosts"), ("/big.bin", "big.bin")] {
         let (status, headers, body) = fetch(&lab, "/backups/file", &q(path));
@@ -227,6 +261,9 @@ fn guest_files_are_listed_and_downloaded_out_of_a_backup() {
         assert!(m.starts_with(&format!("{field}:")), "{query:?}: {m}");
     };
     let base = q("/");
+    refused(with_pair(&base, "find", "["), "/backups/files", "find");
+    refused(with_pair(&base, "find", ""), "/backups/files", "find");
+    refused(with_pair(&base, "find", "*"), "/backups/file", "find");
     refused(
         with_pair(&base, "backup", "deadbeefdeadbeef"),
         "/backups/files",

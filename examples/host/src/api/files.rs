@@ -20,6 +20,8 @@ use super::types::{check_name, check_repository, field};
 pub const FILES_LIST_MAX: usize = 5000;
 /// Longest guest path accepted.
 pub const GUEST_PATH_MAX: usize = 4096;
+/// The longest `find` glob.
+pub const FIND_PATTERN_MAX: usize = 256;
 
 /// What `GET /backups/file` sends for a directory (a file is always sent as it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -57,6 +59,12 @@ pub struct BackupFileQuery {
     /// `GET /backups/file` only: `tar` for a directory (or a file as a tar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FileFormat>,
+    /// `GET /backups/files` only: a glob on names (`*.conf`, `host?`, `[a-c]*`; without
+    /// case; one with a `/` is matched against the whole guest path, `/etc/*.d/*`). The
+    /// entries are then the matches anywhere under `path`, each named by its path
+    /// relative to `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<String>,
 }
 
 fn root() -> String {
@@ -85,6 +93,14 @@ impl BackupFileQuery {
         }
         if self.path.split(['/', '\\']).any(|c| c == "..") {
             return Err(field("path", "`..` is not allowed in a guest path"));
+        }
+        if let Some(f) = &self.find {
+            if f.is_empty() || f.len() > FIND_PATTERN_MAX || f.contains('\0') {
+                return Err(field(
+                    "find",
+                    format!("a glob of 1 to {FIND_PATTERN_MAX} bytes, without NUL"),
+                ));
+            }
         }
         self.vm.as_deref().map_or(Ok(()), |n| check_name("vm", n))
     }

@@ -49,8 +49,9 @@ fn file_query(
     Ok(q)
 }
 
-/// `GET /backups/files?repository=&backup=&disk=&path=`: a directory of the guest
-/// filesystem on a disk of a backup, read from the repository.
+/// `GET /backups/files?repository=&backup=&disk=&path=[&find=GLOB]`: a directory of the
+/// guest filesystem on a disk of a backup, read from the repository; with `find`, the
+/// entries anywhere under `path` whose names match the glob.
 #[utoipa::path(get, path = "/api/v1/backups/files", tag = "backups", params(BackupFileQuery),
     responses((status = 200, body = BackupDir), (status = 400, body = crate::api::ErrorBody),
         (status = 422, description = "no such repository, backup, disk, partition or path; \
@@ -84,5 +85,11 @@ pub(super) async fn backup_file(
     q: std::result::Result<Query<BackupFileQuery>, QueryRejection>,
 ) -> Result<FileDownload> {
     let q = file_query(q)?;
+    if q.find.is_some() {
+        return Err(ApiError::InvalidValue {
+            field: "find".into(),
+            why: "only GET /backups/files takes a find pattern".into(),
+        });
+    }
     call(&st, move |s| s.backup_file(q)).await
 }
