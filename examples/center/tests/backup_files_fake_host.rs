@@ -261,6 +261,10 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
     assert_eq!(root["entries"][3]["size"], 200_000, "{root}");
     let etc = center.ok(&ro, "GET", &url("files", "/etc", ""), "", 200);
     assert_eq!(etc["entries"][0]["name"], "hosts", "{etc}");
+    // ... searches (the host's find: matches named by their path below the folder) ...
+    let found = center.ok(&ro, "GET", &url("files", "/", "&find=*.md"), "", 200);
+    assert_eq!(found["entries"][0]["name"], "docs/readme.md", "{found}");
+    assert_eq!(found["entries"].as_array().unwrap().len(), 1, "{found}");
     // ... and may not download: a backup holds the guest's secrets.
     let (s, e) = center.call(&ro, "GET", &url("file", "/etc/hosts", ""), "");
     assert_eq!(s, 403, "{e}");
@@ -303,6 +307,8 @@ fn backup_files_are_browsed_by_any_role_and_downloaded_by_operators() {
         (url("files", "/etc/hosts", ""), "path"),
         (url("file", "/docs", ""), "path"),
         (url("files", "/", "&format=tar"), "format"),
+        (url("files", "/", "&find=%5B"), "find"),
+        (url("file", "/docs/readme.md", "&find=*"), "find"),
         (url("files", "/", "").replace("disk=0", "disk=2"), "disk"),
         (url("files", "/", "&partition=3"), "partition"),
         (
@@ -442,6 +448,22 @@ async fn the_console_browses_a_backup_and_downloads_a_file() {
         if got.as_str() != Some(expected.as_str()) {
             return Err(format!("downloaded {} bytes, not the file", got.as_str().map_or(0, str::len)));
         }
+        // A search from the root: the match named by its path, its download link there.
+        click(&c, "[data-testid=crumbs] button.crumb").await?;
+        let find = wait_css(&c, "[data-testid=backup-find] input[data-field=find]", WAIT).await?;
+        find.send_keys("*.MD").await.map_err(|e| format!("type: {e}"))?;
+        click(&c, "[data-testid=backup-find] [data-action=find]").await?;
+        wait_js(
+            &c,
+            "the search's one match",
+            "const rows = [...document.querySelectorAll('[data-testid=backup-file-list] tr[data-entry]')];
+             const names = rows.map(r => r.dataset.entry).join(',');
+             const a = document.querySelector('tr[data-entry=\"docs/readme.md\"] a[data-action=download]');
+             return names === 'docs/readme.md' && a && a.href.includes('path=%2Fdocs%2Freadme.md') ? names : null;",
+            WAIT,
+        )
+        .await?;
+        screenshot(&c, "24-backup-find").await?;
         // Its disk written back into the VM (off): the dialog warns, the host is asked.
         click(&c, "[data-testid=dialog] [aria-label=Close], .modal-backdrop [aria-label=Close]").await?;
         click(&c, "[data-testid=vm-backups] [data-action=restore-disk]").await?;

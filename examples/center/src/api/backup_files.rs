@@ -43,6 +43,9 @@ pub struct FilesQuery {
     pub vm: Option<String>,
     /// `file` only: `tar` for a folder.
     pub format: Option<FileFormat>,
+    /// `files` only: a glob on names (without case; with a `/`, on the whole guest
+    /// path): the matches anywhere under `path`, named by their path below it.
+    pub find: Option<String>,
 }
 
 impl FilesQuery {
@@ -56,6 +59,7 @@ impl FilesQuery {
             path: self.path.clone().unwrap_or_else(|| "/".into()),
             vm: self.vm.clone(),
             format: self.format,
+            find: self.find.clone(),
         };
         q.validate().map_err(host_field)?;
         Ok(q)
@@ -98,6 +102,9 @@ fn pairs(q: &BackupFileQuery) -> Vec<(&'static str, String)> {
     if q.format == Some(FileFormat::Tar) {
         v.push(("format", "tar".into()));
     }
+    if let Some(f) = &q.find {
+        v.push(("find", f.clone()));
+    }
     v
 }
 
@@ -116,9 +123,10 @@ fn reader_host(
     pick_host(state, None, "host").map(|(_, c)| c)
 }
 
-/// `GET /api/vinfra/backup/files?repository=&backup=&disk=&path=[&partition=&vm=]`: a
-/// directory of the guest filesystem on a disk of a backup (folders first), read by a
-/// host from the repository. Any role.
+/// `GET /api/vinfra/backup/files?repository=&backup=&disk=&path=[&partition=&vm=&find=]`:
+/// a directory of the guest filesystem on a disk of a backup (folders first), read by a
+/// host from the repository; with `find`, the matches of a glob anywhere under `path`.
+/// Any role.
 #[utoipa::path(get, path = "/api/vinfra/backup/files", tag = "backup", params(FilesQuery),
     responses((status = 200, body = BackupDir), (status = 400, body = super::ErrorBody),
         (status = 409, body = super::ErrorBody),
@@ -163,6 +171,12 @@ pub async fn file(
 ) -> ApiResult<Response> {
     who.require(Role::Operator)?;
     let q = q.to_host()?;
+    if q.find.is_some() {
+        return Err(ApiError::field(
+            "find",
+            "find: only /api/vinfra/backup/files searches",
+        ));
+    }
     let client = reader_host(&state, q.vm.as_deref())?;
     let asked = q.clone();
     let download = blocking(move || {

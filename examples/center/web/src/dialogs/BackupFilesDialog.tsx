@@ -1,6 +1,7 @@
 // Browses the guest filesystem inside a backup (read by a host straight out of the
 // repository, `GET /api/vinfra/backup/files`) and downloads single files, or a folder as
-// a tar (`GET /api/vinfra/backup/file`). Downloads are plain links: the browser sends the
+// a tar (`GET /api/vinfra/backup/file`); "Find" searches the folder shown and everything
+// below it by name (a glob, `find=`). Downloads are plain links: the browser sends the
 // session cookie with a GET and saves the attachment as it streams.
 
 import { useEffect, useState } from "preact/hooks";
@@ -62,6 +63,13 @@ export function BackupFilesDialog({
   const [listing, setListing] = useState<Listing | undefined>(undefined);
   const [error, setError] = useState<string | undefined>(undefined);
   const [loading, setLoading] = useState(false);
+  const [findText, setFindText] = useState("");
+  /** The search shown (a glob), or none: the folder's own entries. */
+  const [find, setFind] = useState<string | undefined>(undefined);
+  const open = (p: string) => {
+    setFind(undefined);
+    setPath(p);
+  };
 
   const query = (p: string) =>
     `repository=${enc(repository)}&backup=${enc(backup.id)}&vm=${enc(vm)}&disk=${disk}&path=${enc(p)}` +
@@ -72,7 +80,7 @@ export function BackupFilesDialog({
     let live = true;
     setLoading(true);
     setError(undefined);
-    get(`/api/vinfra/backup/files?${query(path)}`)
+    get(`/api/vinfra/backup/files?${query(path)}${find ? `&find=${enc(find)}` : ""}`)
       .then((v) => live && setListing(readListing(v)))
       .catch((e) => {
         if (!live) return;
@@ -83,7 +91,7 @@ export function BackupFilesDialog({
     return () => {
       live = false;
     };
-  }, [path, disk, partition]);
+  }, [path, disk, partition, find]);
 
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => e.key === "Escape" && onClose();
@@ -129,7 +137,7 @@ export function BackupFilesDialog({
                   data-field="disk"
                   onChange={(e) => {
                     setDisk(Number((e.target as HTMLSelectElement).value));
-                    setPath("/");
+                    open("/");
                   }}
                 >
                   {backup.disks.map((d, i) => (
@@ -149,28 +157,59 @@ export function BackupFilesDialog({
               data-field="partition"
               onChange={(e) => {
                 setPartition((e.target as HTMLInputElement).value);
-                setPath("/");
+                open("/");
               }}
             />
             <span class="spacer" />
             {download(path, true, "Download folder as .tar", `${path} and everything below it, as a tar archive`)}
           </div>
+          <form
+            class="inline-form"
+            data-testid="backup-find"
+            onSubmit={(e) => {
+              e.preventDefault();
+              setFind(findText.trim() || undefined);
+            }}
+          >
+            <input
+              placeholder="Find by name below this folder: *.conf, host?, /etc/*.d/*"
+              value={findText}
+              data-field="find"
+              onInput={(e) => setFindText((e.target as HTMLInputElement).value)}
+            />
+            <button class="button small" type="submit" data-action="find">
+              Find
+            </button>
+            {find && (
+              <button
+                class="button small"
+                type="button"
+                onClick={() => {
+                  setFind(undefined);
+                  setFindText("");
+                }}
+              >
+                Clear
+              </button>
+            )}
+          </form>
           <nav class="crumbs" aria-label="Path" data-testid="crumbs">
-            <button type="button" class="crumb" onClick={() => setPath("/")}>
+            <button type="button" class="crumb" onClick={() => open("/")}>
               /
             </button>
             {parts.map((p, i) => (
               <span key={i}>
                 {i > 0 && <span class="muted"> / </span>}
-                <button type="button" class="crumb" onClick={() => setPath(`/${parts.slice(0, i + 1).join("/")}`)}>
+                <button type="button" class="crumb" onClick={() => open(`/${parts.slice(0, i + 1).join("/")}`)}>
                   {p}
                 </button>
               </span>
             ))}
+            {find && <span class="muted" data-testid="find-shown"> · matches of “{find}” below this folder</span>}
           </nav>
           <ErrorNote message={error} />
           {loading && !listing && <Empty>Reading the backup…</Empty>}
-          {listing && listing.entries.length === 0 && !error && <Empty>This folder is empty.</Empty>}
+          {listing && listing.entries.length === 0 && !error && <Empty>{find ? `Nothing below ${listing.path} matches “${find}”.` : "This folder is empty."}</Empty>}
           {listing && listing.entries.length > 0 && !error && (
             <div class="files-scroll">
               <table class="grid compact" data-testid="backup-file-list">
@@ -187,7 +226,7 @@ export function BackupFilesDialog({
                     <tr key={e.name} data-entry={e.name} data-kind={e.kind}>
                       <td>
                         {e.kind === "dir" ? (
-                          <button type="button" class="crumb file-name" onClick={() => setPath(join(listing.path, e.name))}>
+                          <button type="button" class="crumb file-name" onClick={() => open(join(listing.path, e.name))}>
                             <FolderIcon /> {e.name}
                           </button>
                         ) : (
@@ -200,7 +239,7 @@ export function BackupFilesDialog({
                       <td class="num">{e.kind === "dir" ? dash : bytes(e.size)}</td>
                       <td>{e.mtime ? dateTime(e.mtime) : dash}</td>
                       <td class="row-actions">
-                        {e.kind === "file" && download(join(listing.path, e.name), false, "Download", `Download ${e.name}`)}
+                        {e.kind === "file" && download(join(listing.path, e.name), false, "Download", `Download ${join(listing.path, e.name)}`)}
                         {e.kind === "dir" && download(join(listing.path, e.name), true, ".tar", `${e.name} as a tar archive`)}
                       </td>
                     </tr>
