@@ -179,11 +179,8 @@ pub fn list_dir(repo: &Repository, q: &BackupFileQuery) -> Result<BackupDir, Api
             why: format!("{} is a {}, not a directory", dir.path, kind_name(dir.kind)),
         });
     }
-    // Each entry's name: its name in the directory, or for a search its path below it.
-    let (mut entries, named): (Vec<FileEntry>, fn(&FileEntry, &str) -> String) = match &q.find {
-        None => (fs.list(&dir.path).map_err(api_error)?, |e, _| {
-            e.name().to_string()
-        }),
+    let mut entries: Vec<FileEntry> = match &q.find {
+        None => fs.list(&dir.path).map_err(api_error)?,
         Some(glob) => {
             let query = FindQuery::new()
                 .name(glob)
@@ -193,14 +190,19 @@ pub fn list_dir(repo: &Repository, q: &BackupFileQuery) -> Result<BackupDir, Api
                 })?;
             let mut hits = fs.find(&dir.path, &query).map_err(api_error)?;
             hits.retain(|e| e.path != dir.path);
-            (hits, |e, under| {
-                e.path
-                    .strip_prefix(under)
-                    .unwrap_or(&e.path)
-                    .trim_start_matches('/')
-                    .to_string()
-            })
+            hits
         }
+    };
+    // Each entry's name: its name in the directory, or for a search its path below it.
+    let named = |e: &FileEntry| -> String {
+        if q.find.is_none() {
+            return e.name().to_string();
+        }
+        e.path
+            .strip_prefix(&dir.path)
+            .unwrap_or(&e.path)
+            .trim_start_matches('/')
+            .to_string()
     };
     entries.sort_by(|a, b| {
         (a.kind != EntryKind::Dir, &a.path).cmp(&(b.kind != EntryKind::Dir, &b.path))
@@ -210,7 +212,7 @@ pub fn list_dir(repo: &Repository, q: &BackupFileQuery) -> Result<BackupDir, Api
     let entries = entries
         .iter()
         .map(|e| BackupFileEntry {
-            name: named(e, &dir.path),
+            name: named(e),
             kind: api_kind(e.kind),
             size: e.size,
             mtime_unix_s: e.modified_s,

@@ -216,6 +216,7 @@ mod tests {
             path: path.into(),
             vm: None,
             format: None,
+            find: None,
         }
     }
 
@@ -238,5 +239,13 @@ mod tests {
         let mut bad = q("/");
         bad.vm = Some("../x".into());
         assert_eq!(field_of(bad), "vm");
+        for glob in [String::new(), "a\0b".into(), "*".repeat(FIND_PATTERN_MAX + 1)] {
+            let mut bad = q("/");
+            bad.find = Some(glob);
+            assert_eq!(field_of(bad), "find");
+        }
+        let mut ok = q("/");
+        ok.find = Some("*.conf".into());
+        assert!(ok.validate().is_ok());
     }
 }

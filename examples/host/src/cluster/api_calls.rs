@@ -160,9 +160,8 @@ impl Host {
             ApiCall::Maintenance { enter, task, reply } => {
                 reply.send(self.maintenance(enter, task));
             }
-            ApiCall::Backups { query, reply } => {
-                reply.send(self.list_backups(&query));
-            }
+            // On a thread of its own: cluster/backup_files.rs.
+            ApiCall::Backups { query, reply } => self.backups_listed(query, reply),
             ApiCall::ForgetBackups { request, reply } => {
                 reply.send(self.forget_backups(&request));
             }

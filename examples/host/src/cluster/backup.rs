@@ -354,6 +354,20 @@ pub(super) fn find_backup(
     })
 }
 
+/// `GET /backups`: the backups in the repository (of one VM, or all), oldest first.
+/// Opening the repository costs an argon2id of the password: the host answers this from
+/// a thread of its own (cluster/backup_files.rs), not from its loop.
+pub(super) fn list_backups(password: &[u8], q: &BackupsQuery) -> Result<Vec<BackupInfo>, ApiError> {
+    let repo = open_repository(&q.repository, password, false)?;
+    let mut snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+    snaps.sort_by_key(|s| (s.manifest.time_unix_s, s.id));
+    Ok(snaps
+        .iter()
+        .filter(|s| q.vm.as_ref().is_none_or(|vm| &s.manifest.vm == vm))
+        .map(backup_info)
+        .collect())
+}
+
 /// The API's view of a backup.
 fn backup_info(s: &Snapshot) -> BackupInfo {
     let m = &s.manifest;
@@ -378,18 +392,6 @@ fn newest_first<'a>(snaps: &'a [Snapshot], vm: &str) -> Vec<&'a Snapshot> {
 }
 
 impl Host {
-    /// `GET /backups`: a repository's backups (one VM's or all), oldest first.
-    pub(super) fn list_backups(&self, q: &BackupsQuery) -> Result<Vec<BackupInfo>, ApiError> {
-        let repo = open_repository(&q.repository, &self.vcb_password, false)?;
-        let mut snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
-        snaps.sort_by_key(|s| (s.manifest.time_unix_s, s.id));
-        Ok(snaps
-            .iter()
-            .filter(|s| q.vm.as_ref().is_none_or(|vm| &s.manifest.vm == vm))
-            .map(backup_info)
-            .collect())
-    }
-
     /// `POST /backups/forget`: keeps the VM's newest `keep_last` backups, forgets the
     /// rest (vcb's `forget`) and prunes what no backup uses any more (vcb's `prune`),
     /// each under the repository's exclusive lock. Runs on the loop, as backups do, so

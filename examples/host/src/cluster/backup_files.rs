@@ -1,4 +1,4 @@
-//! `GET /backups/files` and `GET /backups/file` on the host: each call is handed by the
+//! `GET /backups`, `GET /backups/files` and `GET /backups/file` on the host: each call is handed by the
 //! loop to a thread of its own, which opens the repository (with the cluster's
 //! password, the only thing it takes from the loop), reads the guest filesystem
 //! ([`crate::guest_files`]) and answers; a download's thread goes on writing the body
@@ -9,9 +9,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::backup::open_repository;
+use super::backup::{list_backups, open_repository};
 use super::Host;
-use crate::api::{ApiError, BackupDir, BackupFileQuery, FileDownload, Reply};
+use crate::api::{
+    ApiError, BackupDir, BackupFileQuery, BackupInfo, BackupsQuery, FileDownload, Reply,
+};
 use crate::guest_files;
 
 /// Most file reads running at once on a host (a listing or a download each).
@@ -68,6 +70,23 @@ impl Host {
             let answer = open_repository(&query.repository, &password, false)
                 .and_then(|repo| guest_files::list_dir(&repo, &query));
             reply.send(answer);
+        });
+        match started {
+            Ok(()) => {
+                let _ = tx.send(reply);
+            }
+            Err(e) => reply.send(Err(e)),
+        }
+    }
+
+    /// `GET /backups`, answered from a thread of its own (opening the repository costs an
+    /// argon2id of the password: no stall of the loop's ticks for it).
+    pub(super) fn backups_listed(&self, query: BackupsQuery, reply: Reply<Vec<BackupInfo>>) {
+        let password = self.vcb_password.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Reply<Vec<BackupInfo>>>(1);
+        let started = spawn(move || {
+            let Ok(reply) = rx.recv() else { return };
+            reply.send(list_backups(&password, &query));
         });
         match started {
             Ok(()) => {
