@@ -182,6 +182,7 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         secure_cookies: settings.tls.is_some(),
         poll_ms: settings.poll_ms,
         backup_runs: api::backup_runs::BackupRuns::default(),
+        pool_rule_writes: Arc::default(),
     };
     let drs_state = state.clone();
     let backup_state = state.clone();

@@ -527,3 +527,53 @@ fn rules_are_edited_checked_and_honoured_by_drs() {
     assert_eq!(event_users(&center, &ro, "rule.reconfigured"), ["op", "op"]);
     assert_eq!(event_users(&center, &ro, "rule.deleted"), ["op"]);
 }
+
+/// Concurrent changes are checked one after the other: 32 children asking 600 MHz each
+/// of a parent that holds a fixed 1000 at once get one yes and 31 409s (checked against
+/// the same inventory, two could both have passed).
+#[test]
+fn concurrent_pool_changes_cannot_overcommit_a_fixed_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (center, _servers, _vms) = cluster(dir.path(), true);
+    let admin = center.admin();
+    const POOLS: &str = "/api/vcenter/resource-pool";
+    const ASKS: usize = 32;
+    center.ok(
+        &admin,
+        "POST",
+        POOLS,
+        r#"{"name": "fixed", "cpu_allocation": {"reservation": 1000, "expandable_reservation": false}}"#,
+        201,
+    );
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..ASKS)
+            .map(|i| {
+                let (requests, admin) = (center.requests(), &admin);
+                s.spawn(move || {
+                    let body = json!({"name": format!("child-{i}"), "parent": "fixed",
+                                      "cpu_allocation": {"reservation": 600}});
+                    requests.call(admin, "POST", POOLS, &body.to_string()).0
+                })
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 409).count(),
+        ASKS - 1,
+        "{statuses:?}"
+    );
+    let pools = center.ok(&admin, "GET", POOLS, "", 200);
+    let children = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["parent"] == "fixed")
+        .count();
+    assert_eq!(children, 1, "{pools}");
+}

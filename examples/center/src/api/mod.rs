@@ -63,6 +63,10 @@ pub struct AppState {
     pub poll_ms: u64,
     /// The backup jobs whose run is in progress.
     pub backup_runs: backup_runs::BackupRuns,
+    /// Held by each change of resource pools and DRS rules from its checks to its write:
+    /// two changes checked against the same inventory could together break what each
+    /// alone keeps (a parent's reservation, two rules that contradict).
+    pub pool_rule_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -147,6 +147,7 @@ pub async fn create(
     JsonBody(req): JsonBody<PoolCreate>,
 ) -> ApiResult<Response> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     vinfra_host::api::validate_name(&req.name)
         .map_err(|why| ApiError::field("name", format!("name: {why}")))?;
     let pools = state.store.resource_pools()?;
@@ -268,6 +269,7 @@ pub async fn patch(
     JsonBody(req): JsonBody<PoolPatch>,
 ) -> ApiResult<Json<PoolView>> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     let old = find_pool(&state, &name)?;
     let mut pool = old.clone();
     if let Some(parent) = req.parent {
@@ -304,6 +306,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     let old = find_pool(&state, &name)?;
     let pools = state.store.resource_pools()?;
     check(&state, &pools, Some(&old), None)?;
@@ -357,6 +360,7 @@ pub async fn action(
     JsonBody(req): JsonBody<PoolVms>,
 ) -> ApiResult<Json<PoolView>> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     let add = match q.action.as_str() {
         "add_vms" => true,
         "remove_vms" => false,

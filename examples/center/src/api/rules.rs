@@ -100,6 +100,7 @@ pub async fn create(
     JsonBody(req): JsonBody<RuleCreate>,
 ) -> ApiResult<Response> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     let c = find_cluster(&state, &cluster)?;
     vinfra_host::api::validate_name(&req.name)
         .map_err(|why| ApiError::field("name", format!("name: {why}")))?;
@@ -170,6 +171,7 @@ pub async fn patch(
     JsonBody(req): JsonBody<RulePatch>,
 ) -> ApiResult<Json<Rule>> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     let c = find_cluster(&state, &cluster)?;
     let old = find_rule(&state, &cluster, &name)?;
     let mut rule = old.clone();
@@ -222,6 +224,7 @@ pub async fn delete(
     Path((cluster, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     who.require(Role::Operator)?;
+    let _serial = state.pool_rule_writes.lock().await;
     find_cluster(&state, &cluster)?;
     let rule = find_rule(&state, &cluster, &name)?;
     state.store.delete_rule(&name)?;

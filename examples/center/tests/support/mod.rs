@@ -19,6 +19,54 @@ pub const CENTER: &str = env!("CARGO_BIN_EXE_vinfra-center");
 /// The first user's password in every test.
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
+/// Requests to a center: its URL and the agent (a clone shares its connections).
+#[derive(Clone)]
+pub struct Requests {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Requests {
+    /// A request: status and body (JSON, or the text as a JSON string).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        if !body.is_empty() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let mut response = self
+            .agent
+            .run(request.body(body.as_bytes().to_vec()).unwrap())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A request with a session token: status and body.
+    pub fn call(&self, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.send(
+            method,
+            path,
+            &[("vinfra-api-session-id", token.into())],
+            body,
+        )
+    }
+}
+
 /// A running `vinfra-center`, stopped (SIGTERM, by its PID) when dropped.
 pub struct Center {
     child: Option<Child>,
@@ -140,25 +188,15 @@ impl Center {
         headers: &[(&str, String)],
         body: &str,
     ) -> (u16, Value) {
-        let mut request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url));
-        for (k, v) in headers {
-            request = request.header(*k, v);
+        self.requests().send(method, path, headers, body)
+    }
+
+    /// What sends requests, for other threads (the center's process stays with `self`).
+    pub fn requests(&self) -> Requests {
+        Requests {
+            url: self.url.clone(),
+            agent: self.agent.clone(),
         }
-        if !body.is_empty() {
-            request = request.header("Content-Type", "application/json");
-        }
-        let mut response = self
-            .agent
-            .run(request.body(body.as_bytes().to_vec()).unwrap())
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
     }
 
     /// A request with a session token that must answer `want`; the body.

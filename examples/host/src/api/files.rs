@@ -239,7 +239,11 @@ mod tests {
         let mut bad = q("/");
         bad.vm = Some("../x".into());
         assert_eq!(field_of(bad), "vm");
-        for glob in [String::new(), "a\0b".into(), "*".repeat(FIND_PATTERN_MAX + 1)] {
+        for glob in [
+            String::new(),
+            "a\0b".into(),
+            "*".repeat(FIND_PATTERN_MAX + 1),
+        ] {
             let mut bad = q("/");
             bad.find = Some(glob);
             assert_eq!(field_of(bad), "find");
