@@ -278,6 +278,21 @@ fn a_vm_that_dirties_memory_moves_live_between_hosts_through_the_api() {
     assert_eq!(t["state"], "success", "{t}");
     let downtime = t["result"]["downtime_ms"].as_f64().unwrap();
     assert!(downtime < 1000.0, "downtime {downtime} ms");
+    // It came over host 3's VMotion interface, not its management address.
+    let lab_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path().join("lab.json")).unwrap())
+            .unwrap();
+    let vmotion = lab_json["hosts"][2]["vmotion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(vmotion, lab_json["hosts"][2]["addr"].as_str().unwrap());
+    let incoming = lab.events(3, "migration_incoming", "mover");
+    let address = incoming[0]["data"]["address"].as_str().unwrap();
+    assert!(
+        address.starts_with(&format!("{vmotion}:")),
+        "{address} is not on {vmotion}"
+    );
     // The task ends once the source no longer counts the VM as its own: asked right
     // away, host 1 does not say it runs it (it once did, until its loop heard the
     // migration thread's verdict, and a center following the task saw the old host).

@@ -141,6 +141,13 @@ fn a_three_host_lab_comes_up_runs_every_vm_and_goes_down_cleanly() {
         for h in 1..=3 {
             assert!(netns_list().contains(&format!("vlab{id}-h{h}")));
         }
+        // Each host has its VMotion interface on the lab's second bridge.
+        let vmk = Command::new("ip")
+            .args(["-n", &format!("vlab{id}-h1"), "-br", "addr", "show", "vmk1"])
+            .output()
+            .unwrap();
+        let vmk = String::from_utf8_lossy(&vmk.stdout);
+        assert!(vmk.contains(&format!("10.78.{id}.1/24")), "{vmk}");
     }
     let status = wait_all_placed(&dir, 3);
     assert_eq!(status.matches("running").count(), 3, "{status}");
@@ -158,12 +165,14 @@ fn a_three_host_lab_comes_up_runs_every_vm_and_goes_down_cleanly() {
     assert!(hosts.iter().all(|&p| !alive(p)), "a host outlived down");
     assert!(vms.iter().all(|&p| !alive(p)), "a VM process outlived down");
     assert!(!netns_list().contains(&format!("vlab{id}-")));
-    let link = Command::new("ip")
-        .args(["link", "show", &format!("vlab{id}")])
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!link.status.success(), "the bridge outlived down");
+    for bridge in [format!("vlab{id}"), format!("vlab{id}v")] {
+        let link = Command::new("ip")
+            .args(["link", "show", &bridge])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!link.status.success(), "bridge {bridge} outlived down");
+    }
     // Every host stopped by itself on SIGTERM (VMs stopped, volume unmounted).
     for h in 1..=3 {
         let events = std::fs::read_to_string(dir.join(format!("host{h}.events"))).unwrap();

@@ -196,7 +196,7 @@ impl Host {
     }
 
     /// `POST /incoming`: starts `vinfra-vm incoming` on a free port of this host's
-    /// address and says where.
+    /// VMotion address (or its HA address) and says where.
     pub(super) fn prepare_incoming(
         &mut self,
         request: &IncomingRequest,
@@ -233,11 +233,13 @@ impl Host {
             });
         }
         let me = self.agent.host();
-        let ip: IpAddr = self
-            .peers
-            .iter()
-            .find(|(h, _)| *h == me)
-            .map_or(IpAddr::from([127, 0, 0, 1]), |(_, a)| a.ip());
+        // The VMotion interface when the host has one, else its HA address.
+        let ip: IpAddr = self.vmotion_address.unwrap_or_else(|| {
+            self.peers
+                .iter()
+                .find(|(h, _)| *h == me)
+                .map_or(IpAddr::from([127, 0, 0, 1]), |(_, a)| a.ip())
+        });
         // A free port now; the child binds it a few ms later.
         let port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())

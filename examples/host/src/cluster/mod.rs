@@ -107,6 +107,10 @@ pub struct HostOptions {
     /// CPUID bits this host does not offer to VMs that arrive by live migration (as
     /// EVC): a VM whose guest may see them is refused.
     pub cpuid_missing: Vec<vinfra_vmm_core::CpuidMask>,
+    /// The address VMs arrive on by live migration (the VMotion interface, apart from
+    /// the management network as VI3's VMkernel port was); `None`: this host's HA
+    /// address.
+    pub vmotion_address: Option<std::net::IpAddr>,
     /// The host's virtual switch (a JSON `SwitchConfig`), applied at start; VMs' NICs
     /// plug into its port groups.
     pub switch: Option<PathBuf>,
@@ -216,6 +220,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         key_file: opts.key_file.clone(),
         maintenance: in_maintenance,
         cpuid_missing: opts.cpuid_missing.clone(),
+        vmotion_address: opts.vmotion_address,
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
         shutdowns: shutdown::Shutdowns::new(),
@@ -306,6 +311,8 @@ struct Host {
     maintenance: bool,
     /// CPUID bits this host lacks (see [`HostOptions::cpuid_missing`]).
     cpuid_missing: Vec<vinfra_vmm_core::CpuidMask>,
+    /// Where VMs arrive (see [`HostOptions::vmotion_address`]).
+    vmotion_address: Option<std::net::IpAddr>,
     /// The host's CPU share between API readings.
     meter: crate::host_stats::CpuMeter,
     /// Per VM, its CPU time at the last API reading (ms of the host clock, ns).

@@ -78,6 +78,10 @@ struct RunArgs {
     /// before anything moves.
     #[arg(long = "hide-cpuid", value_name = "LEAF.SUB.REG:MASK")]
     hide_cpuid: Vec<vinfra_vmm_core::CpuidMask>,
+    /// The address VMs arrive on by live migration: the VMotion interface, apart from
+    /// the management network (HA heartbeats, API). Default: the HA address.
+    #[arg(long, value_name = "IP")]
+    vmotion_address: Option<std::net::IpAddr>,
     /// The host's virtual switch (a JSON SwitchConfig: port groups, uplink, VXLAN
     /// peers), applied idempotently at start; VMs' NICs plug into its port groups.
     #[arg(long, value_name = "FILE")]
@@ -243,6 +247,7 @@ fn run(a: &RunArgs) -> Result<Ended, String> {
         },
         key_file: Some(a.key_file.clone()),
         cpuid_missing: a.hide_cpuid.clone(),
+        vmotion_address: a.vmotion_address,
         switch: a.switch.clone(),
         vcb_password: cluster::backup::password_from_key_file(&a.key_file)?,
     })

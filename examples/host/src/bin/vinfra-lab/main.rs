@@ -304,6 +304,8 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
                 .arg(&key_file)
                 .arg("--api")
                 .arg(format!("{}:{API_PORT}", net.host_ip(h)))
+                .arg("--vmotion-address")
+                .arg(net.vmotion_ip(h))
                 .arg("--run-dir")
                 .arg(dir.join(format!("host{h}.run")))
                 .args(a.host_args.iter().filter_map(|x| {
@@ -329,6 +331,7 @@ fn up(dir: &Path, a: &UpArgs) -> Result<(), String> {
             pid: child.id(),
             addr: net.host_ip(h),
             api: format!("http://{}:{API_PORT}", net.host_ip(h)),
+            vmotion: net.vmotion_ip(h),
             namespace: net.namespace(h),
         });
         lab.save(&dir)?;

@@ -1,7 +1,9 @@
 //! The lab's network when run as root: a bridge `vlabN` in this namespace (so that the
 //! user's shell reaches every host's API at `10.77.N.H`) and one namespace `vlabN-hH` per
-//! host, joined to the bridge by a veth pair. Without root the hosts share loopback
-//! (`127.77.N.H`, every 127/8 address is local on Linux).
+//! host, joined to the bridge by a veth pair (`eth0`: management, HA and the VMs' VXLAN);
+//! a second bridge `vlabNv` joins each host's `vmk1` (`10.78.N.H`), the VMotion network,
+//! as VI3 kept VMotion on a VMkernel port of its own. Without root the hosts share
+//! loopback (`127.77.N.H` and `127.78.N.H`, every 127/8 address is local on Linux).
 
 use std::process::{Command, Stdio};
 
@@ -27,6 +29,7 @@ pub enum Net {
 #[derive(Debug, Default)]
 struct Made {
     bridge: bool,
+    vmotion_bridge: bool,
     namespaces: Vec<String>,
 }
 
@@ -69,6 +72,19 @@ impl Net {
         format!("vlab{}", self.id())
     }
 
+    /// The VMotion network's bridge.
+    pub fn vmotion_bridge(&self) -> String {
+        format!("vlab{}v", self.id())
+    }
+
+    /// Host `h`'s VMotion address.
+    pub fn vmotion_ip(&self, h: u32) -> String {
+        match self {
+            Net::Namespaces { id } => format!("10.78.{id}.{h}"),
+            Net::Loopback { id } => format!("127.78.{id}.{h}"),
+        }
+    }
+
     /// Host `h`'s namespace, if it has one.
     pub fn namespace(&self, h: u32) -> Option<String> {
         match self {
@@ -109,6 +125,9 @@ impl Net {
             if made.bridge {
                 let _ = ip(&["link", "del", &self.bridge()]);
             }
+            if made.vmotion_bridge {
+                let _ = ip(&["link", "del", &self.vmotion_bridge()]);
+            }
         }
         built
     }
@@ -145,6 +164,10 @@ impl Net {
         made.bridge = true;
         ip(&["addr", "add", &format!("{}/24", self.gateway()), "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
+        let vbr = self.vmotion_bridge();
+        ip(&["link", "add", &vbr, "type", "bridge"])?;
+        made.vmotion_bridge = true;
+        ip(&["link", "set", &vbr, "up"])?;
         for h in 1..=hosts {
             let Some(ns) = self.namespace(h) else {
                 continue;
@@ -168,6 +191,23 @@ impl Net {
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // The VMotion interface.
+            let vport = format!("{vbr}p{h}");
+            ip(&[
+                "link", "add", &vport, "type", "veth", "peer", "name", "vmk1", "netns", &ns,
+            ])?;
+            ip(&["link", "set", &vport, "master", &vbr])?;
+            ip(&["link", "set", &vport, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.vmotion_ip(h)),
+                "dev",
+                "vmk1",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "vmk1", "up"])?;
         }
         Ok(())
     }
@@ -184,6 +224,7 @@ impl Net {
             }
         }
         let _ = ip(&["link", "del", &self.bridge()]);
+        let _ = ip(&["link", "del", &self.vmotion_bridge()]);
     }
 
     /// `program` run in host `h`'s namespace (`ip netns exec` execs it, so the child's

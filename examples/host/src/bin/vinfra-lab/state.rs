@@ -21,6 +21,9 @@ pub struct HostRecord {
     pub addr: String,
     /// Its API's URL.
     pub api: String,
+    /// Its VMotion address (VMs arrive there); empty in labs made before it had one.
+    #[serde(default)]
+    pub vmotion: String,
     /// Its network namespace.
     pub namespace: Option<String>,
 }
