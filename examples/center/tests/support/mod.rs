@@ -67,12 +67,21 @@ impl Requests {
     }
 }
 
+impl std::ops::Deref for Center {
+    type Target = Requests;
+
+    fn deref(&self) -> &Requests {
+        &self.requests
+    }
+}
+
 /// A running `vinfra-center`, stopped (SIGTERM, by its PID) when dropped.
 pub struct Center {
     child: Option<Child>,
     pub url: String,
     pub state: PathBuf,
-    agent: ureq::Agent,
+    /// Its requests: `send` and `call` (through `Deref`).
+    requests: Requests,
     pub stdout: mpsc::Receiver<String>,
 }
 
@@ -147,9 +156,12 @@ impl Center {
             .into();
         Center {
             child: Some(child),
+            requests: Requests {
+                url: url.clone(),
+                agent,
+            },
             url,
             state: state.to_path_buf(),
-            agent,
             stdout: rx,
         }
     }
@@ -180,23 +192,9 @@ impl Center {
         }
     }
 
-    /// One request: the status and the body (JSON, or the text as a JSON string).
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, String)],
-        body: &str,
-    ) -> (u16, Value) {
-        self.requests().send(method, path, headers, body)
-    }
-
     /// What sends requests, for other threads (the center's process stays with `self`).
     pub fn requests(&self) -> Requests {
-        Requests {
-            url: self.url.clone(),
-            agent: self.agent.clone(),
-        }
+        self.requests.clone()
     }
 
     /// A request with a session token that must answer `want`; the body.
@@ -209,16 +207,6 @@ impl Center {
         );
         assert_eq!(status, want, "{method} {path} {body}: {v}");
         v
-    }
-
-    /// A request with a session token: status and body.
-    pub fn call(&self, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-        self.send(
-            method,
-            path,
-            &[("vinfra-api-session-id", token.into())],
-            body,
-        )
     }
 
     /// Logs in; the session token.
