@@ -544,3 +544,51 @@ fn a_host_in_maintenance_is_emptied_by_live_migration_and_ha_places_nothing_on_i
         );
     }
 }
+
+/// Two hosts send each other a VM at the same moment. Each source's loop asks the other
+/// host for its `/incoming` while that host's loop waits for the same answer from it;
+/// both loops answer peers while they wait, so both migrations start at once and go
+/// through (they once each waited 10 s for the other and then failed).
+#[test]
+fn two_hosts_swap_vms_at_the_same_moment() {
+    let Some(lab) = Lab::up(2) else {
+        return;
+    };
+    lab.create(1, "left");
+    lab.create(2, "right");
+    for (h, vm) in [(1, "left"), (2, "right")] {
+        assert_eq!(lab.op(h, vm, "start")["state"], "success");
+        lab.wait(&format!("{vm}'s heartbeats"), || lab.beats(h, vm) >= 1);
+    }
+    let asked = Instant::now();
+    let answers: Vec<(u32, u16, Value)> = std::thread::scope(|s| {
+        let sends: Vec<_> = [(1, "left", "2"), (2, "right", "1")]
+            .into_iter()
+            .map(|(h, vm, to)| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let body = json!({ "to": to }).to_string();
+                    let (status, v) =
+                        lab.send(h, "POST", &format!("/vms/{vm}/migrate"), &body, true);
+                    (h, status, v)
+                })
+            })
+            .collect();
+        sends.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let took = asked.elapsed();
+    for (h, status, v) in &answers {
+        assert_eq!(*status, 202, "host {h}: {v}");
+    }
+    assert!(
+        took < Duration::from_secs(5),
+        "both answered after {took:?}"
+    );
+    for (h, _, v) in &answers {
+        let t = lab.task(*h, v["task"].as_u64().unwrap());
+        assert_eq!(t["state"], "success", "host {h}: {t}");
+    }
+    lab.wait("left on host 2 and right on host 1", || {
+        lab.vm(1, "left")["host"] == 2 && lab.vm(1, "right")["host"] == 1
+    });
+}

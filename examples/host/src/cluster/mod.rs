@@ -212,6 +212,8 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         probes: opts.config.isolation_addresses.clone(),
         probe_timeout: Duration::from_millis(opts.config.probe_interval_ms * 4 / 5),
         tx,
+        inbox: rx,
+        held: std::collections::VecDeque::new(),
         report,
         start,
         refused: std::collections::BTreeMap::new(),
@@ -227,7 +229,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         ha_shutdowns: std::collections::BTreeSet::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
-    let ended = host.run(&rx);
+    let ended = host.run();
     if let Some(server) = server {
         server.stop();
     }
@@ -296,6 +298,11 @@ struct Host {
     probes: Vec<vinfra_ha::IsolationAddress>,
     probe_timeout: Duration,
     tx: Sender<Inbound>,
+    /// What reaches the loop (the receiving end of `tx`).
+    inbox: Receiver<Inbound>,
+    /// What arrived while the loop waited for a peer and waits its turn (see
+    /// `Host::ask_peer`), handled before anything newer.
+    held: std::collections::VecDeque<Inbound>,
     report: Report,
     start: Instant,
     /// The last refusal reported per VM: the planner asks again every round, and the
@@ -333,14 +340,18 @@ impl Host {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn run(&mut self, rx: &Receiver<Inbound>) -> Ended {
+    fn run(&mut self) -> Ended {
         let mut next_tick = Instant::now();
         loop {
             if crate::terminal::stop_requested() {
                 return Ended::Stopped;
             }
+            if let Some(inbound) = self.held.pop_front() {
+                self.inbound(inbound);
+                continue;
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
+            match self.inbox.recv_timeout(wait) {
                 Ok(inbound) => self.inbound(inbound),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ended::Stopped,

@@ -270,24 +270,6 @@ impl Vms {
         exit
     }
 
-    /// Runs `work` on a thread of its own and waits for it, feeding the VMs' leases
-    /// meanwhile (while this host's is valid): a call to a peer that takes seconds must
-    /// not leave the children without word from their host, which they take for a lapsed
-    /// lease (they stop after half of one).
-    pub fn feed_while<T: Send>(&mut self, work: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let worker = s.spawn(work);
-            while !worker.is_finished() {
-                self.keep_alive();
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            match worker.join() {
-                Ok(t) => t,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    }
-
     /// Boots the guest again inside its process, keeping the lock.
     pub fn reset(&mut self, name: &str) -> Result<(), String> {
         let Some(r) = self.running.get(name) else {
