@@ -305,6 +305,20 @@ fn disks_are_snapshotted_reverted_and_cloned_through_the_api() {
 }
 
 /// The line of `vm`'s console on `host` that starts with `prefix`, once it is there.
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
+
 /// Asserts that `op` on VM `w` with `body` is refused with 422 naming `field`.
 fn refused_on(lab: &Lab, op: &str, body: &Value, field: &str) {
     let (s, e) = lab.send(1, "POST", &format!("/vms/w/{op}"), &body.to_string(), true);
@@ -496,6 +510,45 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     ] {
         refused_on(&lab, "restore-disk", &body, field);
     }
+    // A restore that fails half way (a copy of the repository whose packs are damaged)
+    // leaves the disk as it was: its redo log is reverted.
+    let damaged = lab.dir.path().join("damaged");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&repo)
+        .arg(&damaged)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut packs = 0;
+    for entry in walk(&damaged.join("data")) {
+        // A byte in every 8: whatever a pack holds where (small compressed chunks too).
+        let mut bytes = std::fs::read(&entry).unwrap();
+        for b in bytes.iter_mut().step_by(8) {
+            *b ^= 0x40;
+        }
+        std::fs::write(&entry, bytes).unwrap();
+        packs += 1;
+    }
+    assert!(packs > 0);
+    let (s, e) = lab.send(
+        1,
+        "POST",
+        "/vms/w/restore-disk",
+        &json!({"repository": damaged.display().to_string(), "disk": 0}).to_string(),
+        true,
+    );
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        s == 500 && message.contains("authentication failed"),
+        "{s} {e}"
+    );
+    with_disk(&lab, "w", |d| {
+        let mut b = [0u8; 4];
+        d.read_at(&mut b, 100 * 512).unwrap();
+        assert_eq!(b, bad, "a failed restore changed the disk");
+        assert_eq!(d.chain().len(), 2, "{:?}", d.chain());
+    });
     let t = lab.succeeds(
         1,
         "w",
