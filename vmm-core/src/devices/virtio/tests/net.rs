@@ -146,8 +146,8 @@ fn dirty(mem: &Mem, gpa: u64) -> bool {
 #[test]
 fn no_interrupt_flag_suppresses_used_interrupts() {
     let mut n = nic(NetPolicy::default());
-    for q in 0..2 {
-        n.mem.write_obj(1u16, GuestAddress(RINGS[q].1)).unwrap();
+    for (_, avail, _) in RINGS {
+        n.mem.write_obj(1u16, GuestAddress(avail)).unwrap();
     }
     n.transmit(&frame(PEER, MAC, 100));
     assert_eq!(n.used(1).0, 1, "the frame was sent");
@@ -158,8 +158,8 @@ fn no_interrupt_flag_suppresses_used_interrupts() {
     assert!(n.irq.read().is_err(), "no interrupt while the driver polls");
     assert_eq!(read_reg(&mut n.dev, 0x60), 0, "InterruptStatus stays clear");
 
-    for q in 0..2 {
-        n.mem.write_obj(0u16, GuestAddress(RINGS[q].1)).unwrap();
+    for (_, avail, _) in RINGS {
+        n.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
     }
     n.transmit(&frame(PEER, MAC, 100));
     assert_eq!(n.irq.read().unwrap(), 1, "transmit interrupt");

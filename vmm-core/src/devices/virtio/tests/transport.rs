@@ -172,7 +172,11 @@ fn no_interrupt_flag_is_honoured() {
     s.mem.write_obj(0u16, GuestAddress(AVAIL_BASE)).unwrap();
     drv.read(1, 512);
     notify(&mut s.dev);
-    assert_eq!(s.irq.read().unwrap(), 1, "interrupts back once the flag is cleared");
+    assert_eq!(
+        s.irq.read().unwrap(),
+        1,
+        "interrupts back once the flag is cleared"
+    );
 }
 
 #[test]
