@@ -9,7 +9,11 @@
 #     sink port, then END; the guest counts what arrived and times it (first datagram to
 #     END, TSC): packets/s and MB/s received;
 #   - guest -> host: the guest sends COUNT datagrams (net.source) as fast as its queue
-#     allows; the host counts what arrived and times it (first to last): packets/s, MB/s.
+#     allows; the host counts what arrived and times it (first to last): packets/s, MB/s;
+#     and the VMM process's CPU time over the same span (all its threads, from
+#     /proc/PID/task/*/schedstat) per datagram: what one frame costs the VMM, guest code
+#     included, whatever the machine's load (packets/s on a shared machine is mostly
+#     how much CPU the vCPU thread got).
 # Last lines: `<metric>: ours=<v> peer=<v> ratio=<ours/peer>` (medians over the runs).
 # With VINFRA_VM_BASE=PATH (another build of our VMM, e.g. the tree before a change) it runs
 # third in the same alternation, and `<metric>: base=<v> ours=<v> ratio=<ours/base>` lines
@@ -98,6 +102,17 @@ try:
             p.wait()
         logf.close()
 
+    def cpu_ms(pid):
+        """On-CPU time of all threads of `pid` so far, in ms."""
+        total = 0
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return total / 1e6
+
     def fields(line):
         return {k: float(v) for k, v in (w.split("=") for w in line.split()[1:])}
 
@@ -158,6 +173,7 @@ try:
             rx.settimeout(2.0)
             p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{count}:{size}")
             got, nbytes, first, last = 0, 0, None, None
+            cpu_first = cpu_last = None
             try:
                 while True:
                     try:
@@ -166,7 +182,10 @@ try:
                         break
                     now = time.perf_counter()
                     if data.startswith(b"END"):
+                        cpu_last = cpu_ms(p.pid)
                         break
+                    if first is None:
+                        cpu_first = cpu_ms(p.pid)
                     first = first or now
                     last = now
                     got += 1
@@ -176,6 +195,8 @@ try:
                 if got > 1 and last > first:
                     r[f"g2h_{size}_pps"] = got / (last - first)
                     r[f"g2h_{size}_mb_s"] = nbytes / (last - first) / 1e6
+                if got > 1 and cpu_first is not None and cpu_last is not None:
+                    r[f"g2h_{size}_vmm_cpu_us_per_pkt"] = (cpu_last - cpu_first) * 1000 / (got - 1)
             finally:
                 stop(p, logf)
                 rx.close()
@@ -189,7 +210,8 @@ try:
             log(f"run {i + 1} {kind}: " + " ".join(f"{k}={v:.1f}" for k, v in r.items()))
             results[kind].append(r)
     metrics = ["udp_rtt_median_us", "udp_rtt_p99_us"] + [
-        f"{d}_{s}_{u}" for d in ("h2g", "g2h") for s in (64, 1400) for u in ("pps", "mb_s")]
+        f"{d}_{s}_{u}" for d in ("h2g", "g2h") for s in (64, 1400) for u in ("pps", "mb_s")] + [
+        f"g2h_{s}_vmm_cpu_us_per_pkt" for s in (64, 1400)]
     for m in metrics:
         vals = {k: [r[m] for r in results[k] if m in r] for k in results}
         med = {k: (statistics.median(v) if v else None) for k, v in vals.items()}
