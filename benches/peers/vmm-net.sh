@@ -9,8 +9,15 @@
 #     sink port, then END; the guest counts what arrived and times it (first datagram to
 #     END, TSC): packets/s and MB/s received;
 #   - guest -> host: the guest sends COUNT datagrams (net.source) as fast as its queue
-#     allows; the host counts what arrived and times it (first to last): packets/s, MB/s.
+#     allows; the host counts what arrived and times it (first to last): packets/s, MB/s;
+#     and the VMM process's CPU time over the same span (all its threads, from
+#     /proc/PID/task/*/schedstat) per datagram: what one frame costs the VMM, guest code
+#     included, whatever the machine's load (packets/s on a shared machine is mostly
+#     how much CPU the vCPU thread got).
 # Last lines: `<metric>: ours=<v> peer=<v> ratio=<ours/peer>` (medians over the runs).
+# With VINFRA_VM_BASE=PATH (another build of our VMM, e.g. the tree before a change) it runs
+# third in the same alternation, and `<metric>: base=<v> ours=<v> ratio=<ours/base>` lines
+# follow: a before/after under the same machine load.
 #
 # usage: benches/peers/vmm-net.sh   (as root; RUNS=3 ECHOES=1000 COUNT=5000; see lib.sh)
 set -euo pipefail
@@ -26,13 +33,16 @@ peers_need_qemu
 peers_kit
 peers_ours
 [[ -n "$OURS" ]] || die "our VMM is needed for this comparison"
+BASE="${VINFRA_VM_BASE:-}"
+[[ -z "$BASE" || -x "$BASE" ]] || die "VINFRA_VM_BASE=$BASE is not an executable"
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" >"$out" <<'PY'
+python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" "$BASE" >"$out" <<'PY'
 import ctypes, os, socket, statistics, subprocess, sys, time
 
 ours, qemu, elf, runs, echoes, count = sys.argv[1:4] + [int(x) for x in sys.argv[4:7]]
+base = sys.argv[7]
 ns, tap = f"vnbench{os.getpid()}", "vtbench0"
 host_ip, guest_ip, mac = "10.96.0.1", "10.96.0.2", "52:54:00:00:00:42"
 
@@ -57,8 +67,8 @@ try:
     sh("ip", "link", "set", tap, "up")
 
     def vmm(kind, cmdline):
-        if kind == "ours":
-            cmd = [ours, "run", "--kernel", elf, "--memory-mib", "16", "--vcpus", "1",
+        if kind in ("ours", "base"):
+            cmd = [ours if kind == "ours" else base, "run", "--kernel", elf, "--memory-mib", "16", "--vcpus", "1",
                    "--cmdline", cmdline, "--net", f"{tap},mac={mac}"]
         else:
             cmd = [qemu, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host,-arch-capabilities",
@@ -91,6 +101,17 @@ try:
             p.kill()
             p.wait()
         logf.close()
+
+    def cpu_ms(pid):
+        """On-CPU time of all threads of `pid` so far, in ms."""
+        total = 0
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return total / 1e6
 
     def fields(line):
         return {k: float(v) for k, v in (w.split("=") for w in line.split()[1:])}
@@ -152,6 +173,7 @@ try:
             rx.settimeout(2.0)
             p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{count}:{size}")
             got, nbytes, first, last = 0, 0, None, None
+            cpu_first = cpu_last = None
             try:
                 while True:
                     try:
@@ -160,7 +182,10 @@ try:
                         break
                     now = time.perf_counter()
                     if data.startswith(b"END"):
+                        cpu_last = cpu_ms(p.pid)
                         break
+                    if first is None:
+                        cpu_first = cpu_ms(p.pid)
                     first = first or now
                     last = now
                     got += 1
@@ -170,33 +195,46 @@ try:
                 if got > 1 and last > first:
                     r[f"g2h_{size}_pps"] = got / (last - first)
                     r[f"g2h_{size}_mb_s"] = nbytes / (last - first) / 1e6
+                if got > 1 and cpu_first is not None and cpu_last is not None:
+                    r[f"g2h_{size}_vmm_cpu_us_per_pkt"] = (cpu_last - cpu_first) * 1000 / (got - 1)
             finally:
                 stop(p, logf)
                 rx.close()
         return r
 
-    results = {"ours": [], "peer": []}
+    kinds = ("ours", "peer", "base") if base else ("ours", "peer")
+    results = {k: [] for k in kinds}
     for i in range(runs):
-        for kind in ("ours", "peer"):
+        for kind in kinds:
             r = one(kind)
             log(f"run {i + 1} {kind}: " + " ".join(f"{k}={v:.1f}" for k, v in r.items()))
             results[kind].append(r)
     metrics = ["udp_rtt_median_us", "udp_rtt_p99_us"] + [
-        f"{d}_{s}_{u}" for d in ("h2g", "g2h") for s in (64, 1400) for u in ("pps", "mb_s")]
+        f"{d}_{s}_{u}" for d in ("h2g", "g2h") for s in (64, 1400) for u in ("pps", "mb_s")] + [
+        f"g2h_{s}_vmm_cpu_us_per_pkt" for s in (64, 1400)]
     for m in metrics:
         vals = {k: [r[m] for r in results[k] if m in r] for k in results}
         med = {k: (statistics.median(v) if v else None) for k, v in vals.items()}
-        print(m, med["ours"] if med["ours"] is not None else "n/a",
-              med["peer"] if med["peer"] is not None else "n/a")
+        print(m, *(med[k] if med[k] is not None else "n/a" for k in ("ours", "peer")),
+              (med["base"] if med["base"] is not None else "n/a") if base else "-")
 finally:
     subprocess.run(["ip", "netns", "del", ns], stdin=subprocess.DEVNULL)
-    for kind in ("ours", "peer"):
+    for kind in ("ours", "peer", "base"):
         try:
             os.unlink(f"/tmp/{ns}-{kind}.out")
         except OSError:
             pass
 PY
-while read -r metric o p; do
-    fmt() { [[ "$1" == n/a ]] && echo n/a || printf '%.2f' "$1"; }
+fmt() { [[ "$1" == n/a ]] && echo n/a || printf '%.2f' "$1"; }
+while read -r metric o p _; do
     report "$metric" "$(fmt "$o")" "$(fmt "$p")"
 done <"$out"
+if [[ -n "$BASE" ]]; then
+    while read -r metric o _ b; do
+        ratio=n/a
+        if [[ "$o" != n/a && "$b" != n/a ]]; then
+            ratio="$(python3 -c 'import sys; o, b = float(sys.argv[1]), float(sys.argv[2]); print(f"{o / b:.3f}" if b else "n/a")' "$o" "$b")"
+        fi
+        printf '%s: base=%s ours=%s ratio=%s\n' "$metric" "$(fmt "$b")" "$(fmt "$o")" "$ratio"
+    done <"$out"
+fi

@@ -30,7 +30,7 @@ use super::mmio::{
     Action, MmioTransport, INT_CONFIG, INT_VRING, STATUS_ALL, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
 };
-use super::queue::QueueSlot;
+use super::queue::{wants_interrupt, QueueSlot};
 use super::request::{
     parse, ChainError, Completion, Done, Executor, ParseError, RequestError, Segment, ID_LEN,
 };
@@ -467,7 +467,7 @@ impl VirtioBlk {
                 }
             }
         }
-        if used && queue.needs_notification(&self.mem).unwrap_or(true) {
+        if used && wants_interrupt(queue, &self.mem) {
             self.raise(INT_VRING);
         }
         if let Some(why) = &fault {

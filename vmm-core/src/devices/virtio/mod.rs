@@ -10,7 +10,8 @@
 //!
 //! Code map:
 //! - `mmio` — the transport registers (features, status, queue setup, interrupt).
-//! - `queue` — validating the driver's queue setup; queue state for snapshots.
+//! - `queue` — validating the driver's queue setup; queue state for snapshots;
+//!   whether the driver wants an interrupt (`VIRTQ_AVAIL_F_NO_INTERRUPT`).
 //! - `request` — parsing one descriptor chain into a block request and running it.
 //! - `blk` — the device: config space, notify handling, stats.
 //! - `frame` — gathering a transmit chain, scattering a received frame.

@@ -33,7 +33,7 @@ use super::mmio::{
     Action, MmioTransport, INT_CONFIG, INT_VRING, STATUS_ALL, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
 };
-use super::queue::{GuestMem, QueueSlot};
+use super::queue::{wants_interrupt, GuestMem, QueueSlot};
 use super::state::VirtioQueueState;
 use super::VirtioError;
 use crate::devices::net::{MacAddr, NetBackend};
@@ -531,7 +531,7 @@ impl VirtioNet {
         transport
             .queues
             .get_mut(queue)
-            .is_none_or(|q| q.queue.needs_notification(mem).unwrap_or(true))
+            .is_none_or(|q| wants_interrupt(&mut q.queue, mem))
     }
 
     /// Whether the receive thread should read the backend: the device runs, is

@@ -159,6 +159,27 @@ fn notify_before_driver_ok_is_ignored() {
 }
 
 #[test]
+fn no_interrupt_flag_is_honoured() {
+    let mut s = setup(false);
+    let mut drv = Driver::new(&s.mem, 16);
+    drv.init(&mut s.dev);
+    s.mem.write_obj(1u16, GuestAddress(AVAIL_BASE)).unwrap(); // VIRTQ_AVAIL_F_NO_INTERRUPT
+    let r = drv.read(0, 512);
+    notify(&mut s.dev);
+    assert_eq!(drv.status(r), 0, "the request completed");
+    assert!(s.irq.read().is_err(), "no interrupt for a polling driver");
+    assert_eq!(read_reg(&mut s.dev, 0x60), 0);
+    s.mem.write_obj(0u16, GuestAddress(AVAIL_BASE)).unwrap();
+    drv.read(1, 512);
+    notify(&mut s.dev);
+    assert_eq!(
+        s.irq.read().unwrap(),
+        1,
+        "interrupts back once the flag is cleared"
+    );
+}
+
+#[test]
 fn interrupt_is_signalled_and_acknowledged() {
     let mut s = setup(false);
     let mut drv = Driver::new(&s.mem, 16);
