@@ -37,6 +37,23 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     /// Atomic against every other compare-and-write on an overlapping range, from any
     /// process, and durable when it returns `Written`.
     fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas>;
+    /// Makes `len` bytes at `offset` read as zeros, like a write of zeros (durable only
+    /// after [`BlockDevice::flush`]). This body writes them, 1 MiB at a time; a device
+    /// that can zero without moving the bytes (SCSI WRITE SAME, NBD WRITE_ZEROES, a file's
+    /// `fallocate`) overrides it, so that `mkfs` neither sends hundreds of MiB of zeros
+    /// nor, on an image file, fills the page cache with them.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        let zero = vec![0u8; (1 << 20).min(usize::try_from(len).unwrap_or(usize::MAX))];
+        // Past the end (or overflowing), `write_at` answers out of bounds.
+        let end = offset.saturating_add(len);
+        let mut at = offset;
+        while at < end {
+            let n = usize::try_from(end - at).map_or(zero.len(), |r| r.min(zero.len()));
+            self.write_at(&zero[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 fn check_cas_args(expected: &[u8], new: &[u8]) -> Result<()> {
@@ -293,6 +310,57 @@ impl FileDevice {
 }
 
 impl FileDevice {
+    /// Zeros a range with `fallocate`, which drops the range from the page cache instead
+    /// of filling it: `ZERO_RANGE` (the blocks stay allocated, as after a write of
+    /// zeros), else `PUNCH_HOLE` (tmpfs has no `ZERO_RANGE`), else a write of zeros.
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        use nix::errno::Errno;
+        use nix::fcntl::{fallocate, FallocateFlags as F};
+        let off = i64::try_from(offset).map_err(|_| Error::from(ConfigError::Offset))?;
+        let n = i64::try_from(len).map_err(|_| Error::from(ConfigError::Offset))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let modes = [
+            F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE,
+            F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        ];
+        for mode in modes {
+            match fallocate(self.file.as_fd(), mode, off, n) {
+                Ok(()) => return Ok(()),
+                // Not supported by this filesystem (or mode): try the next way.
+                Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "fallocate",
+                        offset,
+                        source: std::io::Error::from(e),
+                    })
+                }
+            }
+        }
+        let zero = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < offset + len {
+            let k = usize::try_from(offset + len - at).map_or(zero.len(), |r| r.min(zero.len()));
+            self.raw_write(&zero[..k], at)?;
+            at += k as u64;
+        }
+        Ok(())
+    }
+
+    /// [`Self::check`] for a span whose length may not fit a slice.
+    fn check_span(&self, offset: u64, len: u64) -> Result<()> {
+        match usize::try_from(len) {
+            Ok(l) => self.check(offset, l),
+            Err(_) => Err(Error::OutOfBounds {
+                offset,
+                len,
+                dev_len: self.len()?,
+            }),
+        }
+    }
+
     fn check(&self, offset: u64, len: usize) -> Result<()> {
         let cached = self.len_cache.load(std::sync::atomic::Ordering::Relaxed);
         if bounds(offset, len, cached).is_ok() {
@@ -325,6 +393,10 @@ impl BlockDevice for FileDevice {
         self.len_cache
             .store(len, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_span(offset, len)?;
+        self.zero_range(offset, len)
     }
     fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
         check_cas_args(expected, new)?;
@@ -375,6 +447,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<D> {
     }
     fn compare_and_write(&self, offset: u64, expected: &[u8], new: &[u8]) -> Result<Cas> {
         (**self).compare_and_write(offset, expected, new)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        (**self).write_zeroes(offset, len)
     }
 }
 
@@ -432,6 +507,11 @@ impl<D: BlockDevice> BlockDevice for CountingDevice<D> {
         self.bump(2);
         self.inner.compare_and_write(offset, expected, new)
     }
+    /// One write (one command, as WRITE SAME is), whatever the length.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.bump(1);
+        self.inner.write_zeroes(offset, len)
+    }
 }
 
 #[cfg(test)]
@@ -460,9 +540,48 @@ mod tests {
         d.flush().unwrap();
     }
 
+    /// `write_zeroes` zeros exactly its range (unaligned ends too) and refuses one past
+    /// the end.
+    fn exercise_zeroes(d: &dyn BlockDevice) {
+        let len = 64 << 10;
+        d.write_at(&vec![0xab; len], 0).unwrap();
+        d.write_zeroes(1000, 20_000).unwrap();
+        let mut b = vec![0u8; len];
+        d.read_at(&mut b, 0).unwrap();
+        assert!(b[..1000].iter().all(|&x| x == 0xab));
+        assert!(b[1000..21_000].iter().all(|&x| x == 0));
+        assert!(b[21_000..].iter().all(|&x| x == 0xab));
+        let end = d.len().unwrap();
+        assert!(matches!(
+            d.write_zeroes(end - 10, 11),
+            Err(Error::OutOfBounds { .. })
+        ));
+        d.write_zeroes(end, 0).unwrap();
+    }
+
     #[test]
     fn mem_device_basics() {
         exercise(&MemDevice::new(8192));
+        exercise_zeroes(&MemDevice::new(1 << 20));
+    }
+
+    #[test]
+    fn write_zeroes_on_files_and_wrappers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun");
+        let d = FileDevice::create(&p, 1 << 20).unwrap();
+        exercise_zeroes(&d);
+        match FileDevice::open(&p, true) {
+            Ok(dd) => exercise_zeroes(&dd),
+            Err(e) => eprintln!("SKIP: O_DIRECT not supported here: {e}"),
+        }
+        let counted = CountingDevice::new(std::sync::Arc::new(d));
+        counted.write_zeroes(0, 4096).unwrap();
+        assert_eq!(counted.counts(), [0, 1, 0, 0]);
+        // tmpfs has no ZERO_RANGE: the punch-hole way.
+        if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+            exercise_zeroes(&FileDevice::create(&shm.path().join("lun"), 1 << 20).unwrap());
+        }
     }
 
     #[test]

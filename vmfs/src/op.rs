@@ -381,8 +381,17 @@ impl<'a> Op<'a> {
         }
         let b = self.sh.read(self.geo.cluster_at(c), self.bs)?;
         let cl = ClusterBlock::decode(&b, self.bs, c, self.geo.bpc)?;
+        // The original a commit diffs against: only the header and bitmap sectors when the
+        // rest is zeros, as every block `encode` makes has it. With 1 MiB blocks a parked
+        // set then holds a sector per cluster it allocates from, not a megabyte.
+        let used = cl.used_len(self.bs);
+        let orig = if b[used..].iter().all(|&x| x == 0) {
+            b[..used].to_vec()
+        } else {
+            b
+        };
         self.clusters.insert(c, (cl, Changed::default()));
-        self.cluster_orig.insert(c, b);
+        self.cluster_orig.insert(c, orig);
         Ok(())
     }
 
@@ -633,8 +642,12 @@ impl<'a> Op<'a> {
         }
         for (c, (cl, ch)) in self.clusters.iter_mut() {
             if ch.is_dirty() {
-                let img = cl.encode(bs);
+                let mut img = cl.encode(bs);
                 let orig = self.cluster_orig.get(c).map(Vec::as_slice);
+                // An original cut to its header and bitmap (`load_cluster`): past the cut
+                // both it and `img` are zeros, so the sectors before it are all that differ.
+                img.truncate(orig.map_or(img.len(), <[u8]>::len));
+                img.shrink_to_fit();
                 diff_records(self.geo.cluster_at(*c), &img, orig, &mut self.recs);
                 self.cluster_orig.insert(*c, img);
                 ch.clear();

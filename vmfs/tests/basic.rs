@@ -350,3 +350,41 @@ fn a_metadata_transaction_costs_one_flush_and_a_large_thin_write_commits_once() 
     let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
     assert!(r.is_clean(), "{:#?}", r.errors);
 }
+
+/// `mkfs` zeroes through `write_zeroes` and writes only the sectors that hold something:
+/// over a LUN full of old bytes it must still lay out exactly what it lays out over a
+/// zeroed one (every byte up to its last cluster block), on a memory device (the default
+/// `write_zeroes`) and on an image file (`fallocate`).
+#[test]
+fn mkfs_over_a_used_lun_lays_out_the_same_bytes_as_over_a_zeroed_one() {
+    let size = 96usize << 20;
+    for bs in [4096u32, 64 << 10] {
+        let mut o = MkfsOptions::default();
+        o.block_size = bs;
+        o.max_inodes = 512;
+        o.blocks_per_cluster = 64;
+        o.journal_blocks = (256 << 10) / bs;
+        let clean = MemDevice::new(size);
+        let sb = Volume::mkfs(&clean, &o).unwrap();
+        // Up to the last cluster block (the slots for clusters `grow` adds are written
+        // whole when it adds them).
+        let meta = sb.geo.cluster_at(sb.geo.n_clusters) as usize;
+        let want = &clean.snapshot()[..meta];
+
+        let used = MemDevice::from_bytes(vec![0xee; size]);
+        Volume::mkfs(&used, &o).unwrap();
+        assert!(
+            used.snapshot()[..meta] == *want,
+            "memory device, {bs} B blocks"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun");
+        std::fs::write(&p, vec![0xeeu8; size]).unwrap();
+        let file = vinfra_vmfs::FileDevice::open(&p, false).unwrap();
+        Volume::mkfs(&file, &o).unwrap();
+        let mut got = vec![0u8; meta];
+        file.read_at(&mut got, 0).unwrap();
+        assert!(got == *want, "image file, {bs} B blocks");
+    }
+}

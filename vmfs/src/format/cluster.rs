@@ -88,6 +88,13 @@ impl ClusterBlock {
     pub fn free_count(&self) -> u32 {
         (0..self.bpc).filter(|&i| !self.is_set(i)).count() as u32
     }
+    /// Bytes at the start of an encoded block of `bs` bytes that can be non-zero (header
+    /// and bitmap), in whole sectors: [`ClusterBlock::encode`] zeros the rest.
+    pub fn used_len(&self, bs: usize) -> usize {
+        (HEADER + self.bits.len())
+            .next_multiple_of(super::SECTOR)
+            .min(bs)
+    }
     /// Encodes into a block.
     pub fn encode(&self, bs: usize) -> Vec<u8> {
         let mut h = ClusterHeader::new(self.index, self.bpc);

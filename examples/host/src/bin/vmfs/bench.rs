@@ -95,15 +95,17 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
             t.pwrite(&chunk, off)?;
             off += chunk.len() as u64;
         }
+        let written = t0.elapsed().as_secs_f64();
         t.sync()?;
-        out.push((
-            label.to_string(),
-            bytes as f64 / t0.elapsed().as_secs_f64() / 1e6,
-        ));
+        let total = t0.elapsed().as_secs_f64();
+        out.push((format!("{label}_MBps"), bytes as f64 / total / 1e6));
+        // Where the time went: the writes (copies into the cache) and the sync after them.
+        out.push((format!("{label}_writes_ms"), written * 1e3));
+        out.push((format!("{label}_sync_ms"), (total - written) * 1e3));
         Ok(())
     };
-    write_all("seq_write_MBps")?;
-    write_all("seq_overwrite_MBps")?;
+    write_all("seq_write")?;
+    write_all("seq_overwrite")?;
     let mut buf = vec![0u8; 1 << 20];
     // Several passes: one pass from the page cache takes a fraction of a second.
     let passes = 4;
