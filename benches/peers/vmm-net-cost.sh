@@ -34,8 +34,10 @@ BASE="${VINFRA_VM_BASE:-}"
 [[ -z "$BASE" || -x "$BASE" ]] || die "VINFRA_VM_BASE=$BASE is not an executable"
 command -v perf >/dev/null 2>&1 || log "perf not found (apt-get install -y linux-perf): CPU times only"
 
-python3 - "$OURS" "$QEMU" "$NET_ELF" "$COUNT" "$SIZE" "$BASE" <<'PY'
-import ctypes, os, shutil, signal, socket, subprocess, sys, time
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$OURS" "$QEMU" "$NET_ELF" "$COUNT" "$SIZE" "$BASE" <<'PY'
+import os, shutil, signal, socket, subprocess, sys, time
+
+from netbench import Vmms, enter_namespace, leave_namespace, log, stop, wait_line
 
 ours, qemu, elf = sys.argv[1:4]
 count, size = int(sys.argv[4]), int(sys.argv[5])
@@ -46,14 +48,6 @@ THREAD_EVENTS = ["kvm:kvm_userspace_exit", "kvm:kvm_mmio"] + [
     f"syscalls:sys_enter_{s}" for s in ("write", "writev", "read", "readv", "poll", "ppoll", "futex", "ioctl")]
 SYSTEM_EVENTS = ["kvm:kvm_set_irq", "context-switches"]
 PERF = shutil.which("perf")
-
-
-def sh(*a):
-    subprocess.run(a, check=True, stdin=subprocess.DEVNULL)
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def thread_cpu_ms(pid):
@@ -132,54 +126,12 @@ def report(kind, direction, frames, counts, cpu0, cpu1, note):
     print(f"  process: {total * 1000 / frames:.1f} us/frame", flush=True)
 
 
-sh("ip", "netns", "add", ns)
+enter_namespace(ns, tap, host_ip)
 try:
-    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-    if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, 0x40000000) != 0:
-        sys.exit("setns failed")
-    sh("ip", "link", "set", "lo", "up")
-    sh("ip", "tuntap", "add", "dev", tap, "mode", "tap")
-    sh("ip", "addr", "add", f"{host_ip}/24", "dev", tap)
-    sh("ip", "link", "set", tap, "up")
-
-    def vmm(kind, cmdline):
-        if kind == "qemu":
-            cmd = [qemu, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host,-arch-capabilities",
-                   "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-                   "-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                   "-global", "virtio-mmio.force-legacy=false",
-                   "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                   "-device", f"virtio-net-device,netdev=n0,mac={mac}",
-                   "-kernel", elf, "-append", cmdline]
-        else:
-            cmd = [ours if kind == "ours" else base, "run", "--kernel", elf, "--memory-mib", "16",
-                   "--vcpus", "1", "--cmdline", cmdline, "--net", f"{tap},mac={mac}"]
-        logf = open(f"/tmp/{ns}-{kind}.out", "w+")
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.DEVNULL)
-        return p, logf
-
-    def wait_line(logf, prefix, timeout, start=0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            logf.seek(start)
-            for line in logf.read().split("\n")[:-1]:
-                if line.startswith(prefix):
-                    return line
-            time.sleep(0.01)
-        return None
-
-    def stop(p, logf):
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        logf.close()
-        os.unlink(logf.name)
+    vmms = Vmms(ours, base, qemu, elf, ns, tap, mac)
 
     def host_to_guest(kind):
-        p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1")
+        p, logf = vmms.start(kind, f"net.ip={guest_ip} net.quiet=1")
         try:
             if not wait_line(logf, "NET-READY", 10):
                 log(f"{kind}: no NET-READY")
@@ -222,7 +174,7 @@ try:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         rx.bind((host_ip, 9000))
         rx.settimeout(3.0)
-        p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{4 * count}:{size}")
+        p, logf = vmms.start(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{4 * count}:{size}")
         try:
             if not wait_line(logf, "NET-READY", 10):
                 log(f"{kind}: no NET-READY")
@@ -255,5 +207,5 @@ try:
     for k in kinds:
         guest_to_host(k)
 finally:
-    subprocess.run(["ip", "netns", "del", ns], stdin=subprocess.DEVNULL)
+    leave_namespace(ns, ("ours", "qemu", "base"))
 PY

@@ -38,8 +38,10 @@ BASE="${VINFRA_VM_BASE:-}"
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" "$BASE" >"$out" <<'PY'
-import ctypes, os, socket, statistics, subprocess, sys, time
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" "$BASE" >"$out" <<'PY'
+import os, socket, statistics, sys, time
+
+from netbench import Vmms, enter_namespace, leave_namespace, log, stop, wait_line
 
 ours, qemu, elf, runs, echoes, count = sys.argv[1:4] + [int(x) for x in sys.argv[4:7]]
 base = sys.argv[7]
@@ -47,60 +49,9 @@ ns, tap = f"vnbench{os.getpid()}", "vtbench0"
 host_ip, guest_ip, mac = "10.96.0.1", "10.96.0.2", "52:54:00:00:00:42"
 
 
-def sh(*a):
-    subprocess.run(a, check=True, stdin=subprocess.DEVNULL)
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-sh("ip", "netns", "add", ns)
+enter_namespace(ns, tap, host_ip)
 try:
-    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-    if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, 0x40000000) != 0:
-        sys.exit("setns failed")
-    # From here on this process and its children live in the namespace.
-    sh("ip", "link", "set", "lo", "up")
-    sh("ip", "tuntap", "add", "dev", tap, "mode", "tap")
-    sh("ip", "addr", "add", f"{host_ip}/24", "dev", tap)
-    sh("ip", "link", "set", tap, "up")
-
-    def vmm(kind, cmdline):
-        if kind in ("ours", "base"):
-            cmd = [ours if kind == "ours" else base, "run", "--kernel", elf, "--memory-mib", "16", "--vcpus", "1",
-                   "--cmdline", cmdline, "--net", f"{tap},mac={mac}"]
-        else:
-            cmd = [qemu, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host,-arch-capabilities",
-                   "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-                   "-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                   "-global", "virtio-mmio.force-legacy=false",
-                   "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                   "-device", f"virtio-net-device,netdev=n0,mac={mac}",
-                   "-kernel", elf, "-append", cmdline]
-        logf = open(f"/tmp/{ns}-{kind}.out", "w+")
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.DEVNULL)
-        return p, logf
-
-    def wait_line(logf, prefix, timeout, start=0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            logf.seek(start)
-            # Only whole lines: the VMM may be in the middle of writing one.
-            for line in logf.read().split("\n")[:-1]:
-                if line.startswith(prefix):
-                    return line
-            time.sleep(0.01)
-        return None
-
-    def stop(p, logf):
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        logf.close()
+    vmms = Vmms(ours, base, qemu, elf, ns, tap, mac)
 
     def cpu_ms(pid):
         """On-CPU time of all threads of `pid` so far, in ms."""
@@ -118,7 +69,7 @@ try:
 
     def one(kind):
         r = {}
-        p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1")
+        p, logf = vmms.start(kind, f"net.ip={guest_ip} net.quiet=1")
         try:
             if not wait_line(logf, "NET-READY", 10):
                 log(f"{kind}: no NET-READY")
@@ -171,7 +122,7 @@ try:
             rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             rx.bind((host_ip, 9000))
             rx.settimeout(2.0)
-            p, logf = vmm(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{count}:{size}")
+            p, logf = vmms.start(kind, f"net.ip={guest_ip} net.quiet=1 net.source={host_ip}:9000:{count}:{size}")
             got, nbytes, first, last = 0, 0, None, None
             cpu_first = cpu_last = None
             try:
@@ -218,12 +169,7 @@ try:
         print(m, *(med[k] if med[k] is not None else "n/a" for k in ("ours", "peer")),
               (med["base"] if med["base"] is not None else "n/a") if base else "-")
 finally:
-    subprocess.run(["ip", "netns", "del", ns], stdin=subprocess.DEVNULL)
-    for kind in ("ours", "peer", "base"):
-        try:
-            os.unlink(f"/tmp/{ns}-{kind}.out")
-        except OSError:
-            pass
+    leave_namespace(ns, ("ours", "peer", "base"))
 PY
 fmt() { [[ "$1" == n/a ]] && echo n/a || printf '%.2f' "$1"; }
 while read -r metric o p _; do
