@@ -196,12 +196,8 @@ pub(crate) enum VmCommand {
     Restore {
         #[command(flatten)]
         op: OpArgs,
-        /// The repository (a path on the host).
-        #[arg(long)]
-        repository: String,
-        /// The backup (the latest by default).
-        #[arg(long)]
-        backup: Option<String>,
+        #[command(flatten)]
+        from: FromBackup,
         /// The new VM's name.
         #[arg(long = "as")]
         new_name: String,
@@ -210,18 +206,25 @@ pub(crate) enum VmCommand {
     RestoreDisk {
         #[command(flatten)]
         op: OpArgs,
-        /// The repository (a path on the host).
-        #[arg(long)]
-        repository: String,
-        /// The backup (the latest that holds the disk by default).
-        #[arg(long)]
-        backup: Option<String>,
+        #[command(flatten)]
+        from: FromBackup,
         /// The disk, by index.
         #[arg(long)]
         disk: u32,
     },
     /// Attach to the serial console (Ctrl-] leaves).
     Console { name: String },
+}
+
+/// Where a restore reads from.
+#[derive(Debug, Args)]
+pub(crate) struct FromBackup {
+    /// The repository (a path on the host).
+    #[arg(long)]
+    pub(crate) repository: String,
+    /// The backup (the VM's latest that holds what is restored, by default).
+    #[arg(long)]
+    pub(crate) backup: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -495,35 +498,25 @@ fn run_vm(cli: &Cli, client: &Client, command: &VmCommand) -> Result<(), CliErro
             "backup",
             &backup_request(repository, *incremental, disks),
         ),
-        VmCommand::Restore {
-            op,
-            repository,
-            backup,
-            new_name,
-        } => operation(
+        VmCommand::Restore { op, from, new_name } => operation(
             cli,
             client,
             op,
             "restore",
             &RestoreRequest {
-                repository: repository.clone(),
-                backup: backup.clone(),
+                repository: from.repository.clone(),
+                backup: from.backup.clone(),
                 name: new_name.clone(),
             },
         ),
-        VmCommand::RestoreDisk {
-            op,
-            repository,
-            backup,
-            disk,
-        } => operation(
+        VmCommand::RestoreDisk { op, from, disk } => operation(
             cli,
             client,
             op,
             "restore-disk",
             &RestoreDiskRequest {
-                repository: repository.clone(),
-                backup: backup.clone(),
+                repository: from.repository.clone(),
+                backup: from.backup.clone(),
                 disk: *disk,
             },
         ),

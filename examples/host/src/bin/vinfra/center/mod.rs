@@ -284,31 +284,21 @@ fn run_vm(cli: &Cli, c: &CenterClient, command: &VmCommand) -> Result<(), CliErr
                 disks,
             )))?,
         ),
-        VmCommand::RestoreDisk {
-            op,
-            repository,
-            backup,
-            disk,
-        } => action(
+        VmCommand::RestoreDisk { op, from, disk } => action(
             op,
             "restore-disk",
             body(serde_json::to_value(vinfra_host::api::RestoreDiskRequest {
-                repository: repository.clone(),
-                backup: backup.clone(),
+                repository: from.repository.clone(),
+                backup: from.backup.clone(),
                 disk: *disk,
             }))?,
         ),
-        VmCommand::Restore {
-            op,
-            repository,
-            backup,
-            new_name,
-        } => action(
+        VmCommand::Restore { op, from, new_name } => action(
             op,
             "restore",
             body(serde_json::to_value(vinfra_host::api::RestoreRequest {
-                repository: repository.clone(),
-                backup: backup.clone(),
+                repository: from.repository.clone(),
+                backup: from.backup.clone(),
                 name: new_name.clone(),
             }))?,
         ),
