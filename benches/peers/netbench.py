@@ -8,6 +8,7 @@ TAP)."""
 
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,21 @@ class Vmms:
         logf = open(f"/tmp/{self.ns}-{kind}.out", "w+")
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.DEVNULL)
         return p, logf
+
+
+def blast(guest_ip, size, count, port=9):
+    """Sends `count` datagrams of `size` bytes to the guest's sink `port` as fast as the
+    TAP takes them (a full queue drops one: the guest's tally says how many arrived);
+    returns the socket, for the END that closes the count."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.connect((guest_ip, port))
+    payload = b"y" * size
+    for _ in range(count):
+        try:
+            sink.send(payload)
+        except OSError:
+            pass
+    return sink
 
 
 def wait_line(logf, prefix, timeout, start=0):

@@ -37,7 +37,7 @@ command -v perf >/dev/null 2>&1 || log "perf not found (apt-get install -y linux
 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$OURS" "$QEMU" "$NET_ELF" "$COUNT" "$SIZE" "$BASE" <<'PY'
 import os, shutil, signal, socket, subprocess, sys, time
 
-from netbench import Vmms, enter_namespace, leave_namespace, log, stop, wait_line
+from netbench import Vmms, blast, enter_namespace, leave_namespace, log, stop, wait_line
 
 ours, qemu, elf = sys.argv[1:4]
 count, size = int(sys.argv[4]), int(sys.argv[5])
@@ -149,14 +149,7 @@ try:
             cpu0, tap0 = thread_cpu_ms(p.pid), tap_packets("tx")
             logf.seek(0, 2)
             mark = logf.tell()
-            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sink.connect((guest_ip, 9))
-            payload = b"y" * size
-            for _ in range(count):
-                try:
-                    sink.send(payload)
-                except OSError:
-                    pass
+            sink = blast(guest_ip, size, count)
             line = None
             for _ in range(20):  # END may meet a full TAP queue
                 time.sleep(0.05)

@@ -41,7 +41,7 @@ trap 'rm -f "$out"' EXIT
 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$OURS" "$QEMU" "$NET_ELF" "$RUNS" "$ECHOES" "$COUNT" "$BASE" >"$out" <<'PY'
 import os, socket, statistics, sys, time
 
-from netbench import Vmms, enter_namespace, leave_namespace, log, stop, wait_line
+from netbench import Vmms, blast, enter_namespace, leave_namespace, log, stop, wait_line
 
 ours, qemu, elf, runs, echoes, count = sys.argv[1:4] + [int(x) for x in sys.argv[4:7]]
 base = sys.argv[7]
@@ -94,14 +94,7 @@ try:
             for size in (64, 1400):
                 logf.seek(0, 2)
                 mark = logf.tell()
-                sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sink.connect((guest_ip, 9))
-                payload = b"y" * size
-                for _ in range(count):
-                    try:
-                        sink.send(payload)
-                    except OSError:
-                        pass
+                sink = blast(guest_ip, size, count)
                 # END may meet a full TAP queue: repeat it until the guest reports.
                 line = None
                 for _ in range(20):
