@@ -275,13 +275,39 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
     if task["state"] != "success" {
         return Err(format!("the DRS migration failed: {}", task["text"]));
     }
-    wait_js(
+    // The inventory follows the hosts' polls: within a few of them, longer on a loaded
+    // machine. A failure says where the center and the hosts think the VM is.
+    let shown = wait_js(
         c,
         "the tree to show the VM on the recommended host",
         &format!("const n = document.querySelector('.tree [data-kind=vm][data-name=\"{rec_vm}\"]'); return n && n.dataset.host === '{rec_to}';"),
-        WAIT,
+        MIGRATION,
     )
-    .await?;
+    .await;
+    if let Err(e) = shown {
+        let seen = tokio::task::block_in_place(|| {
+            let admin = dc.center.admin();
+            let vm = dc
+                .center
+                .call(&admin, "GET", &format!("/api/vcenter/vm/{rec_vm}"), "")
+                .1;
+            let hosts: Vec<String> = (1..=3)
+                .map(|h| {
+                    format!(
+                        "host {h}: {}",
+                        dc.lab.host_get(h, &format!("/vms/{rec_vm}"))["host"]
+                    )
+                })
+                .collect();
+            format!(
+                "center: host {} state {}; {}",
+                vm["host"],
+                vm["info"]["state"],
+                hosts.join(", ")
+            )
+        });
+        return Err(format!("{e}; {seen}"));
+    }
     // The card read the pass again: the applied recommendation is gone.
     wait_js(
         c,
