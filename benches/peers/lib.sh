@@ -205,3 +205,16 @@ report() { # <metric> <ours> <peer>
     fi
     printf '%s: ours=%s peer=%s ratio=%s\n' "$1" "$2" "$3" "$ratio"
 }
+
+# What the virtio-net benches (vmm-net.sh, vmm-net-cost.sh) need: root, ip, QEMU, the
+# guest kit and our VMM; sets BASE from VINFRA_VM_BASE (another build of ours, optional).
+peers_net_setup() {
+    [[ "$(id -u)" == 0 ]] || die "needs root (network namespace, TAP)"
+    command -v ip >/dev/null 2>&1 || die "ip not found: apt-get install -y iproute2"
+    peers_need_qemu
+    peers_kit
+    peers_ours
+    [[ -n "$OURS" ]] || die "our VMM is needed for this comparison"
+    BASE="${VINFRA_VM_BASE:-}"
+    [[ -z "$BASE" || -x "$BASE" ]] || die "VINFRA_VM_BASE=$BASE is not an executable"
+}

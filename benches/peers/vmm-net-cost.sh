@@ -24,14 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 COUNT="${COUNT:-5000}"
 SIZE="${SIZE:-1400}"
-[[ "$(id -u)" == 0 ]] || die "needs root (network namespace, TAP)"
-command -v ip >/dev/null 2>&1 || die "ip not found: apt-get install -y iproute2"
-peers_need_qemu
-peers_kit
-peers_ours
-[[ -n "$OURS" ]] || die "our VMM is needed for this comparison"
-BASE="${VINFRA_VM_BASE:-}"
-[[ -z "$BASE" || -x "$BASE" ]] || die "VINFRA_VM_BASE=$BASE is not an executable"
+peers_net_setup
 command -v perf >/dev/null 2>&1 || log "perf not found (apt-get install -y linux-perf): CPU times only"
 
 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(dirname "${BASH_SOURCE[0]}")" python3 - "$OURS" "$QEMU" "$NET_ELF" "$COUNT" "$SIZE" "$BASE" <<'PY'

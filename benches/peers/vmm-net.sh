@@ -27,14 +27,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUNS="${RUNS:-3}"
 ECHOES="${ECHOES:-1000}"
 COUNT="${COUNT:-5000}"
-[[ "$(id -u)" == 0 ]] || die "needs root (network namespace, TAP)"
-command -v ip >/dev/null 2>&1 || die "ip not found: apt-get install -y iproute2"
-peers_need_qemu
-peers_kit
-peers_ours
-[[ -n "$OURS" ]] || die "our VMM is needed for this comparison"
-BASE="${VINFRA_VM_BASE:-}"
-[[ -z "$BASE" || -x "$BASE" ]] || die "VINFRA_VM_BASE=$BASE is not an executable"
+peers_net_setup
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
