@@ -16,7 +16,10 @@ use vinfra_host::migration::{
 use vinfra_host::vmfs_disk::VmfsDiskBackend;
 use vinfra_vmm_core::Vm;
 use vinfra_vmotion::vmm_core::{ArrivingVm, LocalVm};
-use vinfra_vmotion::{migrate, receive, DiskHandover, Error, ReceiveOptions, ReceiveStats};
+use vinfra_vmotion::wire::{CpuidLeaf, MemoryRegion};
+use vinfra_vmotion::{
+    migrate, receive, DiskHandover, Error, IncomingVm, ReceiveOptions, ReceiveStats, VmError,
+};
 
 use crate::vm_args::{Built, DiskLocks, VmArgs};
 
@@ -32,9 +35,10 @@ fn handovers(disks: &[Arc<VmfsDiskBackend>]) -> Vec<Arc<dyn DiskHandover>> {
         .collect()
 }
 
-/// The nice value of the thread that sends the VM: below the vCPUs', so that on a busy
-/// host the guest keeps its share of the CPU during the copy (on 2 cores, the sender, the
-/// destination's receiver and the vCPU compete; at nice 0 the vCPU loses whole timeslices).
+/// The nice value of the threads that send and receive the VM's memory: below the
+/// vCPUs', so that on a busy host the guest keeps its share of the CPU during the copy (on
+/// 2 cores, the sender, the destination's receiver and the vCPU compete; at nice 0 the
+/// vCPU loses whole timeslices).
 const MIGRATION_NICE: i32 = 10;
 
 /// This thread's nice value raised for a while, set back on drop (where allowed: without
@@ -323,6 +327,48 @@ fn announce_again(vm: &vinfra_vmm_core::Vm) {
     }
 }
 
+/// The arriving VM, received at [`MIGRATION_NICE`] until its state comes: the vCPU and
+/// device threads that `restore` starts inherit the nice value of the thread that starts
+/// them, so it is set back first.
+struct NicedArrival {
+    vm: ArrivingVm,
+    nice: Option<ThreadNice>,
+}
+
+impl IncomingVm for NicedArrival {
+    type Memory = <ArrivingVm as IncomingVm>::Memory;
+
+    fn memory(&self) -> &Self::Memory {
+        self.vm.memory()
+    }
+
+    fn memory_layout(&self) -> Vec<MemoryRegion> {
+        self.vm.memory_layout()
+    }
+
+    fn supported_cpuid(&self) -> Result<Vec<CpuidLeaf>, VmError> {
+        self.vm.supported_cpuid()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), VmError> {
+        self.nice = None;
+        self.vm.restore(state)
+    }
+
+    fn acquire_disks(&mut self) -> Result<(), VmError> {
+        self.vm.acquire_disks()
+    }
+
+    fn resume(&mut self) -> Result<(), VmError> {
+        self.vm.resume()
+    }
+
+    fn discard(&mut self) -> Result<(), VmError> {
+        self.nice = None;
+        self.vm.discard()
+    }
+}
+
 /// Waits for one migration and returns the running VM.
 pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
     let security = security(a.key_file.as_deref(), a.plaintext)?;
@@ -331,19 +377,24 @@ pub fn incoming(a: &IncomingArgs) -> Result<Arrived, String> {
     let listener =
         TcpListener::bind(&a.listen).map_err(|e| format!("listen on {}: {e}", a.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut arriving = ArrivingVm::new(built.config.clone())
+    let arriving = ArrivingVm::new(built.config.clone())
         .map_err(|e| e.to_string())?
         .with_disks(handovers(&built.vmfs_disks));
     eprintln!("vinfra-vm: waiting for a migration on {addr}");
     let (stream, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let stats = receive(&mut arriving, stream, &ReceiveOptions::new(security))
-        .map_err(|e| format!("receive the VM from {peer}: {e}"))?;
+    let mut arriving = NicedArrival {
+        vm: arriving,
+        nice: Some(ThreadNice::lower(MIGRATION_NICE)),
+    };
+    let received = receive(&mut arriving, stream, &ReceiveOptions::new(security));
+    arriving.nice = None;
+    let stats = received.map_err(|e| format!("receive the VM from {peer}: {e}"))?;
     eprintln!(
         "vinfra-vm: received the VM from {peer}: {}",
         serde_json::to_string(&stats).unwrap_or_default()
     );
-    let vm = arriving.into_vm().ok_or("the VM was not restored")?;
+    let vm = arriving.vm.into_vm().ok_or("the VM was not restored")?;
     announce_again(&vm);
     Ok(Arrived {
         vm,
