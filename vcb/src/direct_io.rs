@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 /// Alignment of buffer, length and offset that `O_DIRECT` asks for (4 KiB covers
 /// every logical block size in use).
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 /// Files below this go through the page cache (index files, manifests, locks).
 pub(crate) const MIN_DIRECT: usize = 1 << 20;
 

@@ -40,6 +40,7 @@ mod crypto;
 mod direct_io;
 mod error;
 pub mod files;
+mod image_file;
 mod index;
 mod lock;
 mod manifest;

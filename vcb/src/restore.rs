@@ -2,13 +2,13 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use crate::codec::Id;
 use crate::error::{Error, Result};
+use crate::image_file::{find_mismatch, ImageWriter};
 use crate::index::Index;
 use crate::manifest::DiskManifest;
 use crate::repo::Repository;
@@ -204,41 +204,33 @@ impl Repository {
             .map_err(werr)?;
         f.set_len(d.capacity).map_err(werr)?;
         let mut stats = RestoreStats::default();
+        // Around the page cache where the filesystem allows it (see `image_file`).
+        let mut writer = ImageWriter::new(path, f.try_clone().map_err(werr)?).map_err(werr)?;
         self.for_each_grain(snapshot, &d, &mut stats, |off, _, data| match data {
-            Some(b) => f.write_all_at(b, off).map_err(werr),
+            Some(b) => writer.put(off, b).map_err(werr),
             None => Ok(()),
         })?;
+        writer.finish().map_err(werr)?;
         f.sync_all().map_err(werr)?;
         // Read back every written grain and check it against its id, in parallel. Zero
         // grains are holes of the file just truncated and sized: not read back.
         let cs = u64::from(d.chunk_size);
-        let written: Vec<(u64, Id)> = d.grains.chunks().collect();
-        let bad = written.par_chunks(BATCH as usize).find_map_first(|batch| {
-            let mut buf = vec![0u8; cs as usize];
-            for &(g, id) in batch {
-                let off = g * cs;
-                let len = (d.capacity - off).min(cs) as usize;
-                let ok = f
-                    .read_exact_at(&mut buf[..len], off)
-                    .map(|()| self.keys.id(&buf[..len]) == id);
-                match ok {
-                    Ok(true) => {}
-                    Ok(false) => return Some(Ok(off)),
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-            None
-        });
+        let written: Vec<(u64, usize, Id)> = d
+            .grains
+            .chunks()
+            .map(|(g, id)| (g * cs, (d.capacity - g * cs).min(cs) as usize, id))
+            .collect();
+        let bad = find_mismatch(path, &f, &written, |id, bytes| self.keys.id(bytes) == *id);
         match bad {
-            None => {}
-            Some(Ok(offset)) => {
+            Ok(None) => {}
+            Ok(Some(offset)) => {
                 return Err(Error::RestoreMismatch {
                     disk: disk.to_string(),
                     path: path.to_path_buf(),
                     offset,
                 })
             }
-            Some(Err(e)) => return Err(werr(e)),
+            Err(e) => return Err(werr(e)),
         }
         Ok(stats)
     }
