@@ -66,6 +66,10 @@ pub struct PlacementPlan {
 /// when memory is the bottleneck (page sharing saves memory the metric does not see).
 pub const SHARING_BONUS: f64 = 0.02;
 
+/// How a host ranks for a VM, lowest best: contention, broken should-rules, the
+/// imbalance after (less any sharing bonus), VMs already there.
+type HostRank = (bool, u32, f64, u32);
+
 /// Chooses hosts for VMs one at a time over a live [`State`].
 pub(crate) struct Chooser<'s, 'c> {
     pub state: &'s mut State<'c>,
@@ -95,7 +99,7 @@ impl<'s, 'c> Chooser<'s, 'c> {
         let w = c.vms[v].footprint();
         let from = self.state.host_of[v];
         let image = c.vms[v].image;
-        let mut best: Option<((bool, u32, f64), usize, bool)> = None;
+        let mut best: Option<(HostRank, usize, bool)> = None;
         let mut rejected = Vec::new();
         for h in 0..c.hosts.len() {
             if let Err(r) = self.state.check(v, h, moving) {
@@ -111,9 +115,16 @@ impl<'s, 'c> Chooser<'s, 'c> {
                 0.0
             };
             // A host the VM's demand would push into contention comes last, then hosts
-            // that break a should-rule, then the balance.
+            // that break a should-rule, then the balance; between hosts the balance
+            // cannot tell apart (a VM with no demand or reservation yet), the one with
+            // fewer VMs.
             let contends = !self.state.demand_fits(&[v], h);
-            let key = (contends, self.state.soft_penalty(v, h), after - bonus);
+            let key = (
+                contends,
+                self.state.soft_penalty(v, h),
+                after - bonus,
+                self.state.vms_on[h],
+            );
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, h, shares));
             }
@@ -282,6 +293,37 @@ mod tests {
         let p = place(&c, &["new"]).unwrap();
         assert_eq!(p.placements[0].host.as_deref(), Some("b"));
         assert!(p.unplaced.is_empty());
+    }
+
+    #[test]
+    fn vms_that_weigh_nothing_yet_spread_over_the_hosts() {
+        // Idle (demand measured as nothing) and without reservations, as VMs that HA
+        // restarts or an evacuation moves often are: every host leaves the balance the
+        // same, and the hosts with fewer VMs are chosen, not always the first.
+        let hosts = ["a", "b", "c"]
+            .map(|h| HostSpec::new(h, 10_000, 10_000))
+            .to_vec();
+        let vms = (0..6)
+            .map(|i| {
+                let mut v = VmSpec::new(format!("idle-{i}"), 1000, 1000);
+                v.cpu_demand_mhz = Some(0);
+                v.mem_demand_mb = Some(0);
+                v
+            })
+            .collect();
+        let c = Cluster::new(ClusterSpec::new(hosts, vms)).unwrap();
+        let names: Vec<String> = (0..6).map(|i| format!("idle-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = place(&c, &names).unwrap();
+        let mut on: std::collections::BTreeMap<String, u32> = Default::default();
+        for pl in &p.placements {
+            *on.entry(pl.host.clone().unwrap()).or_default() += 1;
+        }
+        assert_eq!(
+            on.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{on:?}"
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub(crate) struct State<'a> {
     anti: HashMap<(usize, usize), u32>,
     /// (image, host) → running VMs with that tag there.
     pub images: HashMap<(u32, usize), u32>,
+    /// Running VMs per host: the last tie-breaker of a placement, so that VMs that weigh
+    /// nothing yet (idle, no reservation) spread instead of all going to the first host.
+    pub vms_on: Vec<u32>,
 }
 
 impl<'a> State<'a> {
@@ -109,6 +112,7 @@ impl<'a> State<'a> {
             demand: vec![[0, 0]; c.hosts.len()],
             anti: HashMap::new(),
             images: HashMap::new(),
+            vms_on: vec![0; c.hosts.len()],
         }
     }
 
@@ -159,6 +163,7 @@ impl<'a> State<'a> {
             *self.images.entry((i, h)).or_insert(0) += 1;
         }
         self.host_of[v] = Some(h);
+        self.vms_on[h] += 1;
     }
 
     /// Remove `v` from its host.
@@ -166,6 +171,7 @@ impl<'a> State<'a> {
         let Some(h) = self.host_of[v].take() else {
             return;
         };
+        self.vms_on[h] -= 1;
         let n = self.need(v);
         self.used[h][CPU] -= n[CPU];
         self.used[h][MEM] -= n[MEM];
