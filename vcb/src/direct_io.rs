@@ -8,7 +8,7 @@
 //! aligned body goes direct; the tail of less than a block is written normally.
 //! Filesystems without `O_DIRECT` (tmpfs) refuse the flag and get buffered writes.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -20,6 +20,15 @@ use std::sync::Mutex;
 pub(crate) const ALIGN: usize = 4096;
 /// Files below this go through the page cache (index files, manifests, locks).
 pub(crate) const MIN_DIRECT: usize = 1 << 20;
+
+/// `path` opened for `O_DIRECT` with `opts`; `None` where the filesystem refuses it.
+pub(crate) fn open_direct(path: &Path, opts: &mut OpenOptions) -> io::Result<Option<File>> {
+    match opts.custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// Direct writes for one repository directory.
 #[derive(Debug, Default)]
@@ -39,19 +48,13 @@ impl DirectWriter {
             return Ok(false);
         }
         let body = data.len() / ALIGN * ALIGN;
-        let f = match OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.unsupported.store(true, Ordering::Relaxed);
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+        let Some(f) = open_direct(
+            path,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?
+        else {
+            self.unsupported.store(true, Ordering::Relaxed);
+            return Ok(false);
         };
         // Taken out of the mutex, so concurrent writers never wait on each other; the
         // last one to finish leaves its buffer for the next write.

@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use crate::direct_io::ALIGN;
+use crate::direct_io::{open_direct, ALIGN};
 
 /// The longest run written or read at once.
 const RUN: usize = 4 << 20;
@@ -43,15 +43,6 @@ impl AlignedBuf {
 
     fn bytes(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + RUN]
-    }
-}
-
-/// `path` opened for `O_DIRECT` with `opts`; `None` where the filesystem refuses it.
-fn open_direct(path: &Path, opts: &mut OpenOptions) -> io::Result<Option<File>> {
-    match opts.custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
