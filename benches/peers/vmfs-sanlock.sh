@@ -7,7 +7,10 @@
 #     image file, io_submit included);
 #   - time per acquire+release (median of N): ours in process; sanlock with `sanlock
 #     direct acquire|release` (no daemon), each a process, less the median time of a
-#     process that does no lease I/O (`sanlock direct dump` of an empty area).
+#     process that does no lease I/O (`sanlock direct dump` of an empty area): an estimate
+#     dominated by process start (it can come out negative, printed as 0.001); and, sturdier,
+#     a lower bound: the median time sanlock's acquire+release waits in the kernel for its
+#     lease I/O (io_getevents and plain reads/writes of the image, timed by strace -T).
 # Note: sanlock writes with O_DIRECT and never flushes; ours flushes (fdatasync) at each
 # Disk Paxos commit point on an image file, so the times differ in durability as much as
 # in protocol; over NBD, see vmfs-nbd.sh.
@@ -65,13 +68,29 @@ def ios(*a):
     return sum(1 for l in out.stderr.splitlines() if img in l and "= " in l)
 
 
+def io_wait_ms(*a):
+    # The time the process waited in the kernel for its lease I/O (every io_getevents and
+    # plain read/write of the image, as strace -T times them): a lower bound on what the
+    # acquire or release costs, free of process start and of strace's own overhead.
+    out = subprocess.run(["strace", "-f", "-T", "-y", "-e",
+                          "trace=io_getevents,pread64,pwrite64,preadv,pwritev,read,write",
+                          "sanlock", "direct", *a], capture_output=True, text=True)
+    waits = [float(l.rsplit("<", 1)[1].rstrip(">")) * 1000
+             for l in out.stderr.splitlines()
+             if l.rstrip().endswith(">") and ("io_getevents" in l or img in l)]
+    return sum(waits)
+
+
 cycle = []
 base = []
+wait = []
 for _ in range(n):
     cycle.append(timed("acquire", "-r", res, "-i", "1", "-g", "1")
                  + timed("release", "-r", res, "-i", "1", "-g", "1"))
     # The same process start and file open, without lease I/O: a dump of an empty area.
     base.append(timed("dump", f"{img}:8388608"))
+    wait.append(io_wait_ms("acquire", "-r", res, "-i", "1", "-g", "1")
+                + io_wait_ms("release", "-r", res, "-i", "1", "-g", "1"))
 peer_ios = ios("acquire", "-r", res, "-i", "1", "-g", "1") + ios("release", "-r", res, "-i", "1", "-g", "1")
 peer_ms = max(statistics.median(cycle) - 2 * statistics.median(base), 0.001)
 our_ios = float(ours["lock_ios_per_acquire_release"])
@@ -80,4 +99,6 @@ print(f"sanlock: {statistics.median(cycle):.3f} ms per acquire+release process p
       f"{statistics.median(base):.3f} ms per empty process", file=sys.stderr)
 print(f"lock_ios_per_acquire_release: ours={our_ios:.1f} peer={peer_ios} ratio={our_ios / peer_ios:.2f}")
 print(f"lock_acquire_release_ms: ours={our_ms:.3f} peer={peer_ms:.3f} ratio={our_ms / peer_ms:.2f}")
+peer_wait = statistics.median(wait)
+print(f"lock_acquire_release_ms_vs_peer_io_wait: ours={our_ms:.3f} peer>={peer_wait:.3f} ratio<={our_ms / peer_wait:.2f}")
 PY

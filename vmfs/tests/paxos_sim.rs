@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use vinfra_vmfs::paxos::ballot::{Action, HostSectors, Outcome, Proposer};
+use vinfra_vmfs::paxos::ballot::{Action, HostSectors, Outcome, Proposer, FAST_BALLOT};
 use vinfra_vmfs::paxos::block::{
     decode_decisions, encode_decisions, Learned, Proposal, Value, SECTOR,
 };
@@ -92,6 +92,15 @@ struct Sim {
     errors: u64,
     /// Compare-and-writes that skipped their first area read (own sectors cached).
     skipped_read: u64,
+    /// Compare-and-writes that started at the reserved ballot (the last owner's).
+    fast: u64,
+    /// … of which aborted to the normal path (another host's ballot seen).
+    fast_aborted: u64,
+    /// Crashes with the host's ballot-1 proposal on the disk (its restart must not reuse
+    /// the reserved ballot for that instance).
+    fast_crashed: u64,
+    /// Every value written at the reserved ballot, per instance: at most one each.
+    fast_values: HashMap<u64, (u32, u64, Vec<u8>)>,
 }
 
 fn sector_of(host: u32, which: usize) -> usize {
@@ -126,6 +135,10 @@ impl Sim {
             broken: 0,
             errors: 0,
             skipped_read: 0,
+            fast: 0,
+            fast_aborted: 0,
+            fast_crashed: 0,
+            fast_values: HashMap::new(),
         }
     }
 
@@ -182,7 +195,45 @@ impl Sim {
             .collect()
     }
 
+    /// Writes a sector, checking the reserved ballot's rule: in instance `k + 1` only the
+    /// owner of instance `k`'s decided value uses it, and with one value only.
+    fn write(&mut self, s: usize, b: Vec<u8>) {
+        let proposal_sector = s > 0 && (s - 1) % 3 == 0;
+        if proposal_sector {
+            if let Some(p) = Proposal::decode(&b).unwrap() {
+                if p.bal == FAST_BALLOT {
+                    let owner = self.decided.get(&(p.instance - 1)).map(|d| d.0);
+                    let writer = ((s - 1) / 3) as u32 + 1;
+                    if p.mbal == FAST_BALLOT {
+                        assert_eq!(
+                            owner,
+                            Some(writer),
+                            "seed {}: ballot 1 of instance {} by a host that does not own the last value",
+                            self.seed,
+                            p.instance
+                        );
+                    }
+                    let v = (p.inp.owner, p.inp.nonce, p.inp.bytes.clone());
+                    let prev = self
+                        .fast_values
+                        .entry(p.instance)
+                        .or_insert_with(|| v.clone());
+                    assert_eq!(
+                        *prev, v,
+                        "seed {}: ballot 1 of instance {} used with two values",
+                        self.seed, p.instance
+                    );
+                }
+            }
+        }
+        self.disk[s] = b;
+    }
+
     fn crash(&mut self, i: usize) {
+        let own = Proposal::decode(&self.disk[sector_of(i as u32, 0)]).unwrap();
+        if own.is_some_and(|p| p.mbal == FAST_BALLOT) {
+            self.fast_crashed += 1;
+        }
         if std::env::var("SIM_TRACE").is_ok() {
             eprintln!(
                 "t={} host {} crashes (holding {})",
@@ -224,8 +275,9 @@ impl Sim {
         let own = self.hosts[i].own.take();
         let mut p = Proposer::new(id, &expected, &new, self.hosts[i].known.clone()).with_own(own);
         let a = p.start();
-        if matches!(a, Action::WriteProposal(_)) {
+        if let Action::WriteProposal(w) = &a {
             self.skipped_read += 1;
+            self.fast += u64::from(w.mbal == FAST_BALLOT);
         }
         let ios = self.expand(id, &a);
         let home = matches!(a, Action::Read { home: true });
@@ -351,7 +403,8 @@ impl Sim {
             if let Some((_, _, ios, _, _)) = &mut self.hosts[i].cas {
                 if let Some(Io::Write(s, b)) = ios.last() {
                     if self.rng.chance(500) {
-                        self.disk[*s] = b.clone();
+                        let (s, b) = (*s, b.clone());
+                        self.write(s, b);
                     }
                 }
             }
@@ -379,7 +432,7 @@ impl Sim {
                 Io::Read(s) => {
                     got.insert(s, self.disk[s].clone());
                 }
-                Io::Write(s, b) => self.disk[s] = b,
+                Io::Write(s, b) => self.write(s, b),
             }
             if !ios.is_empty() {
                 self.hosts[i].cas = Some((p, goal, ios, got, home));
@@ -415,6 +468,10 @@ impl Sim {
                 self.finish(i, goal, Ok(out));
             }
             Action::Backoff { ms } => {
+                let own = Proposal::decode(&self.disk[sector_of(id, 0)]).unwrap();
+                if own.is_some_and(|p| p.mbal == FAST_BALLOT) {
+                    self.fast_aborted += 1;
+                }
                 self.hosts[i].sleep_until = self.now + ms * 3;
                 let _ = p.on_written();
                 self.hosts[i].cas = Some((p, goal, Vec::new(), HashMap::new(), false));
@@ -458,6 +515,7 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn no_two_hosts_ever_hold_the_lock_and_a_live_owner_is_never_robbed() {
     let (mut acquired, mut broken, mut errors, mut skipped) = (0, 0, 0, 0);
+    let (mut fast, mut fast_aborted, mut fast_crashed) = (0, 0, 0);
     let steps = std::env::var("SIM_STEPS").map_or(6_000, |s| s.parse().unwrap());
     let seeds = seeds();
     for &seed in &seeds {
@@ -466,10 +524,14 @@ fn no_two_hosts_ever_hold_the_lock_and_a_live_owner_is_never_robbed() {
         broken += sim.broken;
         errors += sim.errors;
         skipped += sim.skipped_read;
+        fast += sim.fast;
+        fast_aborted += sim.fast_aborted;
+        fast_crashed += sim.fast_crashed;
     }
     eprintln!(
         "acquired {acquired}, broken {broken}, unknown outcomes {errors}, \
-         compare-and-writes without their first read {skipped}"
+         compare-and-writes without their first read {skipped}, at ballot 1 {fast} \
+         ({fast_aborted} aborted, {fast_crashed} crashes after its write)"
     );
     let n = seeds.len() as u64;
     assert!(
@@ -484,6 +546,11 @@ fn no_two_hosts_ever_hold_the_lock_and_a_live_owner_is_never_robbed() {
         n == 1 || skipped > n,
         "the cached path ran {skipped} times: it is not under test"
     );
+    // The reserved ballot under contention and crashes, not only alone.
+    assert!(
+        n == 1 || (fast > n && fast_aborted > 0 && fast_crashed > 0),
+        "ballot 1: {fast} started, {fast_aborted} aborted, {fast_crashed} crashed: not under test"
+    );
 }
 
 /// The same, longer and with more seeds (`cargo test -- --ignored`).
@@ -493,4 +560,131 @@ fn long_simulation() {
     for seed in 1000..4000 {
         run(seed, 40_000);
     }
+}
+
+/// One step of a proposer against an area where each action is atomic: a write lands, a
+/// read sees every sector at once, a backoff ends at once. `None` when it is done.
+fn act(
+    p: &mut Proposer,
+    host: usize,
+    a: Action,
+    area: &mut [HostSectors],
+) -> Result<Action, Outcome> {
+    match a {
+        Action::Read { .. } => Ok(p.on_read(area, Some(&FREE)).unwrap()),
+        Action::WriteProposal(w) => {
+            area[host].proposal = Some(w);
+            Ok(p.on_written().unwrap())
+        }
+        Action::WriteLearned(l, d) => {
+            area[host].learned = Some(l);
+            area[host].decisions = d;
+            Ok(p.on_written().unwrap())
+        }
+        Action::Backoff { .. } => Ok(p.on_written().unwrap()),
+        Action::Done(o) => Err(o),
+    }
+}
+
+/// The last owner's ballot-1 compare-and-write races another host's normal ballots in
+/// every order of their first 12 actions, with and without the owner crashing at each
+/// point (its new incarnation, without a cache, then compares the same record to another
+/// value): every instance decides one value, ballot 1 carries one value per instance,
+/// exactly the winners answer `Written`, and the restart never writes ballot 1 again.
+#[test]
+fn the_reserved_ballot_racing_a_normal_ballot_in_every_order() {
+    let a = held(0, 1);
+    let (b, c, z) = (FREE.to_vec(), held(1, 1), held(0, 2));
+    let mut fast_won = 0;
+    let mut fast_lost = 0;
+    for schedule in 0u32..1 << 12 {
+        for crash_at in (0..=12).map(|c| (c < 12).then_some(c)) {
+            // Instance 1 = `a`, decided by host 0 (owner 1); host 1 learned it too.
+            let mut area = vec![HostSectors::default(); 2];
+            let mut p0 = Proposer::new(0, &FREE, &a, None);
+            let mut x = Some(p0.start());
+            while let Some(Ok(n)) = x.take().map(|n| act(&mut p0, 0, n, &mut area)) {
+                x = Some(n);
+            }
+            let known = p0.known().cloned();
+            let mut ps = [
+                Proposer::new(0, &a, &b, known.clone()).with_own(p0.own_sectors()),
+                Proposer::new(1, &a, &c, known).with_own(Some(HostSectors::default())),
+            ];
+            let mut next: [Option<Action>; 2] = [Some(ps[0].start()), Some(ps[1].start())];
+            assert!(matches!(&next[0], Some(Action::WriteProposal(w)) if w.mbal == FAST_BALLOT));
+            let mut outs: [Option<Outcome>; 2] = [None, None];
+            let mut decided: HashMap<u64, Vec<u8>> = HashMap::new();
+            let mut restarted = false;
+            for step in 0..400u32 {
+                if crash_at == Some(step) && next[0].is_some() {
+                    // Host 0 crashes; its new incarnation compares `a` → `z`, no cache.
+                    ps[0] = Proposer::new(0, &a, &z, None);
+                    next[0] = Some(ps[0].start());
+                    restarted = true;
+                }
+                let turn = if step < 12 {
+                    (schedule >> step) as usize & 1
+                } else {
+                    step as usize % 2
+                };
+                let h = if next[turn].is_some() { turn } else { 1 - turn };
+                let Some(n) = next[h].take() else { break };
+                if let Action::WriteLearned(l, _) = &n {
+                    let prev = decided
+                        .entry(l.instance)
+                        .or_insert_with(|| l.value.bytes.clone());
+                    assert_eq!(
+                        *prev, l.value.bytes,
+                        "schedule {schedule:b} crash {crash_at:?}"
+                    );
+                }
+                if let Action::WriteProposal(w) = &n {
+                    if w.bal == FAST_BALLOT {
+                        assert_eq!(
+                            (h, w.instance, &w.inp.bytes),
+                            (0, 2, &b),
+                            "schedule {schedule:b}"
+                        );
+                    }
+                    assert!(!(restarted && h == 0 && w.mbal == FAST_BALLOT));
+                }
+                match act(&mut ps[h], h, n, &mut area) {
+                    Ok(n) => next[h] = Some(n),
+                    Err(o) => outs[h] = Some(o),
+                }
+            }
+            let [o0, o1] = outs;
+            let o1 = o1.unwrap();
+            let written = |o: &Option<Outcome>| matches!(o, Some(Outcome::Written));
+            // The record's history: a, then one winner, then maybe a second one built on it.
+            let second = &decided[&2];
+            if o1 == Outcome::Written {
+                assert!(second == &c || decided.get(&3) == Some(&c));
+            }
+            if written(&o0) {
+                assert!(!restarted || second == &z || decided.get(&3) == Some(&z));
+            }
+            // One winner; none when the crashed incarnation's ballot-1 value was decided
+            // (both then compare `a` against it).
+            let winners = usize::from(written(&o0)) + usize::from(o1 == Outcome::Written);
+            let orphan = restarted && second == &b;
+            assert_eq!(
+                winners,
+                usize::from(!orphan),
+                "schedule {schedule:b} crash {crash_at:?}"
+            );
+            if !restarted {
+                if second == &b {
+                    fast_won += 1;
+                } else {
+                    fast_lost += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        fast_won > 0 && fast_lost > 0,
+        "won {fast_won}, lost {fast_lost}"
+    );
 }

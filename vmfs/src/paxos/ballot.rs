@@ -15,6 +15,15 @@ use crate::error::{Error, Result};
 pub const BALLOT_STRIDE: u64 = 64;
 /// Ballots one compare-and-write may start before it gives up (contention).
 pub const MAX_ATTEMPTS: u32 = 256;
+/// The reserved first ballot of an instance: below every normal ballot (which are at
+/// least `BALLOT_STRIDE + 1`), and used in instance `k + 1` only by the owner of the value
+/// decided in instance `k`, once, with one value. No lower ballot exists, so it needs no
+/// phase 1 (Fast Paxos's first round; a Multi-Paxos leader's next slot): see
+/// [`Proposer::with_own`] and the crate README ("Why two hosts never hold an exclusive
+/// lock at once").
+pub const FAST_BALLOT: u64 = 1;
+// Normal ballots never collide with the reserved one.
+const _: () = assert!(FAST_BALLOT > 0 && FAST_BALLOT < BALLOT_STRIDE + 1);
 
 /// What one host's sectors of an area hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,6 +179,14 @@ impl Proposer {
     /// area read and goes straight to phase 1 of the next instance: the phase-1 read that
     /// follows sees whatever the cache missed (a later instance learned, a value accepted
     /// for this one, a higher ballot) and falls back to the full path.
+    ///
+    /// When the cached decided value is moreover this host's own (its `owner`), this host
+    /// alone may use [`FAST_BALLOT`] in the next instance, and [`Proposer::start`] goes
+    /// straight to phase 2 with it: one proposal write and one area read instead of two
+    /// of each. The cache is only what this host's last compare-and-write left, and it
+    /// requires this host's proposal to be for no later instance, so the reserved ballot
+    /// is used at most once per instance: after that write (or a restart, or an error) the
+    /// proposal sector shows the instance and the normal path runs.
     pub fn with_own(mut self, own: Option<HostSectors>) -> Self {
         self.cached_own = own;
         self
@@ -196,6 +213,9 @@ impl Proposer {
             if v.bytes == self.expected && settled {
                 self.take_own(&own);
                 self.may_propose = true;
+                if v.owner == self.host + 1 {
+                    return self.fast_phase_two(k + 1);
+                }
                 return self.phase_one(k + 1, &[]);
             }
         }
@@ -409,6 +429,26 @@ impl Proposer {
         Ok(self.phase_one(k, sectors))
     }
 
+    /// Phase 2 of instance `k` at the reserved [`FAST_BALLOT`], without phase 1: only the
+    /// owner of instance `k - 1`'s value gets here, from its cache. Its read is checked
+    /// as any phase-2 read (a higher `mbal`, a later proposal or a learned `>= k` aborts
+    /// to the normal path, which keeps this accepted value visible and adopts the highest
+    /// accepted one).
+    fn fast_phase_two(&mut self, k: u64) -> Action {
+        self.instance = k;
+        self.ballot = FAST_BALLOT;
+        let p = Proposal {
+            instance: k,
+            mbal: FAST_BALLOT,
+            bal: FAST_BALLOT,
+            inp: self.mine.clone(),
+        };
+        self.chosen = Some(self.mine.clone());
+        self.own = Some(p.clone());
+        self.phase = Phase::Two;
+        Action::WriteProposal(p)
+    }
+
     /// Phase 1 of instance `k`: a ballot above every one seen for it.
     fn phase_one(&mut self, k: u64, sectors: &[HostSectors]) -> Action {
         self.instance = k;
@@ -556,5 +596,133 @@ mod tests {
             p.on_read(&sectors, Some(b"cur")).unwrap(),
             Action::Done(Outcome::Mismatch(b"cur".to_vec()))
         );
+    }
+
+    /// Applies `a` (a write of `host`) to `sectors`; returns the proposer's next action.
+    fn apply(p: &mut Proposer, host: usize, sectors: &mut [HostSectors], a: Action) -> Action {
+        match a {
+            Action::WriteProposal(w) => sectors[host].proposal = Some(w),
+            Action::WriteLearned(l, d) => {
+                sectors[host].learned = Some(l);
+                sectors[host].decisions = d;
+            }
+            Action::Read { .. } => return p.on_read(sectors, Some(b"old")).unwrap(),
+            other => return other,
+        }
+        p.on_written().unwrap()
+    }
+
+    /// Runs `p` alone to its end.
+    fn alone(mut p: Proposer, host: usize, sectors: &mut [HostSectors]) -> (Proposer, Outcome) {
+        let mut a = p.start();
+        for _ in 0..32 {
+            if let Action::Done(o) = a {
+                return (p, o);
+            }
+            a = apply(&mut p, host, sectors, a);
+        }
+        panic!("no end")
+    }
+
+    #[test]
+    fn the_last_owner_writes_at_the_reserved_ballot_in_one_round() {
+        let mut sectors = vec![HostSectors::default(); 3];
+        let (p, o) = alone(Proposer::new(1, b"old", b"a", None), 1, &mut sectors);
+        assert_eq!(o, Outcome::Written);
+        let mut q = Proposer::new(1, b"a", b"b", p.known().cloned()).with_own(p.own_sectors());
+        let Action::WriteProposal(w) = q.start() else {
+            panic!()
+        };
+        assert_eq!((w.instance, w.mbal, w.bal), (2, FAST_BALLOT, FAST_BALLOT));
+        sectors[1].proposal = Some(w);
+        assert_eq!(q.on_written().unwrap(), Action::Read { home: false });
+        let Action::WriteLearned(l, _) = q.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!((l.instance, l.value.bytes.as_slice()), (2, &b"b"[..]));
+        // Another host with the same cache-like knowledge never uses the reserved ballot.
+        let mut r =
+            Proposer::new(0, b"a", b"c", p.known().cloned()).with_own(Some(sectors[0].clone()));
+        let Action::WriteProposal(w) = r.start() else {
+            panic!()
+        };
+        assert!(w.mbal > BALLOT_STRIDE && w.bal == 0, "{w:?}");
+    }
+
+    #[test]
+    fn the_reserved_ballot_aborts_on_a_higher_one_and_its_value_stays_accepted() {
+        let mut sectors = vec![HostSectors::default(); 2];
+        let (p, _) = alone(Proposer::new(0, b"old", b"a", None), 0, &mut sectors);
+        // Host 1 started phase 1 of instance 2 first.
+        sectors[1].proposal = Some(Proposal {
+            instance: 2,
+            mbal: next_ballot(1, 0),
+            bal: 0,
+            inp: Value {
+                owner: 2,
+                nonce: 1,
+                bytes: b"c".to_vec(),
+            },
+        });
+        let mut q = Proposer::new(0, b"a", b"b", p.known().cloned()).with_own(p.own_sectors());
+        let a = q.start();
+        let a = apply(&mut q, 0, &mut sectors, a);
+        assert!(
+            matches!(q.on_read(&sectors, None).unwrap(), Action::Backoff { .. }),
+            "{a:?}"
+        );
+        // The normal path that follows raises mbal and keeps (bal 1, "b").
+        assert_eq!(q.on_written().unwrap(), Action::Read { home: false });
+        let Action::WriteProposal(w) = q.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert!(w.mbal > next_ballot(1, 0));
+        assert_eq!((w.bal, w.inp.bytes.as_slice()), (FAST_BALLOT, &b"b"[..]));
+    }
+
+    #[test]
+    fn a_restart_after_the_reserved_ballot_adopts_its_value_and_never_reuses_it() {
+        let mut sectors = vec![HostSectors::default(); 2];
+        let (p, _) = alone(Proposer::new(0, b"old", b"a", None), 0, &mut sectors);
+        let mut q = Proposer::new(0, b"a", b"b", p.known().cloned()).with_own(p.own_sectors());
+        let a = q.start();
+        // The ballot-1 write lands; the host crashes before reading.
+        let Action::WriteProposal(w) = a else {
+            panic!()
+        };
+        sectors[0].proposal = Some(w);
+        // Its new incarnation, with no cache, tries another value from the same record.
+        let mut r = Proposer::new(0, b"a", b"z", None);
+        assert_eq!(r.start(), Action::Read { home: false });
+        let Action::WriteProposal(w) = r.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert!(w.mbal > BALLOT_STRIDE, "{w:?}");
+        assert_eq!((w.bal, w.inp.bytes.as_slice()), (FAST_BALLOT, &b"b"[..]));
+        sectors[0].proposal = Some(w);
+        let mut a = r.on_written().unwrap();
+        let mut proposals = Vec::new();
+        for _ in 0..32 {
+            if let Action::WriteProposal(w) = &a {
+                proposals.push(w.clone());
+            }
+            if matches!(a, Action::Done(_)) {
+                break;
+            }
+            a = apply(&mut r, 0, &mut sectors, a);
+        }
+        // Instance 2 decides the earlier incarnation's "b"; "z" then mismatches.
+        assert_eq!(a, Action::Done(Outcome::Mismatch(b"b".to_vec())));
+        assert!(proposals.iter().all(|w| w.mbal != FAST_BALLOT));
+        let l = sectors[0].learned.as_ref().unwrap();
+        assert_eq!((l.instance, l.value.bytes.as_slice()), (2, &b"b"[..]));
+        // And its cache afterwards shows instance 2's value as another incarnation's,
+        // (same owner) but its proposal sector is for instance 2: instance 3 may use the
+        // reserved ballot once, never instance 2 again.
+        let mut t = Proposer::new(0, b"b", b"y", r.known().cloned()).with_own(r.own_sectors());
+        let Action::WriteProposal(w) = t.start() else {
+            panic!()
+        };
+        assert_eq!((w.instance, w.mbal), (3, FAST_BALLOT));
     }
 }
