@@ -74,6 +74,9 @@ enum Phase {
     One,
     Two,
     Decided,
+    /// Recording the decision of this host's learned sector, which a crash kept out of
+    /// its decisions sector.
+    Repair,
     Waiting,
     Done,
 }
@@ -97,8 +100,6 @@ pub struct Proposer {
     nonce_set: bool,
     /// This host's decisions sector as last read or written.
     decisions: Vec<Decision>,
-    /// What every host's decisions sector said at the last read.
-    seen: Vec<Decision>,
     /// Whether the value this instance builds on matched `expected`.
     may_propose: bool,
     /// This host's learned sector as last read or written.
@@ -144,6 +145,56 @@ pub fn newest_learned(sectors: &[HostSectors]) -> Option<&Learned> {
         .max_by_key(|l| l.instance)
 }
 
+/// The owner of the marker entry of a decisions list: no host's (owners are host + 1).
+/// Its `instance` is the newest instance whose entry the list dropped for room.
+const DROPPED: u32 = 0;
+
+/// Adds `d` to `host`'s decisions list (newest last). A list keeps one entry per owner,
+/// that owner's newest decided value: a proposer only ever looks for the value of its
+/// current compare-and-write, which is its host's newest, so older ones can go, and the
+/// window no longer slides by every decision of a busy sector (a host that decided its
+/// own values 24 times used to push out the entry another host's outcome hung on). When
+/// more owners than fit have entries, the oldest entry of another host goes, and a
+/// marker at the front records the newest instance dropped, so that a proposer can tell
+/// "not decided" from "no longer known". The host's own newest entry is never dropped:
+/// it carries the highest nonce the host used.
+pub fn record_decision(host: u32, list: &mut Vec<Decision>, d: Decision) {
+    list.retain(|e| e.owner == DROPPED || e.owner != d.owner);
+    list.push(d);
+    while list.len() > super::block::DECISIONS_MAX {
+        let marked = list.first().is_some_and(|e| e.owner == DROPPED);
+        let Some(oldest) = list
+            .iter()
+            .position(|e| e.owner != DROPPED && e.owner != host + 1 && *e != d)
+        else {
+            break;
+        };
+        let gone = list.remove(oldest);
+        if marked {
+            list[0].instance = list[0].instance.max(gone.instance);
+        } else {
+            list.insert(
+                0,
+                Decision {
+                    instance: gone.instance,
+                    owner: DROPPED,
+                    nonce: 0,
+                },
+            );
+        }
+    }
+}
+
+/// Whether a decisions list may have lost the entry of `instance`: its marker says an
+/// entry at or after it was dropped, or it is a full list without a marker (written
+/// before lists kept one entry per owner: those dropped the oldest whatever it was).
+pub fn may_have_dropped(list: &[Decision], instance: u64) -> bool {
+    match list.first() {
+        Some(m) if m.owner == DROPPED => m.instance >= instance,
+        _ => list.len() >= super::block::DECISIONS_MAX,
+    }
+}
+
 impl Proposer {
     /// A compare-and-write of `expected` → `new` by `host`; `known` is the newest decided
     /// instance this host remembers (a hint: the area is read anyway).
@@ -165,7 +216,6 @@ impl Proposer {
             attempts: 0,
             nonce_set: false,
             decisions: Vec::new(),
-            seen: Vec::new(),
             may_propose: false,
             own_learned: None,
             cached_own: None,
@@ -250,6 +300,32 @@ impl Proposer {
         self.decisions = own.decisions.clone();
     }
 
+    /// The write that records this host's learned decision in its decisions sector when
+    /// they disagree: the learned and decisions sectors are written together, and a crash
+    /// can land the first without the second. The learned sector is rewritten as it is,
+    /// so that the decision is durable in the decisions sector before this host's learned
+    /// sector can move on (see [`Proposer::decided_mine`]).
+    fn unrecorded_learned(&mut self) -> Option<Action> {
+        let l = self.own_learned.clone()?;
+        let recorded = self
+            .decisions
+            .iter()
+            .any(|d| d.owner == l.value.owner && d.instance >= l.instance);
+        if recorded {
+            return None;
+        }
+        record_decision(
+            self.host,
+            &mut self.decisions,
+            Decision {
+                instance: l.instance,
+                owner: l.value.owner,
+                nonce: l.value.nonce,
+            },
+        );
+        Some(Action::WriteLearned(l, self.decisions.clone()))
+    }
+
     /// The newest decided instance and value this proposer knows (for the caller's cache).
     pub fn known(&self) -> Option<&(u64, Value)> {
         self.known.as_ref()
@@ -274,11 +350,11 @@ impl Proposer {
         let own = sectors.get(self.host as usize).cloned().unwrap_or_default();
         if !self.nonce_set {
             self.take_own(&own);
+            if let Some(fix) = self.unrecorded_learned() {
+                self.phase = Phase::Repair;
+                return Ok(fix);
+            }
         }
-        self.seen = sectors
-            .iter()
-            .flat_map(|s| s.decisions.iter().copied())
-            .collect();
         let before = self.known.as_ref().map(|(k, _)| *k);
         self.learn(sectors);
         match self.phase {
@@ -330,16 +406,15 @@ impl Proposer {
                     };
                     self.phase = Phase::Decided;
                     self.known = Some((self.instance, v.clone()));
-                    self.decisions.push(Decision {
-                        instance: self.instance,
-                        owner: v.owner,
-                        nonce: v.nonce,
-                    });
-                    let keep = self
-                        .decisions
-                        .len()
-                        .saturating_sub(super::block::DECISIONS_MAX);
-                    self.decisions.drain(..keep);
+                    record_decision(
+                        self.host,
+                        &mut self.decisions,
+                        Decision {
+                            instance: self.instance,
+                            owner: v.owner,
+                            nonce: v.nonce,
+                        },
+                    );
                     let l = Learned {
                         instance: self.instance,
                         value: v,
@@ -350,6 +425,44 @@ impl Proposer {
             }
             _ => Err(self.fail("read answered out of turn")),
         }
+    }
+
+    /// Whether this call's value was the one decided in its instance, now that the
+    /// sector has moved past it: `None` when the area no longer tells.
+    ///
+    /// Once a learned sector shows an instance after ours, our instance's decision is
+    /// durable in the decisions sector of a host that decided it (written with its
+    /// learned sector and flushed before it proposes again), or a learned sector still
+    /// shows our instance (its decider crashed before the decisions sector landed; it
+    /// records the decision at its next start, before it writes anything else: see
+    /// [`Proposer::on_read`]). Decisions lists keep each owner's newest decided value, and
+    /// once our instance is decided no value of our host is decided until we act again
+    /// (only our proposal for this instance could be adopted), so an entry for our
+    /// instance stays, and its absence from every list means our value was not decided,
+    /// unless a list dropped entries for room at or after our instance.
+    fn decided_mine(&self, sectors: &[HostSectors]) -> Option<bool> {
+        let mine = |owner: u32, nonce: u64| owner == self.mine.owner && nonce == self.mine.nonce;
+        let at_ours = sectors
+            .iter()
+            .filter_map(|s| s.learned.as_ref())
+            .find(|l| l.instance == self.instance);
+        if let Some(l) = at_ours {
+            return Some(mine(l.value.owner, l.value.nonce));
+        }
+        // Matched by instance too: a host's nonces can repeat across its compare-and-
+        // writes (its own sectors need not show the highest it used), never within one
+        // instance.
+        let listed = sectors
+            .iter()
+            .flat_map(|s| s.decisions.iter())
+            .find(|d| d.owner != DROPPED && d.instance == self.instance);
+        if let Some(d) = listed {
+            return Some(mine(d.owner, d.nonce));
+        }
+        let lost = sectors
+            .iter()
+            .any(|s| may_have_dropped(&s.decisions, self.instance));
+        (!lost).then_some(false)
     }
 
     fn proposed_accepted(&self) -> bool {
@@ -387,21 +500,21 @@ impl Proposer {
                     return Ok(Action::Done(Outcome::Written));
                 }
             }
-            let record = self.seen.iter().find(|d| d.instance == self.instance);
-            if let Some(d) = record {
-                if d.owner == self.mine.owner && d.nonce == self.mine.nonce {
+            match self.decided_mine(sectors) {
+                Some(true) => {
                     self.phase = Phase::Done;
                     return Ok(Action::Done(Outcome::Written));
                 }
-            } else if base > self.instance && self.proposed_accepted() {
-                // Our value may have been decided in an instance no host remembers.
-                return Err(self.fail(format!(
-                    "outcome of instance {} unknown (decided up to {base})",
-                    self.instance
-                )));
+                None if base > self.instance && self.proposed_accepted() => {
+                    // Our value may have been decided in an instance no host remembers.
+                    return Err(self.fail(format!(
+                        "outcome of instance {} unknown (decided up to {base})",
+                        self.instance
+                    )));
+                }
+                // Our instance was decided with another host's value: compare again.
+                _ => self.instance = 0,
             }
-            // Our instance was decided with another host's value: compare again.
-            self.instance = 0;
         }
         let k = base + 1;
         let pending = sectors
@@ -482,7 +595,7 @@ impl Proposer {
     pub fn on_written(&mut self) -> Result<Action> {
         match self.phase {
             Phase::One | Phase::Two => Ok(Action::Read { home: false }),
-            Phase::Waiting => {
+            Phase::Waiting | Phase::Repair => {
                 self.phase = Phase::Learn;
                 Ok(Action::Read { home: false })
             }
@@ -556,6 +669,148 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn decision(instance: u64, owner: u32, nonce: u64) -> Decision {
+        Decision {
+            instance,
+            owner,
+            nonce,
+        }
+    }
+
+    #[test]
+    fn a_decisions_list_keeps_each_owners_newest_and_marks_what_it_drops() {
+        use crate::paxos::block::DECISIONS_MAX;
+        // Three owners taking turns for 300 instances: three entries, the newest of each,
+        // nothing dropped (a list used to forget everything 24 decisions back).
+        let mut list = Vec::new();
+        for k in 1..=300u64 {
+            record_decision(0, &mut list, decision(k, 1 + (k % 3) as u32, k));
+        }
+        assert_eq!(
+            list,
+            vec![
+                decision(298, 2, 298),
+                decision(299, 3, 299),
+                decision(300, 1, 300)
+            ]
+        );
+        assert!(!may_have_dropped(&list, 1));
+        // More owners than fit: the oldest other hosts' entries go, the marker in front
+        // holds the newest instance dropped, and the host's own newest entry (its highest
+        // nonce) stays.
+        let mut list = vec![decision(5, 1, 7)];
+        for k in 10..60u64 {
+            record_decision(0, &mut list, decision(k, 2 + k as u32, 1));
+        }
+        assert_eq!(list.len(), DECISIONS_MAX);
+        assert_eq!(list[0].owner, DROPPED);
+        assert!(list.contains(&decision(5, 1, 7)));
+        let kept_from = list[2].instance;
+        assert_eq!(list[0].instance, kept_from - 1);
+        assert!(may_have_dropped(&list, kept_from - 1));
+        assert!(!may_have_dropped(&list, kept_from));
+        assert_eq!(list.last(), Some(&decision(59, 61, 1)));
+        // A full list of the old kind (no marker) may have dropped anything.
+        let old: Vec<_> = (0..DECISIONS_MAX as u64)
+            .map(|k| decision(k + 1, 1, k))
+            .collect();
+        assert!(may_have_dropped(&old, 1_000));
+    }
+
+    #[test]
+    fn a_learned_decision_missing_from_the_decisions_sector_is_recorded_first() {
+        // A crash landed host 1's learned sector (instance 7, host 3's value) but not its
+        // decisions sector: before anything else, it writes the decision down.
+        let value = Value {
+            owner: 3,
+            nonce: 9,
+            bytes: b"v7".to_vec(),
+        };
+        let mut sectors = vec![HostSectors::default(); 3];
+        sectors[1].learned = Some(Learned {
+            instance: 7,
+            value: value.clone(),
+        });
+        sectors[1].decisions = vec![decision(6, 2, 4)];
+        let mut p = Proposer::new(1, b"v7", b"new", None);
+        assert_eq!(p.start(), Action::Read { home: false });
+        let Action::WriteLearned(l, d) = p.on_read(&sectors, None).unwrap() else {
+            panic!("the decision is not recorded first")
+        };
+        assert_eq!((l.instance, &l.value), (7, &value));
+        assert_eq!(d, vec![decision(6, 2, 4), decision(7, 3, 9)]);
+        sectors[1].decisions = d;
+        assert_eq!(p.on_written().unwrap(), Action::Read { home: false });
+        let Action::WriteProposal(w) = p.on_read(&sectors, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(w.instance, 8);
+    }
+
+    /// Host 0 accepts its value for instance 5 and stalls; meanwhile host 1, with a
+    /// higher ballot, decides its own value in 5 and 40 more instances, leaving
+    /// `decisions` as its decisions sector. What host 0 answers when it reads again.
+    fn stalled_proposer_wakes_to(decisions: Vec<Decision>) -> Result<Action> {
+        let v = |owner, nonce, bytes: &[u8]| Value {
+            owner,
+            nonce,
+            bytes: bytes.to_vec(),
+        };
+        let mut p = Proposer::new(0, b"v4", b"mine", None);
+        let mut sectors = vec![HostSectors::default(); 2];
+        sectors[1].learned = Some(Learned {
+            instance: 4,
+            value: v(2, 1, b"v4"),
+        });
+        sectors[1].decisions = vec![decision(4, 2, 1)];
+        assert_eq!(p.start(), Action::Read { home: false });
+        let Action::WriteProposal(w) = p.on_read(&sectors, None)? else {
+            panic!("no phase 1")
+        };
+        sectors[0].proposal = Some(w);
+        p.on_written()?;
+        let Action::WriteProposal(w) = p.on_read(&sectors, None)? else {
+            panic!("no phase 2")
+        };
+        assert_eq!((w.instance, w.bal > 0), (5, true));
+        sectors[0].proposal = Some(w);
+        p.on_written()?;
+        sectors[1].decisions = decisions;
+        sectors[1].learned = Some(Learned {
+            instance: 45,
+            value: v(2, 145, b"v45"),
+        });
+        p.on_read(&sectors, None)
+    }
+
+    #[test]
+    fn a_proposer_whose_instance_moved_far_on_learns_whether_its_value_won() {
+        // Host 1's entry for 5 is gone (each owner keeps its newest), nothing was dropped
+        // for room: host 0's value was not decided, and it compares again.
+        let mut list = vec![decision(4, 2, 1)];
+        for k in 5..=45 {
+            record_decision(1, &mut list, decision(k, 2, 100 + k));
+        }
+        assert_eq!(
+            stalled_proposer_wakes_to(list.clone()).unwrap(),
+            Action::Done(Outcome::Mismatch(b"v45".to_vec()))
+        );
+        // Had host 1 decided host 0's value in 5 and then its own 40 times, host 0's
+        // entry stays (another owner's): written.
+        let mut won = vec![decision(5, 1, 1)];
+        for k in 6..=45 {
+            record_decision(1, &mut won, decision(k, 2, 100 + k));
+        }
+        assert_eq!(
+            stalled_proposer_wakes_to(won).unwrap(),
+            Action::Done(Outcome::Written)
+        );
+        // Had host 1 dropped entries for room up to instance 5, nobody can tell.
+        list.insert(0, decision(5, DROPPED, 0));
+        let e = stalled_proposer_wakes_to(list).unwrap_err();
+        assert!(e.to_string().contains("unknown"), "{e}");
     }
 
     #[test]
