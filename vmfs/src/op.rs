@@ -419,12 +419,14 @@ impl<'a> Op<'a> {
                     continue;
                 };
                 let mut took = false;
-                for i in 0..cl.bpc {
-                    if out.len() >= n {
+                let mut from = 0;
+                while out.len() < n {
+                    let Some(i) = cl.next_free(from) else {
                         break;
-                    }
+                    };
+                    from = i + 1;
                     let b = (first + i as u64) as u32;
-                    if !cl.is_set(i) && !self.freed.contains(&b) && !self.j.freed.contains(&b) {
+                    if !self.freed.contains(&b) && !self.j.freed.contains(&b) {
                         cl.set(i, true);
                         ch.touch(cluster_byte(i), 1);
                         out.push(b);
