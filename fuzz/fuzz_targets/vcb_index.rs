@@ -7,8 +7,8 @@ use vinfra_fuzz::vcb_record;
 use vinfra_vcb::format::{check_record, decode_index, encode_index};
 
 fn body(b: &[u8]) {
-    if let Ok(packs) = decode_index(b) {
-        assert_eq!(encode_index(&packs), b, "the encoding is canonical");
+    if let Ok(file) = decode_index(b) {
+        assert_eq!(encode_index(&file), b, "the encoding is canonical");
     }
 }
 

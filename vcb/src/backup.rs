@@ -6,19 +6,24 @@
 //! the parent's entry without being read; otherwise it is read, and recorded as zero if
 //! all zeros, as the parent's chunk if it hashes the same (a grain written with the same
 //! bytes), as an existing chunk if the index has it (dedup), or stored as a new chunk.
+//! A new chunk some of whose 4 KiB blocks are already stored in whole chunks (the
+//! unchanged blocks of a partly rewritten grain, a file copied from another) is stored
+//! as a composite of its other blocks and references to those (module `blocks`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use rayon::prelude::*;
 
+use crate::blocks::{hash_blocks, BlockMap, ChunkBlocks, Form};
 use crate::codec::Id;
+use crate::composite::encode_composite;
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexPack};
 use crate::manifest::{
     grain_count, DiskManifest, DiskStats, GrainMap, Manifest, MAX_CONFIG, MAX_DISKS, MAX_STR,
 };
-use crate::pack::{pack_name, seal_chunk, PackWriter, SealedChunk};
+use crate::pack::{pack_name, seal_chunk, seal_composite, PackWriter, SealedChunk};
 use crate::repo::{Repository, Snapshot};
 use crate::source::{grain_set, DiskSource};
 
@@ -94,6 +99,10 @@ struct Writer<'r> {
     /// Chunks in the open pack or in packs already handed to the writer.
     stored: HashSet<Id>,
     written: Vec<IndexPack>,
+    /// Where the blocks of whole chunks are, the repository's and this backup's.
+    block_map: BlockMap,
+    /// The block lists of the whole chunks this backup stores, for its index.
+    block_lists: HashMap<Id, ChunkBlocks>,
     to_disk: SyncSender<(String, Vec<u8>)>,
     /// Buffers of packs written, for the next packs.
     recycled: Receiver<Vec<u8>>,
@@ -179,7 +188,7 @@ impl Repository {
         let (index, _) = self.load_index()?;
         let parent = self.parent_of(opts)?;
         // Packs are written (and synced) on their own thread while the next one fills.
-        let (out, written) = std::thread::scope(|sc| {
+        let out = std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
             let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let writer = sc.spawn(move || -> Result<()> {
@@ -195,6 +204,8 @@ impl Repository {
                 pack: PackWriter::new(self.keys.encrypted()),
                 stored: HashSet::new(),
                 written: Vec::new(),
+                block_map: BlockMap::from_index(&index),
+                block_lists: HashMap::new(),
                 to_disk: tx,
                 recycled: back_rx,
             };
@@ -208,17 +219,19 @@ impl Repository {
                 Ok(out)
             })();
             let written = std::mem::take(&mut w.written);
+            let lists = std::mem::take(&mut w.block_lists);
             drop(w); // closes the channel: the writer finishes what it has
             let wrote = match writer.join() {
                 Ok(r) => r,
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             wrote?;
-            r.map(|out| (out, written))
+            r.map(|out| (out, written, lists))
         })?;
+        let (out, written, lists) = (out.0, out.1, out.2);
         if !written.is_empty() {
             // Every pack is in place before the index that names them.
-            self.write_index(&written)?;
+            self.write_index(&written, &lists)?;
         }
         let manifest = Manifest {
             time_unix_s: opts.time_unix_s,
@@ -360,14 +373,39 @@ impl Repository {
                 _ => None,
             })
             .collect();
+        // Each new chunk's blocks, hashed in parallel; then, in order, whole or
+        // composite (a chunk may refer to blocks of one stored just before it).
+        let hashes: Vec<Option<Vec<_>>> = new
+            .par_iter()
+            .map(|&(i, _)| hash_blocks(&self.keys, data(i)))
+            .collect();
+        let forms: Vec<Option<Form>> = new
+            .iter()
+            .zip(hashes)
+            .map(|(&(_, id), h)| h.map(|h| w.block_map.choose(id, &h)))
+            .collect();
         let sealed: Vec<SealedChunk> = new
             .par_iter()
-            .map(|&(i, id)| seal_chunk(&self.keys, id, data(i), level))
+            .zip(&forms)
+            .map(|(&(i, id), form)| match form {
+                Some(Form::Composite(c)) => {
+                    let body = encode_composite(c, data(i));
+                    seal_composite(&self.keys, id, &body, data(i).len() as u32, level)
+                }
+                _ => seal_chunk(&self.keys, id, data(i), level),
+            })
             .collect();
         for c in &sealed {
             stats.bytes_new += c.stored.len() as u64;
             stats.chunks_new += 1;
             w.add(c)?;
+        }
+        for f in forms.into_iter().flatten() {
+            if let Form::Whole(list) = f {
+                if !list.blocks.is_empty() {
+                    w.block_lists.insert(list.chunk, list);
+                }
+            }
         }
         for (plan, id) in b.plan.iter().zip(ids) {
             grains.push(match (plan, id) {

@@ -150,6 +150,7 @@ impl Cipher {
 #[derive(Clone)]
 pub(crate) struct Keys {
     id: [u8; 32],
+    block: [u8; 32],
     nonce: [u8; 32],
     data: Option<Cipher>,
 }
@@ -185,6 +186,7 @@ impl Keys {
         };
         Keys {
             id: subkey(repo_id, secret, "vcb id key v1"),
+            block: subkey(repo_id, secret, "vcb block key v1"),
             nonce: subkey(repo_id, secret, "vcb nonce key v1"),
             data,
         }
@@ -202,6 +204,15 @@ impl Keys {
     /// The keyed id of `data`.
     pub(crate) fn id(&self, data: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.id, data).as_bytes())
+    }
+
+    /// The keyed hash of one 4 KiB block inside a chunk, cut to 128 bits (README "Block
+    /// references"). A key of its own, so a block's hash never equals a chunk id.
+    pub(crate) fn block_hash(&self, data: &[u8]) -> crate::blocks::BlockHash {
+        let h = blake3::keyed_hash(&self.block, data);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.as_bytes()[..16]);
+        out
     }
 
     /// `plaintext` sealed under `aad` (or a copy when the repository is not encrypted):

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::blocks::{read_blocks, write_blocks, BlockHash, ChunkBlocks};
 use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
 use crate::error::{Object, Result};
 use crate::pack::{BlobEntry, ENTRY_LEN};
@@ -15,15 +16,31 @@ pub struct IndexPack {
     pub blobs: Vec<BlobEntry>,
 }
 
-/// Encodes an index body.
-pub fn encode_index(packs: &[IndexPack]) -> Vec<u8> {
+/// One index file: packs and their blobs, and the block hashes of whole chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFile {
+    /// The packs.
+    pub packs: Vec<IndexPack>,
+    /// Block hashes of whole chunks (of these packs' blobs, or of other index files').
+    pub blocks: Vec<ChunkBlocks>,
+}
+
+/// Encodes an index body. The block section is left out when empty (as index files
+/// written before block references have it).
+pub fn encode_index(f: &IndexFile) -> Vec<u8> {
     let mut w = Writer::default();
-    w.u32(packs.len() as u32);
-    for p in packs {
+    w.u32(f.packs.len() as u32);
+    for p in &f.packs {
         w.id(&p.pack);
         w.u32(p.blobs.len() as u32);
         for b in &p.blobs {
             b.write(&mut w);
+        }
+    }
+    if !f.blocks.is_empty() {
+        w.u32(f.blocks.len() as u32);
+        for c in &f.blocks {
+            write_blocks(&mut w, c);
         }
     }
     w.buf
@@ -32,15 +49,16 @@ pub fn encode_index(packs: &[IndexPack]) -> Vec<u8> {
 /// Decodes an index body (untrusted bytes; never panics).
 ///
 /// ```
-/// use vinfra_vcb::format::{decode_index, encode_index};
-/// assert_eq!(decode_index(&encode_index(&[])).unwrap(), vec![]);
+/// use vinfra_vcb::format::{decode_index, encode_index, IndexFile};
+/// let empty = IndexFile::default();
+/// assert_eq!(decode_index(&encode_index(&empty)).unwrap(), empty);
 /// assert!(decode_index(&[]).is_err());
 /// ```
-pub fn decode_index(body: &[u8]) -> Result<Vec<IndexPack>> {
+pub fn decode_index(body: &[u8]) -> Result<IndexFile> {
     decode_index_d(body).map_err(|e| e.at(Object::Index, "(body)"))
 }
 
-pub(crate) fn decode_index_d(body: &[u8]) -> DResult<Vec<IndexPack>> {
+pub(crate) fn decode_index_d(body: &[u8]) -> DResult<IndexFile> {
     let mut r = Reader::new(body);
     let n = r.u32("pack count")? as usize;
     if n > r.remaining() / 36 {
@@ -59,8 +77,22 @@ pub(crate) fn decode_index_d(body: &[u8]) -> DResult<Vec<IndexPack>> {
         }
         out.push(IndexPack { pack, blobs });
     }
+    let mut blocks = Vec::new();
+    if r.remaining() > 0 {
+        let c = r.u32("block list count")? as usize;
+        if c == 0 || c > r.remaining() / 52 {
+            return Err(DecodeError::Corrupt(format!("{c} block lists")));
+        }
+        blocks.reserve(c);
+        for _ in 0..c {
+            blocks.push(read_blocks(&mut r)?);
+        }
+    }
     r.end("index")?;
-    Ok(out)
+    Ok(IndexFile {
+        packs: out,
+        blocks,
+    })
 }
 
 /// Where a chunk is.
@@ -79,6 +111,8 @@ pub(crate) struct Index {
     pub(crate) per_pack: Vec<Vec<BlobEntry>>,
     pack_pos: HashMap<Id, u32>,
     pub(crate) chunks: HashMap<Id, Location>,
+    /// The block hashes of whole chunks, by chunk.
+    pub(crate) blocks: HashMap<Id, Vec<(u16, BlockHash)>>,
     /// Index files loaded, by name.
     pub(crate) files: Vec<String>,
 }
@@ -110,6 +144,25 @@ impl Index {
         }
     }
 
+    pub(crate) fn add_blocks(&mut self, lists: Vec<ChunkBlocks>) {
+        for c in lists {
+            self.blocks.entry(c.chunk).or_insert(c.blocks);
+        }
+    }
+
+    /// The block lists of `chunks` (those that have one), for a new index file.
+    pub(crate) fn blocks_of<'a>(
+        &'a self,
+        chunks: impl Iterator<Item = &'a Id> + 'a,
+    ) -> impl Iterator<Item = ChunkBlocks> + 'a {
+        chunks.filter_map(|id| {
+            self.blocks.get(id).map(|b| ChunkBlocks {
+                chunk: *id,
+                blocks: b.clone(),
+            })
+        })
+    }
+
     pub(crate) fn get(&self, id: &Id) -> Option<(Id, BlobEntry)> {
         self.chunks
             .get(id)
@@ -135,11 +188,29 @@ mod tests {
                 stored_len: 100,
                 raw_len: 65536,
                 zstd: true,
+                composite: false,
             }],
         }];
-        let b = encode_index(&p);
-        assert_eq!(decode_index(&b).unwrap(), p);
+        let f = IndexFile {
+            packs: p.clone(),
+            blocks: Vec::new(),
+        };
+        let b = encode_index(&f);
+        assert_eq!(decode_index(&b).unwrap(), f);
         assert!(decode_index(&b[..b.len() - 1]).is_err());
+        // With block lists; every cut of the block section fails.
+        let f = IndexFile {
+            packs: p.clone(),
+            blocks: vec![ChunkBlocks {
+                chunk: Id([4; 32]),
+                blocks: vec![(0, [1; 16]), (15, [2; 16])],
+            }],
+        };
+        let bb = encode_index(&f);
+        assert_eq!(decode_index(&bb).unwrap(), f);
+        for cut in b.len() + 1..bb.len() {
+            assert!(decode_index(&bb[..cut]).is_err(), "{cut}");
+        }
         let mut idx = Index::default();
         idx.add_pack(p[0].pack, &p[0].blobs);
         idx.add_pack(p[0].pack, &p[0].blobs);

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 
 use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
+use crate::composite::{decode_composite_d, max_body};
 use crate::crypto::Encryption;
 use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
@@ -33,6 +34,9 @@ pub struct BlobEntry {
     pub raw_len: u32,
     /// Whether the stored plaintext is a zstd frame.
     pub zstd: bool,
+    /// Whether the (decompressed) plaintext is a composite body (module `composite`)
+    /// rather than the chunk itself.
+    pub composite: bool,
 }
 
 impl BlobEntry {
@@ -41,7 +45,7 @@ impl BlobEntry {
         w.u32(self.offset);
         w.u32(self.stored_len);
         w.u32(self.raw_len);
-        w.u8(u8::from(self.zstd));
+        w.u8(u8::from(self.zstd) | (u8::from(self.composite) << 1));
         w.bytes(&[0; 3]);
     }
 
@@ -51,7 +55,7 @@ impl BlobEntry {
         let stored_len = r.u32("entry stored length")?;
         let raw_len = r.u32("entry raw length")?;
         let flags = r.u8("entry flags")?;
-        if flags > 1 {
+        if flags > 3 {
             return Err(DecodeError::Corrupt(format!("entry flags {flags:#x}")));
         }
         if r.take(3, "entry reserved")? != [0; 3] {
@@ -62,7 +66,8 @@ impl BlobEntry {
             offset,
             stored_len,
             raw_len,
-            zstd: flags == 1,
+            zstd: flags & 1 == 1,
+            composite: flags & 2 == 2,
         })
     }
 }
@@ -109,6 +114,7 @@ pub(crate) struct SealedChunk {
     pub(crate) stored: Vec<u8>,
     pub(crate) raw_len: u32,
     pub(crate) zstd: bool,
+    pub(crate) composite: bool,
 }
 
 thread_local! {
@@ -157,21 +163,43 @@ fn decompress(b: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 
 /// Compresses (when that saves space) and seals one chunk.
 pub(crate) fn seal_chunk(keys: &Keys, id: Id, raw: &[u8], zstd_level: i32) -> SealedChunk {
+    seal_body(keys, id, raw, raw.len() as u32, false, zstd_level)
+}
+
+/// Compresses (when that saves space) and seals a composite chunk's body.
+pub(crate) fn seal_composite(
+    keys: &Keys,
+    id: Id,
+    body: &[u8],
+    raw_len: u32,
+    zstd_level: i32,
+) -> SealedChunk {
+    seal_body(keys, id, body, raw_len, true, zstd_level)
+}
+
+fn seal_body(
+    keys: &Keys,
+    id: Id,
+    body: &[u8],
+    raw_len: u32,
+    composite: bool,
+    zstd_level: i32,
+) -> SealedChunk {
     // The compressed bytes go to a buffer each thread keeps, and are sealed from there
     // straight into the one allocation the chunk keeps.
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let n = compress_into(raw, zstd_level, &mut s);
+        let n = compress_into(body, zstd_level, &mut s);
         let plain: &[u8] = match n {
             Some(n) => &s[..n],
-            None => raw,
+            None => body,
         };
-        let zstd = n.is_some();
         SealedChunk {
             id,
             stored: keys.seal(&id.0, plain),
-            raw_len: raw.len() as u32,
-            zstd,
+            raw_len,
+            zstd: n.is_some(),
+            composite,
         }
     })
 }
@@ -212,13 +240,20 @@ pub(crate) fn check_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) 
         } else {
             stored
         };
+        let cap = body_capacity(e);
         let raw: &[u8] = if e.zstd {
-            decompress_into(plain, e.raw_len as usize, raw)
+            decompress_into(plain, cap, raw)
                 .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))?;
             raw
         } else {
             plain
         };
+        if e.composite {
+            // Its hash needs its dependencies: verify assembles it apart.
+            return decode_composite_d(raw, e.raw_len)
+                .map(|_| ())
+                .map_err(|x| x.at(Object::Chunk, &name()));
+        }
         if raw.len() != e.raw_len as usize {
             return Err(Error::corrupt(
                 Object::Chunk,
@@ -233,18 +268,35 @@ pub(crate) fn check_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) 
     })
 }
 
-/// Opens one stored blob and checks it against its id.
-pub(crate) fn open_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
+/// The most bytes a blob's plaintext decompresses to.
+fn body_capacity(e: &BlobEntry) -> usize {
+    if e.composite {
+        max_body(e.raw_len as usize)
+    } else {
+        e.raw_len as usize
+    }
+}
+
+/// Opens one stored blob: authenticated and decompressed, the chunk itself or a
+/// composite body.
+pub(crate) fn open_blob(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
     let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
     let plain = keys
         .open(&e.id.0, stored)
         .ok_or_else(|| Error::corrupt(Object::Chunk, &name(), "authentication failed"))?;
-    let raw = if e.zstd {
-        decompress(&plain, e.raw_len as usize)
-            .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))?
+    if e.zstd {
+        decompress(&plain, body_capacity(e))
+            .map_err(|x| Error::corrupt(Object::Chunk, &name(), format!("zstd: {x}")))
     } else {
-        plain
-    };
+        Ok(plain)
+    }
+}
+
+/// Opens one stored whole chunk and checks it against its id.
+pub(crate) fn open_chunk(keys: &Keys, e: &BlobEntry, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
+    let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
+    debug_assert!(!e.composite, "a composite chunk is assembled, not opened");
+    let raw = open_blob(keys, e, stored, pack)?;
     if raw.len() != e.raw_len as usize {
         return Err(Error::corrupt(
             Object::Chunk,
@@ -291,6 +343,7 @@ impl PackWriter {
             stored_len: c.stored.len() as u32,
             raw_len: c.raw_len,
             zstd: c.zstd,
+            composite: c.composite,
         });
         self.buf.extend_from_slice(&c.stored);
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::blocks::ChunkBlocks;
 use crate::codec::Id;
 use crate::error::{Error, Result};
 use crate::index::IndexPack;
@@ -75,7 +76,7 @@ impl Repository {
         if let Some((_, e)) = sscan.damaged.into_iter().next() {
             return Err(e);
         }
-        let live = Repository::live_chunks(&sscan.good);
+        let roots = Repository::live_chunks(&sscan.good);
         // A needed chunk missing from the index may sit in a pack the index lost: the
         // packs in no index would be deleted below. Refuse; the backups needing it are
         // forgotten first, or the index is rebuilt with repair_index.
@@ -90,6 +91,20 @@ impl Repository {
                     });
                 }
             }
+        }
+        // And the chunks that composite chunks refer to: all of them must be readable
+        // and indexed, or prune could not tell what is live.
+        let (deps_of, unreadable) = self.composite_deps(&index, roots.iter().copied());
+        let live: HashSet<Id> = roots.into_iter().chain(deps_of.into_values().flatten()).collect();
+        if let Some((_, e)) = unreadable.into_iter().next() {
+            return Err(e);
+        }
+        if let Some(id) = live.iter().find(|id| !index.contains(id)) {
+            return Err(Error::Missing {
+                what: crate::error::Object::Chunk,
+                name: id.to_hex(),
+                detail: " from every index (a composite chunk refers to it)".into(),
+            });
         }
         let mut stats = PruneStats::default();
         // The copy of each live chunk that the index uses; every other entry is dead.
@@ -171,7 +186,11 @@ impl Repository {
         flush(&mut w, &mut new_index, &mut stats)?;
         // Publish the new index before anything it replaces goes.
         new_index.sort_by_key(|p| p.pack);
-        let new_names = self.write_index(&new_index)?;
+        let lists: HashMap<Id, ChunkBlocks> = index
+            .blocks_of(live.iter())
+            .map(|c| (c.chunk, c))
+            .collect();
+        let new_names = self.write_index(&new_index, &lists)?;
         for f in index.files.iter().filter(|f| !new_names.contains(f)) {
             self.remove(f)?;
         }
@@ -237,7 +256,14 @@ impl Repository {
             }
         }
         let old = self.list("index")?;
-        let new_names = self.write_index(&packs)?;
+        // The block lists of the index files that still read (the packs' trailers do
+        // not carry them); without one a chunk is only left out of block references.
+        let (old_index, _) = self.load_index()?;
+        let lists: HashMap<Id, ChunkBlocks> = old_index
+            .blocks_of(packs.iter().flat_map(|p| p.blobs.iter().map(|b| &b.id)))
+            .map(|c| (c.chunk, c))
+            .collect();
+        let new_names = self.write_index(&packs, &lists)?;
         for f in old.iter().filter(|f| !new_names.contains(f)) {
             self.remove(f)?;
         }

@@ -1,22 +1,31 @@
 //! [`Repository`]: opening, the index, manifests and reading chunks. The operations
 //! (backup, restore, verify, prune) are in their own modules.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::codec::Id;
 use crate::config::{Config, InitOptions};
 use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
-use crate::index::{decode_index_d, encode_index, Index, IndexPack};
+use crate::blocks::ChunkBlocks;
+use crate::composite::{assemble, decode_composite_d};
+use crate::index::{decode_index_d, encode_index, Index, IndexFile, IndexPack};
 use crate::lock;
 use crate::manifest::{decode_manifest_d, encode_manifest, Manifest};
-use crate::pack::{open_chunk, pack_name};
+use crate::pack::{open_blob, open_chunk, pack_name, BlobEntry};
 use crate::record::{self, INDEX, MANIFEST};
 use crate::storage::Storage;
 
 /// An index file is closed at this size (a single one has a 256 MiB limit).
 const INDEX_FILE_TARGET: usize = 64 << 20;
+/// How deep composite chunks may rest on composite chunks. A backup refers only to
+/// blocks of whole chunks (depth 1); a chunk stored twice at once, whole by one backup
+/// and composite by another, can make it 2.
+const MAX_COMPOSITE_DEPTH: usize = 4;
+
+/// The chunks each composite chunk refers to.
+pub(crate) type CompositeDeps = HashMap<Id, Vec<Id>>;
 
 /// One backup: its manifest and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,25 +192,49 @@ impl Repository {
 
     /// Writes the index files listing `packs`, as many as keep each under
     /// [`INDEX_FILE_TARGET`]; returns their names.
-    pub(crate) fn write_index(&self, packs: &[IndexPack]) -> Result<Vec<String>> {
-        self.write_index_split(packs, INDEX_FILE_TARGET)
+    /// Writes index files for `packs`, with the block lists of their chunks that
+    /// `blocks` has.
+    pub(crate) fn write_index(
+        &self,
+        packs: &[IndexPack],
+        blocks: &HashMap<Id, ChunkBlocks>,
+    ) -> Result<Vec<String>> {
+        self.write_index_split(packs, blocks, INDEX_FILE_TARGET)
     }
 
-    fn write_index_split(&self, packs: &[IndexPack], target: usize) -> Result<Vec<String>> {
+    fn write_index_split(
+        &self,
+        packs: &[IndexPack],
+        blocks: &HashMap<Id, ChunkBlocks>,
+        target: usize,
+    ) -> Result<Vec<String>> {
+        let lists = |p: &IndexPack| -> Vec<ChunkBlocks> {
+            p.blobs
+                .iter()
+                .filter_map(|b| blocks.get(&b.id).cloned())
+                .collect()
+        };
+        let size = |p: &IndexPack, l: &[ChunkBlocks]| {
+            36 + p.blobs.len() * 48 + l.iter().map(|c| 34 + c.blocks.len() * 18).sum::<usize>()
+        };
         let mut names = Vec::new();
         let mut start = 0;
         while start < packs.len() {
-            let mut end = start;
-            let mut size = 4;
-            while end < packs.len()
-                && (end == start || size + 36 + packs[end].blobs.len() * 48 <= target)
-            {
-                size += 36 + packs[end].blobs.len() * 48;
-                end += 1;
+            let mut file = IndexFile::default();
+            let mut bytes = 8;
+            while start < packs.len() {
+                let l = lists(&packs[start]);
+                let s = size(&packs[start], &l);
+                if !file.packs.is_empty() && bytes + s > target {
+                    break;
+                }
+                bytes += s;
+                file.packs.push(packs[start].clone());
+                file.blocks.extend(l);
+                start += 1;
             }
-            let id = self.write_named(INDEX, "index", &encode_index(&packs[start..end]))?;
+            let id = self.write_named(INDEX, "index", &encode_index(&file))?;
             names.push(format!("index/{}", id.to_hex()));
-            start = end;
         }
         Ok(names)
     }
@@ -232,10 +265,11 @@ impl Repository {
                 .read_named(INDEX, &name)
                 .and_then(|body| decode_index_d(&body).map_err(|e| e.at(Object::Index, &name)));
             match r {
-                Ok(packs) => {
-                    for p in &packs {
+                Ok(file) => {
+                    for p in &file.packs {
                         idx.add_pack(p.pack, &p.blobs);
                     }
+                    idx.add_blocks(file.blocks);
                     idx.files.push(name);
                 }
                 Err(e) => {
@@ -306,8 +340,90 @@ impl Repository {
         self.write_named(MANIFEST, "snapshots", &encode_manifest(m))
     }
 
-    /// Reads, opens and checks one chunk.
+    /// Reads, opens and checks one chunk (a composite one assembled from its blocks).
     pub(crate) fn read_chunk(&self, idx: &Index, id: &Id) -> Result<Vec<u8>> {
+        self.read_chunk_at(idx, id, 0)
+    }
+
+    fn read_chunk_at(&self, idx: &Index, id: &Id, depth: usize) -> Result<Vec<u8>> {
+        let (pack, e, stored) = self.read_blob(idx, id)?;
+        if !e.composite {
+            return open_chunk(&self.keys, &e, &stored, &pack);
+        }
+        let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
+        if depth >= MAX_COMPOSITE_DEPTH {
+            return Err(Error::corrupt(
+                Object::Chunk,
+                &name(),
+                format!("composite chunks rest on each other more than {MAX_COMPOSITE_DEPTH} deep"),
+            ));
+        }
+        let body = open_blob(&self.keys, &e, &stored, &pack)?;
+        let (c, lits) =
+            decode_composite_d(&body, e.raw_len).map_err(|x| x.at(Object::Chunk, &name()))?;
+        let raw = assemble(&c, lits, |dep| self.read_chunk_at(idx, dep, depth + 1))?;
+        if self.keys.id(&raw) != e.id {
+            return Err(Error::corrupt(
+                Object::Chunk,
+                &name(),
+                format!(
+                    "hash mismatch once assembled from {} new blocks and blocks of {} chunks",
+                    c.literals(),
+                    c.deps.len()
+                ),
+            ));
+        }
+        Ok(raw)
+    }
+
+    /// The chunks a composite chunk refers to (empty for a whole chunk); reads the blob.
+    pub(crate) fn chunk_deps(&self, idx: &Index, id: &Id) -> Result<Vec<Id>> {
+        match idx.get(id) {
+            Some((_, e)) if e.composite => {}
+            _ => return Ok(Vec::new()),
+        }
+        let (pack, e, stored) = self.read_blob(idx, id)?;
+        let body = open_blob(&self.keys, &e, &stored, &pack)?;
+        let name = || format!("{} in pack {} at offset {}", e.id, pack, e.offset);
+        decode_composite_d(&body, e.raw_len)
+            .map(|(c, _)| c.deps)
+            .map_err(|x| x.at(Object::Chunk, &name()))
+    }
+
+    /// The references of every composite chunk reachable from `roots`, and the composite
+    /// chunks whose blob could not be read or decoded.
+    pub(crate) fn composite_deps(
+        &self,
+        index: &Index,
+        roots: impl Iterator<Item = Id>,
+    ) -> (CompositeDeps, Vec<(Id, Error)>) {
+        let mut seen: HashSet<Id> = roots.collect();
+        let mut todo: Vec<Id> = seen
+            .iter()
+            .filter(|id| index.get(id).is_some_and(|(_, e)| e.composite))
+            .copied()
+            .collect();
+        let mut deps_of = HashMap::new();
+        let mut unreadable = Vec::new();
+        while let Some(id) = todo.pop() {
+            match self.chunk_deps(index, &id) {
+                Ok(deps) => {
+                    for d in &deps {
+                        if seen.insert(*d) && index.get(d).is_some_and(|(_, e)| e.composite) {
+                            todo.push(*d);
+                        }
+                    }
+                    deps_of.insert(id, deps);
+                }
+                Err(e) => unreadable.push((id, e)),
+            }
+        }
+        unreadable.sort_by_key(|(id, _)| *id);
+        (deps_of, unreadable)
+    }
+
+    /// One blob's pack, entry and stored bytes.
+    fn read_blob(&self, idx: &Index, id: &Id) -> Result<(Id, BlobEntry, Vec<u8>)> {
         let (pack, e) = idx.get(id).ok_or_else(|| Error::Missing {
             what: Object::Chunk,
             name: id.to_hex(),
@@ -325,7 +441,7 @@ impl Repository {
                 ),
                 _ => Error::storage("read", &name, x),
             })?;
-        open_chunk(&self.keys, &e, &stored, &pack)
+        Ok((pack, e, stored))
     }
 
     /// Chunk ids every manifest in `snaps` refers to.
@@ -361,13 +477,14 @@ mod tests {
                         stored_len: 100,
                         raw_len: 65536,
                         zstd: true,
+                        composite: false,
                     })
                     .collect(),
             })
             .collect();
         // Three packs' entries per file.
         let names = repo
-            .write_index_split(&packs, 3 * (36 + 20 * 48) + 4)
+            .write_index_split(&packs, &Default::default(), 3 * (36 + 20 * 48) + 8)
             .unwrap();
         assert_eq!(names.len(), 4);
         let (idx, scan) = repo.load_index().unwrap();

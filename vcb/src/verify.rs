@@ -137,21 +137,47 @@ impl Repository {
                 }
             }
         }
+        // Composite chunks need the chunks they refer to: those join the needed set,
+        // and their damage affects the composite chunks' grains too.
+        let (deps_of, unreadable) = self.composite_deps(&index, users.keys().copied());
+        let direct = users.clone();
+        for (root, who) in &direct {
+            let mut seen = std::collections::HashSet::from([*root]);
+            let mut todo = vec![*root];
+            while let Some(c) = todo.pop() {
+                for d in deps_of.get(&c).into_iter().flatten() {
+                    if seen.insert(*d) {
+                        users.entry(*d).or_default().extend(who.iter().cloned());
+                        todo.push(*d);
+                    }
+                }
+            }
+        }
         rep.chunks = users.len();
         let affected = |id: &Id| users.get(id).cloned().unwrap_or_default();
-        for (id, who) in &users {
-            if !index.contains(id) {
-                let first = &who[0];
+        if level == VerifyLevel::Structure {
+            // Reading packs finds these again, as damaged chunks.
+            for (id, error) in unreadable {
                 rep.problems.push(Problem {
-                    error: Error::ChunkMissing {
-                        id: id.to_hex(),
-                        manifest: first.snapshot.to_hex(),
-                        disk: first.disk.clone(),
-                        offset: first.offset,
-                    },
-                    affected: who.clone(),
+                    error,
+                    affected: affected(&id),
                 });
             }
+        }
+        let mut missing: Vec<(&Id, &Vec<Affected>)> =
+            users.iter().filter(|(id, _)| !index.contains(id)).collect();
+        missing.sort_by_key(|(id, _)| **id);
+        for (id, who) in missing {
+            let first = &who[0];
+            rep.problems.push(Problem {
+                error: Error::ChunkMissing {
+                    id: id.to_hex(),
+                    manifest: first.snapshot.to_hex(),
+                    disk: first.disk.clone(),
+                    offset: first.offset,
+                },
+                affected: who.clone(),
+            });
         }
         // Each pack's indexed blobs (the copies the index would use).
         let mut per_pack: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
@@ -178,11 +204,35 @@ impl Repository {
                 .collect::<Result<_>>()?,
             VerifyLevel::ReadPacks | VerifyLevel::ReadData => self.read_packs(&packs, level),
         };
+        let mut damaged = std::collections::HashSet::new();
         for (bytes, problems) in results {
             rep.bytes_read += bytes;
             for (error, ids) in problems {
+                damaged.extend(ids.iter().copied());
                 let affected = ids.iter().flat_map(affected).collect();
                 rep.problems.push(Problem { error, affected });
+            }
+        }
+        if level == VerifyLevel::ReadData {
+            // A composite chunk's hash is checked once it is put together from its own
+            // blocks and those it refers to; one whose parts are already reported as
+            // damaged is not reported again.
+            let mut whole: Vec<&Id> = deps_of
+                .iter()
+                .filter(|(id, deps)| !damaged.contains(*id) && !deps.iter().any(|d| damaged.contains(d)))
+                .filter(|(id, deps)| index.contains(id) && deps.iter().all(|d| index.contains(d)))
+                .map(|(id, _)| id)
+                .collect();
+            whole.sort();
+            let bad: Vec<(Id, Error)> = whole
+                .par_iter()
+                .filter_map(|id| self.read_chunk(&index, id).err().map(|e| (**id, e)))
+                .collect();
+            for (id, error) in bad {
+                rep.problems.push(Problem {
+                    error,
+                    affected: affected(&id),
+                });
             }
         }
         if level != VerifyLevel::Structure {

@@ -386,3 +386,45 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(from.join(&f), dst).unwrap();
     }
 }
+
+/// A damaged whole chunk that a composite chunk refers to: verify names it once, with
+/// the grains of both backups it makes unrestorable (the composite's included), and
+/// restoring the later backup fails on that grain with a corrupt-chunk error.
+#[test]
+fn damage_to_a_chunk_that_others_refer_to_affects_their_backups_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let mut disk = MemDisk::new(1 << 20);
+    let a = noise(7, 65536);
+    disk.write_at(&a, 0);
+    let full = repo
+        .backup(&BackupOptions::new("vm", 1), &[("d", &disk.snapshot())])
+        .unwrap();
+    let packs = files(dir.path(), "data");
+    assert_eq!(packs.len(), 1);
+    // Blocks 2..6 of grain 0 copied to grain 5: a composite of references and zeros.
+    disk.write_at(&a[8192..24576], 5 * 65536);
+    let incr = repo
+        .backup(&BackupOptions::new("vm", 2), &[("d", &disk.snapshot())])
+        .unwrap();
+    assert!(incr.manifest.disks[0].stats.bytes_new < 400);
+    flip(&dir.path().join(&packs[0]), 16 + 30_000);
+    let rep = repo.verify(VerifyLevel::ReadData).unwrap();
+    assert_eq!(rep.problems.len(), 1, "{:?}", rep.problems);
+    let mut hit: Vec<(Id, u64)> = rep.problems[0]
+        .affected
+        .iter()
+        .map(|x| (x.snapshot, x.offset))
+        .collect();
+    hit.sort();
+    let mut want = vec![(full.id, 0), (incr.id, 0), (incr.id, 5 * 65536)];
+    want.sort();
+    assert_eq!(hit, want);
+    assert_eq!(rep.damaged_snapshots().len(), 2);
+    let e = restore(&repo, &incr.id, "d").unwrap_err();
+    assert!(matches!(e, Error::Corrupt { what: Object::Chunk, .. }), "{e}");
+    // ReadPacks and Structure agree on who is affected.
+    let rep = repo.verify(VerifyLevel::ReadPacks).unwrap();
+    assert_eq!(rep.problems[0].affected.len(), 3);
+    assert!(repo.verify(VerifyLevel::Structure).unwrap().is_ok());
+}

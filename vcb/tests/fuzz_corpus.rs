@@ -140,3 +140,30 @@ fn guestfs_seeds_open_and_read_their_files() {
         "the good seeds read whole"
     );
 }
+
+#[test]
+fn composite_seeds_decode_and_round_trip() {
+    use vinfra_vcb::format::{decode_composite, encode_composite, Src, BLOCK};
+    let (mut ok, mut bad) = (0, 0);
+    for s in seeds("vcb_composite") {
+        let Some((&n, body)) = s.split_first() else {
+            continue;
+        };
+        let blocks = usize::from(n % 16) + 1;
+        match decode_composite(body, (blocks * BLOCK) as u32) {
+            Ok((c, lits)) => {
+                let mut chunk = vec![0u8; blocks * BLOCK];
+                let mut l = lits.chunks_exact(BLOCK);
+                for (i, b) in c.blocks.iter().enumerate() {
+                    if *b == Src::Literal {
+                        chunk[i * BLOCK..(i + 1) * BLOCK].copy_from_slice(l.next().unwrap());
+                    }
+                }
+                assert_eq!(encode_composite(&c, &chunk), body);
+                ok += 1;
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    assert!(ok >= 3 && bad >= 1, "{ok} composite seeds decode, {bad} fail");
+}

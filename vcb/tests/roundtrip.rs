@@ -370,3 +370,50 @@ fn a_backup_runs_as_a_writable_disk_over_an_overlay() {
     // The backup is untouched.
     assert!(common::restore(&repo, &s.id, "d").unwrap() == original);
 }
+
+/// 4 KiB-granular deduplication (README "Block references"): a grain rewritten in part
+/// stores only its new blocks, a file copied from elsewhere on the disk stores nothing
+/// but references, both restore exactly, and the chunks they refer to outlive the backup
+/// they came from.
+#[test]
+fn partly_rewritten_grains_and_copied_blocks_store_only_their_new_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let mut disk = MemDisk::new(CAP);
+    disk.write_at(&noise(1, 16 * 65536), 0);
+    let full = repo
+        .backup(&BackupOptions::new("vm", 1), &[("d", &disk.snapshot())])
+        .unwrap();
+    // One new 4 KiB block in grain 0; 64 KiB of grain 3 (from its block 2) copied to a
+    // place 4 KiB into grain 20, so over two grains; half of grain 25 copied from grain 5
+    // and half left zero.
+    disk.write_at(&noise(2, 4096), 8192);
+    let copy = disk.as_bytes()[3 * 65536 + 8192..4 * 65536 + 8192].to_vec();
+    disk.write_at(&copy, 20 * 65536 + 4096);
+    let half = disk.as_bytes()[5 * 65536..5 * 65536 + 32768].to_vec();
+    disk.write_at(&half, 25 * 65536);
+    let incr = repo
+        .backup(&BackupOptions::new("vm", 2), &[("d", &disk.snapshot())])
+        .unwrap();
+    let st = incr.manifest.disks[0].stats;
+    assert_eq!(st.bytes_read, 4 * 65536);
+    assert_eq!(st.chunks_new, 4);
+    // The one new block (random, 4096 bytes) and four small tables, not four grains.
+    assert!(st.bytes_new < 4096 + 4 * 400, "{st:?}");
+    let want = disk.as_bytes().to_vec();
+    assert!(restore(&repo, &incr.id, "d").unwrap() == want);
+    assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    // The full backup goes; the chunks the incremental refers to stay.
+    repo.forget(&[full.id]).unwrap();
+    let p = repo.prune().unwrap();
+    assert_eq!(p.chunks_dropped, 0, "every chunk of the full is referred to");
+    assert!(restore(&repo, &incr.id, "d").unwrap() == want);
+    assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
+    // The block lists survive the prune's new index: a second copy still refers.
+    disk.write_at(&copy, 28 * 65536);
+    let again = repo
+        .backup(&BackupOptions::new("vm", 3), &[("d", &disk.snapshot())])
+        .unwrap();
+    assert!(again.manifest.disks[0].stats.bytes_new < 400, "{:?}", again.manifest.disks[0].stats);
+    assert!(restore(&repo, &again.id, "d").unwrap() == disk.as_bytes());
+}
