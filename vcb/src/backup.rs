@@ -15,11 +15,11 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use rayon::prelude::*;
 
-use crate::blocks::{hash_blocks, BlockMap, ChunkBlocks, Form};
-use crate::codec::Id;
+use crate::blocks::{hash_blocks, BlockMap, Form};
+use crate::codec::{is_zero, Id};
 use crate::composite::encode_composite;
 use crate::error::{Error, Result};
-use crate::index::{Index, IndexPack};
+use crate::index::{ChunkBlocks, Index, IndexPack};
 use crate::manifest::{
     grain_count, DiskManifest, DiskStats, GrainMap, Manifest, MAX_CONFIG, MAX_DISKS, MAX_STR,
 };
@@ -498,14 +498,4 @@ impl BatchReader<'_> {
             bytes_read,
         })
     }
-}
-
-/// Whether every byte is zero (a word at a time).
-pub(crate) fn is_zero(b: &[u8]) -> bool {
-    let words = b.chunks_exact(8);
-    let tail = words.remainder();
-    words
-        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .all(|w| w == 0)
-        && tail.iter().all(|&x| x == 0)
 }

@@ -4,50 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::codec::{DResult, DecodeError, Id, Reader, Writer};
+use crate::codec::{is_zero, Id};
 use crate::composite::{Composite, Src, BLOCK};
 use crate::crypto::Keys;
-use crate::index::Index;
-
-/// A block's keyed hash, cut to 128 bits.
-pub type BlockHash = [u8; 16];
-
-/// The non-zero blocks of one whole chunk and their hashes, as index files list them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkBlocks {
-    /// The chunk.
-    pub chunk: Id,
-    /// (block number, hash), block numbers rising; zero blocks are left out.
-    pub blocks: Vec<(u16, BlockHash)>,
-}
-
-pub(crate) fn write_blocks(w: &mut Writer, c: &ChunkBlocks) {
-    w.id(&c.chunk);
-    w.u16(c.blocks.len() as u16);
-    for (b, h) in &c.blocks {
-        w.u16(*b);
-        w.bytes(h);
-    }
-}
-
-pub(crate) fn read_blocks(r: &mut Reader<'_>) -> DResult<ChunkBlocks> {
-    let chunk = r.id("block list chunk")?;
-    let m = usize::from(r.u16("block count")?);
-    if m == 0 || m > r.remaining() / 18 {
-        return Err(DecodeError::Corrupt(format!("block count {m}")));
-    }
-    let mut blocks = Vec::with_capacity(m);
-    for _ in 0..m {
-        let b = r.u16("block number")?;
-        let mut h = [0u8; 16];
-        h.copy_from_slice(r.take(16, "block hash")?);
-        if blocks.last().is_some_and(|(p, _)| *p >= b) {
-            return Err(DecodeError::Corrupt("block numbers not rising".into()));
-        }
-        blocks.push((b, h));
-    }
-    Ok(ChunkBlocks { chunk, blocks })
-}
+use crate::index::{BlockHash, ChunkBlocks, Index};
 
 /// Each block's hash, `None` for a zero block; `None` altogether when the chunk is not a
 /// whole number of blocks (the short last grain of a disk).
@@ -57,7 +17,7 @@ pub(crate) fn hash_blocks(keys: &Keys, data: &[u8]) -> Option<Vec<Option<BlockHa
     }
     Some(
         data.chunks_exact(BLOCK)
-            .map(|b| (!crate::backup::is_zero(b)).then(|| keys.block_hash(b)))
+            .map(|b| (!is_zero(b)).then(|| keys.block_hash(b)))
             .collect(),
     )
 }
@@ -159,22 +119,6 @@ pub(crate) enum Form {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_lists_round_trip_and_must_rise() {
-        let c = ChunkBlocks {
-            chunk: Id([1; 32]),
-            blocks: vec![(0, [2; 16]), (5, [3; 16])],
-        };
-        let mut w = Writer::default();
-        write_blocks(&mut w, &c);
-        let mut r = Reader::new(&w.buf);
-        assert_eq!(read_blocks(&mut r).unwrap(), c);
-        r.end("x").unwrap();
-        let mut bad = w.buf.clone();
-        bad[34 + 18..34 + 20].copy_from_slice(&0u16.to_le_bytes());
-        assert!(read_blocks(&mut Reader::new(&bad)).is_err());
-    }
 
     #[test]
     fn a_chunk_refers_to_blocks_stored_before_and_never_to_itself() {

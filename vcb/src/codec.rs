@@ -185,6 +185,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether every byte is zero (a word at a time).
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let words = b.chunks_exact(8);
+    let tail = words.remainder();
+    words
+        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .all(|w| w == 0)
+        && tail.iter().all(|&x| x == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,8 @@ pub(crate) fn max_body(raw_len: usize) -> usize {
 /// chunk.
 pub fn encode_composite(c: &Composite, data: &[u8]) -> Vec<u8> {
     let mut w = Writer::default();
-    w.buf.reserve(2 + c.deps.len() * 32 + c.blocks.len() * 4 + c.literals() * BLOCK);
+    w.buf
+        .reserve(2 + c.deps.len() * 32 + c.blocks.len() * 4 + c.literals() * BLOCK);
     w.u16(c.deps.len() as u16);
     for d in &c.deps {
         w.id(d);
@@ -216,7 +217,10 @@ mod tests {
         assert_eq!(lits, &data[BLOCK..2 * BLOCK]);
         // Every truncation fails, a longer body fails, a wrong length fails.
         for cut in 0..body.len() {
-            assert!(decode_composite(&body[..cut], 4 * BLOCK as u32).is_err(), "{cut}");
+            assert!(
+                decode_composite(&body[..cut], 4 * BLOCK as u32).is_err(),
+                "{cut}"
+            );
         }
         let mut long = body.clone();
         long.push(0);
@@ -229,7 +233,12 @@ mod tests {
         assert!(decode_composite(&bad, 4 * BLOCK as u32).is_err());
         let unused = Composite {
             deps: vec![Id([1; 32]), Id([2; 32])],
-            blocks: vec![Src::Ref { dep: 0, block: 0 }, Src::Zero, Src::Zero, Src::Zero],
+            blocks: vec![
+                Src::Ref { dep: 0, block: 0 },
+                Src::Zero,
+                Src::Zero,
+                Src::Zero,
+            ],
         };
         assert!(decode_composite(&encode_composite(&unused, &data), 4 * BLOCK as u32).is_err());
     }

@@ -208,7 +208,7 @@ impl Keys {
 
     /// The keyed hash of one 4 KiB block inside a chunk, cut to 128 bits (README "Block
     /// references"). A key of its own, so a block's hash never equals a chunk id.
-    pub(crate) fn block_hash(&self, data: &[u8]) -> crate::blocks::BlockHash {
+    pub(crate) fn block_hash(&self, data: &[u8]) -> [u8; 16] {
         let h = blake3::keyed_hash(&self.block, data);
         let mut out = [0u8; 16];
         out.copy_from_slice(&h.as_bytes()[..16]);

@@ -64,9 +64,10 @@ pub mod vmfs;
 
 /// The format's decoders and encoders, public for fuzzing and tools.
 pub mod format {
-    pub use crate::blocks::{BlockHash, ChunkBlocks};
     pub use crate::composite::{decode_composite, encode_composite, Composite, Src, BLOCK};
-    pub use crate::index::{decode_index, encode_index, IndexFile, IndexPack};
+    pub use crate::index::{
+        decode_index, encode_index, BlockHash, ChunkBlocks, IndexFile, IndexPack,
+    };
     pub use crate::manifest::{decode_manifest, encode_manifest};
     pub use crate::pack::{decode_pack_unencrypted, decode_table, encode_table, BlobEntry};
     pub use crate::record::FORMAT_VERSION;

@@ -3,10 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::blocks::ChunkBlocks;
 use crate::codec::Id;
 use crate::error::{Error, Result};
-use crate::index::IndexPack;
+use crate::index::{ChunkBlocks, IndexPack};
 use crate::pack::{check_chunk, pack_name, BlobEntry, PackWriter};
 use crate::repo::Repository;
 
@@ -95,7 +94,10 @@ impl Repository {
         // And the chunks that composite chunks refer to: all of them must be readable
         // and indexed, or prune could not tell what is live.
         let (deps_of, unreadable) = self.composite_deps(&index, roots.iter().copied());
-        let live: HashSet<Id> = roots.into_iter().chain(deps_of.into_values().flatten()).collect();
+        let live: HashSet<Id> = roots
+            .into_iter()
+            .chain(deps_of.into_values().flatten())
+            .collect();
         if let Some((_, e)) = unreadable.into_iter().next() {
             return Err(e);
         }
@@ -186,10 +188,8 @@ impl Repository {
         flush(&mut w, &mut new_index, &mut stats)?;
         // Publish the new index before anything it replaces goes.
         new_index.sort_by_key(|p| p.pack);
-        let lists: HashMap<Id, ChunkBlocks> = index
-            .blocks_of(live.iter())
-            .map(|c| (c.chunk, c))
-            .collect();
+        let lists: HashMap<Id, ChunkBlocks> =
+            index.blocks_of(live.iter()).map(|c| (c.chunk, c)).collect();
         let new_names = self.write_index(&new_index, &lists)?;
         for f in index.files.iter().filter(|f| !new_names.contains(f)) {
             self.remove(f)?;

@@ -5,12 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::codec::Id;
+use crate::composite::{assemble, decode_composite_d};
 use crate::config::{Config, InitOptions};
 use crate::crypto::Keys;
 use crate::error::{Error, Object, Result};
-use crate::blocks::ChunkBlocks;
-use crate::composite::{assemble, decode_composite_d};
-use crate::index::{decode_index_d, encode_index, Index, IndexFile, IndexPack};
+use crate::index::{decode_index_d, encode_index, ChunkBlocks, Index, IndexFile, IndexPack};
 use crate::lock;
 use crate::manifest::{decode_manifest_d, encode_manifest, Manifest};
 use crate::pack::{open_blob, open_chunk, pack_name, BlobEntry};

@@ -219,7 +219,9 @@ impl Repository {
             // damaged is not reported again.
             let mut whole: Vec<&Id> = deps_of
                 .iter()
-                .filter(|(id, deps)| !damaged.contains(*id) && !deps.iter().any(|d| damaged.contains(d)))
+                .filter(|(id, deps)| {
+                    !damaged.contains(*id) && !deps.iter().any(|d| damaged.contains(d))
+                })
                 .filter(|(id, deps)| index.contains(id) && deps.iter().all(|d| index.contains(d)))
                 .map(|(id, _)| id)
                 .collect();

@@ -422,7 +422,16 @@ fn damage_to_a_chunk_that_others_refer_to_affects_their_backups_too() {
     assert_eq!(hit, want);
     assert_eq!(rep.damaged_snapshots().len(), 2);
     let e = restore(&repo, &incr.id, "d").unwrap_err();
-    assert!(matches!(e, Error::Corrupt { what: Object::Chunk, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Corrupt {
+                what: Object::Chunk,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // ReadPacks and Structure agree on who is affected.
     let rep = repo.verify(VerifyLevel::ReadPacks).unwrap();
     assert_eq!(rep.problems[0].affected.len(), 3);

@@ -165,5 +165,8 @@ fn composite_seeds_decode_and_round_trip() {
             Err(_) => bad += 1,
         }
     }
-    assert!(ok >= 3 && bad >= 1, "{ok} composite seeds decode, {bad} fail");
+    assert!(
+        ok >= 3 && bad >= 1,
+        "{ok} composite seeds decode, {bad} fail"
+    );
 }

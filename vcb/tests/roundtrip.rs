@@ -406,7 +406,10 @@ fn partly_rewritten_grains_and_copied_blocks_store_only_their_new_blocks() {
     // The full backup goes; the chunks the incremental refers to stay.
     repo.forget(&[full.id]).unwrap();
     let p = repo.prune().unwrap();
-    assert_eq!(p.chunks_dropped, 0, "every chunk of the full is referred to");
+    assert_eq!(
+        p.chunks_dropped, 0,
+        "every chunk of the full is referred to"
+    );
     assert!(restore(&repo, &incr.id, "d").unwrap() == want);
     assert!(repo.verify(VerifyLevel::ReadData).unwrap().is_ok());
     // The block lists survive the prune's new index: a second copy still refers.
@@ -414,6 +417,10 @@ fn partly_rewritten_grains_and_copied_blocks_store_only_their_new_blocks() {
     let again = repo
         .backup(&BackupOptions::new("vm", 3), &[("d", &disk.snapshot())])
         .unwrap();
-    assert!(again.manifest.disks[0].stats.bytes_new < 400, "{:?}", again.manifest.disks[0].stats);
+    assert!(
+        again.manifest.disks[0].stats.bytes_new < 400,
+        "{:?}",
+        again.manifest.disks[0].stats
+    );
     assert!(restore(&repo, &again.id, "d").unwrap() == disk.as_bytes());
 }
