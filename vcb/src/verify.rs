@@ -18,8 +18,9 @@ use crate::repo::Repository;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerifyLevel {
-    /// Config, index files, manifests; every needed chunk indexed; every indexed pack
-    /// present and long enough.
+    /// Config, index files, manifests; every needed chunk indexed (the blobs of
+    /// composite chunks are read for the chunks they refer to, which are needed too);
+    /// every indexed pack present and long enough.
     Structure,
     /// And every pack re-read whole and its keyed BLAKE3 (its name: a MAC under the
     /// repository's id key) recomputed, its trailer checked against the index: any
