@@ -159,6 +159,7 @@ pub fn bench_io(
     target: &str,
     block_size: u32,
     raw_offset_mib: u64,
+    raw_idle_thread: bool,
     nbd: Option<&Path>,
 ) -> Result<(), Error> {
     let bytes = mib << 20;
@@ -185,7 +186,21 @@ pub fn bench_io(
         // Sized up front like a LUN (and like the vmfs image), not grown by appends.
         let skip = raw_offset_mib << 20;
         f.set_len(skip + bytes).map_err(io("set_len"))?;
-        let r = phases(&Raw(f, skip), bytes, secs, 7)?;
+        // With a second thread the kernel takes a reference on the file for every
+        // `pread` (the file table is shared) and libc's `pread` updates the thread's
+        // cancellation state around it: costs vmfs pays for its heartbeat thread.
+        let (idle_tx, idle_rx) = std::sync::mpsc::channel::<()>();
+        let idle = raw_idle_thread.then(|| {
+            std::thread::spawn(move || {
+                let _ = idle_rx.recv();
+            })
+        });
+        let r = phases(&Raw(f, skip), bytes, secs, 7);
+        drop(idle_tx);
+        if let Some(t) = idle {
+            let _ = t.join();
+        }
+        let r = r?;
         let _ = std::fs::remove_file(&p);
         r
     } else {
