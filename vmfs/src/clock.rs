@@ -146,8 +146,14 @@ mod tests {
             let (coarse, slack) = c.now_ms_coarse();
             let after = c.now_ms();
             assert!(slack >= COARSE_SLACK_MIN_MS);
-            assert!(coarse <= after, "coarse {coarse} ran ahead of precise {after}");
-            assert!(before <= coarse + slack, "coarse {coarse} + {slack} trails {before}");
+            assert!(
+                coarse <= after,
+                "coarse {coarse} ran ahead of precise {after}"
+            );
+            assert!(
+                before <= coarse + slack,
+                "coarse {coarse} + {slack} trails {before}"
+            );
             n += 1;
             if n % 1000 == 0 {
                 std::thread::sleep(Duration::from_millis(1));

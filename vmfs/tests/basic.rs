@@ -465,13 +465,22 @@ fn reads_stop_at_the_fence_when_the_coarse_clock_trails() {
         for t in [2_000, 2_001, 2_050, 2_099, 60_000] {
             clock.set(t, lag);
             let e = f.read_at(&mut b, 0);
-            assert!(matches!(e, Err(Error::Fenced { host: 0 })), "{t} {lag}: {e:?}");
+            assert!(
+                matches!(e, Err(Error::Fenced { host: 0 })),
+                "{t} {lag}: {e:?}"
+            );
             let e = f.write_at(&b, 0);
-            assert!(matches!(e, Err(Error::Fenced { host: 0 })), "{t} {lag}: {e:?}");
+            assert!(
+                matches!(e, Err(Error::Fenced { host: 0 })),
+                "{t} {lag}: {e:?}"
+            );
         }
         // A renewal now finds the lease fenced: the fence is final.
         assert!(matches!(v.tick(), Err(Error::Fenced { host: 0 })));
-        assert!(matches!(f.read_at(&mut b, 0), Err(Error::Fenced { host: 0 })));
+        assert!(matches!(
+            f.read_at(&mut b, 0),
+            Err(Error::Fenced { host: 0 })
+        ));
         std::mem::forget(f);
     }
 }

@@ -672,8 +672,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             secs,
             &target,
             block_size,
-            raw_offset_mib,
-            raw_idle_thread,
+            &bench::RawPeer {
+                offset_mib: raw_offset_mib,
+                idle_thread: raw_idle_thread,
+            },
             nbd.as_deref(),
         )?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
