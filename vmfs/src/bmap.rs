@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::format::{decode_indirect, encode_indirect, ptrs_per_block, Inode, NDIRECT, SECTOR};
+use crate::run_index::RunIndex;
 
 /// Indices from the top indirect block down (1 to 3 of them), without a heap allocation
 /// on the I/O path.
@@ -528,17 +529,22 @@ impl Run {
 #[derive(Debug, Default)]
 pub(crate) struct RunCache {
     runs: Vec<Run>,
+    /// The way into `runs` by file block; every change of `runs` makes it stale.
+    index: RunIndex,
 }
 
 impl RunCache {
     /// Forgets every run (the map changed).
     pub fn clear(&mut self) {
         self.runs.clear();
+        self.index.stale();
     }
 
-    fn find(&self, f: u64) -> Option<(u64, u64)> {
-        let i = self.runs.partition_point(|r| r.f <= f);
-        let r = self.runs.get(i.checked_sub(1)?)?;
+    #[inline(always)]
+    fn find(&mut self, f: u64) -> Option<(u64, u64)> {
+        let runs = &self.runs;
+        let i = self.index.last_at_or_before(runs.len(), |i| runs[i].f, f)?;
+        let r = runs.get(i)?;
         let d = f - r.f;
         if d >= r.n {
             return None;
@@ -550,6 +556,7 @@ impl RunCache {
     /// `(physical block, blocks left in its run)` of file block `f`; a hole is block 0.
     /// Indirect blocks come from `over` (deferred changes) or else from `dev` (block size
     /// `bs`) through `ind` on a miss.
+    #[inline(always)]
     pub fn lookup(
         &mut self,
         ind: &mut IndCache,
@@ -562,6 +569,20 @@ impl RunCache {
         if let Some(hit) = self.find(f) {
             return Ok(hit);
         }
+        self.fill_and_find(ind, over, dev, bs, ino, f)
+    }
+
+    /// A miss: fills the unit holding `f`, then finds it.
+    #[inline(never)]
+    fn fill_and_find(
+        &mut self,
+        ind: &mut IndCache,
+        over: Option<&IndBlocks>,
+        dev: &dyn BlockDevice,
+        bs: usize,
+        ino: &Inode,
+        f: u64,
+    ) -> Result<(u64, u64)> {
         self.fill(ind, over, dev, bs, ino, f)?;
         self.find(f)
             .ok_or_else(|| Error::corrupt("block map", format!("block {f} not mapped")))
@@ -576,6 +597,7 @@ impl RunCache {
         ino: &Inode,
         f: u64,
     ) -> Result<()> {
+        self.index.stale();
         let ppb = ptrs_per_block(bs) as u64;
         let mut new = Vec::new();
         match place(f, bs)? {
@@ -649,6 +671,7 @@ impl RunCache {
     /// File block `f` now lives at physical block `p` (the owner just mapped it): a
     /// cached run covering `f` is split around it; a block not cached stays so.
     pub fn set(&mut self, f: u64, p: u64) {
+        self.index.stale();
         let Some(i) = self.runs.partition_point(|r| r.f <= f).checked_sub(1) else {
             return;
         };

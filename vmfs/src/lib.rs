@@ -80,6 +80,7 @@ mod mount;
 mod namespace;
 mod op;
 mod recover;
+mod run_index;
 pub mod volume;
 
 #[cfg(any(test, feature = "test-utils"))]

@@ -388,3 +388,123 @@ fn mkfs_over_a_used_lun_lays_out_the_same_bytes_as_over_a_zeroed_one() {
         assert!(got == *want, "image file, {bs} B blocks");
     }
 }
+
+/// A clock whose coarse reading trails the precise one by `lag_ms`, at most its
+/// `slack_ms` (the most a `Clock` may), and that counts its precise readings.
+#[derive(Debug)]
+struct TrailingClock {
+    now: std::sync::atomic::AtomicU64,
+    lag_ms: std::sync::atomic::AtomicU64,
+    slack_ms: u64,
+    precise_reads: std::sync::atomic::AtomicU64,
+}
+
+impl TrailingClock {
+    fn new(now: u64, slack_ms: u64) -> Self {
+        TrailingClock {
+            now: now.into(),
+            lag_ms: slack_ms.into(),
+            slack_ms,
+            precise_reads: 0.into(),
+        }
+    }
+    fn set(&self, now: u64, lag_ms: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(lag_ms <= self.slack_ms);
+        self.now.store(now, SeqCst);
+        self.lag_ms.store(lag_ms, SeqCst);
+    }
+    fn precise_reads(&self) -> u64 {
+        self.precise_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Clock for TrailingClock {
+    fn now_ms(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.precise_reads.fetch_add(1, SeqCst);
+        self.now.load(SeqCst)
+    }
+    fn now_ms_coarse(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.load(SeqCst);
+        (now.saturating_sub(self.lag_ms.load(SeqCst)), self.slack_ms)
+    }
+    fn sleep_ms(&self, ms: u64) {
+        self.now.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The lease check on the I/O path answers from the clock's coarse reading: a read far
+/// from the fence reads no precise time, one within the coarse clock's slack of it asks
+/// the precise clock, and from the fence on (half a lease after the last renewal) every
+/// read and write is refused, whether the coarse reading is current or trails by its
+/// whole slack.
+#[test]
+fn reads_stop_at_the_fence_when_the_coarse_clock_trails() {
+    for lag in [0, 60, 100] {
+        let (dev, _) = setup(64 << 20);
+        let clock = Arc::new(TrailingClock::new(1_000, 100));
+        // Lease 2000 ms (`setup`): mounted at 1000, it fences at 2000 without a renewal.
+        let v = Volume::mount(dev.clone(), 0, &MountOptions::default(), clock.clone()).unwrap();
+        let f = v.create("/disk.flat").unwrap();
+        f.write_at(&[7u8; 8192], 0).unwrap();
+        let mut b = [0u8; 4096];
+        clock.set(1_500, lag);
+        let before = clock.precise_reads();
+        for off in [0, 4096, 100] {
+            assert_eq!(f.read_at(&mut b, off).unwrap(), 4096);
+        }
+        assert_eq!(clock.precise_reads(), before, "far from the fence: coarse");
+        clock.set(1_950, 0);
+        let before = clock.precise_reads();
+        assert_eq!(f.read_at(&mut b, 0).unwrap(), 4096);
+        assert!(clock.precise_reads() > before, "within the slack: precise");
+        clock.set(1_999, lag);
+        assert_eq!(f.read_at(&mut b, 0).unwrap(), 4096);
+        for t in [2_000, 2_001, 2_050, 2_099, 60_000] {
+            clock.set(t, lag);
+            let e = f.read_at(&mut b, 0);
+            assert!(
+                matches!(e, Err(Error::Fenced { host: 0 })),
+                "{t} {lag}: {e:?}"
+            );
+            let e = f.write_at(&b, 0);
+            assert!(
+                matches!(e, Err(Error::Fenced { host: 0 })),
+                "{t} {lag}: {e:?}"
+            );
+        }
+        // A renewal now finds the lease fenced: the fence is final.
+        assert!(matches!(v.tick(), Err(Error::Fenced { host: 0 })));
+        assert!(matches!(
+            f.read_at(&mut b, 0),
+            Err(Error::Fenced { host: 0 })
+        ));
+        std::mem::forget(f);
+    }
+}
+
+/// A renewal moves the fence half a lease past the time it was read: reads far from the
+/// new fence take the coarse path again.
+#[test]
+fn a_renewal_moves_the_coarse_path_on() {
+    let (dev, _) = setup(64 << 20);
+    let clock = Arc::new(TrailingClock::new(1_000, 100));
+    let v = Volume::mount(dev.clone(), 0, &MountOptions::default(), clock.clone()).unwrap();
+    let f = v.create("/disk.flat").unwrap();
+    f.write_at(&[7u8; 4096], 0).unwrap();
+    let mut b = [0u8; 4096];
+    for t in (1_200..20_000).step_by(200) {
+        clock.set(t, 0);
+        v.tick().unwrap();
+        // Renewed at `t`: fenced at t + 1000; 850 ms on, the coarse reading decides.
+        clock.set(t + 850, 0);
+        let before = clock.precise_reads();
+        assert_eq!(f.read_at(&mut b, 0).unwrap(), 4096);
+        assert_eq!(clock.precise_reads(), before);
+        clock.set(t, 0);
+    }
+    drop(f);
+    v.unmount().unwrap();
+}

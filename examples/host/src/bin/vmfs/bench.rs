@@ -125,6 +125,7 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
     for write in [false, true] {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut b = vec![0x33u8; 4096];
+        let cpu0 = thread_cpu_ns();
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed().as_secs_f64() < secs {
@@ -147,8 +148,26 @@ fn phases(t: &dyn Target, bytes: u64, secs: f64, seed: u64) -> Result<Vec<(Strin
             "rand4k_read_iops"
         };
         out.push((label.into(), n as f64 / t0.elapsed().as_secs_f64()));
+        if !write {
+            // CPU time of this thread per read: on a shared machine less disturbed by other
+            // processes than the rate (time waiting for a CPU is not counted).
+            let cpu = thread_cpu_ns().saturating_sub(cpu0);
+            out.push(("rand4k_read_cpu_ns_per_op".into(), cpu as f64 / n as f64));
+        }
     }
     Ok(out)
+}
+
+/// CPU time of the calling thread (ns).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// How `bench-io` sets up the raw file (see the options of the same names).
+pub struct RawPeer {
+    pub offset_mib: u64,
+    pub idle_thread: bool,
 }
 
 /// `bench-io`: the same pattern on a vmfs file and on a raw file, in one run.
@@ -158,7 +177,7 @@ pub fn bench_io(
     secs: f64,
     target: &str,
     block_size: u32,
-    raw_offset_mib: u64,
+    raw: &RawPeer,
     nbd: Option<&Path>,
 ) -> Result<(), Error> {
     let bytes = mib << 20;
@@ -183,9 +202,23 @@ pub fn bench_io(
             .open(&p)
             .map_err(io("create"))?;
         // Sized up front like a LUN (and like the vmfs image), not grown by appends.
-        let skip = raw_offset_mib << 20;
+        let skip = raw.offset_mib << 20;
         f.set_len(skip + bytes).map_err(io("set_len"))?;
-        let r = phases(&Raw(f, skip), bytes, secs, 7)?;
+        // With a second thread the kernel takes a reference on the file for every
+        // `pread` (the file table is shared) and libc's `pread` updates the thread's
+        // cancellation state around it: costs vmfs pays for its heartbeat thread.
+        let (idle_tx, idle_rx) = std::sync::mpsc::channel::<()>();
+        let idle = raw.idle_thread.then(|| {
+            std::thread::spawn(move || {
+                let _ = idle_rx.recv();
+            })
+        });
+        let r = phases(&Raw(f, skip), bytes, secs, 7);
+        drop(idle_tx);
+        if let Some(t) = idle {
+            let _ = t.join();
+        }
+        let r = r?;
         let _ = std::fs::remove_file(&p);
         r
     } else {

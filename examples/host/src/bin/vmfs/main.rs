@@ -184,6 +184,11 @@ enum Cmd {
         /// see what a data offset inside a bigger image costs the page cache).
         #[arg(long, default_value_t = 0)]
         raw_offset_mib: u64,
+        /// Raw target only: keep a second, idle thread for the run, as a mounted volume
+        /// keeps its heartbeat thread (what a second thread costs the kernel's and libc's
+        /// read path).
+        #[arg(long)]
+        raw_idle_thread: bool,
         /// Run both sides on the export of the NBD server listening on this Unix socket
         /// (vmfs on the export, and the export's raw blocks), instead of on files in DIR.
         #[arg(long)]
@@ -659,6 +664,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             target,
             block_size,
             raw_offset_mib,
+            raw_idle_thread,
             nbd,
         } => bench::bench_io(
             &dir,
@@ -666,7 +672,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             secs,
             &target,
             block_size,
-            raw_offset_mib,
+            &bench::RawPeer {
+                offset_mib: raw_offset_mib,
+                idle_thread: raw_idle_thread,
+            },
             nbd.as_deref(),
         )?,
         Cmd::BenchLock { image, n } => bench::bench_lock(&image, n)?,
