@@ -185,10 +185,13 @@ impl Repository {
             )));
         }
         let _lock = self.lock(false)?;
-        let (index, _) = self.load_index()?;
+        let (mut index, _) = self.load_index_with_blocks()?;
+        // The map of the blocks of whole chunks replaces the lists it is made from.
+        let block_map = BlockMap::from_index(&index);
+        index.blocks = HashMap::new();
         let parent = self.parent_of(opts)?;
         // Packs are written (and synced) on their own thread while the next one fills.
-        let out = std::thread::scope(|sc| {
+        let (out, written, lists) = std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
             let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let writer = sc.spawn(move || -> Result<()> {
@@ -204,7 +207,7 @@ impl Repository {
                 pack: PackWriter::new(self.keys.encrypted()),
                 stored: HashSet::new(),
                 written: Vec::new(),
-                block_map: BlockMap::from_index(&index),
+                block_map,
                 block_lists: HashMap::new(),
                 to_disk: tx,
                 recycled: back_rx,
@@ -228,7 +231,6 @@ impl Repository {
             wrote?;
             r.map(|out| (out, written, lists))
         })?;
-        let (out, written, lists) = (out.0, out.1, out.2);
         if !written.is_empty() {
             // Every pack is in place before the index that names them.
             self.write_index(&written, &lists)?;

@@ -67,7 +67,7 @@ impl Repository {
     /// ```
     pub fn prune(&self) -> Result<PruneStats> {
         let _lock = self.lock(true)?;
-        let (index, iscan) = self.load_index()?;
+        let (index, iscan) = self.load_index_with_blocks()?;
         if let Some((_, e)) = iscan.damaged.into_iter().next() {
             return Err(e);
         }
@@ -258,7 +258,7 @@ impl Repository {
         let old = self.list("index")?;
         // The block lists of the index files that still read (the packs' trailers do
         // not carry them); without one a chunk is only left out of block references.
-        let (old_index, _) = self.load_index()?;
+        let (old_index, _) = self.load_index_with_blocks()?;
         let lists: HashMap<Id, ChunkBlocks> = old_index
             .blocks_of(packs.iter().flat_map(|p| p.blobs.iter().map(|b| &b.id)))
             .map(|c| (c.chunk, c))
