@@ -3,6 +3,7 @@
 //! storing a new chunk whole and as a composite (README "Block references").
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::codec::{is_zero, Id};
 use crate::composite::{Composite, Src, BLOCK};
@@ -22,12 +23,30 @@ pub(crate) fn hash_blocks(keys: &Keys, data: &[u8]) -> Option<Vec<Option<BlockHa
     )
 }
 
+/// Hashes a [`BlockHash`] by its first 8 bytes. Block hashes are keyed BLAKE3, uniform
+/// and not choosable by anyone without the repository's key, so hashing them again (std's
+/// SipHash: most of the time of building the map of a large repository) buys nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut w = [0u8; 8];
+        let n = bytes.len().min(8);
+        w[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(w);
+    }
+}
+
 /// Where the blocks of whole chunks are: the repository's (from the index) and those a
 /// backup stores as it goes.
 #[derive(Debug, Default)]
 pub(crate) struct BlockMap {
     chunks: Vec<Id>,
-    map: HashMap<BlockHash, (u32, u16)>,
+    map: HashMap<BlockHash, (u32, u16), BuildHasherDefault<PrefixHasher>>,
 }
 
 impl BlockMap {
