@@ -253,6 +253,9 @@ impl BlockDevice for FaultyDevice {
         Ok(())
     }
 
+    fn fixed_fds(&self) -> Option<Vec<std::os::fd::BorrowedFd<'_>>> {
+        Some(Vec::new())
+    }
     fn flush(&self) -> Result<()> {
         let mut s = self.lock()?;
         if s.crashed {

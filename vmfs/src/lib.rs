@@ -60,6 +60,7 @@ pub mod disk;
 pub mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod faulty;
+mod fd_table;
 pub mod format;
 pub mod fsck;
 pub mod lease;
@@ -80,6 +81,7 @@ mod mount;
 mod namespace;
 mod op;
 mod recover;
+mod run_cache;
 mod run_index;
 pub mod volume;
 

@@ -22,6 +22,15 @@ struct DirBlk {
     orig: Option<Vec<u8>>,
 }
 
+/// Which end of a cluster an allocation takes blocks from.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Data (and directory) blocks: lowest free first.
+    Bottom,
+    /// Indirect blocks: highest free first.
+    Top,
+}
+
 /// A metadata operation in progress.
 #[derive(Debug)]
 pub(crate) struct Op<'a> {
@@ -396,8 +405,14 @@ impl<'a> Op<'a> {
     }
 
     /// Allocates up to `n` blocks (at least one, or an error), touching at most
-    /// `max_clusters` clusters, from this host's preferred clusters first.
+    /// `max_clusters` clusters, from this host's preferred clusters first, each from the
+    /// bottom of its cluster up.
     pub fn alloc(&mut self, n: usize, max_clusters: usize) -> Result<Vec<u32>> {
+        self.alloc_at(n, max_clusters, End::Bottom)
+    }
+
+    /// Allocates blocks as [`Op::alloc`] does, from the `end` of each cluster.
+    fn alloc_at(&mut self, n: usize, max_clusters: usize, end: End) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
         for round in 0..3 {
             let nc = self.geo.n_clusters;
@@ -419,12 +434,23 @@ impl<'a> Op<'a> {
                     continue;
                 };
                 let mut took = false;
-                let mut from = 0;
+                // The next candidate up from the bottom, or the bound below the top.
+                let mut cursor = match end {
+                    End::Bottom => 0,
+                    End::Top => u32::MAX,
+                };
                 while out.len() < n {
-                    let Some(i) = cl.next_free(from) else {
+                    let next = match end {
+                        End::Bottom => cl.next_free(cursor),
+                        End::Top => cl.prev_free(cursor),
+                    };
+                    let Some(i) = next else {
                         break;
                     };
-                    from = i + 1;
+                    cursor = match end {
+                        End::Bottom => i + 1,
+                        End::Top => i,
+                    };
                     let b = (first + i as u64) as u32;
                     if !self.freed.contains(&b) && !self.j.freed.contains(&b) {
                         cl.set(i, true);
@@ -470,6 +496,11 @@ impl<'a> Op<'a> {
     /// Points file block `f` of `ino` at `p` (allocating indirect blocks as needed).
     pub fn map_set(&mut self, ino: &mut Inode, f: u64, p: u32) -> Result<()> {
         bmap::map_set(self, ino, f, p)
+    }
+
+    /// Points file blocks `f..f + ps.len()` at `ps` (see [`bmap::map_set_run`]).
+    pub fn map_set_run(&mut self, ino: &mut Inode, f: u64, ps: &[u32]) -> Result<()> {
+        bmap::map_set_run(self, ino, f, ps)
     }
 
     /// Frees every block past `new_size` and sets the size, committing in as many
@@ -768,8 +799,16 @@ impl MapStore for Op<'_> {
         (&mut self.ind, self.sh.dev.as_ref())
     }
 
+    /// From the top of a cluster: a sequential write's data, allocated from the bottom,
+    /// then lies in one run on the device instead of being cut by an indirect block every
+    /// 1,020 blocks (at 4 KiB blocks): fewer runs in the handles' caches, one I/O for a
+    /// read across leaves, and no hole in an image file amid data written before the
+    /// commit that writes the indirect block.
     fn alloc_block(&mut self) -> Result<u32> {
-        self.alloc(1, 1)?.first().copied().ok_or(Error::NoSpace)
+        self.alloc_at(1, 1, End::Top)?
+            .first()
+            .copied()
+            .ok_or(Error::NoSpace)
     }
 
     /// Frees block `b` (takes its cluster lock, waiting if need be).

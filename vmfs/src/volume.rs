@@ -316,11 +316,20 @@ impl Volume {
     }
 
     /// Runs `tick` on a thread every quarter interval until the handle is dropped.
+    ///
+    /// When the device's descriptors are fixed ([`BlockDevice::fixed_fds`]: image files,
+    /// memory), the thread has a file table of its own holding only them and stdio by the
+    /// time this returns: it keeps no other file of the embedder open, and a
+    /// single-threaded embedder's reads and writes are not slowed by a shared table.
     pub fn spawn_heartbeat(&self) -> HeartbeatThread {
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         let sh = self.sh.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let join = std::thread::spawn(move || {
+            let table = crate::fd_table::private_table(sh.dev.as_ref());
+            tracing::debug!(?table, "heartbeat file table");
+            let _ = ready_tx.send(());
             while !s2.load(Ordering::SeqCst) && !sh.unmounted.load(Ordering::SeqCst) {
                 if let Err(Error::Fenced { .. }) = sh.tick() {
                     break;
@@ -329,6 +338,8 @@ impl Volume {
                 sh.clock.sleep_ms((sh.interval_ms / 4).max(1));
             }
         });
+        // Only a panic on the thread leaves this without an answer.
+        let _ = ready_rx.recv();
         HeartbeatThread {
             stop,
             join: Some(join),

@@ -431,6 +431,9 @@ impl BlockDevice for PaxosDevice {
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+    fn fixed_fds(&self) -> Option<Vec<std::os::fd::BorrowedFd<'_>>> {
+        self.inner.fixed_fds()
+    }
     fn len(&self) -> Result<u64> {
         Ok(self.header.exposed)
     }
