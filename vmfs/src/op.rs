@@ -394,7 +394,7 @@ impl<'a> Op<'a> {
         // rest is zeros, as every block `encode` makes has it. With 1 MiB blocks a parked
         // set then holds a sector per cluster it allocates from, not a megabyte.
         let used = cl.used_len(self.bs);
-        let orig = if b[used..].iter().all(|&x| x == 0) {
+        let orig = if crate::format::all_zero(&b[used..]) {
             b[..used].to_vec()
         } else {
             b

