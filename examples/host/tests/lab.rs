@@ -87,9 +87,10 @@ fn netns_list() -> String {
 fn wait_all_placed(dir: &Path, vms: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let s = lab(dir, &["status"]);
-        // A foreground `up` may not have written its record yet.
+        // A foreground `up` may not have written its record yet. Look before `status`
+        // runs: a record that appears while it runs does not make its failure wrong.
         let starting = !dir.join("lab.json").exists();
+        let s = lab(dir, &["status"]);
         assert!(s.success() || starting, "{s}");
         let placed = s
             .stdout
