@@ -5,6 +5,10 @@
 # in flight, over a Unix socket to nbdkit's memory plugin). Needs nbdkit (Debian package).
 # Usage: benches/peers/vmfs-nbd.sh [MiB (default 256)] [seconds per random phase (default 3)]
 # VMFS_BLOCK_SIZE (default 1048576) sets the vmfs block size.
+# ROUNDS (default 3): ours and the peer alternate this many times, each on a fresh export;
+# each keeps its best. With one request in flight, each request is a ping-pong between
+# this process and nbdkit on 2 vCPUs, and where the scheduler puts the two swings a
+# round by up to 2x (vmfs/README.md, "vmfs over NBD").
 # Then uncontended lock acquire+release (one lock record, host 0; `vmfs bench-lock`, I/Os
 # counted at the device under the lock protocol): compare-and-write on an image file (the
 # ATS path), Disk Paxos on an image file, Disk Paxos over NBD (TCP on loopback and a Unix
@@ -41,7 +45,7 @@ cleanup_server() {
 }
 
 declare -A OURS PEER
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-3}"); do
   for target in vmfs raw; do
     serve
     while read -r who key val; do
