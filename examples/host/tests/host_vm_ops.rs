@@ -606,3 +606,87 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(reader.join().unwrap() > 0);
 }
+
+/// A backup that keeps its host busy for longer than half a lease (here a repository
+/// whose argon2id takes seconds to open; a large disk takes as long to store) leaves the
+/// VMs of that host running: the host goes on telling their processes that its lease
+/// holds (they stop after half a lease without word) while the backup works.
+#[test]
+fn a_slow_backup_leaves_the_vms_of_its_host_running() {
+    let Some(lab) = Lab::up_guest(1, "workload", &["--lease-ms", "2000"]) else {
+        return;
+    };
+    lab.create(
+        1,
+        "w",
+        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
+    );
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+
+    // The repository, with the cluster's password and a costly key derivation.
+    let repo = lab.dir.path().join("slow-backups");
+    std::fs::create_dir_all(&repo).unwrap();
+    let password =
+        vinfra_host::cluster::backup::password_from_key_file(&lab.path().join("cluster.key"))
+            .unwrap();
+    let mut opts = vinfra_vcb::InitOptions::default();
+    opts.kdf = vinfra_vcb::KdfParams::new(256 << 10, 16, 1);
+    let t0 = Instant::now();
+    vinfra_vcb::Repository::init(vinfra_vcb::LocalDir::open(&repo).unwrap(), &password, &opts)
+        .unwrap();
+    let kdf = t0.elapsed();
+    assert!(
+        kdf > Duration::from_millis(1500),
+        "opening the repository takes {kdf:?}: not the half lease (1 s) and more this test needs"
+    );
+
+    // The request is answered once the disks are frozen; the repository work goes on.
+    let t0 = Instant::now();
+    let started = lab.ok(
+        1,
+        "POST",
+        "/vms/w/backup",
+        &json!({"repository": repo.display().to_string()}).to_string(),
+        202,
+    );
+    let answered = t0.elapsed();
+    assert!(
+        answered < kdf / 2,
+        "the backup was answered after {answered:?}: the repository work held the request"
+    );
+    // Meanwhile the VM's other operations wait for it, and say so.
+    let (s, e) = lab.send(1, "POST", "/vms/w/stop", "{}", true);
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        s == 409 && e["error"]["code"] == "wrong_state" && message.contains("backup"),
+        "{s} {e}"
+    );
+    let t = lab.task(1, started["task"].as_u64().unwrap());
+    assert_eq!(t["state"], "success", "{t}");
+    assert!(t["result"]["backup"].is_string(), "{t}");
+    let exited = lab.events(1, "vm_exited", "w");
+    assert!(exited.is_empty(), "w stopped during the backup: {exited:?}");
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+    // Restoring it and forgetting backups open the same repository: the VM runs on.
+    lab.succeeds(
+        1,
+        "w",
+        "restore",
+        json!({"repository": repo.display().to_string(), "name": "wr"}),
+    );
+    let forgot = lab.ok(
+        1,
+        "POST",
+        "/backups/forget",
+        &json!({"repository": repo.display().to_string(), "vm": "w", "keep_last": 1}).to_string(),
+        200,
+    );
+    assert_eq!(forgot["forgotten"], json!([]), "{forgot}");
+    let exited = lab.events(1, "vm_exited", "w");
+    assert!(
+        exited.is_empty(),
+        "w stopped during a restore or forget: {exited:?}"
+    );
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+}

@@ -369,6 +369,7 @@ impl Host {
     }
 
     fn delete_vm(&mut self, name: &str) -> Result<(), ApiError> {
+        self.refuse_during_backup(name)?;
         let vm = self.vm_info(name)?;
         if vm.state != PowerState::ShutOff {
             return Err(ApiError::WrongState {
@@ -430,6 +431,7 @@ impl Host {
         if let VmOp::Restore(req) = &op {
             return self.restore_vm(name, req, task);
         }
+        self.refuse_during_backup(name)?;
         let t_op = std::time::Instant::now();
         let vm = self.vm_info(name)?;
         let me = self.agent.host();

@@ -7,8 +7,9 @@
 //!
 //! The repository's password is derived from the cluster key (HKDF-SHA256, info
 //! `"vinfra vcb repository v1"`): every host of the cluster opens the repositories the
-//! others write. The work runs on the host loop (a task thread is what large disks
-//! want; the test disks take milliseconds).
+//! others write. A backup's repository work runs on a thread of its own (its task ends
+//! back on the loop); a restore's and a forget's run off the loop while the loop waits
+//! and feeds its VMs' leases ([`Host::off_loop`](super::Host)).
 
 use std::path::Path;
 
@@ -16,7 +17,7 @@ use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use vinfra_ha::datastore::{vm_dir, VmfsDatastore};
-use vinfra_vcb::vmfs::{prepare, restore_vm, VmfsSnapshot};
+use vinfra_vcb::vmfs::{prepare, restore_vm, SnapshotInfo, VmfsSnapshot};
 use vinfra_vcb::{
     BackupOptions, DiskSource, Id, InitOptions, LocalDir, Parent, Repository, Snapshot,
 };
@@ -101,8 +102,65 @@ pub(super) fn open_repository(
     }
 }
 
+/// A backup between its freeze (on the loop) and its end (on the loop again, when
+/// [`Inbound::BackupStored`](super::Inbound::BackupStored) arrives): meanwhile its
+/// repository work runs on a thread of its own, and the loop goes on.
+pub(super) struct Pending {
+    /// The disks frozen: index, path and frozen layers.
+    frozen: Vec<(usize, String, SnapshotInfo)>,
+    /// The disks of a VM that was off, opened and frozen here.
+    open_disks: Vec<VirtualDisk>,
+    /// The VM ran here: its process froze its disks and folds them back.
+    running: bool,
+    repository: String,
+    task: TaskHandle,
+}
+
+/// What a backup's thread does: opens the repository (an argon2id of its password:
+/// seconds with costly parameters) and stores the frozen layers (as long as reading the
+/// disks takes).
+struct Store {
+    volume: vinfra_vmfs::Volume,
+    password: Vec<u8>,
+    repository: String,
+    frozen: Vec<(usize, SnapshotInfo)>,
+    vm: String,
+    host: String,
+    config: Vec<u8>,
+    incremental: bool,
+}
+
+impl Store {
+    fn run(self) -> Result<Snapshot, ApiError> {
+        let repo = open_repository(&self.repository, &self.password, true)?;
+        let mut sources = Vec::new();
+        for (i, info) in &self.frozen {
+            let s = VmfsSnapshot::open(&self.volume, info.clone())
+                .map_err(|e| vcb_err(&format!("open the frozen layers of disk {i}"), e))?;
+            sources.push((format!("disk{i}"), s));
+        }
+        let refs: Vec<(&str, &dyn DiskSource)> = sources
+            .iter()
+            .map(|(n, s)| (n.as_str(), s as &dyn DiskSource))
+            .collect();
+        let time = crate::api::system_now_ms() / 1000;
+        let mut opts = BackupOptions::new(&self.vm, time)
+            .host(&self.host)
+            .config(self.config);
+        if !self.incremental {
+            // A full read (still storing only what the repository lacks).
+            opts = opts.parent(Parent::None);
+        }
+        repo.backup(&opts, &refs).map_err(|e| vcb_err("backup", e))
+    }
+}
+
 impl Host {
-    /// `POST /vms/NAME/backup`: every disk, frozen, stored in the repository.
+    /// `POST /vms/NAME/backup`: every disk, frozen, stored in the repository. The disks
+    /// are frozen here; the repository work runs on a thread of its own (the task ends
+    /// in [`Host::backup_stored`]), so that the loop goes on meanwhile: its VMs hear the
+    /// lease (they stop after half of one without word), the agent its peers, the API
+    /// its clients. Until the task ends, the VM's other operations are refused.
     pub(super) fn backup_vm(
         &mut self,
         name: &str,
@@ -124,15 +182,14 @@ impl Host {
                 .map_err(|e| vcb_err("settings", e))?,
         };
         let config = serde_json::to_vec(&carried).map_err(|e| vcb_err("encode", e))?;
-        let repo = open_repository(&req.repository, &self.vcb_password, true)?;
         let running = self.vms.pid(name).is_some();
         // Frozen: by the child, or here on the disks opened for it.
-        let mut infos = Vec::new();
+        let mut frozen = Vec::new();
         let mut open_disks = Vec::new();
         let mut failed = None;
         for &i in &chosen {
             let d = &dev.disks[i];
-            let frozen = if running {
+            let info = if running {
                 match self.vms.process_mut(name) {
                     Some(p) => p
                         .snapshot(i, None)
@@ -150,71 +207,136 @@ impl Host {
                     })
                     .map_err(|e| vcb_err(&format!("snapshot {}", d.path), e))
             };
-            match frozen {
-                Ok(info) => infos.push((i, info)),
+            match info {
+                Ok(info) => frozen.push((i, d.path.clone(), info)),
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
         }
+        if let Some(e) = failed {
+            let _ = self.fold_back(name, running, &frozen, &mut open_disks);
+            return Err(e);
+        }
         task.progress(0.1, "disks frozen");
-        let result = match failed {
-            Some(e) => Err(e),
-            None => (|| {
-                let mut sources = Vec::new();
-                for (i, info) in &infos {
-                    let s = VmfsSnapshot::open(&self.volume, info.clone())
-                        .map_err(|e| vcb_err(&format!("open the frozen layers of disk {i}"), e))?;
-                    sources.push((format!("disk{i}"), s));
-                }
-                let refs: Vec<(&str, &dyn DiskSource)> = sources
-                    .iter()
-                    .map(|(n, s)| (n.as_str(), s as &dyn DiskSource))
-                    .collect();
-                let time = crate::api::system_now_ms() / 1000;
-                let mut opts = BackupOptions::new(name, time)
-                    .host(&format!("host{}", self.agent.host()))
-                    .config(config.clone());
-                if !req.incremental {
-                    // A full read (still storing only what the repository lacks).
-                    opts = opts.parent(Parent::None);
-                }
-                repo.backup(&opts, &refs).map_err(|e| vcb_err("backup", e))
-            })(),
+        let store = Store {
+            volume: self.volume.clone(),
+            password: self.vcb_password.clone(),
+            repository: req.repository.clone(),
+            frozen: frozen.iter().map(|(i, _, f)| (*i, f.clone())).collect(),
+            vm: name.to_string(),
+            host: format!("host{}", self.agent.host()),
+            config,
+            incremental: req.incremental,
         };
-        // The frozen layers are closed (the sources dropped) before the redo logs fold
-        // back: also after a failed backup.
+        let tx = self.tx.clone();
+        let vm = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("backup-{name}"))
+            .spawn(move || {
+                let stored = store.run();
+                // A loop that ended meanwhile (the host stops) has no use for it.
+                let _ = tx.send(super::Inbound::BackupStored { vm, stored });
+            });
+        if let Err(e) = spawned {
+            let _ = self.fold_back(name, running, &frozen, &mut open_disks);
+            return Err(ApiError::Internal(format!(
+                "spawn the backup's thread: {e}"
+            )));
+        }
+        self.backups.insert(
+            name.to_string(),
+            Pending {
+                frozen,
+                open_disks,
+                running,
+                repository: req.repository.clone(),
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// A backup's thread is done: the frozen disks fold back (also after a failed
+    /// backup; the frozen layers were closed with the thread), and its task ends.
+    pub(super) fn backup_stored(&mut self, vm: &str, stored: Result<Snapshot, ApiError>) {
+        let Some(Pending {
+            frozen,
+            mut open_disks,
+            running,
+            repository,
+            task,
+        }) = self.backups.remove(vm)
+        else {
+            return;
+        };
+        let folded = self.fold_back(vm, running, &frozen, &mut open_disks);
+        drop(open_disks);
+        match stored.and_then(|snap| folded.map(|()| snap)) {
+            Ok(snap) => {
+                self.report.event(
+                    "vm_backed_up",
+                    serde_json::json!({"vm": vm, "backup": snap.id.to_hex(), "running": running}),
+                );
+                task.succeed(
+                    serde_json::json!({"backup": snap.id.to_hex(), "repository": repository}),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(vm, "backup: {e}");
+                task.fail(&e);
+            }
+        }
+    }
+
+    /// The VM's operations wait for its backup: its disks are frozen meanwhile.
+    pub(super) fn refuse_during_backup(&self, name: &str) -> Result<(), ApiError> {
+        match self.backups.get(name) {
+            Some(p) => Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: if p.running {
+                    PowerState::Running
+                } else {
+                    PowerState::ShutOff
+                },
+                needed: format!("its backup (task {}) must end first", p.task.id()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Folds the redo logs of a backup's frozen disks back: through the VM's process
+    /// while it runs here, else on the disks (those opened for it, or, when its process
+    /// ended during the backup, opened now). The first error, after trying every disk.
+    fn fold_back(
+        &mut self,
+        vm: &str,
+        running: bool,
+        frozen: &[(usize, String, SnapshotInfo)],
+        open_disks: &mut [VirtualDisk],
+    ) -> Result<(), ApiError> {
         let mut folded = Ok(());
-        for (k, &(i, _)) in infos.iter().enumerate() {
-            let r = if running {
-                match self.vms.process_mut(name) {
-                    Some(p) => p
-                        .consolidate(i)
-                        .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e)),
-                    None => Ok(()),
-                }
-            } else {
+        for (k, (i, path, _)) in frozen.iter().enumerate() {
+            let consolidate = |e| vcb_err(&format!("consolidate disk {i}"), e);
+            let r = if !running {
                 match open_disks.get_mut(k) {
-                    Some(d) => d
-                        .consolidate()
-                        .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e)),
+                    Some(d) => d.consolidate().map_err(consolidate),
                     None => Ok(()),
                 }
+            } else if let Some(p) = self.vms.process_mut(vm) {
+                p.consolidate(*i)
+                    .map_err(|e| vcb_err(&format!("consolidate disk {i}"), e))
+            } else {
+                VirtualDisk::open(&self.volume, path)
+                    .and_then(|mut d| d.consolidate())
+                    .map_err(consolidate)
             };
             if r.is_err() && folded.is_ok() {
                 folded = r;
             }
         }
-        drop(open_disks);
-        let snap = result?;
-        folded?;
-        self.report.event(
-            "vm_backed_up",
-            serde_json::json!({"vm": name, "backup": snap.id.to_hex(), "running": running}),
-        );
-        task.succeed(serde_json::json!({"backup": snap.id.to_hex(), "repository": req.repository}));
-        Ok(())
+        folded
     }
 
     /// `POST /vms/NAME/restore`: backup of NAME (the latest, or the one named) brought
@@ -233,57 +355,68 @@ impl Host {
         {
             return Err(ApiError::VmExists(new.to_string()));
         }
-        let repo = open_repository(&req.repository, &self.vcb_password, false)?;
-        let snap = find_backup(&repo, name, req.backup.as_deref(), None, &req.repository)?;
+        // Off the loop: the key derivation and the restore take seconds.
+        let password = self.vcb_password.clone();
+        let (repo, snap) = self.off_loop(|| {
+            let repo = open_repository(&req.repository, &password, false)?;
+            let snap = find_backup(&repo, name, req.backup.as_deref(), None, &req.repository)?;
+            Ok::<_, ApiError>((repo, snap))
+        })?;
         let carried: BackedUpVm = serde_json::from_slice(&snap.manifest.config)
             .map_err(|e| vcb_err("the backup's VM definition", e))?;
         let mut settings = carried.settings.clone();
         settings.desired_on = false;
         VmfsDatastore::write_settings(&self.volume, new, &settings)
             .map_err(|e| vcb_err("settings", e))?;
-        let restored = (|| {
-            write_definition(&self.volume, new, &carried.config).map_err(ApiError::Internal)?;
-            let vm = restore_vm(&repo, &snap.id, &self.volume, &vm_dir(new))
-                .map_err(|e| vcb_err("restore", e))?;
-            // The disks the backup holds (all, or those its request named), in order,
-            // each where restore_vm put it and with its size from the definition.
-            let disks = vm
-                .disks
-                .iter()
-                .map(|(disk, _)| {
-                    let size_mib = disk
-                        .strip_prefix("disk")
-                        .and_then(|i| i.parse::<usize>().ok())
-                        .and_then(|i| carried.devices.disks.get(i))
-                        .map(|d| d.size_mib)
-                        .ok_or_else(|| vcb_err("restore", format!("unknown disk {disk}")))?;
-                    Ok(DiskRecord {
-                        path: format!("{}/{disk}.vmdk", vm_dir(new)),
-                        size_mib,
-                    })
+        let volume = self.volume.clone();
+        let restored = write_definition(&self.volume, new, &carried.config)
+            .map_err(ApiError::Internal)
+            .and_then(|()| {
+                self.off_loop(|| {
+                    restore_vm(&repo, &snap.id, &volume, &vm_dir(new))
+                        .map_err(|e| vcb_err("restore", e))
                 })
-                .collect::<Result<Vec<_>, ApiError>>()?;
-            drop(vm.disks);
-            let specs = carried.devices.nic_specs();
-            let nics = devices::nic_records(
-                new,
-                &specs
-                    .into_iter()
-                    .map(|mut n| {
-                        n.mac = None;
-                        n
+            })
+            .and_then(|vm| {
+                // The disks the backup holds (all, or those its request named), in order,
+                // each where restore_vm put it and with its size from the definition.
+                let disks = vm
+                    .disks
+                    .iter()
+                    .map(|(disk, _)| {
+                        let size_mib = disk
+                            .strip_prefix("disk")
+                            .and_then(|i| i.parse::<usize>().ok())
+                            .and_then(|i| carried.devices.disks.get(i))
+                            .map(|d| d.size_mib)
+                            .ok_or_else(|| vcb_err("restore", format!("unknown disk {disk}")))?;
+                        Ok(DiskRecord {
+                            path: format!("{}/{disk}.vmdk", vm_dir(new)),
+                            size_mib,
+                        })
                     })
-                    .collect::<Vec<_>>(),
-            );
-            let dev = Devices {
-                disks,
-                nics,
-                layers: 1,
-                resources: carried.devices.resources.clone(),
-                ..Devices::default()
-            };
-            devices::write(&self.volume, new, &dev)
-        })();
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                drop(vm.disks);
+                let specs = carried.devices.nic_specs();
+                let nics = devices::nic_records(
+                    new,
+                    &specs
+                        .into_iter()
+                        .map(|mut n| {
+                            n.mac = None;
+                            n
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                let dev = Devices {
+                    disks,
+                    nics,
+                    layers: 1,
+                    resources: carried.devices.resources.clone(),
+                    ..Devices::default()
+                };
+                devices::write(&self.volume, new, &dev)
+            });
         if let Err(e) = restored {
             self.remove_dir(new);
             return Err(e);
@@ -394,18 +527,26 @@ fn newest_first<'a>(snaps: &'a [Snapshot], vm: &str) -> Vec<&'a Snapshot> {
 impl Host {
     /// `POST /backups/forget`: keeps the VM's newest `keep_last` backups, forgets the
     /// rest (vcb's `forget`) and prunes what no backup uses any more (vcb's `prune`),
-    /// each under the repository's exclusive lock. Runs on the loop, as backups do, so
-    /// this host never prunes under its own backup.
+    /// each under the repository's exclusive lock (refused while a backup, of this host
+    /// or another, holds it shared). Off the loop while the loop waits: a prune reads
+    /// and rewrites packs.
     pub(super) fn forget_backups(&mut self, r: &ForgetRequest) -> Result<ForgetResult, ApiError> {
-        let repo = open_repository(&r.repository, &self.vcb_password, false)?;
-        let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
-        let mine = newest_first(&snaps, &r.vm);
-        let (kept, old) = mine.split_at(mine.len().min(r.keep_last as usize));
-        let forget: Vec<Id> = old.iter().map(|s| s.id).collect();
-        let mut bytes_deleted = 0;
+        let password = self.vcb_password.clone();
+        let (kept, forget, bytes_deleted) = self.off_loop(|| {
+            let repo = open_repository(&r.repository, &password, false)?;
+            let snaps = repo.snapshots().map_err(|e| vcb_err("list backups", e))?;
+            let mine = newest_first(&snaps, &r.vm);
+            let (kept, old) = mine.split_at(mine.len().min(r.keep_last as usize));
+            let kept: Vec<String> = kept.iter().map(|s| s.id.to_hex()).collect();
+            let forget: Vec<Id> = old.iter().map(|s| s.id).collect();
+            let mut bytes_deleted = 0;
+            if !forget.is_empty() {
+                repo.forget(&forget).map_err(|e| vcb_err("forget", e))?;
+                bytes_deleted = repo.prune().map_err(|e| vcb_err("prune", e))?.bytes_deleted;
+            }
+            Ok::<_, ApiError>((kept, forget, bytes_deleted))
+        })?;
         if !forget.is_empty() {
-            repo.forget(&forget).map_err(|e| vcb_err("forget", e))?;
-            bytes_deleted = repo.prune().map_err(|e| vcb_err("prune", e))?.bytes_deleted;
             self.report.event(
                 "backups_forgotten",
                 serde_json::json!({"vm": r.vm, "repository": r.repository,
@@ -413,7 +554,7 @@ impl Host {
             );
         }
         Ok(ForgetResult {
-            kept: kept.iter().map(|s| s.id.to_hex()).collect(),
+            kept,
             forgotten: forget.iter().map(Id::to_hex).collect(),
             bytes_deleted,
         })

@@ -19,9 +19,7 @@ use vinfra_ha::Event;
 
 use super::vms::{read_definition, Arrival};
 use super::{Host, Inbound};
-use crate::api::{
-    ApiCall, ApiError, ApiToken, IncomingReady, IncomingRequest, MigrateRequest, TaskHandle,
-};
+use crate::api::{ApiError, ApiToken, IncomingReady, IncomingRequest, MigrateRequest, TaskHandle};
 use crate::migration::{request, ControlEvent, ControlRequest, MigrateSettings};
 
 /// How long a destination waits for a VM it was told to expect.
@@ -152,7 +150,7 @@ impl Host {
         // maintenance mode, CPU features it lacks) is this request's answer and nothing
         // moves. It answers from its own loop in milliseconds.
         let ready = self
-            .ask_peer(|| sender.prepare())
+            .off_loop(|| sender.prepare())
             .map_err(|e| e.for_destination(to))?;
         sender.ready = Some(ready);
         let Some(control) = self.vms.leave(name) else {
@@ -171,32 +169,6 @@ impl Host {
                 self.vms.left(name, false);
                 ApiError::Internal(format!("spawn the migration thread: {e}"))
             })
-    }
-
-    /// Runs `work` (a question to a peer's API) on a thread of its own and waits for it.
-    /// Meanwhile the loop feeds its VMs' leases (they stop after half a lease without
-    /// word) and answers peers' `POST /incoming`: two hosts that send each other a VM at
-    /// the same moment each wait for the other's answer, which would otherwise come only
-    /// after this wait (10 s, then both fail). Anything else that arrives is held and
-    /// handled, in order, when the loop is back.
-    fn ask_peer<T: Send>(&mut self, work: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let worker = s.spawn(work);
-            while !worker.is_finished() {
-                self.vms.keep_alive();
-                match self.inbox.recv_timeout(Duration::from_millis(10)) {
-                    Ok(Inbound::Api(ApiCall::PrepareIncoming { request, reply })) => {
-                        reply.send(self.prepare_incoming(&request));
-                    }
-                    Ok(other) => self.held.push_back(other),
-                    Err(_) => {}
-                }
-            }
-            match worker.join() {
-                Ok(t) => t,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
     }
 
     /// The sender's verdict reached the loop. The task ends only now, once this host

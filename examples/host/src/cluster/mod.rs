@@ -74,6 +74,13 @@ pub enum Inbound {
         /// The migration's task, which the loop ends.
         task: crate::api::TaskHandle,
     },
+    /// A backup's repository thread is done (cluster/backup.rs).
+    BackupStored {
+        /// The VM.
+        vm: String,
+        /// The backup it stored, or why not.
+        stored: Result<vinfra_vcb::Snapshot, crate::api::ApiError>,
+    },
 }
 
 /// The host API's server settings.
@@ -226,6 +233,7 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
         meter: crate::host_stats::CpuMeter::new(),
         cpu_seen: std::collections::BTreeMap::new(),
         shutdowns: shutdown::Shutdowns::new(),
+        backups: std::collections::BTreeMap::new(),
         ha_shutdowns: std::collections::BTreeSet::new(),
     };
     crate::terminal::install_stop_signals().map_err(|e| format!("signal handlers: {e}"))?;
@@ -300,8 +308,8 @@ struct Host {
     tx: Sender<Inbound>,
     /// What reaches the loop (the receiving end of `tx`).
     inbox: Receiver<Inbound>,
-    /// What arrived while the loop waited for a peer and waits its turn (see
-    /// `Host::ask_peer`), handled before anything newer.
+    /// What arrived while the loop waited for work off the loop and waits its turn (see
+    /// `Host::off_loop`), handled before anything newer.
     held: std::collections::VecDeque<Inbound>,
     report: Report,
     start: Instant,
@@ -330,6 +338,8 @@ struct Host {
     vcb_password: Vec<u8>,
     /// Graceful shutdowns waiting for their guests.
     shutdowns: shutdown::Shutdowns,
+    /// Backups whose repository work runs on a thread of its own, per VM.
+    backups: std::collections::BTreeMap<String, backup::Pending>,
     /// VMs whose power button the HA agent pressed (isolation response "shut down"):
     /// their guest's power-off is HA's, for the other hosts to restart, not the user's.
     ha_shutdowns: std::collections::BTreeSet<String>,
@@ -338,6 +348,33 @@ struct Host {
 impl Host {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `work` (a question to a peer's API, a repository's key derivation: up to
+    /// seconds) on a thread of its own and waits for it. Meanwhile the loop feeds its
+    /// VMs' leases (they stop after half a lease without word) and answers peers'
+    /// `POST /incoming`: two hosts that send each other a VM at the same moment each wait
+    /// for the other's answer, which would otherwise come only after this wait (10 s,
+    /// then both fail). Anything else that arrives is held and handled, in order, when
+    /// the loop is back.
+    fn off_loop<T: Send>(&mut self, work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            let worker = s.spawn(work);
+            while !worker.is_finished() {
+                self.vms.keep_alive();
+                match self.inbox.recv_timeout(Duration::from_millis(10)) {
+                    Ok(Inbound::Api(crate::api::ApiCall::PrepareIncoming { request, reply })) => {
+                        reply.send(self.prepare_incoming(&request));
+                    }
+                    Ok(other) => self.held.push_back(other),
+                    Err(_) => {}
+                }
+            }
+            match worker.join() {
+                Ok(t) => t,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     fn run(&mut self) -> Ended {
@@ -404,6 +441,7 @@ impl Host {
             Inbound::Migrated { vm, outcome, task } => {
                 self.migration_ended(&vm, &outcome, task);
             }
+            Inbound::BackupStored { vm, stored } => self.backup_stored(&vm, stored),
             Inbound::Console { vm, line } => {
                 self.console_out(&vm, &line);
                 let beat = line.starts_with("HB ");

@@ -51,7 +51,9 @@ impl Host {
             )));
         };
         let disk_name = format!("disk{}", req.disk);
-        let repo = open_repository(&req.repository, &self.vcb_password, false)?;
+        // Off the loop: the key derivation takes up to seconds.
+        let password = self.vcb_password.clone();
+        let repo = self.off_loop(|| open_repository(&req.repository, &password, false))?;
         let snap = find_backup(
             &repo,
             name,
