@@ -9,7 +9,7 @@
 //! `"vinfra vcb repository v1"`): every host of the cluster opens the repositories the
 //! others write. A backup's repository work runs on a thread of its own (its task ends
 //! back on the loop); a restore's and a forget's run off the loop while the loop waits
-//! and feeds its VMs' leases ([`Host::off_loop`](super::Host)).
+//! and feeds its VMs' leases (`Host::off_loop`).
 
 use std::path::Path;
 
