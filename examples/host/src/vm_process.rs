@@ -246,6 +246,69 @@ pub struct VmProcess {
     lease: Option<File>,
     stdin: Option<ChildStdin>,
     exit: Option<Exit>,
+    /// Whether the control socket has answered once (the VM then runs).
+    answered: bool,
+}
+
+/// Waits for a just-started VM's control socket from any thread
+/// ([`VmProcess::until_answering`]): the child publishes it once its VM runs, which
+/// takes from a few ms to a second or more (it mounts the volume and builds the VM),
+/// while the host's start has already succeeded.
+#[derive(Debug, Clone)]
+pub struct ControlWait {
+    name: String,
+    pid: u32,
+    control: PathBuf,
+}
+
+impl ControlWait {
+    /// Polls the socket until it answers `status`, for at most `limit`; fails at once
+    /// when the process has ended (it is not reaped here: its owner still sees how).
+    pub fn wait(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let answer =
+                request_within(&self.control, &ControlRequest::Status, Some(QUICK), |_| {});
+            let message = match answer {
+                Ok(_) => return Ok(()),
+                Err(m) => m,
+            };
+            let why = if has_exited(self.pid) {
+                format!("the VM process ended before its control socket answered: {message}")
+            } else if Instant::now() >= deadline {
+                format!("its control socket did not answer within {limit:?}: {message}")
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            return Err(VmProcessError::Control {
+                vm: self.name.clone(),
+                request: "status",
+                message: why,
+            });
+        }
+    }
+}
+
+/// Whether child `pid` of this process has ended, without reaping it.
+#[allow(unsafe_code, reason = "waitid(2) with WNOWAIT has no wrapper in std")]
+fn has_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data that waitid fills in; zeroed it reads "none
+    // ended" (si_pid 0), which WNOHANG leaves when the child still runs.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, which lives for the call; WNOWAIT leaves
+    // the child for its `Child` to reap.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // An error (ECHILD: reaped already, not ours) counts as ended too.
+    // SAFETY: si_pid is valid for a siginfo_t filled by waitid (or zeroed).
+    r != 0 || unsafe { info.si_pid() } != 0
 }
 
 /// A pipe for the lease, both ends closed on exec (`tie_to_parent` lets the child's end
@@ -424,6 +487,7 @@ impl VmProcess {
             lease: Some(writer),
             stdin,
             exit: None,
+            answered: false,
         })
     }
 
@@ -524,12 +588,30 @@ impl VmProcess {
         }
     }
 
+    /// What waits, on another thread, for the control socket of a VM that has not
+    /// answered yet; `None` once it has ([`VmProcess::answered`]).
+    pub fn until_answering(&self) -> Option<ControlWait> {
+        (!self.answered).then(|| ControlWait {
+            name: self.name.clone(),
+            pid: self.pid(),
+            control: self.control.clone(),
+        })
+    }
+
+    /// Records that the control socket answered (a [`ControlWait`] succeeded).
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+
     /// Waits until the control socket answers `status`, for at most `limit`.
     pub fn wait_ready(&mut self, limit: Duration) -> Result<VmStatus> {
         let deadline = Instant::now() + limit;
         loop {
             match self.status() {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    self.answered = true;
+                    return Ok(s);
+                }
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(e) => {
                     if let Some(exit) = self.try_wait()? {

@@ -690,3 +690,49 @@ fn a_slow_backup_leaves_the_vms_of_its_host_running() {
     );
     assert_eq!(lab.vm(1, "w")["state"], "running");
 }
+
+/// An operation asked for right after a start waits for the VM's process, which answers
+/// on its control socket only once its VM runs (here a second after the start, behind a
+/// wrapper that sleeps before it runs `vinfra-vm`; on a loaded machine it is the
+/// volume's mount and the VM's build). It was refused before ("connect to the VM's
+/// control socket …: No such file or directory"), and so was a backup job's first run.
+#[test]
+fn an_operation_right_after_a_start_waits_for_the_vm_process() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let wrapper = wrapper_dir.path().join("slow-vinfra-vm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nsleep 1\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_vinfra-vm")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let env = [("VINFRA_VM_BIN", wrapper.as_os_str())];
+    let Some(lab) = Lab::up_guest_env(1, "workload", &[], &env) else {
+        return;
+    };
+    lab.create(
+        1,
+        "w",
+        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
+    );
+    lab.succeeds(1, "w", "start", json!({}));
+    let t0 = Instant::now();
+    let t = lab.succeeds(1, "w", "snapshot", json!({"name": "early"}));
+    assert_eq!(t["result"]["snapshot"], "early", "{t}");
+    assert!(
+        t0.elapsed() > Duration::from_millis(300),
+        "the snapshot did not wait for the VM's process (the wrapper sleeps 1 s)"
+    );
+    let repo = lab.dir.path().join("backups").display().to_string();
+    let t = lab.succeeds(1, "w", "backup", json!({"repository": repo}));
+    assert!(t["result"]["backup"].is_string(), "{t}");
+    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+    assert_eq!(lab.vm(1, "w")["state"], "running");
+}

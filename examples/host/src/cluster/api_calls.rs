@@ -91,6 +91,10 @@ fn spec_of(name: &str, config: &VmConfig, s: &HaSettings) -> VmSpec {
     spec
 }
 
+/// How long an operation waits for a just-started VM's control socket: the process
+/// mounts the volume and builds the VM first (ms here, seconds on a loaded machine).
+const CONTROL_START: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a delete waits for a peer's momentary hold on a file of the VM (an HA
 /// reading of its settings: milliseconds).
 const DELETE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -309,6 +313,30 @@ impl Host {
         }
     }
 
+    /// Waits (off the loop, for at most [`CONTROL_START`]) until a VM started here has
+    /// published its control socket: a start succeeds once the process runs, and an
+    /// operation asked for right after it (a backup job, a snapshot, a migration)
+    /// would otherwise find no socket yet. At once for a VM that answered before or
+    /// does not run here.
+    pub(super) fn await_control(&mut self, name: &str) -> Result<(), ApiError> {
+        let Some(wait) = self.vms.until_answering(name) else {
+            return Ok(());
+        };
+        match self.off_loop(|| wait.wait(CONTROL_START)) {
+            Ok(()) => {
+                if let Some(p) = self.vms.process_mut(name) {
+                    p.answered();
+                }
+                Ok(())
+            }
+            Err(e) => Err(ApiError::WrongState {
+                vm: name.to_string(),
+                state: PowerState::Running,
+                needed: format!("its process must have started: {e}"),
+            }),
+        }
+    }
+
     fn vm_stats(&mut self, name: &str) -> Option<VmStats> {
         let now = self.now_ms();
         let s = self.vms.stats(name)?;
@@ -432,6 +460,9 @@ impl Host {
             return self.restore_vm(name, req, task);
         }
         self.refuse_during_backup(name)?;
+        if !matches!(op, VmOp::Start | VmOp::Stop) {
+            self.await_control(name)?;
+        }
         let t_op = std::time::Instant::now();
         let vm = self.vm_info(name)?;
         let me = self.agent.host();

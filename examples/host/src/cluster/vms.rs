@@ -16,7 +16,7 @@ use vinfra_vmm_core::VmConfig;
 
 use super::devices::ChildEnv;
 use super::Inbound;
-use crate::vm_process::{Exit, ProcessStats, Start, VmProcess, VmSpec};
+use crate::vm_process::{ControlWait, Exit, ProcessStats, Start, VmProcess, VmSpec};
 
 /// How long a powered-off child has to exit before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -147,6 +147,12 @@ impl Vms {
     /// snapshot, console input).
     pub fn process_mut(&mut self, name: &str) -> Option<&mut VmProcess> {
         self.running.get_mut(name).map(|r| &mut r.process)
+    }
+
+    /// What waits for the control socket of a VM started here that has not answered
+    /// yet (`None`: it has, or it does not run here).
+    pub fn until_answering(&self, name: &str) -> Option<ControlWait> {
+        self.running.get(name)?.process.until_answering()
     }
 
     fn spawn(&self, name: &str, config: VmConfig) -> Result<VmProcess, String> {
@@ -424,6 +430,7 @@ impl Vms {
             if a.process.status().is_err() {
                 continue;
             }
+            a.process.answered();
             match self.volume.open(&lock_path(name), LockMode::Exclusive) {
                 Ok(lock) => locked.push((name.clone(), lock)),
                 // The source has not released it yet: next tick.

@@ -41,6 +41,17 @@ impl Lab {
     /// `hosts` hosts and no VM, the VMs to run `guest_name`, with more `vinfra-lab up`
     /// arguments; `None` (after a skip, a failure under CI) without KVM or the guest.
     pub fn up_guest(hosts: u32, guest_name: &str, more: &[&str]) -> Option<Lab> {
+        Self::up_guest_env(hosts, guest_name, more, &[])
+    }
+
+    /// [`Lab::up_guest`] with more environment for `vinfra-lab up` (its hosts inherit
+    /// it).
+    pub fn up_guest_env(
+        hosts: u32,
+        guest_name: &str,
+        more: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Option<Lab> {
         if !kvm_or_skip() {
             return None;
         }
@@ -58,7 +69,8 @@ impl Lab {
                 .arg(dir.path().join("lab"))
                 .args(["up", "--vms", "0", "--hosts"])
                 .arg(hosts.to_string())
-                .args(more),
+                .args(more)
+                .envs(env.iter().copied()),
             Duration::from_secs(60),
         );
         assert!(up.success(), "{up}");
