@@ -264,13 +264,14 @@ pub struct ControlWait {
 impl ControlWait {
     /// Polls the socket until it answers `status`, for at most `limit`; fails at once
     /// when the process has ended (it is not reaped here: its owner still sees how).
-    pub fn wait(&self, limit: Duration) -> Result<()> {
+    pub fn wait(&self, limit: Duration) -> Result<VmStatus> {
         let deadline = Instant::now() + limit;
         loop {
             let answer =
                 request_within(&self.control, &ControlRequest::Status, Some(QUICK), |_| {});
             let message = match answer {
-                Ok(_) => return Ok(()),
+                Ok(ControlEvent::Status(s)) => return Ok(s),
+                Ok(other) => format!("unexpected answer {other:?}"),
                 Err(m) => m,
             };
             let why = if has_exited(self.pid) {
@@ -591,11 +592,15 @@ impl VmProcess {
     /// What waits, on another thread, for the control socket of a VM that has not
     /// answered yet; `None` once it has ([`VmProcess::answered`]).
     pub fn until_answering(&self) -> Option<ControlWait> {
-        (!self.answered).then(|| ControlWait {
+        (!self.answered).then(|| self.control_wait())
+    }
+
+    fn control_wait(&self) -> ControlWait {
+        ControlWait {
             name: self.name.clone(),
             pid: self.pid(),
             control: self.control.clone(),
-        })
+        }
     }
 
     /// Records that the control socket answered (a [`ControlWait`] succeeded).
@@ -603,30 +608,12 @@ impl VmProcess {
         self.answered = true;
     }
 
-    /// Waits until the control socket answers `status`, for at most `limit`.
+    /// Waits until the control socket answers `status`, for at most `limit` (fails at
+    /// once if the process ends first).
     pub fn wait_ready(&mut self, limit: Duration) -> Result<VmStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.status() {
-                Ok(s) => {
-                    self.answered = true;
-                    return Ok(s);
-                }
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(e) => {
-                    if let Some(exit) = self.try_wait()? {
-                        return Err(VmProcessError::Control {
-                            vm: self.name.clone(),
-                            request: "status",
-                            message: format!(
-                                "the VM process ended ({exit:?}) before answering: {e}"
-                            ),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        let status = self.control_wait().wait(limit)?;
+        self.answered = true;
+        Ok(status)
     }
 
     /// Stops the VM hard; the child exits 0 right after.

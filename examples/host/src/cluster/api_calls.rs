@@ -323,7 +323,7 @@ impl Host {
             return Ok(());
         };
         match self.off_loop(|| wait.wait(CONTROL_START)) {
-            Ok(()) => {
+            Ok(_) => {
                 if let Some(p) = self.vms.process_mut(name) {
                     p.answered();
                 }
