@@ -5,6 +5,9 @@
 # Tests that need /dev/kvm or root check for it and print "SKIP: <why>" where it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-shot build gains nothing from incremental state, which would add gigabytes to
+# target/ (CI's disk is limited: see the [profile.dev] note in Cargo.toml).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
