@@ -10,8 +10,16 @@
 //! others write. A backup's repository work runs on a thread of its own (its task ends
 //! back on the loop); a restore's and a forget's run off the loop while the loop waits
 //! and feeds its VMs' leases (`Host::off_loop`).
+//!
+//! A host that stops with backups under way cancels them (their reads fail from then
+//! on), waits a few seconds for their threads and folds their disks back, so that no
+//! redo log of a backup outlives its host's run.
 
+use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
@@ -114,6 +122,8 @@ pub(super) struct Pending {
     running: bool,
     repository: String,
     task: TaskHandle,
+    /// Set when the host stops: the backup's reads fail from then on.
+    cancel: Arc<AtomicBool>,
 }
 
 /// What a backup's thread does: opens the repository (an argon2id of its password:
@@ -128,6 +138,37 @@ struct Store {
     host: String,
     config: Vec<u8>,
     incremental: bool,
+    cancel: Arc<AtomicBool>,
+}
+
+const CANCELLED: &str = "the host stopped during the backup";
+
+/// A frozen disk whose reads fail once its backup is cancelled: a backup of many
+/// gigabytes ends at its next read, not when it has read them all.
+struct Cancellable<'a> {
+    inner: &'a dyn DiskSource,
+    cancel: &'a AtomicBool,
+}
+
+impl DiskSource for Cancellable<'_> {
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other(CANCELLED));
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn allocated(&self) -> Vec<(u64, u64)> {
+        self.inner.allocated()
+    }
+    fn change_id(&self) -> Option<u64> {
+        self.inner.change_id()
+    }
+    fn changed_since(&self, change_id: u64) -> Option<Vec<(u64, u64)>> {
+        self.inner.changed_since(change_id)
+    }
 }
 
 impl Store {
@@ -139,9 +180,19 @@ impl Store {
                 .map_err(|e| vcb_err(&format!("open the frozen layers of disk {i}"), e))?;
             sources.push((format!("disk{i}"), s));
         }
-        let refs: Vec<(&str, &dyn DiskSource)> = sources
+        let cancellable: Vec<(&str, Cancellable<'_>)> = sources
             .iter()
-            .map(|(n, s)| (n.as_str(), s as &dyn DiskSource))
+            .map(|(n, s)| {
+                let c = Cancellable {
+                    inner: s,
+                    cancel: &self.cancel,
+                };
+                (n.as_str(), c)
+            })
+            .collect();
+        let refs: Vec<(&str, &dyn DiskSource)> = cancellable
+            .iter()
+            .map(|(n, s)| (*n, s as &dyn DiskSource))
             .collect();
         let time = crate::api::system_now_ms() / 1000;
         let mut opts = BackupOptions::new(&self.vm, time)
@@ -150,6 +201,9 @@ impl Store {
         if !self.incremental {
             // A full read (still storing only what the repository lacks).
             opts = opts.parent(Parent::None);
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(ApiError::Internal(CANCELLED.into()));
         }
         repo.backup(&opts, &refs).map_err(|e| vcb_err("backup", e))
     }
@@ -229,7 +283,9 @@ impl Host {
             host: format!("host{}", self.agent.host()),
             config,
             incremental: req.incremental,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
+        let cancel = store.cancel.clone();
         let tx = self.tx.clone();
         let vm = name.to_string();
         let spawned = std::thread::Builder::new()
@@ -253,9 +309,47 @@ impl Host {
                 running,
                 repository: req.repository.clone(),
                 task,
+                cancel,
             },
         );
         Ok(())
+    }
+
+    /// The host stops: its backups under way are cancelled and, once their threads are
+    /// done (at most `within`; a thread deriving a repository's key finishes that
+    /// first), their disks folded back and their tasks failed. A backup whose thread is
+    /// still busy after that keeps its redo logs: folding back under its reads would
+    /// store a torn image, and the frozen layers are held open by its reads.
+    pub(super) fn end_backups(&mut self, within: Duration) {
+        if self.backups.is_empty() {
+            return;
+        }
+        for p in self.backups.values() {
+            p.cancel.store(true, Ordering::Relaxed);
+        }
+        let deadline = Instant::now() + within;
+        while !self.backups.is_empty() && Instant::now() < deadline {
+            self.vms.keep_alive();
+            let next = match self.held.pop_front() {
+                Some(held) => Some(held),
+                None => self.inbox.recv_timeout(Duration::from_millis(10)).ok(),
+            };
+            // Nothing else is for a host that stops.
+            if let Some(super::Inbound::BackupStored { vm, stored }) = next {
+                self.backup_stored(&vm, stored);
+            }
+        }
+        for (vm, p) in std::mem::take(&mut self.backups) {
+            tracing::warn!(
+                vm,
+                "the host stops with the VM's backup still reading its disks: their redo logs stay"
+            );
+            self.report.event(
+                "backup_abandoned",
+                serde_json::json!({"vm": vm, "task": p.task.id()}),
+            );
+            p.task.fail(&ApiError::Internal(CANCELLED.into()));
+        }
     }
 
     /// A backup's thread is done: the frozen disks fold back (also after a failed
@@ -267,6 +361,7 @@ impl Host {
             running,
             repository,
             task,
+            cancel: _,
         }) = self.backups.remove(vm)
         else {
             return;

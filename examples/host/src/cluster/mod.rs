@@ -43,6 +43,10 @@ use self::vms::Vms;
 
 /// How often the agent is ticked.
 const TICK: Duration = Duration::from_millis(50);
+/// How long a stopping host waits for its cancelled backups' threads (see
+/// `Host::end_backups`): a repository's key derivation, a read under way. Well under the
+/// 10 s that `vinfra-lab down` gives a host before its SIGKILL.
+const BACKUPS_AT_STOP: Duration = Duration::from_secs(6);
 
 /// What the helper threads hand to the loop.
 #[derive(Debug)]
@@ -240,6 +244,10 @@ pub fn run(opts: HostOptions) -> Result<Ended, String> {
     let ended = host.run();
     if let Some(server) = server {
         server.stop();
+    }
+    // A fenced host's lease is gone: its disks are not its own to fold back.
+    if ended == Ended::Stopped {
+        host.end_backups(BACKUPS_AT_STOP);
     }
     host.vms.stop_all();
     drop(heartbeat);
