@@ -43,16 +43,7 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     /// `fallocate`) overrides it, so that `mkfs` neither sends hundreds of MiB of zeros
     /// nor, on an image file, fills the page cache with them.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        let zero = vec![0u8; (1 << 20).min(usize::try_from(len).unwrap_or(usize::MAX))];
-        // Past the end (or overflowing), `write_at` answers out of bounds.
-        let end = offset.saturating_add(len);
-        let mut at = offset;
-        while at < end {
-            let n = usize::try_from(end - at).map_or(zero.len(), |r| r.min(zero.len()));
-            self.write_at(&zero[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        write_zeroes_by_writing(self, offset, len)
     }
     /// The file descriptors this device does its I/O through, when they stay the same
     /// for its whole life (none for a device in memory); `None`, the default, when it may
@@ -570,6 +561,26 @@ impl<D: BlockDevice> BlockDevice for CountingDevice<D> {
     fn fixed_fds(&self) -> Option<Vec<BorrowedFd<'_>>> {
         self.inner.fixed_fds()
     }
+}
+
+/// [`BlockDevice::write_zeroes`] by writing zeros, 1 MiB at a time: the default, and the
+/// fallback of a device whose other end cannot zero (an NBD server without
+/// `WRITE_ZEROES`).
+pub(crate) fn write_zeroes_by_writing<D: BlockDevice + ?Sized>(
+    dev: &D,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
+    let zero = vec![0u8; (1 << 20).min(usize::try_from(len).unwrap_or(usize::MAX))];
+    // Past the end (or overflowing), `write_at` answers out of bounds.
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while at < end {
+        let n = usize::try_from(end - at).map_or(zero.len(), |r| r.min(zero.len()));
+        dev.write_at(&zero[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The NBD block device against a real server (`nbdkit`, Debian package `nbdkit`; CI
 //! installs it): a volume over a Unix socket and over TCP, a server that disappears and
 //! comes back (an I/O error, then a reconnect), one that stalls (a timeout) or answers with
-//! errors (typed), and a host whose server is gone fencing itself at half a lease.
+//! errors (typed), a host whose server is gone fencing itself at half a lease, and zeroing
+//! by the server's `WRITE_ZEROES` where it has one.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -135,6 +136,67 @@ fn a_volume_over_nbd_on_a_unix_socket_and_on_tcp() {
         let r = vinfra_vmfs::fsck::check(dev.as_ref(), false).unwrap();
         assert!(r.is_clean(), "{addr}: {:#?}", r.errors);
     }
+}
+
+/// `write_zeroes` sends `NBD_CMD_WRITE_ZEROES` to a server that takes it (nbdkit's log
+/// filter records each request) and writes zeros to one that does not (the nozero filter
+/// hides the command); either way the range reads as zeros and its neighbours are kept.
+#[test]
+fn write_zeroes_uses_the_servers_command_and_falls_back_to_writing() {
+    if !nbdkit_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, filters, sends_zero) in [
+        ("zero", &["--filter=log"][..], true),
+        ("nozero", &["--filter=log", "--filter=nozero"][..], false),
+    ] {
+        let addr = unix(dir.path(), &format!("{name}.sock"));
+        let log = dir.path().join(format!("{name}.log"));
+        let logfile = format!("logfile={}", log.display());
+        let mut args = filters.to_vec();
+        args.extend(["memory", "size=64M", &logfile]);
+        let _server = nbdkit(&addr, &args);
+        let dev = NbdDevice::connect(addr, opts(5000)).unwrap();
+        dev.write_at(&vec![0xa5u8; 8 << 20], 0).unwrap();
+        // Not aligned to anything, and more than one write of the fallback.
+        dev.write_zeroes(4097, (3 << 20) + 5).unwrap();
+        let mut back = vec![0u8; 8 << 20];
+        dev.read_at(&mut back, 0).unwrap();
+        let end = 4097 + (3 << 20) + 5;
+        assert!(back[..4097].iter().all(|&b| b == 0xa5), "{name}: before");
+        assert!(back[4097..end].iter().all(|&b| b == 0), "{name}: zeroed");
+        assert!(back[end..].iter().all(|&b| b == 0xa5), "{name}: after");
+        assert!(
+            dev.write_zeroes((64 << 20) - 10, 11).is_err(),
+            "{name}: past the end"
+        );
+        drop(dev);
+        let log = std::fs::read_to_string(&log).unwrap();
+        let zero_requests = log.lines().filter(|l| l.contains(" Zero ")).count();
+        assert_eq!(zero_requests > 0, sends_zero, "{name}: {log}");
+    }
+    // mkfs for Disk Paxos zeroes through the Paxos device, which hands the zeroing to the
+    // NBD device: no zeros cross the socket.
+    let addr = unix(dir.path(), "mkfs.sock");
+    let log = dir.path().join("mkfs.log");
+    let logfile = format!("logfile={}", log.display());
+    let _server = nbdkit(&addr, &["--filter=log", "memory", "size=256M", &logfile]);
+    let dev = Arc::new(NbdDevice::connect(addr, opts(5000)).unwrap());
+    Volume::mkfs_without_ats(dev.clone(), &small_volume(), 4).unwrap();
+    drop(dev);
+    let log = std::fs::read_to_string(&log).unwrap();
+    let written: u64 = log
+        .lines()
+        .filter(|l| l.contains(" Write "))
+        .filter_map(|l| l.split("count=").nth(1)?.split_whitespace().next())
+        .map(|c| u64::from_str_radix(c.trim_start_matches("0x"), 16).unwrap())
+        .sum();
+    assert!(log.contains(" Zero "), "mkfs sent no WRITE_ZEROES: {log}");
+    assert!(
+        written < 8 << 20,
+        "mkfs wrote {written} bytes: zeros went over the socket"
+    );
 }
 
 #[test]

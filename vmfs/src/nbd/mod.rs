@@ -43,7 +43,10 @@ use std::time::Duration;
 use crate::device::{BlockDevice, Cas};
 use crate::error::{Error, Result};
 pub use proto::NbdError;
-use proto::{CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE, MAX_REQUEST, TFLAG_SEND_FLUSH};
+use proto::{
+    CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, MAX_REQUEST, TFLAG_SEND_FLUSH,
+    TFLAG_SEND_WRITE_ZEROES, ZEROES_PER_REQUEST,
+};
 
 /// A panic elsewhere must not wedge the device: the connection is checked on every use.
 fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -246,31 +249,33 @@ impl NbdDevice {
     /// One request on the connection, connecting first if there is none; a connection
     /// that failed is dropped so that the next request starts a new one.
     fn request(&self, cmd: u16, offset: u64, out: &[u8], into: &mut [u8]) -> Result<(), NbdError> {
+        let len = u32::try_from(out.len().max(into.len()))
+            .map_err(|_| NbdError::Protocol("request of 4 GiB or more".into()))?;
+        self.request_len(cmd, offset, len, out, into)
+    }
+
+    /// [`NbdDevice::request`] with the length given (a command without data).
+    fn request_len(
+        &self,
+        cmd: u16,
+        offset: u64,
+        len: u32,
+        out: &[u8],
+        into: &mut [u8],
+    ) -> Result<(), NbdError> {
         let mut g = lock_mutex(&self.conn);
-        if g.is_none() {
-            let c = Self::open(&self.addr, &self.opts)?;
-            if c.export.size != self.size {
-                return Err(NbdError::Protocol(format!(
-                    "export size changed from {} to {} across a reconnect",
-                    self.size, c.export.size
-                )));
-            }
-            tracing::info!(addr = %self.addr, "nbd: reconnected");
-            *g = Some(c);
-        }
-        let Some(c) = g.as_mut() else {
-            return Err(NbdError::Protocol("no connection".into()));
-        };
+        let c = self.connected(&mut g)?;
         if cmd == CMD_FLUSH && c.export.flags & TFLAG_SEND_FLUSH == 0 {
             // The server writes through (it does not take flushes).
             return Ok(());
         }
         c.cookie += 1;
-        let r = proto::exchange(
+        let r = proto::exchange_len(
             &mut c.s,
             cmd,
             c.cookie,
             offset,
+            len,
             out,
             into,
             self.opts.timeout_ms,
@@ -293,6 +298,30 @@ impl NbdDevice {
                 dev_len: self.size,
             }),
         }
+    }
+
+    /// The connection, connecting first if there is none (the last one failed).
+    fn connected<'a>(&self, g: &'a mut Option<Conn>) -> Result<&'a mut Conn, NbdError> {
+        if g.is_none() {
+            let c = Self::open(&self.addr, &self.opts)?;
+            if c.export.size != self.size {
+                return Err(NbdError::Protocol(format!(
+                    "export size changed from {} to {} across a reconnect",
+                    self.size, c.export.size
+                )));
+            }
+            tracing::info!(addr = %self.addr, "nbd: reconnected");
+            *g = Some(c);
+        }
+        g.as_mut()
+            .ok_or_else(|| NbdError::Protocol("no connection".into()))
+    }
+
+    /// Whether the server takes the command of transmission flag `flag` (asked of the
+    /// connection now, connecting first if there is none).
+    fn server_takes(&self, flag: u16) -> Result<bool, NbdError> {
+        let mut g = lock_mutex(&self.conn);
+        Ok(self.connected(&mut g)?.export.flags & flag != 0)
     }
 }
 
@@ -324,6 +353,37 @@ impl BlockDevice for NbdDevice {
     fn flush(&self) -> Result<()> {
         self.request(CMD_FLUSH, 0, &[], &mut [])
             .map_err(|e| nbd_io("flush", 0, e))
+    }
+
+    /// `NBD_CMD_WRITE_ZEROES` where the server takes it (nbdkit and qemu-nbd do): `mkfs`
+    /// then sends no zeros over the network; otherwise zeros are written.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        let takes = self
+            .server_takes(TFLAG_SEND_WRITE_ZEROES)
+            .map_err(|e| nbd_io("write-zeroes", offset, e))?;
+        if !takes {
+            return crate::device::write_zeroes_by_writing(self, offset, len);
+        }
+        match offset.checked_add(len) {
+            Some(e) if e <= self.size => {}
+            _ => {
+                return Err(Error::OutOfBounds {
+                    offset,
+                    len,
+                    dev_len: self.size,
+                })
+            }
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(ZEROES_PER_REQUEST);
+            // At most ZEROES_PER_REQUEST, which fits.
+            let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+            self.request_len(CMD_WRITE_ZEROES, at, n32, &[], &mut [])
+                .map_err(|e| nbd_io("write-zeroes", at, e))?;
+            at += n;
+        }
+        Ok(())
     }
 
     fn len(&self) -> Result<u64> {

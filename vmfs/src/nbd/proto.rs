@@ -48,6 +48,8 @@ pub const INFO_EXPORT: u16 = 0;
 pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
 /// Transmission flag: the export is read-only.
 pub const TFLAG_READ_ONLY: u16 = 1 << 1;
+/// Transmission flag: the server accepts `NBD_CMD_WRITE_ZEROES`.
+pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 
 /// Commands.
 pub const CMD_READ: u16 = 0;
@@ -57,11 +59,17 @@ pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 /// Flush.
 pub const CMD_FLUSH: u16 = 3;
+/// Write zeroes: `length` bytes read as zeros afterwards; no data is sent.
+pub const CMD_WRITE_ZEROES: u16 = 6;
 
 /// Largest option reply payload accepted (the protocol allows more; servers send little).
 pub const MAX_OPTION_REPLY: u32 = 64 << 10;
 /// Largest request sent: bigger reads and writes are split (servers refuse above 32 MiB).
 pub const MAX_REQUEST: usize = 16 << 20;
+/// The most one `CMD_WRITE_ZEROES` names: it carries no data, so far more than a write
+/// may, yet well under the 32-bit length field (and a signed 32-bit count, which some
+/// servers' block layers use).
+pub const ZEROES_PER_REQUEST: u64 = 1 << 30;
 /// Longest export name.
 pub const MAX_EXPORT_NAME: usize = 4096;
 
@@ -272,16 +280,36 @@ pub fn exchange<S: Read + Write>(
     into: &mut [u8],
     timeout_ms: u64,
 ) -> Result<(), NbdError> {
+    let len = u32::try_from(out.len().max(into.len())).map_err(|_| {
+        NbdError::Protocol(format!("request of {} bytes", out.len().max(into.len())))
+    })?;
+    exchange_len(s, cmd, cookie, offset, len, out, into, timeout_ms)
+}
+
+/// [`exchange`] with the request's length given: a command that names a range but
+/// carries no data either way (`CMD_WRITE_ZEROES`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the request header's fields, in order"
+)]
+pub fn exchange_len<S: Read + Write>(
+    s: &mut S,
+    cmd: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    out: &[u8],
+    into: &mut [u8],
+    timeout_ms: u64,
+) -> Result<(), NbdError> {
     let op = match cmd {
         CMD_READ => "read",
         CMD_WRITE => "write",
         CMD_FLUSH => "flush",
+        CMD_WRITE_ZEROES => "write-zeroes",
         _ => "request",
     };
     let e = io_err(op, timeout_ms);
-    let len = u32::try_from(out.len().max(into.len())).map_err(|_| {
-        NbdError::Protocol(format!("request of {} bytes", out.len().max(into.len())))
-    })?;
     let mut req = [0u8; 28];
     req[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
     req[6..8].copy_from_slice(&cmd.to_be_bytes());
@@ -508,8 +536,8 @@ pub struct Replay {
 }
 
 /// Plays a client session against a server whose every answer is `server_bytes` (what
-/// the client writes is dropped): the handshake for export `lun`, then a read, a write
-/// and a flush. The fuzz target `vmfs_nbd_reply` and the replay of its corpus in the
+/// the client writes is dropped): the handshake for export `lun`, then a read, a write,
+/// a flush and a write-zeroes. The fuzz target `vmfs_nbd_reply` and the replay of its corpus in the
 /// tests both drive the decoders through this one session.
 ///
 /// ```
@@ -537,6 +565,7 @@ pub fn replay_server(server_bytes: &[u8]) -> Replay {
     let read_ok = exchange(&mut s, CMD_READ, 1, 0, &[], &mut read, 0).is_ok();
     let _ = exchange(&mut s, CMD_WRITE, 2, 4096, &[7u8; 100], &mut [], 0);
     let _ = exchange(&mut s, CMD_FLUSH, 3, 0, &[], &mut [], 0);
+    let _ = exchange_len(&mut s, CMD_WRITE_ZEROES, 4, 8192, 1 << 20, &[], &mut [], 0);
     Replay {
         handshake_ok,
         read_ok,

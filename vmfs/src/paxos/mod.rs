@@ -431,6 +431,18 @@ impl BlockDevice for PaxosDevice {
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+    /// The inner device's own zeroing (NBD `WRITE_ZEROES`, a file's `fallocate`), not
+    /// the default's writes of zeros.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(e) if e <= self.header.exposed => self.inner.write_zeroes(offset, len),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                dev_len: self.header.exposed,
+            }),
+        }
+    }
     fn fixed_fds(&self) -> Option<Vec<std::os::fd::BorrowedFd<'_>>> {
         self.inner.fixed_fds()
     }
