@@ -106,6 +106,43 @@ pub struct BalancePlan {
 /// # Ok::<(), vinfra_drs::Error>(())
 /// ```
 pub fn balance(c: &Cluster) -> BalancePlan {
+    balance_keeping(c, &[])
+}
+
+/// How much a balancing move that the last pass recommended may gain less than the best
+/// other move and still be chosen: 5 %.
+pub const KEEP_TOLERANCE: f64 = 0.05;
+
+/// [`balance`] with hysteresis: `previous` are the last pass's recommendations (VM,
+/// destination). A balancing move among them is kept while it gains within
+/// [`KEEP_TOLERANCE`] of the best other move, so that a recommendation shown to a person
+/// does not flip between two about equally loaded destinations from one pass to the
+/// next as the measured load moves a little. Names that are no longer in the cluster are
+/// ignored; mandatory moves (rules, overcommitted hosts, contention) are unchanged.
+///
+/// ```
+/// use vinfra_drs::{balance, balance_keeping, Cluster, ClusterSpec, HostSpec, VmSpec};
+///
+/// // b is a hair less loaded than c: a fresh pass sends x to b.
+/// let mut spec = ClusterSpec::new(
+///     vec![HostSpec::new("a", 10_000, 10_000), HostSpec::new("b", 10_000, 10_000),
+///          HostSpec::new("c", 10_000, 10_000)],
+///     vec![VmSpec::new("x", 3000, 3000).on("a"), VmSpec::new("y", 3000, 3000).on("a"),
+///          VmSpec::new("z", 10, 10).on("c")],
+/// );
+/// spec.settings.migration_threshold = 5;
+/// let c = Cluster::new(spec)?;
+/// assert_eq!(balance(&c).recommendations[0].to, "b");
+/// // The last pass said c, which is as good within the tolerance: it stays c.
+/// let kept = balance_keeping(&c, &[("x", "c")]);
+/// assert_eq!((kept.recommendations[0].vm.as_str(), kept.recommendations[0].to.as_str()), ("x", "c"));
+/// # Ok::<(), vinfra_drs::Error>(())
+/// ```
+pub fn balance_keeping(c: &Cluster, previous: &[(&str, &str)]) -> BalancePlan {
+    let kept = previous
+        .iter()
+        .filter_map(|(vm, to)| Some((c.vm_index(vm).ok()?, c.host_index(to).ok()?)))
+        .collect();
     let ent = entitlements(c);
     let state = State::current(c);
     let loads = Loads::new(c, &state.host_of, |v| ent.vms[v]);
@@ -127,6 +164,7 @@ pub fn balance(c: &Cluster) -> BalancePlan {
         recs: Vec::new(),
         unresolved: Vec::new(),
         cap: c.settings.max_moves_per_pass as usize,
+        kept,
     };
     // Mandatory moves: split affinity groups, other hard-rule violations, then
     // overcommitted hosts.
@@ -174,6 +212,8 @@ struct Pass<'c> {
     unresolved: Vec<Unresolved>,
     /// `max_moves_per_pass`.
     cap: usize,
+    /// The last pass's recommendations (VM, destination): see [`balance_keeping`].
+    kept: std::collections::HashSet<(usize, usize)>,
 }
 
 impl Pass<'_> {

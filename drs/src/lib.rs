@@ -39,7 +39,9 @@ mod placement;
 mod state;
 mod validate;
 
-pub use balance::{balance, BalancePlan, Recommendation, StopReason, Unresolved};
+pub use balance::{
+    balance, balance_keeping, BalancePlan, Recommendation, StopReason, Unresolved, KEEP_TOLERANCE,
+};
 pub use entitlement::{admit_power_on, entitlements, Entitlements};
 pub use error::{Error, Result};
 pub use load::{priority_for_imbalance, target_for_threshold, IMBALANCE_STEP};

@@ -17,8 +17,10 @@ use crate::validate::MEM;
 /// How many of the most and least loaded hosts of a class the quick look considers.
 const CANDIDATE_HOSTS: usize = 6;
 
-/// The best move found so far: (gain, VM, destination).
-type Best = Option<(f64, usize, usize)>;
+/// The best move found so far: (score, gain, VM, destination). The score is the gain,
+/// raised by [`KEEP_TOLERANCE`](super::KEEP_TOLERANCE) for a move the last pass
+/// recommended (hysteresis).
+type Best = Option<(f64, f64, usize, usize)>;
 
 impl Pass<'_> {
     /// Greedy balancing until the imbalance reaches `target`, no move pays for itself, or
@@ -45,7 +47,7 @@ impl Pass<'_> {
             let found = self
                 .quick_look(now, &mut classes, &mut all)
                 .or_else(|| self.full_scan(now, &usable));
-            let Some((gain, v, d)) = found else {
+            let Some((_, gain, v, d)) = found else {
                 stop = StopReason::NoImprovingMove;
                 break;
             };
@@ -122,7 +124,12 @@ impl Pass<'_> {
             return;
         }
         let gain = now - self.loads.after(self.ent.vms[v], Some(s), Some(d));
-        if gain <= 1e-12 || best.is_some_and(|(g, _, _)| gain <= g) {
+        let score = if self.kept.contains(&(v, d)) {
+            gain * (1.0 + super::KEEP_TOLERANCE)
+        } else {
+            gain
+        };
+        if gain <= 1e-12 || best.is_some_and(|(b, ..)| score <= b) {
             return;
         }
         let min_gain = c.settings.min_gain_per_gib * c.vms[v].demand[MEM] as f64 / 1024.0;
@@ -131,7 +138,7 @@ impl Pass<'_> {
             && self.state.demand_fits(&[v], d)
             && self.state.check(v, d, &[]).is_ok()
         {
-            *best = Some((gain, v, d));
+            *best = Some((score, gain, v, d));
         }
     }
 }
@@ -139,7 +146,7 @@ impl Pass<'_> {
 #[cfg(test)]
 mod tests {
     use crate::model::*;
-    use crate::{balance, Cluster, StopReason};
+    use crate::{balance, balance_keeping, BalancePlan, Cluster, StopReason};
 
     /// Sixteen hosts in two compatibility groups: the eight "intel" hosts are all busier
     /// than the eight "amd" ones, and one intel host is busier than the other intel hosts.
@@ -168,5 +175,49 @@ mod tests {
         assert!(p.recommendations.iter().all(|r| r.from == "h0"));
         assert!(p.imbalance_after < p.imbalance_before);
         assert_eq!(p.stop, StopReason::NoImprovingMove);
+    }
+
+    /// Hysteresis: the last pass's destination is kept while it is about as good as the
+    /// best (the load measured between two passes moves a little), and given up once it
+    /// is clearly worse; the pass ends as balanced either way.
+    #[test]
+    fn the_last_recommendation_is_kept_only_while_it_is_about_as_good() {
+        let spec = |c_load: i64| {
+            let mut s = ClusterSpec::new(
+                ["a", "b", "c"]
+                    .map(|h| HostSpec::new(h, 10_000, 10_000))
+                    .to_vec(),
+                vec![
+                    VmSpec::new("x", 3000, 3000).on("a"),
+                    VmSpec::new("y", 3000, 3000).on("a"),
+                    VmSpec::new("z", c_load, c_load).on("c"),
+                ],
+            );
+            s.settings.migration_threshold = 5;
+            Cluster::new(s).unwrap()
+        };
+        let first = |p: &BalancePlan| {
+            (
+                p.recommendations[0].vm.clone(),
+                p.recommendations[0].to.clone(),
+            )
+        };
+        // c carries a little more than b (nothing): b is best, c within the tolerance.
+        let near = spec(20);
+        assert_eq!(first(&balance(&near)), ("x".into(), "b".into()));
+        let kept = balance_keeping(&near, &[("x", "c")]);
+        assert_eq!(first(&kept), ("x".into(), "c".into()));
+        assert!(kept.imbalance_after < kept.imbalance_before);
+        // c carries a lot more: the old destination is given up.
+        let far = spec(1500);
+        assert_eq!(
+            first(&balance_keeping(&far, &[("x", "c")])),
+            ("x".into(), "b".into())
+        );
+        // Names no longer in the cluster are ignored.
+        assert_eq!(
+            first(&balance_keeping(&near, &[("gone", "c"), ("x", "gone")])),
+            ("x".into(), "b".into())
+        );
     }
 }

@@ -149,7 +149,20 @@ fn shares(v: u32) -> Shares {
 /// One balancing pass: the migrations that would bring the cluster to the threshold's
 /// target, with their priorities and reasons, and whatever rule no move can repair.
 pub fn recommendations(spec: ClusterSpec) -> vinfra_drs::Result<BalancePlan> {
-    Ok(vinfra_drs::balance(&Cluster::new(spec)?))
+    recommendations_keeping(spec, &[])
+}
+
+/// [`recommendations`] that keeps the last pass's (VM, destination) pairs while they
+/// stay about as good as the best (see `vinfra_drs::balance_keeping`).
+pub fn recommendations_keeping(
+    spec: ClusterSpec,
+    previous: &[(String, String)],
+) -> vinfra_drs::Result<BalancePlan> {
+    let previous: Vec<(&str, &str)> = previous
+        .iter()
+        .map(|(v, h)| (v.as_str(), h.as_str()))
+        .collect();
+    Ok(vinfra_drs::balance_keeping(&Cluster::new(spec)?, &previous))
 }
 
 /// Where `vm` (already in `spec`, not placed) should start, with any migrations that

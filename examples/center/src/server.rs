@@ -183,6 +183,7 @@ pub fn start(settings: &Settings, clock: Clock) -> Result<Center, StartError> {
         poll_ms: settings.poll_ms,
         backup_runs: api::backup_runs::BackupRuns::default(),
         pool_rule_writes: Arc::default(),
+        drs_last: Arc::default(),
     };
     let drs_state = state.clone();
     let backup_state = state.clone();

@@ -4,13 +4,14 @@
 //! read, change and delete of both; bad input (4xx naming the field, nothing changed);
 //! the roles (read_only 403, operator allowed); the events with their user; DRS
 //! recommending the migration an anti-affinity rule needs, and placing a power-on away
-//! from its anti-affinity partner.
+//! from its anti-affinity partner; DRS keeping a recommendation's destination while it
+//! stays about as good (hysteresis).
 #![allow(clippy::unwrap_used)]
 
 mod fake_cluster;
 mod support;
 
-use fake_cluster::cluster;
+use fake_cluster::{cluster, cluster_of, vm};
 use serde_json::{json, Value};
 use support::Center;
 
@@ -576,4 +577,68 @@ fn concurrent_pool_changes_cannot_overcommit_a_fixed_parent() {
         .filter(|p| p["parent"] == "fixed")
         .count();
     assert_eq!(children, 1, "{pools}");
+}
+
+/// DRS hysteresis: the recommendation the DRS card shows keeps its destination while
+/// another host becomes a hair less loaded (what the hosts measure moves a little from
+/// one pass to the next), and changes once the old destination is clearly worse. Before,
+/// each pass chose afresh, and the card's row flipped between two about equally idle
+/// hosts.
+#[test]
+fn a_recommendation_keeps_its_destination_while_it_stays_about_as_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = |name: &str, host: u32, cpu: f64| {
+        let mut v = vm(name, Some(host));
+        v.stats.as_mut().unwrap().cpu_percent = cpu;
+        v
+    };
+    let (center, _servers, vms) = cluster_of(
+        dir.path(),
+        true,
+        &[1, 2, 3],
+        vec![
+            busy("x", 1, 70.0),
+            busy("y", 1, 50.0),
+            busy("w", 2, 4.0),
+            busy("z", 3, 5.0),
+        ],
+    );
+    let admin = center.admin();
+    let first = || {
+        let pass = center.ok(
+            &admin,
+            "GET",
+            "/api/vcenter/cluster/cluster-1/drs/recommendations",
+            "",
+            200,
+        );
+        let r = &pass["recommendations"][0];
+        (
+            r["vm"].as_str().unwrap_or("").to_string(),
+            r["to"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    // w's measured CPU changes on the hosts; the center sees it at its next poll.
+    let set_w = |cpu: f64| {
+        for v in vms.lock().unwrap().iter_mut() {
+            if v.spec.name == "w" {
+                v.stats.as_mut().unwrap().cpu_percent = cpu;
+            }
+        }
+        center.wait("the center sees w's new load", 20, || {
+            let list = center.ok(&admin, "GET", "/api/vcenter/vm", "", 200);
+            list.as_array().unwrap().iter().any(|v| {
+                v["name"] == "w" && v["info"]["stats"]["cpu_percent"].as_f64() == Some(cpu)
+            })
+        });
+    };
+    let (moved, to) = first();
+    assert_eq!(to, "fake-2", "{moved} → {to}: fake-2 is the least loaded");
+    // fake-3 now carries a hair less than fake-2: the recommendation stays.
+    set_w(6.0);
+    assert_eq!(first(), (moved.clone(), "fake-2".to_string()));
+    assert_eq!(first(), (moved.clone(), "fake-2".to_string()));
+    // fake-2 is clearly busier now: the recommendation goes to fake-3.
+    set_w(40.0);
+    assert_eq!(first().1, "fake-3");
 }

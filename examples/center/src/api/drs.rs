@@ -20,7 +20,7 @@ use super::inventory::find_cluster;
 use super::vm::{find_vm, relocate_vm, running_host};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
 use crate::auth::Principal;
-use crate::drs::{inventory_spec, recommendations};
+use crate::drs::{inventory_spec, recommendations_keeping};
 use crate::model::{Cluster, DrsAutomation, Role, TaskState, Vm};
 
 /// How often a fully automated cluster is balanced (vCenter's default: 5 minutes).
@@ -76,6 +76,12 @@ pub struct DrsPass {
     pub busy: Vec<String>,
 }
 
+/// The map of last recommendations; a panic elsewhere while it was held left nothing
+/// half-written in it (each access is one `get` or one `insert`).
+fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether a task of `vm` is still running (a migration in flight is never asked for
 /// twice).
 fn busy(state: &AppState, vm: &str) -> ApiResult<bool> {
@@ -90,7 +96,19 @@ fn busy(state: &AppState, vm: &str) -> ApiResult<bool> {
 fn pass(state: &AppState, c: &Cluster) -> ApiResult<DrsPass> {
     let settings = &c.settings.drs;
     let input = inventory_spec(state.store.as_ref(), c)?;
-    let plan = recommendations(input.spec).map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
+    let previous = lock_ignoring_poison(&state.drs_last)
+        .get(&c.name)
+        .cloned()
+        .unwrap_or_default();
+    let plan = recommendations_keeping(input.spec, &previous)
+        .map_err(|e| ApiError::conflict(format!("drs: {e}")))?;
+    lock_ignoring_poison(&state.drs_last).insert(
+        c.name.clone(),
+        plan.recommendations
+            .iter()
+            .map(|r| (r.vm.clone(), r.to.clone()))
+            .collect(),
+    );
     let mut busy_vms = Vec::new();
     let mut recs = Vec::new();
     for r in plan.recommendations {

@@ -67,7 +67,14 @@ pub struct AppState {
     /// two changes checked against the same inventory could together break what each
     /// alone keeps (a parent's reservation, two rules that contradict).
     pub pool_rule_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Per cluster, the last DRS pass's recommendations (VM, destination): the next pass
+    /// keeps them while they stay about as good (`vinfra_drs::balance_keeping`), so the
+    /// DRS card does not flip between two about equally loaded hosts.
+    pub drs_last: Arc<std::sync::Mutex<LastRecommendations>>,
 }
+
+/// Per cluster name, its last DRS pass's (VM, destination) pairs.
+pub type LastRecommendations = std::collections::HashMap<String, Vec<(String, String)>>;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

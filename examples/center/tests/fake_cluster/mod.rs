@@ -105,16 +105,42 @@ pub type Vms = Arc<Mutex<Vec<VmInfo>>>;
 /// and `d` on fake-2; `c` is shut off. `insecure`: plain HTTP (else HTTPS). Also returns
 /// the servers (keep them alive) and the shared VM list.
 pub fn cluster(dir: &std::path::Path, insecure: bool) -> (Center, Vec<ServerHandle>, Vms) {
-    let vms = Arc::new(Mutex::new(vec![
+    let vms = vec![
         vm("a", Some(1)),
         vm("b", Some(1)),
         vm("c", None),
         vm("d", Some(2)),
-    ]));
+    ];
+    let (center, servers, vms) = cluster_of(dir, insecure, &[1, 2], vms);
+    let admin = center.admin();
+    center.wait("the four VMs placed", 20, || {
+        let list = center.ok(&admin, "GET", "/api/vcenter/vm", "", 200);
+        list.as_array().unwrap().len() == 4
+            && list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|v| !v["host"].is_null())
+                .count()
+                == 3
+    });
+    (center, servers, vms)
+}
+
+/// A center over fake hosts `ids` (named `fake-ID`) sharing `vms`, once it lists every
+/// host and every VM.
+pub fn cluster_of(
+    dir: &std::path::Path,
+    insecure: bool,
+    ids: &[u32],
+    vms: Vec<VmInfo>,
+) -> (Center, Vec<ServerHandle>, Vms) {
+    let count = vms.len();
+    let vms = Arc::new(Mutex::new(vms));
     let token = ApiToken::from_key_hex(&"42".repeat(32)).unwrap();
     let mut args = Vec::new();
     let mut servers = Vec::new();
-    for id in [1, 2] {
+    for &id in ids {
         let host = Arc::new(FakeHost {
             id,
             vms: vms.clone(),
@@ -126,17 +152,10 @@ pub fn cluster(dir: &std::path::Path, insecure: bool) -> (Center, Vec<ServerHand
     }
     let center = Center::start_with(dir, insecure, &args);
     let admin = center.admin();
-    center.wait_hosts(&admin, 2);
-    center.wait("the four VMs placed", 20, || {
+    center.wait_hosts(&admin, ids.len());
+    center.wait("every VM listed", 20, || {
         let list = center.ok(&admin, "GET", "/api/vcenter/vm", "", 200);
-        list.as_array().unwrap().len() == 4
-            && list
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|v| !v["host"].is_null())
-                .count()
-                == 3
+        list.as_array().unwrap().len() == count
     });
     (center, servers, vms)
 }
