@@ -124,7 +124,8 @@ impl Pass<'_> {
             return;
         }
         let gain = now - self.loads.after(self.ent.vms[v], Some(s), Some(d));
-        let score = if self.kept.contains(&(v, d)) {
+        // Most passes keep nothing: no hashing then.
+        let score = if !self.kept.is_empty() && self.kept.contains(&(v, d)) {
             gain * (1.0 + super::KEEP_TOLERANCE)
         } else {
             gain
