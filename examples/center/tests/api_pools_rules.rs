@@ -232,13 +232,7 @@ fn resource_pools_are_edited_checked_and_shown() {
     assert_eq!(prod["children"], json!(["web"]));
 
     // DRS reads the pools: recommendations still answer.
-    center.ok(
-        &ro,
-        "GET",
-        "/api/vcenter/cluster/cluster-1/drs/recommendations",
-        "",
-        200,
-    );
+    center.drs_pass(&ro);
 
     // Deleting a pool moves its VMs to its parent.
     assert_eq!(
@@ -605,13 +599,7 @@ fn a_recommendation_keeps_its_destination_while_it_stays_about_as_good() {
     );
     let admin = center.admin();
     let first = || {
-        let pass = center.ok(
-            &admin,
-            "GET",
-            "/api/vcenter/cluster/cluster-1/drs/recommendations",
-            "",
-            200,
-        );
+        let pass = center.drs_pass(&admin);
         let r = &pass["recommendations"][0];
         (
             r["vm"].as_str().unwrap_or("").to_string(),

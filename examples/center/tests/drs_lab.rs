@@ -64,13 +64,7 @@ fn drs_balances_a_lab_and_places_power_ons() {
     });
 
     // Manual (the default): recommendations, nothing applied.
-    let pass = center.ok(
-        &admin,
-        "GET",
-        "/api/vcenter/cluster/cluster-1/drs/recommendations",
-        "",
-        200,
-    );
+    let pass = center.drs_pass(&admin);
     let recs = pass["recommendations"].as_array().unwrap();
     assert!(
         !recs.is_empty(),

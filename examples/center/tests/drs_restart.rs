@@ -164,13 +164,7 @@ fn a_center_killed_mid_drs_pass_loses_no_migration_and_runs_none_twice() {
         r#"{"drs": {"automation": "fully_automated", "threshold": 5}}"#,
         200,
     );
-    let pass = center.ok(
-        &admin,
-        "GET",
-        "/api/vcenter/cluster/cluster-1/drs/recommendations",
-        "",
-        200,
-    );
+    let pass = center.drs_pass(&admin);
     assert!(
         pass["recommendations"].as_array().unwrap().len() >= 2,
         "the imbalance asks for two migrations at least: {pass}"

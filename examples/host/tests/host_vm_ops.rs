@@ -616,6 +616,32 @@ fn a_running_vm_is_snapshotted_and_backed_up_through_its_process() {
     assert!(reader.join().unwrap() > 0);
 }
 
+/// VM `w` (a 2 MiB disk, the `workload` guest) made and started on host 1, once ready.
+fn start_w(lab: &Lab) {
+    lab.create(
+        1,
+        "w",
+        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
+    );
+    lab.succeeds(1, "w", "start", json!({}));
+    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+}
+
+/// A backup repository in the lab's folder with the cluster's password and the key
+/// derivation `kdf` (costly ones make a backup's thread take a while to open it).
+fn slow_repository(lab: &Lab, kdf: vinfra_vcb::KdfParams) -> PathBuf {
+    let repo = lab.dir.path().join("slow-backups");
+    std::fs::create_dir_all(&repo).unwrap();
+    let password =
+        vinfra_host::cluster::backup::password_from_key_file(&lab.path().join("cluster.key"))
+            .unwrap();
+    let mut opts = vinfra_vcb::InitOptions::default();
+    opts.kdf = kdf;
+    vinfra_vcb::Repository::init(vinfra_vcb::LocalDir::open(&repo).unwrap(), &password, &opts)
+        .unwrap();
+    repo
+}
+
 /// A backup that keeps its host busy for longer than half a lease (here a repository
 /// whose argon2id takes seconds to open; a large disk takes as long to store) leaves the
 /// VMs of that host running: the host goes on telling their processes that its lease
@@ -625,25 +651,11 @@ fn a_slow_backup_leaves_the_vms_of_its_host_running() {
     let Some(lab) = Lab::up_guest(1, "workload", &["--lease-ms", "2000"]) else {
         return;
     };
-    lab.create(
-        1,
-        "w",
-        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
-    );
-    lab.succeeds(1, "w", "start", json!({}));
-    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+    start_w(&lab);
 
     // The repository, with the cluster's password and a costly key derivation.
-    let repo = lab.dir.path().join("slow-backups");
-    std::fs::create_dir_all(&repo).unwrap();
-    let password =
-        vinfra_host::cluster::backup::password_from_key_file(&lab.path().join("cluster.key"))
-            .unwrap();
-    let mut opts = vinfra_vcb::InitOptions::default();
-    opts.kdf = vinfra_vcb::KdfParams::new(256 << 10, 16, 1);
     let t0 = Instant::now();
-    vinfra_vcb::Repository::init(vinfra_vcb::LocalDir::open(&repo).unwrap(), &password, &opts)
-        .unwrap();
+    let repo = slow_repository(&lab, vinfra_vcb::KdfParams::new(256 << 10, 16, 1));
     let kdf = t0.elapsed();
     assert!(
         kdf > Duration::from_millis(1500),
@@ -754,24 +766,10 @@ fn a_host_that_stops_during_a_backup_folds_the_disks_back() {
     let Some(lab) = Lab::up_guest(1, "workload", &[]) else {
         return;
     };
-    lab.create(
-        1,
-        "w",
-        json!({"disks": [{"size_mib": 2}], "cmdline": "workload.mib=1"}),
-    );
-    lab.succeeds(1, "w", "start", json!({}));
-    lab.wait("w ready", || lab.console_has(1, "w", "VINFRA-READY"));
+    start_w(&lab);
     // A repository whose key takes a while to derive: the stop comes while the backup's
     // thread is at it, with the disk frozen.
-    let repo = lab.dir.path().join("slow-backups");
-    std::fs::create_dir_all(&repo).unwrap();
-    let password =
-        vinfra_host::cluster::backup::password_from_key_file(&lab.path().join("cluster.key"))
-            .unwrap();
-    let mut opts = vinfra_vcb::InitOptions::default();
-    opts.kdf = vinfra_vcb::KdfParams::new(256 << 10, 6, 1);
-    vinfra_vcb::Repository::init(vinfra_vcb::LocalDir::open(&repo).unwrap(), &password, &opts)
-        .unwrap();
+    let repo = slow_repository(&lab, vinfra_vcb::KdfParams::new(256 << 10, 6, 1));
     lab.ok(
         1,
         "POST",

@@ -209,6 +209,17 @@ impl Center {
         v
     }
 
+    /// `cluster-1`'s DRS pass now (`GET …/drs/recommendations`, 200).
+    pub fn drs_pass(&self, token: &str) -> Value {
+        self.ok(
+            token,
+            "GET",
+            "/api/vcenter/cluster/cluster-1/drs/recommendations",
+            "",
+            200,
+        )
+    }
+
     /// Logs in; the session token.
     pub fn login(&self, user: &str, password: &str) -> String {
         let (status, v) = self.send(
