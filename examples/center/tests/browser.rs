@@ -224,6 +224,12 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
         Duration::from_secs(90),
     )
     .await?;
+    // The card sits below the HA card: brought into view for the screenshot.
+    js(
+        c,
+        "document.querySelector('.drs-card').scrollIntoView({block: 'center'}); return true;",
+    )
+    .await?;
     screenshot(c, "17-drs-recommendations").await?;
     // The relocate tasks there were before, so the new one is told apart.
     let before = js(
@@ -231,9 +237,10 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
         "return [...document.querySelectorAll('[data-testid=recent-tasks] tr[data-task]')].map(r => r.dataset.task);",
     )
     .await?;
-    // The card re-reads the pass every few seconds, and with two hosts about equally
-    // idle its target can change between passes: the row is read and its Apply clicked
-    // in one script, so the test checks the recommendation it applied.
+    // The card re-reads the pass every few seconds, and its target can still change
+    // between passes (DRS keeps a recommendation only while it stays within 5 % of the
+    // best): the row is read and its Apply clicked in one script, so the test checks the
+    // recommendation it applied.
     let rec = js(
         c,
         "const r = document.querySelector('[data-testid=drs-recommendations] tr[data-drs-vm]');
@@ -321,6 +328,11 @@ async fn drs(c: &Client, dc: &Datacentre, host: &str) -> Result {
     )
     .await?;
     println!("DRS moved {rec_vm} from {rec_from} to {rec_to}");
+    js(
+        c,
+        "document.querySelector('.drs-card').scrollIntoView({block: 'center'}); return true;",
+    )
+    .await?;
     screenshot(c, "18-drs-applied").await?;
     tokio::task::block_in_place(|| {
         let admin = dc.center.admin();

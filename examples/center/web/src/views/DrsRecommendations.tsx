@@ -77,6 +77,12 @@ const PRIORITY: Record<number, string> = {
 
 const fixed = (v: number | undefined) => (v === undefined ? dash : v.toFixed(3));
 
+/** A gain to three places; a positive one too small for them reads "< 0.001", not as
+ * no gain at all. */
+function gainText(gain: number): string {
+  return gain > 0 && gain < 0.0005 ? "< 0.001" : gain.toFixed(3);
+}
+
 /** The imbalance on a bar: green at or under the target, amber above it. */
 function Balance({ pass }: { pass: DrsPass }) {
   const { imbalance, target, imbalanceAfter } = pass;
@@ -223,7 +229,7 @@ export function DrsRecommendations({ cluster, automation, threshold, ctx }: { cl
                   {r.from} <span class="muted">→</span> <strong>{r.to}</strong>
                 </td>
                 <td>{r.reason ?? dash}</td>
-                <td class="num">{r.gain === undefined ? dash : r.gain.toFixed(3)}</td>
+                <td class="num">{r.gain === undefined ? dash : gainText(r.gain)}</td>
                 <td class="num">
                   <button class="button small primary" onClick={() => apply(r)} disabled={!!readOnly || applying !== undefined} title={readOnly} data-action="drs-apply">
                     {applying === r.vm ? "Applying…" : "Apply"}
