@@ -76,8 +76,8 @@ pub struct DrsPass {
     pub busy: Vec<String>,
 }
 
-/// The map of last recommendations; a panic elsewhere while it was held left nothing
-/// half-written in it (each access is one `get` or one `insert`).
+/// Locks `AppState::drs_last` even after a panic elsewhere while it was held: nothing in
+/// it can be half-written (each access is one `get` or one `insert`).
 fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
